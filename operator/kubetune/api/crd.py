@@ -1,0 +1,247 @@
+"""Generate the FineTuneJob CRD from the pydantic models in ``v1alpha1``.
+
+Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no ``$ref``, no
+``anyOf`` unions, ``exclusiveMinimum`` as a boolean. Pydantic emits JSON Schema 2020-12, so
+this module rewrites one into the other. Run ``python -m kubetune.api.crd`` to refresh
+``crds/`` and the Helm chart's copy; a test fails when either is stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from kubetune.api import v1alpha1 as api
+
+CRD_FILENAME = "kubetune.dev_finetunejobs.yaml"
+# Spec fields that may change after creation; all others are immutable (CEL transition rules).
+MUTABLE_SPEC_FIELDS = frozenset({"suspend"})
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progressText"},
+    {"name": "Loss", "type": "number", "jsonPath": ".status.progress.trainLoss"},
+    {"name": "Eval-Loss", "type": "number", "jsonPath": ".status.progress.evalLoss", "priority": 1},
+    {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+_DROPPED_KEYS = {"title", "$defs", "additionalProperties", "const", "exclusiveMinimum", "exclusiveMaximum"}
+
+
+def _defaults_from_factories(model: type[BaseModel]) -> dict[str, Any]:
+    """Defaults that pydantic leaves out of its schema because they come from a factory.
+
+    A nested object defaults to ``{}`` so that the API server recurses into it and applies
+    the inner fields' defaults when the user leaves the whole object out.
+    """
+    defaults: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        if field.default_factory is None:
+            continue
+        value = field.default_factory()  # type: ignore[call-arg]
+        alias = field.alias or name
+        if isinstance(value, BaseModel):
+            defaults[alias] = {}
+        else:
+            defaults[alias] = [v.value if hasattr(v, "value") else v for v in value]
+    return defaults
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any], models: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """Rewrite one pydantic JSON-schema node into a structural Kubernetes schema node."""
+    if "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        merged = {**copy.deepcopy(defs[name]), **{k: v for k, v in node.items() if k != "$ref"}}
+        merged["__model__"] = name
+        return _structural(merged, defs, models)
+
+    if "anyOf" in node:
+        # Optional[X] is anyOf [X, null]: the field is simply optional in Kubernetes.
+        variants = [v for v in node["anyOf"] if v.get("type") != "null"]
+        if len(variants) != 1:
+            raise ValueError(f"untyped union cannot be made structural: {node}")
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if rest.get("default", 0) is None:
+            rest.pop("default")
+        return _structural({**variants[0], **rest}, defs, models)
+
+    out: dict[str, Any] = {}
+    if "const" in node:
+        out["type"] = "string"
+        out["enum"] = [node["const"]]
+    for key, value in node.items():
+        if key in _DROPPED_KEYS or key.startswith("__"):
+            continue
+        out[key] = value
+    if "exclusiveMinimum" in node:
+        out["minimum"] = node["exclusiveMinimum"]
+        out["exclusiveMinimum"] = True
+    if "exclusiveMaximum" in node:
+        out["maximum"] = node["exclusiveMaximum"]
+        out["exclusiveMaximum"] = True
+
+    node_type = node.get("type")
+    if node_type == "object":
+        if "properties" in node:
+            out["properties"] = {k: _structural(v, defs, models) for k, v in node["properties"].items()}
+            model = models.get(node.get("__model__", ""))
+            if model is not None:
+                for alias, default in _defaults_from_factories(model).items():
+                    out["properties"][alias].setdefault("default", default)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict) and extra:
+            out["additionalProperties"] = _structural(extra, defs, models)
+        elif extra is True or (isinstance(extra, dict) and not extra):
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        elif "properties" not in node and extra is None:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+    elif node_type == "array":
+        out["items"] = _structural(node["items"], defs, models)
+    elif node_type is None and "enum" not in out:
+        raise ValueError(f"schema node without a type cannot be structural: {node}")
+    return out
+
+
+def _all_models(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """Every pydantic model reachable from ``root``, by the name its schema ``$defs`` use."""
+    seen: dict[str, type[BaseModel]] = {}
+    stack = [root]
+    while stack:
+        model = stack.pop()
+        if model.__name__ in seen:
+            continue
+        seen[model.__name__] = model
+        for field in model.model_fields.values():
+            for arg in _type_args(field.annotation):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    stack.append(arg)
+    return seen
+
+
+def _type_args(annotation: Any) -> list[Any]:
+    args = [annotation]
+    for sub in getattr(annotation, "__args__", ()) or ():
+        args.extend(_type_args(sub))
+    return args
+
+
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The structural schema of one API model, as the CRD embeds it."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.get("$defs", {})
+    raw["__model__"] = model.__name__
+    return _structural(raw, defs, _all_models(model))
+
+
+def _immutability_rules(spec_schema: dict[str, Any]) -> None:
+    """Spec is immutable after creation except ``MUTABLE_SPEC_FIELDS`` (CEL transition rules)."""
+    required = set(spec_schema.get("required", []))
+    optional_checks = []
+    for name, prop in spec_schema["properties"].items():
+        if name in MUTABLE_SPEC_FIELDS:
+            continue
+        prop.setdefault("x-kubernetes-validations", []).append(
+            {"rule": "self == oldSelf", "message": f"spec.{name} is immutable; only spec.suspend may change"}
+        )
+        if name not in required and "default" not in prop:
+            optional_checks.append(f"has(self.{name}) == has(oldSelf.{name})")
+    if optional_checks:
+        spec_schema.setdefault("x-kubernetes-validations", []).append(
+            {
+                "rule": " && ".join(optional_checks),
+                "message": "optional spec fields cannot be added or removed after creation; only spec.suspend may change",
+            }
+        )
+
+
+def build_crd() -> dict[str, Any]:
+    spec_schema = model_schema(api.FineTuneJobSpec)
+    _immutability_rules(spec_schema)
+    status_schema = model_schema(api.FineTuneJobStatus)
+    conditions = status_schema["properties"]["conditions"]
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
+    # kopf keeps its own bookkeeping under status.kopf; let it through pruning.
+    status_schema["x-kubernetes-preserve-unknown-fields"] = True
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "labels": {"app.kubernetes.io/name": "kubetune", "app.kubernetes.io/part-of": "kubetune"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": list(api.SHORT_NAMES),
+                "categories": ["kubetune"],
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A fine-tuning run: base model + dataset + method in, evaluated and published model out.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render_crd_yaml() -> str:
+    header = "# Generated by `python -m kubetune.api.crd` from operator/kubetune/api/v1alpha1.py. Do not edit.\n"
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
+
+
+def crd_paths(repo_root: Path) -> list[Path]:
+    return [repo_root / "crds" / CRD_FILENAME, repo_root / "helm" / "kubetune" / "crds" / CRD_FILENAME]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the FineTuneJob CRD generated from the API models.")
+    parser.add_argument("--repo-root", type=Path, default=Path.cwd())
+    parser.add_argument("--check", action="store_true", help="exit 1 if a written CRD differs instead of writing")
+    args = parser.parse_args(argv)
+    text = render_crd_yaml()
+    stale = []
+    for path in crd_paths(args.repo_root):
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(path)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for path in stale:
+        print(f"stale: {path} (run python -m kubetune.api.crd)", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,500 @@
+"""FineTuneJob API, version v1alpha1: the one source of truth for the spec.
+
+The operator validates manifests with these models, the trainer reads its job from them,
+and ``kubetune.api.crd`` generates the CRD's OpenAPI schema from them, so the three cannot
+drift apart (``tests/api/test_crd_sync.py`` fails if ``crds/`` is stale).
+
+Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
+A hyperparameter left out (``None``) means ``auto``: the trainer resolves it and writes the
+value it used back to ``status.resolvedHyperparameters``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "kubetune.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ["ftj"]
+
+BUILTIN_MODEL_URI = "builtin://smollm2-135m-instruct"
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+
+# URIs the trainer understands; the operator and `kubetune run` map them the same way.
+MODEL_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file:///.*|builtin://[a-z0-9.\-]+)$"
+DATA_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file:///.*)$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+
+
+class ApiModel(BaseModel):
+    """Base for every API object: camelCase aliases, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+        validate_default=True,
+    )
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The object as it is written in YAML: camelCase keys, unset fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class DatasetFormat(str, Enum):
+    AUTO = "auto"
+    ALPACA = "alpaca"
+    CHAT = "chat"
+    PROMPT_COMPLETION = "prompt-completion"
+    TEXT = "text"
+
+
+class InvalidRowPolicy(str, Enum):
+    REJECT = "reject"
+    DROP = "drop"
+
+
+class MethodType(str, Enum):
+    AUTO = "auto"
+    QLORA = "qlora"
+    LORA = "lora"
+    FULL = "full"
+
+
+class LrScheduler(str, Enum):
+    COSINE = "cosine"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+
+
+class Metric(str, Enum):
+    PERPLEXITY = "perplexity"
+    ROUGE_L = "rougeL"
+    BLEU = "bleu"
+    EXACT_MATCH = "exactMatch"
+    ACCURACY = "accuracy"
+    F1 = "f1"
+
+
+class ArtifactFormat(str, Enum):
+    ADAPTER = "adapter"
+    MERGED = "merged"
+    BNB_4BIT = "bnb-4bit"
+    GGUF_Q8_0 = "gguf-q8_0"
+    GGUF_Q4_0 = "gguf-q4_0"
+
+
+class Phase(str, Enum):
+    PENDING = "Pending"
+    VALIDATING = "Validating"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
+
+# --------------------------------------------------------------------------- spec
+
+
+class BaseModelSpec(ApiModel):
+    uri: Annotated[
+        str,
+        Field(
+            pattern=MODEL_URI_PATTERN,
+            description=(
+                "Where the base model's weights are: s3://bucket/prefix (a Hugging Face folder), "
+                "file:///path inside the pod (a mounted volume or the image), or "
+                f"{BUILTIN_MODEL_URI} (SmolLM2-135M-Instruct shipped with the trainer)."
+            ),
+        ),
+    ] = BUILTIN_MODEL_URI
+    chat_template: Annotated[
+        str | None,
+        Field(description="Jinja chat template overriding the base model's own, for chat data."),
+    ] = None
+
+
+class DatasetSource(ApiModel):
+    uri: Annotated[
+        str,
+        Field(
+            pattern=DATA_URI_PATTERN,
+            description=(
+                "A file or prefix: s3://bucket/key(.jsonl|.json|.csv|.parquet) or a prefix ending "
+                "in '/', or file:///path."
+            ),
+        ),
+    ]
+    format: Annotated[
+        DatasetFormat, Field(description="Row format; auto detects it from the columns.")
+    ] = DatasetFormat.AUTO
+    weight: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=100,
+            description=(
+                "Relative weight when several sources are mixed: a source's examples are "
+                "sampled in proportion (1.0 = as is, 2.0 = repeated twice, 0.5 = half)."
+            ),
+        ),
+    ] = 1.0
+    column_mapping: Annotated[
+        dict[str, str] | None,
+        Field(
+            description=(
+                "Renames dataset columns to the format's names, e.g. {instruction: question, "
+                "output: answer}: canonical name -> the dataset's column name."
+            )
+        ),
+    ] = None
+
+
+class NearDedupSpec(ApiModel):
+    enabled: bool = True
+    threshold: Annotated[
+        float, Field(ge=0.5, le=1.0, description="Estimated Jaccard similarity above which two examples are near-duplicates.")
+    ] = 0.9
+
+
+class CurationSpec(ApiModel):
+    dedup_exact: Annotated[bool, Field(description="Drop exact duplicates after normalising text.")] = True
+    near_dedup: NearDedupSpec = Field(default_factory=NearDedupSpec)
+    min_tokens: Annotated[int, Field(ge=1, description="Drop examples shorter than this (tokens).")] = 4
+    max_tokens: Annotated[
+        int | None,
+        Field(ge=8, description="Drop examples longer than this (tokens); default: the sequence length."),
+    ] = None
+
+
+class SplitSpec(ApiModel):
+    validation: Annotated[float, Field(ge=0, le=0.5, description="Fraction held out for validation loss and early stopping.")] = 0.1
+    test: Annotated[float, Field(ge=0, le=0.5, description="Fraction held out for the final base-vs-tuned evaluation.")] = 0.1
+    seed: Annotated[
+        str,
+        Field(
+            max_length=64,
+            description="Salt of the hash-based split: the same seed gives the same split on every run and retrain.",
+        ),
+    ] = "kubetune"
+
+
+class DatasetSpec(ApiModel):
+    sources: Annotated[list[DatasetSource], Field(min_length=1, max_length=32)]
+    invalid_rows: Annotated[
+        InvalidRowPolicy,
+        Field(description="reject: any bad row fails the job; drop: bad rows are dropped and counted in the report."),
+    ] = InvalidRowPolicy.REJECT
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    curation: CurationSpec = Field(default_factory=CurationSpec)
+
+
+class LoraSpec(ApiModel):
+    r: Annotated[int | None, Field(ge=1, le=1024, description="LoRA rank; auto when unset.")] = None
+    alpha: Annotated[int | None, Field(ge=1, le=4096, description="LoRA alpha; auto (2 x rank) when unset.")] = None
+    dropout: Annotated[float | None, Field(ge=0, le=0.9)] = None
+    target_modules: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=128)]] | None,
+        Field(max_length=64, description="Module names to adapt, or ['all-linear']; auto when unset."),
+    ] = None
+
+
+class MethodSpec(ApiModel):
+    type: Annotated[
+        MethodType, Field(description="auto picks QLoRA on a GPU and LoRA on a CPU.")
+    ] = MethodType.AUTO
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    allow_cpu_qlora: Annotated[
+        bool,
+        Field(description="Allow QLoRA without a GPU (slow; for tests and tiny models)."),
+    ] = False
+
+
+class HyperparametersSpec(ApiModel):
+    epochs: Annotated[float | None, Field(gt=0, le=100)] = None
+    learning_rate: Annotated[float | None, Field(gt=0, le=1)] = None
+    lr_scheduler: LrScheduler | None = None
+    warmup_ratio: Annotated[float | None, Field(ge=0, le=0.5)] = None
+    batch_size: Annotated[int | None, Field(ge=1, le=1024, description="Per-device micro-batch size.")] = None
+    gradient_accumulation_steps: Annotated[int | None, Field(ge=1, le=1024)] = None
+    weight_decay: Annotated[float | None, Field(ge=0, le=1)] = None
+    max_grad_norm: Annotated[float | None, Field(gt=0, le=1000)] = None
+    sequence_length: Annotated[int | None, Field(ge=32, le=131072)] = None
+    packing: Annotated[bool | None, Field(description="Pack short examples into full sequences (attention kept per example).")] = None
+    early_stopping_patience: Annotated[
+        int | None, Field(ge=0, le=100, description="Evaluations without validation-loss improvement before stopping; 0 disables.")
+    ] = None
+    gradient_checkpointing: bool | None = None
+    seed: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None
+    eval_steps: Annotated[int | None, Field(ge=1, le=1_000_000, description="Optimizer steps between validation-loss evaluations.")] = None
+
+
+class QualityGateSpec(ApiModel):
+    metric: Metric = Metric.PERPLEXITY
+    min_improvement: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=10,
+            description=(
+                "Minimum relative improvement over the base model in the metric's good direction "
+                "(0.15 = 15%); absolute when the base scores 0."
+            ),
+        ),
+    ] = 0.0
+
+
+class EvaluationSpec(ApiModel):
+    metrics: Annotated[list[Metric], Field(min_length=1, max_length=6)] = Field(
+        default_factory=lambda: [Metric.PERPLEXITY, Metric.ROUGE_L]
+    )
+    compare_with_base: bool = True
+    gate: QualityGateSpec | None = None
+    regression_set: Annotated[
+        str | None,
+        Field(pattern=DATA_URI_PATTERN, description="General prompts that measure forgetting (s3:// or file://)."),
+    ] = None
+    max_regression: Annotated[
+        float, Field(ge=0, le=1, description="Largest tolerated relative loss on the regression set (0.05 = 5%).")
+    ] = 0.05
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 64
+    max_examples: Annotated[int | None, Field(ge=1, le=100000, description="Cap on test examples scored.")] = None
+
+
+class OutputSpec(ApiModel):
+    uri: Annotated[
+        str,
+        Field(
+            pattern=DATA_URI_PATTERN,
+            description="Prefix under which each run publishes a new, never-overwritten version.",
+        ),
+    ]
+    formats: Annotated[list[ArtifactFormat], Field(min_length=1, max_length=5)] = Field(
+        default_factory=lambda: [ArtifactFormat.ADAPTER, ArtifactFormat.MERGED]
+    )
+
+
+class CheckpointSpec(ApiModel):
+    every_steps: Annotated[int, Field(ge=1, le=1_000_000, description="Checkpoint to storage every N optimizer steps.")] = 50
+    uri: Annotated[
+        str | None,
+        Field(pattern=DATA_URI_PATTERN, description="Where checkpoints go; default: <output.uri>/checkpoints/<job>."),
+    ] = None
+    termination_grace_period_seconds: Annotated[
+        int, Field(ge=0, le=3600, description="Time the pod gets after SIGTERM to write a last checkpoint.")
+    ] = 120
+
+
+class Toleration(ApiModel):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ResourcesSpec(ApiModel):
+    gpus: Annotated[int, Field(ge=0, le=16, description="GPUs on one node; more than one runs one process per GPU (DDP).")] = 1
+    gpu_resource_name: Annotated[str, Field(max_length=253)] = "nvidia.com/gpu"
+    cpu: Annotated[str, Field(pattern=QUANTITY_PATTERN.replace("Ki|", "m|Ki|"))] = "4"
+    memory: Annotated[str, Field(pattern=QUANTITY_PATTERN)] = "32Gi"
+    node_selector: dict[str, str] | None = None
+    tolerations: Annotated[list[Toleration] | None, Field(max_length=32)] = None
+    priority_class_name: Annotated[str | None, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] = None
+
+
+class PvcRef(ApiModel):
+    claim_name: Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+
+
+class StorageSpec(ApiModel):
+    scratch_size: Annotated[
+        str, Field(pattern=QUANTITY_PATTERN, description="Size of the ephemeral scratch volume for model and checkpoints.")
+    ] = "50Gi"
+    pvc: Annotated[PvcRef | None, Field(description="Use this PersistentVolumeClaim as scratch instead.")] = None
+    shm_size: Annotated[str, Field(pattern=QUANTITY_PATTERN, description="Size of /dev/shm (memory-backed).")] = "2Gi"
+
+
+class SecretKeyRef(ApiModel):
+    name: Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+    access_key_id_key: Annotated[str, Field(min_length=1, max_length=253)] = "AWS_ACCESS_KEY_ID"
+    secret_access_key_key: Annotated[str, Field(min_length=1, max_length=253)] = "AWS_SECRET_ACCESS_KEY"
+    session_token_key: Annotated[str | None, Field(min_length=1, max_length=253)] = None
+
+
+class ConfigMapKeyRef(ApiModel):
+    name: Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+    key: Annotated[str, Field(min_length=1, max_length=253)] = "ca.crt"
+
+
+class S3Spec(ApiModel):
+    endpoint: Annotated[
+        str | None,
+        Field(pattern=r"^https?://[^\s]+$", description="S3-compatible endpoint (MinIO, Ceph...); AWS when unset."),
+    ] = None
+    region: Annotated[str | None, Field(max_length=64)] = None
+    credentials_secret: Annotated[
+        SecretKeyRef | None,
+        Field(description="Secret with the access keys; unset means the pod's ServiceAccount identity (IRSA, Workload Identity)."),
+    ] = None
+    ca_bundle: Annotated[ConfigMapKeyRef | None, Field(description="ConfigMap key with a PEM CA bundle for a private endpoint.")] = None
+    force_path_style: bool = False
+
+
+FINETUNEJOB_SPEC_RULES: list[dict[str, str]] = [
+    {
+        "rule": "self.method.type != 'qlora' || self.resources.gpus > 0 || self.method.allowCpuQlora",
+        "message": "method.type qlora needs resources.gpus > 0 (or method.allowCpuQlora: true)",
+        "fieldPath": ".method.type",
+    },
+    {
+        "rule": "self.dataset.split.validation + self.dataset.split.test < 0.9",
+        "message": "dataset.split.validation + dataset.split.test must leave at least 10% for training",
+        "fieldPath": ".dataset.split",
+    },
+]
+
+
+class FineTuneJobSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": FINETUNEJOB_SPEC_RULES})
+
+    base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
+    dataset: DatasetSpec
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    output: OutputSpec
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    s3: S3Spec = Field(default_factory=S3Spec)
+    service_account_name: Annotated[
+        str | None,
+        Field(
+            pattern=DNS_SUBDOMAIN_PATTERN,
+            max_length=253,
+            description="Pod identity for cloud credentials (IRSA/Workload Identity); default: a per-job account.",
+        ),
+    ] = None
+    image: Annotated[str | None, Field(max_length=512, description="Trainer image; default from the operator's config.")] = None
+    suspend: Annotated[bool, Field(description="Suspend (true) or resume (false) the job; the only field that may change after creation.")] = False
+    queue_name: Annotated[
+        str | None, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Kueue LocalQueue to submit to.")
+    ] = None
+    active_deadline_seconds: Annotated[int | None, Field(ge=60, le=30 * 24 * 3600)] = None
+    backoff_limit: Annotated[int, Field(ge=0, le=20, description="Retries of the training pod after failures other than configuration errors.")] = 3
+    ttl_seconds_after_finished: Annotated[int | None, Field(ge=0, le=365 * 24 * 3600)] = None
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> FineTuneJobSpec:
+        """The same rules as FINETUNEJOB_SPEC_RULES (CEL, in the CRD); a test keeps them in step."""
+        if self.method.type == MethodType.QLORA.value and self.resources.gpus == 0 and not self.method.allow_cpu_qlora:
+            raise ValueError(FINETUNEJOB_SPEC_RULES[0]["message"])
+        if self.dataset.split.validation + self.dataset.split.test >= 0.9:
+            raise ValueError(FINETUNEJOB_SPEC_RULES[1]["message"])
+        return self
+
+
+# --------------------------------------------------------------------------- status
+
+
+class Condition(ApiModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class Progress(ApiModel):
+    """Written by the trainer (its per-job Role allows only finetunejobs/status of its job)."""
+
+    stage: str | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: float | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    updated_at: str | None = None
+
+
+class PreflightReport(ApiModel):
+    """Written by the trainer's pre-flight run."""
+
+    passed: bool
+    message: str = ""
+    examples: dict[str, int] | None = None
+    train_tokens: int | None = None
+    estimated_memory_gib: float | None = None
+    estimated_minutes: float | None = None
+    method: str | None = None
+
+
+class ArtifactStatus(ApiModel):
+    name: str
+    uri: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+
+
+class ResolvedTraining(ApiModel):
+    method: MethodType
+    lora: LoraSpec | None = None
+    hyperparameters: HyperparametersSpec
+
+
+class TrainerResult(ApiModel):
+    """Written by the trainer when it has published: where the run went and how good it is."""
+
+    version: str | None = None
+    manifest_uri: str | None = None
+    promoted: bool | None = None
+    metrics: dict[str, float] | None = None
+    artifacts: list[ArtifactStatus] | None = None
+
+
+class FineTuneJobStatus(ApiModel):
+    phase: Phase | None = None
+    conditions: list[Condition] | None = None
+    observed_generation: int | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    job_name: str | None = None
+    preflight_job_name: str | None = None
+    progress_text: Annotated[str | None, Field(description="step/total, for the printer column.")] = None
+    progress: Progress | None = None
+    preflight: PreflightReport | None = None
+    resolved: Annotated[
+        ResolvedTraining | None,
+        Field(description="The values the trainer actually used, auto ones resolved (as the OpenAI fine-tuning API reports)."),
+    ] = None
+    result: TrainerResult | None = None
+
+
+class FineTuneJob(ApiModel):
+    """A whole manifest. ``metadata`` is Kubernetes' own and is kept as a plain dict."""
+
+    api_version: Literal["kubetune.dev/v1alpha1"] = API_VERSION  # type: ignore[assignment]
+    kind: Literal["FineTuneJob"] = KIND  # type: ignore[assignment]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None

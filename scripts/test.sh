@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite, slow real-model tests included, plus the static checks. CI runs this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh dev
+export PATH="$PWD/.venv/bin:$PATH"
+echo "== static checks"
+ruff check operator trainer_image tests bench
+lint-imports
+mypy operator/kubetune trainer_image/kubetune_trainer
+python -m kubetune.api.crd --check
+echo "== tests"
+pytest "$@"

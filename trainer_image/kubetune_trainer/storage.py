@@ -1,0 +1,234 @@
+"""One way to read and write ``s3://`` and ``file://`` URIs, in the pod and on a laptop.
+
+Everything the trainer fetches or publishes (datasets, base models, checkpoints, artifacts)
+goes through :class:`ObjectStore`, so tests against a moto S3 server exercise the same code
+path production uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from kubetune.api.v1alpha1 import S3Spec
+
+
+class StorageError(RuntimeError):
+    """A URI could not be read or written; the message names the URI and the cause."""
+
+
+@dataclass(frozen=True)
+class Location:
+    scheme: str  # "s3" or "file"
+    bucket: str  # empty for file://
+    key: str  # object key, or absolute path for file://
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.scheme == "s3" else f"file://{self.key}"
+
+    def child(self, name: str) -> Location:
+        base = self.key.rstrip("/")
+        key = f"{base}/{name}" if base else name
+        return Location(self.scheme, self.bucket, key)
+
+
+def parse_uri(uri: str) -> Location:
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StorageError(f"{uri}: an s3:// URI needs a bucket")
+        return Location("s3", parsed.netloc, parsed.path.lstrip("/"))
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise StorageError(f"{uri}: a file:// URI must be absolute (file:///path)")
+        return Location("file", "", parsed.path)
+    raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r} (use s3:// or file://)")
+
+
+def join_uri(uri: str, *parts: str) -> str:
+    location = parse_uri(uri)
+    for part in parts:
+        location = location.child(part)
+    return location.uri
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ObjectStore:
+    """Reads and writes objects by URI. S3 settings come from the job's ``spec.s3``.
+
+    Credentials follow boto3's default chain (environment variables set from the job's
+    Secret, or the pod's web identity for IRSA/Workload Identity): never from the manifest.
+    """
+
+    def __init__(self, s3: S3Spec | None = None) -> None:
+        self._s3_spec = s3 or S3Spec()
+        self._client: Any = None
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def s3(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            spec = self._s3_spec
+            config = Config(
+                retries={"max_attempts": 5, "mode": "standard"},
+                s3={"addressing_style": "path" if spec.force_path_style or spec.endpoint else "auto"},
+                connect_timeout=10,
+                read_timeout=60,
+            )
+            ca_bundle = os.environ.get("KUBETUNE_S3_CA_BUNDLE") or None
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or None,
+                region_name=spec.region or os.environ.get("AWS_REGION") or "us-east-1",
+                config=config,
+                verify=ca_bundle if ca_bundle else None,
+            )
+        return self._client
+
+    def _s3_call(self, uri: str, action: str, func: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return func(**kwargs)
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "?")
+            raise StorageError(f"{uri}: cannot {action}: {code}: {err}") from err
+        except BotoCoreError as err:
+            raise StorageError(f"{uri}: cannot {action}: {err}") from err
+
+    # ------------------------------------------------------------------ reads
+    def exists(self, uri: str) -> bool:
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            return Path(loc.key).exists()
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.head_object(Bucket=loc.bucket, Key=loc.key)
+            return True
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StorageError(f"{uri}: cannot check existence: {err}") from err
+
+    def read_bytes(self, uri: str) -> bytes:
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            try:
+                return Path(loc.key).read_bytes()
+            except OSError as err:
+                raise StorageError(f"{uri}: cannot read: {err.strerror}") from err
+        response = self._s3_call(uri, "read", self.s3.get_object, Bucket=loc.bucket, Key=loc.key)
+        return bytes(response["Body"].read())
+
+    def list(self, uri: str) -> list[str]:
+        """URIs of all objects/files at or under ``uri`` (a prefix or a directory), sorted."""
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            root = Path(loc.key)
+            if root.is_file():
+                return [loc.uri]
+            if not root.exists():
+                return []
+            return sorted(f"file://{p}" for p in root.rglob("*") if p.is_file())
+        return sorted(f"s3://{loc.bucket}/{key}" for key in self._iter_keys(loc))
+
+    def _iter_keys(self, loc: Location) -> Iterator[str]:
+        paginator = self.s3.get_paginator("list_objects_v2")
+        pages = self._s3_call(loc.uri, "list", lambda: list(paginator.paginate(Bucket=loc.bucket, Prefix=loc.key)))
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def download(self, uri: str, dest: Path) -> Path:
+        """Copy one object to ``dest`` (written to a temporary name, then renamed)."""
+        loc = parse_uri(uri)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(dest.name + ".partial")
+        if loc.scheme == "file":
+            try:
+                shutil.copyfile(loc.key, partial)
+            except OSError as err:
+                raise StorageError(f"{uri}: cannot read: {err.strerror}") from err
+        else:
+            self._s3_call(uri, "download", self.s3.download_file, Bucket=loc.bucket, Key=loc.key, Filename=str(partial))
+        partial.replace(dest)
+        return dest
+
+    def download_tree(self, uri: str, dest: Path) -> Path:
+        """Copy every object under a prefix into ``dest``, keeping relative paths."""
+        loc = parse_uri(uri)
+        prefix = loc.key.rstrip("/") + "/" if loc.key else ""
+        found = self.list(loc.uri.rstrip("/") + "/") if loc.scheme == "s3" else self.list(loc.uri)
+        if not found:
+            raise StorageError(f"{uri}: nothing found under this prefix")
+        for item in found:
+            key = parse_uri(item).key
+            rel = key[len(prefix) :] if key.startswith(prefix) else Path(key).name
+            if loc.scheme == "file":
+                rel = str(Path(key).relative_to(loc.key))
+            self.download(item, dest / rel)
+        return dest
+
+    # ------------------------------------------------------------------ writes
+    def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> None:
+        """Write one object; with ``if_absent`` refuse to replace an existing one."""
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            path = Path(loc.key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if if_absent and path.exists():
+                raise StorageError(f"{uri}: already exists; refusing to overwrite")
+            partial = path.with_name(path.name + ".partial")
+            partial.write_bytes(data)
+            partial.replace(path)
+            return
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+        self._s3_call(uri, "write", self.s3.put_object, Bucket=loc.bucket, Key=loc.key, Body=data, **extra)
+
+    def upload(self, path: Path, uri: str) -> None:
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            dest = Path(loc.key)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            partial = dest.with_name(dest.name + ".partial")
+            shutil.copyfile(path, partial)
+            partial.replace(dest)
+            return
+        self._s3_call(uri, "upload", self.s3.upload_file, Filename=str(path), Bucket=loc.bucket, Key=loc.key)
+
+    def upload_tree(self, root: Path, uri: str) -> list[str]:
+        """Upload every file under ``root`` below ``uri``; returns the URIs written."""
+        written = []
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            target = join_uri(uri, *path.relative_to(root).parts)
+            self.upload(path, target)
+            written.append(target)
+        return written
+
+    def delete_tree(self, uri: str) -> None:
+        """Remove everything under a prefix (used only for the job's own checkpoints)."""
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            shutil.rmtree(loc.key, ignore_errors=True)
+            return
+        for item in self.list(uri):
+            key = parse_uri(item).key
+            self._s3_call(item, "delete", self.s3.delete_object, Bucket=loc.bucket, Key=key)
