@@ -7,6 +7,7 @@ path production uses.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import shutil
@@ -214,7 +215,7 @@ class ObjectStore:
             return
         self._s3_call(uri, "upload", self.s3.upload_file, Filename=str(path), Bucket=loc.bucket, Key=loc.key)
 
-    def upload_tree(self, root: Path, uri: str) -> list[str]:
+    def upload_tree(self, root: Path, uri: str) -> builtins.list[str]:
         """Upload every file under ``root`` below ``uri``; returns the URIs written."""
         written = []
         for path in sorted(p for p in root.rglob("*") if p.is_file()):

@@ -98,9 +98,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], models: dict[str, ty
         extra = node.get("additionalProperties")
         if isinstance(extra, dict) and extra:
             out["additionalProperties"] = _structural(extra, defs, models)
-        elif extra is True or (isinstance(extra, dict) and not extra):
-            out["x-kubernetes-preserve-unknown-fields"] = True
-        elif "properties" not in node and extra is None:
+        elif extra is True or (isinstance(extra, dict) and not extra) or ("properties" not in node and extra is None):
             out["x-kubernetes-preserve-unknown-fields"] = True
     elif node_type == "array":
         out["items"] = _structural(node["items"], defs, models)

@@ -11,11 +11,12 @@ value it used back to ``status.resolvedHyperparameters``.
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import Annotated, Any, Literal
+from enum import StrEnum
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonDict, JsonValue
 
 GROUP = "kubetune.dev"
 VERSION = "v1alpha1"
@@ -55,7 +56,7 @@ class ApiModel(BaseModel):
 # --------------------------------------------------------------------------- enums
 
 
-class DatasetFormat(str, Enum):
+class DatasetFormat(StrEnum):
     AUTO = "auto"
     ALPACA = "alpaca"
     CHAT = "chat"
@@ -63,25 +64,25 @@ class DatasetFormat(str, Enum):
     TEXT = "text"
 
 
-class InvalidRowPolicy(str, Enum):
+class InvalidRowPolicy(StrEnum):
     REJECT = "reject"
     DROP = "drop"
 
 
-class MethodType(str, Enum):
+class MethodType(StrEnum):
     AUTO = "auto"
     QLORA = "qlora"
     LORA = "lora"
     FULL = "full"
 
 
-class LrScheduler(str, Enum):
+class LrScheduler(StrEnum):
     COSINE = "cosine"
     LINEAR = "linear"
     CONSTANT = "constant"
 
 
-class Metric(str, Enum):
+class Metric(StrEnum):
     PERPLEXITY = "perplexity"
     ROUGE_L = "rougeL"
     BLEU = "bleu"
@@ -90,7 +91,7 @@ class Metric(str, Enum):
     F1 = "f1"
 
 
-class ArtifactFormat(str, Enum):
+class ArtifactFormat(StrEnum):
     ADAPTER = "adapter"
     MERGED = "merged"
     BNB_4BIT = "bnb-4bit"
@@ -98,7 +99,7 @@ class ArtifactFormat(str, Enum):
     GGUF_Q4_0 = "gguf-q4_0"
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     PENDING = "Pending"
     VALIDATING = "Validating"
     QUEUED = "Queued"
@@ -142,9 +143,9 @@ class DatasetSource(ApiModel):
             ),
         ),
     ]
-    format: Annotated[
-        DatasetFormat, Field(description="Row format; auto detects it from the columns.")
-    ] = DatasetFormat.AUTO
+    format: Annotated[DatasetFormat, Field(description="Row format; auto detects it from the columns.")] = (
+        DatasetFormat.AUTO
+    )
     weight: Annotated[
         float,
         Field(
@@ -170,7 +171,8 @@ class DatasetSource(ApiModel):
 class NearDedupSpec(ApiModel):
     enabled: bool = True
     threshold: Annotated[
-        float, Field(ge=0.5, le=1.0, description="Estimated Jaccard similarity above which two examples are near-duplicates.")
+        float,
+        Field(ge=0.5, le=1.0, description="Estimated Jaccard similarity above which two examples are near-duplicates."),
     ] = 0.9
 
 
@@ -185,8 +187,12 @@ class CurationSpec(ApiModel):
 
 
 class SplitSpec(ApiModel):
-    validation: Annotated[float, Field(ge=0, le=0.5, description="Fraction held out for validation loss and early stopping.")] = 0.1
-    test: Annotated[float, Field(ge=0, le=0.5, description="Fraction held out for the final base-vs-tuned evaluation.")] = 0.1
+    validation: Annotated[
+        float, Field(ge=0, le=0.5, description="Fraction held out for validation loss and early stopping.")
+    ] = 0.1
+    test: Annotated[
+        float, Field(ge=0, le=0.5, description="Fraction held out for the final base-vs-tuned evaluation.")
+    ] = 0.1
     seed: Annotated[
         str,
         Field(
@@ -217,9 +223,7 @@ class LoraSpec(ApiModel):
 
 
 class MethodSpec(ApiModel):
-    type: Annotated[
-        MethodType, Field(description="auto picks QLoRA on a GPU and LoRA on a CPU.")
-    ] = MethodType.AUTO
+    type: Annotated[MethodType, Field(description="auto picks QLoRA on a GPU and LoRA on a CPU.")] = MethodType.AUTO
     lora: LoraSpec = Field(default_factory=LoraSpec)
     allow_cpu_qlora: Annotated[
         bool,
@@ -237,13 +241,18 @@ class HyperparametersSpec(ApiModel):
     weight_decay: Annotated[float | None, Field(ge=0, le=1)] = None
     max_grad_norm: Annotated[float | None, Field(gt=0, le=1000)] = None
     sequence_length: Annotated[int | None, Field(ge=32, le=131072)] = None
-    packing: Annotated[bool | None, Field(description="Pack short examples into full sequences (attention kept per example).")] = None
+    packing: Annotated[
+        bool | None, Field(description="Pack short examples into full sequences (attention kept per example).")
+    ] = None
     early_stopping_patience: Annotated[
-        int | None, Field(ge=0, le=100, description="Evaluations without validation-loss improvement before stopping; 0 disables.")
+        int | None,
+        Field(ge=0, le=100, description="Evaluations without validation-loss improvement before stopping; 0 disables."),
     ] = None
     gradient_checkpointing: bool | None = None
     seed: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None
-    eval_steps: Annotated[int | None, Field(ge=1, le=1_000_000, description="Optimizer steps between validation-loss evaluations.")] = None
+    eval_steps: Annotated[
+        int | None, Field(ge=1, le=1_000_000, description="Optimizer steps between validation-loss evaluations.")
+    ] = None
 
 
 class QualityGateSpec(ApiModel):
@@ -292,7 +301,9 @@ class OutputSpec(ApiModel):
 
 
 class CheckpointSpec(ApiModel):
-    every_steps: Annotated[int, Field(ge=1, le=1_000_000, description="Checkpoint to storage every N optimizer steps.")] = 50
+    every_steps: Annotated[
+        int, Field(ge=1, le=1_000_000, description="Checkpoint to storage every N optimizer steps.")
+    ] = 50
     uri: Annotated[
         str | None,
         Field(pattern=DATA_URI_PATTERN, description="Where checkpoints go; default: <output.uri>/checkpoints/<job>."),
@@ -311,7 +322,9 @@ class Toleration(ApiModel):
 
 
 class ResourcesSpec(ApiModel):
-    gpus: Annotated[int, Field(ge=0, le=16, description="GPUs on one node; more than one runs one process per GPU (DDP).")] = 1
+    gpus: Annotated[
+        int, Field(ge=0, le=16, description="GPUs on one node; more than one runs one process per GPU (DDP).")
+    ] = 1
     gpu_resource_name: Annotated[str, Field(max_length=253)] = "nvidia.com/gpu"
     cpu: Annotated[str, Field(pattern=QUANTITY_PATTERN.replace("Ki|", "m|Ki|"))] = "4"
     memory: Annotated[str, Field(pattern=QUANTITY_PATTERN)] = "32Gi"
@@ -326,7 +339,8 @@ class PvcRef(ApiModel):
 
 class StorageSpec(ApiModel):
     scratch_size: Annotated[
-        str, Field(pattern=QUANTITY_PATTERN, description="Size of the ephemeral scratch volume for model and checkpoints.")
+        str,
+        Field(pattern=QUANTITY_PATTERN, description="Size of the ephemeral scratch volume for model and checkpoints."),
     ] = "50Gi"
     pvc: Annotated[PvcRef | None, Field(description="Use this PersistentVolumeClaim as scratch instead.")] = None
     shm_size: Annotated[str, Field(pattern=QUANTITY_PATTERN, description="Size of /dev/shm (memory-backed).")] = "2Gi"
@@ -352,13 +366,17 @@ class S3Spec(ApiModel):
     region: Annotated[str | None, Field(max_length=64)] = None
     credentials_secret: Annotated[
         SecretKeyRef | None,
-        Field(description="Secret with the access keys; unset means the pod's ServiceAccount identity (IRSA, Workload Identity)."),
+        Field(
+            description="Secret with the access keys; unset means the pod's ServiceAccount identity (IRSA, Workload Identity)."
+        ),
     ] = None
-    ca_bundle: Annotated[ConfigMapKeyRef | None, Field(description="ConfigMap key with a PEM CA bundle for a private endpoint.")] = None
+    ca_bundle: Annotated[
+        ConfigMapKeyRef | None, Field(description="ConfigMap key with a PEM CA bundle for a private endpoint.")
+    ] = None
     force_path_style: bool = False
 
 
-FINETUNEJOB_SPEC_RULES: list[dict[str, str]] = [
+FINETUNEJOB_SPEC_RULES: list[JsonDict] = [
     {
         "rule": "self.method.type != 'qlora' || self.resources.gpus > 0 || self.method.allowCpuQlora",
         "message": "method.type qlora needs resources.gpus > 0 (or method.allowCpuQlora: true)",
@@ -373,7 +391,7 @@ FINETUNEJOB_SPEC_RULES: list[dict[str, str]] = [
 
 
 class FineTuneJobSpec(ApiModel):
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": FINETUNEJOB_SPEC_RULES})
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": cast(list[JsonValue], FINETUNEJOB_SPEC_RULES)})
 
     base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
     dataset: DatasetSpec
@@ -393,22 +411,30 @@ class FineTuneJobSpec(ApiModel):
             description="Pod identity for cloud credentials (IRSA/Workload Identity); default: a per-job account.",
         ),
     ] = None
-    image: Annotated[str | None, Field(max_length=512, description="Trainer image; default from the operator's config.")] = None
-    suspend: Annotated[bool, Field(description="Suspend (true) or resume (false) the job; the only field that may change after creation.")] = False
+    image: Annotated[
+        str | None, Field(max_length=512, description="Trainer image; default from the operator's config.")
+    ] = None
+    suspend: Annotated[
+        bool,
+        Field(description="Suspend (true) or resume (false) the job; the only field that may change after creation."),
+    ] = False
     queue_name: Annotated[
         str | None, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="Kueue LocalQueue to submit to.")
     ] = None
     active_deadline_seconds: Annotated[int | None, Field(ge=60, le=30 * 24 * 3600)] = None
-    backoff_limit: Annotated[int, Field(ge=0, le=20, description="Retries of the training pod after failures other than configuration errors.")] = 3
+    backoff_limit: Annotated[
+        int,
+        Field(ge=0, le=20, description="Retries of the training pod after failures other than configuration errors."),
+    ] = 3
     ttl_seconds_after_finished: Annotated[int | None, Field(ge=0, le=365 * 24 * 3600)] = None
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> FineTuneJobSpec:
         """The same rules as FINETUNEJOB_SPEC_RULES (CEL, in the CRD); a test keeps them in step."""
         if self.method.type == MethodType.QLORA.value and self.resources.gpus == 0 and not self.method.allow_cpu_qlora:
-            raise ValueError(FINETUNEJOB_SPEC_RULES[0]["message"])
+            raise ValueError(str(FINETUNEJOB_SPEC_RULES[0]["message"]))
         if self.dataset.split.validation + self.dataset.split.test >= 0.9:
-            raise ValueError(FINETUNEJOB_SPEC_RULES[1]["message"])
+            raise ValueError(str(FINETUNEJOB_SPEC_RULES[1]["message"]))
         return self
 
 
@@ -485,7 +511,9 @@ class FineTuneJobStatus(ApiModel):
     preflight: PreflightReport | None = None
     resolved: Annotated[
         ResolvedTraining | None,
-        Field(description="The values the trainer actually used, auto ones resolved (as the OpenAI fine-tuning API reports)."),
+        Field(
+            description="The values the trainer actually used, auto ones resolved (as the OpenAI fine-tuning API reports)."
+        ),
     ] = None
     result: TrainerResult | None = None
 
