@@ -1,0 +1,107 @@
+"""``kubetune``: the trainer's command line, on a laptop and in the pod.
+
+- ``kubetune run job.yaml``: the whole job locally (no cluster), with progress bars, stage
+  timings and a base-vs-tuned table at the end.
+- ``kubetune preflight --job /etc/kubetune/job.yaml``: the CPU-only pre-flight Job.
+- ``kubetune train --job /etc/kubetune/job.yaml``: the training Job (also under torchrun).
+- ``kubetune validate job.yaml ...``: check manifests against the API, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from kubetune.api.manifest import ManifestError, load_manifest
+from kubetune_trainer.errors import EXIT_CONFIG, EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kubetune_trainer.localrun import default_mappings, localize, parse_mapping
+    from kubetune_trainer.pipeline import Mode, run_pipeline
+
+    job = load_manifest(args.manifest)
+    mappings = [parse_mapping(m) for m in args.map] + default_mappings(args.manifest)
+    for mapping in mappings:
+        print(f"mapping file://{mapping.pod_prefix}/ -> {mapping.local_dir.resolve()}/", file=sys.stderr)
+    job = localize(job, mappings, args.output_dir)
+    return run_pipeline(job, mode=Mode.LOCAL, workdir=args.workdir, max_steps=args.max_steps)
+
+
+def _in_pod(args: argparse.Namespace, mode_name: str) -> int:
+    from kubetune_trainer.pipeline import Mode, run_pipeline
+
+    job = load_manifest(args.job)
+    workdir = args.workdir or Path(os.environ.get("KUBETUNE_SCRATCH", "/scratch")) / "work"
+    return run_pipeline(job, mode=Mode(mode_name), workdir=workdir, max_steps=None)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for path in args.manifests:
+        try:
+            job = load_manifest(path)
+        except ManifestError as err:
+            print(err, file=sys.stderr)
+            status = EXIT_CONFIG
+            continue
+        print(f"{path}: valid FineTuneJob {job.metadata.get('name', '?')!r}")
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a FineTuneJob manifest locally, end to end")
+    run.add_argument("manifest", type=Path)
+    run.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="publish to this local folder instead of spec.output.uri (versions go under <dir>/<job name>/)",
+    )
+    run.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="/POD/PATH=LOCAL/DIR",
+        help="read file:///POD/PATH/... from LOCAL/DIR (default: /opt/kubetune/examples -> the manifest's folder)",
+    )
+    run.add_argument("--workdir", type=Path, default=Path(".kubetune-work"), help="scratch folder (checkpoints, exports)")
+    run.add_argument("--max-steps", type=int, default=None, help="stop training after N optimizer steps (smoke runs)")
+    run.set_defaults(handler=_run)
+
+    for name, help_text in (("preflight", "the pre-flight check (in the pre-flight Job)"), ("train", "train, evaluate, publish (in the training Job)")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--job", type=Path, required=True, help="the FineTuneJob manifest (the operator mounts it)")
+        cmd.add_argument("--workdir", type=Path, default=None)
+        cmd.set_defaults(handler=lambda args, mode=name: _in_pod(args, mode))
+
+    validate = sub.add_parser("validate", help="check manifests against the FineTuneJob API")
+    validate.add_argument("manifests", type=Path, nargs="+")
+    validate.set_defaults(handler=_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("botocore", "urllib3", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.handler(args))
+    except ManifestError as err:
+        print(err, file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

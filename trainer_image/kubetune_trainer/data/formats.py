@@ -1,0 +1,133 @@
+"""Dataset formats: detect which one a file uses and turn each row into an :class:`Example`.
+
+Every problem is a :class:`RowProblem` naming the field (``messages[2].role``), so errors
+read ``s3://bucket/data.jsonl:17: field 'messages[2].role': unknown role 'bot' ...``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api.v1alpha1 import DatasetFormat
+from kubetune_trainer.data.types import ROLES, Example, Message
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+@dataclass(frozen=True)
+class RowProblem(Exception):
+    field: str
+    message: str
+    reason: str  # short key for the report's per-reason counts
+
+    def __str__(self) -> str:
+        return f"field '{self.field}': {self.message}" if self.field else self.message
+
+
+def apply_column_mapping(data: Mapping[str, Any], mapping: Mapping[str, str] | None) -> dict[str, Any]:
+    """Rename the dataset's columns to canonical names (mapping: canonical -> dataset column)."""
+    if not mapping:
+        return dict(data)
+    renamed = {k: v for k, v in data.items() if k not in mapping.values()}
+    for canonical, column in mapping.items():
+        if column in data:
+            renamed[canonical] = data[column]
+    return renamed
+
+
+def detect_format(columns: set[str]) -> DatasetFormat | None:
+    """The format a row's columns indicate, or None when none fits."""
+    if "messages" in columns or "conversations" in columns:
+        return DatasetFormat.CHAT
+    if {"instruction", "output"} <= columns:
+        return DatasetFormat.ALPACA
+    if {"prompt", "completion"} <= columns:
+        return DatasetFormat.PROMPT_COMPLETION
+    if "text" in columns:
+        return DatasetFormat.TEXT
+    return None
+
+
+def _text(data: Mapping[str, Any], name: str, *, required: bool = True) -> str:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise RowProblem(name, "missing", "missing_field")
+        return ""
+    if not isinstance(value, str):
+        raise RowProblem(name, f"expected a string, got {type(value).__name__}", "wrong_type")
+    if required and not value.strip():
+        raise RowProblem(name, "empty", "empty_field")
+    return value
+
+
+def _alpaca(data: Mapping[str, Any]) -> Example:
+    instruction = _text(data, "instruction")
+    extra = _text(data, "input", required=False)
+    messages = []
+    system = _text(data, "system", required=False)
+    if system.strip():
+        messages.append(Message("system", system))
+    messages.append(Message("user", f"{instruction}\n\n{extra}" if extra.strip() else instruction))
+    messages.append(Message("assistant", _text(data, "output")))
+    return Example(messages=tuple(messages))
+
+
+def _prompt_completion(data: Mapping[str, Any]) -> Example:
+    return Example(messages=(Message("user", _text(data, "prompt")), Message("assistant", _text(data, "completion"))))
+
+
+def _plain_text(data: Mapping[str, Any]) -> Example:
+    return Example(text=_text(data, "text"))
+
+
+def _chat_turns(data: Mapping[str, Any]) -> tuple[str, list[Any], str, str, Mapping[str, str] | None]:
+    if "messages" in data:
+        return "messages", data["messages"], "role", "content", None
+    if "conversations" in data:
+        return "conversations", data["conversations"], "from", "value", SHAREGPT_ROLES
+    raise RowProblem("messages", "missing (expected 'messages' or ShareGPT 'conversations')", "missing_field")
+
+
+def _chat(data: Mapping[str, Any]) -> Example:
+    column, turns, role_key, content_key, role_map = _chat_turns(data)
+    if not isinstance(turns, list) or not turns:
+        raise RowProblem(column, "expected a non-empty list of turns", "wrong_type")
+    messages = []
+    for index, turn in enumerate(turns):
+        where = f"{column}[{index}]"
+        if not isinstance(turn, dict):
+            raise RowProblem(where, f"expected an object, got {type(turn).__name__}", "wrong_type")
+        raw_role = turn.get(role_key)
+        role = role_map.get(str(raw_role)) if role_map is not None else raw_role
+        if role not in ROLES:
+            known = ", ".join(role_map) if role_map is not None else ", ".join(ROLES)
+            raise RowProblem(f"{where}.{role_key}", f"unknown role {raw_role!r} (expected {known})", "unknown_role")
+        content = turn.get(content_key)
+        if not isinstance(content, str):
+            raise RowProblem(f"{where}.{content_key}", "missing or not a string", "wrong_type")
+        if not content.strip():
+            raise RowProblem(f"{where}.{content_key}", "empty", "empty_field")
+        if role == "system" and index != 0:
+            raise RowProblem(f"{where}.{role_key}", "a system message must come first", "misplaced_system")
+        messages.append(Message(str(role), content))
+    if not any(m.role == "assistant" for m in messages):
+        raise RowProblem(column, "no assistant turn to learn from", "no_assistant_turn")
+    if messages[-1].role != "assistant":
+        raise RowProblem(f"{column}[{len(messages) - 1}]", "the conversation must end with an assistant turn", "ends_without_assistant")
+    return Example(messages=tuple(messages))
+
+
+CONVERTERS: dict[DatasetFormat, Callable[[Mapping[str, Any]], Example]] = {
+    DatasetFormat.ALPACA: _alpaca,
+    DatasetFormat.CHAT: _chat,
+    DatasetFormat.PROMPT_COMPLETION: _prompt_completion,
+    DatasetFormat.TEXT: _plain_text,
+}
+
+
+def to_example(data: Mapping[str, Any], fmt: DatasetFormat) -> Example:
+    """Convert one (column-mapped) row; raises :class:`RowProblem`."""
+    return CONVERTERS[fmt](data)

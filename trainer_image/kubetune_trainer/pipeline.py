@@ -1,0 +1,147 @@
+"""The trainer's stages in order: model → data → plan → train → evaluate → export → publish.
+
+``Mode.PREFLIGHT`` stops after the plan (the CPU-only pre-flight Job), ``Mode.TRAIN`` is the
+GPU Job, ``Mode.LOCAL`` is ``kubetune run``. Every stage is timed and announced to the
+reporters; errors become exit codes the operator's pod failure policy understands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.v1alpha1 import (
+    ArtifactStatus,
+    FineTuneJob,
+    FineTuneJobSpec,
+    PreflightReport,
+    ResolvedTraining,
+    TrainerResult,
+)
+from kubetune_trainer.errors import EXIT_CONFIG, EXIT_OK, EXIT_RETRYABLE, ConfigurationError
+from kubetune_trainer.stages import StageClock
+from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
+
+log = logging.getLogger(__name__)
+
+
+class Mode(StrEnum):
+    LOCAL = "run"
+    PREFLIGHT = "preflight"
+    TRAIN = "train"
+
+
+@dataclass
+class RunContext:
+    job: FineTuneJob
+    mode: Mode
+    workdir: Path
+    store: ObjectStore
+    clock: StageClock
+    reporters: Any
+    max_steps: int | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> FineTuneJobSpec:
+        return self.job.spec
+
+    @property
+    def name(self) -> str:
+        return str(self.job.metadata.get("name") or "finetunejob")
+
+    @property
+    def is_main_process(self) -> bool:
+        return int(os.environ.get("RANK", "0")) == 0
+
+    @property
+    def checkpoint_uri(self) -> str:
+        return self.spec.checkpoint.uri or join_uri(self.spec.output.uri, "checkpoints", self.name)
+
+
+def run_pipeline(job: FineTuneJob, *, mode: Mode, workdir: Path, max_steps: int | None) -> int:
+    """Run the job; returns the process exit code (see ``kubetune_trainer.errors``)."""
+    from kubetune_trainer.reporting import build_reporters
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    reporters = build_reporters(job, console=mode == Mode.LOCAL or sys.stderr.isatty())
+    ctx = RunContext(
+        job=job,
+        mode=mode,
+        workdir=workdir,
+        store=ObjectStore(job.spec.s3),
+        clock=StageClock(reporters),
+        reporters=reporters,
+        max_steps=max_steps,
+    )
+    try:
+        return _run_stages(ctx)
+    except ConfigurationError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StorageError as err:
+        log.error("storage: %s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RETRYABLE
+    finally:
+        reporters.close()
+
+
+def _run_stages(ctx: RunContext) -> int:
+    from kubetune_trainer import steps
+
+    with ctx.clock.stage("model"):
+        model = steps.prepare_base_model(ctx)
+    with ctx.clock.stage("data"):
+        data = steps.prepare_data(ctx, model)
+    with ctx.clock.stage("plan"):
+        resolved, preflight = steps.plan(ctx, model, data)
+    ctx.reporters.resolved(resolved)
+    ctx.reporters.preflight(preflight)
+    if not preflight.passed:
+        raise ConfigurationError(f"pre-flight failed: {preflight.message}")
+    if ctx.mode == Mode.PREFLIGHT:
+        _print_timings(ctx)
+        return EXIT_OK
+
+    with ctx.clock.stage("train"):
+        outcome = steps.train(ctx, model, data, resolved)
+    if outcome.preempted:
+        return outcome.exit_code
+    if not ctx.is_main_process:
+        return EXIT_OK
+    with ctx.clock.stage("evaluate"):
+        evaluation = steps.evaluate(ctx, model, data, resolved, outcome)
+    with ctx.clock.stage("export"):
+        steps.export(ctx, model, resolved, outcome)
+    with ctx.clock.stage("publish"):
+        published = steps.publish(ctx, model, data, resolved, outcome, evaluation)
+    result = TrainerResult(
+        version=published.version,
+        manifest_uri=published.manifest_uri,
+        promoted=evaluation.gate.passed,
+        metrics=evaluation.summary_metrics(),
+        artifacts=[
+            ArtifactStatus(name=a.name, uri=a.uri, sha256=a.sha256, size_bytes=a.size_bytes) for a in published.artifacts
+        ],
+    )
+    ctx.reporters.result(result)
+    steps.print_summary(ctx, evaluation, published)
+    _print_timings(ctx)
+    return EXIT_OK
+
+
+def _print_timings(ctx: RunContext) -> None:
+    lines = [f"  {name:<10} {seconds:8.1f} s" for name, seconds in ctx.clock.durations.items()]
+    print("stage times:\n" + "\n".join(lines) + f"\n  {'total':<10} {ctx.clock.total:8.1f} s", file=sys.stderr)
+    (ctx.workdir / "stage_times.json").write_text(json.dumps(ctx.clock.durations, indent=2))
+
+
+__all__ = ["Mode", "PreflightReport", "ResolvedTraining", "RunContext", "run_pipeline"]

@@ -1,0 +1,141 @@
+"""Encoded examples → training rows and batches, without training on padding.
+
+Packing (the default) fills rows of up to ``max_length`` tokens first-fit-decreasing and
+restarts ``position_ids`` at 0 for each example. With no 2-D attention mask, transformers
+(``masking_utils.find_packed_sequence_indices``) turns restarting position ids into a
+block-diagonal causal mask, so packed examples never attend to each other. Padding inside a
+packed batch is one more "example" of its own, masked out of the loss.
+
+The model must run with ``use_cache=False`` for this (a KV cache disables the detection);
+the training code sets it. Without packing, rows are one example each, padded per batch with an attention mask; the
+Trainer's length-grouped sampler keeps batches of similar lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from kubetune_trainer.tensors.encode import IGNORE_INDEX, EncodedExample
+
+
+@dataclass(frozen=True)
+class Row:
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+
+
+def pack_examples(examples: Sequence[EncodedExample], max_length: int) -> list[Row]:
+    """First-fit-decreasing packing into rows of at most ``max_length`` tokens (deterministic)."""
+    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]), i))
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for index in order:
+        size = min(len(examples[index]), max_length)
+        for slot, room in enumerate(free):
+            if room >= size:
+                bins[slot].append(index)
+                free[slot] -= size
+                break
+        else:
+            bins.append([index])
+            free.append(max_length - size)
+    rows = []
+    for members in bins:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for index in members:
+            example = examples[index]
+            ids += example.input_ids[:max_length]
+            labels += example.labels[:max_length]
+            positions += list(range(min(len(example), max_length)))
+        rows.append(Row(ids, labels, positions))
+    return rows
+
+
+def single_rows(examples: Sequence[EncodedExample], max_length: int) -> list[Row]:
+    return [
+        Row(e.input_ids[:max_length], e.labels[:max_length], list(range(min(len(e), max_length)))) for e in examples
+    ]
+
+
+class RowDataset(Dataset[dict[str, list[int]]]):
+    """Pre-built rows as the Trainer's dataset; ``lengths`` feeds length-grouped sampling."""
+
+    def __init__(self, rows: Sequence[Row]) -> None:
+        self.rows = list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        row = self.rows[index]
+        return {"input_ids": row.input_ids, "labels": row.labels, "position_ids": row.position_ids}
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(row.input_ids) for row in self.rows]
+
+
+@dataclass
+class RowCollator:
+    """Pads a batch of rows. ``packed``: padding becomes its own segment, no attention mask."""
+
+    pad_token_id: int
+    packed: bool
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, positions, mask = [], [], [], []
+        for feature in features:
+            gap = width - len(feature["input_ids"])
+            ids.append(feature["input_ids"] + [self.pad_token_id] * gap)
+            labels.append(feature["labels"] + [IGNORE_INDEX] * gap)
+            positions.append(feature["position_ids"] + list(range(gap)))
+            mask.append([1] * len(feature["input_ids"]) + [0] * gap)
+        batch = {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "position_ids": torch.tensor(positions, dtype=torch.long),
+        }
+        if not self.packed:
+            batch["attention_mask"] = torch.tensor(mask, dtype=torch.long)
+        return batch
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    tokens: int  # all positions in all batches, padding included
+    real_tokens: int
+    trained_tokens: int
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.real_tokens / self.tokens if self.tokens else 0.0
+
+
+def batch_stats(rows: Sequence[Row], batch_size: int) -> BatchStats:
+    """Token accounting for one epoch with batches of ``batch_size`` rows, longest-first.
+
+    An estimate of the sampler's order (which shuffles): exact for packing, where rows are
+    nearly equal, and a lower bound on padding otherwise.
+    """
+    lengths = sorted((len(r.input_ids) for r in rows), reverse=True)
+    total = sum(max(lengths[i : i + batch_size]) * len(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size))
+    trained = sum(sum(1 for label in r.labels if label != IGNORE_INDEX) for r in rows)
+    return BatchStats(tokens=total, real_tokens=sum(lengths), trained_tokens=trained)
+
+
+def build_rows(examples: Sequence[EncodedExample], max_length: int, *, packing: bool) -> list[Row]:
+    return pack_examples(examples, max_length) if packing else single_rows(examples, max_length)
+
+
+def collator_for(tokenizer: Any, *, packing: bool) -> RowCollator:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return RowCollator(pad_token_id=int(pad), packed=packing)
