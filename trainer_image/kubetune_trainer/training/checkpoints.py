@@ -1,0 +1,86 @@
+"""Checkpoints that survive the pod: every save is uploaded, then a pointer names it.
+
+Layout under the checkpoint URI: ``checkpoint-<step>/...`` (the Trainer's own folder:
+weights, optimizer, scheduler, RNG and trainer state) and ``latest.json``, written only after
+a checkpoint's upload finished, so a pod killed mid-upload never resumes from half a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from kubetune_trainer.storage import ObjectStore, join_uri
+
+log = logging.getLogger(__name__)
+POINTER = "latest.json"
+KEEP_REMOTE = 2
+
+
+class CheckpointStore:
+    def __init__(self, store: ObjectStore, uri: str) -> None:
+        self.store = store
+        self.uri = uri.rstrip("/")
+
+    def upload(self, local: Path, step: int) -> str:
+        target = join_uri(self.uri, f"checkpoint-{step}")
+        self.store.upload_tree(local, target)
+        self.store.write_bytes(join_uri(self.uri, POINTER), json.dumps({"step": step, "uri": target}).encode())
+        self._prune(step)
+        return target
+
+    def _prune(self, newest: int) -> None:
+        steps = sorted(
+            {
+                int(part.split("-", 1)[1])
+                for uri in self.store.list(self.uri + "/")
+                for part in uri[len(self.uri) + 1 :].split("/")[:1]
+                if part.startswith("checkpoint-") and part.split("-", 1)[1].isdigit()
+            }
+        )
+        for step in steps[:-KEEP_REMOTE]:
+            if step != newest:
+                self.store.delete_tree(join_uri(self.uri, f"checkpoint-{step}") + "/")
+
+    def latest(self) -> tuple[int, str] | None:
+        pointer = join_uri(self.uri, POINTER)
+        if not self.store.exists(pointer):
+            return None
+        data = json.loads(self.store.read_bytes(pointer))
+        return int(data["step"]), str(data["uri"])
+
+    def download_latest(self, dest_root: Path) -> Path | None:
+        found = self.latest()
+        if found is None:
+            return None
+        step, uri = found
+        local = dest_root / f"checkpoint-{step}"
+        if local.exists():
+            shutil.rmtree(local)
+        self.store.download_tree(uri + "/", local)
+        return local
+
+
+class UploadCheckpoints(TrainerCallback):
+    """After each local save (main process only), upload it and move the pointer."""
+
+    def __init__(self, checkpoints: CheckpointStore, on_uploaded: Callable[[int], None] | None = None) -> None:
+        self.checkpoints = checkpoints
+        self.on_uploaded = on_uploaded
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not local.exists():
+            return
+        uri = self.checkpoints.upload(local, state.global_step)
+        log.info("checkpoint step %d uploaded to %s", state.global_step, uri)
+        if self.on_uploaded is not None:
+            self.on_uploaded(state.global_step)

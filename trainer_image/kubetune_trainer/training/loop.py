@@ -1,0 +1,301 @@
+"""Train with transformers' Trainer: schedule, accumulation, validation, early stopping,
+checkpoints to storage, resume after a restart, a clean stop on SIGTERM.
+
+Under ``torchrun`` the same code runs DDP (one process per GPU; gloo on CPU in tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from kubetune.api.v1alpha1 import MethodType, Progress, ResolvedTraining
+from kubetune_trainer.data.types import Example
+from kubetune_trainer.errors import EXIT_OK, EXIT_PREEMPTED
+from kubetune_trainer.tensors.batching import RowDataset, batch_stats, build_rows, collator_for
+from kubetune_trainer.tensors.encode import encode_example
+from kubetune_trainer.training.checkpoints import CheckpointStore, UploadCheckpoints
+from kubetune_trainer.training.model import load_for_training
+
+log = logging.getLogger(__name__)
+BEST_FILE = "kubetune_best.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    model_dir: Path
+    resolved: ResolvedTraining
+    train: list[Example]
+    validation: list[Example]
+    output_dir: Path  # scratch for the Trainer's local checkpoints and the final model
+    checkpoints: CheckpointStore
+    checkpoint_every_steps: int
+    device: str = "cpu"
+    bf16: bool = False
+    chat_template: str | None = None
+    max_steps: int | None = None
+    on_progress: Callable[[Progress], None] | None = None
+    on_checkpoint: Callable[[int], None] | None = None
+
+
+@dataclass
+class TrainOutcome:
+    model: Any  # the trained model in memory (peft model for LoRA/QLoRA), best weights restored
+    tokenizer: Any
+    trained_dir: Path  # adapter (LoRA/QLoRA) or full model, with tokenizer
+    history: list[dict[str, Any]] = field(default_factory=list)
+    global_step: int = 0
+    total_steps: int = 0
+    resumed_from_step: int | None = None
+    stopped_early: bool = False
+    best_eval_loss: float | None = None
+    tokens_per_second: float = 0.0
+    trained_tokens_per_second: float = 0.0
+    padding_fraction: float = 0.0
+    peak_memory_bytes: int = 0
+    preempted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PREEMPTED if self.preempted else EXIT_OK
+
+
+class StopOnSigterm(TrainerCallback):
+    """SIGTERM (preemption, eviction, suspend) → save and stop at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM received: checkpointing at the next step and stopping")
+        self.requested = True
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class KeepBest(TrainerCallback):
+    """Early stopping on validation loss, keeping the best trainable weights.
+
+    transformers' own ``load_best_model_at_end`` ties checkpoints to evaluation steps; this
+    keeps the two independent and the snapshot small (only trainable tensors). The snapshot
+    travels inside each checkpoint, so a resumed run still ends on the best weights.
+    """
+
+    def __init__(self, model: Any, patience: int) -> None:
+        self.model = model
+        self.patience = patience
+        self.best: float | None = None
+        self.bad_evals = 0
+        self.snapshot: dict[str, Any] | None = None
+        self.stopped_early = False
+
+    def _trainable(self) -> dict[str, Any]:
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any) -> None:
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None or math.isnan(loss):
+            return
+        if self.best is None or loss < self.best:
+            self.best, self.bad_evals, self.snapshot = loss, 0, self._trainable()
+            return
+        self.bad_evals += 1
+        if self.patience > 0 and self.bad_evals >= self.patience:
+            log.info("early stopping: validation loss did not improve for %d evaluations", self.bad_evals)
+            self.stopped_early = True
+            control.should_training_stop = True
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.snapshot is None or not state.is_world_process_zero:
+            return
+        from safetensors.torch import save_file
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.exists():
+            meta = {"best": repr(self.best), "bad_evals": str(self.bad_evals)}
+            save_file({k: v.contiguous() for k, v in self.snapshot.items()}, str(folder / BEST_FILE), metadata=meta)
+
+    def load_from(self, checkpoint: Path) -> None:
+        path = checkpoint / BEST_FILE
+        if not path.exists():
+            return
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        self.snapshot = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        self.best = float(meta.get("best", "inf"))
+        self.bad_evals = int(meta.get("bad_evals", "0"))
+
+    def restore(self) -> None:
+        if self.snapshot is None:
+            return
+        params = dict(self.model.named_parameters())
+        for name, value in self.snapshot.items():
+            params[name].data.copy_(value.to(params[name].device, params[name].dtype))
+
+
+class ReportProgress(TrainerCallback):
+    def __init__(self, report: Callable[[Progress], None]) -> None:
+        self.report = report
+        self.started = time.perf_counter()
+        self.first_tokens: int | None = None
+        self.train_loss: float | None = None
+        self.eval_loss: float | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.perf_counter()
+        self.first_tokens = state.num_input_tokens_seen
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        logs = logs or {}
+        self.train_loss = logs.get("loss", self.train_loss)
+        self.eval_loss = logs.get("eval_loss", self.eval_loss)
+        elapsed = time.perf_counter() - self.started
+        seen = (state.num_input_tokens_seen or 0) - (self.first_tokens or 0)
+        self.report(
+            Progress(
+                stage="train",
+                step=state.global_step,
+                total_steps=state.max_steps,
+                epoch=round(state.epoch or 0.0, 3),
+                train_loss=self.train_loss,
+                eval_loss=self.eval_loss,
+                tokens_per_second=round(seen / elapsed, 1) if elapsed > 0 else None,
+            )
+        )
+
+
+def _arguments(config: TrainConfig, has_validation: bool) -> TrainingArguments:
+    hp = config.resolved.hyperparameters
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return TrainingArguments(
+        output_dir=str(config.output_dir / "trainer"),
+        num_train_epochs=hp.epochs or 1,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=hp.batch_size or 1,
+        per_device_eval_batch_size=hp.batch_size or 1,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps or 1,
+        learning_rate=hp.learning_rate or 1e-4,
+        lr_scheduler_type=str(hp.lr_scheduler or "cosine"),
+        warmup_steps=hp.warmup_ratio or 0.0,
+        weight_decay=hp.weight_decay or 0.0,
+        max_grad_norm=hp.max_grad_norm or 1.0,
+        seed=hp.seed or 0,
+        logging_steps=1,
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=hp.eval_steps,
+        save_strategy="steps",
+        save_steps=config.checkpoint_every_steps,
+        save_total_limit=2,
+        bf16=config.device == "cuda" and config.bf16,
+        use_cpu=config.device == "cpu",
+        ddp_backend=("gloo" if config.device == "cpu" else "nccl") if distributed else None,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=config.device == "cuda",
+        include_num_input_tokens_seen="all",
+        train_sampling_strategy="random" if hp.packing else "group_by_length",
+        label_names=["labels"],
+    )
+
+
+def _peak_memory(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def train(config: TrainConfig) -> TrainOutcome:
+    resolved = config.resolved
+    hp = resolved.hyperparameters
+    model, tokenizer = load_for_training(config.model_dir, resolved, device=config.device, bf16=config.bf16)
+    seq_len = hp.sequence_length or 512
+    packing = bool(hp.packing)
+
+    def rows_for(examples: list[Example]) -> RowDataset:
+        encoded = [encode_example(e, tokenizer, seq_len, config.chat_template) for e in examples]
+        return RowDataset(build_rows(encoded, seq_len, packing=packing))
+
+    train_rows = rows_for(config.train)
+    eval_rows = rows_for(config.validation) if config.validation else None
+    stats = batch_stats(train_rows.rows, hp.batch_size or 1)
+
+    keep_best = KeepBest(model, hp.early_stopping_patience or 0)
+    sigterm = StopOnSigterm()
+    callbacks: list[TrainerCallback] = [keep_best, UploadCheckpoints(config.checkpoints, config.on_checkpoint), sigterm]
+    if config.on_progress is not None:
+        callbacks.append(ReportProgress(config.on_progress))
+    trainer = Trainer(
+        model=model,
+        args=_arguments(config, eval_rows is not None),
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        data_collator=collator_for(tokenizer, packing=packing),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes to the reporters instead
+    resume = config.checkpoints.download_latest(config.output_dir / "resume")
+    if resume is not None:
+        log.info("resuming from %s", resume)
+        keep_best.load_from(resume)
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    runtime = max(time.perf_counter() - started, 1e-9)
+    state = trainer.state
+    resumed_step = int(resume.name.split("-")[1]) if resume is not None else None
+
+    outcome = TrainOutcome(
+        model=trainer.model,
+        tokenizer=tokenizer,
+        trained_dir=config.output_dir / "trained",
+        history=list(state.log_history),
+        global_step=state.global_step,
+        total_steps=state.max_steps,
+        resumed_from_step=resumed_step,
+        stopped_early=keep_best.stopped_early,
+        best_eval_loss=keep_best.best,
+        padding_fraction=stats.padding_fraction,
+        peak_memory_bytes=_peak_memory(config.device),
+        preempted=sigterm.requested,
+    )
+    steps_run = state.global_step - (resumed_step or 0)
+    sequences = steps_run * (hp.batch_size or 1) * (hp.gradient_accumulation_steps or 1) * int(os.environ.get("WORLD_SIZE", "1"))
+    per_row_tokens = stats.real_tokens / max(len(train_rows), 1)
+    per_row_trained = stats.trained_tokens / max(len(train_rows), 1)
+    outcome.tokens_per_second = sequences * per_row_tokens / runtime
+    outcome.trained_tokens_per_second = sequences * per_row_trained / runtime
+    if sigterm.requested:
+        return outcome
+
+    keep_best.restore()
+    unwrapped = trainer.model
+    if trainer.is_world_process_zero():
+        outcome.trained_dir.mkdir(parents=True, exist_ok=True)
+        unwrapped.save_pretrained(outcome.trained_dir, safe_serialization=True)
+        tokenizer.save_pretrained(outcome.trained_dir)
+    if MethodType(resolved.method) != MethodType.FULL:
+        unwrapped.eval()
+    return outcome
