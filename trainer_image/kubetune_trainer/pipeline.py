@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -69,6 +70,9 @@ def run_pipeline(job: FineTuneJob, *, mode: Mode, workdir: Path, max_steps: int 
     """Run the job; returns the process exit code (see ``kubetune_trainer.errors``)."""
     from kubetune_trainer.reporting import build_reporters
 
+    # Outputs of an earlier run in the same scratch must never be published with this one.
+    for stale in ("artifacts", "merged", "training"):
+        shutil.rmtree(workdir / stale, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     reporters = build_reporters(job, console=mode == Mode.LOCAL or sys.stderr.isatty())
     ctx = RunContext(
@@ -133,7 +137,7 @@ def _run_stages(ctx: RunContext) -> int:
         ],
     )
     ctx.reporters.result(result)
-    steps.print_summary(ctx, evaluation, published)
+    steps.print_summary(ctx, evaluation, published, outcome)
     _print_timings(ctx)
     return EXIT_OK
 

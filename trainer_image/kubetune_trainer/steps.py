@@ -1,0 +1,257 @@
+"""What each pipeline stage does, in terms of the modules that do the work."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kubetune.api.v1alpha1 import (
+    ArtifactFormat,
+    CurationSpec,
+    DatasetSource,
+    DatasetSpec,
+    MethodType,
+    NearDedupSpec,
+    PreflightReport,
+    ResolvedTraining,
+    SplitSpec,
+)
+from kubetune_trainer.data.prepare import PreparedDataset, prepare_dataset
+from kubetune_trainer.data.types import Example
+from kubetune_trainer.evaluation.report import EvaluationReport, plot_loss_curve
+from kubetune_trainer.models.loading import model_checksum, model_max_positions, resolve_model_dir
+from kubetune_trainer.plan import Hardware, preflight_estimate, resolve_training
+from kubetune_trainer.publish import PublishedRun, publish_run
+from kubetune_trainer.training.loop import TrainOutcome
+
+if TYPE_CHECKING:
+    from kubetune_trainer.pipeline import RunContext
+
+
+@dataclass
+class BaseModelInfo:
+    uri: str
+    path: Path
+    sha256: str
+    tokenizer: Any
+    config: Any
+    hardware: Hardware
+    chat_template: str | None
+
+    @property
+    def max_positions(self) -> int:
+        return model_max_positions(self.path)
+
+
+def _training_hardware(ctx: RunContext) -> Hardware:
+    """The hardware the training Job will have: the pre-flight pod itself has no GPU."""
+    here = Hardware.detect()
+    gpus = ctx.spec.resources.gpus
+    if ctx.mode.value == "preflight" and gpus > 0 and here.device == "cpu":
+        memory = float(os.environ.get("KUBETUNE_GPU_MEMORY_GIB", "0") or 0)
+        return Hardware("cuda", gpus, os.environ.get("KUBETUNE_GPU_NAME", "requested GPU"), memory, True, here.host_memory_gib, here.cpu_count)
+    return here
+
+
+def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
+    from transformers import AutoConfig
+
+    from kubetune_trainer.training.model import load_tokenizer
+
+    path = resolve_model_dir(ctx.spec.base_model.uri, ctx.store)
+    return BaseModelInfo(
+        uri=ctx.spec.base_model.uri,
+        path=path,
+        sha256=model_checksum(path),
+        tokenizer=load_tokenizer(path),
+        config=AutoConfig.from_pretrained(path, trust_remote_code=False),
+        hardware=_training_hardware(ctx),
+        chat_template=ctx.spec.base_model.chat_template,
+    )
+
+
+def _token_counter(model: BaseModelInfo) -> Any:
+    from kubetune_trainer.tensors.encode import count_tokens
+
+    return lambda example: count_tokens(example, model.tokenizer, model.chat_template)
+
+
+def prepare_data(ctx: RunContext, model: BaseModelInfo) -> PreparedDataset:
+    max_tokens = ctx.spec.hyperparameters.sequence_length or min(model.max_positions, 2048)
+    data = prepare_dataset(ctx.spec.dataset, ctx.store, _token_counter(model), max_tokens=max_tokens)
+    reports = ctx.workdir / "artifacts" / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "curation.json").write_text(json.dumps(data.report.to_dict(), indent=2))
+    (reports / "curation.md").write_text(data.report.to_markdown())
+    return data
+
+
+def load_regression_set(ctx: RunContext, model: BaseModelInfo) -> list[Example]:
+    uri = ctx.spec.evaluation.regression_set
+    if uri is None:
+        return []
+    spec = DatasetSpec(
+        sources=[DatasetSource(uri=uri)],
+        split=SplitSpec(validation=0, test=0),
+        curation=CurationSpec(dedup_exact=True, near_dedup=NearDedupSpec(enabled=False), min_tokens=1),
+    )
+    return prepare_dataset(spec, ctx.store, _token_counter(model), max_tokens=min(model.max_positions, 2048)).train
+
+
+def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[ResolvedTraining, PreflightReport]:
+    resolved = resolve_training(
+        ctx.spec, model.hardware, train_examples=len(data.train), token_lengths=data.token_lengths, model_config=model.config
+    )
+    train_tokens = sum(data.token_lengths) * len(data.train) // max(1, sum(data.report.splits.values()))
+    report = preflight_estimate(resolved, model.config, model.hardware, train_tokens=train_tokens, total_memory_limit_gib=None)
+    report = report.model_copy(update={"examples": {**data.report.splits, "trainAfterMixing": len(data.train)}})
+    reports = ctx.workdir / "artifacts" / "reports"
+    (reports / "preflight.json").write_text(report.model_dump_json(by_alias=True, exclude_none=True, indent=2))
+    (reports / "resolved.json").write_text(resolved.model_dump_json(by_alias=True, exclude_none=True, indent=2))
+    return resolved, report
+
+
+def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining) -> TrainOutcome:
+    from kubetune_trainer.training.checkpoints import CheckpointStore
+    from kubetune_trainer.training.loop import TrainConfig
+    from kubetune_trainer.training.loop import train as run_training
+
+    return run_training(
+        TrainConfig(
+            model_dir=model.path,
+            resolved=resolved,
+            train=data.train,
+            validation=data.validation,
+            output_dir=ctx.workdir / "training",
+            checkpoints=CheckpointStore(ctx.store, ctx.checkpoint_uri),
+            checkpoint_every_steps=ctx.spec.checkpoint.every_steps,
+            device=model.hardware.device,
+            bf16=model.hardware.bf16,
+            chat_template=model.chat_template,
+            max_steps=ctx.max_steps,
+            on_progress=ctx.reporters.progress,
+        )
+    )
+
+
+def evaluate(
+    ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining, outcome: TrainOutcome
+) -> EvaluationReport:
+    from kubetune_trainer.evaluation.runner import ModelUnderTest, evaluate as run_evaluation
+    from kubetune_trainer.training.model import load_base
+
+    method = MethodType(resolved.method)
+    base_model = None
+    if method == MethodType.FULL:
+        base_model = load_base(model.path, method, device=model.hardware.device, bf16=model.hardware.bf16)
+    report = run_evaluation(
+        ModelUnderTest(outcome.model, base_model=base_model),
+        model.tokenizer,
+        data.test,
+        ctx.spec.evaluation,
+        regression=load_regression_set(ctx, model),
+        max_length=resolved.hyperparameters.sequence_length or 512,
+        batch_size=8,
+        chat_template=model.chat_template,
+        seed=resolved.hyperparameters.seed or 0,
+    )
+    reports = ctx.workdir / "artifacts" / "reports"
+    report.write(reports)
+    plot_loss_curve(outcome.history, reports / "loss_curve.png")
+    (reports / "training_history.json").write_text(json.dumps(outcome.history, indent=2))
+    return report
+
+
+def export(ctx: RunContext, model: BaseModelInfo, resolved: ResolvedTraining, outcome: TrainOutcome) -> None:
+    from kubetune_trainer.export.merge import copy_serving_files, merge_adapter
+
+    formats = {ArtifactFormat(f) for f in ctx.spec.output.formats}
+    artifacts = ctx.workdir / "artifacts"
+    method = MethodType(resolved.method)
+    if method == MethodType.FULL:
+        merged = outcome.trained_dir
+        copy_serving_files(model.path, merged)
+    else:
+        if ArtifactFormat.ADAPTER in formats:
+            shutil.copytree(outcome.trained_dir, artifacts / "adapter", dirs_exist_ok=True)
+        merged = merge_adapter(model.path, outcome.trained_dir, ctx.workdir / "merged", method=method)
+    if ArtifactFormat.MERGED in formats:
+        shutil.copytree(merged, artifacts / "merged", dirs_exist_ok=True)
+    if ArtifactFormat.BNB_4BIT in formats:
+        from kubetune_trainer.export.bnb4 import export_bnb_4bit
+
+        export_bnb_4bit(merged, artifacts / "bnb-4bit")
+    for fmt, quant in ((ArtifactFormat.GGUF_Q8_0, "Q8_0"), (ArtifactFormat.GGUF_Q4_0, "Q4_0")):
+        if fmt in formats:
+            from kubetune_trainer.export.gguf import export_gguf
+
+            export_gguf(merged, artifacts / "gguf" / f"{ctx.name}-{quant.lower()}.gguf", quant=quant)
+
+
+def publish(
+    ctx: RunContext,
+    model: BaseModelInfo,
+    data: PreparedDataset,
+    resolved: ResolvedTraining,
+    outcome: TrainOutcome,
+    evaluation: EvaluationReport,
+) -> PublishedRun:
+    manifest = {
+        "job": {"name": ctx.name, "namespace": ctx.job.metadata.get("namespace"), "uid": ctx.job.metadata.get("uid")},
+        "baseModel": {"uri": model.uri, "sha256": model.sha256},
+        "dataset": {"sources": data.source_uris, "contentSha256": data.content_sha256, "splits": data.report.splits},
+        "resolved": resolved.to_manifest(),
+        "training": {
+            "globalStep": outcome.global_step,
+            "stoppedEarly": outcome.stopped_early,
+            "bestEvalLoss": outcome.best_eval_loss,
+            "tokensPerSecond": round(outcome.tokens_per_second, 1),
+            "trainedTokensPerSecond": round(outcome.trained_tokens_per_second, 1),
+            "paddingFraction": round(outcome.padding_fraction, 4),
+            "peakMemoryBytes": outcome.peak_memory_bytes,
+            "resumedFromStep": outcome.resumed_from_step,
+        },
+        "curation": "reports/curation.json",
+        "evaluation": evaluation.to_dict(),
+        "promoted": evaluation.gate.passed,
+    }
+    return publish_run(ctx.workdir / "artifacts", ctx.spec.output.uri, ctx.store, manifest)
+
+
+def print_summary(ctx: RunContext, evaluation: EvaluationReport, published: PublishedRun, outcome: TrainOutcome) -> None:
+    table = Table(title=f"{ctx.name}: base vs tuned on {evaluation.test_examples} held-out examples")
+    for column in ("metric", "base", "tuned", "delta [95% CI]", "better"):
+        table.add_column(column, justify="left" if column in ("metric", "better") else "right")
+    for m in evaluation.metrics:
+        table.add_row(
+            f"{m.name} ({'↓' if m.lower_is_better else '↑'})",
+            f"{m.base:.4f}",
+            f"{m.tuned:.4f}",
+            f"{m.delta:+.4f} [{m.ci_low:+.4f}, {m.ci_high:+.4f}]",
+            "yes" if m.improved else "no",
+        )
+    if evaluation.regression is not None:
+        r = evaluation.regression
+        table.add_row(
+            f"general regression ({r.examples} prompts, likelihood ↑)",
+            f"{r.base:.4f}",
+            f"{r.tuned:.4f}",
+            f"{-r.relative_loss:+.2%} [{-r.ci_high:+.2%}, {-r.ci_low:+.2%}]",
+            "ok" if r.passed else f"lost > {r.max_regression:.0%}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"quality gate: {'[green]passed[/]' if evaluation.gate.passed else '[red]not passed[/]'} — {evaluation.gate.message}")
+    console.print(
+        f"training: {outcome.global_step} steps, {outcome.tokens_per_second:.0f} tokens/s "
+        f"({outcome.trained_tokens_per_second:.0f} trained tokens/s), padding {outcome.padding_fraction:.1%}, "
+        f"peak memory {outcome.peak_memory_bytes / 2**30:.2f} GiB"
+    )
+    console.print(f"published version {published.version}: {published.manifest_uri}")
