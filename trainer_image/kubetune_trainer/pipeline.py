@@ -131,6 +131,7 @@ def _run_stages(ctx: RunContext) -> int:
         version=published.version,
         manifest_uri=published.manifest_uri,
         promoted=evaluation.gate.passed,
+        quality_gate_message=evaluation.gate.message,
         metrics=evaluation.summary_metrics(),
         artifacts=[
             ArtifactStatus(name=a.name, uri=a.uri, sha256=a.sha256, size_bytes=a.size_bytes) for a in published.artifacts

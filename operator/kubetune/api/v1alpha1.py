@@ -494,6 +494,7 @@ class TrainerResult(ApiModel):
     version: str | None = None
     manifest_uri: str | None = None
     promoted: bool | None = None
+    quality_gate_message: str | None = None
     metrics: dict[str, float] | None = None
     artifacts: list[ArtifactStatus] | None = None
 

@@ -1,0 +1,355 @@
+"""Pure builders of a FineTuneJob's children: spec ConfigMap, trainer RBAC, pre-flight and training Jobs.
+
+Nothing here talks to the API server, so every manifest can be unit-tested as data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec
+from kubetune.operator.config import OperatorConfig
+
+MANAGED_BY = "kubetune-operator"
+JOB_LABEL = "kubetune.dev/job"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+JOB_FILE = "/etc/kubetune/job.yaml"
+SCRATCH = "/scratch"
+CA_DIR = "/etc/kubetune/ca"
+EXIT_CONFIG = 2  # the trainer's "bad input" exit code (kubetune_trainer.errors)
+TRAINER_UID = 1000
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The FineTuneJob as its children see it."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def from_body(cls, body: Any) -> Owner:
+        meta = body["metadata"]
+        return cls(meta["name"], meta["namespace"], meta["uid"])
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def child_name(owner: str, suffix: str, limit: int = 63) -> str:
+    """``<owner>-<suffix>``, shortened with a stable hash when longer than a DNS label allows."""
+    name = f"{owner}-{suffix}"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(owner.encode()).hexdigest()[:8]
+    keep = limit - len(suffix) - len(digest) - 2
+    return f"{owner[:keep].rstrip('-')}-{digest}-{suffix}"
+
+
+def spec_configmap_name(owner: str) -> str:
+    return child_name(owner, "spec")
+
+
+def trainer_account_name(owner: str) -> str:
+    return child_name(owner, "trainer")
+
+
+def preflight_job_name(owner: str) -> str:
+    return child_name(owner, "preflight")
+
+
+def training_job_name(owner: str) -> str:
+    return child_name(owner, "train")
+
+
+def labels(owner: Owner, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "kubetune",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        COMPONENT_LABEL: component,
+        JOB_LABEL: owner.name,
+    }
+
+
+def _metadata(owner: Owner, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, component),
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def effective_spec(spec: FineTuneJobSpec, config: OperatorConfig) -> FineTuneJobSpec:
+    """The spec the trainer gets: operator-wide S3 defaults filled where the job leaves them unset."""
+    s3 = spec.s3.model_copy(
+        update={
+            "endpoint": spec.s3.endpoint or config.default_s3_endpoint,
+            "region": spec.s3.region or config.default_s3_region,
+        }
+    )
+    return spec.model_copy(update={"s3": s3})
+
+
+def build_spec_configmap(owner: Owner, spec: FineTuneJobSpec, config: OperatorConfig) -> dict[str, Any]:
+    document = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": owner.name, "namespace": owner.namespace, "uid": owner.uid},
+        "spec": effective_spec(spec, config).to_manifest(),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, spec_configmap_name(owner.name), "spec"),
+        "data": {"job.yaml": yaml.safe_dump(document, sort_keys=False)},
+        "immutable": True,
+    }
+
+
+def build_trainer_rbac(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """ServiceAccount (unless the user brings one), Role and RoleBinding for the trainer.
+
+    The Role lets the trainer patch the status of its own FineTuneJob and nothing else.
+    """
+    name = trainer_account_name(owner.name)
+    account = spec.service_account_name or name
+    objects: list[dict[str, Any]] = []
+    if spec.service_account_name is None:
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": _metadata(owner, name, "trainer"),
+                "automountServiceAccountToken": True,
+            }
+        )
+    objects.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _metadata(owner, name, "trainer"),
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": [f"{PLURAL}/status"],
+                    "resourceNames": [owner.name],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        }
+    )
+    objects.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _metadata(owner, name, "trainer"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": owner.namespace}],
+        }
+    )
+    return objects
+
+
+def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "KUBETUNE_JOB_NAME", "value": owner.name},
+        {"name": "KUBETUNE_JOB_NAMESPACE", "value": owner.namespace},
+        {"name": "KUBETUNE_REPORT_STATUS", "value": "true"},
+        {"name": "KUBETUNE_SCRATCH", "value": SCRATCH},
+        {"name": "KUBETUNE_CACHE", "value": f"{SCRATCH}/cache"},
+        {"name": "HOME", "value": f"{SCRATCH}/home"},
+        {"name": "HF_HOME", "value": f"{SCRATCH}/hf"},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    secret = spec.s3.credentials_secret
+    if secret is not None:
+        keys = [("AWS_ACCESS_KEY_ID", secret.access_key_id_key), ("AWS_SECRET_ACCESS_KEY", secret.secret_access_key_key)]
+        if secret.session_token_key:
+            keys.append(("AWS_SESSION_TOKEN", secret.session_token_key))
+        env += [
+            {"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}} for var, key in keys
+        ]
+    if spec.s3.ca_bundle is not None:
+        env.append({"name": "KUBETUNE_S3_CA_BUNDLE", "value": f"{CA_DIR}/{spec.s3.ca_bundle.key}"})
+    return env
+
+
+def _volumes(owner: Owner, spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    scratch: dict[str, Any] = (
+        {"name": "scratch", "persistentVolumeClaim": {"claimName": spec.storage.pvc.claim_name}}
+        if spec.storage.pvc is not None
+        else {"name": "scratch", "emptyDir": {"sizeLimit": spec.storage.scratch_size}}
+    )
+    volumes = [
+        {"name": "job-spec", "configMap": {"name": spec_configmap_name(owner.name)}},
+        scratch,
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.storage.shm_size}},
+    ]
+    mounts = [
+        {"name": "job-spec", "mountPath": "/etc/kubetune/job.yaml", "subPath": "job.yaml", "readOnly": True},
+        {"name": "scratch", "mountPath": SCRATCH},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    if spec.s3.ca_bundle is not None:
+        volumes.append({"name": "s3-ca", "configMap": {"name": spec.s3.ca_bundle.name}})
+        mounts.append({"name": "s3-ca", "mountPath": CA_DIR, "readOnly": True})
+    return volumes, mounts
+
+
+def _container_security() -> dict[str, Any]:
+    """The Kubernetes restricted Pod Security Standard, container part."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": TRAINER_UID,
+        "runAsGroup": TRAINER_UID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_spec(
+    owner: Owner,
+    spec: FineTuneJobSpec,
+    config: OperatorConfig,
+    *,
+    command: list[str],
+    resources: dict[str, Any],
+    scheduling: bool,
+) -> dict[str, Any]:
+    volumes, mounts = _volumes(owner, spec)
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": spec.service_account_name or trainer_account_name(owner.name),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": TRAINER_UID,
+            "runAsGroup": TRAINER_UID,
+            "fsGroup": TRAINER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": spec.checkpoint.termination_grace_period_seconds,
+        "containers": [
+            {
+                "name": "trainer",
+                "image": spec.image or config.trainer_image,
+                "imagePullPolicy": config.image_pull_policy,
+                "command": command,
+                "env": _env(owner, spec),
+                "resources": resources,
+                "volumeMounts": mounts,
+                "securityContext": _container_security(),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+        "volumes": volumes,
+    }
+    if scheduling:
+        resources_spec = spec.resources
+        if resources_spec.node_selector:
+            pod["nodeSelector"] = dict(resources_spec.node_selector)
+        if resources_spec.tolerations:
+            pod["tolerations"] = [t.to_manifest() for t in resources_spec.tolerations]
+        if resources_spec.priority_class_name:
+            pod["priorityClassName"] = resources_spec.priority_class_name
+    return pod
+
+
+def _job(
+    owner: Owner, name: str, component: str, pod: dict[str, Any], *, backoff_limit: int, extra: dict[str, Any]
+) -> dict[str, Any]:
+    meta = _metadata(owner, name, component)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": backoff_limit,
+            "completions": 1,
+            "parallelism": 1,
+            # Configuration errors fail fast; node drains and preemptions don't count as failures.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [EXIT_CONFIG]},
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod},
+            **extra,
+        },
+    }
+
+
+def build_preflight_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConfig) -> dict[str, Any]:
+    """CPU-only check of dataset, tokens and memory before any GPU is requested."""
+    resources = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
+    pod = _pod_spec(owner, spec, config, command=["kubetune", "preflight", "--job", JOB_FILE], resources=resources, scheduling=False)
+    extra: dict[str, Any] = {"activeDeadlineSeconds": 1800}
+    return _job(owner, preflight_job_name(owner.name), "preflight", pod, backoff_limit=1, extra=extra)
+
+
+def training_command(spec: FineTuneJobSpec) -> list[str]:
+    if spec.resources.gpus > 1:
+        return [
+            "torchrun",
+            "--standalone",
+            f"--nproc-per-node={spec.resources.gpus}",
+            "-m",
+            "kubetune_trainer.cli",
+            "train",
+            "--job",
+            JOB_FILE,
+        ]
+    return ["kubetune", "train", "--job", JOB_FILE]
+
+
+def build_training_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConfig) -> dict[str, Any]:
+    res = spec.resources
+    requests: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, Any] = {"memory": res.memory}
+    if res.gpus > 0:
+        requests[res.gpu_resource_name] = str(res.gpus)
+        limits[res.gpu_resource_name] = str(res.gpus)
+    pod = _pod_spec(
+        owner,
+        spec,
+        config,
+        command=training_command(spec),
+        resources={"requests": requests, "limits": limits},
+        scheduling=True,
+    )
+    extra: dict[str, Any] = {}
+    if spec.active_deadline_seconds is not None:
+        extra["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        extra["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    job = _job(owner, training_job_name(owner.name), "trainer", pod, backoff_limit=spec.backoff_limit, extra=extra)
+    if spec.queue_name:
+        # Kueue admits suspended Jobs by unsuspending them; it owns the field from here on.
+        job["metadata"]["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
+        job["spec"]["suspend"] = True
+    else:
+        job["spec"]["suspend"] = spec.suspend
+    return job

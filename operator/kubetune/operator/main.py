@@ -1,0 +1,107 @@
+"""kopf handlers: thin triggers for ``reconcile``, the operator's one verb.
+
+Every trigger (creation, resume after a restart, a spec change, the trainer writing status,
+a child Job changing) runs the same level-based reconcile, so handler order and duplicate
+events do not matter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
+
+from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
+from kubetune.operator import children
+from kubetune.operator.config import OperatorConfig
+from kubetune.operator.kube import Kube
+from kubetune.operator.reconcile import forget, reconcile
+
+log = logging.getLogger("kubetune.operator")
+FINETUNEJOBS = (GROUP, VERSION, PLURAL)
+RETRY_DELAY = 15
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster credentials normally; ``KUBETUNE_KUBE_API`` points at a test API server."""
+    host = os.environ.get("KUBETUNE_KUBE_API")
+    if host:
+        return kopf.ConnectionInfo(server=host, insecure=True)
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = OperatorConfig.from_env()
+    memo["config"] = config
+    memo["kube"] = Kube.from_host(os.environ.get("KUBETUNE_KUBE_API"))
+    # Keep kopf's bookkeeping out of status: the status schema belongs to the API.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kubetune.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 8
+    if not os.environ.get("KUBETUNE_NO_METRICS_SERVER"):
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port)
+    log.info("kubetune operator started (namespaces: %s)", ", ".join(config.namespaces) or "all")
+
+
+def _emit(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+    kopf.event(body, type=kind, reason=reason, message=message[:1000])
+
+
+def _run(namespace: str, name: str, memo: kopf.Memo) -> None:
+    try:
+        outcome = reconcile(namespace, name, memo["kube"], memo["config"], _emit)
+    except (ApiException, HTTPError) as err:
+        status = getattr(err, "status", None)
+        if status is not None and 400 <= status < 500 and status not in (404, 409, 429):
+            raise kopf.PermanentError(f"API rejected a request: {err}") from err
+        raise kopf.TemporaryError(f"API server unavailable, retrying: {err}", delay=RETRY_DELAY) from err
+    if outcome is not None and outcome.permanent_failure:
+        raise kopf.PermanentError(outcome.verdict.message)
+
+
+@kopf.on.resume(*FINETUNEJOBS)
+@kopf.on.create(*FINETUNEJOBS)
+@kopf.on.update(*FINETUNEJOBS)
+def on_finetunejob(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    _run(namespace, name, memo)
+
+
+@kopf.on.event(*FINETUNEJOBS)
+def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Status written by the trainer (progress, pre-flight, result) is not a spec change."""
+    if event.get("type") == "DELETED":
+        forget(namespace, name)
+        return
+    if event.get("type") == "MODIFIED":
+        try:
+            _run(namespace, name, memo)
+        except (kopf.PermanentError, kopf.TemporaryError) as err:
+            log.info("%s/%s: %s", namespace, name, err)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": children.MANAGED_BY})
+def on_child_job(body: dict[str, Any], event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    meta = body.get("metadata", {})
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("controller"):
+            try:
+                _run(meta["namespace"], ref["name"], memo)
+            except (kopf.PermanentError, kopf.TemporaryError) as err:
+                log.info("%s/%s: %s", meta["namespace"], ref["name"], err)
+
+
+@kopf.on.probe(id="api")
+def api_reachable(memo: kopf.Memo, **_: Any) -> bool:
+    return "kube" in memo

@@ -1,0 +1,190 @@
+"""Pure status derivation: (FineTuneJob, observed children) → the status the operator owns.
+
+Status is always recomputed from what is observed (level-based), never accumulated, so an
+operator restarted at any moment computes the same status again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api.v1alpha1 import Phase
+
+CONDITION_TYPES = ("Validated", "Running", "Suspended", "Succeeded", "Failed", "QualityGatePassed")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the operator concluded; conditions and phase are rendered from it."""
+
+    phase: Phase
+    reason: str
+    message: str
+    validated: tuple[str, str, str] = ("Unknown", "Pending", "")  # status, reason, message
+
+
+@dataclass(frozen=True)
+class Observed:
+    spec_error: tuple[str, str] | None  # (reason, message) when the spec/references are invalid
+    preflight_job: dict[str, Any] | None
+    training_job: dict[str, Any] | None
+    trainer_status: dict[str, Any]  # status fields written by the trainer (preflight, progress, result)
+    suspend: bool
+    queued_with_kueue: bool
+    workload_active: bool | None = None  # Kueue Workload spec.active, when one exists
+    name_conflict: str | None = None  # a child with our name but another owner
+
+
+def job_condition(job: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    for condition in (job or {}).get("status", {}).get("conditions", []) or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def _job_failure(job: dict[str, Any]) -> str:
+    failed = job_condition(job, "Failed") or {}
+    reason = failed.get("reason", "Failed")
+    message = failed.get("message", "")
+    return f"{reason}: {message}".rstrip(": ")
+
+
+def decide(observed: Observed) -> Verdict:
+    if observed.name_conflict:
+        return Verdict(Phase.FAILED, "NameConflict", observed.name_conflict, ("False", "NameConflict", observed.name_conflict))
+    if observed.spec_error is not None:
+        reason, message = observed.spec_error
+        return Verdict(Phase.FAILED, reason, message, ("False", reason, message))
+
+    preflight_report = observed.trainer_status.get("preflight") or {}
+    preflight = observed.preflight_job
+    if observed.training_job is None:
+        if preflight is None or not (job_condition(preflight, "Complete") or job_condition(preflight, "Failed")):
+            return Verdict(Phase.VALIDATING, "PreflightRunning", "checking dataset, tokens and memory on a CPU-only pod")
+        if job_condition(preflight, "Failed"):
+            message = preflight_report.get("message") or _job_failure(preflight)
+            return Verdict(Phase.FAILED, "PreflightFailed", message, ("False", "PreflightFailed", message))
+    validated = ("True", "PreflightPassed", preflight_report.get("message") or "pre-flight checks passed")
+
+    job = observed.training_job
+    if job is None:
+        return Verdict(Phase.PENDING, "CreatingJob", "creating the training Job", validated)
+    if job_condition(job, "Complete"):
+        result = observed.trainer_status.get("result") or {}
+        return Verdict(Phase.SUCCEEDED, "TrainingSucceeded", f"published {result.get('version', '')}".strip(), validated)
+    if job_condition(job, "Failed"):
+        return Verdict(Phase.FAILED, "TrainingFailed", _job_failure(job), validated)
+    if observed.suspend:
+        return Verdict(Phase.SUSPENDED, "Suspended", "spec.suspend is true; a resumed job continues from its last checkpoint", validated)
+    if job.get("spec", {}).get("suspend"):
+        if observed.queued_with_kueue:
+            return Verdict(Phase.QUEUED, "WaitingForKueue", "waiting for Kueue to admit the Job", validated)
+        return Verdict(Phase.SUSPENDED, "Suspended", "the training Job is suspended", validated)
+    status = job.get("status", {})
+    if (status.get("ready") or 0) > 0:
+        return Verdict(Phase.RUNNING, "Training", "the trainer is running", validated)
+    return Verdict(Phase.QUEUED, "WaitingForPod", "the training pod is waiting to be scheduled or to start", validated)
+
+
+def _condition(kind: str, status: str, reason: str, message: str, previous: dict[str, dict[str, Any]], now: str, generation: int | None) -> dict[str, Any]:
+    before = previous.get(kind)
+    changed = before is None or before.get("status") != status
+    condition = {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now if changed else before.get("lastTransitionTime", now),  # type: ignore[union-attr]
+    }
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    return condition
+
+
+def render_status(
+    verdict: Verdict,
+    observed: Observed,
+    previous_status: dict[str, Any],
+    *,
+    generation: int | None,
+    now: str,
+    job_name: str | None,
+    preflight_job_name: str | None,
+) -> dict[str, Any]:
+    """The operator-owned status fields for this verdict (a merge patch for status)."""
+    previous = {c["type"]: c for c in previous_status.get("conditions") or [] if "type" in c}
+    phase = verdict.phase
+    result = observed.trainer_status.get("result") or {}
+    promoted = result.get("promoted")
+    conditions = [
+        _condition("Validated", *verdict.validated, previous, now, generation),
+        _condition(
+            "Running",
+            "True" if phase == Phase.RUNNING else "False",
+            verdict.reason if phase == Phase.RUNNING else "NotRunning",
+            verdict.message if phase == Phase.RUNNING else f"phase {phase}",
+            previous,
+            now,
+            generation,
+        ),
+        _condition(
+            "Suspended",
+            "True" if phase == Phase.SUSPENDED else "False",
+            verdict.reason if phase == Phase.SUSPENDED else "NotSuspended",
+            verdict.message if phase == Phase.SUSPENDED else "",
+            previous,
+            now,
+            generation,
+        ),
+        _condition(
+            "Succeeded",
+            "True" if phase == Phase.SUCCEEDED else "False",
+            verdict.reason if phase == Phase.SUCCEEDED else "NotSucceeded",
+            verdict.message if phase == Phase.SUCCEEDED else "",
+            previous,
+            now,
+            generation,
+        ),
+        _condition(
+            "Failed",
+            "True" if phase == Phase.FAILED else "False",
+            verdict.reason if phase == Phase.FAILED else "NotFailed",
+            verdict.message if phase == Phase.FAILED else "",
+            previous,
+            now,
+            generation,
+        ),
+    ]
+    if promoted is not None:
+        gate = result.get("qualityGateMessage") or ""
+        conditions.append(
+            _condition(
+                "QualityGatePassed",
+                "True" if promoted else "False",
+                "QualityGatePassed" if promoted else "QualityGateNotMet",
+                gate or ("the tuned model met the quality gate" if promoted else "published but not promoted: the quality gate was missed (see the evaluation report)"),
+                previous,
+                now,
+                generation,
+            )
+        )
+    status: dict[str, Any] = {
+        "phase": str(phase),
+        "conditions": conditions,
+        "observedGeneration": generation,
+        "jobName": job_name,
+        "preflightJobName": preflight_job_name,
+    }
+    progress = observed.trainer_status.get("progress") or {}
+    if progress.get("step") is not None and progress.get("totalSteps"):
+        status["progressText"] = f"{progress['step']}/{progress['totalSteps']}"
+    job_status = (observed.training_job or {}).get("status", {})
+    start = previous_status.get("startTime") or job_status.get("startTime")
+    if start is None and phase == Phase.RUNNING:
+        start = now
+    if start is not None:
+        status["startTime"] = start
+    if phase in (Phase.SUCCEEDED, Phase.FAILED):
+        status["completionTime"] = previous_status.get("completionTime") or job_status.get("completionTime") or now
+    return {k: v for k, v in status.items() if v is not None}
