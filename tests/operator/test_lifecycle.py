@@ -24,7 +24,7 @@ def phase(cluster: Cluster, name: str = "tickets") -> str | None:
 
 def condition(cluster: Cluster, kind: str, name: str = "tickets") -> dict[str, Any]:
     conditions = cluster.finetunejob(name).get("status", {}).get("conditions", [])
-    return next(c for c in conditions if c["type"] == kind)
+    return next((c for c in conditions if c["type"] == kind), {})
 
 
 def test_create_preflight_then_training_job_then_success(cluster: Cluster, operator: Any) -> None:
@@ -62,3 +62,44 @@ def test_create_preflight_then_training_job_then_success(cluster: Cluster, opera
     reasons = [e["reason"] for e in cluster.events_for("tickets")]
     for expected in ("PhaseValidating", "PhaseRunning", "PhaseSucceeded"):
         assert expected in reasons
+
+
+def test_training_failure_sets_failed_with_reason(cluster: Cluster, operator: Any) -> None:
+    cluster.apply(JOB)
+    wait_for(lambda: cluster.job("tickets-preflight"), what="pre-flight Job")
+    cluster.finish_job("tickets-preflight", succeeded=True)
+    wait_for(lambda: cluster.job("tickets-train"), what="training Job")
+    cluster.finish_job("tickets-train", succeeded=False, reason="BackoffLimitExceeded", message="Job has reached the specified backoff limit")
+    wait_for(lambda: phase(cluster) == "Failed", what="phase Failed")
+    failed = condition(cluster, "Failed")
+    assert failed["status"] == "True"
+    assert failed["reason"] == "TrainingFailed"
+    assert "BackoffLimitExceeded" in failed["message"]
+    events = cluster.events_for("tickets")
+    assert any(e["type"] == "Warning" and e["reason"] == "PhaseFailed" for e in events)
+
+
+def test_preflight_failure_never_requests_a_gpu(cluster: Cluster, operator: Any) -> None:
+    cluster.apply(JOB)
+    wait_for(lambda: cluster.job("tickets-preflight"), what="pre-flight Job")
+    message = "estimated 31.2 GiB peak memory for full of 7.00 B params exceeds the 24.0 GiB"
+    cluster.trainer_reports("tickets", {"preflight": {"passed": False, "message": message}})
+    cluster.finish_job("tickets-preflight", succeeded=False, reason="PodFailurePolicy")
+    expected = ("False", "PreflightFailed", message)
+    # Level-based: the trainer's report and the Job's failure may be seen in either order.
+    wait_for(lambda: tuple(condition(cluster, "Validated").get(k) for k in ("status", "reason", "message")) == expected, what=str(expected))
+    assert phase(cluster) == "Failed"
+    assert cluster.job("tickets-train") is None
+
+
+def test_quality_gate_missed_is_succeeded_but_not_promoted(cluster: Cluster, operator: Any) -> None:
+    cluster.apply(JOB)
+    wait_for(lambda: cluster.job("tickets-preflight"), what="pre-flight Job")
+    cluster.finish_job("tickets-preflight", succeeded=True)
+    wait_for(lambda: cluster.job("tickets-train"), what="training Job")
+    gate = "accuracy 0.4000 -> 0.4200 (relative improvement +5.0%, required +15.0%): missed"
+    cluster.trainer_reports("tickets", {"result": {"version": "v2", "promoted": False, "qualityGateMessage": gate}})
+    cluster.finish_job("tickets-train", succeeded=True)
+    expected = ("False", "QualityGateNotMet", gate)
+    wait_for(lambda: tuple(condition(cluster, "QualityGatePassed").get(k) for k in ("status", "reason", "message")) == expected, what=str(expected))
+    assert phase(cluster) == "Succeeded"
