@@ -200,8 +200,8 @@ class Cluster:
             for (resource, namespace, name), obj in orphans:
                 path = f"/apis/{resource.group}/{resource.version}" if resource.group else f"/api/{resource.version}"
                 path += f"/namespaces/{namespace}/{resource.plural}/{name}"
-                self.api_client.call_api(path, "DELETE", response_type="object", auth_settings=[])
-                removed.append(f"{obj.get('kind', resource.plural)}/{name}")
+                self.api_client.call_api(path, "DELETE", auth_settings=[], _preload_content=False)
+                removed.append(f"{resource.plural}/{name}")
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> Any:
