@@ -74,7 +74,7 @@ def run_pipeline(job: FineTuneJob, *, mode: Mode, workdir: Path, max_steps: int 
     for stale in ("artifacts", "merged", "training"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    reporters = build_reporters(job, console=mode == Mode.LOCAL or sys.stderr.isatty())
+    reporters = build_reporters(job, console=sys.stderr.isatty())
     ctx = RunContext(
         job=job,
         mode=mode,

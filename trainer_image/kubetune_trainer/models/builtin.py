@@ -27,6 +27,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune"))
 
 
+def _prebuilt(relative: str, marker: str) -> Path | None:
+    """A folder built ahead of time into a read-only system cache (the trainer image has one)."""
+    system = os.environ.get("KUBETUNE_SYSTEM_CACHE")
+    for root in ([Path(system)] if system else []) + [cache_root()]:
+        if (root / relative / marker).exists():
+            return root / relative
+    return None
+
+
 def gguf_path() -> Path:
     # find_spec, not import: the package's __init__ imports a tool we do not install.
     spec = importlib.util.find_spec(GGUF_PACKAGE)
@@ -55,9 +64,10 @@ def _publish_dir(build: Path, final: Path) -> Path:
 
 def builtin_tokenizer_dir() -> Path:
     """A folder with only the built-in model's tokenizer (fast; tests use it for tiny models)."""
+    found = _prebuilt(f"tokenizers/{BUILTIN_NAME}", "tokenizer_config.json")
+    if found is not None:
+        return found
     final = cache_root() / "tokenizers" / BUILTIN_NAME
-    if (final / "tokenizer_config.json").exists():
-        return final
     from transformers import AutoTokenizer
 
     source = gguf_path()
@@ -70,9 +80,10 @@ def builtin_tokenizer_dir() -> Path:
 
 def builtin_model_dir() -> Path:
     """The built-in model as a Hugging Face folder, converting it on first use (~30 s)."""
+    found = _prebuilt(f"models/{BUILTIN_NAME}", "config.json")
+    if found is not None and any(found.glob("*.safetensors")):
+        return found
     final = cache_root() / "models" / BUILTIN_NAME
-    if (final / "config.json").exists() and any(final.glob("*.safetensors")):
-        return final
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 

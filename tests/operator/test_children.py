@@ -1,0 +1,144 @@
+"""Unit tests of the pure builders: spec -> child manifests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.api.manifest import parse_spec
+from kubetune.operator.children import (
+    Owner,
+    build_preflight_job,
+    build_spec_configmap,
+    build_trainer_rbac,
+    build_training_job,
+    child_name,
+)
+from kubetune.operator.config import OperatorConfig
+
+OWNER = Owner("tickets", "ml", "1234-uid")
+CONFIG = OperatorConfig.from_env({"KUBETUNE_TRAINER_IMAGE": "registry/trainer:1", "KUBETUNE_DEFAULT_S3_ENDPOINT": "https://s3.internal"})
+BASE = {"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}}
+
+
+def spec(**extra: Any):  # type: ignore[no-untyped-def]
+    return parse_spec({**BASE, **extra})
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_training_job_requests_gpus_and_schedules_where_asked() -> None:
+    job = build_training_job(
+        OWNER,
+        spec(
+            resources={
+                "gpus": 4,
+                "memory": "64Gi",
+                "nodeSelector": {"gpu": "a100"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                "priorityClassName": "training",
+            },
+            activeDeadlineSeconds=3600,
+            backoffLimit=5,
+            ttlSecondsAfterFinished=600,
+        ),
+        CONFIG,
+    )
+    c = container(job)
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == "4"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert c["resources"]["limits"]["memory"] == "64Gi"
+    assert c["command"][:3] == ["torchrun", "--standalone", "--nproc-per-node=4"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "training"
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    assert job["spec"]["backoffLimit"] == 5
+    assert job["spec"]["ttlSecondsAfterFinished"] == 600
+    assert job["metadata"]["ownerReferences"] == [OWNER.reference()]
+    assert OWNER.reference()["controller"] is True
+
+
+def test_pods_meet_the_restricted_pod_security_standard() -> None:
+    for job in (build_training_job(OWNER, spec(), CONFIG), build_preflight_job(OWNER, spec(), CONFIG)):
+        pod = job["spec"]["template"]["spec"]
+        sc = container(job)["securityContext"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["readOnlyRootFilesystem"] is True
+        mounts = {m["mountPath"] for m in container(job)["volumeMounts"]}
+        assert {"/scratch", "/tmp", "/dev/shm"} <= mounts
+        shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+        assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+
+
+def test_preflight_job_requests_no_gpu() -> None:
+    job = build_preflight_job(OWNER, spec(resources={"gpus": 8}), CONFIG)
+    resources = container(job)["resources"]
+    assert not any("gpu" in key for key in {**resources["requests"], **resources["limits"]})
+    assert container(job)["command"] == ["kubetune", "preflight", "--job", "/etc/kubetune/job.yaml"]
+    assert "nodeSelector" not in job["spec"]["template"]["spec"]
+
+
+def test_pod_failure_policy_fails_fast_on_config_errors_and_ignores_disruptions() -> None:
+    rules = build_training_job(OWNER, spec(), CONFIG)["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2]}} in rules
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+
+
+def test_kueue_queue_label_and_created_suspended() -> None:
+    job = build_training_job(OWNER, spec(queueName="gpu-queue"), CONFIG)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert job["spec"]["suspend"] is True
+    assert build_training_job(OWNER, spec(), CONFIG)["spec"]["suspend"] is False
+
+
+def test_credentials_by_reference_and_ca_bundle_mounted() -> None:
+    job = build_training_job(
+        OWNER,
+        spec(s3={"credentialsSecret": {"name": "creds", "sessionTokenKey": "token"}, "caBundle": {"name": "ca", "key": "bundle.pem"}}),
+        CONFIG,
+    )
+    env = {e["name"]: e for e in container(job)["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "creds", "key": "AWS_ACCESS_KEY_ID"}
+    assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "creds", "key": "token"}
+    assert env["KUBETUNE_S3_CA_BUNDLE"]["value"] == "/etc/kubetune/ca/bundle.pem"
+    assert any(v.get("configMap", {}).get("name") == "ca" for v in job["spec"]["template"]["spec"]["volumes"])
+
+
+def test_irsa_means_no_secret_env_and_the_users_service_account() -> None:
+    job = build_training_job(OWNER, spec(serviceAccountName="s3-reader"), CONFIG)
+    names = {e["name"] for e in container(job)["env"]}
+    assert "AWS_ACCESS_KEY_ID" not in names
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "s3-reader"
+    rbac = build_trainer_rbac(OWNER, spec(serviceAccountName="s3-reader"))
+    assert [o["kind"] for o in rbac] == ["Role", "RoleBinding"], "the user's account is bound, not replaced"
+    assert rbac[1]["subjects"][0]["name"] == "s3-reader"
+
+
+def test_trainer_role_is_limited_to_its_own_status() -> None:
+    role = next(o for o in build_trainer_rbac(OWNER, spec()) if o["kind"] == "Role")
+    assert role["rules"] == [
+        {"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs/status"], "resourceNames": ["tickets"], "verbs": ["get", "patch"]}
+    ]
+
+
+def test_pvc_scratch_and_spec_configmap_with_operator_defaults() -> None:
+    job = build_training_job(OWNER, spec(storage={"pvc": {"claimName": "scratch-pvc"}}), CONFIG)
+    scratch = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "scratch")
+    assert scratch == {"name": "scratch", "persistentVolumeClaim": {"claimName": "scratch-pvc"}}
+    cm = build_spec_configmap(OWNER, spec(), CONFIG)
+    assert "endpoint: https://s3.internal" in cm["data"]["job.yaml"]
+    assert "uid: 1234-uid" in cm["data"]["job.yaml"]
+
+
+def test_child_names_are_deterministic_and_fit_a_dns_label() -> None:
+    long = "a" * 70
+    name = child_name(long, "preflight")
+    assert len(name) <= 63
+    assert name == child_name(long, "preflight")
+    assert child_name("short", "train") == "short-train"
