@@ -101,7 +101,9 @@ def encode_example(example: Example, tokenizer: Any, max_length: int, chat_templ
     for position, (char_start, char_end) in enumerate(encoded["offset_mapping"]):
         if char_end <= char_start:
             continue
-        if any(start <= char_start < end for start, end in spans):
+        # Overlap, not containment: a token may merge the answer's first word with the
+        # template's trailing space (" hi"); the model has to produce that token.
+        if any(char_start < end and char_end > start for start, end in spans):
             labels[position] = ids[position]
     return EncodedExample(input_ids=ids[:max_length], labels=labels[:max_length])
 
