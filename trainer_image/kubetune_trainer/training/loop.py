@@ -11,13 +11,14 @@ import math
 import os
 import resource
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from kubetune.api.v1alpha1 import MethodType, Progress, ResolvedTraining
 from kubetune_trainer.data.types import Example
@@ -150,6 +151,22 @@ class KeepBest(TrainerCallback):
             params[name].data.copy_(value.to(params[name].device, params[name].dtype))
 
 
+class TraceMicroSteps(TrainerCallback):
+    """With ``KUBETUNE_TRACE_MICROSTEPS=1``: one stderr line per micro-batch (debugging and the
+    kill-and-resume test, which must interrupt a run in the middle of an accumulation cycle)."""
+
+    def __init__(self) -> None:
+        self.substep = 0
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.substep += 1
+        print(f"kubetune-microstep step={state.global_step} substep={self.substep}", file=sys.stderr, flush=True)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.substep = 0
+        print(f"kubetune-microstep step={state.global_step} substep=end", file=sys.stderr, flush=True)
+
+
 class ReportProgress(TrainerCallback):
     def __init__(self, report: Callable[[Progress], None]) -> None:
         self.report = report
@@ -230,6 +247,9 @@ def _peak_memory(device: str) -> int:
 def train(config: TrainConfig) -> TrainOutcome:
     resolved = config.resolved
     hp = resolved.hyperparameters
+    # Seed before the adapter is created: LoRA's initial weights come from the global RNG,
+    # and a run must be reproducible from its seed (a fresh run and a resumed one agree).
+    set_seed(hp.seed or 0)
     model, tokenizer = load_for_training(config.model_dir, resolved, device=config.device, bf16=config.bf16)
     seq_len = hp.sequence_length or 512
     packing = bool(hp.packing)
@@ -247,6 +267,8 @@ def train(config: TrainConfig) -> TrainOutcome:
     callbacks: list[TrainerCallback] = [keep_best, UploadCheckpoints(config.checkpoints, config.on_checkpoint), sigterm]
     if config.on_progress is not None:
         callbacks.append(ReportProgress(config.on_progress))
+    if os.environ.get("KUBETUNE_TRACE_MICROSTEPS") == "1":
+        callbacks.append(TraceMicroSteps())
     trainer = Trainer(
         model=model,
         args=_arguments(config, eval_rows is not None),

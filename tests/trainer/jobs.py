@@ -1,0 +1,45 @@
+"""Small FineTuneJob manifests on the tiny model, for tests that run the real entry points."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def write_dataset(path: Path, count: int = 64) -> Path:
+    rows = [
+        {"messages": [{"role": "user", "content": f"Classify ticket {i}: my order {i * 37} is {'late' if i % 2 else 'broken'}"}, {"role": "assistant", "content": "shipping" if i % 2 else "returns"}]}
+        for i in range(count)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_job(path: Path, *, model_dir: Path, data: Path, output: str, s3_endpoint: str | None = None, **spec: Any) -> Path:
+    manifest: dict[str, Any] = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "tiny-job", "namespace": "default"},
+        "spec": {
+            "baseModel": {"uri": f"file://{model_dir}"},
+            "dataset": {"sources": [{"uri": f"file://{data}"}], "split": {"validation": 0.1, "test": 0.1}},
+            "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+            "hyperparameters": {"epochs": 1, "learningRate": 0.001, "batchSize": 2, "gradientAccumulationSteps": 2, "sequenceLength": 64, "seed": 7},
+            "evaluation": {"metrics": ["perplexity"], "maxNewTokens": 4},
+            "output": {"uri": output, "formats": ["adapter"]},
+            "checkpoint": {"everySteps": 2},
+            "resources": {"gpus": 0},
+        },
+    }
+    for key, value in spec.items():
+        if isinstance(value, dict) and isinstance(manifest["spec"].get(key), dict):
+            manifest["spec"][key] = {**manifest["spec"][key], **value}
+        else:
+            manifest["spec"][key] = value
+    if s3_endpoint:
+        manifest["spec"]["s3"] = {"endpoint": s3_endpoint, "region": "us-east-1"}
+    path.write_text(yaml.safe_dump(manifest))
+    return path

@@ -1,0 +1,83 @@
+"""Kill the trainer in the middle of a gradient-accumulation cycle; the restart resumes from the
+last checkpoint in S3 and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from kubetune.api.v1alpha1 import S3Spec
+from kubetune_trainer.storage import ObjectStore
+from tests.trainer.jobs import write_dataset, write_job
+
+HYPER = {"epochs": 3, "gradientAccumulationSteps": 4, "batchSize": 2}
+
+
+def trainer(job: Path, workdir: Path, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubetune_trainer.cli", "train", "--job", str(job), "--workdir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "KUBETUNE_TRACE_MICROSTEPS": "1", **env},
+        start_new_session=True,
+    )
+
+
+def adapter(workdir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(workdir / "training" / "trained" / "adapter_model.safetensors"))
+
+
+def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(tmp_path: Path, tiny_model_dir: Path, s3_spec: S3Spec, s3_bucket: str) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", 80)
+    reference_job = write_job(tmp_path / "ref.yaml", model_dir=tiny_model_dir, data=data, output=f"s3://{s3_bucket}/ref/", s3_endpoint=s3_spec.endpoint, hyperparameters=HYPER)
+    reference = trainer(reference_job, tmp_path / "ref-work")
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err[-3000:]
+
+    job = write_job(tmp_path / "job.yaml", model_dir=tiny_model_dir, data=data, output=f"s3://{s3_bucket}/run/", s3_endpoint=s3_spec.endpoint, hyperparameters=HYPER)
+    first = trainer(job, tmp_path / "work-1")
+    assert first.stderr is not None
+    killed_at = None
+    for line in first.stderr:
+        # Step 4 was checkpointed (every 2 steps); kill after 2 of the 4 micro-batches of step 5.
+        if line.startswith("kubetune-microstep step=4 substep=2"):
+            os.killpg(first.pid, signal.SIGKILL)
+            killed_at = line.strip()
+            break
+    first.wait(timeout=60)
+    assert killed_at is not None and first.returncode == -signal.SIGKILL
+    store = ObjectStore(s3_spec)
+    assert store.exists(f"s3://{s3_bucket}/run/checkpoints/tiny-job/latest.json")
+
+    second = trainer(job, tmp_path / "work-2")
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err[-3000:]
+    assert "resuming from" in err and "checkpoint-4" in err
+    assert "kubetune-microstep step=1 substep=end" not in err, "the restart did not start over"
+
+    resumed, expected = adapter(tmp_path / "work-2"), adapter(tmp_path / "ref-work")
+    assert resumed.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], atol=1e-5, rtol=1e-4)
+
+
+def test_sigterm_checkpoints_and_exits_with_the_preemption_code(tmp_path: Path, tiny_model_dir: Path, s3_spec: S3Spec, s3_bucket: str) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", 80)
+    job = write_job(tmp_path / "job.yaml", model_dir=tiny_model_dir, data=data, output=f"s3://{s3_bucket}/run/", s3_endpoint=s3_spec.endpoint, hyperparameters=HYPER, checkpoint={"everySteps": 100})
+    process = trainer(job, tmp_path / "work")
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith("kubetune-microstep step=3 substep=end"):
+            os.killpg(process.pid, signal.SIGTERM)
+            break
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 143, rest[-2000:]
+    pointer = ObjectStore(s3_spec).read_bytes(f"s3://{s3_bucket}/run/checkpoints/tiny-job/latest.json")
+    assert b'"step": 4' in pointer or b'"step": 3' in pointer
