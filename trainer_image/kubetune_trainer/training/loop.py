@@ -283,6 +283,14 @@ def train(config: TrainConfig) -> TrainOutcome:
     if resume is not None:
         log.info("resuming from %s", resume)
         keep_best.load_from(resume)
+    log.info(
+        "training: process %s of %s, %d rows of up to %d tokens, %s",
+        os.environ.get("RANK", "0"),
+        os.environ.get("WORLD_SIZE", "1"),
+        len(train_rows),
+        seq_len,
+        "packed" if packing else "padded",
+    )
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     runtime = max(time.perf_counter() - started, 1e-9)
