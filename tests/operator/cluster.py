@@ -197,7 +197,7 @@ class Cluster:
             ]
             if not orphans:
                 return removed
-            for (resource, namespace, name), obj in orphans:
+            for (resource, namespace, name), _obj in orphans:
                 path = f"/apis/{resource.group}/{resource.version}" if resource.group else f"/api/{resource.version}"
                 path += f"/namespaces/{namespace}/{resource.plural}/{name}"
                 self.api_client.call_api(path, "DELETE", auth_settings=[], _preload_content=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -64,7 +65,7 @@ def test_packing_isolates_examples(tiny_model_dir: Path, tokenizer_dir: Path) ->
         compared = 0
         for row_index, row in enumerate(rows):
             starts = [i for i, p in enumerate(row.position_ids) if p == 0] + [len(row.position_ids)]
-            for start, end in zip(starts, starts[1:], strict=False):
+            for start, end in itertools.pairwise(starts):
                 alone = model(input_ids=torch.tensor([row.input_ids[start:end]]), use_cache=False).logits[0]
                 torch.testing.assert_close(packed[row_index, start:end], alone, atol=1e-5, rtol=1e-4)
                 compared += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kubetune.api.v1alpha1 import (
@@ -92,7 +93,7 @@ def _host_memory_gib() -> float:
 def _cgroup_memory_limit() -> float | None:
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            raw = open(path).read().strip()
+            raw = Path(path).read_text().strip()
         except OSError:
             continue
         if raw.isdigit() and int(raw) < 2**60:
@@ -213,7 +214,7 @@ def _lora_params(config: Any, r: int) -> float:
 
 
 # Sustained training throughput assumed by the time estimate, in model FLOPs per second.
-# CPU: calibrated on 2 cores (SmolLM2-135M LoRA: ~200 tokens/s ≈ 6 × 135e6 × 200 ≈ 1.6e11).
+# CPU: calibrated on 2 cores (SmolLM2-135M LoRA: ~200 tokens/s = 6 x 135e6 x 200 ≈ 1.6e11).
 CPU_FLOPS_PER_CORE = 8e10
 GPU_FLOPS = 1.5e14  # ~40% MFU of a bf16 datacenter GPU; a deliberately rough prior
 

@@ -144,7 +144,8 @@ def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved
 def evaluate(
     ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining, outcome: TrainOutcome
 ) -> EvaluationReport:
-    from kubetune_trainer.evaluation.runner import ModelUnderTest, evaluate as run_evaluation
+    from kubetune_trainer.evaluation.runner import ModelUnderTest
+    from kubetune_trainer.evaluation.runner import evaluate as run_evaluation
     from kubetune_trainer.training.model import load_base
 
     method = MethodType(resolved.method)

@@ -196,13 +196,13 @@ def _volumes(owner: Owner, spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]],
         if spec.storage.pvc is not None
         else {"name": "scratch", "emptyDir": {"sizeLimit": spec.storage.scratch_size}}
     )
-    volumes = [
+    volumes: list[dict[str, Any]] = [
         {"name": "job-spec", "configMap": {"name": spec_configmap_name(owner.name)}},
         scratch,
         {"name": "tmp", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.storage.shm_size}},
     ]
-    mounts = [
+    mounts: list[dict[str, Any]] = [
         {"name": "job-spec", "mountPath": "/etc/kubetune/job.yaml", "subPath": "job.yaml", "readOnly": True},
         {"name": "scratch", "mountPath": SCRATCH},
         {"name": "tmp", "mountPath": "/tmp"},

@@ -103,7 +103,7 @@ class CurationReport:
         if summary:
             lines += ["", "Tokens per example: " + ", ".join(f"{k} {v:.0f}" for k, v in summary.items()), ""]
             lines += ["| tokens | examples |", "|---|---:|"]
-            lines += [f"| {b['from']}–{b['to']} | {b['count']} |" for b in self.histogram()]
+            lines += [f"| {b['from']}-{b['to']} | {b['count']} |" for b in self.histogram()]
         if self.invalid_samples:
             lines += ["", "## Invalid rows (first few)", ""] + [f"- {s}" for s in self.invalid_samples]
         for rule, samples in self.dropped_samples.items():

@@ -185,16 +185,20 @@ def evaluate(
     chosen = list(test[: spec.max_examples] if spec.max_examples else test)
     wanted = [Metric(x) for x in spec.metrics]
     needs_text = any(x in GENERATION_METRICS for x in wanted)
-    kwargs = {"max_length": max_length, "batch_size": batch_size, "chat_template": chat_template}
-    base = _score(subject.as_base(), tokenizer, chosen, spec, generate_text=needs_text, **kwargs)
-    tuned = _score(subject.as_tuned(), tokenizer, chosen, spec, generate_text=needs_text, **kwargs)
+    def score(as_model: tuple[Any, AbstractContextManager[None]], examples: Sequence[Example], text: bool) -> _Scores:
+        return _score(
+            as_model, tokenizer, examples, spec, max_length=max_length, batch_size=batch_size, chat_template=chat_template, generate_text=text
+        )
+
+    base = score(subject.as_base(), chosen, needs_text)
+    tuned = score(subject.as_tuned(), chosen, needs_text)
     refs = [e.reference() for e in chosen]
     results = [compare_metric(x, base, tuned, refs, seed=seed) for x in wanted] if chosen else []
 
     regression_result = None
     if regression:
-        base_reg = _score(subject.as_base(), tokenizer, regression, spec, generate_text=False, **kwargs)
-        tuned_reg = _score(subject.as_tuned(), tokenizer, regression, spec, generate_text=False, **kwargs)
+        base_reg = score(subject.as_base(), regression, False)
+        tuned_reg = score(subject.as_tuned(), regression, False)
         regression_result = compare_regression(base_reg.losses, tuned_reg.losses, spec.max_regression, seed=seed)
 
     predictions = [

@@ -6,7 +6,15 @@ import logging
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from kubetune.api.v1alpha1 import PreflightReport, ResolvedTraining, TrainerResult
 from kubetune.api.v1alpha1 import Progress as TrainingProgress
