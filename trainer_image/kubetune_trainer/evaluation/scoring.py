@@ -52,14 +52,16 @@ def token_losses(model: Any, tokenizer: Any, examples: Sequence[Example], *, max
         ids = torch.tensor([e.input_ids + [pad] * (width - len(e)) for e in chunk], device=device)
         labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e)) for e in chunk], device=device)
         mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in chunk], device=device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-        shifted = labels[:, 1:]
-        log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
-        picked = log_probs.gather(-1, shifted.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        valid = shifted != IGNORE_INDEX
-        nll = -(picked * valid).sum(dim=1)
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+        targets = labels[:, 1:]
+        valid = targets != IGNORE_INDEX
+        # Cross-entropy on the scored positions only: no full-vocabulary softmax for prompts.
+        nll = torch.nn.functional.cross_entropy(logits[valid].float(), targets[valid], reduction="none")
+        rows = valid.nonzero()[:, 0]
+        sums = torch.zeros(len(chunk), dtype=torch.float64, device=nll.device).index_add_(0, rows, nll.double())
+        counts = valid.sum(dim=1)
         for row in range(len(chunk)):
-            results.append(TokenLoss(float(nll[row]), int(valid[row].sum())))
+            results.append(TokenLoss(float(sums[row]), int(counts[row])))
     return results
 
 
