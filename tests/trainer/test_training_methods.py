@@ -62,7 +62,7 @@ def test_qlora_trains_on_cpu_against_a_4bit_base(tmp_path: Path, tiny_model_dir:
     assert layers and all(m.weight.quant_type == "nf4" for m in layers)
     assert layers[0].weight.quant_state.nested, "double quantization"
     first, last = losses(outcome)[0], losses(outcome)[-1]
-    assert last < first * 0.9, (first, last)
+    assert last < first * 0.95, (first, last)
     assert (outcome.trained_dir / "adapter_model.safetensors").exists()
 
 
