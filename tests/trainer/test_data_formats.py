@@ -114,3 +114,15 @@ def test_unreachable_s3_is_a_clear_error() -> None:
     store = ObjectStore(S3Spec(endpoint="http://127.0.0.1:9", region="us-east-1"))
     with pytest.raises(DatasetError, match=r"spec.dataset.sources\[0\].uri: s3://bucket-x/data.jsonl: cannot list"):
         prepare_dataset(spec("s3://bucket-x/data.jsonl"), store, words, max_tokens=100)
+
+
+def test_train_only_sources_never_reach_validation_or_test(tmp_path: Path) -> None:
+    (tmp_path / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ALPACA))
+    (tmp_path / "replay.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TEXT))
+    mixed = DatasetSpec.model_validate(
+        {"sources": [{"uri": f"file://{tmp_path}/task.jsonl"}, {"uri": f"file://{tmp_path}/replay.jsonl", "trainOnly": True}], "split": {"validation": 0.3, "test": 0.3}}
+    )
+    data = prepare_dataset(mixed, ObjectStore(), words, max_tokens=100)
+    held_out = data.validation + data.test
+    assert held_out and all(e.source.endswith("task.jsonl") for e in held_out)
+    assert sum(1 for e in data.train if e.source.endswith("replay.jsonl")) == len(TEXT)

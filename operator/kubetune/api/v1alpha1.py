@@ -157,6 +157,15 @@ class DatasetSource(ApiModel):
             ),
         ),
     ] = 1.0
+    train_only: Annotated[
+        bool,
+        Field(
+            description=(
+                "Use every example of this source for training and none for validation/test, e.g. "
+                "replay data mixed in to limit forgetting, which is not part of the task being evaluated."
+            )
+        ),
+    ] = False
     column_mapping: Annotated[
         dict[str, str] | None,
         Field(

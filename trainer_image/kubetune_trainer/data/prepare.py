@@ -168,6 +168,9 @@ def prepare_dataset(
     split = spec.split
     buckets: dict[str, list[Example]] = {"train": [], "validation": [], "test": []}
     for example in pool:
+        if origin[id(example)].train_only:
+            buckets["train"].append(example)
+            continue
         buckets[curation.assign_split(example, split.seed, split.validation, split.test)].append(example)
     report.splits = {name: len(items) for name, items in buckets.items()}
     if not buckets["train"]:
