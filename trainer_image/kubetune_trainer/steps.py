@@ -7,7 +7,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
 from rich.table import Table
@@ -189,7 +189,8 @@ def export(ctx: RunContext, model: BaseModelInfo, resolved: ResolvedTraining, ou
         from kubetune_trainer.export.bnb4 import export_bnb_4bit
 
         export_bnb_4bit(merged, artifacts / "bnb-4bit")
-    for fmt, quant in ((ArtifactFormat.GGUF_Q8_0, "Q8_0"), (ArtifactFormat.GGUF_Q4_0, "Q4_0")):
+    quants: tuple[tuple[ArtifactFormat, Literal["Q8_0", "Q4_0"]], ...] = ((ArtifactFormat.GGUF_Q8_0, "Q8_0"), (ArtifactFormat.GGUF_Q4_0, "Q4_0"))
+    for fmt, quant in quants:
         if fmt in formats:
             from kubetune_trainer.export.gguf import export_gguf
 
