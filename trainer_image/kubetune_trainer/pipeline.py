@@ -89,6 +89,9 @@ def run_pipeline(job: FineTuneJob, *, mode: Mode, workdir: Path, max_steps: int 
     except ConfigurationError as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
+        if "plan" not in ctx.clock.durations:
+            # Model, data or plan failed: that is the pre-flight failing; say why in status.
+            ctx.reporters.preflight(PreflightReport(passed=False, message=str(err)[:4000]))
         return EXIT_CONFIG
     except StorageError as err:
         log.error("storage: %s", err)
@@ -110,7 +113,8 @@ def _run_stages(ctx: RunContext) -> int:
     ctx.reporters.resolved(resolved)
     ctx.reporters.preflight(preflight)
     if not preflight.passed:
-        raise ConfigurationError(f"pre-flight failed: {preflight.message}")
+        print(f"error: pre-flight failed: {preflight.message}", file=sys.stderr)
+        return EXIT_CONFIG
     if ctx.mode == Mode.PREFLIGHT:
         _print_timings(ctx)
         return EXIT_OK

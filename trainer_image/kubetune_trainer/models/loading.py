@@ -12,11 +12,12 @@ import json
 from pathlib import Path
 
 from kubetune.api.v1alpha1 import BUILTIN_MODEL_URI
+from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.models.builtin import builtin_model_dir, cache_root
 from kubetune_trainer.storage import ObjectStore, StorageError, parse_uri
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(ConfigurationError):
     """The base model URI does not lead to a loadable, safe Hugging Face folder."""
 
 
