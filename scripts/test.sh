@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh dev
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== static checks"
-ruff check operator trainer_image tests bench
+ruff check operator trainer_image tests
 lint-imports
 mypy operator/kubetune trainer_image/kubetune_trainer
 python -m kubetune.api.crd --check
