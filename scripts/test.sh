@@ -6,6 +6,7 @@ bash scripts/bootstrap.sh dev
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== static checks"
 ruff check operator trainer_image tests
+ruff format --check operator trainer_image tests
 lint-imports
 mypy operator/kubetune trainer_image/kubetune_trainer
 python -m kubetune.api.crd --check

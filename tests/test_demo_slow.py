@@ -23,7 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_kubetune_run_example_improves_the_default_model(tmp_path: Path) -> None:
     kubetune = Path(sys.executable).parent / "kubetune"
     result = subprocess.run(
-        [str(kubetune), "run", str(ROOT / "examples" / "support-tickets.yaml"), "--output-dir", str(tmp_path / "runs"), "--workdir", str(tmp_path / "work")],
+        [
+            str(kubetune),
+            "run",
+            str(ROOT / "examples" / "support-tickets.yaml"),
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
         capture_output=True,
         text=True,
         timeout=2300,
@@ -41,5 +49,10 @@ def test_kubetune_run_example_improves_the_default_model(tmp_path: Path) -> None
     assert regression["examples"] >= 200 and regression["passed"], regression
     assert manifest["promoted"] is True, evaluation["gate"]
     paths = {a["path"] for a in manifest["artifacts"]}
-    assert {"adapter/adapter_model.safetensors", "merged/model.safetensors", "reports/evaluation.md", "reports/loss_curve.png"} <= paths
+    assert {
+        "adapter/adapter_model.safetensors",
+        "merged/model.safetensors",
+        "reports/evaluation.md",
+        "reports/loss_curve.png",
+    } <= paths
     assert "quality gate: passed" in result.stdout and "stage times" in result.stderr

@@ -55,4 +55,6 @@ def test_general_sets_are_large_disjoint_and_answered() -> None:
     assert len(regression) >= 200 and len(replay) >= 200
     prompts = lambda data: {r["messages"][0]["content"] for r in data}  # noqa: E731
     assert not prompts(regression) & prompts(replay)
-    assert all(r["messages"][-1]["role"] == "assistant" and r["messages"][-1]["content"].strip() for r in regression + replay)
+    assert all(
+        r["messages"][-1]["role"] == "assistant" and r["messages"][-1]["content"].strip() for r in regression + replay
+    )

@@ -16,25 +16,143 @@ import json
 import random
 from pathlib import Path
 
-COUNTRIES = ["France", "Japan", "Brazil", "Canada", "Egypt", "India", "Italy", "Kenya", "Mexico", "Norway", "Peru", "Spain",
-             "Germany", "Australia", "Argentina", "Greece", "Turkey", "Vietnam", "Poland", "Chile", "Portugal", "Ireland"]
-TOPICS = ["the ocean", "autumn leaves", "a quiet library", "the moon", "a busy city", "friendship", "a mountain hike", "rain",
-          "coffee in the morning", "an old bicycle", "the first snow", "a lighthouse", "a garden", "trains at night"]
-CONCEPTS = ["photosynthesis", "gravity", "inflation", "a black hole", "the water cycle", "democracy", "an ecosystem",
-            "compound interest", "evolution", "electricity", "a vaccine", "the internet", "machine learning", "recycling",
-            "climate change", "the immune system", "a volcano", "supply and demand", "DNA", "the solar system", "an atom",
-            "a rainbow", "the stock market", "renewable energy", "a computer program", "tides", "earthquakes", "friction"]
-TASKS = ["boil an egg", "write a good resume", "save money each month", "learn a new language", "plant tomatoes",
-         "fall asleep faster", "prepare for a job interview", "make a cup of tea", "clean a laptop keyboard",
-         "start running as a beginner", "organize a small closet", "write a thank-you note", "study for an exam",
-         "reduce stress at work", "keep houseplants alive", "make pancakes", "change a flat bicycle tire",
-         "back up photos", "be a better listener", "plan a weekend trip", "memorize a short speech", "cook rice"]
-ANIMALS = ["elephants", "penguins", "bees", "dolphins", "owls", "cats", "dogs", "octopuses", "camels", "frogs", "eagles", "ants"]
-THINGS = ["a bicycle", "a refrigerator", "a telescope", "a compass", "a smartphone", "a microwave", "a thermometer", "a clock",
-          "an umbrella", "a battery", "a light bulb", "a calculator"]
+COUNTRIES = [
+    "France",
+    "Japan",
+    "Brazil",
+    "Canada",
+    "Egypt",
+    "India",
+    "Italy",
+    "Kenya",
+    "Mexico",
+    "Norway",
+    "Peru",
+    "Spain",
+    "Germany",
+    "Australia",
+    "Argentina",
+    "Greece",
+    "Turkey",
+    "Vietnam",
+    "Poland",
+    "Chile",
+    "Portugal",
+    "Ireland",
+]
+TOPICS = [
+    "the ocean",
+    "autumn leaves",
+    "a quiet library",
+    "the moon",
+    "a busy city",
+    "friendship",
+    "a mountain hike",
+    "rain",
+    "coffee in the morning",
+    "an old bicycle",
+    "the first snow",
+    "a lighthouse",
+    "a garden",
+    "trains at night",
+]
+CONCEPTS = [
+    "photosynthesis",
+    "gravity",
+    "inflation",
+    "a black hole",
+    "the water cycle",
+    "democracy",
+    "an ecosystem",
+    "compound interest",
+    "evolution",
+    "electricity",
+    "a vaccine",
+    "the internet",
+    "machine learning",
+    "recycling",
+    "climate change",
+    "the immune system",
+    "a volcano",
+    "supply and demand",
+    "DNA",
+    "the solar system",
+    "an atom",
+    "a rainbow",
+    "the stock market",
+    "renewable energy",
+    "a computer program",
+    "tides",
+    "earthquakes",
+    "friction",
+]
+TASKS = [
+    "boil an egg",
+    "write a good resume",
+    "save money each month",
+    "learn a new language",
+    "plant tomatoes",
+    "fall asleep faster",
+    "prepare for a job interview",
+    "make a cup of tea",
+    "clean a laptop keyboard",
+    "start running as a beginner",
+    "organize a small closet",
+    "write a thank-you note",
+    "study for an exam",
+    "reduce stress at work",
+    "keep houseplants alive",
+    "make pancakes",
+    "change a flat bicycle tire",
+    "back up photos",
+    "be a better listener",
+    "plan a weekend trip",
+    "memorize a short speech",
+    "cook rice",
+]
+ANIMALS = [
+    "elephants",
+    "penguins",
+    "bees",
+    "dolphins",
+    "owls",
+    "cats",
+    "dogs",
+    "octopuses",
+    "camels",
+    "frogs",
+    "eagles",
+    "ants",
+]
+THINGS = [
+    "a bicycle",
+    "a refrigerator",
+    "a telescope",
+    "a compass",
+    "a smartphone",
+    "a microwave",
+    "a thermometer",
+    "a clock",
+    "an umbrella",
+    "a battery",
+    "a light bulb",
+    "a calculator",
+]
 WORDS = ["happy", "fast", "bright", "ancient", "brave", "quiet", "generous", "curious", "difficult", "enormous"]
-PEOPLE = ["Albert Einstein", "Marie Curie", "William Shakespeare", "Leonardo da Vinci", "Isaac Newton", "Ada Lovelace",
-          "Nelson Mandela", "Charles Darwin", "Frida Kahlo", "Mahatma Gandhi", "Galileo Galilei", "Jane Austen"]
+PEOPLE = [
+    "Albert Einstein",
+    "Marie Curie",
+    "William Shakespeare",
+    "Leonardo da Vinci",
+    "Isaac Newton",
+    "Ada Lovelace",
+    "Nelson Mandela",
+    "Charles Darwin",
+    "Frida Kahlo",
+    "Mahatma Gandhi",
+    "Galileo Galilei",
+    "Jane Austen",
+]
 
 TEMPLATES = [
     lambda r: f"What is the capital of {r.choice(COUNTRIES)}?",
@@ -56,7 +174,9 @@ TEMPLATES = [
     lambda r: f"Translate 'good morning' into {r.choice(['French', 'Spanish', 'German', 'Italian', 'Portuguese'])}.",
     lambda r: f"What language is spoken in {r.choice(COUNTRIES)}?",
     lambda r: f"Suggest a name for a cafe that serves food from {r.choice(COUNTRIES)}.",
-    lambda r: f"What should I pack for a weekend trip to {r.choice(['the beach', 'the mountains', 'a big city', 'the countryside'])}?",
+    lambda r: (
+        f"What should I pack for a weekend trip to {r.choice(['the beach', 'the mountains', 'a big city', 'the countryside'])}?"
+    ),
 ]
 
 
@@ -84,10 +204,15 @@ def answer_all(questions: list[str], batch_size: int = 16, max_new_tokens: int =
     answers = []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True) for q in chunk]
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+            for q in chunk
+        ]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
         for row in out[:, batch["input_ids"].shape[1] :]:
             answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
         print(f"{min(start + batch_size, len(questions))}/{len(questions)}", flush=True)

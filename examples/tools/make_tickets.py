@@ -17,18 +17,83 @@ SYSTEM = (
     "Reply with exactly one category label: billing, technical, account, shipping, returns, or feature_request."
 )
 
-PRODUCTS = ["wireless earbuds", "standing desk", "espresso machine", "yoga mat", "4K monitor", "air fryer", "hiking backpack",
-            "phone case", "mechanical keyboard", "smart thermostat", "kids' bike", "winter jacket", "blender", "desk lamp",
-            "running shoes", "coffee grinder", "office chair", "baby monitor", "garden hose", "electric toothbrush"]
+PRODUCTS = [
+    "wireless earbuds",
+    "standing desk",
+    "espresso machine",
+    "yoga mat",
+    "4K monitor",
+    "air fryer",
+    "hiking backpack",
+    "phone case",
+    "mechanical keyboard",
+    "smart thermostat",
+    "kids' bike",
+    "winter jacket",
+    "blender",
+    "desk lamp",
+    "running shoes",
+    "coffee grinder",
+    "office chair",
+    "baby monitor",
+    "garden hose",
+    "electric toothbrush",
+]
 PLANS = ["Plus", "Premium", "Family", "Business", "Student"]
-DEVICES = ["iPhone 14", "Pixel 8", "Samsung Galaxy S23", "iPad", "Windows laptop", "MacBook Air", "Chromebook", "Android tablet"]
+DEVICES = [
+    "iPhone 14",
+    "Pixel 8",
+    "Samsung Galaxy S23",
+    "iPad",
+    "Windows laptop",
+    "MacBook Air",
+    "Chromebook",
+    "Android tablet",
+]
 CARRIERS = ["UPS", "FedEx", "DHL", "USPS", "the local courier"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
-OPENINGS = ["Hi,", "Hello,", "Hey there,", "Good morning,", "Hi team,", "To whom it may concern,", "Hello support,", "",
-            "Hi Northwind,", "Urgent:", "Quick question -", "Hope you can help."]
-CLOSINGS = ["Thanks.", "Thank you!", "Please advise.", "Thanks in advance.", "Regards.", "", "Cheers", "Waiting for your reply.",
-            "This is really frustrating.", "Appreciate it!", "Can someone get back to me today?", "thx"]
+OPENINGS = [
+    "Hi,",
+    "Hello,",
+    "Hey there,",
+    "Good morning,",
+    "Hi team,",
+    "To whom it may concern,",
+    "Hello support,",
+    "",
+    "Hi Northwind,",
+    "Urgent:",
+    "Quick question -",
+    "Hope you can help.",
+]
+CLOSINGS = [
+    "Thanks.",
+    "Thank you!",
+    "Please advise.",
+    "Thanks in advance.",
+    "Regards.",
+    "",
+    "Cheers",
+    "Waiting for your reply.",
+    "This is really frustrating.",
+    "Appreciate it!",
+    "Can someone get back to me today?",
+    "thx",
+]
 
 PROBLEMS = {
     "billing": [
@@ -118,18 +183,54 @@ PROBLEMS = {
 }
 
 DETAILS = {
-    "billing": ["I have the bank statement if you need it.", "This is the second time this happens.", "Please refund the extra charge.",
-                "My account email is the one I'm writing from.", "I'm on the {plan} plan.", "The last four digits of the card are {digits}."],
-    "technical": ["I already reinstalled the app.", "Clearing the cache didn't help.", "It worked fine last week.",
-                  "I'm on the latest version.", "My wifi is fine, other apps work.", "Screenshot attached."],
-    "account": ["I have access to my old email still.", "This is urgent, I have an order pending.", "I've been a customer for years.",
-                "My username is {user}.", "I tried the help page already.", "Please confirm once it's done."],
-    "shipping": ["The order number is #{order}.", "I need it before my trip.", "Neighbours didn't get it either.",
-                 "It was a birthday present.", "I'm home all day tomorrow.", "The tracking number starts with {digits}."],
-    "returns": ["I still have the original packaging.", "The receipt is in my email.", "I'd prefer a refund to the card.",
-                "Order #{order}.", "Store credit is fine too.", "It's basically unused."],
-    "feature_request": ["Lots of my friends would use it.", "Other shops already have this.", "Just a suggestion!",
-                        "I'd even pay a bit more for it.", "Keep up the good work otherwise.", "Is this on your roadmap?"],
+    "billing": [
+        "I have the bank statement if you need it.",
+        "This is the second time this happens.",
+        "Please refund the extra charge.",
+        "My account email is the one I'm writing from.",
+        "I'm on the {plan} plan.",
+        "The last four digits of the card are {digits}.",
+    ],
+    "technical": [
+        "I already reinstalled the app.",
+        "Clearing the cache didn't help.",
+        "It worked fine last week.",
+        "I'm on the latest version.",
+        "My wifi is fine, other apps work.",
+        "Screenshot attached.",
+    ],
+    "account": [
+        "I have access to my old email still.",
+        "This is urgent, I have an order pending.",
+        "I've been a customer for years.",
+        "My username is {user}.",
+        "I tried the help page already.",
+        "Please confirm once it's done.",
+    ],
+    "shipping": [
+        "The order number is #{order}.",
+        "I need it before my trip.",
+        "Neighbours didn't get it either.",
+        "It was a birthday present.",
+        "I'm home all day tomorrow.",
+        "The tracking number starts with {digits}.",
+    ],
+    "returns": [
+        "I still have the original packaging.",
+        "The receipt is in my email.",
+        "I'd prefer a refund to the card.",
+        "Order #{order}.",
+        "Store credit is fine too.",
+        "It's basically unused.",
+    ],
+    "feature_request": [
+        "Lots of my friends would use it.",
+        "Other shops already have this.",
+        "Just a suggestion!",
+        "I'd even pay a bit more for it.",
+        "Keep up the good work otherwise.",
+        "Is this on your roadmap?",
+    ],
 }
 
 
@@ -168,11 +269,15 @@ def main() -> None:
         if body in seen:
             continue
         seen.add(body)
-        rows.append({"messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": body},
-            {"role": "assistant", "content": label},
-        ]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": body},
+                    {"role": "assistant", "content": label},
+                ]
+            }
+        )
     rng.shuffle(rows)
     out = Path(__file__).resolve().parents[1] / "support-tickets" / "tickets.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)

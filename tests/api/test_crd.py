@@ -50,10 +50,14 @@ def test_schema_is_structural() -> None:
         assert "$ref" not in node, path
         for union in ("anyOf", "oneOf", "allOf"):
             assert union not in node, f"{path}: {union} is not structural"
-        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+        assert (
+            "type" in node or node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string")
+        ), f"{path} has no type"
         assert not ("properties" in node and "additionalProperties" in node), path
         if "default" in node and node["type"] != "object":
-            jsonschema.Draft4Validator({k: v for k, v in node.items() if not k.startswith("x-")}).validate(node["default"])
+            jsonschema.Draft4Validator({k: v for k, v in node.items() if not k.startswith("x-")}).validate(
+                node["default"]
+            )
 
 
 def apply_defaults(node: dict[str, Any], value: Any) -> Any:
@@ -118,7 +122,10 @@ def test_every_example_validates_against_model_and_crd() -> None:
         document = next(d for d in yaml.safe_load_all(path.read_text()) if d)
         errors = [f"{json_path(e)}: {e.message}" for e in validator.iter_errors(document["spec"])]
         assert not errors, f"{path}: {errors}"
-        assert job.spec.to_manifest() == FineTuneJobSpec.model_validate(apply_defaults(crd_schema(), document["spec"])).to_manifest()
+        assert (
+            job.spec.to_manifest()
+            == FineTuneJobSpec.model_validate(apply_defaults(crd_schema(), document["spec"])).to_manifest()
+        )
 
 
 # ----------------------------------------------------------------------------- CEL rules

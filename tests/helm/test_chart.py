@@ -70,7 +70,14 @@ def test_helm_lint_strict() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("sets", [(), ("watchNamespaces={ml,research}",), ("metrics.service.enabled=false", "serviceAccount.create=false", "serviceAccount.name=custom")])
+@pytest.mark.parametrize(
+    "sets",
+    [
+        (),
+        ("watchNamespaces={ml,research}",),
+        ("metrics.service.enabled=false", "serviceAccount.create=false", "serviceAccount.name=custom"),
+    ],
+)
 def test_rendered_manifests_are_valid_kubernetes(sets: tuple[str, ...]) -> None:
     import kubernetes_validate
 
@@ -113,7 +120,13 @@ def test_deployment_is_single_active_probed_and_restricted() -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     labels = deployment["metadata"]["labels"]
-    for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "helm.sh/chart"):
+    for key in (
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/version",
+        "app.kubernetes.io/managed-by",
+        "helm.sh/chart",
+    ):
         assert key in labels
 
 
@@ -125,10 +138,14 @@ def test_chart_crds_are_the_generated_ones() -> None:
 
 
 def test_notes_and_helm_test_hook() -> None:
-    result = subprocess.run([helm(), "install", "kt", str(CHART), "--dry-run=client", "--namespace", "x"], capture_output=True, text=True)
+    result = subprocess.run(
+        [helm(), "install", "kt", str(CHART), "--dry-run=client", "--namespace", "x"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert "kubectl apply -f" in result.stdout and "kubectl get finetunejobs" in result.stdout
-    hooks = [d for d in yaml.safe_load_all(result.stdout.split("NOTES:")[0].split("HOOKS:")[-1].split("MANIFEST:")[0]) if d]
+    hooks = [
+        d for d in yaml.safe_load_all(result.stdout.split("NOTES:")[0].split("HOOKS:")[-1].split("MANIFEST:")[0]) if d
+    ]
     assert any(h.get("metadata", {}).get("annotations", {}).get("helm.sh/hook") == "test" for h in hooks)
 
 

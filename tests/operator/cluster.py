@@ -26,7 +26,9 @@ from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 
 VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 RESOURCES = {
-    f"{GROUP}/{VERSION}/{PLURAL}": kmock.ResourceInfo(kind="FineTuneJob", namespaced=True, subresources={"status"}, verbs=VERBS),
+    f"{GROUP}/{VERSION}/{PLURAL}": kmock.ResourceInfo(
+        kind="FineTuneJob", namespaced=True, subresources={"status"}, verbs=VERBS
+    ),
     "batch/v1/jobs": kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"}, verbs=VERBS),
     "v1/configmaps": kmock.ResourceInfo(kind="ConfigMap", namespaced=True, verbs=VERBS),
     "v1/secrets": kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=VERBS),
@@ -154,7 +156,9 @@ class Cluster:
         import base64
 
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-        self.core.create_namespaced_secret(namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded})
+        self.core.create_namespaced_secret(
+            namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
+        )
 
     # ------------------------------------------------------------------ the Job controller
     def set_job_status(self, name: str, status: dict[str, Any], namespace: str = "default") -> None:
@@ -164,10 +168,18 @@ class Cluster:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.set_job_status(name, {"active": 1, "ready": 1, "startTime": now}, namespace)
 
-    def finish_job(self, name: str, *, succeeded: bool, reason: str = "", message: str = "", namespace: str = "default") -> None:
+    def finish_job(
+        self, name: str, *, succeeded: bool, reason: str = "", message: str = "", namespace: str = "default"
+    ) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         kind = "Complete" if succeeded else "Failed"
-        condition = {"type": kind, "status": "True", "reason": reason or kind, "message": message, "lastTransitionTime": now}
+        condition = {
+            "type": kind,
+            "status": "True",
+            "reason": reason or kind,
+            "message": message,
+            "lastTransitionTime": now,
+        }
         status: dict[str, Any] = {"active": 0, "ready": 0, "conditions": [condition]}
         status["succeeded" if succeeded else "failed"] = 1
         if succeeded:
@@ -183,11 +195,7 @@ class Cluster:
         """Delete objects whose owners are gone (only those whose ownerReference uid matches)."""
         removed: list[str] = []
         while True:
-            alive = {
-                obj.get("metadata", {}).get("uid")
-                for obj in emulator.objects.values()
-                if not obj.deleted
-            }
+            alive = {obj.get("metadata", {}).get("uid") for obj in emulator.objects.values() if not obj.deleted}
             orphans = [
                 (key, obj)
                 for key, obj in emulator.objects.items()

@@ -31,11 +31,18 @@ def running_operator(url: str, **env: str) -> Iterator[Any]:
     """The real operator (kopf + kubetune's handlers) in a thread, talking HTTP to ``url``."""
     from kopf.testing import KopfRunner
 
-    settings = {"KUBETUNE_KUBE_API": url, "KUBETUNE_NO_METRICS_SERVER": "1", "KUBETUNE_TRAINER_IMAGE": "trainer:test", **env}
+    settings = {
+        "KUBETUNE_KUBE_API": url,
+        "KUBETUNE_NO_METRICS_SERVER": "1",
+        "KUBETUNE_TRAINER_IMAGE": "trainer:test",
+        **env,
+    }
     saved = {k: os.environ.get(k) for k in settings}
     os.environ.update(settings)
     try:
-        with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "kubetune.operator.main"], timeout=60) as runner:
+        with KopfRunner(
+            ["run", "--all-namespaces", "--standalone", "-m", "kubetune.operator.main"], timeout=60
+        ) as runner:
             yield runner
     finally:
         for key, value in saved.items():

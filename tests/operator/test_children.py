@@ -16,7 +16,9 @@ from kubetune.operator.children import (
 from kubetune.operator.config import OperatorConfig
 
 OWNER = Owner("tickets", "ml", "1234-uid")
-CONFIG = OperatorConfig.from_env({"KUBETUNE_TRAINER_IMAGE": "registry/trainer:1", "KUBETUNE_DEFAULT_S3_ENDPOINT": "https://s3.internal"})
+CONFIG = OperatorConfig.from_env(
+    {"KUBETUNE_TRAINER_IMAGE": "registry/trainer:1", "KUBETUNE_DEFAULT_S3_ENDPOINT": "https://s3.internal"}
+)
 BASE = {"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}}
 
 
@@ -100,7 +102,12 @@ def test_kueue_queue_label_and_created_suspended() -> None:
 def test_credentials_by_reference_and_ca_bundle_mounted() -> None:
     job = build_training_job(
         OWNER,
-        spec(s3={"credentialsSecret": {"name": "creds", "sessionTokenKey": "token"}, "caBundle": {"name": "ca", "key": "bundle.pem"}}),
+        spec(
+            s3={
+                "credentialsSecret": {"name": "creds", "sessionTokenKey": "token"},
+                "caBundle": {"name": "ca", "key": "bundle.pem"},
+            }
+        ),
         CONFIG,
     )
     env = {e["name"]: e for e in container(job)["env"]}
@@ -123,7 +130,12 @@ def test_irsa_means_no_secret_env_and_the_users_service_account() -> None:
 def test_trainer_role_is_limited_to_its_own_status() -> None:
     role = next(o for o in build_trainer_rbac(OWNER, spec()) if o["kind"] == "Role")
     assert role["rules"] == [
-        {"apiGroups": ["kubetune.dev"], "resources": ["finetunejobs/status"], "resourceNames": ["tickets"], "verbs": ["get", "patch"]}
+        {
+            "apiGroups": ["kubetune.dev"],
+            "resources": ["finetunejobs/status"],
+            "resourceNames": ["tickets"],
+            "verbs": ["get", "patch"],
+        }
     ]
 
 
@@ -142,3 +154,11 @@ def test_child_names_are_deterministic_and_fit_a_dns_label() -> None:
     assert len(name) <= 63
     assert name == child_name(long, "preflight")
     assert child_name("short", "train") == "short-train"
+
+
+def test_preflight_learns_the_declared_gpu_memory() -> None:
+    env = {
+        e["name"]: e.get("value")
+        for e in container(build_preflight_job(OWNER, spec(resources={"gpus": 1, "gpuMemory": "24Gi"}), CONFIG))["env"]
+    }
+    assert env["KUBETUNE_GPU_MEMORY"] == "24Gi"

@@ -46,7 +46,15 @@ def test_kueue_queue_and_workload_deactivation(emulator: EmulatorThread, cluster
         "metadata": {
             "name": "job-tickets-train",
             "namespace": "default",
-            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "tickets-train", "uid": job["metadata"]["uid"], "controller": True}],
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": "tickets-train",
+                    "uid": job["metadata"]["uid"],
+                    "controller": True,
+                }
+            ],
         },
         "spec": {"active": True, "queueName": "gpu-queue"},
     }
@@ -59,7 +67,9 @@ def test_kueue_queue_and_workload_deactivation(emulator: EmulatorThread, cluster
     cluster.patch_spec("tickets", {"suspend": True})
 
     def workload_active() -> Any:
-        return cluster.custom.get_namespaced_custom_object("kueue.x-k8s.io", "v1beta1", "default", "workloads", "job-tickets-train")["spec"]["active"]
+        return cluster.custom.get_namespaced_custom_object(
+            "kueue.x-k8s.io", "v1beta1", "default", "workloads", "job-tickets-train"
+        )["spec"]["active"]
 
     wait_for(lambda: workload_active() is False, what="Workload deactivated")
     assert cluster.job("tickets-train")["spec"]["suspend"] is False, "the operator left Job.spec.suspend to Kueue"
@@ -78,18 +88,40 @@ def test_delete_removes_children_but_only_its_own(emulator: EmulatorThread, clus
     unrelated = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": "someone-else", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "not-ours", "controller": True}]},
+        "metadata": {
+            "name": "someone-else",
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "not-ours", "controller": True}
+            ],
+        },
         "spec": {"template": {"spec": {"containers": [], "restartPolicy": "Never"}}},
     }
     cluster.batch.create_namespaced_job("default", unrelated)
     keeper = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
     cluster.core.create_namespaced_config_map("default", keeper)
     keeper_uid = cluster.core.read_namespaced_config_map("x", "default").metadata.uid
-    cluster.batch.patch_namespaced_job("someone-else", "default", {"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": keeper_uid, "controller": True}]}})
+    cluster.batch.patch_namespaced_job(
+        "someone-else",
+        "default",
+        {
+            "metadata": {
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": keeper_uid, "controller": True}
+                ]
+            }
+        },
+    )
     cluster.custom.delete_namespaced_custom_object("kubetune.dev", "v1alpha1", "default", "finetunejobs", "tickets")
     assert emulator.emulator is not None
     removed = cluster.collect_garbage(emulator.emulator)
-    for child in ("jobs/tickets-train", "jobs/tickets-preflight", "configmaps/tickets-spec", "roles/tickets-trainer", "rolebindings/tickets-trainer", "serviceaccounts/tickets-trainer"):
+    for child in (
+        "jobs/tickets-train",
+        "jobs/tickets-preflight",
+        "configmaps/tickets-spec",
+        "roles/tickets-trainer",
+        "rolebindings/tickets-trainer",
+        "serviceaccounts/tickets-trainer",
+    ):
         assert child in removed
     assert cluster.job("tickets-train") is None
     assert "jobs/someone-else" not in removed, "an object whose owner uid was never deleted stays"
@@ -120,7 +152,9 @@ def test_restart_between_job_creation_and_status_is_idempotent(emulator: Emulato
         # Forget what the operator recorded, as if it died right after creating the Job.
         cluster.trainer_reports("tickets", {"jobName": None, "phase": None})
     with running_operator(emulator.url):
-        wait_for(lambda: cluster.finetunejob("tickets")["status"].get("jobName") == "tickets-train", what="Job re-found")
+        wait_for(
+            lambda: cluster.finetunejob("tickets")["status"].get("jobName") == "tickets-train", what="Job re-found"
+        )
         assert len([j for j in cluster.jobs() if j["metadata"]["name"] == "tickets-train"]) == 1
 
 

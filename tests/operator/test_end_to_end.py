@@ -21,13 +21,21 @@ def run_pod(cluster: Cluster, emulator: EmulatorThread, job_name: str, tmp_path:
     job = cluster.job(job_name)
     assert job is not None
     container = job["spec"]["template"]["spec"]["containers"][0]
-    config_map = cluster.core.read_namespaced_config_map(job["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"], "default")
+    config_map = cluster.core.read_namespaced_config_map(
+        job["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"], "default"
+    )
     spec_file = tmp_path / f"{job_name}.yaml"
     spec_file.write_text(config_map.data["job.yaml"])
     command = [spec_file.as_posix() if arg == "/etc/kubetune/job.yaml" else arg for arg in container["command"]]
     assert command[0] == "kubetune"
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-    env.update({"KUBETUNE_SCRATCH": str(tmp_path / "scratch"), "KUBETUNE_CACHE": os.environ.get("KUBETUNE_CACHE", str(Path.home() / ".cache" / "kubetune")), "HOME": str(tmp_path)})
+    env.update(
+        {
+            "KUBETUNE_SCRATCH": str(tmp_path / "scratch"),
+            "KUBETUNE_CACHE": os.environ.get("KUBETUNE_CACHE", str(Path.home() / ".cache" / "kubetune")),
+            "HOME": str(tmp_path),
+        }
+    )
     env["KUBETUNE_KUBE_API"] = emulator.url  # the pod's in-cluster API endpoint
     cluster.start_job(job_name)
     result = subprocess.run(
@@ -37,11 +45,15 @@ def run_pod(cluster: Cluster, emulator: EmulatorThread, job_name: str, tmp_path:
         text=True,
         timeout=300,
     )
-    cluster.finish_job(job_name, succeeded=result.returncode == 0, reason="PodFailurePolicy" if result.returncode == 2 else "")
+    cluster.finish_job(
+        job_name, succeeded=result.returncode == 0, reason="PodFailurePolicy" if result.returncode == 2 else ""
+    )
     return result.returncode
 
 
-def test_trainer_entry_points_driven_by_the_operator(tmp_path: Path, tiny_model_dir: Path, emulator: EmulatorThread, cluster: Cluster, operator: Any) -> None:
+def test_trainer_entry_points_driven_by_the_operator(
+    tmp_path: Path, tiny_model_dir: Path, emulator: EmulatorThread, cluster: Cluster, operator: Any
+) -> None:
     data = write_dataset(tmp_path / "data.jsonl", 48)
     manifest = yaml.safe_load(
         f"""
@@ -76,7 +88,9 @@ spec:
     assert "tuned.perplexity" in result["metrics"]
 
 
-def test_a_bad_dataset_fails_the_preflight_with_the_row(tmp_path: Path, tiny_model_dir: Path, emulator: EmulatorThread, cluster: Cluster, operator: Any) -> None:
+def test_a_bad_dataset_fails_the_preflight_with_the_row(
+    tmp_path: Path, tiny_model_dir: Path, emulator: EmulatorThread, cluster: Cluster, operator: Any
+) -> None:
     (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "robot", "content": "x"}]}\n')
     manifest = {
         "apiVersion": "kubetune.dev/v1alpha1",
@@ -92,6 +106,7 @@ def test_a_bad_dataset_fails_the_preflight_with_the_row(tmp_path: Path, tiny_mod
     cluster.apply(manifest)
     wait_for(lambda: cluster.job("bad-preflight"), what="pre-flight Job")
     assert run_pod(cluster, emulator, "bad-preflight", tmp_path) == 2
+
     def validated() -> dict[str, Any]:
         conditions = cluster.finetunejob("bad").get("status", {}).get("conditions", [])
         return next((c for c in conditions if c["type"] == "Validated" and c["status"] == "False"), {})

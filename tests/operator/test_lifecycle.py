@@ -69,7 +69,12 @@ def test_training_failure_sets_failed_with_reason(cluster: Cluster, operator: An
     wait_for(lambda: cluster.job("tickets-preflight"), what="pre-flight Job")
     cluster.finish_job("tickets-preflight", succeeded=True)
     wait_for(lambda: cluster.job("tickets-train"), what="training Job")
-    cluster.finish_job("tickets-train", succeeded=False, reason="BackoffLimitExceeded", message="Job has reached the specified backoff limit")
+    cluster.finish_job(
+        "tickets-train",
+        succeeded=False,
+        reason="BackoffLimitExceeded",
+        message="Job has reached the specified backoff limit",
+    )
     wait_for(lambda: phase(cluster) == "Failed", what="phase Failed")
     failed = condition(cluster, "Failed")
     assert failed["status"] == "True"
@@ -87,7 +92,10 @@ def test_preflight_failure_never_requests_a_gpu(cluster: Cluster, operator: Any)
     cluster.finish_job("tickets-preflight", succeeded=False, reason="PodFailurePolicy")
     expected = ("False", "PreflightFailed", message)
     # Level-based: the trainer's report and the Job's failure may be seen in either order.
-    wait_for(lambda: tuple(condition(cluster, "Validated").get(k) for k in ("status", "reason", "message")) == expected, what=str(expected))
+    wait_for(
+        lambda: tuple(condition(cluster, "Validated").get(k) for k in ("status", "reason", "message")) == expected,
+        what=str(expected),
+    )
     assert phase(cluster) == "Failed"
     assert cluster.job("tickets-train") is None
 
@@ -101,5 +109,10 @@ def test_quality_gate_missed_is_succeeded_but_not_promoted(cluster: Cluster, ope
     cluster.trainer_reports("tickets", {"result": {"version": "v2", "promoted": False, "qualityGateMessage": gate}})
     cluster.finish_job("tickets-train", succeeded=True)
     expected = ("False", "QualityGateNotMet", gate)
-    wait_for(lambda: tuple(condition(cluster, "QualityGatePassed").get(k) for k in ("status", "reason", "message")) == expected, what=str(expected))
+    wait_for(
+        lambda: (
+            tuple(condition(cluster, "QualityGatePassed").get(k) for k in ("status", "reason", "message")) == expected
+        ),
+        what=str(expected),
+    )
     assert phase(cluster) == "Succeeded"

@@ -8,7 +8,9 @@ from kubetune.api.v1alpha1 import Phase
 from kubetune.operator.status import Observed, decide, render_status
 
 
-def job(suspend: bool = False, ready: int = 0, condition: str | None = None, reason: str = "", message: str = "") -> dict[str, Any]:
+def job(
+    suspend: bool = False, ready: int = 0, condition: str | None = None, reason: str = "", message: str = ""
+) -> dict[str, Any]:
     status: dict[str, Any] = {"ready": ready}
     if condition:
         status["conditions"] = [{"type": condition, "status": "True", "reason": reason, "message": message}]
@@ -19,7 +21,14 @@ PASSED = job(condition="Complete")
 
 
 def observed(**kw: Any) -> Observed:
-    base: dict[str, Any] = {"spec_error": None, "preflight_job": PASSED, "training_job": None, "trainer_status": {}, "suspend": False, "queued_with_kueue": False}
+    base: dict[str, Any] = {
+        "spec_error": None,
+        "preflight_job": PASSED,
+        "training_job": None,
+        "trainer_status": {},
+        "suspend": False,
+        "queued_with_kueue": False,
+    }
     return Observed(**{**base, **kw})
 
 
@@ -33,21 +42,31 @@ def test_phases_follow_the_children() -> None:
     assert decide(observed(training_job=job(ready=1), suspend=True)).phase == Phase.SUSPENDED
     assert decide(observed(training_job=job(condition="Complete"))).phase == Phase.SUCCEEDED
     failed = decide(observed(training_job=job(condition="Failed", reason="DeadlineExceeded", message="too slow")))
-    assert (failed.phase, failed.reason, failed.message) == (Phase.FAILED, "TrainingFailed", "DeadlineExceeded: too slow")
+    assert (failed.phase, failed.reason, failed.message) == (
+        Phase.FAILED,
+        "TrainingFailed",
+        "DeadlineExceeded: too slow",
+    )
     invalid = decide(observed(spec_error=("SecretNotFound", "spec.s3.credentialsSecret.name: ...")))
     assert invalid.phase == Phase.FAILED and invalid.validated[0] == "False"
 
 
 def test_conditions_keep_transition_time_when_status_is_unchanged() -> None:
     seen = observed(training_job=job(ready=1), trainer_status={"progress": {"step": 3, "totalSteps": 9}})
-    first = render_status(decide(seen), seen, {}, generation=1, now="T1", job_name="x-train", preflight_job_name="x-preflight")
-    second = render_status(decide(seen), seen, first, generation=1, now="T2", job_name="x-train", preflight_job_name="x-preflight")
+    first = render_status(
+        decide(seen), seen, {}, generation=1, now="T1", job_name="x-train", preflight_job_name="x-preflight"
+    )
+    second = render_status(
+        decide(seen), seen, first, generation=1, now="T2", job_name="x-train", preflight_job_name="x-preflight"
+    )
     running = next(c for c in second["conditions"] if c["type"] == "Running")
     assert running["status"] == "True" and running["lastTransitionTime"] == "T1"
     assert second["progressText"] == "3/9"
     assert second["startTime"] == "T1"
     done = observed(training_job=job(condition="Complete"), trainer_status={"result": {"promoted": False}})
-    third = render_status(decide(done), done, second, generation=1, now="T3", job_name="x-train", preflight_job_name="x-preflight")
+    third = render_status(
+        decide(done), done, second, generation=1, now="T3", job_name="x-train", preflight_job_name="x-preflight"
+    )
     running = next(c for c in third["conditions"] if c["type"] == "Running")
     assert running["status"] == "False" and running["lastTransitionTime"] == "T3"
     gate = next(c for c in third["conditions"] if c["type"] == "QualityGatePassed")

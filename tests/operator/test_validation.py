@@ -38,14 +38,18 @@ def assert_rejected(cluster: Cluster, reason: str, fragment: str) -> None:
         ({"dataset": {"sources": []}}, "spec.dataset.sources"),
     ],
 )
-def test_invalid_spec_fails_with_the_field(cluster: Cluster, operator: Any, spec: dict[str, Any], fragment: str) -> None:
+def test_invalid_spec_fails_with_the_field(
+    cluster: Cluster, operator: Any, spec: dict[str, Any], fragment: str
+) -> None:
     cluster.apply(with_spec(**spec))
     assert_rejected(cluster, "InvalidSpec", fragment)
 
 
 def test_missing_secret_is_caught_before_any_pod(cluster: Cluster, operator: Any) -> None:
     cluster.apply(with_spec(s3={"credentialsSecret": {"name": "s3-creds"}}))
-    assert_rejected(cluster, "SecretNotFound", "spec.s3.credentialsSecret.name: Secret 's3-creds' not found in namespace 'default'")
+    assert_rejected(
+        cluster, "SecretNotFound", "spec.s3.credentialsSecret.name: Secret 's3-creds' not found in namespace 'default'"
+    )
 
 
 def test_missing_secret_key_is_caught_before_any_pod(cluster: Cluster, operator: Any) -> None:

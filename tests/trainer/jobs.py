@@ -11,14 +11,24 @@ import yaml
 
 def write_dataset(path: Path, count: int = 64) -> Path:
     rows = [
-        {"messages": [{"role": "user", "content": f"Classify ticket {i}: my order {i * 37} is {'late' if i % 2 else 'broken'}"}, {"role": "assistant", "content": "shipping" if i % 2 else "returns"}]}
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": f"Classify ticket {i}: my order {i * 37} is {'late' if i % 2 else 'broken'}",
+                },
+                {"role": "assistant", "content": "shipping" if i % 2 else "returns"},
+            ]
+        }
         for i in range(count)
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-def write_job(path: Path, *, model_dir: Path, data: Path, output: str, s3_endpoint: str | None = None, **spec: Any) -> Path:
+def write_job(
+    path: Path, *, model_dir: Path, data: Path, output: str, s3_endpoint: str | None = None, **spec: Any
+) -> Path:
     manifest: dict[str, Any] = {
         "apiVersion": "kubetune.dev/v1alpha1",
         "kind": "FineTuneJob",
@@ -27,7 +37,14 @@ def write_job(path: Path, *, model_dir: Path, data: Path, output: str, s3_endpoi
             "baseModel": {"uri": f"file://{model_dir}"},
             "dataset": {"sources": [{"uri": f"file://{data}"}], "split": {"validation": 0.1, "test": 0.1}},
             "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-            "hyperparameters": {"epochs": 1, "learningRate": 0.001, "batchSize": 2, "gradientAccumulationSteps": 2, "sequenceLength": 64, "seed": 7},
+            "hyperparameters": {
+                "epochs": 1,
+                "learningRate": 0.001,
+                "batchSize": 2,
+                "gradientAccumulationSteps": 2,
+                "sequenceLength": 64,
+                "seed": 7,
+            },
             "evaluation": {"metrics": ["perplexity"], "maxNewTokens": 4},
             "output": {"uri": output, "formats": ["adapter"]},
             "checkpoint": {"everySteps": 2},

@@ -16,12 +16,29 @@ from kubetune_trainer.data.prepare import DatasetError, prepare_dataset
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.storage import ObjectStore
 
-ALPACA = [{"instruction": f"Summarise report {i}", "input": f"Report body {i} about topic {i * 3}", "output": f"Summary {i}"} for i in range(12)]
-CHAT = [
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Question {i} on item {i * 7}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
+ALPACA = [
+    {"instruction": f"Summarise report {i}", "input": f"Report body {i} about topic {i * 3}", "output": f"Summary {i}"}
     for i in range(12)
 ]
-SHAREGPT = [{"conversations": [{"from": "human", "value": f"Hello number {i} from user {i * 5}"}, {"from": "gpt", "value": f"Hi {i}!"}]} for i in range(12)]
+CHAT = [
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": f"Question {i} on item {i * 7}?"},
+            {"role": "assistant", "content": f"Answer {i}."},
+        ]
+    }
+    for i in range(12)
+]
+SHAREGPT = [
+    {
+        "conversations": [
+            {"from": "human", "value": f"Hello number {i} from user {i * 5}"},
+            {"from": "gpt", "value": f"Hi {i}!"},
+        ]
+    }
+    for i in range(12)
+]
 PROMPT_COMPLETION = [{"prompt": f"Translate word {i} of list {i * 11}", "completion": f"mot {i}"} for i in range(12)]
 TEXT = [{"text": f"Plain document number {i} with some words about subject {i * 13}."} for i in range(12)]
 
@@ -58,8 +75,12 @@ def encode(rows: list[dict[str, Any]], suffix: str) -> bytes:
     ("rows", "detected"),
     [(ALPACA, "alpaca"), (PROMPT_COMPLETION, "prompt-completion"), (TEXT, "text")],
 )
-def test_flat_formats_in_every_file_type_from_s3(s3_spec: S3Spec, s3_bucket: str, suffix: str, rows: list[dict[str, Any]], detected: str) -> None:
-    boto3.client("s3", endpoint_url=s3_spec.endpoint).put_object(Bucket=s3_bucket, Key=f"data/train.{suffix}", Body=encode(rows, suffix))
+def test_flat_formats_in_every_file_type_from_s3(
+    s3_spec: S3Spec, s3_bucket: str, suffix: str, rows: list[dict[str, Any]], detected: str
+) -> None:
+    boto3.client("s3", endpoint_url=s3_spec.endpoint).put_object(
+        Bucket=s3_bucket, Key=f"data/train.{suffix}", Body=encode(rows, suffix)
+    )
     data = prepare_dataset(spec(f"s3://{s3_bucket}/data/train.{suffix}"), ObjectStore(s3_spec), words, max_tokens=100)
     assert len(data.train) == len(rows)
     assert data.report.sources[0].format == f"auto: {detected}"
@@ -84,7 +105,11 @@ def test_chat_and_sharegpt_from_s3_prefix(s3_spec: S3Spec, s3_bucket: str, suffi
 def test_column_mapping(tmp_path: Path) -> None:
     rows = [{"question": f"What is item {i} made of in box {i * 3}?", "answer": f"wood {i}"} for i in range(8)]
     (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    mapped = spec(f"file://{tmp_path}/qa.jsonl", format="prompt-completion", columnMapping={"prompt": "question", "completion": "answer"})
+    mapped = spec(
+        f"file://{tmp_path}/qa.jsonl",
+        format="prompt-completion",
+        columnMapping={"prompt": "question", "completion": "answer"},
+    )
     data = prepare_dataset(mapped, ObjectStore(), words, max_tokens=100)
     assert [m.role for m in data.train[0].messages] == ["user", "assistant"]
     assert data.train[0].messages[1].content.startswith("wood")
@@ -94,7 +119,13 @@ def test_weighted_sources_apply_to_train_only(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ALPACA))
     (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TEXT))
     mixed = DatasetSpec.model_validate(
-        {"sources": [{"uri": f"file://{tmp_path}/a.jsonl", "weight": 2.0}, {"uri": f"file://{tmp_path}/b.jsonl", "weight": 0.5}], "split": {"validation": 0, "test": 0}}
+        {
+            "sources": [
+                {"uri": f"file://{tmp_path}/a.jsonl", "weight": 2.0},
+                {"uri": f"file://{tmp_path}/b.jsonl", "weight": 0.5},
+            ],
+            "split": {"validation": 0, "test": 0},
+        }
     )
     data = prepare_dataset(mixed, ObjectStore(), words, max_tokens=100)
     from_a = sum(1 for e in data.train if e.source.endswith("a.jsonl"))
@@ -120,7 +151,13 @@ def test_train_only_sources_never_reach_validation_or_test(tmp_path: Path) -> No
     (tmp_path / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ALPACA))
     (tmp_path / "replay.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TEXT))
     mixed = DatasetSpec.model_validate(
-        {"sources": [{"uri": f"file://{tmp_path}/task.jsonl"}, {"uri": f"file://{tmp_path}/replay.jsonl", "trainOnly": True}], "split": {"validation": 0.3, "test": 0.3}}
+        {
+            "sources": [
+                {"uri": f"file://{tmp_path}/task.jsonl"},
+                {"uri": f"file://{tmp_path}/replay.jsonl", "trainOnly": True},
+            ],
+            "split": {"validation": 0.3, "test": 0.3},
+        }
     )
     data = prepare_dataset(mixed, ObjectStore(), words, max_tokens=100)
     held_out = data.validation + data.test

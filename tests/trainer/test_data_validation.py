@@ -39,7 +39,15 @@ def test_reject_policy_lists_each_problem_with_file_line_and_field(tmp_path: Pat
             "{not json",
             json.dumps({"messages": [{"role": "user", "content": "only a question"}]}),
             json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}),
-            json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "more?"}]}),
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "q"},
+                        {"role": "assistant", "content": "a"},
+                        {"role": "user", "content": "more?"},
+                    ]
+                }
+            ),
         ],
     )
     spec = DatasetSpec.model_validate({"sources": [{"uri": uri, "format": "chat"}]})
@@ -55,7 +63,9 @@ def test_reject_policy_lists_each_problem_with_file_line_and_field(tmp_path: Pat
 
 
 def test_drop_policy_counts_by_reason(tmp_path: Path) -> None:
-    uri = write(tmp_path / "d.jsonl", [*GOOD, '{"messages": [{"role": "bot", "content": "x"}]}', "{oops", '{"messages": 3}'])
+    uri = write(
+        tmp_path / "d.jsonl", [*GOOD, '{"messages": [{"role": "bot", "content": "x"}]}', "{oops", '{"messages": 3}']
+    )
     spec = DatasetSpec.model_validate({"sources": [{"uri": uri}], "invalidRows": "drop"})
     data = prepare_dataset(spec, ObjectStore(), words, max_tokens=100)
     assert dict(data.report.invalid_rows) == {"unknown_role": 1, "malformed": 1, "wrong_type": 1}
@@ -86,7 +96,9 @@ def test_each_curation_rule_counts_exactly(tmp_path: Path) -> None:
         chat(" ".join(f"word{i}" for i in range(60)) + " unique tail", "long"),  # too long
     ]
     uri = write(tmp_path / "d.jsonl", rows)
-    spec = DatasetSpec.model_validate({"sources": [{"uri": uri}], "curation": {"minTokens": 5, "maxTokens": 55, "nearDedup": {"threshold": 0.8}}})
+    spec = DatasetSpec.model_validate(
+        {"sources": [{"uri": uri}], "curation": {"minTokens": 5, "maxTokens": 55, "nearDedup": {"threshold": 0.8}}}
+    )
     data = prepare_dataset(spec, ObjectStore(), words, max_tokens=100)
     assert dict(data.report.dropped) == {"exact_duplicate": 2, "near_duplicate": 2, "too_short": 1, "too_long": 1}
     assert sum(data.report.splits.values()) == 21
@@ -98,7 +110,9 @@ def test_each_curation_rule_counts_exactly(tmp_path: Path) -> None:
 
 
 def test_split_is_deterministic_and_stable_when_data_grows() -> None:
-    examples = [Example(messages=(Message("user", f"question {i}"), Message("assistant", f"answer {i}"))) for i in range(2000)]
+    examples = [
+        Example(messages=(Message("user", f"question {i}"), Message("assistant", f"answer {i}"))) for i in range(2000)
+    ]
     first = [assign_split(e, "seed-a", 0.1, 0.1) for e in examples]
     assert first == [assign_split(e, "seed-a", 0.1, 0.1) for e in examples]
     grown = examples + [Example(text=f"new {i}") for i in range(500)]

@@ -46,7 +46,9 @@ def perturbed_lora(model_dir: Path, scale: float):  # type: ignore[no-untyped-de
     return peft_model.eval()
 
 
-EXAMPLES = [Example(messages=(Message("user", f"what is {i}+{i}?"), Message("assistant", str(2 * i)))) for i in range(6)]
+EXAMPLES = [
+    Example(messages=(Message("user", f"what is {i}+{i}?"), Message("assistant", str(2 * i)))) for i in range(6)
+]
 
 
 def test_perplexity_matches_an_independent_computation_and_base_is_adapter_off(tiny_model_dir: Path) -> None:
@@ -64,21 +66,44 @@ def test_perplexity_matches_an_independent_computation_and_base_is_adapter_off(t
     with torch.no_grad():
         out = plain(input_ids=torch.tensor([encoded.input_ids]), labels=torch.tensor([encoded.labels]))
     assert math.isclose(plain_losses[0].mean, float(out.loss), rel_tol=1e-4)
-    report = evaluate(ModelUnderTest(model), tokenizer, EXAMPLES, EvaluationSpec(metrics=["perplexity", "exactMatch"], maxNewTokens=4), regression=EXAMPLES, max_length=64)
+    report = evaluate(
+        ModelUnderTest(model),
+        tokenizer,
+        EXAMPLES,
+        EvaluationSpec(metrics=["perplexity", "exactMatch"], maxNewTokens=4),
+        regression=EXAMPLES,
+        max_length=64,
+    )
     ppl = report.metric("perplexity")
-    assert ppl is not None and math.isclose(ppl.base, math.exp(sum(x.nll_sum for x in base_losses) / sum(x.tokens for x in base_losses)), rel_tol=1e-4)
+    assert ppl is not None and math.isclose(
+        ppl.base, math.exp(sum(x.nll_sum for x in base_losses) / sum(x.tokens for x in base_losses)), rel_tol=1e-4
+    )
     assert len(report.predictions) == 6 and report.predictions[0]["tuned"] is not None
 
 
 def test_forgetting_is_detected(tiny_model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     damaged = perturbed_lora(tiny_model_dir, 2.0)
-    report = evaluate(ModelUnderTest(damaged), tokenizer, EXAMPLES, EvaluationSpec(metrics=["perplexity"]), regression=EXAMPLES, max_length=64)
+    report = evaluate(
+        ModelUnderTest(damaged),
+        tokenizer,
+        EXAMPLES,
+        EvaluationSpec(metrics=["perplexity"]),
+        regression=EXAMPLES,
+        max_length=64,
+    )
     assert report.regression is not None
     assert report.regression.relative_loss > 0.05 and not report.regression.passed
     assert not report.gate.passed and "forgetting" in report.gate.message
     harmless = perturbed_lora(tiny_model_dir, 0.0)
-    report = evaluate(ModelUnderTest(harmless), tokenizer, EXAMPLES, EvaluationSpec(metrics=["perplexity"]), regression=EXAMPLES, max_length=64)
+    report = evaluate(
+        ModelUnderTest(harmless),
+        tokenizer,
+        EXAMPLES,
+        EvaluationSpec(metrics=["perplexity"]),
+        regression=EXAMPLES,
+        max_length=64,
+    )
     assert report.regression is not None and abs(report.regression.relative_loss) < 1e-6 and report.gate.passed
 
 
@@ -103,5 +128,7 @@ def test_gate_directions_and_messages() -> None:
 
 
 def test_loss_curve_is_a_png(tmp_path: Path) -> None:
-    path = plot_loss_curve([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "eval_loss": 1.7}], tmp_path / "curve.png")
+    path = plot_loss_curve(
+        [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "eval_loss": 1.7}], tmp_path / "curve.png"
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -50,7 +50,10 @@ def test_gguf_loads_back_in_transformers(merged: Path, tmp_path: Path, quant: st
     tokenizer = AutoTokenizer.from_pretrained(merged)
     text = tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
     gguf_tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
-    assert gguf_tokenizer(text, add_special_tokens=False)["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert (
+        gguf_tokenizer(text, add_special_tokens=False)["input_ids"]
+        == tokenizer(text, add_special_tokens=False)["input_ids"]
+    )
     reader = gguf.GGUFReader(str(path))
     fields = reader.fields
     template = bytes(fields["tokenizer.chat_template"].parts[-1]).decode()

@@ -11,29 +11,64 @@ from kubetune_trainer.plan import Hardware, preflight_estimate, resolve_training
 
 CPU = Hardware("cpu", 0, "cpu", 0.0, False, 24.0, 2)
 L4 = Hardware("cuda", 1, "NVIDIA L4", 24.0, True, 64.0, 8)
-SMOL = SimpleNamespace(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True)
-SEVEN_B = SimpleNamespace(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, tie_word_embeddings=False)
+SMOL = SimpleNamespace(
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    vocab_size=49152,
+    max_position_embeddings=8192,
+    tie_word_embeddings=True,
+)
+SEVEN_B = SimpleNamespace(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=8192,
+    tie_word_embeddings=False,
+)
 
 
 def spec(**extra: Any):  # type: ignore[no-untyped-def]
-    return parse_spec({"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}, **extra})
+    return parse_spec(
+        {"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}, **extra}
+    )
 
 
 def test_auto_method_fits_the_hardware() -> None:
-    assert resolve_training(spec(), CPU, train_examples=500, token_lengths=[100] * 500, model_config=SMOL).method == MethodType.LORA
-    assert resolve_training(spec(), L4, train_examples=500, token_lengths=[100] * 500, model_config=SMOL).method == MethodType.QLORA
+    assert (
+        resolve_training(spec(), CPU, train_examples=500, token_lengths=[100] * 500, model_config=SMOL).method
+        == MethodType.LORA
+    )
+    assert (
+        resolve_training(spec(), L4, train_examples=500, token_lengths=[100] * 500, model_config=SMOL).method
+        == MethodType.QLORA
+    )
 
 
 def test_user_values_win_and_everything_is_filled() -> None:
     resolved = resolve_training(
-        spec(method={"type": "full"}, hyperparameters={"learningRate": 3e-5, "epochs": 1, "packing": False, "sequenceLength": 256}),
+        spec(
+            method={"type": "full"},
+            hyperparameters={"learningRate": 3e-5, "epochs": 1, "packing": False, "sequenceLength": 256},
+        ),
         L4,
         train_examples=500,
         token_lengths=[100] * 500,
         model_config=SMOL,
     )
     hp = resolved.hyperparameters
-    assert (resolved.method, hp.learning_rate, hp.epochs, hp.packing, hp.sequence_length) == (MethodType.FULL, 3e-5, 1, False, 256)
+    assert (resolved.method, hp.learning_rate, hp.epochs, hp.packing, hp.sequence_length) == (
+        MethodType.FULL,
+        3e-5,
+        1,
+        False,
+        256,
+    )
     assert resolved.lora is None
     assert all(value is not None for value in hp.model_dump().values())
 
@@ -43,17 +78,34 @@ def test_sequence_length_covers_the_99th_percentile() -> None:
     resolved = resolve_training(spec(), CPU, train_examples=1000, token_lengths=lengths, model_config=SMOL)
     assert resolved.hyperparameters.sequence_length == 128
     lengths = [100] * 980 + [700] * 20
-    assert resolve_training(spec(), CPU, train_examples=1000, token_lengths=lengths, model_config=SMOL).hyperparameters.sequence_length == 704
+    assert (
+        resolve_training(
+            spec(), CPU, train_examples=1000, token_lengths=lengths, model_config=SMOL
+        ).hyperparameters.sequence_length
+        == 704
+    )
 
 
 def test_estimates_grow_with_the_job_and_refuse_what_cannot_fit() -> None:
-    small = resolve_training(spec(method={"type": "qlora"}, resources={"gpus": 1}), L4, train_examples=1000, token_lengths=[512] * 1000, model_config=SEVEN_B)
+    small = resolve_training(
+        spec(method={"type": "qlora"}, resources={"gpus": 1}),
+        L4,
+        train_examples=1000,
+        token_lengths=[512] * 1000,
+        model_config=SEVEN_B,
+    )
     fits = preflight_estimate(small, SEVEN_B, L4, train_tokens=512_000, total_memory_limit_gib=None)
     assert fits.passed and fits.estimated_memory_gib is not None and fits.estimated_memory_gib < 24
-    full = resolve_training(spec(method={"type": "full"}), L4, train_examples=1000, token_lengths=[512] * 1000, model_config=SEVEN_B)
+    full = resolve_training(
+        spec(method={"type": "full"}), L4, train_examples=1000, token_lengths=[512] * 1000, model_config=SEVEN_B
+    )
     refused = preflight_estimate(full, SEVEN_B, L4, train_tokens=512_000, total_memory_limit_gib=None)
     assert not refused.passed
     assert "exceeds the 24.0 GiB of 'NVIDIA L4'" in refused.message and "use method qlora" in refused.message
     assert refused.estimated_memory_gib is not None and refused.estimated_memory_gib > fits.estimated_memory_gib
     longer = preflight_estimate(small, SEVEN_B, L4, train_tokens=1_024_000, total_memory_limit_gib=None)
-    assert longer.estimated_minutes is not None and fits.estimated_minutes is not None and longer.estimated_minutes > fits.estimated_minutes
+    assert (
+        longer.estimated_minutes is not None
+        and fits.estimated_minutes is not None
+        and longer.estimated_minutes > fits.estimated_minutes
+    )

@@ -30,7 +30,9 @@ def test_progress_and_results_are_served() -> None:
     port = free_port()
     reporter = PrometheusReporter("ml", "tickets", port=port)
     reporter.stage("train")
-    reporter.progress(Progress(step=12, total_steps=40, epoch=0.6, train_loss=1.25, eval_loss=1.5, tokens_per_second=210.0))
+    reporter.progress(
+        Progress(step=12, total_steps=40, epoch=0.6, train_loss=1.25, eval_loss=1.5, tokens_per_second=210.0)
+    )
     reporter.checkpoint_uploaded()
     reporter.result(TrainerResult(metrics={"base.accuracy": 0.12, "tuned.accuracy": 0.9}))
     values = scrape(port)
@@ -41,4 +43,7 @@ def test_progress_and_results_are_served() -> None:
     assert values[("kubetune_trainer_tokens_per_second", tuple(sorted((*job, ("kind", "all")))))] == 210.0
     assert values[("kubetune_trainer_checkpoints_total", job)] == 1
     assert values[("kubetune_trainer_stage", tuple(sorted((*job, ("stage", "train")))))] == 1
-    assert values[("kubetune_trainer_eval_metric", tuple(sorted((*job, ("metric", "accuracy"), ("model", "tuned")))))] == 0.9
+    assert (
+        values[("kubetune_trainer_eval_metric", tuple(sorted((*job, ("metric", "accuracy"), ("model", "tuned")))))]
+        == 0.9
+    )

@@ -15,7 +15,11 @@ from kubetune_trainer.tensors.encode import IGNORE_INDEX, encode_example, prompt
 
 def trained_text(example: Example, tokenizer, template: str | None = None) -> str:  # type: ignore[no-untyped-def]
     encoded = encode_example(example, tokenizer, 512, template)
-    return str(tokenizer.decode([i for i, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE_INDEX]))
+    return str(
+        tokenizer.decode(
+            [i for i, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE_INDEX]
+        )
+    )
 
 
 def test_only_assistant_turns_and_their_eos_carry_loss(tokenizer_dir: Path) -> None:
@@ -51,7 +55,11 @@ def test_packing_isolates_examples(tiny_model_dir: Path, tokenizer_dir: Path) ->
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     examples = [
-        encode_example(Example(messages=(Message("user", f"question {i} " * (i + 1)), Message("assistant", f"answer {i}"))), tokenizer, 128)
+        encode_example(
+            Example(messages=(Message("user", f"question {i} " * (i + 1)), Message("assistant", f"answer {i}"))),
+            tokenizer,
+            128,
+        )
         for i in range(5)
     ]
     rows = pack_examples(examples, 128)

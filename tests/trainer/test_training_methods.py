@@ -21,7 +21,10 @@ from kubetune_trainer.training.loop import TrainConfig, train
 from kubetune_trainer.training.model import load_tuned
 from tests.trainer.jobs import write_dataset, write_job
 
-EXAMPLES = [Example(messages=(Message("user", f"ticket {i}: parcel {i * 31} is late"), Message("assistant", "shipping"))) for i in range(24)]
+EXAMPLES = [
+    Example(messages=(Message("user", f"ticket {i}: parcel {i * 31} is late"), Message("assistant", "shipping")))
+    for i in range(24)
+]
 
 
 def resolved(method: str, lr: float = 5e-3) -> ResolvedTraining:
@@ -30,9 +33,20 @@ def resolved(method: str, lr: float = 5e-3) -> ResolvedTraining:
             "method": method,
             "lora": None if method == "full" else {"r": 4, "alpha": 8, "dropout": 0.0, "targetModules": ["all-linear"]},
             "hyperparameters": {
-                "epochs": 3, "learningRate": lr, "lrScheduler": "constant", "warmupRatio": 0.0, "batchSize": 4,
-                "gradientAccumulationSteps": 1, "weightDecay": 0.0, "maxGradNorm": 1.0, "sequenceLength": 64,
-                "packing": True, "earlyStoppingPatience": 0, "gradientCheckpointing": False, "seed": 3, "evalSteps": 100,
+                "epochs": 3,
+                "learningRate": lr,
+                "lrScheduler": "constant",
+                "warmupRatio": 0.0,
+                "batchSize": 4,
+                "gradientAccumulationSteps": 1,
+                "weightDecay": 0.0,
+                "maxGradNorm": 1.0,
+                "sequenceLength": 64,
+                "packing": True,
+                "earlyStoppingPatience": 0,
+                "gradientCheckpointing": False,
+                "seed": 3,
+                "evalSteps": 100,
             },
         }
     )
@@ -111,10 +125,27 @@ def test_full_fine_tuning_updates_every_weight(tmp_path: Path, tiny_model_dir: P
 @pytest.mark.timeout(300)
 def test_two_process_ddp_on_cpu(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = write_dataset(tmp_path / "data.jsonl", 48)
-    job = write_job(tmp_path / "job.yaml", model_dir=tiny_model_dir, data=data, output=f"file://{tmp_path}/out/", hyperparameters={"epochs": 1})
+    job = write_job(
+        tmp_path / "job.yaml",
+        model_dir=tiny_model_dir,
+        data=data,
+        output=f"file://{tmp_path}/out/",
+        hyperparameters={"epochs": 1},
+    )
     torchrun = Path(sys.executable).parent / "torchrun"
     result = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node=2", "-m", "kubetune_trainer.cli", "train", "--job", str(job), "--workdir", str(tmp_path / "work")],
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "kubetune_trainer.cli",
+            "train",
+            "--job",
+            str(job),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
         capture_output=True,
         text=True,
         timeout=280,

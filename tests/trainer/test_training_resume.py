@@ -34,14 +34,30 @@ def adapter(workdir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(workdir / "training" / "trained" / "adapter_model.safetensors"))
 
 
-def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(tmp_path: Path, tiny_model_dir: Path, s3_spec: S3Spec, s3_bucket: str) -> None:
+def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(
+    tmp_path: Path, tiny_model_dir: Path, s3_spec: S3Spec, s3_bucket: str
+) -> None:
     data = write_dataset(tmp_path / "data.jsonl", 80)
-    reference_job = write_job(tmp_path / "ref.yaml", model_dir=tiny_model_dir, data=data, output=f"s3://{s3_bucket}/ref/", s3_endpoint=s3_spec.endpoint, hyperparameters=HYPER)
+    reference_job = write_job(
+        tmp_path / "ref.yaml",
+        model_dir=tiny_model_dir,
+        data=data,
+        output=f"s3://{s3_bucket}/ref/",
+        s3_endpoint=s3_spec.endpoint,
+        hyperparameters=HYPER,
+    )
     reference = trainer(reference_job, tmp_path / "ref-work")
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err[-3000:]
 
-    job = write_job(tmp_path / "job.yaml", model_dir=tiny_model_dir, data=data, output=f"s3://{s3_bucket}/run/", s3_endpoint=s3_spec.endpoint, hyperparameters=HYPER)
+    job = write_job(
+        tmp_path / "job.yaml",
+        model_dir=tiny_model_dir,
+        data=data,
+        output=f"s3://{s3_bucket}/run/",
+        s3_endpoint=s3_spec.endpoint,
+        hyperparameters=HYPER,
+    )
     first = trainer(job, tmp_path / "work-1")
     assert first.stderr is not None
     killed_at = None
@@ -68,9 +84,19 @@ def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(tmp_path: Pa
         torch.testing.assert_close(resumed[name], expected[name], atol=1e-5, rtol=1e-4)
 
 
-def test_sigterm_checkpoints_and_exits_with_the_preemption_code(tmp_path: Path, tiny_model_dir: Path, s3_spec: S3Spec, s3_bucket: str) -> None:
+def test_sigterm_checkpoints_and_exits_with_the_preemption_code(
+    tmp_path: Path, tiny_model_dir: Path, s3_spec: S3Spec, s3_bucket: str
+) -> None:
     data = write_dataset(tmp_path / "data.jsonl", 80)
-    job = write_job(tmp_path / "job.yaml", model_dir=tiny_model_dir, data=data, output=f"s3://{s3_bucket}/run/", s3_endpoint=s3_spec.endpoint, hyperparameters=HYPER, checkpoint={"everySteps": 100})
+    job = write_job(
+        tmp_path / "job.yaml",
+        model_dir=tiny_model_dir,
+        data=data,
+        output=f"s3://{s3_bucket}/run/",
+        s3_endpoint=s3_spec.endpoint,
+        hyperparameters=HYPER,
+        checkpoint={"everySteps": 100},
+    )
     process = trainer(job, tmp_path / "work")
     assert process.stderr is not None
     for line in process.stderr:

@@ -53,7 +53,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kubetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="kubetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -72,11 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="/POD/PATH=LOCAL/DIR",
         help="read file:///POD/PATH/... from LOCAL/DIR (default: /opt/kubetune/examples -> the manifest's folder)",
     )
-    run.add_argument("--workdir", type=Path, default=Path(".kubetune-work"), help="scratch folder (checkpoints, exports)")
+    run.add_argument(
+        "--workdir", type=Path, default=Path(".kubetune-work"), help="scratch folder (checkpoints, exports)"
+    )
     run.add_argument("--max-steps", type=int, default=None, help="stop training after N optimizer steps (smoke runs)")
     run.set_defaults(handler=_run)
 
-    for name, help_text in (("preflight", "the pre-flight check (in the pre-flight Job)"), ("train", "train, evaluate, publish (in the training Job)")):
+    for name, help_text in (
+        ("preflight", "the pre-flight check (in the pre-flight Job)"),
+        ("train", "train, evaluate, publish (in the training Job)"),
+    ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--job", type=Path, required=True, help="the FineTuneJob manifest (the operator mounts it)")
         cmd.add_argument("--workdir", type=Path, default=None)

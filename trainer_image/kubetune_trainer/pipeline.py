@@ -138,7 +138,8 @@ def _run_stages(ctx: RunContext) -> int:
         quality_gate_message=evaluation.gate.message,
         metrics=evaluation.summary_metrics(),
         artifacts=[
-            ArtifactStatus(name=a.name, uri=a.uri, sha256=a.sha256, size_bytes=a.size_bytes) for a in published.artifacts
+            ArtifactStatus(name=a.name, uri=a.uri, sha256=a.sha256, size_bytes=a.size_bytes)
+            for a in published.artifacts
         ],
     )
     ctx.reporters.result(result)

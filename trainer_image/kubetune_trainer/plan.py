@@ -154,11 +154,14 @@ def resolve_training(
         mean_tokens = sum(token_lengths) / len(token_lengths)
         rows = max(1, math.ceil(train_examples * mean_tokens / (seq_len * 0.9)))
     total_steps = max(1, math.ceil(rows / (micro * accumulation * world)) * math.ceil(epochs))
-    lr = user.learning_rate or {
-        MethodType.QLORA: DEFAULTS.lr_qlora,
-        MethodType.LORA: DEFAULTS.lr_lora,
-        MethodType.FULL: DEFAULTS.lr_full,
-    }[method]
+    lr = (
+        user.learning_rate
+        or {
+            MethodType.QLORA: DEFAULTS.lr_qlora,
+            MethodType.LORA: DEFAULTS.lr_lora,
+            MethodType.FULL: DEFAULTS.lr_full,
+        }[method]
+    )
     params = _param_count(model_config)
     hyper = HyperparametersSpec(
         epochs=epochs,
@@ -172,7 +175,9 @@ def resolve_training(
         sequence_length=seq_len,
         packing=packing,
         early_stopping_patience=(
-            user.early_stopping_patience if user.early_stopping_patience is not None else DEFAULTS.early_stopping_patience
+            user.early_stopping_patience
+            if user.early_stopping_patience is not None
+            else DEFAULTS.early_stopping_patience
         ),
         gradient_checkpointing=(
             user.gradient_checkpointing
@@ -242,10 +247,16 @@ def preflight_estimate(
     hyper = resolved.hyperparameters
     method = MethodType(resolved.method)
     on_gpu = hardware.device == "cuda"
-    weight_bytes = {MethodType.QLORA: 0.55, MethodType.LORA: 2.0 if on_gpu else 4.0, MethodType.FULL: 2.0 if on_gpu else 4.0}[
-        method
-    ]
-    trainable = params if method == MethodType.FULL else _lora_params(model_config, (resolved.lora.r or 8) if resolved.lora else 8)
+    weight_bytes = {
+        MethodType.QLORA: 0.55,
+        MethodType.LORA: 2.0 if on_gpu else 4.0,
+        MethodType.FULL: 2.0 if on_gpu else 4.0,
+    }[method]
+    trainable = (
+        params
+        if method == MethodType.FULL
+        else _lora_params(model_config, (resolved.lora.r or 8) if resolved.lora else 8)
+    )
     # fp32 master copy + Adam's two moments + gradient for each trainable parameter.
     optimizer_bytes = trainable * (4 + 8 + 4)
     hidden = int(getattr(model_config, "hidden_size", 0) or 0)

@@ -46,7 +46,12 @@ def code_version() -> dict[str, str]:
     version = {"kubetune": kubetune.__version__}
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5, cwd=Path(__file__).parent
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
         ).stdout.strip()
         version["gitCommit"] = commit
     except (OSError, subprocess.SubprocessError):

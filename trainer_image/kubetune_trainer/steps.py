@@ -25,6 +25,7 @@ from kubetune.api.v1alpha1 import (
 )
 from kubetune_trainer.data.prepare import PreparedDataset, prepare_dataset
 from kubetune_trainer.data.types import Example
+from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.evaluation.report import EvaluationReport, plot_loss_curve
 from kubetune_trainer.models.loading import model_checksum, model_max_positions, resolve_model_dir
 from kubetune_trainer.plan import Hardware, preflight_estimate, resolve_training
@@ -55,9 +56,30 @@ def _training_hardware(ctx: RunContext) -> Hardware:
     here = Hardware.detect()
     gpus = ctx.spec.resources.gpus
     if ctx.mode.value == "preflight" and gpus > 0 and here.device == "cpu":
-        memory = float(os.environ.get("KUBETUNE_GPU_MEMORY_GIB", "0") or 0)
-        return Hardware("cuda", gpus, os.environ.get("KUBETUNE_GPU_NAME", "requested GPU"), memory, True, here.host_memory_gib, here.cpu_count)
+        memory = quantity_gib(os.environ.get("KUBETUNE_GPU_MEMORY", "0"))
+        return Hardware(
+            "cuda",
+            gpus,
+            "the requested GPU (spec.resources.gpuMemory)",
+            memory,
+            True,
+            here.host_memory_gib,
+            here.cpu_count,
+        )
     return here
+
+
+_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity_gib(quantity: str) -> float:
+    """A Kubernetes memory quantity (24Gi, 80G, 0) in GiB."""
+    import re
+
+    match = re.fullmatch(r"([0-9.]+)([kMGT]i?)?", quantity.strip())
+    if not match:
+        raise ConfigurationError(f"not a memory quantity: {quantity!r}")
+    return float(match.group(1)) * _UNITS[match.group(2) or ""] / 2**30
 
 
 def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
@@ -107,10 +129,16 @@ def load_regression_set(ctx: RunContext, model: BaseModelInfo) -> list[Example]:
 
 def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[ResolvedTraining, PreflightReport]:
     resolved = resolve_training(
-        ctx.spec, model.hardware, train_examples=len(data.train), token_lengths=data.token_lengths, model_config=model.config
+        ctx.spec,
+        model.hardware,
+        train_examples=len(data.train),
+        token_lengths=data.token_lengths,
+        model_config=model.config,
     )
     train_tokens = sum(data.token_lengths) * len(data.train) // max(1, sum(data.report.splits.values()))
-    report = preflight_estimate(resolved, model.config, model.hardware, train_tokens=train_tokens, total_memory_limit_gib=None)
+    report = preflight_estimate(
+        resolved, model.config, model.hardware, train_tokens=train_tokens, total_memory_limit_gib=None
+    )
     report = report.model_copy(update={"examples": {**data.report.splits, "trainAfterMixing": len(data.train)}})
     reports = ctx.workdir / "artifacts" / "reports"
     (reports / "preflight.json").write_text(report.model_dump_json(by_alias=True, exclude_none=True, indent=2))
@@ -189,7 +217,10 @@ def export(ctx: RunContext, model: BaseModelInfo, resolved: ResolvedTraining, ou
         from kubetune_trainer.export.bnb4 import export_bnb_4bit
 
         export_bnb_4bit(merged, artifacts / "bnb-4bit")
-    quants: tuple[tuple[ArtifactFormat, Literal["Q8_0", "Q4_0"]], ...] = ((ArtifactFormat.GGUF_Q8_0, "Q8_0"), (ArtifactFormat.GGUF_Q4_0, "Q4_0"))
+    quants: tuple[tuple[ArtifactFormat, Literal["Q8_0", "Q4_0"]], ...] = (
+        (ArtifactFormat.GGUF_Q8_0, "Q8_0"),
+        (ArtifactFormat.GGUF_Q4_0, "Q4_0"),
+    )
     for fmt, quant in quants:
         if fmt in formats:
             from kubetune_trainer.export.gguf import export_gguf
@@ -227,7 +258,9 @@ def publish(
     return publish_run(ctx.workdir / "artifacts", ctx.spec.output.uri, ctx.store, manifest)
 
 
-def print_summary(ctx: RunContext, evaluation: EvaluationReport, published: PublishedRun, outcome: TrainOutcome) -> None:
+def print_summary(
+    ctx: RunContext, evaluation: EvaluationReport, published: PublishedRun, outcome: TrainOutcome
+) -> None:
     table = Table(title=f"{ctx.name}: base vs tuned on {evaluation.test_examples} held-out examples")
     for column in ("metric", "base", "tuned", "delta [95% CI]", "better"):
         table.add_column(column, justify="left" if column in ("metric", "better") else "right")
@@ -250,7 +283,9 @@ def print_summary(ctx: RunContext, evaluation: EvaluationReport, published: Publ
         )
     console = Console()
     console.print(table)
-    console.print(f"quality gate: {'[green]passed[/]' if evaluation.gate.passed else '[red]not passed[/]'} — {evaluation.gate.message}")
+    console.print(
+        f"quality gate: {'[green]passed[/]' if evaluation.gate.passed else '[red]not passed[/]'} — {evaluation.gate.message}"
+    )
     console.print(
         f"training: {outcome.global_step} steps, {outcome.tokens_per_second:.0f} tokens/s "
         f"({outcome.trained_tokens_per_second:.0f} trained tokens/s), padding {outcome.padding_fraction:.1%}, "

@@ -335,6 +335,16 @@ class ResourcesSpec(ApiModel):
         int, Field(ge=0, le=16, description="GPUs on one node; more than one runs one process per GPU (DDP).")
     ] = 1
     gpu_resource_name: Annotated[str, Field(max_length=253)] = "nvidia.com/gpu"
+    gpu_memory: Annotated[
+        str | None,
+        Field(
+            pattern=QUANTITY_PATTERN,
+            description=(
+                "Memory of one GPU on the target nodes (e.g. 24Gi for an L4, 80Gi for an H100), so the CPU-only "
+                "pre-flight can refuse a job that will not fit before any GPU is requested."
+            ),
+        ),
+    ] = None
     cpu: Annotated[str, Field(pattern=QUANTITY_PATTERN.replace("Ki|", "m|Ki|"))] = "4"
     memory: Annotated[str, Field(pattern=QUANTITY_PATTERN)] = "32Gi"
     node_selector: dict[str, str] | None = None
@@ -400,7 +410,9 @@ FINETUNEJOB_SPEC_RULES: list[JsonDict] = [
 
 
 class FineTuneJobSpec(ApiModel):
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": cast(list[JsonValue], FINETUNEJOB_SPEC_RULES)})
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": cast(list[JsonValue], FINETUNEJOB_SPEC_RULES)}
+    )
 
     base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
     dataset: DatasetSpec

@@ -179,12 +179,13 @@ def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     ]
     secret = spec.s3.credentials_secret
     if secret is not None:
-        keys = [("AWS_ACCESS_KEY_ID", secret.access_key_id_key), ("AWS_SECRET_ACCESS_KEY", secret.secret_access_key_key)]
+        keys = [
+            ("AWS_ACCESS_KEY_ID", secret.access_key_id_key),
+            ("AWS_SECRET_ACCESS_KEY", secret.secret_access_key_key),
+        ]
         if secret.session_token_key:
             keys.append(("AWS_SESSION_TOKEN", secret.session_token_key))
-        env += [
-            {"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}} for var, key in keys
-        ]
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}} for var, key in keys]
     if spec.s3.ca_bundle is not None:
         env.append({"name": "KUBETUNE_S3_CA_BUNDLE", "value": f"{CA_DIR}/{spec.s3.ca_bundle.key}"})
     return env
@@ -305,7 +306,12 @@ def _job(
 def build_preflight_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConfig) -> dict[str, Any]:
     """CPU-only check of dataset, tokens and memory before any GPU is requested."""
     resources = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
-    pod = _pod_spec(owner, spec, config, command=["kubetune", "preflight", "--job", JOB_FILE], resources=resources, scheduling=False)
+    pod = _pod_spec(
+        owner, spec, config, command=["kubetune", "preflight", "--job", JOB_FILE], resources=resources, scheduling=False
+    )
+    if spec.resources.gpu_memory:
+        # The pre-flight pod has no GPU; it checks the fit against the declared GPU memory.
+        pod["containers"][0]["env"].append({"name": "KUBETUNE_GPU_MEMORY", "value": spec.resources.gpu_memory})
     extra: dict[str, Any] = {"activeDeadlineSeconds": 1800}
     return _job(owner, preflight_job_name(owner.name), "preflight", pod, backoff_limit=1, extra=extra)
 

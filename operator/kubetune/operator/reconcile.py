@@ -48,9 +48,13 @@ def _owned_or_none(job: dict[str, Any] | None, uid: str) -> tuple[dict[str, Any]
     return None, f"Job {job['metadata'].get('namespace')}/{name} already exists and is not owned by this FineTuneJob"
 
 
-def _ensure_children(kube: Kube, owner: children.Owner, spec: FineTuneJobSpec, config: OperatorConfig) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def _ensure_children(
+    kube: Kube, owner: children.Owner, spec: FineTuneJobSpec, config: OperatorConfig
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Create what is missing; returns (pre-flight Job, training Job) as observed."""
-    training, conflict = _owned_or_none(kube.read("Job", owner.namespace, children.training_job_name(owner.name)), owner.uid)
+    training, conflict = _owned_or_none(
+        kube.read("Job", owner.namespace, children.training_job_name(owner.name)), owner.uid
+    )
     if conflict:
         raise NotOwned(conflict)
     kube.ensure(children.build_spec_configmap(owner, spec, config), owner.uid)

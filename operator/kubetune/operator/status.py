@@ -11,7 +11,13 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import Phase
 
-CONDITION_TYPES = ("Validated", "Running", "Suspended", "Succeeded", "Failed", "QualityGatePassed")
+# Conditions that are True exactly while the job is in one phase.
+PHASE_CONDITIONS = (
+    ("Running", Phase.RUNNING),
+    ("Suspended", Phase.SUSPENDED),
+    ("Succeeded", Phase.SUCCEEDED),
+    ("Failed", Phase.FAILED),
+)
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,9 @@ def _job_failure(job: dict[str, Any]) -> str:
 
 def decide(observed: Observed) -> Verdict:
     if observed.name_conflict:
-        return Verdict(Phase.FAILED, "NameConflict", observed.name_conflict, ("False", "NameConflict", observed.name_conflict))
+        return Verdict(
+            Phase.FAILED, "NameConflict", observed.name_conflict, ("False", "NameConflict", observed.name_conflict)
+        )
     if observed.spec_error is not None:
         reason, message = observed.spec_error
         return Verdict(Phase.FAILED, reason, message, ("False", reason, message))
@@ -61,7 +69,9 @@ def decide(observed: Observed) -> Verdict:
     preflight = observed.preflight_job
     if observed.training_job is None:
         if preflight is None or not (job_condition(preflight, "Complete") or job_condition(preflight, "Failed")):
-            return Verdict(Phase.VALIDATING, "PreflightRunning", "checking dataset, tokens and memory on a CPU-only pod")
+            return Verdict(
+                Phase.VALIDATING, "PreflightRunning", "checking dataset, tokens and memory on a CPU-only pod"
+            )
         if job_condition(preflight, "Failed"):
             message = preflight_report.get("message") or _job_failure(preflight)
             return Verdict(Phase.FAILED, "PreflightFailed", message, ("False", "PreflightFailed", message))
@@ -72,11 +82,18 @@ def decide(observed: Observed) -> Verdict:
         return Verdict(Phase.PENDING, "CreatingJob", "creating the training Job", validated)
     if job_condition(job, "Complete"):
         result = observed.trainer_status.get("result") or {}
-        return Verdict(Phase.SUCCEEDED, "TrainingSucceeded", f"published {result.get('version', '')}".strip(), validated)
+        return Verdict(
+            Phase.SUCCEEDED, "TrainingSucceeded", f"published {result.get('version', '')}".strip(), validated
+        )
     if job_condition(job, "Failed"):
         return Verdict(Phase.FAILED, "TrainingFailed", _job_failure(job), validated)
     if observed.suspend:
-        return Verdict(Phase.SUSPENDED, "Suspended", "spec.suspend is true; a resumed job continues from its last checkpoint", validated)
+        return Verdict(
+            Phase.SUSPENDED,
+            "Suspended",
+            "spec.suspend is true; a resumed job continues from its last checkpoint",
+            validated,
+        )
     if job.get("spec", {}).get("suspend"):
         if observed.queued_with_kueue:
             return Verdict(Phase.QUEUED, "WaitingForKueue", "waiting for Kueue to admit the Job", validated)
@@ -87,7 +104,15 @@ def decide(observed: Observed) -> Verdict:
     return Verdict(Phase.QUEUED, "WaitingForPod", "the training pod is waiting to be scheduled or to start", validated)
 
 
-def _condition(kind: str, status: str, reason: str, message: str, previous: dict[str, dict[str, Any]], now: str, generation: int | None) -> dict[str, Any]:
+def _condition(
+    kind: str,
+    status: str,
+    reason: str,
+    message: str,
+    previous: dict[str, dict[str, Any]],
+    now: str,
+    generation: int | None,
+) -> dict[str, Any]:
     before = previous.get(kind)
     changed = before is None or before.get("status") != status
     condition = {
@@ -117,45 +142,20 @@ def render_status(
     phase = verdict.phase
     result = observed.trainer_status.get("result") or {}
     promoted = result.get("promoted")
-    conditions = [
-        _condition("Validated", *verdict.validated, previous, now, generation),
-        _condition(
-            "Running",
-            "True" if phase == Phase.RUNNING else "False",
-            verdict.reason if phase == Phase.RUNNING else "NotRunning",
-            verdict.message if phase == Phase.RUNNING else f"phase {phase}",
-            previous,
-            now,
-            generation,
-        ),
-        _condition(
-            "Suspended",
-            "True" if phase == Phase.SUSPENDED else "False",
-            verdict.reason if phase == Phase.SUSPENDED else "NotSuspended",
-            verdict.message if phase == Phase.SUSPENDED else "",
-            previous,
-            now,
-            generation,
-        ),
-        _condition(
-            "Succeeded",
-            "True" if phase == Phase.SUCCEEDED else "False",
-            verdict.reason if phase == Phase.SUCCEEDED else "NotSucceeded",
-            verdict.message if phase == Phase.SUCCEEDED else "",
-            previous,
-            now,
-            generation,
-        ),
-        _condition(
-            "Failed",
-            "True" if phase == Phase.FAILED else "False",
-            verdict.reason if phase == Phase.FAILED else "NotFailed",
-            verdict.message if phase == Phase.FAILED else "",
-            previous,
-            now,
-            generation,
-        ),
-    ]
+    conditions = [_condition("Validated", *verdict.validated, previous, now, generation)]
+    for kind, active_phase in PHASE_CONDITIONS:
+        active = phase == active_phase
+        conditions.append(
+            _condition(
+                kind,
+                "True" if active else "False",
+                verdict.reason if active else f"Not{kind}",
+                verdict.message if active else "",
+                previous,
+                now,
+                generation,
+            )
+        )
     if promoted is not None:
         gate = result.get("qualityGateMessage") or ""
         conditions.append(
@@ -163,7 +163,12 @@ def render_status(
                 "QualityGatePassed",
                 "True" if promoted else "False",
                 "QualityGatePassed" if promoted else "QualityGateNotMet",
-                gate or ("the tuned model met the quality gate" if promoted else "published but not promoted: the quality gate was missed (see the evaluation report)"),
+                gate
+                or (
+                    "the tuned model met the quality gate"
+                    if promoted
+                    else "published but not promoted: the quality gate was missed (see the evaluation report)"
+                ),
                 previous,
                 now,
                 generation,

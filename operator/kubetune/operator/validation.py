@@ -62,15 +62,21 @@ def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> Spe
             value = (secret.get("data") or {}).get(key)
             if value is not None and not base64.b64decode(value or b""):
                 return SpecProblem(
-                    "SecretKeyEmpty", f"spec.s3.credentialsSecret.{field}: key '{key}' of Secret '{secret_ref.name}' is empty"
+                    "SecretKeyEmpty",
+                    f"spec.s3.credentialsSecret.{field}: key '{key}' of Secret '{secret_ref.name}' is empty",
                 )
     ca = spec.s3.ca_bundle
     if ca is not None:
         config_map = read("ConfigMap", namespace, ca.name)
         if config_map is None:
-            return SpecProblem("ConfigMapNotFound", f"spec.s3.caBundle.name: ConfigMap '{ca.name}' not found in namespace '{namespace}'")
+            return SpecProblem(
+                "ConfigMapNotFound",
+                f"spec.s3.caBundle.name: ConfigMap '{ca.name}' not found in namespace '{namespace}'",
+            )
         if ca.key not in _keys(config_map):
-            return SpecProblem("ConfigMapKeyMissing", f"spec.s3.caBundle.key: ConfigMap '{ca.name}' has no key '{ca.key}'")
+            return SpecProblem(
+                "ConfigMapKeyMissing", f"spec.s3.caBundle.key: ConfigMap '{ca.name}' has no key '{ca.key}'"
+            )
     if spec.storage.pvc is not None and read("PersistentVolumeClaim", namespace, spec.storage.pvc.claim_name) is None:
         return SpecProblem(
             "PersistentVolumeClaimNotFound",

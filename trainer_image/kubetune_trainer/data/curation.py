@@ -87,7 +87,9 @@ def drop_near_duplicates(
         if match is not None:
             first = kept_by_key[match]
             similarity = hashes[match].jaccard(minhash)
-            dropped.append(Dropped(example, "near_duplicate", f"~{similarity:.2f} similar to {first.source}:{first.row}"))
+            dropped.append(
+                Dropped(example, "near_duplicate", f"~{similarity:.2f} similar to {first.source}:{first.row}")
+            )
             continue
         key = str(index)
         lsh.insert(key, minhash)

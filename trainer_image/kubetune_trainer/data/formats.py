@@ -116,7 +116,11 @@ def _chat(data: Mapping[str, Any]) -> Example:
     if not any(m.role == "assistant" for m in messages):
         raise RowProblem(column, "no assistant turn to learn from", "no_assistant_turn")
     if messages[-1].role != "assistant":
-        raise RowProblem(f"{column}[{len(messages) - 1}]", "the conversation must end with an assistant turn", "ends_without_assistant")
+        raise RowProblem(
+            f"{column}[{len(messages) - 1}]",
+            "the conversation must end with an assistant turn",
+            "ends_without_assistant",
+        )
     return Example(messages=tuple(messages))
 
 

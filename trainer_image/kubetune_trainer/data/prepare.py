@@ -157,7 +157,9 @@ def prepare_dataset(
     if curate.near_dedup.enabled:
         pool, dropped = curation.drop_near_duplicates(pool, curate.near_dedup.threshold)
         report.add_dropped(dropped)
-    pool, dropped, lengths = curation.filter_length(pool, count_tokens, curate.min_tokens, curate.max_tokens or max_tokens)
+    pool, dropped, lengths = curation.filter_length(
+        pool, count_tokens, curate.min_tokens, curate.max_tokens or max_tokens
+    )
     report.add_dropped(dropped)
     report.token_lengths = lengths
     if not pool:

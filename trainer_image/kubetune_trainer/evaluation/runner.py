@@ -62,9 +62,18 @@ def _score(
     model, context = subject
     model.eval()
     with context:
-        losses = token_losses(model, tokenizer, examples, max_length=max_length, batch_size=batch_size, chat_template=chat_template)
+        losses = token_losses(
+            model, tokenizer, examples, max_length=max_length, batch_size=batch_size, chat_template=chat_template
+        )
         outputs = (
-            generate(model, tokenizer, examples, max_new_tokens=spec.max_new_tokens, batch_size=batch_size, chat_template=chat_template)
+            generate(
+                model,
+                tokenizer,
+                examples,
+                max_new_tokens=spec.max_new_tokens,
+                batch_size=batch_size,
+                chat_template=chat_template,
+            )
             if generate_text
             else []
         )
@@ -113,7 +122,9 @@ def _likelihood(losses: Sequence[TokenLoss], idx: Sequence[int]) -> float:
     return math.exp(-nll / tokens) if tokens else 0.0
 
 
-def compare_regression(base: Sequence[TokenLoss], tuned: Sequence[TokenLoss], max_regression: float, *, seed: int) -> RegressionResult:
+def compare_regression(
+    base: Sequence[TokenLoss], tuned: Sequence[TokenLoss], max_regression: float, *, seed: int
+) -> RegressionResult:
     """Relative loss of per-token likelihood on the regression answers (5% = 0.05)."""
 
     def relative_loss(idx: Sequence[int]) -> float:
@@ -133,7 +144,9 @@ def compare_regression(base: Sequence[TokenLoss], tuned: Sequence[TokenLoss], ma
     )
 
 
-def apply_gate(results: Sequence[MetricResult], regression: RegressionResult | None, gate: QualityGateSpec | None) -> GateResult:
+def apply_gate(
+    results: Sequence[MetricResult], regression: RegressionResult | None, gate: QualityGateSpec | None
+) -> GateResult:
     problems = []
     if regression is not None and not regression.passed:
         problems.append(
@@ -185,9 +198,17 @@ def evaluate(
     chosen = list(test[: spec.max_examples] if spec.max_examples else test)
     wanted = [Metric(x) for x in spec.metrics]
     needs_text = any(x in GENERATION_METRICS for x in wanted)
+
     def score(as_model: tuple[Any, AbstractContextManager[None]], examples: Sequence[Example], text: bool) -> _Scores:
         return _score(
-            as_model, tokenizer, examples, spec, max_length=max_length, batch_size=batch_size, chat_template=chat_template, generate_text=text
+            as_model,
+            tokenizer,
+            examples,
+            spec,
+            max_length=max_length,
+            batch_size=batch_size,
+            chat_template=chat_template,
+            generate_text=text,
         )
 
     base = score(subject.as_base(), chosen, needs_text)

@@ -40,7 +40,15 @@ def _device(model: Any) -> torch.device:
 
 
 @torch.no_grad()
-def token_losses(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_length: int, batch_size: int, chat_template: str | None = None) -> list[TokenLoss]:
+def token_losses(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    *,
+    max_length: int,
+    batch_size: int,
+    chat_template: str | None = None,
+) -> list[TokenLoss]:
     """Per example: NLL of its label tokens (assistant turns + EOS), teacher-forced."""
     encoded = [encode_example(e, tokenizer, max_length, chat_template) for e in examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -66,7 +74,15 @@ def token_losses(model: Any, tokenizer: Any, examples: Sequence[Example], *, max
 
 
 @torch.no_grad()
-def generate(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_new_tokens: int, batch_size: int, chat_template: str | None = None) -> list[str]:
+def generate(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    chat_template: str | None = None,
+) -> list[str]:
     """Greedy answers to each example's prompt (left-padded batches, stopping at EOS)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = _device(model)

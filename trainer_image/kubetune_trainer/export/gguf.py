@@ -25,7 +25,11 @@ class GGUFExportError(ValueError):
 
 
 def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
-    return weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+    return (
+        weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def _tokenizer_metadata(writer: Any, model_dir: Path, config: dict[str, Any]) -> None:
@@ -51,7 +55,11 @@ def _tokenizer_metadata(writer: Any, model_dir: Path, config: dict[str, Any]) ->
     writer.add_token_types(types)
     writer.add_token_merges(merges)
     tokenizer_config = json.loads((model_dir / "tokenizer_config.json").read_text())
-    generation = json.loads((model_dir / "generation_config.json").read_text()) if (model_dir / "generation_config.json").exists() else {}
+    generation = (
+        json.loads((model_dir / "generation_config.json").read_text())
+        if (model_dir / "generation_config.json").exists()
+        else {}
+    )
 
     def token_id(name: str) -> int | None:
         value = tokenizer_config.get(name)
@@ -86,7 +94,9 @@ def export_gguf(merged_dir: Path, out_path: Path, *, quant: Literal["Q8_0", "Q4_
     config = json.loads((merged_dir / "config.json").read_text())
     architectures = set(config.get("architectures") or [])
     if not architectures & SUPPORTED_ARCHITECTURES:
-        raise GGUFExportError(f"GGUF export supports Llama-family models; this one is {sorted(architectures) or 'unknown'}")
+        raise GGUFExportError(
+            f"GGUF export supports Llama-family models; this one is {sorted(architectures) or 'unknown'}"
+        )
     layers = int(config["num_hidden_layers"])
     heads = int(config["num_attention_heads"])
     kv_heads = int(config.get("num_key_value_heads", heads))
@@ -104,7 +114,9 @@ def export_gguf(merged_dir: Path, out_path: Path, *, quant: Literal["Q8_0", "Q4_
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv_heads)
     writer.add_rope_dimension_count(int(config.get("head_dim") or hidden // heads))
-    writer.add_rope_freq_base(float(config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta", 10000.0)))
+    writer.add_rope_freq_base(
+        float(config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    )
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-5)))
     writer.add_vocab_size(int(config["vocab_size"]))
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quant == "Q8_0" else gguf.LlamaFileType.MOSTLY_Q4_0)

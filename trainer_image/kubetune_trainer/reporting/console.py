@@ -110,7 +110,13 @@ class LogReporter:
         now = time.monotonic()
         if now - self._last >= self.interval or progress.step == progress.total_steps:
             self._last = now
-            log.info("step %s/%s epoch %.2f %s", progress.step, progress.total_steps, progress.epoch or 0, _describe(progress))
+            log.info(
+                "step %s/%s epoch %.2f %s",
+                progress.step,
+                progress.total_steps,
+                progress.epoch or 0,
+                _describe(progress),
+            )
 
     def preflight(self, report: PreflightReport) -> None:
         log.info("pre-flight %s: %s", "passed" if report.passed else "FAILED", report.message)

@@ -12,7 +12,9 @@ LABELS = ("namespace", "job")
 
 
 class PrometheusReporter:
-    def __init__(self, namespace: str, job: str, *, port: int | None = None, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, namespace: str, job: str, *, port: int | None = None, registry: CollectorRegistry | None = None
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         self.labels = {"namespace": namespace, "job": job}
 
@@ -27,7 +29,9 @@ class PrometheusReporter:
         self.tokens_per_second = gauge("tokens_per_second", "Training throughput.", ("kind",))
         self.stage_info = gauge("stage", "1 for the stage the trainer is in.", ("stage",))
         self.eval_metric = gauge("eval_metric", "Final evaluation metric.", ("model", "metric"))
-        self.checkpoints = Counter("kubetune_trainer_checkpoints", "Checkpoints uploaded.", LABELS, registry=self.registry)
+        self.checkpoints = Counter(
+            "kubetune_trainer_checkpoints", "Checkpoints uploaded.", LABELS, registry=self.registry
+        )
         self.last_checkpoint = gauge("last_checkpoint_timestamp_seconds", "Unix time of the last uploaded checkpoint.")
         self._stage: str | None = None
         if port is not None:

@@ -127,7 +127,9 @@ def batch_stats(rows: Sequence[Row], batch_size: int) -> BatchStats:
     nearly equal, and a lower bound on padding otherwise.
     """
     lengths = sorted((len(r.input_ids) for r in rows), reverse=True)
-    total = sum(max(lengths[i : i + batch_size]) * len(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size))
+    total = sum(
+        max(lengths[i : i + batch_size]) * len(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size)
+    )
     trained = sum(sum(1 for label in r.labels if label != IGNORE_INDEX) for r in rows)
     return BatchStats(tokens=total, real_tokens=sum(lengths), trained_tokens=trained)
 

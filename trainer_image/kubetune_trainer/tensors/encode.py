@@ -41,7 +41,9 @@ def _as_dicts(messages: tuple[Message, ...]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-def _render(tokenizer: Any, messages: tuple[Message, ...], chat_template: str | None, *, generation_prompt: bool) -> str:
+def _render(
+    tokenizer: Any, messages: tuple[Message, ...], chat_template: str | None, *, generation_prompt: bool
+) -> str:
     return str(
         tokenizer.apply_chat_template(
             _as_dicts(messages),
@@ -56,7 +58,9 @@ def _end_of_turn_text(tokenizer: Any) -> str:
     return str(tokenizer.eos_token or "")
 
 
-def assistant_char_spans(example: Example, tokenizer: Any, chat_template: str | None = None) -> tuple[str, list[tuple[int, int]]]:
+def assistant_char_spans(
+    example: Example, tokenizer: Any, chat_template: str | None = None
+) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the [start, end) character spans that carry the loss."""
     full = _render(tokenizer, example.messages, chat_template, generation_prompt=False)
     eot = _end_of_turn_text(tokenizer)
@@ -70,7 +74,9 @@ def assistant_char_spans(example: Example, tokenizer: Any, chat_template: str | 
         if start < cursor:
             start = full.find(message.content, cursor)
         if start < 0:
-            raise ChatTemplateError(f"{example.source}:{example.row}: assistant turn {index} not found in the rendered chat")
+            raise ChatTemplateError(
+                f"{example.source}:{example.row}: assistant turn {index} not found in the rendered chat"
+            )
         content_end = full.find(message.content, start)
         content_end = (content_end if content_end >= 0 else start) + len(message.content)
         end = content_end
@@ -85,7 +91,9 @@ def assistant_char_spans(example: Example, tokenizer: Any, chat_template: str | 
     return full, spans
 
 
-def encode_example(example: Example, tokenizer: Any, max_length: int, chat_template: str | None = None) -> EncodedExample:
+def encode_example(
+    example: Example, tokenizer: Any, max_length: int, chat_template: str | None = None
+) -> EncodedExample:
     """Token ids and labels for one example, truncated to ``max_length`` tokens."""
     if not example.is_chat:
         ids = list(tokenizer(example.text or "", add_special_tokens=True)["input_ids"])

@@ -107,7 +107,9 @@ class KeepBest(TrainerCallback):
     def _trainable(self) -> dict[str, Any]:
         return {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any) -> None:
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any
+    ) -> None:
         loss = (metrics or {}).get("eval_loss")
         if loss is None or math.isnan(loss):
             return
@@ -312,7 +314,12 @@ def train(config: TrainConfig) -> TrainOutcome:
         preempted=sigterm.requested,
     )
     steps_run = state.global_step - (resumed_step or 0)
-    sequences = steps_run * (hp.batch_size or 1) * (hp.gradient_accumulation_steps or 1) * int(os.environ.get("WORLD_SIZE", "1"))
+    sequences = (
+        steps_run
+        * (hp.batch_size or 1)
+        * (hp.gradient_accumulation_steps or 1)
+        * int(os.environ.get("WORLD_SIZE", "1"))
+    )
     per_row_tokens = stats.real_tokens / max(len(train_rows), 1)
     per_row_trained = stats.trained_tokens / max(len(train_rows), 1)
     outcome.tokens_per_second = sequences * per_row_tokens / runtime
