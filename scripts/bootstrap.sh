@@ -5,7 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=${1:-trainer}
 python3 -m venv .venv
-pip() { .venv/bin/python -m pip --disable-pip-version-check "$@" 2>&1 | grep -v '^WARNING: Location' || true; }
+# pip, with this machine's noise about absent local indexes filtered out; a failure still fails.
+pip() {
+  local log status=0
+  log=$(mktemp)
+  .venv/bin/python -m pip --disable-pip-version-check "$@" >"$log" 2>&1 || status=$?
+  grep -v '^WARNING: Location' "$log" || true
+  rm -f "$log"
+  return "$status"
+}
 stamp=".venv/.kubetune-$extra-$(cat constraints.txt constraints-tools.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   # torch first, from the pinned CPU build: resolving it with the rest can pull a CUDA build.
