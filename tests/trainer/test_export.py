@@ -91,3 +91,25 @@ def test_bnb_4bit_folder_loads_with_from_pretrained(merged: Path, tmp_path: Path
     import bitsandbytes as bnb
 
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in loaded.modules())
+
+
+@pytest.mark.slow
+def test_gguf_q8_of_the_real_default_model_still_answers(tmp_path: Path) -> None:
+    from kubetune_trainer.models.builtin import builtin_model_dir
+
+    source = builtin_model_dir()
+    path = export_gguf(source, tmp_path / "smollm2-q8_0.gguf", quant="Q8_0")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32).eval()
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in answer
+    reference = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    assert relative_error(logits(model, prompt["input_ids"]), logits(reference, prompt["input_ids"])) < 0.05
