@@ -1,5 +1,7 @@
-# The kubetune operator image: control plane only (kopf, kubernetes client, prometheus-client).
-# No torch or ML packages: `kubetune[operator]` does not depend on them (import-linter checks).
+# The kubetune operator image: the control plane only (kopf, kubernetes client, prometheus-client).
+# Build from the repository root:  docker build -t kubetune-operator .
+# No torch or ML packages: the `operator` extra does not depend on them (import-linter keeps the
+# code apart, tests/helm checks the extra), so constraints.txt's torch pin is never used here.
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -10,9 +12,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/kubetune
 COPY pyproject.toml README.md constraints.txt ./
 COPY operator ./operator
+# setuptools finds packages in both source folders; the trainer's marker file is enough for it.
 COPY trainer_image/kubetune_trainer/__init__.py ./trainer_image/kubetune_trainer/__init__.py
 RUN pip install -c constraints.txt ".[operator]" \
-    && useradd --uid 1000 --create-home --shell /usr/sbin/nologin kubetune
+    && useradd --uid 1000 --no-create-home --shell /usr/sbin/nologin kubetune
 
 USER 1000
 EXPOSE 8080 8081

@@ -14,26 +14,33 @@
 {{- end }}
 {{- end }}
 
-{{- define "kubetune.labels" -}}
+{{/* Labels every object of the release carries; the component label is added per object. */}}
+{{- define "kubetune.commonLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-{{ include "kubetune.selectorLabels" . }}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: kubetune
 {{- end }}
 
+{{/* Labels of the operator's objects. */}}
+{{- define "kubetune.labels" -}}
+{{ include "kubetune.commonLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* Selects the operator pod only (not the helm test pod, which has another component). */}}
 {{- define "kubetune.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "kubetune.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* The operator's ServiceAccount; validateValues refuses create=false without a name, so RBAC
+     is never bound to a namespace's shared "default" account. */}}
 {{- define "kubetune.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create }}
 {{- default (include "kubetune.fullname" .) .Values.serviceAccount.name }}
-{{- else }}
-{{- default "default" .Values.serviceAccount.name }}
-{{- end }}
 {{- end }}
 
 {{- define "kubetune.image" -}}
@@ -80,4 +87,17 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
+{{- end }}
+
+{{/* Value combinations the schema cannot express; fail at render time with the offending keys. */}}
+{{- define "kubetune.validateValues" -}}
+{{- if eq (int .Values.metrics.port) (int .Values.healthPort) }}
+{{- fail (printf "metrics.port and healthPort must differ (both are %v)" .Values.healthPort) }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled: the ServiceMonitor scrapes that Service" }}
+{{- end }}
+{{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
+{{- fail "serviceAccount.name is required when serviceAccount.create is false (the RBAC bindings need a subject)" }}
+{{- end }}
 {{- end }}

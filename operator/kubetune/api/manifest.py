@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,13 @@ class ManifestError(ValueError):
         super().__init__(f"{where}: invalid FineTuneJob\n{lines}")
 
 
+def _as_json(document: Any) -> str:
+    """Strict JSON-mode validation, like the API server's: "2" is not a number, "yes" not a
+    boolean (lax mode would coerce both), while enums and quantities may be strings.
+    YAML dates and the like are stringified first, as kubectl would."""
+    return json.dumps(document, default=str)
+
+
 def _field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     path = prefix
     for part in loc:
@@ -35,7 +43,7 @@ def validation_problems(err: ValidationError, prefix: str) -> list[tuple[str, st
 def parse_spec(spec: dict[str, Any], where: str = "spec") -> FineTuneJobSpec:
     """Validate a ``spec`` dict as the operator receives it from the API server."""
     try:
-        return FineTuneJobSpec.model_validate(spec)
+        return FineTuneJobSpec.model_validate_json(_as_json(spec), strict=True)
     except ValidationError as err:
         raise ManifestError(where, validation_problems(err, "spec")) from err
 
@@ -44,7 +52,7 @@ def parse_manifest(document: Any, where: str = "<manifest>") -> FineTuneJob:
     if not isinstance(document, dict):
         raise ManifestError(where, [("", "expected a YAML mapping with apiVersion, kind, metadata and spec")])
     try:
-        return FineTuneJob.model_validate(document)
+        return FineTuneJob.model_validate_json(_as_json(document), strict=True)
     except ValidationError as err:
         raise ManifestError(where, validation_problems(err, "")) from err
 

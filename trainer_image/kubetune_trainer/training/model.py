@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from kubetune.api.v1alpha1 import LoraSpec, MethodType, ResolvedTraining
 
 
+def bf16_capable(device: str) -> bool:
+    import torch
+
+    return device == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def compute_dtype(device: str, bf16: bool) -> Any:
+    """bf16 on a capable GPU; fp32 on the CPU, where bf16 matmuls are slow and lossy."""
     import torch
 
     return torch.bfloat16 if device == "cuda" and bf16 else torch.float32
@@ -36,6 +44,11 @@ def quantization_config() -> Any:
     )
 
 
+def _device_map(device: str) -> dict[str, int | str]:
+    # Under torchrun each process holds its own replica on its own GPU.
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))} if device == "cuda" else {"": "cpu"}
+
+
 def load_base(model_dir: Path, method: MethodType, *, device: str, bf16: bool) -> Any:
     """The frozen base as the method trains against it (4-bit for QLoRA)."""
     from transformers import AutoModelForCausalLM
@@ -43,9 +56,11 @@ def load_base(model_dir: Path, method: MethodType, *, device: str, bf16: bool) -
     kwargs: dict[str, Any] = {"trust_remote_code": False, "use_safetensors": True}
     if method == MethodType.QLORA:
         kwargs["quantization_config"] = quantization_config()
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+        kwargs["device_map"] = _device_map(device)
     else:
         kwargs["dtype"] = compute_dtype(device, bf16)
+        if device == "cuda":
+            kwargs["device_map"] = _device_map(device)
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     # Packed rows rely on transformers reading restarting position_ids as sequence
     # boundaries, which it does only without a KV cache.
@@ -54,6 +69,7 @@ def load_base(model_dir: Path, method: MethodType, *, device: str, bf16: bool) -
 
 
 def lora_config(lora: LoraSpec) -> Any:
+    """peft's LoraConfig from the resolved spec; ``all-linear`` is peft's own shorthand."""
     from peft import LoraConfig
 
     targets = lora.target_modules or ["all-linear"]
@@ -67,13 +83,26 @@ def lora_config(lora: LoraSpec) -> Any:
     )
 
 
-def load_for_training(model_dir: Path, resolved: ResolvedTraining, *, device: str, bf16: bool) -> tuple[Any, Any]:
-    """(model ready to train, tokenizer). LoRA/QLoRA: only the adapter is trainable."""
+def load_for_training(
+    model_dir: Path, resolved: ResolvedTraining, device: str, *, bf16: bool | None = None
+) -> tuple[Any, Any]:
+    """(model ready to train, tokenizer). LoRA/QLoRA: only the adapter is trainable; full: everything.
+
+    ``bf16`` defaults to what the device supports.
+    """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     method = MethodType(resolved.method)
+    if method == MethodType.AUTO:
+        raise ValueError("resolved.method is 'auto': resolve the plan (kubetune_trainer.plan) before training")
+    if method != MethodType.FULL and resolved.lora is None:
+        raise ValueError(f"resolved.lora is missing: method {method.value} needs the LoRA settings")
+    if bf16 is None:
+        bf16 = bf16_capable(device)
     tokenizer = load_tokenizer(model_dir)
-    model = load_base(model_dir, method, device=device, bf16=bf16)
+    # Full fine-tuning keeps fp32 master weights (the Trainer's bf16 autocast does the compute):
+    # AdamW updates on bf16 weights lose most small steps to rounding.
+    model = load_base(model_dir, method, device=device, bf16=bf16 and method != MethodType.FULL)
     checkpointing = bool(resolved.hyperparameters.gradient_checkpointing)
     if method == MethodType.FULL:
         if checkpointing:
@@ -88,7 +117,7 @@ def load_for_training(model_dir: Path, resolved: ResolvedTraining, *, device: st
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    assert resolved.lora is not None
+    assert resolved.lora is not None  # checked above; narrows the type
     return get_peft_model(model, lora_config(resolved.lora)), tokenizer
 
 

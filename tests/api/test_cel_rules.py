@@ -1,0 +1,99 @@
+"""The CRD's CEL rules, evaluated with cel-python: cross-field rules agree with the model, and
+the spec is immutable after creation except ``suspend``."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import celpy
+import pytest
+
+from kubetune.api.manifest import ManifestError, parse_spec
+from kubetune.api.v1alpha1 import FINETUNEJOB_SPEC_RULES
+from tests.api.schema_tools import all_rules, apply_defaults, cel_violations, root_schema, spec_schema
+
+MINIMAL: dict[str, Any] = {
+    "dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]},
+    "output": {"uri": "s3://models/x/"},
+}
+QLORA_MESSAGE = str(FINETUNEJOB_SPEC_RULES[0]["message"])
+SPLIT_MESSAGE = str(FINETUNEJOB_SPEC_RULES[1]["message"])
+
+
+def defaulted(spec: dict[str, Any]) -> dict[str, Any]:
+    return dict(apply_defaults(spec_schema(), copy.deepcopy(spec)))
+
+
+def test_every_rule_compiles() -> None:
+    rules = all_rules(root_schema())
+    assert len(rules) > len(FINETUNEJOB_SPEC_RULES)
+    environment = celpy.Environment()
+    for rule in rules:
+        environment.compile(rule)
+
+
+def model_messages(spec: dict[str, Any]) -> set[str]:
+    try:
+        parse_spec(spec)
+    except ManifestError as err:
+        return {message.removeprefix("Value error, ") for _, message in err.problems}
+    return set()
+
+
+def split(validation: float, test: float) -> dict[str, Any]:
+    return {"dataset": {"sources": [{"uri": "s3://data/x"}], "split": {"validation": validation, "test": test}}}
+
+
+@pytest.mark.parametrize(
+    ("change", "broken"),
+    [
+        ({}, set()),
+        ({"method": {"type": "qlora"}, "resources": {"gpus": 0}}, {QLORA_MESSAGE}),
+        ({"method": {"type": "qlora", "allowCpuQlora": True}, "resources": {"gpus": 0}}, set()),
+        ({"method": {"type": "qlora"}}, set()),  # one GPU by default
+        ({"method": {"type": "lora"}, "resources": {"gpus": 0}}, set()),
+        (split(0.45, 0.45), {SPLIT_MESSAGE}),
+        (split(0.5, 0.4), {SPLIT_MESSAGE}),
+        (split(0.4, 0.4), set()),
+        (split(0.0, 0.0), set()),
+        (split(0, 0.5), set()),  # a YAML integer in a number field
+    ],
+)
+def test_cross_field_rules_agree_with_the_model(change: dict[str, Any], broken: set[str]) -> None:
+    spec = {**copy.deepcopy(MINIMAL), **change}
+    assert {message for _, message in cel_violations(spec_schema(), defaulted(spec))} == broken, "CEL"
+    assert model_messages(spec) == broken, "pydantic"
+
+
+def update_violations(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str]]:
+    return cel_violations(spec_schema(), defaulted(new), defaulted(old))
+
+
+def test_changing_suspend_is_allowed() -> None:
+    assert update_violations(MINIMAL, {**MINIMAL, "suspend": True}) == []
+    assert update_violations({**MINIMAL, "suspend": True}, {**MINIMAL, "suspend": False}) == []
+    assert update_violations(MINIMAL, copy.deepcopy(MINIMAL)) == [], "an unchanged spec passes"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"dataset": {"sources": [{"uri": "s3://data/other.jsonl"}]}}, "dataset"),
+        ({"hyperparameters": {"epochs": 5}}, "hyperparameters"),
+        ({"output": {"uri": "s3://models/elsewhere/"}}, "output"),
+        ({"backoffLimit": 0}, "backoffLimit"),
+    ],
+)
+def test_changing_any_other_field_is_refused_at_that_field(change: dict[str, Any], field: str) -> None:
+    violations = update_violations(MINIMAL, {**MINIMAL, **change, "suspend": True})
+    assert violations == [(field, f"spec.{field} is immutable; only spec.suspend may change")]
+
+
+@pytest.mark.parametrize("field", ["queueName", "image", "serviceAccountName"])
+def test_adding_or_removing_an_optional_field_is_refused(field: str) -> None:
+    with_field = {**MINIMAL, field: "late-addition"}
+    for old, new in ((MINIMAL, with_field), (with_field, MINIMAL)):
+        violations = update_violations(old, new)
+        assert [path for path, _ in violations] == [""], violations
+        assert "cannot be added or removed" in violations[0][1]

@@ -1,0 +1,13 @@
+"""The committed CRDs are exactly what the generator makes from the pydantic models."""
+
+from __future__ import annotations
+
+from kubetune.api.crd import crd_paths, render_crd_yaml
+from tests.api.schema_tools import ROOT
+
+
+def test_committed_crds_are_generated_from_the_models() -> None:
+    expected = render_crd_yaml()
+    for path in crd_paths(ROOT):
+        assert path.is_file(), f"{path} is missing: run python -m kubetune.api.crd"
+        assert path.read_text() == expected, f"{path} is stale: run python -m kubetune.api.crd"

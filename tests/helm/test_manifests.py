@@ -1,0 +1,117 @@
+"""The chart lints strictly and renders valid Kubernetes objects in every configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.helm.chart import ALL_FEATURES_VALUES, CHART, ROOT, Manifest, helm, of_kind, only, render, render_error
+
+K8S_VERSION = "1.33.0"
+# Kinds that are not part of Kubernetes' own OpenAPI schemas; each is checked by its own test.
+CUSTOM_KINDS = {"ServiceMonitor"}
+
+CONFIGURATIONS: dict[str, tuple[tuple[str, ...], Path | None]] = {
+    "defaults": ((), None),
+    "namespaced": (("watchNamespaces={ml,research}",), None),
+    "all-features": ((), ALL_FEATURES_VALUES),
+    "minimal": (("metrics.service.enabled=false", "serviceAccount.create=false", "serviceAccount.name=ops"), None),
+}
+
+
+@pytest.mark.parametrize("values_file", [None, ALL_FEATURES_VALUES], ids=["defaults", "all-features"])
+def test_helm_lint_strict(values_file: Path | None) -> None:
+    extra = ["--values", str(values_file)] if values_file else []
+    result = helm("lint", "--strict", str(CHART), *extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("configuration", CONFIGURATIONS)
+def test_rendered_objects_validate_against_kubernetes_schemas(configuration: str) -> None:
+    sets, values_file = CONFIGURATIONS[configuration]
+    docs = render(*sets, values_file=values_file)
+    assert only(docs, "Deployment")
+    for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {err}")
+
+
+def test_all_features_render_the_optional_objects() -> None:
+    docs = render(values_file=ALL_FEATURES_VALUES)
+    pod = only(docs, "Deployment")["spec"]["template"]
+    assert pod["metadata"]["annotations"] == {"example.com/team": "ml-platform"}
+    assert pod["metadata"]["labels"]["example.com/cost-center"] == "ml"
+    assert pod["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["spec"]["tolerations"][0]["key"] == "dedicated"
+    assert "nodeAffinity" in pod["spec"]["affinity"]
+    assert pod["spec"]["priorityClassName"] == "system-cluster-critical"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["spec"]["containers"][0]["image"] == "registry.example.com/kubetune/operator:1.2.3"
+    account = only(docs, "ServiceAccount")
+    assert account["metadata"]["name"] == pod["spec"]["serviceAccountName"] == "kubetune-operator"
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+
+
+def test_service_monitor_scrapes_the_metrics_service() -> None:
+    """ServiceMonitor is a Prometheus Operator CRD: check it selects the Service and its named port."""
+    docs = render(values_file=ALL_FEATURES_VALUES)
+    monitor = only(docs, "ServiceMonitor")
+    service = only(docs, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint == {"port": "metrics", "path": "/metrics", "interval": "15s"}
+    assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
+    assert not of_kind(render(), "ServiceMonitor"), "the ServiceMonitor is opt-in"
+
+
+def test_chart_crds_are_byte_identical_to_the_generated_ones() -> None:
+    generated = sorted((ROOT / "crds").glob("*.yaml"))
+    in_chart = sorted((CHART / "crds").glob("*.yaml"))
+    assert generated, "crds/ is empty: run python -m kubetune.api.crd"
+    assert [p.name for p in in_chart] == [p.name for p in generated]
+    for path in in_chart:
+        assert path.read_bytes() == (ROOT / "crds" / path.name).read_bytes(), f"{path}: run python -m kubetune.api.crd"
+
+
+def test_chart_crd_is_a_valid_custom_resource_definition() -> None:
+    for path in sorted((CHART / "crds").glob("*.yaml")):
+        crd: Manifest = yaml.safe_load(path.read_text())
+        kubernetes_validate.validate(crd, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("assignment", "complaint"),
+    [
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("trainerImage.repository=", "/trainerImage/repository"),
+        ("watchNamespaces={ML_Team}", "/watchNamespaces/0"),
+        ("metrics.port=70000", "/metrics/port"),
+        ("s3.endpoint=minio:9000", "/s3/endpoint"),
+        ("imagge.tag=typo", "imagge"),
+    ],
+)
+def test_values_schema_names_the_bad_value(assignment: str, complaint: str) -> None:
+    assert complaint in render_error(assignment)
+
+
+@pytest.mark.parametrize(
+    ("sets", "complaint"),
+    [
+        (("healthPort=8080",), "metrics.port and healthPort must differ"),
+        (("metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"), "needs metrics.service.enabled"),
+        (("serviceAccount.create=false",), "serviceAccount.name is required"),
+    ],
+)
+def test_inconsistent_values_fail_with_the_keys_to_fix(sets: tuple[str, ...], complaint: str) -> None:
+    assert complaint in render_error(*sets)

@@ -1,0 +1,147 @@
+"""The operator Deployment, its metrics Service, the helm test hook and NOTES.txt."""
+
+from __future__ import annotations
+
+import textwrap
+
+import yaml
+
+from kubetune.api.manifest import parse_manifest
+from tests.helm.chart import (
+    ALL_FEATURES_VALUES,
+    CHART,
+    RELEASE,
+    container_env,
+    helm,
+    of_kind,
+    only,
+    operator_container,
+    render,
+)
+
+STANDARD_LABELS = (
+    "helm.sh/chart",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+)
+
+
+def test_one_active_operator_at_a_time() -> None:
+    spec = only(render(), "Deployment")["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}, "a rolling update would run two operators at once"
+
+
+def test_operator_runs_restricted() -> None:
+    pod = only(render(), "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = pod["containers"][0]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts == {"tmp": "/tmp"} and volumes["tmp"] == {"name": "tmp", "emptyDir": {}}
+
+
+def test_operator_command_probes_and_ports() -> None:
+    container = operator_container(render())
+    assert container["command"] == ["kubetune-operator"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+
+
+def test_environment_carries_the_operator_configuration() -> None:
+    assert container_env(render()) == {
+        "KUBETUNE_NAMESPACES": "",
+        "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:0.1.0",
+        "KUBETUNE_IMAGE_PULL_POLICY": "IfNotPresent",
+        "KUBETUNE_DEFAULT_S3_ENDPOINT": "",
+        "KUBETUNE_DEFAULT_S3_REGION": "",
+        "KUBETUNE_METRICS_PORT": "8080",
+        "KUBETUNE_HEALTH_PORT": "8081",
+    }
+    assert container_env(render(values_file=ALL_FEATURES_VALUES)) == {
+        "KUBETUNE_NAMESPACES": "ml-team,research",
+        "KUBETUNE_TRAINER_IMAGE": "registry.example.com/kubetune/trainer:1.2.3-cu128",
+        "KUBETUNE_IMAGE_PULL_POLICY": "Always",
+        "KUBETUNE_DEFAULT_S3_ENDPOINT": "http://minio.minio.svc:9000",
+        "KUBETUNE_DEFAULT_S3_REGION": "eu-west-1",
+        "KUBETUNE_METRICS_PORT": "9090",
+        "KUBETUNE_HEALTH_PORT": "9091",
+    }
+
+
+def test_resources_come_from_values() -> None:
+    assert operator_container(render())["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"memory": "512Mi"},
+    }
+    custom = operator_container(render("resources.limits.memory=2Gi", "resources.requests.cpu=1"))
+    assert custom["resources"]["limits"] == {"memory": "2Gi"} and custom["resources"]["requests"]["cpu"] == 1
+
+
+def test_standard_labels_and_selector() -> None:
+    docs = render()
+    deployment = only(docs, "Deployment")
+    for doc in docs:
+        missing = [key for key in STANDARD_LABELS if key not in doc["metadata"]["labels"]]
+        assert not missing, f"{doc['kind']}/{doc['metadata']['name']} lacks {missing}"
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    (hook,) = [d for d in docs if d["kind"] == "Pod"]
+    assert not selector.items() <= hook["metadata"]["labels"].items(), "the test pod must not join the operator's pods"
+
+
+def test_metrics_service_targets_the_metrics_port() -> None:
+    docs = render()
+    service = only(docs, "Service")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics"}]
+    pod_labels = only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert not of_kind(render("metrics.service.enabled=false"), "Service")
+
+
+def test_helm_test_hook_checks_the_operator_account_where_it_watches() -> None:
+    clusterwide = only(render(), "Pod")
+    assert clusterwide["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert clusterwide["spec"]["serviceAccountName"] == only(render(), "ServiceAccount")["metadata"]["name"]
+    script = clusterwide["spec"]["containers"][0]["args"][0]
+    assert "list_cluster_custom_object" in script and "/metrics" in script
+    namespaced_script = only(render("watchNamespaces={ml}"), "Pod")["spec"]["containers"][0]["args"][0]
+    assert 'list_namespaced_custom_object("kubetune.dev", "v1alpha1", "ml", "finetunejobs")' in namespaced_script
+    compile(script, "helm-test", "exec")
+    compile(namespaced_script, "helm-test", "exec")
+
+
+def notes(*sets: str) -> str:
+    args = ["install", RELEASE, str(CHART), "--dry-run=client", "--namespace", "kubetune-system"]
+    for assignment in sets:
+        args += ["--set", assignment]
+    result = helm(*args)
+    assert result.returncode == 0, result.stderr
+    assert "NOTES:" in result.stdout
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_show_a_first_job_that_the_api_accepts() -> None:
+    text = notes("watchNamespaces={ml}")
+    assert "kubectl apply -n ml -f -" in text and "kubectl get finetunejobs -n ml" in text
+    assert f"helm test {RELEASE} -n kubetune-system" in text
+    heredoc = text.split("<<'YAML'\n", 1)[1].split("\n  YAML\n", 1)[0]
+    job = parse_manifest(yaml.safe_load(textwrap.dedent(heredoc)), "NOTES.txt")
+    assert job.spec.dataset.sources[0].uri.startswith("file:///opt/kubetune/examples/")
+    assert "in every namespace" in notes() and "kubectl apply -n default -f -" in notes()
