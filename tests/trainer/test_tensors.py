@@ -78,6 +78,10 @@ def test_packing_isolates_examples(tiny_model_dir: Path, tokenizer_dir: Path) ->
                 torch.testing.assert_close(packed[row_index, start:end], alone, atol=1e-5, rtol=1e-4)
                 compared += 1
     assert compared == len(examples)
+    text_rows = pack_examples([encode_example(Example(text=f"plain text {i}"), tokenizer, 64) for i in range(4)], 64)
+    for row in text_rows:
+        starts = [i for i, p in enumerate(row.position_ids) if p == 0]
+        assert all(row.labels[i] == IGNORE_INDEX for i in starts), "no target crosses an example boundary"
 
 
 def test_padding_is_masked_and_counted(tokenizer_dir: Path) -> None:

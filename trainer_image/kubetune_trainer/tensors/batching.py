@@ -53,7 +53,9 @@ def pack_examples(examples: Sequence[EncodedExample], max_length: int) -> list[R
         for index in members:
             example = examples[index]
             ids += example.input_ids[:max_length]
-            labels += example.labels[:max_length]
+            # An example's first label is never a target on its own (nothing precedes it); in a
+            # packed row it would become the target of the previous example's last token.
+            labels += [IGNORE_INDEX, *example.labels[1:max_length]]
             positions += list(range(min(len(example), max_length)))
         rows.append(Row(ids, labels, positions))
     return rows
