@@ -10,14 +10,17 @@ through :class:`Cluster`, over HTTP, like any other client.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp.web
 import kmock
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -43,12 +46,50 @@ RESOURCES = {
 KUEUE_WORKLOADS = "kueue.x-k8s.io/v1beta1/workloads"
 
 
+@dataclass
+class Outage:
+    """Answer ``count`` matching requests with HTTP ``status`` before they reach storage."""
+
+    action: Any  # a kmock.action
+    plural: str
+    name: str
+    count: int = 1
+    status: int = 500
+    refused: int = 0
+
+    def matches(self, request: Any) -> bool:
+        data = request.data if isinstance(request.data, dict) else {}
+        name = request.name or data.get("metadata", {}).get("name")
+        return (
+            self.refused < self.count
+            and request.action == self.action
+            and request.resource is not None
+            and request.resource.plural == self.plural
+            and name == self.name
+        )
+
+
 class HonestApiServer(kmock.KubernetesEmulator):
-    """The emulator, plus the metadata a real API server assigns."""
+    """The emulator, plus the metadata a real API server assigns, and outages on demand."""
 
     _versions = itertools.count(1)
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.outages: list[Outage] = []
+
+    def refuse(self, outage: Outage) -> Outage:
+        self.outages.append(outage)
+        return outage
+
     async def _handle(self, request: Any) -> Any:
+        for outage in self.outages:
+            if outage.matches(request):
+                outage.refused += 1
+                status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": outage.status}
+                return aiohttp.web.json_response(
+                    {**status, "message": "etcdserver: request timed out"}, status=outage.status
+                )
         data = request.data
         if request.resource is not None and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
@@ -153,8 +194,6 @@ class Cluster:
         return [e for e in listing.get("items", []) if e.get("involvedObject", {}).get("name") == name]
 
     def create_secret(self, name: str, data: dict[str, str], namespace: str = "default") -> None:
-        import base64
-
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
         self.core.create_namespaced_secret(
             namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
@@ -185,6 +224,10 @@ class Cluster:
         if succeeded:
             status["completionTime"] = now
         self.set_job_status(name, status, namespace)
+
+    def delete_job(self, name: str, namespace: str = "default") -> None:
+        """What the TTL-after-finished controller (or a user with kubectl) does."""
+        self.batch.delete_namespaced_job(name, namespace)
 
     # ------------------------------------------------------------------ the trainer
     def trainer_reports(self, name: str, status: dict[str, Any], namespace: str = "default") -> None:
@@ -218,7 +261,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0, interval: float = 
     while time.monotonic() < deadline:
         try:
             last = check()
-        except ApiException:
+        except (ApiException, OSError):  # not there yet: a 404, or a server still starting
             last = None
         if last:
             return last

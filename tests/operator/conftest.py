@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +27,12 @@ def cluster(emulator: EmulatorThread) -> Cluster:
     return Cluster(emulator.url)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @contextmanager
 def running_operator(url: str, **env: str) -> Iterator[Any]:
     """The real operator (kopf + kubetune's handlers) in a thread, talking HTTP to ``url``."""
@@ -33,7 +40,7 @@ def running_operator(url: str, **env: str) -> Iterator[Any]:
 
     settings = {
         "KUBETUNE_KUBE_API": url,
-        "KUBETUNE_NO_METRICS_SERVER": "1",
+        "KUBETUNE_METRICS_PORT": str(free_port()),
         "KUBETUNE_TRAINER_IMAGE": "trainer:test",
         **env,
     }

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
 from kubetune.api.manifest import parse_spec
+from kubetune.api.v1alpha1 import FineTuneJobSpec
 from kubetune.operator.children import (
     Owner,
     build_preflight_job,
@@ -22,7 +25,7 @@ CONFIG = OperatorConfig.from_env(
 BASE = {"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}}
 
 
-def spec(**extra: Any):  # type: ignore[no-untyped-def]
+def spec(**extra: Any) -> FineTuneJobSpec:
     return parse_spec({**BASE, **extra})
 
 
@@ -162,3 +165,65 @@ def test_preflight_learns_the_declared_gpu_memory() -> None:
         for e in container(build_preflight_job(OWNER, spec(resources={"gpus": 1, "gpuMemory": "24Gi"}), CONFIG))["env"]
     }
     assert env["KUBETUNE_GPU_MEMORY"] == "24Gi"
+
+
+def test_every_child_is_labelled_and_owned_by_its_finetunejob() -> None:
+    job_spec = spec()
+    everything = [
+        build_spec_configmap(OWNER, job_spec, CONFIG),
+        *build_trainer_rbac(OWNER, job_spec),
+        build_preflight_job(OWNER, job_spec, CONFIG),
+        build_training_job(OWNER, job_spec, CONFIG),
+    ]
+    assert [o["kind"] for o in everything] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Job"]
+    for obj in everything:
+        meta = obj["metadata"]
+        assert meta["namespace"] == "ml"
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "kubetune.dev/v1alpha1",
+                "kind": "FineTuneJob",
+                "name": "tickets",
+                "uid": "1234-uid",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        labels = meta["labels"]
+        assert labels["app.kubernetes.io/name"] == "kubetune"
+        assert labels["app.kubernetes.io/managed-by"] == "kubetune-operator"
+        assert labels["app.kubernetes.io/instance"] == labels["kubetune.dev/job"] == "tickets"
+    components = {o["metadata"]["name"]: o["metadata"]["labels"]["app.kubernetes.io/component"] for o in everything}
+    assert components["tickets-preflight"] == "preflight"
+    assert components["tickets-train"] == "trainer"
+
+
+def test_pods_get_the_job_spec_and_the_trainer_environment() -> None:
+    job = build_training_job(OWNER, spec(storage={"scratchSize": "80Gi", "shmSize": "8Gi"}), CONFIG)
+    pod = job["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in container(job)["env"]}
+    assert env["KUBETUNE_JOB_NAME"] == "tickets" and env["KUBETUNE_JOB_NAMESPACE"] == "ml"
+    assert env["KUBETUNE_REPORT_STATUS"] == "true"
+    assert (env["KUBETUNE_SCRATCH"], env["KUBETUNE_CACHE"]) == ("/scratch", "/scratch/cache")
+    assert (env["HOME"], env["HF_HOME"]) == ("/scratch/home", "/scratch/hf")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["job-spec"]["configMap"] == {"name": "tickets-spec"}
+    assert volumes["scratch"]["emptyDir"] == {"sizeLimit": "80Gi"}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    mount = next(m for m in container(job)["volumeMounts"] if m["name"] == "job-spec")
+    assert (mount["mountPath"], mount["readOnly"]) == ("/etc/kubetune/job.yaml", True)
+    assert container(job)["command"] == ["kubetune", "train", "--job", "/etc/kubetune/job.yaml"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == "tickets-trainer"
+    assert pod["terminationGracePeriodSeconds"] == 120
+    assert container(job)["image"] == "registry/trainer:1"
+
+
+def test_spec_configmap_carries_the_whole_finetunejob() -> None:
+    job_spec = spec(s3={"region": "eu-central-1"})
+    document = yaml.safe_load(build_spec_configmap(OWNER, job_spec, CONFIG)["data"]["job.yaml"])
+    assert document["apiVersion"] == "kubetune.dev/v1alpha1" and document["kind"] == "FineTuneJob"
+    assert document["metadata"] == {"name": "tickets", "namespace": "ml", "uid": "1234-uid"}
+    assert document["spec"]["s3"]["endpoint"] == "https://s3.internal", "the operator default fills the gap"
+    assert document["spec"]["s3"]["region"] == "eu-central-1", "the job's own value wins"
+    assert parse_spec(document["spec"]).dataset == job_spec.dataset

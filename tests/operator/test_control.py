@@ -17,16 +17,21 @@ def through_preflight(cluster: Cluster, manifest: dict[str, Any] = JOB) -> dict[
     return wait_for(lambda: cluster.job("tickets-train"), what="training Job")
 
 
+def job_suspended(cluster: Cluster, name: str = "tickets-train") -> bool | None:
+    job = cluster.job(name)
+    return None if job is None else job["spec"].get("suspend")
+
+
 def test_suspend_and_resume_toggle_the_job(cluster: Cluster, operator: Any) -> None:
     through_preflight(cluster)
     cluster.start_job("tickets-train")
     wait_for(lambda: phase(cluster) == "Running", what="Running")
     cluster.patch_spec("tickets", {"suspend": True})
-    wait_for(lambda: cluster.job("tickets-train")["spec"].get("suspend") is True, what="Job suspended")
+    wait_for(lambda: job_suspended(cluster) is True, what="Job suspended")
     cluster.set_job_status("tickets-train", {"active": 0, "ready": 0})  # the Job controller stops the pod
     wait_for(lambda: phase(cluster) == "Suspended", what="Suspended")
     cluster.patch_spec("tickets", {"suspend": False})
-    wait_for(lambda: cluster.job("tickets-train")["spec"].get("suspend") is False, what="Job resumed")
+    wait_for(lambda: job_suspended(cluster) is False, what="Job resumed")
     cluster.start_job("tickets-train")
     wait_for(lambda: phase(cluster) == "Running", what="Running again")
 
@@ -72,7 +77,7 @@ def test_kueue_queue_and_workload_deactivation(emulator: EmulatorThread, cluster
         )["spec"]["active"]
 
     wait_for(lambda: workload_active() is False, what="Workload deactivated")
-    assert cluster.job("tickets-train")["spec"]["suspend"] is False, "the operator left Job.spec.suspend to Kueue"
+    assert job_suspended(cluster) is False, "the operator left Job.spec.suspend to Kueue"
     wait_for(lambda: phase(cluster) == "Suspended", what="Suspended")
     cluster.patch_spec("tickets", {"suspend": False})
     wait_for(lambda: workload_active() is True, what="Workload reactivated")

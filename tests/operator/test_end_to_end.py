@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.operator.cluster import Cluster, EmulatorThread, wait_for
@@ -37,10 +38,12 @@ def run_pod(cluster: Cluster, emulator: EmulatorThread, job_name: str, tmp_path:
         }
     )
     env["KUBETUNE_KUBE_API"] = emulator.url  # the pod's in-cluster API endpoint
+    # The pod sees its own environment, not the operator's (both use KUBETUNE_METRICS_PORT, for example).
+    machine = {k: v for k, v in os.environ.items() if not k.startswith("KUBETUNE_")}
     cluster.start_job(job_name)
     result = subprocess.run(
         [str(Path(sys.executable).parent / "kubetune"), *command[1:], "--workdir", str(tmp_path / job_name)],
-        env={**os.environ, **env, "OMP_NUM_THREADS": "1"},
+        env={**machine, **env, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -48,9 +51,13 @@ def run_pod(cluster: Cluster, emulator: EmulatorThread, job_name: str, tmp_path:
     cluster.finish_job(
         job_name, succeeded=result.returncode == 0, reason="PodFailurePolicy" if result.returncode == 2 else ""
     )
+    if result.returncode not in (0, 2):
+        raise AssertionError(f"{job_name}: the trainer crashed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     return result.returncode
 
 
+# The trainer really runs (tiny model, but two Python processes importing torch each): tens of seconds.
+@pytest.mark.slow
 def test_trainer_entry_points_driven_by_the_operator(
     tmp_path: Path, tiny_model_dir: Path, emulator: EmulatorThread, cluster: Cluster, operator: Any
 ) -> None:
@@ -88,6 +95,7 @@ spec:
     assert "tuned.perplexity" in result["metrics"]
 
 
+@pytest.mark.slow
 def test_a_bad_dataset_fails_the_preflight_with_the_row(
     tmp_path: Path, tiny_model_dir: Path, emulator: EmulatorThread, cluster: Cluster, operator: Any
 ) -> None:

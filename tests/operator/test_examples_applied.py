@@ -9,9 +9,28 @@ import pytest
 import yaml
 
 from kubetune.api.manifest import load_manifest
+from kubetune.api.v1alpha1 import FineTuneJobSpec
+from kubetune.operator.children import preflight_job_name, training_job_name
 from tests.operator.cluster import Cluster, wait_for
 
 MANIFESTS = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+def seed_references(cluster: Cluster, spec: FineTuneJobSpec) -> None:
+    """What the platform team creates before anyone applies the manifest, derived from the spec."""
+    secret = spec.s3.credentials_secret
+    if secret is not None:
+        keys = [secret.access_key_id_key, secret.secret_access_key_key, secret.session_token_key]
+        cluster.create_secret(secret.name, {key: "value" for key in keys if key})
+    if spec.s3.ca_bundle is not None:
+        cluster.core.create_namespaced_config_map(
+            "default", {"metadata": {"name": spec.s3.ca_bundle.name}, "data": {spec.s3.ca_bundle.key: "PEM"}}
+        )
+    if spec.storage.pvc is not None:
+        claim = {"metadata": {"name": spec.storage.pvc.claim_name}, "spec": {"accessModes": ["ReadWriteOnce"]}}
+        cluster.core.create_namespaced_persistent_volume_claim("default", claim)
+    if spec.service_account_name:
+        cluster.core.create_namespaced_service_account("default", {"metadata": {"name": spec.service_account_name}})
 
 
 def test_there_are_examples() -> None:
@@ -22,14 +41,14 @@ def test_there_are_examples() -> None:
 def test_example_reaches_a_training_job(path: Path, cluster: Cluster, operator: Any) -> None:
     job = load_manifest(path)
     name = job.metadata["name"]
-    secret = job.spec.s3.credentials_secret
-    if secret is not None:  # what the platform team would have created beforehand
-        cluster.create_secret(secret.name, {secret.access_key_id_key: "AKIA", secret.secret_access_key_key: "s3cr3t"})
+    seed_references(cluster, job.spec)
     manifest = next(d for d in yaml.safe_load_all(path.read_text()) if d)
     cluster.apply(manifest)
-    wait_for(lambda: cluster.job(f"{name}-preflight"), what=f"{name} pre-flight Job")
-    cluster.finish_job(f"{name}-preflight", succeeded=True)
-    train = wait_for(lambda: cluster.job(f"{name}-train"), what=f"{name} training Job")
-    gpus = job.spec.resources.gpus
+    wait_for(lambda: cluster.job(preflight_job_name(name)), what=f"{name} pre-flight Job")
+    cluster.finish_job(preflight_job_name(name), succeeded=True)
+    train = wait_for(lambda: cluster.job(training_job_name(name)), what=f"{name} training Job")
+    resources = job.spec.resources
     requests = train["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
-    assert requests.get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+    assert requests.get(resources.gpu_resource_name) == (str(resources.gpus) if resources.gpus else None)
+    assert train["metadata"]["labels"]["kubetune.dev/job"] == name
+    assert train["spec"]["suspend"] is bool(job.spec.queue_name or job.spec.suspend)

@@ -6,7 +6,7 @@ from typing import Any
 
 from tests.operator.cluster import Cluster, wait_for
 
-JOB = {
+JOB: dict[str, Any] = {
     "apiVersion": "kubetune.dev/v1alpha1",
     "kind": "FineTuneJob",
     "metadata": {"name": "tickets"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune.api.v1alpha1 import Phase
-from kubetune.operator.status import Observed, decide, render_status
+from kubetune.operator.status import Observed, decide, derive_status, render_status
 
 
 def job(
@@ -72,3 +72,28 @@ def test_conditions_keep_transition_time_when_status_is_unchanged() -> None:
     gate = next(c for c in third["conditions"] if c["type"] == "QualityGatePassed")
     assert (gate["status"], gate["reason"]) == ("False", "QualityGateNotMet")
     assert third["completionTime"] == "T3"
+
+
+def test_a_vanished_training_job_is_judged_by_what_the_trainer_published() -> None:
+    published = decide(observed(training_job_lost=True, trainer_status={"result": {"version": "v3", "promoted": True}}))
+    assert (published.phase, published.reason) == (Phase.SUCCEEDED, "TrainingSucceeded")
+    assert "v3" in published.message
+    lost = decide(observed(training_job_lost=True, trainer_status={"progress": {"step": 5, "totalSteps": 9}}))
+    assert (lost.phase, lost.reason) == (Phase.FAILED, "TrainingJobLost")
+
+
+def test_derive_status_is_a_function_of_the_finetunejob_and_its_children() -> None:
+    ftj = {
+        "metadata": {"name": "x", "generation": 2},
+        "status": {"jobName": "x-train", "phase": "Running", "progress": {"step": 7, "totalSteps": 10}},
+    }
+    seen = observed(training_job_lost=True, trainer_status={"progress": {"step": 7, "totalSteps": 10}})
+    verdict, patch = derive_status(ftj, seen, "T9")
+    assert verdict.phase == Phase.FAILED
+    assert patch["phase"] == "Failed"
+    assert patch["jobName"] == "x-train", "the recorded Job name stays when the Job is gone"
+    assert patch["observedGeneration"] == 2
+    assert patch["progressText"] == "7/10"
+    assert patch["completionTime"] == "T9"
+    assert all(c["observedGeneration"] == 2 for c in patch["conditions"])
+    assert derive_status(ftj, seen, "T9") == (verdict, patch)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from typing import Any
 
 import pytest
 
+from kubetune.api.manifest import parse_spec
+from kubetune.operator.validation import Reader, SpecProblem, check_references
 from tests.operator.cluster import Cluster, wait_for
 from tests.operator.test_lifecycle import JOB, condition, phase
 
 
 def with_spec(**changes: Any) -> dict[str, Any]:
-    manifest = copy.deepcopy(JOB)
+    manifest: dict[str, Any] = copy.deepcopy(JOB)
     manifest["spec"].update(changes)
     return manifest
 
@@ -24,8 +27,11 @@ def assert_rejected(cluster: Cluster, reason: str, fragment: str) -> None:
     assert validated["reason"] == reason
     assert fragment in validated["message"]
     assert cluster.jobs() == [], "no Job may be created for an invalid FineTuneJob"
-    events = cluster.events_for("tickets")
-    assert any(e["type"] == "Warning" and fragment in e["message"] for e in events)
+    # kopf posts Events from a background queue: they may land just after the status.
+    wait_for(
+        lambda: any(e["type"] == "Warning" and fragment in e["message"] for e in cluster.events_for("tickets")),
+        what=f"a Warning Event mentioning {fragment!r}",
+    )
 
 
 @pytest.mark.parametrize(
@@ -66,3 +72,96 @@ def test_credentials_come_from_the_secret_not_the_manifest(cluster: Cluster, ope
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": "key"}
     assert "s3cr3t" not in str(job)
+
+
+SPEC: dict[str, Any] = JOB["spec"]
+SECRET = {"name": "creds", "sessionTokenKey": "token"}
+
+
+def objects(*items: tuple[str, str, dict[str, Any]]) -> Reader:
+    """A namespace's objects by (kind, name), read the way the operator reads the API."""
+    store = {(kind, name): obj for kind, name, obj in items}
+    return lambda kind, namespace, name: store.get((kind, name)) if namespace == "ml" else None
+
+
+def b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+FULL_SECRET = (
+    "Secret",
+    "creds",
+    {"data": {"AWS_ACCESS_KEY_ID": b64("a"), "AWS_SECRET_ACCESS_KEY": b64("b"), "token": b64("t")}},
+)
+
+
+@pytest.mark.parametrize(
+    ("spec", "present", "reason", "message"),
+    [
+        (
+            {"s3": {"credentialsSecret": SECRET}},
+            [("Secret", "creds", {"data": {"AWS_ACCESS_KEY_ID": b64("a"), "AWS_SECRET_ACCESS_KEY": b64("b")}})],
+            "SecretKeyMissing",
+            "spec.s3.credentialsSecret.sessionTokenKey: Secret 'creds' has no key 'token' (keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+        ),
+        (
+            {"s3": {"credentialsSecret": SECRET}},
+            [
+                (
+                    "Secret",
+                    "creds",
+                    {"data": {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": b64("b"), "token": b64("t")}},
+                )
+            ],
+            "SecretKeyEmpty",
+            "spec.s3.credentialsSecret.accessKeyIdKey: key 'AWS_ACCESS_KEY_ID' of Secret 'creds' is empty",
+        ),
+        (
+            {"s3": {"credentialsSecret": SECRET, "caBundle": {"name": "ca"}}},
+            [FULL_SECRET],
+            "ConfigMapNotFound",
+            "spec.s3.caBundle.name: ConfigMap 'ca' not found in namespace 'ml'",
+        ),
+        (
+            {"s3": {"caBundle": {"name": "ca", "key": "bundle.pem"}}},
+            [("ConfigMap", "ca", {"data": {"ca.crt": "PEM"}})],
+            "ConfigMapKeyMissing",
+            "spec.s3.caBundle.key: ConfigMap 'ca' has no key 'bundle.pem'",
+        ),
+        (
+            {"storage": {"pvc": {"claimName": "scratch"}}},
+            [],
+            "PersistentVolumeClaimNotFound",
+            "spec.storage.pvc.claimName: PersistentVolumeClaim 'scratch' not found in namespace 'ml'",
+        ),
+        (
+            {"serviceAccountName": "s3-reader"},
+            [],
+            "ServiceAccountNotFound",
+            "spec.serviceAccountName: ServiceAccount 's3-reader' not found in namespace 'ml'",
+        ),
+    ],
+)
+def test_each_reference_problem_names_its_field(
+    spec: dict[str, Any], present: list[tuple[str, str, dict[str, Any]]], reason: str, message: str
+) -> None:
+    parsed = parse_spec({**SPEC, **spec})
+    assert check_references(parsed, "ml", objects(*present)) == SpecProblem(reason, message)
+
+
+def test_references_that_all_exist_pass() -> None:
+    parsed = parse_spec(
+        {
+            **SPEC,
+            "s3": {"credentialsSecret": SECRET, "caBundle": {"name": "ca"}},
+            "storage": {"pvc": {"claimName": "scratch"}},
+            "serviceAccountName": "s3-reader",
+        }
+    )
+    present = objects(
+        FULL_SECRET,
+        ("ConfigMap", "ca", {"data": {"ca.crt": "PEM"}}),
+        ("PersistentVolumeClaim", "scratch", {}),
+        ("ServiceAccount", "s3-reader", {}),
+    )
+    assert check_references(parsed, "ml", present) is None

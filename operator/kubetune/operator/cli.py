@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 import kopf
 
-from kubetune.operator.config import OperatorConfig
+from kubetune.operator.config import ConfigError, OperatorConfig
 
 
 def main() -> int:
-    config = OperatorConfig.from_env()  # fail at startup, not in the first handler
+    try:
+        config = OperatorConfig.from_env()  # fail at startup, not in the first handler
+    except ConfigError as err:
+        print(f"kubetune-operator: invalid configuration: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from kubetune.operator import main as handlers  # noqa: F401  (registers the kopf handlers)
 
     asyncio.run(
         kopf.operator(
             clusterwide=config.clusterwide,
-            namespaces=list(config.namespaces) or None,
+            namespaces=config.namespaces,
             liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
             standalone=True,  # one replica with the Recreate strategy: no peering needed
+            memo=kopf.Memo(config=config),
         )
     )
     return 0

@@ -17,6 +17,17 @@ class NotOwned(Exception):
     """An object with the child's name exists but belongs to someone else."""
 
 
+def owned_by(obj: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+    """``obj`` if its controller ownerReference is ``owner_uid``; otherwise :class:`NotOwned`."""
+    meta = obj.get("metadata", {})
+    if any(ref.get("uid") == owner_uid and ref.get("controller") for ref in meta.get("ownerReferences") or []):
+        return obj
+    raise NotOwned(
+        f"{obj.get('kind', 'object')} {meta.get('namespace')}/{meta.get('name')} already exists and is not owned "
+        "by this FineTuneJob; delete or rename it, then recreate the FineTuneJob"
+    )
+
+
 @dataclass
 class Kube:
     api: client.ApiClient
@@ -94,23 +105,25 @@ class Kube:
         return self._plain(creators[kind](namespace, manifest))
 
     def ensure(self, manifest: dict[str, Any], owner_uid: str) -> dict[str, Any]:
-        """Create the child, or adopt the existing one only if it is ours (same controller uid)."""
-        try:
-            return self.create(manifest)
-        except ApiException as err:
-            if err.status != 409:
-                raise
+        """The child as it exists: read first, create when missing, and adopt an existing object
+        only if its controller ownerReference carries this FineTuneJob's uid.
+
+        Reading first keeps a steady-state reconcile free of writes; a 409 (someone created it
+        between our read and our create, e.g. a previous operator process) leads to the same
+        ownership check.
+        """
         meta = manifest["metadata"]
         existing = self.read(manifest["kind"], meta["namespace"], meta["name"])
-        if existing is None:  # deleted in between: try once more
-            return self.create(manifest)
-        owners = existing.get("metadata", {}).get("ownerReferences") or []
-        if not any(ref.get("uid") == owner_uid and ref.get("controller") for ref in owners):
-            raise NotOwned(
-                f"{manifest['kind']} {meta['namespace']}/{meta['name']} already exists and is not owned by this "
-                "FineTuneJob; delete or rename it"
-            )
-        return existing
+        if existing is None:
+            try:
+                return self.create(manifest)
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+            existing = self.read(manifest["kind"], meta["namespace"], meta["name"])
+            if existing is None:  # deleted again in between: the next reconcile creates it
+                raise ApiException(status=409, reason=f"{manifest['kind']} {meta['name']} is being replaced")
+        return owned_by(existing, owner_uid)
 
     def patch_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import kopf
@@ -16,7 +17,7 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
-from kubetune.operator import children
+from kubetune.operator import children, metrics
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.kube import Kube
 from kubetune.operator.reconcile import forget, reconcile
@@ -24,6 +25,7 @@ from kubetune.operator.reconcile import forget, reconcile
 log = logging.getLogger("kubetune.operator")
 FINETUNEJOBS = (GROUP, VERSION, PLURAL)
 RETRY_DELAY = 15
+EVENT_RETRY_DELAYS: tuple[float, ...] = (1.0, 3.0, 10.0)
 
 
 @kopf.on.login()
@@ -37,7 +39,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = OperatorConfig.from_env()
+    config = memo.get("config") or OperatorConfig.from_env()  # the CLI validated it already
     memo["config"] = config
     memo["kube"] = Kube.from_host(os.environ.get("KUBETUNE_KUBE_API"))
     # Keep kopf's bookkeeping out of status: the status schema belongs to the API.
@@ -48,11 +50,16 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 8
-    if not os.environ.get("KUBETUNE_NO_METRICS_SERVER"):
-        from prometheus_client import start_http_server
-
-        start_http_server(config.metrics_port)
+    memo["metrics_server"] = metrics.serve(config.metrics_port)
     log.info("kubetune operator started (namespaces: %s)", ", ".join(config.namespaces) or "all")
+
+
+@kopf.on.cleanup()
+def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    server = memo.get("metrics_server")
+    if server is not None:
+        server.shutdown()
+        server.server_close()
 
 
 def _emit(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
@@ -71,6 +78,24 @@ def _run(namespace: str, name: str, memo: kopf.Memo) -> None:
         raise kopf.PermanentError(outcome.verdict.message)
 
 
+def _run_from_event(namespace: str, name: str, memo: kopf.Memo) -> None:
+    """Reconcile for a watch event. kopf never retries event handlers, so transient API errors are
+    retried here: a lost retry could leave a finished pre-flight without its training Job."""
+    for delay in (*EVENT_RETRY_DELAYS, None):
+        try:
+            _run(namespace, name, memo)
+            return
+        except kopf.PermanentError as err:
+            log.info("%s/%s: %s", namespace, name, err)
+            return
+        except kopf.TemporaryError as err:
+            if delay is None:
+                log.warning("%s/%s: giving up until the next event: %s", namespace, name, err)
+                return
+            log.info("%s/%s: retrying in %ss: %s", namespace, name, delay, err)
+            time.sleep(delay)
+
+
 @kopf.on.resume(*FINETUNEJOBS)
 @kopf.on.create(*FINETUNEJOBS)
 @kopf.on.update(*FINETUNEJOBS)
@@ -83,23 +108,16 @@ def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str, memo:
     """Status written by the trainer (progress, pre-flight, result) is not a spec change."""
     if event.get("type") == "DELETED":
         forget(namespace, name)
-        return
-    if event.get("type") == "MODIFIED":
-        try:
-            _run(namespace, name, memo)
-        except (kopf.PermanentError, kopf.TemporaryError) as err:
-            log.info("%s/%s: %s", namespace, name, err)
+    elif event.get("type") == "MODIFIED":
+        _run_from_event(namespace, name, memo)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": children.MANAGED_BY})
-def on_child_job(body: dict[str, Any], event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+def on_child_job(body: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     meta = body.get("metadata", {})
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("controller"):
-            try:
-                _run(meta["namespace"], ref["name"], memo)
-            except (kopf.PermanentError, kopf.TemporaryError) as err:
-                log.info("%s/%s: %s", meta["namespace"], ref["name"], err)
+            _run_from_event(meta["namespace"], ref["name"], memo)
 
 
 @kopf.on.probe(id="api")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 
 import kubetune
 
@@ -48,3 +49,9 @@ def forget(namespace: str, name: str) -> None:
     with _lock:
         _phases.pop((namespace, name), None)
         _refresh()
+
+
+def serve(port: int) -> WSGIServer:
+    """Serve ``/metrics`` on ``port`` in a background thread; the caller shuts the server down."""
+    server, _thread = start_http_server(port)
+    return server

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubetune.api.v1alpha1 import FineTuneJobSpec, Phase
+from kubetune.api.v1alpha1 import TERMINAL_PHASES, FineTuneJobSpec, Phase
 from kubetune.operator import children, metrics, validation
 from kubetune.operator.config import OperatorConfig
-from kubetune.operator.kube import Kube, NotOwned
-from kubetune.operator.status import Observed, Verdict, decide, job_condition, render_status
+from kubetune.operator.kube import Kube, NotOwned, owned_by
+from kubetune.operator.status import Observed, Verdict, derive_status, job_condition
 
 EmitEvent = Callable[[dict[str, Any], str, str, str], None]  # (body, type, reason, message)
 TRAINER_FIELDS = ("preflight", "progress", "resolved", "result")
@@ -38,38 +38,27 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _owned_or_none(job: dict[str, Any] | None, uid: str) -> tuple[dict[str, Any] | None, str | None]:
-    if job is None:
-        return None, None
-    refs = job.get("metadata", {}).get("ownerReferences") or []
-    if any(r.get("uid") == uid and r.get("controller") for r in refs):
-        return job, None
-    name = job["metadata"]["name"]
-    return None, f"Job {job['metadata'].get('namespace')}/{name} already exists and is not owned by this FineTuneJob"
-
-
 def _ensure_children(
-    kube: Kube, owner: children.Owner, spec: FineTuneJobSpec, config: OperatorConfig
+    kube: Kube, owner: children.Owner, spec: FineTuneJobSpec, config: OperatorConfig, *, job_recorded: bool
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Create what is missing; returns (pre-flight Job, training Job) as observed."""
-    training, conflict = _owned_or_none(
-        kube.read("Job", owner.namespace, children.training_job_name(owner.name)), owner.uid
-    )
-    if conflict:
-        raise NotOwned(conflict)
+    """Create what is missing; returns (pre-flight Job, training Job) as observed.
+
+    The training Job is created at most once per FineTuneJob: once ``status.jobName`` is
+    recorded, a missing Job means it finished and was removed (or was deleted by hand), and
+    re-running a finished training is never what anyone wants.
+    """
+    training = kube.read("Job", owner.namespace, children.training_job_name(owner.name))
+    if training is not None:
+        owned_by(training, owner.uid)
     kube.ensure(children.build_spec_configmap(owner, spec, config), owner.uid)
     for manifest in children.build_trainer_rbac(owner, spec):
         kube.ensure(manifest, owner.uid)
-    preflight = kube.read("Job", owner.namespace, children.preflight_job_name(owner.name))
-    if training is None:
-        if preflight is None:
-            preflight = kube.ensure(children.build_preflight_job(owner, spec, config), owner.uid)
-        else:
-            preflight, conflict = _owned_or_none(preflight, owner.uid)
-            if conflict:
-                raise NotOwned(conflict)
-        if job_condition(preflight, "Complete"):
-            training = kube.ensure(children.build_training_job(owner, spec, config), owner.uid)
+    if training is not None or job_recorded:
+        preflight = kube.read("Job", owner.namespace, children.preflight_job_name(owner.name))
+        return (owned_by(preflight, owner.uid) if preflight else None), training
+    preflight = kube.ensure(children.build_preflight_job(owner, spec, config), owner.uid)
+    if job_condition(preflight, "Complete"):
+        training = kube.ensure(children.build_training_job(owner, spec, config), owner.uid)
     return preflight, training
 
 
@@ -116,62 +105,78 @@ def reconcile(namespace: str, name: str, kube: Kube, config: OperatorConfig, emi
 
 
 def _reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, emit: EmitEvent) -> Outcome:
-    meta = body["metadata"]
     owner = children.Owner.from_body(body)
     previous_status = dict(body.get("status") or {})
-    trainer_status = {k: previous_status.get(k) for k in TRAINER_FIELDS if previous_status.get(k) is not None}
-    parsed = validation.parse(body.get("spec") or {})
-    spec_error: tuple[str, str] | None = None
+    previous_phase = previous_status.get("phase")
+    if previous_phase in TERMINAL_PHASES:
+        return _settled(body, kube, Phase(previous_phase))
+    job_recorded = previous_status.get("jobName") is not None
+    spec, problem = _validate(body, kube, check_references=not job_recorded)
+    spec_error = (problem.reason, problem.message) if problem else None
     name_conflict = None
     preflight = training = None
-    spec: FineTuneJobSpec | None = None
-    if isinstance(parsed, validation.SpecProblem):
-        spec_error = (parsed.reason, parsed.message)
-    else:
-        spec = parsed
-        problem = validation.check_references(spec, owner.namespace, kube.read)
-        already_started = previous_status.get("jobName") is not None
-        if problem is not None and not already_started:
-            spec_error = (problem.reason, problem.message)
     workload_active = None
     if spec is not None and spec_error is None:
         try:
-            preflight, training = _ensure_children(kube, owner, spec, config)
+            preflight, training = _ensure_children(kube, owner, spec, config, job_recorded=job_recorded)
         except NotOwned as err:
             name_conflict = str(err)
         if training is not None and not _finished(training):
             training, workload_active = _apply_suspend(kube, spec, training)
 
+    # The trainer reports before it exits, so reading its reports after the Jobs means a finished
+    # Job is never judged without the report that explains it.
+    body = kube.read_finetunejob(owner.namespace, owner.name) or body
+    previous_status = dict(body.get("status") or {})
+    trainer_status = {k: previous_status[k] for k in TRAINER_FIELDS if previous_status.get(k) is not None}
     observed = Observed(
         spec_error=spec_error,
         preflight_job=preflight,
         training_job=training,
         trainer_status=trainer_status,
-        suspend=bool(spec.suspend) if spec else False,
+        suspend=bool(spec and spec.suspend),
         queued_with_kueue=bool(spec and spec.queue_name),
         workload_active=workload_active,
         name_conflict=name_conflict,
+        training_job_lost=job_recorded and training is None and spec_error is None and name_conflict is None,
     )
-    verdict = decide(observed)
-    status = render_status(
-        verdict,
-        observed,
-        previous_status,
-        generation=meta.get("generation"),
-        now=_now(),
-        job_name=training["metadata"]["name"] if training else None,
-        preflight_job_name=preflight["metadata"]["name"] if preflight else None,
-    )
+    verdict, status = derive_status(body, observed, _now())
     if _status_changed(previous_status, status):
         kube.patch_finetunejob_status(owner.namespace, owner.name, status)
-    old_phase = previous_status.get("phase")
-    if old_phase != str(verdict.phase):
+    if previous_phase != str(verdict.phase):
         kind = "Warning" if verdict.phase == Phase.FAILED else "Normal"
-        emit(body, kind, f"Phase{verdict.phase}", f"{old_phase or 'New'} -> {verdict.phase}: {verdict.message}")
-        metrics.record_transition(owner.namespace, old_phase, str(verdict.phase))
+        emit(body, kind, f"Phase{verdict.phase}", f"{previous_phase or 'New'} -> {verdict.phase}: {verdict.message}")
+        metrics.record_transition(owner.namespace, previous_phase, str(verdict.phase))
     metrics.record_phase(owner.namespace, owner.name, str(verdict.phase))
     permanent = verdict.phase == Phase.FAILED and (spec_error is not None or name_conflict is not None)
     return Outcome(verdict.phase, verdict, permanent)
+
+
+def _validate(
+    body: dict[str, Any], kube: Kube, *, check_references: bool
+) -> tuple[FineTuneJobSpec | None, validation.SpecProblem | None]:
+    parsed = validation.parse(body.get("spec") or {})
+    if isinstance(parsed, validation.SpecProblem):
+        return None, parsed
+    # Once the training Job exists, a referenced object changing later does not stop it.
+    problem = (
+        validation.check_references(parsed, body["metadata"]["namespace"], kube.read) if check_references else None
+    )
+    return parsed, problem
+
+
+def _settled(body: dict[str, Any], kube: Kube, phase: Phase) -> Outcome:
+    """A finished FineTuneJob stays as it ended: nothing is created, resumed or re-derived.
+
+    (Its training Job may be gone by now, removed by ttlSecondsAfterFinished.)
+    """
+    meta, status = body["metadata"], body.get("status") or {}
+    if meta.get("generation") is not None and status.get("observedGeneration") != meta["generation"]:
+        kube.patch_finetunejob_status(meta["namespace"], meta["name"], {"observedGeneration": meta["generation"]})
+    metrics.record_phase(meta["namespace"], meta["name"], str(phase))
+    condition: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == str(phase)), {})
+    verdict = Verdict(phase, condition.get("reason", str(phase)), condition.get("message", ""))
+    return Outcome(phase, verdict, permanent_failure=False)
 
 
 def _finished(job: dict[str, Any]) -> bool:

@@ -6,6 +6,7 @@ operator restarted at any moment computes the same status again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ class Observed:
     queued_with_kueue: bool
     workload_active: bool | None = None  # Kueue Workload spec.active, when one exists
     name_conflict: str | None = None  # a child with our name but another owner
+    training_job_lost: bool = False  # status.jobName is recorded but the Job is gone (TTL, deleted by hand)
 
 
 def job_condition(job: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
@@ -67,6 +69,8 @@ def decide(observed: Observed) -> Verdict:
 
     preflight_report = observed.trainer_status.get("preflight") or {}
     preflight = observed.preflight_job
+    if observed.training_job_lost:
+        return _lost_job_verdict(observed.trainer_status.get("result"))
     if observed.training_job is None:
         if preflight is None or not (job_condition(preflight, "Complete") or job_condition(preflight, "Failed")):
             return Verdict(
@@ -102,6 +106,24 @@ def decide(observed: Observed) -> Verdict:
     if (status.get("ready") or 0) > 0:
         return Verdict(Phase.RUNNING, "Training", "the trainer is running", validated)
     return Verdict(Phase.QUEUED, "WaitingForPod", "the training pod is waiting to be scheduled or to start", validated)
+
+
+def _lost_job_verdict(result: dict[str, Any] | None) -> Verdict:
+    """The training Job vanished (ttlSecondsAfterFinished, or deleted by hand) before we saw it end.
+
+    The trainer's published result is the evidence of success; it is never run again.
+    """
+    validated = ("True", "PreflightPassed", "pre-flight checks passed")
+    if result and result.get("version"):
+        return Verdict(
+            Phase.SUCCEEDED, "TrainingSucceeded", f"published {result['version']} (the training Job is gone)", validated
+        )
+    return Verdict(
+        Phase.FAILED,
+        "TrainingJobLost",
+        "the training Job was deleted before it finished and the trainer published nothing; it is not re-run",
+        validated,
+    )
 
 
 def _condition(
@@ -156,7 +178,7 @@ def render_status(
                 generation,
             )
         )
-    if promoted is not None:
+    if promoted is not None and phase == Phase.SUCCEEDED:  # the gate is judged on a finished run
         gate = result.get("qualityGateMessage") or ""
         conditions.append(
             _condition(
@@ -193,3 +215,27 @@ def render_status(
     if phase in (Phase.SUCCEEDED, Phase.FAILED):
         status["completionTime"] = previous_status.get("completionTime") or job_status.get("completionTime") or now
     return {k: v for k, v in status.items() if v is not None}
+
+
+def derive_status(ftj: Mapping[str, Any], observed: Observed, now: str) -> tuple[Verdict, dict[str, Any]]:
+    """(FineTuneJob, observed children and trainer reports, now) -> (verdict, status merge patch).
+
+    Pure: the same inputs give the same status, which is what makes a restarted operator
+    converge to the status its predecessor would have written.
+    """
+    previous_status = dict(ftj.get("status") or {})
+    verdict = decide(observed)
+    patch = render_status(
+        verdict,
+        observed,
+        previous_status,
+        generation=ftj.get("metadata", {}).get("generation"),
+        now=now,
+        job_name=_name(observed.training_job) or previous_status.get("jobName"),
+        preflight_job_name=_name(observed.preflight_job) or previous_status.get("preflightJobName"),
+    )
+    return verdict, patch
+
+
+def _name(obj: dict[str, Any] | None) -> str | None:
+    return obj["metadata"]["name"] if obj else None

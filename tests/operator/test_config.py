@@ -1,0 +1,50 @@
+"""The operator's configuration: KUBETUNE_* variables, checked once at startup."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune.api.v1alpha1 import DEFAULT_TRAINER_IMAGE
+from kubetune.operator.config import ConfigError, OperatorConfig
+
+
+def test_defaults_watch_the_whole_cluster() -> None:
+    config = OperatorConfig.from_env({})
+    assert config.clusterwide and config.namespaces == ()
+    assert config.trainer_image == DEFAULT_TRAINER_IMAGE
+    assert config.image_pull_policy == "IfNotPresent"
+    assert (config.metrics_port, config.health_port) == (8080, 8081)
+    assert config.default_s3_endpoint is None and config.default_s3_region is None
+
+
+def test_every_variable_is_read() -> None:
+    config = OperatorConfig.from_env(
+        {
+            "KUBETUNE_NAMESPACES": " ml-team, research ,",
+            "KUBETUNE_TRAINER_IMAGE": "registry.internal/trainer:2",
+            "KUBETUNE_IMAGE_PULL_POLICY": "Always",
+            "KUBETUNE_DEFAULT_S3_ENDPOINT": "https://minio.internal:9000",
+            "KUBETUNE_DEFAULT_S3_REGION": "eu-west-1",
+            "KUBETUNE_METRICS_PORT": "9090",
+            "KUBETUNE_HEALTH_PORT": "9091",
+        }
+    )
+    assert config.namespaces == ("ml-team", "research") and not config.clusterwide
+    assert config.trainer_image == "registry.internal/trainer:2"
+    assert config.image_pull_policy == "Always"
+    assert config.default_s3_endpoint == "https://minio.internal:9000"
+    assert config.default_s3_region == "eu-west-1"
+    assert (config.metrics_port, config.health_port) == (9090, 9091)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"KUBETUNE_HEALTH_PORT": "70000"}, "KUBETUNE_HEALTH_PORT='70000': expected a TCP port number"),
+        ({"KUBETUNE_METRICS_PORT": "-1"}, "KUBETUNE_METRICS_PORT='-1': expected a TCP port number"),
+        ({"KUBETUNE_IMAGE_PULL_POLICY": "sometimes"}, "KUBETUNE_IMAGE_PULL_POLICY='sometimes'"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        OperatorConfig.from_env(env)

@@ -1,0 +1,100 @@
+"""The ``kubetune-operator`` console script as a process: config checked at startup, /healthz and /metrics."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kubetune.operator import cli
+from tests.operator.cluster import Cluster, EmulatorThread, wait_for
+from tests.operator.conftest import free_port
+from tests.operator.test_lifecycle import JOB, phase
+
+OPERATOR = shutil.which("kubetune-operator", path=str(Path(sys.executable).parent))
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return str(response.read().decode())
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.fixture()
+def ports() -> tuple[int, int]:
+    return free_port(), free_port()
+
+
+@pytest.fixture()
+def operator_process(emulator: EmulatorThread, ports: tuple[int, int]) -> Iterator[subprocess.Popen[str]]:
+    assert OPERATOR is not None, "the kubetune-operator console script is installed with the package"
+    metrics_port, health_port = ports
+    env = {
+        **os.environ,
+        "KUBETUNE_KUBE_API": emulator.url,
+        "KUBETUNE_METRICS_PORT": str(metrics_port),
+        "KUBETUNE_HEALTH_PORT": str(health_port),
+        # Cluster-wide: kmock 0.8 cannot serve GET /api/v1/namespaces, which kopf lists for a namespace list.
+        "KUBETUNE_NAMESPACES": "",
+    }
+    process = subprocess.Popen([OPERATOR], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_the_operator_process_serves_health_and_metrics(
+    cluster: Cluster, operator_process: subprocess.Popen[str], ports: tuple[int, int]
+) -> None:
+    metrics_port, health_port = ports
+    wait_for(lambda: get(f"http://127.0.0.1:{health_port}/healthz"), timeout=30, what="/healthz")
+    cluster.apply(JOB)
+    wait_for(lambda: phase(cluster) == "Validating", what="Validating")
+    cluster.finish_job("tickets-preflight", succeeded=False, reason="PodFailurePolicy", message="exit code 2")
+    wait_for(lambda: phase(cluster) == "Failed", what="Failed")
+
+    def scraped() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        found = samples(get(f"http://127.0.0.1:{metrics_port}/metrics"))
+        return (
+            found
+            if found.get(("kubetune_finetunejobs", frozenset({("namespace", "default"), ("phase", "Failed")})))
+            else {}
+        )
+
+    metrics = wait_for(scraped, what="the Failed job counted")
+    assert metrics[("kubetune_finetunejobs", frozenset({("namespace", "default"), ("phase", "Failed")}))] == 1
+    assert not metrics.get(("kubetune_finetunejobs", frozenset({("namespace", "default"), ("phase", "Validating")})))
+    transition = frozenset({("namespace", "default"), ("from_phase", "Validating"), ("to_phase", "Failed")})
+    assert metrics[("kubetune_phase_transitions_total", transition)] == 1
+    assert metrics[("kubetune_reconcile_duration_seconds_count", frozenset())] >= 2
+    build = next(key for key in metrics if key[0] == "kubetune_build_info")
+    assert dict(build[1])["version"]
+
+
+def test_invalid_configuration_stops_the_operator_at_startup(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KUBETUNE_METRICS_PORT", "eighty")
+    assert cli.main() == 2
+    assert "KUBETUNE_METRICS_PORT='eighty': expected a TCP port number" in capsys.readouterr().err

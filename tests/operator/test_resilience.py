@@ -1,0 +1,77 @@
+"""What a real cluster throws at the operator: API outages, Jobs removed by TTL or by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kmock
+
+from kubetune.operator.children import training_job_name
+from tests.operator.cluster import Cluster, EmulatorThread, Outage, wait_for
+from tests.operator.conftest import running_operator
+from tests.operator.test_control import through_preflight
+from tests.operator.test_lifecycle import JOB, condition, phase
+
+
+def training_jobs(cluster: Cluster) -> list[str]:
+    return [j["metadata"]["name"] for j in cluster.jobs() if j["metadata"]["name"] == training_job_name("tickets")]
+
+
+def kopf_is_done(cluster: Cluster) -> bool:
+    annotations = cluster.finetunejob("tickets")["metadata"].get("annotations", {})
+    return "kubetune.dev/last-handled-configuration" in annotations
+
+
+def test_an_api_outage_while_creating_the_training_job_is_retried(
+    emulator: EmulatorThread, cluster: Cluster, operator: Any
+) -> None:
+    assert emulator.emulator is not None
+    cluster.apply(JOB)
+    wait_for(lambda: cluster.job("tickets-preflight"), what="pre-flight Job")
+    wait_for(lambda: phase(cluster) == "Validating" and kopf_is_done(cluster), what="the operator idle")
+    # More refusals than the Job's status change causes watch events: only retries get through.
+    outage = emulator.emulator.refuse(Outage(action=kmock.action.CREATE, plural="jobs", name="tickets-train", count=3))
+    cluster.finish_job("tickets-preflight", succeeded=True)
+    wait_for(lambda: cluster.job("tickets-train"), timeout=30, what="training Job after the outage")
+    assert outage.refused == 3, "the operator met the outage and retried through it"
+    assert training_jobs(cluster) == ["tickets-train"]
+    wait_for(lambda: phase(cluster) == "Queued", what="Queued")
+
+
+def test_a_finished_job_removed_by_its_ttl_is_never_rerun(cluster: Cluster, operator: Any) -> None:
+    through_preflight(cluster)
+    cluster.start_job("tickets-train")
+    cluster.trainer_reports("tickets", {"result": {"version": "v1", "promoted": True}})
+    cluster.finish_job("tickets-train", succeeded=True)
+    wait_for(lambda: phase(cluster) == "Succeeded", what="Succeeded")
+    cluster.delete_job("tickets-train")  # ttlSecondsAfterFinished
+    cluster.patch_spec("tickets", {"suspend": True})  # any later change makes the operator look again
+    wait_for(lambda: cluster.finetunejob("tickets")["status"].get("observedGeneration") == 2, what="generation 2 seen")
+    assert cluster.job("tickets-train") is None, "a finished training is not run again"
+    assert phase(cluster) == "Succeeded"
+    assert condition(cluster, "QualityGatePassed")["status"] == "True"
+
+
+def test_a_running_job_deleted_by_hand_fails_the_finetunejob(cluster: Cluster, operator: Any) -> None:
+    through_preflight(cluster)
+    cluster.start_job("tickets-train")
+    wait_for(lambda: phase(cluster) == "Running", what="Running")
+    cluster.delete_job("tickets-train")
+    wait_for(lambda: phase(cluster) == "Failed", what="Failed")
+    assert condition(cluster, "Failed")["reason"] == "TrainingJobLost"
+    assert cluster.job("tickets-train") is None
+
+
+def test_a_job_finished_and_removed_while_the_operator_was_down(emulator: EmulatorThread, cluster: Cluster) -> None:
+    with running_operator(emulator.url):
+        through_preflight(cluster)
+        cluster.start_job("tickets-train")
+        wait_for(lambda: phase(cluster) == "Running", what="Running")
+    cluster.trainer_reports("tickets", {"result": {"version": "v9", "promoted": False}})
+    cluster.finish_job("tickets-train", succeeded=True)
+    cluster.delete_job("tickets-train")
+    with running_operator(emulator.url):
+        wait_for(lambda: phase(cluster) == "Succeeded", what="Succeeded from the trainer's result")
+        assert "v9" in condition(cluster, "Succeeded")["message"]
+        assert condition(cluster, "QualityGatePassed")["reason"] == "QualityGateNotMet"
+        assert cluster.job("tickets-train") is None
