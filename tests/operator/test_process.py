@@ -7,32 +7,18 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.operator import cli
 from tests.operator.cluster import Cluster, EmulatorThread, wait_for
 from tests.operator.conftest import free_port
 from tests.operator.test_lifecycle import JOB, phase
+from tests.scrape import Samples, get, scrape, value
 
 OPERATOR = shutil.which("kubetune-operator", path=str(Path(sys.executable).parent))
-
-
-def get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=2) as response:
-        return str(response.read().decode())
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 @pytest.fixture()
@@ -74,20 +60,18 @@ def test_the_operator_process_serves_health_and_metrics(
     cluster.finish_job("tickets-preflight", succeeded=False, reason="PodFailurePolicy", message="exit code 2")
     wait_for(lambda: phase(cluster) == "Failed", what="Failed")
 
-    def scraped() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        found = samples(get(f"http://127.0.0.1:{metrics_port}/metrics"))
-        return (
-            found
-            if found.get(("kubetune_finetunejobs", frozenset({("namespace", "default"), ("phase", "Failed")})))
-            else {}
-        )
+    def scraped() -> Samples:
+        found = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        return found if value(found, "kubetune_finetunejobs", namespace="default", phase="Failed") else {}
 
     metrics = wait_for(scraped, what="the Failed job counted")
-    assert metrics[("kubetune_finetunejobs", frozenset({("namespace", "default"), ("phase", "Failed")}))] == 1
-    assert not metrics.get(("kubetune_finetunejobs", frozenset({("namespace", "default"), ("phase", "Validating")})))
-    transition = frozenset({("namespace", "default"), ("from_phase", "Validating"), ("to_phase", "Failed")})
-    assert metrics[("kubetune_phase_transitions_total", transition)] == 1
-    assert metrics[("kubetune_reconcile_duration_seconds_count", frozenset())] >= 2
+    assert value(metrics, "kubetune_finetunejobs", namespace="default", phase="Failed") == 1
+    assert value(metrics, "kubetune_finetunejobs", namespace="default", phase="Validating") == 0
+    transition = {"namespace": "default", "from_phase": "Validating", "to_phase": "Failed"}
+    assert value(metrics, "kubetune_finetunejob_phase_transitions_total", **transition) == 1
+    assert value(metrics, "kubetune_finetunejob_failures_total", namespace="default", reason="PreflightFailed") == 1
+    assert (value(metrics, "kubetune_reconcile_duration_seconds_count") or 0) >= 2
+    assert (value(metrics, "process_resident_memory_bytes") or 0) > 0, "the standard process metrics are there"
     build = next(key for key in metrics if key[0] == "kubetune_build_info")
     assert dict(build[1])["version"]
 

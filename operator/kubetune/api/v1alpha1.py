@@ -524,8 +524,10 @@ class FineTuneJobStatus(ApiModel):
     phase: Phase | None = None
     conditions: list[Condition] | None = None
     observed_generation: int | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
+    start_time: Annotated[
+        str | None, Field(description="When the trainer first ran (the training pod became ready).")
+    ] = None
+    completion_time: Annotated[str | None, Field(description="When the job succeeded or failed.")] = None
     job_name: str | None = None
     preflight_job_name: str | None = None
     progress_text: Annotated[str | None, Field(description="step/total, for the printer column.")] = None

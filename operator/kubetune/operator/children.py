@@ -13,6 +13,7 @@ import yaml
 
 from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec
 from kubetune.operator.config import OperatorConfig
+from kubetune.telemetry import ENV_METRICS_PORT, ENV_PUSH_INTERVAL, ENV_PUSHGATEWAY_URL
 
 MANAGED_BY = "kubetune-operator"
 JOB_LABEL = "kubetune.dev/job"
@@ -191,6 +192,17 @@ def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     return env
 
 
+def _metrics_env(config: OperatorConfig) -> list[dict[str, Any]]:
+    """The trainer serves /metrics (for a PodMonitor) and, with a Pushgateway, pushes there too."""
+    env: list[dict[str, Any]] = [{"name": ENV_METRICS_PORT, "value": str(config.trainer_metrics_port)}]
+    if config.pushgateway_url:
+        env += [
+            {"name": ENV_PUSHGATEWAY_URL, "value": config.pushgateway_url},
+            {"name": ENV_PUSH_INTERVAL, "value": str(config.push_interval_seconds)},
+        ]
+    return env
+
+
 def _volumes(owner: Owner, spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     scratch: dict[str, Any] = (
         {"name": "scratch", "persistentVolumeClaim": {"claimName": spec.storage.pvc.claim_name}}
@@ -346,6 +358,9 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConf
         resources={"requests": requests, "limits": limits},
         scheduling=True,
     )
+    trainer = pod["containers"][0]
+    trainer["env"] += _metrics_env(config)
+    trainer["ports"] = [{"name": "metrics", "containerPort": config.trainer_metrics_port, "protocol": "TCP"}]
     extra: dict[str, Any] = {}
     if spec.active_deadline_seconds is not None:
         extra["activeDeadlineSeconds"] = spec.active_deadline_seconds

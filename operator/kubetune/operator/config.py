@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from kubetune.api.v1alpha1 import DEFAULT_TRAINER_IMAGE
 
@@ -22,6 +23,9 @@ class OperatorConfig:
     default_s3_region: str | None
     metrics_port: int
     health_port: int
+    trainer_metrics_port: int = 9090  # where each training pod serves /metrics
+    pushgateway_url: str | None = None  # trainers push here; the operator deletes a deleted job's group
+    push_interval_seconds: int = 15
 
     @property
     def clusterwide(self) -> bool:
@@ -37,6 +41,20 @@ class OperatorConfig:
                 raise ConfigError(f"{name}={raw!r}: expected a TCP port number")
             return int(raw)
 
+        def pushgateway() -> str | None:
+            raw = env.get("KUBETUNE_PUSHGATEWAY_URL", "").strip()
+            if not raw:
+                return None
+            parsed = urlparse(raw)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ConfigError(
+                    f"KUBETUNE_PUSHGATEWAY_URL={raw!r}: expected http(s)://host[:port], e.g. http://pushgateway.monitoring:9091"
+                )
+            return raw.rstrip("/")
+
+        interval = env.get("KUBETUNE_PUSH_INTERVAL_SECONDS", "15")
+        if not interval.isdigit() or not 1 <= int(interval) <= 3600:
+            raise ConfigError(f"KUBETUNE_PUSH_INTERVAL_SECONDS={interval!r}: expected whole seconds from 1 to 3600")
         policy = env.get("KUBETUNE_IMAGE_PULL_POLICY", "IfNotPresent")
         if policy not in ("Always", "IfNotPresent", "Never"):
             raise ConfigError(f"KUBETUNE_IMAGE_PULL_POLICY={policy!r}: expected Always, IfNotPresent or Never")
@@ -49,4 +67,7 @@ class OperatorConfig:
             default_s3_region=env.get("KUBETUNE_DEFAULT_S3_REGION") or None,
             metrics_port=port("KUBETUNE_METRICS_PORT", 8080),
             health_port=port("KUBETUNE_HEALTH_PORT", 8081),
+            trainer_metrics_port=port("KUBETUNE_TRAINER_METRICS_PORT", 9090),
+            pushgateway_url=pushgateway(),
+            push_interval_seconds=int(interval),
         )

@@ -91,6 +91,20 @@ class Kube:
                 return None
             raise
 
+    def finetunejob_keys(self, namespaces: tuple[str, ...]) -> set[tuple[str, str]]:
+        """(namespace, name) of every FineTuneJob in ``namespaces`` (all namespaces when empty)."""
+        if namespaces:
+            listings = [
+                self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL) for namespace in namespaces
+            ]
+        else:
+            listings = [self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)]
+        return {
+            (item["metadata"]["namespace"], item["metadata"]["name"])
+            for listing in listings
+            for item in listing.get("items", [])
+        }
+
     # ------------------------------------------------------------------ writes
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         kind = manifest["kind"]

@@ -17,10 +17,12 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
-from kubetune.operator import children, metrics
+from kubetune.operator import children, pushgateway
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.kube import Kube
+from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.reconcile import forget, reconcile
+from kubetune.operator.status import FAILURE_REASONS
 
 log = logging.getLogger("kubetune.operator")
 FINETUNEJOBS = (GROUP, VERSION, PLURAL)
@@ -50,12 +52,21 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 8
-    memo["metrics_server"] = metrics.serve(config.metrics_port)
+    memo["metrics"] = OperatorMetrics(FAILURE_REASONS)
+    memo["metrics_server"] = memo["metrics"].serve(config.metrics_port)
+    if config.pushgateway_url:
+        kube: Kube = memo["kube"]
+        memo["sweeper"] = pushgateway.Sweeper(
+            config.pushgateway_url, lambda: kube.finetunejob_keys(config.namespaces), config.namespaces
+        ).start()
     log.info("kubetune operator started (namespaces: %s)", ", ".join(config.namespaces) or "all")
 
 
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    sweeper = memo.get("sweeper")
+    if sweeper is not None:
+        sweeper.stop()
     server = memo.get("metrics_server")
     if server is not None:
         server.shutdown()
@@ -68,7 +79,7 @@ def _emit(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
 
 def _run(namespace: str, name: str, memo: kopf.Memo) -> None:
     try:
-        outcome = reconcile(namespace, name, memo["kube"], memo["config"], _emit)
+        outcome = reconcile(namespace, name, memo["kube"], memo["config"], _emit, memo["metrics"])
     except (ApiException, HTTPError) as err:
         status = getattr(err, "status", None)
         if status is not None and 400 <= status < 500 and status not in (404, 409, 429):
@@ -107,7 +118,10 @@ def on_finetunejob(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None
 def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     """Status written by the trainer (progress, pre-flight, result) is not a spec change."""
     if event.get("type") == "DELETED":
-        forget(namespace, name)
+        forget(namespace, name, memo["metrics"])
+        config: OperatorConfig = memo["config"]
+        if config.pushgateway_url:
+            pushgateway.delete_trainer_group(config.pushgateway_url, namespace, name)
     elif event.get("type") == "MODIFIED":
         _run_from_event(namespace, name, memo)
 

@@ -1,57 +1,292 @@
-"""The operator's Prometheus metrics (served on KUBETUNE_METRICS_PORT at /metrics)."""
+"""The operator's Prometheus metrics, served at ``/metrics`` on ``KUBETUNE_METRICS_PORT``.
+
+Every family is documented in ``docs/metrics.md`` (a test compares it with a live scrape).
+Label values are bounded: namespaces, the API's phases, the condition reasons this operator
+defines, and, for per-job series, the names of FineTuneJobs that are still active.
+
+Two kinds of families:
+
+- what happened (counters, histograms), observed when a reconcile sees a transition. Each is
+  judged from the status the operator itself wrote before, so a restarted operator or a
+  duplicate watch event never counts a transition twice;
+- what is (gauges, GPU-seconds), computed at scrape time by :class:`FleetCollector` from what
+  the latest reconcile of each job saw.
+
+Later families (drift monitoring is planned) register on the same :class:`OperatorMetrics`
+registry.
+"""
 
 from __future__ import annotations
 
+import platform
 import threading
-from wsgiref.simple_server import WSGIServer
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 import kubetune
+from kubetune.api.v1alpha1 import TERMINAL_PHASES, Phase
+from kubetune.telemetry import FINETUNEJOB_LABEL, NAMESPACE_LABEL
 
-FINETUNEJOBS = Gauge("kubetune_finetunejobs", "FineTuneJobs by namespace and phase.", ("namespace", "phase"))
-TRANSITIONS = Counter(
-    "kubetune_phase_transitions", "FineTuneJob phase changes.", ("namespace", "from_phase", "to_phase")
-)
-RECONCILE_DURATION = Histogram(
-    "kubetune_reconcile_duration_seconds",
-    "Time to reconcile one FineTuneJob.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-RECONCILE_ERRORS = Counter("kubetune_reconcile_errors", "Reconciles that raised, by exception type.", ("reason",))
-BUILD = Info("kubetune_build", "kubetune operator build information.")
-BUILD.info({"version": kubetune.__version__})
+# Waiting (creation to Job, creation to Running): seconds to a day, GPU queues can be long.
+WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
+# A whole job: minutes to a week.
+RUN_BUCKETS = (60, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800, 604800)
+RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+ACTIVE_PHASES = tuple(str(p) for p in Phase if p not in TERMINAL_PHASES)
 
-_phases: dict[tuple[str, str], str] = {}
-_lock = threading.Lock()
+# No *_created series: nothing here queries them, and they double the number of series.
+disable_created_metrics()
 
 
-def _refresh() -> None:
-    counts: dict[tuple[str, str], int] = {}
-    for (namespace, _), phase in _phases.items():
-        counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
-    FINETUNEJOBS.clear()
-    for (namespace, phase), count in counts.items():
-        FINETUNEJOBS.labels(namespace=namespace, phase=phase).set(count)
+def parse_time(value: Any) -> float | None:
+    """A Kubernetes timestamp (``2026-12-01T10:00:00Z``) as Unix seconds; None if absent or malformed."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
-def record_phase(namespace: str, name: str, phase: str) -> None:
-    with _lock:
-        _phases[(namespace, name)] = phase
-        _refresh()
+def phase_entered(status: dict[str, Any], phase: str, created: float | None) -> float | None:
+    """When the job entered ``phase``, judged from its status (for a job first seen after a restart).
+
+    Phases with a condition of their own (Running, Suspended, Succeeded, Failed) have its
+    lastTransitionTime; Pending and Queued follow a passed validation; Validating starts at creation.
+    """
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if isinstance(c, dict)}
+    own = conditions.get(phase)
+    if own is not None and own.get("status") == "True":
+        return parse_time(own.get("lastTransitionTime")) or created
+    validated = conditions.get("Validated")
+    if phase in (Phase.PENDING, Phase.QUEUED) and validated is not None and validated.get("status") == "True":
+        return parse_time(validated.get("lastTransitionTime")) or created
+    return created
 
 
-def record_transition(namespace: str, old: str | None, new: str) -> None:
-    TRANSITIONS.labels(namespace=namespace, from_phase=old or "New", to_phase=new).inc()
+@dataclass(frozen=True)
+class Observation:
+    """What one reconcile of one FineTuneJob saw, as the metrics need it."""
+
+    namespace: str
+    name: str
+    phase: str
+    previous_phase: str | None  # status.phase before this reconcile (None: never reconciled)
+    reason: str  # the verdict's reason (for Failed: why)
+    created: float | None  # metadata.creationTimestamp
+    gpus: int  # GPUs the training pod requests (0 for an invalid spec)
+    phase_entered: float | None  # when it entered ``phase`` if it did not just now (status evidence)
+    first_running: bool  # Running for the first time (the status had no startTime yet)
+    training_job_created: float | None  # set once: the training Job's creationTimestamp when first seen
 
 
-def forget(namespace: str, name: str) -> None:
-    with _lock:
-        _phases.pop((namespace, name), None)
-        _refresh()
+@dataclass
+class _TrackedJob:
+    phase: str
+    since: float
+    gpus: int
+    running_since: float | None = None
 
 
-def serve(port: int) -> WSGIServer:
-    """Serve ``/metrics`` on ``port`` in a background thread; the caller shuts the server down."""
-    server, _thread = start_http_server(port)
-    return server
+class Fleet:
+    """Per-job state for the gauges, and GPU-seconds, which grow while a job is Running.
+
+    A job first seen Running by this process counts from the later of its start and this
+    process's start, so a restarted operator does not count the time before it again.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._started = clock()
+        self._jobs: dict[tuple[str, str], _TrackedJob] = {}
+        self._finished_gpu_seconds: defaultdict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def update(self, seen: Observation, now: float) -> None:
+        key = (seen.namespace, seen.name)
+        with self._lock:
+            tracked = self._jobs.get(key)
+            if tracked is not None and tracked.phase == seen.phase:
+                tracked.gpus = seen.gpus
+                return
+            if tracked is not None:
+                self._stop_gpu_clock(seen.namespace, tracked, now)
+            changed_now = seen.previous_phase != seen.phase or tracked is not None
+            since = now if changed_now else (seen.phase_entered or now)
+            tracked = _TrackedJob(phase=seen.phase, since=min(since, now), gpus=seen.gpus)
+            if seen.phase == Phase.RUNNING:
+                tracked.running_since = max(tracked.since, self._started)
+            self._jobs[key] = tracked
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            tracked = self._jobs.pop((namespace, name), None)
+            if tracked is not None:
+                self._stop_gpu_clock(namespace, tracked, self._clock())
+
+    def _stop_gpu_clock(self, namespace: str, tracked: _TrackedJob, now: float) -> None:
+        if tracked.running_since is not None:
+            self._finished_gpu_seconds[namespace] += tracked.gpus * max(0.0, now - tracked.running_since)
+            tracked.running_since = None
+
+    def families(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        now = self._clock()
+        with self._lock:
+            jobs = dict(self._jobs)
+            gpu_seconds = dict(self._finished_gpu_seconds)
+        by_phase: defaultdict[tuple[str, str], int] = defaultdict(int)
+        in_use: defaultdict[str, int] = defaultdict(int)
+        since = GaugeMetricFamily(
+            "kubetune_finetunejob_phase_timestamp_seconds",
+            "Unix time at which an active FineTuneJob entered its current phase (label phase); "
+            "one series per active job.",
+            labels=(NAMESPACE_LABEL, FINETUNEJOB_LABEL, "phase"),
+        )
+        for (namespace, name), job in sorted(jobs.items()):
+            by_phase[(namespace, job.phase)] += 1
+            gpu_seconds.setdefault(namespace, 0.0)
+            if job.running_since is not None:
+                in_use[namespace] += job.gpus
+                gpu_seconds[namespace] += job.gpus * max(0.0, now - job.running_since)
+            if job.phase in ACTIVE_PHASES:
+                since.add_metric((namespace, name, job.phase), job.since)
+        phases = GaugeMetricFamily(
+            "kubetune_finetunejobs", "FineTuneJobs by namespace and phase.", labels=(NAMESPACE_LABEL, "phase")
+        )
+        for namespace in sorted(gpu_seconds):  # every namespace seen, every phase: absent is not 0 in PromQL
+            for phase in Phase:
+                phases.add_metric((namespace, str(phase)), by_phase.get((namespace, str(phase)), 0))
+        gpus = GaugeMetricFamily(
+            "kubetune_gpus_in_use", "GPUs requested by Running FineTuneJobs.", labels=(NAMESPACE_LABEL,)
+        )
+        used = CounterMetricFamily(
+            "kubetune_gpu_seconds",
+            "GPU-seconds used by FineTuneJobs while Running (divide by 3600 for GPU-hours).",
+            labels=(NAMESPACE_LABEL,),
+        )
+        for namespace in sorted(gpu_seconds):
+            gpus.add_metric((namespace,), in_use.get(namespace, 0))
+            used.add_metric((namespace,), gpu_seconds[namespace])
+        yield from (phases, since, gpus, used)
+
+
+class FleetCollector(Collector):
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        return self.fleet.families()
+
+
+class OperatorMetrics:
+    """All operator families on one registry; one instance per operator process."""
+
+    def __init__(self, failure_reasons: tuple[str, ...], clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry()
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(standard)
+        self.clock = clock
+        self.failure_reasons = failure_reasons
+        self.fleet = Fleet(clock)
+        self.registry.register(FleetCollector(self.fleet))
+        labels = (NAMESPACE_LABEL,)
+        self.transitions = Counter(
+            "kubetune_finetunejob_phase_transitions",
+            "FineTuneJob phase changes.",
+            (*labels, "from_phase", "to_phase"),
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            "kubetune_finetunejob_failures",
+            "FineTuneJobs that failed, by the reason of their Failed condition.",
+            (*labels, "reason"),
+            registry=self.registry,
+        )
+        self.reconcile_duration = Histogram(
+            "kubetune_reconcile_duration_seconds",
+            "Time to reconcile one FineTuneJob.",
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
+        self.reconcile_errors = Counter(
+            "kubetune_reconcile_errors",
+            "Reconciles that raised, by exception type.",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.job_creation_delay = Histogram(
+            "kubetune_finetunejob_job_creation_delay_seconds",
+            "From FineTuneJob creation to its training Job's creation (validation and pre-flight).",
+            labels,
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_time = Histogram(
+            "kubetune_finetunejob_queue_seconds",
+            "From FineTuneJob creation to its trainer first running (validation, pre-flight, queue, scheduling).",
+            labels,
+            buckets=WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "kubetune_finetunejob_duration_seconds",
+            "From FineTuneJob creation to Succeeded or Failed (label outcome).",
+            (*labels, "outcome"),
+            buckets=RUN_BUCKETS,
+            registry=self.registry,
+        )
+        Info("kubetune_build", "kubetune operator build information.", registry=self.registry).info(
+            {"version": kubetune.__version__, "python_version": platform.python_version()}
+        )
+        self._namespaces: set[str] = set()
+        self._lock = threading.Lock()
+
+    def observe(self, seen: Observation) -> None:
+        now = self.clock()
+        self._first_sight(seen.namespace)
+        if seen.previous_phase != seen.phase:
+            self.transitions.labels(seen.namespace, seen.previous_phase or "New", seen.phase).inc()
+            if seen.phase == Phase.FAILED:
+                self.failures.labels(seen.namespace, seen.reason).inc()
+            if seen.phase in TERMINAL_PHASES and seen.created is not None:
+                self.duration.labels(seen.namespace, seen.phase).observe(max(0.0, now - seen.created))
+        if seen.first_running and seen.created is not None:
+            self.queue_time.labels(seen.namespace).observe(max(0.0, now - seen.created))
+        if seen.training_job_created is not None and seen.created is not None:
+            self.job_creation_delay.labels(seen.namespace).observe(max(0.0, seen.training_job_created - seen.created))
+        self.fleet.update(seen, now)
+
+    def _first_sight(self, namespace: str) -> None:
+        """Failure counters start at 0 for every reason, so the first failure is an increase."""
+        with self._lock:
+            if namespace in self._namespaces:
+                return
+            self._namespaces.add(namespace)
+        for reason in self.failure_reasons:
+            self.failures.labels(namespace, reason)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.fleet.forget(namespace, name)
+
+    def serve(self, port: int) -> Any:
+        """Serve ``/metrics`` on ``port`` in a background thread; returns the server to shut down."""
+        server, _thread = start_http_server(port, registry=self.registry)
+        return server

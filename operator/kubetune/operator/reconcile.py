@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubetune.api.v1alpha1 import TERMINAL_PHASES, FineTuneJobSpec, Phase
-from kubetune.operator import children, metrics, validation
+from kubetune.operator import children, validation
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.kube import Kube, NotOwned, owned_by
+from kubetune.operator.metrics import Observation, OperatorMetrics, parse_time, phase_entered
 from kubetune.operator.status import Observed, Verdict, derive_status, job_condition
 
 EmitEvent = Callable[[dict[str, Any], str, str, str], None]  # (body, type, reason, message)
@@ -83,7 +84,9 @@ def _status_changed(previous: dict[str, Any], new: dict[str, Any]) -> bool:
     return any(previous.get(key) != value for key, value in new.items())
 
 
-def reconcile(namespace: str, name: str, kube: Kube, config: OperatorConfig, emit: EmitEvent) -> Outcome | None:
+def reconcile(
+    namespace: str, name: str, kube: Kube, config: OperatorConfig, emit: EmitEvent, metrics: OperatorMetrics
+) -> Outcome | None:
     """Reconcile one FineTuneJob; ``None`` when it no longer exists.
 
     Triggers can race (a Job event and the FineTuneJob's own event); a per-job lock
@@ -94,22 +97,26 @@ def reconcile(namespace: str, name: str, kube: Kube, config: OperatorConfig, emi
         try:
             body = kube.read_finetunejob(namespace, name)
             if body is None or body.get("metadata", {}).get("deletionTimestamp"):
-                forget(namespace, name)
+                forget(namespace, name, metrics)
                 return None
-            return _reconcile(body, kube, config, emit)
+            return _reconcile(body, kube, config, emit, metrics)
         except Exception as err:
-            metrics.RECONCILE_ERRORS.labels(reason=type(err).__name__).inc()
+            metrics.reconcile_errors.labels(type(err).__name__).inc()
             raise
         finally:
-            metrics.RECONCILE_DURATION.observe(time.perf_counter() - started)
+            metrics.reconcile_duration.observe(time.perf_counter() - started)
 
 
-def _reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, emit: EmitEvent) -> Outcome:
+def _reconcile(
+    body: dict[str, Any], kube: Kube, config: OperatorConfig, emit: EmitEvent, metrics: OperatorMetrics
+) -> Outcome:
     owner = children.Owner.from_body(body)
     previous_status = dict(body.get("status") or {})
     previous_phase = previous_status.get("phase")
     if previous_phase in TERMINAL_PHASES:
-        return _settled(body, kube, Phase(previous_phase))
+        outcome = _settled(body, kube, Phase(previous_phase))
+        metrics.observe(_observation(body, outcome.verdict, previous_phase, gpus=0, training_job_created=None))
+        return outcome
     job_recorded = previous_status.get("jobName") is not None
     spec, problem = _validate(body, kube, check_references=not job_recorded)
     spec_error = (problem.reason, problem.message) if problem else None
@@ -146,10 +153,39 @@ def _reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, emit: E
     if previous_phase != str(verdict.phase):
         kind = "Warning" if verdict.phase == Phase.FAILED else "Normal"
         emit(body, kind, f"Phase{verdict.phase}", f"{previous_phase or 'New'} -> {verdict.phase}: {verdict.message}")
-        metrics.record_transition(owner.namespace, previous_phase, str(verdict.phase))
-    metrics.record_phase(owner.namespace, owner.name, str(verdict.phase))
+    training_job_created = None
+    if training is not None and not job_recorded:  # the first reconcile to see the training Job
+        training_job_created = parse_time(training["metadata"].get("creationTimestamp")) or time.time()
+    gpus = spec.resources.gpus if spec is not None else 0
+    metrics.observe(_observation(body, verdict, previous_phase, gpus=gpus, training_job_created=training_job_created))
     permanent = verdict.phase == Phase.FAILED and (spec_error is not None or name_conflict is not None)
     return Outcome(verdict.phase, verdict, permanent)
+
+
+def _observation(
+    body: dict[str, Any],
+    verdict: Verdict,
+    previous_phase: str | None,
+    *,
+    gpus: int,
+    training_job_created: float | None,
+) -> Observation:
+    """What the metrics need from this reconcile; ``body`` carries the status from before it."""
+    meta, status = body["metadata"], dict(body.get("status") or {})
+    created = parse_time(meta.get("creationTimestamp"))
+    phase = str(verdict.phase)
+    return Observation(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        phase=phase,
+        previous_phase=previous_phase,
+        reason=verdict.reason,
+        created=created,
+        gpus=gpus,
+        phase_entered=phase_entered(status, phase, created),
+        first_running=verdict.phase == Phase.RUNNING and not status.get("startTime"),
+        training_job_created=training_job_created,
+    )
 
 
 def _validate(
@@ -173,7 +209,6 @@ def _settled(body: dict[str, Any], kube: Kube, phase: Phase) -> Outcome:
     meta, status = body["metadata"], body.get("status") or {}
     if meta.get("generation") is not None and status.get("observedGeneration") != meta["generation"]:
         kube.patch_finetunejob_status(meta["namespace"], meta["name"], {"observedGeneration": meta["generation"]})
-    metrics.record_phase(meta["namespace"], meta["name"], str(phase))
     condition: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == str(phase)), {})
     verdict = Verdict(phase, condition.get("reason", str(phase)), condition.get("message", ""))
     return Outcome(phase, verdict, permanent_failure=False)
@@ -183,6 +218,6 @@ def _finished(job: dict[str, Any]) -> bool:
     return bool(job_condition(job, "Complete") or job_condition(job, "Failed"))
 
 
-def forget(namespace: str, name: str) -> None:
+def forget(namespace: str, name: str, metrics: OperatorMetrics) -> None:
     metrics.forget(namespace, name)
     _locks.pop((namespace, name), None)

@@ -12,6 +12,24 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import Phase
 
+# Every reason a Failed condition can carry: validation.check_references' problems, the
+# manifest parser's, and decide()'s own (tests keep this list complete). Bounded, so it is
+# safe as a metric label.
+FAILURE_REASONS = (
+    "InvalidSpec",
+    "SecretNotFound",
+    "SecretKeyMissing",
+    "SecretKeyEmpty",
+    "ConfigMapNotFound",
+    "ConfigMapKeyMissing",
+    "PersistentVolumeClaimNotFound",
+    "ServiceAccountNotFound",
+    "NameConflict",
+    "PreflightFailed",
+    "TrainingFailed",
+    "TrainingJobLost",
+)
+
 # Conditions that are True exactly while the job is in one phase.
 PHASE_CONDITIONS = (
     ("Running", Phase.RUNNING),
@@ -207,9 +225,11 @@ def render_status(
     if progress.get("step") is not None and progress.get("totalSteps"):
         status["progressText"] = f"{progress['step']}/{progress['totalSteps']}"
     job_status = (observed.training_job or {}).get("status", {})
-    start = previous_status.get("startTime") or job_status.get("startTime")
-    if start is None and phase == Phase.RUNNING:
-        start = now
+    # When the trainer first ran, not when the Job controller started the Job (its pod may wait
+    # for a GPU for hours): the queue-time metric counts to this moment.
+    start = previous_status.get("startTime") or (now if phase == Phase.RUNNING else None)
+    if start is None and phase in (Phase.SUCCEEDED, Phase.FAILED):
+        start = job_status.get("startTime")  # finished before the operator saw it running
     if start is not None:
         status["startTime"] = start
     if phase in (Phase.SUCCEEDED, Phase.FAILED):
