@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kubetune_trainer.data.types import Example, Message
-from kubetune_trainer.tensors.batching import RowCollator, batch_stats, pack_examples, single_rows
+from kubetune_trainer.tensors.batching import MeteredCollator, RowCollator, TokenMeter, pack_examples, single_rows
 from kubetune_trainer.tensors.encode import IGNORE_INDEX, encode_example, prompt_ids
 
 
@@ -93,6 +93,21 @@ def test_padding_is_masked_and_counted(tokenizer_dir: Path) -> None:
     )
     padded = batch["attention_mask"] == 0
     assert bool((batch["labels"][padded] == IGNORE_INDEX).all())
-    stats = batch_stats(rows, batch_size=3)
-    assert stats.padding_fraction == 1 - stats.real_tokens / stats.tokens > 0.3
-    assert batch_stats(pack_examples(examples, 64), batch_size=1).padding_fraction == 0.0
+    lengths = [len(r.input_ids) for r in rows]
+    meter = TokenMeter()
+    collate = MeteredCollator(RowCollator(tokenizer.pad_token_id, packed=False), meter)
+    collate([{"input_ids": r.input_ids, "labels": r.labels, "position_ids": r.position_ids} for r in rows])
+    assert meter.counts.positions == 0, "a batch counts once a training step consumes it, not when it is fetched"
+    meter.consumed()
+    counts = meter.counts
+    assert counts.positions == 3 * max(lengths) and counts.tokens == sum(lengths)
+    targets = sum(1 for r in rows for label in r.labels[1:] if label != IGNORE_INDEX)
+    assert counts.trained == targets > 0
+    assert counts.padding_ratio == 1 - sum(lengths) / (3 * max(lengths)) > 0.3
+    packed = TokenMeter()
+    row = pack_examples(examples, 64)[0]
+    MeteredCollator(RowCollator(tokenizer.pad_token_id, packed=True), packed)(
+        [{"input_ids": row.input_ids, "labels": row.labels, "position_ids": row.position_ids}]
+    )
+    packed.consumed()
+    assert packed.counts.padding_ratio == 0.0 and packed.counts.tokens == len(row.input_ids)

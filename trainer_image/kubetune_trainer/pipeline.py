@@ -84,21 +84,23 @@ def run_pipeline(job: FineTuneJob, *, mode: Mode, workdir: Path, max_steps: int 
         reporters=reporters,
         max_steps=max_steps,
     )
+    exit_code = EXIT_RETRYABLE  # what Python exits with if an unexpected exception propagates
     try:
-        return _run_stages(ctx)
+        exit_code = _run_stages(ctx)
     except ConfigurationError as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         if "plan" not in ctx.clock.durations:
             # Model, data or plan failed: that is the pre-flight failing; say why in status.
             ctx.reporters.preflight(PreflightReport(passed=False, message=str(err)[:4000]))
-        return EXIT_CONFIG
+        exit_code = EXIT_CONFIG
     except StorageError as err:
         log.error("storage: %s", err)
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_RETRYABLE
+        exit_code = EXIT_RETRYABLE
     finally:
-        reporters.close()
+        reporters.close(exit_code)
+    return exit_code
 
 
 def _run_stages(ctx: RunContext) -> int:

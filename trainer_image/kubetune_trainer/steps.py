@@ -165,6 +165,8 @@ def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved
             chat_template=model.chat_template,
             max_steps=ctx.max_steps,
             on_progress=ctx.reporters.progress,
+            on_metrics=ctx.reporters.training_metrics,
+            on_checkpoint=ctx.reporters.checkpoint_uploaded,
         )
     )
 

@@ -1,58 +1,114 @@
-"""Where the trainer reports what it is doing: console, FineTuneJob status, Prometheus."""
+"""Where the trainer reports what it is doing: console, FineTuneJob status, Prometheus.
+
+Stages, progress, the plan and the result use the API's status models. The training loop's
+finer numbers (learning rate, throughput, memory), which have no place in the FineTuneJob
+status, travel as :class:`TrainingMetrics`. Each reporter overrides what it shows.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Protocol
+from dataclasses import dataclass
 
 from kubetune.api.v1alpha1 import FineTuneJob, PreflightReport, Progress, ResolvedTraining, TrainerResult
+from kubetune.telemetry import ENV_METRICS_PORT, ENV_PUSH_INTERVAL, ENV_PUSHGATEWAY_URL
+
+log = logging.getLogger(__name__)
 
 
-class Reporter(Protocol):
-    def stage(self, name: str) -> None: ...
-    def progress(self, progress: Progress) -> None: ...
-    def preflight(self, report: PreflightReport) -> None: ...
-    def resolved(self, resolved: ResolvedTraining) -> None: ...
-    def result(self, result: TrainerResult) -> None: ...
-    def close(self) -> None: ...
+@dataclass(frozen=True)
+class TrainingMetrics:
+    """The loop's numbers at one logging step (rates over the window since the previous one)."""
+
+    learning_rate: float | None
+    tokens_per_second: float  # input tokens, padding excluded
+    trained_tokens_per_second: float  # tokens that carry loss (the answers)
+    tokens: int  # input tokens trained on by this process so far, padding excluded
+    trained_tokens: int
+    padding_ratio: float  # padding share of the positions in the window's batches
+    host_memory_peak_bytes: int  # the process's peak resident memory
+    accelerator_memory_peak_bytes: int | None  # GPU memory PyTorch's allocator reserved at peak; None on CPU
 
 
-class Reporters:
+class Reporter:
+    """Every report is optional: the base class ignores them all."""
+
+    def stage(self, name: str) -> None:
+        """The pipeline entered stage ``name``."""
+
+    def progress(self, progress: Progress) -> None:
+        """Training moved (step, epoch, losses)."""
+
+    def training_metrics(self, metrics: TrainingMetrics) -> None:
+        """Throughput, learning rate and memory at a logging step."""
+
+    def checkpoint_uploaded(self, step: int) -> None:
+        """A checkpoint of ``step`` is safely in storage."""
+
+    def preflight(self, report: PreflightReport) -> None:
+        """The pre-flight verdict."""
+
+    def resolved(self, resolved: ResolvedTraining) -> None:
+        """The values training will use, ``auto`` ones resolved."""
+
+    def result(self, result: TrainerResult) -> None:
+        """The run is published."""
+
+    def close(self, exit_code: int) -> None:
+        """The process is about to exit with ``exit_code``."""
+
+
+class Reporters(Reporter):
     """Fans every report out to each reporter."""
 
     def __init__(self, reporters: list[Reporter]) -> None:
         self.reporters = reporters
 
     def stage(self, name: str) -> None:
-        for r in self.reporters:
-            r.stage(name)
+        for reporter in self.reporters:
+            reporter.stage(name)
 
     def progress(self, progress: Progress) -> None:
-        for r in self.reporters:
-            r.progress(progress)
+        for reporter in self.reporters:
+            reporter.progress(progress)
+
+    def training_metrics(self, metrics: TrainingMetrics) -> None:
+        for reporter in self.reporters:
+            reporter.training_metrics(metrics)
+
+    def checkpoint_uploaded(self, step: int) -> None:
+        for reporter in self.reporters:
+            reporter.checkpoint_uploaded(step)
 
     def preflight(self, report: PreflightReport) -> None:
-        for r in self.reporters:
-            r.preflight(report)
+        for reporter in self.reporters:
+            reporter.preflight(report)
 
     def resolved(self, resolved: ResolvedTraining) -> None:
-        for r in self.reporters:
-            r.resolved(resolved)
+        for reporter in self.reporters:
+            reporter.resolved(resolved)
 
     def result(self, result: TrainerResult) -> None:
-        for r in self.reporters:
-            r.result(result)
+        for reporter in self.reporters:
+            reporter.result(result)
 
-    def close(self) -> None:
-        for r in self.reporters:
-            r.close()
+    def close(self, exit_code: int) -> None:
+        for reporter in self.reporters:
+            reporter.close(exit_code)
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def build_reporters(job: FineTuneJob, *, console: bool) -> Reporters:
     """The reporters this process should use, chosen from the environment.
 
     ``KUBETUNE_REPORT_STATUS=true`` (set by the operator) patches the job's status;
-    ``KUBETUNE_METRICS_PORT`` serves Prometheus metrics; the console is for people.
+    ``KUBETUNE_METRICS_PORT`` serves Prometheus metrics and ``KUBETUNE_PUSHGATEWAY_URL`` pushes
+    them; the console is for people. Under torchrun only rank 0 reports to Kubernetes and
+    Prometheus (one writer per job).
     """
     reporters: list[Reporter] = []
     if console:
@@ -63,14 +119,35 @@ def build_reporters(job: FineTuneJob, *, console: bool) -> Reporters:
         from kubetune_trainer.reporting.console import LogReporter
 
         reporters.append(LogReporter())
-    if os.environ.get("KUBETUNE_REPORT_STATUS", "").lower() == "true" and int(os.environ.get("RANK", "0")) == 0:
+    if os.environ.get("KUBETUNE_REPORT_STATUS", "").lower() == "true" and _is_main_process():
         from kubetune_trainer.reporting.kubernetes import KubernetesStatusReporter
 
         reporters.append(KubernetesStatusReporter.from_environment())
-    port = os.environ.get("KUBETUNE_METRICS_PORT")
-    if port and int(os.environ.get("RANK", "0")) == 0:
+    port = os.environ.get(ENV_METRICS_PORT, "").strip()
+    pushgateway = os.environ.get(ENV_PUSHGATEWAY_URL, "").strip()
+    if (port or pushgateway) and _is_main_process():
         from kubetune_trainer.reporting.prometheus import PrometheusReporter
 
-        namespace = os.environ.get("KUBETUNE_JOB_NAMESPACE", "local")
-        reporters.append(PrometheusReporter(namespace, str(job.metadata.get("name", "job")), port=int(port)))
+        # In a pod the operator names the job; locally the manifest does.
+        namespace = os.environ.get("KUBETUNE_JOB_NAMESPACE") or str(job.metadata.get("namespace") or "default")
+        name = os.environ.get("KUBETUNE_JOB_NAME") or str(job.metadata.get("name") or "finetunejob")
+        reporters.append(
+            PrometheusReporter(
+                namespace,
+                name,
+                port=_setting(ENV_METRICS_PORT, port),
+                pushgateway=pushgateway or None,
+                push_interval=_setting(ENV_PUSH_INTERVAL, os.environ.get(ENV_PUSH_INTERVAL, "")) or 15,
+            )
+        )
     return Reporters(reporters)
+
+
+def _setting(name: str, raw: str) -> int | None:
+    """A whole number from the environment; a bad one is logged and ignored, never fatal to a run."""
+    if not raw:
+        return None
+    if raw.isdigit():
+        return int(raw)
+    log.warning("ignoring %s=%r: expected a whole number", name, raw)
+    return None

@@ -18,6 +18,7 @@ from rich.progress import (
 
 from kubetune.api.v1alpha1 import PreflightReport, ResolvedTraining, TrainerResult
 from kubetune.api.v1alpha1 import Progress as TrainingProgress
+from kubetune_trainer.reporting import Reporter
 
 log = logging.getLogger("kubetune")
 
@@ -33,7 +34,7 @@ def _describe(progress: TrainingProgress) -> str:
     return "  ".join(parts)
 
 
-class ConsoleReporter:
+class ConsoleReporter(Reporter):
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self._bar: Progress | None = None
@@ -89,14 +90,14 @@ class ConsoleReporter:
             self._bar = None
             self._task = None
 
-    def close(self) -> None:
+    def close(self, exit_code: int) -> None:
         self._finish_bar()
         if self._stage is not None:
             self.console.print(f"[green]✓[/] {self._stage} ({time.perf_counter() - self._stage_started:.1f} s)")
             self._stage = None
 
 
-class LogReporter:
+class LogReporter(Reporter):
     """Plain log lines (pods have no terminal); progress at most every 30 s."""
 
     def __init__(self, interval: float = 30.0) -> None:
@@ -126,6 +127,3 @@ class LogReporter:
 
     def result(self, result: TrainerResult) -> None:
         log.info("published %s -> %s (promoted: %s)", result.version, result.manifest_uri, result.promoted)
-
-    def close(self) -> None:
-        pass

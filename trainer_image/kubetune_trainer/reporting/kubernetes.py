@@ -15,11 +15,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION, PreflightReport, Progress, ResolvedTraining, TrainerResult
+from kubetune_trainer.reporting import Reporter
 
 log = logging.getLogger(__name__)
 
 
-class KubernetesStatusReporter:
+class KubernetesStatusReporter(Reporter):
     def __init__(self, api: Any, namespace: str, name: str, *, min_interval: float = 5.0) -> None:
         self.api = api  # kubernetes.client.CustomObjectsApi
         self.namespace = namespace
@@ -85,7 +86,7 @@ class KubernetesStatusReporter:
             pending, self._pending = self._pending, None
             self._patch({"progress": pending.model_copy(update={"updated_at": _now()}).to_manifest()})
 
-    def close(self) -> None:
+    def close(self, exit_code: int) -> None:
         self._flush()
 
 

@@ -13,8 +13,9 @@ Trainer's length-grouped sampler keeps batches of similar lengths.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -112,28 +113,57 @@ class RowCollator:
 
 
 @dataclass(frozen=True)
-class BatchStats:
-    tokens: int  # all positions in all batches, padding included
-    real_tokens: int
-    trained_tokens: int
+class TokenCounts:
+    positions: int = 0  # every position of every batch, padding included
+    tokens: int = 0  # input tokens, padding excluded
+    trained: int = 0  # tokens the loss is computed on (targets, after the causal shift)
 
     @property
-    def padding_fraction(self) -> float:
-        return 1.0 - self.real_tokens / self.tokens if self.tokens else 0.0
+    def padding_ratio(self) -> float:
+        return 1.0 - self.tokens / self.positions if self.positions else 0.0
+
+    def __add__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(self.positions + other.positions, self.tokens + other.tokens, self.trained + other.trained)
+
+    def __sub__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(self.positions - other.positions, self.tokens - other.tokens, self.trained - other.trained)
 
 
-def batch_stats(rows: Sequence[Row], batch_size: int) -> BatchStats:
-    """Token accounting for one epoch with batches of ``batch_size`` rows, longest-first.
+@dataclass
+class TokenMeter:
+    """What the training batches held: throughput and padding are measured, not estimated from
+    the rows (the sampler's order decides the padding).
 
-    An estimate of the sampler's order (which shuffles): exact for packing, where rows are
-    nearly equal, and a lower bound on padding otherwise.
+    Batches are counted when collated and committed when a training step consumes them: data
+    loaders fetch ahead, and a batch fetched for the next step must not count in this one.
     """
-    lengths = sorted((len(r.input_ids) for r in rows), reverse=True)
-    total = sum(
-        max(lengths[i : i + batch_size]) * len(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size)
-    )
-    trained = sum(sum(1 for label in r.labels if label != IGNORE_INDEX) for r in rows)
-    return BatchStats(tokens=total, real_tokens=sum(lengths), trained_tokens=trained)
+
+    counts: TokenCounts = field(default_factory=TokenCounts)
+    _collated: deque[TokenCounts] = field(default_factory=deque, repr=False)
+
+    def collated(self, batch: TokenCounts) -> None:
+        self._collated.append(batch)
+
+    def consumed(self) -> None:
+        if self._collated:
+            self.counts = self.counts + self._collated.popleft()
+
+
+@dataclass
+class MeteredCollator:
+    collator: RowCollator
+    meter: TokenMeter
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        batch = self.collator(features)
+        self.meter.collated(
+            TokenCounts(
+                positions=batch["input_ids"].numel(),
+                tokens=sum(len(f["input_ids"]) for f in features),
+                trained=int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
+            )
+        )
+        return batch
 
 
 def build_rows(examples: Sequence[EncodedExample], max_length: int, *, packing: bool) -> list[Row]:

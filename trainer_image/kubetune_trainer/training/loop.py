@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import resource
 import signal
 import sys
 import time
@@ -18,15 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 
 from kubetune.api.v1alpha1 import MethodType, Progress, ResolvedTraining
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.errors import EXIT_OK, EXIT_PREEMPTED
-from kubetune_trainer.tensors.batching import RowDataset, batch_stats, build_rows, collator_for
+from kubetune_trainer.reporting import TrainingMetrics
+from kubetune_trainer.tensors.batching import RowDataset, TokenMeter, build_rows, collator_for
 from kubetune_trainer.tensors.encode import encode_example
 from kubetune_trainer.training.checkpoints import CheckpointStore, UploadCheckpoints
 from kubetune_trainer.training.model import load_for_training
+from kubetune_trainer.training.progress import MeteredTrainer, ReportProgress, host_memory_peak_bytes
 
 log = logging.getLogger(__name__)
 BEST_FILE = "kubetune_best.safetensors"
@@ -46,6 +47,7 @@ class TrainConfig:
     chat_template: str | None = None
     max_steps: int | None = None
     on_progress: Callable[[Progress], None] | None = None
+    on_metrics: Callable[[TrainingMetrics], None] | None = None
     on_checkpoint: Callable[[int], None] | None = None
 
 
@@ -169,39 +171,6 @@ class TraceMicroSteps(TrainerCallback):
         print(f"kubetune-microstep step={state.global_step} substep=end", file=sys.stderr, flush=True)
 
 
-class ReportProgress(TrainerCallback):
-    def __init__(self, report: Callable[[Progress], None]) -> None:
-        self.report = report
-        self.started = time.perf_counter()
-        self.first_tokens: int | None = None
-        self.train_loss: float | None = None
-        self.eval_loss: float | None = None
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.started = time.perf_counter()
-        self.first_tokens = state.num_input_tokens_seen
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
-        if not state.is_world_process_zero:
-            return
-        logs = logs or {}
-        self.train_loss = logs.get("loss", self.train_loss)
-        self.eval_loss = logs.get("eval_loss", self.eval_loss)
-        elapsed = time.perf_counter() - self.started
-        seen = (state.num_input_tokens_seen or 0) - (self.first_tokens or 0)
-        self.report(
-            Progress(
-                stage="train",
-                step=state.global_step,
-                total_steps=state.max_steps,
-                epoch=round(state.epoch or 0.0, 3),
-                train_loss=self.train_loss,
-                eval_loss=self.eval_loss,
-                tokens_per_second=round(seen / elapsed, 1) if elapsed > 0 else None,
-            )
-        )
-
-
 def _arguments(config: TrainConfig, has_validation: bool) -> TrainingArguments:
     hp = config.resolved.hyperparameters
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -243,7 +212,7 @@ def _peak_memory(device: str) -> int:
         import torch
 
         return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return host_memory_peak_bytes()
 
 
 def train(config: TrainConfig) -> TrainOutcome:
@@ -262,16 +231,26 @@ def train(config: TrainConfig) -> TrainOutcome:
 
     train_rows = rows_for(config.train)
     eval_rows = rows_for(config.validation) if config.validation else None
-    stats = batch_stats(train_rows.rows, hp.batch_size or 1)
+    meter = TokenMeter()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
 
     keep_best = KeepBest(model, hp.early_stopping_patience or 0)
     sigterm = StopOnSigterm()
     callbacks: list[TrainerCallback] = [keep_best, UploadCheckpoints(config.checkpoints, config.on_checkpoint), sigterm]
-    if config.on_progress is not None:
-        callbacks.append(ReportProgress(config.on_progress))
+    if config.on_progress is not None or config.on_metrics is not None:
+        callbacks.append(
+            ReportProgress(
+                meter,
+                device=config.device,
+                world_size=world_size,
+                on_progress=config.on_progress,
+                on_metrics=config.on_metrics,
+            )
+        )
     if os.environ.get("KUBETUNE_TRACE_MICROSTEPS") == "1":
         callbacks.append(TraceMicroSteps())
-    trainer = Trainer(
+    trainer = MeteredTrainer(
+        meter=meter,
         model=model,
         args=_arguments(config, eval_rows is not None),
         train_dataset=train_rows,
@@ -309,21 +288,13 @@ def train(config: TrainConfig) -> TrainOutcome:
         resumed_from_step=resumed_step,
         stopped_early=keep_best.stopped_early,
         best_eval_loss=keep_best.best,
-        padding_fraction=stats.padding_fraction,
+        padding_fraction=meter.counts.padding_ratio,
         peak_memory_bytes=_peak_memory(config.device),
         preempted=sigterm.requested,
     )
-    steps_run = state.global_step - (resumed_step or 0)
-    sequences = (
-        steps_run
-        * (hp.batch_size or 1)
-        * (hp.gradient_accumulation_steps or 1)
-        * int(os.environ.get("WORLD_SIZE", "1"))
-    )
-    per_row_tokens = stats.real_tokens / max(len(train_rows), 1)
-    per_row_trained = stats.trained_tokens / max(len(train_rows), 1)
-    outcome.tokens_per_second = sequences * per_row_tokens / runtime
-    outcome.trained_tokens_per_second = sequences * per_row_trained / runtime
+    # Measured on this rank's batches; ranks see equal shares.
+    outcome.tokens_per_second = world_size * meter.counts.tokens / runtime
+    outcome.trained_tokens_per_second = world_size * meter.counts.trained / runtime
     if sigterm.requested:
         return outcome
 
