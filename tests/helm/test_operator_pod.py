@@ -73,6 +73,9 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_DEFAULT_S3_REGION": "",
         "KUBETUNE_METRICS_PORT": "8080",
         "KUBETUNE_HEALTH_PORT": "8081",
+        "KUBETUNE_TRAINER_METRICS_PORT": "9090",
+        "KUBETUNE_PUSHGATEWAY_URL": "",
+        "KUBETUNE_PUSH_INTERVAL_SECONDS": "15",
     }
     assert container_env(render(values_file=ALL_FEATURES_VALUES)) == {
         "KUBETUNE_NAMESPACES": "ml-team,research",
@@ -82,6 +85,9 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_DEFAULT_S3_REGION": "eu-west-1",
         "KUBETUNE_METRICS_PORT": "9090",
         "KUBETUNE_HEALTH_PORT": "9091",
+        "KUBETUNE_TRAINER_METRICS_PORT": "9400",
+        "KUBETUNE_PUSHGATEWAY_URL": "http://prometheus-pushgateway.monitoring:9091",
+        "KUBETUNE_PUSH_INTERVAL_SECONDS": "30",
     }
 
 

@@ -89,12 +89,42 @@ app.kubernetes.io/component: operator
   verbs: ["list", "watch"]
 {{- end }}
 
+{{/* "true" when a Prometheus Operator object is wanted: (list setting apiVersion/Kind context).
+     `auto` means: when the cluster serves that API (`helm template` needs --api-versions for it). */}}
+{{- define "kubetune.wants" -}}
+{{- $setting := index . 0 -}}
+{{- $api := index . 1 -}}
+{{- $ctx := index . 2 -}}
+{{- if eq (toString $setting) "auto" -}}
+{{- if $ctx.Capabilities.APIVersions.Has $api }}true{{ end -}}
+{{- else if eq (toString $setting) "true" -}}
+true
+{{- end -}}
+{{- end }}
+
+{{- define "kubetune.serviceMonitorEnabled" -}}
+{{- include "kubetune.wants" (list .Values.metrics.serviceMonitor.enabled "monitoring.coreos.com/v1/ServiceMonitor" .) }}
+{{- end }}
+
+{{/* Scraping trainer pods duplicates what they push: `auto` leaves it to the Pushgateway when one is set. */}}
+{{- define "kubetune.podMonitorEnabled" -}}
+{{- $setting := .Values.metrics.trainer.podMonitor.enabled -}}
+{{- if and (eq (toString $setting) "auto") .Values.metrics.trainer.pushgatewayUrl -}}
+{{- else -}}
+{{- include "kubetune.wants" (list $setting "monitoring.coreos.com/v1/PodMonitor" .) }}
+{{- end -}}
+{{- end }}
+
+{{- define "kubetune.prometheusRuleEnabled" -}}
+{{- include "kubetune.wants" (list .Values.metrics.prometheusRule.enabled "monitoring.coreos.com/v1/PrometheusRule" .) }}
+{{- end }}
+
 {{/* Value combinations the schema cannot express; fail at render time with the offending keys. */}}
 {{- define "kubetune.validateValues" -}}
 {{- if eq (int .Values.metrics.port) (int .Values.healthPort) }}
 {{- fail (printf "metrics.port and healthPort must differ (both are %v)" .Values.healthPort) }}
 {{- end }}
-{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
+{{- if and (include "kubetune.serviceMonitorEnabled" .) (not .Values.metrics.service.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled: the ServiceMonitor scrapes that Service" }}
 {{- end }}
 {{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}

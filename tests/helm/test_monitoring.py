@@ -1,0 +1,207 @@
+"""The chart's monitoring objects: ServiceMonitor, PodMonitor, PrometheusRule, Grafana dashboard.
+
+The Prometheus Operator kinds are checked against what they must select (the operator's
+Service, the training pods the operator really builds); the alert rules themselves are run by
+promtool and a real Prometheus in tests/observability.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from kubetune.api.v1alpha1 import FineTuneJobSpec
+from kubetune.operator.children import Owner, build_preflight_job, build_training_job
+from kubetune.operator.config import OperatorConfig
+from tests.helm.chart import ALL_FEATURES_VALUES, ROOT, Manifest, container_env, of_kind, only, render
+
+MONITORING_APIS = tuple(
+    f"monitoring.coreos.com/v1/{kind}" for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+)
+MONITOR_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+
+
+def kinds(docs: list[Manifest]) -> set[str]:
+    return {doc["kind"] for doc in docs if doc["kind"] in MONITOR_KINDS}
+
+
+def test_prometheus_operator_objects_follow_the_cluster_by_default() -> None:
+    assert kinds(render()) == set(), "no Prometheus Operator CRDs in the cluster: nothing that would fail to apply"
+    assert kinds(render(api_versions=MONITORING_APIS)) == set(MONITOR_KINDS)
+    with_pushgateway = render("metrics.trainer.pushgatewayUrl=http://pgw.monitoring:9091", api_versions=MONITORING_APIS)
+    assert kinds(with_pushgateway) == {"ServiceMonitor", "PrometheusRule"}, "pushed metrics are not scraped twice"
+    off = render(
+        "metrics.serviceMonitor.enabled=false",
+        "metrics.trainer.podMonitor.enabled=false",
+        "metrics.prometheusRule.enabled=false",
+        api_versions=MONITORING_APIS,
+    )
+    assert kinds(off) == set()
+    forced = render(
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.trainer.podMonitor.enabled=true",
+        "metrics.prometheusRule.enabled=true",
+    )
+    assert kinds(forced) == set(MONITOR_KINDS)
+
+
+def test_service_monitor_scrapes_the_metrics_service_keeping_the_operators_labels() -> None:
+    docs = render(values_file=ALL_FEATURES_VALUES)
+    monitor = only(docs, "ServiceMonitor")
+    service = only(docs, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    # honorLabels: kubetune_finetunejobs{namespace=...} names the job's namespace, not the operator's.
+    assert endpoint == {"port": "metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}
+    assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
+
+
+SPEC = FineTuneJobSpec.model_validate(
+    {"dataset": {"sources": [{"uri": "s3://datasets/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}}
+)
+
+
+def operator_config(docs: list[Manifest]) -> OperatorConfig:
+    return OperatorConfig.from_env(container_env(docs))
+
+
+def pod_template(job: Manifest) -> dict[str, Any]:
+    return dict(job["spec"]["template"])
+
+
+def test_pod_monitor_selects_the_training_pods_the_operator_builds_and_no_others() -> None:
+    for sets, namespaces in (
+        ((), {"any": True}),
+        (("watchNamespaces={ml,research}",), {"matchNames": ["ml", "research"]}),
+    ):
+        docs = render(*sets, "metrics.trainer.podMonitor.enabled=true", "metrics.trainer.port=9400")
+        monitor = only(docs, "PodMonitor")
+        config = operator_config(docs)
+        owner = Owner("tickets", "ml", "uid-1")
+        training = pod_template(build_training_job(owner, SPEC, config))
+        preflight = pod_template(build_preflight_job(owner, SPEC, config))
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= training["metadata"]["labels"].items()
+        assert not selector.items() <= preflight["metadata"]["labels"].items(), "pre-flight pods export nothing"
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        ports = {p["name"]: p["containerPort"] for p in training["spec"]["containers"][0]["ports"]}
+        assert ports == {endpoint["port"]: 9400}
+        env = {e["name"]: e.get("value") for e in training["spec"]["containers"][0]["env"]}
+        assert env["KUBETUNE_METRICS_PORT"] == "9400"
+        assert endpoint["honorLabels"] is True and endpoint["path"] == "/metrics"
+        assert monitor["spec"]["namespaceSelector"] == namespaces
+
+
+def test_the_pushgateway_setting_reaches_the_training_pods_through_the_operator() -> None:
+    docs = render(values_file=ALL_FEATURES_VALUES)
+    config = operator_config(docs)
+    assert config.pushgateway_url == "http://prometheus-pushgateway.monitoring:9091"
+    assert (config.trainer_metrics_port, config.push_interval_seconds) == (9400, 30)
+    training = pod_template(build_training_job(Owner("tickets", "ml", "uid-1"), SPEC, config))
+    env = {e["name"]: e.get("value") for e in training["spec"]["containers"][0]["env"]}
+    assert env["KUBETUNE_PUSHGATEWAY_URL"] == "http://prometheus-pushgateway.monitoring:9091"
+    assert env["KUBETUNE_PUSH_INTERVAL_SECONDS"] == "30"
+    assert "KUBETUNE_PUSHGATEWAY_URL" not in {
+        e["name"]
+        for e in pod_template(build_training_job(Owner("t", "ml", "u"), SPEC, operator_config(render())))["spec"][
+            "containers"
+        ][0]["env"]
+    }
+
+
+def rules(docs: list[Manifest]) -> list[dict[str, Any]]:
+    (group,) = only(docs, "PrometheusRule")["spec"]["groups"]
+    return list(group["rules"])
+
+
+def test_alert_thresholds_and_labels_come_from_values() -> None:
+    custom = {rule["alert"]: rule for rule in rules(render(values_file=ALL_FEATURES_VALUES))}
+    assert set(custom) == {
+        "KubetuneFineTuneJobFailed",
+        "KubetuneFineTuneJobStuck",
+        "KubetuneTrainingStalled",
+        "KubetuneTrainerThroughputCollapsed",
+        "KubetuneReconcileErrors",
+    }
+    assert "> 2700" in custom["KubetuneFineTuneJobStuck"]["expr"], "45 minutes"
+    assert "> 1200" in custom["KubetuneTrainingStalled"]["expr"], "20 minutes"
+    assert "< 0.4 *" in custom["KubetuneTrainerThroughputCollapsed"]["expr"]
+    assert "under 40%" in custom["KubetuneTrainerThroughputCollapsed"]["annotations"]["description"]
+    assert all(rule["labels"] == {"severity": "warning", "team": "ml-platform"} for rule in custom.values())
+    assert (
+        only(render(values_file=ALL_FEATURES_VALUES), "PrometheusRule")["metadata"]["labels"]["release"] == "prometheus"
+    )
+    defaults = {rule["alert"]: rule for rule in rules(render("metrics.prometheusRule.enabled=true"))}
+    assert "> 1800" in defaults["KubetuneFineTuneJobStuck"]["expr"]
+    for rule in defaults.values():
+        for text in rule["annotations"].values():
+            assert "{{ $labels." in text or "{{ $value" in text, "Prometheus templates survive Helm's"
+
+
+def dashboard_configmap(docs: list[Manifest]) -> Manifest:
+    (configmap,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    return configmap
+
+
+def test_the_dashboard_ships_in_a_configmap_for_grafanas_sidecar() -> None:
+    configmap = dashboard_configmap(render())
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = (ROOT / "helm" / "kubetune" / "dashboards" / "kubetune.json").read_text()
+    assert json.loads(configmap["data"]["kubetune.json"]) == json.loads(shipped)
+    custom = dashboard_configmap(render(values_file=ALL_FEATURES_VALUES))
+    assert custom["metadata"]["namespace"] == "monitoring"
+    assert custom["metadata"]["annotations"] == {"grafana_folder": "ML"}
+    assert not [
+        d
+        for d in of_kind(render("metrics.grafanaDashboard.enabled=false"), "ConfigMap")
+        if d["metadata"]["name"].endswith("-dashboard")
+    ]
+
+
+def test_the_committed_dashboard_is_the_generated_one() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "dashboard.py"), "--check"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_dashboard_panels_are_well_formed() -> None:
+    board = json.loads(dashboard_configmap(render())["data"]["kubetune.json"])
+    panels = board["panels"]
+    assert len({p["id"] for p in panels}) == len(panels), "panel ids are unique"
+    variables = {v["name"] for v in board["templating"]["list"]}
+    assert variables == {"datasource", "namespace", "finetunejob"}
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        area = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
+        if panel["type"] == "row":
+            continue
+        assert panel["targets"] and panel["description"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert target["expr"].strip(), panel["title"]
+    titles = " ".join(p["title"].lower() for p in panels)
+    for subject in ("phase", "queue", "loss", "tokens per second", "memory", "evaluation delta", "gpu"):
+        assert subject in titles, f"the dashboard shows {subject}"
+
+
+@pytest.mark.parametrize(
+    "assignment", ["metrics.serviceMonitor.enabled=maybe", "metrics.prometheusRule.stuckMinutes=0"]
+)
+def test_monitoring_values_are_checked_by_the_schema(assignment: str) -> None:
+    from tests.helm.chart import render_error
+
+    assert "values don't meet the specifications of the schema" in render_error(assignment)
