@@ -25,4 +25,7 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -c "import kubetune, kubetune_trainer" # fail here, not later, if the install is broken
   touch "$stamp"
 fi
-if [ "$extra" = dev ]; then bash scripts/install-helm.sh >/dev/null; fi
+if [ "$extra" = dev ]; then
+  bash scripts/install-helm.sh >/dev/null
+  bash scripts/install-prometheus.sh >/dev/null
+fi

@@ -5,10 +5,10 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh dev
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== static checks"
-ruff check operator trainer_image tests
-ruff format --check operator trainer_image tests
+ruff check operator trainer_image tests scripts
+ruff format --check operator trainer_image tests scripts
 lint-imports
-mypy operator/kubetune trainer_image/kubetune_trainer
+mypy operator/kubetune trainer_image/kubetune_trainer scripts/dashboard.py
 python -m kubetune.api.crd --check
 echo "== tests"
 pytest "$@"

@@ -1,0 +1,51 @@
+"""A real Pushgateway keeps trainer groups until the operator removes those of deleted FineTuneJobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+from kubetune.operator.kube import Kube
+from kubetune.operator.pushgateway import Sweeper, sweep, trainer_groups
+from kubetune.telemetry import PUSHGATEWAY_JOB, pushgateway_grouping_key
+from tests.observability.prometheus import pushgateway
+from tests.operator.cluster import Cluster, EmulatorThread, wait_for
+from tests.operator.conftest import free_port
+from tests.operator.test_lifecycle import JOB
+
+
+def push(url: str, namespace: str, name: str, job: str = PUSHGATEWAY_JOB) -> None:
+    registry = CollectorRegistry()
+    Gauge("kubetune_trainer_step", "steps", registry=registry).set(3)
+    push_to_gateway(url, job=job, registry=registry, grouping_key=pushgateway_grouping_key(namespace, name))
+
+
+def test_the_sweep_deletes_only_the_groups_of_deleted_jobs_it_watches(
+    tmp_path: Path, emulator: EmulatorThread, cluster: Cluster
+) -> None:
+    cluster.apply(JOB, namespace="ml")  # FineTuneJob ml/tickets exists
+    kube = Kube.from_host(emulator.url)
+    with pushgateway(tmp_path) as url:
+        push(url, "ml", "tickets")
+        push(url, "ml", "deleted-last-week")
+        push(url, "research", "deleted-too")  # not watched in the namespaced case below
+        push(url, "ml", "someone-elses", job="other-batch-job")
+        assert trainer_groups(url) == {("ml", "tickets"), ("ml", "deleted-last-week"), ("research", "deleted-too")}
+
+        namespaced = sweep(url, lambda: kube.finetunejob_keys(("ml",)), ("ml",))
+        assert namespaced == [("ml", "deleted-last-week")]
+        assert trainer_groups(url) == {("ml", "tickets"), ("research", "deleted-too")}
+
+        sweeper = Sweeper(url, lambda: kube.finetunejob_keys(()), (), interval=3600).start()
+        try:
+            wait_for(lambda: trainer_groups(url) == {("ml", "tickets")}, what="the cluster-wide sweep")
+        finally:
+            sweeper.stop()
+
+
+def test_a_sweep_with_the_pushgateway_down_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    sweeper = Sweeper(f"http://127.0.0.1:{free_port()}", set, (), interval=3600).start()
+    wait_for(lambda: "Pushgateway sweep at" in caplog.text, what="the warning")
+    sweeper.stop()
