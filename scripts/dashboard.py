@@ -136,6 +136,19 @@ FLEET = (
         width=8,
     ),
     Panel(
+        "GPUs held by job",
+        "GPUs each active FineTuneJob holds now (its request while Running).",
+        (
+            q(
+                f"max by (namespace, finetunejob) (kubetune_finetunejob_gpus_in_use{{{NS}}})",
+                "{{namespace}}/{{finetunejob}}",
+            ),
+        ),
+        kind="table",
+        instant=True,
+        width=8,
+    ),
+    Panel(
         "Operator reconcile latency and errors",
         "p99 of one reconcile, and reconciles that raised (by exception type).",
         (
@@ -145,8 +158,7 @@ FLEET = (
             ),
             q("sum by (reason) (rate(kubetune_reconcile_errors_total[$__rate_interval]))", "errors/s {{reason}}"),
         ),
-        width=24,
-        height=6,
+        width=16,
     ),
 )
 

@@ -48,11 +48,13 @@ def test_gpu_seconds_grow_only_while_running_and_survive_the_job() -> None:
     metrics.observe(seen("Running", "Queued", first_running=True))
     clock.now += 100
     assert value(metrics, "kubetune_gpus_in_use", namespace="ml") == 2
+    assert value(metrics, "kubetune_finetunejob_gpus_in_use", namespace="ml", finetunejob="tickets") == 2
     assert value(metrics, "kubetune_gpu_seconds_total", namespace="ml") == 200, "live, between reconciles"
     metrics.observe(seen("Suspended", "Running"))
     clock.now += 1_000
     assert value(metrics, "kubetune_gpu_seconds_total", namespace="ml") == 200, "a suspended job holds no GPU"
     assert value(metrics, "kubetune_gpus_in_use", namespace="ml") == 0
+    assert value(metrics, "kubetune_finetunejob_gpus_in_use", namespace="ml", finetunejob="tickets") == 0
     metrics.observe(seen("Running", "Suspended"))
     clock.now += 10
     metrics.forget("ml", "tickets")  # deleted while running: its time so far still counts

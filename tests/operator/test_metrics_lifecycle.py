@@ -67,6 +67,7 @@ def test_metrics_follow_a_job_from_creation_to_success(emulator: EmulatorThread,
         m = wait_metric(read, "kubetune_finetunejobs", 1, namespace="default", phase="Running")
         assert value(m, "kubetune_finetunejob_queue_seconds_count", namespace="default") == 1
         assert value(m, "kubetune_gpus_in_use", namespace="default") == 2
+        assert value(m, "kubetune_finetunejob_gpus_in_use", namespace="default", finetunejob="tickets") == 2
         first = value(m, "kubetune_gpu_seconds_total", namespace="default") or 0.0
         time.sleep(1.0)
         later = value(read(), "kubetune_gpu_seconds_total", namespace="default") or 0.0

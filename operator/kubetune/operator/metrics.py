@@ -160,14 +160,21 @@ class Fleet:
             "one series per active job.",
             labels=(NAMESPACE_LABEL, FINETUNEJOB_LABEL, "phase"),
         )
+        held = GaugeMetricFamily(
+            "kubetune_finetunejob_gpus_in_use",
+            "GPUs an active FineTuneJob holds now (its request while Running, else 0); one series per active job.",
+            labels=(NAMESPACE_LABEL, FINETUNEJOB_LABEL),
+        )
         for (namespace, name), job in sorted(jobs.items()):
             by_phase[(namespace, job.phase)] += 1
             gpu_seconds.setdefault(namespace, 0.0)
+            holding = job.gpus if job.running_since is not None else 0
             if job.running_since is not None:
                 in_use[namespace] += job.gpus
                 gpu_seconds[namespace] += job.gpus * max(0.0, now - job.running_since)
             if job.phase in ACTIVE_PHASES:
                 since.add_metric((namespace, name, job.phase), job.since)
+                held.add_metric((namespace, name), holding)
         phases = GaugeMetricFamily(
             "kubetune_finetunejobs", "FineTuneJobs by namespace and phase.", labels=(NAMESPACE_LABEL, "phase")
         )
@@ -185,7 +192,7 @@ class Fleet:
         for namespace in sorted(gpu_seconds):
             gpus.add_metric((namespace,), in_use.get(namespace, 0))
             used.add_metric((namespace,), gpu_seconds[namespace])
-        yield from (phases, since, gpus, used)
+        yield from (phases, since, held, gpus, used)
 
 
 class FleetCollector(Collector):
