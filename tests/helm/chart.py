@@ -75,3 +75,8 @@ def operator_container(docs: list[Manifest]) -> Manifest:
 
 def container_env(docs: list[Manifest]) -> dict[str, str]:
     return {item["name"]: item["value"] for item in operator_container(docs)["env"]}
+
+
+def dashboard_configmap(docs: list[Manifest]) -> Manifest:
+    (configmap,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    return configmap

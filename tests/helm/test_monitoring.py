@@ -17,12 +17,19 @@ import pytest
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 from kubetune.operator.children import Owner, build_preflight_job, build_training_job
 from kubetune.operator.config import OperatorConfig
-from tests.helm.chart import ALL_FEATURES_VALUES, ROOT, Manifest, container_env, of_kind, only, render
-
-MONITORING_APIS = tuple(
-    f"monitoring.coreos.com/v1/{kind}" for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+from tests.helm.chart import (
+    ALL_FEATURES_VALUES,
+    ROOT,
+    Manifest,
+    container_env,
+    dashboard_configmap,
+    of_kind,
+    only,
+    render,
 )
+
 MONITOR_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+MONITORING_APIS = tuple(f"monitoring.coreos.com/v1/{kind}" for kind in MONITOR_KINDS)
 
 
 def kinds(docs: list[Manifest]) -> set[str]:
@@ -76,6 +83,12 @@ def pod_template(job: Manifest) -> dict[str, Any]:
     return dict(job["spec"]["template"])
 
 
+def trainer_env(docs: list[Manifest]) -> dict[str, str | None]:
+    """The environment of the training container the operator configured by ``docs`` would build."""
+    pod = pod_template(build_training_job(Owner("tickets", "ml", "uid-1"), SPEC, operator_config(docs)))
+    return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+
+
 def test_pod_monitor_selects_the_training_pods_the_operator_builds_and_no_others() -> None:
     for sets, namespaces in (
         ((), {"any": True}),
@@ -93,8 +106,7 @@ def test_pod_monitor_selects_the_training_pods_the_operator_builds_and_no_others
         (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
         ports = {p["name"]: p["containerPort"] for p in training["spec"]["containers"][0]["ports"]}
         assert ports == {endpoint["port"]: 9400}
-        env = {e["name"]: e.get("value") for e in training["spec"]["containers"][0]["env"]}
-        assert env["KUBETUNE_METRICS_PORT"] == "9400"
+        assert trainer_env(docs)["KUBETUNE_METRICS_PORT"] == "9400"
         assert endpoint["honorLabels"] is True and endpoint["path"] == "/metrics"
         assert monitor["spec"]["namespaceSelector"] == namespaces
 
@@ -104,16 +116,10 @@ def test_the_pushgateway_setting_reaches_the_training_pods_through_the_operator(
     config = operator_config(docs)
     assert config.pushgateway_url == "http://prometheus-pushgateway.monitoring:9091"
     assert (config.trainer_metrics_port, config.push_interval_seconds) == (9400, 30)
-    training = pod_template(build_training_job(Owner("tickets", "ml", "uid-1"), SPEC, config))
-    env = {e["name"]: e.get("value") for e in training["spec"]["containers"][0]["env"]}
+    env = trainer_env(docs)
     assert env["KUBETUNE_PUSHGATEWAY_URL"] == "http://prometheus-pushgateway.monitoring:9091"
     assert env["KUBETUNE_PUSH_INTERVAL_SECONDS"] == "30"
-    assert "KUBETUNE_PUSHGATEWAY_URL" not in {
-        e["name"]
-        for e in pod_template(build_training_job(Owner("t", "ml", "u"), SPEC, operator_config(render())))["spec"][
-            "containers"
-        ][0]["env"]
-    }
+    assert "KUBETUNE_PUSHGATEWAY_URL" not in trainer_env(render()), "no Pushgateway configured, none pushed to"
 
 
 def rules(docs: list[Manifest]) -> list[dict[str, Any]]:
@@ -143,11 +149,6 @@ def test_alert_thresholds_and_labels_come_from_values() -> None:
     for rule in defaults.values():
         for text in rule["annotations"].values():
             assert "{{ $labels." in text or "{{ $value" in text, "Prometheus templates survive Helm's"
-
-
-def dashboard_configmap(docs: list[Manifest]) -> Manifest:
-    (configmap,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
-    return configmap
 
 
 def test_the_dashboard_ships_in_a_configmap_for_grafanas_sidecar() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tests.helm.chart import of_kind, only, render, tool
+from tests.helm.chart import dashboard_configmap, only, render, tool
 from tests.operator.conftest import free_port
 
 PROMQL_WORDS = {
@@ -40,8 +40,7 @@ def write_chart_rules(folder: Path) -> Path:
 
 
 def chart_dashboard() -> dict[str, Any]:
-    (configmap,) = [d for d in of_kind(render(), "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
-    return dict(json.loads(configmap["data"]["kubetune.json"]))
+    return dict(json.loads(dashboard_configmap(render())["data"]["kubetune.json"]))
 
 
 def dashboard_queries(board: dict[str, Any]) -> list[tuple[str, str]]:

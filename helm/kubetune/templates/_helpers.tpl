@@ -119,6 +119,14 @@ true
 {{- include "kubetune.wants" (list .Values.metrics.prometheusRule.enabled "monitoring.coreos.com/v1/PrometheusRule" .) }}
 {{- end }}
 
+{{/* Labels of every alert: a severity, plus metrics.prometheusRule.alertLabels for routing. */}}
+{{- define "kubetune.alertLabels" -}}
+severity: warning
+{{- with .Values.metrics.prometheusRule.alertLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* Value combinations the schema cannot express; fail at render time with the offending keys. */}}
 {{- define "kubetune.validateValues" -}}
 {{- if eq (int .Values.metrics.port) (int .Values.healthPort) }}
