@@ -2,7 +2,8 @@
 
 - ``structural_problems``: Kubernetes' rules for a *structural* schema (plus the keywords a CRD
   may not use), as a checker that lists every problem with its path.
-- ``apply_defaults``: the server's defaulting of absent fields, top-down.
+- ``apply_defaults``: the server's defaulting of absent fields, top-down (shared with the test API
+  server, tests/kubeapi/validation/custom.py, as are the CEL typing and transition-rule detection).
 - ``schema_errors``: OpenAPI validation with unknown fields rejected (kubectl's strict field
   validation), reported as field paths like the pydantic models report theirs.
 - ``cel_violations``: every ``x-kubernetes-validations`` rule evaluated with cel-python, transition
@@ -23,6 +24,9 @@ from typing import Any
 import celpy
 import jsonschema
 import yaml
+
+from tests.kubeapi.validation import custom
+from tests.kubeapi.validation.custom import is_transition_rule, typed_like_the_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "kubetune.dev_finetunejobs.yaml"
@@ -114,20 +118,8 @@ def _default_problems(node: Schema, where: str) -> list[str]:
 
 
 def apply_defaults(node: Schema, value: Any) -> Any:
-    """The API server's defaulting: absent properties get their default, then it recurses."""
-    if isinstance(value, dict) and node.get("type") == "object":
-        value = dict(value)
-        for name, child in (node.get("properties") or {}).items():
-            if name not in value and "default" in child:
-                value[name] = copy.deepcopy(child["default"])
-            if name in value:
-                value[name] = apply_defaults(child, value[name])
-        extra = node.get("additionalProperties")
-        if isinstance(extra, dict):
-            value = {key: apply_defaults(extra, item) for key, item in value.items()}
-    if isinstance(value, list) and isinstance(node.get("items"), dict):
-        return [apply_defaults(node["items"], item) for item in value]
-    return value
+    """The API server's defaulting of absent fields, top-down, on a copy (the test API server's own)."""
+    return custom.apply_defaults(node, copy.deepcopy(value))
 
 
 def rejecting_unknown_fields(node: Schema) -> Schema:
@@ -181,26 +173,6 @@ def _holds(rule: str, self_value: Any, old_value: Any = None) -> bool:
     except celpy.CELEvalError:
         return False  # the server reports an evaluation error as a failed rule
     return isinstance(result, celpy.celtypes.BoolType) and bool(result)
-
-
-def typed_like_the_server(node: Schema, value: Any) -> Any:
-    """CEL sees a ``number`` field as a double even when the YAML says ``0``; CEL has no int + double."""
-    if node.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, dict):
-        properties = node.get("properties") or {}
-        extra = node.get("additionalProperties")
-        return {
-            key: typed_like_the_server(properties.get(key) or (extra if isinstance(extra, dict) else {}), item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list) and isinstance(node.get("items"), dict):
-        return [typed_like_the_server(node["items"], item) for item in value]
-    return value
-
-
-def is_transition_rule(rule: str) -> bool:
-    return re.search(r"\boldSelf\b", rule) is not None
 
 
 def cel_violations(node: Schema, value: Any, old: Any = None, path: str = "") -> list[tuple[str, str]]:
