@@ -1,0 +1,108 @@
+"""How every kubetune process reaches the Kubernetes API: one bootstrap for both planes.
+
+In a pod, the ServiceAccount's token and CA (in-cluster configuration); anywhere else, a
+kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``). There is no other way in: no plain-host
+shortcut, so tests start the operator and the trainer exactly as a cluster does.
+
+Credentials change while a process runs: the kubelet rotates projected ServiceAccount tokens
+(they expire within the hour) and a kubeconfig may be rewritten. :class:`ReauthenticatingApiClient`
+re-reads them when the API server answers 401 and repeats the request once; a request the server
+refused as unauthenticated was not acted on, so repeating it is safe.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.config.incluster_config import SERVICE_HOST_ENV_NAME, InClusterConfigLoader
+
+# Where the kubelet mounts a pod's ServiceAccount token and the cluster CA.
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class NoCredentials(RuntimeError):
+    """Neither in-cluster configuration nor a kubeconfig is available."""
+
+
+def _in_cluster(service_account_dir: Path) -> bool:
+    return bool(os.environ.get(SERVICE_HOST_ENV_NAME)) and (service_account_dir / "token").is_file()
+
+
+def load_configuration(service_account_dir: Path | None = None) -> client.Configuration:
+    """A fresh client configuration: in-cluster when the pod's ServiceAccount is mounted, else kubeconfig."""
+    directory = service_account_dir or SERVICE_ACCOUNT_DIR
+    configuration = client.Configuration()
+    if _in_cluster(directory):
+        InClusterConfigLoader(
+            token_filename=str(directory / "token"), cert_filename=str(directory / "ca.crt")
+        ).load_and_set(configuration)
+        return configuration
+    try:
+        # persist_config=False: never write a refreshed token back into the user's kubeconfig.
+        # $KUBECONFIG read now, not when the kubernetes package was imported (its default is frozen then).
+        config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration, persist_config=False
+        )
+    except (config.ConfigException, OSError) as err:
+        raise NoCredentials(
+            "no Kubernetes credentials: not in a pod with a ServiceAccount token "
+            f"({directory}/token and $KUBERNETES_SERVICE_HOST), and no usable kubeconfig: {err}"
+        ) from err
+    return configuration
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a configuration says about reaching the API, in plain fields (for kopf's login)."""
+
+    server: str
+    token: str | None
+    ca_path: str | None
+    insecure: bool
+    certificate_path: str | None
+    private_key_path: str | None
+
+    @classmethod
+    def of(cls, configuration: client.Configuration) -> Credentials:
+        header = configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+        token = header.split(" ", 1)[1] if header and " " in header else header
+        return cls(
+            server=configuration.host,
+            token=token or None,
+            ca_path=configuration.ssl_ca_cert,
+            insecure=not configuration.verify_ssl,
+            certificate_path=configuration.cert_file,
+            private_key_path=configuration.key_file,
+        )
+
+
+class ReauthenticatingApiClient(client.ApiClient):
+    """A Kubernetes ApiClient that re-reads its credentials once when the server answers 401."""
+
+    def __init__(self, service_account_dir: Path | None = None) -> None:
+        self._service_account_dir = service_account_dir
+        super().__init__(load_configuration(service_account_dir))
+
+    def reload_credentials(self) -> None:
+        configuration = load_configuration(self._service_account_dir)
+        old_rest: Any = getattr(self, "rest_client")  # noqa: B009  (untyped in the client library)
+        self.configuration = configuration
+        setattr(self, "rest_client", type(old_rest)(configuration))  # noqa: B010
+        old_rest.pool_manager.clear()
+
+    def call_api(self, method: str, url: str, header_params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        response = super().call_api(method, url, header_params, *args, **kwargs)
+        if response.status != 401:
+            return response
+        self.reload_credentials()
+        headers = dict(header_params or {})
+        for name in [key for key in headers if key.lower() == "authorization"]:
+            del headers[name]
+        authorization = self.configuration.auth_settings().get("BearerToken")
+        if authorization:
+            headers[authorization["key"]] = authorization["value"]
+        return super().call_api(method, url, headers, *args, **kwargs)

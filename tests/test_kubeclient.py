@@ -1,0 +1,150 @@
+"""kubetune.kubeclient, the one way operator and trainer reach the API: credentials are sent, verified
+over TLS, read from a kubeconfig or the pod's ServiceAccount files, and re-read when revoked."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from kubetune import kubeclient
+from kubetune.kubeclient import Credentials, NoCredentials, ReauthenticatingApiClient, load_configuration
+from tests.kubeapi.model import UserInfo
+from tests.kubeapi.runner import ApiServerThread
+from tests.kubeapi.server import version_info
+
+ACCOUNT = UserInfo.service_account("ml", "trainer")
+
+
+class _RecordingHandler(http.server.BaseHTTPRequestHandler):
+    seen: list[str | None] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append(self.headers.get("Authorization"))
+        body = json.dumps(version_info()).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def apiserver(tmp_path: Path) -> Iterator[ApiServerThread]:
+    server = ApiServerThread(tmp_path / "apiserver").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_token_kubeconfig_sends_a_bearer_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kubernetes==36.0.0 sent no Authorization header at all; this fails on such a client."""
+    recorder = http.server.HTTPServer(("127.0.0.1", 0), _RecordingHandler)
+    threading.Thread(target=recorder.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{recorder.server_port}"}}],
+                "users": [{"name": "u", "user": {"token": "s3cr3t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    _RecordingHandler.seen = []
+    try:
+        client.VersionApi(ReauthenticatingApiClient()).get_code()
+    finally:
+        recorder.shutdown()
+    assert _RecordingHandler.seen == ["Bearer s3cr3t"]
+
+
+def test_in_cluster_configuration_reads_the_mounted_token_and_ca(
+    apiserver: ApiServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = apiserver.service_account_files(ACCOUNT, tmp_path / "serviceaccount")
+    host, port = apiserver.url.removeprefix("https://").split(":")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+    monkeypatch.setattr(kubeclient, "SERVICE_ACCOUNT_DIR", folder)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    api = ReauthenticatingApiClient()
+    assert client.VersionApi(api).get_code().git_version == "v1.33.0"
+    credentials = Credentials.of(load_configuration())
+    assert credentials.server == apiserver.url and credentials.ca_path == str(folder / "ca.crt")
+    assert credentials.token == (folder / "token").read_text() and not credentials.insecure
+
+
+def test_the_server_certificate_is_verified(
+    apiserver: ApiServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubeconfig = apiserver.kubeconfig(ACCOUNT, tmp_path / "config")
+    document = yaml.safe_load(kubeconfig.read_text())
+    other_ca = ApiServerThread(tmp_path / "other").pki  # a different cluster's CA
+    document["clusters"][0]["cluster"]["certificate-authority-data"] = base64.b64encode(other_ca.ca_pem).decode()
+    kubeconfig.write_text(yaml.safe_dump(document))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+        client.VersionApi(ReauthenticatingApiClient()).get_code()
+
+
+@pytest.mark.parametrize("source", ["in-cluster", "kubeconfig"])
+def test_a_revoked_token_is_replaced_by_rereading_the_credentials(
+    source: str, apiserver: ApiServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the kubelet does to a projected token (or an admin to a kubeconfig): a new token in place."""
+    old_token = apiserver.issue_token(ACCOUNT)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    if source == "in-cluster":
+        folder = apiserver.service_account_files(ACCOUNT, tmp_path / "serviceaccount", old_token)
+        host, port = apiserver.url.removeprefix("https://").split(":")
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+        monkeypatch.setattr(kubeclient, "SERVICE_ACCOUNT_DIR", folder)
+
+        def rotate(token: str) -> None:
+            (folder / "token").write_text(token)
+    else:
+        path = apiserver.kubeconfig(ACCOUNT, tmp_path / "config", old_token)
+        monkeypatch.setenv("KUBECONFIG", str(path))
+
+        def rotate(token: str) -> None:
+            apiserver.kubeconfig(ACCOUNT, path, token)
+
+    api = client.VersionApi(ReauthenticatingApiClient())
+    api.get_code()
+    apiserver.server.authn.revoke(old_token)
+    rotate(apiserver.issue_token(ACCOUNT))
+    assert api.get_code().git_version == "v1.33.0", "the 401 made the client read the new token and retry"
+    apiserver.server.authn.revoke_user(ACCOUNT)
+    with pytest.raises(ApiException) as refused:
+        api.get_code()
+    assert refused.value.status == 401, "with no valid token anywhere, the 401 reaches the caller"
+
+
+def test_without_any_credentials_the_error_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.setattr(kubeclient, "SERVICE_ACCOUNT_DIR", tmp_path / "no-serviceaccount")
+    with pytest.raises(NoCredentials, match="no Kubernetes credentials"):
+        load_configuration()
