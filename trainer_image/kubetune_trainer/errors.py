@@ -1,16 +1,44 @@
-"""Exit codes of the trainer: the contract with the operator's pod failure policy.
+"""Errors the trainer turns into exit codes, and the codes themselves.
 
-The training Job's ``podFailurePolicy`` fails the Job at once on ``EXIT_CONFIG`` (retrying a
-bad manifest or dataset cannot help) and retries everything else up to ``backoffLimit``.
+The codes are defined once, in :mod:`kubetune.exitcodes` (the contract with the operator's pod
+failure policy), and re-exported here for the trainer's modules.
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_RETRYABLE = 1  # e.g. S3 unreachable, out of memory: another pod may succeed
-EXIT_CONFIG = 2  # bad manifest, bad dataset, failed pre-flight: fail fast
-EXIT_PREEMPTED = 143  # SIGTERM: a checkpoint was written, the next pod resumes
+from kubetune.exitcodes import (
+    EXIT_CANNOT_REPORT,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_RESULT_NOT_REPORTED,
+    EXIT_RETRYABLE,
+)
+
+__all__ = [
+    "EXIT_CANNOT_REPORT",
+    "EXIT_CONFIG",
+    "EXIT_OK",
+    "EXIT_PREEMPTED",
+    "EXIT_RESULT_NOT_REPORTED",
+    "EXIT_RETRYABLE",
+    "CannotReport",
+    "ConfigurationError",
+    "ResultNotReported",
+]
 
 
 class ConfigurationError(ValueError):
-    """A problem with the job's inputs that a retry cannot fix (exit code 2)."""
+    """A problem with the job's inputs that a retry cannot fix (``EXIT_CONFIG``)."""
+
+
+class CannotReport(RuntimeError):
+    """The FineTuneJob status cannot be written at all, so the trainer stops before any work
+    (``EXIT_CANNOT_REPORT``). The message quotes the API's answer, e.g. ``HTTP 403 Forbidden: ...``."""
+
+
+class ResultNotReported(RuntimeError):
+    """The final result could not be written to the FineTuneJob status (``EXIT_RESULT_NOT_REPORTED``).
+
+    The message is the last error; the artifacts are already published and stay in storage.
+    """

@@ -2,7 +2,9 @@
 
 ``Mode.PREFLIGHT`` stops after the plan (the CPU-only pre-flight Job), ``Mode.TRAIN`` is the
 GPU Job, ``Mode.LOCAL`` is ``kubetune run``. Every stage is timed and announced to the
-reporters; errors become exit codes the operator's pod failure policy understands.
+reporters; errors become exit codes the operator's pod failure policy understands
+(``kubetune.exitcodes``), and every non-zero exit leaves a one-line termination message saying
+why, which ``kubectl describe pod`` and the operator show.
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ from kubetune.api.v1alpha1 import (
     ResolvedTraining,
     TrainerResult,
 )
-from kubetune_trainer.errors import EXIT_CONFIG, EXIT_OK, EXIT_RETRYABLE, ConfigurationError
+from kubetune.exitcodes import TERMINATION_LOG_ENV, TERMINATION_MESSAGE_LIMIT
+from kubetune_trainer.errors import (
+    EXIT_CANNOT_REPORT,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_RESULT_NOT_REPORTED,
+    EXIT_RETRYABLE,
+    CannotReport,
+    ConfigurationError,
+    ResultNotReported,
+)
 from kubetune_trainer.stages import StageClock
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
 
@@ -36,6 +48,14 @@ class Mode(StrEnum):
     LOCAL = "run"
     PREFLIGHT = "preflight"
     TRAIN = "train"
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How the run ends: the process exit code and, for a failure, the termination message."""
+
+    code: int
+    message: str = ""  # "<Reason>: <detail>", one line; empty on success
 
 
 @dataclass
@@ -67,7 +87,7 @@ class RunContext:
 
 
 def run_pipeline(job: FineTuneJob, *, mode: Mode, workdir: Path, max_steps: int | None) -> int:
-    """Run the job; returns the process exit code (see ``kubetune_trainer.errors``)."""
+    """Run the job; returns the process exit code (see ``kubetune.exitcodes``)."""
     from kubetune_trainer.reporting import build_reporters
 
     # Outputs of an earlier run in the same scratch must never be published with this one.
@@ -84,26 +104,38 @@ def run_pipeline(job: FineTuneJob, *, mode: Mode, workdir: Path, max_steps: int 
         reporters=reporters,
         max_steps=max_steps,
     )
-    exit_code = EXIT_RETRYABLE  # what Python exits with if an unexpected exception propagates
     try:
-        exit_code = _run_stages(ctx)
+        end = _run_and_explain(ctx)
+    except BaseException as err:  # unexpected: Python exits 1 (retryable) and prints the traceback
+        write_termination_message(f"{type(err).__name__}: {err}")
+        reporters.close(EXIT_RETRYABLE)
+        raise
+    write_termination_message(end.message)  # before close(), which may wait minutes for the API
+    reporters.close(end.code)
+    return end.code
+
+
+def _run_and_explain(ctx: RunContext) -> Exit:
+    """Run the stages; the errors a retry may or may not fix become exit codes with a reason."""
+    try:
+        return _run_stages(ctx)
+    except CannotReport as err:
+        print(f"error: cannot write the FineTuneJob status: {err}", file=sys.stderr)
+        return Exit(EXIT_CANNOT_REPORT, f"TrainerCannotReport: {err}")
     except ConfigurationError as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         if "plan" not in ctx.clock.durations:
             # Model, data or plan failed: that is the pre-flight failing; say why in status.
             ctx.reporters.preflight(PreflightReport(passed=False, message=str(err)[:4000]))
-        exit_code = EXIT_CONFIG
+        return Exit(EXIT_CONFIG, f"ConfigurationError: {err}")
     except StorageError as err:
         log.error("storage: %s", err)
         print(f"error: {err}", file=sys.stderr)
-        exit_code = EXIT_RETRYABLE
-    finally:
-        reporters.close(exit_code)
-    return exit_code
+        return Exit(EXIT_RETRYABLE, f"StorageError: {err}")
 
 
-def _run_stages(ctx: RunContext) -> int:
+def _run_stages(ctx: RunContext) -> Exit:
     from kubetune_trainer import steps
 
     with ctx.clock.stage("model"):
@@ -116,17 +148,17 @@ def _run_stages(ctx: RunContext) -> int:
     ctx.reporters.preflight(preflight)
     if not preflight.passed:
         print(f"error: pre-flight failed: {preflight.message}", file=sys.stderr)
-        return EXIT_CONFIG
+        return Exit(EXIT_CONFIG, f"PreflightFailed: {preflight.message}")
     if ctx.mode == Mode.PREFLIGHT:
         _print_timings(ctx)
-        return EXIT_OK
+        return Exit(EXIT_OK)
 
     with ctx.clock.stage("train"):
         outcome = steps.train(ctx, model, data, resolved)
     if outcome.preempted:
-        return outcome.exit_code
+        return Exit(outcome.exit_code, "Preempted: stopped on SIGTERM after a checkpoint; the next pod resumes from it")
     if not ctx.is_main_process:
-        return EXIT_OK
+        return Exit(EXIT_OK)
     with ctx.clock.stage("evaluate"):
         evaluation = steps.evaluate(ctx, model, data, resolved, outcome)
     with ctx.clock.stage("export"):
@@ -144,10 +176,42 @@ def _run_stages(ctx: RunContext) -> int:
             for a in published.artifacts
         ],
     )
-    ctx.reporters.result(result)
+    end = _report_result(ctx, result)
     steps.print_summary(ctx, evaluation, published, outcome)
     _print_timings(ctx)
-    return EXIT_OK
+    return end
+
+
+def _report_result(ctx: RunContext, result: TrainerResult) -> Exit:
+    try:
+        ctx.reporters.result(result)
+    except ResultNotReported as err:
+        # The artifacts are in storage and stay there; only the FineTuneJob does not know. Failing
+        # (instead of exiting 0) keeps the job from passing as done with no result to show.
+        message = (
+            f"ResultNotReported: {result.version} published at {result.manifest_uri}, "
+            f"but the FineTuneJob status could not be written: {err}"
+        )
+        print(f"error: {message}", file=sys.stderr)
+        return Exit(EXIT_RESULT_NOT_REPORTED, message)
+    return Exit(EXIT_OK)
+
+
+def write_termination_message(message: str) -> None:
+    """Write the first line of ``message`` where the operator asked (``$KUBETUNE_TERMINATION_LOG``).
+
+    Kubernetes shows it as the container's termination message. Best effort: without the
+    variable (``kubetune run``) or its folder nothing is written, and a failing write is only logged.
+    """
+    path = os.environ.get(TERMINATION_LOG_ENV, "").strip()
+    line = message.strip().split("\n", 1)[0]
+    if not path or not line or not Path(path).parent.is_dir():
+        return
+    bounded = line.encode()[:TERMINATION_MESSAGE_LIMIT].decode(errors="ignore")  # the kubelet keeps no more
+    try:
+        Path(path).write_text(bounded)
+    except OSError as err:
+        log.warning("could not write the termination message to %s: %s", path, err)
 
 
 def _print_timings(ctx: RunContext) -> None:
@@ -156,4 +220,12 @@ def _print_timings(ctx: RunContext) -> None:
     (ctx.workdir / "stage_times.json").write_text(json.dumps(ctx.clock.durations, indent=2))
 
 
-__all__ = ["Mode", "PreflightReport", "ResolvedTraining", "RunContext", "run_pipeline"]
+__all__ = [
+    "Exit",
+    "Mode",
+    "PreflightReport",
+    "ResolvedTraining",
+    "RunContext",
+    "run_pipeline",
+    "write_termination_message",
+]

@@ -119,10 +119,6 @@ def build_reporters(job: FineTuneJob, *, console: bool) -> Reporters:
         from kubetune_trainer.reporting.console import LogReporter
 
         reporters.append(LogReporter())
-    if os.environ.get("KUBETUNE_REPORT_STATUS", "").lower() == "true" and _is_main_process():
-        from kubetune_trainer.reporting.kubernetes import KubernetesStatusReporter
-
-        reporters.append(KubernetesStatusReporter.from_environment())
     port = os.environ.get(ENV_METRICS_PORT, "").strip()
     pushgateway = os.environ.get(ENV_PUSHGATEWAY_URL, "").strip()
     if (port or pushgateway) and _is_main_process():
@@ -140,6 +136,12 @@ def build_reporters(job: FineTuneJob, *, console: bool) -> Reporters:
                 push_interval=_setting(ENV_PUSH_INTERVAL, os.environ.get(ENV_PUSH_INTERVAL, "")) or 15,
             )
         )
+    if os.environ.get("KUBETUNE_REPORT_STATUS", "").lower() == "true" and _is_main_process():
+        from kubetune_trainer.reporting.kubernetes import KubernetesStatusReporter
+
+        # Last: its first report and its result raise when the status cannot be written, and by
+        # then every other reporter has had that report (Prometheus keeps the evaluation metrics).
+        reporters.append(KubernetesStatusReporter.from_environment())
     return Reporters(reporters)
 
 
