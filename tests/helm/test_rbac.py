@@ -1,7 +1,8 @@
-"""The operator's RBAC is exactly the least privilege it needs, in both watch modes.
+"""The chart's RBAC: bound to the operator's own ServiceAccount, namespaced when asked, no wildcards,
+and FineTuneJobs added to the built-in user roles.
 
-The expected grants are written out here by hand (not derived from the templates), so adding a
-verb or resource to the chart, or losing one, fails these tests.
+Which grants exactly is proven by use, not written out here: tests/operator/test_rbac_usage.py compares
+the chart's grants with every request the operator made over the whole operator suite, both ways.
 """
 
 from __future__ import annotations
@@ -12,24 +13,14 @@ from tests.helm.chart import RELEASE_NAMESPACE, Manifest, of_kind, only, render
 
 Grants = dict[tuple[str, str], set[str]]
 
-NAMESPACED_GRANTS: Grants = {
-    ("kubetune.dev", "finetunejobs"): {"get", "list", "watch", "patch"},
-    ("kubetune.dev", "finetunejobs/status"): {"get", "patch"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "configmaps"): {"get", "create"},
-    ("", "serviceaccounts"): {"get", "create"},
-    ("rbac.authorization.k8s.io", "roles"): {"get", "create"},
-    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create"},
-    ("", "secrets"): {"get"},
-    ("", "persistentvolumeclaims"): {"get"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-    ("kueue.x-k8s.io", "workloads"): {"get", "list", "watch", "patch"},
-}
-CLUSTER_GRANTS: Grants = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "namespaces"): {"list", "watch"},
-}
+
+def operator_roles(docs: list[Manifest], kind: str) -> list[Manifest]:
+    return [d for d in of_kind(docs, kind) if d["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"]
+
+
+def the_operator_role(docs: list[Manifest], kind: str) -> Manifest:
+    (role,) = operator_roles(docs, kind)
+    return role
 
 
 def grants(role: Manifest) -> Grants:
@@ -59,10 +50,12 @@ def operator_account(docs: list[Manifest]) -> str:
     return str(only(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"])
 
 
-def test_clusterwide_watch_grants_exactly_the_operator_rules_cluster_wide() -> None:
+def test_clusterwide_watch_grants_every_operator_rule_cluster_wide() -> None:
     docs = render()
-    role = only(docs, "ClusterRole")
-    assert grants(role) == NAMESPACED_GRANTS | CLUSTER_GRANTS
+    role = the_operator_role(docs, "ClusterRole")
+    flat = grants(role)
+    assert flat[("kubetune.dev", "finetunejobs/status")] == {"patch"}
+    assert ("", "namespaces") not in flat, "cluster-wide, kopf needs no namespace list"
     assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
     assert_binds_operator(only(docs, "ClusterRoleBinding"), role, operator_account(docs))
 
@@ -73,11 +66,16 @@ def test_namespaced_watch_grants_rules_only_in_the_watched_namespaces(namespaces
     roles = of_kind(docs, "Role")
     bindings = {b["metadata"]["namespace"]: b for b in of_kind(docs, "RoleBinding")}
     assert sorted(r["metadata"]["namespace"] for r in roles) == namespaces == sorted(bindings)
+    clusterwide = grants(the_operator_role(render(), "ClusterRole"))
     for role in roles:
-        assert grants(role) == NAMESPACED_GRANTS
+        assert grants(role).items() <= clusterwide.items(), "the same namespaced rules as cluster-wide"
+        assert ("batch", "jobs") in grants(role)
         assert_binds_operator(bindings[role["metadata"]["namespace"]], role, operator_account(docs))
-    cluster_role = only(docs, "ClusterRole")
-    assert grants(cluster_role) == CLUSTER_GRANTS, "namespaced mode needs only cluster-scoped reads cluster-wide"
+    cluster_role = the_operator_role(docs, "ClusterRole")
+    assert set(grants(cluster_role)) == {
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        ("", "namespaces"),
+    }, "namespaced mode holds only cluster-scoped reads cluster-wide"
     assert_binds_operator(only(docs, "ClusterRoleBinding"), cluster_role, operator_account(docs))
 
 
@@ -85,4 +83,21 @@ def test_existing_service_account_is_bound_instead_of_created() -> None:
     docs = render("serviceAccount.create=false", "serviceAccount.name=platform-operator")
     assert not of_kind(docs, "ServiceAccount")
     assert operator_account(docs) == "platform-operator"
-    assert_binds_operator(only(docs, "ClusterRoleBinding"), only(docs, "ClusterRole"), "platform-operator")
+    assert_binds_operator(only(docs, "ClusterRoleBinding"), the_operator_role(docs, "ClusterRole"), "platform-operator")
+
+
+def test_finetunejobs_join_the_built_in_user_roles_unless_disabled() -> None:
+    docs = render()
+    user_roles = {
+        r["metadata"]["name"]: r for r in of_kind(docs, "ClusterRole") if r not in operator_roles(docs, "ClusterRole")
+    }
+    edit, view = user_roles["kt-kubetune-edit"], user_roles["kt-kubetune-view"]
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k, v in edit["metadata"]["labels"].items() if k.startswith(aggregate) and v == "true"} == {
+        aggregate + "admin",
+        aggregate + "edit",
+    }
+    assert view["metadata"]["labels"][aggregate + "view"] == "true"
+    assert grants(edit)[("kubetune.dev", "finetunejobs")] >= {"create", "delete", "get", "list", "watch"}
+    assert grants(view)[("kubetune.dev", "finetunejobs")] == {"get", "list", "watch"}
+    assert len(of_kind(render("userRoles.aggregateToDefaultRoles=false"), "ClusterRole")) == 1

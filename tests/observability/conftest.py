@@ -1,5 +1,15 @@
-"""The emulated API server and its cluster fixtures, shared with the operator tests."""
+"""The test API server and its cluster fixtures, shared with the operator tests (cluster-wide RBAC only:
+the operator suite covers both RBAC modes)."""
 
-from tests.operator.conftest import cluster, emulator
+import pytest
 
-__all__ = ["cluster", "emulator"]
+from tests.kubeapi.cluster import CLUSTERWIDE, RbacMode
+from tests.operator.conftest import apiserver, cluster, test_cluster
+
+
+@pytest.fixture()
+def rbac_mode() -> RbacMode:
+    return CLUSTERWIDE
+
+
+__all__ = ["apiserver", "cluster", "rbac_mode", "test_cluster"]

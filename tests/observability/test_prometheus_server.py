@@ -12,12 +12,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import kmock
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
+from tests.kubeapi.cluster import TestCluster
+from tests.kubeapi.server import Outage
 from tests.observability.prometheus import (
     Prometheus,
     alert_queries,
@@ -32,7 +33,7 @@ from tests.observability.prometheus import (
     pushgateway,
     write_chart_rules,
 )
-from tests.operator.cluster import Cluster, EmulatorThread, Outage, wait_for
+from tests.operator.cluster import Cluster, wait_for
 from tests.operator.conftest import free_port, running_operator
 from tests.operator.test_end_to_end import run_pod
 from tests.scrape import get
@@ -96,9 +97,8 @@ def pushgateway_groups(url: str) -> list[dict[str, str]]:
 # Two trainer processes (pre-flight and training) importing torch, plus three servers: tens of seconds.
 @pytest.mark.slow
 def test_prometheus_sees_the_operator_and_a_trainer_run_and_the_dashboard_and_alerts_read_them(
-    tmp_path: Path, tiny_model_dir: Path, emulator: EmulatorThread, cluster: Cluster
+    tmp_path: Path, tiny_model_dir: Path, test_cluster: TestCluster, cluster: Cluster
 ) -> None:
-    assert emulator.emulator is not None
     data = write_dataset(tmp_path / "data.jsonl", 64)
     operator_port, trainer_port = free_port(), free_port()
     rules = write_chart_rules(tmp_path)
@@ -117,19 +117,19 @@ def test_prometheus_sees_the_operator_and_a_trainer_run_and_the_dashboard_and_al
                 ("kubetune-trainer-pods", f"127.0.0.1:{trainer_port}"),  # what the PodMonitor does
             )
         ]
-        with running_operator(emulator.url, **settings), prometheus(tmp_path, scrape_configs, [rules]) as prom:
+        with running_operator(test_cluster, **settings), prometheus(tmp_path, scrape_configs, [rules]) as prom:
             # A job that stays Validating (an active job), after one refused API call (a reconcile error).
-            emulator.emulator.refuse(Outage(action=kmock.action.CREATE, plural="jobs", name="waiting-preflight"))
+            cluster.outage(Outage(verb="create", plural="jobs", name="waiting-preflight"))
             cluster.apply(manifest("waiting", tiny_model_dir, data, tmp_path / "out"))
             # The job that really runs: the test plays the kubelet, running each pod's command and env.
             cluster.apply(manifest("e2e", tiny_model_dir, data, tmp_path / "out"))
             wait_for(lambda: cluster.job("e2e-preflight"), what="pre-flight Job")
-            assert run_pod(cluster, emulator, "e2e-preflight", tmp_path) == 0
+            assert run_pod(cluster, "e2e-preflight", tmp_path) == 0
             wait_for(lambda: cluster.job("e2e-train"), what="training Job")
             scraped_live: list[str] = []
             watcher = threading.Thread(target=lambda: scraped_live.append(_scrape_while_running(trainer_port)))
             watcher.start()
-            assert run_pod(cluster, emulator, "e2e-train", tmp_path) == 0
+            assert run_pod(cluster, "e2e-train", tmp_path) == 0
             watcher.join(10)
             status = wait_for(
                 lambda: (s := cluster.finetunejob("e2e")["status"]).get("phase") == "Succeeded" and s,

@@ -10,9 +10,10 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from kubetune.operator.kube import Kube
 from kubetune.operator.pushgateway import Sweeper, sweep, trainer_groups
 from kubetune.telemetry import PUSHGATEWAY_JOB, pushgateway_grouping_key
+from tests.kubeapi.cluster import TestCluster
 from tests.observability.prometheus import pushgateway
-from tests.operator.cluster import Cluster, EmulatorThread, wait_for
-from tests.operator.conftest import free_port
+from tests.operator.cluster import Cluster, wait_for
+from tests.operator.conftest import free_port, operator_environment
 from tests.operator.test_lifecycle import JOB
 
 
@@ -23,24 +24,29 @@ def push(url: str, namespace: str, name: str, job: str = PUSHGATEWAY_JOB) -> Non
 
 
 def test_the_sweep_deletes_only_the_groups_of_deleted_jobs_it_watches(
-    tmp_path: Path, emulator: EmulatorThread, cluster: Cluster
+    tmp_path: Path, test_cluster: TestCluster, cluster: Cluster
 ) -> None:
-    cluster.apply(JOB, namespace="ml")  # FineTuneJob ml/tickets exists
-    kube = Kube.from_host(emulator.url)
+    cluster.apply(JOB, namespace="default")  # FineTuneJob default/tickets exists
+    with operator_environment(test_cluster):
+        kube = Kube.from_environment()  # the operator's own client, credentials and grants
     with pushgateway(tmp_path) as url:
-        push(url, "ml", "tickets")
-        push(url, "ml", "deleted-last-week")
+        push(url, "default", "tickets")
+        push(url, "default", "deleted-last-week")
         push(url, "research", "deleted-too")  # not watched in the namespaced case below
-        push(url, "ml", "someone-elses", job="other-batch-job")
-        assert trainer_groups(url) == {("ml", "tickets"), ("ml", "deleted-last-week"), ("research", "deleted-too")}
+        push(url, "default", "someone-elses", job="other-batch-job")
+        assert trainer_groups(url) == {
+            ("default", "tickets"),
+            ("default", "deleted-last-week"),
+            ("research", "deleted-too"),
+        }
 
-        namespaced = sweep(url, lambda: kube.finetunejob_keys(("ml",)), ("ml",))
-        assert namespaced == [("ml", "deleted-last-week")]
-        assert trainer_groups(url) == {("ml", "tickets"), ("research", "deleted-too")}
+        namespaced = sweep(url, lambda: kube.finetunejob_keys(("default",)), ("default",))
+        assert namespaced == [("default", "deleted-last-week")]
+        assert trainer_groups(url) == {("default", "tickets"), ("research", "deleted-too")}
 
         sweeper = Sweeper(url, lambda: kube.finetunejob_keys(()), (), interval=3600).start()
         try:
-            wait_for(lambda: trainer_groups(url) == {("ml", "tickets")}, what="the cluster-wide sweep")
+            wait_for(lambda: trainer_groups(url) == {("default", "tickets")}, what="the cluster-wide sweep")
         finally:
             sweeper.stop()
 

@@ -1,171 +1,55 @@
-"""A Kubernetes API for tests: kmock's emulator over real HTTP, plus the parts a cluster plays.
+"""The cluster as operator tests drive it: the test API server (tests/kubeapi) installed with the chart,
+a tenant who applies FineTuneJobs, and fixtures that play the cluster's own components.
 
-kmock stores objects as sent; a real API server also assigns ``uid``, ``resourceVersion``,
-``generation`` and ``creationTimestamp``. :class:`HonestApiServer` does that, so ownership
-checks (which compare uids) are meaningful. What controllers do in a real cluster (the Job
-controller, the garbage collector, the trainer writing its status) the test does explicitly
-through :class:`Cluster`, over HTTP, like any other client.
+Everything goes over HTTPS with each actor's own credentials and RBAC, exactly as in a cluster:
+- the tenant (``alice``, the built-in ``edit`` role in the tenant namespaces) applies and reads;
+- the Job controller creates a Job's pod and writes the Job's status (what kube-controller-manager does);
+- the kubelet reports the pod's container states and mints the pod's ServiceAccount token (TokenRequest);
+- the trainer writes its reports with that token, so its per-job Role really is what allows them;
+- the garbage collector deletes dependents whose owners are gone, honouring propagation finalizers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import itertools
-import threading
+import secrets
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-import aiohttp.web
-import kmock
-from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
-
-VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
-RESOURCES = {
-    f"{GROUP}/{VERSION}/{PLURAL}": kmock.ResourceInfo(
-        kind="FineTuneJob", namespaced=True, subresources={"status"}, verbs=VERBS
-    ),
-    "batch/v1/jobs": kmock.ResourceInfo(kind="Job", namespaced=True, subresources={"status"}, verbs=VERBS),
-    "v1/configmaps": kmock.ResourceInfo(kind="ConfigMap", namespaced=True, verbs=VERBS),
-    "v1/secrets": kmock.ResourceInfo(kind="Secret", namespaced=True, verbs=VERBS),
-    "v1/serviceaccounts": kmock.ResourceInfo(kind="ServiceAccount", namespaced=True, verbs=VERBS),
-    "v1/persistentvolumeclaims": kmock.ResourceInfo(kind="PersistentVolumeClaim", namespaced=True, verbs=VERBS),
-    "v1/events": kmock.ResourceInfo(kind="Event", namespaced=True, verbs=VERBS),
-    "v1/namespaces": kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs=VERBS),
-    "events.k8s.io/v1/events": kmock.ResourceInfo(kind="Event", namespaced=True, verbs=VERBS),
-    "rbac.authorization.k8s.io/v1/roles": kmock.ResourceInfo(kind="Role", namespaced=True, verbs=VERBS),
-    "rbac.authorization.k8s.io/v1/rolebindings": kmock.ResourceInfo(kind="RoleBinding", namespaced=True, verbs=VERBS),
-}
-KUEUE_WORKLOADS = "kueue.x-k8s.io/v1beta1/workloads"
+from kubetune.operator import children
+from tests.kubeapi.cluster import Identity, TestCluster
+from tests.kubeapi.model import UserInfo
+from tests.kubeapi.server import Outage
 
 
-@dataclass
-class Outage:
-    """Answer ``count`` matching requests with HTTP ``status`` before they reach storage."""
-
-    action: Any  # a kmock.action
-    plural: str
-    name: str
-    count: int = 1
-    status: int = 500
-    refused: int = 0
-
-    def matches(self, request: Any) -> bool:
-        data = request.data if isinstance(request.data, dict) else {}
-        name = request.name or data.get("metadata", {}).get("name")
-        return (
-            self.refused < self.count
-            and request.action == self.action
-            and request.resource is not None
-            and request.resource.plural == self.plural
-            and name == self.name
-        )
-
-
-class HonestApiServer(kmock.KubernetesEmulator):
-    """The emulator, plus the metadata a real API server assigns, and outages on demand."""
-
-    _versions = itertools.count(1)
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.outages: list[Outage] = []
-
-    def refuse(self, outage: Outage) -> Outage:
-        self.outages.append(outage)
-        return outage
-
-    async def _handle(self, request: Any) -> Any:
-        for outage in self.outages:
-            if outage.matches(request):
-                outage.refused += 1
-                status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": outage.status}
-                return aiohttp.web.json_response(
-                    {**status, "message": "etcdserver: request timed out"}, status=outage.status
-                )
-        data = request.data
-        if request.resource is not None and isinstance(data, dict):
-            meta = data.setdefault("metadata", {})
-            if request.action == kmock.action.CREATE:
-                if not meta.get("name") and meta.get("generateName"):
-                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-                meta["uid"] = str(uuid.uuid4())
-                meta["generation"] = 1
-                meta["creationTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                meta["resourceVersion"] = str(next(self._versions))
-                if request.namespace and not meta.get("namespace"):
-                    meta["namespace"] = request.namespace
-            elif request.action == kmock.action.UPDATE and request.name is not None:
-                meta["resourceVersion"] = str(next(self._versions))
-                key = (request.resource, request.namespace, request.name)
-                if "spec" in data and request.subresource is None and key in self.objects:
-                    current = self.objects[key]
-                    if not current.deleted:
-                        generation = int(current.get("metadata", {}).get("generation", 1))
-                        meta["generation"] = generation + 1
-        return await super()._handle(request)
-
-
-class EmulatorThread:
-    """Runs the emulator's HTTP server on loopback in a background event loop."""
-
-    def __init__(self, with_kueue: bool = True) -> None:
-        self.with_kueue = with_kueue
-        self.url = ""
-        self.emulator: HonestApiServer | None = None
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        async with HonestApiServer() as emulator, kmock.Server(emulator) as server:
-            for key, info in RESOURCES.items():
-                emulator.resources[key] = info
-            if self.with_kueue:
-                emulator.resources[KUEUE_WORKLOADS] = kmock.ResourceInfo(kind="Workload", namespaced=True, verbs=VERBS)
-            self.emulator = emulator
-            self.url = str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
-
-    def start(self) -> EmulatorThread:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the Kubernetes emulator did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Cluster:
-    """Plays the cluster's own controllers, over HTTP like any other client."""
+    def __init__(self, test_cluster: TestCluster) -> None:
+        self.test_cluster = test_cluster
+        self.tenant = test_cluster.tenant
+        self.core, self.batch, self.custom = self.tenant.core, self.tenant.batch, self.tenant.custom
+        self._trainer_identities: dict[tuple[str, str], Identity] = {}
 
-    def __init__(self, url: str) -> None:
-        configuration = client.Configuration()
-        configuration.host = url
-        self.api_client = client.ApiClient(configuration)
-        self.core = client.CoreV1Api(self.api_client)
-        self.batch = client.BatchV1Api(self.api_client)
-        self.custom = client.CustomObjectsApi(self.api_client)
-        self.rbac = client.RbacAuthorizationV1Api(self.api_client)
+    @property
+    def apiserver(self) -> Any:
+        return self.test_cluster.apiserver
 
-    # ------------------------------------------------------------------ users
+    def outage(self, outage: Outage) -> Outage:
+        """Make the API server refuse matching requests (see tests.kubeapi.server.Outage)."""
+        server = self.apiserver.server
+        self.apiserver.call(lambda: server.outages.append(outage))
+        return outage
+
+    # ------------------------------------------------------------------ the tenant
     def apply(self, manifest: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
         manifest = {**manifest, "metadata": {**manifest.get("metadata", {}), "namespace": namespace}}
         self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
@@ -177,20 +61,22 @@ class Cluster:
     def patch_spec(self, name: str, spec: dict[str, Any], namespace: str = "default") -> None:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": spec})
 
+    def delete_finetunejob(self, name: str, namespace: str = "default") -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
     def job(self, name: str, namespace: str = "default") -> dict[str, Any] | None:
         try:
-            return dict(self.api_client.sanitize_for_serialization(self.batch.read_namespaced_job(name, namespace)))
+            return self.tenant.plain(self.batch.read_namespaced_job(name, namespace))
         except ApiException as err:
             if err.status == 404:
                 return None
             raise
 
     def jobs(self, namespace: str = "default") -> list[dict[str, Any]]:
-        listing = self.api_client.sanitize_for_serialization(self.batch.list_namespaced_job(namespace))
-        return list(listing.get("items", []))
+        return list(self.tenant.plain(self.batch.list_namespaced_job(namespace)).get("items", []))
 
     def events_for(self, name: str, namespace: str = "default") -> list[dict[str, Any]]:
-        listing = self.api_client.sanitize_for_serialization(self.core.list_namespaced_event(namespace))
+        listing = self.tenant.plain(self.core.list_namespaced_event(namespace))
         return [e for e in listing.get("items", []) if e.get("involvedObject", {}).get("name") == name]
 
     def create_secret(self, name: str, data: dict[str, str], namespace: str = "default") -> None:
@@ -199,18 +85,117 @@ class Cluster:
             namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
         )
 
-    # ------------------------------------------------------------------ the Job controller
+    # ------------------------------------------------------------------ the Job controller and the kubelet
     def set_job_status(self, name: str, status: dict[str, Any], namespace: str = "default") -> None:
-        self.batch.patch_namespaced_job_status(name, namespace, {"status": status})
+        self.test_cluster.job_controller.batch.patch_namespaced_job_status(name, namespace, {"status": status})
 
-    def start_job(self, name: str, namespace: str = "default") -> None:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.set_job_status(name, {"active": 1, "ready": 1, "startTime": now}, namespace)
+    def start_job(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        """The Job controller creates the pod; the kubelet starts it; the Job counts it ready."""
+        job = self.job(name, namespace)
+        assert job is not None, f"Job {name} does not exist"
+        pod = self._create_pod(job)
+        self.set_job_status(
+            name, {"active": 1, "ready": 1, "startTime": job.get("status", {}).get("startTime") or _now()}, namespace
+        )
+        return pod
+
+    def _create_pod(self, job: dict[str, Any]) -> dict[str, Any]:
+        meta, template = job["metadata"], job["spec"]["template"]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{meta['name']}-{secrets.token_hex(3)[:5]}",
+                "namespace": meta["namespace"],
+                "labels": dict(template["metadata"].get("labels") or {}),
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": template["spec"],
+        }
+        controller = self.test_cluster.job_controller
+        created = controller.plain(controller.core.create_namespaced_pod(meta["namespace"], pod))
+        status = {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": c["name"],
+                    "ready": True,
+                    "image": c["image"],
+                    "imageID": "",
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": _now()}},
+                }
+                for c in pod["spec"]["containers"]
+            ],
+        }
+        self.test_cluster.kubelet.core.patch_namespaced_pod_status(
+            created["metadata"]["name"], meta["namespace"], {"status": status}
+        )
+        return created
 
     def finish_job(
-        self, name: str, *, succeeded: bool, reason: str = "", message: str = "", namespace: str = "default"
+        self,
+        name: str,
+        *,
+        succeeded: bool,
+        reason: str = "",
+        message: str = "",
+        namespace: str = "default",
+        exit_code: int | None = None,
+        termination_message: str = "",
     ) -> None:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        """The pod ends (the kubelet records its exit), then the Job controller marks the Job finished.
+
+        With ``exit_code`` and a pod failure policy rule that fails the Job on it, the condition
+        carries the Job controller's own PodFailurePolicy reason and message.
+        """
+        now = _now()
+        job = self.job(name, namespace)
+        assert job is not None, f"Job {name} does not exist"
+        pods = self._pods_of(job)
+        code = exit_code if exit_code is not None else (0 if succeeded else 1)
+        for pod in pods:
+            state = {
+                "terminated": {
+                    "exitCode": code,
+                    "reason": "Completed" if code == 0 else "Error",
+                    "message": termination_message,
+                    "startedAt": now,
+                    "finishedAt": now,
+                }
+            }
+            statuses = [
+                {
+                    "name": c["name"],
+                    "ready": False,
+                    "image": c["image"],
+                    "imageID": "",
+                    "restartCount": 0,
+                    "state": state,
+                }
+                for c in pod["spec"]["containers"]
+            ]
+            phase = "Succeeded" if code == 0 else "Failed"
+            self.test_cluster.kubelet.core.patch_namespaced_pod_status(
+                pod["metadata"]["name"], namespace, {"status": {"phase": phase, "containerStatuses": statuses}}
+            )
+        if exit_code is not None and not succeeded and not reason:
+            pod_name = pods[-1]["metadata"]["name"] if pods else f"{name}-xxxxx"
+            rule = self._fail_job_rule(job, exit_code)
+            if rule is not None:
+                reason = "PodFailurePolicy"
+                message = f"Container trainer for pod {namespace}/{pod_name} failed with exit code {exit_code} matching FailJob rule at index {rule}"
+            else:
+                reason, message = "BackoffLimitExceeded", "Job has reached the specified backoff limit"
         kind = "Complete" if succeeded else "Failed"
         condition = {
             "type": kind,
@@ -225,34 +210,142 @@ class Cluster:
             status["completionTime"] = now
         self.set_job_status(name, status, namespace)
 
+    @staticmethod
+    def _fail_job_rule(job: dict[str, Any], exit_code: int) -> int | None:
+        for index, rule in enumerate((job["spec"].get("podFailurePolicy") or {}).get("rules") or []):
+            codes = rule.get("onExitCodes") or {}
+            if (
+                rule.get("action") == "FailJob"
+                and codes.get("operator") == "In"
+                and exit_code in codes.get("values", [])
+            ):
+                return index
+        return None
+
+    def _pods_of(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        controller = self.test_cluster.job_controller
+        listing = controller.core.list_namespaced_pod(
+            job["metadata"]["namespace"], label_selector=f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+        )
+        return list(controller.plain(listing).get("items", []))
+
     def delete_job(self, name: str, namespace: str = "default") -> None:
-        """What the TTL-after-finished controller (or a user with kubectl) does."""
-        self.batch.delete_namespaced_job(name, namespace)
+        """What the TTL-after-finished controller does (foreground deletion: pods first)."""
+        self.test_cluster.job_controller.batch.delete_namespaced_job(name, namespace, propagation_policy="Foreground")
+        self.collect_garbage()
 
     # ------------------------------------------------------------------ the trainer
+    def trainer(self, name: str, namespace: str = "default") -> Identity:
+        """The trainer pod's identity: its ServiceAccount's token, minted by the kubelet (TokenRequest)."""
+        spec = self.finetunejob(name, namespace)["spec"]
+        return self._service_account_identity(
+            namespace, spec.get("serviceAccountName") or children.trainer_account_name(name)
+        )
+
+    def pod_kubeconfig(self, job: dict[str, Any]) -> Path:
+        """A kubeconfig with the token the kubelet mounts into the Job's pod (its ServiceAccount's)."""
+        namespace = job["metadata"]["namespace"]
+        account = job["spec"]["template"]["spec"]["serviceAccountName"]
+        return self._service_account_identity(namespace, account).kubeconfig
+
+    def _service_account_identity(self, namespace: str, account: str) -> Identity:
+        key = (namespace, account)
+        if key not in self._trainer_identities:
+            request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": []}}
+            issued = self.test_cluster.kubelet.call(
+                "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token", request
+            )
+            user = UserInfo.service_account(namespace, account)
+            path = self.test_cluster.folder / "kubeconfigs" / f"sa-{namespace}-{account}.yaml"
+            self._trainer_identities[key] = Identity(
+                user, self.apiserver.kubeconfig(user, path, issued["status"]["token"])
+            )
+        return self._trainer_identities[key]
+
     def trainer_reports(self, name: str, status: dict[str, Any], namespace: str = "default") -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        self.trainer(name, namespace).custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}
+        )
+
+    def as_operator(self) -> Identity:
+        """The operator's own credentials: for a test that plays a write the operator made before it died."""
+        return self.test_cluster.identity(self.test_cluster.operator_user)
 
     # ------------------------------------------------------------------ the garbage collector
-    def collect_garbage(self, emulator: HonestApiServer) -> list[str]:
-        """Delete objects whose owners are gone (only those whose ownerReference uid matches)."""
+    def collect_garbage(self) -> list[str]:
+        """Delete dependents whose owners are gone and finish foreground and orphan deletions, until
+        nothing is left to do. Returns ``plural/name`` of everything it deleted."""
+        gc = self.test_cluster.garbage_collector
         removed: list[str] = []
         while True:
-            alive = {obj.get("metadata", {}).get("uid") for obj in emulator.objects.values() if not obj.deleted}
-            orphans = [
-                (key, obj)
-                for key, obj in emulator.objects.items()
-                if not obj.deleted
-                and (refs := obj.get("metadata", {}).get("ownerReferences"))
-                and all(ref.get("uid") not in alive for ref in refs)
-            ]
-            if not orphans:
+            objects = self._everything(gc)
+            # Owners whose dependents must go: present and not in a foreground deletion.
+            alive = {
+                obj["metadata"]["uid"]
+                for _, obj in objects
+                if "foregroundDeletion" not in (obj["metadata"].get("finalizers") or [])
+                or not obj["metadata"].get("deletionTimestamp")
+            }
+            actions = 0
+            for path, obj in objects:
+                meta = obj["metadata"]
+                refs = meta.get("ownerReferences") or []
+                if refs and not meta.get("deletionTimestamp") and all(ref.get("uid") not in alive for ref in refs):
+                    gc.call("DELETE", path, {"propagationPolicy": "Background"})
+                    removed.append(_short(path))
+                    actions += 1
+                elif meta.get("deletionTimestamp"):
+                    actions += self._finish_deletion(gc, path, obj, objects)
+            if not actions:
                 return removed
-            for (resource, namespace, name), _obj in orphans:
-                path = f"/apis/{resource.group}/{resource.version}" if resource.group else f"/api/{resource.version}"
-                path += f"/namespaces/{namespace}/{resource.plural}/{name}"
-                self.api_client.call_api(path, "DELETE", auth_settings=[], _preload_content=False)
-                removed.append(f"{resource.plural}/{name}")
+
+    @staticmethod
+    def _finish_deletion(
+        gc: Identity, path: str, obj: dict[str, Any], objects: list[tuple[str, dict[str, Any]]]
+    ) -> int:
+        meta = obj["metadata"]
+        finalizers = meta.get("finalizers") or []
+        dependents = [
+            (dep_path, dep)
+            for dep_path, dep in objects
+            if any(ref.get("uid") == meta["uid"] for ref in dep["metadata"].get("ownerReferences") or [])
+        ]
+        merge = "application/merge-patch+json"
+        if "orphan" in finalizers:
+            for dep_path, dep in dependents:
+                kept = [ref for ref in dep["metadata"]["ownerReferences"] if ref.get("uid") != meta["uid"]]
+                gc.call("PATCH", dep_path, {"metadata": {"ownerReferences": kept or None}}, merge)
+            rest = [f for f in finalizers if f != "orphan"]
+        elif "foregroundDeletion" in finalizers and not dependents:
+            rest = [f for f in finalizers if f != "foregroundDeletion"]
+        else:
+            return 0
+        gc.call("PATCH", path, {"metadata": {"finalizers": rest or None}}, merge)
+        return 1
+
+    @staticmethod
+    def _everything(identity: Identity) -> list[tuple[str, dict[str, Any]]]:
+        """(path, object) of every object of every listable resource, found by API discovery."""
+        bases = ["/api/v1"] + [
+            f"/apis/{version['groupVersion']}"
+            for group in identity.call("GET", "/apis")["groups"]
+            for version in group["versions"]
+        ]
+        found: list[tuple[str, dict[str, Any]]] = []
+        for base in bases:
+            for resource in identity.call("GET", base)["resources"]:
+                if "/" in resource["name"] or "list" not in resource["verbs"]:
+                    continue
+                for obj in identity.call("GET", f"{base}/{resource['name']}")["items"]:
+                    meta = obj["metadata"]
+                    where = f"{base}/namespaces/{meta['namespace']}" if resource["namespaced"] else base
+                    found.append((f"{where}/{resource['name']}/{meta['name']}", obj))
+        return found
+
+
+def _short(path: str) -> str:
+    """``.../jobs/x`` -> ``jobs/x``."""
+    return "/".join(path.rsplit("/", 2)[-2:])
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> Any:

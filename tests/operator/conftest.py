@@ -1,21 +1,41 @@
-"""Fixtures: the emulated API server, the cluster's controllers, and the real operator."""
+"""Fixtures: the test API server installed with the chart, the cluster's components, and the real operator.
+
+The operator suite runs twice, once per way the chart installs RBAC (cluster-wide and namespaced),
+and every operator runs with exactly the chart's grants: as the chart's ServiceAccount, through a
+kubeconfig with its token and the cluster CA, over HTTPS.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.operator.cluster import Cluster, EmulatorThread
+from tests.kubeapi.audit import Audit
+from tests.kubeapi.cluster import CLUSTERWIDE, NAMESPACED, RbacMode, TestCluster
+from tests.kubeapi.runner import ApiServerThread
+from tests.operator.cluster import Cluster
+
+# What the test API servers of this session saw, per RBAC mode, for the comparison of the grants the
+# operator used with what the chart grants (test_rbac_usage.py).
+SESSION_AUDIT: dict[str, Audit] = {}
+AUDIT_FILE_ENV = "KUBETUNE_TEST_AUDIT_FILE"
+
+
+@pytest.fixture(params=[CLUSTERWIDE, NAMESPACED], ids=lambda mode: mode.name)
+def rbac_mode(request: pytest.FixtureRequest) -> RbacMode:
+    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture()
-def emulator() -> Iterator[EmulatorThread]:
-    server = EmulatorThread().start()
+def apiserver(tmp_path: Path) -> Iterator[ApiServerThread]:
+    server = ApiServerThread(tmp_path / "apiserver").start()
     try:
         yield server
     finally:
@@ -23,8 +43,44 @@ def emulator() -> Iterator[EmulatorThread]:
 
 
 @pytest.fixture()
-def cluster(emulator: EmulatorThread) -> Cluster:
-    return Cluster(emulator.url)
+def test_cluster(apiserver: ApiServerThread, tmp_path: Path, rbac_mode: RbacMode) -> Iterator[TestCluster]:
+    yield TestCluster(apiserver, tmp_path / "cluster", rbac_mode)
+    apiserver.server.audit.merge_into(SESSION_AUDIT.setdefault(rbac_mode.name, Audit()))
+
+
+SUITE_COMPLETE = pytest.StashKey[bool]()
+RBAC_USAGE_TEST = "tests/operator/test_rbac_usage.py"
+_deselected_operator_tests: list[str] = []
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _deselected_operator_tests.extend(i.nodeid for i in items if i.nodeid.startswith("tests/operator/"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The RBAC usage comparison runs last, after every operator test has fed the audit."""
+    last = [item for item in items if item.nodeid.startswith(RBAC_USAGE_TEST)]
+    items[:] = [item for item in items if item not in last] + last
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Whether this session runs the whole operator suite (else test_rbac_usage.py runs it itself)."""
+    on_disk = {f"tests/operator/{p.name}" for p in Path(__file__).parent.glob("test_*.py")} - {RBAC_USAGE_TEST}
+    collected = {item.nodeid.split("::")[0] for item in session.items}
+    session.config.stash[SUITE_COMPLETE] = on_disk <= collected and not _deselected_operator_tests
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """With KUBETUNE_TEST_AUDIT_FILE set (test_rbac_usage.py runs the suite that way when it runs alone),
+    write what the operator identity did, per mode."""
+    target = os.environ.get(AUDIT_FILE_ENV)
+    if target:
+        Path(target).write_text(json.dumps({mode: audit.to_json() for mode, audit in SESSION_AUDIT.items()}))
+
+
+@pytest.fixture()
+def cluster(test_cluster: TestCluster) -> Cluster:
+    return Cluster(test_cluster)
 
 
 def free_port() -> int:
@@ -34,23 +90,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_operator(url: str, **env: str) -> Iterator[Any]:
-    """The real operator (kopf + kubetune's handlers) in a thread, talking HTTP to ``url``."""
-    from kopf.testing import KopfRunner
-
+def operator_environment(test_cluster: TestCluster, **env: str) -> Iterator[dict[str, str]]:
+    """The environment the chart's Deployment gives the operator, with a kubeconfig instead of the
+    pod's mounted ServiceAccount (both are read by kubetune.kubeclient)."""
     settings = {
-        "KUBETUNE_KUBE_API": url,
+        "KUBECONFIG": str(test_cluster.operator_kubeconfig()),
+        "KUBETUNE_NAMESPACES": ",".join(test_cluster.mode.namespaces),
         "KUBETUNE_METRICS_PORT": str(free_port()),
+        "KUBETUNE_HEALTH_PORT": str(free_port()),
         "KUBETUNE_TRAINER_IMAGE": "trainer:test",
         **env,
     }
     saved = {k: os.environ.get(k) for k in settings}
     os.environ.update(settings)
     try:
-        with KopfRunner(
-            ["run", "--all-namespaces", "--standalone", "-m", "kubetune.operator.main"], timeout=60
-        ) as runner:
-            yield runner
+        yield settings
     finally:
         for key, value in saved.items():
             if value is None:
@@ -59,7 +113,24 @@ def running_operator(url: str, **env: str) -> Iterator[Any]:
                 os.environ[key] = value
 
 
-@pytest.fixture()
-def operator(emulator: EmulatorThread) -> Iterator[Any]:
-    with running_operator(emulator.url) as runner:
+@contextmanager
+def running_operator(test_cluster: TestCluster, **env: str) -> Iterator[Any]:
+    """The real operator (kopf + kubetune's handlers) in a thread, with the chart's identity and grants."""
+    from kopf.testing import KopfRunner
+
+    namespaces = test_cluster.mode.namespaces
+    scope = [arg for namespace in namespaces for arg in ("--namespace", namespace)] or ["--all-namespaces"]
+    with (
+        operator_environment(test_cluster, **env),
+        KopfRunner(["run", *scope, "--standalone", "-m", "kubetune.operator.main"], timeout=60) as runner,
+    ):
         yield runner
+
+
+@pytest.fixture()
+def operator(test_cluster: TestCluster) -> Iterator[Any]:
+    with running_operator(test_cluster) as runner:
+        yield runner
+
+
+__all__ = ["NAMESPACED", "SESSION_AUDIT", "Cluster", "running_operator"]

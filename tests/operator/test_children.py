@@ -8,6 +8,13 @@ import yaml
 
 from kubetune.api.manifest import parse_spec
 from kubetune.api.v1alpha1 import FineTuneJobSpec
+from kubetune.exitcodes import (
+    EXIT_CANNOT_REPORT,
+    EXIT_CONFIG,
+    EXIT_PREEMPTED,
+    EXIT_RESULT_NOT_REPORTED,
+    EXIT_RETRYABLE,
+)
 from kubetune.operator.children import (
     Owner,
     build_preflight_job,
@@ -89,10 +96,24 @@ def test_preflight_job_requests_no_gpu() -> None:
     assert "nodeSelector" not in job["spec"]["template"]["spec"]
 
 
-def test_pod_failure_policy_fails_fast_on_config_errors_and_ignores_disruptions() -> None:
-    rules = build_training_job(OWNER, spec(), CONFIG)["spec"]["podFailurePolicy"]["rules"]
-    assert {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2]}} in rules
-    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+def test_pod_failure_policy_fails_fast_on_exits_a_retry_cannot_fix_and_ignores_disruptions() -> None:
+    for job in (build_training_job(OWNER, spec(), CONFIG), build_preflight_job(OWNER, spec(), CONFIG)):
+        rules = job["spec"]["podFailurePolicy"]["rules"]
+        # 2 bad input, 3 the status cannot be written, 4 the result was not written (kubetune.exitcodes).
+        fail_now = {"containerName": "trainer", "operator": "In", "values": [2, 3, 4]}
+        assert {"action": "FailJob", "onExitCodes": fail_now} in rules
+        assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+        assert fail_now["values"] == [EXIT_CONFIG, EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED]
+        assert EXIT_RETRYABLE not in fail_now["values"] and EXIT_PREEMPTED not in fail_now["values"]
+
+
+def test_the_trainer_is_told_where_to_say_why_it_stopped() -> None:
+    for job in (build_training_job(OWNER, spec(), CONFIG), build_preflight_job(OWNER, spec(), CONFIG)):
+        trainer = container(job)
+        assert trainer["terminationMessagePath"] == "/dev/termination-log"
+        assert trainer["terminationMessagePolicy"] == "FallbackToLogsOnError", "logs when it could not say"
+        env = {e["name"]: e.get("value") for e in trainer["env"]}
+        assert env["KUBETUNE_TERMINATION_LOG"] == trainer["terminationMessagePath"]
 
 
 def test_kueue_queue_label_and_created_suspended() -> None:
@@ -137,7 +158,7 @@ def test_trainer_role_is_limited_to_its_own_status() -> None:
             "apiGroups": ["kubetune.dev"],
             "resources": ["finetunejobs/status"],
             "resourceNames": ["tickets"],
-            "verbs": ["get", "patch"],
+            "verbs": ["patch"],
         }
     ]
 

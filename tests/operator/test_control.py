@@ -5,9 +5,22 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tests.operator.cluster import Cluster, EmulatorThread, wait_for
+from tests.kubeapi.cluster import TestCluster
+from tests.operator.cluster import Cluster, wait_for
 from tests.operator.conftest import running_operator
 from tests.operator.test_lifecycle import JOB, phase
+
+
+def foreign_job(name: str, **metadata: Any) -> dict[str, Any]:
+    """A valid Job the operator did not make."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, **metadata},
+        "spec": {
+            "template": {"spec": {"containers": [{"name": "main", "image": "busybox"}], "restartPolicy": "Never"}}
+        },
+    }
 
 
 def through_preflight(cluster: Cluster, manifest: dict[str, Any] = JOB) -> dict[str, Any]:
@@ -36,7 +49,8 @@ def test_suspend_and_resume_toggle_the_job(cluster: Cluster, operator: Any) -> N
     wait_for(lambda: phase(cluster) == "Running", what="Running again")
 
 
-def test_kueue_queue_and_workload_deactivation(emulator: EmulatorThread, cluster: Cluster, operator: Any) -> None:
+def test_kueue_queue_and_workload_deactivation(test_cluster: TestCluster, cluster: Cluster, operator: Any) -> None:
+    kueue = test_cluster.kueue
     manifest = copy.deepcopy(JOB)
     manifest["spec"]["queueName"] = "gpu-queue"
     job = through_preflight(cluster, manifest)
@@ -63,8 +77,8 @@ def test_kueue_queue_and_workload_deactivation(emulator: EmulatorThread, cluster
         },
         "spec": {"active": True, "queueName": "gpu-queue"},
     }
-    cluster.custom.create_namespaced_custom_object("kueue.x-k8s.io", "v1beta1", "default", "workloads", workload)
-    cluster.batch.patch_namespaced_job("tickets-train", "default", {"spec": {"suspend": False}})
+    kueue.custom.create_namespaced_custom_object("kueue.x-k8s.io", "v1beta1", "default", "workloads", workload)
+    kueue.batch.patch_namespaced_job("tickets-train", "default", {"spec": {"suspend": False}})
     cluster.start_job("tickets-train")
     wait_for(lambda: phase(cluster) == "Running", what="Running after admission")
 
@@ -72,7 +86,7 @@ def test_kueue_queue_and_workload_deactivation(emulator: EmulatorThread, cluster
     cluster.patch_spec("tickets", {"suspend": True})
 
     def workload_active() -> Any:
-        return cluster.custom.get_namespaced_custom_object(
+        return kueue.custom.get_namespaced_custom_object(
             "kueue.x-k8s.io", "v1beta1", "default", "workloads", "job-tickets-train"
         )["spec"]["active"]
 
@@ -83,42 +97,20 @@ def test_kueue_queue_and_workload_deactivation(emulator: EmulatorThread, cluster
     wait_for(lambda: workload_active() is True, what="Workload reactivated")
 
     # Kueue preempts: it suspends the Job again -> Queued.
-    cluster.batch.patch_namespaced_job("tickets-train", "default", {"spec": {"suspend": True}})
+    kueue.batch.patch_namespaced_job("tickets-train", "default", {"spec": {"suspend": True}})
     cluster.set_job_status("tickets-train", {"active": 0, "ready": 0})
     wait_for(lambda: phase(cluster) == "Queued", what="Queued after preemption")
 
 
-def test_delete_removes_children_but_only_its_own(emulator: EmulatorThread, cluster: Cluster, operator: Any) -> None:
+def test_delete_removes_children_but_only_its_own(test_cluster: TestCluster, cluster: Cluster, operator: Any) -> None:
     through_preflight(cluster)
-    unrelated = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": "someone-else",
-            "ownerReferences": [
-                {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "not-ours", "controller": True}
-            ],
-        },
-        "spec": {"template": {"spec": {"containers": [], "restartPolicy": "Never"}}},
-    }
-    cluster.batch.create_namespaced_job("default", unrelated)
     keeper = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
     cluster.core.create_namespaced_config_map("default", keeper)
     keeper_uid = cluster.core.read_namespaced_config_map("x", "default").metadata.uid
-    cluster.batch.patch_namespaced_job(
-        "someone-else",
-        "default",
-        {
-            "metadata": {
-                "ownerReferences": [
-                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": keeper_uid, "controller": True}
-                ]
-            }
-        },
-    )
-    cluster.custom.delete_namespaced_custom_object("kubetune.dev", "v1alpha1", "default", "finetunejobs", "tickets")
-    assert emulator.emulator is not None
-    removed = cluster.collect_garbage(emulator.emulator)
+    owned_by_keeper = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": keeper_uid, "controller": True}]
+    cluster.batch.create_namespaced_job("default", foreign_job("someone-else", ownerReferences=owned_by_keeper))
+    cluster.delete_finetunejob("tickets")
+    removed = cluster.collect_garbage()
     for child in (
         "jobs/tickets-train",
         "jobs/tickets-preflight",
@@ -133,8 +125,8 @@ def test_delete_removes_children_but_only_its_own(emulator: EmulatorThread, clus
     assert cluster.job("someone-else") is not None
 
 
-def test_restart_mid_job_creates_no_duplicate_and_keeps_status(emulator: EmulatorThread, cluster: Cluster) -> None:
-    with running_operator(emulator.url):
+def test_restart_mid_job_creates_no_duplicate_and_keeps_status(test_cluster: TestCluster, cluster: Cluster) -> None:
+    with running_operator(test_cluster):
         through_preflight(cluster)
         cluster.start_job("tickets-train")
         wait_for(lambda: phase(cluster) == "Running", what="Running")
@@ -142,7 +134,7 @@ def test_restart_mid_job_creates_no_duplicate_and_keeps_status(emulator: Emulato
     # While the operator is down the Job finishes and the trainer reports its result.
     cluster.trainer_reports("tickets", {"result": {"version": "v7", "promoted": True}})
     cluster.finish_job("tickets-train", succeeded=True)
-    with running_operator(emulator.url):
+    with running_operator(test_cluster):
         wait_for(lambda: phase(cluster) == "Succeeded", what="Succeeded after restart")
         jobs = [j["metadata"]["name"] for j in cluster.jobs()]
         assert sorted(jobs) == ["tickets-preflight", "tickets-train"], "no duplicate Job after a restart"
@@ -151,12 +143,19 @@ def test_restart_mid_job_creates_no_duplicate_and_keeps_status(emulator: Emulato
     assert after["jobName"] == before["jobName"]
 
 
-def test_restart_between_job_creation_and_status_is_idempotent(emulator: EmulatorThread, cluster: Cluster) -> None:
-    with running_operator(emulator.url):
+def test_restart_between_job_creation_and_status_is_idempotent(test_cluster: TestCluster, cluster: Cluster) -> None:
+    with running_operator(test_cluster):
         through_preflight(cluster)
         # Forget what the operator recorded, as if it died right after creating the Job.
-        cluster.trainer_reports("tickets", {"jobName": None, "phase": None})
-    with running_operator(emulator.url):
+        cluster.as_operator().custom.patch_namespaced_custom_object_status(
+            "kubetune.dev",
+            "v1alpha1",
+            "default",
+            "finetunejobs",
+            "tickets",
+            {"status": {"jobName": None, "phase": None}},
+        )
+    with running_operator(test_cluster):
         wait_for(
             lambda: cluster.finetunejob("tickets")["status"].get("jobName") == "tickets-train", what="Job re-found"
         )
@@ -164,12 +163,7 @@ def test_restart_between_job_creation_and_status_is_idempotent(emulator: Emulato
 
 
 def test_a_job_owned_by_someone_else_is_never_adopted(cluster: Cluster, operator: Any) -> None:
-    squatter = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "tickets-preflight", "labels": {"app.kubernetes.io/managed-by": "kubetune-operator"}},
-        "spec": {"template": {"spec": {"containers": [], "restartPolicy": "Never"}}},
-    }
+    squatter = foreign_job("tickets-preflight", labels={"app.kubernetes.io/managed-by": "kubetune-operator"})
     cluster.batch.create_namespaced_job("default", squatter)
     cluster.apply(JOB)
     wait_for(lambda: phase(cluster) == "Failed", what="Failed")

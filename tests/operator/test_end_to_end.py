@@ -13,33 +13,40 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.operator.cluster import Cluster, EmulatorThread, wait_for
+from kubetune.exitcodes import EXIT_CANNOT_REPORT, EXIT_CONFIG, EXIT_OK
+from tests.kubeapi.cluster import TestCluster
+from tests.kubeapi.model import UserInfo
+from tests.operator.cluster import Cluster, wait_for
 from tests.trainer.jobs import write_dataset
 
 
-def run_pod(cluster: Cluster, emulator: EmulatorThread, job_name: str, tmp_path: Path) -> int:
-    """What the kubelet would do with the Job's pod: run its command with its env and the mounted spec."""
+def run_pod(cluster: Cluster, job_name: str, tmp_path: Path) -> int:
+    """What the kubelet does with the Job's pod: run its command with its env, the mounted spec, the
+    pod's ServiceAccount token (from the TokenRequest API) and the cluster CA; then record the exit
+    code and termination message, and the Job controller finishes the Job."""
     job = cluster.job(job_name)
     assert job is not None
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    config_map = cluster.core.read_namespaced_config_map(
-        job["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"], "default"
-    )
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    config_map = cluster.core.read_namespaced_config_map(pod["volumes"][0]["configMap"]["name"], "default")
     spec_file = tmp_path / f"{job_name}.yaml"
     spec_file.write_text(config_map.data["job.yaml"])
+    termination_log = tmp_path / f"{job_name}.termination-log"
     command = [spec_file.as_posix() if arg == "/etc/kubetune/job.yaml" else arg for arg in container["command"]]
     assert command[0] == "kubetune"
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert env["KUBETUNE_TERMINATION_LOG"] == container["terminationMessagePath"]
     env.update(
         {
             "KUBETUNE_SCRATCH": str(tmp_path / "scratch"),
             "KUBETUNE_CACHE": os.environ.get("KUBETUNE_CACHE", str(Path.home() / ".cache" / "kubetune")),
             "HOME": str(tmp_path),
+            "KUBETUNE_TERMINATION_LOG": str(termination_log),
+            "KUBECONFIG": str(cluster.pod_kubeconfig(job)),
         }
     )
-    env["KUBETUNE_KUBE_API"] = emulator.url  # the pod's in-cluster API endpoint
     # The pod sees its own environment, not the operator's (both use KUBETUNE_METRICS_PORT, for example).
-    machine = {k: v for k, v in os.environ.items() if not k.startswith("KUBETUNE_")}
+    machine = {k: v for k, v in os.environ.items() if not k.startswith("KUBETUNE_") and k != "KUBECONFIG"}
     cluster.start_job(job_name)
     result = subprocess.run(
         [str(Path(sys.executable).parent / "kubetune"), *command[1:], "--workdir", str(tmp_path / job_name)],
@@ -48,10 +55,11 @@ def run_pod(cluster: Cluster, emulator: EmulatorThread, job_name: str, tmp_path:
         text=True,
         timeout=300,
     )
+    said = termination_log.read_text() if termination_log.exists() else ""
     cluster.finish_job(
-        job_name, succeeded=result.returncode == 0, reason="PodFailurePolicy" if result.returncode == 2 else ""
+        job_name, succeeded=result.returncode == 0, exit_code=result.returncode, termination_message=said
     )
-    if result.returncode not in (0, 2):
+    if result.returncode not in (EXIT_OK, EXIT_CONFIG, EXIT_CANNOT_REPORT):
         raise AssertionError(f"{job_name}: the trainer crashed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     return result.returncode
 
@@ -59,7 +67,7 @@ def run_pod(cluster: Cluster, emulator: EmulatorThread, job_name: str, tmp_path:
 # The trainer really runs (tiny model, but two Python processes importing torch each): tens of seconds.
 @pytest.mark.slow
 def test_trainer_entry_points_driven_by_the_operator(
-    tmp_path: Path, tiny_model_dir: Path, emulator: EmulatorThread, cluster: Cluster, operator: Any
+    tmp_path: Path, tiny_model_dir: Path, cluster: Cluster, operator: Any
 ) -> None:
     data = write_dataset(tmp_path / "data.jsonl", 48)
     manifest = yaml.safe_load(
@@ -79,11 +87,11 @@ spec:
     )
     cluster.apply(manifest)
     wait_for(lambda: cluster.job("e2e-preflight"), what="pre-flight Job")
-    assert run_pod(cluster, emulator, "e2e-preflight", tmp_path) == 0
+    assert run_pod(cluster, "e2e-preflight", tmp_path) == 0
     status = wait_for(lambda: cluster.finetunejob("e2e")["status"].get("preflight"), what="pre-flight report in status")
     assert status["passed"] is True and status["trainTokens"] > 0
     wait_for(lambda: cluster.job("e2e-train"), what="training Job")
-    assert run_pod(cluster, emulator, "e2e-train", tmp_path) == 0
+    assert run_pod(cluster, "e2e-train", tmp_path) == 0
     wait_for(lambda: cluster.finetunejob("e2e")["status"].get("phase") == "Succeeded", what="Succeeded")
     final = cluster.finetunejob("e2e")["status"]
     assert final["progress"]["step"] == final["progress"]["totalSteps"] > 0
@@ -97,7 +105,7 @@ spec:
 
 @pytest.mark.slow
 def test_a_bad_dataset_fails_the_preflight_with_the_row(
-    tmp_path: Path, tiny_model_dir: Path, emulator: EmulatorThread, cluster: Cluster, operator: Any
+    tmp_path: Path, tiny_model_dir: Path, cluster: Cluster, operator: Any
 ) -> None:
     (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "robot", "content": "x"}]}\n')
     manifest = {
@@ -113,7 +121,7 @@ def test_a_bad_dataset_fails_the_preflight_with_the_row(
     }
     cluster.apply(manifest)
     wait_for(lambda: cluster.job("bad-preflight"), what="pre-flight Job")
-    assert run_pod(cluster, emulator, "bad-preflight", tmp_path) == 2
+    assert run_pod(cluster, "bad-preflight", tmp_path) == 2
 
     def validated() -> dict[str, Any]:
         conditions = cluster.finetunejob("bad").get("status", {}).get("conditions", [])
@@ -123,3 +131,35 @@ def test_a_bad_dataset_fails_the_preflight_with_the_row(
     assert condition["reason"] == "PreflightFailed"
     assert f"{tmp_path}/bad.jsonl:1: field 'messages[0].role': unknown role 'robot'" in condition["message"]
     assert cluster.job("bad-train") is None
+
+
+@pytest.mark.slow
+def test_a_trainer_whose_credentials_are_refused_stops_and_the_operator_says_why(
+    tmp_path: Path, tiny_model_dir: Path, test_cluster: TestCluster, cluster: Cluster, operator: Any
+) -> None:
+    """The pod's token is revoked before it starts: the trainer's first status write gets 401, it exits
+    with its own code before any work, and the FineTuneJob fails quoting the HTTP status."""
+    data = write_dataset(tmp_path / "data.jsonl", 8)
+    manifest = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "mute"},
+        "spec": {
+            "baseModel": {"uri": f"file://{tiny_model_dir}"},
+            "dataset": {"sources": [{"uri": f"file://{data}"}]},
+            "output": {"uri": f"file://{tmp_path}/out/"},
+            "resources": {"gpus": 0},
+        },
+    }
+    cluster.apply(manifest)
+    job = wait_for(lambda: cluster.job("mute-preflight"), what="pre-flight Job")
+    cluster.pod_kubeconfig(job)  # the kubelet mounts the token...
+    account = UserInfo.service_account("default", job["spec"]["template"]["spec"]["serviceAccountName"])
+    server = test_cluster.apiserver.server
+    test_cluster.apiserver.call(lambda: server.authn.revoke_user(account))  # ...and it is revoked
+    assert run_pod(cluster, "mute-preflight", tmp_path) == EXIT_CANNOT_REPORT
+    wait_for(lambda: cluster.finetunejob("mute")["status"].get("phase") == "Failed", what="Failed")
+    failed = next(c for c in cluster.finetunejob("mute")["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "TrainerCannotReport"
+    assert "HTTP 401 Unauthorized" in failed["message"]
+    assert cluster.job("mute-train") is None

@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.operator.cluster import Cluster, EmulatorThread, wait_for
+from tests.kubeapi.cluster import TestCluster
+from tests.operator.cluster import Cluster, wait_for
 from tests.operator.conftest import free_port, running_operator
 from tests.operator.test_lifecycle import JOB, phase
 from tests.scrape import Samples, scrape, value
@@ -33,10 +34,10 @@ def job_series(samples: Samples, name: str = "tickets") -> dict[str, float]:
     }
 
 
-def test_metrics_follow_a_job_from_creation_to_success(emulator: EmulatorThread, cluster: Cluster) -> None:
+def test_metrics_follow_a_job_from_creation_to_success(test_cluster: TestCluster, cluster: Cluster) -> None:
     port = free_port()
     read = scraper(port)
-    with running_operator(emulator.url, KUBETUNE_METRICS_PORT=str(port)):
+    with running_operator(test_cluster, KUBETUNE_METRICS_PORT=str(port)):
         created = time.time()
         cluster.apply(JOB)
         m = wait_metric(read, "kubetune_finetunejobs", 1, namespace="default", phase="Validating")
@@ -94,10 +95,10 @@ def test_metrics_follow_a_job_from_creation_to_success(emulator: EmulatorThread,
         assert (value(m, "kubetune_reconcile_duration_seconds_count") or 0) >= len(path)
 
 
-def test_failures_are_counted_by_reason_in_each_namespace(emulator: EmulatorThread, cluster: Cluster) -> None:
+def test_failures_are_counted_by_reason_in_each_namespace(test_cluster: TestCluster, cluster: Cluster) -> None:
     port = free_port()
     read = scraper(port)
-    with running_operator(emulator.url, KUBETUNE_METRICS_PORT=str(port)):
+    with running_operator(test_cluster, KUBETUNE_METRICS_PORT=str(port)):
         cluster.apply(JOB)
         wait_metric(read, "kubetune_finetunejobs", 1, namespace="default", phase="Validating")
         cluster.trainer_reports("tickets", {"preflight": {"passed": True, "message": "fits"}})
@@ -109,18 +110,18 @@ def test_failures_are_counted_by_reason_in_each_namespace(emulator: EmulatorThre
         m = wait_metric(read, "kubetune_finetunejob_failures_total", 1, namespace="default", reason="TrainingFailed")
         assert value(m, "kubetune_finetunejob_duration_seconds_count", namespace="default", outcome="Failed") == 1
 
-        # A namespace the operator has never seen, and a spec the API server would have let through.
+        # A namespace the operator has never seen, and a reference the API server cannot check.
         bad: dict[str, Any] = {**JOB, "metadata": {"name": "typo"}}
-        bad["spec"] = {**JOB["spec"], "method": {"type": "qlora"}, "resources": {"gpus": 0}}
+        bad["spec"] = {**JOB["spec"], "s3": {"credentialsSecret": {"name": "no-such-secret"}}}
         cluster.apply(bad, namespace="research")
-        m = wait_metric(read, "kubetune_finetunejob_failures_total", 1, namespace="research", reason="InvalidSpec")
+        m = wait_metric(read, "kubetune_finetunejob_failures_total", 1, namespace="research", reason="SecretNotFound")
         assert value(m, "kubetune_finetunejob_failures_total", namespace="research", reason="TrainingFailed") == 0
         assert value(m, "kubetune_finetunejobs", namespace="research", phase="Failed") == 1
         assert value(m, "kubetune_finetunejobs", namespace="default", phase="Failed") == 1
 
 
-def test_a_restarted_operator_counts_nothing_twice(emulator: EmulatorThread, cluster: Cluster) -> None:
-    with running_operator(emulator.url):
+def test_a_restarted_operator_counts_nothing_twice(test_cluster: TestCluster, cluster: Cluster) -> None:
+    with running_operator(test_cluster):
         cluster.apply(JOB)
         wait_for(lambda: phase(cluster) == "Validating", what="Validating")
         cluster.finish_job("tickets-preflight", succeeded=True)
@@ -136,7 +137,7 @@ def test_a_restarted_operator_counts_nothing_twice(emulator: EmulatorThread, clu
     port = free_port()
     read = scraper(port)
     restarted = time.time()
-    with running_operator(emulator.url, KUBETUNE_METRICS_PORT=str(port)):
+    with running_operator(test_cluster, KUBETUNE_METRICS_PORT=str(port)):
         m = wait_metric(read, "kubetune_finetunejobs", 1, namespace="default", phase="Running")
         assert value(m, "kubetune_finetunejob_queue_seconds_count", namespace="default") is None, "observed before"
         assert value(m, "kubetune_finetunejob_job_creation_delay_seconds_count", namespace="default") is None

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from kubetune.operator import cli
-from tests.operator.cluster import Cluster, EmulatorThread, wait_for
-from tests.operator.conftest import free_port
+from tests.kubeapi.cluster import TestCluster
+from tests.operator.cluster import Cluster, wait_for
+from tests.operator.conftest import free_port, operator_environment
 from tests.operator.test_lifecycle import JOB, phase
 from tests.scrape import Samples, get, scrape, value
 
@@ -27,17 +28,15 @@ def ports() -> tuple[int, int]:
 
 
 @pytest.fixture()
-def operator_process(emulator: EmulatorThread, ports: tuple[int, int]) -> Iterator[subprocess.Popen[str]]:
+def operator_process(test_cluster: TestCluster, ports: tuple[int, int]) -> Iterator[subprocess.Popen[str]]:
+    """The console script, started the way the chart's Deployment starts it (a kubeconfig here
+    instead of the pod's ServiceAccount files: both are read by kubetune.kubeclient)."""
     assert OPERATOR is not None, "the kubetune-operator console script is installed with the package"
     metrics_port, health_port = ports
-    env = {
-        **os.environ,
-        "KUBETUNE_KUBE_API": emulator.url,
-        "KUBETUNE_METRICS_PORT": str(metrics_port),
-        "KUBETUNE_HEALTH_PORT": str(health_port),
-        # Cluster-wide: kmock 0.8 cannot serve GET /api/v1/namespaces, which kopf lists for a namespace list.
-        "KUBETUNE_NAMESPACES": "",
-    }
+    with operator_environment(
+        test_cluster, KUBETUNE_METRICS_PORT=str(metrics_port), KUBETUNE_HEALTH_PORT=str(health_port)
+    ) as settings:
+        env = {**os.environ, **settings}
     process = subprocess.Popen([OPERATOR], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         yield process

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import kmock
-
 from kubetune.operator.children import training_job_name
-from tests.operator.cluster import Cluster, EmulatorThread, Outage, wait_for
+from tests.kubeapi.cluster import TestCluster
+from tests.kubeapi.server import Outage
+from tests.operator.cluster import Cluster, wait_for
 from tests.operator.conftest import running_operator
 from tests.operator.test_control import through_preflight
 from tests.operator.test_lifecycle import JOB, condition, phase
@@ -22,15 +22,12 @@ def kopf_is_done(cluster: Cluster) -> bool:
     return "kubetune.dev/last-handled-configuration" in annotations
 
 
-def test_an_api_outage_while_creating_the_training_job_is_retried(
-    emulator: EmulatorThread, cluster: Cluster, operator: Any
-) -> None:
-    assert emulator.emulator is not None
+def test_an_api_outage_while_creating_the_training_job_is_retried(cluster: Cluster, operator: Any) -> None:
     cluster.apply(JOB)
     wait_for(lambda: cluster.job("tickets-preflight"), what="pre-flight Job")
     wait_for(lambda: phase(cluster) == "Validating" and kopf_is_done(cluster), what="the operator idle")
     # More refusals than the Job's status change causes watch events: only retries get through.
-    outage = emulator.emulator.refuse(Outage(action=kmock.action.CREATE, plural="jobs", name="tickets-train", count=3))
+    outage = cluster.outage(Outage(verb="create", plural="jobs", name="tickets-train", count=3))
     cluster.finish_job("tickets-preflight", succeeded=True)
     wait_for(lambda: cluster.job("tickets-train"), timeout=30, what="training Job after the outage")
     assert outage.refused == 3, "the operator met the outage and retried through it"
@@ -62,15 +59,15 @@ def test_a_running_job_deleted_by_hand_fails_the_finetunejob(cluster: Cluster, o
     assert cluster.job("tickets-train") is None
 
 
-def test_a_job_finished_and_removed_while_the_operator_was_down(emulator: EmulatorThread, cluster: Cluster) -> None:
-    with running_operator(emulator.url):
+def test_a_job_finished_and_removed_while_the_operator_was_down(test_cluster: TestCluster, cluster: Cluster) -> None:
+    with running_operator(test_cluster):
         through_preflight(cluster)
         cluster.start_job("tickets-train")
         wait_for(lambda: phase(cluster) == "Running", what="Running")
     cluster.trainer_reports("tickets", {"result": {"version": "v9", "promoted": False}})
     cluster.finish_job("tickets-train", succeeded=True)
     cluster.delete_job("tickets-train")
-    with running_operator(emulator.url):
+    with running_operator(test_cluster):
         wait_for(lambda: phase(cluster) == "Succeeded", what="Succeeded from the trainer's result")
         assert "v9" in condition(cluster, "Succeeded")["message"]
         assert condition(cluster, "QualityGatePassed")["reason"] == "QualityGateNotMet"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune.api.v1alpha1 import Phase
-from kubetune.operator.status import Observed, decide, derive_status, render_status
+from kubetune.operator.status import FAILURE_REASONS, Observed, decide, derive_status, failed_exit_code, render_status
 
 
 def job(
@@ -97,3 +97,83 @@ def test_derive_status_is_a_function_of_the_finetunejob_and_its_children() -> No
     assert patch["completionTime"] == "T9"
     assert all(c["observedGeneration"] == 2 for c in patch["conditions"])
     assert derive_status(ftj, seen, "T9") == (verdict, patch)
+
+
+def failed_by_policy(exit_code: int) -> dict[str, Any]:
+    """A Job the Job controller failed on a podFailurePolicy FailJob rule, with its exact condition message."""
+    return job(
+        condition="Failed",
+        reason="PodFailurePolicy",
+        message=f"Container trainer for pod ml/tickets-train-x7k2p failed with exit code {exit_code} "
+        "matching FailJob rule at index 0",
+    )
+
+
+FORBIDDEN = (
+    'TrainerCannotReport: HTTP 403 Forbidden: finetunejobs.kubetune.dev "tickets" is forbidden: User '
+    '"system:serviceaccount:ml:tickets-trainer" cannot patch resource "finetunejobs/status" in API group '
+    '"kubetune.dev" in the namespace "ml"'
+)
+
+
+def test_a_trainer_that_cannot_write_its_status_fails_the_job_and_says_why() -> None:
+    quoted = decide(observed(training_job=failed_by_policy(3), trainer_termination=(3, FORBIDDEN)))
+    assert (quoted.phase, quoted.reason) == (Phase.FAILED, "TrainerCannotReport")
+    assert FORBIDDEN.removeprefix("TrainerCannotReport: ") in quoted.message, "the API's answer, HTTP status included"
+    assert "could not write the FineTuneJob status" in quoted.message
+
+    unread = decide(observed(training_job=failed_by_policy(3)))  # the reconciler has not read the pod (yet)
+    assert (unread.phase, unread.reason) == (Phase.FAILED, "TrainerCannotReport")
+    assert "could not write the FineTuneJob status" in unread.message and "logs" in unread.message
+
+    preflight = decide(observed(preflight_job=failed_by_policy(3), trainer_termination=(3, FORBIDDEN)))
+    assert (preflight.phase, preflight.reason) == (Phase.FAILED, "TrainerCannotReport")
+    assert preflight.validated[0] == "Unknown", "the pre-flight never got to check anything"
+
+
+def test_a_result_that_was_not_written_fails_the_job_and_says_the_artifacts_are_in_storage() -> None:
+    said = (
+        "ResultNotReported: 20250101-120000 published at s3://models/tickets/20250101-120000/manifest.json, "
+        "but the FineTuneJob status could not be written: HTTP 503 Service Unavailable: etcd is unavailable"
+    )
+    quoted = decide(observed(training_job=failed_by_policy(4), trainer_termination=(4, said)))
+    assert (quoted.phase, quoted.reason) == (Phase.FAILED, "ResultNotReported")
+    assert "artifacts are in storage" in quoted.message
+    assert "s3://models/tickets/20250101-120000/manifest.json" in quoted.message and "HTTP 503" in quoted.message
+    assert quoted.validated[0] == "True", "the pre-flight had passed"
+
+    unread = decide(observed(training_job=failed_by_policy(4)))
+    assert (unread.phase, unread.reason) == (Phase.FAILED, "ResultNotReported")
+    assert "artifacts are in storage" in unread.message and "logs" in unread.message
+
+
+def test_other_failures_keep_their_reasons_and_quote_the_trainer() -> None:
+    bad_input = decide(observed(training_job=failed_by_policy(2)))
+    assert (bad_input.reason, bad_input.message) == ("TrainingFailed", f"PodFailurePolicy: {_message(2)}")
+    assert decide(observed(training_job=failed_by_policy(34))).reason == "TrainingFailed", "34 is not 3"
+    assert decide(observed(preflight_job=failed_by_policy(2))).reason == "PreflightFailed"
+
+    exhausted = job(
+        condition="Failed", reason="BackoffLimitExceeded", message="Job has reached the specified backoff limit"
+    )
+    crashed = decide(observed(training_job=exhausted, trainer_termination=(1, "StorageError: s3://models: timed out")))
+    assert crashed.reason == "TrainingFailed"
+    assert crashed.message == (
+        "BackoffLimitExceeded: Job has reached the specified backoff limit; "
+        "the trainer exited with code 1: StorageError: s3://models: timed out"
+    )
+
+
+def test_failure_reasons_name_the_reporting_failures() -> None:
+    assert {"TrainerCannotReport", "ResultNotReported"} <= set(FAILURE_REASONS)
+
+
+def test_the_exit_code_is_read_from_the_job_controllers_failed_condition() -> None:
+    assert failed_exit_code(failed_by_policy(3)) == 3
+    assert failed_exit_code(failed_by_policy(143)) == 143
+    assert failed_exit_code(job(condition="Failed", reason="DeadlineExceeded", message="too slow")) is None
+    assert failed_exit_code(job(ready=1)) is None and failed_exit_code(None) is None
+
+
+def _message(exit_code: int) -> str:
+    return str(failed_by_policy(exit_code)["status"]["conditions"][0]["message"])

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 from typing import Any
 
 import pytest
+from kubernetes.client.rest import ApiException
 
 from kubetune.api.manifest import parse_spec
 from kubetune.operator.validation import Reader, SpecProblem, check_references
+from tests.kubeapi.cluster import TestCluster, chart_crds
 from tests.operator.cluster import Cluster, wait_for
 from tests.operator.test_lifecycle import JOB, condition, phase
 
@@ -27,27 +30,74 @@ def assert_rejected(cluster: Cluster, reason: str, fragment: str) -> None:
     assert validated["reason"] == reason
     assert fragment in validated["message"]
     assert cluster.jobs() == [], "no Job may be created for an invalid FineTuneJob"
-    # kopf posts Events from a background queue: they may land just after the status.
     wait_for(
         lambda: any(e["type"] == "Warning" and fragment in e["message"] for e in cluster.events_for("tickets")),
         what=f"a Warning Event mentioning {fragment!r}",
     )
 
 
-@pytest.mark.parametrize(
-    ("spec", "fragment"),
-    [
-        ({"method": {"type": "qlora"}, "resources": {"gpus": 0}}, "qlora needs resources.gpus > 0"),
-        ({"method": {"type": "dpo"}}, "spec.method.type"),
-        ({"output": {"uri": "http://example.com/out"}}, "spec.output.uri"),
-        ({"hyperparameters": {"learningRate": -1}}, "spec.hyperparameters.learningRate"),
-        ({"dataset": {"sources": []}}, "spec.dataset.sources"),
-    ],
-)
-def test_invalid_spec_fails_with_the_field(
-    cluster: Cluster, operator: Any, spec: dict[str, Any], fragment: str
+INVALID_SPECS = [
+    ({"method": {"type": "qlora"}, "resources": {"gpus": 0}}, "spec.method.type", "qlora needs resources.gpus > 0"),
+    ({"method": {"type": "dpo"}}, "spec.method.type", "spec.method.type"),
+    ({"output": {"uri": "http://example.com/out"}}, "spec.output.uri", "spec.output.uri"),
+    (
+        {"hyperparameters": {"learningRate": -1}},
+        "spec.hyperparameters.learningRate",
+        "spec.hyperparameters.learningRate",
+    ),
+    ({"dataset": {"sources": []}}, "spec.dataset.sources", "spec.dataset.sources"),
+]
+
+
+@pytest.mark.parametrize(("spec", "field", "fragment"), INVALID_SPECS)
+def test_the_api_server_refuses_an_invalid_spec_at_the_field(
+    cluster: Cluster, spec: dict[str, Any], field: str, fragment: str
 ) -> None:
+    """The CRD's schema and CEL rules, enforced by the API server: nothing is stored, nothing runs."""
+    with pytest.raises(ApiException) as refused:
+        cluster.apply(with_spec(**spec))
+    assert refused.value.status == 422
+    causes = json.loads(refused.value.body)["details"]["causes"]
+    assert causes[0]["field"] == field and fragment in json.dumps(causes)
+
+
+@pytest.mark.parametrize(("spec", "field", "fragment"), INVALID_SPECS)
+def test_a_stored_spec_the_operator_finds_invalid_fails_with_the_field(
+    test_cluster: TestCluster, cluster: Cluster, operator: Any, spec: dict[str, Any], field: str, fragment: str
+) -> None:
+    """A FineTuneJob stored before a stricter CRD was installed (the API server validates only on
+    write): the operator refuses it with the same field, and creates nothing."""
+    (crd,) = chart_crds()
+    lax_version = {
+        **crd["spec"]["versions"][0],
+        "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    }
+    lax = {**crd, "spec": {**crd["spec"], "versions": [lax_version]}}
+    installer = test_cluster.installer
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+    installer.call(
+        "PUT",
+        path,
+        {
+            **lax,
+            "metadata": {
+                **crd["metadata"],
+                "resourceVersion": installer.call("GET", path)["metadata"]["resourceVersion"],
+            },
+        },
+    )
     cluster.apply(with_spec(**spec))
+    installer.call(
+        "PUT",
+        path,
+        {
+            **crd,
+            "metadata": {
+                **crd["metadata"],
+                "resourceVersion": installer.call("GET", path)["metadata"]["resourceVersion"],
+            },
+        },
+    )
     assert_rejected(cluster, "InvalidSpec", fragment)
 
 
@@ -56,6 +106,11 @@ def test_missing_secret_is_caught_before_any_pod(cluster: Cluster, operator: Any
     assert_rejected(
         cluster, "SecretNotFound", "spec.s3.credentialsSecret.name: Secret 's3-creds' not found in namespace 'default'"
     )
+
+
+def test_a_missing_scratch_volume_claim_is_caught_before_any_pod(cluster: Cluster, operator: Any) -> None:
+    cluster.apply(with_spec(storage={"pvc": {"claimName": "scratch"}}))
+    assert_rejected(cluster, "PersistentVolumeClaimNotFound", "PersistentVolumeClaim 'scratch' not found")
 
 
 def test_missing_secret_key_is_caught_before_any_pod(cluster: Cluster, operator: Any) -> None:

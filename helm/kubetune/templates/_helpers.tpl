@@ -51,17 +51,27 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.trainerImage.repository (default .Chart.AppVersion .Values.trainerImage.tag) }}
 {{- end }}
 
-{{/* The operator's namespaced rules: exactly what it calls, nothing more. */}}
+{{/* The operator's namespaced rules: exactly what it calls, nothing more. tests/operator/test_rbac_usage.py
+     compares them with every request the operator made over the whole operator suite, both ways. */}}
 {{- define "kubetune.namespacedRules" -}}
 - apiGroups: ["kubetune.dev"]
   resources: ["finetunejobs"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["kubetune.dev"]
   resources: ["finetunejobs/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
+# Children block their FineTuneJob's deletion (ownerReferences blockOwnerDeletion); clusters with the
+# OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened distributions) require this.
+- apiGroups: ["kubetune.dev"]
+  resources: ["finetunejobs/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Why a trainer stopped when it could not say so itself: its pod's termination message.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 - apiGroups: [""]
   resources: ["configmaps", "serviceaccounts"]
   verbs: ["get", "create"]
@@ -71,22 +81,25 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["secrets", "persistentvolumeclaims"]
   verbs: ["get"]
-- apiGroups: ["", "events.k8s.io"]
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "patch"]
 {{- end }}
 
-{{/* Cluster-scoped reads kopf needs for discovery. */}}
+{{/* Cluster-scoped reads: kopf watches CustomResourceDefinitions to follow the resources it serves,
+     and, when it watches a list of namespaces, the Namespaces themselves. */}}
 {{- define "kubetune.clusterRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+{{- if .Values.watchNamespaces }}
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
+{{- end }}
 {{- end }}
 
 {{/* "true" when a Prometheus Operator object is wanted: (list setting apiVersion/Kind context).

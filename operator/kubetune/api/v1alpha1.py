@@ -520,9 +520,25 @@ class TrainerResult(ApiModel):
     artifacts: list[ArtifactStatus] | None = None
 
 
+class PhaseTransition(ApiModel):
+    """One recorded phase change. Its id names the phase Event posted for it, so that Event is
+    posted exactly once, even across operator restarts and retried requests."""
+
+    id: int
+    phase: Phase
+    previous_phase: Phase | None = None
+    reason: str
+    message: str = ""
+    time: str
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Phase | None = None
     conditions: list[Condition] | None = None
+    phase_history: Annotated[
+        list[PhaseTransition] | None,
+        Field(description="The last phase transitions, oldest first (at most 16), each with the id of its Event."),
+    ] = None
     observed_generation: int | None = None
     start_time: Annotated[
         str | None, Field(description="When the trainer first ran (the training pod became ready).")

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec
+from kubetune.exitcodes import FAIL_JOB_EXIT_CODES, TERMINATION_LOG_ENV, TERMINATION_LOG_PATH
 from kubetune.operator.config import OperatorConfig
 from kubetune.telemetry import ENV_METRICS_PORT, ENV_PUSH_INTERVAL, ENV_PUSHGATEWAY_URL
 
@@ -22,8 +23,12 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 JOB_FILE = "/etc/kubetune/job.yaml"
 SCRATCH = "/scratch"
 CA_DIR = "/etc/kubetune/ca"
-EXIT_CONFIG = 2  # the trainer's "bad input" exit code (kubetune_trainer.errors)
 TRAINER_UID = 1000
+TRAINER_CONTAINER = "trainer"
+# A label value is at most 63 characters (a FineTuneJob name may have 253); the full name stays
+# in this annotation, and ownerReferences carry the uid.
+FINETUNEJOB_ANNOTATION = "kubetune.dev/finetunejob"
+LABEL_VALUE_LIMIT = 63
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,15 @@ def child_name(owner: str, suffix: str, limit: int = 63) -> str:
         return name
     digest = hashlib.sha256(owner.encode()).hexdigest()[:8]
     keep = limit - len(suffix) - len(digest) - 2
-    return f"{owner[:keep].rstrip('-')}-{digest}-{suffix}"
+    return f"{owner[:keep].rstrip('-.')}-{digest}-{suffix}"
+
+
+def label_value(name: str) -> str:
+    """``name`` as a label value: itself when it fits in 63 characters, else a stable hash-shortened form."""
+    if len(name) <= LABEL_VALUE_LIMIT:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: LABEL_VALUE_LIMIT - len(digest) - 1].rstrip('-.')}-{digest}"
 
 
 def spec_configmap_name(owner: str) -> str:
@@ -79,10 +92,10 @@ def training_job_name(owner: str) -> str:
 def labels(owner: Owner, component: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "kubetune",
-        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/instance": label_value(owner.name),
         "app.kubernetes.io/managed-by": MANAGED_BY,
         COMPONENT_LABEL: component,
-        JOB_LABEL: owner.name,
+        JOB_LABEL: label_value(owner.name),
     }
 
 
@@ -91,6 +104,7 @@ def _metadata(owner: Owner, name: str, component: str) -> dict[str, Any]:
         "name": name,
         "namespace": owner.namespace,
         "labels": labels(owner, component),
+        "annotations": {FINETUNEJOB_ANNOTATION: owner.name},
         "ownerReferences": [owner.reference()],
     }
 
@@ -125,7 +139,7 @@ def build_spec_configmap(owner: Owner, spec: FineTuneJobSpec, config: OperatorCo
 def build_trainer_rbac(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     """ServiceAccount (unless the user brings one), Role and RoleBinding for the trainer.
 
-    The Role lets the trainer patch the status of its own FineTuneJob and nothing else.
+    The Role lets the trainer patch the status of its own FineTuneJob and nothing else (it never reads).
     """
     name = trainer_account_name(owner.name)
     account = spec.service_account_name or name
@@ -149,7 +163,7 @@ def build_trainer_rbac(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, An
                     "apiGroups": [GROUP],
                     "resources": [f"{PLURAL}/status"],
                     "resourceNames": [owner.name],
-                    "verbs": ["get", "patch"],
+                    "verbs": ["patch"],
                 }
             ],
         }
@@ -177,6 +191,7 @@ def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         {"name": "HF_HOME", "value": f"{SCRATCH}/hf"},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": TERMINATION_LOG_ENV, "value": TERMINATION_LOG_PATH},  # where the trainer says why it stopped
     ]
     secret = spec.s3.credentials_secret
     if secret is not None:
@@ -263,7 +278,7 @@ def _pod_spec(
         "terminationGracePeriodSeconds": spec.checkpoint.termination_grace_period_seconds,
         "containers": [
             {
-                "name": "trainer",
+                "name": TRAINER_CONTAINER,
                 "image": spec.image or config.trainer_image,
                 "imagePullPolicy": config.image_pull_policy,
                 "command": command,
@@ -271,6 +286,7 @@ def _pod_spec(
                 "resources": resources,
                 "volumeMounts": mounts,
                 "securityContext": _container_security(),
+                "terminationMessagePath": TERMINATION_LOG_PATH,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
             }
         ],
@@ -299,17 +315,25 @@ def _job(
             "backoffLimit": backoff_limit,
             "completions": 1,
             "parallelism": 1,
-            # Configuration errors fail fast; node drains and preemptions don't count as failures.
+            # Exits a retry cannot fix (bad input, status not writable, result not written: a retried
+            # training would run for hours again) fail fast; drains and preemptions are no failures.
             "podFailurePolicy": {
                 "rules": [
                     {
                         "action": "FailJob",
-                        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [EXIT_CONFIG]},
+                        "onExitCodes": {
+                            "containerName": TRAINER_CONTAINER,
+                            "operator": "In",
+                            "values": sorted(FAIL_JOB_EXIT_CODES),  # the API requires ascending order
+                        },
                     },
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                 ]
             },
-            "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod},
+            "template": {
+                "metadata": {"labels": dict(meta["labels"]), "annotations": dict(meta["annotations"])},
+                "spec": pod,
+            },
             **extra,
         },
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,8 +10,31 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
+from kubetune.kubeclient import ReauthenticatingApiClient
 
 KUEUE_GROUP, KUEUE_VERSION, KUEUE_WORKLOADS = "kueue.x-k8s.io", "v1beta1", "workloads"
+# (connect, read) seconds: a hung API call must not hold a reconcile worker for ever.
+REQUEST_TIMEOUT = (5.0, 30.0)
+# Refusals of a write that no retry can heal: the object itself is wrong (400, 422), too large
+# (413), in a format the server refuses (415), or forbidden by RBAC or an admission policy (403).
+PERMANENT_REFUSALS = (400, 403, 413, 415, 422)
+
+
+def api_message(err: ApiException) -> str:
+    """The API server's own words: the ``message`` of the Status body, else the HTTP reason."""
+    try:
+        message = json.loads(err.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return f"HTTP {err.status} {err.reason}: {message or err.body or ''}".rstrip(": ")
+
+
+class ChildRefused(Exception):
+    """The API server refused to create a child for good (see PERMANENT_REFUSALS)."""
+
+    def __init__(self, kind: str, name: str, err: ApiException) -> None:
+        self.status = err.status
+        super().__init__(f"the API server refused to create {kind} {name}: {api_message(err)}")
 
 
 class NotOwned(Exception):
@@ -33,18 +57,9 @@ class Kube:
     api: client.ApiClient
 
     @classmethod
-    def from_host(cls, host: str | None = None) -> Kube:
-        if host:
-            configuration = client.Configuration()
-            configuration.host = host
-            return cls(client.ApiClient(configuration))
-        from kubernetes import config
-
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        return cls(client.ApiClient())
+    def from_environment(cls) -> Kube:
+        """In-cluster credentials in a pod, else the kubeconfig (kubetune.kubeclient)."""
+        return cls(ReauthenticatingApiClient())
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -77,7 +92,7 @@ class Kube:
             "RoleBinding": self.rbac.read_namespaced_role_binding,
         }
         try:
-            return self._plain(readers[kind](name, namespace))
+            return self._plain(readers[kind](name, namespace, _request_timeout=REQUEST_TIMEOUT))
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -85,7 +100,11 @@ class Kube:
 
     def read_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+            return dict(
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
+                )
+            )
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -95,10 +114,15 @@ class Kube:
         """(namespace, name) of every FineTuneJob in ``namespaces`` (all namespaces when empty)."""
         if namespaces:
             listings = [
-                self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL) for namespace in namespaces
+                self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, _request_timeout=REQUEST_TIMEOUT
+                )
+                for namespace in namespaces
             ]
         else:
-            listings = [self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)]
+            listings = [
+                self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _request_timeout=REQUEST_TIMEOUT)
+            ]
         return {
             (item["metadata"]["namespace"], item["metadata"]["name"])
             for listing in listings
@@ -116,7 +140,12 @@ class Kube:
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
         }
-        return self._plain(creators[kind](namespace, manifest))
+        try:
+            return self._plain(creators[kind](namespace, manifest, _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as err:
+            if err.status in PERMANENT_REFUSALS:
+                raise ChildRefused(kind, manifest["metadata"]["name"], err) from err
+            raise
 
     def ensure(self, manifest: dict[str, Any], owner_uid: str) -> dict[str, Any]:
         """The child as it exists: read first, create when missing, and adopt an existing object
@@ -140,14 +169,20 @@ class Kube:
         return owned_by(existing, owner_uid)
 
     def patch_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
-        self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
+        self.batch.patch_namespaced_job(
+            name, namespace, {"spec": {"suspend": suspend}}, _request_timeout=REQUEST_TIMEOUT
+        )
 
     def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _request_timeout=REQUEST_TIMEOUT
+        )
 
     def workload_for_job(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
         try:
-            listing = self.custom.list_namespaced_custom_object(KUEUE_GROUP, KUEUE_VERSION, namespace, KUEUE_WORKLOADS)
+            listing = self.custom.list_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, namespace, KUEUE_WORKLOADS, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as err:
             if err.status == 404:  # Kueue not installed
                 return None
@@ -159,5 +194,39 @@ class Kube:
 
     def patch_workload_active(self, namespace: str, name: str, active: bool) -> None:
         self.custom.patch_namespaced_custom_object(
-            KUEUE_GROUP, KUEUE_VERSION, namespace, KUEUE_WORKLOADS, name, {"spec": {"active": active}}
+            KUEUE_GROUP,
+            KUEUE_VERSION,
+            namespace,
+            KUEUE_WORKLOADS,
+            name,
+            {"spec": {"active": active}},
+            _request_timeout=REQUEST_TIMEOUT,
         )
+
+    def trainer_termination(self, namespace: str, job: dict[str, Any], container: str) -> tuple[int, str] | None:
+        """(exit code, termination message) of ``container`` in the Job's most recent failed pod, if any is left."""
+        uid = job["metadata"].get("uid", "")
+        pods = self.core.list_namespaced_pod(
+            namespace, label_selector=f"batch.kubernetes.io/controller-uid={uid}", _request_timeout=REQUEST_TIMEOUT
+        )
+        found: list[tuple[str, int, str]] = []
+        for pod in self._plain(pods).get("items", []):
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (status.get("state") or {}).get("terminated") or {}
+                if status.get("name") == container and terminated.get("exitCode"):
+                    finished = terminated.get("finishedAt") or ""
+                    found.append((finished, int(terminated["exitCode"]), terminated.get("message") or ""))
+        if not found:
+            return None
+        _, code, message = max(found)
+        return code, message.strip()
+
+    def create_event(self, event: dict[str, Any]) -> bool:
+        """Post an Event; False when one of that name exists already (a retried post, or posted before a restart)."""
+        try:
+            self.core.create_namespaced_event(event["metadata"]["namespace"], event, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True

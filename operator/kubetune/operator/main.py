@@ -1,61 +1,69 @@
 """kopf handlers: thin triggers for ``reconcile``, the operator's one verb.
 
 Every trigger (creation, resume after a restart, a spec change, the trainer writing status,
-a child Job changing) runs the same level-based reconcile, so handler order and duplicate
-events do not matter.
+a child Job changing) queues the same level-based reconcile, so handler order and duplicate
+events do not matter. The handlers only queue: the reconcile runs on the queue's workers and is
+retried there with backoff (queue.py), so no kopf handler ever waits for the API server.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 from typing import Any
 
 import kopf
-from kubernetes.client.rest import ApiException
-from urllib3.exceptions import HTTPError
 
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
+from kubetune.kubeclient import Credentials, load_configuration
 from kubetune.operator import children, pushgateway
 from kubetune.operator.config import OperatorConfig
+from kubetune.operator.events import PhaseEvents
 from kubetune.operator.kube import Kube
 from kubetune.operator.metrics import OperatorMetrics
+from kubetune.operator.queue import ReconcileQueue
 from kubetune.operator.reconcile import forget, reconcile
 from kubetune.operator.status import FAILURE_REASONS
 
 log = logging.getLogger("kubetune.operator")
 FINETUNEJOBS = (GROUP, VERSION, PLURAL)
-RETRY_DELAY = 15
-EVENT_RETRY_DELAYS: tuple[float, ...] = (1.0, 3.0, 10.0)
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In-cluster credentials normally; ``KUBETUNE_KUBE_API`` points at a test API server."""
-    host = os.environ.get("KUBETUNE_KUBE_API")
-    if host:
-        return kopf.ConnectionInfo(server=host, insecure=True)
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches use the very credentials of the operator's own client (kubetune.kubeclient).
+
+    Read afresh at every login: when the API server answers 401 (a rotated ServiceAccount token),
+    kopf logs in again and picks up the new token.
+    """
+    credentials = Credentials.of(load_configuration())
+    return kopf.ConnectionInfo(
+        server=credentials.server,
+        token=credentials.token,
+        ca_path=credentials.ca_path,
+        insecure=credentials.insecure,
+        certificate_path=credentials.certificate_path,
+        private_key_path=credentials.private_key_path,
+    )
 
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = memo.get("config") or OperatorConfig.from_env()  # the CLI validated it already
     memo["config"] = config
-    memo["kube"] = Kube.from_host(os.environ.get("KUBETUNE_KUBE_API"))
+    kube = memo["kube"] = Kube.from_environment()
     # Keep kopf's bookkeeping out of status: the status schema belongs to the API.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kubetune.dev", key="last-handled-configuration"
     )
-    settings.posting.level = logging.WARNING
+    # Every Event the operator posts is a phase Event with a deterministic name (events.py).
+    settings.posting.enabled = False
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = 8
-    memo["metrics"] = OperatorMetrics(FAILURE_REASONS)
-    memo["metrics_server"] = memo["metrics"].serve(config.metrics_port)
+    metrics = memo["metrics"] = OperatorMetrics(FAILURE_REASONS)
+    memo["metrics_server"] = metrics.serve(config.metrics_port)
+    events = memo["events"] = PhaseEvents()
+    memo["queue"] = ReconcileQueue(lambda namespace, name: reconcile(namespace, name, kube, config, events, metrics))
     if config.pushgateway_url:
-        kube: Kube = memo["kube"]
         memo["sweeper"] = pushgateway.Sweeper(
             config.pushgateway_url, lambda: kube.finetunejob_keys(config.namespaces), config.namespaces
         ).start()
@@ -63,7 +71,10 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.cleanup()
-def cleanup(memo: kopf.Memo, **_: Any) -> None:
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    queue = memo.get("queue")
+    if queue is not None:
+        await queue.stop()
     sweeper = memo.get("sweeper")
     if sweeper is not None:
         sweeper.stop()
@@ -73,65 +84,33 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
         server.server_close()
 
 
-def _emit(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
-    kopf.event(body, type=kind, reason=reason, message=message[:1000])
-
-
-def _run(namespace: str, name: str, memo: kopf.Memo) -> None:
-    try:
-        outcome = reconcile(namespace, name, memo["kube"], memo["config"], _emit, memo["metrics"])
-    except (ApiException, HTTPError) as err:
-        status = getattr(err, "status", None)
-        if status is not None and 400 <= status < 500 and status not in (404, 409, 429):
-            raise kopf.PermanentError(f"API rejected a request: {err}") from err
-        raise kopf.TemporaryError(f"API server unavailable, retrying: {err}", delay=RETRY_DELAY) from err
-    if outcome is not None and outcome.permanent_failure:
-        raise kopf.PermanentError(outcome.verdict.message)
-
-
-def _run_from_event(namespace: str, name: str, memo: kopf.Memo) -> None:
-    """Reconcile for a watch event. kopf never retries event handlers, so transient API errors are
-    retried here: a lost retry could leave a finished pre-flight without its training Job."""
-    for delay in (*EVENT_RETRY_DELAYS, None):
-        try:
-            _run(namespace, name, memo)
-            return
-        except kopf.PermanentError as err:
-            log.info("%s/%s: %s", namespace, name, err)
-            return
-        except kopf.TemporaryError as err:
-            if delay is None:
-                log.warning("%s/%s: giving up until the next event: %s", namespace, name, err)
-                return
-            log.info("%s/%s: retrying in %ss: %s", namespace, name, delay, err)
-            time.sleep(delay)
-
-
 @kopf.on.resume(*FINETUNEJOBS)
 @kopf.on.create(*FINETUNEJOBS)
 @kopf.on.update(*FINETUNEJOBS)
-def on_finetunejob(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    _run(namespace, name, memo)
+async def on_finetunejob(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo["queue"].trigger(namespace, name)
 
 
 @kopf.on.event(*FINETUNEJOBS)
-def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     """Status written by the trainer (progress, pre-flight, result) is not a spec change."""
     if event.get("type") == "DELETED":
+        memo["queue"].forget(namespace, name)
         forget(namespace, name, memo["metrics"])
+        memo["events"].forget(event["object"]["metadata"].get("uid", ""))
         config: OperatorConfig = memo["config"]
         if config.pushgateway_url:
             pushgateway.delete_trainer_group(config.pushgateway_url, namespace, name)
     elif event.get("type") == "MODIFIED":
-        _run_from_event(namespace, name, memo)
+        memo["queue"].trigger(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": children.MANAGED_BY})
-def on_child_job(body: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def on_child_job(body: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     meta = body.get("metadata", {})
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("controller"):
-            _run_from_event(meta["namespace"], ref["name"], memo)
+            memo["queue"].trigger(meta["namespace"], ref["name"])
 
 
 @kopf.on.probe(id="api")

@@ -11,19 +11,19 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from kubetune.api.v1alpha1 import TERMINAL_PHASES, FineTuneJobSpec, Phase
+from kubetune.exitcodes import REPORTING_FAILURES
 from kubetune.operator import children, validation
 from kubetune.operator.config import OperatorConfig
-from kubetune.operator.kube import Kube, NotOwned, owned_by
+from kubetune.operator.events import PhaseEvents
+from kubetune.operator.kube import ChildRefused, Kube, NotOwned, owned_by
 from kubetune.operator.metrics import Observation, OperatorMetrics, parse_time, phase_entered
-from kubetune.operator.status import Observed, Verdict, derive_status, job_condition
+from kubetune.operator.status import Observed, Verdict, derive_status, failed_exit_code, job_condition
 
-EmitEvent = Callable[[dict[str, Any], str, str, str], None]  # (body, type, reason, message)
 TRAINER_FIELDS = ("preflight", "progress", "resolved", "result")
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
@@ -85,7 +85,7 @@ def _status_changed(previous: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def reconcile(
-    namespace: str, name: str, kube: Kube, config: OperatorConfig, emit: EmitEvent, metrics: OperatorMetrics
+    namespace: str, name: str, kube: Kube, config: OperatorConfig, events: PhaseEvents, metrics: OperatorMetrics
 ) -> Outcome | None:
     """Reconcile one FineTuneJob; ``None`` when it no longer exists.
 
@@ -99,7 +99,7 @@ def reconcile(
             if body is None or body.get("metadata", {}).get("deletionTimestamp"):
                 forget(namespace, name, metrics)
                 return None
-            return _reconcile(body, kube, config, emit, metrics)
+            return _reconcile(body, kube, config, events, metrics)
         except Exception as err:
             metrics.reconcile_errors.labels(type(err).__name__).inc()
             raise
@@ -108,19 +108,20 @@ def reconcile(
 
 
 def _reconcile(
-    body: dict[str, Any], kube: Kube, config: OperatorConfig, emit: EmitEvent, metrics: OperatorMetrics
+    body: dict[str, Any], kube: Kube, config: OperatorConfig, events: PhaseEvents, metrics: OperatorMetrics
 ) -> Outcome:
     owner = children.Owner.from_body(body)
     previous_status = dict(body.get("status") or {})
     previous_phase = previous_status.get("phase")
     if previous_phase in TERMINAL_PHASES:
+        events.post_recorded(kube, body)  # a restart between the status write and its Event
         outcome = _settled(body, kube, Phase(previous_phase))
         metrics.observe(_observation(body, outcome.verdict, previous_phase, gpus=0, training_job_created=None))
         return outcome
     job_recorded = previous_status.get("jobName") is not None
     spec, problem = _validate(body, kube, check_references=not job_recorded)
     spec_error = (problem.reason, problem.message) if problem else None
-    name_conflict = None
+    name_conflict = child_refused = None
     preflight = training = None
     workload_active = None
     if spec is not None and spec_error is None:
@@ -128,6 +129,8 @@ def _reconcile(
             preflight, training = _ensure_children(kube, owner, spec, config, job_recorded=job_recorded)
         except NotOwned as err:
             name_conflict = str(err)
+        except ChildRefused as err:
+            child_refused = str(err)
         if training is not None and not _finished(training):
             training, workload_active = _apply_suspend(kube, spec, training)
 
@@ -145,20 +148,20 @@ def _reconcile(
         queued_with_kueue=bool(spec and spec.queue_name),
         workload_active=workload_active,
         name_conflict=name_conflict,
+        child_refused=child_refused,
         training_job_lost=job_recorded and training is None and spec_error is None and name_conflict is None,
+        trainer_termination=_trainer_termination(kube, owner.namespace, training or preflight),
     )
     verdict, status = derive_status(body, observed, _now())
     if _status_changed(previous_status, status):
         kube.patch_finetunejob_status(owner.namespace, owner.name, status)
-    if previous_phase != str(verdict.phase):
-        kind = "Warning" if verdict.phase == Phase.FAILED else "Normal"
-        emit(body, kind, f"Phase{verdict.phase}", f"{previous_phase or 'New'} -> {verdict.phase}: {verdict.message}")
+    events.post_recorded(kube, {**body, "status": {**previous_status, **status}})
     training_job_created = None
     if training is not None and not job_recorded:  # the first reconcile to see the training Job
         training_job_created = parse_time(training["metadata"].get("creationTimestamp")) or time.time()
     gpus = spec.resources.gpus if spec is not None else 0
     metrics.observe(_observation(body, verdict, previous_phase, gpus=gpus, training_job_created=training_job_created))
-    permanent = verdict.phase == Phase.FAILED and (spec_error is not None or name_conflict is not None)
+    permanent = verdict.phase == Phase.FAILED and any(e is not None for e in (spec_error, name_conflict, child_refused))
     return Outcome(verdict.phase, verdict, permanent)
 
 
@@ -212,6 +215,18 @@ def _settled(body: dict[str, Any], kube: Kube, phase: Phase) -> Outcome:
     condition: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == str(phase)), {})
     verdict = Verdict(phase, condition.get("reason", str(phase)), condition.get("message", ""))
     return Outcome(phase, verdict, permanent_failure=False)
+
+
+def _trainer_termination(kube: Kube, namespace: str, job: dict[str, Any] | None) -> tuple[int, str] | None:
+    """Why the trainer failed, in its own words, when it could not write them into status itself.
+
+    Only for the exit codes that mean "could not report" (the pod's termination message is then
+    the only place the trainer could leave the API's refusal); read from the Job's pods, which may
+    already be gone.
+    """
+    if job is None or failed_exit_code(job) not in REPORTING_FAILURES:
+        return None
+    return kube.trainer_termination(namespace, job, children.TRAINER_CONTAINER)
 
 
 def _finished(job: dict[str, Any]) -> bool:

@@ -6,11 +6,13 @@ operator restarted at any moment computes the same status again.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api.v1alpha1 import Phase
+from kubetune.exitcodes import EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED
 
 # Every reason a Failed condition can carry: validation.check_references' problems, the
 # manifest parser's, and decide()'s own (tests keep this list complete). Bounded, so it is
@@ -28,7 +30,16 @@ FAILURE_REASONS = (
     "PreflightFailed",
     "TrainingFailed",
     "TrainingJobLost",
+    "TrainerCannotReport",
+    "ResultNotReported",
+    "ChildRefused",
 )
+MAX_PHASE_HISTORY = 16
+MAX_TRANSITION_MESSAGE = 1024
+
+# The Job controller's Failed condition after a FailJob rule names the exit code: "Container
+# trainer for pod <ns>/<pod> failed with exit code 3 matching FailJob rule at index 0".
+FAILED_WITH_EXIT_CODE = re.compile(r"\bfailed with exit code (\d+)\b")
 
 # Conditions that are True exactly while the job is in one phase.
 PHASE_CONDITIONS = (
@@ -60,6 +71,9 @@ class Observed:
     workload_active: bool | None = None  # Kueue Workload spec.active, when one exists
     name_conflict: str | None = None  # a child with our name but another owner
     training_job_lost: bool = False  # status.jobName is recorded but the Job is gone (TTL, deleted by hand)
+    child_refused: str | None = None  # the API server refused a child for good, in its own words
+    # (exit code, termination message) of the trainer container of the Job's last failed pod, when read
+    trainer_termination: tuple[int, str] | None = None
 
 
 def job_condition(job: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
@@ -69,11 +83,47 @@ def job_condition(job: dict[str, Any] | None, kind: str) -> dict[str, Any] | Non
     return None
 
 
-def _job_failure(job: dict[str, Any]) -> str:
+def _job_failure(job: dict[str, Any], termination: tuple[int, str] | None = None) -> str:
+    """The Job's Failed condition, and what the trainer said when it stopped (its termination message)."""
     failed = job_condition(job, "Failed") or {}
     reason = failed.get("reason", "Failed")
     message = failed.get("message", "")
-    return f"{reason}: {message}".rstrip(": ")
+    summary = f"{reason}: {message}".rstrip(": ")
+    if termination is not None and termination[1].strip():
+        summary += f"; the trainer exited with code {termination[0]}: {termination[1].strip()}"
+    return summary
+
+
+def failed_exit_code(job: dict[str, Any] | None) -> int | None:
+    """The trainer exit code a Job's Failed condition names (a podFailurePolicy FailJob rule), if any."""
+    match = FAILED_WITH_EXIT_CODE.search((job_condition(job, "Failed") or {}).get("message", ""))
+    return int(match.group(1)) if match else None
+
+
+def _status_not_written(
+    job: dict[str, Any], termination: tuple[int, str] | None, validated: tuple[str, str, str]
+) -> Verdict | None:
+    """A Job that failed because its trainer could not write the FineTuneJob status says so.
+
+    The trainer's termination message carries the API's answer (e.g. ``HTTP 403 Forbidden: ...``)
+    and, for an unreported result, the published version and manifest URI.
+    """
+    code = termination[0] if termination is not None else failed_exit_code(job)
+    said = termination[1].strip() if termination is not None else ""
+    if code == EXIT_CANNOT_REPORT:
+        detail = said.removeprefix("TrainerCannotReport: ") or f"exit code {code}; see the trainer pod's logs"
+        message = f"the trainer stopped before any work because it could not write the FineTuneJob status: {detail}"
+        return Verdict(Phase.FAILED, "TrainerCannotReport", message, validated)
+    if code == EXIT_RESULT_NOT_REPORTED:
+        detail = said.removeprefix("ResultNotReported: ") or (
+            f"exit code {code}; the trainer pod's logs name the version and its manifest URI"
+        )
+        message = (
+            "the model was trained and published (its artifacts are in storage) but the trainer could not "
+            f"write the result to the FineTuneJob status: {detail}"
+        )
+        return Verdict(Phase.FAILED, "ResultNotReported", message, validated)
+    return None
 
 
 def decide(observed: Observed) -> Verdict:
@@ -84,6 +134,9 @@ def decide(observed: Observed) -> Verdict:
     if observed.spec_error is not None:
         reason, message = observed.spec_error
         return Verdict(Phase.FAILED, reason, message, ("False", reason, message))
+    if observed.child_refused is not None:
+        # Not the user's spec as written but what the operator made of it: a bug or a cluster policy.
+        return Verdict(Phase.FAILED, "ChildRefused", observed.child_refused)
 
     preflight_report = observed.trainer_status.get("preflight") or {}
     preflight = observed.preflight_job
@@ -95,7 +148,11 @@ def decide(observed: Observed) -> Verdict:
                 Phase.VALIDATING, "PreflightRunning", "checking dataset, tokens and memory on a CPU-only pod"
             )
         if job_condition(preflight, "Failed"):
-            message = preflight_report.get("message") or _job_failure(preflight)
+            incomplete = ("Unknown", "PreflightIncomplete", "the pre-flight stopped before it could report its checks")
+            unwritten = _status_not_written(preflight, observed.trainer_termination, incomplete)
+            if unwritten is not None:
+                return unwritten
+            message = preflight_report.get("message") or _job_failure(preflight, observed.trainer_termination)
             return Verdict(Phase.FAILED, "PreflightFailed", message, ("False", "PreflightFailed", message))
     validated = ("True", "PreflightPassed", preflight_report.get("message") or "pre-flight checks passed")
 
@@ -108,7 +165,10 @@ def decide(observed: Observed) -> Verdict:
             Phase.SUCCEEDED, "TrainingSucceeded", f"published {result.get('version', '')}".strip(), validated
         )
     if job_condition(job, "Failed"):
-        return Verdict(Phase.FAILED, "TrainingFailed", _job_failure(job), validated)
+        unwritten = _status_not_written(job, observed.trainer_termination, validated)
+        if unwritten is not None:
+            return unwritten
+        return Verdict(Phase.FAILED, "TrainingFailed", _job_failure(job, observed.trainer_termination), validated)
     if observed.suspend:
         return Verdict(
             Phase.SUSPENDED,
@@ -216,6 +276,7 @@ def render_status(
         )
     status: dict[str, Any] = {
         "phase": str(phase),
+        "phaseHistory": phase_history(previous_status, verdict, now),
         "conditions": conditions,
         "observedGeneration": generation,
         "jobName": job_name,
@@ -235,6 +296,24 @@ def render_status(
     if phase in (Phase.SUCCEEDED, Phase.FAILED):
         status["completionTime"] = previous_status.get("completionTime") or job_status.get("completionTime") or now
     return {k: v for k, v in status.items() if v is not None}
+
+
+def phase_history(previous_status: dict[str, Any], verdict: Verdict, now: str) -> list[dict[str, Any]]:
+    """The recorded transitions, with one more when the phase changes (ids count up from 1)."""
+    history = list(previous_status.get("phaseHistory") or [])
+    previous_phase = previous_status.get("phase")
+    if previous_phase == str(verdict.phase):
+        return history
+    transition: dict[str, Any] = {
+        "id": int(history[-1]["id"]) + 1 if history else 1,
+        "phase": str(verdict.phase),
+        "reason": verdict.reason,
+        "message": verdict.message[:MAX_TRANSITION_MESSAGE],
+        "time": now,
+    }
+    if previous_phase:
+        transition["previousPhase"] = previous_phase
+    return [*history, transition][-MAX_PHASE_HISTORY:]
 
 
 def derive_status(ftj: Mapping[str, Any], observed: Observed, now: str) -> tuple[Verdict, dict[str, Any]]:
