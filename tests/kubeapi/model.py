@@ -86,12 +86,20 @@ class FieldError:
 class ApiError(Exception):
     """A refusal, rendered as the ``Status`` body kube-apiserver sends."""
 
-    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
         self.details = details
+        self.headers = headers
 
     def status(self) -> dict[str, Any]:
         body: dict[str, Any] = {

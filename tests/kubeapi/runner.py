@@ -61,13 +61,13 @@ class ApiServerThread:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(15)
 
-    def call(self, action: Callable[[], T]) -> T:
+    def call(self, action: Callable[[], T], timeout: float = 30) -> T:
         """Run ``action`` on the server's thread (its state is only ever touched there)."""
 
         async def run() -> T:
             return action()
 
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
 
     # ------------------------------------------------------------------ credentials
     def issue_token(self, user: UserInfo) -> str:

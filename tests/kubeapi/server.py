@@ -22,7 +22,7 @@ import json
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -99,12 +99,39 @@ class Outage:
             and (self.user is None or self.user == user)
         )
 
-    def response(self) -> web.Response:
+    def answer(self) -> Answer:
         self.refused += 1
         reasons = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
         error = ApiError(self.status, reasons.get(self.status, "InternalError"), "etcdserver: request timed out")
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
-        return web.json_response(error.status(), status=self.status, headers=headers)
+        return Answer(self.status, error.status(), headers)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the server sees it, whatever transport carried it."""
+
+    authorization: str | None
+    method: str
+    path: str
+    query: Mapping[str, str]
+    body: bytes = b""
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] | None = None
+
+
+class NonResource(Exception):
+    """A discovery path's document (raised past the resource handling that does not apply to it)."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        super().__init__()
+        self.document = document
 
 
 @dataclass(frozen=True)
@@ -167,7 +194,7 @@ class ApiServer:
         self.admission = AdmissionPolicies(self._objects_of_kind)
         self.owner_reference_enforcement = owner_reference_enforcement
         self.outages: list[Outage] = []
-        self.request_cpu: deque[float] = deque(maxlen=200_000)
+        self.request_cpu: deque[float] = deque(maxlen=20_000)  # the latest requests' own CPU seconds
         self.requests_served = 0
         for obj in bootstrap_objects():
             rtype = self.registry.by_kind(obj["apiVersion"], obj["kind"])
@@ -205,52 +232,82 @@ class ApiServer:
         return application
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.thread_time()
-        streaming = False
+        """aiohttp's entry point: a watch streams; everything else is answered by :meth:`respond`."""
+        if request.query.get("watch", "").lower() in ("1", "true"):
+            try:
+                _, rtype, route = self._admit_request(
+                    request.headers.get("Authorization"), "GET", request.path, request.query
+                )
+            except ApiError as err:
+                return web.json_response(err.status(), status=err.code)
+            return await self._watch(request, rtype, route)
         try:
-            response, streaming = await self._dispatch(request)
-            return response
-        except ApiError as err:
-            return web.json_response(err.status(), status=err.code)
+            body = await request.read() if request.method in ("POST", "PUT", "PATCH", "DELETE") else b""
         except web.HTTPRequestEntityTooLarge:
             error = ApiError(413, "RequestEntityTooLarge", "the request body is too large")
             return web.json_response(error.status(), status=413)
+        call = Call(
+            request.headers.get("Authorization"),
+            request.method,
+            request.path,
+            request.query,
+            body,
+            request.content_type,
+        )
+        answer = self.respond(call)
+        return web.json_response(answer.body, status=answer.status, headers=answer.headers)
+
+    def respond(self, call: Call) -> Answer:
+        """Answer one request, whatever carried it (timed: the server's own cost per request)."""
+        started = time.thread_time()
+        try:
+            return self._respond(call)
+        except ApiError as err:
+            return Answer(err.code, err.status(), err.headers)
         finally:
             self.requests_served += 1
-            if not streaming:
-                self.request_cpu.append(time.thread_time() - started)
+            self.request_cpu.append(time.thread_time() - started)
 
-    async def _dispatch(self, request: web.Request) -> tuple[web.StreamResponse, bool]:
-        user = self.authn.authenticate(request.headers.get("Authorization"))
+    def _admit_request(
+        self, authorization: str | None, method: str, path: str, query: Mapping[str, str]
+    ) -> tuple[UserInfo, ResourceType, Route]:
+        """Authenticate and authorize a resource request; discovery paths raise their answer as NonResource."""
+        user = self.authn.authenticate(authorization)
         if user is None:
             raise ApiError.unauthorized()
-        route = parse_route(request.path)
-        query = request.query
+        route = parse_route(path)
         if not route.resource_request:
             self._authorize(Attributes(user, "get", path=route.path, resource_request=False))
-            return web.json_response(self._discovery(route.path)), False
+            raise NonResource(self._discovery(route.path))
         rtype = self.registry.lookup(route.group, route.version, route.plural)
         if rtype is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         watch = query.get("watch", "").lower() in ("1", "true")
-        verb = _verb(request.method, route, watch)
+        verb = _verb(method, route, watch)
         if route.subresource and route.subresource not in rtype.subresources:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if rtype.namespaced and not route.namespace and route.name:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        attributes = Attributes(
-            user, verb, rtype.group, rtype.plural, route.subresource, route.namespace, route.name, route.path
+        self._authorize(
+            Attributes(
+                user, verb, rtype.group, rtype.plural, route.subresource, route.namespace, route.name, route.path
+            )
         )
-        self._authorize(attributes)
-        if verb == "watch":
-            return await self._watch(request, rtype, route), True
-        body = await request.read() if request.method in ("POST", "PUT", "PATCH", "DELETE") else b""
+        return user, rtype, route
+
+    def _respond(self, call: Call) -> Answer:
+        try:
+            user, rtype, route = self._admit_request(call.authorization, call.method, call.path, call.query)
+        except NonResource as found:
+            return Answer(200, found.document)
+        query, body = call.query, call.body
+        verb = _verb(call.method, route, False)
         target = route.name or (_name_in(body) if verb == "create" else "")
         outage = next(
             (o for o in self.outages if o.matches(verb, rtype.plural, target, user.name, route.subresource)), None
         )
         if outage is not None and not outage.after_write:
-            return outage.response(), False
+            return outage.answer()
         dry_run = query.get("dryRun") == "All"
         field_validation = query.get("fieldValidation", "Warn")
         warnings: list[str] = []
@@ -272,7 +329,7 @@ class ApiServer:
             if verb == "update":
                 new = self._decode(body)
             else:
-                new = apply_patch(request.content_type, current, body, custom=rtype.is_custom)
+                new = apply_patch(call.content_type, current, body, custom=rtype.is_custom)
             result, warnings = self._update(
                 user,
                 rtype,
@@ -290,11 +347,11 @@ class ApiServer:
         else:
             raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported by the test API server")
         if outage is not None:  # the write committed, the response is lost
-            return outage.response(), False
-        headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)} if warnings else None
+            return outage.answer()
         for text in warnings:
             self.audit.warn(user.name, text)
-        return web.json_response(result, status=code, headers=headers), False
+        headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)} if warnings else None
+        return Answer(code, result, headers)
 
     @staticmethod
     def _decode(body: bytes) -> dict[str, Any]:
