@@ -196,6 +196,7 @@ class ApiServer:
         self.outages: list[Outage] = []
         self.request_cpu: deque[float] = deque(maxlen=20_000)  # the latest requests' own CPU seconds
         self.requests_served = 0
+        self.watches_expired = 0  # watches answered 410 Gone: clients had to list again
         for obj in bootstrap_objects():
             rtype = self.registry.by_kind(obj["apiVersion"], obj["kind"])
             assert rtype is not None, obj["kind"]
@@ -235,11 +236,15 @@ class ApiServer:
         """aiohttp's entry point: a watch streams; everything else is answered by :meth:`respond`."""
         if request.query.get("watch", "").lower() in ("1", "true"):
             try:
-                _, rtype, route = self._admit_request(
+                user, rtype, route = self._admit_request(
                     request.headers.get("Authorization"), "GET", request.path, request.query
                 )
             except ApiError as err:
                 return web.json_response(err.status(), status=err.code)
+            outage = next((o for o in self.outages if o.matches("watch", rtype.plural, route.name, user.name)), None)
+            if outage is not None:
+                answer = outage.answer()
+                return web.json_response(answer.body, status=answer.status, headers=answer.headers)
             return await self._watch(request, rtype, route)
         try:
             body = await request.read() if request.method in ("POST", "PUT", "PATCH", "DELETE") else b""
@@ -437,6 +442,7 @@ class ApiServer:
                 version = -1
             initial = store.events_since(version) if version >= 0 else None
             if initial is None:
+                self.watches_expired += 1
                 gone = ApiError.gone(f"too old resource version: {since} ({store.compacted_rv + 1})")
                 await response.write(json.dumps({"type": "ERROR", "object": gone.status()}).encode() + b"\n")
                 return response

@@ -43,6 +43,27 @@ def test_a_job_finished_during_an_outage_is_acted_on_when_the_outage_ends(
     assert late < 6, f"acted on {late:.1f} s after the outage ended"
 
 
+def test_a_watch_too_old_to_resume_relists_and_misses_nothing(
+    test_cluster: TestCluster, cluster: Cluster, operator: Any
+) -> None:
+    """The API server drops every watch and compacts its history while the operator cannot reconnect:
+    its resourceVersion is gone (410 Gone), it lists again, and acts on what happened meanwhile."""
+    through_preflight(cluster)
+    cluster.start_job("tickets-train")
+    wait_for(lambda: phase(cluster) == "Running", what="Running")
+    server = test_cluster.apiserver.server
+    blocked = cluster.outage(
+        Outage(verb="watch", user=operator_name(test_cluster), status=503, until=time.monotonic() + 3)
+    )
+    test_cluster.apiserver.call(server.end_watches)
+    cluster.trainer_reports("tickets", {"result": {"version": "v1", "promoted": True}})
+    cluster.finish_job("tickets-train", succeeded=True)
+    test_cluster.apiserver.call(server.store.compact)
+    wait_for(lambda: phase(cluster) == "Succeeded", timeout=30, what="Succeeded after relisting")
+    assert blocked.refused > 0, "the operator tried to resume while it could not"
+    assert server.watches_expired > 0, "it resumed from a compacted resourceVersion and was told 410 Gone"
+
+
 def test_throttling_is_honoured_and_holds_no_worker(test_cluster: TestCluster, cluster: Cluster, operator: Any) -> None:
     """A 429 with Retry-After on one job's status writes delays that job by at least Retry-After,
     and meanwhile another job goes all the way through: no worker waits for the throttled one."""
