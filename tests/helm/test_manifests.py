@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.helm.chart import ALL_FEATURES_VALUES, CHART, ROOT, Manifest, helm, only, render, render_error
+from tests.kubeapi.model import KUBERNETES_VERSION
 
 K8S_VERSION = "1.33.0"
 # Kinds that are not part of Kubernetes' own OpenAPI schemas; each is checked by its own test.
@@ -102,3 +103,11 @@ def test_values_schema_names_the_bad_value(assignment: str, complaint: str) -> N
 )
 def test_inconsistent_values_fail_with_the_keys_to_fix(sets: tuple[str, ...], complaint: str) -> None:
     assert complaint in render_error(*sets)
+
+
+def test_the_chart_refuses_kubernetes_releases_older_than_the_one_its_tests_mirror() -> None:
+    """tests/kubeapi mirrors Kubernetes 1.33's API server (KUBERNETES_VERSION): the chart's floor."""
+    major, minor, _ = KUBERNETES_VERSION.split(".")
+    refused = helm("template", "kt", str(CHART), "--kube-version", f"{major}.{int(minor) - 1}.0")
+    assert refused.returncode != 0 and "requires kubeVersion" in refused.stderr
+    assert helm("template", "kt", str(CHART), "--kube-version", KUBERNETES_VERSION).returncode == 0
