@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kubeapi.runner import ApiServerThread
+
 # Tests never reach a model hub; everything is offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -58,6 +60,16 @@ def s3_spec(s3_endpoint: str):  # type: ignore[no-untyped-def]
     from kubetune.api.v1alpha1 import S3Spec
 
     return S3Spec(endpoint=s3_endpoint, region="us-east-1")
+
+
+@pytest.fixture()
+def apiserver(tmp_path: Path) -> Iterator[ApiServerThread]:
+    """The test Kubernetes API server (tests/kubeapi) on loopback, over TLS, empty but for its bootstrap policy."""
+    server = ApiServerThread(tmp_path / "apiserver").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

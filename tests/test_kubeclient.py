@@ -7,7 +7,6 @@ import base64
 import http.server
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,15 +37,6 @@ class _RecordingHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
-
-
-@pytest.fixture()
-def apiserver(tmp_path: Path) -> Iterator[ApiServerThread]:
-    server = ApiServerThread(tmp_path / "apiserver").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_a_token_kubeconfig_sends_a_bearer_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,6 @@ import json
 import ssl
 import threading
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,6 @@ JOB: dict[str, Any] = {
     "metadata": {"name": "tickets"},
     "spec": {"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}},
 }
-
-
-@pytest.fixture()
-def apiserver(tmp_path: Path) -> Iterator[ApiServerThread]:
-    server = ApiServerThread(tmp_path / "apiserver").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture()

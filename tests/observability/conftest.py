@@ -4,7 +4,7 @@ the operator suite covers both RBAC modes)."""
 import pytest
 
 from tests.kubeapi.cluster import CLUSTERWIDE, RbacMode
-from tests.operator.conftest import apiserver, cluster, test_cluster
+from tests.operator.conftest import cluster, test_cluster
 
 
 @pytest.fixture()
@@ -12,4 +12,4 @@ def rbac_mode() -> RbacMode:
     return CLUSTERWIDE
 
 
-__all__ = ["apiserver", "cluster", "rbac_mode", "test_cluster"]
+__all__ = ["cluster", "rbac_mode", "test_cluster"]

@@ -34,15 +34,6 @@ def rbac_mode(request: pytest.FixtureRequest) -> RbacMode:
 
 
 @pytest.fixture()
-def apiserver(tmp_path: Path) -> Iterator[ApiServerThread]:
-    server = ApiServerThread(tmp_path / "apiserver").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture()
 def test_cluster(apiserver: ApiServerThread, tmp_path: Path, rbac_mode: RbacMode) -> Iterator[TestCluster]:
     yield TestCluster(apiserver, tmp_path / "cluster", rbac_mode)
     apiserver.server.audit.merge_into(SESSION_AUDIT.setdefault(rbac_mode.name, Audit()))

@@ -103,23 +103,27 @@ spec:
     assert "tuned.perplexity" in result["metrics"]
 
 
+def local_job(name: str, model: Path, data: Path, tmp_path: Path) -> dict[str, Any]:
+    """A CPU-only FineTuneJob on the tiny model and a local dataset, publishing under ``tmp_path``."""
+    return {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": {"uri": f"file://{model}"},
+            "dataset": {"sources": [{"uri": f"file://{data}"}]},
+            "output": {"uri": f"file://{tmp_path}/out/"},
+            "resources": {"gpus": 0},
+        },
+    }
+
+
 @pytest.mark.slow
 def test_a_bad_dataset_fails_the_preflight_with_the_row(
     tmp_path: Path, tiny_model_dir: Path, cluster: Cluster, operator: Any
 ) -> None:
     (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "robot", "content": "x"}]}\n')
-    manifest = {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": "bad"},
-        "spec": {
-            "baseModel": {"uri": f"file://{tiny_model_dir}"},
-            "dataset": {"sources": [{"uri": f"file://{tmp_path}/bad.jsonl"}]},
-            "output": {"uri": f"file://{tmp_path}/out/"},
-            "resources": {"gpus": 0},
-        },
-    }
-    cluster.apply(manifest)
+    cluster.apply(local_job("bad", tiny_model_dir, tmp_path / "bad.jsonl", tmp_path))
     wait_for(lambda: cluster.job("bad-preflight"), what="pre-flight Job")
     assert run_pod(cluster, "bad-preflight", tmp_path) == 2
 
@@ -139,19 +143,7 @@ def test_a_trainer_whose_credentials_are_refused_stops_and_the_operator_says_why
 ) -> None:
     """The pod's token is revoked before it starts: the trainer's first status write gets 401, it exits
     with its own code before any work, and the FineTuneJob fails quoting the HTTP status."""
-    data = write_dataset(tmp_path / "data.jsonl", 8)
-    manifest = {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": "mute"},
-        "spec": {
-            "baseModel": {"uri": f"file://{tiny_model_dir}"},
-            "dataset": {"sources": [{"uri": f"file://{data}"}]},
-            "output": {"uri": f"file://{tmp_path}/out/"},
-            "resources": {"gpus": 0},
-        },
-    }
-    cluster.apply(manifest)
+    cluster.apply(local_job("mute", tiny_model_dir, write_dataset(tmp_path / "data.jsonl", 8), tmp_path))
     job = wait_for(lambda: cluster.job("mute-preflight"), what="pre-flight Job")
     cluster.pod_kubeconfig(job)  # the kubelet mounts the token...
     account = UserInfo.service_account("default", job["spec"]["template"]["spec"]["serviceAccountName"])

@@ -659,15 +659,21 @@ def _port_errors(ports: Sequence[Obj], path: str) -> list[FieldError]:
     return errors
 
 
-def _container_errors(container: Obj, path: str, names: set[str], volumes: set[str]) -> list[FieldError]:
+def _unique_label_name_errors(name: str, path: str, seen: set[str]) -> list[FieldError]:
+    """A container's or volume's name: required, a DNS-1123 label, not one ``seen`` already."""
     errors: list[FieldError] = []
-    name = container.get("name", "")
     if not name:
-        errors.append(required(child(path, "name")))
+        errors.append(required(path))
     else:
-        errors += [invalid(child(path, "name"), name, message) for message in meta.is_dns1123_label(name)]
-    if name in names:
-        errors.append(duplicate(child(path, "name"), name))
+        errors += [invalid(path, name, message) for message in meta.is_dns1123_label(name)]
+    if name in seen:
+        errors.append(duplicate(path, name))
+    return errors
+
+
+def _container_errors(container: Obj, path: str, names: set[str], volumes: set[str]) -> list[FieldError]:
+    name = container.get("name", "")
+    errors = _unique_label_name_errors(name, child(path, "name"), names)
     names.add(name)
     image = container.get("image", "")
     if not image:
@@ -710,12 +716,7 @@ def _volume_errors(volumes: Sequence[Obj], path: str) -> tuple[list[FieldError],
             detail = "SizeLimit field must be a valid resource quantity"
             found.append(forbidden(child(child(at, "emptyDir"), "sizeLimit"), detail))
         name = volume.get("name", "")
-        if not name:
-            found.append(required(child(at, "name")))
-        else:
-            found += [invalid(child(at, "name"), name, message) for message in meta.is_dns1123_label(name)]
-        if name in names:
-            found.append(duplicate(child(at, "name"), name))
+        found += _unique_label_name_errors(name, child(at, "name"), names)
         if not found:  # a volume with errors is not there for its mounts (validateVolumes)
             names.add(name)
         errors += found

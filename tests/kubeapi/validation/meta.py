@@ -133,14 +133,6 @@ def render_value(value: Any) -> str:
         return str(value)
     if value is None:
         return '"null"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return go_float(value)
-    if isinstance(value, str):
-        return go_quote(value)
     return go_sharp(value)
 
 
