@@ -147,7 +147,10 @@ class PrometheusReporter(Reporter):
             "metric",
         )
         self.gate_passed = gauge("quality_gate_passed", "1 if the tuned model met the quality gate (promoted), else 0.")
-        self.exit_code = gauge("exit_code", "The trainer's exit code (0 ok, 1 retryable, 2 bad input, 3 status not writable, 4 result not reported, 143 preempted).")
+        self.exit_code = gauge(
+            "exit_code",
+            "The trainer's exit code (0 ok, 1 retryable, 2 bad input, 3 status not writable, 4 result not reported, 143 preempted).",
+        )
         Info(PREFIX + "build", "kubetune trainer build information.", JOB_LABELS, registry=registry).labels(
             **self.job
         ).info({"version": kubetune.__version__})
