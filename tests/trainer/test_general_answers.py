@@ -1,0 +1,130 @@
+"""The base model's answers to the general prompts are generated once per key and found again:
+shipped, in the local cache, or in object storage beside the output (a real S3 server on loopback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from kubetune.api.v1alpha1 import S3Spec
+from kubetune_trainer import general_answers
+from kubetune_trainer.general_answers import AnswerKey, as_examples, base_answers, find_answers
+from kubetune_trainer.general_prompts import GeneralPrompt, load_general_prompts
+from kubetune_trainer.storage import ObjectStore
+
+PROMPTS = load_general_prompts()
+EVERY = [*PROMPTS.regression, *PROMPTS.replay]
+
+
+class Answerer:
+    """Stands in for the model: the generation itself is not what these tests are about."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, prompts: Sequence[GeneralPrompt]) -> list[str]:
+        self.calls += 1
+        return [f"answer to {p.id}" for p in prompts]
+
+
+def key(**changes: object) -> AnswerKey:
+    fields: dict[str, object] = {"model_sha256": "a" * 64, "prompts_version": PROMPTS.version, "chat_template": None}
+    return AnswerKey(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def test_the_key_covers_everything_that_decides_the_answers() -> None:
+    digests = {
+        key().digest,
+        key(model_sha256="b" * 64).digest,
+        key(prompts_version="general-v1-000000000000").digest,
+        key(chat_template="{{ messages }}").digest,
+        key(weights="nf4").digest,
+        key(max_new_tokens=64).digest,
+    }
+    assert len(digests) == 6
+    assert key().digest == key().digest
+
+
+def test_generated_once_then_found_locally_and_in_storage(
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(general_answers, "SHIPPED", tmp_path / "shipped")
+    store = ObjectStore(S3Spec(endpoint=s3_endpoint, region="us-east-1"))
+    output = f"s3://{s3_bucket}/models/job/"
+    answerer = Answerer()
+    first = base_answers(key(), EVERY, answerer, cache_dir=tmp_path / "cache-a", store=store, output_uri=output)
+    assert first.origin == "generated" and answerer.calls == 1 and len(first.answers) == len(EVERY)
+    again = base_answers(key(), EVERY, answerer, cache_dir=tmp_path / "cache-a", store=store, output_uri=output)
+    assert again.origin == "cache" and again.answers == first.answers and answerer.calls == 1
+    # Another pod (an empty local cache) finds them beside the output, and caches them locally.
+    elsewhere = base_answers(key(), EVERY, answerer, cache_dir=tmp_path / "cache-b", store=store, output_uri=output)
+    assert elsewhere.origin == "storage" and elsewhere.answers == first.answers and answerer.calls == 1
+    assert find_answers(key(), EVERY, cache_dir=tmp_path / "cache-b", store=store, output_uri=output).origin == "cache"  # type: ignore[union-attr]
+    # Another base model: nothing found, generated again.
+    other = base_answers(
+        key(model_sha256="c" * 64), EVERY, answerer, cache_dir=tmp_path / "cache-a", store=store, output_uri=output
+    )
+    assert other.origin == "generated" and answerer.calls == 2
+
+
+def test_shipped_answers_come_first_and_a_partial_file_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(general_answers, "SHIPPED", shipped)
+    store = ObjectStore()
+    output = (tmp_path / "out").as_uri() + "/"
+    answerer = Answerer()
+    made = base_answers(key(), EVERY, answerer, cache_dir=tmp_path / "build", store=store, output_uri=output)
+    shipped.mkdir()
+    (tmp_path / "build" / "general-answers" / f"{key().digest}.jsonl").rename(shipped / f"{key().digest}.jsonl")
+    found = find_answers(
+        key(),
+        EVERY,
+        cache_dir=tmp_path / "empty",
+        store=ObjectStore(),
+        output_uri=(tmp_path / "nowhere").as_uri() + "/",
+    )
+    assert found is not None and found.origin == "shipped" and found.answers == made.answers
+    partial = shipped / f"{key().digest}.jsonl"
+    partial.write_text("\n".join(partial.read_text().splitlines()[:10]) + "\n")
+    assert (
+        find_answers(
+            key(),
+            EVERY,
+            cache_dir=tmp_path / "empty",
+            store=ObjectStore(),
+            output_uri=(tmp_path / "nowhere").as_uri() + "/",
+        )
+        is None
+    )
+
+
+def test_answers_become_chat_rows_with_the_answer_as_the_assistant_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(general_answers, "SHIPPED", tmp_path / "shipped")
+    answers = base_answers(
+        key(), EVERY, Answerer(), cache_dir=tmp_path, store=ObjectStore(), output_uri=(tmp_path / "o").as_uri() + "/"
+    )
+    rows = as_examples(PROMPTS.regression, answers)
+    assert len(rows) == len(PROMPTS.regression)
+    first = rows[0]
+    assert first.prompt_messages()[-1].content == PROMPTS.regression[0].text
+    assert first.reference() == f"answer to {PROMPTS.regression[0].id}"
+
+
+@pytest.mark.slow
+def test_the_builtin_models_answers_ship_for_the_current_prompts() -> None:
+    """The demo and CI generate nothing: the built-in model's answers ship under today's key."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_builtin_general_answers.py"
+    checked = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=600)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    (shipped,) = general_answers.SHIPPED.glob("*.jsonl")
+    ids = {json.loads(line)["id"] for line in shipped.read_text().splitlines()}
+    assert ids == {p.id for p in EVERY}
