@@ -45,7 +45,7 @@ def test_kubetune_run_example_improves_the_default_model(tmp_path: Path) -> None
     perplexity = next(m for m in evaluation["metrics"] if m["name"] == "perplexity")
     assert accuracy["tuned"] > accuracy["base"] and accuracy["ciLow" if "ciLow" in accuracy else "ci_low"] > 0, accuracy
     assert perplexity["tuned"] < perplexity["base"], perplexity
-    regression = evaluation["regression"]
+    regression = evaluation["forgetting"]["likelihood"]
     assert regression["examples"] >= 200 and regression["passed"], regression
     assert manifest["promoted"] is True, evaluation["gate"]
     paths = {a["path"] for a in manifest["artifacts"]}
@@ -55,4 +55,4 @@ def test_kubetune_run_example_improves_the_default_model(tmp_path: Path) -> None
         "reports/evaluation.md",
         "reports/loss_curve.png",
     } <= paths
-    assert "quality gate: passed" in result.stdout and "stage times" in result.stderr
+    assert "quality gate: promoted" in result.stdout and "stage times" in result.stderr

@@ -9,11 +9,20 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kubetune.api.v1alpha1 import EvaluationSpec, QualityGateSpec
+from kubetune.api.v1alpha1 import EvaluationSpec, Metric, QualityGateSpec
 from kubetune_trainer.data.types import Example, Message
 from kubetune_trainer.evaluation import metrics
-from kubetune_trainer.evaluation.report import MetricResult, RegressionResult, plot_loss_curve
-from kubetune_trainer.evaluation.runner import ModelUnderTest, apply_gate, evaluate
+from kubetune_trainer.evaluation.forgetting import (
+    KnownAnswerResult,
+    RegressionItem,
+    RegressionSet,
+    compare_known_answers,
+    compare_label_collapse,
+)
+from kubetune_trainer.evaluation.gate import MIN_TEST_EXAMPLES, Forgetting, decide_promotion, primary_metric
+from kubetune_trainer.evaluation.report import plot_loss_curve
+from kubetune_trainer.evaluation.results import MetricResult, RegressionResult
+from kubetune_trainer.evaluation.runner import ModelUnderTest, evaluate
 from kubetune_trainer.evaluation.scoring import adapter_disabled, token_losses
 
 
@@ -49,6 +58,7 @@ def perturbed_lora(model_dir: Path, scale: float):  # type: ignore[no-untyped-de
 EXAMPLES = [
     Example(messages=(Message("user", f"what is {i}+{i}?"), Message("assistant", str(2 * i)))) for i in range(6)
 ]
+GENERAL = RegressionSet("test prompts", tuple(RegressionItem(e, (e.reference(),)) for e in EXAMPLES))
 
 
 def test_perplexity_matches_an_independent_computation_and_base_is_adapter_off(tiny_model_dir: Path) -> None:
@@ -71,7 +81,7 @@ def test_perplexity_matches_an_independent_computation_and_base_is_adapter_off(t
         tokenizer,
         EXAMPLES,
         EvaluationSpec(metrics=["perplexity", "exactMatch"], maxNewTokens=4),
-        regression=EXAMPLES,
+        regression=GENERAL,
         max_length=64,
     )
     ppl = report.metric("perplexity")
@@ -89,42 +99,117 @@ def test_forgetting_is_detected(tiny_model_dir: Path) -> None:
         tokenizer,
         EXAMPLES,
         EvaluationSpec(metrics=["perplexity"]),
-        regression=EXAMPLES,
+        regression=GENERAL,
         max_length=64,
     )
-    assert report.regression is not None
-    assert report.regression.relative_loss > 0.05 and not report.regression.passed
-    assert not report.gate.passed and "forgetting" in report.gate.message
+    likelihood = report.forgetting.likelihood
+    assert likelihood is not None and likelihood.relative_loss > 0.05 and not likelihood.passed
+    assert not report.gate.passed and "likelihood of the base model's own answers" in report.gate.message
+    assert report.gate.message.startswith("not promoted: insufficient evidence (n=6")
+    assert report.forgetting.known_answers is not None and report.forgetting.known_answers.examples == 6
     harmless = perturbed_lora(tiny_model_dir, 0.0)
     report = evaluate(
         ModelUnderTest(harmless),
         tokenizer,
         EXAMPLES,
         EvaluationSpec(metrics=["perplexity"]),
-        regression=EXAMPLES,
+        regression=GENERAL,
         max_length=64,
     )
-    assert report.regression is not None and abs(report.regression.relative_loss) < 1e-6 and report.gate.passed
+    likelihood = report.forgetting.likelihood
+    assert likelihood is not None and abs(likelihood.relative_loss) < 1e-6 and likelihood.passed
+    assert not report.gate.passed, "forgetting nothing is not enough: the task was not shown better"
+    assert "insufficient evidence (n=6" in report.gate.message
 
 
-def result(name: str, base: float, tuned: float, lower: bool = False) -> MetricResult:
-    return MetricResult(name, base, tuned, tuned - base - 0.01, tuned - base + 0.01, lower)
+def result(name: str, base: float, tuned: float, lower: bool = False, spread: float = 0.01) -> MetricResult:
+    return MetricResult(name, base, tuned, tuned - base - spread, tuned - base + spread, lower)
 
 
-def test_gate_directions_and_messages() -> None:
+KEPT = Forgetting("general", likelihood=RegressionResult(240, 0.5, 0.5, 0.0, -0.01, 0.01, 0.05))
+FORGOT = Forgetting("general", likelihood=RegressionResult(240, 0.5, 0.45, 0.10, 0.08, 0.12, 0.05))
+
+
+def decide(results: list[MetricResult], forgetting: Forgetting, gate: QualityGateSpec | None = None, n: int = 58):  # type: ignore[no-untyped-def]
+    return decide_promotion(results, forgetting, gate, primary=Metric.ACCURACY, test_examples=n)
+
+
+def test_explicit_gate_directions_and_messages() -> None:
     gate = QualityGateSpec(metric="perplexity", minImprovement=0.15)
-    assert apply_gate([result("perplexity", 10.0, 8.0, lower=True)], None, gate).passed  # 20% lower
-    missed = apply_gate([result("perplexity", 10.0, 9.0, lower=True)], None, gate)
+    assert decide([result("perplexity", 10.0, 8.0, lower=True)], KEPT, gate).passed  # 20% lower
+    missed = decide([result("perplexity", 10.0, 9.0, lower=True)], KEPT, gate)
     assert not missed.passed and "required +15.0%" in missed.message and "missed" in missed.message
     accuracy = QualityGateSpec(metric="accuracy", minImprovement=0.15)
-    assert apply_gate([result("accuracy", 0.5, 0.6)], None, accuracy).passed
-    assert not apply_gate([result("accuracy", 0.5, 0.55)], None, accuracy).passed
-    absolute = apply_gate([result("accuracy", 0.0, 0.2)], None, accuracy)
+    assert decide([result("accuracy", 0.5, 0.6)], KEPT, accuracy).passed
+    assert not decide([result("accuracy", 0.5, 0.55)], KEPT, accuracy).passed
+    absolute = decide([result("accuracy", 0.0, 0.2)], KEPT, accuracy)
     assert absolute.passed and "absolute" in absolute.message
-    forgot = RegressionResult(240, 0.5, 0.45, 0.10, 0.08, 0.12, 0.05)
-    blocked = apply_gate([result("accuracy", 0.5, 0.9)], forgot, accuracy)
-    assert not blocked.passed and "forgetting" in blocked.message
-    assert not apply_gate([], None, accuracy).passed
+    blocked = decide([result("accuracy", 0.5, 0.9)], FORGOT, accuracy)
+    assert not blocked.passed and "likelihood of the base model's own answers" in blocked.message
+    assert not decide([], KEPT, accuracy).passed
+
+
+def test_without_a_gate_the_default_gate_needs_evidence_and_no_forgetting() -> None:
+    better = decide([result("accuracy", 0.0, 0.85, spread=0.1)], KEPT)
+    assert better.passed and better.default_gate and better.message.startswith("promoted: ")
+    assert [c.name for c in better.checks] == ["task", "forgetting.likelihood"]
+    unsure = decide([result("accuracy", 0.5, 0.55, spread=0.1)], KEPT)  # the interval reaches below 0
+    assert not unsure.passed and "not shown better than the base" in unsure.message
+    few = decide([result("accuracy", 0.0, 1.0)], KEPT, n=MIN_TEST_EXAMPLES - 1)
+    assert not few.passed and few.message == (
+        f"not promoted: insufficient evidence (n={MIN_TEST_EXAMPLES - 1} test examples, at least {MIN_TEST_EXAMPLES} needed)"
+    ), "only the missing evidence: nothing was forgotten"
+    forgot = decide([result("accuracy", 0.0, 0.85, spread=0.1)], FORGOT)
+    assert not forgot.passed and "likelihood" in forgot.message
+    nothing = decide([result("accuracy", 0.0, 0.85, spread=0.1)], Forgetting(None))
+    assert not nothing.passed and "could not be measured" in nothing.message
+    assert "no quality gate set" not in better.message + unsure.message + forgot.message
+
+
+def test_opting_out_of_forgetting_needs_an_explicit_gate_to_promote() -> None:
+    opted_out = Forgetting(None, opted_out=True)
+    default = decide([result("accuracy", 0.0, 0.85, spread=0.1)], opted_out)
+    assert not default.passed
+    assert "forgetting not measured (opted out) and no explicit gate" in default.message
+    assert any(c.detail == "forgetting not measured (opted out)" and c.passed is None for c in default.checks)
+    explicit = decide(
+        [result("accuracy", 0.0, 0.85)], opted_out, QualityGateSpec(metric="accuracy", minImprovement=0.15)
+    )
+    assert explicit.passed
+
+
+def test_known_answers_are_judged_by_keywords_and_a_drop_fails() -> None:
+    items = [RegressionItem(EXAMPLES[0], ("Paris",)), RegressionItem(EXAMPLES[1], ("56", "fifty-six"))] * 10
+    kept = compare_known_answers(items, ["Paris.", "It is 56"] * 10, ["paris", "fifty-six"] * 10, 0.05, seed=0)
+    assert kept.base == kept.tuned == 1.0 and kept.passed
+    lost = compare_known_answers(items, ["Paris.", "It is 56"] * 10, ["billing", "It is 156"] * 10, 0.05, seed=0)
+    assert lost.tuned == 0.0 and lost.relative_loss == 1.0 and not lost.passed and lost.ci_high < 0
+    forgetting = Forgetting("general", likelihood=KEPT.likelihood, known_answers=lost)
+    verdict = decide([result("accuracy", 0.0, 0.85, spread=0.1)], forgetting)
+    assert not verdict.passed and "known answers right 100.0% -> 0.0%" in verdict.message
+
+
+def test_label_collapse_counts_general_answers_that_are_task_labels() -> None:
+    collapse = compare_label_collapse({"billing", "shipping"}, ["Paris", "56"] * 10, ["Billing", "56"] * 10, seed=0)
+    assert collapse.base == 0.0 and collapse.tuned == 0.5 and collapse.ci_low > 0
+    forgetting = Forgetting(
+        "general",
+        likelihood=KEPT.likelihood,
+        known_answers=KnownAnswerResult(20, 1.0, 1.0, 0.0, 0.0, 0.0, 0.05),
+        label_collapse=collapse,
+    )
+    verdict = decide([result("accuracy", 0.0, 0.85, spread=0.1)], forgetting)
+    assert verdict.passed, "reported, not judged"
+    assert next(c for c in verdict.checks if c.name == "labelCollapse").passed is None
+
+
+def test_the_primary_metric_is_accuracy_for_label_like_answers_else_rouge_l() -> None:
+    assert primary_metric(["billing", "Shipping.", "billing"] * 10) == Metric.ACCURACY
+    assert primary_metric([f"answer number {i}" for i in range(60)]) == Metric.ROUGE_L
+    mostly = [f"label{i % 40}" for i in range(95)] + [f"rare {i}" for i in range(5)]
+    assert primary_metric(mostly) == Metric.ACCURACY, "40 labels cover 95% of rows"
+    spread = [f"label{i % 50}" for i in range(85)] + [f"rare {i}" for i in range(15)]
+    assert primary_metric(spread) == Metric.ROUGE_L, "50 answers cover only 85%"
 
 
 def test_loss_curve_is_a_png(tmp_path: Path) -> None:

@@ -24,9 +24,12 @@ from kubetune.api.v1alpha1 import (
     SplitSpec,
 )
 from kubetune_trainer.data.prepare import PreparedDataset, prepare_dataset
-from kubetune_trainer.data.types import Example
 from kubetune_trainer.errors import ConfigurationError
+from kubetune_trainer.evaluation.forgetting import RegressionItem, RegressionSet
 from kubetune_trainer.evaluation.report import EvaluationReport, plot_loss_curve
+from kubetune_trainer.general_answers import AnswerKey, as_examples, base_answers, generate_with
+from kubetune_trainer.general_prompts import load_general_prompts
+from kubetune_trainer.models.builtin import cache_root
 from kubetune_trainer.models.loading import model_checksum, model_max_positions, resolve_model_dir
 from kubetune_trainer.plan import Hardware, preflight_estimate, resolve_training
 from kubetune_trainer.publish import PublishedRun, publish_run
@@ -115,16 +118,39 @@ def prepare_data(ctx: RunContext, model: BaseModelInfo) -> PreparedDataset:
     return data
 
 
-def load_regression_set(ctx: RunContext, model: BaseModelInfo) -> list[Example]:
-    uri = ctx.spec.evaluation.regression_set
-    if uri is None:
-        return []
-    spec = DatasetSpec(
-        sources=[DatasetSource(uri=uri)],
-        split=SplitSpec(validation=0, test=0),
-        curation=CurationSpec(dedup_exact=True, near_dedup=NearDedupSpec(enabled=False), min_tokens=1),
-    )
-    return prepare_dataset(spec, ctx.store, _token_counter(model), max_tokens=min(model.max_positions, 2048)).train
+def load_regression_set(ctx: RunContext, model: BaseModelInfo, method: MethodType, base: Any) -> RegressionSet | None:
+    """The general prompts forgetting is measured on: the manifest's regressionSet, else the built-in
+    regression pool with the base model's own answers (cached; generated here, in the training pod,
+    with ``base`` when no cache has them). None when the manifest opted out."""
+    evaluation = ctx.spec.evaluation
+    if not evaluation.forgetting:
+        return None
+    if evaluation.regression_set is not None:
+        spec = DatasetSpec(
+            sources=[DatasetSource(uri=evaluation.regression_set)],
+            split=SplitSpec(validation=0, test=0),
+            curation=CurationSpec(dedup_exact=True, near_dedup=NearDedupSpec(enabled=False), min_tokens=1),
+        )
+        max_tokens = min(model.max_positions, 2048)
+        examples = prepare_dataset(spec, ctx.store, _token_counter(model), max_tokens=max_tokens).train
+        return RegressionSet(evaluation.regression_set, tuple(RegressionItem(e) for e in examples))
+    prompts = load_general_prompts()
+    weights = "nf4" if method == MethodType.QLORA else "full"
+    key = AnswerKey(model.sha256, prompts.version, model.chat_template, weights=weights)
+    subject, context = base
+    subject.eval()
+    with context:
+        answers = base_answers(
+            key,
+            [*prompts.regression, *prompts.replay],
+            generate_with(subject, model.tokenizer, model.chat_template),
+            cache_dir=cache_root(),
+            store=ctx.store,
+            output_uri=ctx.spec.output.uri,
+        )
+    rows = as_examples(prompts.regression, answers)
+    items = tuple(RegressionItem(row, p.keywords) for row, p in zip(rows, prompts.regression, strict=True))
+    return RegressionSet(f"kubetune's built-in general prompts ({prompts.version}, answers {answers.origin})", items)
 
 
 def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[ResolvedTraining, PreflightReport]:
@@ -182,12 +208,13 @@ def evaluate(
     base_model = None
     if method == MethodType.FULL:
         base_model = load_base(model.path, method, device=model.hardware.device, bf16=model.hardware.bf16)
+    subject = ModelUnderTest(outcome.model, base_model=base_model)
     report = run_evaluation(
-        ModelUnderTest(outcome.model, base_model=base_model),
+        subject,
         model.tokenizer,
         data.test,
         ctx.spec.evaluation,
-        regression=load_regression_set(ctx, model),
+        regression=load_regression_set(ctx, model, method, subject.as_base()),
         max_length=resolved.hyperparameters.sequence_length or 512,
         batch_size=8,
         chat_template=model.chat_template,
@@ -274,20 +301,25 @@ def print_summary(
             f"{m.delta:+.4f} [{m.ci_low:+.4f}, {m.ci_high:+.4f}]",
             "yes" if m.improved else "no",
         )
-    if evaluation.regression is not None:
-        r = evaluation.regression
-        table.add_row(
-            f"general regression ({r.examples} prompts, likelihood ↑)",
-            f"{r.base:.4f}",
-            f"{r.tuned:.4f}",
-            f"{-r.relative_loss:+.2%} [{-r.ci_high:+.2%}, {-r.ci_low:+.2%}]",
-            "ok" if r.passed else f"lost > {r.max_regression:.0%}",
-        )
+    measures = (
+        ("general prompts: likelihood of the base's answers ↑", evaluation.forgetting.likelihood),
+        ("general prompts: known answers right ↑", evaluation.forgetting.known_answers),
+    )
+    for label, measure in measures:
+        if measure is not None:
+            table.add_row(
+                f"{label} ({measure.examples})",
+                f"{measure.base:.4f}",
+                f"{measure.tuned:.4f}",
+                f"{-measure.relative_loss:+.2%} of the base",
+                "ok" if measure.passed else f"lost > {measure.max_regression:.0%}",
+            )
     console = Console()
     console.print(table)
-    console.print(
-        f"quality gate: {'[green]passed[/]' if evaluation.gate.passed else '[red]not passed[/]'} — {evaluation.gate.message}"
-    )
+    if evaluation.forgetting.opted_out:
+        console.print("forgetting not measured (opted out)")
+    verdict = "[green]promoted[/]" if evaluation.gate.passed else "[red]not promoted[/]"
+    console.print(f"quality gate: {verdict} — {evaluation.gate.message}")
     console.print(
         f"training: {outcome.global_step} steps, {outcome.tokens_per_second:.0f} tokens/s "
         f"({outcome.trained_tokens_per_second:.0f} trained tokens/s), padding {outcome.padding_fraction:.1%}, "

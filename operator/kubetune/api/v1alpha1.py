@@ -280,17 +280,45 @@ class QualityGateSpec(ApiModel):
 
 
 class EvaluationSpec(ApiModel):
-    metrics: Annotated[list[Metric], Field(min_length=1, max_length=6)] = Field(
-        default_factory=lambda: [Metric.PERPLEXITY, Metric.ROUGE_L]
-    )
-    compare_with_base: bool = True
-    gate: QualityGateSpec | None = None
+    metrics: Annotated[
+        list[Metric],
+        Field(
+            min_length=1,
+            max_length=6,
+            description="Reported base vs tuned; the task's primary metric (accuracy or rougeL) is always added.",
+        ),
+    ] = Field(default_factory=lambda: [Metric.PERPLEXITY, Metric.ROUGE_L])
+    gate: Annotated[
+        QualityGateSpec | None,
+        Field(
+            description=(
+                "Unset: the default gate promotes only a model that beats the base on the task's primary metric "
+                "with a 95% interval above 0 and stays within maxRegression on general prompts."
+            )
+        ),
+    ] = None
+    forgetting: Annotated[
+        bool,
+        Field(
+            description=(
+                "Measure forgetting on general prompts (true, the default). false (or off) opts out: nothing is "
+                "measured, and without an explicit gate the run is not promoted."
+            )
+        ),
+    ] = True
     regression_set: Annotated[
         str | None,
-        Field(pattern=DATA_URI_PATTERN, description="General prompts that measure forgetting (s3:// or file://)."),
+        Field(
+            pattern=DATA_URI_PATTERN,
+            description=(
+                "General prompts with the base model's answers that measure forgetting (s3:// or file://); "
+                "default: kubetune's built-in general prompts, answered by the base model."
+            ),
+        ),
     ] = None
     max_regression: Annotated[
-        float, Field(ge=0, le=1, description="Largest tolerated relative loss on the regression set (0.05 = 5%).")
+        float,
+        Field(ge=0, le=1, description="Largest tolerated relative loss on each forgetting measure (0.05 = 5%)."),
     ] = 0.05
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 64
     max_examples: Annotated[int | None, Field(ge=1, le=100000, description="Cap on test examples scored.")] = None

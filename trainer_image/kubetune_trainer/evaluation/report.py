@@ -7,52 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-@dataclass
-class MetricResult:
-    name: str
-    base: float
-    tuned: float
-    ci_low: float  # 95% paired-bootstrap interval of tuned - base
-    ci_high: float
-    lower_is_better: bool
-
-    @property
-    def delta(self) -> float:
-        return self.tuned - self.base
-
-    @property
-    def improved(self) -> bool:
-        """Better in the metric's good direction, with the whole interval on that side."""
-        return self.ci_high < 0 if self.lower_is_better else self.ci_low > 0
-
-
-@dataclass
-class RegressionResult:
-    """Forgetting: per-token likelihood (exp of -mean NLL) of the regression answers."""
-
-    examples: int
-    base: float
-    tuned: float
-    relative_loss: float  # (base - tuned) / base; positive = forgot
-    ci_low: float
-    ci_high: float
-    max_regression: float
-
-    @property
-    def passed(self) -> bool:
-        return self.relative_loss <= self.max_regression
-
-
-@dataclass
-class GateResult:
-    passed: bool
-    message: str
-    metric: str | None = None
-    base: float | None = None
-    tuned: float | None = None
-    improvement: float | None = None
-    required: float | None = None
+from kubetune_trainer.evaluation.gate import Forgetting, GateResult
+from kubetune_trainer.evaluation.results import MetricResult
 
 
 @dataclass
@@ -60,8 +16,10 @@ class EvaluationReport:
     test_examples: int
     metrics: list[MetricResult]
     gate: GateResult
-    regression: RegressionResult | None = None
+    forgetting: Forgetting
+    primary_metric: str
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    general_predictions: list[dict[str, Any]] = field(default_factory=list)
 
     def metric(self, name: str) -> MetricResult | None:
         return next((m for m in self.metrics if m.name == name), None)
@@ -72,17 +30,31 @@ class EvaluationReport:
         for m in self.metrics:
             flat[f"base.{m.name}"] = round(m.base, 6)
             flat[f"tuned.{m.name}"] = round(m.tuned, 6)
-        if self.regression is not None:
-            flat["base.regressionLikelihood"] = round(self.regression.base, 6)
-            flat["tuned.regressionLikelihood"] = round(self.regression.tuned, 6)
+        measures = {
+            "regressionLikelihood": self.forgetting.likelihood,
+            "generalKnownAnswers": self.forgetting.known_answers,
+            "generalLabelCollapse": self.forgetting.label_collapse,
+        }
+        for name, measure in measures.items():
+            if measure is not None:
+                flat[f"base.{name}"] = round(measure.base, 6)
+                flat[f"tuned.{name}"] = round(measure.tuned, 6)
         return flat
 
     def to_dict(self) -> dict[str, Any]:
+        forgetting = self.forgetting
         return {
             "testExamples": self.test_examples,
+            "primaryMetric": self.primary_metric,
             "metrics": [{**asdict(m), "delta": m.delta, "improved": m.improved} for m in self.metrics],
-            "regression": {**asdict(self.regression), "passed": self.regression.passed} if self.regression else None,
-            "gate": asdict(self.gate),
+            "forgetting": {
+                "set": forgetting.set_name,
+                "optedOut": forgetting.opted_out,
+                "likelihood": _with_passed(forgetting.likelihood),
+                "knownAnswers": _with_passed(forgetting.known_answers),
+                "labelCollapse": asdict(forgetting.label_collapse) if forgetting.label_collapse else None,
+            },
+            "gate": {**asdict(self.gate), "promoted": self.gate.passed},
         }
 
     def to_markdown(self) -> str:
@@ -90,6 +62,7 @@ class EvaluationReport:
             "# Evaluation",
             "",
             f"Held-out test examples: {self.test_examples}. Same prompts and greedy decoding for both models.",
+            f"Primary metric: {self.primary_metric}.",
             "",
             "| metric | base | tuned | delta [95% CI] | better |",
             "|---|---:|---:|---|---|",
@@ -100,14 +73,16 @@ class EvaluationReport:
                 f"| {m.name} ({arrow}) | {m.base:.4f} | {m.tuned:.4f} | {m.delta:+.4f} [{m.ci_low:+.4f}, {m.ci_high:+.4f}] "
                 f"| {'yes' if m.improved else 'no'} |"
             )
-        if self.regression is not None:
-            r = self.regression
-            lines.append(
-                f"| general regression set ({r.examples} prompts, per-token likelihood) | {r.base:.4f} | {r.tuned:.4f} "
-                f"| {-r.relative_loss:+.2%} [{-r.ci_high:+.2%}, {-r.ci_low:+.2%}] | "
-                f"{'ok' if r.passed else 'FORGOT'} (max loss {r.max_regression:.0%}) |"
-            )
-        lines += ["", f"**Quality gate:** {'passed' if self.gate.passed else 'NOT passed'} — {self.gate.message}", ""]
+        lines += ["", "## Forgetting", ""]
+        if self.forgetting.opted_out:
+            lines.append("Forgetting not measured (opted out).")
+        else:
+            lines.append(f"General prompts: {self.forgetting.set_name}.")
+        lines += ["", "## Checks", ""]
+        for check in self.gate.checks:
+            mark = {True: "passed", False: "FAILED", None: "reported"}[check.passed]
+            lines.append(f"- **{check.name}** ({mark}): {check.detail}")
+        lines += ["", f"**Verdict:** {self.gate.message}", ""]
         return "\n".join(lines)
 
     def write(self, folder: Path) -> list[Path]:
@@ -116,7 +91,15 @@ class EvaluationReport:
         paths[0].write_text(json.dumps(self.to_dict(), indent=2))
         paths[1].write_text(self.to_markdown())
         paths[2].write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in self.predictions))
+        if self.general_predictions:
+            general = folder / "general_predictions.jsonl"
+            general.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in self.general_predictions))
+            paths.append(general)
         return paths
+
+
+def _with_passed(measure: Any) -> dict[str, Any] | None:
+    return {**asdict(measure), "passed": measure.passed} if measure is not None else None
 
 
 def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Base vs tuned on the held-out test split, forgetting on a regression set, then the gate."""
+"""Base vs tuned on the held-out test split, forgetting on general prompts, then the promotion verdict."""
 
 from __future__ import annotations
 
@@ -8,10 +8,18 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.api.v1alpha1 import EvaluationSpec, Metric, QualityGateSpec
+from kubetune.api.v1alpha1 import EvaluationSpec, Metric
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.evaluation import metrics as m
-from kubetune_trainer.evaluation.report import EvaluationReport, GateResult, MetricResult, RegressionResult
+from kubetune_trainer.evaluation.forgetting import (
+    RegressionSet,
+    compare_known_answers,
+    compare_label_collapse,
+    compare_likelihood,
+)
+from kubetune_trainer.evaluation.gate import Forgetting, decide_promotion, primary_metric
+from kubetune_trainer.evaluation.report import EvaluationReport
+from kubetune_trainer.evaluation.results import MetricResult
 from kubetune_trainer.evaluation.scoring import TokenLoss, adapter_disabled, generate, token_losses
 
 GENERATION_METRICS = {Metric.ROUGE_L, Metric.BLEU, Metric.EXACT_MATCH, Metric.ACCURACY, Metric.F1}
@@ -20,6 +28,8 @@ PER_EXAMPLE: dict[Metric, Callable[[str, str], float]] = {
     Metric.EXACT_MATCH: m.exact_match,
     Metric.ACCURACY: m.label_match,
 }
+# Known answers are a word or a number: a short answer shows whether the model still gives it.
+KNOWN_ANSWER_MAX_NEW_TOKENS = 32
 
 
 @dataclass
@@ -58,6 +68,7 @@ def _score(
     batch_size: int,
     chat_template: str | None,
     generate_text: bool,
+    max_new_tokens: int | None = None,
 ) -> _Scores:
     model, context = subject
     model.eval()
@@ -70,7 +81,7 @@ def _score(
                 model,
                 tokenizer,
                 examples,
-                max_new_tokens=spec.max_new_tokens,
+                max_new_tokens=max_new_tokens or spec.max_new_tokens,
                 batch_size=batch_size,
                 chat_template=chat_template,
             )
@@ -116,90 +127,32 @@ def compare_metric(metric: Metric, base: _Scores, tuned: _Scores, refs: Sequence
     )
 
 
-def _likelihood(losses: Sequence[TokenLoss], idx: Sequence[int]) -> float:
-    nll = sum(losses[i].nll_sum for i in idx)
-    tokens = sum(losses[i].tokens for i in idx)
-    return math.exp(-nll / tokens) if tokens else 0.0
-
-
-def compare_regression(
-    base: Sequence[TokenLoss], tuned: Sequence[TokenLoss], max_regression: float, *, seed: int
-) -> RegressionResult:
-    """Relative loss of per-token likelihood on the regression answers (5% = 0.05)."""
-
-    def relative_loss(idx: Sequence[int]) -> float:
-        b = _likelihood(base, idx)
-        return (b - _likelihood(tuned, idx)) / b if b else 0.0
-
-    everything = range(len(base))
-    interval = m.paired_bootstrap(len(base), relative_loss, seed=seed)
-    return RegressionResult(
-        examples=len(base),
-        base=_likelihood(base, everything),
-        tuned=_likelihood(tuned, everything),
-        relative_loss=relative_loss(everything),
-        ci_low=interval.low,
-        ci_high=interval.high,
-        max_regression=max_regression,
-    )
-
-
-def apply_gate(
-    results: Sequence[MetricResult], regression: RegressionResult | None, gate: QualityGateSpec | None
-) -> GateResult:
-    problems = []
-    if regression is not None and not regression.passed:
-        problems.append(
-            f"forgetting: the tuned model lost {regression.relative_loss:.1%} per-token likelihood on the "
-            f"regression set (allowed {regression.max_regression:.0%})"
-        )
-    if gate is None:
-        message = "; ".join(problems) or "no quality gate set"
-        return GateResult(passed=not problems, message=message)
-    metric = next((r for r in results if r.name == str(gate.metric)), None)
-    if metric is None:
-        return GateResult(False, f"gate metric {gate.metric} was not evaluated (add it to spec.evaluation.metrics)")
-    if metric.base == 0:
-        improvement = -metric.tuned if metric.lower_is_better else metric.tuned
-        kind = "absolute"
-    else:
-        change = (metric.base - metric.tuned) if metric.lower_is_better else (metric.tuned - metric.base)
-        improvement = change / abs(metric.base)
-        kind = "relative"
-    met = improvement >= gate.min_improvement
-    verdict = "passed" if met else "missed"
-    text = (
-        f"{metric.name} {metric.base:.4f} -> {metric.tuned:.4f} ({kind} improvement {improvement:+.1%}, "
-        f"required {gate.min_improvement:+.1%}): {verdict}"
-    )
-    return GateResult(
-        passed=met and not problems,
-        message="; ".join([text, *problems]),
-        metric=metric.name,
-        base=metric.base,
-        tuned=metric.tuned,
-        improvement=improvement,
-        required=gate.min_improvement,
-    )
-
-
 def evaluate(
     subject: ModelUnderTest,
     tokenizer: Any,
     test: Sequence[Example],
     spec: EvaluationSpec,
     *,
-    regression: Sequence[Example] | None,
+    regression: RegressionSet | None,
     max_length: int,
     batch_size: int = 8,
     chat_template: str | None = None,
     seed: int = 0,
 ) -> EvaluationReport:
     chosen = list(test[: spec.max_examples] if spec.max_examples else test)
+    refs = [e.reference() for e in chosen]
+    primary = primary_metric(refs)
     wanted = [Metric(x) for x in spec.metrics]
+    if spec.gate is None and primary not in wanted:
+        wanted.append(primary)  # the default gate judges it: always evaluated
     needs_text = any(x in GENERATION_METRICS for x in wanted)
 
-    def score(as_model: tuple[Any, AbstractContextManager[None]], examples: Sequence[Example], text: bool) -> _Scores:
+    def score(
+        as_model: tuple[Any, AbstractContextManager[None]],
+        examples: Sequence[Example],
+        text: bool,
+        max_new_tokens: int | None = None,
+    ) -> _Scores:
         return _score(
             as_model,
             tokenizer,
@@ -209,18 +162,39 @@ def evaluate(
             batch_size=batch_size,
             chat_template=chat_template,
             generate_text=text,
+            max_new_tokens=max_new_tokens,
         )
 
     base = score(subject.as_base(), chosen, needs_text)
     tuned = score(subject.as_tuned(), chosen, needs_text)
-    refs = [e.reference() for e in chosen]
     results = [compare_metric(x, base, tuned, refs, seed=seed) for x in wanted] if chosen else []
 
-    regression_result = None
-    if regression:
-        base_reg = score(subject.as_base(), regression, False)
-        tuned_reg = score(subject.as_tuned(), regression, False)
-        regression_result = compare_regression(base_reg.losses, tuned_reg.losses, spec.max_regression, seed=seed)
+    forgetting = Forgetting(set_name=regression.name if regression else None, opted_out=not spec.forgetting)
+    general_predictions: list[dict[str, Any]] = []
+    if spec.forgetting and regression is not None and regression.items:
+        base_reg = score(subject.as_base(), regression.examples, False)
+        tuned_reg = score(subject.as_tuned(), regression.examples, False)
+        forgetting.likelihood = compare_likelihood(base_reg.losses, tuned_reg.losses, spec.max_regression, seed=seed)
+        known = regression.known
+        if known:
+            prompts = [item.example for item in known]
+            base_known = score(subject.as_base(), prompts, True, KNOWN_ANSWER_MAX_NEW_TOKENS).outputs
+            tuned_known = score(subject.as_tuned(), prompts, True, KNOWN_ANSWER_MAX_NEW_TOKENS).outputs
+            forgetting.known_answers = compare_known_answers(
+                known, base_known, tuned_known, spec.max_regression, seed=seed
+            )
+            if primary == Metric.ACCURACY:
+                labels = {m.as_label(reference) for reference in refs}
+                forgetting.label_collapse = compare_label_collapse(labels, base_known, tuned_known, seed=seed)
+            general_predictions = [
+                {
+                    "prompt": item.example.prompt_messages()[-1].content,
+                    "keywords": list(item.keywords or ()),
+                    "base": b,
+                    "tuned": t,
+                }
+                for item, b, t in zip(known, base_known, tuned_known, strict=True)
+            ]
 
     predictions = [
         {
@@ -237,7 +211,9 @@ def evaluate(
     return EvaluationReport(
         test_examples=len(chosen),
         metrics=results,
-        gate=apply_gate(results, regression_result, spec.gate),
-        regression=regression_result,
+        gate=decide_promotion(results, forgetting, spec.gate, primary=primary, test_examples=len(chosen)),
+        forgetting=forgetting,
+        primary_metric=str(primary),
         predictions=predictions,
+        general_predictions=general_predictions,
     )
