@@ -4,6 +4,7 @@ progress, pre-flight findings and result into the FineTuneJob status through the
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,10 +21,11 @@ from tests.operator.cluster import Cluster, wait_for
 from tests.trainer.jobs import write_dataset
 
 
-def run_pod(cluster: Cluster, job_name: str, tmp_path: Path) -> int:
+def run_pod(cluster: Cluster, job_name: str, tmp_path: Path, cache: Path | None = None) -> int:
     """What the kubelet does with the Job's pod: run its command with its env, the mounted spec, the
     pod's ServiceAccount token (from the TokenRequest API) and the cluster CA; then record the exit
-    code and termination message, and the Job controller finishes the Job."""
+    code and termination message, and the Job controller finishes the Job. ``cache``: the pod's
+    KUBETUNE_CACHE (default: the machine's, shared by the tests)."""
     job = cluster.job(job_name)
     assert job is not None
     pod = job["spec"]["template"]["spec"]
@@ -39,7 +41,7 @@ def run_pod(cluster: Cluster, job_name: str, tmp_path: Path) -> int:
     env.update(
         {
             "KUBETUNE_SCRATCH": str(tmp_path / "scratch"),
-            "KUBETUNE_CACHE": os.environ.get("KUBETUNE_CACHE", str(Path.home() / ".cache" / "kubetune")),
+            "KUBETUNE_CACHE": str(cache or os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune")),
             "HOME": str(tmp_path),
             "KUBETUNE_TERMINATION_LOG": str(termination_log),
             "KUBECONFIG": str(cluster.pod_kubeconfig(job)),
@@ -86,12 +88,19 @@ spec:
 """
     )
     cluster.apply(manifest)
+    # A fresh cache: nobody has the tiny model's answers to the general prompts yet.
+    cache, stored_answers = tmp_path / "cache", tmp_path / "out" / ".kubetune" / "general-answers"
     wait_for(lambda: cluster.job("e2e-preflight"), what="pre-flight Job")
-    assert run_pod(cluster, "e2e-preflight", tmp_path) == 0
+    assert run_pod(cluster, "e2e-preflight", tmp_path, cache) == 0
     status = wait_for(lambda: cluster.finetunejob("e2e")["status"].get("preflight"), what="pre-flight report in status")
     assert status["passed"] is True and status["trainTokens"] > 0
+    # Replay is on by default; the pre-flight plans it and counts the base answers' time, but never generates.
+    replayed = status["examples"]["replay"]
+    assert replayed >= 48 and status["examples"]["trainAfterMixing"] == status["examples"]["train"] + replayed
+    assert "base answers to generate" in status["message"]
+    assert not (cache / "general-answers").exists() and not stored_answers.exists()
     wait_for(lambda: cluster.job("e2e-train"), what="training Job")
-    assert run_pod(cluster, "e2e-train", tmp_path) == 0
+    assert run_pod(cluster, "e2e-train", tmp_path, cache) == 0
     wait_for(lambda: cluster.finetunejob("e2e")["status"].get("phase") == "Succeeded", what="Succeeded")
     final = cluster.finetunejob("e2e")["status"]
     assert final["progress"]["step"] == final["progress"]["totalSteps"] > 0
@@ -101,6 +110,18 @@ spec:
     assert result["manifestUri"].endswith("/manifest.json") and Path(result["manifestUri"][len("file://") :]).exists()
     assert any(a["name"] == "adapter/adapter_model.safetensors" and len(a["sha256"]) == 64 for a in result["artifacts"])
     assert "tuned.perplexity" in result["metrics"]
+    # The training pod generated the base answers once, cached them locally and beside the output,
+    # and trained on the planned replay rows.
+    assert final["resolved"]["replay"]["examples"] == replayed
+    assert (
+        len(list((cache / "general-answers").glob("*.jsonl"))) == 1 and len(list(stored_answers.glob("*.jsonl"))) == 1
+    )
+    lineage = json.loads(Path(result["manifestUri"][len("file://") :]).read_text())
+    assert lineage["dataset"]["replay"]["examples"] == replayed
+    assert lineage["dataset"]["replay"]["answers"] == "generated"
+    forgetting = lineage["evaluation"]["forgetting"]
+    assert forgetting["optedOut"] is False and forgetting["likelihood"]["examples"] == 188
+    assert "built-in general prompts" in forgetting["set"]
 
 
 def local_job(name: str, model: Path, data: Path, tmp_path: Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ the **replay** pool are mixed into training. Training on what is measured would 
 the pools are built from different templates and different entity lists (sources), and this loader
 refuses a set whose pools share either.
 
-Light on purpose (standard library only): the CPU-only pre-flight reads it too.
+Light on purpose (standard library only, and the trainer's errors): the CPU-only pre-flight reads it too.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune_trainer.errors import ConfigurationError
+
 PROMPTS_FILE = Path(__file__).parent / "resources" / "general" / "prompts.jsonl"
 POOLS = ("regression", "replay")
 VERSION_PREFIX = "general-v1-"
@@ -31,8 +33,9 @@ _TOKEN = re.compile(r"\d+(?:\.\d+)+|[^\W_]+")
 _THOUSANDS_SEPARATOR = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
 
-class GeneralPromptsError(ValueError):
-    """The prompt file is malformed or its pools overlap; the message names the file and line."""
+class GeneralPromptsError(ConfigurationError):
+    """The prompt file is malformed or its pools overlap (the run fails as misconfigured, exit code 2);
+    the message names the file and line."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The trainer's stages in order: model → data → plan → train → evaluate → export → publish.
+"""The trainer's stages in order: model → data → plan → replay → train → evaluate → export → publish.
 
 ``Mode.PREFLIGHT`` stops after the plan (the CPU-only pre-flight Job), ``Mode.TRAIN`` is the
 GPU Job, ``Mode.LOCAL`` is ``kubetune run``. Every stage is timed and announced to the
@@ -153,6 +153,9 @@ def _run_stages(ctx: RunContext) -> Exit:
         _print_timings(ctx)
         return Exit(EXIT_OK)
 
+    if resolved.replay is not None:
+        with ctx.clock.stage("replay"):
+            steps.mix_in_replay(ctx, model, data, resolved)
     with ctx.clock.stage("train"):
         outcome = steps.train(ctx, model, data, resolved)
     if outcome.preempted:

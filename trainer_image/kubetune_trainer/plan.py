@@ -20,8 +20,11 @@ from kubetune.api.v1alpha1 import (
     LrScheduler,
     MethodType,
     PreflightReport,
+    ReplaySpec,
+    ResolvedReplay,
     ResolvedTraining,
 )
+from kubetune_trainer.general_answers import MAX_NEW_TOKENS as ANSWER_MAX_NEW_TOKENS
 
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -48,6 +51,12 @@ class Defaults:
     early_stopping_patience: int = 2
     evaluations_per_run: int = 5  # each costs a validation pass; early stopping needs a few
     seed: int = 42
+    # Self-distillation replay rows per task training row. On the example tickets 0.3 kept the
+    # likelihood of the base's answers (+21%) but lost 18% of the known answers; docs/defaults.md has
+    # the measurements behind 0.5 (docs/measurements/forgetting.json: three datasets, replay on and off).
+    replay_fraction: float = 0.5
+    # A small task still gets enough replay to anchor the model: its few rows are seen every epoch.
+    replay_min_examples: int = 48
     max_sequence_length: int = 2048
     checkpointing_min_params: float = 1e9  # gradient checkpointing pays off on bigger models
 
@@ -121,6 +130,20 @@ def _sequence_length(token_lengths: list[int], model_max: int) -> int:
     return max(64, min(model_max, DEFAULTS.max_sequence_length, 64 * math.ceil(p99 / 64)))
 
 
+def resolve_replay(spec: ReplaySpec, *, task_train_examples: int, pool_size: int) -> ResolvedReplay | None:
+    """How many replay rows to mix in: a share of the task's training rows, at least
+    ``replay_min_examples`` and never more than the pool (a pool repeated many times over would be
+    memorised rather than replayed). None when replay is off."""
+    if not spec.enabled:
+        return None
+    fraction = spec.fraction if spec.fraction is not None else DEFAULTS.replay_fraction
+    wanted = round(fraction * task_train_examples)
+    if spec.fraction is None:
+        wanted = max(wanted, DEFAULTS.replay_min_examples)
+    examples = min(pool_size, wanted)
+    return ResolvedReplay(examples=examples, fraction=round(examples / max(1, task_train_examples), 4))
+
+
 def resolve_method(spec: FineTuneJobSpec, hardware: Hardware) -> MethodType:
     requested = MethodType(spec.method.type)
     if requested != MethodType.AUTO:
@@ -136,8 +159,10 @@ def resolve_training(
     train_examples: int,
     token_lengths: list[int],
     model_config: Any,
+    replay: ResolvedReplay | None = None,
 ) -> ResolvedTraining:
-    """Every auto value filled in; the user's own values always win."""
+    """Every auto value filled in; the user's own values always win. ``train_examples`` and
+    ``token_lengths`` include the replay rows."""
     method = resolve_method(spec, hardware)
     user = spec.hyperparameters
     model_max = int(getattr(model_config, "max_position_embeddings", 2048) or 2048)
@@ -197,7 +222,7 @@ def resolve_training(
             dropout=requested.dropout if requested.dropout is not None else DEFAULTS.lora_dropout,
             target_modules=requested.target_modules or ["all-linear"],
         )
-    return ResolvedTraining(method=method, lora=lora, hyperparameters=hyper)
+    return ResolvedTraining(method=method, lora=lora, hyperparameters=hyper, replay=replay)
 
 
 def _gpu_micro_batch(hardware: Hardware, seq_len: int) -> int:
@@ -232,6 +257,10 @@ def _lora_params(config: Any, r: int) -> float:
 # CPU: calibrated on 2 cores (SmolLM2-135M LoRA: ~200 tokens/s = 6 x 135e6 x 200 ≈ 1.6e11).
 CPU_FLOPS_PER_CORE = 8e10
 GPU_FLOPS = 1.5e14  # ~40% MFU of a bf16 datacenter GPU; a deliberately rough prior
+# Greedy decoding in small batches uses a fraction of the training throughput, and a batch runs until
+# its longest answer ends. Calibrated on 2 cores: 372 general answers of SmolLM2-135M, up to 96 new
+# tokens each, took 4 minutes (scripts/make_builtin_general_answers.py).
+GENERATION_EFFICIENCY = 0.25
 
 
 def preflight_estimate(
@@ -241,8 +270,12 @@ def preflight_estimate(
     *,
     train_tokens: int,
     total_memory_limit_gib: float | None,
+    answers_to_generate: int = 0,
 ) -> PreflightReport:
-    """Peak memory and wall time for the plan, and whether it fits the machine it will run on."""
+    """Peak memory and wall time for the plan, and whether it fits the machine it will run on.
+
+    ``answers_to_generate``: base-model answers to general prompts the training pod must generate
+    first (none when they are cached); their time is part of the estimate."""
     params = _param_count(model_config)
     hyper = resolved.hyperparameters
     method = MethodType(resolved.method)
@@ -270,6 +303,8 @@ def preflight_estimate(
     flops_per_token = 6 * params if method == MethodType.FULL else 4 * params  # no weight grads for frozen base
     throughput = GPU_FLOPS * max(1, hardware.gpu_count) if on_gpu else CPU_FLOPS_PER_CORE * max(1, hardware.cpu_count)
     seconds = train_tokens * (hyper.epochs or 1) * flops_per_token / throughput
+    generated_tokens = answers_to_generate * ANSWER_MAX_NEW_TOKENS
+    seconds += generated_tokens * 2 * params / (throughput * GENERATION_EFFICIENCY)
 
     where = f"'{hardware.gpu_name}' ({hardware.gpu_memory_gib:.1f} GiB)" if on_gpu else "host memory"
     available = hardware.gpu_memory_gib if on_gpu else (total_memory_limit_gib or hardware.host_memory_gib)
@@ -279,6 +314,7 @@ def preflight_estimate(
             f"{method} fits: ~{peak_gib:.1f} GiB peak {'GPU' if on_gpu else 'host'} memory"
             + (f" of {available:.1f} GiB" if available > 0 else "")
             + f", ~{seconds / 60:.1f} min for {train_tokens} tokens x {hyper.epochs:g} epochs"
+            + (f" and {answers_to_generate} base answers to generate" if answers_to_generate else "")
         )
     else:
         hint = "use method qlora" if method != MethodType.QLORA else "use a smaller batchSize or sequenceLength"

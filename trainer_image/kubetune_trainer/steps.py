@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,19 +22,35 @@ from kubetune.api.v1alpha1 import (
     MethodType,
     NearDedupSpec,
     PreflightReport,
+    ReplaySpec,
+    ResolvedReplay,
     ResolvedTraining,
     SplitSpec,
 )
 from kubetune_trainer.data.prepare import PreparedDataset, prepare_dataset
+from kubetune_trainer.data.types import Example, Message
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.evaluation.forgetting import RegressionItem, RegressionSet
 from kubetune_trainer.evaluation.report import EvaluationReport, plot_loss_curve
-from kubetune_trainer.general_answers import AnswerKey, as_examples, base_answers, generate_with
-from kubetune_trainer.general_prompts import load_general_prompts
+from kubetune_trainer.general_answers import (
+    AnswerKey,
+    BaseAnswers,
+    as_examples,
+    base_answers,
+    find_answers,
+    generate_with,
+)
+from kubetune_trainer.general_prompts import (
+    GeneralPrompt,
+    GeneralPromptSet,
+    load_general_prompts,
+    normalise_for_matching,
+)
 from kubetune_trainer.models.builtin import cache_root
 from kubetune_trainer.models.loading import model_checksum, model_max_positions, resolve_model_dir
-from kubetune_trainer.plan import Hardware, preflight_estimate, resolve_training
+from kubetune_trainer.plan import Hardware, preflight_estimate, resolve_replay, resolve_training
 from kubetune_trainer.publish import PublishedRun, publish_run
+from kubetune_trainer.replay import PLANNED_ANSWER_TOKENS, choose_replay_prompts
 from kubetune_trainer.training.loop import TrainOutcome
 
 if TYPE_CHECKING:
@@ -118,58 +136,172 @@ def prepare_data(ctx: RunContext, model: BaseModelInfo) -> PreparedDataset:
     return data
 
 
-def load_regression_set(ctx: RunContext, model: BaseModelInfo, method: MethodType, base: Any) -> RegressionSet | None:
+BaseSubject = tuple[Any, AbstractContextManager[None]]  # a model and the context that makes it the base
+
+
+def _answer_key(model: BaseModelInfo, method: MethodType, prompts: GeneralPromptSet) -> AnswerKey:
+    # QLoRA's base is the 4-bit model: its answers are what the run starts from and compares against.
+    return AnswerKey(
+        model.sha256, prompts.version, model.chat_template, weights="nf4" if method == MethodType.QLORA else "full"
+    )
+
+
+def _general_answers(
+    ctx: RunContext, model: BaseModelInfo, method: MethodType, load_base_subject: Callable[[], BaseSubject]
+) -> tuple[GeneralPromptSet, BaseAnswers]:
+    """The base model's answers to every built-in general prompt (both pools): cached, else generated
+    here, in the training pod, by the model ``load_base_subject`` returns (called only then)."""
+    prompts = load_general_prompts()
+
+    def generate(asked: Sequence[GeneralPrompt]) -> list[str]:
+        subject, context = load_base_subject()
+        subject.eval()
+        with context:
+            return generate_with(subject, model.tokenizer, model.chat_template)(asked)
+
+    answers = base_answers(
+        _answer_key(model, method, prompts),
+        [*prompts.regression, *prompts.replay],
+        generate,
+        cache_dir=cache_root(),
+        store=ctx.store,
+        output_uri=ctx.spec.output.uri,
+    )
+    return prompts, answers
+
+
+def load_regression_set(
+    ctx: RunContext, model: BaseModelInfo, method: MethodType, base: BaseSubject
+) -> RegressionSet | None:
     """The general prompts forgetting is measured on: the manifest's regressionSet, else the built-in
-    regression pool with the base model's own answers (cached; generated here, in the training pod,
-    with ``base`` when no cache has them). None when the manifest opted out."""
+    regression pool with the base model's own answers. None when the manifest opted out."""
     evaluation = ctx.spec.evaluation
     if not evaluation.forgetting:
         return None
     if evaluation.regression_set is not None:
-        spec = DatasetSpec(
-            sources=[DatasetSource(uri=evaluation.regression_set)],
-            split=SplitSpec(validation=0, test=0),
-            curation=CurationSpec(dedup_exact=True, near_dedup=NearDedupSpec(enabled=False), min_tokens=1),
-        )
-        max_tokens = min(model.max_positions, 2048)
-        examples = prepare_dataset(spec, ctx.store, _token_counter(model), max_tokens=max_tokens).train
+        examples = _read_regression_set(ctx, model, evaluation.regression_set)
         return RegressionSet(evaluation.regression_set, tuple(RegressionItem(e) for e in examples))
-    prompts = load_general_prompts()
-    weights = "nf4" if method == MethodType.QLORA else "full"
-    key = AnswerKey(model.sha256, prompts.version, model.chat_template, weights=weights)
-    subject, context = base
-    subject.eval()
-    with context:
-        answers = base_answers(
-            key,
-            [*prompts.regression, *prompts.replay],
-            generate_with(subject, model.tokenizer, model.chat_template),
-            cache_dir=cache_root(),
-            store=ctx.store,
-            output_uri=ctx.spec.output.uri,
-        )
+    prompts, answers = _general_answers(ctx, model, method, lambda: base)
     rows = as_examples(prompts.regression, answers)
     items = tuple(RegressionItem(row, p.keywords) for row, p in zip(rows, prompts.regression, strict=True))
     return RegressionSet(f"kubetune's built-in general prompts ({prompts.version}, answers {answers.origin})", items)
 
 
+def _read_regression_set(ctx: RunContext, model: BaseModelInfo, uri: str) -> list[Example]:
+    spec = DatasetSpec(
+        sources=[DatasetSource(uri=uri)],
+        split=SplitSpec(validation=0, test=0),
+        curation=CurationSpec(dedup_exact=True, near_dedup=NearDedupSpec(enabled=False), min_tokens=1),
+        replay=ReplaySpec(enabled=False),
+    )
+    max_tokens = min(model.max_positions, 2048)
+    return prepare_dataset(spec, ctx.store, _token_counter(model), max_tokens=max_tokens).train
+
+
+def _refuse_replayed_regression_prompts(ctx: RunContext, model: BaseModelInfo, replayed: list[GeneralPrompt]) -> None:
+    """Training on a prompt forgetting is measured on hides the forgetting: a manifest's regressionSet
+    must not hold a prompt this run replays."""
+    uri = ctx.spec.evaluation.regression_set
+    if uri is None or not replayed or not ctx.spec.evaluation.forgetting:
+        return
+    replayed_texts = {normalise_for_matching(p.text): p.id for p in replayed}
+    for example in _read_regression_set(ctx, model, uri):
+        asked = " ".join(m.content for m in example.prompt_messages() if m.role == "user")
+        if (prompt_id := replayed_texts.get(normalise_for_matching(asked))) is not None:
+            raise ConfigurationError(
+                f"spec.evaluation.regressionSet: {example.source} row {example.row} asks the replay prompt "
+                f"{prompt_id!r} this run trains on, so it cannot measure forgetting; remove it from the set "
+                "or set spec.dataset.replay.enabled: false"
+            )
+
+
+def _replay_prompts(ctx: RunContext, replay: ResolvedReplay | None) -> list[GeneralPrompt]:
+    if replay is None:
+        return []
+    pool = load_general_prompts().replay
+    return choose_replay_prompts(pool, replay.examples, ctx.spec.dataset.split.seed)
+
+
 def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[ResolvedTraining, PreflightReport]:
+    prompts = load_general_prompts()
+    replay = resolve_replay(ctx.spec.dataset.replay, task_train_examples=len(data.train), pool_size=len(prompts.replay))
+    replayed = _replay_prompts(ctx, replay)
+    _refuse_replayed_regression_prompts(ctx, model, replayed)
+    count = _token_counter(model)
+    replay_lengths = [
+        count(Example(messages=tuple(Message(m["role"], m["content"]) for m in p.messages))) + PLANNED_ANSWER_TOKENS
+        for p in replayed
+    ]
     resolved = resolve_training(
         ctx.spec,
         model.hardware,
-        train_examples=len(data.train),
-        token_lengths=data.token_lengths,
+        train_examples=len(data.train) + len(replay_lengths),
+        token_lengths=data.token_lengths + replay_lengths,
         model_config=model.config,
+        replay=replay,
     )
-    train_tokens = sum(data.token_lengths) * len(data.train) // max(1, sum(data.report.splits.values()))
+    method = MethodType(resolved.method)
+    needs_answers = replay is not None or (ctx.spec.evaluation.forgetting and not ctx.spec.evaluation.regression_set)
+    cached = find_answers(
+        _answer_key(model, method, prompts),
+        [*prompts.regression, *prompts.replay],
+        cache_dir=cache_root(),
+        store=ctx.store,
+        output_uri=ctx.spec.output.uri,
+    )
+    to_generate = len(prompts.regression) + len(prompts.replay) if needs_answers and cached is None else 0
+    task_tokens = sum(data.token_lengths) * len(data.train) // max(1, sum(data.report.splits.values()))
+    train_tokens = task_tokens + sum(replay_lengths)
     report = preflight_estimate(
-        resolved, model.config, model.hardware, train_tokens=train_tokens, total_memory_limit_gib=None
+        resolved,
+        model.config,
+        model.hardware,
+        train_tokens=train_tokens,
+        total_memory_limit_gib=None,
+        answers_to_generate=to_generate,
     )
-    report = report.model_copy(update={"examples": {**data.report.splits, "trainAfterMixing": len(data.train)}})
+    examples = {
+        **data.report.splits,
+        "replay": len(replay_lengths),
+        "trainAfterMixing": len(data.train) + len(replay_lengths),
+    }
+    report = report.model_copy(update={"examples": examples})
     reports = ctx.workdir / "artifacts" / "reports"
     (reports / "preflight.json").write_text(report.model_dump_json(by_alias=True, exclude_none=True, indent=2))
     (reports / "resolved.json").write_text(resolved.model_dump_json(by_alias=True, exclude_none=True, indent=2))
     return resolved, report
+
+
+def mix_in_replay(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining) -> None:
+    """Add the planned replay rows (the base model's answers, generated now if no cache has them) to the
+    training split, spread evenly through it so packed rows mix task and replay."""
+    chosen = _replay_prompts(ctx, resolved.replay)
+    if not chosen:
+        return
+    from kubetune_trainer.training.model import load_base
+
+    method = MethodType(resolved.method)
+
+    def load_base_subject() -> BaseSubject:
+        return load_base(model.path, method, device=model.hardware.device, bf16=model.hardware.bf16), nullcontext()
+
+    prompts, answers = _general_answers(ctx, model, method, load_base_subject)
+    data.train = interleave(data.train, as_examples(chosen, answers))
+    data.replay = {"examples": len(chosen), "prompts": prompts.version, "answers": answers.origin}
+
+
+def interleave(task: list[Example], replay: list[Example]) -> list[Example]:
+    """``replay`` spread evenly through ``task``, both in order: replay row j follows task row
+    int((j + 0.5) * len(task) / len(replay))."""
+    if not task:
+        return list(replay)
+    after: dict[int, list[Example]] = {}
+    for j, row in enumerate(replay):
+        after.setdefault(int((j + 0.5) * len(task) / len(replay)), []).append(row)
+    mixed: list[Example] = []
+    for i, row in enumerate(task):
+        mixed += [row, *after.get(i, [])]
+    return mixed
 
 
 def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining) -> TrainOutcome:
@@ -268,7 +400,12 @@ def publish(
     manifest = {
         "job": {"name": ctx.name, "namespace": ctx.job.metadata.get("namespace"), "uid": ctx.job.metadata.get("uid")},
         "baseModel": {"uri": model.uri, "sha256": model.sha256},
-        "dataset": {"sources": data.source_uris, "contentSha256": data.content_sha256, "splits": data.report.splits},
+        "dataset": {
+            "sources": data.source_uris,
+            "contentSha256": data.content_sha256,
+            "splits": data.report.splits,
+            **({"replay": data.replay} if data.replay else {}),
+        },
         "resolved": resolved.to_manifest(),
         "training": {
             "globalStep": outcome.global_step,

@@ -211,8 +211,31 @@ class SplitSpec(ApiModel):
     ] = "kubetune"
 
 
+class ReplaySpec(ApiModel):
+    """Self-distillation replay against forgetting: the base model's answers to the built-in replay prompts."""
+
+    # The replay pool never shares a template or a source with the regression pool forgetting is
+    # measured on (kubetune_trainer.general_prompts refuses such a set).
+
+    enabled: Annotated[
+        bool, Field(description="Mix in the replay (true, the default); false trains on the task alone.")
+    ] = True
+    fraction: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            le=1,
+            description=(
+                "Replay rows as a share of the task's training rows, at most the replay pool's size; "
+                "auto (chosen from the data size) when unset."
+            ),
+        ),
+    ] = None
+
+
 class DatasetSpec(ApiModel):
     sources: Annotated[list[DatasetSource], Field(min_length=1, max_length=32)]
+    replay: ReplaySpec = Field(default_factory=ReplaySpec)
     invalid_rows: Annotated[
         InvalidRowPolicy,
         Field(description="reject: any bad row fails the job; drop: bad rows are dropped and counted in the report."),
@@ -531,10 +554,18 @@ class ArtifactStatus(ApiModel):
     size_bytes: int | None = None
 
 
+class ResolvedReplay(ApiModel):
+    examples: Annotated[int, Field(ge=0, description="Replay rows mixed into the training split.")]
+    fraction: Annotated[float, Field(ge=0, description="Replay rows per task training row.")]
+
+
 class ResolvedTraining(ApiModel):
     method: MethodType
     lora: LoraSpec | None = None
     hyperparameters: HyperparametersSpec
+    replay: Annotated[ResolvedReplay | None, Field(description="Unset: no replay (dataset.replay.enabled false).")] = (
+        None
+    )
 
 
 class TrainerResult(ApiModel):

@@ -37,6 +37,8 @@ class PreparedDataset:
     content_sha256: str
     source_uris: list[str] = field(default_factory=list)
     token_lengths: list[int] = field(default_factory=list)  # of the curated examples, all splits
+    # Set once replay rows are mixed into ``train``: what was replayed, for the lineage manifest.
+    replay: dict[str, str | int] | None = None
 
 
 @dataclass
