@@ -21,6 +21,7 @@ from kubetune_trainer.evaluation.gate import Forgetting, decide_promotion, prima
 from kubetune_trainer.evaluation.report import EvaluationReport
 from kubetune_trainer.evaluation.results import MetricResult
 from kubetune_trainer.evaluation.scoring import TokenLoss, adapter_disabled, generate, token_losses
+from kubetune_trainer.general_answers import MAX_NEW_TOKENS as ANSWER_MAX_NEW_TOKENS
 
 GENERATION_METRICS = {Metric.ROUGE_L, Metric.BLEU, Metric.EXACT_MATCH, Metric.ACCURACY, Metric.F1}
 PER_EXAMPLE: dict[Metric, Callable[[str, str], float]] = {
@@ -28,8 +29,6 @@ PER_EXAMPLE: dict[Metric, Callable[[str, str], float]] = {
     Metric.EXACT_MATCH: m.exact_match,
     Metric.ACCURACY: m.label_match,
 }
-# Known answers are a word or a number: a short answer shows whether the model still gives it.
-KNOWN_ANSWER_MAX_NEW_TOKENS = 32
 
 
 @dataclass
@@ -177,9 +176,11 @@ def evaluate(
         forgetting.likelihood = compare_likelihood(base_reg.losses, tuned_reg.losses, spec.max_regression, seed=seed)
         known = regression.known
         if known:
-            prompts = [item.example for item in known]
-            base_known = score(subject.as_base(), prompts, True, KNOWN_ANSWER_MAX_NEW_TOKENS).outputs
-            tuned_known = score(subject.as_tuned(), prompts, True, KNOWN_ANSWER_MAX_NEW_TOKENS).outputs
+            # The base side is the base model's own answer (the likelihood target, generated greedily
+            # with the settings of general_answers); the tuned model answers the same way.
+            base_known = [item.example.reference() for item in known]
+            prompts = [Example(messages=item.example.prompt_messages()) for item in known]
+            tuned_known = score(subject.as_tuned(), prompts, True, ANSWER_MAX_NEW_TOKENS).outputs
             forgetting.known_answers = compare_known_answers(
                 known, base_known, tuned_known, spec.max_regression, seed=seed
             )
