@@ -8,7 +8,7 @@ echo "== static checks"
 ruff check operator trainer_image tests scripts
 ruff format --check operator trainer_image tests scripts
 lint-imports
-mypy operator/kubetune trainer_image/kubetune_trainer scripts/dashboard.py
+mypy operator/kubetune trainer_image/kubetune_trainer scripts/dashboard.py scripts/measure_forgetting.py
 python -m kubetune.api.crd --check
 echo "== tests"
 pytest "$@"

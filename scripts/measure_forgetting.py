@@ -1,0 +1,312 @@
+"""Measure what kubetune's defaults do to a model's general ability: each task dataset with the
+protections on (the minimal manifest, as a user writes it) and off (the same manifest with
+``dataset.replay.enabled: false``), through ``kubetune run``, the way a user runs it.
+
+    python scripts/measure_forgetting.py              # the measurement: ~15 min per run on 2 cores
+    python scripts/measure_forgetting.py --smoke --base-model file:///path/to/tiny-model   # CI
+
+Every finished run is written to the results file at once (default
+``docs/measurements/forgetting.json``), with the command, the commit, the machine, the seeds, the
+resolved values and every per-example output; an interrupted invocation is resumed by running the
+same command again (finished runs are kept, and refused if the trainer, the API or the examples
+changed since they were measured). ``docs/measurements/forgetting.md`` is rendered from the JSON, so the
+figures in the docs are the measured ones (a test checks it).
+
+``--smoke`` runs the same code path on a tiny model in seconds: one protected run and one planted
+forgetting run (replay off, a destructive learning rate) that must be refused promotion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "measurements" / "forgetting.json"
+# Task datasets from three different generators: six labels (chat), free-text short answers (chat),
+# nine intents (alpaca).
+DATASETS = {
+    "support-tickets": ROOT / "examples" / "support-tickets.yaml",
+    "short-answers": ROOT / "examples" / "short-answers.yaml",
+    "intents": ROOT / "examples" / "intents.yaml",
+}
+PROTECTIONS: dict[str, dict[str, Any]] = {
+    "on": {},  # the minimal manifest: kubetune's defaults
+    "off": {"dataset": {"replay": {"enabled": False}}},
+}
+# What a run's result depends on: a recorded run is reused only while these are unchanged.
+CODE_PATHS = ("trainer_image", "operator/kubetune/api", "examples")
+RUN_TIMEOUT_SECONDS = 60 * 60
+SMOKE_DATASET_ROWS = 96
+# The smoke's planted forgetting: no replay and a learning rate that wrecks a tiny model in a few steps.
+PLANTED_FORGETTING = {"dataset": {"replay": {"enabled": False}}, "hyperparameters": {"learningRate": 0.05}}
+SMOKE_HYPERPARAMETERS = {"epochs": 1, "sequenceLength": 128, "batchSize": 4, "gradientAccumulationSteps": 1}
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (
+            merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
+    return merged
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def code_digest() -> str:
+    """sha256 of every file (tracked or not, ignored ones aside) that decides a run's result."""
+    import hashlib
+
+    files = git("ls-files", "--cached", "--others", "--exclude-standard", "--", *CODE_PATHS).splitlines()
+    digest = hashlib.sha256()
+    for name in sorted(set(files)):
+        path = ROOT / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def planned_runs(smoke: bool) -> list[tuple[str, str, Path, dict[str, Any]]]:
+    """(dataset, protections, manifest, spec override) for every run of the measurement."""
+    if smoke:
+        manifest = DATASETS["support-tickets"]
+        return [("support-tickets", "on", manifest, {}), ("support-tickets", "planted", manifest, PLANTED_FORGETTING)]
+    return [(name, setting, path, PROTECTIONS[setting]) for name, path in DATASETS.items() for setting in PROTECTIONS]
+
+
+def smoke_dataset(manifest: Path, folder: Path) -> str:
+    """The first rows of the manifest's dataset, so the smoke trains in seconds."""
+    spec = yaml.safe_load(manifest.read_text())["spec"]
+    source = spec["dataset"]["sources"][0]["uri"].replace("file:///opt/kubetune/examples", str(manifest.parent))
+    rows = Path(source.removeprefix("file://")).read_text().splitlines()[:SMOKE_DATASET_ROWS]
+    target = folder / "smoke-data.jsonl"
+    target.write_text("\n".join(rows) + "\n")
+    return f"file://{target}"
+
+
+def job_manifest(
+    manifest: Path, override: dict[str, Any], *, base_model: str | None, smoke_data: str | None
+) -> dict[str, Any]:
+    job = yaml.safe_load(manifest.read_text())
+    spec = merge(job["spec"], override)
+    if base_model:
+        spec["baseModel"] = {"uri": base_model}
+    if smoke_data:
+        spec["dataset"]["sources"] = [{"uri": smoke_data}]
+        spec["hyperparameters"] = merge(SMOKE_HYPERPARAMETERS, spec.get("hyperparameters", {}))
+    return {**job, "spec": spec}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def run_one(
+    name: str, setting: str, manifest: Path, override: dict[str, Any], args: argparse.Namespace, scratch: Path
+) -> dict[str, Any]:
+    folder = scratch / f"{name}-{setting}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    smoke_data = smoke_dataset(manifest, folder) if args.smoke else None
+    job = job_manifest(manifest, override, base_model=args.base_model, smoke_data=smoke_data)
+    job_file = folder / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job, sort_keys=False))
+    command = [
+        str(Path(sys.executable).parent / "kubetune"),
+        "run",
+        str(job_file),
+        "--output-dir",
+        str(folder / "runs"),
+        "--workdir",
+        str(folder / "work"),
+        "--map",
+        f"/opt/kubetune/examples={manifest.parent}",
+    ]
+    started = time.time()
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    wall = time.time() - started
+    record: dict[str, Any] = {
+        "dataset": name,
+        "protections": setting,
+        "manifest": job,
+        "exitCode": result.returncode,
+        "wallSeconds": round(wall, 1),
+    }
+    if result.returncode != 0:
+        record["error"] = result.stderr[-3000:]
+        return record
+    (version,) = [p for p in (folder / "runs" / job["metadata"]["name"]).iterdir() if p.name.startswith("v")]
+    lineage = json.loads((version / "manifest.json").read_text())
+    evaluation = lineage["evaluation"]
+    primary = next(m for m in evaluation["metrics"] if m["name"] == evaluation["primaryMetric"])
+    record.update(
+        {
+            "resolved": lineage["resolved"],
+            "replay": lineage["dataset"].get("replay"),
+            "splits": lineage["dataset"]["splits"],
+            "task": {
+                "metric": primary["name"],
+                "examples": evaluation["testExamples"],
+                "base": primary["base"],
+                "tuned": primary["tuned"],
+                "ci": [primary["ci_low"], primary["ci_high"]],
+            },
+            "forgetting": evaluation["forgetting"],
+            "gate": evaluation["gate"],
+            "promoted": lineage["promoted"],
+            "stageSeconds": json.loads((folder / "work" / "stage_times.json").read_text()),
+            "perExample": {
+                "test": read_jsonl(version / "reports" / "predictions.jsonl"),
+                "general": read_jsonl(version / "reports" / "general_predictions.jsonl"),
+            },
+        }
+    )
+    return record
+
+
+def load_results(path: Path, command: list[str]) -> dict[str, Any]:
+    if path.exists():
+        results: dict[str, Any] = json.loads(path.read_text())
+        if results["codeSha256"] != code_digest():
+            raise SystemExit(
+                f"{path} was measured at {results['commit'][:12]} and the trainer, the API or the examples "
+                "changed since: its runs cannot be resumed; measure again with --restart (after committing)"
+            )
+        return results
+    return {
+        "command": " ".join(command),
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--", *CODE_PATHS)),
+        "codeSha256": code_digest(),
+        "machine": machine(),
+        "runs": [],
+    }
+
+
+def save(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    temporary.replace(path)
+
+
+def _change(measure: dict[str, Any] | None) -> str:
+    """``base → tuned (change relative to the base)`` of a forgetting measure."""
+    if measure is None:
+        return "n/a"
+    return f"{measure['base']:.3f} → {measure['tuned']:.3f} ({-measure['relative_loss']:+.1%})"
+
+
+def _row(run: dict[str, Any]) -> str:
+    if run["exitCode"] != 0:
+        return f"| {run['dataset']} | {run['protections']} | failed: exit {run['exitCode']} |"
+    task, forgetting = run["task"], run["forgetting"]
+    collapse = forgetting.get("labelCollapse")
+    cells = [
+        run["dataset"],
+        run["protections"],
+        str((run.get("replay") or {}).get("examples", 0)),
+        f"{task['metric']} ({task['examples']})",
+        f"{task['base']:.3f}",
+        f"{task['tuned']:.3f}",
+        f"{task['tuned'] - task['base']:+.3f} [{task['ci'][0]:+.3f}, {task['ci'][1]:+.3f}]",
+        _change(forgetting.get("likelihood")),
+        _change(forgetting.get("knownAnswers")),
+        f"{collapse['base']:.3f} → {collapse['tuned']:.3f}" if collapse else "n/a",
+        "yes" if run["promoted"] else "no",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The docs page: every figure comes from the JSON."""
+    where = results["machine"]
+    lines = [
+        "# Forgetting with kubetune's protections on and off",
+        "",
+        "Generated by `scripts/measure_forgetting.py` from `forgetting.json`; do not edit by hand.",
+        "",
+        f"Command: `{results['command']}` at commit `{results['commit'][:12]}`"
+        + (" (with uncommitted changes)" if results.get("dirty") else "")
+        + f", on {where['cpus']} CPUs ({where['platform']}, torch {where['torch']}).",
+        "",
+        "Protections on: the minimal manifest (replay of the base model's answers, auto values). Off: the same",
+        "manifest with `dataset.replay.enabled: false`. Forgetting is measured on the built-in regression pool,",
+        "never trained on: likelihood of the base model's own answers, and keyword checks of known answers.",
+        "",
+        "| dataset | protections | replay rows | task metric (n) | base | tuned | delta [95% CI] "
+        "| likelihood of base answers | known answers right | label collapse | promoted |",
+        "|---|---|---:|---|---:|---:|---|---:|---:|---:|---|",
+        *(_row(run) for run in results["runs"]),
+        "",
+        "Verdicts:",
+        "",
+    ]
+    for run in results["runs"]:
+        if run["exitCode"] == 0:
+            lines.append(f"- {run['dataset']}, protections {run['protections']}: {run['gate']['message']}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (the .md is written beside it)")
+    parser.add_argument("--smoke", action="store_true", help="seconds on a tiny model: the CI check of this script")
+    parser.add_argument("--base-model", default=None, help="override spec.baseModel.uri (the smoke's tiny model)")
+    parser.add_argument("--restart", action="store_true", help="discard recorded runs and measure again")
+    parser.add_argument("--scratch", type=Path, default=None, help="where runs write (default: a temporary folder)")
+    parser.add_argument("--only", nargs="*", default=None, help="dataset names to run (default: all)")
+    args = parser.parse_args(argv)
+    command = ["python", "scripts/measure_forgetting.py", *(argv if argv is not None else sys.argv[1:])]
+    if args.restart and args.out.exists():
+        args.out.unlink()
+    results = load_results(args.out, command)
+    done = {(r["dataset"], r["protections"]) for r in results["runs"] if r["exitCode"] == 0}
+    results["runs"] = [r for r in results["runs"] if (r["dataset"], r["protections"]) in done]
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="kubetune-forgetting-"))
+    for name, setting, manifest, override in planned_runs(args.smoke):
+        if (name, setting) in done or (args.only and name not in args.only):
+            print(f"{name}, protections {setting}: recorded, skipped", file=sys.stderr)
+            continue
+        print(f"{name}, protections {setting}: running", file=sys.stderr)
+        record = run_one(name, setting, manifest, override, args, scratch)
+        results["runs"].append(record)
+        save(args.out, results)
+        args.out.with_suffix(".md").write_text(render_markdown(results))
+        verdict = record["gate"]["message"] if record["exitCode"] == 0 else f"failed (exit {record['exitCode']})"
+        print(f"{name}, protections {setting}: {record['wallSeconds']:.0f} s, {verdict}", file=sys.stderr)
+    save(args.out, results)
+    args.out.with_suffix(".md").write_text(render_markdown(results))
+    return 0 if all(r["exitCode"] == 0 for r in results["runs"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""``scripts/measure_forgetting.py --smoke``: the measurement's code path on the tiny model, a planted
+forgetting run that must be refused promotion, resuming, and docs rendered from the JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import measure_forgetting  # noqa: E402
+
+from kubetune_trainer.general_prompts import load_general_prompts  # noqa: E402
+
+KNOWN_ANSWER_PROMPTS = sum(p.keywords is not None for p in load_general_prompts().regression)
+
+
+def smoke(tmp_path: Path, model: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "measure_forgetting.py"),
+            "--smoke",
+            "--base-model",
+            f"file://{model}",
+            "--out",
+            str(tmp_path / "forgetting.json"),
+            "--scratch",
+            str(tmp_path / "scratch"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_the_smoke_measures_refuses_the_planted_forgetting_and_resumes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    first = smoke(tmp_path, tiny_model_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((tmp_path / "forgetting.json").read_text())
+    assert results["commit"] and results["machine"]["cpus"] >= 1 and "--smoke" in results["command"]
+    runs = {r["protections"]: r for r in results["runs"]}
+    assert set(runs) == {"on", "planted"}
+    protected, planted = runs["on"], runs["planted"]
+    assert protected["replay"]["examples"] >= 48 and planted["replay"] is None
+    assert protected["resolved"]["hyperparameters"]["seed"] == planted["resolved"]["hyperparameters"]["seed"]
+    # The planted run forgets: the likelihood of the base's own answers falls beyond 5%, and it is refused.
+    likelihood = planted["forgetting"]["likelihood"]
+    assert likelihood["relative_loss"] > likelihood["max_regression"] == 0.05, likelihood
+    assert planted["promoted"] is False and planted["gate"]["message"].startswith("not promoted")
+    assert any(c["name"].startswith("forgetting") and c["passed"] is False for c in planted["gate"]["checks"])
+    # Every generated output is kept: the known-answer general prompts and the held-out task rows.
+    assert (
+        len(planted["perExample"]["general"]) == KNOWN_ANSWER_PROMPTS
+        and len(planted["perExample"]["test"]) == planted["task"]["examples"]
+    )
+    # The docs page is rendered from the JSON.
+    page = (tmp_path / "forgetting.md").read_text()
+    assert page == measure_forgetting.render_markdown(results)
+    assert f"{likelihood['base']:.3f} → {likelihood['tuned']:.3f}" in page
+
+    again = smoke(tmp_path, tiny_model_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("recorded, skipped") == 2
+    assert json.loads((tmp_path / "forgetting.json").read_text()) == results
+
+
+def test_the_recorded_measurement_is_what_the_docs_show() -> None:
+    recorded = ROOT / "docs" / "measurements" / "forgetting.json"
+    results = json.loads(recorded.read_text())
+    assert (ROOT / "docs" / "measurements" / "forgetting.md").read_text() == measure_forgetting.render_markdown(results)
