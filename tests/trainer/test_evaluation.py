@@ -217,3 +217,34 @@ def test_loss_curve_is_a_png(tmp_path: Path) -> None:
         [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "eval_loss": 1.7}], tmp_path / "curve.png"
     )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_forgetting_is_scored_at_a_fixed_length_whatever_the_run_trained_at(tiny_model_dir: Path) -> None:
+    """The base model's likelihood on general prompts must not move with the training sequence length."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    long_answer = " ".join(f"word{i}" for i in range(60))
+    general = RegressionSet(
+        "long answers",
+        tuple(
+            RegressionItem(Example(messages=(Message("user", f"say {i}"), Message("assistant", long_answer))), None)
+            for i in range(4)
+        ),
+    )
+    model = perturbed_lora(tiny_model_dir, 0.5)
+    measured = [
+        evaluate(
+            ModelUnderTest(model),
+            tokenizer,
+            EXAMPLES,
+            EvaluationSpec(metrics=["perplexity"]),
+            regression=general,
+            max_length=length,
+        ).forgetting.likelihood
+        for length in (24, 256)
+    ]
+    assert measured[0] is not None and measured[1] is not None
+    assert measured[0].base == measured[1].base and measured[0].tuned == measured[1].tuned
+    # ... whereas the test split is scored at the run's length: the short run cut the answers
+    short = token_losses(model, tokenizer, general.examples, max_length=24, batch_size=4)
+    full = token_losses(model, tokenizer, general.examples, max_length=256, batch_size=4)
+    assert short[0].tokens < full[0].tokens
