@@ -44,11 +44,9 @@ def test_the_smoke_measures_refuses_the_planted_forgetting_and_resumes(tmp_path:
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((tmp_path / "forgetting.json").read_text())
     assert results["commit"] and results["machine"]["cpus"] >= 1 and "--smoke" in results["command"]
-    runs = {r["protections"]: r for r in results["runs"]}
-    assert set(runs) == {"on", "planted"}
-    protected, planted = runs["on"], runs["planted"]
-    assert protected["replay"]["examples"] >= 48 and planted["replay"] is None
-    assert protected["resolved"]["hyperparameters"]["seed"] == planted["resolved"]["hyperparameters"]["seed"]
+    (planted,) = results["runs"]
+    assert planted["protections"] == "planted" and planted["replay"] is None
+    assert planted["resolved"]["hyperparameters"]["learningRate"] == 0.05
     # The planted run forgets: the likelihood of the base's own answers falls beyond 5%, and it is refused.
     likelihood = planted["forgetting"]["likelihood"]
     assert likelihood["relative_loss"] > likelihood["max_regression"] == 0.05, likelihood
@@ -66,11 +64,13 @@ def test_the_smoke_measures_refuses_the_planted_forgetting_and_resumes(tmp_path:
 
     again = smoke(tmp_path, tiny_model_dir)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("recorded, skipped") == 2
+    assert again.stderr.count("recorded, skipped") == 1
     assert json.loads((tmp_path / "forgetting.json").read_text()) == results
 
 
-def test_the_recorded_measurement_is_what_the_docs_show() -> None:
-    recorded = ROOT / "docs" / "measurements" / "forgetting.json"
+@pytest.mark.parametrize("name", ["forgetting.json", "forgetting-sweep.json"])
+def test_the_recorded_measurement_is_what_the_docs_show(name: str) -> None:
+    recorded = ROOT / "docs" / "measurements" / name
     results = json.loads(recorded.read_text())
-    assert (ROOT / "docs" / "measurements" / "forgetting.md").read_text() == measure_forgetting.render_markdown(results)
+    page = recorded.with_suffix(".md").read_text()
+    assert page == measure_forgetting.render_markdown(results, name)
