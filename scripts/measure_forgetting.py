@@ -60,6 +60,9 @@ SWEEP: dict[str, dict[str, Any]] = {
     "lora r 4": {"method": {"lora": {"r": 4}}},
     # Facts are stored mostly in the MLP layers: adapting attention alone may keep more of them.
     "lora attention only": {"method": {"lora": {"targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}},
+    # Less training forgot more (lr 3e-4, 2 epochs): does more help, and can it be bought in fewer epochs?
+    "epochs 2, learningRate 1e-3": {"hyperparameters": {"epochs": 2, "learningRate": 1e-3}},
+    "learningRate 1e-3": {"hyperparameters": {"learningRate": 1e-3}},
 }
 # What a run's result depends on: a recorded run is reused only while these are unchanged.
 CODE_PATHS = ("trainer_image", "operator/kubetune/api", "examples")
@@ -168,9 +171,18 @@ def run_one(
         f"/opt/kubetune/examples={manifest.parent}",
     ]
     started = time.time()
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-    )
+    try:
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_SECONDS,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+    except subprocess.TimeoutExpired as err:
+        # Recorded as a failed run (not kept on resume), so the other runs still happen.
+        stderr = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else (err.stderr or "")
+        result = subprocess.CompletedProcess(command, 124, "", f"timed out after {RUN_TIMEOUT_SECONDS} s\n{stderr}")
     wall = time.time() - started
     record: dict[str, Any] = {
         "dataset": name,
