@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh dev
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== static checks"
-ruff check operator trainer_image tests scripts
-ruff format --check operator trainer_image tests scripts
+ruff check operator trainer_image tests scripts bench
+ruff format --check operator trainer_image tests scripts bench
 lint-imports
 mypy operator/kubetune trainer_image/kubetune_trainer scripts/dashboard.py scripts/measure_forgetting.py
 python -m kubetune.api.crd --check

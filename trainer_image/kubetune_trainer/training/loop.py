@@ -204,6 +204,7 @@ def _arguments(config: TrainConfig, has_validation: bool) -> TrainingArguments:
         include_num_input_tokens_seen="all",
         train_sampling_strategy="random" if hp.packing else "group_by_length",
         label_names=["labels"],
+        prediction_loss_only=True,  # validation needs the loss only, not every logit gathered
     )
 
 

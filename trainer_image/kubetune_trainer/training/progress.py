@@ -9,14 +9,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 from kubetune.api.v1alpha1 import Progress
 from kubetune_trainer.reporting import TrainingMetrics
 from kubetune_trainer.tensors.batching import MeteredCollator, TokenCounts, TokenMeter
+from kubetune_trainer.training.loss import LabelledPositionsTrainer
 
 
-class MeteredTrainer(Trainer):
+class MeteredTrainer(LabelledPositionsTrainer):
     """A Trainer whose training batches are counted by a :class:`TokenMeter`.
 
     Evaluation batches share ``data_collator`` and must not count, so only the training
