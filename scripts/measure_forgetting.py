@@ -48,7 +48,8 @@ DATASETS = {
 }
 PROTECTIONS: dict[str, dict[str, Any]] = {
     "on": {},  # the minimal manifest: kubetune's defaults
-    "off": {"dataset": {"replay": {"enabled": False}}},
+    # Every protection that changes the model off: no replay, and the adapter kept at full strength.
+    "off": {"dataset": {"replay": {"enabled": False}}, "method": {"lora": {"scale": 1.0}}},
 }
 # --sweep: the protected minimal manifest on the example, one training value changed at a time
 # from the defaults (LoRA r=8, learning rate 5e-4, 3 epochs when they were swept), to see what each
@@ -203,6 +204,7 @@ def run_one(
             "resolved": lineage["resolved"],
             "replay": lineage["dataset"].get("replay"),
             "splits": lineage["dataset"]["splits"],
+            "adapterStrength": lineage["training"].get("adapterStrength"),
             "task": {
                 "metric": primary["name"],
                 "examples": evaluation["testExamples"],
@@ -265,6 +267,7 @@ def _row(run: dict[str, Any]) -> str:
         run["dataset"],
         run["protections"],
         str((run.get("replay") or {}).get("examples", 0)),
+        f"{run['adapterStrength']['scale']:g}" if run.get("adapterStrength") else "1 (before it existed)",
         f"{task['metric']} ({task['examples']})",
         f"{task['base']:.3f}",
         f"{task['tuned']:.3f}",
@@ -282,9 +285,10 @@ SWEEP_INTRODUCTION = [
     "the defaults of the time (see `forgetting.md` for the defaults' own run); forgetting measured as there.",
 ]
 MAIN_INTRODUCTION = [
-    "Protections on: the minimal manifest (replay of the base model's answers, auto values). Off: the same",
-    "manifest with `dataset.replay.enabled: false`. Forgetting is measured on the built-in regression pool,",
-    "never trained on: likelihood of the base model's own answers, and keyword checks of known answers.",
+    "Protections on: the minimal manifest (replay of the base model's answers, the adapter strength chosen",
+    "on the validation split, auto values). Off: the same manifest with `dataset.replay.enabled: false` and",
+    "`method.lora.scale: 1.0`. Forgetting is measured on the built-in regression pool, never trained on:",
+    "likelihood of the base model's own answers, and keyword checks of known answers.",
 ]
 
 
@@ -303,9 +307,9 @@ def render_markdown(results: dict[str, Any], name: str = "forgetting.json") -> s
         "",
         *(SWEEP_INTRODUCTION if sweep else MAIN_INTRODUCTION),
         "",
-        "| dataset | protections | replay rows | task metric (n) | base | tuned | delta [95% CI] "
+        "| dataset | protections | replay rows | adapter strength | task metric (n) | base | tuned | delta [95% CI] "
         "| likelihood of base answers | known answers right | label collapse | promoted |",
-        "|---|---|---:|---|---:|---:|---|---:|---:|---:|---|",
+        "|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|---|",
         *(_row(run) for run in results["runs"]),
         "",
         "Verdicts:",

@@ -9,9 +9,9 @@ import pytest
 from kubetune.api.manifest import parse_spec
 from kubetune.api.v1alpha1 import ReplaySpec
 from kubetune_trainer.data.types import Example, Message
-from kubetune_trainer.general_prompts import load_general_prompts
+from kubetune_trainer.general_prompts import GeneralPrompt, load_general_prompts
 from kubetune_trainer.plan import DEFAULTS, preflight_estimate, resolve_replay, resolve_training
-from kubetune_trainer.replay import choose_replay_prompts
+from kubetune_trainer.replay import answers_worth_replaying, choose_replay_prompts
 from kubetune_trainer.steps import interleave
 from tests.trainer.test_plan import CPU, SMOL
 
@@ -69,6 +69,23 @@ def test_replay_prompts_come_from_the_replay_pool_in_a_seeded_order() -> None:
     assert choose_replay_prompts(prompts.replay, 80, "seed-a")[:50] == chosen
     categories = {p.category for p in chosen}
     assert len(categories) >= 4, categories
+
+
+def test_a_wrong_base_answer_is_not_replayed_and_an_open_ended_one_is() -> None:
+    capital, product, poem = (
+        GeneralPrompt(
+            id=name,
+            category="facts",
+            pool="replay",
+            template=name,
+            source="test",
+            messages=({"role": "user", "content": name},),
+            keywords=keywords,
+        )
+        for name, keywords in (("capital", ("Oslo",)), ("product", ("132",)), ("poem", None))
+    )
+    answers = {"capital": "The capital of Norway is Oslo.", "product": "12 x 11 = 121", "poem": "Leaves fall."}
+    assert answers_worth_replaying([capital, product, poem], answers) == [capital, poem]
 
 
 def test_replay_rows_are_spread_evenly_through_the_task() -> None:

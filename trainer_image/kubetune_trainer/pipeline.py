@@ -162,6 +162,8 @@ def _run_stages(ctx: RunContext) -> Exit:
         return Exit(outcome.exit_code, "Preempted: stopped on SIGTERM after a checkpoint; the next pod resumes from it")
     if not ctx.is_main_process:
         return Exit(EXIT_OK)
+    with ctx.clock.stage("strength"):
+        steps.choose_adapter_strength(ctx, model, data, resolved, outcome)
     with ctx.clock.stage("evaluate"):
         evaluation = steps.evaluate(ctx, model, data, resolved, outcome)
     with ctx.clock.stage("export"):

@@ -221,6 +221,7 @@ def resolve_training(
             alpha=requested.alpha or DEFAULTS.lora_alpha_per_r * r,
             dropout=requested.dropout if requested.dropout is not None else DEFAULTS.lora_dropout,
             target_modules=requested.target_modules or ["all-linear"],
+            scale=requested.scale,  # unset: chosen on the validation split after training (training/strength.py)
         )
     return ResolvedTraining(method=method, lora=lora, hyperparameters=hyper, replay=replay)
 

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Sequence
 
 from kubetune_trainer.general_answers import MAX_NEW_TOKENS
-from kubetune_trainer.general_prompts import GeneralPrompt
+from kubetune_trainer.general_prompts import GeneralPrompt, matches_known_answer
 
 # The plan sizes training before the answers exist (the pre-flight never generates them): each replay
 # row is counted as its prompt plus a full-length answer, an upper bound that keeps the memory and
@@ -29,3 +29,12 @@ def choose_replay_prompts(pool: Sequence[GeneralPrompt], count: int, seed: str) 
         return hashlib.sha256(f"{seed}\0replay\0{prompt.id}".encode()).hexdigest()
 
     return sorted(pool, key=rank)[: max(0, count)]
+
+
+def answers_worth_replaying(prompts: Sequence[GeneralPrompt], answers: dict[str, str]) -> list[GeneralPrompt]:
+    """The drawn prompts whose base answer is worth training on: open-ended ones, and those with a
+    known answer the base model got right. A wrong base answer would be taught as the answer; leaving
+    those rows out (94 of 184 for the built-in model) let the example learn its task fully (accuracy
+    1.000 against 0.931) in 17% fewer steps, and the adapter strength then buys the general ability
+    back (docs/defaults.md)."""
+    return [p for p in prompts if p.keywords is None or matches_known_answer(answers[p.id], p.keywords)]

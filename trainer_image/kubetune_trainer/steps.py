@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -50,11 +51,13 @@ from kubetune_trainer.models.builtin import cache_root
 from kubetune_trainer.models.loading import model_checksum, model_max_positions, resolve_model_dir
 from kubetune_trainer.plan import Hardware, preflight_estimate, resolve_replay, resolve_training
 from kubetune_trainer.publish import PublishedRun, publish_run
-from kubetune_trainer.replay import PLANNED_ANSWER_TOKENS, choose_replay_prompts
+from kubetune_trainer.replay import PLANNED_ANSWER_TOKENS, answers_worth_replaying, choose_replay_prompts
 from kubetune_trainer.training.loop import TrainOutcome
 
 if TYPE_CHECKING:
     from kubetune_trainer.pipeline import RunContext
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -286,8 +289,14 @@ def mix_in_replay(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, 
         return load_base(model.path, method, device=model.hardware.device, bf16=model.hardware.bf16), nullcontext()
 
     prompts, answers = _general_answers(ctx, model, method, load_base_subject)
-    data.train = interleave(data.train, as_examples(chosen, answers))
-    data.replay = {"examples": len(chosen), "prompts": prompts.version, "answers": answers.origin}
+    kept = answers_worth_replaying(chosen, answers.answers)
+    data.train = interleave(data.train, as_examples(kept, answers))
+    data.replay = {
+        "examples": len(kept),
+        "withheldWrongAnswers": len(chosen) - len(kept),
+        "prompts": prompts.version,
+        "answers": answers.origin,
+    }
 
 
 def interleave(task: list[Example], replay: list[Example]) -> list[Example]:
@@ -327,6 +336,57 @@ def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved
             on_checkpoint=ctx.reporters.checkpoint_uploaded,
         )
     )
+
+
+def choose_adapter_strength(
+    ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining, outcome: TrainOutcome
+) -> None:
+    """LoRA/QLoRA: keep the trained adapter at the strength the manifest set, else at the one the
+    validation split chooses (training/strength.py); the evaluation and every artifact use it."""
+    from kubetune_trainer.evaluation.gate import primary_metric
+    from kubetune_trainer.evaluation.metrics import LOWER_IS_BETTER
+    from kubetune_trainer.evaluation.runner import task_metric
+    from kubetune_trainer.training.strength import (
+        VALIDATION_ROWS,
+        StrengthChoice,
+        choose_scale,
+        publish_scale,
+        set_scale,
+    )
+
+    if resolved.lora is None or MethodType(resolved.method) == MethodType.FULL:
+        return
+    validation = data.validation[:VALIDATION_ROWS]
+    tuned = outcome.model
+    if resolved.lora.scale is not None:
+        choice = StrengthChoice(scale=resolved.lora.scale, how="manifest")
+    elif not validation:
+        choice = StrengthChoice(scale=1.0, how="full strength: no validation split to choose on")
+    else:
+        metric = primary_metric([e.reference() for e in validation])
+        tuned.eval()
+
+        def score_at(scale: float) -> float:
+            undo = set_scale(tuned, scale)
+            try:
+                return task_metric(
+                    tuned,
+                    model.tokenizer,
+                    validation,
+                    metric,
+                    ctx.spec.evaluation,
+                    max_length=resolved.hyperparameters.sequence_length or 512,
+                    batch_size=8,
+                    chat_template=model.chat_template,
+                )
+            finally:
+                undo()
+
+        choice = choose_scale(score_at, lower_is_better=metric in LOWER_IS_BETTER)
+    set_scale(tuned, choice.scale)
+    publish_scale(outcome.trained_dir, choice.scale)
+    outcome.strength = choice
+    log.info("adapter strength %.2f (%s) %s", choice.scale, choice.how, choice.scores or "")
 
 
 def evaluate(
@@ -416,6 +476,7 @@ def publish(
             "paddingFraction": round(outcome.padding_fraction, 4),
             "peakMemoryBytes": outcome.peak_memory_bytes,
             "resumedFromStep": outcome.resumed_from_step,
+            **({"adapterStrength": outcome.strength.to_dict()} if outcome.strength else {}),
         },
         "curation": "reports/curation.json",
         "evaluation": evaluation.to_dict(),
@@ -462,4 +523,6 @@ def print_summary(
         f"({outcome.trained_tokens_per_second:.0f} trained tokens/s), padding {outcome.padding_fraction:.1%}, "
         f"peak memory {outcome.peak_memory_bytes / 2**30:.2f} GiB"
     )
+    if outcome.strength is not None:
+        console.print(f"adapter strength: {outcome.strength.describe()}")
     console.print(f"published version {published.version}: {published.manifest_uri}")

@@ -252,6 +252,19 @@ class LoraSpec(ApiModel):
         list[Annotated[str, Field(min_length=1, max_length=128)]] | None,
         Field(max_length=64, description="Module names to adapt, or ['all-linear']; auto when unset."),
     ] = None
+    scale: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            le=1,
+            description=(
+                "Strength the trained adapter is evaluated and published at, as a fraction of what training "
+                "reached (a smaller weight change keeps more of the base model's general ability). Unset: "
+                "the smallest of 0.5, 0.6, ... 1.0 that keeps 95% of the full adapter's task metric on the "
+                "validation split."
+            ),
+        ),
+    ] = None
 
 
 class MethodSpec(ApiModel):
@@ -555,7 +568,16 @@ class ArtifactStatus(ApiModel):
 
 
 class ResolvedReplay(ApiModel):
-    examples: Annotated[int, Field(ge=0, description="Replay rows mixed into the training split.")]
+    examples: Annotated[
+        int,
+        Field(
+            ge=0,
+            description=(
+                "Replay prompts drawn from the pool. Those whose base answer fails its own known-answer check "
+                "are not trained on; the lineage manifest (dataset.replay) counts the rows trained on."
+            ),
+        ),
+    ]
     fraction: Annotated[float, Field(ge=0, description="Replay rows per task training row.")]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +111,32 @@ def _metric_value(metric: Metric, scores: _Scores, refs: Sequence[str], idx: Seq
     if metric == Metric.F1:
         return m.macro_f1(preds, chosen)
     return m.mean([PER_EXAMPLE[metric](p, r) for p, r in zip(preds, chosen, strict=True)])
+
+
+def task_metric(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    metric: Metric,
+    spec: EvaluationSpec,
+    *,
+    max_length: int,
+    batch_size: int,
+    chat_template: str | None,
+) -> float:
+    """``metric`` of ``model`` as it is now on ``examples``, scored as the evaluation scores the test
+    split (how the adapter strength is chosen on the validation split)."""
+    scores = _score(
+        (model, nullcontext()),
+        tokenizer,
+        examples,
+        spec,
+        max_length=max_length,
+        batch_size=batch_size,
+        chat_template=chat_template,
+        generate_text=metric in GENERATION_METRICS,
+    )
+    return _metric_value(metric, scores, [e.reference() for e in examples], range(len(examples)))
 
 
 def compare_metric(metric: Metric, base: _Scores, tuned: _Scores, refs: Sequence[str], *, seed: int) -> MetricResult:

@@ -28,6 +28,7 @@ from kubetune_trainer.tensors.encode import encode_example
 from kubetune_trainer.training.checkpoints import CheckpointStore, UploadCheckpoints
 from kubetune_trainer.training.model import load_for_training
 from kubetune_trainer.training.progress import MeteredTrainer, ReportProgress, host_memory_peak_bytes
+from kubetune_trainer.training.strength import StrengthChoice
 
 log = logging.getLogger(__name__)
 BEST_FILE = "kubetune_best.safetensors"
@@ -67,6 +68,7 @@ class TrainOutcome:
     padding_fraction: float = 0.0
     peak_memory_bytes: int = 0
     preempted: bool = False
+    strength: StrengthChoice | None = None  # LoRA/QLoRA: the adapter strength kept (training/strength.py)
 
     @property
     def exit_code(self) -> int:

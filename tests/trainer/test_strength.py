@@ -1,0 +1,110 @@
+"""Adapter strength: chosen on validation unless the manifest sets it, evaluated and published alike."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kubetune.api.v1alpha1 import MethodType
+from kubetune_trainer.export.merge import merge_adapter
+from kubetune_trainer.training.strength import choose_scale, publish_scale, set_scale
+from tests.trainer.jobs import write_dataset, write_job
+from tests.trainer.test_training_methods import run
+
+KUBETUNE = str(Path(sys.executable).parent / "kubetune")
+
+
+def scores(table: dict[float, float]):  # type: ignore[no-untyped-def]
+    asked: list[float] = []
+
+    def score_at(scale: float) -> float:
+        asked.append(scale)
+        return table[scale]
+
+    return score_at, asked
+
+
+@pytest.mark.parametrize(
+    ("table", "chosen", "asked"),
+    [
+        # holds (95% of the full adapter's) down to 0.7, then drops: 0.7, and 0.5 is never tried
+        ({1.0: 1.0, 0.9: 1.0, 0.8: 0.96, 0.7: 0.95, 0.6: 0.93, 0.5: 1.0}, 0.7, [1.0, 0.9, 0.8, 0.7, 0.6]),
+        # the first step down already loses more than 5%: full strength
+        ({1.0: 0.96, 0.9: 0.91}, 1.0, [1.0, 0.9]),
+        # nothing is lost anywhere: the weakest candidate
+        ({s: 0.5 for s in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)}, 0.5, [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]),
+    ],
+)
+def test_the_weakest_scale_that_keeps_the_validation_metric_is_chosen(
+    table: dict[float, float], chosen: float, asked: list[float]
+) -> None:
+    score_at, seen = scores(table)
+    choice = choose_scale(score_at)
+    assert (choice.scale, seen, choice.how) == (chosen, asked, "validation")
+    assert choice.scores == {s: table[s] for s in asked}
+
+
+def test_a_lower_is_better_metric_is_kept_from_rising() -> None:
+    score_at, _ = scores({1.0: 2.0, 0.9: 2.1, 0.8: 2.2})
+    assert choose_scale(score_at, lower_is_better=True).scale == 0.9
+
+
+def test_the_published_adapter_and_merged_model_are_the_model_evaluated(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    outcome = run(tmp_path, tiny_model_dir, "lora")
+    model = outcome.model.eval()
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        undo = set_scale(model, 0.6)
+        scaled = model(input_ids=ids).logits
+        undo()
+        torch.testing.assert_close(model(input_ids=ids).logits, full, rtol=0, atol=0)
+    assert not torch.allclose(scaled, full, atol=1e-3), "the scale changes the model"
+
+    set_scale(model, 0.6)
+    publish_scale(outcome.trained_dir, 0.6)
+    assert json.loads((outcome.trained_dir / "adapter_config.json").read_text())["lora_alpha"] == pytest.approx(4.8)
+    merged_dir = merge_adapter(tiny_model_dir, outcome.trained_dir, tmp_path / "merged", method=MethodType.LORA)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, scaled, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("lora", "how"), [({}, "validation"), ({"scale": 0.5}, "manifest")])
+def test_a_run_says_which_strength_it_kept_and_publishes_that_adapter(
+    tmp_path: Path, tiny_model_dir: Path, lora: dict[str, float], how: str
+) -> None:
+    job = write_job(
+        tmp_path / "job.yaml",
+        model_dir=tiny_model_dir,
+        data=write_dataset(tmp_path / "data.jsonl", 40),
+        output=f"file://{tmp_path}/out/",
+        method={"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, **lora}},
+        hyperparameters={"epochs": 1, "learningRate": 0.001, "batchSize": 4, "sequenceLength": 64, "seed": 7},
+        dataset={"sources": [{"uri": f"file://{tmp_path}/data.jsonl"}], "replay": {"enabled": False}},
+        evaluation={"forgetting": False, "maxNewTokens": 4},
+    )
+    result = subprocess.run(
+        [KUBETUNE, "run", str(job), "--output-dir", str(tmp_path / "runs"), "--workdir", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (manifest_path,) = (tmp_path / "runs").glob("*/v*/manifest.json")
+    strength = json.loads(manifest_path.read_text())["training"]["adapterStrength"]
+    assert strength["how"] == how
+    if how == "validation":
+        assert strength["validationScores"]["1.0"] is not None and len(strength["validationScores"]) >= 2
+    alpha = json.loads((manifest_path.parent / "adapter" / "adapter_config.json").read_text())["lora_alpha"]
+    assert alpha == pytest.approx(8 * strength["scale"])
+    assert f"adapter strength: {strength['scale']:g} ({how}" in result.stdout
