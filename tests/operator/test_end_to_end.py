@@ -117,7 +117,9 @@ spec:
         len(list((cache / "general-answers").glob("*.jsonl"))) == 1 and len(list(stored_answers.glob("*.jsonl"))) == 1
     )
     lineage = json.loads(Path(result["manifestUri"][len("file://") :]).read_text())
-    assert lineage["dataset"]["replay"]["examples"] == replayed
+    # Every drawn prompt is accounted for: trained on, or left out because the base answered it wrongly.
+    trained_replay = lineage["dataset"]["replay"]
+    assert trained_replay["examples"] + trained_replay["withheldWrongAnswers"] == replayed, trained_replay
     assert lineage["dataset"]["replay"]["answers"] == "generated"
     forgetting = lineage["evaluation"]["forgetting"]
     assert forgetting["optedOut"] is False and forgetting["likelihood"]["examples"] == 188
