@@ -63,7 +63,9 @@ def test_kubetune_run_example_improves_the_default_model(tmp_path: Path) -> None
     # Within 2 points of what auto reached before the protections (0.948), at the strength chosen on
     # the validation split.
     assert accuracy["tuned"] >= 0.928, accuracy
-    assert 0.5 <= manifest["training"]["adapterStrength"]["scale"] < 1.0, manifest["training"]
+    # Recorded: 0.8, chosen by one validation row; another CPU may choose a neighbour.
+    strength = manifest["training"]["adapterStrength"]
+    assert strength["how"] == "validation" and 0.5 <= strength["scale"] <= 1.0, strength
     # Replay by default, from the base answers shipped for the built-in model: nothing was generated.
     replay = manifest["dataset"]["replay"]
     assert replay["examples"] > 0 and replay["answers"] == "shipped", replay
