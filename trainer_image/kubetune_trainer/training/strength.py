@@ -4,9 +4,8 @@ Fine-tuning moves the weights towards the task, and the further they move, the m
 model's general ability is lost; the task itself is usually learned well before the full move.
 Interpolating between the base and the tuned weights (WiSE-FT, Wortsman et al. 2022) keeps most
 of the task and much of the general ability. For a LoRA adapter the interpolation is exact and
-free: the adapter's scaling factor times ``scale``. Measured on the example tickets (one trained
-adapter at several strengths, docs/defaults.md): at full strength 100% test accuracy and 35.9% of
-general known-answer prompts right (base 41.5%); at 0.8, 96.6% and 40.1%; at 0.7, 94.8% and 44.4%.
+free: the adapter's scaling factor times ``scale``. Measured: docs/defaults.md and
+docs/measurements/forgetting.md.
 
 Unless the manifest sets ``method.lora.scale``, the scale is the smallest of ``CANDIDATE_SCALES``
 whose task metric on the validation split stays within ``KEEP_OF_FULL`` of the full adapter's,
