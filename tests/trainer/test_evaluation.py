@@ -23,7 +23,7 @@ from kubetune_trainer.evaluation.gate import MIN_TEST_EXAMPLES, Forgetting, deci
 from kubetune_trainer.evaluation.report import plot_loss_curve
 from kubetune_trainer.evaluation.results import MetricResult, RegressionResult
 from kubetune_trainer.evaluation.runner import ModelUnderTest, evaluate
-from kubetune_trainer.evaluation.scoring import adapter_disabled, token_losses
+from kubetune_trainer.evaluation.scoring import adapter_disabled, generate, length_batches, token_losses
 
 
 def test_metric_functions_on_known_cases() -> None:
@@ -59,6 +59,35 @@ EXAMPLES = [
     Example(messages=(Message("user", f"what is {i}+{i}?"), Message("assistant", str(2 * i)))) for i in range(6)
 ]
 GENERAL = RegressionSet("test prompts", tuple(RegressionItem(e, (e.reference(),)) for e in EXAMPLES))
+
+
+def test_evaluation_batches_group_similar_lengths_within_the_token_budget() -> None:
+    lengths = [5, 300, 40, 41, 600, 39, 7, 300]
+    batches = length_batches(lengths, max_rows=3, max_tokens=640)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 3 and (len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 640)
+    assert batches[0] == [4] and batches[1] == [1, 7]  # longest first; 600 alone, two of 300 fit 640
+    # Fixed batching (the base answers'): in order, whatever the lengths.
+    assert length_batches(lengths, max_rows=3, max_tokens=None) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+
+
+def test_length_sorted_batches_score_and_answer_each_row_as_alone(tiny_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    varied = [
+        Example(messages=(Message("user", "word " * (3 + 7 * (i % 4)) + str(i)), Message("assistant", f"answer {i}")))
+        for i in range(9)
+    ]
+    batched = token_losses(model, tokenizer, varied, max_length=128)
+    alone = token_losses(model, tokenizer, varied, max_length=128, batch_size=1)
+    for a, b in zip(batched, alone, strict=True):
+        assert math.isclose(a.nll_sum, b.nll_sum, rel_tol=1e-4) and a.tokens == b.tokens
+    assert len({round(x.nll_sum, 3) for x in batched}) == len(varied)  # every row scored as itself
+    asked = [Example(messages=e.prompt_messages()) for e in varied]
+    assert generate(model, tokenizer, asked, max_new_tokens=6) == generate(
+        model, tokenizer, asked, max_new_tokens=6, batch_size=1
+    )
 
 
 def test_perplexity_matches_an_independent_computation_and_base_is_adapter_off(tiny_model_dir: Path) -> None:

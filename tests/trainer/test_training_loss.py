@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from kubetune_trainer.data.types import Example, Message
 from kubetune_trainer.tensors.batching import RowDataset, build_rows, collator_for
 from kubetune_trainer.tensors.encode import IGNORE_INDEX, encode_example
-from kubetune_trainer.training.loss import LabelledPositionsTrainer, labelled_positions
+from kubetune_trainer.tensors.positions import labelled_positions
+from kubetune_trainer.training.loss import LabelledPositionsTrainer
 
 
 def chat(i: int) -> Example:

@@ -37,7 +37,8 @@ MAX_NEW_TOKENS = 96
 STORAGE_FOLDER = ".kubetune/general-answers"
 
 Generate = Callable[[Sequence[GeneralPrompt]], list[str]]
-# Prompts answered in one batch; part of what decides greedy answers (left padding), so fixed.
+# Prompts answered in one batch, in order; part of what decides greedy answers (left padding), so
+# fixed (not evaluation's length-sorted batches, which depend on the other prompts asked).
 BATCH_SIZE = 8
 
 
@@ -49,7 +50,13 @@ def generate_with(model: Any, tokenizer: Any, chat_template: str | None) -> Gene
 
         asked = [Example(messages=tuple(Message(m["role"], m["content"]) for m in p.messages)) for p in prompts]
         return generate(
-            model, tokenizer, asked, max_new_tokens=MAX_NEW_TOKENS, batch_size=BATCH_SIZE, chat_template=chat_template
+            model,
+            tokenizer,
+            asked,
+            max_new_tokens=MAX_NEW_TOKENS,
+            batch_size=BATCH_SIZE,
+            max_batch_tokens=None,
+            chat_template=chat_template,
         )
 
     return answer

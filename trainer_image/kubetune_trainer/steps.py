@@ -376,7 +376,6 @@ def choose_adapter_strength(
                     metric,
                     ctx.spec.evaluation,
                     max_length=resolved.hyperparameters.sequence_length or 512,
-                    batch_size=8,
                     chat_template=model.chat_template,
                 )
             finally:
@@ -408,7 +407,6 @@ def evaluate(
         ctx.spec.evaluation,
         regression=load_regression_set(ctx, model, method, subject.as_base()),
         max_length=resolved.hyperparameters.sequence_length or 512,
-        batch_size=8,
         chat_template=model.chat_template,
         seed=resolved.hyperparameters.seed or 0,
     )

@@ -69,16 +69,18 @@ def _score(
     spec: EvaluationSpec,
     *,
     max_length: int,
-    batch_size: int,
     chat_template: str | None,
     generate_text: bool,
+    score_losses: bool = True,
     max_new_tokens: int | None = None,
 ) -> _Scores:
     model, context = subject
     model.eval()
     with context:
-        losses = token_losses(
-            model, tokenizer, examples, max_length=max_length, batch_size=batch_size, chat_template=chat_template
+        losses = (
+            token_losses(model, tokenizer, examples, max_length=max_length, chat_template=chat_template)
+            if score_losses
+            else []
         )
         outputs = (
             generate(
@@ -86,7 +88,6 @@ def _score(
                 tokenizer,
                 examples,
                 max_new_tokens=max_new_tokens or spec.max_new_tokens,
-                batch_size=batch_size,
                 chat_template=chat_template,
             )
             if generate_text
@@ -121,7 +122,6 @@ def task_metric(
     spec: EvaluationSpec,
     *,
     max_length: int,
-    batch_size: int,
     chat_template: str | None,
 ) -> float:
     """``metric`` of ``model`` as it is now on ``examples``, scored as the evaluation scores the test
@@ -132,9 +132,9 @@ def task_metric(
         examples,
         spec,
         max_length=max_length,
-        batch_size=batch_size,
         chat_template=chat_template,
         generate_text=metric in GENERATION_METRICS,
+        score_losses=metric == Metric.PERPLEXITY,
     )
     return _metric_value(metric, scores, [e.reference() for e in examples], range(len(examples)))
 
@@ -165,7 +165,6 @@ def evaluate(
     *,
     regression: RegressionSet | None,
     max_length: int,
-    batch_size: int = 8,
     chat_template: str | None = None,
     seed: int = 0,
 ) -> EvaluationReport:
@@ -183,6 +182,7 @@ def evaluate(
         text: bool,
         max_new_tokens: int | None = None,
         length: int = max_length,
+        losses: bool = True,
     ) -> _Scores:
         return _score(
             as_model,
@@ -190,9 +190,9 @@ def evaluate(
             examples,
             spec,
             max_length=length,
-            batch_size=batch_size,
             chat_template=chat_template,
             generate_text=text,
+            score_losses=losses,
             max_new_tokens=max_new_tokens,
         )
 
@@ -212,7 +212,7 @@ def evaluate(
             # with the settings of general_answers); the tuned model answers the same way.
             base_known = [item.example.reference() for item in known]
             prompts = [Example(messages=item.example.prompt_messages()) for item in known]
-            tuned_known = score(subject.as_tuned(), prompts, True, ANSWER_MAX_NEW_TOKENS).outputs
+            tuned_known = score(subject.as_tuned(), prompts, True, ANSWER_MAX_NEW_TOKENS, losses=False).outputs
             forgetting.known_answers = compare_known_answers(
                 known, base_known, tuned_known, spec.max_regression, seed=seed
             )

@@ -15,6 +15,31 @@ import torch
 
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.tensors.encode import IGNORE_INDEX, encode_example, prompt_ids
+from kubetune_trainer.tensors.positions import keeps_selected_logits, labelled_positions
+
+# Evaluation batches: rows of similar length together (little padding, and a batch of generations
+# ends when its longest answer does), up to 32 rows and never more tokens than 8 rows of 512, the
+# largest batch before this budget. Measured on the built-in model's 142 known-answer prompts on 2
+# CPU cores: greedy answers identical to batches of 8 in order, in about half the time.
+EVALUATION_BATCH_ROWS = 32
+EVALUATION_BATCH_TOKENS = 8 * 512
+
+
+def length_batches(lengths: Sequence[int], *, max_rows: int, max_tokens: int | None) -> list[list[int]]:
+    """Row indices in batches. With ``max_tokens``: longest rows first, each batch at most ``max_rows``
+    rows whose count times the batch's longest length stays within ``max_tokens`` (a row longer than
+    the budget goes alone). Without: in order, ``max_rows`` at a time (a fixed batching, for outputs
+    that must not depend on the other rows asked with them)."""
+    if max_tokens is None:
+        return [list(range(start, min(start + max_rows, len(lengths)))) for start in range(0, len(lengths), max_rows)]
+    batches: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        # Sorted longest first: the first row of a batch is its longest.
+        if batches and len(batches[-1]) < max_rows and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 @dataclass(frozen=True)
@@ -46,31 +71,36 @@ def token_losses(
     examples: Sequence[Example],
     *,
     max_length: int,
-    batch_size: int,
+    batch_size: int = EVALUATION_BATCH_ROWS,
+    max_batch_tokens: int | None = EVALUATION_BATCH_TOKENS,
     chat_template: str | None = None,
 ) -> list[TokenLoss]:
-    """Per example: NLL of its label tokens (assistant turns + EOS), teacher-forced."""
+    """Per example, in order: NLL of its label tokens (assistant turns + EOS), teacher-forced."""
     encoded = [encode_example(e, tokenizer, max_length, chat_template) for e in examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = _device(model)
-    results: list[TokenLoss] = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
+    select_labelled = keeps_selected_logits(model)
+    results: dict[int, TokenLoss] = {}
+    for batch in length_batches([len(e) for e in encoded], max_rows=batch_size, max_tokens=max_batch_tokens):
+        chunk = [encoded[i] for i in batch]
         width = max(len(e) for e in chunk)
         ids = torch.tensor([e.input_ids + [pad] * (width - len(e)) for e in chunk], device=device)
         labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e)) for e in chunk], device=device)
         mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in chunk], device=device)
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
-        targets = labels[:, 1:]
-        valid = targets != IGNORE_INDEX
-        # Cross-entropy on the scored positions only: no full-vocabulary softmax for prompts.
-        nll = torch.nn.functional.cross_entropy(logits[valid].float(), targets[valid], reduction="none")
-        rows = valid.nonzero()[:, 0]
+        keep, targets = labelled_positions(labels)
+        # Only the labelled positions are projected onto the vocabulary (tensors/positions.py): the
+        # prompts and padding cost no head and no softmax.
+        if select_labelled:
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
+        else:
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[keep]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="none")
+        rows = keep.nonzero()[:, 0]
         sums = torch.zeros(len(chunk), dtype=torch.float64, device=nll.device).index_add_(0, rows, nll.double())
-        counts = valid.sum(dim=1)
-        for row in range(len(chunk)):
-            results.append(TokenLoss(float(sums[row]), int(counts[row])))
-    return results
+        counts = keep.sum(dim=1)
+        for row, index in enumerate(batch):
+            results[index] = TokenLoss(float(sums[row]), int(counts[row]))
+    return [results[i] for i in range(len(encoded))]
 
 
 @torch.no_grad()
@@ -80,16 +110,18 @@ def generate(
     examples: Sequence[Example],
     *,
     max_new_tokens: int,
-    batch_size: int,
+    batch_size: int = EVALUATION_BATCH_ROWS,
+    max_batch_tokens: int | None = EVALUATION_BATCH_TOKENS,
     chat_template: str | None = None,
 ) -> list[str]:
-    """Greedy answers to each example's prompt (left-padded batches, stopping at EOS)."""
+    """Greedy answers to each example's prompt, in order (left-padded batches, stopping at EOS)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = _device(model)
     prompts = [prompt_ids(e, tokenizer, chat_template) for e in examples]
-    outputs: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
+    outputs: dict[int, str] = {}
+    lengths = [len(p) + max_new_tokens for p in prompts]
+    for batch in length_batches(lengths, max_rows=batch_size, max_tokens=max_batch_tokens):
+        chunk = [prompts[i] for i in batch]
         width = max(len(p) for p in chunk)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
@@ -103,6 +135,6 @@ def generate(
             pad_token_id=pad,
             eos_token_id=tokenizer.eos_token_id,
         )
-        for row in generated[:, width:]:
-            outputs.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-    return outputs
+        for index, row in zip(batch, generated[:, width:], strict=True):
+            outputs[index] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return [outputs[i] for i in range(len(prompts))]

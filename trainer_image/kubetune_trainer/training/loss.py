@@ -12,24 +12,13 @@ what comes back. The value is the loss transformers computes (checked by
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from kubetune_trainer.tensors.encode import IGNORE_INDEX
-
-
-def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(keep, targets)`` for ``labels`` of shape (batch, length): ``keep[b, t]`` is true where
-    position ``t`` predicts a labelled token ``labels[b, t + 1]``; ``targets`` are those tokens, in
-    the order boolean indexing returns the kept positions."""
-    following = labels[:, 1:]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = following != IGNORE_INDEX
-    return keep, following[keep[:, :-1]]
+from kubetune_trainer.tensors.positions import keeps_selected_logits, labelled_positions
 
 
 def summed_cross_entropy(outputs: Any, targets: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
@@ -43,13 +32,6 @@ def summed_cross_entropy(outputs: Any, targets: torch.Tensor, num_items_in_batch
     if isinstance(num_items_in_batch, torch.Tensor):
         num_items_in_batch = num_items_in_batch.to(total.device)
     return total / num_items_in_batch
-
-
-def keeps_selected_logits(model: Any) -> bool:
-    """Whether the causal LM inside ``model`` (a peft wrapper or the model itself) accepts
-    ``logits_to_keep``; nearly every decoder in transformers does."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 class LabelledPositionsTrainer(Trainer):
