@@ -35,7 +35,14 @@ def write_job(
         "metadata": {"name": "tiny-job", "namespace": "default"},
         "spec": {
             "baseModel": {"uri": f"file://{model_dir}"},
-            "dataset": {"sources": [{"uri": f"file://{data}"}], "split": {"validation": 0.1, "test": 0.1}},
+            # These jobs test the trainer's mechanics (resuming, reporting, methods, the CLI); the
+            # protections against forgetting have tests of their own and the README demo, so here
+            # they are off: no replay rows to train on, no general prompts to answer.
+            "dataset": {
+                "sources": [{"uri": f"file://{data}"}],
+                "split": {"validation": 0.1, "test": 0.1},
+                "replay": {"enabled": False},
+            },
             "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
             "hyperparameters": {
                 "epochs": 1,
@@ -45,7 +52,7 @@ def write_job(
                 "sequenceLength": 64,
                 "seed": 7,
             },
-            "evaluation": {"metrics": ["perplexity"], "maxNewTokens": 4},
+            "evaluation": {"metrics": ["perplexity"], "maxNewTokens": 4, "forgetting": False},
             "output": {"uri": output, "formats": ["adapter"]},
             "checkpoint": {"everySteps": 2},
             "resources": {"gpus": 0},
