@@ -68,8 +68,7 @@ def test_evaluation_batches_group_similar_lengths_within_the_token_budget() -> N
     for batch in batches:
         assert len(batch) <= 3 and (len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 640)
     assert batches[0] == [4] and batches[1] == [1, 7]  # longest first; 600 alone, two of 300 fit 640
-    # Fixed batching (the base answers'): in order, whatever the lengths.
-    assert length_batches(lengths, max_rows=3, max_tokens=None) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert length_batches(lengths, max_rows=8, max_tokens=10_000) == [[4, 1, 7, 3, 2, 5, 6, 0]]
 
 
 def test_length_sorted_batches_score_and_answer_each_row_as_alone(tiny_model_dir: Path) -> None:

@@ -37,9 +37,11 @@ MAX_NEW_TOKENS = 96
 STORAGE_FOLDER = ".kubetune/general-answers"
 
 Generate = Callable[[Sequence[GeneralPrompt]], list[str]]
-# Prompts answered in one batch, in order; part of what decides greedy answers (left padding), so
-# fixed (not evaluation's length-sorted batches, which depend on the other prompts asked).
-BATCH_SIZE = 8
+# Which prompts share a batch can decide a greedy answer (left padding), so the batching is part of
+# the cache key: evaluation's (evaluation/scoring.py: by length, up to 32 rows, within 8 x 512
+# tokens) over the whole prompt set. Before it, 8 prompts at a time in order: 4x the decoding steps
+# for the same answers (all 372 of the built-in model's identical).
+BATCHING = "by-length-32-rows-4096-tokens"
 
 
 def generate_with(model: Any, tokenizer: Any, chat_template: str | None) -> Generate:
@@ -49,15 +51,7 @@ def generate_with(model: Any, tokenizer: Any, chat_template: str | None) -> Gene
         from kubetune_trainer.evaluation.scoring import generate
 
         asked = [Example(messages=tuple(Message(m["role"], m["content"]) for m in p.messages)) for p in prompts]
-        return generate(
-            model,
-            tokenizer,
-            asked,
-            max_new_tokens=MAX_NEW_TOKENS,
-            batch_size=BATCH_SIZE,
-            max_batch_tokens=None,
-            chat_template=chat_template,
-        )
+        return generate(model, tokenizer, asked, max_new_tokens=MAX_NEW_TOKENS, chat_template=chat_template)
 
     return answer
 
@@ -77,7 +71,7 @@ class AnswerKey:
             "weights": self.weights,
             "prompts": self.prompts_version,
             "chatTemplate": hashlib.sha256((self.chat_template or "").encode()).hexdigest(),
-            "generation": {"maxNewTokens": self.max_new_tokens, "decoding": "greedy"},
+            "generation": {"maxNewTokens": self.max_new_tokens, "decoding": "greedy", "batching": BATCHING},
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
 
