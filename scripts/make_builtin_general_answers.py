@@ -1,10 +1,12 @@
-"""Precompute the built-in model's answers to kubetune's general prompts, shipped with the trainer.
+"""Precompute the built-in model's answers to kubetune's general prompts, shipped with the trainer,
+and its likelihood of its own answers to the regression pool.
 
-Replay and the forgetting measure need the base model's own answers to the general prompts. For
-``builtin://smollm2-135m-instruct`` they ship with the trainer, so the demo, CI and a first run on
-a laptop generate nothing; any other base model gets them generated once in its training pod and
-cached (kubetune_trainer/general_answers.py). The file is named by the same cache key the trainer
-computes, so a prompt-set or model change leaves it unused (and `--check` fails) until rerun.
+Replay and the forgetting measure need the base model's own answers to the general prompts, and the
+likelihood measure the base model's score of them. For ``builtin://smollm2-135m-instruct`` both ship
+with the trainer, so the demo, CI and a first run on a laptop compute neither; any other base model
+gets them computed once in its training pod and cached (kubetune_trainer/general_answers.py). The
+files are named by the same cache key the trainer computes, so a prompt-set or model change leaves
+them unused (and `--check` fails) until rerun.
 
 Run: .venv/bin/python scripts/make_builtin_general_answers.py   (a few minutes on 2 CPU cores)
      .venv/bin/python scripts/make_builtin_general_answers.py --check
@@ -19,7 +21,16 @@ import tempfile
 from pathlib import Path
 
 from kubetune.api.v1alpha1 import BUILTIN_MODEL_URI, MethodType
-from kubetune_trainer.general_answers import SHIPPED, AnswerKey, base_answers, generate_with
+from kubetune_trainer.evaluation.forgetting import FORGETTING_MAX_LENGTH
+from kubetune_trainer.general_answers import (
+    SHIPPED,
+    AnswerKey,
+    as_examples,
+    base_answers,
+    base_likelihoods,
+    generate_with,
+    likelihoods_file,
+)
 from kubetune_trainer.general_prompts import load_general_prompts
 from kubetune_trainer.models.loading import model_checksum, resolve_model_dir
 from kubetune_trainer.storage import ObjectStore
@@ -38,12 +49,17 @@ def main() -> int:
     args = parser.parse_args()
     key, path = builtin_key()
     shipped = SHIPPED / f"{key.digest}.jsonl"
+    likelihoods = SHIPPED / likelihoods_file(key, FORGETTING_MAX_LENGTH)
     if args.check:
-        stale = sorted(p.name for p in SHIPPED.glob("*.jsonl") if p != shipped)
-        if not shipped.is_file() or stale:
-            print(f"shipped answers out of date: want {shipped.name}, found {stale}; rerun {sys.argv[0]}")
+        stale = sorted(p.name for p in SHIPPED.glob("*.jsonl") if p not in (shipped, likelihoods))
+        if not shipped.is_file() or not likelihoods.is_file() or stale:
+            print(
+                f"shipped answers out of date: want {shipped.name} and {likelihoods.name}, found {stale}; "
+                f"rerun {sys.argv[0]}"
+            )
             return 1
         return 0
+    from kubetune_trainer.evaluation.scoring import token_losses
     from kubetune_trainer.training.model import load_base, load_tokenizer
 
     prompts = load_general_prompts()
@@ -60,9 +76,26 @@ def main() -> int:
             store=ObjectStore(),
             output_uri=Path(build, "storage").as_uri() + "/",
         )
+        # Scored as evaluation scores the base (evaluation/runner.py): the base model's own answers to
+        # the regression pool, at the fixed forgetting length.
+        regression = as_examples(prompts.regression, answers)
+        scores, origin = base_likelihoods(
+            key,
+            prompts.regression,
+            lambda: [
+                (loss.nll_sum, loss.tokens)
+                for loss in token_losses(model, tokenizer, regression, max_length=FORGETTING_MAX_LENGTH)
+            ],
+            max_length=FORGETTING_MAX_LENGTH,
+            cache_dir=Path(build),
+            store=ObjectStore(),
+            output_uri=Path(build, "storage").as_uri() + "/",
+        )
         SHIPPED.mkdir(parents=True, exist_ok=True)
         shutil.move(Path(build, "general-answers", shipped.name), shipped)
+        shutil.move(Path(build, "general-answers", likelihoods.name), likelihoods)
     print(f"{len(answers.answers)} answers ({answers.origin}) -> {shipped}")
+    print(f"{len(scores)} likelihoods ({origin}) -> {likelihoods}")
     return 0
 
 

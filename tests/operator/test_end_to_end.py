@@ -101,8 +101,8 @@ spec:
     # Replay is on by default; the pre-flight plans it and counts the base answers' time, but never generates.
     replayed = status["examples"]["replay"]
     assert replayed >= 48 and status["examples"]["trainAfterMixing"] == status["examples"]["train"] + replayed
-    # The pre-flight counts the base answers' time only when they are not cached yet.
-    assert ("base answers to generate" in status["message"]) is fresh, status["message"]
+    # From a fresh cache, the pre-flight counts the time of the base answers the training pod will generate.
+    assert not fresh or "base answers to generate" in status["message"], status["message"]
     assert not stored_answers.exists() and (not fresh or not (cache / "general-answers").exists())
     wait_for(lambda: cluster.job("e2e-train"), what="training Job")
     assert run_pod(cluster, "e2e-train", tmp_path, cache) == 0
@@ -120,8 +120,10 @@ spec:
     assert final["resolved"]["replay"]["examples"] == replayed
     lineage = json.loads(Path(result["manifestUri"][len("file://") :]).read_text())
     if fresh:
-        assert len(list((cache / "general-answers").glob("*.jsonl"))) == 1
-        assert len(list(stored_answers.glob("*.jsonl"))) == 1 and lineage["dataset"]["replay"]["answers"] == "generated"
+        # The answers, and the base model's likelihood of the regression pool's (evaluation scored it).
+        for folder in (cache / "general-answers", stored_answers):
+            assert sorted("likelihood" in f.name for f in folder.glob("*.jsonl")) == [False, True], folder
+        assert lineage["dataset"]["replay"]["answers"] == "generated"
     # Every drawn prompt is accounted for: trained on, or left out because the base answered it wrongly.
     trained_replay = lineage["dataset"]["replay"]
     assert trained_replay["examples"] + trained_replay["withheldWrongAnswers"] == replayed, trained_replay

@@ -13,7 +13,14 @@ import pytest
 
 from kubetune.api.v1alpha1 import S3Spec
 from kubetune_trainer import general_answers
-from kubetune_trainer.general_answers import AnswerKey, as_examples, base_answers, find_answers
+from kubetune_trainer.general_answers import (
+    AnswerKey,
+    as_examples,
+    base_answers,
+    base_likelihoods,
+    find_answers,
+    likelihoods_file,
+)
 from kubetune_trainer.general_prompts import GeneralPrompt, load_general_prompts
 from kubetune_trainer.storage import ObjectStore
 
@@ -50,12 +57,19 @@ def test_the_key_covers_everything_that_decides_the_answers() -> None:
     assert key().digest == key().digest
 
 
-def test_generated_once_then_found_locally_and_in_storage(
+@pytest.fixture()
+def beside_output(
     tmp_path: Path, s3_endpoint: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[ObjectStore, str]:
+    """Nothing shipped; object storage (a real S3 server) and the output prefix a job publishes under."""
     monkeypatch.setattr(general_answers, "SHIPPED", tmp_path / "shipped")
-    store = ObjectStore(S3Spec(endpoint=s3_endpoint, region="us-east-1"))
-    output = f"s3://{s3_bucket}/models/job/"
+    return ObjectStore(S3Spec(endpoint=s3_endpoint, region="us-east-1")), f"s3://{s3_bucket}/models/job/"
+
+
+def test_generated_once_then_found_locally_and_in_storage(
+    tmp_path: Path, beside_output: tuple[ObjectStore, str]
+) -> None:
+    store, output = beside_output
     answerer = Answerer()
     first = base_answers(key(), EVERY, answerer, cache_dir=tmp_path / "cache-a", store=store, output_uri=output)
     assert first.origin == "generated" and answerer.calls == 1 and len(first.answers) == len(EVERY)
@@ -125,6 +139,41 @@ def test_the_builtin_models_answers_ship_for_the_current_prompts() -> None:
     script = Path(__file__).resolve().parents[2] / "scripts" / "make_builtin_general_answers.py"
     checked = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=600)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    (shipped,) = general_answers.SHIPPED.glob("*.jsonl")
-    ids = {json.loads(line)["id"] for line in shipped.read_text().splitlines()}
+    answers, likelihoods = sorted(general_answers.SHIPPED.glob("*.jsonl"), key=lambda f: "likelihood" in f.name)
+    ids = {json.loads(line)["id"] for line in answers.read_text().splitlines()}
     assert ids == {p.id for p in EVERY}
+    scored = [json.loads(line) for line in likelihoods.read_text().splitlines()]
+    assert [row["id"] for row in scored] == [p.id for p in PROMPTS.regression]
+    assert all(row["tokens"] > 0 and row["nllSum"] > 0 for row in scored)
+
+
+def test_the_base_likelihoods_are_computed_once_per_key_and_length_then_found(
+    tmp_path: Path, beside_output: tuple[ObjectStore, str]
+) -> None:
+    store, output = beside_output
+    computed: list[int] = []
+
+    def compute() -> list[tuple[float, int]]:
+        computed.append(1)
+        return [(0.5 + i, 3 + i) for i in range(len(PROMPTS.regression))]
+
+    def lookup(cache: str, max_length: int = 512, **changes: object) -> tuple[list[tuple[float, int]], str]:
+        return base_likelihoods(
+            key(**changes),
+            PROMPTS.regression,
+            compute,
+            max_length=max_length,
+            cache_dir=tmp_path / cache,
+            store=store,
+            output_uri=output,
+        )
+
+    first, origin = lookup("cache-a")
+    assert origin == "computed" and len(computed) == 1 and first[2] == (2.5, 5)
+    assert lookup("cache-a") == (first, "cache") and lookup("cache-b") == (first, "storage") and len(computed) == 1
+    # Another scoring length or another base model is another file: computed again.
+    assert (
+        lookup("cache-a", max_length=256)[1] == "computed" and lookup("cache-a", model_sha256="d" * 64)[1] == "computed"
+    )
+    assert len(computed) == 3
+    assert likelihoods_file(key(), 512) != likelihoods_file(key(), 256) != f"{key().digest}.jsonl"

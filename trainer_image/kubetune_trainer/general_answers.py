@@ -97,36 +97,69 @@ def as_examples(prompts: Sequence[GeneralPrompt], answers: BaseAnswers) -> list[
     ]
 
 
-def _parse(text: str, prompts: Sequence[GeneralPrompt]) -> dict[str, str] | None:
-    """The answers of a cache file, if it answers every prompt (else it is stale or partial)."""
-    answers = {}
+Row = dict[str, Any]
+
+
+def _parse_rows(text: str, prompts: Sequence[GeneralPrompt]) -> dict[str, Row] | None:
+    """A cache file's rows by prompt id, if it covers every prompt (else it is stale or partial)."""
+    rows = {}
     for line in text.splitlines():
         if line.strip():
             row = json.loads(line)
-            answers[str(row["id"])] = str(row["answer"])
-    return answers if all(prompt.id in answers for prompt in prompts) else None
+            rows[str(row["id"])] = row
+    return rows if all(prompt.id in rows for prompt in prompts) else None
 
 
-def _render(answers: dict[str, str], prompts: Sequence[GeneralPrompt]) -> str:
-    return "".join(json.dumps({"id": p.id, "answer": answers[p.id]}, ensure_ascii=False) + "\n" for p in prompts)
+def _render_rows(rows: dict[str, Row], prompts: Sequence[GeneralPrompt]) -> str:
+    return "".join(json.dumps({"id": p.id, **rows[p.id]}, ensure_ascii=False) + "\n" for p in prompts)
+
+
+def _find(
+    name: str, prompts: Sequence[GeneralPrompt], *, cache_dir: Path, store: ObjectStore, output_uri: str
+) -> tuple[dict[str, Row], str] | None:
+    """A cached file's rows and where they came from: shipped, the local cache, or object storage
+    beside the output (then copied to the local cache); None when nobody has all of them."""
+    for origin, path in (("shipped", SHIPPED / name), ("cache", cache_dir / "general-answers" / name)):
+        if path.is_file() and (rows := _parse_rows(path.read_text(), prompts)) is not None:
+            return rows, origin
+    uri = join_uri(output_uri, STORAGE_FOLDER, name)
+    try:
+        if store.exists(uri) and (rows := _parse_rows(store.read_bytes(uri).decode(), prompts)) is not None:
+            _write_local(cache_dir, name, _render_rows(rows, prompts))
+            return rows, "storage"
+    except StorageError as err:  # a cache miss, not a failure: the rows can be computed again
+        log.warning("cannot read the cached %s: %s", uri, err)
+    return None
+
+
+def _keep(
+    name: str,
+    rows: dict[str, Row],
+    prompts: Sequence[GeneralPrompt],
+    *,
+    cache_dir: Path,
+    store: ObjectStore,
+    output_uri: str,
+) -> None:
+    """Cache computed rows locally and, create-only, beside the output (a failure there only warns)."""
+    text = _render_rows(rows, prompts)
+    _write_local(cache_dir, name, text)
+    uri = join_uri(output_uri, STORAGE_FOLDER, name)
+    try:
+        store.write_bytes(uri, text.encode(), if_absent=True)
+    except StorageError as err:
+        log.warning("cannot cache %s: %s", uri, err)
 
 
 def find_answers(
     key: AnswerKey, prompts: Sequence[GeneralPrompt], *, cache_dir: Path, store: ObjectStore, output_uri: str
 ) -> BaseAnswers | None:
     """The cached answers, from the first place that has all of them; None when they must be generated."""
-    name = f"{key.digest}.jsonl"
-    for origin, path in (("shipped", SHIPPED / name), ("cache", cache_dir / "general-answers" / name)):
-        if path.is_file() and (answers := _parse(path.read_text(), prompts)) is not None:
-            return BaseAnswers(key, answers, origin)
-    uri = join_uri(output_uri, STORAGE_FOLDER, name)
-    try:
-        if store.exists(uri) and (answers := _parse(store.read_bytes(uri).decode(), prompts)) is not None:
-            _write_local(cache_dir, name, _render(answers, prompts))
-            return BaseAnswers(key, answers, "storage")
-    except StorageError as err:  # a cache miss, not a failure: the answers can be generated
-        log.warning("cannot read cached general answers at %s: %s", uri, err)
-    return None
+    found = _find(f"{key.digest}.jsonl", prompts, cache_dir=cache_dir, store=store, output_uri=output_uri)
+    if found is None:
+        return None
+    rows, origin = found
+    return BaseAnswers(key, {prompt_id: str(row["answer"]) for prompt_id, row in rows.items()}, origin)
 
 
 def base_answers(
@@ -145,15 +178,44 @@ def base_answers(
         return found
     outputs = generate(prompts)
     answers = {prompt.id: answer for prompt, answer in zip(prompts, outputs, strict=True)}
-    text = _render(answers, prompts)
-    name = f"{key.digest}.jsonl"
-    _write_local(cache_dir, name, text)
-    uri = join_uri(output_uri, STORAGE_FOLDER, name)
-    try:
-        store.write_bytes(uri, text.encode(), if_absent=True)
-    except StorageError as err:
-        log.warning("cannot cache general answers at %s: %s", uri, err)
+    rows: dict[str, Row] = {prompt_id: {"answer": answer} for prompt_id, answer in answers.items()}
+    _keep(f"{key.digest}.jsonl", rows, prompts, cache_dir=cache_dir, store=store, output_uri=output_uri)
     return BaseAnswers(key, answers, "generated")
+
+
+# The base model's likelihood of its own answers (summed NLL, scored tokens) per regression prompt.
+Likelihoods = list[tuple[float, int]]
+
+
+def likelihoods_file(key: AnswerKey, max_length: int) -> str:
+    """The file the base model's likelihoods of its answers, scored at ``max_length``, are cached in."""
+    return f"{key.digest}.likelihood-{max_length}.jsonl"
+
+
+def base_likelihoods(
+    key: AnswerKey,
+    prompts: Sequence[GeneralPrompt],
+    compute: Callable[[], Likelihoods],
+    *,
+    max_length: int,
+    cache_dir: Path,
+    store: ObjectStore,
+    output_uri: str,
+) -> tuple[Likelihoods, str]:
+    """The base model's likelihood of its own answers to ``prompts`` (the regression pool), in order:
+    like the answers, decided by the key, so cached beside them (shipped for the built-in model);
+    else ``compute()`` now and cached. Returns them and where they came from."""
+    name = likelihoods_file(key, max_length)
+    found = _find(name, prompts, cache_dir=cache_dir, store=store, output_uri=output_uri)
+    if found is not None:
+        rows, origin = found
+        return [(float(rows[p.id]["nllSum"]), int(rows[p.id]["tokens"])) for p in prompts], origin
+    computed = compute()
+    kept: dict[str, Row] = {
+        p.id: {"nllSum": nll, "tokens": tokens} for p, (nll, tokens) in zip(prompts, computed, strict=True)
+    }
+    _keep(name, kept, prompts, cache_dir=cache_dir, store=store, output_uri=output_uri)
+    return computed, "computed"
 
 
 def _write_local(cache_dir: Path, name: str, text: str) -> None:

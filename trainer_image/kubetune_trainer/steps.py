@@ -31,13 +31,15 @@ from kubetune.api.v1alpha1 import (
 from kubetune_trainer.data.prepare import PreparedDataset, prepare_dataset
 from kubetune_trainer.data.types import Example, Message
 from kubetune_trainer.errors import ConfigurationError
-from kubetune_trainer.evaluation.forgetting import RegressionItem, RegressionSet
+from kubetune_trainer.evaluation.forgetting import FORGETTING_MAX_LENGTH, RegressionItem, RegressionSet
 from kubetune_trainer.evaluation.report import EvaluationReport, plot_loss_curve
+from kubetune_trainer.evaluation.scoring import TokenLoss
 from kubetune_trainer.general_answers import (
     AnswerKey,
     BaseAnswers,
     as_examples,
     base_answers,
+    base_likelihoods,
     find_answers,
     generate_with,
 )
@@ -187,7 +189,22 @@ def load_regression_set(
     prompts, answers = _general_answers(ctx, model, method, lambda: base)
     rows = as_examples(prompts.regression, answers)
     items = tuple(RegressionItem(row, p.keywords) for row, p in zip(rows, prompts.regression, strict=True))
-    return RegressionSet(f"kubetune's built-in general prompts ({prompts.version}, answers {answers.origin})", items)
+
+    def base_scores(compute: Callable[[], list[TokenLoss]]) -> list[TokenLoss]:
+        scores, origin = base_likelihoods(
+            answers.key,
+            prompts.regression,
+            lambda: [(loss.nll_sum, loss.tokens) for loss in compute()],
+            max_length=FORGETTING_MAX_LENGTH,
+            cache_dir=cache_root(),
+            store=ctx.store,
+            output_uri=ctx.spec.output.uri,
+        )
+        log.info("base model's likelihood of its general answers: %s", origin)
+        return [TokenLoss(nll, tokens) for nll, tokens in scores]
+
+    name = f"kubetune's built-in general prompts ({prompts.version}, answers {answers.origin})"
+    return RegressionSet(name, items, base_scores=base_scores)
 
 
 def _read_regression_set(ctx: RunContext, model: BaseModelInfo, uri: str) -> list[Example]:

@@ -16,7 +16,7 @@ bootstrap 95% intervals over the prompts.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kubetune_trainer.data.types import Example
@@ -24,6 +24,12 @@ from kubetune_trainer.evaluation import metrics as m
 from kubetune_trainer.evaluation.results import RegressionResult
 from kubetune_trainer.evaluation.scoring import TokenLoss
 from kubetune_trainer.general_prompts import matches_known_answer
+
+# General prompts are scored at one fixed length, not at the run's training sequence length: the
+# base model's score must not depend on what a run chose (a 128-token run once measured the same
+# base 9% better than a 192-token run, because its answers were cut). Built-in prompts plus their
+# 96-token answers fit well within it.
+FORGETTING_MAX_LENGTH = 512
 
 
 @dataclass(frozen=True)
@@ -34,10 +40,16 @@ class RegressionItem:
     keywords: tuple[str, ...] | None = None
 
 
+# Given how to score the base model on the set, its scores: cached where they can be (the built-in
+# prompts' are decided by the base model's cache key, like its answers), else computed.
+BaseScores = Callable[[Callable[[], list[TokenLoss]]], list[TokenLoss]]
+
+
 @dataclass(frozen=True)
 class RegressionSet:
     name: str  # "built-in general prompts (general-v1-...)" or the regressionSet URI
     items: tuple[RegressionItem, ...]
+    base_scores: BaseScores | None = None  # None: always computed
 
     @property
     def examples(self) -> list[Example]:

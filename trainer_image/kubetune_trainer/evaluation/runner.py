@@ -12,6 +12,7 @@ from kubetune.api.v1alpha1 import EvaluationSpec, Metric
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.evaluation import metrics as m
 from kubetune_trainer.evaluation.forgetting import (
+    FORGETTING_MAX_LENGTH,
     RegressionSet,
     compare_known_answers,
     compare_label_collapse,
@@ -24,11 +25,6 @@ from kubetune_trainer.evaluation.scoring import TokenLoss, adapter_disabled, gen
 from kubetune_trainer.general_answers import MAX_NEW_TOKENS as ANSWER_MAX_NEW_TOKENS
 
 GENERATION_METRICS = {Metric.ROUGE_L, Metric.BLEU, Metric.EXACT_MATCH, Metric.ACCURACY, Metric.F1}
-# General prompts are scored at one fixed length, not at the run's training sequence length: the
-# base model's score must not depend on what a run chose (a 128-token run once measured the same
-# base 9% better than a 192-token run, because its answers were cut). Built-in prompts plus their
-# 96-token answers fit well within it.
-FORGETTING_MAX_LENGTH = 512
 PER_EXAMPLE: dict[Metric, Callable[[str, str], float]] = {
     Metric.ROUGE_L: m.rouge_l,
     Metric.EXACT_MATCH: m.exact_match,
@@ -214,9 +210,13 @@ def evaluate(
     forgetting = Forgetting(set_name=regression.name if regression else None, opted_out=not spec.forgetting)
     general_predictions: list[dict[str, Any]] = []
     if spec.forgetting and regression is not None and regression.items:
-        base_reg = score(subject.as_base(), regression.examples, False, length=FORGETTING_MAX_LENGTH)
+
+        def base_likelihoods() -> list[TokenLoss]:
+            return score(subject.as_base(), regression.examples, False, length=FORGETTING_MAX_LENGTH).losses
+
+        base_losses = regression.base_scores(base_likelihoods) if regression.base_scores else base_likelihoods()
         tuned_reg = score(subject.as_tuned(), regression.examples, False, length=FORGETTING_MAX_LENGTH)
-        forgetting.likelihood = compare_likelihood(base_reg.losses, tuned_reg.losses, spec.max_regression, seed=seed)
+        forgetting.likelihood = compare_likelihood(base_losses, tuned_reg.losses, spec.max_regression, seed=seed)
         known = regression.known
         if known:
             # The base side is the base model's own answer (the likelihood target, generated greedily
