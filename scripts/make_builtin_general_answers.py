@@ -49,7 +49,9 @@ def main() -> int:
     args = parser.parse_args()
     key, path = builtin_key()
     shipped = SHIPPED / f"{key.digest}.jsonl"
-    likelihoods = SHIPPED / likelihoods_file(key, FORGETTING_MAX_LENGTH)
+    # Scored as a CPU run scores its base: in full precision (load_base(..., bf16=False) below).
+    precision = "fp32"
+    likelihoods = SHIPPED / likelihoods_file(key, FORGETTING_MAX_LENGTH, precision)
     if args.check:
         stale = sorted(p.name for p in SHIPPED.glob("*.jsonl") if p not in (shipped, likelihoods))
         if not shipped.is_file() or not likelihoods.is_file() or stale:
@@ -87,6 +89,7 @@ def main() -> int:
                 for loss in token_losses(model, tokenizer, regression, max_length=FORGETTING_MAX_LENGTH)
             ],
             max_length=FORGETTING_MAX_LENGTH,
+            precision=precision,
             cache_dir=Path(build),
             store=ObjectStore(),
             output_uri=Path(build, "storage").as_uri() + "/",

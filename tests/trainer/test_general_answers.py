@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -157,12 +157,15 @@ def test_the_base_likelihoods_are_computed_once_per_key_and_length_then_found(
         computed.append(1)
         return [(0.5 + i, 3 + i) for i in range(len(PROMPTS.regression))]
 
-    def lookup(cache: str, max_length: int = 512, **changes: object) -> tuple[list[tuple[float, int]], str]:
+    def lookup(
+        cache: str, max_length: int = 512, precision: str = "fp32", **changes: object
+    ) -> tuple[list[tuple[float, int]], str]:
         return base_likelihoods(
             key(**changes),
             PROMPTS.regression,
             compute,
             max_length=max_length,
+            precision=precision,
             cache_dir=tmp_path / cache,
             store=store,
             output_uri=output,
@@ -171,9 +174,65 @@ def test_the_base_likelihoods_are_computed_once_per_key_and_length_then_found(
     first, origin = lookup("cache-a")
     assert origin == "computed" and len(computed) == 1 and first[2] == (2.5, 5)
     assert lookup("cache-a") == (first, "cache") and lookup("cache-b") == (first, "storage") and len(computed) == 1
-    # Another scoring length or another base model is another file: computed again.
-    assert (
-        lookup("cache-a", max_length=256)[1] == "computed" and lookup("cache-a", model_sha256="d" * 64)[1] == "computed"
-    )
-    assert len(computed) == 3
-    assert likelihoods_file(key(), 512) != likelihoods_file(key(), 256) != f"{key().digest}.jsonl"
+    # Another scoring length, precision or base model is another file: computed again.
+    assert lookup("cache-a", max_length=256)[1] == "computed" and lookup("cache-a", precision="bf16")[1] == "computed"
+    assert lookup("cache-a", model_sha256="d" * 64)[1] == "computed" and len(computed) == 4
+    names = {likelihoods_file(key(), 512, "fp32"), likelihoods_file(key(), 256, "fp32"), f"{key().digest}.jsonl"}
+    assert len(names | {likelihoods_file(key(), 512, "bf16")}) == 4
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda rows: rows[:-1],
+        lambda rows: [*rows[:-1], "{not json"],
+        lambda rows: [*rows[:-1], json.dumps({**json.loads(rows[-1]), "tokens": 0})],
+        lambda rows: [*rows[:-1], json.dumps({**json.loads(rows[-1]), "nllSum": "NaN"})],
+        lambda rows: [*rows[:-1], json.dumps({**json.loads(rows[-1]), "nllSum": float("nan")})],
+        lambda rows: [*rows[:-1], json.dumps({"id": json.loads(rows[-1])["id"]})],
+        lambda rows: ["[1, 2]", *rows],
+    ],
+    ids=["partial", "not-json", "no-tokens", "string-number", "nan", "no-fields", "not-an-object"],
+)
+def test_a_damaged_cached_file_is_a_miss_never_trusted_and_never_a_crash(
+    tmp_path: Path, beside_output: tuple[ObjectStore, str], damage: Callable[[list[str]], list[str]]
+) -> None:
+    """Object storage beside the output is writable by others: what is read back is checked."""
+    store, output = beside_output
+    computed: list[int] = []
+
+    def compute() -> list[tuple[float, int]]:
+        computed.append(1)
+        return [(1.0, 2)] * len(PROMPTS.regression)
+
+    def lookup(cache: str) -> str:
+        return base_likelihoods(
+            key(),
+            PROMPTS.regression,
+            compute,
+            max_length=512,
+            precision="fp32",
+            cache_dir=tmp_path / cache,
+            store=store,
+            output_uri=output,
+        )[1]
+
+    assert lookup("first") == "computed"
+    name = likelihoods_file(key(), 512, "fp32")
+    uri = f"{output}.kubetune/general-answers/{name}"
+    stored = store.read_bytes(uri).decode().splitlines()
+    store.write_bytes(uri, ("\n".join(damage(stored)) + "\n").encode())
+    assert lookup("second") == "computed" and len(computed) == 2  # storage ignored: computed again
+    local = tmp_path / "second" / "general-answers" / name
+    local.write_text("\n".join(damage(local.read_text().splitlines())) + "\n")
+    assert lookup("second") == "computed" and len(computed) == 3  # the local cache is checked too
+
+
+def test_a_cached_answer_that_is_not_text_is_a_miss(tmp_path: Path, beside_output: tuple[ObjectStore, str]) -> None:
+    store, output = beside_output
+    base_answers(key(), EVERY, Answerer(), cache_dir=tmp_path / "a", store=store, output_uri=output)
+    cached = tmp_path / "a" / "general-answers" / f"{key().digest}.jsonl"
+    lines = cached.read_text().splitlines()
+    cached.write_text("\n".join([*lines[:-1], json.dumps({"id": json.loads(lines[-1])["id"], "answer": 3})]) + "\n")
+    nowhere = (tmp_path / "nowhere").as_uri() + "/"
+    assert find_answers(key(), EVERY, cache_dir=tmp_path / "a", store=ObjectStore(), output_uri=nowhere) is None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,14 +101,38 @@ def as_examples(prompts: Sequence[GeneralPrompt], answers: BaseAnswers) -> list[
 Row = dict[str, Any]
 
 
-def _parse_rows(text: str, prompts: Sequence[GeneralPrompt]) -> dict[str, Row] | None:
-    """A cache file's rows by prompt id, if it covers every prompt (else it is stale or partial)."""
+def _parse_rows(text: str, prompts: Sequence[GeneralPrompt], valid: Callable[[Row], bool]) -> dict[str, Row] | None:
+    """A cache file's rows by prompt id, if it covers every prompt with a ``valid`` row; else None: a
+    stale, partial or damaged file (object storage is writable by others) is a cache miss, never
+    trusted and never a crash."""
     rows = {}
     for line in text.splitlines():
         if line.strip():
-            row = json.loads(line)
-            rows[str(row["id"])] = row
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                return None
+            if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not valid(row):
+                return None
+            rows[row["id"]] = row
     return rows if all(prompt.id in rows for prompt in prompts) else None
+
+
+def _is_answer(row: Row) -> bool:
+    return isinstance(row.get("answer"), str)
+
+
+def _is_likelihood(row: Row) -> bool:
+    nll, tokens = row.get("nllSum"), row.get("tokens")
+    return (
+        isinstance(nll, (int, float))
+        and not isinstance(nll, bool)
+        and math.isfinite(nll)
+        and nll >= 0
+        and isinstance(tokens, int)
+        and not isinstance(tokens, bool)
+        and tokens >= 1
+    )
 
 
 def _render_rows(rows: dict[str, Row], prompts: Sequence[GeneralPrompt]) -> str:
@@ -115,18 +140,28 @@ def _render_rows(rows: dict[str, Row], prompts: Sequence[GeneralPrompt]) -> str:
 
 
 def _find(
-    name: str, prompts: Sequence[GeneralPrompt], *, cache_dir: Path, store: ObjectStore, output_uri: str
+    name: str,
+    prompts: Sequence[GeneralPrompt],
+    valid: Callable[[Row], bool],
+    *,
+    cache_dir: Path,
+    store: ObjectStore,
+    output_uri: str,
 ) -> tuple[dict[str, Row], str] | None:
     """A cached file's rows and where they came from: shipped, the local cache, or object storage
     beside the output (then copied to the local cache); None when nobody has all of them."""
     for origin, path in (("shipped", SHIPPED / name), ("cache", cache_dir / "general-answers" / name)):
-        if path.is_file() and (rows := _parse_rows(path.read_text(), prompts)) is not None:
-            return rows, origin
+        if path.is_file():
+            if (rows := _parse_rows(path.read_text(errors="replace"), prompts, valid)) is not None:
+                return rows, origin
+            log.warning("ignoring %s: it does not hold a valid row for every prompt", path)
     uri = join_uri(output_uri, STORAGE_FOLDER, name)
     try:
-        if store.exists(uri) and (rows := _parse_rows(store.read_bytes(uri).decode(), prompts)) is not None:
-            _write_local(cache_dir, name, _render_rows(rows, prompts))
-            return rows, "storage"
+        if store.exists(uri):
+            if (rows := _parse_rows(store.read_bytes(uri).decode(errors="replace"), prompts, valid)) is not None:
+                _write_local(cache_dir, name, _render_rows(rows, prompts))
+                return rows, "storage"
+            log.warning("ignoring %s: it does not hold a valid row for every prompt", uri)
     except StorageError as err:  # a cache miss, not a failure: the rows can be computed again
         log.warning("cannot read the cached %s: %s", uri, err)
     return None
@@ -155,7 +190,7 @@ def find_answers(
     key: AnswerKey, prompts: Sequence[GeneralPrompt], *, cache_dir: Path, store: ObjectStore, output_uri: str
 ) -> BaseAnswers | None:
     """The cached answers, from the first place that has all of them; None when they must be generated."""
-    found = _find(f"{key.digest}.jsonl", prompts, cache_dir=cache_dir, store=store, output_uri=output_uri)
+    found = _find(f"{key.digest}.jsonl", prompts, _is_answer, cache_dir=cache_dir, store=store, output_uri=output_uri)
     if found is None:
         return None
     rows, origin = found
@@ -187,9 +222,11 @@ def base_answers(
 Likelihoods = list[tuple[float, int]]
 
 
-def likelihoods_file(key: AnswerKey, max_length: int) -> str:
-    """The file the base model's likelihoods of its answers, scored at ``max_length``, are cached in."""
-    return f"{key.digest}.likelihood-{max_length}.jsonl"
+def likelihoods_file(key: AnswerKey, max_length: int, precision: str) -> str:
+    """The file the base model's likelihoods of its answers are cached in: scored at ``max_length``
+    tokens in ``precision`` (``fp32`` or ``bf16``: a run compares its tuned model with a base scored
+    the way the tuned one is)."""
+    return f"{key.digest}.likelihood-{max_length}-{precision}.jsonl"
 
 
 def base_likelihoods(
@@ -198,6 +235,7 @@ def base_likelihoods(
     compute: Callable[[], Likelihoods],
     *,
     max_length: int,
+    precision: str,
     cache_dir: Path,
     store: ObjectStore,
     output_uri: str,
@@ -205,8 +243,8 @@ def base_likelihoods(
     """The base model's likelihood of its own answers to ``prompts`` (the regression pool), in order:
     like the answers, decided by the key, so cached beside them (shipped for the built-in model);
     else ``compute()`` now and cached. Returns them and where they came from."""
-    name = likelihoods_file(key, max_length)
-    found = _find(name, prompts, cache_dir=cache_dir, store=store, output_uri=output_uri)
+    name = likelihoods_file(key, max_length, precision)
+    found = _find(name, prompts, _is_likelihood, cache_dir=cache_dir, store=store, output_uri=output_uri)
     if found is not None:
         rows, origin = found
         return [(float(rows[p.id]["nllSum"]), int(rows[p.id]["tokens"])) for p in prompts], origin

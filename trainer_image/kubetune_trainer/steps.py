@@ -196,6 +196,7 @@ def load_regression_set(
             prompts.regression,
             lambda: [(loss.nll_sum, loss.tokens) for loss in compute()],
             max_length=FORGETTING_MAX_LENGTH,
+            precision="bf16" if model.hardware.bf16 else "fp32",  # how load_base loaded it
             cache_dir=cache_root(),
             store=ctx.store,
             output_uri=ctx.spec.output.uri,
