@@ -11,9 +11,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/kubetune
 COPY pyproject.toml README.md constraints.txt ./
+# The shared API and the control plane; the data plane's source root is not needed to build.
+COPY api ./api
 COPY operator ./operator
-# setuptools finds packages in both source folders; the trainer's marker file is enough for it.
-COPY trainer_image/kubetune_trainer/__init__.py ./trainer_image/kubetune_trainer/__init__.py
 RUN pip install -c constraints.txt ".[operator]" \
     && useradd --uid 1000 --no-create-home --shell /usr/sbin/nologin kubetune
 

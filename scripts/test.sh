@@ -5,10 +5,10 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh dev
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== static checks"
-ruff check operator trainer_image tests scripts bench
-ruff format --check operator trainer_image tests scripts bench
+ruff check api operator trainer_image tests scripts bench
+ruff format --check api operator trainer_image tests scripts bench
 lint-imports
-mypy operator/kubetune trainer_image/kubetune_trainer scripts/dashboard.py scripts/measure_forgetting.py
+mypy api/kubetune operator/kubetune trainer_image/kubetune_trainer scripts/dashboard.py scripts/measure_forgetting.py
 python -m kubetune.api.crd --check
 echo "== tests"
 pytest "$@"

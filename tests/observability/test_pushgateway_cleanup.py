@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
+from kubetune.api.telemetry import PUSHGATEWAY_JOB, pushgateway_grouping_key
 from kubetune.operator.kube import Kube
 from kubetune.operator.pushgateway import Sweeper, sweep, trainer_groups
-from kubetune.telemetry import PUSHGATEWAY_JOB, pushgateway_grouping_key
 from tests.kubeapi.cluster import TestCluster
 from tests.observability.prometheus import pushgateway
 from tests.operator.cluster import Cluster, wait_for

@@ -6,15 +6,15 @@ from typing import Any
 
 import yaml
 
-from kubetune.api.manifest import parse_spec
-from kubetune.api.v1alpha1 import FineTuneJobSpec
-from kubetune.exitcodes import (
+from kubetune.api.exitcodes import (
     EXIT_CANNOT_REPORT,
     EXIT_CONFIG,
     EXIT_PREEMPTED,
     EXIT_RESULT_NOT_REPORTED,
     EXIT_RETRYABLE,
 )
+from kubetune.api.manifest import parse_spec
+from kubetune.api.v1alpha1 import FineTuneJobSpec
 from kubetune.operator.children import (
     Owner,
     build_preflight_job,
@@ -99,7 +99,7 @@ def test_preflight_job_requests_no_gpu() -> None:
 def test_pod_failure_policy_fails_fast_on_exits_a_retry_cannot_fix_and_ignores_disruptions() -> None:
     for job in (build_training_job(OWNER, spec(), CONFIG), build_preflight_job(OWNER, spec(), CONFIG)):
         rules = job["spec"]["podFailurePolicy"]["rules"]
-        # 2 bad input, 3 the status cannot be written, 4 the result was not written (kubetune.exitcodes).
+        # 2 bad input, 3 the status cannot be written, 4 the result was not written (kubetune.api.exitcodes).
         fail_now = {"containerName": "trainer", "operator": "In", "values": [2, 3, 4]}
         assert {"action": "FailJob", "onExitCodes": fail_now} in rules
         assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules

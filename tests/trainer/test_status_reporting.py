@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetune.api.exitcodes import EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED, TERMINATION_LOG_ENV
 from kubetune.api.manifest import load_manifest
 from kubetune.api.v1alpha1 import FineTuneJob, HyperparametersSpec, PreflightReport, Progress, ResolvedTraining
 from kubetune.api.v1alpha1 import TrainerResult as Result
-from kubetune.exitcodes import EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED, TERMINATION_LOG_ENV
 from kubetune_trainer.errors import CannotReport, ResultNotReported
 from kubetune_trainer.pipeline import Mode, run_pipeline, write_termination_message
 from kubetune_trainer.reporting.kubernetes import Backoff, KubernetesStatusReporter, custom_objects_api

@@ -1,12 +1,12 @@
 """Errors the trainer turns into exit codes, and the codes themselves.
 
-The codes are defined once, in :mod:`kubetune.exitcodes` (the contract with the operator's pod
+The codes are defined once, in :mod:`kubetune.api.exitcodes` (the contract with the operator's pod
 failure policy), and re-exported here for the trainer's modules.
 """
 
 from __future__ import annotations
 
-from kubetune.exitcodes import (
+from kubetune.api.exitcodes import (
     EXIT_CANNOT_REPORT,
     EXIT_CONFIG,
     EXIT_OK,

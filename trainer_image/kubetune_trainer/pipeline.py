@@ -3,7 +3,7 @@
 ``Mode.PREFLIGHT`` stops after the plan (the CPU-only pre-flight Job), ``Mode.TRAIN`` is the
 GPU Job, ``Mode.LOCAL`` is ``kubetune run``. Every stage is timed and announced to the
 reporters; errors become exit codes the operator's pod failure policy understands
-(``kubetune.exitcodes``), and every non-zero exit leaves a one-line termination message saying
+(``kubetune.api.exitcodes``), and every non-zero exit leaves a one-line termination message saying
 why, which ``kubectl describe pod`` and the operator show.
 """
 
@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.exitcodes import TERMINATION_LOG_ENV, TERMINATION_MESSAGE_LIMIT
 from kubetune.api.v1alpha1 import (
     ArtifactStatus,
     FineTuneJob,
@@ -27,7 +28,6 @@ from kubetune.api.v1alpha1 import (
     ResolvedTraining,
     TrainerResult,
 )
-from kubetune.exitcodes import TERMINATION_LOG_ENV, TERMINATION_MESSAGE_LIMIT
 from kubetune_trainer.errors import (
     EXIT_CANNOT_REPORT,
     EXIT_CONFIG,
@@ -87,7 +87,7 @@ class RunContext:
 
 
 def run_pipeline(job: FineTuneJob, *, mode: Mode, workdir: Path, max_steps: int | None) -> int:
-    """Run the job; returns the process exit code (see ``kubetune.exitcodes``)."""
+    """Run the job; returns the process exit code (see ``kubetune.api.exitcodes``)."""
     from kubetune_trainer.reporting import build_reporters
 
     # Outputs of an earlier run in the same scratch must never be published with this one.

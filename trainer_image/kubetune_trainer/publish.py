@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import kubetune
+import kubetune.api
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri, sha256_file
 
 MANIFEST = "manifest.json"
@@ -43,7 +43,7 @@ def new_version(now: datetime | None = None) -> str:
 
 
 def code_version() -> dict[str, str]:
-    version = {"kubetune": kubetune.__version__}
+    version = {"kubetune": kubetune.api.__version__}
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"],

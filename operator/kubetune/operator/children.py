@@ -11,10 +11,10 @@ from typing import Any
 
 import yaml
 
+from kubetune.api.exitcodes import FAIL_JOB_EXIT_CODES, TERMINATION_LOG_ENV, TERMINATION_LOG_PATH
+from kubetune.api.telemetry import ENV_METRICS_PORT, ENV_PUSH_INTERVAL, ENV_PUSHGATEWAY_URL
 from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec
-from kubetune.exitcodes import FAIL_JOB_EXIT_CODES, TERMINATION_LOG_ENV, TERMINATION_LOG_PATH
 from kubetune.operator.config import OperatorConfig
-from kubetune.telemetry import ENV_METRICS_PORT, ENV_PUSH_INTERVAL, ENV_PUSHGATEWAY_URL
 
 MANAGED_BY = "kubetune-operator"
 JOB_LABEL = "kubetune.dev/job"

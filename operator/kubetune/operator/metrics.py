@@ -41,9 +41,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-import kubetune
+import kubetune.api
+from kubetune.api.telemetry import FINETUNEJOB_LABEL, NAMESPACE_LABEL
 from kubetune.api.v1alpha1 import TERMINAL_PHASES, Phase
-from kubetune.telemetry import FINETUNEJOB_LABEL, NAMESPACE_LABEL
 
 # Waiting (creation to Job, creation to Running): seconds to a day, GPU queues can be long.
 WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
@@ -261,7 +261,7 @@ class OperatorMetrics:
             registry=self.registry,
         )
         Info("kubetune_build", "kubetune operator build information.", registry=self.registry).info(
-            {"version": kubetune.__version__, "python_version": platform.python_version()}
+            {"version": kubetune.api.__version__, "python_version": platform.python_version()}
         )
         self._namespaces: set[str] = set()
         self._lock = threading.Lock()

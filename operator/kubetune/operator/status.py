@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.api.exitcodes import EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED
 from kubetune.api.v1alpha1 import Phase
-from kubetune.exitcodes import EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED
 
 # Every reason a Failed condition can carry: validation.check_references' problems, the
 # manifest parser's, and decide()'s own (tests keep this list complete). Bounded, so it is

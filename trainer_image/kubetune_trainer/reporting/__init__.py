@@ -11,8 +11,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from kubetune.api.telemetry import ENV_METRICS_PORT, ENV_PUSH_INTERVAL, ENV_PUSHGATEWAY_URL
 from kubetune.api.v1alpha1 import FineTuneJob, PreflightReport, Progress, ResolvedTraining, TrainerResult
-from kubetune.telemetry import ENV_METRICS_PORT, ENV_PUSH_INTERVAL, ENV_PUSHGATEWAY_URL
 
 log = logging.getLogger(__name__)
 

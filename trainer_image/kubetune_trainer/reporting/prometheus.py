@@ -29,9 +29,9 @@ from prometheus_client import (
     start_http_server,
 )
 
-import kubetune
+import kubetune.api
+from kubetune.api.telemetry import FINETUNEJOB_LABEL, NAMESPACE_LABEL, PUSHGATEWAY_JOB, pushgateway_grouping_key
 from kubetune.api.v1alpha1 import Progress, TrainerResult
-from kubetune.telemetry import FINETUNEJOB_LABEL, NAMESPACE_LABEL, PUSHGATEWAY_JOB, pushgateway_grouping_key
 from kubetune_trainer.reporting import Reporter, TrainingMetrics
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class PrometheusReporter(Reporter):
         )
         Info(PREFIX + "build", "kubetune trainer build information.", JOB_LABELS, registry=registry).labels(
             **self.job
-        ).info({"version": kubetune.__version__})
+        ).info({"version": kubetune.api.__version__})
         self._stage: str | None = None
         self._counted = {"all": 0, "trained": 0}
         self._server: Any = None

@@ -1,3 +1,0 @@
-"""kubetune: a Kubernetes-native operator for fine-tuning LLMs (control plane + shared API)."""
-
-__version__ = "0.1.0"
