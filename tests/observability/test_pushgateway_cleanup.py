@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
-from kubetune.api.telemetry import PUSHGATEWAY_JOB, pushgateway_grouping_key
+from kubetune.api.contract import PUSHGATEWAY_JOB, pushgateway_grouping_key
 from kubetune.operator.kube import Kube
 from kubetune.operator.pushgateway import Sweeper, sweep, trainer_groups
 from tests.kubeapi.cluster import TestCluster

@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from kubetune.api.exitcodes import (
+from kubetune.api.contract import (
     EXIT_CANNOT_REPORT,
     EXIT_CONFIG,
     EXIT_PREEMPTED,
@@ -99,7 +99,7 @@ def test_preflight_job_requests_no_gpu() -> None:
 def test_pod_failure_policy_fails_fast_on_exits_a_retry_cannot_fix_and_ignores_disruptions() -> None:
     for job in (build_training_job(OWNER, spec(), CONFIG), build_preflight_job(OWNER, spec(), CONFIG)):
         rules = job["spec"]["podFailurePolicy"]["rules"]
-        # 2 bad input, 3 the status cannot be written, 4 the result was not written (kubetune.api.exitcodes).
+        # 2 bad input, 3 the status cannot be written, 4 the result was not written (kubetune.api.contract).
         fail_now = {"containerName": "trainer", "operator": "In", "values": [2, 3, 4]}
         assert {"action": "FailJob", "onExitCodes": fail_now} in rules
         assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
@@ -180,12 +180,13 @@ def test_child_names_are_deterministic_and_fit_a_dns_label() -> None:
     assert child_name("short", "train") == "short-train"
 
 
-def test_preflight_learns_the_declared_gpu_memory() -> None:
-    env = {
-        e["name"]: e.get("value")
-        for e in container(build_preflight_job(OWNER, spec(resources={"gpus": 1, "gpuMemory": "24Gi"}), CONFIG))["env"]
-    }
-    assert env["KUBETUNE_GPU_MEMORY"] == "24Gi"
+def test_preflight_learns_the_declared_gpu_memory_from_the_job_file_only() -> None:
+    job_spec = spec(resources={"gpus": 1, "gpuMemory": "24Gi"})
+    configmap = build_spec_configmap(OWNER, job_spec, CONFIG)
+    mounted = yaml.safe_load(configmap["data"]["job.yaml"])
+    assert mounted["spec"]["resources"]["gpuMemory"] == "24Gi"
+    env = {e["name"] for e in container(build_preflight_job(OWNER, job_spec, CONFIG))["env"]}
+    assert not any("GPU_MEMORY" in name for name in env), "the value reaches the pod once: in the job file"
 
 
 def test_every_child_is_labelled_and_owned_by_its_finetunejob() -> None:

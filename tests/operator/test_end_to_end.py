@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune.api.exitcodes import EXIT_CANNOT_REPORT, EXIT_CONFIG, EXIT_OK
+from kubetune.api.contract import EXIT_CANNOT_REPORT, EXIT_CONFIG, EXIT_OK
 from tests.kubeapi.cluster import CLUSTERWIDE, RbacMode, TestCluster
 from tests.kubeapi.model import UserInfo
 from tests.operator.cluster import Cluster, wait_for

@@ -27,7 +27,7 @@ def test_preflight_refuses_a_job_that_cannot_fit_the_declared_gpu(tmp_path: Path
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "KUBETUNE_GPU_MEMORY": "64Mi", "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # gpuMemory reaches the pre-flight in the job file only
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pre-flight failed" in result.stderr and "exceeds the 0.1 GiB" in result.stderr

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune.api.exitcodes import EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED, TERMINATION_LOG_ENV
+from kubetune.api.contract import ENV_TERMINATION_LOG, EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED
 from kubetune.api.manifest import load_manifest
 from kubetune.api.v1alpha1 import FineTuneJob, HyperparametersSpec, PreflightReport, Progress, ResolvedTraining
 from kubetune.api.v1alpha1 import TrainerResult as Result
+from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import CannotReport, ResultNotReported
 from kubetune_trainer.pipeline import Mode, run_pipeline, write_termination_message
 from kubetune_trainer.reporting.kubernetes import Backoff, KubernetesStatusReporter, custom_objects_api
@@ -237,7 +238,7 @@ def in_pod(monkeypatch: pytest.MonkeyPatch, termination_log: Path) -> None:
     monkeypatch.setenv("KUBETUNE_REPORT_STATUS", "true")
     monkeypatch.setenv("KUBETUNE_JOB_NAMESPACE", NAMESPACE)
     monkeypatch.setenv("KUBETUNE_JOB_NAME", NAME)
-    monkeypatch.setenv(TERMINATION_LOG_ENV, str(termination_log))
+    monkeypatch.setenv(ENV_TERMINATION_LOG, str(termination_log))
     for unused in ("KUBETUNE_METRICS_PORT", "KUBETUNE_PUSHGATEWAY_URL", "RANK"):
         monkeypatch.delenv(unused, raising=False)
 
@@ -264,7 +265,9 @@ def test_refused_credentials_stop_the_trainer_before_any_work(
         )
     )
 
-    code = run_pipeline(job, mode=Mode.TRAIN, workdir=tmp_path / "work", max_steps=None)
+    code = run_pipeline(
+        job, mode=Mode.TRAIN, workdir=tmp_path / "work", max_steps=None, environment=TrainerEnvironment.from_env()
+    )
 
     assert code == EXIT_CANNOT_REPORT == 3
     message = (tmp_path / "termination-log").read_text()
@@ -456,7 +459,9 @@ def test_a_published_run_whose_result_cannot_be_written_fails_and_keeps_its_arti
         )
     )
 
-    code = run_pipeline(job, mode=Mode.TRAIN, workdir=tmp_path / "work", max_steps=1)
+    code = run_pipeline(
+        job, mode=Mode.TRAIN, workdir=tmp_path / "work", max_steps=1, environment=TrainerEnvironment.from_env()
+    )
 
     assert code == EXIT_RESULT_NOT_REPORTED == 4
     (manifest,) = (tmp_path / "out").glob("*/manifest.json")
@@ -478,13 +483,15 @@ def test_the_termination_message_is_one_bounded_line_and_never_fails_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log_file = tmp_path / "termination-log"
-    monkeypatch.setenv(TERMINATION_LOG_ENV, str(log_file))
-    write_termination_message("StorageError: " + "x" * 5000 + "\nTraceback (most recent call last): ...")
+    monkeypatch.setenv(ENV_TERMINATION_LOG, str(log_file))
+    where = TrainerEnvironment.from_env().termination_log
+    write_termination_message("StorageError: " + "x" * 5000 + "\nTraceback (most recent call last): ...", where)
     assert log_file.read_text() == ("StorageError: " + "x" * 5000)[:4096]
 
-    monkeypatch.setenv(TERMINATION_LOG_ENV, str(tmp_path / "missing-folder" / "termination-log"))
-    write_termination_message("StorageError: unreachable")
+    monkeypatch.setenv(ENV_TERMINATION_LOG, str(tmp_path / "missing-folder" / "termination-log"))
+    write_termination_message("StorageError: unreachable", TrainerEnvironment.from_env().termination_log)
     assert not (tmp_path / "missing-folder").exists()
 
-    monkeypatch.delenv(TERMINATION_LOG_ENV)
-    write_termination_message("StorageError: unreachable")  # kubetune run: nowhere to write, nothing written
+    monkeypatch.delenv(ENV_TERMINATION_LOG)
+    assert TrainerEnvironment.from_env().termination_log is None  # kubetune run: nowhere to write
+    write_termination_message("StorageError: unreachable", None)

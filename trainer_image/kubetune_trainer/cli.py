@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
+from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
 from kubetune.api.manifest import ManifestError, load_manifest
-from kubetune_trainer.errors import EXIT_CONFIG, EXIT_OK
+from kubetune_trainer.environment import TrainerEnvironment
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -28,15 +28,17 @@ def _run(args: argparse.Namespace) -> int:
     for mapping in mappings:
         print(f"mapping file://{mapping.pod_prefix}/ -> {mapping.local_dir.resolve()}/", file=sys.stderr)
     job = localize(job, mappings, args.output_dir)
-    return run_pipeline(job, mode=Mode.LOCAL, workdir=args.workdir, max_steps=args.max_steps)
+    environment = TrainerEnvironment.from_env()
+    return run_pipeline(job, mode=Mode.LOCAL, workdir=args.workdir, max_steps=args.max_steps, environment=environment)
 
 
 def _in_pod(args: argparse.Namespace, mode_name: str) -> int:
     from kubetune_trainer.pipeline import Mode, run_pipeline
 
     job = load_manifest(args.job)
-    workdir = args.workdir or Path(os.environ.get("KUBETUNE_SCRATCH", "/scratch")) / "work"
-    return run_pipeline(job, mode=Mode(mode_name), workdir=workdir, max_steps=None)
+    environment = TrainerEnvironment.from_env()
+    workdir = args.workdir or environment.scratch / "work"
+    return run_pipeline(job, mode=Mode(mode_name), workdir=workdir, max_steps=None, environment=environment)
 
 
 def _validate(args: argparse.Namespace) -> int:

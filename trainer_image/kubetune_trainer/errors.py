@@ -1,31 +1,6 @@
-"""Errors the trainer turns into exit codes, and the codes themselves.
-
-The codes are defined once, in :mod:`kubetune.api.exitcodes` (the contract with the operator's pod
-failure policy), and re-exported here for the trainer's modules.
-"""
+"""Errors the trainer turns into exit codes (the codes: ``kubetune.api.contract``)."""
 
 from __future__ import annotations
-
-from kubetune.api.exitcodes import (
-    EXIT_CANNOT_REPORT,
-    EXIT_CONFIG,
-    EXIT_OK,
-    EXIT_PREEMPTED,
-    EXIT_RESULT_NOT_REPORTED,
-    EXIT_RETRYABLE,
-)
-
-__all__ = [
-    "EXIT_CANNOT_REPORT",
-    "EXIT_CONFIG",
-    "EXIT_OK",
-    "EXIT_PREEMPTED",
-    "EXIT_RESULT_NOT_REPORTED",
-    "EXIT_RETRYABLE",
-    "CannotReport",
-    "ConfigurationError",
-    "ResultNotReported",
-]
 
 
 class ConfigurationError(ValueError):

@@ -3,7 +3,7 @@
 ``Mode.PREFLIGHT`` stops after the plan (the CPU-only pre-flight Job), ``Mode.TRAIN`` is the
 GPU Job, ``Mode.LOCAL`` is ``kubetune run``. Every stage is timed and announced to the
 reporters; errors become exit codes the operator's pod failure policy understands
-(``kubetune.api.exitcodes``), and every non-zero exit leaves a one-line termination message saying
+(``kubetune.api.contract``), and every non-zero exit leaves a one-line termination message saying
 why, which ``kubectl describe pod`` and the operator show.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -19,7 +18,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.exitcodes import TERMINATION_LOG_ENV, TERMINATION_MESSAGE_LIMIT
+from kubetune.api.contract import (
+    EXIT_CANNOT_REPORT,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_RESULT_NOT_REPORTED,
+    EXIT_RETRYABLE,
+    TERMINATION_MESSAGE_LIMIT,
+)
 from kubetune.api.v1alpha1 import (
     ArtifactStatus,
     FineTuneJob,
@@ -28,16 +34,8 @@ from kubetune.api.v1alpha1 import (
     ResolvedTraining,
     TrainerResult,
 )
-from kubetune_trainer.errors import (
-    EXIT_CANNOT_REPORT,
-    EXIT_CONFIG,
-    EXIT_OK,
-    EXIT_RESULT_NOT_REPORTED,
-    EXIT_RETRYABLE,
-    CannotReport,
-    ConfigurationError,
-    ResultNotReported,
-)
+from kubetune_trainer.environment import TrainerEnvironment
+from kubetune_trainer.errors import CannotReport, ConfigurationError, ResultNotReported
 from kubetune_trainer.stages import StageClock
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
 
@@ -66,6 +64,7 @@ class RunContext:
     store: ObjectStore
     clock: StageClock
     reporters: Any
+    environment: TrainerEnvironment
     max_steps: int | None = None
     facts: dict[str, Any] = field(default_factory=dict)
 
@@ -79,38 +78,43 @@ class RunContext:
 
     @property
     def is_main_process(self) -> bool:
-        return int(os.environ.get("RANK", "0")) == 0
+        return self.environment.is_main_process
 
     @property
     def checkpoint_uri(self) -> str:
         return self.spec.checkpoint.uri or join_uri(self.spec.output.uri, "checkpoints", self.name)
 
 
-def run_pipeline(job: FineTuneJob, *, mode: Mode, workdir: Path, max_steps: int | None) -> int:
-    """Run the job; returns the process exit code (see ``kubetune.api.exitcodes``)."""
+def run_pipeline(
+    job: FineTuneJob, *, mode: Mode, workdir: Path, max_steps: int | None, environment: TrainerEnvironment
+) -> int:
+    """Run the job; returns the process exit code (see ``kubetune.api.contract``)."""
     from kubetune_trainer.reporting import build_reporters
 
     # Outputs of an earlier run in the same scratch must never be published with this one.
     for stale in ("artifacts", "merged", "training"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    reporters = build_reporters(job, console=sys.stderr.isatty())
+    reporters = build_reporters(job, console=sys.stderr.isatty(), environment=environment)
     ctx = RunContext(
         job=job,
         mode=mode,
         workdir=workdir,
-        store=ObjectStore(job.spec.s3),
+        store=ObjectStore(job.spec.s3, ca_bundle=environment.s3_ca_bundle),
         clock=StageClock(reporters),
         reporters=reporters,
+        environment=environment,
         max_steps=max_steps,
     )
     try:
         end = _run_and_explain(ctx)
     except BaseException as err:  # unexpected: Python exits 1 (retryable) and prints the traceback
-        write_termination_message(f"{type(err).__name__}: {err}")
+        write_termination_message(f"{type(err).__name__}: {err}", environment.termination_log)
         reporters.close(EXIT_RETRYABLE)
         raise
-    write_termination_message(end.message)  # before close(), which may wait minutes for the API
+    write_termination_message(
+        end.message, environment.termination_log
+    )  # before close(), which may wait minutes for the API
     reporters.close(end.code)
     return end.code
 
@@ -202,19 +206,18 @@ def _report_result(ctx: RunContext, result: TrainerResult) -> Exit:
     return Exit(EXIT_OK)
 
 
-def write_termination_message(message: str) -> None:
+def write_termination_message(message: str, path: Path | None) -> None:
     """Write the first line of ``message`` where the operator asked (``$KUBETUNE_TERMINATION_LOG``).
 
     Kubernetes shows it as the container's termination message. Best effort: without the
     variable (``kubetune run``) or its folder nothing is written, and a failing write is only logged.
     """
-    path = os.environ.get(TERMINATION_LOG_ENV, "").strip()
     line = message.strip().split("\n", 1)[0]
-    if not path or not line or not Path(path).parent.is_dir():
+    if path is None or not line or not path.parent.is_dir():
         return
     bounded = line.encode()[:TERMINATION_MESSAGE_LIMIT].decode(errors="ignore")  # the kubelet keeps no more
     try:
-        Path(path).write_text(bounded)
+        path.write_text(bounded)
     except OSError as err:
         log.warning("could not write the termination message to %s: %s", path, err)
 

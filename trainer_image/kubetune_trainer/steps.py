@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -49,7 +48,6 @@ from kubetune_trainer.general_prompts import (
     load_general_prompts,
     normalise_for_matching,
 )
-from kubetune_trainer.models.builtin import cache_root
 from kubetune_trainer.models.loading import model_checksum, model_max_positions, resolve_model_dir
 from kubetune_trainer.plan import Hardware, preflight_estimate, resolve_replay, resolve_training
 from kubetune_trainer.publish import PublishedRun, publish_run
@@ -82,7 +80,8 @@ def _training_hardware(ctx: RunContext) -> Hardware:
     here = Hardware.detect()
     gpus = ctx.spec.resources.gpus
     if ctx.mode.value == "preflight" and gpus > 0 and here.device == "cpu":
-        memory = quantity_gib(os.environ.get("KUBETUNE_GPU_MEMORY", "0"))
+        declared = ctx.spec.resources.gpu_memory
+        memory = quantity_gib(declared) if declared is not None else 0.0  # 0: unknown, fit not checked
         return Hardware(
             "cuda",
             gpus,
@@ -168,7 +167,7 @@ def _general_answers(
         _answer_key(model, method, prompts),
         [*prompts.regression, *prompts.replay],
         generate,
-        cache_dir=cache_root(),
+        cache_dir=ctx.environment.cache,
         store=ctx.store,
         output_uri=ctx.spec.output.uri,
     )
@@ -197,7 +196,7 @@ def load_regression_set(
             lambda: [(loss.nll_sum, loss.tokens) for loss in compute()],
             max_length=FORGETTING_MAX_LENGTH,
             precision="bf16" if model.hardware.bf16 else "fp32",  # how load_base loaded it
-            cache_dir=cache_root(),
+            cache_dir=ctx.environment.cache,
             store=ctx.store,
             output_uri=ctx.spec.output.uri,
         )
@@ -266,7 +265,7 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
     cached = find_answers(
         _answer_key(model, method, prompts),
         [*prompts.regression, *prompts.replay],
-        cache_dir=cache_root(),
+        cache_dir=ctx.environment.cache,
         store=ctx.store,
         output_uri=ctx.spec.output.uri,
     )

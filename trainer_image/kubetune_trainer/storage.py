@@ -75,8 +75,9 @@ class ObjectStore:
     Secret, or the pod's web identity for IRSA/Workload Identity): never from the manifest.
     """
 
-    def __init__(self, s3: S3Spec | None = None) -> None:
+    def __init__(self, s3: S3Spec | None = None, *, ca_bundle: Path | None = None) -> None:
         self._s3_spec = s3 or S3Spec()
+        self._ca_bundle = ca_bundle  # spec.s3.caBundle as mounted in the pod (TrainerEnvironment)
         self._client: Any = None
 
     # ------------------------------------------------------------------ plumbing
@@ -93,13 +94,12 @@ class ObjectStore:
                 connect_timeout=10,
                 read_timeout=60,
             )
-            ca_bundle = os.environ.get("KUBETUNE_S3_CA_BUNDLE") or None
             self._client = boto3.client(
                 "s3",
                 endpoint_url=spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or None,
                 region_name=spec.region or os.environ.get("AWS_REGION") or "us-east-1",
                 config=config,
-                verify=ca_bundle if ca_bundle else None,
+                verify=str(self._ca_bundle) if self._ca_bundle is not None else None,
             )
         return self._client
 

@@ -11,23 +11,38 @@ from typing import Any
 
 import yaml
 
-from kubetune.api.exitcodes import FAIL_JOB_EXIT_CODES, TERMINATION_LOG_ENV, TERMINATION_LOG_PATH
-from kubetune.api.telemetry import ENV_METRICS_PORT, ENV_PUSH_INTERVAL, ENV_PUSHGATEWAY_URL
+from kubetune.api.contract import (
+    CACHE,
+    COMPONENT_LABEL,
+    ENV_CACHE,
+    ENV_JOB_NAME,
+    ENV_JOB_NAMESPACE,
+    ENV_METRICS_PORT,
+    ENV_PUSH_INTERVAL,
+    ENV_PUSHGATEWAY_URL,
+    ENV_REPORT_STATUS,
+    ENV_S3_CA_BUNDLE,
+    ENV_SCRATCH,
+    ENV_TERMINATION_LOG,
+    FAIL_JOB_EXIT_CODES,
+    FINETUNEJOB_ANNOTATION,
+    JOB_FILE,
+    JOB_FILE_KEY,
+    JOB_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    SCRATCH,
+    TERMINATION_LOG_PATH,
+    TRAINER_CONTAINER,
+)
 from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec
 from kubetune.operator.config import OperatorConfig
 
-MANAGED_BY = "kubetune-operator"
-JOB_LABEL = "kubetune.dev/job"
-COMPONENT_LABEL = "app.kubernetes.io/component"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-JOB_FILE = "/etc/kubetune/job.yaml"
-SCRATCH = "/scratch"
 CA_DIR = "/etc/kubetune/ca"
 TRAINER_UID = 1000
-TRAINER_CONTAINER = "trainer"
 # A label value is at most 63 characters (a FineTuneJob name may have 253); the full name stays
-# in this annotation, and ownerReferences carry the uid.
-FINETUNEJOB_ANNOTATION = "kubetune.dev/finetunejob"
+# in the FINETUNEJOB_ANNOTATION, and ownerReferences carry the uid.
 LABEL_VALUE_LIMIT = 63
 
 
@@ -93,7 +108,7 @@ def labels(owner: Owner, component: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "kubetune",
         "app.kubernetes.io/instance": label_value(owner.name),
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MANAGED_BY_LABEL: MANAGED_BY,
         COMPONENT_LABEL: component,
         JOB_LABEL: label_value(owner.name),
     }
@@ -131,7 +146,7 @@ def build_spec_configmap(owner: Owner, spec: FineTuneJobSpec, config: OperatorCo
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(owner, spec_configmap_name(owner.name), "spec"),
-        "data": {"job.yaml": yaml.safe_dump(document, sort_keys=False)},
+        "data": {JOB_FILE_KEY: yaml.safe_dump(document, sort_keys=False)},
         "immutable": True,
     }
 
@@ -182,16 +197,16 @@ def build_trainer_rbac(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, An
 
 def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "KUBETUNE_JOB_NAME", "value": owner.name},
-        {"name": "KUBETUNE_JOB_NAMESPACE", "value": owner.namespace},
-        {"name": "KUBETUNE_REPORT_STATUS", "value": "true"},
-        {"name": "KUBETUNE_SCRATCH", "value": SCRATCH},
-        {"name": "KUBETUNE_CACHE", "value": f"{SCRATCH}/cache"},
+        {"name": ENV_JOB_NAME, "value": owner.name},
+        {"name": ENV_JOB_NAMESPACE, "value": owner.namespace},
+        {"name": ENV_REPORT_STATUS, "value": "true"},
+        {"name": ENV_SCRATCH, "value": SCRATCH},
+        {"name": ENV_CACHE, "value": CACHE},
         {"name": "HOME", "value": f"{SCRATCH}/home"},
         {"name": "HF_HOME", "value": f"{SCRATCH}/hf"},
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
-        {"name": TERMINATION_LOG_ENV, "value": TERMINATION_LOG_PATH},  # where the trainer says why it stopped
+        {"name": ENV_TERMINATION_LOG, "value": TERMINATION_LOG_PATH},  # where the trainer says why it stopped
     ]
     secret = spec.s3.credentials_secret
     if secret is not None:
@@ -203,7 +218,7 @@ def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
             keys.append(("AWS_SESSION_TOKEN", secret.session_token_key))
         env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}} for var, key in keys]
     if spec.s3.ca_bundle is not None:
-        env.append({"name": "KUBETUNE_S3_CA_BUNDLE", "value": f"{CA_DIR}/{spec.s3.ca_bundle.key}"})
+        env.append({"name": ENV_S3_CA_BUNDLE, "value": f"{CA_DIR}/{spec.s3.ca_bundle.key}"})
     return env
 
 
@@ -231,7 +246,7 @@ def _volumes(owner: Owner, spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]],
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.storage.shm_size}},
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": "job-spec", "mountPath": "/etc/kubetune/job.yaml", "subPath": "job.yaml", "readOnly": True},
+        {"name": "job-spec", "mountPath": JOB_FILE, "subPath": JOB_FILE_KEY, "readOnly": True},
         {"name": "scratch", "mountPath": SCRATCH},
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "dshm", "mountPath": "/dev/shm"},
@@ -345,9 +360,6 @@ def build_preflight_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorCon
     pod = _pod_spec(
         owner, spec, config, command=["kubetune", "preflight", "--job", JOB_FILE], resources=resources, scheduling=False
     )
-    if spec.resources.gpu_memory:
-        # The pre-flight pod has no GPU; it checks the fit against the declared GPU memory.
-        pod["containers"][0]["env"].append({"name": "KUBETUNE_GPU_MEMORY", "value": spec.resources.gpu_memory})
     extra: dict[str, Any] = {"activeDeadlineSeconds": 1800}
     return _job(owner, preflight_job_name(owner.name), "preflight", pod, backoff_limit=1, extra=extra)
 

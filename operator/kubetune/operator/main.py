@@ -13,9 +13,10 @@ from typing import Any
 
 import kopf
 
+from kubetune.api import contract
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 from kubetune.kubeclient import Credentials, load_configuration
-from kubetune.operator import children, pushgateway
+from kubetune.operator import pushgateway
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.events import PhaseEvents
 from kubetune.operator.kube import Kube
@@ -105,7 +106,7 @@ async def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str,
         memo["queue"].trigger(namespace, name)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": children.MANAGED_BY})
+@kopf.on.event("batch", "v1", "jobs", labels={contract.MANAGED_BY_LABEL: contract.MANAGED_BY})
 async def on_child_job(body: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     meta = body.get("metadata", {})
     for ref in meta.get("ownerReferences") or []:

@@ -42,7 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 import kubetune.api
-from kubetune.api.telemetry import FINETUNEJOB_LABEL, NAMESPACE_LABEL
+from kubetune.api.contract import FINETUNEJOB_LABEL, NAMESPACE_LABEL
 from kubetune.api.v1alpha1 import TERMINAL_PHASES, Phase
 
 # Waiting (creation to Job, creation to Running): seconds to a day, GPU queues can be long.

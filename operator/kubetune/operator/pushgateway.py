@@ -18,7 +18,7 @@ from urllib.error import URLError
 
 from prometheus_client import delete_from_gateway
 
-from kubetune.api.telemetry import FINETUNEJOB_LABEL, NAMESPACE_LABEL, PUSHGATEWAY_JOB, pushgateway_grouping_key
+from kubetune.api.contract import FINETUNEJOB_LABEL, NAMESPACE_LABEL, PUSHGATEWAY_JOB, pushgateway_grouping_key
 
 log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 5.0

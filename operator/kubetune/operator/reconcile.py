@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubetune.api.exitcodes import REPORTING_FAILURES
+from kubetune.api.contract import REPORTING_FAILURES
 from kubetune.api.v1alpha1 import TERMINAL_PHASES, FineTuneJobSpec, Phase
 from kubetune.operator import children, validation
 from kubetune.operator.config import OperatorConfig

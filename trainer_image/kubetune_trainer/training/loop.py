@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -19,9 +18,10 @@ from typing import Any
 
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 
+from kubetune.api.contract import EXIT_OK, EXIT_PREEMPTED
 from kubetune.api.v1alpha1 import MethodType, Progress, ResolvedTraining
 from kubetune_trainer.data.types import Example
-from kubetune_trainer.errors import EXIT_OK, EXIT_PREEMPTED
+from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.reporting import TrainingMetrics
 from kubetune_trainer.tensors.batching import RowDataset, TokenMeter, build_rows, collator_for
 from kubetune_trainer.tensors.encode import encode_example
@@ -50,6 +50,7 @@ class TrainConfig:
     on_progress: Callable[[Progress], None] | None = None
     on_metrics: Callable[[TrainingMetrics], None] | None = None
     on_checkpoint: Callable[[int], None] | None = None
+    environment: TrainerEnvironment = field(default_factory=TrainerEnvironment.from_env)
 
 
 @dataclass
@@ -175,7 +176,7 @@ class TraceMicroSteps(TrainerCallback):
 
 def _arguments(config: TrainConfig, has_validation: bool) -> TrainingArguments:
     hp = config.resolved.hyperparameters
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = config.environment.distributed
     return TrainingArguments(
         output_dir=str(config.output_dir / "trainer"),
         num_train_epochs=hp.epochs or 1,
@@ -235,7 +236,7 @@ def train(config: TrainConfig) -> TrainOutcome:
     train_rows = rows_for(config.train)
     eval_rows = rows_for(config.validation) if config.validation else None
     meter = TokenMeter()
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = config.environment.world_size
 
     keep_best = KeepBest(model, hp.early_stopping_patience or 0)
     sigterm = StopOnSigterm()
@@ -250,7 +251,7 @@ def train(config: TrainConfig) -> TrainOutcome:
                 on_metrics=config.on_metrics,
             )
         )
-    if os.environ.get("KUBETUNE_TRACE_MICROSTEPS") == "1":
+    if config.environment.trace_microsteps:
         callbacks.append(TraceMicroSteps())
     trainer = MeteredTrainer(
         meter=meter,
@@ -269,8 +270,8 @@ def train(config: TrainConfig) -> TrainOutcome:
         keep_best.load_from(resume)
     log.info(
         "training: process %s of %s, %d rows of up to %d tokens, %s",
-        os.environ.get("RANK", "0"),
-        os.environ.get("WORLD_SIZE", "1"),
+        config.environment.rank,
+        config.environment.world_size,
         len(train_rows),
         seq_len,
         "packed" if packing else "padded",

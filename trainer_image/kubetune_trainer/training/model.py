@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from kubetune.api.v1alpha1 import LoraSpec, MethodType, ResolvedTraining
+from kubetune_trainer.environment import TrainerEnvironment
 
 
 def bf16_capable(device: str) -> bool:
@@ -46,7 +46,7 @@ def quantization_config() -> Any:
 
 def _device_map(device: str) -> dict[str, int | str]:
     # Under torchrun each process holds its own replica on its own GPU.
-    return {"": int(os.environ.get("LOCAL_RANK", "0"))} if device == "cuda" else {"": "cpu"}
+    return {"": TrainerEnvironment.from_env().local_rank} if device == "cuda" else {"": "cpu"}
 
 
 def load_base(model_dir: Path, method: MethodType, *, device: str, bf16: bool) -> Any:

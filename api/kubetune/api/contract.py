@@ -1,0 +1,110 @@
+"""The operator→pod contract: everything that crosses from the control plane into a trainer pod
+and back, named once. Both planes import this module, so no name, path or number can drift apart.
+
+- Environment: the variables the operator sets on a trainer container (the trainer reads them all
+  once, in ``kubetune_trainer.environment.TrainerEnvironment.from_env``).
+- Files: where the job's manifest is mounted, the scratch volume, the termination message.
+- Exit codes: how the trainer says why it stopped; the Jobs' ``podFailurePolicy`` acts on them.
+- Labels and annotations: how the operator marks its children and how both planes label metrics.
+
+Exit codes 3 and 4 were free: Python itself exits with 1 (uncaught exception) and 2 (command-line
+usage errors, which are bad input too), the shell with 126/127, and signals give 128 + N
+(137 SIGKILL/OOMKilled, 143 SIGTERM). Nothing in the trainer's stack exits with 3 or 4.
+
+Before any non-zero exit the trainer writes one line saying why to the file named by
+:data:`ENV_TERMINATION_LOG` (the container's ``terminationMessagePath``), so ``kubectl describe
+pod`` and the operator can show it. The line starts with a reason, ``<Reason>: <detail>``, e.g.
+``TrainerCannotReport: HTTP 403 Forbidden: <the API's message>``.
+"""
+
+from __future__ import annotations
+
+# --- Environment of a trainer container -----------------------------------------------------
+ENV_JOB_NAME = "KUBETUNE_JOB_NAME"
+"""The FineTuneJob's name: the status the trainer patches and the job label of its metrics."""
+ENV_JOB_NAMESPACE = "KUBETUNE_JOB_NAMESPACE"
+ENV_REPORT_STATUS = "KUBETUNE_REPORT_STATUS"
+"""``true`` in a pod: write progress and results to the FineTuneJob status. Unset locally."""
+ENV_SCRATCH = "KUBETUNE_SCRATCH"
+"""The pod's writable scratch volume; the work folder is ``<scratch>/work``."""
+ENV_CACHE = "KUBETUNE_CACHE"
+"""Where downloaded models and generated base answers are cached (writable)."""
+ENV_SYSTEM_CACHE = "KUBETUNE_SYSTEM_CACHE"
+"""A read-only cache baked into the trainer image (the built-in model), consulted after ENV_CACHE."""
+ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"
+"""Where the trainer writes its termination message (the container's ``terminationMessagePath``)."""
+ENV_S3_CA_BUNDLE = "KUBETUNE_S3_CA_BUNDLE"
+"""The CA bundle (``spec.s3.caBundle``) as a file in the pod, for TLS to a private S3 endpoint."""
+ENV_METRICS_PORT = "KUBETUNE_METRICS_PORT"
+"""The port the trainer serves ``/metrics`` on (also honoured by ``kubetune run``)."""
+ENV_PUSHGATEWAY_URL = "KUBETUNE_PUSHGATEWAY_URL"
+ENV_PUSH_INTERVAL = "KUBETUNE_PUSH_INTERVAL_SECONDS"
+ENV_TRACE_MICROSTEPS = "KUBETUNE_TRACE_MICROSTEPS"
+"""``1``: log every micro-batch's tokens (tests of gradient accumulation read it). Never set by the operator."""
+
+# --- Files and folders in a trainer pod --------------------------------------------------------
+JOB_FILE = "/etc/kubetune/job.yaml"
+"""The FineTuneJob manifest (a ConfigMap key mounted read-only): ``kubetune train --job JOB_FILE``."""
+JOB_FILE_KEY = "job.yaml"
+"""The key of the job's ConfigMap that is mounted as JOB_FILE."""
+SCRATCH = "/scratch"
+"""The scratch volume in a pod; also the trainer's default when ENV_SCRATCH is unset."""
+CACHE = f"{SCRATCH}/cache"
+TERMINATION_LOG_PATH = "/dev/termination-log"
+"""The trainer container's ``terminationMessagePath`` (the Kubernetes default, set explicitly)."""
+TERMINATION_MESSAGE_LIMIT = 4096
+"""Bytes of a termination message the kubelet keeps; the trainer writes no more than this."""
+TRAINER_CONTAINER = "trainer"
+"""The container whose exit code and termination message the operator reads."""
+
+# --- Exit codes ----------------------------------------------------------------------------------
+EXIT_OK = 0
+"""Done: published (also when the quality gate is missed: published, not promoted), or pre-flight passed."""
+
+EXIT_RETRYABLE = 1
+"""A failure another pod may not repeat (storage unreachable, out of memory, a crash): the Job retries."""
+
+EXIT_CONFIG = 2
+"""Bad manifest, bad dataset, failed pre-flight: a retry cannot fix it. FailJob at once."""
+
+EXIT_CANNOT_REPORT = 3
+"""The trainer cannot write its FineTuneJob status (credentials refused, API unreachable for the
+whole first-write window), so it stopped before doing any work: training that nobody can follow
+must not run for hours. A retried pod would have the same ServiceAccount and Role. FailJob at once."""
+
+EXIT_RESULT_NOT_REPORTED = 4
+"""The run was trained and published (its artifacts are in storage and stay there) but the final
+result could not be written to the FineTuneJob status. Retrying would train again for hours.
+FailJob at once; the termination message names the version and manifest URI."""
+
+EXIT_PREEMPTED = 143
+"""SIGTERM (node drain, preemption): a checkpoint was written and the next pod resumes from it."""
+
+FAIL_JOB_EXIT_CODES = (EXIT_CONFIG, EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED)
+"""The codes the pod failure policy fails the Job on at once (retrying cannot help)."""
+
+REPORTING_FAILURES = (EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED)
+"""The codes meaning "could not write the FineTuneJob status": the trainer's termination message
+(read from the pod) is then the only place where it could leave the reason."""
+
+# --- Labels and annotations -------------------------------------------------------------------
+MANAGED_BY = "kubetune-operator"
+"""``app.kubernetes.io/managed-by`` of every child; the operator watches Jobs with it."""
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+JOB_LABEL = "kubetune.dev/job"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+FINETUNEJOB_ANNOTATION = "kubetune.dev/finetunejob"
+"""The FineTuneJob's full name: a label value is at most 63 characters, a name up to 253."""
+
+# Every per-job metric series, from the operator or a trainer, names its FineTuneJob with these two
+# labels. Not ``job``: Prometheus owns that label (the scrape job) and would rename ours.
+NAMESPACE_LABEL = "namespace"
+FINETUNEJOB_LABEL = "finetunejob"
+
+PUSHGATEWAY_JOB = "kubetune-trainer"
+"""A trainer pushes under this group key, so its final values outlive the pod and the operator can
+delete exactly that group when the FineTuneJob is deleted."""
+
+
+def pushgateway_grouping_key(namespace: str, finetunejob: str) -> dict[str, str]:
+    return {NAMESPACE_LABEL: namespace, FINETUNEJOB_LABEL: finetunejob}

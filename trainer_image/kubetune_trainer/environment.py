@@ -1,0 +1,85 @@
+"""The trainer's process environment, read in one place (the mirror of the operator's config
+loader): what the operator set on the pod (``kubetune.api.contract``) and what torchrun sets for each
+rank. A run reads it once, at start-up (``RunContext.environment``); helpers used outside a run (the
+built-in model's cache, a model's device) call :meth:`TrainerEnvironment.from_env` themselves.
+Nothing else in the trainer reads ``os.environ`` for these names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubetune.api import contract
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PUSH_INTERVAL_SECONDS = 15
+
+
+@dataclass(frozen=True)
+class TrainerEnvironment:
+    job_name: str | None  # the FineTuneJob the operator runs this pod for; None locally
+    job_namespace: str | None
+    report_status: bool  # write progress and results to the FineTuneJob status (in a pod)
+    scratch: Path
+    cache: Path
+    system_cache: Path | None  # read-only, baked into the image
+    termination_log: Path | None
+    s3_ca_bundle: Path | None  # spec.s3.caBundle, mounted by the operator
+    metrics_port: int | None
+    pushgateway_url: str | None
+    push_interval_seconds: int
+    trace_microsteps: bool
+    # torchrun's per-process variables: one process per GPU, rank 0 reports and publishes.
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TrainerEnvironment:
+        env = os.environ if env is None else env
+
+        def text(name: str) -> str | None:
+            return env.get(name, "").strip() or None
+
+        def number(name: str) -> int | None:
+            """A whole number; a bad one is logged and ignored, never fatal to a run."""
+            raw = text(name)
+            if raw is None:
+                return None
+            if raw.isdigit():
+                return int(raw)
+            log.warning("ignoring %s=%r: expected a whole number", name, raw)
+            return None
+
+        system_cache = text(contract.ENV_SYSTEM_CACHE)
+        termination_log = text(contract.ENV_TERMINATION_LOG)
+        return cls(
+            job_name=text(contract.ENV_JOB_NAME),
+            job_namespace=text(contract.ENV_JOB_NAMESPACE),
+            report_status=(text(contract.ENV_REPORT_STATUS) or "").lower() == "true",
+            scratch=Path(text(contract.ENV_SCRATCH) or contract.SCRATCH),
+            cache=Path(text(contract.ENV_CACHE) or Path.home() / ".cache" / "kubetune"),
+            system_cache=Path(system_cache) if system_cache else None,
+            termination_log=Path(termination_log) if termination_log else None,
+            s3_ca_bundle=Path(ca_bundle) if (ca_bundle := text(contract.ENV_S3_CA_BUNDLE)) else None,
+            metrics_port=number(contract.ENV_METRICS_PORT),
+            pushgateway_url=text(contract.ENV_PUSHGATEWAY_URL),
+            push_interval_seconds=number(contract.ENV_PUSH_INTERVAL) or DEFAULT_PUSH_INTERVAL_SECONDS,
+            trace_microsteps=text(contract.ENV_TRACE_MICROSTEPS) == "1",
+            rank=number("RANK") or 0,
+            local_rank=number("LOCAL_RANK") or 0,
+            world_size=number("WORLD_SIZE") or 1,
+        )
