@@ -2,50 +2,20 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
-
-from kubetune.api.manifest import parse_spec
-from kubetune.api.v1alpha1 import MethodType
-from kubetune_trainer.plan import Hardware, preflight_estimate, resolve_training
-
-CPU = Hardware("cpu", 0, "cpu", 0.0, False, 24.0, 2)
-L4 = Hardware("cuda", 1, "NVIDIA L4", 24.0, True, 64.0, 8)
-SMOL = SimpleNamespace(
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    vocab_size=49152,
-    max_position_embeddings=8192,
-    tie_word_embeddings=True,
-)
-SEVEN_B = SimpleNamespace(
-    hidden_size=4096,
-    intermediate_size=14336,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    vocab_size=128256,
-    max_position_embeddings=8192,
-    tie_word_embeddings=False,
-)
-
-
-def spec(**extra: Any):  # type: ignore[no-untyped-def]
-    return parse_spec(
-        {"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}, **extra}
-    )
+from kubetune.api.v1alpha1 import MethodType, ResolvedFullTraining
+from kubetune_trainer.plan import preflight_estimate, resolve_training
+from tests.trainer.plans import CPU, L4, NO_REPLAY, SEVEN_B, SMOL, spec
 
 
 def test_auto_method_fits_the_hardware() -> None:
     assert (
-        resolve_training(spec(), CPU, train_examples=500, token_lengths=[100] * 500, model_config=SMOL).method
+        resolve_training(
+            spec(), CPU, train_examples=500, token_lengths=[100] * 500, shape=SMOL, replay=NO_REPLAY
+        ).method
         == MethodType.LORA
     )
     assert (
-        resolve_training(spec(), L4, train_examples=500, token_lengths=[100] * 500, model_config=SMOL).method
+        resolve_training(spec(), L4, train_examples=500, token_lengths=[100] * 500, shape=SMOL, replay=NO_REPLAY).method
         == MethodType.QLORA
     )
 
@@ -59,7 +29,8 @@ def test_user_values_win_and_everything_is_filled() -> None:
         L4,
         train_examples=500,
         token_lengths=[100] * 500,
-        model_config=SMOL,
+        shape=SMOL,
+        replay=NO_REPLAY,
     )
     hp = resolved.hyperparameters
     assert (resolved.method, hp.learning_rate, hp.epochs, hp.packing, hp.sequence_length) == (
@@ -69,18 +40,18 @@ def test_user_values_win_and_everything_is_filled() -> None:
         False,
         256,
     )
-    assert resolved.lora is None
+    assert isinstance(resolved, ResolvedFullTraining)
     assert all(value is not None for value in hp.model_dump().values())
 
 
 def test_sequence_length_covers_the_99th_percentile() -> None:
     lengths = [100] * 990 + [700] * 10
-    resolved = resolve_training(spec(), CPU, train_examples=1000, token_lengths=lengths, model_config=SMOL)
+    resolved = resolve_training(spec(), CPU, train_examples=1000, token_lengths=lengths, shape=SMOL, replay=NO_REPLAY)
     assert resolved.hyperparameters.sequence_length == 128
     lengths = [100] * 980 + [700] * 20
     assert (
         resolve_training(
-            spec(), CPU, train_examples=1000, token_lengths=lengths, model_config=SMOL
+            spec(), CPU, train_examples=1000, token_lengths=lengths, shape=SMOL, replay=NO_REPLAY
         ).hyperparameters.sequence_length
         == 704
     )
@@ -92,12 +63,18 @@ def test_estimates_grow_with_the_job_and_refuse_what_cannot_fit() -> None:
         L4,
         train_examples=1000,
         token_lengths=[512] * 1000,
-        model_config=SEVEN_B,
+        shape=SEVEN_B,
+        replay=NO_REPLAY,
     )
     fits = preflight_estimate(small, SEVEN_B, L4, train_tokens=512_000, total_memory_limit_gib=None)
     assert fits.passed and fits.estimated_memory_gib is not None and fits.estimated_memory_gib < 24
     full = resolve_training(
-        spec(method={"type": "full"}), L4, train_examples=1000, token_lengths=[512] * 1000, model_config=SEVEN_B
+        spec(method={"type": "full"}),
+        L4,
+        train_examples=1000,
+        token_lengths=[512] * 1000,
+        shape=SEVEN_B,
+        replay=NO_REPLAY,
     )
     refused = preflight_estimate(full, SEVEN_B, L4, train_tokens=512_000, total_memory_limit_gib=None)
     assert not refused.passed

@@ -13,7 +13,7 @@ from kubetune_trainer.general_prompts import GeneralPrompt, load_general_prompts
 from kubetune_trainer.plan import DEFAULTS, preflight_estimate, resolve_replay, resolve_training
 from kubetune_trainer.replay import answers_worth_replaying, choose_replay_prompts
 from kubetune_trainer.steps import interleave
-from tests.trainer.test_plan import CPU, SMOL
+from tests.trainer.plans import CPU, SMOL
 
 POOL = 184
 
@@ -22,7 +22,7 @@ def test_a_minimal_manifest_replays() -> None:
     spec = parse_spec({"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}})
     assert spec.dataset.replay.enabled is True and spec.dataset.replay.fraction is None
     replay = resolve_replay(spec.dataset.replay, task_train_examples=300, pool_size=POOL)
-    assert replay is not None and replay.examples == round(DEFAULTS.replay_fraction * 300)
+    assert replay.enabled and replay.examples == round(DEFAULTS.replay_fraction * 300)
 
 
 @pytest.mark.parametrize(
@@ -35,14 +35,14 @@ def test_a_minimal_manifest_replays() -> None:
 )
 def test_the_auto_amount_follows_the_data_size(task: int, expected: int) -> None:
     replay = resolve_replay(ReplaySpec(), task_train_examples=task, pool_size=POOL)
-    assert replay is not None and replay.examples == expected
+    assert replay.enabled and replay.examples == expected
     assert replay.fraction == round(expected / task, 4)
 
 
 def test_an_explicit_fraction_is_used_as_given_and_off_means_none() -> None:
     replay = resolve_replay(ReplaySpec(fraction=0.1), task_train_examples=200, pool_size=POOL)
-    assert replay is not None and replay.examples == 20  # no minimum under an explicit fraction
-    assert resolve_replay(ReplaySpec(enabled=False), task_train_examples=200, pool_size=POOL) is None
+    assert replay.enabled and replay.examples == 20  # no minimum under an explicit fraction
+    assert resolve_replay(ReplaySpec(enabled=False), task_train_examples=200, pool_size=POOL).enabled is False
 
 
 def test_an_out_of_range_fraction_is_refused_naming_the_field() -> None:
@@ -106,9 +106,7 @@ def test_replay_rows_are_spread_evenly_through_the_task() -> None:
 def test_the_plan_counts_replay_rows_and_the_estimate_includes_generating_base_answers() -> None:
     spec = parse_spec({"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}})
     replay = resolve_replay(spec.dataset.replay, task_train_examples=400, pool_size=POOL)
-    resolved = resolve_training(
-        spec, CPU, train_examples=520, token_lengths=[100] * 520, model_config=SMOL, replay=replay
-    )
+    resolved = resolve_training(spec, CPU, train_examples=520, token_lengths=[100] * 520, shape=SMOL, replay=replay)
     assert resolved.replay == replay
     cached = preflight_estimate(resolved, SMOL, CPU, train_tokens=52_000, total_memory_limit_gib=None)
     generating = preflight_estimate(

@@ -140,9 +140,10 @@ def test_a_real_trainer_run_meters_exactly_its_training_batches(tmp_path: Path, 
     from kubetune_trainer.tensors.encode import IGNORE_INDEX, encode_example
     from kubetune_trainer.training.checkpoints import CheckpointStore
     from kubetune_trainer.training.loop import TrainConfig, train
-    from tests.trainer.test_training_methods import EXAMPLES, resolved
+    from tests.trainer.plans import tiny_plan
+    from tests.trainer.test_training_methods import EXAMPLES
 
-    plan = resolved("lora", 1e-3)
+    plan = tiny_plan("lora", 1e-3)
     plan.hyperparameters.eval_steps = 1  # evaluate after every step: those batches must not count
     seen: list[TrainingMetrics] = []
     outcome = train(
@@ -159,7 +160,7 @@ def test_a_real_trainer_run_meters_exactly_its_training_batches(tmp_path: Path, 
     )
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = build_rows([encode_example(e, tokenizer, 64) for e in EXAMPLES[:16]], 64, packing=True)
-    epochs = int(plan.hyperparameters.epochs or 1)
+    epochs = int(plan.hyperparameters.epochs)
     assert len(seen) == outcome.global_step > 1
     assert seen[-1].tokens == epochs * sum(len(r.input_ids) for r in rows)
     targets = sum(1 for r in rows for label in r.labels[1:] if label != IGNORE_INDEX)

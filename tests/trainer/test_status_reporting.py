@@ -23,7 +23,7 @@ import yaml
 
 from kubetune.api.contract import ENV_TERMINATION_LOG, EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED
 from kubetune.api.manifest import load_manifest
-from kubetune.api.v1alpha1 import FineTuneJob, HyperparametersSpec, PreflightReport, Progress, ResolvedTraining
+from kubetune.api.v1alpha1 import FineTuneJob, PreflightReport, Progress, ResolvedTraining
 from kubetune.api.v1alpha1 import TrainerResult as Result
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import CannotReport, ResultNotReported
@@ -31,6 +31,7 @@ from kubetune_trainer.pipeline import Mode, run_pipeline, write_termination_mess
 from kubetune_trainer.reporting.kubernetes import Backoff, KubernetesStatusReporter, custom_objects_api
 from tests.kubeapi.model import ApiError, FieldError, ResourceType, UserInfo
 from tests.trainer.jobs import write_dataset, write_job
+from tests.trainer.plans import tiny_plan
 
 FINETUNEJOBS = ResourceType(
     "kubetune.dev",
@@ -244,7 +245,7 @@ def in_pod(monkeypatch: pytest.MonkeyPatch, termination_log: Path) -> None:
 
 
 def resolved_plan() -> ResolvedTraining:
-    return ResolvedTraining(method="lora", hyperparameters=HyperparametersSpec())
+    return tiny_plan("lora")
 
 
 # --------------------------------------------------------------------------- the first write

@@ -13,6 +13,7 @@ import torch
 
 from kubetune.api.v1alpha1 import MethodType
 from kubetune_trainer.export.merge import merge_adapter
+from kubetune_trainer.plan import DEFAULTS
 from kubetune_trainer.training.strength import choose_scale, publish_scale, set_scale
 from tests.trainer.jobs import write_dataset, write_job
 from tests.trainer.test_training_methods import run
@@ -45,14 +46,14 @@ def test_the_weakest_scale_that_keeps_the_validation_metric_is_chosen(
     table: dict[float, float], chosen: float, asked: list[float]
 ) -> None:
     score_at, seen = scores(table)
-    choice = choose_scale(score_at)
+    choice = choose_scale(score_at, DEFAULTS.adapter_strengths)
     assert (choice.scale, seen, choice.how) == (chosen, asked, "validation")
     assert choice.scores == {s: table[s] for s in asked}
 
 
 def test_a_lower_is_better_metric_is_kept_from_rising() -> None:
     score_at, _ = scores({1.0: 2.0, 0.9: 2.1, 0.8: 2.2})
-    assert choose_scale(score_at, lower_is_better=True).scale == 0.9
+    assert choose_scale(score_at, DEFAULTS.adapter_strengths, lower_is_better=True).scale == 0.9
 
 
 def test_the_published_adapter_and_merged_model_are_the_model_evaluated(tmp_path: Path, tiny_model_dir: Path) -> None:

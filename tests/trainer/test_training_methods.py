@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kubetune.api.v1alpha1 import MethodType, ResolvedTraining
+from kubetune.api.v1alpha1 import MethodType
 from kubetune_trainer.data.types import Example, Message
 from kubetune_trainer.export.merge import merge_adapter
 from kubetune_trainer.storage import ObjectStore
@@ -20,6 +20,7 @@ from kubetune_trainer.training.checkpoints import CheckpointStore
 from kubetune_trainer.training.loop import TrainConfig, train
 from kubetune_trainer.training.model import load_tuned
 from tests.trainer.jobs import write_dataset, write_job
+from tests.trainer.plans import tiny_plan
 
 EXAMPLES = [
     Example(messages=(Message("user", f"ticket {i}: parcel {i * 31} is late"), Message("assistant", "shipping")))
@@ -27,36 +28,11 @@ EXAMPLES = [
 ]
 
 
-def resolved(method: str, lr: float = 5e-3) -> ResolvedTraining:
-    return ResolvedTraining.model_validate(
-        {
-            "method": method,
-            "lora": None if method == "full" else {"r": 4, "alpha": 8, "dropout": 0.0, "targetModules": ["all-linear"]},
-            "hyperparameters": {
-                "epochs": 3,
-                "learningRate": lr,
-                "lrScheduler": "constant",
-                "warmupRatio": 0.0,
-                "batchSize": 4,
-                "gradientAccumulationSteps": 1,
-                "weightDecay": 0.0,
-                "maxGradNorm": 1.0,
-                "sequenceLength": 64,
-                "packing": True,
-                "earlyStoppingPatience": 0,
-                "gradientCheckpointing": False,
-                "seed": 3,
-                "evalSteps": 100,
-            },
-        }
-    )
-
-
 def run(tmp_path: Path, model_dir: Path, method: str, lr: float = 5e-3):  # type: ignore[no-untyped-def]
     return train(
         TrainConfig(
             model_dir=model_dir,
-            resolved=resolved(method, lr),
+            resolved=tiny_plan(method, lr),
             train=EXAMPLES,
             validation=[],
             output_dir=tmp_path / method,

@@ -157,7 +157,7 @@ def _run_stages(ctx: RunContext) -> Exit:
         _print_timings(ctx)
         return Exit(EXIT_OK)
 
-    if resolved.replay is not None:
+    if resolved.replay.enabled:
         with ctx.clock.stage("replay"):
             steps.mix_in_replay(ctx, model, data, resolved)
     with ctx.clock.stage("train"):

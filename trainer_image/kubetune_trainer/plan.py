@@ -11,21 +11,24 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kubetune.api.v1alpha1 import (
     FineTuneJobSpec,
-    HyperparametersSpec,
-    LoraSpec,
     LrScheduler,
     MethodType,
     PreflightReport,
     ReplaySpec,
+    ResolvedAdapterTraining,
+    ResolvedFullTraining,
+    ResolvedHyperparameters,
+    ResolvedLora,
     ResolvedReplay,
     ResolvedTraining,
 )
 from kubetune_trainer.general_answers import MAX_NEW_TOKENS as ANSWER_MAX_NEW_TOKENS
 
+T = TypeVar("T")
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -57,8 +60,14 @@ class Defaults:
     replay_fraction: float = 0.5
     # A small task still gets enough replay to anchor the model: its few rows are seen every epoch.
     replay_min_examples: int = 48
+    # The longest example a run keeps, whatever the model supports: longer rows cost quadratic
+    # attention memory on every step for the few examples that need them.
     max_sequence_length: int = 2048
     checkpointing_min_params: float = 1e9  # gradient checkpointing pays off on bigger models
+    lora_target_modules: tuple[str, ...] = ("all-linear",)  # every linear layer: QLoRA paper, Axolotl, TRL
+    # Strengths the adapter may be kept at, strongest first (training/strength.py walks down them on
+    # the validation split; WiSE-FT style interpolation towards the base model).
+    adapter_strengths: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
 DEFAULTS = Defaults()
@@ -122,26 +131,88 @@ def _epochs_for(train_examples: int) -> float:
     return 1.0
 
 
-def _sequence_length(token_lengths: list[int], model_max: int) -> int:
+@dataclass(frozen=True)
+class ModelShape:
+    """The base model's dimensions, read from its config once (estimates and limits use them)."""
+
+    hidden_size: int
+    layers: int
+    intermediate_size: int
+    vocab_size: int
+    attention_heads: int
+    kv_heads: int
+    tied_embeddings: bool
+    max_positions: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelShape:
+        def number(name: str, fallback: int) -> int:
+            return int(getattr(config, name, fallback) or fallback)
+
+        hidden = number("hidden_size", 0)
+        heads = number("num_attention_heads", 1)
+        return cls(
+            hidden_size=hidden,
+            layers=number("num_hidden_layers", 0),
+            intermediate_size=number("intermediate_size", 4 * hidden),
+            vocab_size=number("vocab_size", 0),
+            attention_heads=heads,
+            kv_heads=number("num_key_value_heads", heads),
+            tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
+            # Transformers' own default when a config leaves it out.
+            max_positions=number("max_position_embeddings", 2048),
+        )
+
+    @property
+    def kv_dim(self) -> int:
+        return self.hidden_size * self.kv_heads // self.attention_heads
+
+    @property
+    def params(self) -> float:
+        hidden, kv_dim = self.hidden_size, self.kv_dim
+        per_layer = 2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * self.intermediate_size
+        return float(self.layers * per_layer + self.vocab_size * hidden * (1 if self.tied_embeddings else 2))
+
+    def lora_params(self, r: int) -> float:
+        hidden, kv_dim = self.hidden_size, self.kv_dim
+        per_layer = r * ((hidden + hidden) * 2 + (hidden + kv_dim) * 2 + (hidden + self.intermediate_size) * 3)
+        return float(self.layers * per_layer)
+
+
+def sequence_limit(spec: FineTuneJobSpec, shape: ModelShape) -> int:
+    """The longest example a run keeps (curation, a regression set) and the most an auto sequence
+    length may reach: the manifest's ``sequenceLength``, else what the model supports, at most
+    ``DEFAULTS.max_sequence_length``. Decided once, before the data is read."""
+    requested = spec.hyperparameters.sequence_length
+    return requested if requested is not None else min(shape.max_positions, DEFAULTS.max_sequence_length)
+
+
+def _sequence_length(token_lengths: list[int], limit: int) -> int:
+    """The 99th percentile of the examples' lengths, rounded up to 64, within ``limit``."""
     if not token_lengths:
-        return min(512, model_max)
+        return limit
     ordered = sorted(token_lengths)
     p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
-    return max(64, min(model_max, DEFAULTS.max_sequence_length, 64 * math.ceil(p99 / 64)))
+    return max(64, min(limit, 64 * math.ceil(p99 / 64)))
 
 
-def resolve_replay(spec: ReplaySpec, *, task_train_examples: int, pool_size: int) -> ResolvedReplay | None:
+def resolve_replay(spec: ReplaySpec, *, task_train_examples: int, pool_size: int) -> ResolvedReplay:
     """How many replay rows to mix in: a share of the task's training rows, at least
     ``replay_min_examples`` and never more than the pool (a pool repeated many times over would be
-    memorised rather than replayed). None when replay is off."""
+    memorised rather than replayed)."""
     if not spec.enabled:
-        return None
+        return ResolvedReplay(enabled=False, examples=0, fraction=0.0)
     fraction = spec.fraction if spec.fraction is not None else DEFAULTS.replay_fraction
     wanted = round(fraction * task_train_examples)
     if spec.fraction is None:
         wanted = max(wanted, DEFAULTS.replay_min_examples)
     examples = min(pool_size, wanted)
-    return ResolvedReplay(examples=examples, fraction=round(examples / max(1, task_train_examples), 4))
+    return ResolvedReplay(enabled=True, examples=examples, fraction=round(examples / max(1, task_train_examples), 4))
+
+
+def chosen(value: T | None, default: T) -> T:
+    """The manifest's value when it gave one, else the default (``or`` would also replace 0 and False)."""
+    return value if value is not None else default
 
 
 def resolve_method(spec: FineTuneJobSpec, hardware: Hardware) -> MethodType:
@@ -158,20 +229,20 @@ def resolve_training(
     *,
     train_examples: int,
     token_lengths: list[int],
-    model_config: Any,
-    replay: ResolvedReplay | None = None,
+    shape: ModelShape,
+    replay: ResolvedReplay,
 ) -> ResolvedTraining:
-    """Every auto value filled in; the user's own values always win. ``train_examples`` and
+    """Every auto value filled in, once; the user's own values always win. ``train_examples`` and
     ``token_lengths`` include the replay rows."""
     method = resolve_method(spec, hardware)
     user = spec.hyperparameters
-    model_max = int(getattr(model_config, "max_position_embeddings", 2048) or 2048)
-    seq_len = user.sequence_length or _sequence_length(token_lengths, model_max)
-    micro = user.batch_size or (4 if hardware.device == "cpu" else _gpu_micro_batch(hardware, seq_len))
+
+    seq_len = chosen(user.sequence_length, _sequence_length(token_lengths, sequence_limit(spec, shape)))
+    micro = chosen(user.batch_size, 4 if hardware.device == "cpu" else _gpu_micro_batch(hardware, seq_len))
     world = max(1, hardware.gpu_count if hardware.device == "cuda" else 1)
-    accumulation = user.gradient_accumulation_steps or max(1, round(DEFAULTS.effective_batch / (micro * world)))
-    epochs = user.epochs or _epochs_for(train_examples)
-    packing = user.packing if user.packing is not None else True
+    accumulation = chosen(user.gradient_accumulation_steps, max(1, round(DEFAULTS.effective_batch / (micro * world))))
+    epochs = chosen(user.epochs, _epochs_for(train_examples))
+    packing = chosen(user.packing, True)
     rows = train_examples
     if packing and token_lengths:
         # Packed rows hold several examples: count rows, not examples, or evaluations end up
@@ -179,79 +250,48 @@ def resolve_training(
         mean_tokens = sum(token_lengths) / len(token_lengths)
         rows = max(1, math.ceil(train_examples * mean_tokens / (seq_len * 0.9)))
     total_steps = max(1, math.ceil(rows / (micro * accumulation * world)) * math.ceil(epochs))
-    lr = (
-        user.learning_rate
-        or {
-            MethodType.QLORA: DEFAULTS.lr_qlora,
-            MethodType.LORA: DEFAULTS.lr_lora,
-            MethodType.FULL: DEFAULTS.lr_full,
-        }[method]
-    )
-    params = _param_count(model_config)
-    hyper = HyperparametersSpec(
+    default_lr = {
+        MethodType.QLORA: DEFAULTS.lr_qlora,
+        MethodType.LORA: DEFAULTS.lr_lora,
+        MethodType.FULL: DEFAULTS.lr_full,
+    }[method]
+    hyper = ResolvedHyperparameters(
         epochs=epochs,
-        learning_rate=lr,
-        lr_scheduler=user.lr_scheduler or DEFAULTS.scheduler,
-        warmup_ratio=user.warmup_ratio if user.warmup_ratio is not None else DEFAULTS.warmup_ratio,
+        learning_rate=chosen(user.learning_rate, default_lr),
+        lr_scheduler=chosen(user.lr_scheduler, DEFAULTS.scheduler),
+        warmup_ratio=chosen(user.warmup_ratio, DEFAULTS.warmup_ratio),
         batch_size=micro,
         gradient_accumulation_steps=accumulation,
-        weight_decay=user.weight_decay if user.weight_decay is not None else DEFAULTS.weight_decay,
-        max_grad_norm=user.max_grad_norm or DEFAULTS.max_grad_norm,
+        weight_decay=chosen(user.weight_decay, DEFAULTS.weight_decay),
+        max_grad_norm=chosen(user.max_grad_norm, DEFAULTS.max_grad_norm),
         sequence_length=seq_len,
         packing=packing,
-        early_stopping_patience=(
-            user.early_stopping_patience
-            if user.early_stopping_patience is not None
-            else DEFAULTS.early_stopping_patience
+        early_stopping_patience=chosen(user.early_stopping_patience, DEFAULTS.early_stopping_patience),
+        gradient_checkpointing=chosen(
+            user.gradient_checkpointing,
+            hardware.device == "cuda" and shape.params > DEFAULTS.checkpointing_min_params,
         ),
-        gradient_checkpointing=(
-            user.gradient_checkpointing
-            if user.gradient_checkpointing is not None
-            else hardware.device == "cuda" and params > DEFAULTS.checkpointing_min_params
-        ),
-        seed=user.seed if user.seed is not None else DEFAULTS.seed,
-        eval_steps=user.eval_steps or max(1, total_steps // DEFAULTS.evaluations_per_run),
+        seed=chosen(user.seed, DEFAULTS.seed),
+        eval_steps=chosen(user.eval_steps, max(1, total_steps // DEFAULTS.evaluations_per_run)),
     )
-    lora = None
-    if method != MethodType.FULL:
-        requested = spec.method.lora
-        r = requested.r or DEFAULTS.lora_r
-        lora = LoraSpec(
-            r=r,
-            alpha=requested.alpha or DEFAULTS.lora_alpha_per_r * r,
-            dropout=requested.dropout if requested.dropout is not None else DEFAULTS.lora_dropout,
-            target_modules=requested.target_modules or ["all-linear"],
-            scale=requested.scale,  # unset: chosen on the validation split after training (training/strength.py)
-        )
-    return ResolvedTraining(method=method, lora=lora, hyperparameters=hyper, replay=replay)
+    if method == MethodType.FULL:
+        return ResolvedFullTraining(method=method, hyperparameters=hyper, replay=replay)
+    requested = spec.method.lora
+    r = chosen(requested.r, DEFAULTS.lora_r)
+    lora = ResolvedLora(
+        r=r,
+        alpha=chosen(requested.alpha, DEFAULTS.lora_alpha_per_r * r),
+        dropout=chosen(requested.dropout, DEFAULTS.lora_dropout),
+        target_modules=requested.target_modules or list(DEFAULTS.lora_target_modules),  # [] means auto too
+        # The manifest's strength, else the candidates the validation split chooses from after training.
+        strengths=[requested.scale] if requested.scale is not None else list(DEFAULTS.adapter_strengths),
+    )
+    return ResolvedAdapterTraining(method=method, lora=lora, hyperparameters=hyper, replay=replay)
 
 
 def _gpu_micro_batch(hardware: Hardware, seq_len: int) -> int:
     budget = 8 if hardware.gpu_memory_gib < 30 else 16
     return max(1, budget * 1024 // max(seq_len, 1024))
-
-
-def _param_count(config: Any) -> float:
-    hidden = int(getattr(config, "hidden_size", 0) or 0)
-    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
-    inter = int(getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden)
-    vocab = int(getattr(config, "vocab_size", 0) or 0)
-    heads = int(getattr(config, "num_attention_heads", 1) or 1)
-    kv_heads = int(getattr(config, "num_key_value_heads", heads) or heads)
-    kv_dim = hidden * kv_heads // heads
-    per_layer = 2 * hidden * hidden + 2 * hidden * kv_dim + 3 * hidden * inter
-    tied = bool(getattr(config, "tie_word_embeddings", True))
-    return float(layers * per_layer + vocab * hidden * (1 if tied else 2))
-
-
-def _lora_params(config: Any, r: int) -> float:
-    hidden = int(getattr(config, "hidden_size", 0) or 0)
-    inter = int(getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden)
-    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
-    heads = int(getattr(config, "num_attention_heads", 1) or 1)
-    kv_dim = hidden * int(getattr(config, "num_key_value_heads", heads) or heads) // heads
-    per_layer = r * ((hidden + hidden) * 2 + (hidden + kv_dim) * 2 + (hidden + inter) * 3)
-    return float(layers * per_layer)
 
 
 # Sustained training throughput assumed by the time estimate, in model FLOPs per second.
@@ -266,7 +306,7 @@ GENERATION_EFFICIENCY = 0.25
 
 def preflight_estimate(
     resolved: ResolvedTraining,
-    model_config: Any,
+    shape: ModelShape,
     hardware: Hardware,
     *,
     train_tokens: int,
@@ -277,7 +317,7 @@ def preflight_estimate(
 
     ``answers_to_generate``: base-model answers to general prompts the training pod must generate
     first (none when they are cached); their time is part of the estimate."""
-    params = _param_count(model_config)
+    params = shape.params
     hyper = resolved.hyperparameters
     method = MethodType(resolved.method)
     on_gpu = hardware.device == "cuda"
@@ -286,24 +326,18 @@ def preflight_estimate(
         MethodType.LORA: 2.0 if on_gpu else 4.0,
         MethodType.FULL: 2.0 if on_gpu else 4.0,
     }[method]
-    trainable = (
-        params
-        if method == MethodType.FULL
-        else _lora_params(model_config, (resolved.lora.r or 8) if resolved.lora else 8)
-    )
+    trainable = shape.lora_params(resolved.lora.r) if isinstance(resolved, ResolvedAdapterTraining) else params
     # fp32 master copy + Adam's two moments + gradient for each trainable parameter.
     optimizer_bytes = trainable * (4 + 8 + 4)
-    hidden = int(getattr(model_config, "hidden_size", 0) or 0)
-    layers = int(getattr(model_config, "num_hidden_layers", 0) or 0)
-    vocab = int(getattr(model_config, "vocab_size", 0) or 0)
-    tokens_in_flight = (hyper.batch_size or 1) * (hyper.sequence_length or 512)
+    hidden, layers, vocab = shape.hidden_size, shape.layers, shape.vocab_size
+    tokens_in_flight = hyper.batch_size * hyper.sequence_length
     activation_factor = 4 if hyper.gradient_checkpointing else 34  # bytes·layer per hidden unit per token
     activations = tokens_in_flight * hidden * layers * activation_factor + tokens_in_flight * vocab * 4 * 2
     peak_gib = (params * weight_bytes + optimizer_bytes + activations) / 2**30 * 1.2  # 20% allocator slack
 
     flops_per_token = 6 * params if method == MethodType.FULL else 4 * params  # no weight grads for frozen base
     throughput = GPU_FLOPS * max(1, hardware.gpu_count) if on_gpu else CPU_FLOPS_PER_CORE * max(1, hardware.cpu_count)
-    seconds = train_tokens * (hyper.epochs or 1) * flops_per_token / throughput
+    seconds = train_tokens * hyper.epochs * flops_per_token / throughput
     generated_tokens = answers_to_generate * ANSWER_MAX_NEW_TOKENS
     seconds += generated_tokens * 2 * params / (throughput * GENERATION_EFFICIENCY)
 

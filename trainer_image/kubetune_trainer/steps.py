@@ -23,6 +23,7 @@ from kubetune.api.v1alpha1 import (
     NearDedupSpec,
     PreflightReport,
     ReplaySpec,
+    ResolvedAdapterTraining,
     ResolvedReplay,
     ResolvedTraining,
     SplitSpec,
@@ -48,8 +49,15 @@ from kubetune_trainer.general_prompts import (
     load_general_prompts,
     normalise_for_matching,
 )
-from kubetune_trainer.models.loading import model_checksum, model_max_positions, resolve_model_dir
-from kubetune_trainer.plan import Hardware, preflight_estimate, resolve_replay, resolve_training
+from kubetune_trainer.models.loading import model_checksum, resolve_model_dir
+from kubetune_trainer.plan import (
+    Hardware,
+    ModelShape,
+    preflight_estimate,
+    resolve_replay,
+    resolve_training,
+    sequence_limit,
+)
 from kubetune_trainer.publish import PublishedRun, publish_run
 from kubetune_trainer.replay import PLANNED_ANSWER_TOKENS, answers_worth_replaying, choose_replay_prompts
 from kubetune_trainer.training.loop import TrainOutcome
@@ -66,13 +74,10 @@ class BaseModelInfo:
     path: Path
     sha256: str
     tokenizer: Any
-    config: Any
+    shape: ModelShape
     hardware: Hardware
     chat_template: str | None
-
-    @property
-    def max_positions(self) -> int:
-        return model_max_positions(self.path)
+    sequence_limit: int  # the longest example this run keeps (plan.sequence_limit)
 
 
 def _training_hardware(ctx: RunContext) -> Hardware:
@@ -113,14 +118,16 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
     from kubetune_trainer.training.model import load_tokenizer
 
     path = resolve_model_dir(ctx.spec.base_model.uri, ctx.store)
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False))
     return BaseModelInfo(
         uri=ctx.spec.base_model.uri,
         path=path,
         sha256=model_checksum(path),
         tokenizer=load_tokenizer(path),
-        config=AutoConfig.from_pretrained(path, trust_remote_code=False),
+        shape=shape,
         hardware=_training_hardware(ctx),
         chat_template=ctx.spec.base_model.chat_template,
+        sequence_limit=sequence_limit(ctx.spec, shape),
     )
 
 
@@ -131,8 +138,7 @@ def _token_counter(model: BaseModelInfo) -> Any:
 
 
 def prepare_data(ctx: RunContext, model: BaseModelInfo) -> PreparedDataset:
-    max_tokens = ctx.spec.hyperparameters.sequence_length or min(model.max_positions, 2048)
-    data = prepare_dataset(ctx.spec.dataset, ctx.store, _token_counter(model), max_tokens=max_tokens)
+    data = prepare_dataset(ctx.spec.dataset, ctx.store, _token_counter(model), max_tokens=model.sequence_limit)
     reports = ctx.workdir / "artifacts" / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "curation.json").write_text(json.dumps(data.report.to_dict(), indent=2))
@@ -214,8 +220,7 @@ def _read_regression_set(ctx: RunContext, model: BaseModelInfo, uri: str) -> lis
         curation=CurationSpec(dedup_exact=True, near_dedup=NearDedupSpec(enabled=False), min_tokens=1),
         replay=ReplaySpec(enabled=False),
     )
-    max_tokens = min(model.max_positions, 2048)
-    return prepare_dataset(spec, ctx.store, _token_counter(model), max_tokens=max_tokens).train
+    return prepare_dataset(spec, ctx.store, _token_counter(model), max_tokens=model.sequence_limit).train
 
 
 def _refuse_replayed_regression_prompts(ctx: RunContext, model: BaseModelInfo, replayed: list[GeneralPrompt]) -> None:
@@ -235,8 +240,8 @@ def _refuse_replayed_regression_prompts(ctx: RunContext, model: BaseModelInfo, r
             )
 
 
-def _replay_prompts(ctx: RunContext, replay: ResolvedReplay | None) -> list[GeneralPrompt]:
-    if replay is None:
+def _replay_prompts(ctx: RunContext, replay: ResolvedReplay) -> list[GeneralPrompt]:
+    if not replay.enabled:
         return []
     pool = load_general_prompts().replay
     return choose_replay_prompts(pool, replay.examples, ctx.spec.dataset.split.seed)
@@ -257,11 +262,11 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
         model.hardware,
         train_examples=len(data.train) + len(replay_lengths),
         token_lengths=data.token_lengths + replay_lengths,
-        model_config=model.config,
+        shape=model.shape,
         replay=replay,
     )
     method = MethodType(resolved.method)
-    needs_answers = replay is not None or (ctx.spec.evaluation.forgetting and not ctx.spec.evaluation.regression_set)
+    needs_answers = replay.enabled or (ctx.spec.evaluation.forgetting and not ctx.spec.evaluation.regression_set)
     cached = find_answers(
         _answer_key(model, method, prompts),
         [*prompts.regression, *prompts.replay],
@@ -274,7 +279,7 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
     train_tokens = task_tokens + sum(replay_lengths)
     report = preflight_estimate(
         resolved,
-        model.config,
+        model.shape,
         model.hardware,
         train_tokens=train_tokens,
         total_memory_limit_gib=None,
@@ -371,14 +376,15 @@ def choose_adapter_strength(
         set_scale,
     )
 
-    if resolved.lora is None or MethodType(resolved.method) == MethodType.FULL:
+    if not isinstance(resolved, ResolvedAdapterTraining):
         return
     validation = data.validation[:VALIDATION_ROWS]
     tuned = outcome.model
-    if resolved.lora.scale is not None:
-        choice = StrengthChoice(scale=resolved.lora.scale, how="manifest")
+    strengths = resolved.lora.strengths
+    if len(strengths) == 1:
+        choice = StrengthChoice(scale=strengths[0], how="manifest")
     elif not validation:
-        choice = StrengthChoice(scale=1.0, how="full strength: no validation split to choose on")
+        choice = StrengthChoice(scale=strengths[0], how="full strength: no validation split to choose on")
     else:
         metric = primary_metric([e.reference() for e in validation])
         tuned.eval()
@@ -392,13 +398,13 @@ def choose_adapter_strength(
                     validation,
                     metric,
                     ctx.spec.evaluation,
-                    max_length=resolved.hyperparameters.sequence_length or 512,
+                    max_length=resolved.hyperparameters.sequence_length,
                     chat_template=model.chat_template,
                 )
             finally:
                 undo()
 
-        choice = choose_scale(score_at, lower_is_better=metric in LOWER_IS_BETTER)
+        choice = choose_scale(score_at, strengths, lower_is_better=metric in LOWER_IS_BETTER)
     set_scale(tuned, choice.scale)
     publish_scale(outcome.trained_dir, choice.scale)
     outcome.strength = choice
@@ -423,9 +429,9 @@ def evaluate(
         data.test,
         ctx.spec.evaluation,
         regression=load_regression_set(ctx, model, method, subject.as_base()),
-        max_length=resolved.hyperparameters.sequence_length or 512,
+        max_length=resolved.hyperparameters.sequence_length,
         chat_template=model.chat_template,
-        seed=resolved.hyperparameters.seed or 0,
+        seed=resolved.hyperparameters.seed,
     )
     reports = ctx.workdir / "artifacts" / "reports"
     report.write(reports)

@@ -62,6 +62,9 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], models: dict[str, ty
         merged["__model__"] = name
         return _structural(merged, defs, models)
 
+    if "oneOf" in node and "discriminator" in node:
+        return _merged_union(node, defs, models)
+
     if "anyOf" in node:
         # Optional[X] is anyOf [X, null]: the field is simply optional in Kubernetes.
         variants = [v for v in node["anyOf"] if v.get("type") != "null"]
@@ -105,6 +108,40 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], models: dict[str, ty
     elif node_type is None and "enum" not in out:
         raise ValueError(f"schema node without a type cannot be structural: {node}")
     return out
+
+
+def _merged_union(node: dict[str, Any], defs: dict[str, Any], models: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """A union told apart by a discriminator field, as one structural object: every member's
+    properties, required where every member requires them, and a CEL rule per property only some
+    members have (present exactly when the discriminator names one of those members)."""
+    key = node["discriminator"]["propertyName"]
+    members = [_structural(variant, defs, models) for variant in node["oneOf"]]
+    values_of = [member["properties"][key]["enum"] for member in members]
+    properties: dict[str, Any] = {}
+    for member in members:
+        for name, schema in member["properties"].items():
+            properties.setdefault(name, schema)
+    properties[key] = {**properties[key], "enum": [v for values in values_of for v in values]}
+    required = [name for name in properties if all(name in m.get("required", []) for m in members)]
+    rules = []
+    for name in properties:
+        having = [
+            v for member, values in zip(members, values_of, strict=True) if name in member["properties"] for v in values
+        ]
+        if len(having) < len(properties[key]["enum"]):
+            rules.append(
+                {
+                    "rule": f"has(self.{name}) == (self.{key} in {having!r})",
+                    "message": f"{name} is set exactly when {key} is one of {', '.join(having)}",
+                }
+            )
+    merged: dict[str, Any] = {"type": "object", "properties": properties, "required": required}
+    for field in ("description",):
+        if field in node:
+            merged[field] = node[field]
+    if rules:
+        merged["x-kubernetes-validations"] = rules
+    return merged
 
 
 def _all_models(root: type[BaseModel]) -> dict[str, type[BaseModel]]:

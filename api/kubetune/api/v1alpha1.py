@@ -5,8 +5,9 @@ and ``kubetune.api.crd`` generates the CRD's OpenAPI schema from them, so the th
 drift apart (``tests/api/test_crd_sync.py`` fails if ``crds/`` is stale).
 
 Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
-A hyperparameter left out (``None``) means ``auto``: the trainer resolves it and writes the
-value it used back to ``status.resolvedHyperparameters``.
+A hyperparameter left out (``None``) means ``auto``: the trainer's plan resolves it, once, and writes
+the value it used back to ``status.resolved`` (:data:`ResolvedTraining`), whose fields are all
+required: after the plan nobody defaults a value again.
 """
 
 from __future__ import annotations
@@ -568,6 +569,7 @@ class ArtifactStatus(ApiModel):
 
 
 class ResolvedReplay(ApiModel):
+    enabled: Annotated[bool, Field(description="false: no replay (dataset.replay.enabled false).")]
     examples: Annotated[
         int,
         Field(
@@ -581,13 +583,67 @@ class ResolvedReplay(ApiModel):
     fraction: Annotated[float, Field(ge=0, description="Replay rows per task training row.")]
 
 
-class ResolvedTraining(ApiModel):
-    method: MethodType
-    lora: LoraSpec | None = None
-    hyperparameters: HyperparametersSpec
-    replay: Annotated[ResolvedReplay | None, Field(description="Unset: no replay (dataset.replay.enabled false).")] = (
-        None
-    )
+class ResolvedHyperparameters(ApiModel):
+    """Every training value decided (the manifest's, else the plan's default). No field is optional:
+    consumers take this type and never default again."""
+
+    epochs: Annotated[float, Field(gt=0)]
+    learning_rate: Annotated[float, Field(gt=0)]
+    lr_scheduler: LrScheduler
+    warmup_ratio: Annotated[float, Field(ge=0)]
+    batch_size: Annotated[int, Field(ge=1, description="Per-device micro-batch size.")]
+    gradient_accumulation_steps: Annotated[int, Field(ge=1)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    sequence_length: Annotated[
+        int, Field(ge=1, description="Tokens per training row; also the length evaluation scores the task at.")
+    ]
+    packing: bool
+    early_stopping_patience: Annotated[int, Field(ge=0, description="0: no early stopping.")]
+    gradient_checkpointing: bool
+    seed: Annotated[int, Field(ge=0)]
+    eval_steps: Annotated[int, Field(ge=1)]
+
+
+class ResolvedLora(ApiModel):
+    """The adapter of a LoRA or QLoRA run, every value decided."""
+
+    r: Annotated[int, Field(ge=1)]
+    alpha: Annotated[int, Field(ge=1)]
+    dropout: Annotated[float, Field(ge=0)]
+    target_modules: Annotated[list[str], Field(min_length=1)]
+    strengths: Annotated[
+        list[Annotated[float, Field(gt=0, le=1)]],
+        Field(
+            min_length=1,
+            description=(
+                "Strengths the trained adapter may be kept at, strongest first: the manifest's method.lora.scale "
+                "alone, or the candidates the validation split chooses from."
+            ),
+        ),
+    ]
+
+
+class ResolvedAdapterTraining(ApiModel):
+    """A LoRA or QLoRA run: the base stays frozen, an adapter is trained."""
+
+    method: Literal[MethodType.LORA, MethodType.QLORA]
+    lora: ResolvedLora
+    hyperparameters: ResolvedHyperparameters
+    replay: ResolvedReplay
+
+
+class ResolvedFullTraining(ApiModel):
+    """A full fine-tune: every weight is trained, no adapter."""
+
+    method: Literal[MethodType.FULL]
+    hyperparameters: ResolvedHyperparameters
+    replay: ResolvedReplay
+
+
+# The plan's result, one block per method, told apart by ``method``. A new method adds its own
+# member here (with its own required block, like ``lora``); docs/architecture.md says how.
+ResolvedTraining = Annotated[ResolvedAdapterTraining | ResolvedFullTraining, Field(discriminator="method")]
 
 
 class TrainerResult(ApiModel):

@@ -16,7 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from kubetune.api.v1alpha1 import PreflightReport, ResolvedTraining, TrainerResult
+from kubetune.api.v1alpha1 import PreflightReport, ResolvedAdapterTraining, ResolvedTraining, TrainerResult
 from kubetune.api.v1alpha1 import Progress as TrainingProgress
 from kubetune_trainer.reporting import Reporter
 
@@ -74,7 +74,9 @@ class ConsoleReporter(Reporter):
 
     def resolved(self, resolved: ResolvedTraining) -> None:
         hp = resolved.hyperparameters
-        lora = f" r={resolved.lora.r} alpha={resolved.lora.alpha}" if resolved.lora else ""
+        lora = (
+            f" r={resolved.lora.r} alpha={resolved.lora.alpha}" if isinstance(resolved, ResolvedAdapterTraining) else ""
+        )
         self.console.print(
             f"plan: {resolved.method}{lora}, {hp.epochs:g} epochs, lr {hp.learning_rate:g}, "
             f"batch {hp.batch_size}x{hp.gradient_accumulation_steps}, seq {hp.sequence_length}, packing {hp.packing}"

@@ -179,17 +179,18 @@ def _arguments(config: TrainConfig, has_validation: bool) -> TrainingArguments:
     distributed = config.environment.distributed
     return TrainingArguments(
         output_dir=str(config.output_dir / "trainer"),
-        num_train_epochs=hp.epochs or 1,
-        max_steps=config.max_steps or -1,
-        per_device_train_batch_size=hp.batch_size or 1,
-        per_device_eval_batch_size=hp.batch_size or 1,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps or 1,
-        learning_rate=hp.learning_rate or 1e-4,
-        lr_scheduler_type=str(hp.lr_scheduler or "cosine"),
-        warmup_steps=hp.warmup_ratio or 0.0,
-        weight_decay=hp.weight_decay or 0.0,
-        max_grad_norm=hp.max_grad_norm or 1.0,
-        seed=hp.seed or 0,
+        num_train_epochs=hp.epochs,
+        max_steps=config.max_steps if config.max_steps is not None else -1,  # -1: the epochs decide
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type=str(hp.lr_scheduler),
+        # A float below 1 is a fraction of the total steps (transformers >= 5, the floor in pyproject.toml).
+        warmup_steps=hp.warmup_ratio,
+        weight_decay=hp.weight_decay,
+        max_grad_norm=hp.max_grad_norm,
+        seed=hp.seed,
         logging_steps=1,
         eval_strategy="steps" if has_validation else "no",
         eval_steps=hp.eval_steps,
@@ -224,10 +225,10 @@ def train(config: TrainConfig) -> TrainOutcome:
     hp = resolved.hyperparameters
     # Seed before the adapter is created: LoRA's initial weights come from the global RNG,
     # and a run must be reproducible from its seed (a fresh run and a resumed one agree).
-    set_seed(hp.seed or 0)
+    set_seed(hp.seed)
     model, tokenizer = load_for_training(config.model_dir, resolved, device=config.device, bf16=config.bf16)
-    seq_len = hp.sequence_length or 512
-    packing = bool(hp.packing)
+    seq_len = hp.sequence_length
+    packing = hp.packing
 
     def rows_for(examples: list[Example]) -> RowDataset:
         encoded = [encode_example(e, tokenizer, seq_len, config.chat_template) for e in examples]
@@ -238,7 +239,7 @@ def train(config: TrainConfig) -> TrainOutcome:
     meter = TokenMeter()
     world_size = config.environment.world_size
 
-    keep_best = KeepBest(model, hp.early_stopping_patience or 0)
+    keep_best = KeepBest(model, hp.early_stopping_patience)
     sigterm = StopOnSigterm()
     callbacks: list[TrainerCallback] = [keep_best, UploadCheckpoints(config.checkpoints, config.on_checkpoint), sigterm]
     if config.on_progress is not None or config.on_metrics is not None:

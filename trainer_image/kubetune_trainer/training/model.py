@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.v1alpha1 import LoraSpec, MethodType, ResolvedTraining
+from kubetune.api.v1alpha1 import MethodType, ResolvedAdapterTraining, ResolvedLora, ResolvedTraining
 from kubetune_trainer.environment import TrainerEnvironment
 
 
@@ -68,15 +68,15 @@ def load_base(model_dir: Path, method: MethodType, *, device: str, bf16: bool) -
     return model
 
 
-def lora_config(lora: LoraSpec) -> Any:
-    """peft's LoraConfig from the resolved spec; ``all-linear`` is peft's own shorthand."""
+def lora_config(lora: ResolvedLora) -> Any:
+    """peft's LoraConfig from the resolved plan; ``all-linear`` is peft's own shorthand."""
     from peft import LoraConfig
 
-    targets = lora.target_modules or ["all-linear"]
+    targets = lora.target_modules
     return LoraConfig(
-        r=lora.r or 8,
-        lora_alpha=lora.alpha or 16,
-        lora_dropout=lora.dropout or 0.0,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
         target_modules="all-linear" if targets == ["all-linear"] else list(targets),
         bias="none",
         task_type="CAUSAL_LM",
@@ -93,18 +93,14 @@ def load_for_training(
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     method = MethodType(resolved.method)
-    if method == MethodType.AUTO:
-        raise ValueError("resolved.method is 'auto': resolve the plan (kubetune_trainer.plan) before training")
-    if method != MethodType.FULL and resolved.lora is None:
-        raise ValueError(f"resolved.lora is missing: method {method.value} needs the LoRA settings")
     if bf16 is None:
         bf16 = bf16_capable(device)
     tokenizer = load_tokenizer(model_dir)
     # Full fine-tuning keeps fp32 master weights (the Trainer's bf16 autocast does the compute):
     # AdamW updates on bf16 weights lose most small steps to rounding.
     model = load_base(model_dir, method, device=device, bf16=bf16 and method != MethodType.FULL)
-    checkpointing = bool(resolved.hyperparameters.gradient_checkpointing)
-    if method == MethodType.FULL:
+    checkpointing = resolved.hyperparameters.gradient_checkpointing
+    if not isinstance(resolved, ResolvedAdapterTraining):
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model, tokenizer
@@ -117,7 +113,6 @@ def load_for_training(
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    assert resolved.lora is not None  # checked above; narrows the type
     return get_peft_model(model, lora_config(resolved.lora)), tokenizer
 
 

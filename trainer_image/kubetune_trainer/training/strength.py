@@ -7,9 +7,10 @@ of the task and much of the general ability. For a LoRA adapter the interpolatio
 free: the adapter's scaling factor times ``scale``. Measured: docs/defaults.md and
 docs/measurements/forgetting.md.
 
-Unless the manifest sets ``method.lora.scale``, the scale is the smallest of ``CANDIDATE_SCALES``
-whose task metric on the validation split stays within ``KEEP_OF_FULL`` of the full adapter's,
-trying from the strongest down and stopping at the first that falls short. Only the validation
+Unless the manifest sets ``method.lora.scale``, the scale is the smallest of the plan's candidate
+strengths (``status.resolved.lora.strengths``, from ``plan.Defaults.adapter_strengths``) whose task
+metric on the validation split stays within ``KEEP_OF_FULL`` of the strongest one's, trying from the
+strongest down and stopping at the first that falls short. Only the validation
 split decides: the test split and the general prompts forgetting is measured on are never seen.
 """
 
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CANDIDATE_SCALES = (0.9, 0.8, 0.7, 0.6, 0.5)
 # The task may give up as much as general ability may (evaluation.maxRegression's default, 5%).
 KEEP_OF_FULL = 0.95
 # Up to six generation passes over these rows; the split is already a seeded random sample.
@@ -44,17 +44,18 @@ class StrengthChoice:
 
 def choose_scale(
     score_at: Callable[[float], float],
+    candidates: Sequence[float],
     *,
     lower_is_better: bool = False,
-    candidates: Sequence[float] = CANDIDATE_SCALES,
     keep: float = KEEP_OF_FULL,
 ) -> StrengthChoice:
     """The smallest candidate scale whose validation score (``score_at(scale)``) keeps ``keep`` of the
-    full adapter's, walking down from the strongest and stopping at the first that does not."""
-    full = score_at(1.0)
-    scores = {1.0: full}
-    chosen = 1.0
-    for scale in sorted(candidates, reverse=True):
+    strongest candidate's, walking down from the strongest and stopping at the first that does not."""
+    strongest, *weaker = sorted(candidates, reverse=True)
+    full = score_at(strongest)
+    scores = {strongest: full}
+    chosen = strongest
+    for scale in weaker:
         value = score_at(scale)
         scores[scale] = value
         holds = value <= full / keep if lower_is_better else value >= full * keep

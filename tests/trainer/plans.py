@@ -1,0 +1,64 @@
+"""Resolved plans for tests, made by the plan itself (never a dict literal that could drift from it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubetune.api.manifest import parse_spec
+from kubetune.api.v1alpha1 import FineTuneJobSpec, ReplaySpec, ResolvedTraining
+from kubetune_trainer.plan import Hardware, ModelShape, resolve_replay, resolve_training
+
+CPU = Hardware("cpu", 0, "cpu", 0.0, False, 24.0, 2)
+L4 = Hardware("cuda", 1, "NVIDIA L4", 24.0, True, 64.0, 8)
+SMOL = ModelShape(
+    hidden_size=576,
+    layers=30,
+    intermediate_size=1536,
+    vocab_size=49152,
+    attention_heads=9,
+    kv_heads=3,
+    tied_embeddings=True,
+    max_positions=8192,
+)
+SEVEN_B = ModelShape(
+    hidden_size=4096,
+    layers=32,
+    intermediate_size=14336,
+    vocab_size=128256,
+    attention_heads=32,
+    kv_heads=8,
+    tied_embeddings=False,
+    max_positions=8192,
+)
+NO_REPLAY = resolve_replay(ReplaySpec(enabled=False), task_train_examples=0, pool_size=0)
+
+# What the tiny training tests pin: short rows, a constant rate and no early stopping, so that a few
+# steps on a tiny model move the loss measurably and deterministically.
+TINY_TRAINING = {
+    "epochs": 3,
+    "lrScheduler": "constant",
+    "warmupRatio": 0.0,
+    "batchSize": 4,
+    "gradientAccumulationSteps": 1,
+    "sequenceLength": 64,
+    "earlyStoppingPatience": 0,
+    "seed": 3,
+    "evalSteps": 100,
+}
+
+
+def spec(**fields: Any) -> FineTuneJobSpec:
+    """A minimal FineTuneJob spec with ``fields`` added (camelCase, as in a manifest)."""
+    return parse_spec(
+        {"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}, **fields}
+    )
+
+
+def tiny_plan(method: str, lr: float = 5e-3) -> ResolvedTraining:
+    """The plan for a few steps of ``method`` on the tiny test model (LoRA r=4, no dropout)."""
+    manifest = spec(
+        method={"type": method, "allowCpuQlora": True, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        hyperparameters={**TINY_TRAINING, "learningRate": lr},
+        resources={"gpus": 0},
+    )
+    return resolve_training(manifest, CPU, train_examples=24, token_lengths=[16] * 24, shape=SMOL, replay=NO_REPLAY)
