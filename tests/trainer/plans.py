@@ -6,7 +6,8 @@ from typing import Any
 
 from kubetune.api.manifest import parse_spec
 from kubetune.api.v1alpha1 import FineTuneJobSpec, ReplaySpec, ResolvedTraining
-from kubetune_trainer.plan import Hardware, ModelShape, resolve_replay, resolve_training
+from kubetune_trainer.hardware import Hardware
+from kubetune_trainer.plan import ModelShape, resolve_replay, resolve_training
 
 CPU = Hardware("cpu", 0, "cpu", 0.0, False, 24.0, 2)
 L4 = Hardware("cuda", 1, "NVIDIA L4", 24.0, True, 64.0, 8)

@@ -17,8 +17,6 @@ from kubetune.api import contract
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PUSH_INTERVAL_SECONDS = 15
-
 
 @dataclass(frozen=True)
 class TrainerEnvironment:
@@ -77,7 +75,7 @@ class TrainerEnvironment:
             s3_ca_bundle=Path(ca_bundle) if (ca_bundle := text(contract.ENV_S3_CA_BUNDLE)) else None,
             metrics_port=number(contract.ENV_METRICS_PORT),
             pushgateway_url=text(contract.ENV_PUSHGATEWAY_URL),
-            push_interval_seconds=number(contract.ENV_PUSH_INTERVAL) or DEFAULT_PUSH_INTERVAL_SECONDS,
+            push_interval_seconds=number(contract.ENV_PUSH_INTERVAL) or contract.DEFAULT_PUSH_INTERVAL_SECONDS,
             trace_microsteps=text(contract.ENV_TRACE_MICROSTEPS) == "1",
             rank=number("RANK") or 0,
             local_rank=number("LOCAL_RANK") or 0,

@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from kubetune_trainer.data.types import Example, Message
+from kubetune_trainer.general_prompts import ANSWER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
 from kubetune_trainer.general_prompts import GeneralPrompt
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
 
 log = logging.getLogger(__name__)
 
 SHIPPED = Path(__file__).parent / "resources" / "general" / "answers"
-# Greedy decoding, and long enough for a short general answer; part of the cache key.
-MAX_NEW_TOKENS = 96
 STORAGE_FOLDER = ".kubetune/general-answers"
 
 Generate = Callable[[Sequence[GeneralPrompt]], list[str]]

@@ -25,6 +25,9 @@ from kubetune_trainer.errors import ConfigurationError
 PROMPTS_FILE = Path(__file__).parent / "resources" / "general" / "prompts.jsonl"
 POOLS = ("regression", "replay")
 VERSION_PREFIX = "general-v1-"
+# Answers to general prompts, the base model's and the tuned model's alike, are greedy and at most this
+# long: long enough for a short general answer. Part of the base answers' cache key.
+ANSWER_MAX_NEW_TOKENS = 96
 FIELDS = ("id", "category", "pool", "template", "source", "messages", "answer")
 
 # Decimals stay whole so that "56" is not found in "56.5"; everything else splits on non-alphanumerics.

@@ -13,10 +13,8 @@ import json
 import logging
 import shutil
 import sys
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kubetune.api.contract import (
     EXIT_CANNOT_REPORT,
@@ -29,23 +27,17 @@ from kubetune.api.contract import (
 from kubetune.api.v1alpha1 import (
     ArtifactStatus,
     FineTuneJob,
-    FineTuneJobSpec,
     PreflightReport,
     ResolvedTraining,
     TrainerResult,
 )
+from kubetune_trainer.context import Mode, RunContext
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import CannotReport, ConfigurationError, ResultNotReported
 from kubetune_trainer.stages import StageClock
-from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
+from kubetune_trainer.storage import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
-
-
-class Mode(StrEnum):
-    LOCAL = "run"
-    PREFLIGHT = "preflight"
-    TRAIN = "train"
 
 
 @dataclass(frozen=True)
@@ -54,35 +46,6 @@ class Exit:
 
     code: int
     message: str = ""  # "<Reason>: <detail>", one line; empty on success
-
-
-@dataclass
-class RunContext:
-    job: FineTuneJob
-    mode: Mode
-    workdir: Path
-    store: ObjectStore
-    clock: StageClock
-    reporters: Any
-    environment: TrainerEnvironment
-    max_steps: int | None = None
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def spec(self) -> FineTuneJobSpec:
-        return self.job.spec
-
-    @property
-    def name(self) -> str:
-        return str(self.job.metadata.get("name") or "finetunejob")
-
-    @property
-    def is_main_process(self) -> bool:
-        return self.environment.is_main_process
-
-    @property
-    def checkpoint_uri(self) -> str:
-        return self.spec.checkpoint.uri or join_uri(self.spec.output.uri, "checkpoints", self.name)
 
 
 def run_pipeline(
@@ -140,6 +103,8 @@ def _run_and_explain(ctx: RunContext) -> Exit:
 
 
 def _run_stages(ctx: RunContext) -> Exit:
+    # Imported when a run starts, not with the CLI: the stages pull in torch and transformers, which
+    # `kubetune validate` never needs. (Not a hidden cycle: the stages never import the pipeline.)
     from kubetune_trainer import steps
 
     with ctx.clock.stage("model"):
@@ -186,7 +151,9 @@ def _run_stages(ctx: RunContext) -> Exit:
         ],
     )
     end = _report_result(ctx, result)
-    steps.print_summary(ctx, evaluation, published, outcome)
+    from kubetune_trainer.summary import print_summary
+
+    print_summary(ctx.name, evaluation, published, outcome)
     _print_timings(ctx)
     return end
 

@@ -8,9 +8,7 @@ general ability fast, and kubetune's default must lose at most 5% on a general r
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from kubetune.api.v1alpha1 import (
@@ -26,7 +24,8 @@ from kubetune.api.v1alpha1 import (
     ResolvedReplay,
     ResolvedTraining,
 )
-from kubetune_trainer.general_answers import MAX_NEW_TOKENS as ANSWER_MAX_NEW_TOKENS
+from kubetune_trainer.general_prompts import ANSWER_MAX_NEW_TOKENS
+from kubetune_trainer.hardware import Hardware
 
 T = TypeVar("T")
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -71,56 +70,6 @@ class Defaults:
 
 
 DEFAULTS = Defaults()
-
-
-@dataclass(frozen=True)
-class Hardware:
-    device: str  # "cuda" or "cpu"
-    gpu_count: int
-    gpu_name: str
-    gpu_memory_gib: float  # per GPU
-    bf16: bool
-    host_memory_gib: float
-    cpu_count: int
-
-    @classmethod
-    def detect(cls) -> Hardware:
-        import torch
-
-        host = _host_memory_gib()
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            return cls(
-                "cuda",
-                torch.cuda.device_count(),
-                props.name,
-                props.total_memory / 2**30,
-                bool(torch.cuda.is_bf16_supported()),
-                host,
-                cpus,
-            )
-        return cls("cpu", 0, "cpu", 0.0, False, host, cpus)
-
-
-def _host_memory_gib() -> float:
-    limit = _cgroup_memory_limit()
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError):
-        total = 0.0
-    return min(limit, total) if limit else total
-
-
-def _cgroup_memory_limit() -> float | None:
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            raw = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if raw.isdigit() and int(raw) < 2**60:
-            return int(raw) / 2**30
-    return None
 
 
 def _epochs_for(train_examples: int) -> float:

@@ -13,12 +13,62 @@ import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kubetune.api
+from kubetune.api.v1alpha1 import ResolvedTraining
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri, sha256_file
 
+if TYPE_CHECKING:  # types only: publishing needs neither torch nor the evaluation code
+    from kubetune_trainer.data.prepare import PreparedDataset
+    from kubetune_trainer.evaluation.report import EvaluationReport
+    from kubetune_trainer.training.loop import TrainOutcome
+
 MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a finished run tells its lineage manifest."""
+
+    job: dict[str, Any]  # the FineTuneJob's metadata
+    name: str
+    base_model_uri: str
+    base_model_sha256: str
+    data: PreparedDataset
+    resolved: ResolvedTraining
+    outcome: TrainOutcome
+    evaluation: EvaluationReport
+
+
+def lineage_manifest(run: RunRecord) -> dict[str, Any]:
+    """The version's manifest: where it came from (job, base model, data), how it was made (the
+    resolved plan, training), how good it is (evaluation) and whether it was promoted."""
+    return {
+        "job": {"name": run.name, "namespace": run.job.get("namespace"), "uid": run.job.get("uid")},
+        "baseModel": {"uri": run.base_model_uri, "sha256": run.base_model_sha256},
+        "dataset": {
+            "sources": run.data.source_uris,
+            "contentSha256": run.data.content_sha256,
+            "splits": run.data.report.splits,
+            **({"replay": run.data.replay} if run.data.replay else {}),
+        },
+        "resolved": run.resolved.to_manifest(),
+        "training": {
+            "globalStep": run.outcome.global_step,
+            "stoppedEarly": run.outcome.stopped_early,
+            "bestEvalLoss": run.outcome.best_eval_loss,
+            "tokensPerSecond": round(run.outcome.tokens_per_second, 1),
+            "trainedTokensPerSecond": round(run.outcome.trained_tokens_per_second, 1),
+            "paddingFraction": round(run.outcome.padding_fraction, 4),
+            "peakMemoryBytes": run.outcome.peak_memory_bytes,
+            "resumedFromStep": run.outcome.resumed_from_step,
+            **({"adapterStrength": run.outcome.strength.to_dict()} if run.outcome.strength else {}),
+        },
+        "curation": "reports/curation.json",
+        "evaluation": run.evaluation.to_dict(),
+        "promoted": run.evaluation.gate.passed,
+    }
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from kubetune_trainer.general_answers import MAX_NEW_TOKENS
+from kubetune_trainer.general_prompts import ANSWER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
 from kubetune_trainer.general_prompts import GeneralPrompt, matches_known_answer
 
 # The plan sizes training before the answers exist (the pre-flight never generates them): each replay

@@ -9,10 +9,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-from rich.console import Console
-from rich.table import Table
+from typing import Any, Literal
 
 from kubetune.api.v1alpha1 import (
     ArtifactFormat,
@@ -28,6 +25,7 @@ from kubetune.api.v1alpha1 import (
     ResolvedTraining,
     SplitSpec,
 )
+from kubetune_trainer.context import Mode, RunContext
 from kubetune_trainer.data.prepare import PreparedDataset, prepare_dataset
 from kubetune_trainer.data.types import Example, Message
 from kubetune_trainer.errors import ConfigurationError
@@ -49,21 +47,18 @@ from kubetune_trainer.general_prompts import (
     load_general_prompts,
     normalise_for_matching,
 )
+from kubetune_trainer.hardware import Hardware, training_hardware
 from kubetune_trainer.models.loading import model_checksum, resolve_model_dir
 from kubetune_trainer.plan import (
-    Hardware,
     ModelShape,
     preflight_estimate,
     resolve_replay,
     resolve_training,
     sequence_limit,
 )
-from kubetune_trainer.publish import PublishedRun, publish_run
+from kubetune_trainer.publish import PublishedRun, RunRecord, lineage_manifest, publish_run
 from kubetune_trainer.replay import PLANNED_ANSWER_TOKENS, answers_worth_replaying, choose_replay_prompts
 from kubetune_trainer.training.loop import TrainOutcome
-
-if TYPE_CHECKING:
-    from kubetune_trainer.pipeline import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -80,38 +75,6 @@ class BaseModelInfo:
     sequence_limit: int  # the longest example this run keeps (plan.sequence_limit)
 
 
-def _training_hardware(ctx: RunContext) -> Hardware:
-    """The hardware the training Job will have: the pre-flight pod itself has no GPU."""
-    here = Hardware.detect()
-    gpus = ctx.spec.resources.gpus
-    if ctx.mode.value == "preflight" and gpus > 0 and here.device == "cpu":
-        declared = ctx.spec.resources.gpu_memory
-        memory = quantity_gib(declared) if declared is not None else 0.0  # 0: unknown, fit not checked
-        return Hardware(
-            "cuda",
-            gpus,
-            "the requested GPU (spec.resources.gpuMemory)",
-            memory,
-            True,
-            here.host_memory_gib,
-            here.cpu_count,
-        )
-    return here
-
-
-_UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-
-
-def quantity_gib(quantity: str) -> float:
-    """A Kubernetes memory quantity (24Gi, 80G, 0) in GiB."""
-    import re
-
-    match = re.fullmatch(r"([0-9.]+)([kMGT]i?)?", quantity.strip())
-    if not match:
-        raise ConfigurationError(f"not a memory quantity: {quantity!r}")
-    return float(match.group(1)) * _UNITS[match.group(2) or ""] / 2**30
-
-
 def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
     from transformers import AutoConfig
 
@@ -125,7 +88,7 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
         sha256=model_checksum(path),
         tokenizer=load_tokenizer(path),
         shape=shape,
-        hardware=_training_hardware(ctx),
+        hardware=training_hardware(ctx.spec.resources, preflight=ctx.mode == Mode.PREFLIGHT),
         chat_template=ctx.spec.base_model.chat_template,
         sequence_limit=sequence_limit(ctx.spec, shape),
     )
@@ -478,72 +441,14 @@ def publish(
     outcome: TrainOutcome,
     evaluation: EvaluationReport,
 ) -> PublishedRun:
-    manifest = {
-        "job": {"name": ctx.name, "namespace": ctx.job.metadata.get("namespace"), "uid": ctx.job.metadata.get("uid")},
-        "baseModel": {"uri": model.uri, "sha256": model.sha256},
-        "dataset": {
-            "sources": data.source_uris,
-            "contentSha256": data.content_sha256,
-            "splits": data.report.splits,
-            **({"replay": data.replay} if data.replay else {}),
-        },
-        "resolved": resolved.to_manifest(),
-        "training": {
-            "globalStep": outcome.global_step,
-            "stoppedEarly": outcome.stopped_early,
-            "bestEvalLoss": outcome.best_eval_loss,
-            "tokensPerSecond": round(outcome.tokens_per_second, 1),
-            "trainedTokensPerSecond": round(outcome.trained_tokens_per_second, 1),
-            "paddingFraction": round(outcome.padding_fraction, 4),
-            "peakMemoryBytes": outcome.peak_memory_bytes,
-            "resumedFromStep": outcome.resumed_from_step,
-            **({"adapterStrength": outcome.strength.to_dict()} if outcome.strength else {}),
-        },
-        "curation": "reports/curation.json",
-        "evaluation": evaluation.to_dict(),
-        "promoted": evaluation.gate.passed,
-    }
-    return publish_run(ctx.workdir / "artifacts", ctx.spec.output.uri, ctx.store, manifest)
-
-
-def print_summary(
-    ctx: RunContext, evaluation: EvaluationReport, published: PublishedRun, outcome: TrainOutcome
-) -> None:
-    table = Table(title=f"{ctx.name}: base vs tuned on {evaluation.test_examples} held-out examples")
-    for column in ("metric", "base", "tuned", "delta [95% CI]", "better"):
-        table.add_column(column, justify="left" if column in ("metric", "better") else "right")
-    for m in evaluation.metrics:
-        table.add_row(
-            f"{m.name} ({'↓' if m.lower_is_better else '↑'})",
-            f"{m.base:.4f}",
-            f"{m.tuned:.4f}",
-            f"{m.delta:+.4f} [{m.ci_low:+.4f}, {m.ci_high:+.4f}]",
-            "yes" if m.improved else "no",
-        )
-    measures = (
-        ("general prompts: likelihood of the base's answers ↑", evaluation.forgetting.likelihood),
-        ("general prompts: known answers right ↑", evaluation.forgetting.known_answers),
+    run = RunRecord(
+        job=ctx.job.metadata,
+        name=ctx.name,
+        base_model_uri=model.uri,
+        base_model_sha256=model.sha256,
+        data=data,
+        resolved=resolved,
+        outcome=outcome,
+        evaluation=evaluation,
     )
-    for label, measure in measures:
-        if measure is not None:
-            table.add_row(
-                f"{label} ({measure.examples})",
-                f"{measure.base:.4f}",
-                f"{measure.tuned:.4f}",
-                f"{-measure.relative_loss:+.2%} of the base",
-                "ok" if measure.passed else f"lost > {measure.max_regression:.0%}",
-            )
-    console = Console()
-    console.print(table)
-    if evaluation.forgetting.opted_out:
-        console.print("forgetting not measured (opted out)")
-    verdict = "[green]promoted[/]" if evaluation.gate.passed else "[red]not promoted[/]"
-    console.print(f"quality gate: {verdict} — {evaluation.gate.message}")
-    console.print(
-        f"training: {outcome.global_step} steps, {outcome.tokens_per_second:.0f} tokens/s "
-        f"({outcome.trained_tokens_per_second:.0f} trained tokens/s), padding {outcome.padding_fraction:.1%}, "
-        f"peak memory {outcome.peak_memory_bytes / 2**30:.2f} GiB"
-    )
-    if outcome.strength is not None:
-        console.print(f"adapter strength: {outcome.strength.describe()}")
-    console.print(f"published version {published.version}: {published.manifest_uri}")
+    return publish_run(ctx.workdir / "artifacts", ctx.spec.output.uri, ctx.store, lineage_manifest(run))

@@ -39,6 +39,8 @@ ENV_METRICS_PORT = "KUBETUNE_METRICS_PORT"
 """The port the trainer serves ``/metrics`` on (also honoured by ``kubetune run``)."""
 ENV_PUSHGATEWAY_URL = "KUBETUNE_PUSHGATEWAY_URL"
 ENV_PUSH_INTERVAL = "KUBETUNE_PUSH_INTERVAL_SECONDS"
+DEFAULT_PUSH_INTERVAL_SECONDS = 15
+"""Seconds between a trainer's pushes when ENV_PUSH_INTERVAL is unset (the operator's default too)."""
 ENV_TRACE_MICROSTEPS = "KUBETUNE_TRACE_MICROSTEPS"
 """``1``: log every micro-batch's tokens (tests of gradient accumulation read it). Never set by the operator."""
 
@@ -79,6 +81,16 @@ FailJob at once; the termination message names the version and manifest URI."""
 
 EXIT_PREEMPTED = 143
 """SIGTERM (node drain, preemption): a checkpoint was written and the next pod resumes from it."""
+
+EXIT_CODE_MEANINGS = {
+    EXIT_OK: "ok",
+    EXIT_RETRYABLE: "retryable",
+    EXIT_CONFIG: "bad input",
+    EXIT_CANNOT_REPORT: "status not writable",
+    EXIT_RESULT_NOT_REPORTED: "result not reported",
+    EXIT_PREEMPTED: "preempted",
+}
+"""Each code in a few words: the trainer's exit-code metric explains itself with these."""
 
 FAIL_JOB_EXIT_CODES = (EXIT_CONFIG, EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED)
 """The codes the pod failure policy fails the Job on at once (retrying cannot help)."""

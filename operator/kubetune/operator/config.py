@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from kubetune.api.contract import DEFAULT_PUSH_INTERVAL_SECONDS
 from kubetune.api.v1alpha1 import DEFAULT_TRAINER_IMAGE
+
+# Each default once: the dataclass and the environment loader both use these.
+DEFAULT_METRICS_PORT = 8080
+DEFAULT_HEALTH_PORT = 8081
+DEFAULT_TRAINER_METRICS_PORT = 9090  # where each training pod serves /metrics
+DEFAULT_IMAGE_PULL_POLICY = "IfNotPresent"
 
 
 class ConfigError(ValueError):
@@ -23,9 +30,9 @@ class OperatorConfig:
     default_s3_region: str | None
     metrics_port: int
     health_port: int
-    trainer_metrics_port: int = 9090  # where each training pod serves /metrics
+    trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT
     pushgateway_url: str | None = None  # trainers push here; the operator deletes a deleted job's group
-    push_interval_seconds: int = 15
+    push_interval_seconds: int = DEFAULT_PUSH_INTERVAL_SECONDS
 
     @property
     def clusterwide(self) -> bool:
@@ -52,10 +59,10 @@ class OperatorConfig:
                 )
             return raw.rstrip("/")
 
-        interval = env.get("KUBETUNE_PUSH_INTERVAL_SECONDS", "15")
+        interval = env.get("KUBETUNE_PUSH_INTERVAL_SECONDS", str(DEFAULT_PUSH_INTERVAL_SECONDS))
         if not interval.isdigit() or not 1 <= int(interval) <= 3600:
             raise ConfigError(f"KUBETUNE_PUSH_INTERVAL_SECONDS={interval!r}: expected whole seconds from 1 to 3600")
-        policy = env.get("KUBETUNE_IMAGE_PULL_POLICY", "IfNotPresent")
+        policy = env.get("KUBETUNE_IMAGE_PULL_POLICY", DEFAULT_IMAGE_PULL_POLICY)
         if policy not in ("Always", "IfNotPresent", "Never"):
             raise ConfigError(f"KUBETUNE_IMAGE_PULL_POLICY={policy!r}: expected Always, IfNotPresent or Never")
         namespaces = tuple(n.strip() for n in env.get("KUBETUNE_NAMESPACES", "").split(",") if n.strip())
@@ -65,9 +72,9 @@ class OperatorConfig:
             image_pull_policy=policy,
             default_s3_endpoint=env.get("KUBETUNE_DEFAULT_S3_ENDPOINT") or None,
             default_s3_region=env.get("KUBETUNE_DEFAULT_S3_REGION") or None,
-            metrics_port=port("KUBETUNE_METRICS_PORT", 8080),
-            health_port=port("KUBETUNE_HEALTH_PORT", 8081),
-            trainer_metrics_port=port("KUBETUNE_TRAINER_METRICS_PORT", 9090),
+            metrics_port=port("KUBETUNE_METRICS_PORT", DEFAULT_METRICS_PORT),
+            health_port=port("KUBETUNE_HEALTH_PORT", DEFAULT_HEALTH_PORT),
+            trainer_metrics_port=port("KUBETUNE_TRAINER_METRICS_PORT", DEFAULT_TRAINER_METRICS_PORT),
             pushgateway_url=pushgateway(),
             push_interval_seconds=int(interval),
         )

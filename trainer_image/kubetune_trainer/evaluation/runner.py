@@ -22,7 +22,7 @@ from kubetune_trainer.evaluation.gate import Forgetting, decide_promotion, prima
 from kubetune_trainer.evaluation.report import EvaluationReport
 from kubetune_trainer.evaluation.results import MetricResult
 from kubetune_trainer.evaluation.scoring import TokenLoss, adapter_disabled, generate, token_losses
-from kubetune_trainer.general_answers import MAX_NEW_TOKENS as ANSWER_MAX_NEW_TOKENS
+from kubetune_trainer.general_prompts import ANSWER_MAX_NEW_TOKENS
 
 GENERATION_METRICS = {Metric.ROUGE_L, Metric.BLEU, Metric.EXACT_MATCH, Metric.ACCURACY, Metric.F1}
 PER_EXAMPLE: dict[Metric, Callable[[str, str], float]] = {

@@ -30,7 +30,13 @@ from prometheus_client import (
 )
 
 import kubetune.api
-from kubetune.api.contract import FINETUNEJOB_LABEL, NAMESPACE_LABEL, PUSHGATEWAY_JOB, pushgateway_grouping_key
+from kubetune.api.contract import (
+    EXIT_CODE_MEANINGS,
+    FINETUNEJOB_LABEL,
+    NAMESPACE_LABEL,
+    PUSHGATEWAY_JOB,
+    pushgateway_grouping_key,
+)
 from kubetune.api.v1alpha1 import Progress, TrainerResult
 from kubetune_trainer.reporting import Reporter, TrainingMetrics
 
@@ -149,7 +155,9 @@ class PrometheusReporter(Reporter):
         self.gate_passed = gauge("quality_gate_passed", "1 if the tuned model met the quality gate (promoted), else 0.")
         self.exit_code = gauge(
             "exit_code",
-            "The trainer's exit code (0 ok, 1 retryable, 2 bad input, 3 status not writable, 4 result not reported, 143 preempted).",
+            "The trainer's exit code ("
+            + ", ".join(f"{code} {meaning}" for code, meaning in EXIT_CODE_MEANINGS.items())
+            + ").",
         )
         Info(PREFIX + "build", "kubetune trainer build information.", JOB_LABELS, registry=registry).labels(
             **self.job
