@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from kubetune.api import contract
-from kubetune.api.manifest import parse_spec
 from kubetune.operator.children import Owner, build_preflight_job, build_spec_configmap, build_training_job
 from kubetune.operator.config import OperatorConfig
 from kubetune_trainer.environment import TrainerEnvironment
+from tests import builders
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [*sorted((ROOT / "operator").rglob("*.py")), *sorted((ROOT / "trainer_image").rglob("*.py"))]
@@ -63,13 +63,8 @@ def test_only_the_environment_reader_reads_the_trainer_environment() -> None:
 
 
 def test_every_variable_the_operator_sets_is_one_the_trainer_reads() -> None:
-    spec = parse_spec(
-        {
-            "dataset": {"sources": [{"uri": "s3://data/train.jsonl"}]},
-            "output": {"uri": "s3://models/out/"},
-            "s3": {"caBundle": {"name": "ca", "key": "bundle.pem"}},
-            "resources": {"gpus": 1, "gpuMemory": "24Gi"},
-        }
+    spec = builders.spec(
+        s3={"caBundle": {"name": "ca", "key": "bundle.pem"}}, resources={"gpus": 1, "gpuMemory": "24Gi"}
     )
     config = OperatorConfig.from_env({"KUBETUNE_PUSHGATEWAY_URL": "http://pushgateway:9091"})
     owner = Owner("tickets", "ml", "uid-1")

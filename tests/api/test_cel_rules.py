@@ -12,11 +12,9 @@ import pytest
 from kubetune.api.manifest import ManifestError, parse_spec
 from kubetune.api.v1alpha1 import FINETUNEJOB_SPEC_RULES
 from tests.api.schema_tools import all_rules, apply_defaults, cel_violations, root_schema, spec_schema
+from tests.builders import minimal_spec
 
-MINIMAL: dict[str, Any] = {
-    "dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]},
-    "output": {"uri": "s3://models/x/"},
-}
+MINIMAL: dict[str, Any] = minimal_spec()
 QLORA_MESSAGE = str(FINETUNEJOB_SPEC_RULES[0]["message"])
 SPLIT_MESSAGE = str(FINETUNEJOB_SPEC_RULES[1]["message"])
 

@@ -9,11 +9,9 @@ import pytest
 
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 from tests.api.schema_tools import apply_defaults, spec_schema
+from tests.builders import minimal_spec
 
-MINIMAL: dict[str, Any] = {
-    "dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]},
-    "output": {"uri": "s3://models/x/"},
-}
+MINIMAL: dict[str, Any] = minimal_spec()
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,10 @@ import yaml
 
 from kubetune.api.manifest import ManifestError, load_manifest, parse_spec
 from tests.api.schema_tools import ROOT, apply_defaults, cel_violations, root_schema, schema_errors, spec_schema
+from tests.builders import minimal_spec
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-MINIMAL: dict[str, Any] = {
-    "dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]},
-    "output": {"uri": "s3://models/x/"},
-}
+MINIMAL: dict[str, Any] = minimal_spec()
 GOOD_CHANGES: dict[str, dict[str, Any]] = {
     "minimal": {},
     "builtin-lora-cpu": {"method": {"type": "lora"}, "resources": {"gpus": 0, "cpu": "500m", "memory": "4Gi"}},

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from kubetune.api.v1alpha1 import FineTuneJobSpec
 from kubetune.operator.children import Owner, build_preflight_job, build_training_job
 from kubetune.operator.config import OperatorConfig
+from tests.builders import spec
 from tests.helm.chart import (
     ALL_FEATURES_VALUES,
     ROOT,
@@ -70,9 +70,7 @@ def test_service_monitor_scrapes_the_metrics_service_keeping_the_operators_label
     assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
 
 
-SPEC = FineTuneJobSpec.model_validate(
-    {"dataset": {"sources": [{"uri": "s3://datasets/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}}
-)
+SPEC = spec()
 
 
 def operator_config(docs: list[Manifest]) -> OperatorConfig:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.builders import minimal_spec
 from tests.kubeapi.model import ApiError, ResourceType
 from tests.kubeapi.validation import admit
 
@@ -1132,7 +1133,7 @@ def _example(name: str) -> Obj:
 
 
 EXAMPLES = sorted(path.name for path in (ROOT / "examples").glob("*.yaml"))
-MINIMAL_SPEC = {"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}}
+MINIMAL_SPEC = minimal_spec()
 
 
 def _finetunejob(**spec: Any) -> Obj:

@@ -24,16 +24,16 @@ from kubetune.operator.children import (
     child_name,
 )
 from kubetune.operator.config import OperatorConfig
+from tests import builders
 
 OWNER = Owner("tickets", "ml", "1234-uid")
 CONFIG = OperatorConfig.from_env(
     {"KUBETUNE_TRAINER_IMAGE": "registry/trainer:1", "KUBETUNE_DEFAULT_S3_ENDPOINT": "https://s3.internal"}
 )
-BASE = {"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}}
 
 
 def spec(**extra: Any) -> FineTuneJobSpec:
-    return parse_spec({**BASE, **extra})
+    return builders.spec(**extra)
 
 
 def container(job: dict[str, Any]) -> dict[str, Any]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from kubetune.api.manifest import parse_spec
-from kubetune.api.v1alpha1 import FineTuneJobSpec, ReplaySpec, ResolvedTraining
+from kubetune.api.v1alpha1 import ReplaySpec, ResolvedTraining
 from kubetune_trainer.hardware import Hardware
 from kubetune_trainer.plan import ModelShape, resolve_replay, resolve_training
+from tests.builders import spec
 
 CPU = Hardware("cpu", 0, "cpu", 0.0, False, 24.0, 2)
 L4 = Hardware("cuda", 1, "NVIDIA L4", 24.0, True, 64.0, 8)
@@ -46,13 +44,6 @@ TINY_TRAINING = {
     "seed": 3,
     "evalSteps": 100,
 }
-
-
-def spec(**fields: Any) -> FineTuneJobSpec:
-    """A minimal FineTuneJob spec with ``fields`` added (camelCase, as in a manifest)."""
-    return parse_spec(
-        {"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}, **fields}
-    )
 
 
 def tiny_plan(method: str, lr: float = 5e-3) -> ResolvedTraining:

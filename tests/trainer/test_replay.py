@@ -13,13 +13,14 @@ from kubetune_trainer.general_prompts import GeneralPrompt, load_general_prompts
 from kubetune_trainer.plan import DEFAULTS, preflight_estimate, resolve_replay, resolve_training
 from kubetune_trainer.replay import answers_worth_replaying, choose_replay_prompts
 from kubetune_trainer.steps import interleave
+from tests import builders
 from tests.trainer.plans import CPU, SMOL
 
 POOL = 184
 
 
 def test_a_minimal_manifest_replays() -> None:
-    spec = parse_spec({"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}})
+    spec = builders.spec()
     assert spec.dataset.replay.enabled is True and spec.dataset.replay.fraction is None
     replay = resolve_replay(spec.dataset.replay, task_train_examples=300, pool_size=POOL)
     assert replay.enabled and replay.examples == round(DEFAULTS.replay_fraction * 300)
@@ -104,7 +105,7 @@ def test_replay_rows_are_spread_evenly_through_the_task() -> None:
 
 
 def test_the_plan_counts_replay_rows_and_the_estimate_includes_generating_base_answers() -> None:
-    spec = parse_spec({"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}})
+    spec = builders.spec()
     replay = resolve_replay(spec.dataset.replay, task_train_examples=400, pool_size=POOL)
     resolved = resolve_training(spec, CPU, train_examples=520, token_lengths=[100] * 520, shape=SMOL, replay=replay)
     assert resolved.replay == replay

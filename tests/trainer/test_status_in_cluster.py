@@ -17,13 +17,14 @@ from kubetune import kubeclient
 from kubetune.api.v1alpha1 import FineTuneJobSpec, Progress, TrainerResult
 from kubetune.operator import children
 from kubetune_trainer.reporting.kubernetes import KubernetesStatusReporter
+from tests.builders import minimal_spec
 from tests.kubeapi.cluster import TestCluster
 from tests.kubeapi.model import UserInfo
 from tests.kubeapi.runner import ApiServerThread
 from tests.operator.cluster import Cluster, wait_for
 
 GROUP, VERSION, PLURAL = "kubetune.dev", "v1alpha1", "finetunejobs"
-SPEC = {"dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]}, "output": {"uri": "s3://models/x/"}}
+SPEC = minimal_spec()
 
 
 @pytest.fixture()

@@ -1,0 +1,24 @@
+"""Test builders for the objects many tests need: a minimal FineTuneJob spec, as a dict or parsed."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kubetune.api.manifest import parse_spec
+from kubetune.api.v1alpha1 import FineTuneJobSpec
+
+_MINIMAL_SPEC: dict[str, Any] = {
+    "dataset": {"sources": [{"uri": "s3://data/x.jsonl"}]},
+    "output": {"uri": "s3://models/x/"},
+}
+
+
+def minimal_spec(**fields: Any) -> dict[str, Any]:
+    """The smallest valid spec (camelCase, as in a manifest), a fresh copy, with ``fields`` set on top."""
+    return {**copy.deepcopy(_MINIMAL_SPEC), **copy.deepcopy(fields)}
+
+
+def spec(**fields: Any) -> FineTuneJobSpec:
+    """:func:`minimal_spec` parsed as the API parses a manifest."""
+    return parse_spec(minimal_spec(**fields))
