@@ -8,7 +8,6 @@ safetensors weights are accepted: pickled ``.bin`` checkpoints can execute code 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from kubetune.api.v1alpha1 import BUILTIN_MODEL_URI
@@ -68,8 +67,3 @@ def model_checksum(model_dir: Path) -> str:
             while block := handle.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def model_max_positions(model_dir: Path) -> int:
-    config = json.loads((model_dir / "config.json").read_text())
-    return int(config.get("max_position_embeddings") or 2048)
