@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from kubetune.api.v1alpha1 import MethodType, ResolvedFullTraining
+import re
+
+import pytest
+
+from kubetune.api.v1alpha1 import QUANTITY_PATTERN, MethodType, ResolvedFullTraining
+from kubetune_trainer.errors import ConfigurationError
+from kubetune_trainer.hardware import quantity_gib
 from kubetune_trainer.plan import preflight_estimate, resolve_training
 from tests.trainer.plans import CPU, L4, NO_REPLAY, SEVEN_B, SMOL, spec
 
@@ -86,3 +92,16 @@ def test_estimates_grow_with_the_job_and_refuse_what_cannot_fit() -> None:
         and fits.estimated_minutes is not None
         and longer.estimated_minutes > fits.estimated_minutes
     )
+
+
+@pytest.mark.parametrize("suffix", ["", "k", "M", "G", "T", "P", "Ki", "Mi", "Gi", "Ti", "Pi"])
+def test_every_gpu_memory_the_api_admits_is_read_by_the_preflight(suffix: str) -> None:
+    declared = f"1.5{suffix}"
+    assert re.fullmatch(QUANTITY_PATTERN, declared), "the API must admit it"
+    assert quantity_gib(declared) == pytest.approx(1.5 * {**DECIMAL, **BINARY}[suffix] / 2**30)
+    with pytest.raises(ConfigurationError, match="not a memory quantity"):
+        quantity_gib(f"1.5{suffix}x")
+
+
+DECIMAL = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}

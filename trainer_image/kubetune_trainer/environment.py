@@ -52,6 +52,10 @@ class TrainerEnvironment:
         def text(name: str) -> str | None:
             return env.get(name, "").strip() or None
 
+        def path(name: str) -> Path | None:
+            value = text(name)
+            return Path(value) if value is not None else None
+
         def number(name: str) -> int | None:
             """A whole number; a bad one is logged and ignored, never fatal to a run."""
             raw = text(name)
@@ -62,17 +66,15 @@ class TrainerEnvironment:
             log.warning("ignoring %s=%r: expected a whole number", name, raw)
             return None
 
-        system_cache = text(contract.ENV_SYSTEM_CACHE)
-        termination_log = text(contract.ENV_TERMINATION_LOG)
         return cls(
             job_name=text(contract.ENV_JOB_NAME),
             job_namespace=text(contract.ENV_JOB_NAMESPACE),
             report_status=(text(contract.ENV_REPORT_STATUS) or "").lower() == "true",
             scratch=Path(text(contract.ENV_SCRATCH) or contract.SCRATCH),
             cache=Path(text(contract.ENV_CACHE) or Path.home() / ".cache" / "kubetune"),
-            system_cache=Path(system_cache) if system_cache else None,
-            termination_log=Path(termination_log) if termination_log else None,
-            s3_ca_bundle=Path(ca_bundle) if (ca_bundle := text(contract.ENV_S3_CA_BUNDLE)) else None,
+            system_cache=path(contract.ENV_SYSTEM_CACHE),
+            termination_log=path(contract.ENV_TERMINATION_LOG),
+            s3_ca_bundle=path(contract.ENV_S3_CA_BUNDLE),
             metrics_port=number(contract.ENV_METRICS_PORT),
             pushgateway_url=text(contract.ENV_PUSHGATEWAY_URL),
             push_interval_seconds=number(contract.ENV_PUSH_INTERVAL) or contract.DEFAULT_PUSH_INTERVAL_SECONDS,

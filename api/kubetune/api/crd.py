@@ -136,9 +136,8 @@ def _merged_union(node: dict[str, Any], defs: dict[str, Any], models: dict[str, 
                 }
             )
     merged: dict[str, Any] = {"type": "object", "properties": properties, "required": required}
-    for field in ("description",):
-        if field in node:
-            merged[field] = node[field]
+    if "description" in node:
+        merged["description"] = node["description"]
     if rules:
         merged["x-kubernetes-validations"] = rules
     return merged
