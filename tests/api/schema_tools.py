@@ -180,11 +180,13 @@ def cel_violations(node: Schema, value: Any, old: Any = None, path: str = "") ->
     violations = []
     value, old = typed_like_the_server(node, value), typed_like_the_server(node, old)
     for rule in node.get("x-kubernetes-validations", []):
+        # The server reports a failed rule at its fieldPath, under the object the rule is on.
+        where = _join(path, rule["fieldPath"].lstrip(".")) if rule.get("fieldPath") else path
         if is_transition_rule(rule["rule"]):
             if old is not None and not _holds(rule["rule"], value, old):
-                violations.append((path, rule["message"]))
+                violations.append((where, rule["message"]))
         elif not _holds(rule["rule"], value):
-            violations.append((path, rule["message"]))
+            violations.append((where, rule["message"]))
     if isinstance(value, dict):
         for name, child in (node.get("properties") or {}).items():
             if name in value:

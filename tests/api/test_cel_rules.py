@@ -10,13 +10,13 @@ import celpy
 import pytest
 
 from kubetune.api.manifest import ManifestError, parse_spec
-from kubetune.api.v1alpha1 import FINETUNEJOB_SPEC_RULES
+from kubetune.api.v1alpha1 import FineTuneJobSpec, Toleration
 from tests.api.schema_tools import all_rules, apply_defaults, cel_violations, root_schema, spec_schema
 from tests.builders import minimal_spec
 
 MINIMAL: dict[str, Any] = minimal_spec()
-QLORA_MESSAGE = str(FINETUNEJOB_SPEC_RULES[0]["message"])
-SPLIT_MESSAGE = str(FINETUNEJOB_SPEC_RULES[1]["message"])
+SPEC_RULES = {rule.field.lstrip("."): rule.message for rule in FineTuneJobSpec.rules}
+TOLERATION_RULES = {rule.field.lstrip("."): rule.message for rule in Toleration.rules}
 
 
 def defaulted(spec: dict[str, Any]) -> dict[str, Any]:
@@ -25,17 +25,17 @@ def defaulted(spec: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_rule_compiles() -> None:
     rules = all_rules(root_schema())
-    assert len(rules) > len(FINETUNEJOB_SPEC_RULES)
+    assert len(rules) > len(FineTuneJobSpec.rules) + len(Toleration.rules)
     environment = celpy.Environment()
     for rule in rules:
         environment.compile(rule)
 
 
-def model_messages(spec: dict[str, Any]) -> set[str]:
+def model_problems(spec: dict[str, Any]) -> set[tuple[str, str]]:
     try:
         parse_spec(spec)
     except ManifestError as err:
-        return {message.removeprefix("Value error, ") for _, message in err.problems}
+        return {(path.removeprefix("spec."), message) for path, message in err.problems}
     return set()
 
 
@@ -43,25 +43,62 @@ def split(validation: float, test: float) -> dict[str, Any]:
     return {"dataset": {"sources": [{"uri": "s3://data/x"}], "split": {"validation": validation, "test": test}}}
 
 
+def data(**extra: Any) -> dict[str, Any]:
+    return {"dataset": {"sources": [{"uri": "s3://data/x"}], **extra}}
+
+
+def spec_rule(field: str) -> set[tuple[str, str]]:
+    return {(field, SPEC_RULES[field])}
+
+
+def toleration_rule(index: int, field: str) -> set[tuple[str, str]]:
+    return {(f"resources.tolerations[{index}].{field}", TOLERATION_RULES[field])}
+
+
+def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"resources": {"tolerations": list(items)}}
+
+
 @pytest.mark.parametrize(
     ("change", "broken"),
     [
         ({}, set()),
-        ({"method": {"type": "qlora"}, "resources": {"gpus": 0}}, {QLORA_MESSAGE}),
+        ({"method": {"type": "qlora"}, "resources": {"gpus": 0}}, spec_rule("method.type")),
         ({"method": {"type": "qlora", "allowCpuQlora": True}, "resources": {"gpus": 0}}, set()),
         ({"method": {"type": "qlora"}}, set()),  # one GPU by default
         ({"method": {"type": "lora"}, "resources": {"gpus": 0}}, set()),
-        (split(0.45, 0.45), {SPLIT_MESSAGE}),
-        (split(0.5, 0.4), {SPLIT_MESSAGE}),
+        (split(0.45, 0.45), spec_rule("dataset.split")),
+        (split(0.5, 0.4), spec_rule("dataset.split")),
         (split(0.4, 0.4), set()),
         (split(0.0, 0.0), set()),
         (split(0, 0.5), set()),  # a YAML integer in a number field
+        ({"evaluation": {"gate": {"metric": "bleu"}}}, spec_rule("evaluation.gate.metric")),
+        ({"evaluation": {"gate": {"metric": "rougeL"}}}, set()),  # among the default metrics
+        ({"evaluation": {"metrics": ["bleu"], "gate": {"metric": "bleu"}}}, set()),
+        (data(curation={"minTokens": 100, "maxTokens": 50}), spec_rule("dataset.curation.minTokens")),
+        (data(curation={"minTokens": 50, "maxTokens": 50}), set()),
+        (
+            {"hyperparameters": {"sequenceLength": 32}, **data(curation={"minTokens": 33})},
+            spec_rule("hyperparameters.sequenceLength"),
+        ),
+        ({"hyperparameters": {"sequenceLength": 32}}, set()),
+        (
+            {"hyperparameters": {"earlyStoppingPatience": 2}, **split(0, 0.1)},
+            spec_rule("hyperparameters.earlyStoppingPatience"),
+        ),
+        ({"hyperparameters": {"earlyStoppingPatience": 0}, **split(0, 0.1)}, set()),
+        ({"hyperparameters": {"earlyStoppingPatience": 2}}, set()),
+        (tolerations({"key": "gpu", "operator": "Exists", "value": "x"}), toleration_rule(0, "value")),
+        (tolerations({"key": "gpu", "operator": "Exists"}, {"value": "x"}), toleration_rule(1, "operator")),
+        (tolerations({"operator": "Exists"}), set()),
+        (tolerations({"key": "a", "tolerationSeconds": 5}), toleration_rule(0, "effect")),
+        (tolerations({"key": "a", "effect": "NoExecute", "tolerationSeconds": 5}), set()),
     ],
 )
-def test_cross_field_rules_agree_with_the_model(change: dict[str, Any], broken: set[str]) -> None:
+def test_cross_field_rules_agree_with_the_model(change: dict[str, Any], broken: set[tuple[str, str]]) -> None:
     spec = {**copy.deepcopy(MINIMAL), **change}
-    assert {message for _, message in cel_violations(spec_schema(), defaulted(spec))} == broken, "CEL"
-    assert model_messages(spec) == broken, "pydantic"
+    assert set(cel_violations(spec_schema(), defaulted(spec))) == broken, "CEL"
+    assert model_problems(spec) == broken, "pydantic"
 
 
 def update_violations(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str]]:

@@ -231,7 +231,7 @@ def resolve_training(
         r=r,
         alpha=chosen(requested.alpha, DEFAULTS.lora_alpha_per_r * r),
         dropout=chosen(requested.dropout, DEFAULTS.lora_dropout),
-        target_modules=requested.target_modules or list(DEFAULTS.lora_target_modules),  # [] means auto too
+        target_modules=chosen(requested.target_modules, list(DEFAULTS.lora_target_modules)),
         # The manifest's strength, else the candidates the validation split chooses from after training.
         strengths=[requested.scale] if requested.scale is not None else list(DEFAULTS.adapter_strengths),
     )

@@ -12,12 +12,15 @@ required: after the plan nobody defaults a value again.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
-from pydantic.json_schema import JsonDict, JsonValue
+from pydantic.json_schema import JsonDict
+
+from kubetune.api.rules import Rule, rules_schema
 
 GROUP = "kubetune.dev"
 VERSION = "v1alpha1"
@@ -27,13 +30,42 @@ PLURAL = "finetunejobs"
 SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
 
-BUILTIN_MODEL_URI = "builtin://smollm2-135m-instruct"
+BUILTIN_MODELS = ("smollm2-135m-instruct",)  # shipped with the trainer image
+BUILTIN_MODEL_URI = f"builtin://{BUILTIN_MODELS[0]}"
 DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
 
-# URIs the trainer understands; the operator and `kubetune run` map them the same way.
-MODEL_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file:///.*|builtin://[a-z0-9.\-]+)$"
-DATA_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file:///.*)$"
+# URIs the trainer understands; the operator and `kubetune run` map them the same way. A path
+# segment is never "..", and there is no query string or fragment: a presigned URL would put a
+# credential into the manifest, and ".." would climb out of the prefix the platform granted.
+# Written for RE2 (the API server) and Rust regex (pydantic) alike: no lookaround.
+_PATH_SEGMENT = r"([^/?#.][^/?#]*|\.([^/?#.][^/?#]*)?|\.\.[^/?#]+)"
+_PATH = rf"(/{_PATH_SEGMENT}?)*"
+_S3_URI = rf"s3://[a-z0-9][a-z0-9.\-]{{1,61}}[a-z0-9]{_PATH}"
+_FILE_URI = rf"file://(/{_PATH_SEGMENT}?)+"
+MODEL_URI_PATTERN = rf"^({_S3_URI}|{_FILE_URI}|builtin://({'|'.join(BUILTIN_MODELS)}))$"
+DATA_URI_PATTERN = rf"^({_S3_URI}|{_FILE_URI})$"
+MAX_URI_LENGTH = 2048
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
+# A quantity greater than zero: a non-zero digit before the point, or after it.
+POSITIVE_QUANTITY_PATTERN = r"^([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
+POSITIVE_CPU_PATTERN = POSITIVE_QUANTITY_PATTERN.replace("Ki|", "m|Ki|")
+# An S3 endpoint is scheme, host and port only: credentials go in s3.credentialsSecret, never in the URL.
+S3_ENDPOINT_PATTERN = r"^https?://([A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$"
+S3_REGION_PATTERN = r"^[a-z0-9]([a-z0-9\-]{0,62}[a-z0-9])?$"
+# Kubernetes' own name rules (k8s.io/apimachinery validation): label keys and values, resource names.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+QUALIFIED_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+# An extended resource: a domain-prefixed name outside kubernetes.io (cpu, memory, hugepages-* are not).
+EXTENDED_RESOURCE_PATTERN = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+# An image reference (distribution/reference): [registry[:port]/]path[:tag][@digest].
+IMAGE_PATTERN = (
+    r"^(([A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])"
+    r"(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+MAX_CHAT_TEMPLATE_BYTES = 64 * 1024
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
@@ -43,7 +75,10 @@ class ApiModel(BaseModel):
 
     model_config = ConfigDict(
         alias_generator=to_camel,
-        populate_by_name=True,
+        # Internal code builds models by field name; manifests are parsed by alias only
+        # (kubetune.api.manifest passes by_name=False), as the API server knows only camelCase.
+        validate_by_name=True,
+        validate_by_alias=True,
         extra="forbid",
         use_enum_values=True,
         validate_default=True,
@@ -120,6 +155,7 @@ class BaseModelSpec(ApiModel):
         str,
         Field(
             pattern=MODEL_URI_PATTERN,
+            max_length=MAX_URI_LENGTH,
             description=(
                 "Where the base model's weights are: s3://bucket/prefix (a Hugging Face folder), "
                 "file:///path inside the pod (a mounted volume or the image), or "
@@ -129,8 +165,70 @@ class BaseModelSpec(ApiModel):
     ] = BUILTIN_MODEL_URI
     chat_template: Annotated[
         str | None,
-        Field(description="Jinja chat template overriding the base model's own, for chat data."),
+        Field(
+            max_length=MAX_CHAT_TEMPLATE_BYTES,
+            description="Jinja chat template overriding the base model's own, for chat data (at most 65536 characters).",
+        ),
     ] = None
+
+
+# The columns the dataset formats read (kubetune_trainer.data.formats); a column mapping renames to these.
+CANONICAL_COLUMNS = (
+    "messages",
+    "conversations",
+    "system",
+    "instruction",
+    "input",
+    "output",
+    "prompt",
+    "completion",
+    "text",
+)
+
+
+def _cel(rule: str, message: str, **extra: str) -> JsonDict:
+    """One CEL rule (x-kubernetes-validations) for a field's schema; the model checks the same."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message, **extra}]}
+
+
+def _keys_in_rule(allowed: tuple[str, ...]) -> str:
+    return f"self.all(k, k in {list(allowed)!r})"
+
+
+def _canonical_columns(mapping: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(mapping) - set(CANONICAL_COLUMNS))
+    if unknown:
+        raise ValueError(
+            f"keys must be canonical column names: {', '.join(unknown)} is not one of {', '.join(CANONICAL_COLUMNS)}"
+        )
+    return mapping
+
+
+def _unique(values: list[Any] | None) -> list[Any] | None:
+    seen: set[Any] = set()
+    for value in values or []:
+        if value in seen:
+            raise ValueError(f"duplicate value {value!r}")
+        seen.add(value)
+    return values
+
+
+def _label_keys(labels: dict[str, str]) -> dict[str, str]:
+    for key in labels:
+        if not re.match(QUALIFIED_NAME_PATTERN, key) or len(key) > 316:
+            raise ValueError(
+                f"key {key!r} is not a label key: [prefix/]name, name at most 63 characters of [-A-Za-z0-9_.]"
+            )
+    return labels
+
+
+def _extended_resource(name: str) -> str:
+    if "kubernetes.io/" in name or name.startswith("requests."):
+        raise ValueError("must be an extended resource outside the kubernetes.io domain")
+    return name
+
+
+_SET = {"x-kubernetes-list-type": "set"}  # the API server refuses a duplicate item
 
 
 class DatasetSource(ApiModel):
@@ -138,6 +236,7 @@ class DatasetSource(ApiModel):
         str,
         Field(
             pattern=DATA_URI_PATTERN,
+            max_length=MAX_URI_LENGTH,
             description=(
                 "A file or prefix: s3://bucket/key(.jsonl|.json|.csv|.parquet) or a prefix ending "
                 "in '/', or file:///path."
@@ -168,12 +267,20 @@ class DatasetSource(ApiModel):
         ),
     ] = False
     column_mapping: Annotated[
-        dict[str, str] | None,
+        Annotated[
+            dict[str, Annotated[str, Field(min_length=1, max_length=256)]],
+            Field(max_length=len(CANONICAL_COLUMNS)),
+            AfterValidator(_canonical_columns),
+        ]
+        | None,
         Field(
             description=(
                 "Renames dataset columns to the format's names, e.g. {instruction: question, "
-                "output: answer}: canonical name -> the dataset's column name."
-            )
+                "output: answer}: canonical name -> the dataset's column name. Canonical names: "
+                + ", ".join(CANONICAL_COLUMNS)
+                + "."
+            ),
+            json_schema_extra=_cel(_keys_in_rule(CANONICAL_COLUMNS), "keys must be canonical column names: "),
         ),
     ] = None
 
@@ -251,7 +358,11 @@ class LoraSpec(ApiModel):
     dropout: Annotated[float | None, Field(ge=0, le=0.9)] = None
     target_modules: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=128)]] | None,
-        Field(max_length=64, description="Module names to adapt, or ['all-linear']; auto when unset."),
+        Field(
+            min_length=1,
+            max_length=64,
+            description="Module names to adapt, or ['all-linear']; auto when unset (an empty list is refused).",
+        ),
     ] = None
     scale: Annotated[
         float | None,
@@ -319,9 +430,11 @@ class QualityGateSpec(ApiModel):
 class EvaluationSpec(ApiModel):
     metrics: Annotated[
         list[Metric],
+        AfterValidator(_unique),
         Field(
             min_length=1,
             max_length=6,
+            json_schema_extra=_SET,
             description="Reported base vs tuned; the task's primary metric (accuracy or rougeL) is always added.",
         ),
     ] = Field(default_factory=lambda: [Metric.PERPLEXITY, Metric.ROUGE_L])
@@ -347,6 +460,7 @@ class EvaluationSpec(ApiModel):
         str | None,
         Field(
             pattern=DATA_URI_PATTERN,
+            max_length=MAX_URI_LENGTH,
             description=(
                 "General prompts with the base model's answers that measure forgetting (s3:// or file://); "
                 "default: kubetune's built-in general prompts, answered by the base model."
@@ -366,12 +480,13 @@ class OutputSpec(ApiModel):
         str,
         Field(
             pattern=DATA_URI_PATTERN,
+            max_length=MAX_URI_LENGTH,
             description="Prefix under which each run publishes a new, never-overwritten version.",
         ),
     ]
-    formats: Annotated[list[ArtifactFormat], Field(min_length=1, max_length=5)] = Field(
-        default_factory=lambda: [ArtifactFormat.ADAPTER, ArtifactFormat.MERGED]
-    )
+    formats: Annotated[
+        list[ArtifactFormat], AfterValidator(_unique), Field(min_length=1, max_length=5, json_schema_extra=_SET)
+    ] = Field(default_factory=lambda: [ArtifactFormat.ADAPTER, ArtifactFormat.MERGED])
 
 
 class CheckpointSpec(ApiModel):
@@ -380,7 +495,11 @@ class CheckpointSpec(ApiModel):
     ] = 50
     uri: Annotated[
         str | None,
-        Field(pattern=DATA_URI_PATTERN, description="Where checkpoints go; default: <output.uri>/checkpoints/<job>."),
+        Field(
+            pattern=DATA_URI_PATTERN,
+            max_length=MAX_URI_LENGTH,
+            description="Where checkpoints go; default: <output.uri>/checkpoints/<job>.",
+        ),
     ] = None
     termination_grace_period_seconds: Annotated[
         int, Field(ge=0, le=3600, description="Time the pod gets after SIGTERM to write a last checkpoint.")
@@ -388,31 +507,81 @@ class CheckpointSpec(ApiModel):
 
 
 class Toleration(ApiModel):
-    key: str | None = None
+    """A pod toleration, checked as the API server checks a pod's (core validation)."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "value must be empty when operator is Exists",
+            ".value",
+            lambda t: t.operator != "Exists" or not t.value,
+        ),
+        Rule(
+            "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+            "operator must be Exists when key is empty (such a toleration matches every taint)",
+            ".operator",
+            lambda t: bool(t.key) or t.operator == "Exists",
+        ),
+        Rule(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "effect must be NoExecute when tolerationSeconds is set",
+            ".effect",
+            lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
+        ),
+    )
+    model_config = ConfigDict(json_schema_extra=rules_schema(rules))
+
+    key: Annotated[str | None, Field(pattern=QUALIFIED_NAME_PATTERN, max_length=316)] = None
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: Annotated[str | None, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)] = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    toleration_seconds: Annotated[int | None, Field(ge=0, le=365 * 24 * 3600)] = None
 
 
 class ResourcesSpec(ApiModel):
     gpus: Annotated[
         int, Field(ge=0, le=16, description="GPUs on one node; more than one runs one process per GPU (DDP).")
     ] = 1
-    gpu_resource_name: Annotated[str, Field(max_length=253)] = "nvidia.com/gpu"
+    gpu_resource_name: Annotated[
+        str,
+        Field(
+            pattern=EXTENDED_RESOURCE_PATTERN,
+            max_length=253,
+            description="The GPU's extended resource name (vendor-domain/name); never cpu, memory or a kubernetes.io name.",
+            json_schema_extra=_cel(
+                "!self.contains('kubernetes.io/') && !self.startsWith('requests.')",
+                "must be an extended resource outside the kubernetes.io domain",
+            ),
+        ),
+        AfterValidator(_extended_resource),
+    ] = "nvidia.com/gpu"
     gpu_memory: Annotated[
         str | None,
         Field(
-            pattern=QUANTITY_PATTERN,
+            pattern=POSITIVE_QUANTITY_PATTERN,
             description=(
                 "Memory of one GPU on the target nodes (e.g. 24Gi for an L4, 80Gi for an H100), so the CPU-only "
                 "pre-flight can refuse a job that will not fit before any GPU is requested."
             ),
         ),
     ] = None
-    cpu: Annotated[str, Field(pattern=QUANTITY_PATTERN.replace("Ki|", "m|Ki|"))] = "4"
-    memory: Annotated[str, Field(pattern=QUANTITY_PATTERN)] = "32Gi"
-    node_selector: dict[str, str] | None = None
+    cpu: Annotated[str, Field(pattern=POSITIVE_CPU_PATTERN, max_length=32)] = "4"
+    memory: Annotated[str, Field(pattern=POSITIVE_QUANTITY_PATTERN, max_length=32)] = "32Gi"
+    node_selector: Annotated[
+        Annotated[
+            dict[str, Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]],
+            Field(max_length=64),
+            AfterValidator(_label_keys),
+        ]
+        | None,
+        Field(
+            description="Node labels the pod must land on (keys and values checked as Kubernetes checks labels).",
+            json_schema_extra=_cel(
+                f"self.all(k, size(k) <= 316 && k.matches(r'{QUALIFIED_NAME_PATTERN}'))",
+                "keys must be label keys: [prefix/]name, name at most 63 characters of [-A-Za-z0-9_.]",
+            ),
+        ),
+    ] = None
     tolerations: Annotated[list[Toleration] | None, Field(max_length=32)] = None
     priority_class_name: Annotated[str | None, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] = None
 
@@ -424,10 +593,16 @@ class PvcRef(ApiModel):
 class StorageSpec(ApiModel):
     scratch_size: Annotated[
         str,
-        Field(pattern=QUANTITY_PATTERN, description="Size of the ephemeral scratch volume for model and checkpoints."),
+        Field(
+            pattern=POSITIVE_QUANTITY_PATTERN,
+            max_length=32,
+            description="Size of the ephemeral scratch volume for model and checkpoints.",
+        ),
     ] = "50Gi"
     pvc: Annotated[PvcRef | None, Field(description="Use this PersistentVolumeClaim as scratch instead.")] = None
-    shm_size: Annotated[str, Field(pattern=QUANTITY_PATTERN, description="Size of /dev/shm (memory-backed).")] = "2Gi"
+    shm_size: Annotated[
+        str, Field(pattern=POSITIVE_QUANTITY_PATTERN, max_length=32, description="Size of /dev/shm (memory-backed).")
+    ] = "2Gi"
 
 
 class SecretKeyRef(ApiModel):
@@ -445,9 +620,16 @@ class ConfigMapKeyRef(ApiModel):
 class S3Spec(ApiModel):
     endpoint: Annotated[
         str | None,
-        Field(pattern=r"^https?://[^\s]+$", description="S3-compatible endpoint (MinIO, Ceph...); AWS when unset."),
+        Field(
+            pattern=S3_ENDPOINT_PATTERN,
+            max_length=512,
+            description=(
+                "S3-compatible endpoint (MinIO, Ceph...) as scheme://host[:port], no credentials, path or query; "
+                "AWS when unset."
+            ),
+        ),
     ] = None
-    region: Annotated[str | None, Field(max_length=64)] = None
+    region: Annotated[str | None, Field(pattern=S3_REGION_PATTERN, max_length=64)] = None
     credentials_secret: Annotated[
         SecretKeyRef | None,
         Field(
@@ -460,24 +642,54 @@ class S3Spec(ApiModel):
     force_path_style: bool = False
 
 
-FINETUNEJOB_SPEC_RULES: list[JsonDict] = [
-    {
-        "rule": "self.method.type != 'qlora' || self.resources.gpus > 0 || self.method.allowCpuQlora",
-        "message": "method.type qlora needs resources.gpus > 0 (or method.allowCpuQlora: true)",
-        "fieldPath": ".method.type",
-    },
-    {
-        "rule": "self.dataset.split.validation + self.dataset.split.test < 0.9",
-        "message": "dataset.split.validation + dataset.split.test must leave at least 10% for training",
-        "fieldPath": ".dataset.split",
-    },
-]
-
-
 class FineTuneJobSpec(ApiModel):
-    model_config = ConfigDict(
-        json_schema_extra={"x-kubernetes-validations": cast(list[JsonValue], FINETUNEJOB_SPEC_RULES)}
+    # Rules between fields, each naming the field to change. The model type-checks first, so a
+    # rule's check sees valid values.
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "self.method.type != 'qlora' || self.resources.gpus > 0 || self.method.allowCpuQlora",
+            "method.type qlora needs resources.gpus > 0 (or method.allowCpuQlora: true)",
+            ".method.type",
+            lambda s: s.method.type != MethodType.QLORA or s.resources.gpus > 0 or s.method.allow_cpu_qlora,
+        ),
+        Rule(
+            "self.dataset.split.validation + self.dataset.split.test < 0.9",
+            "dataset.split.validation + dataset.split.test must leave at least 10% for training",
+            ".dataset.split",
+            lambda s: s.dataset.split.validation + s.dataset.split.test < 0.9,
+        ),
+        Rule(
+            "!has(self.evaluation.gate) || self.evaluation.gate.metric in self.evaluation.metrics",
+            "the gate's metric must be one of evaluation.metrics",
+            ".evaluation.gate.metric",
+            lambda s: s.evaluation.gate is None or s.evaluation.gate.metric in s.evaluation.metrics,
+        ),
+        Rule(
+            "!has(self.dataset.curation.maxTokens) || self.dataset.curation.minTokens <= self.dataset.curation.maxTokens",
+            "dataset.curation.minTokens must not exceed maxTokens",
+            ".dataset.curation.minTokens",
+            lambda s: (
+                s.dataset.curation.max_tokens is None or s.dataset.curation.min_tokens <= s.dataset.curation.max_tokens
+            ),
+        ),
+        Rule(
+            "!has(self.hyperparameters.sequenceLength) || self.hyperparameters.sequenceLength >= self.dataset.curation.minTokens",
+            "hyperparameters.sequenceLength must admit dataset.curation.minTokens (no example could fit)",
+            ".hyperparameters.sequenceLength",
+            lambda s: (
+                s.hyperparameters.sequence_length is None
+                or s.hyperparameters.sequence_length >= s.dataset.curation.min_tokens
+            ),
+        ),
+        Rule(
+            "!has(self.hyperparameters.earlyStoppingPatience) || self.hyperparameters.earlyStoppingPatience == 0 "
+            "|| self.dataset.split.validation > 0.0",
+            "early stopping needs a validation split: set dataset.split.validation above 0 or earlyStoppingPatience to 0",
+            ".hyperparameters.earlyStoppingPatience",
+            lambda s: not s.hyperparameters.early_stopping_patience or s.dataset.split.validation > 0,
+        ),
     )
+    model_config = ConfigDict(json_schema_extra=rules_schema(rules))
 
     base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
     dataset: DatasetSpec
@@ -498,7 +710,12 @@ class FineTuneJobSpec(ApiModel):
         ),
     ] = None
     image: Annotated[
-        str | None, Field(max_length=512, description="Trainer image; default from the operator's config.")
+        str | None,
+        Field(
+            pattern=IMAGE_PATTERN,
+            max_length=512,
+            description="Trainer image reference; default from the operator's config.",
+        ),
     ] = None
     suspend: Annotated[
         bool,
@@ -513,15 +730,6 @@ class FineTuneJobSpec(ApiModel):
         Field(ge=0, le=20, description="Retries of the training pod after failures other than configuration errors."),
     ] = 3
     ttl_seconds_after_finished: Annotated[int | None, Field(ge=0, le=365 * 24 * 3600)] = None
-
-    @model_validator(mode="after")
-    def _cross_field_rules(self) -> FineTuneJobSpec:
-        """The same rules as FINETUNEJOB_SPEC_RULES (CEL, in the CRD); a test keeps them in step."""
-        if self.method.type == MethodType.QLORA.value and self.resources.gpus == 0 and not self.method.allow_cpu_qlora:
-            raise ValueError(str(FINETUNEJOB_SPEC_RULES[0]["message"]))
-        if self.dataset.split.validation + self.dataset.split.test >= 0.9:
-            raise ValueError(str(FINETUNEJOB_SPEC_RULES[1]["message"]))
-        return self
 
 
 # --------------------------------------------------------------------------- status

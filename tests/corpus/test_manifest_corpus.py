@@ -1,0 +1,144 @@
+"""The manifest corpus: every invalid manifest gets the same verdict on every path a user can take.
+
+``tests/corpus/manifests/invalid/*.yaml`` each name the field they break and a fragment of the
+message in their header (``# expect-field:``, ``# expect-message:``); an empty field is a problem of
+the file itself (its encoding, its YAML). Each runs through:
+
+- ``kubetune validate`` and ``kubetune run``, in process through the CLI's entry function;
+- the API server: a create through the test API server (the generated CRD: schema, CEL, metadata
+  validation) as a tenant, with ``fieldValidation=Strict`` and ``dryRun=All`` as ``kubectl create``
+  sends them, the object decoded as kubectl decodes YAML;
+- the operator's own validation of the spec it would receive.
+
+A file kubectl cannot turn into JSON never reaches the API server or the operator; for those the
+CLI paths are the verdict. ``valid/*.yaml`` must be accepted on every path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from kubetune.api.yamldoc import ManifestYamlError, load_documents
+from kubetune.operator import validation
+from kubetune_trainer.cli import main as kubetune
+from tests.kubeapi.cluster import CLUSTERWIDE, Identity, TestCluster
+from tests.kubeapi.runner import ApiServerThread
+
+CORPUS = Path(__file__).parent / "manifests"
+INVALID = sorted((CORPUS / "invalid").glob("*.yaml"))
+VALID = sorted((CORPUS / "valid").glob("*.yaml"))
+EXIT_CONFIG = 2
+NAMESPACE = "default"
+
+
+@dataclass(frozen=True)
+class Expected:
+    field: str
+    message: str
+
+
+def expected(path: Path) -> Expected:
+    header = path.read_bytes()[:4096].decode("utf-8", errors="replace")
+    field = re.search(r"^# expect-field: ?(.*)$", header, re.M)
+    message = re.search(r"^# expect-message: ?(.*)$", header, re.M)
+    assert field and message, f"{path.name} must name its expect-field and expect-message"
+    return Expected(field.group(1).strip(), message.group(1).strip())
+
+
+def the_job(path: Path) -> dict[str, Any] | None:
+    """The FineTuneJob as kubectl would send it, or None when kubectl could not decode the file."""
+    try:
+        documents = [d.data for d in load_documents(path.read_bytes())]
+    except ManifestYamlError:
+        return None
+    jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
+    return jobs[0] if len(jobs) == 1 and all(isinstance(d, dict) for d in documents) else None
+
+
+@pytest.fixture(scope="module")
+def tenant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Identity]:
+    folder = tmp_path_factory.mktemp("corpus-cluster")
+    server = ApiServerThread(folder / "apiserver").start()
+    try:
+        yield TestCluster(server, folder / "cluster", CLUSTERWIDE, kueue=False).tenant
+    finally:
+        server.stop()
+
+
+def api_server_verdict(tenant: Identity, job: dict[str, Any]) -> tuple[int, str]:
+    """(HTTP status, the refusal's text with every cause's field) of a create, dry-run, strict."""
+    body = (
+        {**job, "metadata": {**job["metadata"], "namespace": NAMESPACE}}
+        if isinstance(job.get("metadata"), dict)
+        else job
+    )
+    api_version = str(job.get("apiVersion"))
+    path = f"/apis/{api_version}/namespaces/{NAMESPACE}/finetunejobs?fieldValidation=Strict&dryRun=All"
+    try:
+        tenant.call("POST", path, body)
+    except ApiException as err:
+        return int(err.status), str(err.body)
+    return 201, ""
+
+
+def cli_verdict(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = kubetune(args)
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+@pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
+def test_invalid_manifest_is_refused_at_its_field_on_every_path(
+    path: Path, tenant: Identity, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    want = expected(path)
+    shown = f"{want.field}: " if want.field else ""
+    for args in (["validate", str(path)], ["run", str(path), "--output-dir", str(tmp_path / "out")]):
+        code, text = cli_verdict(args, capsys)
+        assert code == EXIT_CONFIG, f"kubetune {args[0]} accepted {path.name}: {text}"
+        assert "Traceback" not in text
+        assert shown in text and want.message in text, f"kubetune {args[0]}: {text}"
+    assert not (tmp_path / "out").exists(), "a refused manifest must not write anything"
+
+    job = the_job(path)
+    if job is None:
+        return  # kubectl refuses the file itself: nothing reaches the API server or the operator
+    status, refusal = api_server_verdict(tenant, job)
+    assert status in (400, 404, 422), f"the API server accepted {path.name}"
+    if want.field == "apiVersion":
+        assert status == 404, refusal  # no FineTuneJob is served at that version
+    else:
+        assert want.field in refusal, f"the API server named another field: {refusal}"
+    if want.field.startswith("spec") and isinstance(job.get("spec"), dict):
+        problem = validation.parse(job["spec"])
+        assert isinstance(problem, validation.SpecProblem), "the operator accepted the spec"
+        assert want.field in problem.message, problem.message
+
+
+@pytest.mark.parametrize("path", VALID, ids=[p.stem for p in VALID])
+def test_valid_manifest_is_accepted_on_every_path(
+    path: Path, tenant: Identity, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, text = cli_verdict(["validate", str(path)], capsys)
+    assert code == 0, text
+    job = the_job(path)
+    assert job is not None
+    status, refusal = api_server_verdict(tenant, job)
+    assert status == 201, refusal
+    assert not isinstance(validation.parse(job["spec"]), validation.SpecProblem)
+
+
+def test_the_corpus_covers_every_category() -> None:
+    """At least three cases per category (the file name's first word), 80 invalid manifests in all."""
+    categories: dict[str, int] = {}
+    for path in INVALID:
+        categories[path.stem.split("-")[0]] = categories.get(path.stem.split("-")[0], 0) + 1
+    assert len(INVALID) >= 80
+    assert all(count >= 3 for count in categories.values()), categories
