@@ -26,7 +26,7 @@ import jsonschema
 import yaml
 
 from tests.kubeapi.validation import custom
-from tests.kubeapi.validation.custom import is_transition_rule, typed_like_the_server
+from tests.kubeapi.validation.custom import QUANTITY_FUNCTIONS, is_transition_rule, typed_like_the_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "kubetune.dev_finetunejobs.yaml"
@@ -169,7 +169,7 @@ def _holds(rule: str, self_value: Any, old_value: Any = None) -> bool:
     if old_value is not None:
         activation["oldSelf"] = celpy.json_to_cel(old_value)
     try:
-        result = environment.program(environment.compile(rule)).evaluate(activation)
+        result = environment.program(environment.compile(rule), functions=QUANTITY_FUNCTIONS).evaluate(activation)
     except celpy.CELEvalError:
         return False  # the server reports an evaluation error as a failed rule
     return isinstance(result, celpy.celtypes.BoolType) and bool(result)

@@ -93,6 +93,9 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         (tolerations({"operator": "Exists"}), set()),
         (tolerations({"key": "a", "tolerationSeconds": 5}), toleration_rule(0, "effect")),
         (tolerations({"key": "a", "effect": "NoExecute", "tolerationSeconds": 5}), set()),
+        ({"resources": {"memory": "8Gi"}, "storage": {"shmSize": "8Gi"}}, set()),
+        ({"resources": {"memory": "8Gi"}, "storage": {"shmSize": "8193Mi"}}, spec_rule("storage.shmSize")),
+        ({"resources": {"memory": "8G"}, "storage": {"shmSize": "7.5Gi"}}, spec_rule("storage.shmSize")),
     ],
 )
 def test_cross_field_rules_agree_with_the_model(change: dict[str, Any], broken: set[tuple[str, str]]) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubetune.api.quantity import parse_quantity
 from kubetune.api.v1alpha1 import ResourcesSpec
 from kubetune_trainer.errors import ConfigurationError
 
@@ -81,26 +81,9 @@ def training_hardware(resources: ResourcesSpec, *, preflight: bool) -> Hardware:
     return here
 
 
-# Every suffix the API's QUANTITY_PATTERN accepts (a value it admits must never be refused here).
-_UNITS = {
-    "": 1,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "P": 1e15,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-}
-_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(" + "|".join(sorted(_UNITS, key=len, reverse=True)) + ")")
-
-
 def quantity_gib(quantity: str) -> float:
     """A Kubernetes memory quantity (24Gi, 80G, 0) in GiB."""
-    match = _QUANTITY.fullmatch(quantity.strip())
-    if not match:
-        raise ConfigurationError(f"not a memory quantity: {quantity!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)] / 2**30
+    try:
+        return float(parse_quantity(quantity)) / 2**30
+    except ValueError as err:
+        raise ConfigurationError(f"not a memory quantity: {quantity!r}") from err

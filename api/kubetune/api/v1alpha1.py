@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonDict
 
+from kubetune.api.quantity import parse_quantity
 from kubetune.api.rules import Rule, rules_schema
 
 GROUP = "kubetune.dev"
@@ -228,7 +229,35 @@ def _extended_resource(name: str) -> str:
     return name
 
 
-_SET = {"x-kubernetes-list-type": "set"}  # the API server refuses a duplicate item
+_SET = {"x-kubernetes-list-type": "set"}
+
+
+def _at_most(limit: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if parse_quantity(value) > parse_quantity(limit):
+            raise ValueError(f"must be at most {limit}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _limit(limit: str) -> JsonDict:
+    """The upper bound of a quantity field for the API server, with CEL's quantity library."""
+    return _cel(f"!isQuantity(self) || !quantity(self).isGreaterThan(quantity('{limit}'))", f"must be at most {limit}")
+
+
+def _size(limit: str) -> Any:
+    return Field(pattern=POSITIVE_QUANTITY_PATTERN, max_length=32, json_schema_extra=_limit(limit))
+
+
+# Upper bounds: far above any real node, low enough that a typo (16Ti for 16Gi) is caught at the field.
+CpuQuantity: TypeAlias = Annotated[
+    str, Field(pattern=POSITIVE_CPU_PATTERN, max_length=32, json_schema_extra=_limit("1024")), _at_most("1024")
+]
+MemoryQuantity: TypeAlias = Annotated[str, _size("16Ti"), _at_most("16Ti")]
+GpuMemoryQuantity: TypeAlias = Annotated[str, _size("1Ti"), _at_most("1Ti")]
+ScratchQuantity: TypeAlias = Annotated[str, _size("100Ti"), _at_most("100Ti")]
+ShmQuantity: TypeAlias = Annotated[str, _size("1Ti"), _at_most("1Ti")]
 
 
 class DatasetSource(ApiModel):
@@ -556,17 +585,16 @@ class ResourcesSpec(ApiModel):
         AfterValidator(_extended_resource),
     ] = "nvidia.com/gpu"
     gpu_memory: Annotated[
-        str | None,
+        GpuMemoryQuantity | None,
         Field(
-            pattern=POSITIVE_QUANTITY_PATTERN,
             description=(
                 "Memory of one GPU on the target nodes (e.g. 24Gi for an L4, 80Gi for an H100), so the CPU-only "
                 "pre-flight can refuse a job that will not fit before any GPU is requested."
             ),
         ),
     ] = None
-    cpu: Annotated[str, Field(pattern=POSITIVE_CPU_PATTERN, max_length=32)] = "4"
-    memory: Annotated[str, Field(pattern=POSITIVE_QUANTITY_PATTERN, max_length=32)] = "32Gi"
+    cpu: CpuQuantity = "4"
+    memory: MemoryQuantity = "32Gi"
     node_selector: Annotated[
         Annotated[
             dict[str, Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]],
@@ -592,16 +620,14 @@ class PvcRef(ApiModel):
 
 class StorageSpec(ApiModel):
     scratch_size: Annotated[
-        str,
+        ScratchQuantity,
         Field(
-            pattern=POSITIVE_QUANTITY_PATTERN,
-            max_length=32,
             description="Size of the ephemeral scratch volume for model and checkpoints.",
         ),
     ] = "50Gi"
     pvc: Annotated[PvcRef | None, Field(description="Use this PersistentVolumeClaim as scratch instead.")] = None
     shm_size: Annotated[
-        str, Field(pattern=POSITIVE_QUANTITY_PATTERN, max_length=32, description="Size of /dev/shm (memory-backed).")
+        ShmQuantity, Field(description="Size of /dev/shm (memory-backed: it counts against resources.memory).")
     ] = "2Gi"
 
 
@@ -687,6 +713,13 @@ class FineTuneJobSpec(ApiModel):
             "early stopping needs a validation split: set dataset.split.validation above 0 or earlyStoppingPatience to 0",
             ".hyperparameters.earlyStoppingPatience",
             lambda s: not s.hyperparameters.early_stopping_patience or s.dataset.split.validation > 0,
+        ),
+        Rule(
+            "!isQuantity(self.storage.shmSize) || !isQuantity(self.resources.memory) "
+            "|| !quantity(self.storage.shmSize).isGreaterThan(quantity(self.resources.memory))",
+            "storage.shmSize is memory the pod uses: it must not exceed resources.memory",
+            ".storage.shmSize",
+            lambda s: parse_quantity(s.storage.shm_size) <= parse_quantity(s.resources.memory),
         ),
     )
     model_config = ConfigDict(json_schema_extra=rules_schema(rules))

@@ -485,6 +485,37 @@ def _or_value(optional: _Optional, fallback: Any) -> Any:
 _OPTIONAL_FUNCTIONS: dict[str, Callable[..., Any]] = {"hasValue": _has_value, "value": _value, "orValue": _or_value}
 
 
+# Kubernetes' CEL quantity library (k8s.io/apiserver/pkg/cel/library/quantity.go), on meta.Quantity.
+def _quantity(text: Any) -> meta.Quantity:
+    try:
+        return meta.Quantity.parse(str(text))
+    except meta.QuantityError as error:
+        raise ValueError(f"invalid quantity: {error}") from None
+
+
+def _is_quantity(text: Any) -> celtypes.BoolType:
+    try:
+        meta.Quantity.parse(str(text))
+    except meta.QuantityError:
+        return celtypes.BoolType(False)
+    return celtypes.BoolType(True)
+
+
+def _compare(left: meta.Quantity, right: meta.Quantity) -> int:
+    return (left.value > right.value) - (left.value < right.value)
+
+
+QUANTITY_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "quantity": _quantity,
+    "isQuantity": _is_quantity,
+    "compareTo": lambda left, right: celtypes.IntType(_compare(left, right)),
+    "isLessThan": lambda left, right: celtypes.BoolType(_compare(left, right) < 0),
+    "isGreaterThan": lambda left, right: celtypes.BoolType(_compare(left, right) > 0),
+    "sign": lambda quantity: celtypes.IntType((quantity.value > 0) - (quantity.value < 0)),
+    "asApproximateFloat": lambda quantity: celtypes.DoubleType(float(quantity.value)),
+}
+
+
 @cache
 def _environment() -> celpy.Environment:
     return celpy.Environment()
@@ -493,7 +524,7 @@ def _environment() -> celpy.Environment:
 @cache
 def _program(rule: str) -> celpy.Runner:
     environment = _environment()
-    return environment.program(environment.compile(rule), functions=_OPTIONAL_FUNCTIONS)
+    return environment.program(environment.compile(rule), functions={**_OPTIONAL_FUNCTIONS, **QUANTITY_FUNCTIONS})
 
 
 def is_transition_rule(rule: str) -> bool:
