@@ -6,29 +6,35 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.trainer.jobs import write_dataset, write_job
 
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
 
 
-def test_preflight_refuses_a_job_that_cannot_fit_the_declared_gpu(tmp_path: Path, tiny_model_dir: Path) -> None:
-    data = write_dataset(tmp_path / "data.jsonl", 32)
+def preflight(
+    tmp_path: Path, tiny_model_dir: Path, env: dict[str, str] | None = None, **spec: Any
+) -> subprocess.CompletedProcess[str]:
+    """``kubetune preflight`` as the pre-flight pod runs it, on a 32-row dataset and the tiny model."""
     job = write_job(
         tmp_path / "job.yaml",
         model_dir=tiny_model_dir,
-        data=data,
-        output=f"file://{tmp_path}/out/",
-        method={"type": "full"},
-        resources={"gpus": 1, "gpuMemory": "64Mi"},
+        data=write_dataset(tmp_path / "data.jsonl", 32),
+        **{"output": f"file://{tmp_path}/out/", **spec},
     )
-    result = subprocess.run(
+    return subprocess.run(
         [KUBETUNE, "preflight", "--job", str(job), "--workdir", str(tmp_path / "work")],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},  # gpuMemory reaches the pre-flight in the job file only
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )
+
+
+def test_preflight_refuses_a_job_that_cannot_fit_the_declared_gpu(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # gpuMemory reaches the pre-flight in the job file only
+    result = preflight(tmp_path, tiny_model_dir, method={"type": "full"}, resources={"gpus": 1, "gpuMemory": "64Mi"})
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pre-flight failed" in result.stderr and "exceeds the 0.1 GiB" in result.stderr
     assert not (tmp_path / "out").exists(), "nothing is published by a pre-flight"
@@ -42,3 +48,28 @@ def test_validate_names_the_field(tmp_path: Path) -> None:
     result = subprocess.run([KUBETUNE, "validate", str(bad)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "spec.dataset.sources[0].uri" in result.stderr
+
+
+def test_an_unusable_ca_bundle_is_a_configuration_error_naming_the_field(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Not a retryable storage failure: exit 2, and the message names spec.s3.caBundle."""
+    not_pem = tmp_path / "ca.crt"
+    not_pem.write_text("this is not a certificate\n")
+    for bundle in (not_pem, tmp_path / "missing.crt"):
+        result = preflight(
+            tmp_path,
+            tiny_model_dir,
+            {"KUBETUNE_S3_CA_BUNDLE": str(bundle)},
+            output="s3://team-models/tiny/",
+            dataset={"sources": [{"uri": "s3://team-data/data.jsonl"}]},  # the first read goes to S3
+            s3={"endpoint": "https://minio.example:9000", "caBundle": {"name": "ca"}},
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "spec.s3.caBundle" in result.stderr and str(bundle) in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_preflight_of_a_cpu_job_checks_the_memory_its_training_pod_gets(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """resources.memory, not the pre-flight pod's own limit, is what CPU training runs in."""
+    result = preflight(tmp_path, tiny_model_dir, resources={"gpus": 0, "memory": "16Mi"}, storage={"shmSize": "16Mi"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "pre-flight failed" in result.stderr and "exceeds the 0.0 GiB" in result.stderr, result.stderr[-2000:]

@@ -48,7 +48,10 @@ def words(example: Example) -> int:
 
 
 def spec(uri: str, **source: Any) -> DatasetSpec:
-    return DatasetSpec.model_validate({"sources": [{"uri": uri, **source}], "split": {"validation": 0.0, "test": 0.0}})
+    # These tests read formats, not datasets big enough to train on: no minimum.
+    return DatasetSpec.model_validate(
+        {"sources": [{"uri": uri, **source}], "split": {"validation": 0.0, "test": 0.0}, "minExamples": 1}
+    )
 
 
 def encode(rows: list[dict[str, Any]], suffix: str) -> bytes:
@@ -125,6 +128,7 @@ def test_weighted_sources_apply_to_train_only(tmp_path: Path) -> None:
                 {"uri": f"file://{tmp_path}/b.jsonl", "weight": 0.5},
             ],
             "split": {"validation": 0, "test": 0},
+            "minExamples": 1,
         }
     )
     data = prepare_dataset(mixed, ObjectStore(), words, max_tokens=100)
@@ -157,6 +161,7 @@ def test_train_only_sources_never_reach_validation_or_test(tmp_path: Path) -> No
                 {"uri": f"file://{tmp_path}/replay.jsonl", "trainOnly": True},
             ],
             "split": {"validation": 0.3, "test": 0.3},
+            "minExamples": 1,
         }
     )
     data = prepare_dataset(mixed, ObjectStore(), words, max_tokens=100)

@@ -66,7 +66,7 @@ def test_drop_policy_counts_by_reason(tmp_path: Path) -> None:
     uri = write(
         tmp_path / "d.jsonl", [*GOOD, '{"messages": [{"role": "bot", "content": "x"}]}', "{oops", '{"messages": 3}']
     )
-    spec = DatasetSpec.model_validate({"sources": [{"uri": uri}], "invalidRows": "drop"})
+    spec = DatasetSpec.model_validate({"sources": [{"uri": uri}], "invalidRows": "drop", "minExamples": 1})
     data = prepare_dataset(spec, ObjectStore(), words, max_tokens=100)
     assert dict(data.report.invalid_rows) == {"unknown_role": 1, "malformed": 1, "wrong_type": 1}
     assert sum(data.report.splits.values()) == 20
@@ -123,6 +123,6 @@ def test_split_is_deterministic_and_stable_when_data_grows() -> None:
 
 def test_empty_dataset_is_an_error(tmp_path: Path) -> None:
     uri = write(tmp_path / "d.jsonl", ['{"oops": 1}'])
-    spec = DatasetSpec.model_validate({"sources": [{"uri": uri}], "invalidRows": "drop"})
+    spec = DatasetSpec.model_validate({"sources": [{"uri": uri}], "invalidRows": "drop", "minExamples": 1})
     with pytest.raises(DatasetError, match="no usable examples"):
         prepare_dataset(spec, ObjectStore(), words, max_tokens=100)

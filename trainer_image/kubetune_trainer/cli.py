@@ -17,14 +17,15 @@ from pathlib import Path
 from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
 from kubetune.api.manifest import ManifestError, load_manifest
 from kubetune_trainer.environment import TrainerEnvironment
+from kubetune_trainer.localrun import PathMapping, parse_mapping
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kubetune_trainer.localrun import default_mappings, localize, parse_mapping
+    from kubetune_trainer.localrun import default_mappings, localize
     from kubetune_trainer.pipeline import Mode, run_pipeline
 
     job = load_manifest(args.manifest)
-    mappings = [parse_mapping(m) for m in args.map] + default_mappings(args.manifest)
+    mappings = list(args.map) + default_mappings(args.manifest)
     for mapping in mappings:
         print(f"mapping file://{mapping.pod_prefix}/ -> {mapping.local_dir.resolve()}/", file=sys.stderr)
     job = localize(job, mappings, args.output_dir)
@@ -54,6 +55,13 @@ def _validate(args: argparse.Namespace) -> int:
     return status
 
 
+def _mapping(text: str) -> PathMapping:
+    try:
+        return parse_mapping(text)
+    except ValueError as err:  # argparse prints it with the usage and exits 2
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -73,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--map",
         action="append",
         default=[],
+        type=_mapping,
         metavar="/POD/PATH=LOCAL/DIR",
         help="read file:///POD/PATH/... from LOCAL/DIR (default: /opt/kubetune/examples -> the manifest's folder)",
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.manifest import ManifestError
 from kubetune.api.v1alpha1 import FineTuneJob
 
 IMAGE_EXAMPLES_DIR = "/opt/kubetune/examples"
@@ -43,7 +44,7 @@ def default_mappings(manifest_path: Path) -> list[PathMapping]:
 def parse_mapping(text: str) -> PathMapping:
     pod, sep, local = text.partition("=")
     if not sep or not pod.startswith("/") or not local:
-        raise ValueError(f"--map {text!r}: expected /path/in/pod=local/dir")
+        raise ValueError(f"{text!r}: expected /path/in/pod=local/dir")
     return PathMapping(pod, Path(local))
 
 
@@ -63,6 +64,11 @@ def localize(job: FineTuneJob, mappings: list[PathMapping], output_dir: Path | N
     manifest = job.model_dump(by_alias=True, exclude_none=True, mode="json")
     manifest["spec"] = _map_uris(manifest["spec"], mappings)
     if output_dir is not None:
-        name = job.metadata.get("name", "job")
-        manifest["spec"]["output"]["uri"] = f"file://{(output_dir / name).resolve()}/"
+        name = str(job.metadata.get("name") or job.metadata.get("generateName") or "job")
+        target = (output_dir / name).resolve()
+        # The name is checked as the API server checks it, so this holds; kept as the last word on
+        # what --output-dir promises: nothing is written outside it.
+        if not target.is_relative_to(output_dir.resolve()) or target == output_dir.resolve():
+            raise ManifestError(str(output_dir), [("metadata.name", f"{name!r} would write outside --output-dir")])
+        manifest["spec"]["output"]["uri"] = f"file://{target}/"
     return FineTuneJob.model_validate(manifest)

@@ -47,7 +47,7 @@ from kubetune_trainer.general_prompts import (
     load_general_prompts,
     normalise_for_matching,
 )
-from kubetune_trainer.hardware import Hardware, training_hardware
+from kubetune_trainer.hardware import Hardware, quantity_gib, training_hardware
 from kubetune_trainer.models.loading import model_checksum, resolve_model_dir
 from kubetune_trainer.plan import (
     ModelShape,
@@ -210,6 +210,14 @@ def _replay_prompts(ctx: RunContext, replay: ResolvedReplay) -> list[GeneralProm
     return choose_replay_prompts(pool, replay.examples, ctx.spec.dataset.split.seed)
 
 
+def _cpu_training_memory_gib(ctx: RunContext) -> float | None:
+    """In a cluster a CPU-only training pod gets spec.resources.memory, whatever the pre-flight pod
+    it is estimated in has; on a laptop (kubetune run) the machine's own memory is the limit."""
+    if ctx.mode == Mode.LOCAL or ctx.spec.resources.gpus > 0:
+        return None
+    return quantity_gib(ctx.spec.resources.memory)
+
+
 def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[ResolvedTraining, PreflightReport]:
     prompts = load_general_prompts()
     replay = resolve_replay(ctx.spec.dataset.replay, task_train_examples=len(data.train), pool_size=len(prompts.replay))
@@ -245,7 +253,7 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
         model.shape,
         model.hardware,
         train_tokens=train_tokens,
-        total_memory_limit_gib=None,
+        total_memory_limit_gib=_cpu_training_memory_gib(ctx),
         answers_to_generate=to_generate,
     )
     examples = {

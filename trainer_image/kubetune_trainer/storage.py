@@ -18,6 +18,21 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kubetune.api.v1alpha1 import S3Spec
+from kubetune_trainer.errors import ConfigurationError
+
+
+def _check_ca_bundle(path: Path) -> None:
+    """The CA bundle of spec.s3.caBundle must be readable PEM; else every request would fail, and
+    be retried, with an opaque TLS error."""
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as err:
+        reason = getattr(err, "strerror", None) or getattr(err, "reason", None) or str(err)
+        raise ConfigurationError(
+            f"spec.s3.caBundle: the CA bundle mounted at {path} is not a readable PEM certificate bundle ({reason})"
+        ) from err
 
 
 class StorageError(RuntimeError):
@@ -88,19 +103,28 @@ class ObjectStore:
             from botocore.config import Config
 
             spec = self._s3_spec
+            if self._ca_bundle is not None:
+                _check_ca_bundle(self._ca_bundle)
             config = Config(
                 retries={"max_attempts": 5, "mode": "standard"},
                 s3={"addressing_style": "path" if spec.force_path_style or spec.endpoint else "auto"},
                 connect_timeout=10,
                 read_timeout=60,
             )
-            self._client = boto3.client(
-                "s3",
-                endpoint_url=spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or None,
-                region_name=spec.region or os.environ.get("AWS_REGION") or "us-east-1",
-                config=config,
-                verify=str(self._ca_bundle) if self._ca_bundle is not None else None,
-            )
+            from botocore.exceptions import InvalidRegionError
+
+            try:
+                self._client = boto3.client(
+                    "s3",
+                    endpoint_url=spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or None,
+                    region_name=spec.region or os.environ.get("AWS_REGION") or "us-east-1",
+                    config=config,
+                    verify=str(self._ca_bundle) if self._ca_bundle is not None else None,
+                )
+            except InvalidRegionError as err:  # a retry cannot fix the job's own setting
+                raise ConfigurationError(f"spec.s3.region: {err}") from err
+            except ValueError as err:
+                raise ConfigurationError(f"spec.s3.endpoint: {err}") from err
         return self._client
 
     def _s3_call(self, uri: str, action: str, func: Any, **kwargs: Any) -> Any:

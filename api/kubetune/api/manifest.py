@@ -178,7 +178,13 @@ def metadata_problems(metadata: Any) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if "name" in metadata:
         problems += _dns_problems("metadata.name", metadata["name"], label=False)
-    elif "generateName" not in metadata:
+    elif "generateName" in metadata:
+        # The server appends five characters to the prefix and checks the result as a name.
+        prefix = metadata["generateName"]
+        problems += _dns_problems(
+            "metadata.generateName", f"{prefix}x" if isinstance(prefix, str) else prefix, label=False
+        )
+    else:
         problems.append(("metadata.name", "required"))
     if "namespace" in metadata:
         problems += _dns_problems("metadata.namespace", metadata["namespace"], label=True)

@@ -379,6 +379,17 @@ class DatasetSpec(ApiModel):
     ] = InvalidRowPolicy.REJECT
     split: SplitSpec = Field(default_factory=SplitSpec)
     curation: CurationSpec = Field(default_factory=CurationSpec)
+    min_examples: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000_000,
+            description=(
+                "Fewest training examples of the task a run accepts, counted after curation and the split "
+                "(trainOnly sources and replay rows do not count); the pre-flight refuses a smaller dataset."
+            ),
+        ),
+    ] = 16
 
 
 class LoraSpec(ApiModel):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from kubetune.api.v1alpha1 import DatasetFormat, DatasetSource, DatasetSpec, InvalidRowPolicy
 from kubetune_trainer.data import curation
 from kubetune_trainer.data.formats import RowProblem, apply_column_mapping, detect_format, to_example
-from kubetune_trainer.data.readers import RawRow, is_supported, read_rows
+from kubetune_trainer.data.readers import DecompressionBomb, FileProblem, RawRow, is_supported, read_rows
 from kubetune_trainer.data.report import CurationReport, SourceStats
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.errors import ConfigurationError
@@ -60,7 +60,7 @@ class _Problems:
             more = len(self.messages) - MAX_LISTED_PROBLEMS
             tail = f"\n  ... and {more} more" if more > 0 else ""
             raise DatasetError(
-                f"{len(self.messages)} invalid row(s) and spec.dataset.invalidRows is 'reject' "
+                f"{len(self.messages)} invalid row(s) or file(s) and spec.dataset.invalidRows is 'reject' "
                 f"(set it to 'drop' to skip them):\n  {shown}{tail}"
             )
 
@@ -74,7 +74,8 @@ def _source_files(source: DatasetSource, store: ObjectStore, index: int) -> list
     if not files:
         detail = f"found only {', '.join(found[:3])}" if found else "nothing found"
         raise DatasetError(
-            f"spec.dataset.sources[{index}].uri: {source.uri}: no .jsonl/.json/.csv/.parquet files ({detail})"
+            f"spec.dataset.sources[{index}].uri: {source.uri}: no .jsonl/.json/.csv/.parquet files, "
+            f"optionally .gz or .zst ({detail})"
         )
     return files
 
@@ -86,6 +87,7 @@ def _read_source(
     stats = SourceStats(uri=source.uri, files=files, format=str(source.format), weight=source.weight)
     examples: list[Example] = []
     formats_seen: set[str] = set()
+    columns_seen: set[str] = set()
     for uri in files:
         try:
             payload = store.read_bytes(uri)
@@ -94,27 +96,52 @@ def _read_source(
         digest.update(uri.encode() + b"\x00" + hashlib.sha256(payload).digest())
         try:
             rows = list(read_rows(uri, payload))
-        except ValueError as err:
-            raise DatasetError(str(err)) from err
-        fmt = DatasetFormat(source.format)
+        except DecompressionBomb as err:
+            raise DatasetError(f"spec.dataset.sources[{index}]: {err}") from err
+        except FileProblem as err:  # the whole file, under the same policy as a bad row
+            problems.add(str(err), "", str(err), err.reason)
+            continue
+        file_format = _FileFormat(DatasetFormat(source.format))
         for row in rows:
             stats.rows_read += 1
-            example = _convert(row, source, fmt, problems, formats_seen)
+            columns_seen.update(row.data or ())
+            example = _convert(row, source, file_format, problems)
             if example is not None:
                 stats.rows_valid += 1
                 examples.append(example)
+        formats_seen.update(file_format.seen)
+    _check_column_mapping(source, index, columns_seen)
     if source.format == DatasetFormat.AUTO:
         stats.format = "auto: " + ", ".join(sorted(formats_seen)) if formats_seen else "auto: none"
     return examples, stats
 
 
-def _convert(
-    row: RawRow, source: DatasetSource, fmt: DatasetFormat, problems: _Problems, formats_seen: set[str]
-) -> Example | None:
+@dataclass
+class _FileFormat:
+    """One format per file: with format auto, the first row that has one decides it for the file,
+    and a row in another format is an invalid row, not silently read another way."""
+
+    requested: DatasetFormat
+    decided: DatasetFormat | None = None
+    decided_at: int = 0
+    seen: set[str] = field(default_factory=set)
+
+
+def _check_column_mapping(source: DatasetSource, index: int, columns_seen: set[str]) -> None:
+    mapped = set((source.column_mapping or {}).values())
+    if mapped and columns_seen and not mapped & columns_seen:
+        raise DatasetError(
+            f"spec.dataset.sources[{index}].columnMapping: no row has any of the columns "
+            f"{', '.join(sorted(mapped))}; the rows have {', '.join(sorted(columns_seen)[:12])}"
+        )
+
+
+def _convert(row: RawRow, source: DatasetSource, file_format: _FileFormat, problems: _Problems) -> Example | None:
     if row.error is not None or row.data is None:
-        problems.add(row.where, row.unit, row.error or "unreadable", "malformed")
+        problems.add(row.where, row.unit, row.error or "unreadable", row.reason)
         return None
     data = apply_column_mapping(row.data, source.column_mapping)
+    fmt = file_format.requested
     if fmt == DatasetFormat.AUTO:
         detected = detect_format(set(data))
         if detected is None:
@@ -127,14 +154,33 @@ def _convert(
                 "unknown_format",
             )
             return None
+        if file_format.decided is None:
+            file_format.decided, file_format.decided_at = detected, row.number
+        elif detected != file_format.decided:
+            problems.add(
+                row.where,
+                row.unit,
+                f"a row in {detected} format in a file of {file_format.decided} rows (from {row.unit} "
+                f"{file_format.decided_at}); one format per file",
+                "mixed_formats",
+            )
+            return None
         fmt = detected
-    formats_seen.add(str(fmt))
+    file_format.seen.add(str(fmt))
     try:
         example = to_example(data, fmt)
     except RowProblem as problem:
         problems.add(row.where, row.unit, str(problem), problem.reason)
         return None
     return replace(example, source=row.source, row=row.number)
+
+
+def _counts(report: CurationReport) -> str:
+    read = sum(s.rows_read for s in report.sources)
+    valid = sum(s.rows_valid for s in report.sources)
+    dropped = ", ".join(f"{count} {reason}" for reason, count in report.dropped.items() if count) or "none"
+    splits = ", ".join(f"{name} {count}" for name, count in report.splits.items())
+    return f"{read} rows read, {valid} valid, dropped in curation: {dropped}; split: {splits}"
 
 
 def prepare_dataset(
@@ -177,8 +223,13 @@ def prepare_dataset(
             continue
         buckets[curation.assign_split(example, split.seed, split.validation, split.test)].append(example)
     report.splits = {name: len(items) for name, items in buckets.items()}
-    if not buckets["train"]:
-        raise DatasetError("the train split is empty: the dataset is too small for spec.dataset.split")
+    task_train = sum(1 for e in buckets["train"] if not origin[id(e)].train_only)
+    if task_train < spec.min_examples:
+        raise DatasetError(
+            f"spec.dataset.minExamples: {task_train} training example(s) of the task after curation and the "
+            f"split, at least {spec.min_examples} needed ({_counts(report)}; trainOnly sources and replay "
+            "rows do not count). Add data, lower the validation/test split, or set spec.dataset.minExamples."
+        )
 
     train: list[Example] = []
     for source, _ in per_source:
