@@ -57,6 +57,7 @@ _PATTERN_MEANINGS = {
     api.QUALIFIED_NAME_PATTERN: "must be a label key: [prefix/]name, name at most 63 characters of [-A-Za-z0-9_.]",
     api.EXTENDED_RESOURCE_PATTERN: "must be an extended resource name such as nvidia.com/gpu (vendor domain/name)",
     api.IMAGE_PATTERN: "must be an image reference: [registry[:port]/]repository[:tag][@sha256:digest]",
+    api.DATA_KEY_PATTERN: "must be a Secret or ConfigMap key: letters, digits, '-', '_' and '.'",
 }
 _DNS_SUBDOMAIN = re.compile(api.DNS_SUBDOMAIN_PATTERN)
 _DNS_LABEL = re.compile(api.DNS_LABEL_PATTERN)

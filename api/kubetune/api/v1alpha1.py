@@ -66,6 +66,7 @@ IMAGE_PATTERN = (
     r"(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
     r"(:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?(@sha256:[a-f0-9]{64})?$"
 )
+DATA_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 MAX_CHAT_TEMPLATE_BYTES = 64 * 1024
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
@@ -642,16 +643,20 @@ class StorageSpec(ApiModel):
     ] = "2Gi"
 
 
+# A key of a Secret or ConfigMap (IsConfigMapKey): the pod's env and volume items refuse any other.
+DataKey: TypeAlias = Annotated[str, Field(pattern=DATA_KEY_PATTERN, max_length=253)]
+
+
 class SecretKeyRef(ApiModel):
     name: Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
-    access_key_id_key: Annotated[str, Field(min_length=1, max_length=253)] = "AWS_ACCESS_KEY_ID"
-    secret_access_key_key: Annotated[str, Field(min_length=1, max_length=253)] = "AWS_SECRET_ACCESS_KEY"
-    session_token_key: Annotated[str | None, Field(min_length=1, max_length=253)] = None
+    access_key_id_key: DataKey = "AWS_ACCESS_KEY_ID"
+    secret_access_key_key: DataKey = "AWS_SECRET_ACCESS_KEY"
+    session_token_key: DataKey | None = None
 
 
 class ConfigMapKeyRef(ApiModel):
     name: Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
-    key: Annotated[str, Field(min_length=1, max_length=253)] = "ca.crt"
+    key: DataKey = "ca.crt"
 
 
 class S3Spec(ApiModel):
