@@ -25,9 +25,11 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from kubetune.api.manifest import load_manifest
 from kubetune.api.yamldoc import ManifestYamlError, load_documents
 from kubetune.operator import validation
 from kubetune_trainer.cli import main as kubetune
+from kubetune_trainer.localrun import default_mappings, localize
 from tests.kubeapi.cluster import CLUSTERWIDE, Identity, TestCluster
 from tests.kubeapi.runner import ApiServerThread
 
@@ -124,10 +126,12 @@ def test_invalid_manifest_is_refused_at_its_field_on_every_path(
 
 @pytest.mark.parametrize("path", VALID, ids=[p.stem for p in VALID])
 def test_valid_manifest_is_accepted_on_every_path(
-    path: Path, tenant: Identity, capsys: pytest.CaptureFixture[str]
+    path: Path, tenant: Identity, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     code, text = cli_verdict(["validate", str(path)], capsys)
     assert code == 0, text
+    # kubetune run reads the manifest, then maps its paths for this machine, before any work
+    localize(load_manifest(path), default_mappings(path), tmp_path / "out")
     job = the_job(path)
     assert job is not None
     status, refusal = api_server_verdict(tenant, job)

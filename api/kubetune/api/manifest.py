@@ -197,6 +197,8 @@ def metadata_problems(metadata: Any) -> list[tuple[str, str]]:
 def parse_manifest(document: Any, where: str = "<manifest>") -> FineTuneJob:
     if not isinstance(document, dict):
         raise ManifestError(where, [("", "expected a YAML mapping with apiVersion, kind, metadata and spec")])
+    if "apiVersion" not in document:  # the model has a default for building jobs in code; kubectl has none
+        raise ManifestError(where, [("apiVersion", f"required: {api.API_VERSION}")])
     try:
         job = FineTuneJob.model_validate_json(_as_json(document), strict=True, by_alias=True, by_name=False)
     except ValidationError as err:
