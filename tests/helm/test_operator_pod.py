@@ -68,6 +68,7 @@ def test_environment_carries_the_operator_configuration() -> None:
     assert container_env(render()) == {
         "KUBETUNE_NAMESPACES": "",
         "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:0.1.0",
+        "KUBETUNE_ALLOWED_IMAGES": "",
         "KUBETUNE_IMAGE_PULL_POLICY": "IfNotPresent",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "",
         "KUBETUNE_DEFAULT_S3_REGION": "",
@@ -80,6 +81,7 @@ def test_environment_carries_the_operator_configuration() -> None:
     assert container_env(render(values_file=ALL_FEATURES_VALUES)) == {
         "KUBETUNE_NAMESPACES": "ml-team,research",
         "KUBETUNE_TRAINER_IMAGE": "registry.example.com/kubetune/trainer:1.2.3-cu128",
+        "KUBETUNE_ALLOWED_IMAGES": "registry.example.com/kubetune/trainer,registry.example.com/ml-team/*",
         "KUBETUNE_IMAGE_PULL_POLICY": "Always",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "http://minio.minio.svc:9000",
         "KUBETUNE_DEFAULT_S3_REGION": "eu-west-1",

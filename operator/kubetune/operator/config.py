@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 
 from kubetune.api.contract import DEFAULT_PUSH_INTERVAL_SECONDS
 from kubetune.api.v1alpha1 import DEFAULT_TRAINER_IMAGE
+from kubetune.operator.imagepolicy import ImagePolicy
 
 # Each default once: the dataclass and the environment loader both use these.
 DEFAULT_METRICS_PORT = 8080
@@ -33,6 +34,12 @@ class OperatorConfig:
     trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT
     pushgateway_url: str | None = None  # trainers push here; the operator deletes a deleted job's group
     push_interval_seconds: int = DEFAULT_PUSH_INTERVAL_SECONDS
+    # Images a FineTuneJob's spec.image may name; by default only the configured trainer image.
+    image_policy: ImagePolicy | None = None
+
+    @property
+    def allowed_images(self) -> ImagePolicy:
+        return self.image_policy or ImagePolicy.parse([self.trainer_image])
 
     @property
     def clusterwide(self) -> bool:
@@ -66,9 +73,15 @@ class OperatorConfig:
         if policy not in ("Always", "IfNotPresent", "Never"):
             raise ConfigError(f"KUBETUNE_IMAGE_PULL_POLICY={policy!r}: expected Always, IfNotPresent or Never")
         namespaces = tuple(n.strip() for n in env.get("KUBETUNE_NAMESPACES", "").split(",") if n.strip())
+        trainer_image = env.get("KUBETUNE_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE)
+        allowed = [entry.strip() for entry in env.get("KUBETUNE_ALLOWED_IMAGES", "").split(",") if entry.strip()]
+        try:
+            image_policy = ImagePolicy.parse(allowed or [trainer_image])
+        except ValueError as err:
+            raise ConfigError(f"KUBETUNE_ALLOWED_IMAGES (Helm value policy.allowedImages): {err}") from err
         return cls(
             namespaces=namespaces,
-            trainer_image=env.get("KUBETUNE_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
+            trainer_image=trainer_image,
             image_pull_policy=policy,
             default_s3_endpoint=env.get("KUBETUNE_DEFAULT_S3_ENDPOINT") or None,
             default_s3_region=env.get("KUBETUNE_DEFAULT_S3_REGION") or None,
@@ -77,4 +90,5 @@ class OperatorConfig:
             trainer_metrics_port=port("KUBETUNE_TRAINER_METRICS_PORT", DEFAULT_TRAINER_METRICS_PORT),
             pushgateway_url=pushgateway(),
             push_interval_seconds=int(interval),
+            image_policy=image_policy,
         )

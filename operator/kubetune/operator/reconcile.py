@@ -119,7 +119,7 @@ def _reconcile(
         metrics.observe(_observation(body, outcome.verdict, previous_phase, gpus=0, training_job_created=None))
         return outcome
     job_recorded = previous_status.get("jobName") is not None
-    spec, problem = _validate(body, kube, check_references=not job_recorded)
+    spec, problem = _validate(body, kube, config, check_references=not job_recorded)
     spec_error = (problem.reason, problem.message) if problem else None
     name_conflict = child_refused = None
     preflight = training = None
@@ -192,11 +192,13 @@ def _observation(
 
 
 def _validate(
-    body: dict[str, Any], kube: Kube, *, check_references: bool
+    body: dict[str, Any], kube: Kube, config: OperatorConfig, *, check_references: bool
 ) -> tuple[FineTuneJobSpec | None, validation.SpecProblem | None]:
     parsed = validation.parse(body.get("spec") or {})
     if isinstance(parsed, validation.SpecProblem):
         return None, parsed
+    if (refused := validation.check_policy(parsed, config.allowed_images)) is not None:
+        return parsed, refused
     # Once the training Job exists, a referenced object changing later does not stop it.
     problem = (
         validation.check_references(parsed, body["metadata"]["namespace"], kube.read) if check_references else None

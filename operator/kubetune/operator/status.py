@@ -14,7 +14,7 @@ from typing import Any
 from kubetune.api.contract import EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED
 from kubetune.api.v1alpha1 import Phase
 
-# Every reason a Failed condition can carry: validation.check_references' problems, the
+# Every reason a Failed condition can carry: validation.check_references' and check_policy's problems, the
 # manifest parser's, and decide()'s own (tests keep this list complete). Bounded, so it is
 # safe as a metric label.
 FAILURE_REASONS = (
@@ -26,6 +26,7 @@ FAILURE_REASONS = (
     "ConfigMapKeyMissing",
     "PersistentVolumeClaimNotFound",
     "ServiceAccountNotFound",
+    "ImageNotAllowed",
     "NameConflict",
     "PreflightFailed",
     "TrainingFailed",

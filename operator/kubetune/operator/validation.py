@@ -14,6 +14,7 @@ from typing import Any
 
 from kubetune.api.manifest import ManifestError, parse_spec
 from kubetune.api.v1alpha1 import FineTuneJobSpec
+from kubetune.operator.imagepolicy import ImagePolicy
 
 Reader = Callable[[str, str, str], dict[str, Any] | None]  # (kind, namespace, name) -> object or None
 
@@ -30,6 +31,13 @@ def parse(spec: dict[str, Any]) -> FineTuneJobSpec | SpecProblem:
     except ManifestError as err:
         details = "; ".join(f"{path}: {message}" for path, message in err.problems)
         return SpecProblem("InvalidSpec", details)
+
+
+def check_policy(spec: FineTuneJobSpec, images: ImagePolicy) -> SpecProblem | None:
+    """What the platform team's policy refuses, before any pod exists."""
+    if spec.image is not None and (why := images.refusal(spec.image)) is not None:
+        return SpecProblem("ImageNotAllowed", f"spec.image: {why}")
+    return None
 
 
 def _keys(obj: dict[str, Any]) -> set[str]:
