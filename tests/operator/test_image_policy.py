@@ -56,9 +56,9 @@ def test_images_are_matched_on_parsed_references(image: str, allowed: bool) -> N
 
 def test_by_default_only_the_configured_trainer_image_is_allowed() -> None:
     config = OperatorConfig.from_env({"KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:0.1.0"})
-    assert config.allowed_images.refusal("ghcr.io/kubetune/trainer:0.1.0") is None
-    assert config.allowed_images.refusal("ghcr.io/kubetune/trainer:0.0.9") is not None
-    assert config.allowed_images.refusal("docker.io/library/python:3.11") is not None
+    assert config.image_policy.refusal("ghcr.io/kubetune/trainer:0.1.0") is None
+    assert config.image_policy.refusal("ghcr.io/kubetune/trainer:0.0.9") is not None
+    assert config.image_policy.refusal("docker.io/library/python:3.11") is not None
 
 
 @pytest.mark.parametrize("entry", ["not an image", "ghcr.io/a:tag/*", "ghcr.io/a@sha256:abc"])

@@ -1,9 +1,11 @@
-"""Rules between fields: one definition gives the CRD's CEL rule and the model's own check.
+"""Rules the OpenAPI schema cannot say: one definition gives the CRD's CEL rule and the model's check.
 
-The API server evaluates ``cel``; ``kubetune validate`` and the operator call ``holds`` on the
-parsed model. Both report the failure at ``field`` (relative to the object the rule is on) with
-the same message, so every path names the same field. ``tests/api/test_cel_rules.py`` evaluates
-the CEL of every rule on the cases that test ``holds``, keeping the two in step.
+The API server evaluates ``cel``; ``kubetune validate`` and the operator call ``holds``. A rule
+between fields sits on a model (its ``rules``) and reports at ``field``, relative to that model; a
+rule on one field's value (``field`` empty) sits in the field's annotation through
+:meth:`Rule.annotations`. Either way every path reports the same field with the same message.
+``tests/api/test_cel_rules.py`` evaluates the CEL of the model rules on the cases that test
+``holds``; the corpus (``tests/corpus``) runs the field rules through the API server and the model.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel, Field
 from pydantic.json_schema import JsonDict, JsonValue
 
 
@@ -20,11 +22,22 @@ from pydantic.json_schema import JsonDict, JsonValue
 class Rule:
     cel: str
     message: str
-    field: str  # CEL fieldPath syntax: ".a.b", relative to the object the rule is declared on
+    field: str  # CEL fieldPath syntax: ".a.b", relative to the object the rule is declared on; "" for the value itself
     holds: Callable[[Any], bool]
 
     def schema(self) -> dict[str, JsonValue]:
-        return {"rule": self.cel, "message": self.message, "fieldPath": self.field}
+        rule: dict[str, JsonValue] = {"rule": self.cel, "message": self.message}
+        return {**rule, "fieldPath": self.field} if self.field else rule
+
+    def annotations(self) -> tuple[Any, AfterValidator]:
+        """``Annotated[T, *rule.annotations()]``: the CEL rule in the field's schema, the same check on its value."""
+
+        def check(value: Any) -> Any:
+            if not self.holds(value):
+                raise ValueError(self.message)
+            return value
+
+        return Field(json_schema_extra=rules_schema((self,))), AfterValidator(check)
 
 
 def rules_schema(rules: tuple[Rule, ...]) -> JsonDict:

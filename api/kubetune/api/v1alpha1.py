@@ -18,7 +18,6 @@ from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
-from pydantic.json_schema import JsonDict
 
 from kubetune.api.quantity import parse_quantity
 from kubetune.api.rules import Rule, rules_schema
@@ -188,22 +187,12 @@ CANONICAL_COLUMNS = (
 )
 
 
-def _cel(rule: str, message: str, **extra: str) -> JsonDict:
-    """One CEL rule (x-kubernetes-validations) for a field's schema; the model checks the same."""
-    return {"x-kubernetes-validations": [{"rule": rule, "message": message, **extra}]}
-
-
-def _keys_in_rule(allowed: tuple[str, ...]) -> str:
-    return f"self.all(k, k in {list(allowed)!r})"
-
-
-def _canonical_columns(mapping: dict[str, str]) -> dict[str, str]:
-    unknown = sorted(set(mapping) - set(CANONICAL_COLUMNS))
-    if unknown:
-        raise ValueError(
-            f"keys must be canonical column names: {', '.join(unknown)} is not one of {', '.join(CANONICAL_COLUMNS)}"
-        )
-    return mapping
+COLUMN_MAPPING_KEYS = Rule(
+    f"self.all(k, k in {list(CANONICAL_COLUMNS)!r})",
+    "keys must be canonical column names: " + ", ".join(CANONICAL_COLUMNS),
+    "",
+    lambda mapping: set(mapping) <= set(CANONICAL_COLUMNS),
+)
 
 
 def _unique(values: list[Any] | None) -> list[Any] | None:
@@ -215,50 +204,42 @@ def _unique(values: list[Any] | None) -> list[Any] | None:
     return values
 
 
-def _label_keys(labels: dict[str, str]) -> dict[str, str]:
-    for key in labels:
-        if not re.match(QUALIFIED_NAME_PATTERN, key) or len(key) > 316:
-            raise ValueError(
-                f"key {key!r} is not a label key: [prefix/]name, name at most 63 characters of [-A-Za-z0-9_.]"
-            )
-    return labels
-
-
-def _extended_resource(name: str) -> str:
-    if "kubernetes.io/" in name or name.startswith("requests."):
-        raise ValueError("must be an extended resource outside the kubernetes.io domain")
-    return name
+LABEL_KEYS = Rule(
+    f"self.all(k, size(k) <= 316 && k.matches(r'{QUALIFIED_NAME_PATTERN}'))",
+    "keys must be label keys: [prefix/]name, name at most 63 characters of [-A-Za-z0-9_.]",
+    "",
+    lambda labels: all(len(key) <= 316 and re.match(QUALIFIED_NAME_PATTERN, key) for key in labels),
+)
+EXTENDED_RESOURCE = Rule(
+    "!self.contains('kubernetes.io/') && !self.startsWith('requests.')",
+    "must be an extended resource outside the kubernetes.io domain",
+    "",
+    lambda name: "kubernetes.io/" not in name and not name.startswith("requests."),
+)
 
 
 _SET = {"x-kubernetes-list-type": "set"}
 
 
-def _at_most(limit: str) -> AfterValidator:
-    def check(value: str) -> str:
-        if parse_quantity(value) > parse_quantity(limit):
-            raise ValueError(f"must be at most {limit}")
-        return value
-
-    return AfterValidator(check)
-
-
-def _limit(limit: str) -> JsonDict:
-    """The upper bound of a quantity field for the API server, with CEL's quantity library."""
-    return _cel(f"!isQuantity(self) || !quantity(self).isGreaterThan(quantity('{limit}'))", f"must be at most {limit}")
+def _at_most(limit: str) -> Rule:
+    """The upper bound of a quantity field (CEL's quantity library on the API server)."""
+    return Rule(
+        f"!isQuantity(self) || !quantity(self).isGreaterThan(quantity('{limit}'))",
+        f"must be at most {limit}",
+        "",
+        lambda value: parse_quantity(value) <= parse_quantity(limit),
+    )
 
 
-def _size(limit: str) -> Any:
-    return Field(pattern=POSITIVE_QUANTITY_PATTERN, max_length=32, json_schema_extra=_limit(limit))
-
-
+_SIZE = Field(pattern=POSITIVE_QUANTITY_PATTERN, max_length=32)
 # Upper bounds: far above any real node, low enough that a typo (16Ti for 16Gi) is caught at the field.
 CpuQuantity: TypeAlias = Annotated[
-    str, Field(pattern=POSITIVE_CPU_PATTERN, max_length=32, json_schema_extra=_limit("1024")), _at_most("1024")
+    str, Field(pattern=POSITIVE_CPU_PATTERN, max_length=32), *_at_most("1024").annotations()
 ]
-MemoryQuantity: TypeAlias = Annotated[str, _size("16Ti"), _at_most("16Ti")]
-GpuMemoryQuantity: TypeAlias = Annotated[str, _size("1Ti"), _at_most("1Ti")]
-ScratchQuantity: TypeAlias = Annotated[str, _size("100Ti"), _at_most("100Ti")]
-ShmQuantity: TypeAlias = Annotated[str, _size("1Ti"), _at_most("1Ti")]
+MemoryQuantity: TypeAlias = Annotated[str, _SIZE, *_at_most("16Ti").annotations()]
+GpuMemoryQuantity: TypeAlias = Annotated[str, _SIZE, *_at_most("1Ti").annotations()]
+ScratchQuantity: TypeAlias = Annotated[str, _SIZE, *_at_most("100Ti").annotations()]
+ShmQuantity: TypeAlias = Annotated[str, _SIZE, *_at_most("1Ti").annotations()]
 
 
 class DatasetSource(ApiModel):
@@ -300,7 +281,7 @@ class DatasetSource(ApiModel):
         Annotated[
             dict[str, Annotated[str, Field(min_length=1, max_length=256)]],
             Field(max_length=len(CANONICAL_COLUMNS)),
-            AfterValidator(_canonical_columns),
+            *COLUMN_MAPPING_KEYS.annotations(),
         ]
         | None,
         Field(
@@ -310,7 +291,6 @@ class DatasetSource(ApiModel):
                 + ", ".join(CANONICAL_COLUMNS)
                 + "."
             ),
-            json_schema_extra=_cel(_keys_in_rule(CANONICAL_COLUMNS), "keys must be canonical column names: "),
         ),
     ] = None
 
@@ -589,12 +569,8 @@ class ResourcesSpec(ApiModel):
             pattern=EXTENDED_RESOURCE_PATTERN,
             max_length=253,
             description="The GPU's extended resource name (vendor-domain/name); never cpu, memory or a kubernetes.io name.",
-            json_schema_extra=_cel(
-                "!self.contains('kubernetes.io/') && !self.startsWith('requests.')",
-                "must be an extended resource outside the kubernetes.io domain",
-            ),
         ),
-        AfterValidator(_extended_resource),
+        *EXTENDED_RESOURCE.annotations(),
     ] = "nvidia.com/gpu"
     gpu_memory: Annotated[
         GpuMemoryQuantity | None,
@@ -611,16 +587,10 @@ class ResourcesSpec(ApiModel):
         Annotated[
             dict[str, Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]],
             Field(max_length=64),
-            AfterValidator(_label_keys),
+            *LABEL_KEYS.annotations(),
         ]
         | None,
-        Field(
-            description="Node labels the pod must land on (keys and values checked as Kubernetes checks labels).",
-            json_schema_extra=_cel(
-                f"self.all(k, size(k) <= 316 && k.matches(r'{QUALIFIED_NAME_PATTERN}'))",
-                "keys must be label keys: [prefix/]name, name at most 63 characters of [-A-Za-z0-9_.]",
-            ),
-        ),
+        Field(description="Node labels the pod must land on (keys and values checked as Kubernetes checks labels)."),
     ] = None
     tolerations: Annotated[list[Toleration] | None, Field(max_length=32)] = None
     priority_class_name: Annotated[str | None, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] = None

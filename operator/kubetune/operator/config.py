@@ -31,15 +31,11 @@ class OperatorConfig:
     default_s3_region: str | None
     metrics_port: int
     health_port: int
+    # Images a FineTuneJob's spec.image may name; by default only the trainer image (decided in from_env).
+    image_policy: ImagePolicy
     trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT
     pushgateway_url: str | None = None  # trainers push here; the operator deletes a deleted job's group
     push_interval_seconds: int = DEFAULT_PUSH_INTERVAL_SECONDS
-    # Images a FineTuneJob's spec.image may name; by default only the configured trainer image.
-    image_policy: ImagePolicy | None = None
-
-    @property
-    def allowed_images(self) -> ImagePolicy:
-        return self.image_policy or ImagePolicy.parse([self.trainer_image])
 
     @property
     def clusterwide(self) -> bool:
@@ -78,7 +74,10 @@ class OperatorConfig:
         try:
             image_policy = ImagePolicy.parse(allowed or [trainer_image])
         except ValueError as err:
-            raise ConfigError(f"KUBETUNE_ALLOWED_IMAGES (Helm value policy.allowedImages): {err}") from err
+            source = (
+                "KUBETUNE_ALLOWED_IMAGES (Helm value policy.allowedImages)" if allowed else "KUBETUNE_TRAINER_IMAGE"
+            )
+            raise ConfigError(f"{source}: {err}") from err
         return cls(
             namespaces=namespaces,
             trainer_image=trainer_image,

@@ -208,6 +208,13 @@ def _csv(uri: str, data: bytes) -> Iterator[RawRow]:
     instead of letting one field swallow the rows after it."""
     text = data.decode("utf-8", errors="surrogateescape")
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    physical: list[str] = []
+
+    def lines() -> list[str]:  # split once, and only if a record spans lines
+        if not physical:
+            physical.extend(text.split("\n"))
+        return physical
+
     header: list[str] | None = None
     start = 1
     while True:
@@ -239,7 +246,7 @@ def _csv(uri: str, data: bytes) -> Iterator[RawRow]:
             header = record
             continue
         end = reader.line_num
-        if end > start and _swallows_rows(text, start, end, len(header)):
+        if end > start and _swallows_rows(lines(), start, end, len(header)):
             yield RawRow(
                 uri,
                 start,
@@ -260,10 +267,10 @@ def _csv(uri: str, data: bytes) -> Iterator[RawRow]:
             yield RawRow(uri, start, "line", dict(zip(header, record, strict=True)))
 
 
-def _swallows_rows(text: str, start: int, end: int, columns: int) -> bool:
+def _swallows_rows(lines: list[str], start: int, end: int, columns: int) -> bool:
     """Whether every line strictly inside a multi-line record parses, alone, as a full record: rows
     swallowed by a quote opened by mistake, not a text field with line breaks."""
-    inner = text.split("\n")[start : end - 1]  # physical lines start+1 .. end-1, 0-based
+    inner = lines[start : end - 1]  # physical lines start+1 .. end-1, 0-based
     if not inner:
         return False
     for line in inner:
