@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.trainer.jobs import write_dataset, write_job
 
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
@@ -73,3 +75,24 @@ def test_preflight_of_a_cpu_job_checks_the_memory_its_training_pod_gets(tmp_path
     result = preflight(tmp_path, tiny_model_dir, resources={"gpus": 0, "memory": "16Mi"}, storage={"shmSize": "16Mi"})
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pre-flight failed" in result.stderr and "exceeds the 0.0 GiB" in result.stderr, result.stderr[-2000:]
+
+
+def test_an_output_bucket_without_credentials_is_a_storage_error_not_a_traceback(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pre-flight looks for cached base answers beside the output: with no credentials anywhere
+    (no env, no files, no instance metadata) that lookup is a cache miss that says which object it
+    could not check, not a traceback (it was botocore's NoCredentialsError, uncaught)."""
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    nowhere = {
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "KUBETUNE_CACHE": str(tmp_path / "cache"),  # nothing cached locally: the lookup goes to S3
+    }
+    result = preflight(tmp_path, tiny_model_dir, nowhere, output="s3://team-models/tiny/")
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cannot read the cached s3://team-models/tiny/.kubetune/general-answers/" in result.stderr
+    assert "cannot check existence: Unable to locate credentials" in result.stderr

@@ -143,7 +143,7 @@ class ObjectStore:
         loc = parse_uri(uri)
         if loc.scheme == "file":
             return Path(loc.key).exists()
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.s3.head_object(Bucket=loc.bucket, Key=loc.key)
@@ -151,6 +151,8 @@ class ObjectStore:
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
+            raise StorageError(f"{uri}: cannot check existence: {err}") from err
+        except BotoCoreError as err:  # no credentials, no connection: the run's error, not a traceback
             raise StorageError(f"{uri}: cannot check existence: {err}") from err
 
     def read_bytes(self, uri: str) -> bytes:
