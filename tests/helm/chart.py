@@ -74,7 +74,11 @@ def operator_container(docs: list[Manifest]) -> Manifest:
 
 
 def container_env(docs: list[Manifest]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in operator_container(docs)["env"]}
+    """Literal values, and ``fieldRef:<path>`` for what the downward API fills in."""
+    return {
+        item["name"]: item["value"] if "value" in item else f"fieldRef:{item['valueFrom']['fieldRef']['fieldPath']}"
+        for item in operator_container(docs)["env"]
+    }
 
 
 def dashboard_configmap(docs: list[Manifest]) -> Manifest:

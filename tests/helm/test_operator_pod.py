@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import yaml
@@ -67,8 +68,12 @@ def test_operator_command_probes_and_ports() -> None:
 def test_environment_carries_the_operator_configuration() -> None:
     assert container_env(render()) == {
         "KUBETUNE_NAMESPACES": "",
+        "KUBETUNE_OPERATOR_NAMESPACE": "fieldRef:metadata.namespace",
         "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:0.1.0",
         "KUBETUNE_ALLOWED_IMAGES": "",
+        "KUBETUNE_ALLOW_INSTANCE_METADATA": "false",
+        "KUBETUNE_PLACEMENT_PROFILES": "{}",
+        "KUBETUNE_ALLOW_RAW_SCHEDULING": "false",
         "KUBETUNE_IMAGE_PULL_POLICY": "IfNotPresent",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "",
         "KUBETUNE_DEFAULT_S3_REGION": "",
@@ -80,8 +85,22 @@ def test_environment_carries_the_operator_configuration() -> None:
     }
     assert container_env(render(values_file=ALL_FEATURES_VALUES)) == {
         "KUBETUNE_NAMESPACES": "ml-team,research",
+        "KUBETUNE_OPERATOR_NAMESPACE": "fieldRef:metadata.namespace",
         "KUBETUNE_TRAINER_IMAGE": "registry.example.com/kubetune/trainer:1.2.3-cu128",
         "KUBETUNE_ALLOWED_IMAGES": "registry.example.com/kubetune/trainer,registry.example.com/ml-team/*",
+        "KUBETUNE_ALLOW_INSTANCE_METADATA": "true",
+        "KUBETUNE_PLACEMENT_PROFILES": json.dumps(
+            {
+                "default": {"nodeSelector": {"pool": "shared-gpu"}},
+                "gpu-a100": {
+                    "nodeSelector": {"gpu": "a100"},
+                    "priorityClassName": "batch-training",
+                    "tolerations": [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}],
+                },
+            },
+            separators=(",", ":"),
+        ),
+        "KUBETUNE_ALLOW_RAW_SCHEDULING": "true",
         "KUBETUNE_IMAGE_PULL_POLICY": "Always",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "http://minio.minio.svc:9000",
         "KUBETUNE_DEFAULT_S3_REGION": "eu-west-1",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 import time
 import uuid
 from collections import deque
@@ -46,6 +47,8 @@ from tests.kubeapi.validation import custom
 MAX_BODY = 3 * 1024 * 1024
 SYSTEM = UserInfo("system:apiserver", (MASTERS,))
 BOOKMARK_INTERVAL = 60.0
+# Accept: application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1 asks for the metadata only.
+METADATA_ONLY = re.compile(r"\bas=PartialObjectMetadata\b")
 
 
 def version_info() -> dict[str, str]:
@@ -117,6 +120,7 @@ class Call:
     query: Mapping[str, str]
     body: bytes = b""
     content_type: str = "application/json"
+    accept: str = "application/json"
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,8 @@ class ApiServer:
         self.request_cpu: deque[float] = deque(maxlen=20_000)  # the latest requests' own CPU seconds
         self.requests_served = 0
         self.watches_expired = 0  # watches answered 410 Gone: clients had to list again
+        # (user, namespace, name or "" for a list): every answer that carried Secrets' contents.
+        self.secret_contents_served: list[tuple[str, str, str]] = []
         for obj in bootstrap_objects():
             rtype = self.registry.by_kind(obj["apiVersion"], obj["kind"])
             assert rtype is not None, obj["kind"]
@@ -258,6 +264,7 @@ class ApiServer:
             request.query,
             body,
             request.content_type,
+            request.headers.get("Accept", "application/json"),
         )
         answer = self.respond(call)
         return web.json_response(answer.body, status=answer.status, headers=answer.headers)
@@ -318,8 +325,18 @@ class ApiServer:
         warnings: list[str] = []
         if verb == "get":
             result, code = self._get(rtype, route), 200
+            if METADATA_ONLY.search(call.accept):
+                result = {
+                    "apiVersion": "meta.k8s.io/v1",
+                    "kind": "PartialObjectMetadata",
+                    "metadata": result["metadata"],
+                }
+            elif rtype.plural == "secrets":
+                self.secret_contents_served.append((user.name, route.namespace, route.name))
         elif verb == "list":
             result, code = self._list(rtype, route, query), 200
+            if rtype.plural == "secrets":
+                self.secret_contents_served.append((user.name, route.namespace, ""))
         elif verb == "create":
             obj = self._decode(body)
             if route.subresource == "token":

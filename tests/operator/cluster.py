@@ -23,6 +23,7 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune.operator import children
+from kubetune.operator.validation import S3_CREDENTIALS_LABEL, TRAINER_IDENTITY_LABEL
 from tests.kubeapi.cluster import Identity, TestCluster
 from tests.kubeapi.model import UserInfo
 from tests.kubeapi.server import Outage
@@ -79,11 +80,22 @@ class Cluster:
         listing = self.tenant.plain(self.core.list_namespaced_event(namespace))
         return [e for e in listing.get("items", []) if e.get("involvedObject", {}).get("name") == name]
 
-    def create_secret(self, name: str, data: dict[str, str], namespace: str = "default") -> None:
+    def create_secret(
+        self, name: str, data: dict[str, str], namespace: str = "default", *, s3_credentials: bool = True
+    ) -> None:
+        """A Secret; by default opted in as S3 credentials, as a namespace admin labels one for FineTuneJobs."""
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+        labels = {S3_CREDENTIALS_LABEL: "true"} if s3_credentials else {}
+        metadata = {"name": name, "labels": labels}
         self.core.create_namespaced_secret(
-            namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
+            namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "data": encoded}
         )
+
+    def create_service_account(self, name: str, namespace: str = "default", *, trainer_identity: bool = True) -> None:
+        """A ServiceAccount; by default opted in as a trainer identity."""
+        labels = {TRAINER_IDENTITY_LABEL: "true"} if trainer_identity else {}
+        account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "labels": labels}}
+        self.core.create_namespaced_service_account(namespace, account)
 
     # ------------------------------------------------------------------ the Job controller and the kubelet
     def set_job_status(self, name: str, status: dict[str, Any], namespace: str = "default") -> None:

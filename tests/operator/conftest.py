@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.kubeapi.audit import Audit
-from tests.kubeapi.cluster import CLUSTERWIDE, NAMESPACED, RbacMode, TestCluster
+from tests.kubeapi.cluster import CLUSTERWIDE, NAMESPACED, OPERATOR_NAMESPACE, RbacMode, TestCluster
 from tests.kubeapi.runner import ApiServerThread
 from tests.operator.cluster import Cluster
 
@@ -90,6 +90,7 @@ def operator_environment(test_cluster: TestCluster, **env: str) -> Iterator[dict
         "KUBETUNE_METRICS_PORT": str(free_port()),
         "KUBETUNE_HEALTH_PORT": str(free_port()),
         "KUBETUNE_TRAINER_IMAGE": "trainer:test",
+        "KUBETUNE_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,  # the chart's downward API
         **env,
     }
     saved = {k: os.environ.get(k) for k in settings}

@@ -135,16 +135,47 @@ def test_credentials_by_reference_and_ca_bundle_mounted() -> None:
         CONFIG,
     )
     env = {e["name"]: e for e in container(job)["env"]}
-    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "creds", "key": "AWS_ACCESS_KEY_ID"}
-    assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "creds", "key": "token"}
+    assert not [name for name in env if name.startswith("AWS_") and name != "AWS_EC2_METADATA_DISABLED"]
+    assert env["KUBETUNE_S3_CREDENTIALS_DIR"]["value"] == "/var/run/secrets/kubetune/s3"
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["s3-credentials"]["secret"]["items"] == [
+        {"key": "AWS_ACCESS_KEY_ID", "path": "access-key-id"},
+        {"key": "AWS_SECRET_ACCESS_KEY", "path": "secret-access-key"},
+        {"key": "token", "path": "session-token"},
+    ]
     assert env["KUBETUNE_S3_CA_BUNDLE"]["value"] == "/etc/kubetune/ca/bundle.pem"
-    assert any(v.get("configMap", {}).get("name") == "ca" for v in job["spec"]["template"]["spec"]["volumes"])
+    assert volumes["s3-ca"]["configMap"]["name"] == "ca"
+
+
+def test_pods_are_hardened_against_the_node() -> None:
+    """No GPU granted: no GPU visible (the CUDA base sets NVIDIA_VISIBLE_DEVICES=all); no instance
+    metadata unless the platform allows it; every emptyDir and the container's disk use bounded."""
+    preflight = build_preflight_job(OWNER, spec(resources={"gpus": 2}), CONFIG)
+    training = build_training_job(OWNER, spec(resources={"gpus": 2}), CONFIG)
+    cpu_training = build_training_job(OWNER, spec(resources={"gpus": 0}), CONFIG)
+
+    def env(job: dict[str, Any]) -> dict[str, str]:
+        return {e["name"]: e.get("value", "") for e in container(job)["env"]}
+
+    assert env(preflight)["NVIDIA_VISIBLE_DEVICES"] == env(cpu_training)["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert "NVIDIA_VISIBLE_DEVICES" not in env(training)
+    assert all(env(job)["AWS_EC2_METADATA_DISABLED"] == "true" for job in (preflight, training, cpu_training))
+    node_identity = OperatorConfig.from_env({"KUBETUNE_ALLOW_INSTANCE_METADATA": "true"})
+    assert "AWS_EC2_METADATA_DISABLED" not in env(build_training_job(OWNER, spec(), node_identity))
+    for job in (preflight, training):
+        pod = job["spec"]["template"]["spec"]
+        assert all(v["emptyDir"].get("sizeLimit") for v in pod["volumes"] if "emptyDir" in v), pod["volumes"]
+        resources = container(job)["resources"]
+        # scratch 50Gi (the default) + /tmp 1Gi + logs 512Mi
+        assert resources["requests"]["ephemeral-storage"] == resources["limits"]["ephemeral-storage"] == "52736Mi"
+    on_a_claim = build_training_job(OWNER, spec(storage={"pvc": {"claimName": "scratch"}}), CONFIG)
+    assert container(on_a_claim)["resources"]["limits"]["ephemeral-storage"] == "1536Mi"
 
 
 def test_irsa_means_no_secret_env_and_the_users_service_account() -> None:
     job = build_training_job(OWNER, spec(serviceAccountName="s3-reader"), CONFIG)
     names = {e["name"] for e in container(job)["env"]}
-    assert "AWS_ACCESS_KEY_ID" not in names
+    assert "KUBETUNE_S3_CREDENTIALS_DIR" not in names
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "s3-reader"
     rbac = build_trainer_rbac(OWNER, spec(serviceAccountName="s3-reader"))
     assert [o["kind"] for o in rbac] == ["Role", "RoleBinding"], "the user's account is bound, not replaced"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +13,15 @@ import yaml
 from kubetune.api.manifest import load_manifest
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 from kubetune.operator.children import preflight_job_name, training_job_name
+from tests.kubeapi.cluster import TestCluster
 from tests.operator.cluster import Cluster, wait_for
+from tests.operator.conftest import running_operator
 
 MANIFESTS = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 
 
 def seed_references(cluster: Cluster, spec: FineTuneJobSpec) -> None:
-    """What the platform team creates before anyone applies the manifest, derived from the spec."""
+    """What the platform team creates (and opts in) before anyone applies the manifest, derived from the spec."""
     secret = spec.s3.credentials_secret
     if secret is not None:
         keys = [secret.access_key_id_key, secret.secret_access_key_key, secret.session_token_key]
@@ -30,15 +34,26 @@ def seed_references(cluster: Cluster, spec: FineTuneJobSpec) -> None:
         claim = {"metadata": {"name": spec.storage.pvc.claim_name}, "spec": {"accessModes": ["ReadWriteOnce"]}}
         cluster.core.create_namespaced_persistent_volume_claim("default", claim)
     if spec.service_account_name:
-        cluster.core.create_namespaced_service_account("default", {"metadata": {"name": spec.service_account_name}})
+        cluster.create_service_account(spec.service_account_name)
 
 
 def test_there_are_examples() -> None:
     assert MANIFESTS
 
 
+PLATFORM_VALUES = yaml.safe_load((MANIFESTS[0].parent / "platform" / "values.yaml").read_text())
+
+
+@pytest.fixture()
+def platform_operator(test_cluster: TestCluster) -> Iterator[Any]:
+    """The operator as the platform team configures it for the examples (examples/platform/values.yaml)."""
+    profiles = json.dumps(PLATFORM_VALUES["policy"]["placementProfiles"])
+    with running_operator(test_cluster, KUBETUNE_PLACEMENT_PROFILES=profiles) as runner:
+        yield runner
+
+
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
-def test_example_reaches_a_training_job(path: Path, cluster: Cluster, operator: Any) -> None:
+def test_example_reaches_a_training_job(path: Path, cluster: Cluster, platform_operator: Any) -> None:
     job = load_manifest(path)
     name = job.metadata["name"]
     seed_references(cluster, job.spec)
@@ -52,3 +67,7 @@ def test_example_reaches_a_training_job(path: Path, cluster: Cluster, operator: 
     assert requests.get(resources.gpu_resource_name) == (str(resources.gpus) if resources.gpus else None)
     assert train["metadata"]["labels"]["kubetune.dev/job"] == name
     assert train["spec"]["suspend"] is bool(job.spec.queue_name or job.spec.suspend)
+    if job.spec.resources.placement is not None:
+        profile = PLATFORM_VALUES["policy"]["placementProfiles"][job.spec.resources.placement]
+        pod = train["spec"]["template"]["spec"]
+        assert {key: pod[key] for key in profile} == profile

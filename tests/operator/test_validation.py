@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 from typing import Any
@@ -11,7 +10,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from kubetune.api.manifest import parse_spec
-from kubetune.operator.validation import Reader, SpecProblem, check_references
+from kubetune.operator.validation import Reader, check_references
 from tests.kubeapi.cluster import TestCluster, chart_crds
 from tests.operator.cluster import Cluster, wait_for
 from tests.operator.test_lifecycle import JOB, condition, phase
@@ -113,22 +112,6 @@ def test_a_missing_scratch_volume_claim_is_caught_before_any_pod(cluster: Cluste
     assert_rejected(cluster, "PersistentVolumeClaimNotFound", "PersistentVolumeClaim 'scratch' not found")
 
 
-def test_missing_secret_key_is_caught_before_any_pod(cluster: Cluster, operator: Any) -> None:
-    cluster.create_secret("s3-creds", {"AWS_ACCESS_KEY_ID": "AKIA"})
-    cluster.apply(with_spec(s3={"credentialsSecret": {"name": "s3-creds"}}))
-    assert_rejected(cluster, "SecretKeyMissing", "has no key 'AWS_SECRET_ACCESS_KEY'")
-
-
-def test_credentials_come_from_the_secret_not_the_manifest(cluster: Cluster, operator: Any) -> None:
-    cluster.create_secret("s3-creds", {"id": "AKIA", "key": "s3cr3t"})
-    secret_ref = {"name": "s3-creds", "accessKeyIdKey": "id", "secretAccessKeyKey": "key"}
-    cluster.apply(with_spec(s3={"endpoint": "https://minio.internal:9000", "credentialsSecret": secret_ref}))
-    job = wait_for(lambda: cluster.job("tickets-preflight"), what="pre-flight Job")
-    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": "key"}
-    assert "s3cr3t" not in str(job)
-
-
 SPEC: dict[str, Any] = JOB["spec"]
 SECRET = {"name": "creds", "sessionTokenKey": "token"}
 
@@ -139,15 +122,8 @@ def objects(*items: tuple[str, str, dict[str, Any]]) -> Reader:
     return lambda kind, namespace, name: store.get((kind, name)) if namespace == "ml" else None
 
 
-def b64(value: str) -> str:
-    return base64.b64encode(value.encode()).decode()
-
-
-FULL_SECRET = (
-    "Secret",
-    "creds",
-    {"data": {"AWS_ACCESS_KEY_ID": b64("a"), "AWS_SECRET_ACCESS_KEY": b64("b"), "token": b64("t")}},
-)
+OPTED_IN_SECRET = ("Secret", "creds", {"metadata": {"labels": {"kubetune.dev/s3-credentials": "true"}}})
+OPTED_IN_ACCOUNT = ("ServiceAccount", "s3-reader", {"metadata": {"labels": {"kubetune.dev/trainer-identity": "true"}}})
 
 
 @pytest.mark.parametrize(
@@ -155,25 +131,19 @@ FULL_SECRET = (
     [
         (
             {"s3": {"credentialsSecret": SECRET}},
-            [("Secret", "creds", {"data": {"AWS_ACCESS_KEY_ID": b64("a"), "AWS_SECRET_ACCESS_KEY": b64("b")}})],
-            "SecretKeyMissing",
-            "spec.s3.credentialsSecret.sessionTokenKey: Secret 'creds' has no key 'token' (keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+            [("Secret", "creds", {"metadata": {"labels": {"kubetune.dev/s3-credentials": "yes"}}})],
+            "SecretNotAllowed",
+            "spec.s3.credentialsSecret.name: Secret 'creds' is not labelled kubetune.dev/s3-credentials=true",
         ),
         (
-            {"s3": {"credentialsSecret": SECRET}},
-            [
-                (
-                    "Secret",
-                    "creds",
-                    {"data": {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": b64("b"), "token": b64("t")}},
-                )
-            ],
-            "SecretKeyEmpty",
-            "spec.s3.credentialsSecret.accessKeyIdKey: key 'AWS_ACCESS_KEY_ID' of Secret 'creds' is empty",
+            {"serviceAccountName": "s3-reader"},
+            [("ServiceAccount", "s3-reader", {"metadata": {}})],
+            "ServiceAccountNotAllowed",
+            "spec.serviceAccountName: ServiceAccount 's3-reader' is not labelled kubetune.dev/trainer-identity=true",
         ),
         (
             {"s3": {"credentialsSecret": SECRET, "caBundle": {"name": "ca"}}},
-            [FULL_SECRET],
+            [OPTED_IN_SECRET],
             "ConfigMapNotFound",
             "spec.s3.caBundle.name: ConfigMap 'ca' not found in namespace 'ml'",
         ),
@@ -201,7 +171,8 @@ def test_each_reference_problem_names_its_field(
     spec: dict[str, Any], present: list[tuple[str, str, dict[str, Any]]], reason: str, message: str
 ) -> None:
     parsed = parse_spec({**SPEC, **spec})
-    assert check_references(parsed, "ml", objects(*present)) == SpecProblem(reason, message)
+    problem = check_references(parsed, "ml", objects(*present))
+    assert problem is not None and (problem.reason, problem.message[: len(message)]) == (reason, message)
 
 
 def test_references_that_all_exist_pass() -> None:
@@ -214,9 +185,9 @@ def test_references_that_all_exist_pass() -> None:
         }
     )
     present = objects(
-        FULL_SECRET,
+        OPTED_IN_SECRET,
         ("ConfigMap", "ca", {"data": {"ca.crt": "PEM"}}),
         ("PersistentVolumeClaim", "scratch", {}),
-        ("ServiceAccount", "s3-reader", {}),
+        OPTED_IN_ACCOUNT,
     )
     assert check_references(parsed, "ml", present) is None

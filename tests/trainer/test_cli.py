@@ -96,3 +96,55 @@ def test_an_output_bucket_without_credentials_is_a_storage_error_not_a_traceback
     assert result.returncode == 0, result.stderr[-2000:]
     assert "cannot read the cached s3://team-models/tiny/.kubetune/general-answers/" in result.stderr
     assert "cannot check existence: Unable to locate credentials" in result.stderr
+
+
+def test_s3_credentials_are_read_from_the_files_the_operator_mounts(
+    tmp_path: Path, tiny_model_dir: Path, s3_endpoint: str, s3_bucket: str
+) -> None:
+    """The pod's only credentials are the Secret's keys as files (no AWS_* variables): with them the
+    pre-flight reads its dataset from S3; a key the Secret lacks, or an empty one, is named at the
+    field that lists it (the operator never sees the Secret's keys, so this is where it is checked)."""
+    import boto3
+
+    data = write_dataset(tmp_path / "data.jsonl", 32)
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").upload_file(
+        str(data), s3_bucket, "data.jsonl"
+    )
+    secret = {"name": "s3-creds", "accessKeyIdKey": "id", "secretAccessKeyKey": "key", "sessionTokenKey": "token"}
+    job = write_job(
+        tmp_path / "job.yaml",
+        model_dir=tiny_model_dir,
+        data=data,
+        output=f"file://{tmp_path}/out/",
+        dataset={"sources": [{"uri": f"s3://{s3_bucket}/data.jsonl"}], "replay": {"enabled": False}},
+        s3={"endpoint": s3_endpoint, "region": "us-east-1", "credentialsSecret": secret},
+    )
+    mounted = tmp_path / "credentials"
+    mounted.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+        KUBETUNE_S3_CREDENTIALS_DIR=str(mounted),
+        KUBETUNE_CACHE=str(tmp_path / "cache"),
+        OMP_NUM_THREADS="1",
+    )
+
+    def run_preflight() -> subprocess.CompletedProcess[str]:
+        command = [KUBETUNE, "preflight", "--job", str(job), "--workdir", str(tmp_path / "work")]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+    (mounted / "access-key-id").write_text("testing")
+    (mounted / "secret-access-key").write_text("testing\n")
+    missing = run_preflight()
+    assert missing.returncode == 2, missing.stderr[-2000:]
+    assert "spec.s3.credentialsSecret.sessionTokenKey: Secret 's3-creds' has no key 'token'" in missing.stderr
+    (mounted / "session-token").write_text("")
+    empty = run_preflight()
+    assert empty.returncode == 2 and "sessionTokenKey: key 'token' of Secret 's3-creds' is empty" in empty.stderr
+    (mounted / "session-token").write_text("session")
+    passed = run_preflight()
+    assert passed.returncode == 0, passed.stderr[-2000:]
+    assert "pre-flight passed" in passed.stderr
+    assert "Traceback" not in missing.stderr + empty.stderr + passed.stderr

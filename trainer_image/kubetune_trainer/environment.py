@@ -28,6 +28,7 @@ class TrainerEnvironment:
     system_cache: Path | None  # read-only, baked into the image
     termination_log: Path | None
     s3_ca_bundle: Path | None  # spec.s3.caBundle, mounted by the operator
+    s3_credentials_dir: Path | None  # spec.s3.credentialsSecret, mounted as files by the operator
     metrics_port: int | None
     pushgateway_url: str | None
     push_interval_seconds: int
@@ -75,6 +76,7 @@ class TrainerEnvironment:
             system_cache=path(contract.ENV_SYSTEM_CACHE),
             termination_log=path(contract.ENV_TERMINATION_LOG),
             s3_ca_bundle=path(contract.ENV_S3_CA_BUNDLE),
+            s3_credentials_dir=path(contract.ENV_S3_CREDENTIALS_DIR),
             metrics_port=number(contract.ENV_METRICS_PORT),
             pushgateway_url=text(contract.ENV_PUSHGATEWAY_URL),
             push_interval_seconds=number(contract.ENV_PUSH_INTERVAL) or contract.DEFAULT_PUSH_INTERVAL_SECONDS,

@@ -63,7 +63,9 @@ def run_pipeline(
         job=job,
         mode=mode,
         workdir=workdir,
-        store=ObjectStore(job.spec.s3, ca_bundle=environment.s3_ca_bundle),
+        store=ObjectStore(
+            job.spec.s3, ca_bundle=environment.s3_ca_bundle, credentials_dir=environment.s3_credentials_dir
+        ),
         clock=StageClock(reporters),
         reporters=reporters,
         environment=environment,

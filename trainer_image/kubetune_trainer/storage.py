@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from kubetune.api import contract
 from kubetune.api.v1alpha1 import S3Spec
 from kubetune_trainer.errors import ConfigurationError
 
@@ -33,6 +34,42 @@ def _check_ca_bundle(path: Path) -> None:
         raise ConfigurationError(
             f"spec.s3.caBundle: the CA bundle mounted at {path} is not a readable PEM certificate bundle ({reason})"
         ) from err
+
+
+def _read_credentials(folder: Path, s3: S3Spec) -> dict[str, str]:
+    """boto3's credential arguments from spec.s3.credentialsSecret as the operator mounts it (one
+    file per key, a key the Secret lacks left out), each problem named at the field that lists the key."""
+    secret = s3.credentials_secret
+    if secret is None:
+        raise ConfigurationError(f"{folder}: S3 credentials are mounted but spec.s3.credentialsSecret is not set")
+    wanted = [
+        ("aws_access_key_id", "accessKeyIdKey", secret.access_key_id_key, contract.S3_ACCESS_KEY_ID_FILE),
+        (
+            "aws_secret_access_key",
+            "secretAccessKeyKey",
+            secret.secret_access_key_key,
+            contract.S3_SECRET_ACCESS_KEY_FILE,
+        ),
+    ]
+    if secret.session_token_key:
+        wanted.append(
+            ("aws_session_token", "sessionTokenKey", secret.session_token_key, contract.S3_SESSION_TOKEN_FILE)
+        )
+    found: dict[str, str] = {}
+    for argument, field, key, file in wanted:
+        where = f"spec.s3.credentialsSecret.{field}"
+        try:
+            value = (folder / file).read_text().strip()
+        except FileNotFoundError:
+            raise ConfigurationError(f"{where}: Secret '{secret.name}' has no key '{key}'") from None
+        except OSError as err:
+            raise ConfigurationError(
+                f"{where}: cannot read key '{key}' of Secret '{secret.name}': {err.strerror}"
+            ) from err
+        if not value:
+            raise ConfigurationError(f"{where}: key '{key}' of Secret '{secret.name}' is empty")
+        found[argument] = value
+    return found
 
 
 class StorageError(RuntimeError):
@@ -86,13 +123,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 class ObjectStore:
     """Reads and writes objects by URI. S3 settings come from the job's ``spec.s3``.
 
-    Credentials follow boto3's default chain (environment variables set from the job's
-    Secret, or the pod's web identity for IRSA/Workload Identity): never from the manifest.
+    Credentials: the job's Secret as files the operator mounts (``credentials_dir``), else boto3's
+    default chain (the pod's web identity for IRSA/Workload Identity, or a laptop's profile and
+    environment): never from the manifest.
     """
 
-    def __init__(self, s3: S3Spec | None = None, *, ca_bundle: Path | None = None) -> None:
+    def __init__(
+        self, s3: S3Spec | None = None, *, ca_bundle: Path | None = None, credentials_dir: Path | None = None
+    ) -> None:
         self._s3_spec = s3 or S3Spec()
         self._ca_bundle = ca_bundle  # spec.s3.caBundle as mounted in the pod (TrainerEnvironment)
+        self._credentials_dir = credentials_dir  # spec.s3.credentialsSecret as mounted in the pod
         self._client: Any = None
 
     # ------------------------------------------------------------------ plumbing
@@ -105,6 +146,7 @@ class ObjectStore:
             spec = self._s3_spec
             if self._ca_bundle is not None:
                 _check_ca_bundle(self._ca_bundle)
+            credentials = _read_credentials(self._credentials_dir, spec) if self._credentials_dir is not None else {}
             config = Config(
                 retries={"max_attempts": 5, "mode": "standard"},
                 s3={"addressing_style": "path" if spec.force_path_style or spec.endpoint else "auto"},
@@ -120,6 +162,7 @@ class ObjectStore:
                     region_name=spec.region or os.environ.get("AWS_REGION") or "us-east-1",
                     config=config,
                     verify=str(self._ca_bundle) if self._ca_bundle is not None else None,
+                    **credentials,
                 )
             except InvalidRegionError as err:  # a retry cannot fix the job's own setting
                 raise ConfigurationError(f"spec.s3.region: {err}") from err

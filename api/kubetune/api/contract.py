@@ -35,6 +35,11 @@ ENV_TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"
 """Where the trainer writes its termination message (the container's ``terminationMessagePath``)."""
 ENV_S3_CA_BUNDLE = "KUBETUNE_S3_CA_BUNDLE"
 """The CA bundle (``spec.s3.caBundle``) as a file in the pod, for TLS to a private S3 endpoint."""
+ENV_S3_CREDENTIALS_DIR = "KUBETUNE_S3_CREDENTIALS_DIR"
+"""The folder where ``spec.s3.credentialsSecret`` is mounted as files (S3_CREDENTIAL_FILES); the
+trainer builds its S3 client from them. Files, not environment variables: a process listing, a crash
+dump or a child process never sees them, and a missing key is the trainer's clear error, not a pod
+stuck in CreateContainerConfigError."""
 ENV_METRICS_PORT = "KUBETUNE_METRICS_PORT"
 """The port the trainer serves ``/metrics`` on (also honoured by ``kubetune run``)."""
 ENV_PUSHGATEWAY_URL = "KUBETUNE_PUSHGATEWAY_URL"
@@ -52,6 +57,13 @@ JOB_FILE_KEY = "job.yaml"
 SCRATCH = "/scratch"
 """The scratch volume in a pod; also the trainer's default when ENV_SCRATCH is unset."""
 CACHE = f"{SCRATCH}/cache"
+S3_CREDENTIALS_DIR = "/var/run/secrets/kubetune/s3"
+"""Where the operator mounts the S3 credentials Secret (the value of ENV_S3_CREDENTIALS_DIR)."""
+S3_ACCESS_KEY_ID_FILE = "access-key-id"
+S3_SECRET_ACCESS_KEY_FILE = "secret-access-key"
+S3_SESSION_TOKEN_FILE = "session-token"
+"""File names in S3_CREDENTIALS_DIR; the Secret's keys (``spec.s3.credentialsSecret.*Key``) are
+mapped onto them, and a key the Secret lacks is simply absent (the volume is ``optional``)."""
 TERMINATION_LOG_PATH = "/dev/termination-log"
 """The trainer container's ``terminationMessagePath`` (the Kubernetes default, set explicitly)."""
 TERMINATION_MESSAGE_LIMIT = 4096

@@ -559,6 +559,24 @@ class Toleration(ApiModel):
     toleration_seconds: Annotated[int | None, Field(ge=0, le=365 * 24 * 3600)] = None
 
 
+NodeSelector: TypeAlias = Annotated[
+    dict[str, Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]],
+    Field(max_length=64),
+    *LABEL_KEYS.annotations(),
+]
+Tolerations: TypeAlias = Annotated[list[Toleration], Field(max_length=32)]
+PriorityClassName: TypeAlias = Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+
+
+class PlacementProfile(ApiModel):
+    """Where a job's training pod may run, as the platform team defines it (Helm value
+    ``policy.placementProfiles``); tenants pick one by name in ``spec.resources.placement``."""
+
+    node_selector: NodeSelector | None = None
+    tolerations: Tolerations | None = None
+    priority_class_name: PriorityClassName | None = None
+
+
 class ResourcesSpec(ApiModel):
     gpus: Annotated[
         int, Field(ge=0, le=16, description="GPUs on one node; more than one runs one process per GPU (DDP).")
@@ -583,17 +601,32 @@ class ResourcesSpec(ApiModel):
     ] = None
     cpu: CpuQuantity = "4"
     memory: MemoryQuantity = "32Gi"
-    node_selector: Annotated[
-        Annotated[
-            dict[str, Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]],
-            Field(max_length=64),
-            *LABEL_KEYS.annotations(),
-        ]
-        | None,
-        Field(description="Node labels the pod must land on (keys and values checked as Kubernetes checks labels)."),
+    placement: Annotated[
+        str | None,
+        Field(
+            pattern=DNS_LABEL_PATTERN,
+            max_length=63,
+            description=(
+                "A placement profile the platform team defines (node selector, tolerations, priority class), "
+                "by name; without it the profile named 'default', if there is one."
+            ),
+        ),
     ] = None
-    tolerations: Annotated[list[Toleration] | None, Field(max_length=32)] = None
-    priority_class_name: Annotated[str | None, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)] = None
+    node_selector: Annotated[
+        NodeSelector | None,
+        Field(
+            description=(
+                "Node labels the pod must land on (keys and values checked as Kubernetes checks labels); "
+                "only where the platform allows raw scheduling fields."
+            )
+        ),
+    ] = None
+    tolerations: Annotated[
+        Tolerations | None, Field(description="Only where the platform allows raw scheduling fields.")
+    ] = None
+    priority_class_name: Annotated[
+        PriorityClassName | None, Field(description="Only where the platform allows raw scheduling fields.")
+    ] = None
 
 
 class PvcRef(ApiModel):

@@ -6,6 +6,7 @@ Nothing here talks to the API server, so every manifest can be unit-tested as da
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from kubetune.api.contract import (
     ENV_PUSHGATEWAY_URL,
     ENV_REPORT_STATUS,
     ENV_S3_CA_BUNDLE,
+    ENV_S3_CREDENTIALS_DIR,
     ENV_SCRATCH,
     ENV_TERMINATION_LOG,
     FAIL_JOB_EXIT_CODES,
@@ -31,16 +33,26 @@ from kubetune.api.contract import (
     JOB_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    S3_ACCESS_KEY_ID_FILE,
+    S3_CREDENTIALS_DIR,
+    S3_SECRET_ACCESS_KEY_FILE,
+    S3_SESSION_TOKEN_FILE,
     SCRATCH,
     TERMINATION_LOG_PATH,
     TRAINER_CONTAINER,
 )
+from kubetune.api.quantity import parse_quantity
 from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec
 from kubetune.operator.config import OperatorConfig
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CA_DIR = "/etc/kubetune/ca"
 TRAINER_UID = 1000
+# /tmp of a trainer pod (the root filesystem is read-only): libraries' temporary files; the large
+# work goes to scratch.
+TMP_SIZE = "1Gi"
+# The container's logs count against the pod's ephemeral storage too.
+LOG_ALLOWANCE = "512Mi"
 # A label value is at most 63 characters (a FineTuneJob name may have 253); the full name stays
 # in the FINETUNEJOB_ANNOTATION, and ownerReferences carry the uid.
 LABEL_VALUE_LIMIT = 63
@@ -195,6 +207,28 @@ def build_trainer_rbac(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, An
     return objects
 
 
+def _ephemeral_storage(spec: FineTuneJobSpec) -> str:
+    """What the pod may write outside memory and volumes it was given: the scratch emptyDir (unless
+    scratch is a PVC), /tmp and the container's logs. Requested and limited alike, so the scheduler
+    places the pod where the disk is, and a runaway writer is evicted instead of filling the node."""
+    scratch = parse_quantity(spec.storage.scratch_size) if spec.storage.pvc is None else 0
+    total = scratch + parse_quantity(TMP_SIZE) + parse_quantity(LOG_ALLOWANCE)
+    return f"{math.ceil(total / 2**20)}Mi"
+
+
+def _hardening_env(config: OperatorConfig, *, gpus: int) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    if gpus == 0:
+        # The CUDA base image sets NVIDIA_VISIBLE_DEVICES=all: on a GPU node, the NVIDIA container
+        # runtime would then hand every GPU of the node to a pod that was granted none.
+        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})
+    if not config.allow_instance_metadata:
+        # The AWS SDK would otherwise fall back to the node's instance role (IMDS) when the job names
+        # no credentials: a tenant would act as the node.
+        env.append({"name": "AWS_EC2_METADATA_DISABLED", "value": "true"})
+    return env
+
+
 def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": ENV_JOB_NAME, "value": owner.name},
@@ -208,15 +242,8 @@ def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": ENV_TERMINATION_LOG, "value": TERMINATION_LOG_PATH},  # where the trainer says why it stopped
     ]
-    secret = spec.s3.credentials_secret
-    if secret is not None:
-        keys = [
-            ("AWS_ACCESS_KEY_ID", secret.access_key_id_key),
-            ("AWS_SECRET_ACCESS_KEY", secret.secret_access_key_key),
-        ]
-        if secret.session_token_key:
-            keys.append(("AWS_SESSION_TOKEN", secret.session_token_key))
-        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}} for var, key in keys]
+    if spec.s3.credentials_secret is not None:
+        env.append({"name": ENV_S3_CREDENTIALS_DIR, "value": S3_CREDENTIALS_DIR})
     if spec.s3.ca_bundle is not None:
         env.append({"name": ENV_S3_CA_BUNDLE, "value": f"{CA_DIR}/{spec.s3.ca_bundle.key}"})
     return env
@@ -242,7 +269,7 @@ def _volumes(owner: Owner, spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]],
     volumes: list[dict[str, Any]] = [
         {"name": "job-spec", "configMap": {"name": spec_configmap_name(owner.name)}},
         scratch,
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.storage.shm_size}},
     ]
     mounts: list[dict[str, Any]] = [
@@ -251,6 +278,27 @@ def _volumes(owner: Owner, spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]],
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+    if (secret := spec.s3.credentials_secret) is not None:
+        files = [
+            (secret.access_key_id_key, S3_ACCESS_KEY_ID_FILE),
+            (secret.secret_access_key_key, S3_SECRET_ACCESS_KEY_FILE),
+        ]
+        if secret.session_token_key:
+            files.append((secret.session_token_key, S3_SESSION_TOKEN_FILE))
+        volumes.append(
+            {
+                "name": "s3-credentials",
+                "secret": {
+                    "secretName": secret.name,
+                    "items": [{"key": key, "path": path} for key, path in files],
+                    # A key the Secret lacks is left out, and the trainer names the field that lists
+                    # it (the operator reads only the Secret's metadata, never its keys).
+                    "optional": True,
+                    "defaultMode": 0o440,  # owner and the pod's fsGroup (the trainer) only
+                },
+            }
+        )
+        mounts.append({"name": "s3-credentials", "mountPath": S3_CREDENTIALS_DIR, "readOnly": True})
     if spec.s3.ca_bundle is not None:
         volumes.append({"name": "s3-ca", "configMap": {"name": spec.s3.ca_bundle.name}})
         mounts.append({"name": "s3-ca", "mountPath": CA_DIR, "readOnly": True})
@@ -278,8 +326,14 @@ def _pod_spec(
     command: list[str],
     resources: dict[str, Any],
     scheduling: bool,
+    gpus: int,
 ) -> dict[str, Any]:
     volumes, mounts = _volumes(owner, spec)
+    storage = _ephemeral_storage(spec)
+    resources = {
+        "requests": {**resources["requests"], "ephemeral-storage": storage},
+        "limits": {**resources["limits"], "ephemeral-storage": storage},
+    }
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": spec.service_account_name or trainer_account_name(owner.name),
@@ -297,7 +351,7 @@ def _pod_spec(
                 "image": spec.image or config.trainer_image,
                 "imagePullPolicy": config.image_pull_policy,
                 "command": command,
-                "env": _env(owner, spec),
+                "env": _env(owner, spec) + _hardening_env(config, gpus=gpus),
                 "resources": resources,
                 "volumeMounts": mounts,
                 "securityContext": _container_security(),
@@ -308,13 +362,7 @@ def _pod_spec(
         "volumes": volumes,
     }
     if scheduling:
-        resources_spec = spec.resources
-        if resources_spec.node_selector:
-            pod["nodeSelector"] = dict(resources_spec.node_selector)
-        if resources_spec.tolerations:
-            pod["tolerations"] = [t.to_manifest() for t in resources_spec.tolerations]
-        if resources_spec.priority_class_name:
-            pod["priorityClassName"] = resources_spec.priority_class_name
+        pod.update(config.placement.scheduling(spec.resources))
     return pod
 
 
@@ -358,7 +406,13 @@ def build_preflight_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorCon
     """CPU-only check of dataset, tokens and memory before any GPU is requested."""
     resources = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
     pod = _pod_spec(
-        owner, spec, config, command=["kubetune", "preflight", "--job", JOB_FILE], resources=resources, scheduling=False
+        owner,
+        spec,
+        config,
+        command=["kubetune", "preflight", "--job", JOB_FILE],
+        resources=resources,
+        scheduling=False,
+        gpus=0,
     )
     extra: dict[str, Any] = {"activeDeadlineSeconds": 1800}
     return _job(owner, preflight_job_name(owner.name), "preflight", pod, backoff_limit=1, extra=extra)
@@ -393,6 +447,7 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConf
         command=training_command(spec),
         resources={"requests": requests, "limits": limits},
         scheduling=True,
+        gpus=res.gpus,
     )
     trainer = pod["containers"][0]
     trainer["env"] += _metrics_env(config)

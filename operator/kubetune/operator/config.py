@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from kubetune.api.contract import DEFAULT_PUSH_INTERVAL_SECONDS
 from kubetune.api.v1alpha1 import DEFAULT_TRAINER_IMAGE
 from kubetune.operator.imagepolicy import ImagePolicy
+from kubetune.operator.placement import PlacementPolicy
 
 # Each default once: the dataclass and the environment loader both use these.
 DEFAULT_METRICS_PORT = 8080
@@ -33,6 +34,14 @@ class OperatorConfig:
     health_port: int
     # Images a FineTuneJob's spec.image may name; by default only the trainer image (decided in from_env).
     image_policy: ImagePolicy
+    # Where the operator itself runs (the chart sets it by the downward API): it takes no FineTuneJobs.
+    # None out of a cluster, where only the system namespaces are refused.
+    operator_namespace: str | None
+    # Whether trainer pods may fall back to the node's cloud identity (instance metadata): off unless
+    # the platform team runs node-identity setups (Helm value policy.allowInstanceMetadata).
+    allow_instance_metadata: bool
+    # Placement profiles tenants pick by name, and whether raw scheduling fields are allowed at all.
+    placement: PlacementPolicy
     trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT
     pushgateway_url: str | None = None  # trainers push here; the operator deletes a deleted job's group
     push_interval_seconds: int = DEFAULT_PUSH_INTERVAL_SECONDS
@@ -62,6 +71,12 @@ class OperatorConfig:
                 )
             return raw.rstrip("/")
 
+        def flag(name: str) -> bool:
+            raw = env.get(name, "false").strip().lower()
+            if raw not in ("true", "false", ""):
+                raise ConfigError(f"{name}={raw!r}: expected true or false")
+            return raw == "true"
+
         interval = env.get("KUBETUNE_PUSH_INTERVAL_SECONDS", str(DEFAULT_PUSH_INTERVAL_SECONDS))
         if not interval.isdigit() or not 1 <= int(interval) <= 3600:
             raise ConfigError(f"KUBETUNE_PUSH_INTERVAL_SECONDS={interval!r}: expected whole seconds from 1 to 3600")
@@ -78,6 +93,12 @@ class OperatorConfig:
                 "KUBETUNE_ALLOWED_IMAGES (Helm value policy.allowedImages)" if allowed else "KUBETUNE_TRAINER_IMAGE"
             )
             raise ConfigError(f"{source}: {err}") from err
+        try:
+            placement = PlacementPolicy.parse(
+                env.get("KUBETUNE_PLACEMENT_PROFILES", ""), allow_raw=flag("KUBETUNE_ALLOW_RAW_SCHEDULING")
+            )
+        except ValueError as err:
+            raise ConfigError(f"KUBETUNE_PLACEMENT_PROFILES (Helm value policy.placementProfiles): {err}") from err
         return cls(
             namespaces=namespaces,
             trainer_image=trainer_image,
@@ -90,4 +111,7 @@ class OperatorConfig:
             pushgateway_url=pushgateway(),
             push_interval_seconds=int(interval),
             image_policy=image_policy,
+            operator_namespace=env.get("KUBETUNE_OPERATOR_NAMESPACE") or None,
+            allow_instance_metadata=flag("KUBETUNE_ALLOW_INSTANCE_METADATA"),
+            placement=placement,
         )

@@ -18,6 +18,8 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 # Refusals of a write that no retry can heal: the object itself is wrong (400, 422), too large
 # (413), in a format the server refuses (415), or forbidden by RBAC or an admission policy (403).
 PERMANENT_REFUSALS = (400, 403, 413, 415, 422)
+# The API server answers a GET with this Accept header with the object's metadata only.
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 def api_message(err: ApiException) -> str:
@@ -82,8 +84,10 @@ class Kube:
 
     # ------------------------------------------------------------------ reads
     def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None if there is none; a Secret as its metadata only (``read_metadata``)."""
+        if kind == "Secret":
+            return self.read_metadata(kind, namespace, name)
         readers = {
-            "Secret": self.core.read_namespaced_secret,
             "ConfigMap": self.core.read_namespaced_config_map,
             "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
             "ServiceAccount": self.core.read_namespaced_service_account,
@@ -97,6 +101,24 @@ class Kube:
             if err.status == 404:
                 return None
             raise
+
+    def read_metadata(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object's metadata only (a PartialObjectMetadata): what a Secret holds never reaches
+        the operator, so it cannot leak it into status, Events or logs."""
+        readers = {"Secret": self.core.read_namespaced_secret}
+        try:
+            response = readers[kind](
+                name,
+                namespace,
+                _preload_content=False,
+                _headers={"Accept": METADATA_ONLY},
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+        return dict(json.loads(response.data))
 
     def read_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -197,7 +197,7 @@ def _validate(
     parsed = validation.parse(body.get("spec") or {})
     if isinstance(parsed, validation.SpecProblem):
         return None, parsed
-    if (refused := validation.check_policy(parsed, config.image_policy)) is not None:
+    if (refused := validation.check_policy(parsed, body["metadata"]["namespace"], config)) is not None:
         return parsed, refused
     # Once the training Job exists, a referenced object changing later does not stop it.
     problem = (

@@ -19,14 +19,16 @@ from kubetune.api.v1alpha1 import Phase
 # safe as a metric label.
 FAILURE_REASONS = (
     "InvalidSpec",
+    "NamespaceNotAllowed",
     "SecretNotFound",
-    "SecretKeyMissing",
-    "SecretKeyEmpty",
+    "SecretNotAllowed",
     "ConfigMapNotFound",
     "ConfigMapKeyMissing",
     "PersistentVolumeClaimNotFound",
     "ServiceAccountNotFound",
+    "ServiceAccountNotAllowed",
     "ImageNotAllowed",
+    "PlacementNotAllowed",
     "NameConflict",
     "PreflightFailed",
     "TrainingFailed",

@@ -1,22 +1,35 @@
-"""Checks the CRD schema cannot make: that what the spec references exists and fits.
+"""Checks the CRD schema cannot make: that what the spec references exists, fits, and is something
+the platform team lets FineTuneJobs use.
 
 Each problem names the exact field, e.g. ``spec.s3.credentialsSecret.name: Secret 'x' not
 found in namespace 'ns'``, so a user can fix the manifest without reading operator logs.
-A missing Secret or key is caught here, never left as a pod in CreateContainerConfigError.
+A missing Secret is caught here, never left as a pod in CreateContainerConfigError. Secrets are
+read as metadata only (``Kube.read``): their keys are checked by the trainer, which is the only
+one to see them (mounted as files; a missing or empty key fails the pre-flight at the field).
+
+A pod created by the operator runs under the operator's identity as far as admission is concerned,
+so what a tenant could not do in its own pod it must not do through a FineTuneJob: a
+ServiceAccount or Secret of the namespace is usable only once someone allowed to label it (a
+namespace admin) opted it in, and the operator's own namespace and the system namespaces take no
+FineTuneJobs at all (so the operator's own ServiceAccount can never be named).
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api.manifest import ManifestError, parse_spec
 from kubetune.api.v1alpha1 import FineTuneJobSpec
-from kubetune.operator.imagepolicy import ImagePolicy
+from kubetune.operator.config import OperatorConfig
 
 Reader = Callable[[str, str, str], dict[str, Any] | None]  # (kind, namespace, name) -> object or None
+
+# Opt-in labels (value "true") a namespace admin puts on what FineTuneJobs of the namespace may use.
+TRAINER_IDENTITY_LABEL = "kubetune.dev/trainer-identity"  # a ServiceAccount to run trainer pods as
+S3_CREDENTIALS_LABEL = "kubetune.dev/s3-credentials"  # a Secret to mount as S3 credentials
+SYSTEM_NAMESPACE_PREFIX = "kube-"  # kube-system, kube-public, kube-node-lease and any future one
 
 
 @dataclass(frozen=True)
@@ -33,10 +46,19 @@ def parse(spec: dict[str, Any]) -> FineTuneJobSpec | SpecProblem:
         return SpecProblem("InvalidSpec", details)
 
 
-def check_policy(spec: FineTuneJobSpec, images: ImagePolicy) -> SpecProblem | None:
-    """What the platform team's policy refuses, before any pod exists."""
-    if spec.image is not None and (why := images.refusal(spec.image)) is not None:
+def check_policy(spec: FineTuneJobSpec, namespace: str, config: OperatorConfig) -> SpecProblem | None:
+    """What the platform team's policy refuses from the manifest alone, before any pod exists."""
+    if namespace.startswith(SYSTEM_NAMESPACE_PREFIX) or namespace == config.operator_namespace:
+        whose = "the operator's own" if namespace == config.operator_namespace else "a system"
+        return SpecProblem(
+            "NamespaceNotAllowed",
+            f"metadata.namespace: '{namespace}' is {whose} namespace; FineTuneJobs run in tenant namespaces only",
+        )
+    if spec.image is not None and (why := config.image_policy.refusal(spec.image)) is not None:
         return SpecProblem("ImageNotAllowed", f"spec.image: {why}")
+    if (placement := config.placement.refusal(spec.resources)) is not None:
+        field, why = placement
+        return SpecProblem("PlacementNotAllowed", f"{field}: {why}")
     return None
 
 
@@ -44,35 +66,34 @@ def _keys(obj: dict[str, Any]) -> set[str]:
     return set((obj.get("data") or {}).keys()) | set((obj.get("stringData") or {}).keys())
 
 
+def _opted_in_reference(
+    read: Reader, kind: str, namespace: str, name: str, *, field: str, label: str, use: str
+) -> SpecProblem | None:
+    """``<Kind>NotFound`` or ``<Kind>NotAllowed`` (not labelled ``label=true``) for a referenced object."""
+    found = read(kind, namespace, name)
+    if found is None:
+        return SpecProblem(f"{kind}NotFound", f"{field}: {kind} '{name}' not found in namespace '{namespace}'")
+    if ((found.get("metadata") or {}).get("labels") or {}).get(label) != "true":
+        return SpecProblem(
+            f"{kind}NotAllowed",
+            f"{field}: {kind} '{name}' is not labelled {label}=true; a namespace admin labels the {kind}s {use}",
+        )
+    return None
+
+
 def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> SpecProblem | None:
-    secret_ref = spec.s3.credentials_secret
-    if secret_ref is not None:
-        secret = read("Secret", namespace, secret_ref.name)
-        if secret is None:
-            return SpecProblem(
-                "SecretNotFound",
-                f"spec.s3.credentialsSecret.name: Secret '{secret_ref.name}' not found in namespace '{namespace}'",
-            )
-        keys = _keys(secret)
-        wanted = [
-            ("accessKeyIdKey", secret_ref.access_key_id_key),
-            ("secretAccessKeyKey", secret_ref.secret_access_key_key),
-        ]
-        if secret_ref.session_token_key:
-            wanted.append(("sessionTokenKey", secret_ref.session_token_key))
-        for field, key in wanted:
-            if key not in keys:
-                have = ", ".join(sorted(keys)) or "none"
-                return SpecProblem(
-                    "SecretKeyMissing",
-                    f"spec.s3.credentialsSecret.{field}: Secret '{secret_ref.name}' has no key '{key}' (keys: {have})",
-                )
-            value = (secret.get("data") or {}).get(key)
-            if value is not None and not base64.b64decode(value or b""):
-                return SpecProblem(
-                    "SecretKeyEmpty",
-                    f"spec.s3.credentialsSecret.{field}: key '{key}' of Secret '{secret_ref.name}' is empty",
-                )
+    if spec.s3.credentials_secret is not None and (
+        problem := _opted_in_reference(
+            read,
+            "Secret",
+            namespace,
+            spec.s3.credentials_secret.name,
+            field="spec.s3.credentialsSecret.name",
+            label=S3_CREDENTIALS_LABEL,
+            use="FineTuneJobs may use",
+        )
+    ):
+        return problem
     ca = spec.s3.ca_bundle
     if ca is not None:
         config_map = read("ConfigMap", namespace, ca.name)
@@ -90,9 +111,14 @@ def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> Spe
             "PersistentVolumeClaimNotFound",
             f"spec.storage.pvc.claimName: PersistentVolumeClaim '{spec.storage.pvc.claim_name}' not found in namespace '{namespace}'",
         )
-    if spec.service_account_name and read("ServiceAccount", namespace, spec.service_account_name) is None:
-        return SpecProblem(
-            "ServiceAccountNotFound",
-            f"spec.serviceAccountName: ServiceAccount '{spec.service_account_name}' not found in namespace '{namespace}'",
+    if spec.service_account_name:
+        return _opted_in_reference(
+            read,
+            "ServiceAccount",
+            namespace,
+            spec.service_account_name,
+            field="spec.serviceAccountName",
+            label=TRAINER_IDENTITY_LABEL,
+            use="trainer pods may run as (leave the field out for a per-job one)",
         )
     return None
