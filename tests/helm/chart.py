@@ -14,6 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "kubetune"
 ALL_FEATURES_VALUES = Path(__file__).with_name("values-all-features.yaml")
+# What a platform team sets for the examples (their placement profile).
+EXAMPLE_PLATFORM_VALUES = Path(__file__).resolve().parents[2] / "examples" / "platform" / "values.yaml"
 RELEASE = "kt"
 RELEASE_NAMESPACE = "kubetune-system"
 

@@ -11,6 +11,7 @@ from kubetune.api.manifest import parse_manifest
 from tests.helm.chart import (
     ALL_FEATURES_VALUES,
     CHART,
+    EXAMPLE_PLATFORM_VALUES,
     RELEASE,
     container_env,
     helm,
@@ -74,6 +75,8 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_ALLOW_INSTANCE_METADATA": "false",
         "KUBETUNE_PLACEMENT_PROFILES": "{}",
         "KUBETUNE_ALLOW_RAW_SCHEDULING": "false",
+        "KUBETUNE_ALLOWED_S3_ENDPOINTS": "*",
+        "KUBETUNE_ALLOWED_STORAGE_PREFIXES": "",
         "KUBETUNE_IMAGE_PULL_POLICY": "IfNotPresent",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "",
         "KUBETUNE_DEFAULT_S3_REGION": "",
@@ -101,6 +104,8 @@ def test_environment_carries_the_operator_configuration() -> None:
             separators=(",", ":"),
         ),
         "KUBETUNE_ALLOW_RAW_SCHEDULING": "true",
+        "KUBETUNE_ALLOWED_S3_ENDPOINTS": "*,minio.minio.svc:9000",
+        "KUBETUNE_ALLOWED_STORAGE_PREFIXES": "s3://ml-{namespace}/,s3://shared-models/",
         "KUBETUNE_IMAGE_PULL_POLICY": "Always",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "http://minio.minio.svc:9000",
         "KUBETUNE_DEFAULT_S3_REGION": "eu-west-1",
@@ -172,3 +177,22 @@ def test_notes_show_a_first_job_that_the_api_accepts() -> None:
     job = parse_manifest(yaml.safe_load(textwrap.dedent(heredoc)), "NOTES.txt")
     assert job.spec.dataset.sources[0].uri.startswith("file:///opt/kubetune/examples/")
     assert "in every namespace" in notes() and "kubectl apply -n default -f -" in notes()
+
+
+def test_the_policy_values_start_an_operator_that_enforces_them() -> None:
+    """What the chart renders is what the operator validates at startup: every guardrail value parses,
+    and the example platform's values (examples/platform/values.yaml) too."""
+    from kubetune.operator.config import OperatorConfig
+
+    config = OperatorConfig.from_env(container_env(render(values_file=ALL_FEATURES_VALUES)))
+    assert config.storage.prefixes == ("s3://ml-{namespace}/", "s3://shared-models/")
+    assert "minio.minio.svc:9000" in config.storage.endpoints and config.placement.allow_raw
+    assert sorted(config.placement.profiles) == ["default", "gpu-a100"]
+    defaults = OperatorConfig.from_env(container_env(render()))
+    assert (defaults.storage.endpoints, defaults.placement.allow_raw, defaults.allow_instance_metadata) == (
+        ("*",),
+        False,
+        False,
+    )
+    platform = OperatorConfig.from_env(container_env(render(values_file=EXAMPLE_PLATFORM_VALUES)))
+    assert sorted(platform.placement.profiles) == ["gpu-g6e"]

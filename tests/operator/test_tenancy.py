@@ -40,7 +40,7 @@ def test_an_opted_in_secret_is_mounted_as_files_and_its_contents_never_reach_the
     cluster: Cluster, test_cluster: TestCluster, operator: Any
 ) -> None:
     cluster.create_secret("s3-creds", {"id": "AKIA", "key": PLANTED})  # no "token" key: the trainer says so
-    cluster.apply(with_spec(s3={"endpoint": "https://minio.internal:9000", "credentialsSecret": SECRET_REF}))
+    cluster.apply(with_spec(s3={"endpoint": "https://s3.example.com", "credentialsSecret": SECRET_REF}))
     job = wait_for(lambda: cluster.job("tickets-preflight"), what="the pre-flight Job")
     pod = job["spec"]["template"]["spec"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == "s3-credentials"]

@@ -11,6 +11,7 @@ from kubetune.api.contract import DEFAULT_PUSH_INTERVAL_SECONDS
 from kubetune.api.v1alpha1 import DEFAULT_TRAINER_IMAGE
 from kubetune.operator.imagepolicy import ImagePolicy
 from kubetune.operator.placement import PlacementPolicy
+from kubetune.operator.storagepolicy import ANY_PUBLIC_ENDPOINT, StoragePolicy
 
 # Each default once: the dataclass and the environment loader both use these.
 DEFAULT_METRICS_PORT = 8080
@@ -42,6 +43,8 @@ class OperatorConfig:
     allow_instance_metadata: bool
     # Placement profiles tenants pick by name, and whether raw scheduling fields are allowed at all.
     placement: PlacementPolicy
+    # S3 endpoints and bucket prefixes FineTuneJobs may use.
+    storage: StoragePolicy
     trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT
     pushgateway_url: str | None = None  # trainers push here; the operator deletes a deleted job's group
     push_interval_seconds: int = DEFAULT_PUSH_INTERVAL_SECONDS
@@ -71,6 +74,9 @@ class OperatorConfig:
                 )
             return raw.rstrip("/")
 
+        def entries(name: str, default: str = "") -> list[str]:
+            return [entry.strip() for entry in env.get(name, default).split(",") if entry.strip()]
+
         def flag(name: str) -> bool:
             raw = env.get(name, "false").strip().lower()
             if raw not in ("true", "false", ""):
@@ -85,7 +91,7 @@ class OperatorConfig:
             raise ConfigError(f"KUBETUNE_IMAGE_PULL_POLICY={policy!r}: expected Always, IfNotPresent or Never")
         namespaces = tuple(n.strip() for n in env.get("KUBETUNE_NAMESPACES", "").split(",") if n.strip())
         trainer_image = env.get("KUBETUNE_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE)
-        allowed = [entry.strip() for entry in env.get("KUBETUNE_ALLOWED_IMAGES", "").split(",") if entry.strip()]
+        allowed = entries("KUBETUNE_ALLOWED_IMAGES")
         try:
             image_policy = ImagePolicy.parse(allowed or [trainer_image])
         except ValueError as err:
@@ -99,6 +105,17 @@ class OperatorConfig:
             )
         except ValueError as err:
             raise ConfigError(f"KUBETUNE_PLACEMENT_PROFILES (Helm value policy.placementProfiles): {err}") from err
+        try:
+            storage = StoragePolicy.parse(
+                entries("KUBETUNE_ALLOWED_S3_ENDPOINTS", ANY_PUBLIC_ENDPOINT),
+                entries("KUBETUNE_ALLOWED_STORAGE_PREFIXES"),
+                platform_endpoint=env.get("KUBETUNE_DEFAULT_S3_ENDPOINT") or None,
+            )
+        except ValueError as err:
+            raise ConfigError(
+                f"KUBETUNE_ALLOWED_S3_ENDPOINTS / KUBETUNE_ALLOWED_STORAGE_PREFIXES (Helm values "
+                f"policy.allowedS3Endpoints / policy.allowedStoragePrefixes): {err}"
+            ) from err
         return cls(
             namespaces=namespaces,
             trainer_image=trainer_image,
@@ -114,4 +131,5 @@ class OperatorConfig:
             operator_namespace=env.get("KUBETUNE_OPERATOR_NAMESPACE") or None,
             allow_instance_metadata=flag("KUBETUNE_ALLOW_INSTANCE_METADATA"),
             placement=placement,
+            storage=storage,
         )

@@ -29,6 +29,7 @@ FAILURE_REASONS = (
     "ServiceAccountNotAllowed",
     "ImageNotAllowed",
     "PlacementNotAllowed",
+    "StorageNotAllowed",
     "NameConflict",
     "PreflightFailed",
     "TrainingFailed",

@@ -59,6 +59,9 @@ def check_policy(spec: FineTuneJobSpec, namespace: str, config: OperatorConfig) 
     if (placement := config.placement.refusal(spec.resources)) is not None:
         field, why = placement
         return SpecProblem("PlacementNotAllowed", f"{field}: {why}")
+    if (storage := config.storage.refusal(spec, namespace)) is not None:
+        field, why = storage
+        return SpecProblem("StorageNotAllowed", f"{field}: {why}")
     return None
 
 
@@ -66,59 +69,57 @@ def _keys(obj: dict[str, Any]) -> set[str]:
     return set((obj.get("data") or {}).keys()) | set((obj.get("stringData") or {}).keys())
 
 
-def _opted_in_reference(
-    read: Reader, kind: str, namespace: str, name: str, *, field: str, label: str, use: str
-) -> SpecProblem | None:
-    """``<Kind>NotFound`` or ``<Kind>NotAllowed`` (not labelled ``label=true``) for a referenced object."""
+def _lookup(read: Reader, kind: str, namespace: str, name: str, label: str) -> str | None:
+    """Why a referenced object cannot be used: "missing", "not opted in" (not labelled ``label=true``), or None."""
     found = read(kind, namespace, name)
     if found is None:
-        return SpecProblem(f"{kind}NotFound", f"{field}: {kind} '{name}' not found in namespace '{namespace}'")
-    if ((found.get("metadata") or {}).get("labels") or {}).get(label) != "true":
-        return SpecProblem(
-            f"{kind}NotAllowed",
-            f"{field}: {kind} '{name}' is not labelled {label}=true; a namespace admin labels the {kind}s {use}",
-        )
-    return None
+        return "missing"
+    return None if ((found.get("metadata") or {}).get("labels") or {}).get(label) == "true" else "not opted in"
+
+
+def _not_found(field: str, kind: str, name: str, namespace: str) -> str:
+    return f"{field}: {kind} '{name}' not found in namespace '{namespace}'"
+
+
+def _not_opted_in(field: str, kind: str, name: str, label: str, use: str) -> str:
+    return f"{field}: {kind} '{name}' is not labelled {label}=true; a namespace admin labels the {kind}s {use}"
 
 
 def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> SpecProblem | None:
-    if spec.s3.credentials_secret is not None and (
-        problem := _opted_in_reference(
-            read,
-            "Secret",
-            namespace,
-            spec.s3.credentials_secret.name,
-            field="spec.s3.credentialsSecret.name",
-            label=S3_CREDENTIALS_LABEL,
-            use="FineTuneJobs may use",
-        )
-    ):
-        return problem
+    if (secret := spec.s3.credentials_secret) is not None:
+        field = "spec.s3.credentialsSecret.name"
+        why = _lookup(read, "Secret", namespace, secret.name, S3_CREDENTIALS_LABEL)
+        if why == "missing":
+            return SpecProblem("SecretNotFound", _not_found(field, "Secret", secret.name, namespace))
+        if why is not None:
+            use = "FineTuneJobs may use"
+            return SpecProblem(
+                "SecretNotAllowed", _not_opted_in(field, "Secret", secret.name, S3_CREDENTIALS_LABEL, use)
+            )
     ca = spec.s3.ca_bundle
     if ca is not None:
         config_map = read("ConfigMap", namespace, ca.name)
         if config_map is None:
             return SpecProblem(
-                "ConfigMapNotFound",
-                f"spec.s3.caBundle.name: ConfigMap '{ca.name}' not found in namespace '{namespace}'",
+                "ConfigMapNotFound", _not_found("spec.s3.caBundle.name", "ConfigMap", ca.name, namespace)
             )
         if ca.key not in _keys(config_map):
             return SpecProblem(
                 "ConfigMapKeyMissing", f"spec.s3.caBundle.key: ConfigMap '{ca.name}' has no key '{ca.key}'"
             )
-    if spec.storage.pvc is not None and read("PersistentVolumeClaim", namespace, spec.storage.pvc.claim_name) is None:
+    if (pvc := spec.storage.pvc) is not None and read("PersistentVolumeClaim", namespace, pvc.claim_name) is None:
         return SpecProblem(
             "PersistentVolumeClaimNotFound",
-            f"spec.storage.pvc.claimName: PersistentVolumeClaim '{spec.storage.pvc.claim_name}' not found in namespace '{namespace}'",
+            _not_found("spec.storage.pvc.claimName", "PersistentVolumeClaim", pvc.claim_name, namespace),
         )
-    if spec.service_account_name:
-        return _opted_in_reference(
-            read,
-            "ServiceAccount",
-            namespace,
-            spec.service_account_name,
-            field="spec.serviceAccountName",
-            label=TRAINER_IDENTITY_LABEL,
-            use="trainer pods may run as (leave the field out for a per-job one)",
-        )
+    if (account := spec.service_account_name) is not None:
+        field = "spec.serviceAccountName"
+        why = _lookup(read, "ServiceAccount", namespace, account, TRAINER_IDENTITY_LABEL)
+        if why == "missing":
+            return SpecProblem("ServiceAccountNotFound", _not_found(field, "ServiceAccount", account, namespace))
+        if why is not None:
+            use = "trainer pods may run as (leave the field out for a per-job one)"
+            return SpecProblem(
+                "ServiceAccountNotAllowed", _not_opted_in(field, "ServiceAccount", account, TRAINER_IDENTITY_LABEL, use)
+            )
     return None

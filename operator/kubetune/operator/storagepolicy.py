@@ -1,0 +1,109 @@
+"""Where a FineTuneJob's pods may read and write: the S3 endpoints and the bucket prefixes the
+platform team allows.
+
+Endpoints. ``spec.s3.endpoint`` is a URL a tenant chooses, fetched from inside the cluster: aimed at
+the instance metadata service, a loopback or link-local address or a cluster-internal name, it turns
+the trainer into a proxy into the cluster's network. Such an endpoint is refused unless the platform
+lists it exactly (``policy.allowedS3Endpoints``); other endpoints pass the entry ``*`` (the
+default), or only those listed when ``*`` is left out. The chart's own default endpoint
+(``s3.endpoint``) is the platform's choice and always allowed.
+
+Prefixes. ``policy.allowedStoragePrefixes`` (``s3://bucket/prefix/`` entries, ``{namespace}``
+replaced by the job's namespace) bounds every ``s3://`` URI of the spec (base model, datasets,
+regression set, output, checkpoints); empty allows any bucket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel
+
+from kubetune.api.v1alpha1 import FineTuneJobSpec
+
+ANY_PUBLIC_ENDPOINT = "*"
+# Names that only resolve inside a cluster or a cloud's private network (the metadata service's
+# metadata.google.internal and instance-data included); a name without a dot is a search-path name.
+INTERNAL_SUFFIXES = (".local", ".localdomain", ".internal", ".svc", ".cluster.local", ".localhost")
+
+
+@dataclass(frozen=True)
+class StoragePolicy:
+    endpoints: tuple[str, ...]  # lower-case "host" or "host:port", or "*"
+    prefixes: tuple[str, ...]  # "s3://bucket/" or "s3://bucket/path/", may hold {namespace}
+
+    @classmethod
+    def parse(cls, endpoints: list[str], prefixes: list[str], *, platform_endpoint: str | None) -> StoragePolicy:
+        """From the operator's environment; ValueError naming the entry if one is not valid. The
+        platform's own default endpoint is allowed whatever the list says, written out or not."""
+        if platform_endpoint:
+            split = urlsplit(platform_endpoint)
+            endpoints = [*endpoints, f"{split.hostname}:{split.port}" if split.port else str(split.hostname)]
+        for entry in endpoints:
+            if entry != ANY_PUBLIC_ENDPOINT and ("/" in entry or not entry.strip(".:")):
+                raise ValueError(f"endpoint {entry!r}: expected host or host:port (no scheme or path), or '*'")
+        normalised = []
+        for entry in prefixes:
+            split = urlsplit(entry)
+            if split.scheme != "s3" or not split.netloc or split.query or split.fragment or ".." in entry:
+                raise ValueError(f"prefix {entry!r}: expected s3://bucket/ or s3://bucket/path/")
+            normalised.append(entry if entry.endswith("/") else entry + "/")
+        return cls(tuple(e.lower() for e in endpoints), tuple(normalised))
+
+    def refusal(self, spec: FineTuneJobSpec, namespace: str) -> tuple[str, str] | None:
+        """(field, why) for the first endpoint or URI the policy refuses, else None."""
+        if spec.s3.endpoint is not None and (why := self._endpoint_refusal(spec.s3.endpoint)) is not None:
+            return "spec.s3.endpoint", why
+        if self.prefixes:
+            allowed = [prefix.replace("{namespace}", namespace) for prefix in self.prefixes]
+            for field, uri in s3_uris(spec, "spec"):
+                if not any((uri if uri.endswith("/") else uri + "/").startswith(prefix) for prefix in allowed):
+                    return field, f"{uri} is outside the storage this namespace may use ({', '.join(allowed)})"
+        return None
+
+    def _endpoint_refusal(self, endpoint: str) -> str | None:
+        split = urlsplit(endpoint)
+        host = (split.hostname or "").lower()
+        listed = {host, f"{host}:{split.port}"} if split.port is not None else {host}
+        if listed & set(self.endpoints):
+            return None
+        if (internal := _internal(host)) is not None:
+            return f"{endpoint} is {internal}; the platform must list it in policy.allowedS3Endpoints"
+        if ANY_PUBLIC_ENDPOINT not in self.endpoints:
+            return f"{endpoint} is not in the platform's allowed S3 endpoints ({', '.join(self.endpoints) or 'none'})"
+        return None
+
+
+def _internal(host: str) -> str | None:
+    """Why ``host`` points inside the cluster or the node, or None for a public name or address."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if host == "localhost" or "." not in host or host.endswith(INTERNAL_SUFFIXES):
+            return "a cluster-internal name"
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:169.254.169.254 is the metadata service too
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_link_local:
+        return "a link-local address (the instance metadata service lives there)"
+    if address.is_private or address.is_reserved or address.is_unspecified or address.is_multicast:
+        return "a private or reserved address"
+    return None
+
+
+def s3_uris(model: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(field path, value) of every ``s3://`` string in the spec, at the API's field names."""
+    if isinstance(model, BaseModel):
+        for name, field in type(model).model_fields.items():
+            yield from s3_uris(getattr(model, name), f"{path}.{field.alias or name}")
+    elif isinstance(model, list):
+        for index, item in enumerate(model):
+            yield from s3_uris(item, f"{path}[{index}]")
+    elif isinstance(model, str) and model.startswith("s3://"):
+        yield path, model
