@@ -77,6 +77,8 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_ALLOW_RAW_SCHEDULING": "false",
         "KUBETUNE_ALLOWED_S3_ENDPOINTS": "*",
         "KUBETUNE_ALLOWED_STORAGE_PREFIXES": "",
+        "KUBETUNE_MAX_GPUS_PER_JOB": "0",
+        "KUBETUNE_MAX_JOBS_PER_NAMESPACE": "0",
         "KUBETUNE_IMAGE_PULL_POLICY": "IfNotPresent",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "",
         "KUBETUNE_DEFAULT_S3_REGION": "",
@@ -106,6 +108,8 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_ALLOW_RAW_SCHEDULING": "true",
         "KUBETUNE_ALLOWED_S3_ENDPOINTS": "*,minio.minio.svc:9000",
         "KUBETUNE_ALLOWED_STORAGE_PREFIXES": "s3://ml-{namespace}/,s3://shared-models/",
+        "KUBETUNE_MAX_GPUS_PER_JOB": "8",
+        "KUBETUNE_MAX_JOBS_PER_NAMESPACE": "3",
         "KUBETUNE_IMAGE_PULL_POLICY": "Always",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "http://minio.minio.svc:9000",
         "KUBETUNE_DEFAULT_S3_REGION": "eu-west-1",
@@ -188,6 +192,7 @@ def test_the_policy_values_start_an_operator_that_enforces_them() -> None:
     assert config.storage.prefixes == ("s3://ml-{namespace}/", "s3://shared-models/")
     assert "minio.minio.svc:9000" in config.storage.endpoints and config.placement.allow_raw
     assert sorted(config.placement.profiles) == ["default", "gpu-a100"]
+    assert (config.max_gpus_per_job, config.max_jobs_per_namespace) == (8, 3)
     defaults = OperatorConfig.from_env(container_env(render()))
     assert (defaults.storage.endpoints, defaults.placement.allow_raw, defaults.allow_instance_metadata) == (
         ("*",),

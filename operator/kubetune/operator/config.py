@@ -45,6 +45,10 @@ class OperatorConfig:
     placement: PlacementPolicy
     # S3 endpoints and bucket prefixes FineTuneJobs may use.
     storage: StoragePolicy
+    # Hard caps for clusters without Kueue (None: no cap): GPUs one job may ask for, and FineTuneJobs
+    # a namespace trains at once (the rest wait in Queued, reason NamespaceQuota).
+    max_gpus_per_job: int | None
+    max_jobs_per_namespace: int | None
     trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT
     pushgateway_url: str | None = None  # trainers push here; the operator deletes a deleted job's group
     push_interval_seconds: int = DEFAULT_PUSH_INTERVAL_SECONDS
@@ -76,6 +80,14 @@ class OperatorConfig:
 
         def entries(name: str, default: str = "") -> list[str]:
             return [entry.strip() for entry in env.get(name, default).split(",") if entry.strip()]
+
+        def cap(name: str, helm_value: str) -> int | None:
+            raw = env.get(name, "").strip()
+            if not raw or raw == "0":
+                return None
+            if not raw.isdigit():
+                raise ConfigError(f"{name}={raw!r} (Helm value {helm_value}): expected a whole number, 0 for no cap")
+            return int(raw)
 
         def flag(name: str) -> bool:
             raw = env.get(name, "false").strip().lower()
@@ -132,4 +144,6 @@ class OperatorConfig:
             allow_instance_metadata=flag("KUBETUNE_ALLOW_INSTANCE_METADATA"),
             placement=placement,
             storage=storage,
+            max_gpus_per_job=cap("KUBETUNE_MAX_GPUS_PER_JOB", "policy.maxGpusPerJob"),
+            max_jobs_per_namespace=cap("KUBETUNE_MAX_JOBS_PER_NAMESPACE", "policy.maxJobsPerNamespace"),
         )

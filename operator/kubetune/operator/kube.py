@@ -132,6 +132,18 @@ class Kube:
                 return None
             raise
 
+    def list_finetunejobs(self, namespace: str) -> list[dict[str, Any]]:
+        listing = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, _request_timeout=REQUEST_TIMEOUT
+        )
+        return list(listing.get("items", []))
+
+    def list_jobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        listing = self.batch.list_namespaced_job(
+            namespace, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
+        )
+        return list(self._plain(listing).get("items", []))
+
     def finetunejob_keys(self, namespaces: tuple[str, ...]) -> set[tuple[str, str]]:
         """(namespace, name) of every FineTuneJob in ``namespaces`` (all namespaces when empty)."""
         if namespaces:

@@ -105,9 +105,12 @@ class ReconcileQueue:
     async def _run(self, key: Key, entry: _Entry) -> None:
         loop = asyncio.get_running_loop()
         delay: float | None = None
+        recheck: float | None = None
         try:
-            await loop.run_in_executor(self._executor, self._reconcile, *key)
+            outcome = await loop.run_in_executor(self._executor, self._reconcile, *key)
             entry.attempts = 0
+            # A reconcile may ask to be run again without an event (a job waiting for a quota slot).
+            recheck = getattr(outcome, "recheck_after", None)
         except Exception as err:
             entry.attempts += 1
             delay = retry_delay(entry.attempts, err)
@@ -124,9 +127,9 @@ class ReconcileQueue:
         if entry.dirty and delay is None:
             entry.dirty = False
             self._start(key, entry)
-        elif delay is not None:
+        elif (wait := delay if delay is not None else recheck) is not None:
             entry.dirty = False
-            entry.timer = loop.call_later(delay, self._fire, key, entry)
+            entry.timer = loop.call_later(wait, self._fire, key, entry)
         else:
             self._entries.pop(key, None)
 

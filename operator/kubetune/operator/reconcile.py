@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubetune.api.contract import REPORTING_FAILURES
+from kubetune.api.contract import MANAGED_BY, MANAGED_BY_LABEL, REPORTING_FAILURES
 from kubetune.api.v1alpha1 import TERMINAL_PHASES, FineTuneJobSpec, Phase
-from kubetune.operator import children, validation
+from kubetune.operator import children, quota, validation
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.events import PhaseEvents
 from kubetune.operator.kube import ChildRefused, Kube, NotOwned, owned_by
@@ -26,6 +26,7 @@ from kubetune.operator.status import Observed, Verdict, derive_status, failed_ex
 
 TRAINER_FIELDS = ("preflight", "progress", "resolved", "result")
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_namespace_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 @dataclass(frozen=True)
@@ -33,16 +34,35 @@ class Outcome:
     phase: Phase
     verdict: Verdict
     permanent_failure: bool
+    recheck_after: float | None = None  # seconds until the queue reconciles again without an event
 
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _start_training(
+    kube: Kube, owner: children.Owner, spec: FineTuneJobSpec, config: OperatorConfig
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Create the training Job, unless the namespace's cap holds it back: (the Job, why it waits)."""
+    cap = config.max_jobs_per_namespace
+    if cap is None:
+        return kube.ensure(children.build_training_job(owner, spec, config), owner.uid), None
+    with _namespace_locks[owner.namespace]:  # held until the Job exists: no two take the last slot
+        made_by_us = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+        waiting = quota.waiting_reason(
+            owner.name, cap, kube.list_jobs(owner.namespace, made_by_us), kube.list_finetunejobs(owner.namespace)
+        )
+        if waiting is not None:
+            return None, waiting
+        return kube.ensure(children.build_training_job(owner, spec, config), owner.uid), None
+
+
 def _ensure_children(
     kube: Kube, owner: children.Owner, spec: FineTuneJobSpec, config: OperatorConfig, *, job_recorded: bool
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Create what is missing; returns (pre-flight Job, training Job) as observed.
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
+    """Create what is missing; returns (pre-flight Job, training Job) as observed, and why the training
+    Job waits for a slot of the namespace's cap, if it does.
 
     The training Job is created at most once per FineTuneJob: once ``status.jobName`` is
     recorded, a missing Job means it finished and was removed (or was deleted by hand), and
@@ -56,11 +76,12 @@ def _ensure_children(
         kube.ensure(manifest, owner.uid)
     if training is not None or job_recorded:
         preflight = kube.read("Job", owner.namespace, children.preflight_job_name(owner.name))
-        return (owned_by(preflight, owner.uid) if preflight else None), training
+        return (owned_by(preflight, owner.uid) if preflight else None), training, None
     preflight = kube.ensure(children.build_preflight_job(owner, spec, config), owner.uid)
+    waiting = None
     if job_condition(preflight, "Complete"):
-        training = kube.ensure(children.build_training_job(owner, spec, config), owner.uid)
-    return preflight, training
+        training, waiting = _start_training(kube, owner, spec, config)
+    return preflight, training, waiting
 
 
 def _apply_suspend(kube: Kube, spec: FineTuneJobSpec, job: dict[str, Any]) -> tuple[dict[str, Any], bool | None]:
@@ -121,12 +142,14 @@ def _reconcile(
     job_recorded = previous_status.get("jobName") is not None
     spec, problem = _validate(body, kube, config, check_references=not job_recorded)
     spec_error = (problem.reason, problem.message) if problem else None
-    name_conflict = child_refused = None
+    name_conflict = child_refused = namespace_quota = None
     preflight = training = None
     workload_active = None
     if spec is not None and spec_error is None:
         try:
-            preflight, training = _ensure_children(kube, owner, spec, config, job_recorded=job_recorded)
+            preflight, training, namespace_quota = _ensure_children(
+                kube, owner, spec, config, job_recorded=job_recorded
+            )
         except NotOwned as err:
             name_conflict = str(err)
         except ChildRefused as err:
@@ -149,6 +172,7 @@ def _reconcile(
         workload_active=workload_active,
         name_conflict=name_conflict,
         child_refused=child_refused,
+        namespace_quota=namespace_quota,
         training_job_lost=job_recorded and training is None and spec_error is None and name_conflict is None,
         trainer_termination=_trainer_termination(kube, owner.namespace, training or preflight),
     )
@@ -162,7 +186,9 @@ def _reconcile(
     gpus = spec.resources.gpus if spec is not None else 0
     metrics.observe(_observation(body, verdict, previous_phase, gpus=gpus, training_job_created=training_job_created))
     permanent = verdict.phase == Phase.FAILED and any(e is not None for e in (spec_error, name_conflict, child_refused))
-    return Outcome(verdict.phase, verdict, permanent)
+    # Nothing of this job changes when another job's slot frees: look again instead of waiting for an event.
+    recheck = quota.RECHECK_SECONDS if namespace_quota is not None else None
+    return Outcome(verdict.phase, verdict, permanent, recheck)
 
 
 def _observation(

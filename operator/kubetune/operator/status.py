@@ -30,6 +30,7 @@ FAILURE_REASONS = (
     "ImageNotAllowed",
     "PlacementNotAllowed",
     "StorageNotAllowed",
+    "GpuQuotaExceeded",
     "NameConflict",
     "PreflightFailed",
     "TrainingFailed",
@@ -76,6 +77,7 @@ class Observed:
     name_conflict: str | None = None  # a child with our name but another owner
     training_job_lost: bool = False  # status.jobName is recorded but the Job is gone (TTL, deleted by hand)
     child_refused: str | None = None  # the API server refused a child for good, in its own words
+    namespace_quota: str | None = None  # why the training Job waits for a slot of the namespace's cap
     # (exit code, termination message) of the trainer container of the Job's last failed pod, when read
     trainer_termination: tuple[int, str] | None = None
 
@@ -162,6 +164,8 @@ def decide(observed: Observed) -> Verdict:
 
     job = observed.training_job
     if job is None:
+        if observed.namespace_quota is not None:
+            return Verdict(Phase.QUEUED, "NamespaceQuota", observed.namespace_quota, validated)
         return Verdict(Phase.PENDING, "CreatingJob", "creating the training Job", validated)
     if job_condition(job, "Complete"):
         result = observed.trainer_status.get("result") or {}

@@ -56,6 +56,12 @@ def check_policy(spec: FineTuneJobSpec, namespace: str, config: OperatorConfig) 
         )
     if spec.image is not None and (why := config.image_policy.refusal(spec.image)) is not None:
         return SpecProblem("ImageNotAllowed", f"spec.image: {why}")
+    if config.max_gpus_per_job is not None and spec.resources.gpus > config.max_gpus_per_job:
+        return SpecProblem(
+            "GpuQuotaExceeded",
+            f"spec.resources.gpus: {spec.resources.gpus} is more GPUs than the platform allows one job "
+            f"({config.max_gpus_per_job})",
+        )
     if (placement := config.placement.refusal(spec.resources)) is not None:
         field, why = placement
         return SpecProblem("PlacementNotAllowed", f"{field}: {why}")
