@@ -232,10 +232,9 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
         ctx.spec,
         model.hardware,
         train_examples=len(data.train) + len(replay_lengths),
-        # The replay rows count in the sequence length too. Measured (issue 9's notes): the task's own
-        # length with replay truncated to it (128 instead of 192 on the example tasks) kept more, but
-        # its 1.5x more optimizer steps took the README demo past 20 minutes on 2 cores; it becomes
-        # the default once training at short lengths is made cheaper.
+        # The replay rows count in the sequence length too. The task's own length with replay truncated
+        # to it (128 instead of 192 on the example tasks) kept more (docs/defaults.md), with 1.5x more
+        # optimizer steps; it becomes the default once the README demo's time with it is measured.
         token_lengths=data.token_lengths + replay_lengths,
         shape=model.shape,
         replay=replay,
