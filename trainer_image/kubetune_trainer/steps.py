@@ -232,9 +232,6 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
         ctx.spec,
         model.hardware,
         train_examples=len(data.train) + len(replay_lengths),
-        # The replay rows count in the sequence length too. The task's own length with replay truncated
-        # to it (128 instead of 192 on the example tasks) kept more (docs/defaults.md), with 1.5x more
-        # optimizer steps; it becomes the default once the README demo's time with it is measured.
         token_lengths=data.token_lengths + replay_lengths,
         shape=model.shape,
         replay=replay,
@@ -340,6 +337,7 @@ def choose_adapter_strength(
     """LoRA/QLoRA: keep the trained adapter at the strength the manifest set, else at the one the
     validation split chooses (training/strength.py); the evaluation and every artifact use it."""
     from kubetune_trainer.evaluation.gate import primary_metric
+    from kubetune_trainer.evaluation.metrics import LOWER_IS_BETTER
     from kubetune_trainer.evaluation.runner import task_metric
     from kubetune_trainer.training.strength import (
         VALIDATION_ROWS,
@@ -377,7 +375,7 @@ def choose_adapter_strength(
             finally:
                 undo()
 
-        choice = choose_scale(score_at, strengths)
+        choice = choose_scale(score_at, strengths, lower_is_better=metric in LOWER_IS_BETTER)
     set_scale(tuned, choice.scale)
     publish_scale(outcome.trained_dir, choice.scale)
     outcome.strength = choice
