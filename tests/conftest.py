@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.kubeapi.runner import ApiServerThread
+from tests.s3double import S3Server
 
 # Tests never reach a model hub; everything is offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,17 +26,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server on loopback: real HTTP, reached through boto3 like production."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+def s3_server() -> Iterator[S3Server]:
+    """A moto S3 server on loopback (real HTTP, reached through boto3 like production) that
+    refuses a body not matching its SHA-256 checksum, as S3 does (tests/s3double.py)."""
+    server = S3Server(_free_port()).start()
     previous = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server
     finally:
         server.stop()
         for key, value in previous.items():
@@ -43,6 +41,11 @@ def s3_endpoint() -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server: S3Server) -> str:
+    return s3_server.endpoint
 
 
 @pytest.fixture()

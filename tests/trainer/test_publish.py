@@ -44,11 +44,11 @@ class FailingStore(ObjectStore):
         super().__init__(s3)
         self.allowed = allowed
 
-    def upload(self, path: Path, uri: str) -> None:
+    def upload(self, path: Path, uri: str, *, if_absent: bool = False) -> str:
         if self.allowed <= 0:
             raise StorageError(f"{uri}: cannot upload: connection reset")
         self.allowed -= 1
-        super().upload(path, uri)
+        return super().upload(path, uri, if_absent=if_absent)
 
 
 def test_a_half_uploaded_run_has_no_manifest_and_is_not_listed(tmp_path: Path, s3_spec: S3Spec, s3_bucket: str) -> None:
@@ -67,9 +67,9 @@ def test_manifest_is_written_last(tmp_path: Path, s3_spec: S3Spec, s3_bucket: st
     order: list[str] = []
 
     class Recording(ObjectStore):
-        def upload(self, path: Path, uri: str) -> None:
+        def upload(self, path: Path, uri: str, *, if_absent: bool = False) -> str:
             order.append(uri)
-            super().upload(path, uri)
+            return super().upload(path, uri, if_absent=if_absent)
 
         def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> None:
             order.append(uri)

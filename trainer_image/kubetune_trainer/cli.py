@@ -5,6 +5,8 @@
 - ``kubetune preflight --job /etc/kubetune/job.yaml``: the CPU-only pre-flight Job.
 - ``kubetune train --job /etc/kubetune/job.yaml``: the training Job (also under torchrun).
 - ``kubetune validate job.yaml ...``: check manifests against the API, nothing else.
+- ``kubetune verify s3://bucket/prefix/job/v...``: re-check a published version against its
+  manifest (exit 0 intact, 1 damaged, 2 cannot be checked).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
 from kubetune.api.manifest import ManifestError, load_manifest
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.localrun import PathMapping, parse_mapping
+
+EXIT_DAMAGED = 1  # kubetune verify: the version differs from its manifest
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -53,6 +57,33 @@ def _validate(args: argparse.Namespace) -> int:
             continue
         print(f"{path}: valid FineTuneJob {job.metadata.get('name', '?')!r}")
     return status
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from kubetune.api.v1alpha1 import S3Spec
+    from kubetune_trainer.errors import ConfigurationError
+    from kubetune_trainer.publish import verify_version
+    from kubetune_trainer.storage import ObjectStore, StorageError
+
+    try:
+        spec = S3Spec(endpoint=args.endpoint, region=args.region)
+    except ValidationError as err:  # the same rules as spec.s3 in a manifest
+        print(f"cannot verify: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    store = ObjectStore(spec)
+    try:
+        intact, problems = verify_version(args.version_uri, store)
+    except (StorageError, ConfigurationError) as err:
+        print(f"cannot verify: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    for line in intact:
+        print(f"ok       {line}")
+    for line in problems:
+        print(f"DAMAGED  {line}")
+    print(f"{args.version_uri}: {len(intact)} artifacts intact, {len(problems)} problems", file=sys.stderr)
+    return EXIT_OK if not problems else EXIT_DAMAGED
 
 
 def _mapping(text: str) -> PathMapping:
@@ -103,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check manifests against the FineTuneJob API")
     validate.add_argument("manifests", type=Path, nargs="+")
     validate.set_defaults(handler=_validate)
+
+    verify = sub.add_parser("verify", help="re-check a published version's artifacts against its manifest")
+    verify.add_argument("version_uri", help="the version's URI, e.g. s3://bucket/out/job/v20261204-...")
+    verify.add_argument("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, else AWS)")
+    verify.add_argument("--region", default=None, help="S3 region (default: AWS_REGION, else us-east-1)")
+    verify.set_defaults(handler=_verify)
     return parser
 
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import kubetune.api
 from kubetune.api.v1alpha1 import ResolvedTraining
-from kubetune_trainer.storage import ObjectStore, StorageError, join_uri, sha256_file
+from kubetune_trainer.errors import ConfigurationError
+from kubetune_trainer.storage import ObjectStore, StorageError, join_uri, safe_relative_key
 
 if TYPE_CHECKING:  # types only: publishing needs neither torch nor the evaluation code
     from kubetune_trainer.data.prepare import PreparedDataset
@@ -120,8 +121,8 @@ def publish_run(local_dir: Path, output_uri: str, store: ObjectStore, manifest: 
     for path in files:
         relative = path.relative_to(local_dir).as_posix()
         uri = join_uri(version_uri, *relative.split("/"))
-        store.upload(path, uri)
-        artifacts.append(PublishedArtifact(relative, uri, sha256_file(path), path.stat().st_size))
+        sha256 = store.upload(path, uri, if_absent=True)
+        artifacts.append(PublishedArtifact(relative, uri, sha256, path.stat().st_size))
     document = {
         **manifest,
         "apiVersion": "kubetune.dev/v1alpha1",
@@ -138,6 +139,45 @@ def publish_run(local_dir: Path, output_uri: str, store: ObjectStore, manifest: 
 
 def read_manifest(version_uri: str, store: ObjectStore) -> dict[str, Any]:
     return dict(json.loads(store.read_bytes(join_uri(version_uri, MANIFEST))))
+
+
+def verify_version(version_uri: str, store: ObjectStore) -> tuple[list[str], list[str]]:
+    """Re-check a published version against its manifest: ``(intact, problems)``, one line each.
+
+    Every artifact the manifest lists must exist with its recorded size and SHA-256, at a path
+    inside the version; every object under the version must be listed (or be the manifest).
+    Raises :class:`StorageError` when the manifest itself cannot be read.
+    """
+    version_uri = version_uri.rstrip("/")
+    try:
+        artifacts = read_manifest(version_uri, store)["artifacts"]
+        listed = {str(entry["path"]): entry for entry in artifacts}
+    except (ValueError, KeyError, TypeError) as err:
+        raise StorageError(f"{join_uri(version_uri, MANIFEST)}: not a version manifest ({err})") from err
+    intact, problems = [], []
+    for path, entry in sorted(listed.items()):
+        try:
+            uri = join_uri(version_uri, *safe_relative_key(path, join_uri(version_uri, MANIFEST)).parts)
+        except ConfigurationError as err:
+            problems.append(str(err))
+            continue
+        if not store.exists(uri):
+            problems.append(f"{uri}: missing (the manifest lists it)")
+            continue
+        sha256, size = store.digest(uri)
+        if sha256 != entry.get("sha256") or size != entry.get("sizeBytes"):
+            problems.append(
+                f"{uri}: sha256 {sha256[:12]}…, {size} bytes; the manifest says "
+                f"{str(entry.get('sha256'))[:12]}…, {entry.get('sizeBytes')} bytes"
+            )
+        else:
+            intact.append(f"{uri}: sha256 {sha256[:12]}…, {size} bytes")
+    prefix = version_uri + "/"
+    for uri in store.list(prefix):
+        relative = uri[len(prefix) :]
+        if relative != MANIFEST and relative not in listed:
+            problems.append(f"{uri}: not in the manifest")
+    return intact, problems
 
 
 def list_versions(output_uri: str, store: ObjectStore) -> list[str]:

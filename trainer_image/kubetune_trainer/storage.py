@@ -7,19 +7,28 @@ path production uses.
 
 from __future__ import annotations
 
+import base64
 import builtins
+import contextlib
 import hashlib
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
 from kubetune.api import contract
 from kubetune.api.v1alpha1 import S3Spec
 from kubetune_trainer.errors import ConfigurationError
+
+# Files up to this size go in one PUT; larger ones in parts of PART_SIZE (S3: 5 MiB to 5 GiB a
+# part, 10,000 parts), each part checked by the server against its own SHA-256.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+PART_SIZE = 64 * 1024 * 1024
+UPLOAD_THREADS = 4
 
 
 def _check_ca_bundle(path: Path) -> None:
@@ -112,6 +121,40 @@ def join_uri(uri: str, *parts: str) -> str:
     return location.uri
 
 
+def safe_relative_key(relative: str, source: str) -> PurePosixPath:
+    """An object key below a prefix as a relative path that cannot leave the folder it lands in.
+
+    Keys come from storage the tenant writes, so a key is refused (naming it) when it is absolute,
+    has an empty, ``.`` or ``..`` segment, a backslash or a NUL: S3 stores such keys as written,
+    and joining one to a local folder would write elsewhere.
+    """
+    problem = None
+    segments = relative.split("/")
+    if not relative:
+        problem = "is empty"
+    elif relative.startswith("/"):
+        problem = "is absolute"
+    elif "\\" in relative or "\0" in relative:
+        problem = "contains a backslash or a NUL"
+    elif odd := [segment for segment in segments if segment in ("", ".", "..")]:
+        problem = f"has {'an empty' if odd[0] == '' else 'a ' + repr(odd[0])} segment"
+    if problem is not None:
+        raise ConfigurationError(f"{source}: object key {relative!r} {problem}; refusing to download it")
+    return PurePosixPath(*segments)
+
+
+def _contained(dest: Path, relative: PurePosixPath, source: str) -> Path:
+    """``dest / relative``, refused when it resolves outside ``dest`` (a symbolic link already there)."""
+    target = dest / relative
+    if not target.resolve().is_relative_to(dest.resolve()):
+        raise ConfigurationError(f"{source}: {target} resolves outside {dest}; refusing to download it")
+    return target
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -135,6 +178,8 @@ class ObjectStore:
         self._ca_bundle = ca_bundle  # spec.s3.caBundle as mounted in the pod (TrainerEnvironment)
         self._credentials_dir = credentials_dir  # spec.s3.credentialsSecret as mounted in the pod
         self._client: Any = None
+        self.multipart_threshold = MULTIPART_THRESHOLD
+        self.part_size = PART_SIZE
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -208,6 +253,30 @@ class ObjectStore:
         response = self._s3_call(uri, "read", self.s3.get_object, Bucket=loc.bucket, Key=loc.key)
         return bytes(response["Body"].read())
 
+    def digest(self, uri: str) -> tuple[str, int]:
+        """SHA-256 (hex) and size of one object, read as a stream."""
+        loc = parse_uri(uri)
+        digest, size = hashlib.sha256(), 0
+        if loc.scheme == "file":
+            try:
+                with Path(loc.key).open("rb") as handle:
+                    while block := handle.read(1 << 20):
+                        digest.update(block)
+                        size += len(block)
+            except OSError as err:
+                raise StorageError(f"{uri}: cannot read: {err.strerror}") from err
+            return digest.hexdigest(), size
+        from botocore.exceptions import BotoCoreError
+
+        response = self._s3_call(uri, "read", self.s3.get_object, Bucket=loc.bucket, Key=loc.key)
+        try:
+            for block in response["Body"].iter_chunks(1 << 20):
+                digest.update(block)
+                size += len(block)
+        except BotoCoreError as err:  # the connection dropped mid-body
+            raise StorageError(f"{uri}: cannot read: {err}") from err
+        return digest.hexdigest(), size
+
     def list(self, uri: str) -> list[str]:
         """URIs of all objects/files at or under ``uri`` (a prefix or a directory), sorted."""
         loc = parse_uri(uri)
@@ -243,46 +312,157 @@ class ObjectStore:
         return dest
 
     def download_tree(self, uri: str, dest: Path) -> Path:
-        """Copy every object under a prefix into ``dest``, keeping relative paths."""
+        """Copy every object under a prefix into ``dest``, keeping relative paths.
+
+        Every key is checked before anything is written (:func:`safe_relative_key`), so a prefix
+        holding one hostile key downloads nothing. Keys ending in ``/`` are folder markers (what
+        consoles write for "create folder"): they hold no file and are skipped.
+        """
         loc = parse_uri(uri)
         prefix = loc.key.rstrip("/") + "/" if loc.key else ""
         found = self.list(loc.uri.rstrip("/") + "/") if loc.scheme == "s3" else self.list(loc.uri)
         if not found:
             raise StorageError(f"{uri}: nothing found under this prefix")
+        planned: list[tuple[str, Path]] = []
         for item in found:
             key = parse_uri(item).key
-            rel = key[len(prefix) :] if key.startswith(prefix) else Path(key).name
             if loc.scheme == "file":
-                rel = str(Path(key).relative_to(loc.key))
-            self.download(item, dest / rel)
+                relative = Path(key).relative_to(loc.key).as_posix()
+            elif key.startswith(prefix):
+                relative = key[len(prefix) :]
+            else:  # a listing never returns this; a server that does is not trusted with paths
+                raise StorageError(f"{uri}: listed object {key!r} is not under the prefix")
+            if loc.scheme == "s3" and (relative == "" or relative.endswith("/")):  # a marker ("" is the prefix's own)
+                if relative:
+                    safe_relative_key(relative.removesuffix("/"), item)
+                continue
+            planned.append((item, _contained(dest, safe_relative_key(relative, item), item)))
+        for item, target in planned:
+            self.download(item, target)
         return dest
 
     # ------------------------------------------------------------------ writes
     def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> None:
-        """Write one object; with ``if_absent`` refuse to replace an existing one."""
+        """Write one object, which S3 checks against the SHA-256 sent with it; with ``if_absent``
+        refuse to replace an existing one (a create-only write)."""
         loc = parse_uri(uri)
         if loc.scheme == "file":
-            path = Path(loc.key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if if_absent and path.exists():
-                raise StorageError(f"{uri}: already exists; refusing to overwrite")
-            partial = path.with_name(path.name + ".partial")
+            partial = self._local_partial(Path(loc.key))
             partial.write_bytes(data)
-            partial.replace(path)
+            self._local_commit(partial, Path(loc.key), uri, if_absent)
             return
-        extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
-        self._s3_call(uri, "write", self.s3.put_object, Bucket=loc.bucket, Key=loc.key, Body=data, **extra)
+        self._put(loc, data, if_absent)
 
-    def upload(self, path: Path, uri: str) -> None:
+    def _put(self, loc: Location, data: bytes, if_absent: bool) -> None:
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+        checksum = _b64(hashlib.sha256(data).digest())
+        self._s3_call(
+            loc.uri,
+            "write",
+            self.s3.put_object,
+            Bucket=loc.bucket,
+            Key=loc.key,
+            Body=data,
+            ChecksumSHA256=checksum,
+            **extra,
+        )
+
+    def upload(self, path: Path, uri: str, *, if_absent: bool = False) -> str:
+        """Copy one file to ``uri`` and return its SHA-256 (hex).
+
+        S3 checks what it received against the SHA-256 sent with it (one per part for files over
+        ``multipart_threshold``) and refuses a mismatch; with ``if_absent`` it also refuses to
+        replace an existing object. s3transfer's ``upload_file`` is not used: it cannot send a
+        create-only condition.
+        """
         loc = parse_uri(uri)
         if loc.scheme == "file":
             dest = Path(loc.key)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            partial = dest.with_name(dest.name + ".partial")
-            shutil.copyfile(path, partial)
+            partial = self._local_partial(dest)
+            digest = hashlib.sha256()
+            with path.open("rb") as source, partial.open("wb") as sink:
+                while block := source.read(1 << 20):
+                    digest.update(block)
+                    sink.write(block)
+            self._local_commit(partial, dest, uri, if_absent)
+            return digest.hexdigest()
+        if path.stat().st_size <= self.multipart_threshold:
+            data = path.read_bytes()
+            self._put(loc, data, if_absent)
+            return hashlib.sha256(data).hexdigest()
+        return self._upload_parts(path, loc, if_absent)
+
+    def _upload_parts(self, path: Path, loc: Location, if_absent: bool) -> str:
+        """A multipart upload, each part with its SHA-256; the whole file's SHA-256 is returned
+        for the manifest (S3's own checksum of a multipart object is one of its parts' checksums)."""
+        uri = loc.uri
+        upload_id = self._s3_call(
+            uri, "upload", self.s3.create_multipart_upload, Bucket=loc.bucket, Key=loc.key, ChecksumAlgorithm="SHA256"
+        )["UploadId"]
+        digest = hashlib.sha256()
+        pending: list[Future[dict[str, Any]]] = []
+        try:
+            with path.open("rb") as source, ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+                number = 0
+                while block := source.read(self.part_size):
+                    number += 1
+                    digest.update(block)
+                    if len(pending) >= UPLOAD_THREADS:  # at most UPLOAD_THREADS parts held in memory
+                        pending[-UPLOAD_THREADS].result()
+                    pending.append(pool.submit(self._upload_part, loc, upload_id, number, block))
+                parts = [future.result() for future in pending]
+            extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+            self._s3_call(
+                uri,
+                "upload",
+                self.s3.complete_multipart_upload,
+                Bucket=loc.bucket,
+                Key=loc.key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **extra,
+            )
+        except BaseException:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            with contextlib.suppress(BotoCoreError, ClientError):  # the upload failed already; say why, not this
+                self.s3.abort_multipart_upload(Bucket=loc.bucket, Key=loc.key, UploadId=upload_id)
+            raise
+        return digest.hexdigest()
+
+    def _upload_part(self, loc: Location, upload_id: str, number: int, block: bytes) -> dict[str, Any]:
+        checksum = _b64(hashlib.sha256(block).digest())
+        answer = self._s3_call(
+            f"{loc.uri} (part {number})",
+            "upload",
+            self.s3.upload_part,
+            Bucket=loc.bucket,
+            Key=loc.key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=block,
+            ChecksumSHA256=checksum,
+        )
+        return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
+
+    @staticmethod
+    def _local_partial(dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return dest.with_name(dest.name + ".partial")
+
+    @staticmethod
+    def _local_commit(partial: Path, dest: Path, uri: str, if_absent: bool) -> None:
+        """Move a written ``.partial`` into place; create-only with ``if_absent`` (a hard link
+        fails when the name exists, where a rename would replace it)."""
+        if not if_absent:
             partial.replace(dest)
             return
-        self._s3_call(uri, "upload", self.s3.upload_file, Filename=str(path), Bucket=loc.bucket, Key=loc.key)
+        try:
+            os.link(partial, dest)
+        except FileExistsError as err:
+            raise StorageError(f"{uri}: already exists; refusing to overwrite") from err
+        finally:
+            partial.unlink(missing_ok=True)
 
     def upload_tree(self, root: Path, uri: str) -> builtins.list[str]:
         """Upload every file under ``root`` below ``uri``; returns the URIs written."""

@@ -52,7 +52,7 @@ def resolve_model_dir(uri: str, store: ObjectStore) -> Path:
     if not (target / ".complete").exists():
         try:
             store.download_tree(uri, target)
-        except StorageError as err:
+        except (StorageError, ConfigurationError) as err:  # unreachable, or a key that would escape `target`
             raise ModelSourceError(f"spec.baseModel.uri: {err}") from err
         (target / ".complete").write_text(uri)
     return _check_folder(target, uri)

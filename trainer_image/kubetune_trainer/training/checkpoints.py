@@ -16,6 +16,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.storage import ObjectStore, join_uri
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,26 @@ class CheckpointStore:
                 self.store.delete_tree(join_uri(self.uri, f"checkpoint-{step}") + "/")
 
     def latest(self) -> tuple[int, str] | None:
+        """The step and URI ``latest.json`` names, refused unless it names this store's own
+        ``checkpoint-<step>`` folder: the pointer is read back from storage the tenant can write,
+        and resuming reads whatever it points at."""
         pointer = join_uri(self.uri, POINTER)
         if not self.store.exists(pointer):
             return None
-        data = json.loads(self.store.read_bytes(pointer))
-        return int(data["step"]), str(data["uri"])
+        try:
+            data = json.loads(self.store.read_bytes(pointer))
+            step, uri = data["step"], data["uri"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigurationError(f"{pointer}: not a checkpoint pointer ({err}); refusing to resume") from err
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ConfigurationError(f"{pointer}: step {step!r} is not a step number; refusing to resume")
+        expected = join_uri(self.uri, f"checkpoint-{step}")
+        if uri != expected:
+            raise ConfigurationError(
+                f"{pointer}: points at {uri!r}, not at this job's {expected}; refusing to resume from outside "
+                f"the checkpoint prefix {self.uri}/"
+            )
+        return step, expected
 
     def download_latest(self, dest_root: Path) -> Path | None:
         found = self.latest()
