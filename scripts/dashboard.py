@@ -248,11 +248,12 @@ TRAINING = (
 QUALITY = (
     Panel(
         "Evaluation delta (tuned - base)",
-        "Per metric on the held-out test split; for perplexity lower is better, for the others higher.",
+        "Per metric on the held-out test split; for perplexity lower is better, for the others higher. "
+        "The operator exports the trainer's result from the FineTuneJob status until the job is deleted.",
         (
             q(
-                f'max by ({BY_JOB}, metric) (kubetune_trainer_eval_metric{{{JOB}, model="tuned"}})'
-                f' - max by ({BY_JOB}, metric) (kubetune_trainer_eval_metric{{{JOB}, model="base"}})',
+                f'max by ({BY_JOB}, metric) (kubetune_finetunejob_eval_metric{{{JOB}, model="tuned"}})'
+                f' - max by ({BY_JOB}, metric) (kubetune_finetunejob_eval_metric{{{JOB}, model="base"}})',
                 "{{namespace}}/{{finetunejob}} {{metric}}",
             ),
         ),
@@ -265,7 +266,7 @@ QUALITY = (
         "Each metric for the base model and the tuned one, same prompts and decoding.",
         (
             q(
-                f"max by ({BY_JOB}, metric, model) (kubetune_trainer_eval_metric{{{JOB}}})",
+                f"max by ({BY_JOB}, metric, model) (kubetune_finetunejob_eval_metric{{{JOB}}})",
                 "{{namespace}}/{{finetunejob}} {{metric}} {{model}}",
             ),
         ),
@@ -275,10 +276,11 @@ QUALITY = (
     ),
     Panel(
         "Quality gate and exit",
-        "1: the tuned model met the gate and was promoted. Exit code 0 ok, 2 bad input, 143 preempted.",
+        "1: the tuned model met the gate and was promoted (the FineTuneJob's QualityGatePassed condition). "
+        "Exit code (while the pod is scraped, or pushed) 0 ok, 2 bad input, 143 preempted.",
         (
             q(
-                f"max by ({BY_JOB}) (kubetune_trainer_quality_gate_passed{{{JOB}}})",
+                f"max by ({BY_JOB}) (kubetune_finetunejob_quality_gate_passed{{{JOB}}})",
                 "{{namespace}}/{{finetunejob}} gate",
             ),
             q(f"max by ({BY_JOB}) (kubetune_trainer_exit_code{{{JOB}}})", "{{namespace}}/{{finetunejob}} exit"),

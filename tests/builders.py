@@ -22,3 +22,21 @@ def minimal_spec(**fields: Any) -> dict[str, Any]:
 def spec(**fields: Any) -> FineTuneJobSpec:
     """:func:`minimal_spec` parsed as the API parses a manifest."""
     return parse_spec(minimal_spec(**fields))
+
+
+def trainer_result(version: str, *, promoted: bool = True) -> dict[str, Any]:
+    """``status.result`` as a trainer writes it when it has published ``version`` (camelCase): every
+    gate check passed when ``promoted``, the task check missed otherwise."""
+    task = {
+        "name": "task",
+        "passed": promoted,
+        "detail": "accuracy 0.40 -> 0.90: " + ("passed" if promoted else "missed"),
+    }
+    checks = [task, {"name": "forgetting.knownAnswers", "passed": True, "detail": "known answers 41% -> 42%"}]
+    return {
+        "version": version,
+        "manifestUri": f"s3://models/x/{version}/manifest.json",
+        "promoted": promoted,
+        "qualityGateMessage": ("promoted: " if promoted else "not promoted: ") + task["detail"],
+        "gateChecks": checks,
+    }

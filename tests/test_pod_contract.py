@@ -64,7 +64,8 @@ def test_only_the_environment_reader_reads_the_trainer_environment() -> None:
 
 def test_every_variable_the_operator_sets_is_one_the_trainer_reads() -> None:
     spec = builders.spec(
-        s3={"caBundle": {"name": "ca", "key": "bundle.pem"}}, resources={"gpus": 1, "gpuMemory": "24Gi"}
+        s3={"caBundle": {"name": "ca", "key": "bundle.pem"}, "endpoint": "https://s3.example.com"},
+        resources={"gpus": 1, "gpuMemory": "24Gi"},
     )
     config = OperatorConfig.from_env({"KUBETUNE_PUSHGATEWAY_URL": "http://pushgateway:9091"})
     owner = Owner("tickets", "ml", "uid-1")
@@ -78,6 +79,7 @@ def test_every_variable_the_operator_sets_is_one_the_trainer_reads() -> None:
         assert read.scratch == Path(contract.SCRATCH) and read.cache == Path(contract.CACHE)
         assert read.termination_log == Path(container["terminationMessagePath"])
         assert read.s3_ca_bundle is not None and read.s3_ca_bundle.name == "bundle.pem"
+        assert read.s3_public_endpoint_only, "an endpoint admitted by '*' is re-checked at connection time"
         contract_names = {v for k, v in vars(contract).items() if k.startswith("ENV_")}
         assert set(ours) <= contract_names, set(ours) - contract_names
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}

@@ -8,10 +8,23 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.helm.chart import ALL_FEATURES_VALUES, CHART, ROOT, Manifest, helm, only, render, render_error
+from tests.helm.chart import (
+    ALL_FEATURES_VALUES,
+    CHART,
+    ROOT,
+    Manifest,
+    container_env,
+    helm,
+    only,
+    operator_container,
+    render,
+    render_error,
+)
 from tests.kubeapi.model import KUBERNETES_VERSION
 
 K8S_VERSION = "1.33.0"
+APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+DIGEST = "sha256:" + "0123456789abcdef" * 4  # a well-formed digest for rendering; no registry is asked
 # Kinds that are not part of Kubernetes' own OpenAPI schemas; each is checked by its own test.
 CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
@@ -87,6 +100,9 @@ def test_chart_crd_is_a_valid_custom_resource_definition() -> None:
         ("metrics.trainer.podMonitor.enabled=yes", "/metrics/trainer/podMonitor/enabled"),
         ("metrics.prometheusRule.throughputDropRatio=1.5", "/metrics/prometheusRule/throughputDropRatio"),
         ("metrics.trainer.pushgatewayUrl=pushgateway:9091", "/metrics/trainer/pushgatewayUrl"),
+        ("trainerImage.digest=latest", "/trainerImage/digest"),
+        ("networkPolicy.trainerEgress.s3Cidrs={s3.amazonaws.com}", "/networkPolicy/trainerEgress/s3Cidrs/0"),
+        ("networkPolicy.trainerEgress.apiServerPorts={}", "/networkPolicy/trainerEgress/apiServerPorts"),
     ],
 )
 def test_values_schema_names_the_bad_value(assignment: str, complaint: str) -> None:
@@ -99,6 +115,11 @@ def test_values_schema_names_the_bad_value(assignment: str, complaint: str) -> N
         (("healthPort=8080",), "metrics.port and healthPort must differ"),
         (("metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"), "needs metrics.service.enabled"),
         (("serviceAccount.create=false",), "serviceAccount.name is required"),
+        (("release.requireDigests=true",), "release.requireDigests: image.digest is empty"),
+        (
+            ("release.requireDigests=true", f"image.digest={DIGEST}"),
+            "release.requireDigests: trainerImage.digest is empty",
+        ),
     ],
 )
 def test_inconsistent_values_fail_with_the_keys_to_fix(sets: tuple[str, ...], complaint: str) -> None:
@@ -111,3 +132,12 @@ def test_the_chart_refuses_kubernetes_releases_older_than_the_one_its_tests_mirr
     refused = helm("template", "kt", str(CHART), "--kube-version", f"{major}.{int(minor) - 1}.0")
     assert refused.returncode != 0 and "requires kubeVersion" in refused.stderr
     assert helm("template", "kt", str(CHART), "--kube-version", KUBERNETES_VERSION).returncode == 0
+
+
+def test_digests_pin_both_images_and_the_release_profile_renders_with_them() -> None:
+    """Digests are values (empty by default: tags); set, the operator runs by digest and hands the
+    trainer image by digest to every Job, and the default allow-list admits exactly that image."""
+    assert "@" not in operator_container(render())["image"]
+    docs = render("release.requireDigests=true", f"image.digest={DIGEST}", f"trainerImage.digest={DIGEST}")
+    assert operator_container(docs)["image"].endswith(f":{APP_VERSION}@{DIGEST}")
+    assert container_env(docs)["KUBETUNE_TRAINER_IMAGE"] == f"ghcr.io/kubetune/trainer:{APP_VERSION}@{DIGEST}"

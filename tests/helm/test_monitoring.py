@@ -8,12 +8,14 @@ promtool and a real Prometheus in tests/observability.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import Any
 
 import pytest
 
+from kubetune.api.contract import FINETUNEJOB_ANNOTATION, FINETUNEJOB_LABEL, JOB_LABEL, NAMESPACE_LABEL
 from kubetune.operator.children import Owner, build_preflight_job, build_training_job
 from kubetune.operator.config import OperatorConfig
 from tests.builders import spec
@@ -65,9 +67,41 @@ def test_service_monitor_scrapes_the_metrics_service_keeping_the_operators_label
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
     (endpoint,) = monitor["spec"]["endpoints"]
-    # honorLabels: kubetune_finetunejobs{namespace=...} names the job's namespace, not the operator's.
-    assert endpoint == {"port": "metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}
+    assert {k: endpoint[k] for k in ("port", "path", "interval")} == {
+        "port": "metrics",
+        "path": "/metrics",
+        "interval": "15s",
+    }
+    assert endpoint["honorLabels"] is False, "target labels come from Kubernetes metadata"
+    assert relabelled(endpoint["relabelings"]) == {
+        "namespace": "__meta_kubernetes_namespace",
+        "pod": "__meta_kubernetes_pod_name",
+    }
+    # kubetune_finetunejobs{namespace=...} names the job's namespace (the operator read it from the
+    # FineTuneJob's metadata): Prometheus renames it exported_namespace, the relabelling moves it back.
+    moved, dropped = endpoint["metricRelabelings"]
+    assert moved == {
+        "sourceLabels": ["exported_namespace"],
+        "regex": "(.+)",
+        "targetLabel": "namespace",
+        "replacement": "$1",
+        "action": "replace",
+    }
+    assert dropped == {"regex": "exported_.+", "action": "labeldrop"}
     assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
+
+
+def relabelled(relabelings: list[dict[str, Any]]) -> dict[str, str]:
+    """Target label -> the metadata it is set from, for every (replace) relabelling; each one once."""
+    targets = [r["targetLabel"] for r in relabelings if r.get("regex") != "(.+)"]
+    assert len(targets) == len(set(targets)), relabelings
+    assert all(r["action"] == "replace" and len(r["sourceLabels"]) == 1 for r in relabelings)
+    return {r["targetLabel"]: r["sourceLabels"][0] for r in relabelings if r.get("regex") != "(.+)"}
+
+
+def meta_label(prefix: str, key: str) -> str:
+    """The label Prometheus' Kubernetes discovery gives a pod's label or annotation ``key``."""
+    return prefix + re.sub(r"[^a-zA-Z0-9_]", "_", key)
 
 
 SPEC = spec()
@@ -105,19 +139,58 @@ def test_pod_monitor_selects_the_training_pods_the_operator_builds_and_no_others
         ports = {p["name"]: p["containerPort"] for p in training["spec"]["containers"][0]["ports"]}
         assert ports == {endpoint["port"]: 9400}
         assert trainer_env(docs)["KUBETUNE_METRICS_PORT"] == "9400"
-        assert endpoint["honorLabels"] is True and endpoint["path"] == "/metrics"
+        assert endpoint["path"] == "/metrics"
         assert monitor["spec"]["namespaceSelector"] == namespaces
+
+
+def test_pod_monitor_labels_trainer_series_from_the_pods_metadata_not_from_the_pod() -> None:
+    """A training pod runs the tenant's code: its own namespace/finetunejob labels are never honoured."""
+    docs = render("metrics.trainer.podMonitor.enabled=true")
+    (endpoint,) = only(docs, "PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert endpoint["honorLabels"] is False
+    # What the operator puts on the training pod is what the relabellings read.
+    training = pod_template(build_training_job(Owner("tickets", "ml", "uid-1"), SPEC, operator_config(docs)))
+    label = meta_label("__meta_kubernetes_pod_label_", JOB_LABEL)
+    annotation = meta_label("__meta_kubernetes_pod_annotation_", FINETUNEJOB_ANNOTATION)
+    assert training["metadata"]["labels"][JOB_LABEL] == training["metadata"]["annotations"][FINETUNEJOB_ANNOTATION]
+    assert relabelled(endpoint["relabelings"]) == {
+        NAMESPACE_LABEL: "__meta_kubernetes_namespace",
+        "pod": "__meta_kubernetes_pod_name",
+        FINETUNEJOB_LABEL: label,
+    }
+    # The annotation (the full name, past 63 characters too) wins when the pod has it.
+    assert endpoint["relabelings"][-1] == {
+        "sourceLabels": [annotation],
+        "regex": "(.+)",
+        "targetLabel": FINETUNEJOB_LABEL,
+        "action": "replace",
+    }
+    # Whatever the pod labelled its series with that collides (renamed exported_*) is dropped.
+    assert endpoint["metricRelabelings"] == [{"regex": "exported_.+", "action": "labeldrop"}]
 
 
 def test_the_pushgateway_setting_reaches_the_training_pods_through_the_operator() -> None:
     docs = render(values_file=ALL_FEATURES_VALUES)
     config = operator_config(docs)
-    assert config.pushgateway_url == "http://prometheus-pushgateway.monitoring:9091"
+    assert config.pushgateway_url == "http://prometheus-pushgateway.{namespace}.svc:9091"
     assert (config.trainer_metrics_port, config.push_interval_seconds) == (9400, 30)
     env = trainer_env(docs)
-    assert env["KUBETUNE_PUSHGATEWAY_URL"] == "http://prometheus-pushgateway.monitoring:9091"
+    assert env["KUBETUNE_PUSHGATEWAY_URL"] == "http://prometheus-pushgateway.ml.svc:9091", "its namespace's own"
     assert env["KUBETUNE_PUSH_INTERVAL_SECONDS"] == "30"
     assert "KUBETUNE_PUSHGATEWAY_URL" not in trainer_env(render()), "no Pushgateway configured, none pushed to"
+
+
+def test_one_pushgateway_per_namespace_each_trainer_pushes_to_its_own() -> None:
+    config = operator_config(
+        render("metrics.trainer.pushgatewayUrl=http://prometheus-pushgateway.{namespace}.svc:9091")
+    )
+
+    def pushes_to(namespace: str) -> str | None:
+        pod = pod_template(build_training_job(Owner("tickets", namespace, "uid-1"), SPEC, config))
+        return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}["KUBETUNE_PUSHGATEWAY_URL"]
+
+    assert pushes_to("team-a") == "http://prometheus-pushgateway.team-a.svc:9091"
+    assert pushes_to("team-b") == "http://prometheus-pushgateway.team-b.svc:9091"
 
 
 def rules(docs: list[Manifest]) -> list[dict[str, Any]]:

@@ -79,6 +79,17 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_ALLOWED_STORAGE_PREFIXES": "",
         "KUBETUNE_MAX_GPUS_PER_JOB": "0",
         "KUBETUNE_MAX_JOBS_PER_NAMESPACE": "0",
+        "KUBETUNE_TRAINER_EGRESS": json.dumps(
+            {
+                "apiServerCidrs": [],
+                "apiServerPorts": [443, 6443],
+                "dns": {"namespace": "kube-system", "podLabels": {"k8s-app": "kube-dns"}},
+                "enabled": False,
+                "s3Cidrs": [],
+                "s3Ports": [443, 80],
+            },
+            separators=(",", ":"),
+        ),
         "KUBETUNE_IMAGE_PULL_POLICY": "IfNotPresent",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "",
         "KUBETUNE_DEFAULT_S3_REGION": "",
@@ -110,13 +121,24 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_ALLOWED_STORAGE_PREFIXES": "s3://ml-{namespace}/,s3://shared-models/",
         "KUBETUNE_MAX_GPUS_PER_JOB": "8",
         "KUBETUNE_MAX_JOBS_PER_NAMESPACE": "3",
+        "KUBETUNE_TRAINER_EGRESS": json.dumps(
+            {
+                "apiServerCidrs": ["10.96.0.1/32", "172.18.0.2/32"],
+                "apiServerPorts": [443, 6443],
+                "dns": {"namespace": "kube-system", "podLabels": {"k8s-app": "kube-dns"}},
+                "enabled": True,
+                "s3Cidrs": ["0.0.0.0/0", "10.20.0.0/16"],
+                "s3Ports": [443, 9000],
+            },
+            separators=(",", ":"),
+        ),
         "KUBETUNE_IMAGE_PULL_POLICY": "Always",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "http://minio.minio.svc:9000",
         "KUBETUNE_DEFAULT_S3_REGION": "eu-west-1",
         "KUBETUNE_METRICS_PORT": "9090",
         "KUBETUNE_HEALTH_PORT": "9091",
         "KUBETUNE_TRAINER_METRICS_PORT": "9400",
-        "KUBETUNE_PUSHGATEWAY_URL": "http://prometheus-pushgateway.monitoring:9091",
+        "KUBETUNE_PUSHGATEWAY_URL": "http://prometheus-pushgateway.{namespace}.svc:9091",
         "KUBETUNE_PUSH_INTERVAL_SECONDS": "30",
     }
 
@@ -193,7 +215,12 @@ def test_the_policy_values_start_an_operator_that_enforces_them() -> None:
     assert "minio.minio.svc:9000" in config.storage.endpoints and config.placement.allow_raw
     assert sorted(config.placement.profiles) == ["default", "gpu-a100"]
     assert (config.max_gpus_per_job, config.max_jobs_per_namespace) == (8, 3)
+    assert config.trainer_egress is not None and [str(c) for c in config.trainer_egress.s3_cidrs] == [
+        "0.0.0.0/0",
+        "10.20.0.0/16",
+    ]
     defaults = OperatorConfig.from_env(container_env(render()))
+    assert defaults.trainer_egress is None, "no egress NetworkPolicy unless asked"
     assert (defaults.storage.endpoints, defaults.placement.allow_raw, defaults.allow_instance_metadata) == (
         ("*",),
         False,

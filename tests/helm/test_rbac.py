@@ -101,3 +101,14 @@ def test_finetunejobs_join_the_built_in_user_roles_unless_disabled() -> None:
     assert grants(edit)[("kubetune.dev", "finetunejobs")] >= {"create", "delete", "get", "list", "watch"}
     assert grants(view)[("kubetune.dev", "finetunejobs")] == {"get", "list", "watch"}
     assert len(of_kind(render("userRoles.aggregateToDefaultRoles=false"), "ClusterRole")) == 1
+
+
+def test_network_policies_are_granted_only_with_trainer_egress_on() -> None:
+    """The per-job egress NetworkPolicy (networkPolicy.trainerEgress): read, created, put back when changed."""
+    policies = ("networking.k8s.io", "networkpolicies")
+    assert policies not in grants(the_operator_role(render(), "ClusterRole"))
+    on = "networkPolicy.trainerEgress.enabled=true"
+    assert grants(the_operator_role(render(on), "ClusterRole"))[policies] == {"get", "create", "patch"}
+    namespaced = render(on, "watchNamespaces={ml}")
+    assert grants(the_operator_role(namespaced, "Role"))[policies] == {"get", "create", "patch"}
+    assert policies not in grants(the_operator_role(namespaced, "ClusterRole")), "only where it watches"

@@ -7,6 +7,8 @@ identities that use it.
 - The installer applies the CRDs from ``helm/kubetune/crds`` and every object ``helm template``
   renders that the server serves (ServiceAccount, ClusterRole/Role and their bindings, ...), so the
   operator runs with exactly the chart's grants, in the chart's cluster-wide or namespaced mode.
+  The chart's ValidatingAdmissionPolicies are installed (and enforced by the server) when a test asks
+  for them (``admission_policy=True``), else the chart is installed with ``admissionPolicy.enabled=false``.
 - A tenant user (``alice``, group ``ml-team``) holds the built-in ``edit`` ClusterRole in the tenant
   namespaces through RoleBindings; the chart's aggregated roles extend ``edit`` to FineTuneJobs.
 """
@@ -70,8 +72,21 @@ class RbacMode:
     namespaces: tuple[str, ...]  # the operator's KUBETUNE_NAMESPACES; empty: cluster-wide
 
 
-CLUSTERWIDE = RbacMode("clusterwide", (), ())
-NAMESPACED = RbacMode("namespaced", (f"watchNamespaces={{{','.join(TENANT_NAMESPACES)}}}",), TENANT_NAMESPACES)
+# Values whose only effect in these tests is a grant the operator tests use: the chart grants networkpolicies
+# only with trainer egress on. Whether the operator creates NetworkPolicies is its own environment
+# (KUBETUNE_TRAINER_EGRESS), which the tests of that feature set (tests/operator/test_trainer_egress.py).
+GRANT_SETS = ("networkPolicy.trainerEgress.enabled=true",)
+CLUSTERWIDE = RbacMode("clusterwide", GRANT_SETS, ())
+NAMESPACED = RbacMode(
+    "namespaced", (*GRANT_SETS, f"watchNamespaces={{{','.join(TENANT_NAMESPACES)}}}"), TENANT_NAMESPACES
+)
+
+# The operator under test runs the trainer image ``trainer:test`` (tests/operator/conftest.py) and tests
+# change its allow-list through the environment; the chart's admission policy admits only the images its
+# values name, so it is installed where a test asks for it (with the values matching the operator's),
+# and the chart is otherwise installed with it off.
+ADMISSION_POLICY_SETS = ("trainerImage.repository=trainer", "trainerImage.tag=test")
+NO_ADMISSION_POLICY_SETS = ("admissionPolicy.enabled=false",)
 
 
 @cache
@@ -158,11 +173,19 @@ class TestCluster:
     __test__ = False  # not a pytest test class
 
     def __init__(
-        self, apiserver: ApiServerThread, folder: Path, mode: RbacMode = CLUSTERWIDE, *, kueue: bool = True
+        self,
+        apiserver: ApiServerThread,
+        folder: Path,
+        mode: RbacMode = CLUSTERWIDE,
+        *,
+        kueue: bool = True,
+        admission_policy: bool = False,
     ) -> None:
         self.apiserver = apiserver
         self.folder = folder
         self.mode = mode
+        # What `helm install` is given: the RBAC mode's values, and the admission policy on or off.
+        self.helm_sets = mode.helm_sets + (ADMISSION_POLICY_SETS if admission_policy else NO_ADMISSION_POLICY_SETS)
         self._identities: dict[str, Identity] = {}
         self._bootstrap()
         self.installer = self.identity(INSTALLER)
@@ -211,7 +234,7 @@ class TestCluster:
     def _install(self, kueue: bool) -> None:
         for crd in chart_crds() + ([KUEUE_CRD] if kueue else []):
             self.installer.create(crd)
-        for document in rendered_chart(self.mode.helm_sets):
+        for document in rendered_chart(self.helm_sets):
             if document["kind"] in ("Deployment", "Service", "ServiceMonitor", "PodMonitor", "PrometheusRule"):
                 continue  # kinds this server does not serve; nothing in them grants or refuses anything
             manifest = dict(document)
@@ -233,7 +256,7 @@ class TestCluster:
 
     @property
     def operator_user(self) -> UserInfo:
-        (account,) = [d for d in rendered_chart(self.mode.helm_sets) if d["kind"] == "ServiceAccount"]
+        (account,) = [d for d in rendered_chart(self.helm_sets) if d["kind"] == "ServiceAccount"]
         return UserInfo.service_account(OPERATOR_NAMESPACE, account["metadata"]["name"])
 
     def operator_kubeconfig(self) -> Path:

@@ -25,6 +25,9 @@ BUILTIN: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "pods", "Pod", True, STATUS, "pod", ("po",)),
     ResourceType("", "v1", "events", "Event", True, frozenset(), "event", ("ev",)),
     ResourceType("batch", "v1", "jobs", "Job", True, STATUS, "job"),
+    ResourceType(
+        "networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, frozenset(), "networkpolicy", ("netpol",)
+    ),
     ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role", True, frozenset(), "role"),
     ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True, frozenset(), "rolebinding"),
     ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False, frozenset(), "clusterrole"),

@@ -1507,6 +1507,92 @@ def test_failing_rules_on_unchanged_values_are_ratcheted_to_warnings() -> None:
     assert warnings == ["spec: Forbidden: root may not own a widget"]
 
 
+# ================================================================================== NetworkPolicy
+NETWORK_POLICY = _builtin("networking.k8s.io", "networkpolicies", "NetworkPolicy")
+_TO = "spec.egress[0].to[0]"
+
+
+def _egress(*peers: Obj, ports: list[Obj] | None = None, **spec: Any) -> Obj:
+    rule: Obj = {"to": list(peers)} if peers else {}
+    if ports is not None:
+        rule["ports"] = ports
+    selector = {"matchLabels": {"kubetune.dev/job": "tickets"}}
+    return named("tickets-egress", spec={"podSelector": selector, "policyTypes": ["Egress"], "egress": [rule], **spec})
+
+
+def _block(cidr: str, *excepted: str) -> Obj:
+    return {"ipBlock": {"cidr": cidr, "except": list(excepted)} if excepted else {"cidr": cidr}}
+
+
+_DNS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}, "podSelector": {}}
+_HTTPS = [{"protocol": "TCP", "port": 443}]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (_egress(_block("0.0.0.0/0", "169.254.0.0/16"), _block("::/0", "fe80::/10"), ports=_HTTPS), None),
+        (_egress(_block("10.0.0.1/8")), None),  # host bits set: accepted, as ParseCIDRSloppy reads it
+        (_egress(_block("010.0.0.0/8")), None),  # leading zeros too
+        (_egress(_DNS, ports=[{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": "dns-tcp"}]), None),
+        (_egress(ports=[{"port": 8000, "endPort": 9000}]), None),  # no peers: anywhere, those ports
+        (_egress(_block("10.0.0.0/33")), (f"{_TO}.ipBlock.cidr", "FieldValueInvalid")),
+        (_egress(_block("169.254.169.254")), (f"{_TO}.ipBlock.cidr", "FieldValueInvalid")),  # no prefix length
+        (_egress({"ipBlock": {"cidr": ""}}), (f"{_TO}.ipBlock.cidr", "FieldValueRequired")),
+        (_egress(_block("10.0.0.0/8", "169.254.0.0/16")), (f"{_TO}.ipBlock.except[0]", "FieldValueInvalid")),
+        (_egress(_block("10.0.0.0/8", "10.0.0.0/8")), (f"{_TO}.ipBlock.except[0]", "FieldValueInvalid")),  # not strict
+        (_egress(_block("0.0.0.0/0", "fe80::/10")), (f"{_TO}.ipBlock.except[0]", "FieldValueInvalid")),
+        (_egress(_block("0.0.0.0/0", "10.0.0.0/8", "x")), (f"{_TO}.ipBlock.except[1]", "FieldValueInvalid")),
+        (_egress({}), (_TO, "FieldValueRequired")),
+        (_egress({**_block("0.0.0.0/0"), "podSelector": {}}), (_TO, "FieldValueForbidden")),
+        (
+            _egress({"podSelector": {"matchLabels": {"k8s-app": "kube dns"}}}),
+            (f"{_TO}.podSelector.matchLabels", "FieldValueInvalid"),
+        ),
+        (
+            _egress(ports=[{"protocol": "ICMP", "port": 1}]),
+            ("spec.egress[0].ports[0].protocol", "FieldValueNotSupported"),
+        ),
+        (_egress(ports=[{"port": 70000}]), ("spec.egress[0].ports[0].port", "FieldValueInvalid")),
+        (_egress(ports=[{"port": 9000, "endPort": 8000}]), ("spec.egress[0].ports[0].endPort", "FieldValueInvalid")),
+        (_egress(ports=[{"port": "https", "endPort": 500}]), ("spec.egress[0].ports[0].endPort", "FieldValueInvalid")),
+        (_egress(ports=[{"port": "HTTPS"}]), ("spec.egress[0].ports[0].port", "FieldValueInvalid")),
+        (_egress(ports=[{"endPort": 500}]), ("spec.egress[0].ports[0].endPort", "FieldValueInvalid")),
+        (_egress(policyTypes=["Outbound"]), ("spec.policyTypes[0]", "FieldValueNotSupported")),
+        (_egress(policyTypes=["Ingress", "Egress", "Egress"]), ("spec.policyTypes", "FieldValueInvalid")),
+        (named("Tickets", spec={"podSelector": {}}), ("metadata.name", "FieldValueInvalid")),
+    ],
+)
+def test_network_policy_rules(policy: Obj, expected: Cause) -> None:
+    assert_outcome(NETWORK_POLICY, policy, expected)
+
+
+def test_a_network_policy_is_refused_as_the_server_words_it() -> None:
+    error = refusal(create, NETWORK_POLICY, _egress(_block("10.0.0.0/8", "169.254.0.0/16")))
+    assert error.message == (
+        'NetworkPolicy.networking.k8s.io "tickets-egress" is invalid: spec.egress[0].to[0].ipBlock.except[0]: '
+        'Invalid value: "169.254.0.0/16": must be a strict subset of `cidr`'
+    )
+
+
+def test_a_network_policy_gets_its_defaults_and_may_change() -> None:
+    stored, _ = create(NETWORK_POLICY, named("p", spec={"egress": [{"ports": [{"port": 443}]}]}))
+    assert stored["spec"] == {
+        "podSelector": {},
+        "egress": [{"ports": [{"protocol": "TCP", "port": 443}]}],
+        "policyTypes": ["Ingress", "Egress"],
+    }
+    assert create(NETWORK_POLICY, named("q", spec={}))[0]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    widened = copy.deepcopy(stored)
+    widened["spec"]["egress"] = [{}]
+    assert update(NETWORK_POLICY, widened, stored)[0]["spec"]["egress"] == [{}]
+    broken = copy.deepcopy(stored)
+    broken["spec"]["egress"] = [{"to": [_block("10.0.0.0/8", "11.0.0.0/8")]}]
+    assert causes(refusal(update, NETWORK_POLICY, broken, stored)) == [
+        (f"{_TO}.ipBlock.except[0]", "FieldValueInvalid")
+    ]
+
+
 # ======================================================================================= helpers
 def _minimal(rtype: ResourceType) -> Obj:
     """A valid object of the kind, but for its metadata."""

@@ -149,10 +149,14 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def pushgateway(folder: Path) -> Iterator[str]:
+def pushgateway(folder: Path, route_prefix: str = "") -> Iterator[str]:
+    """A Pushgateway on loopback; its URL (under ``route_prefix``, e.g. ``/team-a``, if given)."""
     port = free_port()
-    process = _start([tool("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}"], folder, "pushgateway")
-    url = f"http://127.0.0.1:{port}"
+    command = [tool("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}"]
+    if route_prefix:
+        command.append(f"--web.route-prefix={route_prefix}")
+    process = _start(command, folder, "pushgateway")
+    url = f"http://127.0.0.1:{port}{route_prefix}"
     try:
         _wait_ready(f"{url}/-/ready", process, folder / "pushgateway.log")
         yield url

@@ -140,6 +140,7 @@ def test_prometheus_sees_the_operator_and_a_trainer_run_and_the_dashboard_and_al
 
             _assert_operator_series(prom)
             _assert_trainer_series(prom, status)
+            _assert_final_figures(prom, status)
             _assert_rules_loaded(prom)
             names = _assert_dashboard_queries_run(prom)
             exposed = {**exposed_families(operator_text), **exposed_families(trainer_text)}
@@ -232,6 +233,24 @@ def _assert_trainer_series(prom: Prometheus, status: dict[str, Any]) -> None:
     wait_for(lambda: prom.query(f"kubetune_trainer_step{{{pod}}}") == [], what="the pod's series going stale")
 
 
+def _assert_final_figures(prom: Prometheus, status: dict[str, Any]) -> None:
+    """The operator exports the trainer's final figures from the status, under the FineTuneJob's names,
+    every evaluation key the trainer reported included (the operator knows each metric it names)."""
+    ours = 'job="kubetune-operator", namespace="default", finetunejob="e2e"'
+    evaluation = f"kubetune_finetunejob_eval_metric{{{ours}}}"
+    wait_for(lambda: prom.query(evaluation), what="the operator's copy of the evaluation")
+    progress, result = status["progress"], status["result"]
+    exported = {f"{s['metric']['model']}.{s['metric']['metric']}": float(s["value"][1]) for s in prom.query(evaluation)}
+    assert exported == pytest.approx(result["metrics"])
+    assert prom.value(f"kubetune_finetunejob_train_loss{{{ours}}}") == pytest.approx(progress["trainLoss"])
+    assert prom.value(f"kubetune_finetunejob_eval_loss{{{ours}}}") == pytest.approx(progress["evalLoss"])
+    if progress.get("tokensPerSecond") is not None:
+        rate = prom.value(f"kubetune_finetunejob_tokens_per_second{{{ours}}}")
+        assert rate == pytest.approx(progress["tokensPerSecond"])
+    gate = next(c for c in status["conditions"] if c["type"] == "QualityGatePassed")
+    assert prom.value(f"kubetune_finetunejob_quality_gate_passed{{{ours}}}") == (1 if gate["status"] == "True" else 0)
+
+
 def _assert_rules_loaded(prom: Prometheus) -> None:
     expected = {name for name, _ in alert_queries(chart_rules())}
 
@@ -261,5 +280,5 @@ def _assert_dashboard_queries_run(prom: Prometheus) -> set[str]:
         assert panel not in empty, f"dashboard panel {panel!r} shows no data"
     for _, expr in alert_queries(chart_rules()):
         names |= metric_names(expr)
-    assert "kubetune_trainer_eval_metric" in names and "kubetune_finetunejobs" in names, names
+    assert "kubetune_finetunejob_eval_metric" in names and "kubetune_finetunejobs" in names, names
     return names

@@ -55,3 +55,24 @@ def test_a_sweep_with_the_pushgateway_down_is_a_warning(caplog: pytest.LogCaptur
     sweeper = Sweeper(f"http://127.0.0.1:{free_port()}", set, (), interval=3600).start()
     wait_for(lambda: "Pushgateway sweep at" in caplog.text, what="the warning")
     sweeper.stop()
+
+
+def test_one_pushgateway_per_namespace_each_is_swept_for_its_own_jobs(
+    tmp_path: Path, test_cluster: TestCluster, cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``{namespace}`` in the URL: each watched namespace's Pushgateway is swept; one without any is skipped.
+
+    (A route prefix stands in for the per-namespace host name: ``http://127.0.0.1:PORT/{namespace}``.)
+    """
+    caplog.set_level("INFO")
+    cluster.apply(JOB, namespace="default")
+    with operator_environment(test_cluster):
+        kube = Kube.from_environment()
+    with pushgateway(tmp_path, route_prefix="/default") as url:
+        push(url, "default", "tickets")
+        push(url, "default", "deleted-last-week")
+        template = url.removesuffix("/default") + "/{namespace}"
+        sweeper = Sweeper(template, lambda: kube.finetunejob_keys(("default",)), ("default", "research"), interval=3600)
+        assert sweeper.sweep_all() == [("default", "deleted-last-week")]
+        assert trainer_groups(url) == {("default", "tickets")}
+        assert "/research skipped" in caplog.text, "a namespace without a Pushgateway is skipped, not an error"

@@ -54,6 +54,10 @@ def test_every_variable_is_read() -> None:
             {"KUBETUNE_PUSHGATEWAY_URL": "pushgateway:9091"},
             "KUBETUNE_PUSHGATEWAY_URL='pushgateway:9091': expected http",
         ),
+        (
+            {"KUBETUNE_PUSHGATEWAY_URL": "http://pushgateway.{ns}.svc:9091"},
+            "KUBETUNE_PUSHGATEWAY_URL='http://pushgateway.{ns}.svc:9091': expected http",
+        ),
         ({"KUBETUNE_PUSH_INTERVAL_SECONDS": "0"}, "KUBETUNE_PUSH_INTERVAL_SECONDS='0': expected whole seconds"),
         ({"KUBETUNE_TRAINER_METRICS_PORT": "http"}, "KUBETUNE_TRAINER_METRICS_PORT='http': expected a TCP port"),
     ],
@@ -61,3 +65,13 @@ def test_every_variable_is_read() -> None:
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         OperatorConfig.from_env(env)
+
+
+def test_a_pushgateway_per_namespace() -> None:
+    config = OperatorConfig.from_env(
+        {"KUBETUNE_PUSHGATEWAY_URL": "http://prometheus-pushgateway.{namespace}.svc:9091/"}
+    )
+    assert config.pushgateway_url_for("ml-team") == "http://prometheus-pushgateway.ml-team.svc:9091"
+    shared = OperatorConfig.from_env({"KUBETUNE_PUSHGATEWAY_URL": "http://pushgateway.monitoring:9091"})
+    assert shared.pushgateway_url_for("ml-team") == "http://pushgateway.monitoring:9091"
+    assert OperatorConfig.from_env({}).pushgateway_url_for("ml-team") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.builders import trainer_result
 from tests.operator.cluster import Cluster, wait_for
 
 JOB: dict[str, Any] = {
@@ -52,7 +53,7 @@ def test_create_preflight_then_training_job_then_success(cluster: Cluster, opera
     cluster.trainer_reports("tickets", {"progress": {"step": 10, "totalSteps": 40, "trainLoss": 1.5}})
     wait_for(lambda: cluster.finetunejob("tickets")["status"].get("progressText") == "10/40", what="progress")
 
-    cluster.trainer_reports("tickets", {"result": {"version": "v1", "promoted": True}})
+    cluster.trainer_reports("tickets", {"result": trainer_result("v1")})
     cluster.finish_job("tickets-train", succeeded=True)
     wait_for(lambda: phase(cluster) == "Succeeded", what="phase Succeeded")
     status = cluster.finetunejob("tickets")["status"]

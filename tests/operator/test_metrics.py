@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import replace
 from pathlib import Path
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.operator import status, validation
 from kubetune.operator.metrics import Observation, OperatorMetrics, parse_time, phase_entered
@@ -184,3 +188,100 @@ def test_every_failure_reason_the_operator_can_produce_is_listed() -> None:
     produced = _reasons(validation, "SpecProblem", failed_only=False) | _reasons(status, "Verdict", failed_only=True)
     assert {"InvalidSpec", "SecretNotFound", "NameConflict", "PreflightFailed", "TrainingJobLost"} <= produced
     assert produced <= set(FAILURE_REASONS)
+
+
+GARBAGE: tuple[object, ...] = (
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    10**400,  # beyond any float
+    1e300,  # finite, absurd
+    True,
+    "0.5",
+    None,
+    [1.0],
+    {"value": 1.0},
+)
+
+KNOWN_KEYS = [
+    f"{model}.{metric}"
+    for model in ("base", "tuned")
+    for metric in ("perplexity", "rougeL", "bleu", "exactMatch", "f1", "generalKnownAnswers")
+]
+
+
+def test_whatever_a_status_holds_never_breaks_metrics_and_only_sane_figures_are_exported() -> None:
+    metrics = OperatorMetrics(FAILURE_REASONS)
+    metrics.trainer_results.update(
+        {
+            "metadata": {"namespace": "ml", "name": "tickets"},
+            "status": {
+                "progress": {"trainLoss": 0.75, "evalLoss": float("nan"), "tokensPerSecond": -1.0},
+                "result": {
+                    "metrics": {
+                        "tuned.accuracy": 0.9,
+                        "base.regressionLikelihood": 0.25,
+                        **dict(zip(KNOWN_KEYS[: len(GARBAGE)], GARBAGE, strict=True)),
+                        # keys that name no known model and metric, with sane values
+                        **{key: 1.0 for key in ("base.unknownMetric", "tuned", "", ".accuracy", "other.accuracy")},
+                    },
+                    "promoted": True,  # the trainer's claim: the gate is the operator's condition
+                },
+                "conditions": [{"type": "QualityGatePassed", "status": "False"}],
+            },
+        }
+    )
+    for i, bad in enumerate(GARBAGE):  # a status or parts of it of the wrong shape
+        metrics.trainer_results.update({"metadata": {"namespace": "ml", "name": f"odd-{i}"}, "status": bad})
+        metrics.trainer_results.update(
+            {"metadata": {"namespace": "ml", "name": f"odder-{i}"}, "status": {"progress": bad, "result": bad}}
+        )
+        metrics.trainer_results.update(
+            {"metadata": {"namespace": "ml", "name": f"oddest-{i}"}, "status": {"result": {"metrics": bad}}}
+        )
+        metrics.trainer_results.update({"metadata": bad, "status": {"progress": {"trainLoss": 1.0}}})
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items())), sample.value)
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        if family.name.startswith("kubetune_finetunejob_") and family.name != "kubetune_finetunejob_failures"
+        for sample in family.samples
+    }
+    job = (("finetunejob", "tickets"), ("namespace", "ml"))
+    assert samples == {
+        ("kubetune_finetunejob_train_loss", job, 0.75),
+        ("kubetune_finetunejob_eval_metric", tuple(sorted((*job, ("metric", "accuracy"), ("model", "tuned")))), 0.9),
+        (
+            "kubetune_finetunejob_eval_metric",
+            tuple(sorted((*job, ("metric", "regressionLikelihood"), ("model", "base")))),
+            0.25,
+        ),
+        ("kubetune_finetunejob_quality_gate_passed", job, 0.0),
+    }
+    metrics.forget("ml", "tickets")
+    assert value(metrics, "kubetune_finetunejob_train_loss", namespace="ml", finetunejob="tickets") is None
+
+
+def test_a_deleting_finetunejob_has_no_figures() -> None:
+    metrics = OperatorMetrics(FAILURE_REASONS)
+    body = {"metadata": {"namespace": "ml", "name": "tickets"}, "status": {"progress": {"trainLoss": 0.75}}}
+    metrics.trainer_results.update(body)
+    assert value(metrics, "kubetune_finetunejob_train_loss", namespace="ml", finetunejob="tickets") == 0.75
+    metrics.trainer_results.update(
+        {**body, "metadata": {**body["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    )
+    assert value(metrics, "kubetune_finetunejob_train_loss", namespace="ml", finetunejob="tickets") is None
+
+
+def test_every_operator_family_is_in_the_docs() -> None:
+    """docs/metrics.md's operator table lists exactly what the operator exports (the slow observability
+    test compares the whole page with live scrapes)."""
+    metrics = OperatorMetrics(FAILURE_REASONS)
+    exported = {
+        family.name + ("_total" if family.type == "counter" else ""): family.type
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        if family.name.startswith("kubetune_")
+    }
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    table = docs[docs.index("## Operator metrics") : docs.index("## Trainer metrics")]
+    documented = dict(re.findall(r"^\| `(kubetune_[a-z_]+)` \| (\w+) \|", table, flags=re.MULTILINE))
+    assert documented == exported

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune.operator.children import training_job_name
+from tests.builders import trainer_result
 from tests.kubeapi.cluster import TestCluster
 from tests.kubeapi.server import Outage
 from tests.operator.cluster import Cluster, wait_for
@@ -38,7 +39,7 @@ def test_an_api_outage_while_creating_the_training_job_is_retried(cluster: Clust
 def test_a_finished_job_removed_by_its_ttl_is_never_rerun(cluster: Cluster, operator: Any) -> None:
     through_preflight(cluster)
     cluster.start_job("tickets-train")
-    cluster.trainer_reports("tickets", {"result": {"version": "v1", "promoted": True}})
+    cluster.trainer_reports("tickets", {"result": trainer_result("v1")})
     cluster.finish_job("tickets-train", succeeded=True)
     wait_for(lambda: phase(cluster) == "Succeeded", what="Succeeded")
     cluster.delete_job("tickets-train")  # ttlSecondsAfterFinished

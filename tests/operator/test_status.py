@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from kubetune.api.v1alpha1 import Phase
-from kubetune.operator.status import FAILURE_REASONS, Observed, decide, derive_status, failed_exit_code, render_status
+from kubetune.operator.status import (
+    FAILURE_REASONS,
+    Observed,
+    decide,
+    derive_status,
+    failed_exit_code,
+    quality_gate,
+    recorded_phase_stands,
+    render_status,
+)
+from tests.builders import trainer_result
 
 
 def job(
@@ -177,3 +189,101 @@ def test_the_exit_code_is_read_from_the_job_controllers_failed_condition() -> No
 
 def _message(exit_code: int) -> str:
     return str(failed_by_policy(exit_code)["status"]["conditions"][0]["message"])
+
+
+# ---------------------------------------------------------------------------------------------- status integrity
+PROMOTED = trainer_result("v4")
+
+
+def _without(result: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("result", "succeeded", "expected"),
+    [
+        (PROMOTED, True, ("True", "QualityGatePassed", PROMOTED["qualityGateMessage"])),
+        (
+            trainer_result("v4", promoted=False),
+            True,
+            ("False", "QualityGateNotMet", "not promoted: accuracy 0.40 -> 0.90: missed"),
+        ),
+        ({"version": "v4"}, True, None),
+        (PROMOTED, False, ("False", "PromotionNotVerified", "the operator did not see the training Job succeed")),
+        (
+            _without(PROMOTED, "manifestUri"),
+            True,
+            ("False", "PromotionNotVerified", "no published version and manifest URI"),
+        ),
+        (_without(PROMOTED, "gateChecks"), True, ("False", "PromotionNotVerified", "it lists no judged gate check")),
+        (
+            {**PROMOTED, "gateChecks": [{"name": "labelCollapse", "detail": "reported only"}]},
+            True,
+            ("False", "PromotionNotVerified", "it lists no judged gate check"),
+        ),
+        (
+            {**PROMOTED, "gateChecks": [*PROMOTED["gateChecks"], {"name": "forgetting.likelihood", "passed": False}]},
+            True,
+            ("False", "PromotionNotVerified", "gate checks forgetting.likelihood did not pass"),
+        ),
+    ],
+    ids=[
+        "consistent",
+        "not promoted",
+        "no verdict",
+        "job not seen",
+        "unpublished",
+        "no checks",
+        "none judged",
+        "failed check",
+    ],
+)
+def test_a_promotion_is_copied_only_when_the_result_is_consistent(
+    result: dict[str, Any], succeeded: bool, expected: tuple[str, str, str] | None
+) -> None:
+    gate = quality_gate(result, job_succeeded=succeeded)
+    if expected is None or expected[1] != "PromotionNotVerified":
+        assert gate == expected
+    else:
+        assert gate is not None and gate[:2] == expected[:2]
+        assert gate[2].startswith("the trainer reported the model promoted, but ")
+        assert expected[2] in gate[2]
+
+
+def test_an_inconsistent_promotion_says_so_in_the_quality_gate_condition() -> None:
+    claimed = {**PROMOTED, "gateChecks": [{"name": "task", "passed": False, "detail": "missed"}]}
+    done = observed(training_job=job(condition="Complete"), trainer_status={"result": claimed})
+    status = render_status(decide(done), done, {}, generation=1, now="T", job_name="x-train", preflight_job_name=None)
+    gate = next(c for c in status["conditions"] if c["type"] == "QualityGatePassed")
+    assert (gate["status"], gate["reason"]) == ("False", "PromotionNotVerified")
+    assert "gate checks task did not pass" in gate["message"]
+    lost = observed(training_job_lost=True, trainer_status={"result": PROMOTED})
+    status = render_status(decide(lost), lost, {}, generation=1, now="T", job_name="x-train", preflight_job_name=None)
+    gate = next(c for c in status["conditions"] if c["type"] == "QualityGatePassed")
+    assert (gate["status"], gate["reason"]) == ("False", "PromotionNotVerified"), "never seen to succeed"
+
+
+def test_phase_conditions_and_promoted_written_by_a_trainer_never_survive() -> None:
+    """What the trainer may write is only read from its four keys; anything else in status is the
+    operator's (derived again, replacing what is there) or nobody's (removed by a null)."""
+    forged = {
+        "phase": "Succeeded",
+        "conditions": [{"type": "QualityGatePassed", "status": "True", "reason": "QualityGatePassed", "message": "!"}],
+        "promoted": True,
+        "verdict": {"promoted": True},
+        "kopf": {"progress": {}},
+        "progress": {"step": 5, "totalSteps": 9},
+    }
+    seen = observed(training_job=job(ready=1), trainer_status={"progress": forged["progress"]})
+    verdict, patch = derive_status({"metadata": {"generation": 1}, "status": forged}, seen, "T")
+    assert verdict.phase == Phase.RUNNING and patch["phase"] == "Running"
+    assert {c["type"] for c in patch["conditions"]} == {"Validated", "Running", "Suspended", "Succeeded", "Failed"}
+    assert patch["promoted"] is None and patch["verdict"] is None, "keys the status schema does not name are removed"
+    assert "kopf" not in patch and "progress" not in patch, "kopf's and the trainer's own keys are left alone"
+
+
+def test_a_terminal_phase_stands_only_when_no_child_job_still_runs() -> None:
+    assert recorded_phase_stands([])
+    assert recorded_phase_stands([job(condition="Complete"), job(condition="Failed")])
+    assert not recorded_phase_stands([job(condition="Complete"), job(ready=1)])
+    assert not recorded_phase_stands([job()])

@@ -448,7 +448,15 @@ def test_a_published_run_whose_result_cannot_be_written_fails_and_keeps_its_arti
     cluster: Cluster, tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     too_many = FieldError("status.result.artifacts", "FieldValueTooMany", "Too many: 300: must have at most 256 items")
-    cluster.api.refuse = lambda patch: ApiError.invalid(FINETUNEJOBS, NAME, [too_many]) if "result" in patch else None
+    attempted: list[dict[str, Any]] = []
+
+    def refuse(patch: dict[str, Any]) -> ApiError | None:
+        if "result" not in patch:
+            return None
+        attempted.append(patch["result"])
+        return ApiError.invalid(FINETUNEJOBS, NAME, [too_many])
+
+    cluster.api.refuse = refuse
     in_pod(monkeypatch, tmp_path / "termination-log")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     job: FineTuneJob = load_manifest(
@@ -475,6 +483,12 @@ def test_a_published_run_whose_result_cannot_be_written_fails_and_keeps_its_arti
     assert manifest.is_file(), "the published version stays in storage"
     assert [next(iter(patch)) for patch in cluster.api.written()][-1] != "result"
     assert cluster.api.status["preflight"]["passed"] is True, "everything before the result was written"
+    # The result carries every gate check its verdict follows from: the operator copies a promotion
+    # only when each judged check passed (kubetune.operator.status.quality_gate).
+    result = attempted[-1]
+    judged = {check["name"]: check["passed"] for check in result["gateChecks"] if "passed" in check}
+    assert "task" in judged and all(check["detail"] for check in result["gateChecks"])
+    assert result["promoted"] is False or all(judged.values())
 
 
 # --------------------------------------------------------------------------- the termination message

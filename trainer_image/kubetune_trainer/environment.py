@@ -29,6 +29,8 @@ class TrainerEnvironment:
     termination_log: Path | None
     s3_ca_bundle: Path | None  # spec.s3.caBundle, mounted by the operator
     s3_credentials_dir: Path | None  # spec.s3.credentialsSecret, mounted as files by the operator
+    # spec.s3.endpoint passed only as a public endpoint: refuse connections that reach a non-public address
+    s3_public_endpoint_only: bool
     metrics_port: int | None
     pushgateway_url: str | None
     push_interval_seconds: int
@@ -77,6 +79,7 @@ class TrainerEnvironment:
             termination_log=path(contract.ENV_TERMINATION_LOG),
             s3_ca_bundle=path(contract.ENV_S3_CA_BUNDLE),
             s3_credentials_dir=path(contract.ENV_S3_CREDENTIALS_DIR),
+            s3_public_endpoint_only=(text(contract.ENV_S3_PUBLIC_ENDPOINT_ONLY) or "").lower() == "true",
             metrics_port=number(contract.ENV_METRICS_PORT),
             pushgateway_url=text(contract.ENV_PUSHGATEWAY_URL),
             push_interval_seconds=number(contract.ENV_PUSH_INTERVAL) or contract.DEFAULT_PUSH_INTERVAL_SECONDS,

@@ -27,6 +27,7 @@ from kubetune.api.contract import (
 from kubetune.api.v1alpha1 import (
     ArtifactStatus,
     FineTuneJob,
+    GateCheck,
     PreflightReport,
     ResolvedTraining,
     TrainerResult,
@@ -64,7 +65,10 @@ def run_pipeline(
         mode=mode,
         workdir=workdir,
         store=ObjectStore(
-            job.spec.s3, ca_bundle=environment.s3_ca_bundle, credentials_dir=environment.s3_credentials_dir
+            job.spec.s3,
+            ca_bundle=environment.s3_ca_bundle,
+            credentials_dir=environment.s3_credentials_dir,
+            public_endpoint_only=environment.s3_public_endpoint_only,
         ),
         clock=StageClock(reporters),
         reporters=reporters,
@@ -146,6 +150,8 @@ def _run_stages(ctx: RunContext) -> Exit:
         manifest_uri=published.manifest_uri,
         promoted=evaluation.gate.passed,
         quality_gate_message=evaluation.gate.message,
+        # Every check, so the operator can see the verdict follows from them (it re-checks before promoting).
+        gate_checks=[GateCheck(name=c.name, passed=c.passed, detail=c.detail) for c in evaluation.gate.checks],
         metrics=evaluation.summary_metrics(),
         artifacts=[
             ArtifactStatus(name=a.name, uri=a.uri, sha256=a.sha256, size_bytes=a.size_bytes)

@@ -172,11 +172,19 @@ class ObjectStore:
     """
 
     def __init__(
-        self, s3: S3Spec | None = None, *, ca_bundle: Path | None = None, credentials_dir: Path | None = None
+        self,
+        s3: S3Spec | None = None,
+        *,
+        ca_bundle: Path | None = None,
+        credentials_dir: Path | None = None,
+        public_endpoint_only: bool = False,
     ) -> None:
         self._s3_spec = s3 or S3Spec()
         self._ca_bundle = ca_bundle  # spec.s3.caBundle as mounted in the pod (TrainerEnvironment)
         self._credentials_dir = credentials_dir  # spec.s3.credentialsSecret as mounted in the pod
+        # The endpoint passed the operator's policy only as a public one: every connection must reach a
+        # public address (kubetune_trainer.egress), whatever the name resolves to when it is made.
+        self._public_endpoint_only = public_endpoint_only
         self._client: Any = None
         self.multipart_threshold = MULTIPART_THRESHOLD
         self.part_size = PART_SIZE
@@ -213,6 +221,12 @@ class ObjectStore:
                 raise ConfigurationError(f"spec.s3.region: {err}") from err
             except ValueError as err:
                 raise ConfigurationError(f"spec.s3.endpoint: {err}") from err
+            if self._public_endpoint_only:
+                from kubetune_trainer.egress import refuse_non_public_peers
+
+                client, self._client = self._client, None  # unusable until the check is in place
+                refuse_non_public_peers(client, f"spec.s3.endpoint {spec.endpoint}", StorageError)
+                self._client = client
         return self._client
 
     def _s3_call(self, uri: str, action: str, func: Any, **kwargs: Any) -> Any:

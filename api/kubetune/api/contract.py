@@ -40,6 +40,12 @@ ENV_S3_CREDENTIALS_DIR = "KUBETUNE_S3_CREDENTIALS_DIR"
 trainer builds its S3 client from them. Files, not environment variables: a process listing, a crash
 dump or a child process never sees them, and a missing key is the trainer's clear error, not a pod
 stuck in CreateContainerConfigError."""
+ENV_S3_PUBLIC_ENDPOINT_ONLY = "KUBETUNE_S3_PUBLIC_ENDPOINT_ONLY"
+"""``true`` when ``spec.s3.endpoint`` was admitted only as a public endpoint (the ``*`` entry of
+``policy.allowedS3Endpoints``), not listed by the platform: its name was checked, not what it resolves
+to, so the trainer refuses every S3 connection whose peer address (the socket's, not a separate
+lookup) is loopback, link-local, private or reserved (``kubetune.api.addresses``). Unset: the endpoint
+is the platform's own or listed by it, and reached wherever it resolves."""
 ENV_METRICS_PORT = "KUBETUNE_METRICS_PORT"
 """The port the trainer serves ``/metrics`` on (also honoured by ``kubetune run``)."""
 ENV_PUSHGATEWAY_URL = "KUBETUNE_PUSHGATEWAY_URL"
@@ -132,3 +138,15 @@ delete exactly that group when the FineTuneJob is deleted."""
 
 def pushgateway_grouping_key(namespace: str, finetunejob: str) -> dict[str, str]:
     return {NAMESPACE_LABEL: namespace, FINETUNEJOB_LABEL: finetunejob}
+
+
+NAMESPACE_PLACEHOLDER = "{namespace}"
+"""In the Pushgateway URL (``metrics.trainer.pushgatewayUrl``): the FineTuneJob's namespace, for one
+Pushgateway per namespace (``http://prometheus-pushgateway.{namespace}.svc:9091``)."""
+
+# --- What the trainer reports in status.result.metrics ---------------------------------------
+# Keys are ``<model>.<metric>``: the evaluation metrics the job asked for (v1alpha1.Metric) and the
+# forgetting measures, for the base and the tuned model. The operator re-exports exactly these (a key
+# outside them is not a metric it knows, and would be an unbounded label value).
+RESULT_MODELS = ("base", "tuned")
+FORGETTING_METRICS = ("regressionLikelihood", "generalKnownAnswers", "generalLabelCollapse")

@@ -906,13 +906,34 @@ class ResolvedFullTraining(ApiModel):
 ResolvedTraining = Annotated[ResolvedAdapterTraining | ResolvedFullTraining, Field(discriminator="method")]
 
 
+class GateCheck(ApiModel):
+    """One check of the quality gate, as the trainer judged it."""
+
+    name: Annotated[str, Field(description="e.g. task, forgetting.likelihood, forgetting.knownAnswers.")]
+    passed: Annotated[
+        bool | None, Field(description="null: reported, not judged (it does not decide the promotion).")
+    ] = None
+    detail: str = ""
+
+
 class TrainerResult(ApiModel):
     """Written by the trainer when it has published: where the run went and how good it is."""
 
     version: str | None = None
     manifest_uri: str | None = None
-    promoted: bool | None = None
+    promoted: Annotated[
+        bool | None,
+        Field(
+            description=(
+                "The trainer's verdict. The operator's QualityGatePassed condition is True only when the "
+                "training Job succeeded, a version and its manifest were published and every judged gate check passed."
+            )
+        ),
+    ] = None
     quality_gate_message: str | None = None
+    gate_checks: Annotated[
+        list[GateCheck] | None, Field(description="Every check of the quality gate, judged or only reported.")
+    ] = None
     metrics: dict[str, float] | None = None
     artifacts: list[ArtifactStatus] | None = None
 

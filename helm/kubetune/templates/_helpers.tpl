@@ -43,12 +43,20 @@ app.kubernetes.io/component: operator
 {{- default (include "kubetune.fullname" .) .Values.serviceAccount.name }}
 {{- end }}
 
+{{/* An image reference from repository, tag (the appVersion when empty) and digest: `repo:tag@sha256:...`
+     when a digest is set (the registry then serves exactly that image; the tag is kept for people). */}}
+{{- define "kubetune.reference" -}}
+{{- $image := index . 0 }}
+{{- $reference := printf "%s:%s" $image.repository (default (index . 1) $image.tag) }}
+{{- if $image.digest }}{{ printf "%s@%s" $reference $image.digest }}{{ else }}{{ $reference }}{{ end }}
+{{- end }}
+
 {{- define "kubetune.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "kubetune.reference" (list .Values.image .Chart.AppVersion) }}
 {{- end }}
 
 {{- define "kubetune.trainerImage" -}}
-{{- printf "%s:%s" .Values.trainerImage.repository (default .Chart.AppVersion .Values.trainerImage.tag) }}
+{{- include "kubetune.reference" (list .Values.trainerImage .Chart.AppVersion) }}
 {{- end }}
 
 {{/* The operator's namespaced rules: exactly what it calls, nothing more. tests/operator/test_rbac_usage.py
@@ -87,6 +95,12 @@ app.kubernetes.io/component: operator
 - apiGroups: ["kueue.x-k8s.io"]
   resources: ["workloads"]
   verbs: ["list", "patch"]
+{{- if .Values.networkPolicy.trainerEgress.enabled }}
+# The per-job trainer egress NetworkPolicy: read, created before the Jobs, put back when changed.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch"]
+{{- end }}
 {{- end }}
 
 {{/* Cluster-scoped reads: kopf watches CustomResourceDefinitions to follow the resources it serves,
@@ -150,5 +164,12 @@ severity: warning
 {{- end }}
 {{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
 {{- fail "serviceAccount.name is required when serviceAccount.create is false (the RBAC bindings need a subject)" }}
+{{- end }}
+{{- if .Values.release.requireDigests }}
+{{- range $name, $image := dict "image" .Values.image "trainerImage" .Values.trainerImage }}
+{{- if not $image.digest }}
+{{- fail (printf "release.requireDigests: %s.digest is empty; a release runs images by digest (sha256:...), never by tag alone" $name) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}

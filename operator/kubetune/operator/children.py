@@ -1,4 +1,5 @@
-"""Pure builders of a FineTuneJob's children: spec ConfigMap, trainer RBAC, pre-flight and training Jobs.
+"""Pure builders of a FineTuneJob's children: spec ConfigMap, trainer RBAC, pre-flight and training Jobs,
+and the trainer egress NetworkPolicy.
 
 Nothing here talks to the API server, so every manifest can be unit-tested as data.
 """
@@ -24,6 +25,7 @@ from kubetune.api.contract import (
     ENV_REPORT_STATUS,
     ENV_S3_CA_BUNDLE,
     ENV_S3_CREDENTIALS_DIR,
+    ENV_S3_PUBLIC_ENDPOINT_ONLY,
     ENV_SCRATCH,
     ENV_TERMINATION_LOG,
     FAIL_JOB_EXIT_CODES,
@@ -44,6 +46,7 @@ from kubetune.api.contract import (
 from kubetune.api.quantity import parse_quantity
 from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec
 from kubetune.operator.config import OperatorConfig
+from kubetune.operator.networkpolicy import TrainerEgress
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CA_DIR = "/etc/kubetune/ca"
@@ -114,6 +117,10 @@ def preflight_job_name(owner: str) -> str:
 
 def training_job_name(owner: str) -> str:
     return child_name(owner, "train")
+
+
+def trainer_network_policy_name(owner: str) -> str:
+    return child_name(owner, "egress")
 
 
 def labels(owner: Owner, component: str) -> dict[str, str]:
@@ -229,6 +236,14 @@ def _hardening_env(config: OperatorConfig, *, gpus: int) -> list[dict[str, Any]]
     return env
 
 
+def _endpoint_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+    """An endpoint the tenant chose that passed only as "any public endpoint": its name was checked, not
+    what it resolves to, so the trainer checks the address each connection reaches (DNS rebinding)."""
+    if spec.s3.endpoint is not None and config.storage.admitted_as_public(spec.s3.endpoint):
+        return [{"name": ENV_S3_PUBLIC_ENDPOINT_ONLY, "value": "true"}]
+    return []
+
+
 def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": ENV_JOB_NAME, "value": owner.name},
@@ -249,12 +264,14 @@ def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     return env
 
 
-def _metrics_env(config: OperatorConfig) -> list[dict[str, Any]]:
-    """The trainer serves /metrics (for a PodMonitor) and, with a Pushgateway, pushes there too."""
+def _metrics_env(config: OperatorConfig, namespace: str) -> list[dict[str, Any]]:
+    """The trainer serves /metrics (for a PodMonitor) and, with a Pushgateway, pushes there too
+    (its namespace's own, when the URL names ``{namespace}``)."""
     env: list[dict[str, Any]] = [{"name": ENV_METRICS_PORT, "value": str(config.trainer_metrics_port)}]
-    if config.pushgateway_url:
+    url = config.pushgateway_url_for(namespace)
+    if url:
         env += [
-            {"name": ENV_PUSHGATEWAY_URL, "value": config.pushgateway_url},
+            {"name": ENV_PUSHGATEWAY_URL, "value": url},
             {"name": ENV_PUSH_INTERVAL, "value": str(config.push_interval_seconds)},
         ]
     return env
@@ -351,7 +368,7 @@ def _pod_spec(
                 "image": spec.image or config.trainer_image,
                 "imagePullPolicy": config.image_pull_policy,
                 "command": command,
-                "env": _env(owner, spec) + _hardening_env(config, gpus=gpus),
+                "env": _env(owner, spec) + _hardening_env(config, gpus=gpus) + _endpoint_env(spec, config),
                 "resources": resources,
                 "volumeMounts": mounts,
                 "securityContext": _container_security(),
@@ -450,7 +467,7 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConf
         gpus=res.gpus,
     )
     trainer = pod["containers"][0]
-    trainer["env"] += _metrics_env(config)
+    trainer["env"] += _metrics_env(config, owner.namespace)
     trainer["ports"] = [{"name": "metrics", "containerPort": config.trainer_metrics_port, "protocol": "TCP"}]
     extra: dict[str, Any] = {}
     if spec.active_deadline_seconds is not None:
@@ -465,3 +482,22 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConf
     else:
         job["spec"]["suspend"] = spec.suspend
     return job
+
+
+def build_trainer_network_policy(owner: Owner, egress: TrainerEgress) -> dict[str, Any]:
+    """The job's pods (pre-flight and training: both carry the job's label) may open connections only
+    to S3, the API server and the cluster DNS, never to 169.254.0.0/16 (``networkpolicy``).
+
+    Ingress is left alone (policyTypes Egress only), so Prometheus still scrapes the trainer. Owned by
+    the FineTuneJob, so it is garbage-collected with it.
+    """
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(owner, trainer_network_policy_name(owner.name), "egress"),
+        "spec": {
+            "podSelector": {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY, JOB_LABEL: label_value(owner.name)}},
+            "policyTypes": ["Egress"],
+            "egress": egress.egress_rules(),
+        },
+    }

@@ -7,9 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from kubetune.api.contract import DEFAULT_PUSH_INTERVAL_SECONDS
+from kubetune.api.contract import DEFAULT_PUSH_INTERVAL_SECONDS, NAMESPACE_PLACEHOLDER
 from kubetune.api.v1alpha1 import DEFAULT_TRAINER_IMAGE
 from kubetune.operator.imagepolicy import ImagePolicy
+from kubetune.operator.networkpolicy import HELM_VALUE as TRAINER_EGRESS_VALUE
+from kubetune.operator.networkpolicy import TrainerEgress
 from kubetune.operator.placement import PlacementPolicy
 from kubetune.operator.storagepolicy import ANY_PUBLIC_ENDPOINT, StoragePolicy
 
@@ -50,8 +52,19 @@ class OperatorConfig:
     max_gpus_per_job: int | None
     max_jobs_per_namespace: int | None
     trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT
-    pushgateway_url: str | None = None  # trainers push here; the operator deletes a deleted job's group
+    # Trainers push here; the operator deletes a deleted job's group. May hold NAMESPACE_PLACEHOLDER:
+    # one Pushgateway per namespace, so no tenant's pushes land where another's are scraped.
+    pushgateway_url: str | None = None
     push_interval_seconds: int = DEFAULT_PUSH_INTERVAL_SECONDS
+    # A NetworkPolicy per FineTuneJob limiting its pods' egress (Helm value networkPolicy.trainerEgress);
+    # None: none is created.
+    trainer_egress: TrainerEgress | None = None
+
+    def pushgateway_url_for(self, namespace: str) -> str | None:
+        """The Pushgateway of a FineTuneJob in ``namespace`` (None: trainers do not push)."""
+        if not self.pushgateway_url:
+            return None
+        return self.pushgateway_url.replace(NAMESPACE_PLACEHOLDER, namespace)
 
     @property
     def clusterwide(self) -> bool:
@@ -71,10 +84,13 @@ class OperatorConfig:
             raw = env.get("KUBETUNE_PUSHGATEWAY_URL", "").strip()
             if not raw:
                 return None
-            parsed = urlparse(raw)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            example = raw.replace(NAMESPACE_PLACEHOLDER, "namespace")
+            parsed = urlparse(example)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname or "{" in example or "}" in example:
                 raise ConfigError(
-                    f"KUBETUNE_PUSHGATEWAY_URL={raw!r}: expected http(s)://host[:port], e.g. http://pushgateway.monitoring:9091"
+                    f"KUBETUNE_PUSHGATEWAY_URL={raw!r}: expected http(s)://host[:port], e.g. "
+                    f"http://pushgateway.monitoring:9091, or one per namespace with {NAMESPACE_PLACEHOLDER}: "
+                    f"http://prometheus-pushgateway.{NAMESPACE_PLACEHOLDER}.svc:9091"
                 )
             return raw.rstrip("/")
 
@@ -128,6 +144,10 @@ class OperatorConfig:
                 f"KUBETUNE_ALLOWED_S3_ENDPOINTS / KUBETUNE_ALLOWED_STORAGE_PREFIXES (Helm values "
                 f"policy.allowedS3Endpoints / policy.allowedStoragePrefixes): {err}"
             ) from err
+        try:
+            trainer_egress = TrainerEgress.parse(env.get("KUBETUNE_TRAINER_EGRESS", ""))
+        except ValueError as err:
+            raise ConfigError(f"KUBETUNE_TRAINER_EGRESS (Helm value {TRAINER_EGRESS_VALUE}): {err}") from err
         return cls(
             namespaces=namespaces,
             trainer_image=trainer_image,
@@ -146,4 +166,5 @@ class OperatorConfig:
             storage=storage,
             max_gpus_per_job=cap("KUBETUNE_MAX_GPUS_PER_JOB", "policy.maxGpusPerJob"),
             max_jobs_per_namespace=cap("KUBETUNE_MAX_JOBS_PER_NAMESPACE", "policy.maxJobsPerNamespace"),
+            trainer_egress=trainer_egress,
         )

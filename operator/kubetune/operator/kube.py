@@ -79,6 +79,10 @@ class Kube:
     def rbac(self) -> client.RbacAuthorizationV1Api:
         return client.RbacAuthorizationV1Api(self.api)
 
+    @property
+    def networking(self) -> client.NetworkingV1Api:
+        return client.NetworkingV1Api(self.api)
+
     def _plain(self, obj: Any) -> dict[str, Any]:
         return dict(self.api.sanitize_for_serialization(obj))
 
@@ -94,6 +98,7 @@ class Kube:
             "Job": self.batch.read_namespaced_job,
             "Role": self.rbac.read_namespaced_role,
             "RoleBinding": self.rbac.read_namespaced_role_binding,
+            "NetworkPolicy": self.networking.read_namespaced_network_policy,
         }
         try:
             return self._plain(readers[kind](name, namespace, _request_timeout=REQUEST_TIMEOUT))
@@ -173,6 +178,7 @@ class Kube:
             "Job": self.batch.create_namespaced_job,
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
+            "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }
         try:
             return self._plain(creators[kind](namespace, manifest, _request_timeout=REQUEST_TIMEOUT))
@@ -201,6 +207,23 @@ class Kube:
             if existing is None:  # deleted again in between: the next reconcile creates it
                 raise ApiException(status=409, reason=f"{manifest['kind']} {meta['name']} is being replaced")
         return owned_by(existing, owner_uid)
+
+    def ensure_spec(self, manifest: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+        """:meth:`ensure`, then the spec put back as built when it differs: for a child whose spec is a
+        guardrail (the trainer egress NetworkPolicy), changed by hand or by a new operator configuration.
+        A JSON patch replaces the whole spec: nothing of the old one is merged in."""
+        existing = self.ensure(manifest, owner_uid)
+        if existing.get("spec") == manifest["spec"]:
+            return existing
+        meta = manifest["metadata"]
+        patchers = {"NetworkPolicy": self.networking.patch_namespaced_network_policy}
+        replaced = patchers[manifest["kind"]](
+            meta["name"],
+            meta["namespace"],
+            [{"op": "replace", "path": "/spec", "value": manifest["spec"]}],
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        return self._plain(replaced)
 
     def patch_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.batch.patch_namespaced_job(

@@ -94,15 +94,23 @@ async def on_finetunejob(namespace: str, name: str, memo: kopf.Memo, **_: Any) -
 
 @kopf.on.event(*FINETUNEJOBS)
 async def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Status written by the trainer (progress, pre-flight, result) is not a spec change."""
+    """Status written by the trainer (progress, pre-flight, result) is not a spec change.
+
+    Every event but a deletion (the initial listing's too, so a restarted operator exports them
+    again) also refreshes the trainer's figures the operator exports from the status, labelled with
+    the object's own metadata.
+    """
     if event.get("type") == "DELETED":
         memo["queue"].forget(namespace, name)
         forget(namespace, name, memo["metrics"])
         memo["events"].forget(event["object"]["metadata"].get("uid", ""))
         config: OperatorConfig = memo["config"]
-        if config.pushgateway_url:
-            pushgateway.delete_trainer_group(config.pushgateway_url, namespace, name)
-    elif event.get("type") == "MODIFIED":
+        url = config.pushgateway_url_for(namespace)
+        if url:
+            pushgateway.delete_trainer_group(url, namespace, name)
+        return
+    memo["metrics"].trainer_results.update(event.get("object") or {})
+    if event.get("type") == "MODIFIED":
         memo["queue"].trigger(namespace, name)
 
 

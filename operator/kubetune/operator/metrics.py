@@ -12,17 +12,23 @@ Two kinds of families:
 - what is (gauges, GPU-seconds), computed at scrape time by :class:`FleetCollector` from what
   the latest reconcile of each job saw.
 
+And the trainers' final figures (:class:`TrainerFigures`), read from each FineTuneJob's status
+and exported under the namespace and name of the FineTuneJob's own metadata, never under anything
+the status says: a trainer writes its status, so it chooses the values, not whose they are. They
+outlive the training pod without a Pushgateway, and go when the FineTuneJob is deleted.
+
 Later families (drift monitoring is planned) register on the same :class:`OperatorMetrics`
 registry.
 """
 
 from __future__ import annotations
 
+import math
 import platform
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,8 +48,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 import kubetune.api
-from kubetune.api.contract import FINETUNEJOB_LABEL, NAMESPACE_LABEL
-from kubetune.api.v1alpha1 import TERMINAL_PHASES, Phase
+from kubetune.api.contract import FINETUNEJOB_LABEL, FORGETTING_METRICS, NAMESPACE_LABEL, RESULT_MODELS
+from kubetune.api.v1alpha1 import TERMINAL_PHASES, Metric, Phase
 
 # Waiting (creation to Job, creation to Running): seconds to a day, GPU queues can be long.
 WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
@@ -51,6 +57,12 @@ WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 
 RUN_BUCKETS = (60, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800, 604800)
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 ACTIVE_PHASES = tuple(str(p) for p in Phase if p not in TERMINAL_PHASES)
+
+# The trainer's figures the operator re-exports: a trainer writes them, so each is checked to be a
+# number it could mean (finite, and no loss, rate or evaluation score is anywhere near 1e15).
+RESULT_METRICS = frozenset((*(str(m) for m in Metric), *FORGETTING_METRICS))
+MAX_FIGURE = 1e15
+QUALITY_GATE_CONDITION = "QualityGatePassed"
 
 # No *_created series: nothing here queries them, and they double the number of series.
 disable_created_metrics()
@@ -195,6 +207,133 @@ class Fleet:
         yield from (phases, since, held, gpus, used)
 
 
+def figure(value: Any, *, minimum: float = -MAX_FIGURE) -> float | None:
+    """``value`` as a number worth exporting, else None: JSON numbers only (not booleans, strings or
+    objects), finite, within ``[minimum, MAX_FIGURE]``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    if not math.isfinite(number) or not minimum <= number <= MAX_FIGURE:
+        return None
+    return number
+
+
+@dataclass(frozen=True)
+class TrainerFigures:
+    """A trainer's latest figures as its FineTuneJob's status holds them (final once it finished)."""
+
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    evaluation: tuple[tuple[str, str, float], ...] = ()  # (model, metric, value), known names only
+    quality_gate_passed: bool | None = None  # the operator's QualityGatePassed condition
+
+    @classmethod
+    def from_status(cls, status: Any) -> TrainerFigures:
+        """Whatever the status holds, valid or not: what is not a known figure is left out."""
+        status = status if isinstance(status, Mapping) else {}
+        progress, result = (status.get(key) for key in ("progress", "result"))
+        progress = progress if isinstance(progress, Mapping) else {}
+        result = result if isinstance(result, Mapping) else {}
+        reported = result.get("metrics")
+        evaluation = []
+        for key, value in reported.items() if isinstance(reported, Mapping) else ():
+            model, _, metric = str(key).partition(".")
+            number = figure(value)
+            if model in RESULT_MODELS and metric in RESULT_METRICS and number is not None:
+                evaluation.append((model, metric, number))
+        return cls(
+            train_loss=figure(progress.get("trainLoss"), minimum=0.0),
+            eval_loss=figure(progress.get("evalLoss"), minimum=0.0),
+            tokens_per_second=figure(progress.get("tokensPerSecond"), minimum=0.0),
+            evaluation=tuple(sorted(evaluation)),
+            quality_gate_passed=_gate(status.get("conditions")),
+        )
+
+
+def _gate(conditions: Any) -> bool | None:
+    """The operator's own verdict on the quality gate (its condition), not the trainer's claim."""
+    for condition in conditions if isinstance(conditions, list) else ():
+        if isinstance(condition, Mapping) and condition.get("type") == QUALITY_GATE_CONDITION:
+            return {"True": True, "False": False}.get(str(condition.get("status")))
+    return None
+
+
+class TrainerResults(Collector):
+    """The trainers' figures, one entry per FineTuneJob, keyed by its metadata's namespace and name."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[tuple[str, str], TrainerFigures] = {}
+        self._lock = threading.Lock()
+
+    def update(self, body: Mapping[str, Any]) -> None:
+        """Record what a FineTuneJob's status says now (a watch event's object, or a read)."""
+        meta = body.get("metadata") if isinstance(body, Mapping) else None
+        if not isinstance(meta, Mapping) or not meta.get("namespace") or not meta.get("name"):
+            return
+        namespace, name = str(meta["namespace"]), str(meta["name"])
+        if meta.get("deletionTimestamp"):
+            self.forget(namespace, name)
+            return
+        figures = TrainerFigures.from_status(body.get("status"))
+        with self._lock:
+            if figures == TrainerFigures():
+                self._jobs.pop((namespace, name), None)
+            else:
+                self._jobs[(namespace, name)] = figures
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._jobs.pop((namespace, name), None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            jobs = sorted(self._jobs.items())
+        job_labels = (NAMESPACE_LABEL, FINETUNEJOB_LABEL)
+        train_loss = GaugeMetricFamily(
+            "kubetune_finetunejob_train_loss",
+            "Training loss the trainer last wrote into the FineTuneJob status (its final one once finished).",
+            labels=job_labels,
+        )
+        eval_loss = GaugeMetricFamily(
+            "kubetune_finetunejob_eval_loss",
+            "Validation loss the trainer last wrote into the FineTuneJob status (its final one once finished).",
+            labels=job_labels,
+        )
+        rate = GaugeMetricFamily(
+            "kubetune_finetunejob_tokens_per_second",
+            "Input tokens per second (padding excluded) the trainer last wrote into the FineTuneJob status.",
+            labels=job_labels,
+        )
+        evaluation = GaugeMetricFamily(
+            "kubetune_finetunejob_eval_metric",
+            "The trainer's evaluation in the FineTuneJob status' result: model=base|tuned, metric=accuracy, ...",
+            labels=(*job_labels, "model", "metric"),
+        )
+        gate = GaugeMetricFamily(
+            "kubetune_finetunejob_quality_gate_passed",
+            "1 if the FineTuneJob's QualityGatePassed condition is True (promoted), 0 if False.",
+            labels=job_labels,
+        )
+        for (namespace, name), figures in jobs:
+            job = (namespace, name)
+            for family, number in (
+                (train_loss, figures.train_loss),
+                (eval_loss, figures.eval_loss),
+                (rate, figures.tokens_per_second),
+            ):
+                if number is not None:
+                    family.add_metric(job, number)
+            for model, metric, number in figures.evaluation:
+                evaluation.add_metric((*job, model, metric), number)
+            if figures.quality_gate_passed is not None:
+                gate.add_metric(job, 1.0 if figures.quality_gate_passed else 0.0)
+        yield from (train_loss, eval_loss, rate, evaluation, gate)
+
+
 class FleetCollector(Collector):
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
@@ -214,6 +353,8 @@ class OperatorMetrics:
         self.failure_reasons = failure_reasons
         self.fleet = Fleet(clock)
         self.registry.register(FleetCollector(self.fleet))
+        self.trainer_results = TrainerResults()
+        self.registry.register(self.trainer_results)
         labels = (NAMESPACE_LABEL,)
         self.transitions = Counter(
             "kubetune_finetunejob_phase_transitions",
@@ -292,6 +433,7 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         self.fleet.forget(namespace, name)
+        self.trainer_results.forget(namespace, name)
 
     def serve(self, port: int) -> Any:
         """Serve ``/metrics`` on ``port`` in a background thread; returns the server to shut down."""

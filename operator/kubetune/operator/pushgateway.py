@@ -5,6 +5,9 @@ would serve a deleted job's series forever. A group is deleted when its FineTune
 deletion is seen, and a periodic sweep catches what that misses: a trainer whose last push
 came after the deletion (a pod killed with its job checkpoints and pushes on the way out),
 or jobs deleted while the operator was down.
+
+With one Pushgateway per namespace (the URL names ``{namespace}``), each namespace's is swept: the
+watched namespaces, or cluster-wide those that have FineTuneJobs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from urllib.error import URLError
 
 from prometheus_client import delete_from_gateway
 
-from kubetune.api.contract import FINETUNEJOB_LABEL, NAMESPACE_LABEL, PUSHGATEWAY_JOB, pushgateway_grouping_key
+from kubetune.api.contract import (
+    FINETUNEJOB_LABEL,
+    NAMESPACE_LABEL,
+    NAMESPACE_PLACEHOLDER,
+    PUSHGATEWAY_JOB,
+    pushgateway_grouping_key,
+)
 
 log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 5.0
@@ -90,11 +99,23 @@ class Sweeper:
     def _loop(self) -> None:
         while True:
             try:
-                sweep(self.url, self.existing, self.watched)
+                self.sweep_all()
             except Exception as err:  # the API server or the Pushgateway: try again next time
                 log.warning("Pushgateway sweep at %s failed: %s", self.url, err)
             if self._stop.wait(self.interval):
                 return
+
+    def sweep_all(self) -> list[JobKey]:
+        if NAMESPACE_PLACEHOLDER not in self.url:
+            return sweep(self.url, self.existing, self.watched)
+        stale: list[JobKey] = []
+        for namespace in self.watched or sorted({namespace for namespace, _ in self.existing()}):
+            url = self.url.replace(NAMESPACE_PLACEHOLDER, namespace)
+            try:
+                stale += sweep(url, self.existing, (namespace,))
+            except (URLError, OSError) as err:  # a namespace without a Pushgateway: nothing to sweep
+                log.info("Pushgateway sweep at %s skipped: %s", url, err)
+        return stale
 
     def stop(self) -> None:
         self._stop.set()

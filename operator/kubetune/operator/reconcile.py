@@ -22,9 +22,16 @@ from kubetune.operator.config import OperatorConfig
 from kubetune.operator.events import PhaseEvents
 from kubetune.operator.kube import ChildRefused, Kube, NotOwned, owned_by
 from kubetune.operator.metrics import Observation, OperatorMetrics, parse_time, phase_entered
-from kubetune.operator.status import Observed, Verdict, derive_status, failed_exit_code, job_condition
+from kubetune.operator.status import (
+    TRAINER_FIELDS,
+    Observed,
+    Verdict,
+    derive_status,
+    failed_exit_code,
+    job_condition,
+    recorded_phase_stands,
+)
 
-TRAINER_FIELDS = ("preflight", "progress", "resolved", "result")
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _namespace_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
@@ -74,6 +81,8 @@ def _ensure_children(
     kube.ensure(children.build_spec_configmap(owner, spec, config), owner.uid)
     for manifest in children.build_trainer_rbac(owner, spec):
         kube.ensure(manifest, owner.uid)
+    if config.trainer_egress is not None:  # before either Job, so no pod ever runs without it
+        kube.ensure_spec(children.build_trainer_network_policy(owner, config.trainer_egress), owner.uid)
     if training is not None or job_recorded:
         preflight = kube.read("Job", owner.namespace, children.preflight_job_name(owner.name))
         return (owned_by(preflight, owner.uid) if preflight else None), training, None
@@ -134,7 +143,7 @@ def _reconcile(
     owner = children.Owner.from_body(body)
     previous_status = dict(body.get("status") or {})
     previous_phase = previous_status.get("phase")
-    if previous_phase in TERMINAL_PHASES:
+    if previous_phase in TERMINAL_PHASES and recorded_phase_stands(_own_jobs(kube, owner)):
         events.post_recorded(kube, body)  # a restart between the status write and its Event
         outcome = _settled(body, kube, Phase(previous_phase))
         metrics.observe(_observation(body, outcome.verdict, previous_phase, gpus=0, training_job_created=None))
@@ -243,6 +252,21 @@ def _settled(body: dict[str, Any], kube: Kube, phase: Phase) -> Outcome:
     condition: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == str(phase)), {})
     verdict = Verdict(phase, condition.get("reason", str(phase)), condition.get("message", ""))
     return Outcome(phase, verdict, permanent_failure=False)
+
+
+def _own_jobs(kube: Kube, owner: children.Owner) -> list[dict[str, Any]]:
+    """The FineTuneJob's pre-flight and training Jobs that still exist (one of another owner is not its)."""
+    names = (children.preflight_job_name(owner.name), children.training_job_name(owner.name))
+    jobs = (kube.read("Job", owner.namespace, name) for name in names)
+    return [job for job in jobs if job is not None and _owned(job, owner.uid)]
+
+
+def _owned(job: dict[str, Any], owner_uid: str) -> bool:
+    try:
+        owned_by(job, owner_uid)
+    except NotOwned:
+        return False
+    return True
 
 
 def _trainer_termination(kube: Kube, namespace: str, job: dict[str, Any] | None) -> tuple[int, str] | None:

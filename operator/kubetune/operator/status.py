@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api.contract import EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED
-from kubetune.api.v1alpha1 import Phase
+from kubetune.api.v1alpha1 import FineTuneJobStatus, Phase
 
 # Every reason a Failed condition can carry: validation.check_references' and check_policy's problems, the
 # manifest parser's, and decide()'s own (tests keep this list complete). Bounded, so it is
@@ -45,6 +45,13 @@ MAX_TRANSITION_MESSAGE = 1024
 # The Job controller's Failed condition after a FailJob rule names the exit code: "Container
 # trainer for pod <ns>/<pod> failed with exit code 3 matching FailJob rule at index 0".
 FAILED_WITH_EXIT_CODE = re.compile(r"\bfailed with exit code (\d+)\b")
+
+# The trainer's part of the status: what it reports, and all the operator reads from status to derive
+# the rest. Phase, conditions and the operator's bookkeeping are never taken from status as verdicts
+# (the chart's admission policy also refuses a trainer's write to them).
+TRAINER_FIELDS = ("preflight", "progress", "resolved", "result")
+# Every key the status schema names (the operator's and the trainer's parts), and kopf's own.
+STATUS_FIELDS = frozenset(field.alias or name for name, field in FineTuneJobStatus.model_fields.items()) | {"kopf"}
 
 # Conditions that are True exactly while the job is in one phase.
 PHASE_CONDITIONS = (
@@ -248,8 +255,6 @@ def render_status(
     """The operator-owned status fields for this verdict (a merge patch for status)."""
     previous = {c["type"]: c for c in previous_status.get("conditions") or [] if "type" in c}
     phase = verdict.phase
-    result = observed.trainer_status.get("result") or {}
-    promoted = result.get("promoted")
     conditions = [_condition("Validated", *verdict.validated, previous, now, generation)]
     for kind, active_phase in PHASE_CONDITIONS:
         active = phase == active_phase
@@ -264,24 +269,12 @@ def render_status(
                 generation,
             )
         )
-    if promoted is not None and phase == Phase.SUCCEEDED:  # the gate is judged on a finished run
-        gate = result.get("qualityGateMessage") or ""
-        conditions.append(
-            _condition(
-                "QualityGatePassed",
-                "True" if promoted else "False",
-                "QualityGatePassed" if promoted else "QualityGateNotMet",
-                gate
-                or (
-                    "the tuned model met the quality gate"
-                    if promoted
-                    else "published but not promoted: the quality gate was missed (see the evaluation report)"
-                ),
-                previous,
-                now,
-                generation,
-            )
-        )
+    gate = quality_gate(
+        observed.trainer_status.get("result") or {},
+        job_succeeded=job_condition(observed.training_job, "Complete") is not None,
+    )
+    if gate is not None and phase == Phase.SUCCEEDED:  # the gate is judged on a finished run
+        conditions.append(_condition("QualityGatePassed", *gate, previous, now, generation))
     status: dict[str, Any] = {
         "phase": str(phase),
         "phaseHistory": phase_history(previous_status, verdict, now),
@@ -303,7 +296,61 @@ def render_status(
         status["startTime"] = start
     if phase in (Phase.SUCCEEDED, Phase.FAILED):
         status["completionTime"] = previous_status.get("completionTime") or job_status.get("completionTime") or now
-    return {k: v for k, v in status.items() if v is not None}
+    written = {k: v for k, v in status.items() if v is not None}
+    # A key the status schema does not name (the schema keeps unknown status fields) was written by
+    # someone else, e.g. a trainer's `promoted`: removed (null in the merge patch), so it never survives.
+    return written | {key: None for key in previous_status if key not in STATUS_FIELDS}
+
+
+def quality_gate(result: Mapping[str, Any], *, job_succeeded: bool) -> tuple[str, str, str] | None:
+    """The QualityGatePassed condition (status, reason, message) of a finished run from the trainer's
+    result; None when the trainer gave no verdict.
+
+    "Not promoted" is taken as reported. "Promoted" is the trainer's claim, taken only when it is
+    consistent: the operator saw the training Job succeed, a version and its manifest were
+    published, and at least one gate check was judged and every judged check passed. Otherwise the
+    condition is False with reason ``PromotionNotVerified``, saying why.
+    """
+    promoted = result.get("promoted")
+    if promoted is None:
+        return None
+    gate = str(result.get("qualityGateMessage") or "")
+    if promoted is not True:
+        missed = "published but not promoted: the quality gate was missed (see the evaluation report)"
+        return "False", "QualityGateNotMet", gate or missed
+    problems = promotion_problems(result, job_succeeded=job_succeeded)
+    if problems:
+        return "False", "PromotionNotVerified", "the trainer reported the model promoted, but " + "; ".join(problems)
+    return "True", "QualityGatePassed", gate or "the tuned model met the quality gate"
+
+
+def promotion_problems(result: Mapping[str, Any], *, job_succeeded: bool) -> list[str]:
+    """Why a result claiming ``promoted`` is not internally consistent (empty when it is)."""
+    problems = []
+    if not job_succeeded:
+        problems.append("the operator did not see the training Job succeed")
+    if not result.get("version") or not result.get("manifestUri"):
+        problems.append("it names no published version and manifest URI")
+    checks = [check for check in result.get("gateChecks") or [] if isinstance(check, Mapping)]
+    judged = [check for check in checks if check.get("passed") is not None]
+    failed = [str(check.get("name", "?")) for check in judged if check.get("passed") is not True]
+    if not judged:
+        problems.append("it lists no judged gate check")
+    if failed:
+        problems.append(f"gate checks {', '.join(failed)} did not pass")
+    return problems
+
+
+def recorded_phase_stands(children: list[dict[str, Any]]) -> bool:
+    """Whether a terminal phase found in status is kept as the operator recorded it, given the
+    FineTuneJob's own child Jobs that still exist.
+
+    The operator records a terminal phase once a Job finished or no Job could be made. While one of
+    its Jobs still runs, a terminal phase in status is either someone else's (a trainer wrote it) or
+    one the operator derives from what it still observes (a spec its policy now refuses): deriving
+    the status again undoes the first and finds the second again, so it is derived again.
+    """
+    return all(job_condition(job, "Complete") or job_condition(job, "Failed") for job in children)
 
 
 def phase_history(previous_status: dict[str, Any], verdict: Verdict, now: str) -> list[dict[str, Any]]:

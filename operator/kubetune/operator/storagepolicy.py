@@ -15,7 +15,6 @@ regression set, output, checkpoints); empty allows any bucket.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
+from kubetune.api.addresses import non_public_reason, parse_address
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 
 ANY_PUBLIC_ENDPOINT = "*"
@@ -65,12 +65,23 @@ class StoragePolicy:
                     return field, f"{uri} is outside the storage this namespace may use ({', '.join(allowed)})"
         return None
 
-    def _endpoint_refusal(self, endpoint: str) -> str | None:
+    def admitted_as_public(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` is allowed only as "any public endpoint" (the ``*`` entry), not listed by
+        the platform. Its name was checked, not what it will resolve to: the operator tells the trainer
+        (``contract.ENV_S3_PUBLIC_ENDPOINT_ONLY``), which refuses a connection that reaches a
+        non-public address (``kubetune_trainer.egress``)."""
+        return not self._listed(endpoint) and ANY_PUBLIC_ENDPOINT in self.endpoints
+
+    def _listed(self, endpoint: str) -> bool:
         split = urlsplit(endpoint)
         host = (split.hostname or "").lower()
         listed = {host, f"{host}:{split.port}"} if split.port is not None else {host}
-        if listed & set(self.endpoints):
+        return bool(listed & set(self.endpoints))
+
+    def _endpoint_refusal(self, endpoint: str) -> str | None:
+        if self._listed(endpoint):
             return None
+        host = (urlsplit(endpoint).hostname or "").lower()
         if (internal := _internal(host)) is not None:
             return f"{endpoint} is {internal}; the platform must list it in policy.allowedS3Endpoints"
         if ANY_PUBLIC_ENDPOINT not in self.endpoints:
@@ -81,20 +92,14 @@ class StoragePolicy:
 def _internal(host: str) -> str | None:
     """Why ``host`` points inside the cluster or the node, or None for a public name or address."""
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        address = parse_address(host)
     except ValueError:
         if host == "localhost" or "." not in host or host.endswith(INTERNAL_SUFFIXES):
             return "a cluster-internal name"
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:169.254.169.254 is the metadata service too
-    if address.is_loopback:
-        return "a loopback address"
-    if address.is_link_local:
-        return "a link-local address (the instance metadata service lives there)"
-    if address.is_private or address.is_reserved or address.is_unspecified or address.is_multicast:
-        return "a private or reserved address"
-    return None
+    # The trainer applies the same rule to the address it connects to (::ffff:169.254.169.254 is the
+    # metadata service too).
+    return non_public_reason(address)
 
 
 def s3_uris(model: Any, path: str) -> Iterator[tuple[str, str]]:

@@ -7,7 +7,8 @@ quantity or a timestamp is parsed and re-encoded in its canonical form. ``decode
 Kubernetes OpenAPI schema shipped with ``kubernetes_validate`` (one compiled type tree per kind,
 built once). ``default`` mirrors the v1 defaulting functions and the strategies' PrepareForCreate,
 ``validate`` the strategies' Validate/ValidateUpdate (pkg/apis/core/validation, pkg/apis/batch/validation,
-pkg/apis/rbac/validation), for the kinds kubetune writes; other kinds get the metadata rules only.
+pkg/apis/rbac/validation, pkg/apis/networking/validation), for the kinds kubetune writes; other kinds
+get the metadata rules only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import ipaddress
 import itertools
 import json
 import re
@@ -1377,6 +1379,133 @@ def _binding_update(namespaced: bool) -> Callable[[Obj, Obj], list[FieldError]]:
     return validate_update
 
 
+# ================================================================ networking.k8s.io/v1 NetworkPolicy
+# pkg/apis/networking/validation: ValidateNetworkPolicy / ValidateNetworkPolicyUpdate, and the v1 defaults.
+_POLICY_TYPES = ("Ingress", "Egress")
+_PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
+_CIDR_MESSAGE = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
+
+
+def _default_network_policy(policy: Obj, operation: str) -> None:
+    """SetDefaults_NetworkPolicyPort (protocol TCP) and SetDefaults_NetworkPolicy (policyTypes: Ingress,
+    plus Egress when there are egress rules); podSelector is a struct, so it is always there."""
+    spec = policy.setdefault("spec", {})
+    spec.setdefault("podSelector", {})
+    for rule in (spec.get("ingress") or []) + (spec.get("egress") or []):
+        for port in rule.get("ports") or []:
+            port.setdefault("protocol", "TCP")
+    if not spec.get("policyTypes"):
+        spec["policyTypes"] = ["Ingress", "Egress"] if spec.get("egress") else ["Ingress"]
+
+
+def parse_cidr_sloppy(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """netutils.ParseCIDRSloppy: ``address/length``, host bits allowed, IPv4 octets with leading zeros
+    allowed; None when ``text`` is not a CIDR."""
+    address, slash, length = text.partition("/")
+    if not slash or not length.isdigit():
+        return None
+    octets = address.split(".")
+    if len(octets) == 4 and all(octet.isdigit() for octet in octets):
+        address = ".".join(str(int(octet)) for octet in octets)
+    try:
+        return ipaddress.ip_network(f"{address}/{int(length)}", strict=False)
+    except ValueError:
+        return None
+
+
+def _ip_block_errors(block: Obj, path: str) -> list[FieldError]:
+    """ValidateIPBlock: a CIDR, and each ``except`` a CIDR strictly inside it."""
+    cidr = block.get("cidr", "")
+    if not cidr:
+        return [required(child(path, "cidr"))]
+    network = parse_cidr_sloppy(cidr)
+    if network is None:
+        return [invalid(child(path, "cidr"), cidr, _CIDR_MESSAGE)]
+    errors: list[FieldError] = []
+    for i, text in enumerate(block.get("except") or ()):
+        at = index(child(path, "except"), i)
+        excepted = parse_cidr_sloppy(text)
+        if excepted is None:
+            errors.append(invalid(at, text, _CIDR_MESSAGE))
+        elif excepted.network_address not in network or network.prefixlen >= excepted.prefixlen:
+            errors.append(invalid(at, text, "must be a strict subset of `cidr`"))
+    return errors
+
+
+def _network_policy_peer_errors(peer: Obj, path: str) -> list[FieldError]:
+    errors: list[FieldError] = []
+    peers = 0
+    for name in ("podSelector", "namespaceSelector"):
+        if peer.get(name) is not None:
+            peers += 1
+            errors += selector_errors(peer[name], child(path, name))
+    if peer.get("ipBlock") is not None:
+        peers += 1
+        errors += _ip_block_errors(peer["ipBlock"], child(path, "ipBlock"))
+    if peers == 0:
+        errors.append(required(path, "must specify a peer"))
+    elif peers > 1 and peer.get("ipBlock") is not None:
+        errors.append(forbidden(path, "may not specify both ipBlock and another peer"))
+    return errors
+
+
+def _network_policy_port_errors(port: Obj, path: str) -> list[FieldError]:
+    errors: list[FieldError] = []
+    protocol = port.get("protocol")
+    if protocol is not None and protocol not in _PORT_PROTOCOLS:
+        errors.append(not_supported(child(path, "protocol"), protocol, _PORT_PROTOCOLS))
+    number, end = port.get("port"), port.get("endPort")
+    if number is None:
+        if end is not None:
+            errors.append(invalid(child(path, "endPort"), end, "may not be specified when `port` is not specified"))
+    elif isinstance(number, int):
+        errors += [invalid(child(path, "port"), number, m) for m in meta.is_valid_port_num(number)]
+        if end is not None:
+            if end < number:
+                errors.append(invalid(child(path, "endPort"), number, "must be greater than or equal to `port`"))
+            errors += [invalid(child(path, "endPort"), end, m) for m in meta.is_valid_port_num(end)]
+    else:
+        if end is not None:
+            errors.append(invalid(child(path, "endPort"), end, "may not be specified when `port` is non-numeric"))
+        errors += [invalid(child(path, "port"), number, m) for m in meta.is_valid_port_name(number)]
+    return errors
+
+
+def _network_policy_spec_errors(spec: Obj, path: str) -> list[FieldError]:
+    """ValidateNetworkPolicySpec, in its order: podSelector, ingress, egress, policyTypes."""
+    errors = selector_errors(spec.get("podSelector") or {}, child(path, "podSelector"))
+    for i, rule in enumerate(spec.get("ingress") or ()):
+        at = index(child(path, "ingress"), i)
+        for j, port in enumerate(rule.get("ports") or ()):
+            errors += _network_policy_port_errors(port, index(child(at, "ports"), j))
+        for j, peer in enumerate(rule.get("from") or ()):
+            errors += _network_policy_peer_errors(peer, index(child(at, "from"), j))
+    for i, rule in enumerate(spec.get("egress") or ()):
+        at = index(child(path, "egress"), i)
+        for j, peer in enumerate(rule.get("to") or ()):
+            errors += _network_policy_peer_errors(peer, index(child(at, "to"), j))
+        for j, port in enumerate(rule.get("ports") or ()):
+            errors += _network_policy_port_errors(port, index(child(at, "ports"), j))
+    types = spec.get("policyTypes") or []
+    if len(types) > len(_POLICY_TYPES):
+        shown = GoText("[]networking.PolicyType{" + ", ".join(meta.go_quote(t) for t in types) + "}")
+        return [*errors, invalid(child(path, "policyTypes"), shown, "may not specify more than two policyTypes")]
+    for i, kind in enumerate(types):
+        if kind not in _POLICY_TYPES:
+            errors.append(not_supported(index(child(path, "policyTypes"), i), kind, _POLICY_TYPES))
+    return errors
+
+
+def _validate_network_policy(policy: Obj) -> list[FieldError]:
+    errors = meta.validate_object_meta(policy["metadata"], namespaced=True, name_rule=meta.dns_subdomain_name)
+    return errors + _network_policy_spec_errors(policy.get("spec") or {}, "spec")
+
+
+def _validate_network_policy_update(new: Obj, old: Obj) -> list[FieldError]:
+    """The spec is mutable; it is validated as on create (the metadata update rules run before)."""
+    return _network_policy_spec_errors(new.get("spec") or {}, "spec")
+
+
 def _required_fields_errors(node: GoType, value: Any, path: str) -> list[FieldError]:
     """For kinds validated by schema only: fields the OpenAPI schema marks required must be present."""
     errors: list[FieldError] = []
@@ -1443,6 +1572,9 @@ _RULES: dict[tuple[str, str], KindRules] = {
     ("", "Namespace"): KindRules(_meta_only(meta.dns_label_name, False), default=_default_namespace),
     ("", "Service"): KindRules(_meta_only(meta.dns1035_name, True)),
     ("", "Event"): KindRules(_validate_event),
+    ("networking.k8s.io", "NetworkPolicy"): KindRules(
+        _validate_network_policy, _validate_network_policy_update, default=_default_network_policy
+    ),
     ("rbac.authorization.k8s.io", "Role"): KindRules(_role_validator(True)),
     ("rbac.authorization.k8s.io", "ClusterRole"): KindRules(_role_validator(False)),
     ("rbac.authorization.k8s.io", "RoleBinding"): KindRules(

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.contract import FORGETTING_METRICS
 from kubetune_trainer.evaluation.gate import Forgetting, GateResult
 from kubetune_trainer.evaluation.results import MetricResult
 
@@ -30,12 +31,10 @@ class EvaluationReport:
         for m in self.metrics:
             flat[f"base.{m.name}"] = round(m.base, 6)
             flat[f"tuned.{m.name}"] = round(m.tuned, 6)
-        measures = {
-            "regressionLikelihood": self.forgetting.likelihood,
-            "generalKnownAnswers": self.forgetting.known_answers,
-            "generalLabelCollapse": self.forgetting.label_collapse,
-        }
-        for name, measure in measures.items():
+        # Named by the contract: the operator re-exports only the metrics it names.
+        forgetting = self.forgetting
+        measures = (forgetting.likelihood, forgetting.known_answers, forgetting.label_collapse)
+        for name, measure in zip(FORGETTING_METRICS, measures, strict=True):
             if measure is not None:
                 flat[f"base.{name}"] = round(measure.base, 6)
                 flat[f"tuned.{name}"] = round(measure.tuned, 6)
