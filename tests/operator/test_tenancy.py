@@ -15,7 +15,9 @@ from kubetune.api.contract import ENV_S3_CREDENTIALS_DIR, S3_CREDENTIALS_DIR
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from tests.kubeapi.cluster import CLUSTERWIDE, OPERATOR_NAMESPACE, TestCluster
 from tests.operator.cluster import Cluster, wait_for
+from tests.operator.conftest import free_port, running_operator
 from tests.operator.test_validation import assert_rejected, with_spec
+from tests.scrape import get
 
 PLANTED = "planted-secret-value-4f1c9e"
 SECRET_REF = {"name": "s3-creds", "accessKeyIdKey": "id", "secretAccessKeyKey": "key", "sessionTokenKey": "token"}
@@ -37,11 +39,20 @@ def test_a_secret_nobody_opted_in_is_refused(cluster: Cluster, operator: Any) ->
 
 
 def test_an_opted_in_secret_is_mounted_as_files_and_its_contents_never_reach_the_operator(
-    cluster: Cluster, test_cluster: TestCluster, operator: Any
+    cluster: Cluster, test_cluster: TestCluster
 ) -> None:
+    """The planted value is in no object the operator wrote (a Job, a ConfigMap, the FineTuneJob, an
+    Event: every object of every kind but Secrets), not on its /metrics and not in its log."""
     cluster.create_secret("s3-creds", {"id": "AKIA", "key": PLANTED})  # no "token" key: the trainer says so
-    cluster.apply(with_spec(s3={"endpoint": "https://s3.example.com", "credentialsSecret": SECRET_REF}))
-    job = wait_for(lambda: cluster.job("tickets-preflight"), what="the pre-flight Job")
+    port = free_port()
+    with running_operator(test_cluster, KUBETUNE_METRICS_PORT=str(port)) as runner:
+        cluster.apply(with_spec(s3={"endpoint": "https://s3.example.com", "credentialsSecret": SECRET_REF}))
+        job = wait_for(lambda: cluster.job("tickets-preflight"), what="the pre-flight Job")
+        metrics = get(f"http://127.0.0.1:{port}/metrics")
+        written = [obj for path, obj in Cluster._everything(test_cluster.garbage_collector) if "/secrets/" not in path]
+    assert any(obj.get("kind") == "ConfigMap" or "data" in obj for obj in written)  # the job's ConfigMap is there
+    assert "tickets" in runner.output and "kubetune_" in metrics  # both were read, not empty
+    assert PLANTED not in json.dumps(written) and PLANTED not in metrics and PLANTED not in runner.output
     pod = job["spec"]["template"]["spec"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == "s3-credentials"]
     assert volume["secret"] == {
