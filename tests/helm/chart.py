@@ -18,6 +18,8 @@ ALL_FEATURES_VALUES = Path(__file__).with_name("values-all-features.yaml")
 EXAMPLE_PLATFORM_VALUES = Path(__file__).resolve().parents[2] / "examples" / "platform" / "values.yaml"
 RELEASE = "kt"
 RELEASE_NAMESPACE = "kubetune-system"
+# A cluster-wide install: opted into, and the default watchNamespaces ([default]) removed.
+CLUSTER_WIDE = ("clusterWide=true", "watchNamespaces=null")
 
 Manifest = dict[str, Any]
 

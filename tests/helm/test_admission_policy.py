@@ -29,7 +29,7 @@ TRAINER = UserInfo.service_account("ml", children.trainer_account_name("tickets"
 ADMIN = UserInfo.user("platform-admin", "system:masters")
 JOBS = ResourceType("batch", "v1", "jobs", "Job", True, frozenset({"status"}))
 FINETUNEJOBS = ResourceType(GROUP, VERSION, PLURAL, KIND, True, frozenset({"status"}), crd_name=f"{PLURAL}.{GROUP}")
-NAMESPACES = ("ml", "research", "shared", "kube-system", "kube-public", RELEASE_NAMESPACE)
+NAMESPACES = ("default", "ml", "research", "shared", "kube-system", "kube-public", RELEASE_NAMESPACE)
 DIGEST = "sha256:" + "a" * 64
 TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"  # the chart's default trainerImage at its appVersion
 
@@ -46,8 +46,8 @@ def admission(*sets: str) -> AdmissionPolicies:
     return AdmissionPolicies(lambda kind: [obj for obj in objects if obj["kind"] == kind])
 
 
-def operator_job(image: str = TRAINER_IMAGE, namespace: str = "ml") -> Manifest:
-    """The pre-flight Job exactly as the operator builds it."""
+def operator_job(image: str = TRAINER_IMAGE, namespace: str = "default") -> Manifest:
+    """The pre-flight Job exactly as the operator builds it (in `default`, the namespace the defaults watch)."""
     owner = children.Owner("tickets", namespace, "6f1c2a9e-0000-4000-8000-000000000001")
     config = OperatorConfig.from_env({"KUBETUNE_TRAINER_IMAGE": image})
     return children.build_preflight_job(owner, spec(), config)
@@ -105,7 +105,13 @@ def test_default_values_render_both_policies_each_bound_to_deny() -> None:
 
 
 @pytest.mark.parametrize(
-    "sets", [(), ("watchNamespaces={ml,research}",), ("policy.allowedImages={ghcr.io/x/*,python}",)]
+    "sets",
+    [
+        (),
+        ("watchNamespaces={ml,research}",),
+        ("policy.allowedImages={ghcr.io/x/*,python}",),
+        ("release.requireDigests=true", f"image.digest={DIGEST}", f"trainerImage.digest={DIGEST}"),
+    ],
 )
 def test_every_cel_expression_compiles(sets: tuple[str, ...]) -> None:
     environment = celpy.Environment()
@@ -124,7 +130,7 @@ def test_the_operators_own_jobs_are_admitted() -> None:
     policies = admission()
     assert create_job(policies, operator_job()) is None
     training = children.build_training_job(
-        children.Owner("tickets", "ml", "6f1c2a9e-0000-4000-8000-000000000001"),
+        children.Owner("tickets", "default", "6f1c2a9e-0000-4000-8000-000000000001"),
         spec(),
         OperatorConfig.from_env({"KUBETUNE_TRAINER_IMAGE": TRAINER_IMAGE}),
     )
@@ -200,11 +206,11 @@ def test_updates_are_held_to_the_same_rules() -> None:
     _without_labels(changed)
     meta = job["metadata"]
     refused, _ = policies.validate(
-        operation="UPDATE", rtype=JOBS, obj=changed, old=job, user=OPERATOR, namespace="ml", name=meta["name"]
+        operation="UPDATE", rtype=JOBS, obj=changed, old=job, user=OPERATOR, namespace="default", name=meta["name"]
     )
     assert refused is not None and LABELS in refused.message
     allowed, _ = policies.validate(
-        operation="UPDATE", rtype=JOBS, obj=job, old=job, user=OPERATOR, namespace="ml", name=meta["name"]
+        operation="UPDATE", rtype=JOBS, obj=job, old=job, user=OPERATOR, namespace="default", name=meta["name"]
     )
     assert allowed is None
 
@@ -215,7 +221,9 @@ def test_with_watch_namespaces_jobs_stay_in_them() -> None:
     error = create_job(policies, operator_job(namespace="shared"))
     assert error is not None
     assert "runs Jobs only in the namespaces it watches (ml, research)" in error.message
-    assert create_job(admission(), operator_job(namespace="shared")) is None
+    assert "watches (default)" in str(create_job(admission(), operator_job(namespace="shared"))), "the defaults"
+    clusterwide = admission("clusterWide=true", "watchNamespaces=null")
+    assert create_job(clusterwide, operator_job(namespace="shared")) is None
 
 
 # Allow-lists, and images written every way, including look-alike hosts and repository prefixes: the
@@ -302,6 +310,19 @@ def test_a_trainer_image_pinned_by_digest_is_admitted_by_that_digest_alone() -> 
     for image in (TRAINER_IMAGE, f"ghcr.io/kubetune/trainer:0.1.0@sha256:{'b' * 64}"):
         error = create_job(policies, operator_job(image))
         assert error is not None and IMAGE in error.message
+
+
+def test_the_release_profile_admits_images_by_digest_only() -> None:
+    policies = admission(
+        "release.requireDigests=true",
+        f"image.digest={DIGEST}",
+        f"trainerImage.digest={DIGEST}",
+        "policy.allowedImages={ghcr.io/kubetune/trainer}",
+    )
+    assert create_job(policies, operator_job(f"{TRAINER_IMAGE}@{DIGEST}")) is None
+    error = create_job(policies, operator_job(TRAINER_IMAGE))
+    assert error is not None and f"image {TRAINER_IMAGE} names no digest" in error.message
+    assert create_job(admission("policy.allowedImages={ghcr.io/kubetune/trainer}"), operator_job(TRAINER_IMAGE)) is None
 
 
 # ---------------------------------------------------------------------------------------------- trainer status

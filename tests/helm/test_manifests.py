@@ -11,6 +11,7 @@ import yaml
 from tests.helm.chart import (
     ALL_FEATURES_VALUES,
     CHART,
+    CLUSTER_WIDE,
     ROOT,
     Manifest,
     container_env,
@@ -29,8 +30,9 @@ DIGEST = "sha256:" + "0123456789abcdef" * 4  # a well-formed digest for renderin
 CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 CONFIGURATIONS: dict[str, tuple[tuple[str, ...], Path | None]] = {
-    "defaults": ((), None),
+    "defaults": ((), None),  # namespaced, watching `default`
     "namespaced": (("watchNamespaces={ml,research}",), None),
+    "cluster-wide": (CLUSTER_WIDE, None),
     "all-features": ((), ALL_FEATURES_VALUES),
     "minimal": (("metrics.service.enabled=false", "serviceAccount.create=false", "serviceAccount.name=ops"), None),
 }
@@ -94,6 +96,7 @@ def test_chart_crd_is_a_valid_custom_resource_definition() -> None:
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("trainerImage.repository=", "/trainerImage/repository"),
         ("watchNamespaces={ML_Team}", "/watchNamespaces/0"),
+        ("clusterWide=yes", "/clusterWide"),
         ("metrics.port=70000", "/metrics/port"),
         ("s3.endpoint=minio:9000", "/s3/endpoint"),
         ("imagge.tag=typo", "imagge"),
@@ -115,6 +118,9 @@ def test_values_schema_names_the_bad_value(assignment: str, complaint: str) -> N
         (("healthPort=8080",), "metrics.port and healthPort must differ"),
         (("metrics.serviceMonitor.enabled=true", "metrics.service.enabled=false"), "needs metrics.service.enabled"),
         (("serviceAccount.create=false",), "serviceAccount.name is required"),
+        (("clusterWide=true",), "clusterWide: true watches every namespace, but watchNamespaces lists default"),
+        (("clusterWide=true", "watchNamespaces={ml,research}"), "but watchNamespaces lists ml, research"),
+        (("watchNamespaces=null",), "watchNamespaces is empty and clusterWide is false"),
         (("release.requireDigests=true",), "release.requireDigests: image.digest is empty"),
         (
             ("release.requireDigests=true", f"image.digest={DIGEST}"),

@@ -21,6 +21,7 @@ from kubetune.operator.config import OperatorConfig
 from tests.builders import spec
 from tests.helm.chart import (
     ALL_FEATURES_VALUES,
+    CLUSTER_WIDE,
     ROOT,
     Manifest,
     container_env,
@@ -123,7 +124,8 @@ def trainer_env(docs: list[Manifest]) -> dict[str, str | None]:
 
 def test_pod_monitor_selects_the_training_pods_the_operator_builds_and_no_others() -> None:
     for sets, namespaces in (
-        ((), {"any": True}),
+        ((), {"matchNames": ["default"]}),
+        (CLUSTER_WIDE, {"any": True}),
         (("watchNamespaces={ml,research}",), {"matchNames": ["ml", "research"]}),
     ):
         docs = render(*sets, "metrics.trainer.podMonitor.enabled=true", "metrics.trainer.port=9400")

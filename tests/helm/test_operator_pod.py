@@ -11,6 +11,7 @@ from kubetune.api.manifest import parse_manifest
 from tests.helm.chart import (
     ALL_FEATURES_VALUES,
     CHART,
+    CLUSTER_WIDE,
     EXAMPLE_PLATFORM_VALUES,
     RELEASE,
     container_env,
@@ -68,10 +69,11 @@ def test_operator_command_probes_and_ports() -> None:
 
 def test_environment_carries_the_operator_configuration() -> None:
     assert container_env(render()) == {
-        "KUBETUNE_NAMESPACES": "",
+        "KUBETUNE_NAMESPACES": "default",  # namespaced by default
         "KUBETUNE_OPERATOR_NAMESPACE": "fieldRef:metadata.namespace",
         "KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:0.1.0",
         "KUBETUNE_ALLOWED_IMAGES": "",
+        "KUBETUNE_REQUIRE_IMAGE_DIGESTS": "false",
         "KUBETUNE_ALLOW_INSTANCE_METADATA": "false",
         "KUBETUNE_PLACEMENT_PROFILES": "{}",
         "KUBETUNE_ALLOW_RAW_SCHEDULING": "false",
@@ -104,6 +106,7 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_OPERATOR_NAMESPACE": "fieldRef:metadata.namespace",
         "KUBETUNE_TRAINER_IMAGE": "registry.example.com/kubetune/trainer:1.2.3-cu128",
         "KUBETUNE_ALLOWED_IMAGES": "registry.example.com/kubetune/trainer,registry.example.com/ml-team/*",
+        "KUBETUNE_REQUIRE_IMAGE_DIGESTS": "false",
         "KUBETUNE_ALLOW_INSTANCE_METADATA": "true",
         "KUBETUNE_PLACEMENT_PROFILES": json.dumps(
             {
@@ -141,6 +144,7 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_PUSHGATEWAY_URL": "http://prometheus-pushgateway.{namespace}.svc:9091",
         "KUBETUNE_PUSH_INTERVAL_SECONDS": "30",
     }
+    assert container_env(render(*CLUSTER_WIDE))["KUBETUNE_NAMESPACES"] == "", "empty: every namespace"
 
 
 def test_resources_come_from_values() -> None:
@@ -174,19 +178,21 @@ def test_metrics_service_targets_the_metrics_port() -> None:
 
 
 def test_helm_test_hook_checks_the_operator_account_where_it_watches() -> None:
-    clusterwide = only(render(), "Pod")
+    clusterwide = only(render(*CLUSTER_WIDE), "Pod")
     assert clusterwide["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert clusterwide["spec"]["serviceAccountName"] == only(render(), "ServiceAccount")["metadata"]["name"]
     script = clusterwide["spec"]["containers"][0]["args"][0]
     assert "list_cluster_custom_object" in script and "/metrics" in script
     namespaced_script = only(render("watchNamespaces={ml}"), "Pod")["spec"]["containers"][0]["args"][0]
     assert 'list_namespaced_custom_object("kubetune.dev", "v1alpha1", "ml", "finetunejobs")' in namespaced_script
+    default_script = only(render(), "Pod")["spec"]["containers"][0]["args"][0]
+    assert 'list_namespaced_custom_object("kubetune.dev", "v1alpha1", "default", "finetunejobs")' in default_script
     compile(script, "helm-test", "exec")
     compile(namespaced_script, "helm-test", "exec")
 
 
-def notes(*sets: str) -> str:
-    args = ["install", RELEASE, str(CHART), "--dry-run=client", "--namespace", "kubetune-system"]
+def notes(*sets: str, namespace: str = "kubetune-system") -> str:
+    args = ["install", RELEASE, str(CHART), "--dry-run=client", "--namespace", namespace]
     for assignment in sets:
         args += ["--set", assignment]
     result = helm(*args)
@@ -202,7 +208,15 @@ def test_notes_show_a_first_job_that_the_api_accepts() -> None:
     heredoc = text.split("<<'YAML'\n", 1)[1].split("\n  YAML\n", 1)[0]
     job = parse_manifest(yaml.safe_load(textwrap.dedent(heredoc)), "NOTES.txt")
     assert job.spec.dataset.sources[0].uri.startswith("file:///opt/kubetune/examples/")
-    assert "in every namespace" in notes() and "kubectl apply -n default -f -" in notes()
+    assert "in every namespace" in notes(*CLUSTER_WIDE) and "kubectl apply -n default -f -" in notes(*CLUSTER_WIDE)
+    assert "watches FineTuneJobs in: default" in notes() and "kubectl apply -n default -f -" in notes()
+    assert "WARNING" not in notes(), "installed into its own namespace"
+
+
+def test_notes_warn_when_the_operators_own_namespace_is_the_only_one_watched() -> None:
+    """The operator takes no FineTuneJobs where it runs: `helm install` without -n would give no working install."""
+    text = notes(namespace="default")
+    assert "WARNING: default is the operator's own namespace, where it takes no FineTuneJobs" in text
 
 
 def test_the_policy_values_start_an_operator_that_enforces_them() -> None:

@@ -1,5 +1,5 @@
-"""The chart's RBAC: bound to the operator's own ServiceAccount, namespaced when asked, no wildcards,
-and FineTuneJobs added to the built-in user roles.
+"""The chart's RBAC: bound to the operator's own ServiceAccount, namespaced unless cluster-wide is asked
+for (``clusterWide: true``), no wildcards, and FineTuneJobs added to the built-in user roles.
 
 Which grants exactly is proven by use, not written out here: tests/operator/test_rbac_usage.py compares
 the chart's grants with every request the operator made over the whole operator suite, both ways.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helm.chart import RELEASE_NAMESPACE, Manifest, of_kind, only, render
+from tests.helm.chart import CLUSTER_WIDE, RELEASE_NAMESPACE, Manifest, of_kind, only, render
 
 Grants = dict[tuple[str, str], set[str]]
 
@@ -51,22 +51,30 @@ def operator_account(docs: list[Manifest]) -> str:
 
 
 def test_clusterwide_watch_grants_every_operator_rule_cluster_wide() -> None:
-    docs = render()
+    docs = render(*CLUSTER_WIDE)
     role = the_operator_role(docs, "ClusterRole")
     flat = grants(role)
     assert flat[("kubetune.dev", "finetunejobs/status")] == {"patch"}
+    assert ("batch", "jobs") in flat and ("", "secrets") in flat, "every operator rule, in every namespace"
     assert ("", "namespaces") not in flat, "cluster-wide, kopf needs no namespace list"
     assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
     assert_binds_operator(only(docs, "ClusterRoleBinding"), role, operator_account(docs))
 
 
-@pytest.mark.parametrize("namespaces", [["ml"], ["ml", "research"]])
-def test_namespaced_watch_grants_rules_only_in_the_watched_namespaces(namespaces: list[str]) -> None:
-    docs = render(f"watchNamespaces={{{','.join(namespaces)}}}")
+@pytest.mark.parametrize(
+    ("sets", "namespaces"),
+    [((), ["default"]), (("watchNamespaces={ml}",), ["ml"]), (("watchNamespaces={ml,research}",), ["ml", "research"])],
+    ids=["defaults", "one", "two"],
+)
+def test_namespaced_watch_grants_rules_only_in_the_watched_namespaces(
+    sets: tuple[str, ...], namespaces: list[str]
+) -> None:
+    """Namespaced is the default: with no values, a Role in `default` only."""
+    docs = render(*sets)
     roles = of_kind(docs, "Role")
     bindings = {b["metadata"]["namespace"]: b for b in of_kind(docs, "RoleBinding")}
     assert sorted(r["metadata"]["namespace"] for r in roles) == namespaces == sorted(bindings)
-    clusterwide = grants(the_operator_role(render(), "ClusterRole"))
+    clusterwide = grants(the_operator_role(render(*CLUSTER_WIDE), "ClusterRole"))
     for role in roles:
         assert grants(role).items() <= clusterwide.items(), "the same namespaced rules as cluster-wide"
         assert ("batch", "jobs") in grants(role)
@@ -106,9 +114,9 @@ def test_finetunejobs_join_the_built_in_user_roles_unless_disabled() -> None:
 def test_network_policies_are_granted_only_with_trainer_egress_on() -> None:
     """The per-job egress NetworkPolicy (networkPolicy.trainerEgress): read, created, put back when changed."""
     policies = ("networking.k8s.io", "networkpolicies")
-    assert policies not in grants(the_operator_role(render(), "ClusterRole"))
+    assert policies not in grants(the_operator_role(render(*CLUSTER_WIDE), "ClusterRole"))
     on = "networkPolicy.trainerEgress.enabled=true"
-    assert grants(the_operator_role(render(on), "ClusterRole"))[policies] == {"get", "create", "patch"}
+    assert grants(the_operator_role(render(on, *CLUSTER_WIDE), "ClusterRole"))[policies] == {"get", "create", "patch"}
     namespaced = render(on, "watchNamespaces={ml}")
     assert grants(the_operator_role(namespaced, "Role"))[policies] == {"get", "create", "patch"}
     assert policies not in grants(the_operator_role(namespaced, "ClusterRole")), "only where it watches"

@@ -6,9 +6,11 @@ identities that use it.
   garbage collector, each under its own identity. Nobody else holds cluster-admin.
 - The installer applies the CRDs from ``helm/kubetune/crds`` and every object ``helm template``
   renders that the server serves (ServiceAccount, ClusterRole/Role and their bindings, ...), so the
-  operator runs with exactly the chart's grants, in the chart's cluster-wide or namespaced mode.
+  operator runs with exactly the chart's grants, in the chart's cluster-wide (``clusterWide=true``) or
+  namespaced mode, or with the chart's default values and nothing set (``DEFAULTS``).
   The chart's ValidatingAdmissionPolicies are installed (and enforced by the server) when a test asks
-  for them (``admission_policy=True``), else the chart is installed with ``admissionPolicy.enabled=false``.
+  for them (``admission_policy=True``), else the chart is installed with ``admissionPolicy.enabled=false``
+  (``admission_policy=None``: as the mode's values leave them, on by default).
 - A tenant user (``alice``, group ``ml-team``) holds the built-in ``edit`` ClusterRole in the tenant
   namespaces through RoleBindings; the chart's aggregated roles extend ``edit`` to FineTuneJobs.
 """
@@ -65,7 +67,7 @@ KUEUE_CRD: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class RbacMode:
-    """How the chart is installed: watching every namespace, or a list of namespaces."""
+    """How the chart is installed: watching every namespace (``clusterWide``), or a list of namespaces."""
 
     name: str
     helm_sets: tuple[str, ...]
@@ -76,10 +78,13 @@ class RbacMode:
 # only with trainer egress on. Whether the operator creates NetworkPolicies is its own environment
 # (KUBETUNE_TRAINER_EGRESS), which the tests of that feature set (tests/operator/test_trainer_egress.py).
 GRANT_SETS = ("networkPolicy.trainerEgress.enabled=true",)
-CLUSTERWIDE = RbacMode("clusterwide", GRANT_SETS, ())
+# Cluster-wide is opt-in: clusterWide=true, with the default watchNamespaces ([default]) removed.
+CLUSTERWIDE = RbacMode("clusterwide", (*GRANT_SETS, "clusterWide=true", "watchNamespaces=null"), ())
 NAMESPACED = RbacMode(
     "namespaced", (*GRANT_SETS, f"watchNamespaces={{{','.join(TENANT_NAMESPACES)}}}"), TENANT_NAMESPACES
 )
+# `helm install` with no values at all: namespaced, watching `default` only (tests/operator/test_default_install.py).
+DEFAULTS = RbacMode("defaults", (), ("default",))
 
 # The operator under test runs the trainer image ``trainer:test`` (tests/operator/conftest.py) and tests
 # change its allow-list through the environment; the chart's admission policy admits only the images its
@@ -179,13 +184,15 @@ class TestCluster:
         mode: RbacMode = CLUSTERWIDE,
         *,
         kueue: bool = True,
-        admission_policy: bool = False,
+        admission_policy: bool | None = False,
     ) -> None:
         self.apiserver = apiserver
         self.folder = folder
         self.mode = mode
-        # What `helm install` is given: the RBAC mode's values, and the admission policy on or off.
-        self.helm_sets = mode.helm_sets + (ADMISSION_POLICY_SETS if admission_policy else NO_ADMISSION_POLICY_SETS)
+        # What `helm install` is given: the RBAC mode's values, and the admission policy on or off (None:
+        # nothing more, the policy as the mode's values leave it).
+        policy_sets = {True: ADMISSION_POLICY_SETS, False: NO_ADMISSION_POLICY_SETS, None: ()}[admission_policy]
+        self.helm_sets = mode.helm_sets + policy_sets
         self._identities: dict[str, Identity] = {}
         self._bootstrap()
         self.installer = self.identity(INSTALLER)

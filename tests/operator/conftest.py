@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,6 +119,16 @@ def running_operator(test_cluster: TestCluster, **env: str) -> Iterator[Any]:
         KopfRunner(["run", *scope, "--standalone", "-m", "kubetune.operator.main"], timeout=60) as runner,
     ):
         yield runner
+
+
+def terminate(process: subprocess.Popen[str]) -> None:
+    """Stop an operator process as Kubernetes does: SIGTERM, then SIGKILL after a grace period."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture()

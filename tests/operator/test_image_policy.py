@@ -85,3 +85,29 @@ def test_an_image_the_policy_lists_runs(cluster: Cluster, test_cluster: TestClus
         job = wait_for(lambda: cluster.job("tickets-preflight"), what="the pre-flight Job")
     containers = job["spec"]["template"]["spec"]["containers"]
     assert {c["image"] for c in containers} == {"registry.example.com/ml/custom-trainer:2"}
+
+
+def test_the_release_profile_runs_images_by_digest_only(cluster: Cluster, test_cluster: TestCluster) -> None:
+    """release.requireDigests: a tenant's spec.image by tag is refused even where the allow-list lists
+    its repository, the same image by digest runs, and a trainer image by tag stops the operator."""
+    pinned = f"registry.example.com/ml/custom-trainer@{DIGEST}"
+    release = {
+        "KUBETUNE_REQUIRE_IMAGE_DIGESTS": "true",
+        "KUBETUNE_TRAINER_IMAGE": f"trainer:test@{DIGEST}",
+        "KUBETUNE_ALLOWED_IMAGES": "registry.example.com/ml/*",
+    }
+    with pytest.raises(ConfigError, match=r"trainerImage\.digest.*names no digest"):
+        OperatorConfig.from_env({**release, "KUBETUNE_TRAINER_IMAGE": "trainer:test"})
+    with running_operator(test_cluster, **release):
+        cluster.apply(with_spec(image="registry.example.com/ml/custom-trainer:2"))
+        assert_rejected(
+            cluster,
+            "ImageNotAllowed",
+            "spec.image: registry.example.com/ml/custom-trainer:2 names no digest; the release profile "
+            "(Helm value release.requireDigests)",
+        )
+        by_digest = with_spec(image=pinned)
+        by_digest["metadata"]["name"] = "pinned"
+        cluster.apply(by_digest)
+        job = wait_for(lambda: cluster.job("pinned-preflight"), what="the pre-flight Job")
+    assert {c["image"] for c in job["spec"]["template"]["spec"]["containers"]} == {pinned}

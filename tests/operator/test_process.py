@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 from kubetune.operator import cli
 from tests.kubeapi.cluster import TestCluster
 from tests.operator.cluster import Cluster, wait_for
-from tests.operator.conftest import free_port, operator_environment
+from tests.operator.conftest import free_port, operator_environment, terminate
 from tests.operator.test_lifecycle import JOB, phase
 from tests.scrape import Samples, get, scrape, value
 
@@ -41,12 +40,7 @@ def operator_process(test_cluster: TestCluster, ports: tuple[int, int]) -> Itera
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
 
 
 def test_the_operator_process_serves_health_and_metrics(

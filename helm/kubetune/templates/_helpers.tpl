@@ -104,12 +104,12 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/* Cluster-scoped reads: kopf watches CustomResourceDefinitions to follow the resources it serves,
-     and, when it watches a list of namespaces, the Namespaces themselves. */}}
+     and, when it watches a list of namespaces (clusterWide off), the Namespaces themselves. */}}
 {{- define "kubetune.clusterRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
-{{- if .Values.watchNamespaces }}
+{{- if not .Values.clusterWide }}
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
@@ -161,6 +161,12 @@ severity: warning
 {{- end }}
 {{- if and (include "kubetune.serviceMonitorEnabled" .) (not .Values.metrics.service.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled: the ServiceMonitor scrapes that Service" }}
+{{- end }}
+{{- if and .Values.clusterWide .Values.watchNamespaces }}
+{{- fail (printf "clusterWide: true watches every namespace, but watchNamespaces lists %s: set watchNamespaces to [] (--set watchNamespaces=null) for a cluster-wide install, or clusterWide to false to watch only the listed namespaces" (join ", " .Values.watchNamespaces)) }}
+{{- end }}
+{{- if not (or .Values.clusterWide .Values.watchNamespaces) }}
+{{- fail "watchNamespaces is empty and clusterWide is false: list the namespaces to watch in watchNamespaces, or set clusterWide: true to watch every namespace with cluster-wide RBAC" }}
 {{- end }}
 {{- if and (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
 {{- fail "serviceAccount.name is required when serviceAccount.create is false (the RBAC bindings need a subject)" }}

@@ -120,13 +120,16 @@ class OperatorConfig:
         namespaces = tuple(n.strip() for n in env.get("KUBETUNE_NAMESPACES", "").split(",") if n.strip())
         trainer_image = env.get("KUBETUNE_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE)
         allowed = entries("KUBETUNE_ALLOWED_IMAGES")
+        require_digests = flag("KUBETUNE_REQUIRE_IMAGE_DIGESTS")
         try:
-            image_policy = ImagePolicy.parse(allowed or [trainer_image])
+            image_policy = ImagePolicy.parse(allowed or [trainer_image], require_digest=require_digests)
         except ValueError as err:
             source = (
                 "KUBETUNE_ALLOWED_IMAGES (Helm value policy.allowedImages)" if allowed else "KUBETUNE_TRAINER_IMAGE"
             )
             raise ConfigError(f"{source}: {err}") from err
+        if require_digests and (why := ImagePolicy((), require_digest=True).digest_refusal(trainer_image)):
+            raise ConfigError(f"KUBETUNE_TRAINER_IMAGE (Helm value trainerImage.digest): {why}")
         try:
             placement = PlacementPolicy.parse(
                 env.get("KUBETUNE_PLACEMENT_PROFILES", ""), allow_raw=flag("KUBETUNE_ALLOW_RAW_SCHEDULING")

@@ -105,10 +105,23 @@ class AllowedImage:
 @dataclass(frozen=True)
 class ImagePolicy:
     allowed: tuple[AllowedImage, ...]
+    # The release profile (Helm value release.requireDigests): a tag can be moved to another build,
+    # a digest cannot, so only references with a digest run.
+    require_digest: bool = False
 
     @classmethod
-    def parse(cls, entries: list[str]) -> ImagePolicy:
-        return cls(tuple(AllowedImage.parse(entry) for entry in entries if entry.strip()))
+    def parse(cls, entries: list[str], *, require_digest: bool = False) -> ImagePolicy:
+        return cls(tuple(AllowedImage.parse(entry) for entry in entries if entry.strip()), require_digest)
+
+    def digest_refusal(self, image: str) -> str | None:
+        """Why the release profile refuses ``image``, or None."""
+        try:
+            reference = ImageReference.parse(image)
+        except ValueError as err:
+            return str(err)
+        if self.require_digest and reference.digest is None:
+            return f"{reference} names no digest; the release profile (Helm value release.requireDigests) runs images by digest only"
+        return None
 
     def refusal(self, image: str) -> str | None:
         """Why ``image`` may not run, or None when the allow-list admits it."""
@@ -116,6 +129,8 @@ class ImagePolicy:
             reference = ImageReference.parse(image)
         except ValueError as err:
             return str(err)
+        if (why := self.digest_refusal(image)) is not None:
+            return why
         if any(entry.allows(reference) for entry in self.allowed):
             return None
         listed = ", ".join(str(entry) for entry in self.allowed)
