@@ -68,7 +68,7 @@ def test_the_smoke_measures_refuses_the_planted_forgetting_and_resumes(tmp_path:
     assert json.loads((tmp_path / "forgetting.json").read_text()) == results
 
 
-@pytest.mark.parametrize("name", ["forgetting.json", "forgetting-sweep.json"])
+@pytest.mark.parametrize("name", ["forgetting.json", "forgetting-sweep.json", "forgetting-candidate.json"])
 def test_the_recorded_measurement_is_what_the_docs_show(name: str) -> None:
     recorded = ROOT / "docs" / "measurements" / name
     results = json.loads(recorded.read_text())
