@@ -181,6 +181,30 @@ def test_a_checkpoint_pointer_must_name_this_jobs_own_checkpoint(
     assert not (tmp_path / "resume").exists()
 
 
+@pytest.mark.parametrize("scheme", ["s3", "file"])
+def test_a_second_writer_of_the_same_job_cannot_move_the_checkpoint_pointer(
+    tmp_path: Path, s3_spec: S3Spec, s3_bucket: str, scheme: str
+) -> None:
+    """An old pod still terminating beside its replacement: both read no pointer, the first to save
+    moves it, the other's move is refused (a conditional update) and the pointer keeps the first's."""
+    prefix = f"s3://{s3_bucket}/team/job/checkpoints" if scheme == "s3" else f"file://{tmp_path}/checkpoints"
+    store = ObjectStore(s3_spec)
+    old_pod, new_pod = CheckpointStore(store, prefix), CheckpointStore(store, prefix)
+    assert old_pod.latest() is None and new_pod.latest() is None
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "trainer_state.json").write_text("{}")
+    new_pod.upload(saved, 10)
+    with pytest.raises(StorageError, match=r"PreconditionFailed|changed since it was read"):
+        old_pod.upload(saved, 20)
+    assert new_pod.latest() == (10, f"{prefix}/checkpoint-10")
+    new_pod.upload(saved, 30)  # the writer that moved it last keeps moving it
+    resumed = CheckpointStore(store, prefix)
+    assert resumed.latest() == (30, f"{prefix}/checkpoint-30")
+    resumed.upload(saved, 40)  # a resumed job moves it from the version it read
+    assert CheckpointStore(store, prefix).latest() == (40, f"{prefix}/checkpoint-40")
+
+
 # ------------------------------------------------------------------ kubetune verify
 def test_kubetune_verify_finds_every_change_to_a_published_version(
     tmp_path: Path, s3_endpoint: str, s3_spec: S3Spec, s3_bucket: str, capsys: pytest.CaptureFixture[str]

@@ -367,10 +367,13 @@ class ObjectStore:
             return
         self._put(loc, data, if_absent)
 
-    def _put(self, loc: Location, data: bytes, if_absent: bool) -> None:
+    def _put(self, loc: Location, data: bytes, if_absent: bool, if_match: str | None = None) -> str:
+        """PutObject with its SHA-256; returns the new object's ETag."""
         extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+        if if_match is not None:
+            extra["IfMatch"] = if_match
         checksum = _b64(hashlib.sha256(data).digest())
-        self._s3_call(
+        answer = self._s3_call(
             loc.uri,
             "write",
             self.s3.put_object,
@@ -380,6 +383,32 @@ class ObjectStore:
             ChecksumSHA256=checksum,
             **extra,
         )
+        return str(answer["ETag"])
+
+    def read_tagged(self, uri: str) -> tuple[bytes, str]:
+        """An object and its version tag (S3's ETag; the SHA-256 of a local file's bytes), for
+        :meth:`replace_if_unchanged`."""
+        loc = parse_uri(uri)
+        if loc.scheme == "file":
+            data = self.read_bytes(uri)
+            return data, hashlib.sha256(data).hexdigest()
+        response = self._s3_call(uri, "read", self.s3.get_object, Bucket=loc.bucket, Key=loc.key)
+        return bytes(response["Body"].read()), str(response["ETag"])
+
+    def replace_if_unchanged(self, uri: str, data: bytes, tag: str | None) -> str:
+        """A conditional update: write ``data`` only if the object is still the version ``tag``
+        names (``None``: only if there is none yet); returns the new version's tag. S3 decides
+        (If-Match / If-None-Match); a local file is compared first, then replaced (one writer per
+        folder on a laptop: the check and the rename are not one step)."""
+        loc = parse_uri(uri)
+        if loc.scheme == "s3":
+            return self._put(loc, data, tag is None, tag)
+        path = Path(loc.key)
+        current = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+        if current != tag:
+            raise StorageError(f"{uri}: changed since it was read (another writer); refusing to overwrite")
+        self.write_bytes(uri, data)
+        return hashlib.sha256(data).hexdigest()
 
     def upload(self, path: Path, uri: str, *, if_absent: bool = False) -> str:
         """Copy one file to ``uri`` and return its SHA-256 (hex).

@@ -25,14 +25,21 @@ KEEP_REMOTE = 2
 
 
 class CheckpointStore:
+    """The checkpoints of one job. The pointer is moved by conditional updates from the version
+    this store last read or wrote (none: only if there is no pointer yet), so a second writer of
+    the same job (an old pod still terminating beside its replacement) fails its move instead of
+    interleaving checkpoints with this one."""
+
     def __init__(self, store: ObjectStore, uri: str) -> None:
         self.store = store
         self.uri = uri.rstrip("/")
+        self._pointer_tag: str | None = None  # the pointer's version as this store last saw it
 
     def upload(self, local: Path, step: int) -> str:
         target = join_uri(self.uri, f"checkpoint-{step}")
         self.store.upload_tree(local, target)
-        self.store.write_bytes(join_uri(self.uri, POINTER), json.dumps({"step": step, "uri": target}).encode())
+        pointer = json.dumps({"step": step, "uri": target}).encode()
+        self._pointer_tag = self.store.replace_if_unchanged(join_uri(self.uri, POINTER), pointer, self._pointer_tag)
         self._prune(step)
         return target
 
@@ -56,8 +63,9 @@ class CheckpointStore:
         pointer = join_uri(self.uri, POINTER)
         if not self.store.exists(pointer):
             return None
+        raw, self._pointer_tag = self.store.read_tagged(pointer)
         try:
-            data = json.loads(self.store.read_bytes(pointer))
+            data = json.loads(raw)
             step, uri = data["step"], data["uri"]
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigurationError(f"{pointer}: not a checkpoint pointer ({err}); refusing to resume") from err
