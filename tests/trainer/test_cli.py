@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -99,12 +100,22 @@ def test_an_output_bucket_without_credentials_is_a_storage_error_not_a_traceback
 
 
 def test_s3_credentials_are_read_from_the_files_the_operator_mounts(
-    tmp_path: Path, tiny_model_dir: Path, s3_endpoint: str, s3_bucket: str
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    s3_endpoint: str,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The pod's only credentials are the Secret's keys as files (no AWS_* variables): with them the
     pre-flight reads its dataset from S3; a key the Secret lacks, or an empty one, is named at the
-    field that lists it (the operator never sees the Secret's keys, so this is where it is checked)."""
+    field that lists it (the operator never sees the Secret's keys, so this is where it is checked).
+    Through the CLI's entry point in this process (the pod runs the same ``main``), to spare three
+    interpreter starts."""
     import boto3
+
+    from kubetune_trainer.cli import main as kubetune
 
     data = write_dataset(tmp_path / "data.jsonl", 32)
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").upload_file(
@@ -121,30 +132,32 @@ def test_s3_credentials_are_read_from_the_files_the_operator_mounts(
     )
     mounted = tmp_path / "credentials"
     mounted.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
-        AWS_CONFIG_FILE=str(tmp_path / "none"),
-        AWS_EC2_METADATA_DISABLED="true",
-        KUBETUNE_S3_CREDENTIALS_DIR=str(mounted),
-        KUBETUNE_CACHE=str(tmp_path / "cache"),
-        OMP_NUM_THREADS="1",
-    )
+    caplog.set_level(logging.INFO)
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in {
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "KUBETUNE_S3_CREDENTIALS_DIR": str(mounted),
+        "KUBETUNE_CACHE": str(tmp_path / "cache"),
+    }.items():
+        monkeypatch.setenv(name, value)
 
-    def run_preflight() -> subprocess.CompletedProcess[str]:
-        command = [KUBETUNE, "preflight", "--job", str(job), "--workdir", str(tmp_path / "work")]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    def run_preflight() -> tuple[int, str]:
+        code = kubetune(["preflight", "--job", str(job), "--workdir", str(tmp_path / "work")])
+        return code, capsys.readouterr().err
 
     (mounted / "access-key-id").write_text("testing")
     (mounted / "secret-access-key").write_text("testing\n")
-    missing = run_preflight()
-    assert missing.returncode == 2, missing.stderr[-2000:]
-    assert "spec.s3.credentialsSecret.sessionTokenKey: Secret 's3-creds' has no key 'token'" in missing.stderr
+    code, missing = run_preflight()
+    assert code == 2, missing[-2000:]
+    assert "spec.s3.credentialsSecret.sessionTokenKey: Secret 's3-creds' has no key 'token'" in missing
     (mounted / "session-token").write_text("")
-    empty = run_preflight()
-    assert empty.returncode == 2 and "sessionTokenKey: key 'token' of Secret 's3-creds' is empty" in empty.stderr
+    code, empty = run_preflight()
+    assert code == 2 and "sessionTokenKey: key 'token' of Secret 's3-creds' is empty" in empty
     (mounted / "session-token").write_text("session")
-    passed = run_preflight()
-    assert passed.returncode == 0, passed.stderr[-2000:]
-    assert "pre-flight passed" in passed.stderr
-    assert "Traceback" not in missing.stderr + empty.stderr + passed.stderr
+    code, passed = run_preflight()
+    assert code == 0, passed[-2000:]
+    assert "pre-flight passed" in caplog.text  # logged (pytest holds the log handlers in this process)
+    assert "Traceback" not in missing + empty + passed + caplog.text
