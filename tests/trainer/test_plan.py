@@ -63,6 +63,26 @@ def test_sequence_length_covers_the_99th_percentile() -> None:
     )
 
 
+def test_the_sequence_length_is_the_tasks_and_longer_replay_rows_are_truncated() -> None:
+    """Replay rows (a general prompt and up to 96 answer tokens) do not stretch the task's packed rows:
+    the sequence length comes from the task, and the packed-row count from the truncated replay."""
+    replay = NO_REPLAY.model_copy(update={"enabled": True, "examples": 200, "fraction": 1.0})
+    task = resolve_training(spec(), CPU, train_examples=200, token_lengths=[60] * 200, shape=SMOL, replay=NO_REPLAY)
+    mixed = resolve_training(
+        spec(),
+        CPU,
+        train_examples=400,
+        token_lengths=[60] * 200,
+        shape=SMOL,
+        replay=replay,
+        replay_token_lengths=[300] * 200,
+    )
+    assert task.hyperparameters.sequence_length == mixed.hyperparameters.sequence_length == 64
+    # 200 task rows of 60 tokens and 200 replay rows truncated to 64: 24,800 tokens, 431 packed rows
+    # of 64 at 90% fill, 54 optimizer steps of 8 per epoch, 3 epochs, evaluated 5 times.
+    assert mixed.hyperparameters.eval_steps == 54 * 3 // 5
+
+
 def test_estimates_grow_with_the_job_and_refuse_what_cannot_fit() -> None:
     small = resolve_training(
         spec(method={"type": "qlora"}, resources={"gpus": 1}),

@@ -8,6 +8,7 @@ general ability fast, and kubetune's default must lose at most 5% on a general r
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -137,7 +138,7 @@ def sequence_limit(spec: FineTuneJobSpec, shape: ModelShape) -> int:
 
 
 def _sequence_length(token_lengths: list[int], limit: int) -> int:
-    """The 99th percentile of the examples' lengths, rounded up to 64, within ``limit``."""
+    """The 99th percentile of the task examples' lengths, rounded up to 64, within ``limit``."""
     if not token_lengths:
         return limit
     ordered = sorted(token_lengths)
@@ -180,23 +181,29 @@ def resolve_training(
     token_lengths: list[int],
     shape: ModelShape,
     replay: ResolvedReplay,
+    replay_token_lengths: Sequence[int] = (),
 ) -> ResolvedTraining:
-    """Every auto value filled in, once; the user's own values always win. ``train_examples`` and
-    ``token_lengths`` include the replay rows."""
+    """Every auto value filled in, once; the user's own values always win. ``train_examples`` includes
+    the replay rows; ``token_lengths`` are the task's examples and ``replay_token_lengths`` the replay
+    rows' planned lengths.
+
+    The sequence length is the task's: replay rows longer than it are truncated rather than
+    stretching every packed row for them (docs/defaults.md, "Sequence length")."""
     method = resolve_method(spec, hardware)
     user = spec.hyperparameters
 
     seq_len = chosen(user.sequence_length, _sequence_length(token_lengths, sequence_limit(spec, shape)))
+    trained_lengths = [*token_lengths, *(min(length, seq_len) for length in replay_token_lengths)]
     micro = chosen(user.batch_size, 4 if hardware.device == "cpu" else _gpu_micro_batch(hardware, seq_len))
     world = max(1, hardware.gpu_count if hardware.device == "cuda" else 1)
     accumulation = chosen(user.gradient_accumulation_steps, max(1, round(DEFAULTS.effective_batch / (micro * world))))
     epochs = chosen(user.epochs, _epochs_for(train_examples))
     packing = chosen(user.packing, True)
     rows = train_examples
-    if packing and token_lengths:
+    if packing and trained_lengths:
         # Packed rows hold several examples: count rows, not examples, or evaluations end up
         # spaced for a run several times longer than the real one.
-        mean_tokens = sum(token_lengths) / len(token_lengths)
+        mean_tokens = sum(trained_lengths) / len(trained_lengths)
         rows = max(1, math.ceil(train_examples * mean_tokens / (seq_len * 0.9)))
     total_steps = max(1, math.ceil(rows / (micro * accumulation * world)) * math.ceil(epochs))
     default_lr = {

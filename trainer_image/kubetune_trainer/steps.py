@@ -232,9 +232,12 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
         ctx.spec,
         model.hardware,
         train_examples=len(data.train) + len(replay_lengths),
-        token_lengths=data.token_lengths + replay_lengths,
+        # The task's own rows set the sequence length; longer replay rows are truncated to it rather
+        # than stretching every packed row (docs/defaults.md, "Sequence length").
+        token_lengths=data.token_lengths,
         shape=model.shape,
         replay=replay,
+        replay_token_lengths=replay_lengths,
     )
     method = MethodType(resolved.method)
     needs_answers = replay.enabled or (ctx.spec.evaluation.forgetting and not ctx.spec.evaluation.regression_set)
@@ -247,7 +250,7 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
     )
     to_generate = len(prompts.regression) + len(prompts.replay) if needs_answers and cached is None else 0
     task_tokens = sum(data.token_lengths) * len(data.train) // max(1, sum(data.report.splits.values()))
-    train_tokens = task_tokens + sum(replay_lengths)
+    train_tokens = task_tokens + sum(min(length, resolved.hyperparameters.sequence_length) for length in replay_lengths)
     report = preflight_estimate(
         resolved,
         model.shape,
@@ -337,7 +340,6 @@ def choose_adapter_strength(
     """LoRA/QLoRA: keep the trained adapter at the strength the manifest set, else at the one the
     validation split chooses (training/strength.py); the evaluation and every artifact use it."""
     from kubetune_trainer.evaluation.gate import primary_metric
-    from kubetune_trainer.evaluation.metrics import LOWER_IS_BETTER
     from kubetune_trainer.evaluation.runner import task_metric
     from kubetune_trainer.training.strength import (
         VALIDATION_ROWS,
@@ -375,7 +377,7 @@ def choose_adapter_strength(
             finally:
                 undo()
 
-        choice = choose_scale(score_at, strengths, lower_is_better=metric in LOWER_IS_BETTER)
+        choice = choose_scale(score_at, strengths)
     set_scale(tuned, choice.scale)
     publish_scale(outcome.trained_dir, choice.scale)
     outcome.strength = choice
