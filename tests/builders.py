@@ -24,7 +24,11 @@ def spec(**fields: Any) -> FineTuneJobSpec:
     return parse_spec(minimal_spec(**fields))
 
 
-def trainer_result(version: str, *, promoted: bool = True) -> dict[str, Any]:
+VERSION = "v20261204-101500-0a1b2c"
+"""A version name as the trainer makes them (``kubetune.api.contract.VERSION_PATTERN``)."""
+
+
+def trainer_result(version: str = VERSION, *, promoted: bool = True) -> dict[str, Any]:
     """``status.result`` as a trainer writes it when it has published ``version`` (camelCase): every
     gate check passed when ``promoted``, the task check missed otherwise."""
     task = {

@@ -21,6 +21,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
+from kubetune.api.contract import EXIT_DAMAGED
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune.operator import children
 from kubetune.operator.validation import S3_CREDENTIALS_LABEL, TRAINER_IDENTITY_LABEL
@@ -221,6 +222,23 @@ class Cluster:
         if succeeded:
             status["completionTime"] = now
         self.set_job_status(name, status, namespace)
+
+    def verify_promotion(
+        self, name: str, *, verified: bool = True, said: str = "", namespace: str = "default"
+    ) -> dict[str, Any]:
+        """The operator's verification Job for a reported promotion runs and ends: Complete when the
+        manifest backs the report, else its pod exits 1 (EXIT_DAMAGED) saying ``said``. The Job as made."""
+        job_name = f"{name}-verify"
+        job = wait_for(lambda: self.job(job_name, namespace), what=f"the verification Job {job_name}")
+        self.start_job(job_name, namespace)
+        self.finish_job(
+            job_name,
+            succeeded=verified,
+            exit_code=0 if verified else EXIT_DAMAGED,
+            termination_message=said,
+            namespace=namespace,
+        )
+        return dict(job)
 
     @staticmethod
     def _fail_job_rule(job: dict[str, Any], exit_code: int) -> int | None:

@@ -56,8 +56,10 @@ def test_a_finetunejob_runs_to_its_promotion_with_the_policies_installed(cluster
     wait_for(lambda: cluster.job("tickets-train"), what="the training Job")
     cluster.start_job("tickets-train")
     wait_for(lambda: phase(cluster) == "Running", what="phase Running")
-    cluster.trainer_reports("tickets", {"progress": {"step": 9, "totalSteps": 9}, "result": trainer_result("v1")})
+    cluster.trainer_reports("tickets", {"progress": {"step": 9, "totalSteps": 9}, "result": trainer_result()})
     cluster.finish_job("tickets-train", succeeded=True)
+    verification = cluster.verify_promotion("tickets")  # a Job the policy admits too
+    assert verification["spec"]["template"]["spec"]["containers"][0]["image"] == "trainer:test"
     wait_for(lambda: condition(cluster, "QualityGatePassed").get("status") == "True", what="QualityGatePassed")
     assert phase(cluster) == "Succeeded"
 

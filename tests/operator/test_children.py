@@ -9,6 +9,7 @@ import yaml
 from kubetune.api.contract import (
     EXIT_CANNOT_REPORT,
     EXIT_CONFIG,
+    EXIT_DAMAGED,
     EXIT_PREEMPTED,
     EXIT_RESULT_NOT_REPORTED,
     EXIT_RETRYABLE,
@@ -21,7 +22,9 @@ from kubetune.operator.children import (
     build_spec_configmap,
     build_trainer_rbac,
     build_training_job,
+    build_verification_job,
     child_name,
+    runs_as_built,
 )
 from kubetune.operator.config import OperatorConfig
 from tests import builders
@@ -227,8 +230,10 @@ def test_every_child_is_labelled_and_owned_by_its_finetunejob() -> None:
         *build_trainer_rbac(OWNER, job_spec),
         build_preflight_job(OWNER, job_spec, CONFIG),
         build_training_job(OWNER, job_spec, CONFIG),
+        build_verification_job(OWNER, job_spec, CONFIG, version=builders.VERSION, claimed_checks={"task": True}),
     ]
-    assert [o["kind"] for o in everything] == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Job"]
+    kinds = ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Job", "Job"]
+    assert [o["kind"] for o in everything] == kinds
     for obj in everything:
         meta = obj["metadata"]
         assert meta["namespace"] == "ml"
@@ -249,6 +254,7 @@ def test_every_child_is_labelled_and_owned_by_its_finetunejob() -> None:
     components = {o["metadata"]["name"]: o["metadata"]["labels"]["app.kubernetes.io/component"] for o in everything}
     assert components["tickets-preflight"] == "preflight"
     assert components["tickets-train"] == "trainer"
+    assert components["tickets-verify"] == "verify"
 
 
 def test_pods_get_the_job_spec_and_the_trainer_environment() -> None:
@@ -280,3 +286,57 @@ def test_spec_configmap_carries_the_whole_finetunejob() -> None:
     assert document["spec"]["s3"]["endpoint"] == "https://s3.internal", "the operator default fills the gap"
     assert document["spec"]["s3"]["region"] == "eu-central-1", "the job's own value wins"
     assert parse_spec(document["spec"]).dataset == job_spec.dataset
+
+
+def test_the_verification_job_runs_the_platforms_check_with_nothing_of_the_tenants_choosing() -> None:
+    """The tenant's image, scheduling and GPUs stay with training: the check runs the chart's trainer
+    image with the operator's command, no API token, no scratch, and fails at once on a mismatch."""
+    tenant = spec(
+        image="registry/trainer:1-tenant",
+        resources={"gpus": 4, "nodeSelector": {"gpu": "a100"}},
+        storage={"scratchSize": "500Gi"},
+        s3={"credentialsSecret": {"name": "team-s3"}},
+        ttlSecondsAfterFinished=600,
+    )
+    claimed = {"task": True, "forgetting.knownAnswers": True, "labelCollapse": None}
+    job = build_verification_job(OWNER, tenant, CONFIG, version=builders.VERSION, claimed_checks=claimed)
+    pod, c = job["spec"]["template"]["spec"], container(job)
+    assert job["metadata"]["name"] == "tickets-verify"
+    assert c["image"] == "registry/trainer:1", "the platform's image, not spec.image"
+    assert c["command"] == [
+        "kubetune",
+        "verify",
+        "--job",
+        "/etc/kubetune/job.yaml",
+        "--version",
+        builders.VERSION,
+        "--claimed-gate",
+        '{"forgetting.knownAnswers": true, "labelCollapse": null, "task": true}',
+    ]
+    assert pod["automountServiceAccountToken"] is False
+    assert "nodeSelector" not in pod and not any("gpu" in k for k in c["resources"]["requests"])
+    assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"} in c["env"]
+    assert {v["name"] for v in pod["volumes"]} == {"job-spec", "tmp", "s3-credentials"}
+    assert c["resources"]["limits"]["ephemeral-storage"] == "1536Mi", "no scratch volume to account for"
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [1, 2]},
+    } in rules
+    assert [EXIT_DAMAGED, EXIT_CONFIG] == [1, 2]
+    assert job["spec"]["ttlSecondsAfterFinished"] == 600 and job["spec"]["activeDeadlineSeconds"] == 3600
+
+
+def test_an_existing_job_counts_as_the_check_only_when_it_runs_what_the_operator_builds() -> None:
+    built = build_verification_job(OWNER, spec(), CONFIG, version=builders.VERSION, claimed_checks={"task": True})
+    assert runs_as_built(yaml.safe_load(yaml.safe_dump(built)), built)
+    forged = yaml.safe_load(yaml.safe_dump(built))
+    container(forged)["command"] = ["true"]
+    assert not runs_as_built(forged, built)
+    other_version = build_verification_job(
+        OWNER, spec(), CONFIG, version="v20250101-000000-ffffff", claimed_checks={"task": True}
+    )
+    assert not runs_as_built(other_version, built)
+    with_init = yaml.safe_load(yaml.safe_dump(built))
+    with_init["spec"]["template"]["spec"]["initContainers"] = [{"name": "x", "image": "registry/trainer:1"}]
+    assert not runs_as_built(with_init, built)

@@ -53,8 +53,12 @@ def test_create_preflight_then_training_job_then_success(cluster: Cluster, opera
     cluster.trainer_reports("tickets", {"progress": {"step": 10, "totalSteps": 40, "trainLoss": 1.5}})
     wait_for(lambda: cluster.finetunejob("tickets")["status"].get("progressText") == "10/40", what="progress")
 
-    cluster.trainer_reports("tickets", {"result": trainer_result("v1")})
+    cluster.trainer_reports("tickets", {"result": trainer_result()})
     cluster.finish_job("tickets-train", succeeded=True)
+    # A promotion is checked against the published manifest before the phase is Succeeded.
+    wait_for(lambda: condition(cluster, "Running")["reason"] == "VerifyingPromotion", what="verifying")
+    verification = cluster.verify_promotion("tickets")
+    assert verification["spec"]["template"]["spec"]["containers"][0]["command"][:2] == ["kubetune", "verify"]
     wait_for(lambda: phase(cluster) == "Succeeded", what="phase Succeeded")
     status = cluster.finetunejob("tickets")["status"]
     assert status["jobName"] == "tickets-train"

@@ -39,8 +39,9 @@ def test_an_api_outage_while_creating_the_training_job_is_retried(cluster: Clust
 def test_a_finished_job_removed_by_its_ttl_is_never_rerun(cluster: Cluster, operator: Any) -> None:
     through_preflight(cluster)
     cluster.start_job("tickets-train")
-    cluster.trainer_reports("tickets", {"result": trainer_result("v1")})
+    cluster.trainer_reports("tickets", {"result": trainer_result()})
     cluster.finish_job("tickets-train", succeeded=True)
+    cluster.verify_promotion("tickets")
     wait_for(lambda: phase(cluster) == "Succeeded", what="Succeeded")
     cluster.delete_job("tickets-train")  # ttlSecondsAfterFinished
     cluster.patch_spec("tickets", {"suspend": True})  # any later change makes the operator look again

@@ -192,7 +192,7 @@ def _message(exit_code: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- status integrity
-PROMOTED = trainer_result("v4")
+PROMOTED = trainer_result()
 
 
 def _without(result: dict[str, Any], key: str) -> dict[str, Any]:
@@ -204,7 +204,7 @@ def _without(result: dict[str, Any], key: str) -> dict[str, Any]:
     [
         (PROMOTED, True, ("True", "QualityGatePassed", PROMOTED["qualityGateMessage"])),
         (
-            trainer_result("v4", promoted=False),
+            trainer_result(promoted=False),
             True,
             ("False", "QualityGateNotMet", "not promoted: accuracy 0.40 -> 0.90: missed"),
         ),
@@ -216,6 +216,11 @@ def _without(result: dict[str, Any], key: str) -> dict[str, Any]:
             ("False", "PromotionNotVerified", "no published version and manifest URI"),
         ),
         (_without(PROMOTED, "gateChecks"), True, ("False", "PromotionNotVerified", "it lists no judged gate check")),
+        (
+            {**PROMOTED, "version": "v1 --claimed-gate {}"},
+            True,
+            ("False", "PromotionNotVerified", "is not a name kubetune gives"),
+        ),
         (
             {**PROMOTED, "gateChecks": [{"name": "labelCollapse", "detail": "reported only"}]},
             True,
@@ -234,6 +239,7 @@ def _without(result: dict[str, Any], key: str) -> dict[str, Any]:
         "job not seen",
         "unpublished",
         "no checks",
+        "odd version",
         "none judged",
         "failed check",
     ],
@@ -241,7 +247,7 @@ def _without(result: dict[str, Any], key: str) -> dict[str, Any]:
 def test_a_promotion_is_copied_only_when_the_result_is_consistent(
     result: dict[str, Any], succeeded: bool, expected: tuple[str, str, str] | None
 ) -> None:
-    gate = quality_gate(result, job_succeeded=succeeded)
+    gate = quality_gate(result, job_succeeded=succeeded, verification=None)
     if expected is None or expected[1] != "PromotionNotVerified":
         assert gate == expected
     else:
@@ -287,3 +293,44 @@ def test_a_terminal_phase_stands_only_when_no_child_job_still_runs() -> None:
     assert recorded_phase_stands([job(condition="Complete"), job(condition="Failed")])
     assert not recorded_phase_stands([job(condition="Complete"), job(ready=1)])
     assert not recorded_phase_stands([job()])
+
+
+def _verification(condition: str, message: str = "") -> dict[str, Any]:
+    return {**job(condition=condition, message=message), "metadata": {"name": "x-verify"}}
+
+
+def _gate(done: Observed) -> dict[str, Any]:
+    status = render_status(decide(done), done, {}, generation=1, now="T", job_name="x-train", preflight_job_name=None)
+    return next(c for c in status["conditions"] if c["type"] == "QualityGatePassed")
+
+
+def test_a_consistent_promotion_waits_for_its_verification_and_takes_its_verdict() -> None:
+    trained = {"training_job": job(condition="Complete"), "trainer_status": {"result": PROMOTED}}
+    for waiting in (None, _verification("")):
+        verdict = decide(observed(**trained, verification_job=waiting))
+        assert (verdict.phase, verdict.reason) == (Phase.RUNNING, "VerifyingPromotion")
+        assert PROMOTED["version"] in verdict.message
+    verified = observed(**trained, verification_job=_verification("Complete"))
+    assert decide(verified).phase == Phase.SUCCEEDED
+    assert (_gate(verified)["status"], _gate(verified)["reason"]) == ("True", "QualityGatePassed")
+    said = "PromotionNotVerified: s3://models/x/v: the manifest says promoted: false"
+    mismatch = observed(
+        **trained, verification_job=_verification("Failed", "exit code 1"), verification_termination=(1, said)
+    )
+    assert decide(mismatch).phase == Phase.SUCCEEDED, "trained and published; only the promotion is refused"
+    gate = _gate(mismatch)
+    assert (gate["status"], gate["reason"]) == ("False", "PromotionNotVerified")
+    assert gate["message"].endswith(
+        "the published manifest does not back it: s3://models/x/v: the manifest says promoted: false"
+    )
+    refused = observed(**trained, verification_refused="Job x-verify exists but does not run the check")
+    assert decide(refused).phase == Phase.SUCCEEDED
+    assert "its verification Job was refused: Job x-verify exists" in _gate(refused)["message"]
+    # Nothing to verify when nothing is claimed: a missed gate is taken as reported, at once.
+    missed = observed(training_job=job(condition="Complete"), trainer_status={"result": trainer_result(promoted=False)})
+    assert decide(missed).phase == Phase.SUCCEEDED and _gate(missed)["reason"] == "QualityGateNotMet"
+
+
+def test_a_running_verification_keeps_a_recorded_terminal_phase_from_standing() -> None:
+    assert not recorded_phase_stands([job(condition="Complete"), _verification("")])
+    assert recorded_phase_stands([job(condition="Complete"), _verification("Complete")])

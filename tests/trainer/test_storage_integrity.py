@@ -16,9 +16,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
+from kubetune.api.contract import EXIT_CONFIG, EXIT_DAMAGED, EXIT_OK
 from kubetune.api.v1alpha1 import S3Spec
-from kubetune_trainer.cli import EXIT_DAMAGED
 from kubetune_trainer.cli import main as kubetune
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.models.loading import ModelSourceError, resolve_model_dir

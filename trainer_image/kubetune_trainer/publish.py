@@ -180,6 +180,38 @@ def verify_version(version_uri: str, store: ObjectStore) -> tuple[list[str], lis
     return intact, problems
 
 
+def promotion_mismatches(
+    manifest: dict[str, Any], *, job_uid: str | None, claimed_checks: dict[str, bool | None]
+) -> list[str]:
+    """Where a version's manifest disagrees with a trainer's report that it was promoted (empty when
+    it agrees): the manifest must belong to this FineTuneJob (its uid), say ``promoted``, and list
+    exactly the gate checks reported, each with the same verdict, every judged one passed."""
+    problems = []
+    made_by = (manifest.get("job") or {}).get("uid")
+    if job_uid and made_by != job_uid:
+        problems.append(f"the manifest was written by FineTuneJob uid {made_by!r}, not this one ({job_uid})")
+    if manifest.get("promoted") is not True:
+        problems.append(f"the manifest says promoted: {json.dumps(manifest.get('promoted'))}")
+    gate = (manifest.get("evaluation") or {}).get("gate") or {}
+    recorded = {
+        str(check.get("name")): check.get("passed") for check in gate.get("checks") or [] if isinstance(check, dict)
+    }
+    for name in sorted(set(recorded) | set(claimed_checks)):
+        if name not in recorded:
+            problems.append(f"gate check {name!r} was reported but the manifest has no such check")
+        elif name not in claimed_checks:
+            problems.append(f"the manifest's gate check {name!r} was not reported")
+        elif recorded[name] != claimed_checks[name]:
+            problems.append(
+                f"gate check {name!r}: reported passed={json.dumps(claimed_checks[name])}, "
+                f"the manifest says passed={json.dumps(recorded[name])}"
+            )
+    failed = sorted(name for name, passed in recorded.items() if passed is False)
+    if failed:
+        problems.append(f"the manifest's gate checks {', '.join(failed)} did not pass")
+    return problems
+
+
 def list_versions(output_uri: str, store: ObjectStore) -> list[str]:
     """Complete versions only (those with a manifest), oldest first."""
     prefix = output_uri.rstrip("/") + "/"

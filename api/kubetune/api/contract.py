@@ -110,12 +110,25 @@ EXIT_CODE_MEANINGS = {
 }
 """Each code in a few words: the trainer's exit-code metric explains itself with these."""
 
+EXIT_DAMAGED = 1
+"""``kubetune verify``: the version differs from its manifest, or (in the verification Job) the
+manifest differs from what the trainer reported. 2 (EXIT_CONFIG) there means it could not be checked."""
+
 FAIL_JOB_EXIT_CODES = (EXIT_CONFIG, EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED)
 """The codes the pod failure policy fails the Job on at once (retrying cannot help)."""
 
 REPORTING_FAILURES = (EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED)
 """The codes meaning "could not write the FineTuneJob status": the trainer's termination message
 (read from the pod) is then the only place where it could leave the reason."""
+
+VERIFICATION_FAIL_JOB_EXIT_CODES = (EXIT_DAMAGED, EXIT_CONFIG)
+"""The verification Job fails at once on a mismatch or when the version cannot be read: a retry would
+read the same objects. Only a crash or a disruption is retried."""
+
+# --- Published versions ---------------------------------------------------------------------------
+VERSION_PATTERN = r"v[0-9]{8}-[0-9]{6}-[0-9a-f]{6}"
+"""How the trainer names a version (``v<UTC date>-<time>-<6 hex>``); the operator builds a version's
+URI from a reported name only when it matches this, whole."""
 
 # --- Labels and annotations -------------------------------------------------------------------
 MANAGED_BY = "kubetune-operator"

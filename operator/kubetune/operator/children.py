@@ -1,5 +1,5 @@
-"""Pure builders of a FineTuneJob's children: spec ConfigMap, trainer RBAC, pre-flight and training Jobs,
-and the trainer egress NetworkPolicy.
+"""Pure builders of a FineTuneJob's children: spec ConfigMap, trainer RBAC, pre-flight, training and
+verification Jobs, and the trainer egress NetworkPolicy.
 
 Nothing here talks to the API server, so every manifest can be unit-tested as data.
 """
@@ -7,6 +7,7 @@ Nothing here talks to the API server, so every manifest can be unit-tested as da
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ from kubetune.api.contract import (
     SCRATCH,
     TERMINATION_LOG_PATH,
     TRAINER_CONTAINER,
+    VERIFICATION_FAIL_JOB_EXIT_CODES,
 )
 from kubetune.api.quantity import parse_quantity
 from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec
@@ -117,6 +119,10 @@ def preflight_job_name(owner: str) -> str:
 
 def training_job_name(owner: str) -> str:
     return child_name(owner, "train")
+
+
+def verification_job_name(owner: str) -> str:
+    return child_name(owner, "verify")
 
 
 def trainer_network_policy_name(owner: str) -> str:
@@ -214,11 +220,11 @@ def build_trainer_rbac(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, An
     return objects
 
 
-def _ephemeral_storage(spec: FineTuneJobSpec) -> str:
+def _ephemeral_storage(spec: FineTuneJobSpec, *, scratch_volume: bool) -> str:
     """What the pod may write outside memory and volumes it was given: the scratch emptyDir (unless
     scratch is a PVC), /tmp and the container's logs. Requested and limited alike, so the scheduler
     places the pod where the disk is, and a runaway writer is evicted instead of filling the node."""
-    scratch = parse_quantity(spec.storage.scratch_size) if spec.storage.pvc is None else 0
+    scratch = parse_quantity(spec.storage.scratch_size) if scratch_volume and spec.storage.pvc is None else 0
     total = scratch + parse_quantity(TMP_SIZE) + parse_quantity(LOG_ALLOWANCE)
     return f"{math.ceil(total / 2**20)}Mi"
 
@@ -277,24 +283,25 @@ def _metrics_env(config: OperatorConfig, namespace: str) -> list[dict[str, Any]]
     return env
 
 
-def _volumes(owner: Owner, spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    scratch: dict[str, Any] = (
-        {"name": "scratch", "persistentVolumeClaim": {"claimName": spec.storage.pvc.claim_name}}
-        if spec.storage.pvc is not None
-        else {"name": "scratch", "emptyDir": {"sizeLimit": spec.storage.scratch_size}}
-    )
+def _volumes(
+    owner: Owner, spec: FineTuneJobSpec, *, scratch_volume: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
         {"name": "job-spec", "configMap": {"name": spec_configmap_name(owner.name)}},
-        scratch,
         {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.storage.shm_size}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "job-spec", "mountPath": JOB_FILE, "subPath": JOB_FILE_KEY, "readOnly": True},
-        {"name": "scratch", "mountPath": SCRATCH},
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+    if scratch_volume:  # what training and the pre-flight write; the verification Job only reads
+        volumes += [
+            {"name": "scratch", "persistentVolumeClaim": {"claimName": spec.storage.pvc.claim_name}}
+            if spec.storage.pvc is not None
+            else {"name": "scratch", "emptyDir": {"sizeLimit": spec.storage.scratch_size}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.storage.shm_size}},
+        ]
+        mounts += [{"name": "scratch", "mountPath": SCRATCH}, {"name": "dshm", "mountPath": "/dev/shm"}]
     if (secret := spec.s3.credentials_secret) is not None:
         files = [
             (secret.access_key_id_key, S3_ACCESS_KEY_ID_FILE),
@@ -344,9 +351,11 @@ def _pod_spec(
     resources: dict[str, Any],
     scheduling: bool,
     gpus: int,
+    image: str | None = None,
+    scratch_volume: bool = True,
 ) -> dict[str, Any]:
-    volumes, mounts = _volumes(owner, spec)
-    storage = _ephemeral_storage(spec)
+    volumes, mounts = _volumes(owner, spec, scratch_volume=scratch_volume)
+    storage = _ephemeral_storage(spec, scratch_volume=scratch_volume)
     resources = {
         "requests": {**resources["requests"], "ephemeral-storage": storage},
         "limits": {**resources["limits"], "ephemeral-storage": storage},
@@ -365,7 +374,7 @@ def _pod_spec(
         "containers": [
             {
                 "name": TRAINER_CONTAINER,
-                "image": spec.image or config.trainer_image,
+                "image": image or spec.image or config.trainer_image,
                 "imagePullPolicy": config.image_pull_policy,
                 "command": command,
                 "env": _env(owner, spec) + _hardening_env(config, gpus=gpus) + _endpoint_env(spec, config),
@@ -384,7 +393,14 @@ def _pod_spec(
 
 
 def _job(
-    owner: Owner, name: str, component: str, pod: dict[str, Any], *, backoff_limit: int, extra: dict[str, Any]
+    owner: Owner,
+    name: str,
+    component: str,
+    pod: dict[str, Any],
+    *,
+    backoff_limit: int,
+    extra: dict[str, Any],
+    fail_on: tuple[int, ...] = FAIL_JOB_EXIT_CODES,
 ) -> dict[str, Any]:
     meta = _metadata(owner, name, component)
     return {
@@ -404,7 +420,7 @@ def _job(
                         "onExitCodes": {
                             "containerName": TRAINER_CONTAINER,
                             "operator": "In",
-                            "values": sorted(FAIL_JOB_EXIT_CODES),  # the API requires ascending order
+                            "values": sorted(fail_on),  # the API requires ascending order
                         },
                     },
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
@@ -482,6 +498,72 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConf
     else:
         job["spec"]["suspend"] = spec.suspend
     return job
+
+
+def build_verification_job(
+    owner: Owner, spec: FineTuneJobSpec, config: OperatorConfig, *, version: str, claimed_checks: dict[str, bool | None]
+) -> dict[str, Any]:
+    """Check a version the trainer reported promoted against its published manifest, before the
+    operator says so (``kubetune verify --job ... --version ... --claimed-gate ...``).
+
+    The operator has no storage access (the job's S3 credentials are the tenant's), so a short CPU
+    pod in the job's namespace reads the version with them. It runs the platform's own trainer image,
+    never ``spec.image``, with a command the operator wrote and no API token: its verdict is the Job's
+    Complete or Failed condition, which only the Job controller writes, so a trainer that claims a
+    promotion its manifest does not record cannot also vouch for it.
+    """
+    command = [
+        "kubetune",
+        "verify",
+        "--job",
+        JOB_FILE,
+        "--version",
+        version,
+        "--claimed-gate",
+        json.dumps(claimed_checks, sort_keys=True),
+    ]
+    resources = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
+    pod = _pod_spec(
+        owner,
+        spec,
+        config,
+        command=command,
+        resources=resources,
+        scheduling=False,
+        gpus=0,
+        image=config.trainer_image,
+        scratch_volume=False,
+    )
+    pod["automountServiceAccountToken"] = False
+    # Hashing every artifact (a merged 7B model is 14 GB) at S3 speed takes minutes, not hours.
+    extra: dict[str, Any] = {"activeDeadlineSeconds": 3600}
+    if spec.ttl_seconds_after_finished is not None:
+        extra["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return _job(
+        owner,
+        verification_job_name(owner.name),
+        "verify",
+        pod,
+        backoff_limit=1,
+        extra=extra,
+        fail_on=VERIFICATION_FAIL_JOB_EXIT_CODES,
+    )
+
+
+def runs_as_built(existing: dict[str, Any], built: dict[str, Any]) -> bool:
+    """Whether an existing Job's pods run what the operator builds: the same containers (name, image,
+    command, arguments) and no init containers. An ownerReference can be written by anyone who can
+    create a Job in the namespace; what its pods run cannot change after creation."""
+
+    def workload(job: dict[str, Any]) -> tuple[Any, ...]:
+        pod = job.get("spec", {}).get("template", {}).get("spec", {})
+        containers = tuple(
+            (c.get("name"), c.get("image"), tuple(c.get("command") or ()), tuple(c.get("args") or ()))
+            for c in pod.get("containers") or []
+        )
+        return containers, bool(pod.get("initContainers"))
+
+    return workload(existing) == workload(built)
 
 
 def build_trainer_network_policy(owner: Owner, egress: TrainerEgress) -> dict[str, Any]:

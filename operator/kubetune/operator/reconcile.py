@@ -26,9 +26,11 @@ from kubetune.operator.status import (
     TRAINER_FIELDS,
     Observed,
     Verdict,
+    claimed_gate_checks,
     derive_status,
     failed_exit_code,
     job_condition,
+    promotion_claimed,
     recorded_phase_stands,
 )
 
@@ -91,6 +93,30 @@ def _ensure_children(
     if job_condition(preflight, "Complete"):
         training, waiting = _start_training(kube, owner, spec, config)
     return preflight, training, waiting
+
+
+def _ensure_verification(
+    kube: Kube, owner: children.Owner, spec: FineTuneJobSpec, config: OperatorConfig, trainer_status: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The Job checking a reported promotion against the published manifest, made when the training Job
+    completed and its result claims one (``status.promotion_claimed``): (the Job, why it was refused).
+
+    Made again if it vanished before the phase was recorded: it only reads, so running twice is harmless.
+    """
+    result = trainer_status.get("result") or {}
+    if not promotion_claimed(result, job_succeeded=True):
+        return None, None
+    manifest = children.build_verification_job(
+        owner, spec, config, version=str(result["version"]), claimed_checks=claimed_gate_checks(result)
+    )
+    try:
+        job = kube.ensure(manifest, owner.uid)
+    except (ChildRefused, NotOwned) as err:
+        return None, str(err)
+    if not children.runs_as_built(job, manifest):
+        name = manifest["metadata"]["name"]
+        return None, f"Job {name} exists but does not run the check the operator builds (someone else made it)"
+    return job, None
 
 
 def _apply_suspend(kube: Kube, spec: FineTuneJobSpec, job: dict[str, Any]) -> tuple[dict[str, Any], bool | None]:
@@ -171,6 +197,9 @@ def _reconcile(
     body = kube.read_finetunejob(owner.namespace, owner.name) or body
     previous_status = dict(body.get("status") or {})
     trainer_status = {k: previous_status[k] for k in TRAINER_FIELDS if previous_status.get(k) is not None}
+    verification, verification_refused = None, None
+    if spec is not None and training is not None and job_condition(training, "Complete"):
+        verification, verification_refused = _ensure_verification(kube, owner, spec, config, trainer_status)
     observed = Observed(
         spec_error=spec_error,
         preflight_job=preflight,
@@ -184,6 +213,13 @@ def _reconcile(
         namespace_quota=namespace_quota,
         training_job_lost=job_recorded and training is None and spec_error is None and name_conflict is None,
         trainer_termination=_trainer_termination(kube, owner.namespace, training or preflight),
+        verification_job=verification,
+        verification_refused=verification_refused,
+        verification_termination=(
+            kube.trainer_termination(owner.namespace, verification, children.TRAINER_CONTAINER)
+            if verification is not None and job_condition(verification, "Failed")
+            else None
+        ),
     )
     verdict, status = derive_status(body, observed, _now())
     if _status_changed(previous_status, status):
@@ -255,8 +291,12 @@ def _settled(body: dict[str, Any], kube: Kube, phase: Phase) -> Outcome:
 
 
 def _own_jobs(kube: Kube, owner: children.Owner) -> list[dict[str, Any]]:
-    """The FineTuneJob's pre-flight and training Jobs that still exist (one of another owner is not its)."""
-    names = (children.preflight_job_name(owner.name), children.training_job_name(owner.name))
+    """The FineTuneJob's Jobs that still exist (one of another owner is not its)."""
+    names = (
+        children.preflight_job_name(owner.name),
+        children.training_job_name(owner.name),
+        children.verification_job_name(owner.name),
+    )
     jobs = (kube.read("Job", owner.namespace, name) for name in names)
     return [job for job in jobs if job is not None and _owned(job, owner.uid)]
 

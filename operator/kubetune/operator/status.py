@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.api.contract import EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED
+from kubetune.api.contract import EXIT_CANNOT_REPORT, EXIT_RESULT_NOT_REPORTED, VERSION_PATTERN
 from kubetune.api.v1alpha1 import FineTuneJobStatus, Phase
 
 # Every reason a Failed condition can carry: validation.check_references' and check_policy's problems, the
@@ -40,6 +40,9 @@ FAILURE_REASONS = (
     "ChildRefused",
 )
 MAX_PHASE_HISTORY = 16
+# A promotion's gate checks travel to the verification Job on its command line: bounded.
+MAX_GATE_CHECKS = 32
+MAX_GATE_CHECK_NAME = 64
 MAX_TRANSITION_MESSAGE = 1024
 
 # The Job controller's Failed condition after a FailJob rule names the exit code: "Container
@@ -87,6 +90,11 @@ class Observed:
     namespace_quota: str | None = None  # why the training Job waits for a slot of the namespace's cap
     # (exit code, termination message) of the trainer container of the Job's last failed pod, when read
     trainer_termination: tuple[int, str] | None = None
+    # The Job that checks a reported promotion against the published manifest, once one was made;
+    # why the API server refused to make it; and what its pod said when it failed.
+    verification_job: dict[str, Any] | None = None
+    verification_refused: str | None = None
+    verification_termination: tuple[int, str] | None = None
 
 
 def job_condition(job: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
@@ -176,9 +184,15 @@ def decide(observed: Observed) -> Verdict:
         return Verdict(Phase.PENDING, "CreatingJob", "creating the training Job", validated)
     if job_condition(job, "Complete"):
         result = observed.trainer_status.get("result") or {}
-        return Verdict(
-            Phase.SUCCEEDED, "TrainingSucceeded", f"published {result.get('version', '')}".strip(), validated
-        )
+        published = f"published {result.get('version', '')}".strip()
+        if (
+            promotion_claimed(result, job_succeeded=True)
+            and observed.verification_refused is None
+            and not _finished(observed.verification_job)
+        ):
+            message = f"{published}; checking the published version against its manifest before promoting it"
+            return Verdict(Phase.RUNNING, "VerifyingPromotion", message, validated)
+        return Verdict(Phase.SUCCEEDED, "TrainingSucceeded", published, validated)
     if job_condition(job, "Failed"):
         unwritten = _status_not_written(job, observed.trainer_termination, validated)
         if unwritten is not None:
@@ -199,6 +213,10 @@ def decide(observed: Observed) -> Verdict:
     if (status.get("ready") or 0) > 0:
         return Verdict(Phase.RUNNING, "Training", "the trainer is running", validated)
     return Verdict(Phase.QUEUED, "WaitingForPod", "the training pod is waiting to be scheduled or to start", validated)
+
+
+def _finished(job: dict[str, Any] | None) -> bool:
+    return bool(job_condition(job, "Complete") or job_condition(job, "Failed"))
 
 
 def _lost_job_verdict(result: dict[str, Any] | None) -> Verdict:
@@ -272,6 +290,7 @@ def render_status(
     gate = quality_gate(
         observed.trainer_status.get("result") or {},
         job_succeeded=job_condition(observed.training_job, "Complete") is not None,
+        verification=verification_verdict(observed),
     )
     if gate is not None and phase == Phase.SUCCEEDED:  # the gate is judged on a finished run
         conditions.append(_condition("QualityGatePassed", *gate, previous, now, generation))
@@ -302,14 +321,17 @@ def render_status(
     return written | {key: None for key in previous_status if key not in STATUS_FIELDS}
 
 
-def quality_gate(result: Mapping[str, Any], *, job_succeeded: bool) -> tuple[str, str, str] | None:
+def quality_gate(
+    result: Mapping[str, Any], *, job_succeeded: bool, verification: str | None
+) -> tuple[str, str, str] | None:
     """The QualityGatePassed condition (status, reason, message) of a finished run from the trainer's
     result; None when the trainer gave no verdict.
 
     "Not promoted" is taken as reported. "Promoted" is the trainer's claim, taken only when it is
-    consistent: the operator saw the training Job succeed, a version and its manifest were
-    published, and at least one gate check was judged and every judged check passed. Otherwise the
-    condition is False with reason ``PromotionNotVerified``, saying why.
+    consistent (the operator saw the training Job succeed, a version and its manifest were
+    published, at least one gate check was judged and every judged check passed) and the
+    verification Job found the published manifest saying the same (``verification`` is None, else
+    why not). Otherwise the condition is False with reason ``PromotionNotVerified``, saying why.
     """
     promoted = result.get("promoted")
     if promoted is None:
@@ -321,7 +343,35 @@ def quality_gate(result: Mapping[str, Any], *, job_succeeded: bool) -> tuple[str
     problems = promotion_problems(result, job_succeeded=job_succeeded)
     if problems:
         return "False", "PromotionNotVerified", "the trainer reported the model promoted, but " + "; ".join(problems)
+    if verification is not None:
+        return "False", "PromotionNotVerified", f"the trainer reported the model promoted, but {verification}"
     return "True", "QualityGatePassed", gate or "the tuned model met the quality gate"
+
+
+def promotion_claimed(result: Mapping[str, Any], *, job_succeeded: bool) -> bool:
+    """Whether the result claims a promotion consistent enough to be checked against the manifest."""
+    return result.get("promoted") is True and not promotion_problems(result, job_succeeded=job_succeeded)
+
+
+def claimed_gate_checks(result: Mapping[str, Any]) -> dict[str, bool | None]:
+    """The reported gate checks by name, as the verification Job compares them with the manifest's."""
+    checks = [check for check in result.get("gateChecks") or [] if isinstance(check, Mapping)]
+    return {str(check.get("name")): check.get("passed") for check in checks}
+
+
+def verification_verdict(observed: Observed) -> str | None:
+    """Why the published manifest does not back the reported promotion, or None when it does (the
+    verification Job completed). Read only for a consistent claim, once the phase is Succeeded."""
+    job = observed.verification_job
+    if observed.verification_refused is not None:
+        return f"its verification Job was refused: {observed.verification_refused}"
+    if job_condition(job, "Complete"):
+        return None
+    if job is None:
+        return "the published version was not checked against its manifest"
+    said = observed.verification_termination[1] if observed.verification_termination else ""
+    detail = said.removeprefix("PromotionNotVerified: ") or _job_failure(job)
+    return f"the published manifest does not back it: {detail}"
 
 
 def promotion_problems(result: Mapping[str, Any], *, job_succeeded: bool) -> list[str]:
@@ -331,7 +381,14 @@ def promotion_problems(result: Mapping[str, Any], *, job_succeeded: bool) -> lis
         problems.append("the operator did not see the training Job succeed")
     if not result.get("version") or not result.get("manifestUri"):
         problems.append("it names no published version and manifest URI")
+    version = result.get("version")
+    if version and not re.fullmatch(VERSION_PATTERN, str(version)):
+        problems.append(f"its version {str(version)[:80]!r} is not a name kubetune gives")
     checks = [check for check in result.get("gateChecks") or [] if isinstance(check, Mapping)]
+    if len(checks) > MAX_GATE_CHECKS or any(len(str(c.get("name", ""))) > MAX_GATE_CHECK_NAME for c in checks):
+        problems.append(
+            f"it lists more than {MAX_GATE_CHECKS} gate checks or a name over {MAX_GATE_CHECK_NAME} characters"
+        )
     judged = [check for check in checks if check.get("passed") is not None]
     failed = [str(check.get("name", "?")) for check in judged if check.get("passed") is not True]
     if not judged:
