@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from kubetune.operator.config import ConfigError, OperatorConfig
-from kubetune.operator.quota import waiting_reason
-from tests.kubeapi.cluster import TestCluster
+from kubetune.operator.quota import RECHECK_SECONDS, waiting_reason
+from tests.kubeapi.cluster import NAMESPACED, TestCluster
 from tests.operator.cluster import Cluster, wait_for
 from tests.operator.conftest import running_operator
 from tests.operator.test_lifecycle import JOB
@@ -55,13 +55,17 @@ def test_more_gpus_than_the_platform_allows_one_job_is_refused(cluster: Cluster,
         wait_for(lambda: cluster.job("four-gpus-preflight"), what="the pre-flight Job of a job within the cap")
 
 
+# The cap reads the namespace's Jobs and FineTuneJobs with namespaced lists, which the namespaced
+# grants must allow (the cluster-wide ones are a superset): one RBAC mode proves it.
+@pytest.mark.parametrize("rbac_mode", [NAMESPACED], ids=["namespaced"])
 def test_over_the_namespace_cap_jobs_wait_and_start_in_creation_order(
     cluster: Cluster, test_cluster: TestCluster
 ) -> None:
     with running_operator(test_cluster, KUBETUNE_MAX_JOBS_PER_NAMESPACE="1"):
+        # Created in name order: jobs created within the same second (creationTimestamp has a
+        # one-second resolution) are ordered by name, so the creation order is unambiguous either way.
         for name in ("first", "second", "third"):
             cluster.apply(named(name))
-            time.sleep(1.1)  # creationTimestamp has a one-second resolution: a clear order
         pass_preflight(cluster, "first")
         wait_for(lambda: cluster.job("first-train"), what="the first job's training Job")
         pass_preflight(cluster, "third")  # the third's pre-flight ends before the second's
@@ -74,7 +78,7 @@ def test_over_the_namespace_cap_jobs_wait_and_start_in_creation_order(
 
         cluster.finish_job("first-train", succeeded=True)  # a slot frees: the older waiting job takes it
         wait_for(lambda: cluster.job("second-train"), what="the second job's training Job")
-        time.sleep(2 * 5.0)  # two rechecks: the third still waits behind the second
+        time.sleep(RECHECK_SECONDS + 1.0)  # a recheck: the third still waits behind the second
         assert cluster.job("third-train") is None and queued_for_quota(cluster, "third")
         cluster.finish_job("second-train", succeeded=False)
         wait_for(lambda: cluster.job("third-train"), timeout=30, what="the third job's training Job")
