@@ -3,7 +3,9 @@
 The manifest is minimal (the data and the output): everything else is kubetune's defaults. Slow
 (minutes on 2 cores) and run on every landing: it checks the quality claims (the tuned model beats
 the base on the held-out split, measures its general ability on the built-in regression prompts, and the
-default gate's verdict follows its checks) and that everything is published.
+default gate's verdict follows its checks) and that everything is published. The example is run
+with one line added, ``output.channel: prod``: a promoted run joins the channel, one that is not does
+not.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,11 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.timeout(2400)
 def test_kubetune_run_example_improves_the_default_model(tmp_path: Path) -> None:
     kubetune = Path(sys.executable).parent / "kubetune"
+    example = yaml.safe_load((ROOT / "examples" / "support-tickets.yaml").read_text())
+    example["spec"]["output"]["channel"] = "prod"
+    (tmp_path / "support-tickets.yaml").write_text(yaml.safe_dump(example))
     result = subprocess.run(
         [
             str(kubetune),
             "run",
-            str(ROOT / "examples" / "support-tickets.yaml"),
+            str(tmp_path / "support-tickets.yaml"),
+            "--map",
+            f"/opt/kubetune/examples={ROOT / 'examples'}",
             "--output-dir",
             str(tmp_path / "runs"),
             "--workdir",
@@ -79,3 +87,9 @@ def test_kubetune_run_example_improves_the_default_model(tmp_path: Path) -> None
     } <= paths
     verdict = "quality gate: promoted" if manifest["promoted"] else "quality gate: not promoted"
     assert verdict in result.stdout and "stage times" in result.stderr
+    entries = sorted((tmp_path / "runs" / "support-tickets" / "channels" / "prod").glob("*.json"))
+    if manifest["promoted"]:
+        (entry,) = entries
+        assert json.loads(entry.read_text())["version"] == version.name and entry.name == "000001.json"
+    else:
+        assert entries == [], "a run its gate did not promote stays off the channel"

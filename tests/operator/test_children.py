@@ -325,6 +325,9 @@ def test_the_verification_job_runs_the_platforms_check_with_nothing_of_the_tenan
     } in rules
     assert [EXIT_DAMAGED, EXIT_CONFIG] == [1, 2]
     assert job["spec"]["ttlSecondsAfterFinished"] == 600 and job["spec"]["activeDeadlineSeconds"] == 3600
+    channel = spec(output={"uri": "s3://models/x/", "channel": "prod"})
+    promoting = build_verification_job(OWNER, channel, CONFIG, version=builders.VERSION, claimed_checks=claimed)
+    assert container(promoting)["command"][-2:] == ["--promote-to", "prod"], "the channel moves once verified"
 
 
 def test_an_existing_job_counts_as_the_check_only_when_it_runs_what_the_operator_builds() -> None:

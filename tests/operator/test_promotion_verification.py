@@ -10,6 +10,7 @@ the API server with the trainer's token.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def trained(cluster: Cluster, tmp_path: Path) -> str:
             "metadata": {"name": "tickets"},
             "spec": {
                 "dataset": {"sources": [{"uri": f"file://{tmp_path}/data.jsonl"}]},
-                "output": {"uri": f"file://{tmp_path}/out/"},
+                "output": {"uri": f"file://{tmp_path}/out/", "channel": "prod"},
                 "resources": {"gpus": 0},
             },
         }
@@ -89,9 +90,13 @@ def test_a_reported_promotion_stands_only_when_the_published_manifest_says_so(
     assert code == (EXIT_OK if backed else EXIT_DAMAGED)
     wait_for(lambda: phase(cluster) == "Succeeded", what="Succeeded")
     gate = condition(cluster, "QualityGatePassed")
+    entries = sorted((tmp_path / "out" / "channels" / "prod").glob("*.json"))
     if backed:
         assert (gate["status"], gate["reason"]) == ("True", "QualityGatePassed")
+        (entry,) = entries  # the verified version joined spec.output.channel
+        assert json.loads(entry.read_text())["version"] == version
     else:
+        assert entries == [], "an unverified promotion moves no channel"
         assert (gate["status"], gate["reason"]) == ("False", "PromotionNotVerified")
         assert "the published manifest does not back it" in gate["message"]
         assert "the manifest says promoted: false" in gate["message"], gate["message"]

@@ -95,7 +95,7 @@ def test_what_cannot_be_checked_exits_2_saying_why(
 ) -> None:
     job_file(tmp_path)
     assert verify(tmp_path, "v20261204-101500-0a1b2c") == EXIT_CONFIG  # nothing published under it
-    assert said.read_text().startswith("PromotionNotVerified: could not check the published version: ")
+    assert said.read_text().startswith("PromotionNotVerified: could not verify: ")
     for bad in (
         ["--version", "../../elsewhere", "--claimed-gate", "{}"],
         ["--version", "v20261204-101500-0a1b2c", "--claimed-gate", "[1]"],
@@ -106,4 +106,4 @@ def test_what_cannot_be_checked_exits_2_saying_why(
         err = capsys.readouterr().err
         assert "cannot verify" in err and "Traceback" not in err
     assert kubetune(["verify"]) == EXIT_CONFIG
-    assert "name a VERSION_URI, or --job and --version" in capsys.readouterr().err
+    assert "name a URI, or --job" in capsys.readouterr().err

@@ -9,6 +9,9 @@
   manifest (exit 0 intact, 1 damaged, 2 cannot be checked). The operator's verification Job runs
   ``kubetune verify --job /etc/kubetune/job.yaml --version V --claimed-gate JSON``: the same checks,
   and the manifest must say what the trainer reported in the FineTuneJob status.
+- ``kubetune promote VERSION_URI --channel prod``, ``kubetune rollback OUTPUT_URI --channel prod``,
+  ``kubetune channel OUTPUT_URI --channel prod``: move and show a promotion channel
+  (``kubetune_trainer.channels``).
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
-from kubetune.api.contract import EXIT_CONFIG, EXIT_DAMAGED, EXIT_OK
+from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
 from kubetune.api.manifest import ManifestError, load_manifest
+from kubetune_trainer import version_commands
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.localrun import PathMapping, parse_mapping
 
@@ -58,97 +61,6 @@ def _validate(args: argparse.Namespace) -> int:
             continue
         print(f"{path}: valid FineTuneJob {job.metadata.get('name', '?')!r}")
     return status
-
-
-def _verify(args: argparse.Namespace) -> int:
-    """Re-check a version: a person names it by URI; the operator's verification Job names it by the
-    mounted FineTuneJob and the version the trainer reported, with the gate checks it reported."""
-    from kubetune_trainer.errors import ConfigurationError
-    from kubetune_trainer.storage import StorageError
-
-    environment = TrainerEnvironment.from_env()
-    try:
-        version_uri, store, claims = _verification_target(args, environment)
-        problems, intact = _check_version(version_uri, store, claims)
-    except (StorageError, ConfigurationError, ManifestError) as err:
-        print(f"cannot verify: {err}", file=sys.stderr)
-        _say(f"PromotionNotVerified: could not check the published version: {err}", environment)
-        return EXIT_CONFIG
-    for line in intact:
-        print(f"ok       {line}")
-    for line in problems:
-        print(f"DAMAGED  {line}")
-    print(f"{version_uri}: {len(intact)} artifacts intact, {len(problems)} problems", file=sys.stderr)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        _say(f"PromotionNotVerified: {version_uri}: {problems[0]}{more}", environment)
-        return EXIT_DAMAGED
-    return EXIT_OK
-
-
-_Claims = tuple[str | None, dict[str, bool | None]]  # (FineTuneJob uid, gate checks reported)
-
-
-def _verification_target(args: argparse.Namespace, environment: TrainerEnvironment) -> tuple[str, Any, _Claims | None]:
-    import json
-    import re
-
-    from pydantic import ValidationError
-
-    from kubetune.api.contract import VERSION_PATTERN
-    from kubetune.api.v1alpha1 import S3Spec
-    from kubetune_trainer.errors import ConfigurationError
-    from kubetune_trainer.storage import ObjectStore, join_uri
-
-    if args.job is None:
-        if args.version_uri is None or args.version or args.claimed_gate is not None:
-            raise ConfigurationError("name a VERSION_URI, or --job and --version (the verification Job's form)")
-        try:
-            spec = S3Spec(endpoint=args.endpoint, region=args.region)
-        except ValidationError as err:  # the same rules as spec.s3 in a manifest
-            raise ConfigurationError(str(err)) from err
-        return args.version_uri, ObjectStore(spec), None
-    if args.version_uri is not None or args.endpoint or args.region:
-        raise ConfigurationError("with --job, the version and the S3 settings come from --version and the manifest")
-    if not re.fullmatch(VERSION_PATTERN, args.version or ""):
-        raise ConfigurationError(f"--version {args.version!r} is not a version kubetune names")
-    job = load_manifest(args.job)
-    store = ObjectStore(
-        job.spec.s3,
-        ca_bundle=environment.s3_ca_bundle,
-        credentials_dir=environment.s3_credentials_dir,
-        public_endpoint_only=environment.s3_public_endpoint_only,
-    )
-    claims = None
-    if args.claimed_gate is not None:
-        try:
-            checks = json.loads(args.claimed_gate)
-        except json.JSONDecodeError as err:
-            raise ConfigurationError(f"--claimed-gate is not JSON: {err}") from err
-        if not isinstance(checks, dict) or not all(v in (True, False, None) for v in checks.values()):
-            raise ConfigurationError("--claimed-gate must map each gate check's name to true, false or null")
-        claims = (job.metadata.get("uid"), checks)
-    return join_uri(job.spec.output.uri, args.version), store, claims
-
-
-def _check_version(version_uri: str, store: Any, claims: _Claims | None) -> tuple[list[str], list[str]]:
-    """(problems, intact artifacts): the artifacts against the manifest, then the manifest against
-    what the trainer reported, when it reported something."""
-    from kubetune_trainer.publish import promotion_mismatches, read_manifest, verify_version
-
-    intact, problems = verify_version(version_uri, store)
-    if claims is not None:
-        job_uid, checks = claims
-        problems = (
-            promotion_mismatches(read_manifest(version_uri, store), job_uid=job_uid, claimed_checks=checks) + problems
-        )
-    return problems, intact
-
-
-def _say(message: str, environment: TrainerEnvironment) -> None:
-    from kubetune_trainer.pipeline import write_termination_message
-
-    write_termination_message(message, environment.termination_log)
 
 
 def _mapping(text: str) -> PathMapping:
@@ -200,21 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("manifests", type=Path, nargs="+")
     validate.set_defaults(handler=_validate)
 
-    verify = sub.add_parser("verify", help="re-check a published version's artifacts against its manifest")
-    verify.add_argument("version_uri", nargs="?", help="the version's URI, e.g. s3://bucket/out/job/v20261204-...")
-    verify.add_argument("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, else AWS)")
-    verify.add_argument("--region", default=None, help="S3 region (default: AWS_REGION, else us-east-1)")
-    verify.add_argument(
-        "--job", type=Path, default=None, help="the FineTuneJob manifest: the version is under its spec.output.uri"
-    )
-    verify.add_argument("--version", default=None, help="with --job: the version's name (v<date>-<time>-<hex>)")
-    verify.add_argument(
-        "--claimed-gate",
-        default=None,
-        metavar="JSON",
-        help="with --job: the gate checks reported ({name: passed}); the manifest must say promoted with exactly these",
-    )
-    verify.set_defaults(handler=_verify)
+    version_commands.add_parsers(sub)
     return parser
 
 

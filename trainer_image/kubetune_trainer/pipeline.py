@@ -162,8 +162,19 @@ def _run_stages(ctx: RunContext) -> Exit:
     from kubetune_trainer.summary import print_summary
 
     print_summary(ctx.name, evaluation, published, outcome)
+    if ctx.mode == Mode.LOCAL and ctx.spec.output.channel and evaluation.gate.passed and end.code == EXIT_OK:
+        # In a cluster the operator's verification Job moves the channel, once it has checked the
+        # published version against this run's report; on a laptop the run itself does.
+        _promote_to_channel(ctx, published.version_uri, ctx.spec.output.channel)
     _print_timings(ctx)
     return end
+
+
+def _promote_to_channel(ctx: RunContext, version_uri: str, channel: str) -> None:
+    from kubetune_trainer.channels import describe, promote
+
+    entry = promote(ctx.store, version_uri, channel, reason=f"kubetune run: {ctx.name} passed its quality gate")
+    print(f"channel {channel}: {describe(entry)}", file=sys.stderr)
 
 
 def _report_result(ctx: RunContext, result: TrainerResult) -> Exit:

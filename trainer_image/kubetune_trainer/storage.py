@@ -85,6 +85,14 @@ class StorageError(RuntimeError):
     """A URI could not be read or written; the message names the URI and the cause."""
 
 
+class WriteConflict(StorageError):
+    """A conditional write lost: the object exists (create-only) or changed since it was read."""
+
+
+# What S3 answers when a conditional write's condition fails (412), or a concurrent one won (409).
+CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
+
+
 @dataclass(frozen=True)
 class Location:
     scheme: str  # "s3" or "file"
@@ -236,7 +244,8 @@ class ObjectStore:
             return func(**kwargs)
         except ClientError as err:
             code = err.response.get("Error", {}).get("Code", "?")
-            raise StorageError(f"{uri}: cannot {action}: {code}: {err}") from err
+            kind = WriteConflict if code in CONFLICT_CODES else StorageError
+            raise kind(f"{uri}: cannot {action}: {code}: {err}") from err
         except BotoCoreError as err:
             raise StorageError(f"{uri}: cannot {action}: {err}") from err
 
@@ -406,7 +415,7 @@ class ObjectStore:
         path = Path(loc.key)
         current = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
         if current != tag:
-            raise StorageError(f"{uri}: changed since it was read (another writer); refusing to overwrite")
+            raise WriteConflict(f"{uri}: changed since it was read (another writer); refusing to overwrite")
         self.write_bytes(uri, data)
         return hashlib.sha256(data).hexdigest()
 
@@ -503,7 +512,7 @@ class ObjectStore:
         try:
             os.link(partial, dest)
         except FileExistsError as err:
-            raise StorageError(f"{uri}: already exists; refusing to overwrite") from err
+            raise WriteConflict(f"{uri}: already exists; refusing to overwrite") from err
         finally:
             partial.unlink(missing_ok=True)
 

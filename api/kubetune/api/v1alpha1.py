@@ -508,6 +508,17 @@ class OutputSpec(ApiModel):
     formats: Annotated[
         list[ArtifactFormat], AfterValidator(_unique), Field(min_length=1, max_length=5, json_schema_extra=_SET)
     ] = Field(default_factory=lambda: [ArtifactFormat.ADAPTER, ArtifactFormat.MERGED])
+    channel: Annotated[
+        str | None,
+        Field(
+            pattern=DNS_LABEL_PATTERN,
+            max_length=63,
+            description=(
+                "A promotion channel (e.g. prod) under <uri>/channels/ that this run's version joins when it is "
+                "promoted: a create-only numbered entry whose highest number is what serving follows."
+            ),
+        ),
+    ] = None
 
 
 class CheckpointSpec(ApiModel):

@@ -504,7 +504,8 @@ def build_verification_job(
     owner: Owner, spec: FineTuneJobSpec, config: OperatorConfig, *, version: str, claimed_checks: dict[str, bool | None]
 ) -> dict[str, Any]:
     """Check a version the trainer reported promoted against its published manifest, before the
-    operator says so (``kubetune verify --job ... --version ... --claimed-gate ...``).
+    operator says so (``kubetune verify --job ... --version ... --claimed-gate ...``), then put it on
+    ``spec.output.channel`` when one is named (``--promote-to``).
 
     The operator has no storage access (the job's S3 credentials are the tenant's), so a short CPU
     pod in the job's namespace reads the version with them. It runs the platform's own trainer image,
@@ -522,6 +523,8 @@ def build_verification_job(
         "--claimed-gate",
         json.dumps(claimed_checks, sort_keys=True),
     ]
+    if spec.output.channel:  # the channel moves only once the version is verified
+        command += ["--promote-to", spec.output.channel]
     resources = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
     pod = _pod_spec(
         owner,

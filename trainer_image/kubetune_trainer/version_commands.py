@@ -1,0 +1,246 @@
+"""The commands that work on published versions rather than on a run: ``verify``, ``promote``,
+``rollback`` and ``channel``.
+
+Each names its place in storage one of two ways. A person gives a URI (and ``--endpoint``/``--region``
+for S3; credentials from the usual AWS sources). A pod gives ``--job /etc/kubetune/job.yaml``: the
+output prefix and S3 settings come from the mounted FineTuneJob and the credentials from the files the
+operator mounted, exactly as for training; the operator's verification Job runs
+``kubetune verify --job ... --version V --claimed-gate JSON [--promote-to CHANNEL]``.
+
+Exit codes: 0 done; 1 (EXIT_DAMAGED) the version differs from its manifest or from what was reported;
+2 (EXIT_CONFIG) the request cannot be done as asked (a bad argument, nothing published there, a
+version its gate did not promote, storage refusing). Messages name the URI and never carry a
+traceback; in a pod, the first line of a failure is also the termination message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kubetune.api.contract import EXIT_CONFIG, EXIT_DAMAGED, EXIT_OK, VERSION_PATTERN
+from kubetune.api.manifest import ManifestError, load_manifest
+from kubetune.api.v1alpha1 import FineTuneJob, S3Spec
+from kubetune_trainer.environment import TrainerEnvironment
+from kubetune_trainer.errors import ConfigurationError
+from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
+
+FAILURES = (StorageError, ConfigurationError, ManifestError)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a command works: the store and, in a pod, the FineTuneJob it was given."""
+
+    store: ObjectStore
+    job: FineTuneJob | None
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    verify = sub.add_parser("verify", help="re-check a published version's artifacts against its manifest")
+    verify.add_argument("version_uri", nargs="?", help="the version's URI, e.g. s3://bucket/out/job/v20261204-...")
+    _place_arguments(verify)
+    verify.add_argument("--version", default=None, help="with --job: the version's name (v<date>-<time>-<hex>)")
+    verify.add_argument(
+        "--claimed-gate",
+        default=None,
+        metavar="JSON",
+        help="with --job: the gate checks reported ({name: passed}); the manifest must say promoted with exactly these",
+    )
+    verify.add_argument("--promote-to", default=None, metavar="CHANNEL", help="with --claimed-gate: then promote")
+    verify.set_defaults(handler=verify_command)
+
+    promote = sub.add_parser("promote", help="point a promotion channel at a published version")
+    promote.add_argument("version_uri", nargs="?", help="the version's URI")
+    _place_arguments(promote)
+    promote.add_argument("--version", default=None, help="with --job: the version's name")
+    promote.add_argument("--channel", required=True, help="e.g. prod")
+    promote.add_argument("--reason", default="", help="recorded in the channel entry")
+    promote.add_argument("--force", action="store_true", help="also a version its quality gate did not promote")
+    promote.set_defaults(handler=promote_command)
+
+    rollback = _channel_parser(sub, "rollback", "point a promotion channel back at the version it named before")
+    rollback.add_argument("--to", default=None, metavar="VERSION", help="a version the channel named before")
+    rollback.add_argument("--reason", default="", help="recorded in the channel entry")
+    rollback.set_defaults(handler=rollback_command)
+
+    channel = _channel_parser(sub, "channel", "show a promotion channel's current version and history")
+    channel.add_argument("--json", action="store_true", help="the entries as JSON, oldest first")
+    channel.set_defaults(handler=channel_command)
+
+
+def _channel_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    """A command on a channel of a job's output prefix."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    parser.add_argument("output_uri", nargs="?", help="the job's output prefix (spec.output.uri)")
+    _place_arguments(parser)
+    parser.add_argument("--channel", required=True)
+    return parser
+
+
+def _place_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, else AWS)")
+    parser.add_argument("--region", default=None, help="S3 region (default: AWS_REGION, else us-east-1)")
+    parser.add_argument(
+        "--job", type=Path, default=None, help="in a pod: the FineTuneJob manifest the operator mounted"
+    )
+
+
+def _place(args: argparse.Namespace, environment: TrainerEnvironment, uri: str | None) -> Place:
+    if args.job is None:
+        if uri is None:
+            raise ConfigurationError("name a URI, or --job with the FineTuneJob manifest (in a pod)")
+        try:
+            spec = S3Spec(endpoint=args.endpoint, region=args.region)
+        except ValidationError as err:  # the same rules as spec.s3 in a manifest
+            raise ConfigurationError(str(err)) from err
+        return Place(ObjectStore(spec), None)
+    if uri is not None or args.endpoint or args.region:
+        raise ConfigurationError("with --job, the place and the S3 settings come from the manifest")
+    job = load_manifest(args.job)
+    store = ObjectStore(
+        job.spec.s3,
+        ca_bundle=environment.s3_ca_bundle,
+        credentials_dir=environment.s3_credentials_dir,
+        public_endpoint_only=environment.s3_public_endpoint_only,
+    )
+    return Place(store, job)
+
+
+def _version_uri(args: argparse.Namespace, place: Place) -> str:
+    if place.job is None:
+        return str(args.version_uri)
+    if not re.fullmatch(VERSION_PATTERN, args.version or ""):
+        raise ConfigurationError(f"--version {args.version!r} is not a version kubetune names")
+    return join_uri(place.job.spec.output.uri, args.version)
+
+
+def _output_uri(args: argparse.Namespace, place: Place) -> str:
+    return place.job.spec.output.uri if place.job is not None else str(args.output_uri)
+
+
+def _run(what: str, action: Callable[[TrainerEnvironment], int], *, reason: str = "") -> int:
+    """Run a command, turning what cannot be done into exit 2 with one line saying why."""
+    environment = TrainerEnvironment.from_env()
+    try:
+        return action(environment)
+    except FAILURES as err:
+        print(f"cannot {what}: {err}", file=sys.stderr)
+        if reason:
+            _say(f"{reason}: could not {what}: {err}", environment)
+        return EXIT_CONFIG
+
+
+def _say(message: str, environment: TrainerEnvironment) -> None:
+    from kubetune_trainer.pipeline import write_termination_message
+
+    write_termination_message(message, environment.termination_log)
+
+
+# ------------------------------------------------------------------ verify
+def verify_command(args: argparse.Namespace) -> int:
+    """Re-check a version; with ``--claimed-gate``, also that its manifest says what was reported."""
+
+    def check(environment: TrainerEnvironment) -> int:
+        place = _place(args, environment, args.version_uri)
+        if place.job is None and (args.version or args.claimed_gate is not None or args.promote_to):
+            raise ConfigurationError("--version, --claimed-gate and --promote-to go with --job (the verification Job)")
+        if args.promote_to and args.claimed_gate is None:
+            raise ConfigurationError("--promote-to needs --claimed-gate: only a verified promotion moves a channel")
+        version_uri = _version_uri(args, place)
+        problems, intact = _check_version(version_uri, place, args.claimed_gate)
+        for line in intact:
+            print(f"ok       {line}")
+        for line in problems:
+            print(f"DAMAGED  {line}")
+        print(f"{version_uri}: {len(intact)} artifacts intact, {len(problems)} problems", file=sys.stderr)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            _say(f"PromotionNotVerified: {version_uri}: {problems[0]}{more}", environment)
+            return EXIT_DAMAGED
+        if args.promote_to:
+            _promote(place, version_uri, args.promote_to, reason=_verified_reason(place))
+        return EXIT_OK
+
+    return _run("verify", check, reason="PromotionNotVerified")
+
+
+def _check_version(version_uri: str, place: Place, claimed_gate: str | None) -> tuple[list[str], list[str]]:
+    """(problems, intact artifacts): the artifacts against the manifest, then the manifest against
+    what the trainer reported, when it reported something."""
+    from kubetune_trainer.publish import promotion_mismatches, read_manifest, verify_version
+
+    intact, problems = verify_version(version_uri, place.store)
+    if claimed_gate is not None:
+        try:
+            checks = json.loads(claimed_gate)
+        except json.JSONDecodeError as err:
+            raise ConfigurationError(f"--claimed-gate is not JSON: {err}") from err
+        if not isinstance(checks, dict) or not all(v in (True, False, None) for v in checks.values()):
+            raise ConfigurationError("--claimed-gate must map each gate check's name to true, false or null")
+        uid = place.job.metadata.get("uid") if place.job is not None else None
+        manifest = read_manifest(version_uri, place.store)
+        problems = promotion_mismatches(manifest, job_uid=uid, claimed_checks=checks) + problems
+    return problems, intact
+
+
+def _verified_reason(place: Place) -> str:
+    meta = place.job.metadata if place.job is not None else {}
+    return f"FineTuneJob {meta.get('namespace', '?')}/{meta.get('name', '?')}: quality gate passed, verified by the operator"
+
+
+# ------------------------------------------------------------------ channels
+def _promote(place: Place, version_uri: str, channel: str, *, reason: str, force: bool = False) -> None:
+    from kubetune_trainer.channels import describe, promote
+
+    entry = promote(place.store, version_uri, channel, reason=reason, require_promoted=not force)
+    print(f"{channel}: {describe(entry)}")
+
+
+def promote_command(args: argparse.Namespace) -> int:
+    def run(environment: TrainerEnvironment) -> int:
+        place = _place(args, environment, args.version_uri)
+        if place.job is None and args.version:
+            raise ConfigurationError("--version goes with --job; name the version's URI instead")
+        _promote(place, _version_uri(args, place), args.channel, reason=args.reason, force=args.force)
+        return EXIT_OK
+
+    return _run("promote", run)
+
+
+def rollback_command(args: argparse.Namespace) -> int:
+    from kubetune_trainer.channels import describe, rollback
+
+    def run(environment: TrainerEnvironment) -> int:
+        place = _place(args, environment, args.output_uri)
+        entry = rollback(place.store, _output_uri(args, place), args.channel, to_version=args.to, reason=args.reason)
+        print(f"{args.channel}: {describe(entry)}")
+        return EXIT_OK
+
+    return _run("roll back", run)
+
+
+def channel_command(args: argparse.Namespace) -> int:
+    from kubetune_trainer.channels import describe, history
+
+    def run(environment: TrainerEnvironment) -> int:
+        place = _place(args, environment, args.output_uri)
+        entries = history(place.store, _output_uri(args, place), args.channel)
+        if args.json:
+            print(json.dumps([entry.to_json() for entry in entries], indent=2))
+        elif not entries:
+            print(f"{args.channel}: no entries")
+        else:
+            print(f"{args.channel}: now {entries[-1].version_uri}")
+            for entry in reversed(entries):
+                print(f"  {describe(entry)}")
+        return EXIT_OK
+
+    return _run("read the channel", run)
