@@ -1,5 +1,5 @@
 """The commands that work on published versions rather than on a run: ``verify``, ``promote``,
-``rollback`` and ``channel``.
+``rollback``, ``channel`` and ``fetch``.
 
 Each names its place in storage one of two ways. A person gives a URI (and ``--endpoint``/``--region``
 for S3; credentials from the usual AWS sources). A pod gives ``--job /etc/kubetune/job.yaml``: the
@@ -33,6 +33,9 @@ from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
 
 FAILURES = (StorageError, ConfigurationError, ManifestError)
+# The folders a published version may hold (kubetune_trainer.steps.export): merged for vLLM or KServe,
+# gguf for llama.cpp and Ollama, adapter for a server that loads LoRA adapters.
+ARTIFACT_FOLDERS = ("adapter", "merged", "bnb-4bit", "gguf")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     channel = _channel_parser(sub, "channel", "show a promotion channel's current version and history")
     channel.add_argument("--json", action="store_true", help="the entries as JSON, oldest first")
     channel.set_defaults(handler=channel_command)
+
+    fetch = _channel_parser(sub, "fetch", "download the channel's current version of one artifact, verified")
+    fetch.add_argument(
+        "--artifact", required=True, choices=ARTIFACT_FOLDERS, help="which artifact folder of the version"
+    )
+    fetch.add_argument(
+        "--dest", type=Path, required=True, help="a link swapped to the fetched folder, e.g. /models/current"
+    )
+    fetch.set_defaults(handler=fetch_command)
 
 
 def _channel_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -244,3 +256,21 @@ def channel_command(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run("read the channel", run)
+
+
+def fetch_command(args: argparse.Namespace) -> int:
+    from kubetune_trainer.fetch import VersionDamaged, fetch
+
+    def run(environment: TrainerEnvironment) -> int:
+        place = _place(args, environment, args.output_uri)
+        try:
+            fetched = fetch(place.store, _output_uri(args, place), args.channel, args.artifact, args.dest)
+        except VersionDamaged as err:
+            print(f"DAMAGED  {err}")
+            _say(f"VersionDamaged: {err}", environment)
+            return EXIT_DAMAGED
+        done = f"{fetched.files} files fetched" if fetched.files else "already in place"
+        print(f"{args.dest} -> {fetched.folder.name}: {fetched.entry.version_uri} ({done})")
+        return EXIT_OK
+
+    return _run("fetch", run, reason="FetchFailed")
