@@ -1,0 +1,1 @@
+"""Drift detection: is what production sends the model still what it was trained on?"""
