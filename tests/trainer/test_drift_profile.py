@@ -65,9 +65,8 @@ def test_embeddings_and_losses_do_not_depend_on_the_batch(tiny: tuple[Any, Any])
 def test_a_profile_is_bounded_and_survives_save_and_load(tiny: tuple[Any, Any], tmp_path: Path) -> None:
     model, tokenizer = tiny
     train, held_out = [ticket(n) for n in range(300)], [ticket(n) for n in range(300, 340)]
-    profile = build_profile(
-        model, model, tokenizer, train=train, held_out=held_out, labels=LABELS, base_model_sha256="ab" * 32, seed=1
-    )
+    profile = build_profile(model, tokenizer, train=train, labels=LABELS, base_model_sha256="ab" * 32, seed=1)
+    profile = profile.with_losses(model, tokenizer, held_out, seed=1)
     assert profile.embeddings.shape == (MAX_ROWS, model.config.hidden_size)
     assert len(profile.lengths) == MAX_ROWS and profile.labels is not None and set(profile.labels) == set(LABELS)
     assert len(profile.losses) == 40
@@ -77,18 +76,15 @@ def test_a_profile_is_bounded_and_survives_save_and_load(tiny: tuple[Any, Any], 
     np.testing.assert_allclose(loaded.embeddings, profile.embeddings, rtol=1e-2, atol=1e-3)
     assert loaded.lengths == profile.lengths and loaded.labels == profile.labels
     # Free-text answers are not labels: no label distribution is kept.
-    free = build_profile(
-        model, model, tokenizer, train=train[:20], held_out=held_out[:4], labels=None, base_model_sha256="", seed=1
-    )
+    free = build_profile(model, tokenizer, train=train[:20], labels=None, base_model_sha256="", seed=1)
     assert free.labels is None
 
 
 def test_the_profile_tells_production_like_its_data_from_production_that_moved(tiny: tuple[Any, Any]) -> None:
     model, tokenizer = tiny
     train, held_out = [ticket(n) for n in range(0, 400)], [ticket(n) for n in range(400, 460)]
-    profile = build_profile(
-        model, model, tokenizer, train=train, held_out=held_out, labels=LABELS, base_model_sha256="", seed=3
-    ).as_sample()
+    profile = build_profile(model, tokenizer, train=train, labels=LABELS, base_model_sha256="", seed=3)
+    reference = profile.with_losses(model, tokenizer, held_out, seed=3).as_sample()
 
     def window(texts: list[str]) -> Sample:
         return Sample(
@@ -99,6 +95,6 @@ def test_the_profile_tells_production_like_its_data_from_production_that_moved(t
 
     same = window([prompt_text(ticket(n)) for n in range(1000, 1100)])
     moved = window([f"user: {FRENCH.format(n=n + 100)}" for n in range(100)])
-    assert not check(profile, same, seed=0).drifted, check(profile, same, seed=0).explain()
-    decision = check(profile, moved, seed=0)
+    assert not check(reference, same, seed=0).drifted, check(reference, same, seed=0).explain()
+    decision = check(reference, moved, seed=0)
     assert decision.drifted and decision.adjusted["embeddings.mmd"] < 0.05, decision.explain()

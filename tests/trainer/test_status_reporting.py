@@ -25,6 +25,7 @@ from kubetune.api.contract import ENV_TERMINATION_LOG, EXIT_CANNOT_REPORT, EXIT_
 from kubetune.api.manifest import load_manifest
 from kubetune.api.v1alpha1 import FineTuneJob, PreflightReport, Progress, ResolvedTraining
 from kubetune.api.v1alpha1 import TrainerResult as Result
+from kubetune_trainer.drift.profile import ReferenceProfile
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import CannotReport, ResultNotReported
 from kubetune_trainer.pipeline import Mode, run_pipeline, write_termination_message
@@ -489,6 +490,12 @@ def test_a_published_run_whose_result_cannot_be_written_fails_and_keeps_its_arti
     judged = {check["name"]: check["passed"] for check in result["gateChecks"] if "passed" in check}
     assert "task" in judged and all(check["detail"] for check in result["gateChecks"])
     assert result["promoted"] is False or all(judged.values())
+    # Every published version carries its drift reference profile (kubetune_trainer.drift.profile).
+    published = {artifact["name"] for artifact in result["artifacts"]}
+    assert {"reports/drift-profile/profile.json", "reports/drift-profile/embeddings.npy"} <= published
+    profile = ReferenceProfile.load(manifest.parent / "reports" / "drift-profile")
+    assert profile.embeddings.shape[0] == len(profile.lengths) > 0 and profile.losses
+    assert json.loads(manifest.read_text())["driftProfile"] == "reports/drift-profile"
 
 
 # --------------------------------------------------------------------------- the termination message

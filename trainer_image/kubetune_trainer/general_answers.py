@@ -83,6 +83,14 @@ class BaseAnswers:
     origin: str  # shipped, cache, storage or generated
 
 
+GENERAL_SOURCE_PREFIX = "builtin:"
+"""The ``source`` of every row made from the built-in general prompts (replay rows among the task's)."""
+
+
+def is_general_row(example: Example) -> bool:
+    return example.source.startswith(GENERAL_SOURCE_PREFIX)
+
+
 def as_examples(prompts: Sequence[GeneralPrompt], answers: BaseAnswers) -> list[Example]:
     """Each prompt with the base model's answer as the assistant turn (a replay or regression row)."""
     return [
@@ -91,7 +99,7 @@ def as_examples(prompts: Sequence[GeneralPrompt], answers: BaseAnswers) -> list[
                 *(Message(m["role"], m["content"]) for m in prompt.messages),
                 Message("assistant", answers.answers[prompt.id]),
             ),
-            source=f"builtin:{prompt.id}",
+            source=f"{GENERAL_SOURCE_PREFIX}{prompt.id}",
         )
         for prompt in prompts
     ]

@@ -1,4 +1,4 @@
-"""The trainer's stages in order: model → data → plan → replay → train → evaluate → export → publish.
+"""The trainer's stages in order: model → data → plan → replay → train → strength → evaluate → profile → export → publish.
 
 ``Mode.PREFLIGHT`` stops after the plan (the CPU-only pre-flight Job), ``Mode.TRAIN`` is the
 GPU Job, ``Mode.LOCAL`` is ``kubetune run``. Every stage is timed and announced to the
@@ -140,7 +140,9 @@ def _run_stages(ctx: RunContext) -> Exit:
     with ctx.clock.stage("strength"):
         steps.choose_adapter_strength(ctx, model, data, resolved, outcome)
     with ctx.clock.stage("evaluate"):
-        evaluation = steps.evaluate(ctx, model, data, resolved, outcome)
+        evaluation, subject = steps.evaluate(ctx, model, data, resolved, outcome)
+    with ctx.clock.stage("profile"):
+        steps.reference_profile(ctx, model, data, resolved, subject)
     with ctx.clock.stage("export"):
         steps.export(ctx, model, resolved, outcome)
     with ctx.clock.stage("publish"):

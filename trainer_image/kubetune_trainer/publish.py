@@ -67,6 +67,7 @@ def lineage_manifest(run: RunRecord) -> dict[str, Any]:
             **({"adapterStrength": run.outcome.strength.to_dict()} if run.outcome.strength else {}),
         },
         "curation": "reports/curation.json",
+        "driftProfile": "reports/drift-profile",  # profile.json and embeddings.npy (kubetune_trainer.drift.profile)
         "evaluation": run.evaluation.to_dict(),
         "promoted": run.evaluation.gate.passed,
     }

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kubetune.api.v1alpha1 import (
     ArtifactFormat,
@@ -59,6 +59,9 @@ from kubetune_trainer.plan import (
 from kubetune_trainer.publish import PublishedRun, RunRecord, lineage_manifest, publish_run
 from kubetune_trainer.replay import PLANNED_ANSWER_TOKENS, answers_worth_replaying, choose_replay_prompts
 from kubetune_trainer.training.loop import TrainOutcome
+
+if TYPE_CHECKING:  # types only: the runner pulls in torch when a run evaluates
+    from kubetune_trainer.evaluation.runner import ModelUnderTest
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +389,7 @@ def choose_adapter_strength(
 
 def evaluate(
     ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining, outcome: TrainOutcome
-) -> EvaluationReport:
+) -> tuple[EvaluationReport, ModelUnderTest]:
     from kubetune_trainer.evaluation.runner import ModelUnderTest
     from kubetune_trainer.evaluation.runner import evaluate as run_evaluation
     from kubetune_trainer.training.model import load_base
@@ -410,7 +413,32 @@ def evaluate(
     report.write(reports)
     plot_loss_curve(outcome.history, reports / "loss_curve.png")
     (reports / "training_history.json").write_text(json.dumps(outcome.history, indent=2))
-    return report
+    return report, subject
+
+
+def reference_profile(
+    ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining, subject: ModelUnderTest
+) -> None:
+    """What the task's data looked like, for drift checks of production windows against this version
+    (``drift.profile``): published under ``reports/drift-profile/``."""
+    from kubetune_trainer.drift.profile import build_profile
+    from kubetune_trainer.evaluation.gate import is_label_like
+    from kubetune_trainer.evaluation.metrics import as_label
+    from kubetune_trainer.general_answers import is_general_row
+
+    task_rows = [e for e in data.train if not is_general_row(e)]  # replay rows are not the task's data
+    answers = [e.reference() for e in task_rows]
+    labels = sorted({as_label(a) for a in answers}) if is_label_like(answers) else None
+    seed = resolved.hyperparameters.seed
+    base, base_context = subject.as_base()
+    tuned, tuned_context = subject.as_tuned()
+    with base_context:
+        profile = build_profile(
+            base, model.tokenizer, train=task_rows, labels=labels, base_model_sha256=model.sha256, seed=seed
+        )
+    with tuned_context:
+        profile = profile.with_losses(tuned, model.tokenizer, data.test, seed=seed)
+    profile.save(ctx.workdir / "artifacts" / "reports" / "drift-profile")
 
 
 def export(ctx: RunContext, model: BaseModelInfo, resolved: ResolvedTraining, outcome: TrainOutcome) -> None:

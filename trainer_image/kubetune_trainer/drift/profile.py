@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.drift.detectors import Array, Sample
+from kubetune_trainer.evaluation.metrics import as_label
 
 MAX_ROWS = 256
 MAX_PROMPT_TOKENS = 256  # longer prompts are embedded and scored on their first tokens
@@ -47,6 +48,11 @@ class ReferenceProfile:
     labels: list[str] | None
     losses: list[float]
     base_model_sha256: str
+
+    def with_losses(self, tuned: Any, tokenizer: Any, held_out: Sequence[Example], *, seed: int) -> ReferenceProfile:
+        """The profile with the tuned model's losses on (up to MAX_ROWS of) the held-out prompts."""
+        texts = [prompt_text(e) for e in sample_rows(held_out, seed)]
+        return replace(self, losses=prompt_losses(tuned, tokenizer, texts))
 
     def as_sample(self) -> Sample:
         return Sample(
@@ -151,27 +157,25 @@ def sample_rows(examples: Sequence[Example], seed: int, limit: int = MAX_ROWS) -
 
 def build_profile(
     base: Any,
-    tuned: Any,
     tokenizer: Any,
     *,
     train: Sequence[Example],
-    held_out: Sequence[Example],
     labels: Sequence[str] | None,
     base_model_sha256: str,
     seed: int,
 ) -> ReferenceProfile:
-    """``base``/``tuned``: the models to run (already in the right adapter state); ``labels``: the
-    task's label set when answers are labels (each reference row's answer is kept if it is one)."""
+    """The base model's side of a profile (``base`` already with any adapter off); ``labels``: the
+    task's label set when answers are labels (kept only if every sampled answer is one). The tuned
+    model's losses come after, from :meth:`ReferenceProfile.with_losses`."""
     rows = sample_rows(train, seed)
     texts = [prompt_text(e) for e in rows]
     label_set = set(labels or ())
-    answers = [e.reference().strip() for e in rows] if label_set else None
+    answers = [as_label(e.reference()) for e in rows] if label_set else None
     kept = answers if answers is not None and all(a in label_set for a in answers) else None
-    scored = [prompt_text(e) for e in sample_rows(held_out, seed)]
     return ReferenceProfile(
         embeddings=embed(base, tokenizer, texts),
         lengths=token_lengths(tokenizer, texts),
         labels=kept,
-        losses=prompt_losses(tuned, tokenizer, scored),
+        losses=[],
         base_model_sha256=base_model_sha256,
     )
