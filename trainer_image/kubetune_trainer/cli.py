@@ -11,7 +11,9 @@
   and the manifest must say what the trainer reported in the FineTuneJob status.
 - ``kubetune promote VERSION_URI --channel prod``, ``kubetune rollback OUTPUT_URI --channel prod``,
   ``kubetune channel OUTPUT_URI --channel prod``: move and show a promotion channel
-  (``kubetune_trainer.channels``).
+  (``kubetune_trainer.channels``); ``kubetune fetch`` brings a channel's version to a serving pod.
+- ``kubetune drift check --reference VERSION_URI --samples URI``: production requests against a
+  version's reference profile (exit 0 no drift, 1 drift, 2 cannot check).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
 from kubetune.api.manifest import ManifestError, load_manifest
 from kubetune_trainer import version_commands
+from kubetune_trainer.drift import command as drift_command
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.localrun import PathMapping, parse_mapping
 
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
 
     version_commands.add_parsers(sub)
+    drift_command.add_parser(sub)
     return parser
 
 
