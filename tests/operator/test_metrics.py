@@ -67,6 +67,21 @@ def test_gpu_seconds_grow_only_while_running_and_survive_the_job() -> None:
     assert value(metrics, "kubetune_finetunejobs", namespace="ml", phase="Running") == 0
 
 
+def test_a_finished_training_verifying_its_promotion_holds_no_gpu() -> None:
+    """Still Running (reason VerifyingPromotion) once the training pod ended: its GPU time stops there."""
+    clock = Clock()
+    metrics = OperatorMetrics(FAILURE_REASONS, clock)
+    metrics.observe(seen("Running", "Queued", first_running=True))
+    clock.now += 100
+    metrics.observe(seen("Running", "Running", gpus=0, reason="VerifyingPromotion"))
+    clock.now += 300
+    assert value(metrics, "kubetune_gpu_seconds_total", namespace="ml") == 200
+    assert value(metrics, "kubetune_gpus_in_use", namespace="ml") == 0
+    metrics.observe(seen("Succeeded", "Running", gpus=0))
+    clock.now += 50
+    assert value(metrics, "kubetune_gpu_seconds_total", namespace="ml") == 200
+
+
 def test_a_restarted_operator_counts_gpu_time_from_its_own_start_only() -> None:
     clock = Clock(5_000.0)
     metrics = OperatorMetrics(FAILURE_REASONS, clock)

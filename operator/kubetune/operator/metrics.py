@@ -137,6 +137,11 @@ class Fleet:
         with self._lock:
             tracked = self._jobs.get(key)
             if tracked is not None and tracked.phase == seen.phase:
+                if tracked.gpus != seen.gpus and tracked.running_since is not None:
+                    # Still Running with another count (the training pod ended and the promotion is
+                    # being verified): the time so far at the old count, from now at the new one.
+                    self._stop_gpu_clock(seen.namespace, tracked, now)
+                    tracked.running_since = now
                 tracked.gpus = seen.gpus
                 return
             if tracked is not None:

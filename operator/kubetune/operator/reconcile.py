@@ -228,7 +228,8 @@ def _reconcile(
     training_job_created = None
     if training is not None and not job_recorded:  # the first reconcile to see the training Job
         training_job_created = parse_time(training["metadata"].get("creationTimestamp")) or time.time()
-    gpus = spec.resources.gpus if spec is not None else 0
+    # GPUs are held while the training Job runs; not while its finished run's promotion is verified.
+    gpus = spec.resources.gpus if spec is not None and not (training is not None and _finished(training)) else 0
     metrics.observe(_observation(body, verdict, previous_phase, gpus=gpus, training_job_created=training_job_created))
     permanent = verdict.phase == Phase.FAILED and any(e is not None for e in (spec_error, name_conflict, child_refused))
     # Nothing of this job changes when another job's slot frees: look again instead of waiting for an event.
