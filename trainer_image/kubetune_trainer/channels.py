@@ -108,10 +108,16 @@ def current(store: ObjectStore, output_uri: str, channel: str) -> ChannelEntry |
 
 
 def promote(
-    store: ObjectStore, version_uri: str, channel: str, *, reason: str = "", require_promoted: bool = True
+    store: ObjectStore,
+    version_uri: str,
+    channel: str,
+    *,
+    reason: str = "",
+    require_promoted: bool = True,
+    verified: bool = False,
 ) -> ChannelEntry:
-    """Point ``channel`` at a published version, after checking it is intact and (unless told
-    otherwise) that its own quality gate promoted it."""
+    """Point ``channel`` at a published version, after checking it is intact (unless the caller just
+    did: ``verified``) and, unless told otherwise, that its own quality gate promoted it."""
     output_uri, version = split_version_uri(version_uri)
     manifest_uri = join_uri(version_uri.rstrip("/"), MANIFEST)
     if not store.exists(manifest_uri):
@@ -122,7 +128,7 @@ def promote(
             "--force puts it on the channel anyway"
         )
     target = _Target(version, "promote", reason or f"promoted {version}")
-    return _append(store, output_uri, channel, lambda entries: target)
+    return _append(store, output_uri, channel, lambda entries: target, checked={version} if verified else set())
 
 
 def rollback(
@@ -154,16 +160,28 @@ def rollback(
 
 
 def _append(
-    store: ObjectStore, output_uri: str, channel: str, choose: Callable[[list[ChannelEntry]], _Target]
+    store: ObjectStore,
+    output_uri: str,
+    channel: str,
+    choose: Callable[[list[ChannelEntry]], _Target],
+    *,
+    checked: set[str] | None = None,
 ) -> ChannelEntry:
-    """Write the next entry create-only; when another writer took the number, read again and retry."""
+    """Write the next entry create-only; when another writer took the number, read again and retry.
+    Each version is checked against its manifest once (every artifact is read: gigabytes for a merged
+    model), whatever the number of attempts."""
+    checked = set(checked or ())
     for attempt in range(MAX_ATTEMPTS):
         entries = history(store, output_uri, channel)
         target = choose(entries)
         version_uri = join_uri(output_uri, target.version)
-        _, problems = verify_version(version_uri, store)
-        if problems:
-            raise ConfigurationError(f"{version_uri}: differs from its manifest ({problems[0]}); not put on a channel")
+        if target.version not in checked:
+            _, problems = verify_version(version_uri, store)
+            if problems:
+                raise ConfigurationError(
+                    f"{version_uri}: differs from its manifest ({problems[0]}); not put on a channel"
+                )
+            checked.add(target.version)
         sequence = entries[-1].sequence + 1 if entries else 1
         entry = ChannelEntry(
             sequence=sequence,

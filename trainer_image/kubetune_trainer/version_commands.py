@@ -177,8 +177,8 @@ def verify_command(args: argparse.Namespace) -> int:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             _say(f"PromotionNotVerified: {version_uri}: {problems[0]}{more}", environment)
             return EXIT_DAMAGED
-        if args.promote_to:
-            _promote(place, version_uri, args.promote_to, reason=_verified_reason(place))
+        if args.promote_to:  # just checked, artifact by artifact: not read a second time
+            _promote(place, version_uri, args.promote_to, reason=_verified_reason(place), verified=True)
         return EXIT_OK
 
     return _run("verify", check, reason="PromotionNotVerified")
@@ -209,10 +209,12 @@ def _verified_reason(place: Place) -> str:
 
 
 # ------------------------------------------------------------------ channels
-def _promote(place: Place, version_uri: str, channel: str, *, reason: str, force: bool = False) -> None:
+def _promote(
+    place: Place, version_uri: str, channel: str, *, reason: str, force: bool = False, verified: bool = False
+) -> None:
     from kubetune_trainer.channels import describe, promote
 
-    entry = promote(place.store, version_uri, channel, reason=reason, require_promoted=not force)
+    entry = promote(place.store, version_uri, channel, reason=reason, require_promoted=not force, verified=verified)
     print(f"{channel}: {describe(entry)}")
 
 
