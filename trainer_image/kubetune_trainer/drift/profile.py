@@ -104,15 +104,17 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int =
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             batch = _tokenize(tokenizer, texts[start : start + batch_size], device)
-            hidden = model(**batch, output_hidden_states=True).hidden_states[-1].float()
+            # One position of logits, not a vocabulary's worth for every token (49k x 256 x 16 floats).
+            hidden = model(**batch, output_hidden_states=True, logits_to_keep=1).hidden_states[-1].float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
             rows.append(((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).cpu().numpy())
     width = int(model.config.hidden_size)
     return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, width))
 
 
-def prompt_losses(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 16) -> list[float]:
-    """Each text's mean per-token negative log-likelihood under ``model`` (padding left out)."""
+def prompt_losses(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 4) -> list[float]:
+    """Each text's mean per-token negative log-likelihood under ``model`` (padding left out). Small
+    batches: every position's logits are needed, a vocabulary's worth each."""
     import torch
 
     losses: list[float] = []

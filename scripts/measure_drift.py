@@ -1,0 +1,292 @@
+"""Measure the drift detectors on real text: how often they alarm when nothing moved (calibration) and
+how often they find a window that did (power), by window size and by the share of moved requests.
+
+    python scripts/measure_drift.py                  # the measurement (outside CI): SmolLM2, 200 checks a setting
+    python scripts/measure_drift.py --smoke --base-model file:///path/to/tiny-model   # CI: a few checks, planted shift
+
+The reference is a profile of support tickets (``examples/tools/make_tickets.py``, as the example's
+training data). Null windows are drawn from other tickets of the same generator, never in the
+reference, out of a pool at least ten times the largest window. Moved windows mix in requests of
+other registers and languages, each source measured on its own:
+
+- ``general``: kubetune's built-in general prompts (facts, arithmetic, instructions, several languages);
+- ``licenses``: paragraphs of the licence texts a Debian system ships (``/usr/share/common-licenses``);
+- ``translations``: messages of Debian's translation catalogues (``*.mo``) in German, French, Spanish
+  and Polish.
+
+A source missing on the machine is skipped and recorded as such. Every check uses the same
+``drift.detectors.check`` the monitor runs (all methods, Holm-corrected, alpha 0.05), with the base
+model for the embeddings and as the model whose loss is measured (the calibration is of the
+detector, not of one tuned model). Results go to ``docs/measurements/drift.json`` after each setting,
+with the command, commit, machine and seeds; running the same command again resumes.
+``--smoke`` fails (exit 1) when the planted shift (every request moved) is found in fewer than 90% of
+its windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gettext
+import importlib.util
+import json
+import math
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "measurements" / "drift.json"
+BUILTIN = "builtin://smollm2-135m-instruct"
+ALPHA = 0.05
+REFERENCE_ROWS = 256
+NULL_POOL_FACTOR = 10  # the null pool holds at least this many times the largest window
+SIZES = (50, 100, 200, 500)
+MIXTURES = (0.1, 0.25, 0.5, 1.0)
+LANGUAGES = ("de", "fr", "es", "pl")
+SEED = 20261204
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def tickets(count: int, seed: int) -> list[str]:
+    """``count`` distinct ticket prompts from the example's generator, as the trainer sees the prompt."""
+    spec = importlib.util.spec_from_file_location("make_tickets", ROOT / "examples" / "tools" / "make_tickets.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    rng, labels, seen = random.Random(seed), list(generator.PROBLEMS), list[str]()
+    found: set[str] = set()
+    while len(seen) < count:
+        body = generator.ticket(labels[len(seen) % len(labels)], rng)
+        if body not in found:
+            found.add(body)
+            seen.append(f"system: {generator.SYSTEM}\nuser: {body}")
+    return seen
+
+
+def general_prompts() -> list[str]:
+    from kubetune_trainer.general_prompts import load_general_prompts
+
+    prompts = load_general_prompts()
+    return [
+        "\n".join(f"{m['role']}: {m['content']}" for m in p.messages) for p in [*prompts.regression, *prompts.replay]
+    ]
+
+
+def license_paragraphs(limit: int) -> list[str]:
+    folder = Path("/usr/share/common-licenses")
+    paragraphs = []
+    for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+        if path.is_file():
+            text = path.read_text(errors="ignore")
+            paragraphs += [" ".join(p.split()) for p in text.split("\n\n") if 80 <= len(" ".join(p.split())) <= 600]
+    unique = sorted(set(paragraphs))
+    random.Random(SEED).shuffle(unique)
+    return [f"user: {p}" for p in unique[:limit]]
+
+
+def translations(limit: int) -> list[str]:
+    messages: set[str] = set()
+    for language in LANGUAGES:
+        for path in sorted(Path("/usr/share/locale").glob(f"{language}/LC_MESSAGES/*.mo")):
+            try:
+                with path.open("rb") as handle:
+                    catalog = gettext.GNUTranslations(handle)
+            except (OSError, ValueError, UnicodeError):  # a broken catalogue is skipped
+                continue
+            for text in catalog._catalog.values():  # type: ignore[attr-defined]
+                if isinstance(text, str) and 40 <= len(text) <= 400 and " " in text and "%" not in text:
+                    messages.add(" ".join(text.split()))
+    ordered = sorted(messages)
+    random.Random(SEED).shuffle(ordered)
+    return [f"user: {m}" for m in ordered[:limit]]
+
+
+def measured(model_uri: str, texts: list[str]) -> dict[str, Any]:
+    """Embeddings, lengths and (base-model) losses of every text, computed once."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kubetune_trainer.drift.profile import embed, prompt_losses, token_lengths
+    from kubetune_trainer.models.loading import resolve_model_dir
+    from kubetune_trainer.storage import ObjectStore
+    from kubetune_trainer.training.model import load_tokenizer
+
+    torch.manual_seed(0)
+    folder = resolve_model_dir(model_uri, ObjectStore())
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).eval()
+    tokenizer = load_tokenizer(folder)
+    return {
+        "embeddings": embed(model, tokenizer, texts),
+        "lengths": np.asarray(token_lengths(tokenizer, texts), dtype=np.float64),
+        "losses": np.asarray(prompt_losses(model, tokenizer, texts), dtype=np.float64),
+    }
+
+
+def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def alarm_bound(checks: int, alpha: float = ALPHA) -> int:
+    """The most alarms a calibrated test gives in ``checks`` null checks, at the binomial 95% bound."""
+    total = 0.0
+    for k in range(checks + 1):
+        total += math.comb(checks, k) * alpha**k * (1 - alpha) ** (checks - k)
+        if total >= 0.95:
+            return k
+    return checks
+
+
+def run_setting(
+    data: dict[str, Any],
+    reference: np.ndarray,
+    null_pool: np.ndarray,
+    moved_pool: np.ndarray | None,
+    size: int,
+    mixture: float,
+    checks: int,
+    seed: int,
+    permutations: int,
+) -> dict[str, Any]:
+    from kubetune_trainer.drift.detectors import Sample, check, persistent
+
+    def rows(index: np.ndarray) -> Sample:
+        return Sample(
+            embeddings=data["embeddings"][index],
+            lengths=list(data["lengths"][index]),
+            losses=list(data["losses"][index]),
+        )
+
+    rng = np.random.default_rng(seed)
+    profile = rows(reference)
+    alarms, per_method, decisions = 0, dict[str, int](), list[bool]()
+    started = time.time()
+    for i in range(checks):
+        moved = round(mixture * size) if moved_pool is not None else 0
+        window = np.concatenate(
+            [
+                rng.choice(null_pool, size=size - moved, replace=False),
+                rng.choice(moved_pool, size=moved, replace=moved > len(moved_pool))
+                if moved and moved_pool is not None
+                else np.array([], dtype=int),
+            ]
+        ).astype(int)
+        decision = check(profile, rows(window), alpha=ALPHA, permutations=permutations, seed=seed * 100_003 + i)
+        alarms += decision.drifted
+        decisions.append(decision.drifted)
+        for method, p in decision.adjusted.items():
+            per_method[method] = per_method.get(method, 0) + (p < ALPHA)
+    low, high = wilson(alarms, checks)
+    twice = sum(persistent(decisions[: j + 1], 2) for j in range(1, len(decisions)))
+    return {
+        "size": size,
+        "mixture": mixture,
+        "checks": checks,
+        "alarms": alarms,
+        "rate": alarms / checks,
+        "ci95": [low, high],
+        "alarmsByMethod": per_method,
+        "twoInARow": twice,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a few checks on a tiny model (CI)")
+    parser.add_argument("--base-model", default=BUILTIN)
+    parser.add_argument("--checks", type=int, default=None, help="checks per setting (default 200; smoke 30)")
+    parser.add_argument("--permutations", type=int, default=500)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--restart", action="store_true", help="forget recorded settings")
+    args = parser.parse_args(argv)
+    sys.path[:0] = [str(ROOT / "api"), str(ROOT / "trainer_image")]
+
+    checks = args.checks or (30 if args.smoke else 200)
+    sizes = (20,) if args.smoke else SIZES
+    mixtures = (1.0,) if args.smoke else MIXTURES
+    reference_rows = 64 if args.smoke else REFERENCE_ROWS
+    null_rows = NULL_POOL_FACTOR * max(sizes)
+    in_distribution = tickets(reference_rows + null_rows, SEED)
+    # The smoke keeps every pool small: each text's loss costs a vocabulary's worth of logits per token.
+    sources = {"general": general_prompts()[: 100 if args.smoke else None]}
+    if not args.smoke:
+        sources["licenses"] = license_paragraphs(1000)
+        sources["translations"] = translations(1000)
+    reference = np.arange(reference_rows)
+    null_pool = np.arange(reference_rows, reference_rows + null_rows)
+    start, pools = len(in_distribution), {}
+    for name, pool in sources.items():
+        pools[name] = np.arange(start, start + len(pool)) if pool else None
+        start += len(pool)
+
+    results: dict[str, Any] = {}
+    if args.results.exists() and not args.restart:
+        results = json.loads(args.results.read_text())
+    results.update(
+        {
+            "command": "python scripts/measure_drift.py" + (" --smoke" if args.smoke else ""),
+            "commit": git("rev-parse", "HEAD"),
+            "baseModel": args.base_model,
+            "alpha": ALPHA,
+            "permutations": args.permutations,
+            "seed": SEED,
+            "referenceRows": reference_rows,
+            "nullPool": null_rows,
+            "sources": {name: len(pool) for name, pool in sources.items()},
+            "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        }
+    )
+    settings: list[dict[str, Any]] = results.setdefault("settings", [])
+    done = {(s["source"], s["size"], s["mixture"]) for s in settings}
+    plan = [("none", size, 0.0) for size in sizes] + [
+        (name, size, mixture) for name in sources for size in sizes for mixture in mixtures
+    ]
+    texts = in_distribution + [t for pool in sources.values() for t in pool]
+    data: dict[str, Any] = {}
+    if any(setting not in done for setting in plan):  # a finished measurement is not measured again
+        print(f"measuring {len(texts)} texts with {args.base_model}", file=sys.stderr)
+        data = measured(args.base_model, texts)
+    for number, (source, size, mixture) in enumerate(plan):
+        if (source, size, mixture) in done:
+            continue
+        moved = pools.get(source)
+        if source != "none" and (moved is None or len(moved) == 0):
+            settings.append({"source": source, "size": size, "mixture": mixture, "skipped": "no such text here"})
+            continue
+        outcome = run_setting(
+            data, reference, null_pool, moved, size, mixture, checks, SEED + number, args.permutations
+        )
+        settings.append({"source": source, **outcome})
+        print(
+            f"{source:>12} window {size:>3} moved {mixture:>4.0%}: {outcome['alarms']}/{checks} alarms", file=sys.stderr
+        )
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=1) + "\n")
+    if args.smoke:
+        planted = [s for s in settings if s.get("mixture") == 1.0 and "rate" in s]
+        null = [s for s in settings if s.get("source") == "none"]
+        if not planted or min(s["rate"] for s in planted) < 0.9:
+            print("planted shift missed: the detectors did not find windows of moved requests", file=sys.stderr)
+            return 1
+        if any(s["alarms"] > alarm_bound(s["checks"]) for s in null):
+            print("too many alarms on null windows", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
