@@ -53,6 +53,7 @@ _PATTERN_MEANINGS = {
     api.POSITIVE_CPU_PATTERN: "must be a CPU quantity greater than zero, such as 4 or 500m",
     api.QUANTITY_PATTERN: "must be a quantity such as 16Gi",
     api.DNS_SUBDOMAIN_PATTERN: "must be a lower-case DNS name: letters, digits, '-' and '.'",
+    api.DNS_LABEL_PATTERN: "must be a DNS label: lower-case letters, digits and '-', a letter or digit at both ends",
     api.LABEL_VALUE_PATTERN: "must be a label value: at most 63 characters of [-A-Za-z0-9_.], alphanumeric at both ends",
     api.QUALIFIED_NAME_PATTERN: "must be a label key: [prefix/]name, name at most 63 characters of [-A-Za-z0-9_.]",
     api.EXTENDED_RESOURCE_PATTERN: "must be an extended resource name such as nvidia.com/gpu (vendor domain/name)",
