@@ -74,3 +74,23 @@ def test_the_recorded_measurement_is_what_the_docs_show(name: str) -> None:
     results = json.loads(recorded.read_text())
     page = recorded.with_suffix(".md").read_text()
     assert page == measure_forgetting.render_markdown(results, name)
+
+
+def test_the_readme_quotes_the_recorded_demo_figures() -> None:
+    """README's table of the example tickets, protections on and off, is the recorded measurement."""
+    results = json.loads((ROOT / "docs" / "measurements" / "forgetting.json").read_text())
+    runs = {run["protections"]: run for run in results["runs"] if run["dataset"] == "support-tickets"}
+    readme = (ROOT / "README.md").read_text().replace("\u2212", "-")
+    for label, setting in (("protections on (the demo)", "on"), ("protections off", "off")):
+        run = runs[setting]
+        task, likelihood, known = run["task"], run["forgetting"]["likelihood"], run["forgetting"]["knownAnswers"]
+        cells = [
+            label,
+            f"{task['base']:.3f} → {task['tuned']:.3f}",
+            f"{likelihood['base']:.3f} → {likelihood['tuned']:.3f} ({-likelihood['relative_loss']:+.1%})",
+            f"{known['base']:.1%} → {known['tuned']:.1%} ({-known['relative_loss']:+.1%})",
+            "yes" if run["promoted"] else "no",
+        ]
+        assert "| " + " | ".join(cells) + " |" in readme, cells
+    if "adapterStrength" in runs["on"]:
+        assert f"the\nadapter kept at strength {runs['on']['adapterStrength']['scale']:g}" in readme
