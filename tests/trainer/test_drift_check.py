@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
 from kubetune_trainer.cli import main as kubetune
@@ -21,12 +22,23 @@ def published(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     root = tmp_path_factory.mktemp("drift-check")
     data = write_dataset(root / "data.jsonl", 64)
     job = write_job(root / "job.yaml", model_dir=tiny_model_dir, data=data, output=f"file://{root}/out/")
+    manifest = yaml.safe_load(job.read_text())
+    manifest["spec"]["output"]["channel"] = "prod"
+    manifest["spec"]["evaluation"]["gate"] = {"metric": "perplexity"}
+    job.write_text(yaml.safe_dump(manifest))
     code = kubetune(
-        ["run", str(job), "--output-dir", str(root / "runs"), "--workdir", str(root / "work"), "--max-steps", "1"]
+        ["run", str(job), "--output-dir", str(root / "runs"), "--workdir", str(root / "work"), "--max-steps", "2"]
     )
     assert code == EXIT_OK
     (version,) = (root / "runs" / "tiny-job").glob("v*")
     return version, data
+
+
+def test_a_local_run_its_gate_promotes_joins_its_channel(published: tuple[Path, Path]) -> None:
+    version, _ = published
+    assert json.loads((version / "manifest.json").read_text())["promoted"] is True, "the tiny run passes its gate"
+    (entry,) = (version.parent / "channels" / "prod").glob("*.json")
+    assert json.loads(entry.read_text())["version"] == version.name
 
 
 def requests(path: Path, prompts: list[str], labels: list[str] | None = None) -> str:
