@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from kubetune.api.crd import build_crd
+from kubetune.api.crd import KINDS, Kind, build_crd
 from tests.api.schema_tools import Schema, crd_document, root_schema, structural_problems
 
 
-def test_generated_schema_is_structural() -> None:
-    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+@pytest.mark.parametrize("kind", KINDS, ids=[k.kind for k in KINDS])
+def test_generated_schema_is_structural(kind: Kind) -> None:
+    schema = build_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     assert structural_problems(schema) == []
 
 

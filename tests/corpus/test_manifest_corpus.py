@@ -16,84 +16,24 @@ CLI paths are the verdict. ``valid/*.yaml`` must be accepted on every path.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.manifest import load_manifest
-from kubetune.api.yamldoc import ManifestYamlError, load_documents
 from kubetune.operator import validation
-from kubetune_trainer.cli import main as kubetune
 from kubetune_trainer.localrun import default_mappings, localize
-from tests.kubeapi.cluster import CLUSTERWIDE, Identity, TestCluster
-from tests.kubeapi.runner import ApiServerThread
+from tests.corpus.verdicts import EXIT_CONFIG, api_server_verdict, cli_verdict, expected, the_object
+from tests.kubeapi.cluster import Identity, TestCluster
 
 CORPUS = Path(__file__).parent / "manifests"
 INVALID = sorted((CORPUS / "invalid").glob("*.yaml"))
 VALID = sorted((CORPUS / "valid").glob("*.yaml"))
-EXIT_CONFIG = 2
-NAMESPACE = "default"
-
-
-@dataclass(frozen=True)
-class Expected:
-    field: str
-    message: str
-
-
-def expected(path: Path) -> Expected:
-    header = path.read_bytes()[:4096].decode("utf-8", errors="replace")
-    field = re.search(r"^# expect-field: ?(.*)$", header, re.M)
-    message = re.search(r"^# expect-message: ?(.*)$", header, re.M)
-    assert field and message, f"{path.name} must name its expect-field and expect-message"
-    return Expected(field.group(1).strip(), message.group(1).strip())
-
-
-def the_job(path: Path) -> dict[str, Any] | None:
-    """The FineTuneJob as kubectl would send it, or None when kubectl could not decode the file."""
-    try:
-        documents = [d.data for d in load_documents(path.read_bytes())]
-    except ManifestYamlError:
-        return None
-    jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
-    return jobs[0] if len(jobs) == 1 and all(isinstance(d, dict) for d in documents) else None
 
 
 @pytest.fixture(scope="module")
-def tenant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Identity]:
-    folder = tmp_path_factory.mktemp("corpus-cluster")
-    server = ApiServerThread(folder / "apiserver").start()
-    try:
-        yield TestCluster(server, folder / "cluster", CLUSTERWIDE, kueue=False).tenant
-    finally:
-        server.stop()
-
-
-def api_server_verdict(tenant: Identity, job: dict[str, Any]) -> tuple[int, str]:
-    """(HTTP status, the refusal's text with every cause's field) of a create, dry-run, strict."""
-    body = (
-        {**job, "metadata": {**job["metadata"], "namespace": NAMESPACE}}
-        if isinstance(job.get("metadata"), dict)
-        else job
-    )
-    api_version = str(job.get("apiVersion"))
-    path = f"/apis/{api_version}/namespaces/{NAMESPACE}/finetunejobs?fieldValidation=Strict&dryRun=All"
-    try:
-        tenant.call("POST", path, body)
-    except ApiException as err:
-        return int(err.status), str(err.body)
-    return 201, ""
-
-
-def cli_verdict(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = kubetune(args)
-    out, err = capsys.readouterr()
-    return code, out + err
+def tenant(corpus_cluster: TestCluster) -> Identity:
+    return corpus_cluster.tenant
 
 
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
@@ -109,10 +49,10 @@ def test_invalid_manifest_is_refused_at_its_field_on_every_path(
         assert shown in text and want.message in text, f"kubetune {args[0]}: {text}"
     assert not (tmp_path / "out").exists(), "a refused manifest must not write anything"
 
-    job = the_job(path)
+    job = the_object(path, "FineTuneJob")
     if job is None:
         return  # kubectl refuses the file itself: nothing reaches the API server or the operator
-    status, refusal = api_server_verdict(tenant, job)
+    status, refusal = api_server_verdict(tenant, job, "finetunejobs")
     assert status in (400, 404, 422), f"the API server accepted {path.name}"
     if want.field == "apiVersion":
         assert status == 404, refusal  # no FineTuneJob is served at that version
@@ -132,9 +72,9 @@ def test_valid_manifest_is_accepted_on_every_path(
     assert code == 0, text
     # kubetune run reads the manifest, then maps its paths for this machine, before any work
     localize(load_manifest(path), default_mappings(path), tmp_path / "out")
-    job = the_job(path)
+    job = the_object(path, "FineTuneJob")
     assert job is not None
-    status, refusal = api_server_verdict(tenant, job)
+    status, refusal = api_server_verdict(tenant, job, "finetunejobs")
     assert status == 201, refusal
     assert not isinstance(validation.parse(job["spec"]), validation.SpecProblem)
 

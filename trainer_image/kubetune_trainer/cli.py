@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
-from kubetune.api.manifest import ManifestError, load_manifest
+from kubetune.api.manifest import ManifestError, load_manifest, load_object
 from kubetune_trainer import version_commands
 from kubetune_trainer.drift import command as drift_command
 from kubetune_trainer.environment import TrainerEnvironment
@@ -57,12 +57,12 @@ def _validate(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for path in args.manifests:
         try:
-            job = load_manifest(path)
+            found = load_object(path)
         except ManifestError as err:
             print(err, file=sys.stderr)
             status = EXIT_CONFIG
             continue
-        print(f"{path}: valid FineTuneJob {job.metadata.get('name', '?')!r}")
+        print(f"{path}: valid {found.kind} {found.metadata.get('name', '?')!r}")
     return status
 
 
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--workdir", type=Path, default=None)
         cmd.set_defaults(handler=lambda args, mode=name: _in_pod(args, mode))
 
-    validate = sub.add_parser("validate", help="check manifests against the FineTuneJob API")
+    validate = sub.add_parser("validate", help="check FineTuneJob and DriftMonitor manifests against the API")
     validate.add_argument("manifests", type=Path, nargs="+")
     validate.set_defaults(handler=_validate)
 

@@ -1,4 +1,4 @@
-"""Generate the FineTuneJob CRD from the pydantic models in ``v1alpha1``.
+"""Generate the CRDs (FineTuneJob, DriftMonitor) from the pydantic models of the API.
 
 Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no ``$ref``, no
 ``anyOf`` unions, ``exclusiveMinimum`` as a boolean. Pydantic emits JSON Schema 2020-12, so
@@ -11,15 +11,17 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
+from kubetune.api import driftmonitor as monitor
 from kubetune.api import v1alpha1 as api
 
-CRD_FILENAME = "kubetune.dev_finetunejobs.yaml"
+CRD_FILENAME = "kubetune.dev_finetunejobs.yaml"  # the FineTuneJob CRD
 # Spec fields that may change after creation; all others are immutable (CEL transition rules).
 MUTABLE_SPEC_FIELDS = frozenset({"suspend"})
 
@@ -174,15 +176,67 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     return _structural(raw, defs, _all_models(model))
 
 
-def _immutability_rules(spec_schema: dict[str, Any]) -> None:
-    """Spec is immutable after creation except ``MUTABLE_SPEC_FIELDS`` (CEL transition rules)."""
+@dataclass(frozen=True)
+class Kind:
+    """One custom resource kubetune serves: its models, names and how ``kubectl get`` shows it."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    spec: type[BaseModel]
+    status: type[BaseModel]
+    description: str
+    printer_columns: list[dict[str, Any]]
+    # Spec fields that may change after creation (CEL transition rules keep the others); None: all may.
+    mutable_spec_fields: frozenset[str] | None
+
+    @property
+    def filename(self) -> str:
+        return f"{api.GROUP}_{self.plural}.yaml"
+
+
+FINETUNEJOB = Kind(
+    kind=api.KIND,
+    plural=api.PLURAL,
+    singular=api.SINGULAR,
+    short_names=tuple(api.SHORT_NAMES),
+    spec=api.FineTuneJobSpec,
+    status=api.FineTuneJobStatus,
+    description="A fine-tuning run: base model + dataset + method in, evaluated and published model out.",
+    printer_columns=PRINTER_COLUMNS,
+    mutable_spec_fields=MUTABLE_SPEC_FIELDS,
+)
+DRIFTMONITOR = Kind(
+    kind=monitor.KIND,
+    plural=monitor.PLURAL,
+    singular=monitor.SINGULAR,
+    short_names=tuple(monitor.SHORT_NAMES),
+    spec=monitor.DriftMonitorSpec,
+    status=monitor.DriftMonitorStatus,
+    description="A promotion channel watched for drift in production inputs, retrained and promoted on real drift.",
+    printer_columns=[
+        {"name": "Channel", "type": "string", "jsonPath": ".spec.target.channel"},
+        {"name": "Champion", "type": "string", "jsonPath": ".status.champion"},
+        {"name": "Verdict", "type": "string", "jsonPath": ".status.decision.verdict"},
+        {"name": "Last-Check", "type": "date", "jsonPath": ".status.lastCheckTime"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
+    mutable_spec_fields=None,
+)
+KINDS = (FINETUNEJOB, DRIFTMONITOR)
+
+
+def _immutability_rules(spec_schema: dict[str, Any], mutable: frozenset[str]) -> None:
+    """Spec is immutable after creation except ``mutable`` (CEL transition rules)."""
+    allowed = ", ".join(f"spec.{name}" for name in sorted(mutable)) or "nothing"
     required = set(spec_schema.get("required", []))
     optional_checks = []
     for name, prop in spec_schema["properties"].items():
-        if name in MUTABLE_SPEC_FIELDS:
+        if name in mutable:
             continue
         prop.setdefault("x-kubernetes-validations", []).append(
-            {"rule": "self == oldSelf", "message": f"spec.{name} is immutable; only spec.suspend may change"}
+            {"rule": "self == oldSelf", "message": f"spec.{name} is immutable; only {allowed} may change"}
         )
         if name not in required and "default" not in prop:
             optional_checks.append(f"has(self.{name}) == has(oldSelf.{name})")
@@ -190,15 +244,16 @@ def _immutability_rules(spec_schema: dict[str, Any]) -> None:
         spec_schema.setdefault("x-kubernetes-validations", []).append(
             {
                 "rule": " && ".join(optional_checks),
-                "message": "optional spec fields cannot be added or removed after creation; only spec.suspend may change",
+                "message": f"optional spec fields cannot be added or removed after creation; only {allowed} may change",
             }
         )
 
 
-def build_crd() -> dict[str, Any]:
-    spec_schema = model_schema(api.FineTuneJobSpec)
-    _immutability_rules(spec_schema)
-    status_schema = model_schema(api.FineTuneJobStatus)
+def build_crd(kind: Kind = FINETUNEJOB) -> dict[str, Any]:
+    spec_schema = model_schema(kind.spec)
+    if kind.mutable_spec_fields is not None:
+        _immutability_rules(spec_schema, kind.mutable_spec_fields)
+    status_schema = model_schema(kind.status)
     conditions = status_schema["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
@@ -208,18 +263,18 @@ def build_crd() -> dict[str, Any]:
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{api.PLURAL}.{api.GROUP}",
+            "name": f"{kind.plural}.{api.GROUP}",
             "labels": {"app.kubernetes.io/name": "kubetune", "app.kubernetes.io/part-of": "kubetune"},
         },
         "spec": {
             "group": api.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": api.KIND,
-                "listKind": f"{api.KIND}List",
-                "plural": api.PLURAL,
-                "singular": api.SINGULAR,
-                "shortNames": list(api.SHORT_NAMES),
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": list(kind.short_names),
                 "categories": ["kubetune"],
             },
             "versions": [
@@ -228,11 +283,11 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": kind.printer_columns,
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "A fine-tuning run: base model + dataset + method in, evaluated and published model out.",
+                            "description": kind.description,
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string"},
@@ -249,29 +304,31 @@ def build_crd() -> dict[str, Any]:
     }
 
 
-def render_crd_yaml() -> str:
-    header = "# Generated by `python -m kubetune.api.crd` from api/kubetune/api/v1alpha1.py. Do not edit.\n"
-    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
+def render_crd_yaml(kind: Kind = FINETUNEJOB) -> str:
+    source = "api/" + kind.spec.__module__.replace(".", "/") + ".py"
+    header = f"# Generated by `python -m kubetune.api.crd` from {source}. Do not edit.\n"
+    return header + yaml.safe_dump(build_crd(kind), sort_keys=False, width=120)
 
 
-def crd_paths(repo_root: Path) -> list[Path]:
-    return [repo_root / "crds" / CRD_FILENAME, repo_root / "helm" / "kubetune" / "crds" / CRD_FILENAME]
+def crd_paths(repo_root: Path, kind: Kind = FINETUNEJOB) -> list[Path]:
+    return [repo_root / "crds" / kind.filename, repo_root / "helm" / "kubetune" / "crds" / kind.filename]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write the FineTuneJob CRD generated from the API models.")
+    parser = argparse.ArgumentParser(description="Write the CRDs generated from the API models.")
     parser.add_argument("--repo-root", type=Path, default=Path.cwd())
     parser.add_argument("--check", action="store_true", help="exit 1 if a written CRD differs instead of writing")
     args = parser.parse_args(argv)
-    text = render_crd_yaml()
     stale = []
-    for path in crd_paths(args.repo_root):
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(path)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    for kind in KINDS:
+        text = render_crd_yaml(kind)
+        for path in crd_paths(args.repo_root, kind):
+            if args.check:
+                if not path.exists() or path.read_text() != text:
+                    stale.append(path)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
     for path in stale:
         print(f"stale: {path} (run python -m kubetune.api.crd)", file=sys.stderr)
     return 1 if stale else 0

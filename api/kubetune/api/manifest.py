@@ -1,4 +1,4 @@
-"""Read FineTuneJob manifests with errors that say which field is wrong and why.
+"""Read FineTuneJob (and DriftMonitor) manifests with errors that say which field is wrong and why.
 
 Every path a manifest takes (``kubetune validate``, ``kubetune run``, the trainer pod, the
 operator) goes through :func:`parse_manifest` or :func:`parse_spec`, and the CRD is generated from
@@ -11,27 +11,30 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
+from kubetune.api import driftmonitor as monitor
 from kubetune.api import v1alpha1 as api
+from kubetune.api.driftmonitor import DriftMonitor
 from kubetune.api.rules import broken_rules
 from kubetune.api.v1alpha1 import FineTuneJob, FineTuneJobSpec
-from kubetune.api.yamldoc import MAX_MANIFEST_BYTES, ManifestYamlError, load_documents
+from kubetune.api.yamldoc import MAX_MANIFEST_BYTES, Document, ManifestYamlError, load_documents
 
 
 class ManifestError(ValueError):
     """A manifest that does not match the API. ``problems`` holds (field path, message) pairs; the
     path is empty for a problem of the file itself (its encoding, its YAML)."""
 
-    def __init__(self, where: str, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, where: str, problems: list[tuple[str, str]], kind: str = api.KIND) -> None:
         self.where = where
         self.problems = problems
         lines = "\n".join(f"  {path}: {message}" if path else f"  {message}" for path, message in problems)
-        super().__init__(f"{where}: invalid FineTuneJob\n{lines}")
+        super().__init__(f"{where}: invalid {kind}\n{lines}")
 
 
 # What a pattern means, for the people who do not read regular expressions.
@@ -195,29 +198,43 @@ def metadata_problems(metadata: Any) -> list[tuple[str, str]]:
     return problems
 
 
-def parse_manifest(document: Any, where: str = "<manifest>") -> FineTuneJob:
+Object = TypeVar("Object", FineTuneJob, DriftMonitor)
+
+
+def _parse_object(document: Any, where: str, model: type[Object]) -> Object:
+    """A whole kubetune object: its metadata as the API server checks it, its spec with every rule."""
+    kind = model.model_fields["kind"].default
     if not isinstance(document, dict):
-        raise ManifestError(where, [("", "expected a YAML mapping with apiVersion, kind, metadata and spec")])
-    if "apiVersion" not in document:  # the model has a default for building jobs in code; kubectl has none
-        raise ManifestError(where, [("apiVersion", f"required: {api.API_VERSION}")])
+        raise ManifestError(where, [("", "expected a YAML mapping with apiVersion, kind, metadata and spec")], kind)
+    if "apiVersion" not in document:  # the model has a default for building objects in code; kubectl has none
+        raise ManifestError(where, [("apiVersion", f"required: {api.API_VERSION}")], kind)
     try:
-        job = FineTuneJob.model_validate_json(_as_json(document), strict=True, by_alias=True, by_name=False)
+        parsed = model.model_validate_json(_as_json(document), strict=True, by_alias=True, by_name=False)
     except ValidationError as err:
-        problems = validation_problems(err, "", FineTuneJob)
+        problems = validation_problems(err, "", model)
         problems += [p for p in metadata_problems(document.get("metadata")) if p[0] not in dict(problems)]
-        raise ManifestError(where, problems) from err
-    problems = metadata_problems(document.get("metadata")) + broken_rules(job.spec, "spec")
+        raise ManifestError(where, problems, kind) from err
+    problems = metadata_problems(document.get("metadata")) + broken_rules(parsed.spec, "spec")
     if problems:
-        raise ManifestError(where, problems)
-    return job
+        raise ManifestError(where, problems, kind)
+    return parsed
 
 
-def _is_job(document: Any) -> bool:
-    return isinstance(document, dict) and document.get("kind") == api.KIND
+def parse_manifest(document: Any, where: str = "<manifest>") -> FineTuneJob:
+    return _parse_object(document, where, FineTuneJob)
 
 
-def load_manifest(path: Path) -> FineTuneJob:
-    """Load the single FineTuneJob of a YAML file; other kinds beside it are ignored."""
+def parse_drift_monitor(document: Any, where: str = "<manifest>") -> DriftMonitor:
+    return _parse_object(document, where, DriftMonitor)
+
+
+_PARSERS: dict[str, Callable[[Any, str], FineTuneJob | DriftMonitor]] = {
+    api.KIND: parse_manifest,
+    monitor.KIND: parse_drift_monitor,
+}
+
+
+def _read_documents(path: Path) -> list[Document]:
     try:
         with path.open("rb") as stream:
             data = stream.read(MAX_MANIFEST_BYTES + 1)
@@ -233,8 +250,27 @@ def load_manifest(path: Path) -> FineTuneJob:
             raise ManifestError(
                 f"{path}:{document.line}", [("", "a document must be a Kubernetes object (a mapping with kind)")]
             )
-    jobs = [d for d in documents if _is_job(d.data)]
-    if len(jobs) != 1:
-        found = f"found {len(jobs)}" + (f" (lines {', '.join(str(j.line) for j in jobs)})" if jobs else "")
-        raise ManifestError(str(path), [("kind", f"expected exactly one FineTuneJob document, {found}")])
-    return parse_manifest(jobs[0].data, f"{path}:{jobs[0].line}" if len(documents) > 1 else str(path))
+    return documents
+
+
+def _the_one(path: Path, kinds: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    """The one document of ``kinds`` in the file, and where it is (the file, with its line when the
+    file holds several documents)."""
+    documents = _read_documents(path)
+    found = [d for d in documents if d.data.get("kind") in kinds]
+    if len(found) != 1:
+        listed = f"found {len(found)}" + (f" (lines {', '.join(str(d.line) for d in found)})" if found else "")
+        raise ManifestError(str(path), [("kind", f"expected exactly one {' or '.join(kinds)} document, {listed}")])
+    (document,) = found
+    return document.data, f"{path}:{document.line}" if len(documents) > 1 else str(path)
+
+
+def load_manifest(path: Path) -> FineTuneJob:
+    """Load the single FineTuneJob of a YAML file; other kinds beside it are ignored."""
+    return parse_manifest(*_the_one(path, (api.KIND,)))
+
+
+def load_object(path: Path) -> FineTuneJob | DriftMonitor:
+    """Load the single kubetune object (a FineTuneJob or a DriftMonitor) of a YAML file."""
+    document, where = _the_one(path, tuple(_PARSERS))
+    return _PARSERS[document["kind"]](document, where)

@@ -195,7 +195,7 @@ COLUMN_MAPPING_KEYS = Rule(
 )
 
 
-def _unique(values: list[Any] | None) -> list[Any] | None:
+def unique_values(values: list[Any] | None) -> list[Any] | None:
     seen: set[Any] = set()
     for value in values or []:
         if value in seen:
@@ -218,7 +218,7 @@ EXTENDED_RESOURCE = Rule(
 )
 
 
-_SET = {"x-kubernetes-list-type": "set"}
+SET_LIST = {"x-kubernetes-list-type": "set"}
 
 
 def _at_most(limit: str) -> Rule:
@@ -451,11 +451,11 @@ class QualityGateSpec(ApiModel):
 class EvaluationSpec(ApiModel):
     metrics: Annotated[
         list[Metric],
-        AfterValidator(_unique),
+        AfterValidator(unique_values),
         Field(
             min_length=1,
             max_length=6,
-            json_schema_extra=_SET,
+            json_schema_extra=SET_LIST,
             description="Reported base vs tuned; the task's primary metric (accuracy or rougeL) is always added.",
         ),
     ] = Field(default_factory=lambda: [Metric.PERPLEXITY, Metric.ROUGE_L])
@@ -506,7 +506,9 @@ class OutputSpec(ApiModel):
         ),
     ]
     formats: Annotated[
-        list[ArtifactFormat], AfterValidator(_unique), Field(min_length=1, max_length=5, json_schema_extra=_SET)
+        list[ArtifactFormat],
+        AfterValidator(unique_values),
+        Field(min_length=1, max_length=5, json_schema_extra=SET_LIST),
     ] = Field(default_factory=lambda: [ArtifactFormat.ADAPTER, ArtifactFormat.MERGED])
     channel: Annotated[
         str | None,
