@@ -291,7 +291,52 @@ QUALITY = (
     ),
 )
 
-ROWS = (("Fleet", FLEET), ("Training", TRAINING), ("Quality", QUALITY))
+MONITOR = 'namespace=~"$namespace"'
+DRIFT = (
+    Panel(
+        "Drift confirmed",
+        "1: the DriftMonitor confirmed drift (persistence drifted windows in a row against the channel's version).",
+        (
+            q(
+                f"max by (namespace, driftmonitor) (kubetune_driftmonitor_drift_detected{{{MONITOR}}})",
+                "{{namespace}}/{{driftmonitor}}",
+            ),
+        ),
+        kind="table",
+        instant=True,
+        width=6,
+    ),
+    Panel(
+        "Drift p-values",
+        "Holm-adjusted p-value of each test in each monitor's last check; below the monitor's alpha is a drifted window.",
+        (
+            q(
+                f"max by (namespace, driftmonitor, method) (kubetune_driftmonitor_p_value{{{MONITOR}}})",
+                "{{namespace}}/{{driftmonitor}} {{method}}",
+            ),
+        ),
+        width=10,
+    ),
+    Panel(
+        "Checks and retrainings",
+        "Checks decided and retraining FineTuneJobs started in the time range, per monitor.",
+        (
+            q(
+                f"sum by (namespace, driftmonitor) (increase(kubetune_driftmonitor_checks_total{{{MONITOR}}}[$__range]))",
+                "{{namespace}}/{{driftmonitor}} checks",
+            ),
+            q(
+                f"sum by (namespace, driftmonitor) (increase(kubetune_driftmonitor_retrainings_total{{{MONITOR}}}[$__range]))",
+                "{{namespace}}/{{driftmonitor}} retrainings",
+            ),
+        ),
+        kind="table",
+        instant=True,
+        width=8,
+    ),
+)
+
+ROWS = (("Fleet", FLEET), ("Training", TRAINING), ("Quality", QUALITY), ("Drift", DRIFT))
 
 
 def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:

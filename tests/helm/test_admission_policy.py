@@ -14,8 +14,9 @@ from typing import Any
 import celpy
 import pytest
 
+from kubetune.api.driftmonitor import DriftMonitorSpec
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
-from kubetune.operator import children
+from kubetune.operator import children, driftjobs
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.imagepolicy import ImagePolicy
 from tests.builders import spec
@@ -135,6 +136,33 @@ def test_the_operators_own_jobs_are_admitted() -> None:
         OperatorConfig.from_env({"KUBETUNE_TRAINER_IMAGE": TRAINER_IMAGE}),
     )
     assert create_job(policies, training) is None
+
+
+def drift_check_job() -> Manifest:
+    """A DriftMonitor's check Job exactly as the operator builds it."""
+    owner = children.Owner("tickets-prod", "default", "6f1c2a9e-0000-4000-8000-000000000002", "DriftMonitor")
+    monitor = DriftMonitorSpec.model_validate(
+        {"target": {"outputUri": "s3://models/t/", "channel": "prod"}, "samples": {"uri": "s3://logs/t/"}}
+    )
+    config = OperatorConfig.from_env({"KUBETUNE_TRAINER_IMAGE": TRAINER_IMAGE})
+    return driftjobs.build_check_job(owner, monitor, config, sequence=1, after=None)
+
+
+def test_a_drift_check_is_admitted_as_a_monitors_job_only() -> None:
+    """A drift check carries the monitor's label and is controlled by its DriftMonitor; a Job that claims
+    the drift-check component under a FineTuneJob, or without its monitor, is refused."""
+    policies = admission()
+    assert create_job(policies, drift_check_job()) is None
+    disguised = drift_check_job()
+    disguised["metadata"]["ownerReferences"][0]["kind"] = "FineTuneJob"
+    error = create_job(policies, disguised)
+    assert error is not None and "or for a drift check by a DriftMonitor" in error.message
+    unlabelled = drift_check_job()
+    for labels in (unlabelled["metadata"]["labels"], unlabelled["spec"]["template"]["metadata"]["labels"]):
+        labels.pop("kubetune.dev/drift-monitor")
+        labels["kubetune.dev/job"] = "tickets-prod"
+    error = create_job(policies, unlabelled)
+    assert error is not None and LABELS in error.message
 
 
 def _without_labels(job: Manifest) -> None:

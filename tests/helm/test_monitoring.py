@@ -208,6 +208,7 @@ def test_alert_thresholds_and_labels_come_from_values() -> None:
         "KubetuneTrainingStalled",
         "KubetuneTrainerThroughputCollapsed",
         "KubetuneReconcileErrors",
+        "KubetuneDriftDetected",
     }
     assert "> 2700" in custom["KubetuneFineTuneJobStuck"]["expr"], "45 minutes"
     assert "> 1200" in custom["KubetuneTrainingStalled"]["expr"], "20 minutes"

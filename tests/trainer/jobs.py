@@ -67,3 +67,28 @@ def write_job(
         manifest["spec"]["s3"] = {"endpoint": s3_endpoint, "region": "us-east-1"}
     path.write_text(yaml.safe_dump(manifest))
     return path
+
+
+def publish_on_channel(root: Path, model_dir: Path, channel: str = "prod") -> tuple[Path, Path]:
+    """(the version's folder, its training data) of one short real ``kubetune run`` on the tiny model,
+    published under ``root/runs/tiny-job/`` and, its perplexity gate passed, put on ``channel``."""
+    from kubetune.api.contract import EXIT_OK
+    from kubetune_trainer.cli import main as kubetune
+
+    data = write_dataset(root / "data.jsonl", 64)
+    job = write_job(
+        root / "job.yaml",
+        model_dir=model_dir,
+        data=data,
+        output=f"file://{root}/out/",
+        evaluation={"gate": {"metric": "perplexity"}},
+    )
+    manifest = yaml.safe_load(job.read_text())
+    manifest["spec"]["output"]["channel"] = channel
+    job.write_text(yaml.safe_dump(manifest))
+    code = kubetune(
+        ["run", str(job), "--output-dir", str(root / "runs"), "--workdir", str(root / "work"), "--max-steps", "2"]
+    )
+    assert code == EXIT_OK
+    (version,) = (root / "runs" / "tiny-job").glob("v*")
+    return version, data

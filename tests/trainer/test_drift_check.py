@@ -8,30 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
+from kubetune.api.contract import EXIT_CONFIG, EXIT_OK, TERMINATION_MESSAGE_LIMIT
+from kubetune.api.driftmonitor import DriftCheckReport
 from kubetune_trainer.cli import main as kubetune
 from kubetune_trainer.drift.command import EXIT_DRIFT
-from tests.trainer.jobs import write_dataset, write_job
+from tests.trainer.jobs import publish_on_channel
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, Path]:
     """(the version's folder, the training data) of one short local run."""
-    root = tmp_path_factory.mktemp("drift-check")
-    data = write_dataset(root / "data.jsonl", 64)
-    job = write_job(root / "job.yaml", model_dir=tiny_model_dir, data=data, output=f"file://{root}/out/")
-    manifest = yaml.safe_load(job.read_text())
-    manifest["spec"]["output"]["channel"] = "prod"
-    manifest["spec"]["evaluation"]["gate"] = {"metric": "perplexity"}
-    job.write_text(yaml.safe_dump(manifest))
-    code = kubetune(
-        ["run", str(job), "--output-dir", str(root / "runs"), "--workdir", str(root / "work"), "--max-steps", "2"]
-    )
-    assert code == EXIT_OK
-    (version,) = (root / "runs" / "tiny-job").glob("v*")
-    return version, data
+    return publish_on_channel(tmp_path_factory.mktemp("drift-check"), tiny_model_dir)
 
 
 def test_a_local_run_its_gate_promotes_joins_its_channel(published: tuple[Path, Path]) -> None:
@@ -91,3 +79,34 @@ def test_what_cannot_be_checked_says_why(
         assert kubetune(["drift", "check", *arguments]) == EXIT_CONFIG, arguments
         err = capsys.readouterr().err
         assert err.startswith("cannot check: ") and expected in err and "Traceback" not in err, err
+
+
+def test_a_check_job_checks_the_channels_version_and_reports_for_the_operator(
+    published: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a DriftMonitor's check Job runs: the channel's current version, the decision written as a
+    DriftCheckReport (the pod's termination message), exit 0 for drift too; a channel that names no
+    version is a reason written there, exit 2."""
+    version, _ = published
+    output = f"file://{version.parent}/"
+    report = tmp_path / "termination-log"
+    french = [f"Bonjour, ma commande {i} n'est toujours pas arrivée, pouvez-vous m'aider ?" for i in range(64)]
+    samples = requests(tmp_path / "fr.jsonl", french, ["shipping"] * 64)
+    arguments = ["drift", "check", "--reference", output, "--samples", samples, "--permutations", "199"]
+    assert kubetune([*arguments, "--channel", "prod", "--report", str(report)]) == EXIT_OK
+    written = report.read_text()
+    assert "\n" not in written and len(written.encode()) <= TERMINATION_MESSAGE_LIMIT
+    parsed = DriftCheckReport.model_validate_json(written)
+    assert parsed.version == version.name and parsed.drifted and parsed.sample_size == 64 and parsed.labelled == 64
+    assert min(m.adjusted_p_value for m in parsed.methods) < 0.05
+    assert parsed.newest == samples and parsed.training_sources and parsed.training_sources[0].endswith("data.jsonl")
+
+    # Only the methods asked for; only files after the last one a check read.
+    assert kubetune([*arguments, "--channel", "prod", "--report", str(report), "--methods", "lengths"]) == EXIT_OK
+    assert {m.method for m in DriftCheckReport.model_validate_json(report.read_text()).methods} == {"lengths.ks"}
+    assert kubetune([*arguments, "--channel", "prod", "--report", str(report), "--after", samples]) == EXIT_CONFIG
+    assert "no request logs newer than" in report.read_text()
+
+    assert kubetune([*arguments, "--channel", "staging", "--report", str(report)]) == EXIT_CONFIG
+    assert report.read_text().startswith("cannot check: ") and "names no version" in report.read_text()
+    assert "Traceback" not in capsys.readouterr().err

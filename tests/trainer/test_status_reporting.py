@@ -28,8 +28,9 @@ from kubetune.api.v1alpha1 import TrainerResult as Result
 from kubetune_trainer.drift.profile import ReferenceProfile
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import CannotReport, ResultNotReported
-from kubetune_trainer.pipeline import Mode, run_pipeline, write_termination_message
+from kubetune_trainer.pipeline import Mode, run_pipeline
 from kubetune_trainer.reporting.kubernetes import Backoff, KubernetesStatusReporter, custom_objects_api
+from kubetune_trainer.termination import write_termination_message
 from tests.kubeapi.model import ApiError, FieldError, ResourceType, UserInfo
 from tests.trainer.jobs import write_dataset, write_job
 from tests.trainer.plans import tiny_plan

@@ -22,7 +22,6 @@ from kubetune.api.contract import (
     EXIT_OK,
     EXIT_RESULT_NOT_REPORTED,
     EXIT_RETRYABLE,
-    TERMINATION_MESSAGE_LIMIT,
 )
 from kubetune.api.v1alpha1 import (
     ArtifactStatus,
@@ -37,6 +36,7 @@ from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import CannotReport, ConfigurationError, ResultNotReported
 from kubetune_trainer.stages import StageClock
 from kubetune_trainer.storage import ObjectStore, StorageError
+from kubetune_trainer.termination import write_termination_message
 
 log = logging.getLogger(__name__)
 
@@ -194,22 +194,6 @@ def _report_result(ctx: RunContext, result: TrainerResult) -> Exit:
     return Exit(EXIT_OK)
 
 
-def write_termination_message(message: str, path: Path | None) -> None:
-    """Write the first line of ``message`` where the operator asked (``$KUBETUNE_TERMINATION_LOG``).
-
-    Kubernetes shows it as the container's termination message. Best effort: without the
-    variable (``kubetune run``) or its folder nothing is written, and a failing write is only logged.
-    """
-    line = message.strip().split("\n", 1)[0]
-    if path is None or not line or not path.parent.is_dir():
-        return
-    bounded = line.encode()[:TERMINATION_MESSAGE_LIMIT].decode(errors="ignore")  # the kubelet keeps no more
-    try:
-        path.write_text(bounded)
-    except OSError as err:
-        log.warning("could not write the termination message to %s: %s", path, err)
-
-
 def _print_timings(ctx: RunContext) -> None:
     lines = [f"  {name:<10} {seconds:8.1f} s" for name, seconds in ctx.clock.durations.items()]
     print("stage times:\n" + "\n".join(lines) + f"\n  {'total':<10} {ctx.clock.total:8.1f} s", file=sys.stderr)
@@ -223,5 +207,4 @@ __all__ = [
     "ResolvedTraining",
     "RunContext",
     "run_pipeline",
-    "write_termination_message",
 ]

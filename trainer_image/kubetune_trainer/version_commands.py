@@ -151,7 +151,7 @@ def _run(what: str, action: Callable[[TrainerEnvironment], int], *, reason: str 
 
 
 def _say(message: str, environment: TrainerEnvironment) -> None:
-    from kubetune_trainer.pipeline import write_termination_message
+    from kubetune_trainer.termination import write_termination_message
 
     write_termination_message(message, environment.termination_log)
 

@@ -138,11 +138,17 @@ JOB_LABEL = "kubetune.dev/job"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 FINETUNEJOB_ANNOTATION = "kubetune.dev/finetunejob"
 """The FineTuneJob's full name: a label value is at most 63 characters, a name up to 253."""
+MONITOR_LABEL = "kubetune.dev/drift-monitor"
+"""On a DriftMonitor's children (check Jobs, retraining FineTuneJobs): the monitor's name, hash-shortened
+to a label value. Not ``JOB_LABEL``: a FineTuneJob of the same name must not select a monitor's pods."""
+DRIFT_CHECK_COMPONENT = "drift-check"
+RETRAINING_COMPONENT = "retraining"
 
 # Every per-job metric series, from the operator or a trainer, names its FineTuneJob with these two
 # labels. Not ``job``: Prometheus owns that label (the scrape job) and would rename ours.
 NAMESPACE_LABEL = "namespace"
 FINETUNEJOB_LABEL = "finetunejob"
+DRIFTMONITOR_LABEL = "driftmonitor"  # the same, for a DriftMonitor's series
 
 PUSHGATEWAY_JOB = "kubetune-trainer"
 """A trainer pushes under this group key, so its final values outlive the pod and the operator can

@@ -30,8 +30,11 @@ from kubetune.api.v1alpha1 import (
     SET_LIST,
     ApiModel,
     Condition,
+    CpuQuantity,
     FineTuneJobSpec,
+    MemoryQuantity,
     S3Spec,
+    ScratchQuantity,
     unique_values,
 )
 
@@ -166,7 +169,10 @@ class RetrainingSpec(ApiModel):
         Field(
             ge=0,
             le=1,
-            description="Rows of the champion's training data mixed in, as a share of the new rows (recorded in lineage).",
+            description=(
+                "Share of the champion's training data replayed with the new data (its sources' weight, train "
+                "only; 0 = none); recorded in the challenger's lineage."
+            ),
         ),
     ] = 0.5
     max_jobs: Annotated[int, Field(ge=1, le=100, description="Retraining jobs at most per period.")] = 1
@@ -187,6 +193,16 @@ class PromotionSpec(ApiModel):
     ] = 0.02
 
 
+class CheckResources(ApiModel):
+    """What each check's pod gets: it loads the base model to embed the window, on CPU."""
+
+    cpu: CpuQuantity = "2"
+    memory: MemoryQuantity = "8Gi"
+    scratch_size: Annotated[
+        ScratchQuantity, Field(description="Ephemeral space for the base model and the version's adapter.")
+    ] = "20Gi"
+
+
 class DriftMonitorSpec(ApiModel):
     target: MonitorTarget
     samples: SamplesSpec
@@ -194,6 +210,7 @@ class DriftMonitorSpec(ApiModel):
         default_factory=S3Spec
     )
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    resources: CheckResources = Field(default_factory=CheckResources)
     detection: DetectionSpec = Field(default_factory=DetectionSpec)
     cooldown_minutes: Annotated[
         int,
@@ -223,7 +240,6 @@ class Action(StrEnum):
     RETRAINING = "RetrainingStarted"
     COOLDOWN = "Cooldown"
     LIMIT_REACHED = "LimitReached"
-    NO_LABELS = "NoLabelledData"
     NOT_CONFIGURED = "RetrainingNotConfigured"
 
 
@@ -241,6 +257,7 @@ class CheckDecision(ApiModel):
 
 
 class CheckRecord(ApiModel):
+    job_name: str
     time: str
     version: Annotated[str, Field(description="The channel's version the window was compared with.")]
     sample_size: int
@@ -251,7 +268,12 @@ class CheckRecord(ApiModel):
 class RetrainingRecord(ApiModel):
     job_name: str
     start_time: str
-    outcome: Literal["Running", "Promoted", "NotPromoted", "Failed"] = "Running"
+    outcome: Annotated[
+        Literal["Running", "Trained", "Promoted", "NotPromoted", "Failed"],
+        Field(
+            description="Trained: the FineTuneJob succeeded, the challenger awaits its comparison with the champion."
+        ),
+    ] = "Running"
     version: str | None = None
     message: str = ""
 
@@ -259,6 +281,12 @@ class RetrainingRecord(ApiModel):
 class DriftMonitorStatus(ApiModel):
     conditions: list[Condition] | None = None
     observed_generation: int | None = None
+    checks: Annotated[
+        int | None, Field(description="Checks decided so far; the next check Job is numbered after it.")
+    ] = None
+    newest_sample: Annotated[
+        str | None, Field(description="The newest request-log file a decided check read; later checks read after it.")
+    ] = None
     champion: Annotated[str | None, Field(description="The version the channel serves.")] = None
     last_check_time: str | None = None
     sample_size: int | None = None
@@ -272,6 +300,26 @@ class DriftMonitorStatus(ApiModel):
         list[RetrainingRecord] | None, Field(description="The retraining jobs this monitor started, oldest first.")
     ] = None
     promoted_version: Annotated[str | None, Field(description="The last challenger promoted by this monitor.")] = None
+
+
+class DriftCheckReport(ApiModel):
+    """What one check found, as ``kubetune drift check --report`` writes it (in a check Job, to the
+    pod's termination message, which the operator reads): the one contract between the check pod and
+    the operator. Compact: a termination message holds at most 4 KiB."""
+
+    version: Annotated[str, Field(description="The version the window was compared with.")]
+    sample_size: int
+    labelled: Annotated[int, Field(description="Requests of the window with a confirmed label.")]
+    newest: Annotated[
+        str, Field(description="The newest request-log file read: the next check reads only files after it.")
+    ]
+    training_sources: Annotated[
+        list[str], Field(description="The checked version's training data (its lineage), replayed by a retraining.")
+    ]
+    drifted: bool
+    alpha: float
+    methods: list[MethodScore]
+    message: str = ""
 
 
 class DriftMonitor(ApiModel):

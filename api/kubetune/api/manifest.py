@@ -20,7 +20,7 @@ from pydantic.alias_generators import to_camel
 
 from kubetune.api import driftmonitor as monitor
 from kubetune.api import v1alpha1 as api
-from kubetune.api.driftmonitor import DriftMonitor
+from kubetune.api.driftmonitor import DriftMonitor, DriftMonitorSpec
 from kubetune.api.rules import broken_rules
 from kubetune.api.v1alpha1 import FineTuneJob, FineTuneJobSpec
 from kubetune.api.yamldoc import MAX_MANIFEST_BYTES, Document, ManifestYamlError, load_documents
@@ -134,17 +134,29 @@ def validation_problems(err: ValidationError, prefix: str, root: type[BaseModel]
     return [(_field_path(prefix, tuple(e["loc"])), _message(root, e)) for e in err.errors()]
 
 
-def parse_spec(spec: Any, where: str = "spec") -> FineTuneJobSpec:
-    """Validate a ``spec`` as the operator receives it from the API server."""
+Spec = TypeVar("Spec", FineTuneJobSpec, DriftMonitorSpec)
+
+
+def _parse_spec(spec: Any, where: str, model: type[Spec], kind: str) -> Spec:
     if not isinstance(spec, dict):
-        raise ManifestError(where, [("spec", "must be a mapping")])
+        raise ManifestError(where, [("spec", "must be a mapping")], kind)
     try:
-        parsed = FineTuneJobSpec.model_validate_json(_as_json(spec), strict=True, by_alias=True, by_name=False)
+        parsed = model.model_validate_json(_as_json(spec), strict=True, by_alias=True, by_name=False)
     except ValidationError as err:
-        raise ManifestError(where, validation_problems(err, "spec", FineTuneJobSpec)) from err
+        raise ManifestError(where, validation_problems(err, "spec", model), kind) from err
     if problems := broken_rules(parsed, "spec"):
-        raise ManifestError(where, problems)
+        raise ManifestError(where, problems, kind)
     return parsed
+
+
+def parse_spec(spec: Any, where: str = "spec") -> FineTuneJobSpec:
+    """Validate a FineTuneJob's ``spec`` as the operator receives it from the API server."""
+    return _parse_spec(spec, where, FineTuneJobSpec, api.KIND)
+
+
+def parse_monitor_spec(spec: Any, where: str = "spec") -> DriftMonitorSpec:
+    """Validate a DriftMonitor's ``spec`` as the operator receives it from the API server."""
+    return _parse_spec(spec, where, DriftMonitorSpec, monitor.KIND)
 
 
 def _dns_problems(path: str, value: Any, *, label: bool) -> list[tuple[str, str]]:

@@ -62,21 +62,25 @@ app.kubernetes.io/component: operator
 {{/* The operator's namespaced rules: exactly what it calls, nothing more. tests/operator/test_rbac_usage.py
      compares them with every request the operator made over the whole operator suite, both ways. */}}
 {{- define "kubetune.namespacedRules" -}}
+# A DriftMonitor's retraining is a FineTuneJob the operator creates, owned by the monitor.
 - apiGroups: ["kubetune.dev"]
   resources: ["finetunejobs"]
+  verbs: ["get", "list", "watch", "patch", "create"]
+- apiGroups: ["kubetune.dev"]
+  resources: ["driftmonitors"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["kubetune.dev"]
-  resources: ["finetunejobs/status"]
+  resources: ["finetunejobs/status", "driftmonitors/status"]
   verbs: ["patch"]
-# Children block their FineTuneJob's deletion (ownerReferences blockOwnerDeletion); clusters with the
+# Children block their owner's deletion (ownerReferences blockOwnerDeletion); clusters with the
 # OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened distributions) require this.
 - apiGroups: ["kubetune.dev"]
-  resources: ["finetunejobs/finalizers"]
+  resources: ["finetunejobs/finalizers", "driftmonitors/finalizers"]
   verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# Why a trainer stopped when it could not say so itself: its pod's termination message.
+# Why a trainer stopped when it could not say so itself, and a drift check's report: a pod's termination message.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]

@@ -46,7 +46,7 @@ from kubetune.api.contract import (
     VERIFICATION_FAIL_JOB_EXIT_CODES,
 )
 from kubetune.api.quantity import parse_quantity
-from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec
+from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec, S3Spec
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.networkpolicy import TrainerEgress
 
@@ -65,21 +65,22 @@ LABEL_VALUE_LIMIT = 63
 
 @dataclass(frozen=True)
 class Owner:
-    """The FineTuneJob as its children see it."""
+    """The FineTuneJob (or, with ``kind``, the other kubetune object) as its children see it."""
 
     name: str
     namespace: str
     uid: str
+    kind: str = KIND
 
     @classmethod
     def from_body(cls, body: Any) -> Owner:
         meta = body["metadata"]
-        return cls(meta["name"], meta["namespace"], meta["uid"])
+        return cls(meta["name"], meta["namespace"], meta["uid"], body.get("kind") or KIND)
 
     def reference(self) -> dict[str, Any]:
         return {
             "apiVersion": API_VERSION,
-            "kind": KIND,
+            "kind": self.kind,
             "name": self.name,
             "uid": self.uid,
             "controller": True,
@@ -229,7 +230,7 @@ def _ephemeral_storage(spec: FineTuneJobSpec, *, scratch_volume: bool) -> str:
     return f"{math.ceil(total / 2**20)}Mi"
 
 
-def _hardening_env(config: OperatorConfig, *, gpus: int) -> list[dict[str, Any]]:
+def hardening_env(config: OperatorConfig, *, gpus: int) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
     if gpus == 0:
         # The CUDA base image sets NVIDIA_VISIBLE_DEVICES=all: on a GPU node, the NVIDIA container
@@ -242,12 +243,22 @@ def _hardening_env(config: OperatorConfig, *, gpus: int) -> list[dict[str, Any]]
     return env
 
 
-def _endpoint_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+def endpoint_env(s3: S3Spec, config: OperatorConfig) -> list[dict[str, Any]]:
     """An endpoint the tenant chose that passed only as "any public endpoint": its name was checked, not
     what it resolves to, so the trainer checks the address each connection reaches (DNS rebinding)."""
-    if spec.s3.endpoint is not None and config.storage.admitted_as_public(spec.s3.endpoint):
+    if s3.endpoint is not None and config.storage.admitted_as_public(s3.endpoint):
         return [{"name": ENV_S3_PUBLIC_ENDPOINT_ONLY, "value": "true"}]
     return []
+
+
+def s3_env(s3: S3Spec) -> list[dict[str, Any]]:
+    """Where the trainer finds the S3 credentials and CA bundle mounted by :func:`s3_volumes`."""
+    env: list[dict[str, Any]] = []
+    if s3.credentials_secret is not None:
+        env.append({"name": ENV_S3_CREDENTIALS_DIR, "value": S3_CREDENTIALS_DIR})
+    if s3.ca_bundle is not None:
+        env.append({"name": ENV_S3_CA_BUNDLE, "value": f"{CA_DIR}/{s3.ca_bundle.key}"})
+    return env
 
 
 def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
@@ -263,11 +274,7 @@ def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": ENV_TERMINATION_LOG, "value": TERMINATION_LOG_PATH},  # where the trainer says why it stopped
     ]
-    if spec.s3.credentials_secret is not None:
-        env.append({"name": ENV_S3_CREDENTIALS_DIR, "value": S3_CREDENTIALS_DIR})
-    if spec.s3.ca_bundle is not None:
-        env.append({"name": ENV_S3_CA_BUNDLE, "value": f"{CA_DIR}/{spec.s3.ca_bundle.key}"})
-    return env
+    return env + s3_env(spec.s3)
 
 
 def _metrics_env(config: OperatorConfig, namespace: str) -> list[dict[str, Any]]:
@@ -281,6 +288,37 @@ def _metrics_env(config: OperatorConfig, namespace: str) -> list[dict[str, Any]]
             {"name": ENV_PUSH_INTERVAL, "value": str(config.push_interval_seconds)},
         ]
     return env
+
+
+def s3_volumes(s3: S3Spec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The S3 credentials Secret (as files) and CA bundle an ``s3`` block names: (volumes, mounts)."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if (secret := s3.credentials_secret) is not None:
+        files = [
+            (secret.access_key_id_key, S3_ACCESS_KEY_ID_FILE),
+            (secret.secret_access_key_key, S3_SECRET_ACCESS_KEY_FILE),
+        ]
+        if secret.session_token_key:
+            files.append((secret.session_token_key, S3_SESSION_TOKEN_FILE))
+        volumes.append(
+            {
+                "name": "s3-credentials",
+                "secret": {
+                    "secretName": secret.name,
+                    "items": [{"key": key, "path": path} for key, path in files],
+                    # A key the Secret lacks is left out, and the trainer names the field that lists
+                    # it (the operator reads only the Secret's metadata, never its keys).
+                    "optional": True,
+                    "defaultMode": 0o440,  # owner and the pod's fsGroup (the trainer) only
+                },
+            }
+        )
+        mounts.append({"name": "s3-credentials", "mountPath": S3_CREDENTIALS_DIR, "readOnly": True})
+    if s3.ca_bundle is not None:
+        volumes.append({"name": "s3-ca", "configMap": {"name": s3.ca_bundle.name}})
+        mounts.append({"name": "s3-ca", "mountPath": CA_DIR, "readOnly": True})
+    return volumes, mounts
 
 
 def _volumes(
@@ -302,34 +340,11 @@ def _volumes(
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.storage.shm_size}},
         ]
         mounts += [{"name": "scratch", "mountPath": SCRATCH}, {"name": "dshm", "mountPath": "/dev/shm"}]
-    if (secret := spec.s3.credentials_secret) is not None:
-        files = [
-            (secret.access_key_id_key, S3_ACCESS_KEY_ID_FILE),
-            (secret.secret_access_key_key, S3_SECRET_ACCESS_KEY_FILE),
-        ]
-        if secret.session_token_key:
-            files.append((secret.session_token_key, S3_SESSION_TOKEN_FILE))
-        volumes.append(
-            {
-                "name": "s3-credentials",
-                "secret": {
-                    "secretName": secret.name,
-                    "items": [{"key": key, "path": path} for key, path in files],
-                    # A key the Secret lacks is left out, and the trainer names the field that lists
-                    # it (the operator reads only the Secret's metadata, never its keys).
-                    "optional": True,
-                    "defaultMode": 0o440,  # owner and the pod's fsGroup (the trainer) only
-                },
-            }
-        )
-        mounts.append({"name": "s3-credentials", "mountPath": S3_CREDENTIALS_DIR, "readOnly": True})
-    if spec.s3.ca_bundle is not None:
-        volumes.append({"name": "s3-ca", "configMap": {"name": spec.s3.ca_bundle.name}})
-        mounts.append({"name": "s3-ca", "mountPath": CA_DIR, "readOnly": True})
-    return volumes, mounts
+    credentials, credential_mounts = s3_volumes(spec.s3)
+    return volumes + credentials, mounts + credential_mounts
 
 
-def _container_security() -> dict[str, Any]:
+def container_security() -> dict[str, Any]:
     """The Kubernetes restricted Pod Security Standard, container part."""
     return {
         "runAsNonRoot": True,
@@ -377,10 +392,10 @@ def _pod_spec(
                 "image": image or spec.image or config.trainer_image,
                 "imagePullPolicy": config.image_pull_policy,
                 "command": command,
-                "env": _env(owner, spec) + _hardening_env(config, gpus=gpus) + _endpoint_env(spec, config),
+                "env": _env(owner, spec) + hardening_env(config, gpus=gpus) + endpoint_env(spec.s3, config),
                 "resources": resources,
                 "volumeMounts": mounts,
-                "securityContext": _container_security(),
+                "securityContext": container_security(),
                 "terminationMessagePath": TERMINATION_LOG_PATH,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
             }

@@ -23,43 +23,56 @@ MAX_NAME = 253  # Events are named like any object: a DNS-1123 subdomain
 MAX_MESSAGE = 1024
 
 
-def event_name(owner_name: str, owner_uid: str, transition_id: int) -> str:
-    suffix = f".{owner_uid[:8]}.phase-{transition_id}"
+def event_name(owner_name: str, owner_uid: str, what: str) -> str:
+    """``<owner>.<uid prefix>.<what>``: one name per owner and recorded fact, so a post is idempotent."""
+    suffix = f".{owner_uid[:8]}.{what}"
     if len(owner_name) + len(suffix) <= MAX_NAME:
         return owner_name + suffix
     digest = hashlib.sha256(owner_name.encode()).hexdigest()[:8]
     return f"{owner_name[: MAX_NAME - len(suffix) - 9].rstrip('-.')}-{digest}{suffix}"
 
 
-def build_phase_event(body: dict[str, Any], transition: dict[str, Any]) -> dict[str, Any]:
-    """The core/v1 Event for one recorded transition of the FineTuneJob ``body``."""
+def build_event(
+    body: dict[str, Any], kind: str, what: str, *, reason: str, message: str, warning: bool, time: str
+) -> dict[str, Any]:
+    """The core/v1 Event of one recorded fact (``what``) about the object ``body`` of ``kind``."""
     meta = body["metadata"]
-    phase = transition["phase"]
-    message = f"{transition.get('previousPhase') or 'New'} -> {phase}: {transition.get('message', '')}".rstrip(": ")
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {
-            "name": event_name(meta["name"], meta["uid"], int(transition["id"])),
-            "namespace": meta["namespace"],
-        },
+        "metadata": {"name": event_name(meta["name"], meta["uid"], what), "namespace": meta["namespace"]},
         "involvedObject": {
             "apiVersion": API_VERSION,
-            "kind": KIND,
+            "kind": kind,
             "name": meta["name"],
             "namespace": meta["namespace"],
             "uid": meta["uid"],
         },
-        "reason": f"Phase{phase}",
+        "reason": reason,
         "message": message[:MAX_MESSAGE],
-        "type": "Warning" if phase == "Failed" else "Normal",
-        "firstTimestamp": transition["time"],
-        "lastTimestamp": transition["time"],
+        "type": "Warning" if warning else "Normal",
+        "firstTimestamp": time,
+        "lastTimestamp": time,
         "count": 1,
         "source": {"component": COMPONENT},
         "reportingComponent": COMPONENT,
         "reportingInstance": os.environ.get("HOSTNAME", COMPONENT)[:128],
     }
+
+
+def build_phase_event(body: dict[str, Any], transition: dict[str, Any]) -> dict[str, Any]:
+    """The core/v1 Event for one recorded transition of the FineTuneJob ``body``."""
+    phase = transition["phase"]
+    message = f"{transition.get('previousPhase') or 'New'} -> {phase}: {transition.get('message', '')}".rstrip(": ")
+    return build_event(
+        body,
+        KIND,
+        f"phase-{int(transition['id'])}",
+        reason=f"Phase{phase}",
+        message=message,
+        warning=phase == "Failed",
+        time=transition["time"],
+    )
 
 
 class PhaseEvents:

@@ -9,7 +9,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
+from kubetune.api.driftmonitor import PLURAL as MONITOR_PLURAL
+from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 from kubetune.kubeclient import ReauthenticatingApiClient
 
 KUEUE_GROUP, KUEUE_VERSION, KUEUE_WORKLOADS = "kueue.x-k8s.io", "v1beta1", "workloads"
@@ -91,6 +92,8 @@ class Kube:
         """The object, or None if there is none; a Secret as its metadata only (``read_metadata``)."""
         if kind == "Secret":
             return self.read_metadata(kind, namespace, name)
+        if kind == KIND:
+            return self.read_finetunejob(namespace, name)
         readers = {
             "ConfigMap": self.core.read_namespaced_config_map,
             "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
@@ -126,10 +129,16 @@ class Kube:
         return dict(json.loads(response.data))
 
     def read_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read_custom(PLURAL, namespace, name)
+
+    def read_driftmonitor(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read_custom(MONITOR_PLURAL, namespace, name)
+
+    def _read_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return dict(
                 self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
+                    GROUP, VERSION, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
                 )
             )
         except ApiException as err:
@@ -179,6 +188,9 @@ class Kube:
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
             "NetworkPolicy": self.networking.create_namespaced_network_policy,
+            KIND: lambda namespace, body, **kwargs: self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, body, **kwargs
+            ),
         }
         try:
             return self._plain(creators[kind](namespace, manifest, _request_timeout=REQUEST_TIMEOUT))
@@ -260,8 +272,16 @@ class Kube:
             _request_timeout=REQUEST_TIMEOUT,
         )
 
-    def trainer_termination(self, namespace: str, job: dict[str, Any], container: str) -> tuple[int, str] | None:
-        """(exit code, termination message) of ``container`` in the Job's most recent failed pod, if any is left."""
+    def patch_driftmonitor_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, MONITOR_PLURAL, name, {"status": status}, _request_timeout=REQUEST_TIMEOUT
+        )
+
+    def trainer_termination(
+        self, namespace: str, job: dict[str, Any], container: str, *, successful: bool = False
+    ) -> tuple[int, str] | None:
+        """(exit code, termination message) of ``container`` in the Job's most recent failed pod (or, with
+        ``successful``, its most recent ended pod), if any is left."""
         uid = job["metadata"].get("uid", "")
         pods = self.core.list_namespaced_pod(
             namespace, label_selector=f"batch.kubernetes.io/controller-uid={uid}", _request_timeout=REQUEST_TIMEOUT
@@ -270,7 +290,7 @@ class Kube:
         for pod in self._plain(pods).get("items", []):
             for status in (pod.get("status") or {}).get("containerStatuses") or []:
                 terminated = (status.get("state") or {}).get("terminated") or {}
-                if status.get("name") == container and terminated.get("exitCode"):
+                if status.get("name") == container and (terminated.get("exitCode") or (successful and terminated)):
                     finished = terminated.get("finishedAt") or ""
                     found.append((finished, int(terminated["exitCode"]), terminated.get("message") or ""))
         if not found:

@@ -14,10 +14,12 @@ from typing import Any
 import kopf
 
 from kubetune.api import contract
+from kubetune.api import driftmonitor as monitor
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 from kubetune.kubeclient import Credentials, load_configuration
 from kubetune.operator import pushgateway
 from kubetune.operator.config import OperatorConfig
+from kubetune.operator.driftreconcile import reconcile_monitor
 from kubetune.operator.events import PhaseEvents
 from kubetune.operator.kube import Kube
 from kubetune.operator.metrics import OperatorMetrics
@@ -27,6 +29,7 @@ from kubetune.operator.status import FAILURE_REASONS
 
 log = logging.getLogger("kubetune.operator")
 FINETUNEJOBS = (GROUP, VERSION, PLURAL)
+DRIFTMONITORS = (GROUP, VERSION, monitor.PLURAL)
 
 
 @kopf.on.login()
@@ -64,6 +67,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo["metrics_server"] = metrics.serve(config.metrics_port)
     events = memo["events"] = PhaseEvents()
     memo["queue"] = ReconcileQueue(lambda namespace, name: reconcile(namespace, name, kube, config, events, metrics))
+    memo["monitor_queue"] = ReconcileQueue(lambda namespace, name: reconcile_monitor(namespace, name, kube, config))
     if config.pushgateway_url:
         memo["sweeper"] = pushgateway.Sweeper(
             config.pushgateway_url, lambda: kube.finetunejob_keys(config.namespaces), config.namespaces
@@ -73,9 +77,10 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    queue = memo.get("queue")
-    if queue is not None:
-        await queue.stop()
+    for key in ("queue", "monitor_queue"):
+        queue = memo.get(key)
+        if queue is not None:
+            await queue.stop()
     sweeper = memo.get("sweeper")
     if sweeper is not None:
         sweeper.stop()
@@ -109,17 +114,44 @@ async def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str,
         if url:
             pushgateway.delete_trainer_group(url, namespace, name)
         return
-    memo["metrics"].trainer_results.update(event.get("object") or {})
+    body = event.get("object") or {}
+    memo["metrics"].trainer_results.update(body)
     if event.get("type") == "MODIFIED":
         memo["queue"].trigger(namespace, name)
+        _trigger_owner(body, memo)  # a monitor's retraining: the monitor follows its outcome
+
+
+@kopf.on.resume(*DRIFTMONITORS)
+@kopf.on.create(*DRIFTMONITORS)
+@kopf.on.update(*DRIFTMONITORS)
+async def on_driftmonitor(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo["monitor_queue"].trigger(namespace, name)
+
+
+@kopf.on.event(*DRIFTMONITORS)
+async def on_driftmonitor_event(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """The monitor's figures follow its status; a status change reconciles again (the schedule counts from
+    ``status.lastCheckTime``); a deletion forgets it."""
+    if event.get("type") == "DELETED":
+        memo["monitor_queue"].forget(namespace, name)
+        memo["metrics"].monitors.forget(namespace, name)
+        return
+    memo["metrics"].monitors.update(event.get("object") or {})
+    if event.get("type") == "MODIFIED":
+        memo["monitor_queue"].trigger(namespace, name)
+
+
+def _trigger_owner(body: dict[str, Any], memo: kopf.Memo) -> None:
+    meta = body.get("metadata", {})
+    queues = {KIND: memo["queue"], monitor.KIND: memo["monitor_queue"]}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") in queues:
+            queues[ref["kind"]].trigger(meta["namespace"], ref["name"])
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={contract.MANAGED_BY_LABEL: contract.MANAGED_BY})
 async def on_child_job(body: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
-    meta = body.get("metadata", {})
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("kind") == KIND and ref.get("controller"):
-            memo["queue"].trigger(meta["namespace"], ref["name"])
+    _trigger_owner(body, memo)
 
 
 @kopf.on.probe(id="api")

@@ -17,8 +17,8 @@ and exported under the namespace and name of the FineTuneJob's own metadata, nev
 the status says: a trainer writes its status, so it chooses the values, not whose they are. They
 outlive the training pod without a Pushgateway, and go when the FineTuneJob is deleted.
 
-Later families (drift monitoring is planned) register on the same :class:`OperatorMetrics`
-registry.
+And each DriftMonitor's figures (:class:`MonitorFigures`), read from its status, which only the
+operator writes: checks decided, retrainings started, the last check's p-values and verdict.
 """
 
 from __future__ import annotations
@@ -48,7 +48,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 import kubetune.api
-from kubetune.api.contract import FINETUNEJOB_LABEL, FORGETTING_METRICS, NAMESPACE_LABEL, RESULT_MODELS
+from kubetune.api.contract import (
+    DRIFTMONITOR_LABEL,
+    FINETUNEJOB_LABEL,
+    FORGETTING_METRICS,
+    NAMESPACE_LABEL,
+    RESULT_MODELS,
+)
+from kubetune.api.driftmonitor import DriftMonitorStatus
 from kubetune.api.v1alpha1 import TERMINAL_PHASES, Metric, Phase
 
 # Waiting (creation to Job, creation to Running): seconds to a day, GPU queues can be long.
@@ -339,6 +346,75 @@ class TrainerResults(Collector):
         yield from (train_loss, eval_loss, rate, evaluation, gate)
 
 
+class MonitorFigures(Collector):
+    """Each DriftMonitor's status as series, keyed by its metadata's namespace and name."""
+
+    def __init__(self) -> None:
+        self._monitors: dict[tuple[str, str], DriftMonitorStatus] = {}
+        self._lock = threading.Lock()
+
+    def update(self, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") if isinstance(body, Mapping) else None
+        if not isinstance(meta, Mapping) or not meta.get("namespace") or not meta.get("name"):
+            return
+        raw = body.get("status") or {}
+        known = {field.alias or name for name, field in DriftMonitorStatus.model_fields.items()}
+        try:
+            status = DriftMonitorStatus.model_validate({k: v for k, v in raw.items() if k in known})
+        except ValueError:
+            return
+        with self._lock:
+            self._monitors[(str(meta["namespace"]), str(meta["name"]))] = status
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._monitors.pop((namespace, name), None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        with self._lock:
+            monitors = sorted(self._monitors.items())
+        labels = (NAMESPACE_LABEL, DRIFTMONITOR_LABEL)
+        checks = CounterMetricFamily(
+            "kubetune_driftmonitor_checks", "Drift checks the DriftMonitor has decided.", labels=labels
+        )
+        retrainings = CounterMetricFamily(
+            "kubetune_driftmonitor_retrainings", "Retraining FineTuneJobs the DriftMonitor started.", labels=labels
+        )
+        detected = GaugeMetricFamily(
+            "kubetune_driftmonitor_drift_detected",
+            "1 while the DriftMonitor's DriftDetected condition is True (drift confirmed by persistence), else 0.",
+            labels=labels,
+        )
+        consecutive = GaugeMetricFamily(
+            "kubetune_driftmonitor_consecutive_drifted_windows",
+            "Drifted checks in a row against the channel's current version.",
+            labels=labels,
+        )
+        p_values = GaugeMetricFamily(
+            "kubetune_driftmonitor_p_value",
+            "Holm-adjusted p-value of each method in the last decided check (method=embeddings.mmd, ...).",
+            labels=(*labels, "method"),
+        )
+        last = GaugeMetricFamily(
+            "kubetune_driftmonitor_last_check_timestamp_seconds",
+            "When the DriftMonitor's last check was decided (Unix time).",
+            labels=labels,
+        )
+        for (namespace, name), status in monitors:
+            key = (namespace, name)
+            checks.add_metric(key, float(status.checks or 0))
+            retrainings.add_metric(key, float(len(status.retrainings or [])))
+            drift = next((c for c in status.conditions or [] if c.type == "DriftDetected"), None)
+            detected.add_metric(key, 1.0 if drift is not None and drift.status == "True" else 0.0)
+            consecutive.add_metric(key, float(status.consecutive_drifted or 0))
+            for method in status.methods or []:
+                if (number := figure(method.adjusted_p_value, minimum=0.0)) is not None:
+                    p_values.add_metric((*key, method.method), number)
+            if (checked := parse_time(status.last_check_time)) is not None:
+                last.add_metric(key, checked)
+        yield from (checks, retrainings, detected, consecutive, p_values, last)
+
+
 class FleetCollector(Collector):
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
@@ -360,6 +436,8 @@ class OperatorMetrics:
         self.registry.register(FleetCollector(self.fleet))
         self.trainer_results = TrainerResults()
         self.registry.register(self.trainer_results)
+        self.monitors = MonitorFigures()
+        self.registry.register(self.monitors)
         labels = (NAMESPACE_LABEL,)
         self.transitions = Counter(
             "kubetune_finetunejob_phase_transitions",

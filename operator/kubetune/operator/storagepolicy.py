@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 
 from kubetune.api.addresses import non_public_reason, parse_address
+from kubetune.api.driftmonitor import DriftMonitorSpec
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 
 ANY_PUBLIC_ENDPOINT = "*"
@@ -54,8 +55,9 @@ class StoragePolicy:
             normalised.append(entry if entry.endswith("/") else entry + "/")
         return cls(tuple(e.lower() for e in endpoints), tuple(normalised))
 
-    def refusal(self, spec: FineTuneJobSpec, namespace: str) -> tuple[str, str] | None:
-        """(field, why) for the first endpoint or URI the policy refuses, else None."""
+    def refusal(self, spec: FineTuneJobSpec | DriftMonitorSpec, namespace: str) -> tuple[str, str] | None:
+        """(field, why) for the first endpoint or URI the policy refuses, else None (a DriftMonitor's
+        retraining template included: every ``s3://`` string of the spec is walked)."""
         if spec.s3.endpoint is not None and (why := self._endpoint_refusal(spec.s3.endpoint)) is not None:
             return "spec.s3.endpoint", why
         if self.prefixes:

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from kubetune.api.manifest import ManifestError, parse_spec
-from kubetune.api.v1alpha1 import FineTuneJobSpec
+from kubetune.api.driftmonitor import DriftMonitorSpec
+from kubetune.api.manifest import ManifestError, parse_monitor_spec, parse_spec
+from kubetune.api.v1alpha1 import FineTuneJobSpec, S3Spec
 from kubetune.operator.config import OperatorConfig
 
 Reader = Callable[[str, str, str], dict[str, Any] | None]  # (kind, namespace, name) -> object or None
@@ -38,22 +39,39 @@ class SpecProblem:
     message: str
 
 
-def parse(spec: dict[str, Any]) -> FineTuneJobSpec | SpecProblem:
+Parsed = TypeVar("Parsed", FineTuneJobSpec, DriftMonitorSpec)
+
+
+def _parsed(parser: Callable[[Any], Parsed], spec: dict[str, Any]) -> Parsed | SpecProblem:
     try:
-        return parse_spec(spec)
+        return parser(spec)
     except ManifestError as err:
         details = "; ".join(f"{path}: {message}" for path, message in err.problems)
         return SpecProblem("InvalidSpec", details)
 
 
-def check_policy(spec: FineTuneJobSpec, namespace: str, config: OperatorConfig) -> SpecProblem | None:
-    """What the platform team's policy refuses from the manifest alone, before any pod exists."""
+def parse(spec: dict[str, Any]) -> FineTuneJobSpec | SpecProblem:
+    return _parsed(parse_spec, spec)
+
+
+def parse_monitor(spec: dict[str, Any]) -> DriftMonitorSpec | SpecProblem:
+    return _parsed(parse_monitor_spec, spec)
+
+
+def namespace_problem(namespace: str, config: OperatorConfig, kinds: str = "FineTuneJobs") -> SpecProblem | None:
     if namespace.startswith(SYSTEM_NAMESPACE_PREFIX) or namespace == config.operator_namespace:
         whose = "the operator's own" if namespace == config.operator_namespace else "a system"
         return SpecProblem(
             "NamespaceNotAllowed",
-            f"metadata.namespace: '{namespace}' is {whose} namespace; FineTuneJobs run in tenant namespaces only",
+            f"metadata.namespace: '{namespace}' is {whose} namespace; {kinds} run in tenant namespaces only",
         )
+    return None
+
+
+def check_policy(spec: FineTuneJobSpec, namespace: str, config: OperatorConfig) -> SpecProblem | None:
+    """What the platform team's policy refuses from the manifest alone, before any pod exists."""
+    if (problem := namespace_problem(namespace, config)) is not None:
+        return problem
     if spec.image is not None and (why := config.image_policy.refusal(spec.image)) is not None:
         return SpecProblem("ImageNotAllowed", f"spec.image: {why}")
     if config.max_gpus_per_job is not None and spec.resources.gpus > config.max_gpus_per_job:
@@ -91,18 +109,32 @@ def _not_opted_in(field: str, kind: str, name: str, label: str, use: str) -> str
     return f"{field}: {kind} '{name}' is not labelled {label}=true; a namespace admin labels the {kind}s {use}"
 
 
-def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> SpecProblem | None:
-    if (secret := spec.s3.credentials_secret) is not None:
+def check_monitor_policy(spec: DriftMonitorSpec, namespace: str, config: OperatorConfig) -> SpecProblem | None:
+    """The platform's policy for a DriftMonitor: its own storage, and its retraining template as the
+    FineTuneJob it would create (refused now, at the template's field, rather than at each retraining)."""
+    if (problem := namespace_problem(namespace, config, "DriftMonitors")) is not None:
+        return problem
+    if (storage := config.storage.refusal(spec, namespace)) is not None:
+        field, why = storage
+        return SpecProblem("StorageNotAllowed", f"{field}: {why}")
+    if spec.retraining is not None and (problem := check_policy(spec.retraining.template, namespace, config)):
+        return SpecProblem(problem.reason, problem.message.replace("spec.", "spec.retraining.template.", 1))
+    return None
+
+
+def check_s3_references(s3: S3Spec, namespace: str, read: Reader) -> SpecProblem | None:
+    """The Secret and ConfigMap an ``s3`` block names: present, opted in, with the key named."""
+    if (secret := s3.credentials_secret) is not None:
         field = "spec.s3.credentialsSecret.name"
         why = _lookup(read, "Secret", namespace, secret.name, S3_CREDENTIALS_LABEL)
         if why == "missing":
             return SpecProblem("SecretNotFound", _not_found(field, "Secret", secret.name, namespace))
         if why is not None:
-            use = "FineTuneJobs may use"
+            use = "kubetune's pods may use"
             return SpecProblem(
                 "SecretNotAllowed", _not_opted_in(field, "Secret", secret.name, S3_CREDENTIALS_LABEL, use)
             )
-    ca = spec.s3.ca_bundle
+    ca = s3.ca_bundle
     if ca is not None:
         config_map = read("ConfigMap", namespace, ca.name)
         if config_map is None:
@@ -113,6 +145,12 @@ def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> Spe
             return SpecProblem(
                 "ConfigMapKeyMissing", f"spec.s3.caBundle.key: ConfigMap '{ca.name}' has no key '{ca.key}'"
             )
+    return None
+
+
+def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> SpecProblem | None:
+    if (problem := check_s3_references(spec.s3, namespace, read)) is not None:
+        return problem
     if (pvc := spec.storage.pvc) is not None and read("PersistentVolumeClaim", namespace, pvc.claim_name) is None:
         return SpecProblem(
             "PersistentVolumeClaimNotFound",

@@ -29,12 +29,14 @@ class Window:
     files: list[str]
 
 
-def read_window(store: ObjectStore, uri: str, *, limit: int) -> Window:
+def read_window(store: ObjectStore, uri: str, *, limit: int, after: str | None = None) -> Window:
     """Up to ``limit`` requests, the newest files last (files in name order, which timestamped log names make
-    chronological); the last ``limit`` rows are kept."""
-    files = [f for f in store.list(uri) if is_supported(f)]
+    chronological); the last ``limit`` rows are kept. With ``after``, only files whose URI sorts after it:
+    a monitor's successive checks read disjoint windows."""
+    files = [f for f in store.list(uri) if is_supported(f) and (after is None or f > after)]
     if not files:
-        raise ConfigurationError(f"{uri}: no request logs (.jsonl/.json/.csv/.parquet, optionally .gz/.zst)")
+        newer = f" newer than {after}" if after is not None else ""
+        raise ConfigurationError(f"{uri}: no request logs{newer} (.jsonl/.json/.csv/.parquet, optionally .gz/.zst)")
     examples: list[Example] = []
     labelled = skipped = 0
     for file_uri in sorted(files):

@@ -1,0 +1,245 @@
+"""A DriftMonitor end to end: the real operator against the test API server, its check Jobs run by the
+kubelet fixture with the real ``kubetune drift check`` on a version a real ``kubetune run`` published
+(tiny model) and put on the ``prod`` channel; request logs arrive as files, as a serving stack would
+leave them.
+
+In-distribution requests: no drift. French requests: drifted, then confirmed on the second window in a
+row, and a retraining FineTuneJob starts, owned by the monitor, with the champion's data replayed;
+more drift inside the cooldown starts no second one. A window below minSamples decides nothing; a check
+that fails says why. Time passing between checks is played by moving ``status.lastCheckTime`` back, as
+the cluster admin can (the operator schedules from it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kubetune.api.contract import TERMINATION_LOG_PATH
+from kubetune.api.v1alpha1 import GROUP, VERSION
+from tests.kubeapi.cluster import TestCluster
+from tests.operator.cluster import Cluster, wait_for
+from tests.trainer.jobs import publish_on_channel
+
+MONITORS = "driftmonitors"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, Path]:
+    return publish_on_channel(tmp_path_factory.mktemp("monitored"), tiny_model_dir)
+
+
+def monitor_manifest(name: str, version: Path, logs: Path, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "DriftMonitor",
+        "metadata": {"name": name},
+        "spec": {
+            "target": {"outputUri": f"file://{version.parent}/", "channel": "prod"},
+            "samples": {"uri": f"file://{logs}/"},
+            "detection": {"minSamples": 20, "maxSamples": 64, "persistence": 2, "permutations": 199},
+            "cooldownMinutes": 1440,
+            **spec,
+        },
+    }
+
+
+def apply_monitor(cluster: Cluster, manifest: dict[str, Any]) -> None:
+    manifest["metadata"]["namespace"] = "default"
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, "default", MONITORS, manifest)
+
+
+def monitor(cluster: Cluster, name: str) -> dict[str, Any]:
+    return dict(cluster.custom.get_namespaced_custom_object(GROUP, VERSION, "default", MONITORS, name))
+
+
+def log_requests(logs: Path, name: str, prompts: list[str], labels: list[str] | None = None) -> None:
+    """Requests as a serving stack logs them, each with the answer a person confirmed (``label``)."""
+    logs.mkdir(exist_ok=True)
+    rows = [
+        {"messages": [{"role": "user", "content": p}], "label": label}
+        for p, label in zip(prompts, labels or ["shipping"] * len(prompts), strict=True)
+    ]
+    (logs / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def run_check(cluster: Cluster, job_name: str, tmp_path: Path) -> dict[str, Any]:
+    """What the kubelet does with a check Job's pod: run its command with its env (its termination
+    message file where the pod has it), then record the exit and the message; the Job controller
+    finishes the Job. Returns the Job as the operator made it."""
+    job = wait_for(lambda: cluster.job(job_name), what=f"check Job {job_name}")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    termination = tmp_path / f"{job_name}.termination-log"
+    command = [str(termination) if arg == TERMINATION_LOG_PATH else arg for arg in container["command"]]
+    assert command[:3] == ["kubetune", "drift", "check"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env.update({"KUBETUNE_SCRATCH": str(tmp_path / "scratch"), "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")})
+    machine = {k: v for k, v in os.environ.items() if not k.startswith("KUBETUNE_") and k != "KUBECONFIG"}
+    cluster.start_job(job_name)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "kubetune"), *command[1:]],
+        env={**machine, **env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    said = termination.read_text() if termination.exists() else ""
+    cluster.finish_job(
+        job_name, succeeded=result.returncode == 0, exit_code=result.returncode, termination_message=said
+    )
+    return dict(job)
+
+
+def an_interval_passes(test_cluster: TestCluster, name: str) -> None:
+    """The check interval elapses: the last check is moved two hours back (as the cluster admin)."""
+    earlier = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    test_cluster.installer.call(
+        "PATCH",
+        f"/apis/{GROUP}/{VERSION}/namespaces/default/{MONITORS}/{name}/status",
+        {"status": {"lastCheckTime": earlier}},
+        "application/merge-patch+json",
+    )
+
+
+def decided(cluster: Cluster, name: str, checks: int) -> dict[str, Any]:
+    return dict(
+        wait_for(
+            lambda: (s := monitor(cluster, name).get("status") or {}).get("checks") == checks and s,
+            what=f"check {checks} of {name} decided",
+        )
+    )
+
+
+def scrape(port: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("kubetune_driftmonitor")
+    }
+
+
+def test_drift_is_checked_confirmed_by_persistence_and_retrained_once_within_the_cooldown(
+    test_cluster: TestCluster, cluster: Cluster, operator: Any, published: tuple[Path, Path], tmp_path: Path
+) -> None:
+    version, data = published
+    logs = tmp_path / "logs"
+    rows = [json.loads(line)["messages"] for line in data.read_text().splitlines()]
+    french = [f"Bonjour, ma commande {i} n'est toujours pas arrivée, pouvez-vous m'aider ?" for i in range(40)]
+    log_requests(logs, "0001.jsonl", [m[0]["content"] for m in rows], [m[1]["content"] for m in rows])
+    template = {
+        "dataset": {"sources": [{"uri": f"file://{logs}/"}]},
+        "output": {"uri": f"file://{version.parent}/", "channel": "prod"},
+        "resources": {"gpus": 0},
+    }
+    apply_monitor(cluster, monitor_manifest("tickets", version, logs, retraining={"template": template}))
+
+    # 1: the training population, no drift.
+    job = run_check(cluster, "tickets-check-1", tmp_path)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["containers"][0]["image"] == "trainer:test"
+    status = decided(cluster, "tickets", 1)
+    assert status["decision"]["verdict"] == "NoDrift" and status["champion"] == version.name, status["decision"]
+    assert status["newestSample"] == f"file://{logs}/0001.jsonl" and status["sampleSize"] == 64
+    assert cluster.job("tickets-check-2") is None, "the next check waits for the interval"
+
+    # 2 and 3: French requests, in two new windows: drifted, then confirmed, and one retraining.
+    log_requests(logs, "0002.jsonl", french)
+    an_interval_passes(test_cluster, "tickets")
+    job = run_check(cluster, "tickets-check-2", tmp_path)
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["--after", f"file://{logs}/0001.jsonl"]
+    status = decided(cluster, "tickets", 2)
+    assert status["decision"]["verdict"] == "Drifted" and status["consecutiveDrifted"] == 1, status["decision"]
+    assert status["sampleSize"] == 40, "only the requests after the last decided window"
+    log_requests(logs, "0003.jsonl", french)
+    an_interval_passes(test_cluster, "tickets")
+    run_check(cluster, "tickets-check-3", tmp_path)
+    status = decided(cluster, "tickets", 3)
+    assert status["decision"] == {
+        "verdict": "DriftConfirmed",
+        "action": "RetrainingStarted",
+        "message": status["decision"]["message"],
+    }
+    (retraining,) = status["retrainings"]
+    assert retraining["jobName"] == "tickets-retrain-1" and retraining["outcome"] == "Running"
+    drift = next(c for c in status["conditions"] if c["type"] == "DriftDetected")
+    assert drift["status"] == "True" and drift["reason"] == "RetrainingStarted"
+    challenger = cluster.finetunejob("tickets-retrain-1")
+    owner = challenger["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "DriftMonitor" and owner["name"] == "tickets" and owner["controller"]
+    sources = challenger["spec"]["dataset"]["sources"]
+    assert sources[0]["uri"] == f"file://{logs}/"
+    (replayed,) = sources[1:]
+    assert replayed == {**replayed, "uri": f"file://{data}", "weight": 0.5, "trainOnly": True}
+    assert "channel" not in challenger["spec"]["output"], "only the champion/challenger comparison moves prod"
+
+    # 4 and 5: still French, within the cooldown: confirmed again, and no second retraining.
+    for sequence, name in ((4, "0004.jsonl"), (5, "0005.jsonl")):
+        log_requests(logs, name, french)
+        an_interval_passes(test_cluster, "tickets")
+        run_check(cluster, f"tickets-check-{sequence}", tmp_path)
+        status = decided(cluster, "tickets", sequence)
+    assert status["decision"]["verdict"] == "DriftConfirmed" and status["decision"]["action"] == "Cooldown"
+    assert len(status["retrainings"]) == 1
+    assert [
+        f["metadata"]["name"]
+        for f in cluster.custom.list_namespaced_custom_object(GROUP, VERSION, "default", "finetunejobs")["items"]
+    ] == ["tickets-retrain-1"]
+
+    # 6: too few new requests decide nothing, and are read again next time.
+    log_requests(logs, "0006.jsonl", french[:5])
+    an_interval_passes(test_cluster, "tickets")
+    run_check(cluster, "tickets-check-6", tmp_path)
+    status = decided(cluster, "tickets", 6)
+    assert status["decision"]["verdict"] == "TooFewSamples" and status["newestSample"] == f"file://{logs}/0005.jsonl"
+
+    # 7: a check that cannot be made (the small file withdrawn: no new logs at all) says why, and
+    # changes no verdict.
+    (logs / "0006.jsonl").unlink()
+    an_interval_passes(test_cluster, "tickets")
+    job = run_check(cluster, "tickets-check-7", tmp_path)
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == f"file://{logs}/0005.jsonl"
+    status = decided(cluster, "tickets", 7)
+    assert status["decision"]["verdict"] == "CheckFailed" and "no request logs" in status["decision"]["message"]
+    assert next(c for c in status["conditions"] if c["type"] == "DriftDetected")["status"] == "True"
+
+    reasons = [e["reason"] for e in cluster.events_for("tickets")]
+    for reason in ("NoDrift", "Drifted", "DriftConfirmed", "RetrainingStarted", "TooFewSamples", "CheckFailed"):
+        assert reason in reasons, reasons
+    assert reasons.count("RetrainingStarted") == 1
+
+    port = os.environ["KUBETUNE_METRICS_PORT"]
+    key = (("driftmonitor", "tickets"), ("namespace", "default"))
+    figures = wait_for(lambda: (f := scrape(port)).get(("kubetune_driftmonitor_checks_total", key)) == 7 and f)
+    assert figures[("kubetune_driftmonitor_retrainings_total", key)] == 1
+    assert figures[("kubetune_driftmonitor_drift_detected", key)] == 1
+
+
+def test_a_monitor_whose_retraining_the_policy_refuses_runs_nothing_and_says_where(
+    cluster: Cluster, operator: Any, tmp_path: Path
+) -> None:
+    template = {
+        "image": "registry.example.com/someone-else/trainer:1",
+        "dataset": {"sources": [{"uri": f"file://{tmp_path}/new/"}]},
+        "output": {"uri": f"file://{tmp_path}/out/"},
+    }
+    apply_monitor(
+        cluster,
+        monitor_manifest("refused", tmp_path / "out" / "v", tmp_path / "logs", retraining={"template": template}),
+    )
+    status = wait_for(lambda: monitor(cluster, "refused").get("status"), what="the monitor's status")
+    (valid,) = [c for c in status["conditions"] if c["type"] == "Valid"]
+    assert valid["status"] == "False" and valid["reason"] == "ImageNotAllowed"
+    assert valid["message"].startswith("spec.retraining.template.image: "), valid
+    assert cluster.job("refused-check-1") is None
