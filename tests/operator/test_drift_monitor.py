@@ -181,7 +181,8 @@ def test_drift_is_checked_confirmed_by_persistence_and_retrained_once_within_the
     sources = challenger["spec"]["dataset"]["sources"]
     assert sources[0]["uri"] == f"file://{logs}/"
     (replayed,) = sources[1:]
-    assert replayed == {**replayed, "uri": f"file://{data}", "weight": 0.5, "trainOnly": True}
+    # Through the same split as the new data: the champion's test rows stay test rows.
+    assert replayed == {**replayed, "uri": f"file://{data}", "weight": 0.5, "trainOnly": False}
     assert "channel" not in challenger["spec"]["output"], "only the champion/challenger comparison moves prod"
 
     # 4 and 5: still French, within the cooldown: confirmed again, and no second retraining.

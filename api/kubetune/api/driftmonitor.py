@@ -170,8 +170,8 @@ class RetrainingSpec(ApiModel):
             ge=0,
             le=1,
             description=(
-                "Share of the champion's training data replayed with the new data (its sources' weight, train "
-                "only; 0 = none); recorded in the challenger's lineage."
+                "Share of the champion's training rows replayed with the new data (its sources' weight in the "
+                "training split; 0 = none); recorded in the challenger's lineage."
             ),
         ),
     ] = 0.5

@@ -198,13 +198,18 @@ def build_check_job(
 
 
 def retraining_spec(retraining: RetrainingSpec, training_sources: list[str]) -> FineTuneJobSpec:
-    """The challenger's spec: the template's, with the champion's training data replayed (weighted by
-    ``replayFraction``, train only: the new data is what the challenger is evaluated on) and no channel
-    of its own, since only the champion/challenger comparison may move the guarded channel."""
+    """The challenger's spec: the template's, with the champion's training data replayed (its sources
+    at weight ``replayFraction``) and no channel of its own, since only the champion/challenger
+    comparison may move the guarded channel.
+
+    The replayed sources go through the same hash split as the new data, not ``trainOnly``: with the
+    champion's ``dataset.split`` (the defaults, unless both set it alike) every row lands in the split
+    it had in the champion's run, so the champion's test rows stay out of the challenger's training and
+    both models can be compared on them. Weights apply to the training split only."""
     template = retraining.template
     fraction = retraining.replay_fraction
     replay = [
-        DatasetSource(uri=uri, weight=fraction, train_only=True)
+        DatasetSource(uri=uri, weight=fraction)
         for uri in training_sources
         if fraction > 0 and all(uri != source.uri for source in template.dataset.sources)
     ]
