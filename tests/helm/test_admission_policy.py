@@ -156,7 +156,7 @@ def test_a_drift_check_is_admitted_as_a_monitors_job_only() -> None:
     disguised = drift_check_job()
     disguised["metadata"]["ownerReferences"][0]["kind"] = "FineTuneJob"
     error = create_job(policies, disguised)
-    assert error is not None and "or for a drift check by a DriftMonitor" in error.message
+    assert error is not None and "or for a drift check or comparison by a DriftMonitor" in error.message
     unlabelled = drift_check_job()
     for labels in (unlabelled["metadata"]["labels"], unlabelled["spec"]["template"]["metadata"]["labels"]):
         labels.pop("kubetune.dev/drift-monitor")

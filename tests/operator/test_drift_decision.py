@@ -11,15 +11,19 @@ import pytest
 
 from kubetune.api.driftmonitor import (
     Action,
+    ChallengeReport,
     DriftCheckReport,
     DriftMonitorSpec,
     DriftMonitorStatus,
     MethodScore,
     RetrainingRecord,
+    SplitComparison,
     Verdict,
 )
 from kubetune.operator.driftdecision import (
     CheckResult,
+    Observed,
+    compared,
     decide,
     followed,
     format_time,
@@ -129,5 +133,36 @@ def test_a_check_job_is_read_from_its_conditions_and_termination_message() -> No
 
 def test_retraining_records_follow_their_finetunejobs() -> None:
     before = status(started=[NOW, NOW])
-    after = followed(before, {"m-retrain-0": "Succeeded", "m-retrain-1": "Running"})
-    assert [r.outcome for r in after.retrainings or []] == ["Trained", "Running"]
+    after = followed(
+        before, {"m-retrain-0": Observed("Succeeded", "v20261204-120000-0a1b2c"), "m-retrain-1": Observed("Running")}
+    )
+    assert [(r.outcome, r.version) for r in after.retrainings or []] == [
+        ("Trained", "v20261204-120000-0a1b2c"),
+        ("Running", None),
+    ]
+    # A success that published nothing has no challenger to compare.
+    empty = followed(before, {"m-retrain-0": Observed("Succeeded", None)})
+    assert (empty.retrainings or [])[0].outcome == "Failed"
+
+
+def test_a_comparison_records_its_verdict_and_a_win_names_the_promoted_version() -> None:
+    trained = status(started=[NOW]).model_copy()
+    trained = trained.model_copy(
+        update={
+            "retrainings": [(trained.retrainings or [])[0].model_copy(update={"outcome": "Trained", "version": "v2"})]
+        }
+    )
+    report = ChallengeReport(
+        champion="v1",
+        challenger="v2",
+        metric="accuracy",
+        new_data=SplitComparison(examples=40, champion=0.5, challenger=0.8, ci_low=0.1, ci_high=0.4, passed=True),
+        old_data=SplitComparison(examples=30, champion=0.9, challenger=0.9, passed=True),
+        promoted=True,
+        message="better on the new data",
+    )
+    won = compared(trained, 0, report, "")
+    assert (won.retrainings or [])[0].outcome == "Promoted" and won.promoted_version == "v2"
+    failed = compared(trained, 0, None, "compare Job m-compare-1 failed (BackoffLimitExceeded)")
+    assert (failed.retrainings or [])[0].outcome == "NotPromoted" and failed.promoted_version is None
+    assert "BackoffLimitExceeded" in (failed.retrainings or [])[0].message

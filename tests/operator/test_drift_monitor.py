@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.api.contract import TERMINATION_LOG_PATH
 from kubetune.api.v1alpha1 import GROUP, VERSION
-from tests.kubeapi.cluster import TestCluster
+from kubetune_trainer.cli import main as kubetune
+from tests.builders import trainer_result
+from tests.kubeapi.cluster import CLUSTERWIDE, TestCluster
 from tests.operator.cluster import Cluster, wait_for
 from tests.trainer.jobs import publish_on_channel
 
@@ -72,14 +75,14 @@ def log_requests(logs: Path, name: str, prompts: list[str], labels: list[str] | 
 
 
 def run_check(cluster: Cluster, job_name: str, tmp_path: Path) -> dict[str, Any]:
-    """What the kubelet does with a check Job's pod: run its command with its env (its termination
+    """What the kubelet does with a monitor's Job's pod (a check or a comparison): run its command with its env (its termination
     message file where the pod has it), then record the exit and the message; the Job controller
     finishes the Job. Returns the Job as the operator made it."""
     job = wait_for(lambda: cluster.job(job_name), what=f"check Job {job_name}")
     container = job["spec"]["template"]["spec"]["containers"][0]
     termination = tmp_path / f"{job_name}.termination-log"
     command = [str(termination) if arg == TERMINATION_LOG_PATH else arg for arg in container["command"]]
-    assert command[:3] == ["kubetune", "drift", "check"]
+    assert command[0] == "kubetune"
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     env.update({"KUBETUNE_SCRATCH": str(tmp_path / "scratch"), "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")})
     machine = {k: v for k, v in os.environ.items() if not k.startswith("KUBETUNE_") and k != "KUBECONFIG"}
@@ -244,3 +247,80 @@ def test_a_monitor_whose_retraining_the_policy_refuses_runs_nothing_and_says_whe
     assert valid["status"] == "False" and valid["reason"] == "ImageNotAllowed"
     assert valid["message"].startswith("spec.retraining.template.image: "), valid
     assert cluster.job("refused-check-1") is None
+
+
+@pytest.mark.parametrize("rbac_mode", [CLUSTERWIDE], ids=["clusterwide"])
+def test_a_challenger_that_does_not_win_is_not_promoted_and_the_channel_keeps_the_champion(
+    test_cluster: TestCluster, cluster: Cluster, operator: Any, published: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Drift confirmed at once (persistence 1) starts a retraining; its FineTuneJob runs (the pods played,
+    the training itself a real local run of the spec the operator made, publishing beside the champion);
+    the operator then compares the challenger with the champion in a Job running the real
+    ``kubetune challenge``: two training steps win nothing, so prod still names the champion."""
+    version, _ = published
+    output = f"file://{version.parent}/"
+    logs = tmp_path / "logs"
+    log_requests(logs, "0001.jsonl", [f"Bonjour, ma commande {i} n'est pas arrivée." for i in range(40)])
+    new_data = tmp_path / "new.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Parcel {i * 7} never came"},
+                {"role": "assistant", "content": "shipping"},
+            ]
+        }
+        for i in range(48)
+    ]
+    new_data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tiny = yaml.safe_load((version.parent.parent.parent / "job.yaml").read_text())["spec"]
+    template = {**tiny, "dataset": {**tiny["dataset"], "sources": [{"uri": f"file://{new_data}"}]}}
+    template["output"] = {"uri": output, "formats": ["adapter"]}
+    manifest = monitor_manifest("fast", version, logs, retraining={"template": template})
+    manifest["spec"]["detection"]["persistence"] = 1
+    apply_monitor(cluster, manifest)
+    run_check(cluster, "fast-check-1", tmp_path)
+    status = decided(cluster, "fast", 1)
+    assert status["decision"]["action"] == "RetrainingStarted", status["decision"]
+
+    # The retraining FineTuneJob, as the cluster runs it.
+    name = "fast-retrain-1"
+    spec = cluster.finetunejob(name)["spec"]
+    wait_for(lambda: cluster.job(f"{name}-preflight"), what="the retraining's pre-flight Job")
+    cluster.trainer_reports(name, {"preflight": {"passed": True}})
+    cluster.finish_job(f"{name}-preflight", succeeded=True)
+    wait_for(lambda: cluster.job(f"{name}-train"), what="the retraining's training Job")
+    cluster.start_job(f"{name}-train")
+    job_file = tmp_path / "retrain.yaml"
+    job_file.write_text(
+        yaml.safe_dump(
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+        )
+    )
+    before = {v.name for v in version.parent.glob("v*")}
+    code = kubetune(["run", str(job_file), "--workdir", str(tmp_path / "work"), "--max-steps", "2"])
+    assert code == 0
+    (challenger,) = {v.name for v in version.parent.glob("v*")} - before
+    result = {**trainer_result(challenger, promoted=False), "manifestUri": f"{output}{challenger}/manifest.json"}
+    cluster.trainer_reports(name, {"result": result})
+    cluster.finish_job(f"{name}-train", succeeded=True)
+
+    # The comparison, run for real, decides; the champion stays.
+    job = run_check(cluster, "fast-compare-1", tmp_path)
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
+        "kubetune",
+        "challenge",
+        f"{output}{challenger}",
+    ]
+    status = wait_for(
+        lambda: (s := monitor(cluster, "fast")["status"])["retrainings"][0]["outcome"] == "NotPromoted" and s,
+        what="the challenger's comparison recorded",
+    )
+    (record,) = status["retrainings"]
+    assert record["version"] == challenger and record["message"], record
+    assert "promotedVersion" not in status or status["promotedVersion"] is None
+    entries = sorted((version.parent / "channels" / "prod").glob("*.json"))
+    assert [json.loads(e.read_text())["version"] for e in entries] == [version.name]
+    assert "ChallengerNotPromoted" in [e["reason"] for e in cluster.events_for("fast")]
+    key = (("driftmonitor", "fast"), ("namespace", "default"), ("outcome", "NotPromoted"))
+    port = os.environ["KUBETUNE_METRICS_PORT"]
+    wait_for(lambda: scrape(port).get(("kubetune_driftmonitor_promotions_total", key)) == 1, what="the metric")

@@ -142,6 +142,7 @@ MONITOR_LABEL = "kubetune.dev/drift-monitor"
 """On a DriftMonitor's children (check Jobs, retraining FineTuneJobs): the monitor's name, hash-shortened
 to a label value. Not ``JOB_LABEL``: a FineTuneJob of the same name must not select a monitor's pods."""
 DRIFT_CHECK_COMPONENT = "drift-check"
+DRIFT_COMPARE_COMPONENT = "drift-compare"
 RETRAINING_COMPONENT = "retraining"
 
 # Every per-job metric series, from the operator or a trainer, names its FineTuneJob with these two

@@ -204,6 +204,16 @@ class CheckResources(ApiModel):
 
 
 class DriftMonitorSpec(ApiModel):
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.retraining) || self.retraining.template.output.uri == self.target.outputUri",
+            "retraining.template.output.uri must be target.outputUri: a challenger is published beside the champion",
+            ".retraining.template.output.uri",
+            lambda s: s.retraining is None or s.retraining.template.output.uri == s.target.output_uri,
+        ),
+    )
+    model_config = ConfigDict(json_schema_extra=rules_schema(rules))
+
     target: MonitorTarget
     samples: SamplesSpec
     s3: Annotated[S3Spec, Field(description="How the check Jobs reach the request logs and the versions.")] = Field(
@@ -319,6 +329,30 @@ class DriftCheckReport(ApiModel):
     drifted: bool
     alpha: float
     methods: list[MethodScore]
+    message: str = ""
+
+
+class SplitComparison(ApiModel):
+    examples: int
+    champion: float
+    challenger: float
+    ci_low: Annotated[float | None, Field(description="95% paired-bootstrap interval of challenger - champion.")] = None
+    ci_high: float | None = None
+    passed: bool
+
+
+class ChallengeReport(ApiModel):
+    """What ``kubetune challenge --report`` writes: the challenger against the champion on the new data
+    (a win: the interval above 0), the champion's own test rows and the general prompts (within the
+    tolerance), and whether the channel moved. Compact, like :class:`DriftCheckReport`."""
+
+    champion: str
+    challenger: str
+    metric: str
+    new_data: SplitComparison
+    old_data: SplitComparison
+    general: SplitComparison | None = None
+    promoted: bool
     message: str = ""
 
 

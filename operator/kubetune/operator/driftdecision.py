@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from kubetune.api.driftmonitor import (
     MAX_HISTORY,
     Action,
+    ChallengeReport,
     CheckDecision,
     CheckRecord,
     DriftCheckReport,
@@ -150,15 +151,51 @@ def decide(spec: DriftMonitorSpec, status: DriftMonitorStatus, result: CheckResu
 RETRAINING_OUTCOMES = {"Succeeded": "Trained", "Failed": "Failed"}
 
 
-def followed(status: DriftMonitorStatus, phases: Mapping[str, str | None]) -> DriftMonitorStatus:
-    """The retraining records brought up to date with their FineTuneJobs' phases (by name; None: not read)."""
+@dataclass(frozen=True)
+class Observed:
+    """A retraining FineTuneJob as read: its phase and the version it published (None: not read)."""
+
+    phase: str | None
+    version: str | None = None
+
+
+def followed(status: DriftMonitorStatus, observed: Mapping[str, Observed]) -> DriftMonitorStatus:
+    """The retraining records brought up to date with their FineTuneJobs (by name)."""
     records = []
     for record in status.retrainings or []:
-        outcome = RETRAINING_OUTCOMES.get(phases.get(record.job_name) or "")
-        if record.outcome == "Running" and outcome is not None:
-            record = record.model_copy(update={"outcome": outcome})
+        seen = observed.get(record.job_name)
+        outcome = RETRAINING_OUTCOMES.get(seen.phase or "") if seen is not None else None
+        if record.outcome == "Running" and seen is not None and outcome is not None:
+            if outcome == "Trained" and seen.version is None:
+                outcome, why = "Failed", "succeeded without publishing a version"
+            else:
+                why = record.message
+            record = record.model_copy(update={"outcome": outcome, "version": seen.version, "message": why})
         records.append(record)
     return status.model_copy(update={"retrainings": records}) if status.retrainings else status
+
+
+def read_challenge(job: dict[str, Any], termination: tuple[int, str] | None) -> tuple[ChallengeReport | None, str]:
+    """(the comparison's report, or None and why) of a finished compare Job."""
+    said = termination[1] if termination else ""
+    name = job["metadata"]["name"]
+    failed = _condition(job, "Failed")
+    if failed is not None:
+        return None, f"compare Job {name} failed ({failed.get('reason', 'Failed')})" + (f": {said}" if said else "")
+    try:
+        return ChallengeReport.model_validate_json(said), ""
+    except ValidationError:
+        return None, f"compare Job {name} ended without a readable report: {said[:200]!r}"
+
+
+def compared(status: DriftMonitorStatus, index: int, report: ChallengeReport | None, why: str) -> DriftMonitorStatus:
+    """Retraining ``index``'s record once its challenger was compared with the champion."""
+    records = list(status.retrainings or [])
+    outcome = "Promoted" if report is not None and report.promoted else "NotPromoted"
+    message = report.message if report is not None else why
+    records[index] = records[index].model_copy(update={"outcome": outcome, "message": message[:1024]})
+    promoted = report.challenger if report is not None and report.promoted else status.promoted_version
+    return status.model_copy(update={"retrainings": records, "promoted_version": promoted})
 
 
 def seconds_until_due(spec: DriftMonitorSpec, status: DriftMonitorStatus, now: datetime) -> float:

@@ -15,6 +15,7 @@ from kubetune.api.contract import (
     CACHE,
     COMPONENT_LABEL,
     DRIFT_CHECK_COMPONENT,
+    DRIFT_COMPARE_COMPONENT,
     ENV_CACHE,
     ENV_SCRATCH,
     EXIT_CONFIG,
@@ -43,7 +44,8 @@ from kubetune.operator.children import (
 )
 from kubetune.operator.config import OperatorConfig
 
-# A check embeds at most a few hundred prompts with the base model: minutes on a CPU, not hours.
+# A check embeds at most a few hundred prompts with the base model, a comparison answers a test split
+# with two models: minutes on a CPU, not hours.
 CHECK_DEADLINE_SECONDS = 1800
 # A finished check Job is read within seconds of its end; its record then lives in the monitor's
 # status, and the Job is left to the TTL controller.
@@ -74,6 +76,16 @@ def monitor_labels(owner: Owner, component: str) -> dict[str, str]:
     }
 
 
+def _storage_arguments(spec: DriftMonitorSpec, config: OperatorConfig) -> list[str]:
+    """The monitor's S3 endpoint and region, the operator's defaults where it names none."""
+    arguments = []
+    if endpoint := spec.s3.endpoint or config.default_s3_endpoint:
+        arguments += ["--endpoint", endpoint]
+    if region := spec.s3.region or config.default_s3_region:
+        arguments += ["--region", region]
+    return arguments
+
+
 def check_command(spec: DriftMonitorSpec, config: OperatorConfig, after: str | None) -> list[str]:
     detection = spec.detection
     command = [
@@ -97,10 +109,7 @@ def check_command(spec: DriftMonitorSpec, config: OperatorConfig, after: str | N
         "--report",
         TERMINATION_LOG_PATH,
     ]
-    if endpoint := spec.s3.endpoint or config.default_s3_endpoint:
-        command += ["--endpoint", endpoint]
-    if region := spec.s3.region or config.default_s3_region:
-        command += ["--region", region]
+    command += _storage_arguments(spec, config)
     if after is not None:
         command += ["--after", after]
     return command
@@ -110,8 +119,41 @@ def build_check_job(
     owner: Owner, spec: DriftMonitorSpec, config: OperatorConfig, *, sequence: int, after: str | None
 ) -> dict[str, Any]:
     """Check number ``sequence``: the requests logged after ``after`` against the channel's version."""
-    name = check_job_name(owner.name, sequence)
-    labels = monitor_labels(owner, DRIFT_CHECK_COMPONENT)
+    command = check_command(spec, config, after)
+    return _monitor_job(owner, spec, config, check_job_name(owner.name, sequence), DRIFT_CHECK_COMPONENT, command)
+
+
+def compare_job_name(monitor: str, sequence: int) -> str:
+    return child_name(monitor, f"compare-{sequence}")
+
+
+def build_compare_job(
+    owner: Owner, spec: DriftMonitorSpec, config: OperatorConfig, *, sequence: int, challenger_uri: str
+) -> dict[str, Any]:
+    """Retraining number ``sequence``'s challenger against the channel's champion (``kubetune challenge``),
+    moving the channel when it wins. The monitor's S3 credentials must be able to write the channel's
+    entries under ``target.outputUri``."""
+    command = [
+        "kubetune",
+        "challenge",
+        challenger_uri,
+        "--channel",
+        spec.target.channel,
+        "--tolerance",
+        str(spec.promotion.tolerance),
+        "--promote",
+        "--report",
+        TERMINATION_LOG_PATH,
+    ]
+    command += _storage_arguments(spec, config)
+    name = compare_job_name(owner.name, sequence)
+    return _monitor_job(owner, spec, config, name, DRIFT_COMPARE_COMPONENT, command)
+
+
+def _monitor_job(
+    owner: Owner, spec: DriftMonitorSpec, config: OperatorConfig, name: str, component: str, command: list[str]
+) -> dict[str, Any]:
+    labels = monitor_labels(owner, component)
     credentials, credential_mounts = s3_volumes(spec.s3)
     scratch = spec.resources.scratch_size
     env = [
@@ -140,7 +182,7 @@ def build_check_job(
                 "name": TRAINER_CONTAINER,
                 "image": config.trainer_image,
                 "imagePullPolicy": config.image_pull_policy,
-                "command": check_command(spec, config, after),
+                "command": command,
                 "env": env,
                 "resources": {
                     "requests": {
@@ -180,8 +222,9 @@ def build_check_job(
             "completions": 1,
             "parallelism": 1,
             "activeDeadlineSeconds": CHECK_DEADLINE_SECONDS,
-            # A check that could not be made (no new requests, no version on the channel) would not be
-            # made by a retry either: the next scheduled check is the retry.
+            "ttlSecondsAfterFinished": CHECK_TTL_SECONDS,
+            # What could not be checked or compared (no new requests, no version on the channel) would
+            # not be by a retry either: the next scheduled run is the retry.
             "podFailurePolicy": {
                 "rules": [
                     {
@@ -191,7 +234,6 @@ def build_check_job(
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                 ]
             },
-            "ttlSecondsAfterFinished": CHECK_TTL_SECONDS,
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
         },
     }

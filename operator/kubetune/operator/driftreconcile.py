@@ -10,30 +10,40 @@ deterministic names, so nothing is done twice.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubetune.api.contract import TRAINER_CONTAINER
-from kubetune.api.driftmonitor import KIND, Action, DriftMonitorStatus, Verdict
+from kubetune.api.contract import TRAINER_CONTAINER, VERSION_PATTERN
+from kubetune.api.driftmonitor import KIND, Action, DriftMonitorSpec, DriftMonitorStatus, Verdict
 from kubetune.operator import validation
-from kubetune.operator.children import Owner
+from kubetune.operator.children import Owner, runs_as_built
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.driftdecision import (
     CheckResult,
     Decision,
+    Observed,
+    compared,
     decide,
     followed,
     format_time,
     invalid,
+    read_challenge,
     read_check,
     recorded,
     seconds_until_due,
     valid,
 )
-from kubetune.operator.driftjobs import build_check_job, build_retraining, check_job_name, monitor_owner
+from kubetune.operator.driftjobs import (
+    build_check_job,
+    build_compare_job,
+    build_retraining,
+    check_job_name,
+    monitor_owner,
+)
 from kubetune.operator.events import build_event
 from kubetune.operator.kube import ChildRefused, Kube, NotOwned, owned_by
 
@@ -87,6 +97,7 @@ def _reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: da
         _write(kube, body, before, invalid(before, problem.reason, problem.message, generation, stamp))
         return MonitorOutcome(None)
     status = _follow_retrainings(kube, owner, valid(before, generation, stamp))
+    status = _compare_challengers(kube, body, owner, spec, config, status)
     sequence = (status.checks or 0) + 1
     job = kube.read("Job", owner.namespace, check_job_name(owner.name, sequence))
     if job is None:
@@ -129,12 +140,62 @@ def _reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: da
 
 
 def _follow_retrainings(kube: Kube, owner: Owner, status: DriftMonitorStatus) -> DriftMonitorStatus:
-    phases: dict[str, str | None] = {}
+    observed: dict[str, Observed] = {}
     for record in status.retrainings or []:
         if record.outcome == "Running":
-            found = kube.read_finetunejob(owner.namespace, record.job_name)
-            phases[record.job_name] = ((found or {}).get("status") or {}).get("phase")
-    return followed(status, phases)
+            found = (kube.read_finetunejob(owner.namespace, record.job_name) or {}).get("status") or {}
+            version = (found.get("result") or {}).get("version")
+            valid_version = version if isinstance(version, str) and re.fullmatch(VERSION_PATTERN, version) else None
+            observed[record.job_name] = Observed(found.get("phase"), valid_version)
+    return followed(status, observed)
+
+
+def _compare_challengers(
+    kube: Kube,
+    body: dict[str, Any],
+    owner: Owner,
+    spec: DriftMonitorSpec,
+    config: OperatorConfig,
+    status: DriftMonitorStatus,
+) -> DriftMonitorStatus:
+    """Each trained challenger against the champion: its compare Job made, and once it ended, read."""
+    for index, record in enumerate(status.retrainings or []):
+        if record.outcome != "Trained" or record.version is None or spec.retraining is None:
+            continue
+        output = spec.retraining.template.output.uri.rstrip("/")
+        built = build_compare_job(owner, spec, config, sequence=index + 1, challenger_uri=f"{output}/{record.version}")
+        try:
+            job = kube.ensure(built, owner.uid)
+        except NotOwned:
+            job = {"metadata": built["metadata"], "spec": {}}  # compared below as not the operator's
+        if not runs_as_built(job, built):
+            report, why = None, f"Job {job['metadata']['name']} does not run the operator's comparison"
+        elif _condition_of(job):
+            termination = kube.trainer_termination(owner.namespace, job, TRAINER_CONTAINER, successful=True)
+            report, why = read_challenge(job, termination)
+        else:
+            continue
+        status = compared(status, index, report, why)
+        promoted = report is not None and report.promoted
+        kube.create_event(
+            build_event(
+                body,
+                KIND,
+                f"compare-{index + 1}",
+                reason="ChallengerPromoted" if promoted else "ChallengerNotPromoted",
+                message=f"{record.version}: {report.message if report is not None else why}",
+                warning=False,
+                time=format_time(datetime.now(UTC)),
+            )
+        )
+    return status
+
+
+def _condition_of(job: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
 
 
 def _result(kube: Kube, owner: Owner, job: dict[str, Any], now: datetime) -> CheckResult | None:

@@ -380,6 +380,11 @@ class MonitorFigures(Collector):
         retrainings = CounterMetricFamily(
             "kubetune_driftmonitor_retrainings", "Retraining FineTuneJobs the DriftMonitor started.", labels=labels
         )
+        promotions = CounterMetricFamily(
+            "kubetune_driftmonitor_promotions",
+            "Challengers the DriftMonitor compared with the champion, by outcome (Promoted, NotPromoted).",
+            labels=(*labels, "outcome"),
+        )
         detected = GaugeMetricFamily(
             "kubetune_driftmonitor_drift_detected",
             "1 while the DriftMonitor's DriftDetected condition is True (drift confirmed by persistence), else 0.",
@@ -404,6 +409,9 @@ class MonitorFigures(Collector):
             key = (namespace, name)
             checks.add_metric(key, float(status.checks or 0))
             retrainings.add_metric(key, float(len(status.retrainings or [])))
+            for outcome in ("Promoted", "NotPromoted"):
+                decided = sum(1 for r in status.retrainings or [] if r.outcome == outcome)
+                promotions.add_metric((*key, outcome), float(decided))
             drift = next((c for c in status.conditions or [] if c.type == "DriftDetected"), None)
             detected.add_metric(key, 1.0 if drift is not None and drift.status == "True" else 0.0)
             consecutive.add_metric(key, float(status.consecutive_drifted or 0))
@@ -412,7 +420,7 @@ class MonitorFigures(Collector):
                     p_values.add_metric((*key, method.method), number)
             if (checked := parse_time(status.last_check_time)) is not None:
                 last.add_metric(key, checked)
-        yield from (checks, retrainings, detected, consecutive, p_values, last)
+        yield from (checks, retrainings, promotions, detected, consecutive, p_values, last)
 
 
 class FleetCollector(Collector):

@@ -24,12 +24,13 @@ from typing import Any
 from kubetune.api.contract import EXIT_CONFIG, EXIT_OK, TERMINATION_MESSAGE_LIMIT
 from kubetune.api.driftmonitor import DriftCheckReport, DriftMethod, MethodScore
 from kubetune.api.manifest import ManifestError
-from kubetune.api.v1alpha1 import MethodType, S3Spec
+from kubetune.api.v1alpha1 import S3Spec
 from kubetune_trainer import channels
 from kubetune_trainer.drift.detectors import DEFAULT_ALPHA, DEFAULT_PERMUTATIONS, Decision, Sample, check
 from kubetune_trainer.drift.profile import MAX_ROWS, ReferenceProfile, embed, prompt_losses, prompt_text, token_lengths
 from kubetune_trainer.drift.window import Window, read_window
 from kubetune_trainer.errors import ConfigurationError
+from kubetune_trainer.models.versions import load_version
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
 from kubetune_trainer.termination import write_termination_message
 
@@ -127,7 +128,7 @@ def run_check(
     window = read_window(store, args.samples, limit=args.window, after=args.after)
     texts = [prompt_text(e) for e in window.examples]
     tokenizer = load_tokenizer(base_dir)
-    base, tuned = _models(store, manifest, version_uri, base_dir, scratch)
+    base, tuned = load_version(store, manifest, version_uri, base_dir, scratch)
     confirmed = [as_label(e.reference()) for e in window.examples if e.reference()] if profile.labels else None
     chosen = args.methods
     measured = Sample(
@@ -142,31 +143,6 @@ def run_check(
     )
     decision = check(profile.as_sample(), measured, alpha=args.alpha, permutations=args.permutations, seed=args.seed)
     return decision, window, [str(uri) for uri in manifest.get("dataset", {}).get("sources") or []]
-
-
-def _models(
-    store: ObjectStore, manifest: dict[str, Any], version_uri: str, base_dir: Path, scratch: Path
-) -> tuple[Any, Any]:
-    """(the base model, the tuned one) on the CPU in float32; the tuned one is None where it cannot be
-    rebuilt here as it was evaluated (QLoRA's 4-bit base needs CUDA), and the loss method is skipped."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    method = MethodType(manifest.get("resolved", {}).get("method", "lora"))
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True).eval()
-    paths = {str(a["path"]) for a in manifest.get("artifacts") or []}
-    if method == MethodType.QLORA and not torch.cuda.is_available():
-        return base, None
-    if method in (MethodType.LORA, MethodType.QLORA) and any(p.startswith("adapter/") for p in paths):
-        adapter = store.download_tree(join_uri(version_uri, "adapter"), scratch / "adapter")
-        # A second copy of the base for the adapter: the first stays plain for the embeddings.
-        plain = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True)
-        return base, PeftModel.from_pretrained(plain, adapter).eval()
-    if any(p.startswith("merged/") for p in paths):
-        merged = store.download_tree(join_uri(version_uri, "merged"), scratch / "merged")
-        return base, AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32, use_safetensors=True).eval()
-    return base, None
 
 
 def to_report(decision: Decision, window: Window, version: str, sources: list[str]) -> DriftCheckReport:

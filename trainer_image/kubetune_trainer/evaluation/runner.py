@@ -244,6 +244,8 @@ def evaluate(
         {
             "source": f"{e.source}:{e.row}",
             "prompt": e.prompt_messages()[-1].content if e.prompt_messages() else "",
+            # The whole prompt, so another model can be asked the same (a champion/challenger comparison).
+            "messages": [{"role": m.role, "content": m.content} for m in e.prompt_messages()],
             "reference": refs[i],
             "base": base.outputs[i] if needs_text else None,
             "tuned": tuned.outputs[i] if needs_text else None,
