@@ -110,8 +110,15 @@ def translations(limit: int) -> list[str]:
     return [f"user: {m}" for m in ordered[:limit]]
 
 
-def measured(model_uri: str, texts: list[str]) -> dict[str, Any]:
-    """Embeddings, lengths and (base-model) losses of every text, computed once."""
+CHUNK = 256  # texts measured between two saves of the cache
+
+
+def measured(model_uri: str, texts: list[str], cache: Path | None = None) -> dict[str, Any]:
+    """Embeddings, lengths and (base-model) losses of every text, computed once. With ``cache`` (a
+    folder), each chunk of texts is saved as it is measured, under a name made from the model and the
+    chunk's texts, so an interrupted measurement resumes where it stopped."""
+    import hashlib
+
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -124,11 +131,27 @@ def measured(model_uri: str, texts: list[str]) -> dict[str, Any]:
     folder = resolve_model_dir(model_uri, ObjectStore())
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_safetensors=True).eval()
     tokenizer = load_tokenizer(folder)
-    return {
-        "embeddings": embed(model, tokenizer, texts),
-        "lengths": np.asarray(token_lengths(tokenizer, texts), dtype=np.float64),
-        "losses": np.asarray(prompt_losses(model, tokenizer, texts), dtype=np.float64),
-    }
+    parts: list[dict[str, Any]] = []
+    for start in range(0, len(texts), CHUNK):
+        chunk = texts[start : start + CHUNK]
+        key = hashlib.sha256("\x00".join([model_uri, *chunk]).encode()).hexdigest()[:24]
+        path = cache / f"{key}.npz" if cache is not None else None
+        if path is not None and path.exists():
+            with np.load(path) as saved:
+                parts.append({name: saved[name] for name in ("embeddings", "lengths", "losses")})
+            continue
+        part = {
+            "embeddings": embed(model, tokenizer, chunk),
+            "lengths": np.asarray(token_lengths(tokenizer, chunk), dtype=np.float64),
+            "losses": np.asarray(prompt_losses(model, tokenizer, chunk), dtype=np.float64),
+        }
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(path.with_suffix(".tmp.npz"), **part)
+            path.with_suffix(".tmp.npz").replace(path)
+        parts.append(part)
+        print(f"measured {min(start + CHUNK, len(texts))}/{len(texts)} texts", file=sys.stderr)
+    return {name: np.concatenate([part[name] for part in parts]) for name in ("embeddings", "lengths", "losses")}
 
 
 def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -212,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--permutations", type=int, default=500)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--restart", action="store_true", help="forget recorded settings")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "kubetune" / "measure-drift",
+        help="where measured texts are kept between runs (an interrupted measurement resumes)",
+    )
     args = parser.parse_args(argv)
     sys.path[:0] = [str(ROOT / "api"), str(ROOT / "trainer_image")]
 
@@ -259,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[str, Any] = {}
     if any(setting not in done for setting in plan):  # a finished measurement is not measured again
         print(f"measuring {len(texts)} texts with {args.base_model}", file=sys.stderr)
-        data = measured(args.base_model, texts)
+        data = measured(args.base_model, texts, None if args.smoke else args.cache)
     for number, (source, size, mixture) in enumerate(plan):
         if (source, size, mixture) in done:
             continue

@@ -87,8 +87,9 @@ def test_the_readme_quotes_the_recorded_demo_figures() -> None:
         cells = [
             label,
             f"{task['base']:.3f} → {task['tuned']:.3f}",
-            f"{likelihood['base']:.3f} → {likelihood['tuned']:.3f} ({-likelihood['relative_loss']:+.1%})",
-            f"{known['base']:.1%} → {known['tuned']:.1%} ({-known['relative_loss']:+.1%})",
+            # "+ 0.0" turns a negative zero into zero: no change reads +0.0%, not -0.0%.
+            f"{likelihood['base']:.3f} → {likelihood['tuned']:.3f} ({-likelihood['relative_loss'] + 0.0:+.1%})",
+            f"{known['base']:.1%} → {known['tuned']:.1%} ({-known['relative_loss'] + 0.0:+.1%})",
             "yes" if run["promoted"] else "no",
         ]
         assert "| " + " | ".join(cells) + " |" in readme, cells
