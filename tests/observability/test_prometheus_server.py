@@ -16,6 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from kubetune.api.driftmonitor import DriftCheckReport, MethodScore
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from tests.kubeapi.cluster import TestCluster
 from tests.kubeapi.server import Outage
@@ -135,6 +136,8 @@ def test_prometheus_sees_the_operator_and_a_trainer_run_and_the_dashboard_and_al
                 lambda: (s := cluster.finetunejob("e2e")["status"]).get("phase") == "Succeeded" and s,
                 what="Succeeded",
             )
+            _a_monitor_decides_one_check(cluster, tmp_path)
+            wait_for(lambda: "kubetune_driftmonitor_p_value" in prom.names(), timeout=30, what="a scrape of the monitor")
             operator_text = get(f"http://127.0.0.1:{operator_port}/metrics")
             trainer_text = kubetune_only(get(f"{gateway}/metrics"))
 
@@ -163,6 +166,47 @@ def test_prometheus_sees_the_operator_and_a_trainer_run_and_the_dashboard_and_al
                 lambda: all(g.get("finetunejob") != "e2e" for g in pushgateway_groups(gateway)),
                 what="the Pushgateway group deleted",
             )
+
+
+def _a_monitor_decides_one_check(cluster: Cluster, tmp_path: Path) -> None:
+    """A DriftMonitor whose first check Job ends with its report (the kubelet fixture writes the
+    termination message the check pod would, in the contract's format), so the monitor's families
+    have series for Prometheus, the dashboard and the alert to read."""
+    monitor = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "DriftMonitor",
+        "metadata": {"name": "e2e-prod", "namespace": "default"},
+        "spec": {
+            "target": {"outputUri": f"file://{tmp_path}/out/", "channel": "prod"},
+            "samples": {"uri": f"file://{tmp_path}/requests/"},
+        },
+    }
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, "default", "driftmonitors", monitor)
+    wait_for(lambda: cluster.job("e2e-prod-check-1"), what="the monitor's check Job")
+    cluster.start_job("e2e-prod-check-1")
+    report = DriftCheckReport(
+        version="v20261204-101500-0a1b2c",
+        sample_size=300,
+        labelled=0,
+        newest=f"file://{tmp_path}/requests/0001.jsonl",
+        training_sources=[],
+        drifted=False,
+        alpha=0.05,
+        methods=[MethodScore(method="embeddings.mmd", statistic=0.001, p_value=0.4, adjusted_p_value=0.8)],
+    )
+    cluster.finish_job("e2e-prod-check-1", succeeded=True, termination_message=report.model_dump_json(by_alias=True))
+    wait_for(
+        lambda: (
+            (
+                cluster.custom.get_namespaced_custom_object(GROUP, VERSION, "default", "driftmonitors", "e2e-prod").get(
+                    "status"
+                )
+                or {}
+            ).get("checks")
+            == 1
+        ),
+        what="the check decided",
+    )
 
 
 def _scrape_while_running(port: int) -> str:
