@@ -137,7 +137,9 @@ def test_prometheus_sees_the_operator_and_a_trainer_run_and_the_dashboard_and_al
                 what="Succeeded",
             )
             _a_monitor_decides_one_check(cluster, tmp_path)
-            wait_for(lambda: "kubetune_driftmonitor_p_value" in prom.names(), timeout=30, what="a scrape of the monitor")
+            wait_for(
+                lambda: "kubetune_driftmonitor_p_value" in prom.names(), timeout=30, what="a scrape of the monitor"
+            )
             operator_text = get(f"http://127.0.0.1:{operator_port}/metrics")
             trainer_text = kubetune_only(get(f"{gateway}/metrics"))
 
