@@ -86,7 +86,7 @@ class SamplesSpec(ApiModel):
             max_length=MAX_URI_LENGTH,
             description=(
                 "Request logs (JSONL, JSON, CSV or Parquet, optionally gzip/zstd) under this prefix; a 'label' or "
-                "'feedback' field is an answer a person confirmed, which retraining may learn from."
+                "'feedback' field is an answer a person confirmed, compared with the training answers by the labels test."
             ),
         ),
     ]
@@ -160,10 +160,6 @@ class RetrainingSpec(ApiModel):
             )
         ),
     ]
-    use_feedback: Annotated[
-        bool,
-        Field(description="Add the request logs' confirmed labels (label/feedback fields) to the new data."),
-    ] = True
     replay_fraction: Annotated[
         float,
         Field(
