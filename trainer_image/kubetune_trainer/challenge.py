@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
-from kubetune.api.driftmonitor import ChallengeReport, SplitComparison
-from kubetune.api.v1alpha1 import EvaluationSpec, Metric, S3Spec
+from kubetune.api.driftmonitor import ChallengeReport, PromotionSpec, SplitComparison
+from kubetune.api.v1alpha1 import Metric, S3Spec
 from kubetune_trainer import channels
 from kubetune_trainer.data.types import Example, Message
 from kubetune_trainer.errors import ConfigurationError
@@ -133,7 +133,9 @@ def verdict(new: SplitComparison, old: SplitComparison, general: SplitComparison
     )
 
 
-def _answers(store: ObjectStore, version_uri: str, rows: Sequence[TestRow], scratch: Path) -> list[str]:
+def _answers(
+    store: ObjectStore, version_uri: str, rows: Sequence[TestRow], scratch: Path, max_new_tokens: int
+) -> list[str]:
     from kubetune_trainer.evaluation.scoring import generate
     from kubetune_trainer.models.loading import resolve_model_dir
     from kubetune_trainer.models.versions import load_version
@@ -145,9 +147,7 @@ def _answers(store: ObjectStore, version_uri: str, rows: Sequence[TestRow], scra
     _, tuned = load_version(store, manifest, version_uri, base_dir, scratch)
     if tuned is None:
         raise ConfigurationError(f"{version_uri}: its tuned model cannot be rebuilt on this machine (QLoRA needs CUDA)")
-    return generate(
-        tuned, load_tokenizer(base_dir), [r.example for r in rows], max_new_tokens=EvaluationSpec().max_new_tokens
-    )
+    return generate(tuned, load_tokenizer(base_dir), [r.example for r in rows], max_new_tokens=max_new_tokens)
 
 
 def challenge(
@@ -161,14 +161,21 @@ def challenge(
     challenger_uri = challenger_uri.rstrip("/")
     champion_manifest = read_manifest(entry.version_uri, store)
     challenger_manifest = read_manifest(challenger_uri, store)
-    metric = Metric(challenger_manifest.get("evaluation", {}).get("primaryMetric", ""))
+    evaluation = challenger_manifest.get("evaluation") or {}
+    metric = Metric(evaluation.get("primaryMetric", ""))
+    max_new_tokens = evaluation.get("maxNewTokens")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigurationError(
+            f"{challenger_uri}: no evaluation.maxNewTokens (published before kubetune recorded it)"
+        )
     if metric not in PER_EXAMPLE:
         raise ConfigurationError(f"{challenger_uri}: primary metric {metric} is not scored per example")
     lines = store.read_bytes(join_uri(challenger_uri, PREDICTIONS)).decode().splitlines()
     rows = test_rows([json.loads(line) for line in lines if line.strip()])
     old_sources = [str(s) for s in (champion_manifest.get("dataset") or {}).get("sources") or []]
-    champion_answers = _answers(store, entry.version_uri, rows, scratch / "champion")
-    challenger_answers = _answers(store, challenger_uri, rows, scratch / "challenger")
+    # Both models decode as the challenger's own evaluation did.
+    champion_answers = _answers(store, entry.version_uri, rows, scratch / "champion", max_new_tokens)
+    challenger_answers = _answers(store, challenger_uri, rows, scratch / "challenger", max_new_tokens)
     score = PER_EXAMPLE[metric]
     scored = [
         (from_sources(r.source_file, old_sources), score(a, r.reference), score(b, r.reference))
@@ -206,7 +213,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     cmd = sub.add_parser("challenge", help="compare a challenger with a channel's champion; promote it if it wins")
     cmd.add_argument("challenger", metavar="VERSION_URI", help="the retrained version")
     cmd.add_argument("--channel", required=True, help="the channel whose current version is the champion")
-    cmd.add_argument("--tolerance", type=float, default=0.02, help="largest loss on the old data and general prompts")
+    cmd.add_argument(
+        "--tolerance",
+        type=float,
+        default=PromotionSpec.model_fields["tolerance"].default,
+        help="largest loss on the old data and general prompts (default: a DriftMonitor's promotion.tolerance)",
+    )
     cmd.add_argument("--promote", action="store_true", help="move the channel to the challenger when it wins")
     cmd.add_argument("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, else AWS)")
     cmd.add_argument("--region", default=None, help="S3 region (default: AWS_REGION, else us-east-1)")

@@ -36,6 +36,7 @@ from kubetune.api.contract import (
     JOB_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    MONITOR_LABEL,
     S3_ACCESS_KEY_ID_FILE,
     S3_CREDENTIALS_DIR,
     S3_SECRET_ACCESS_KEY_FILE,
@@ -131,12 +132,14 @@ def trainer_network_policy_name(owner: str) -> str:
 
 
 def labels(owner: Owner, component: str) -> dict[str, str]:
+    """kubetune's labels on a child; its owner by name under ``JOB_LABEL`` for a FineTuneJob and
+    ``MONITOR_LABEL`` for a DriftMonitor (a FineTuneJob's policies must not select a monitor's pods)."""
     return {
         "app.kubernetes.io/name": "kubetune",
         "app.kubernetes.io/instance": label_value(owner.name),
         MANAGED_BY_LABEL: MANAGED_BY,
         COMPONENT_LABEL: component,
-        JOB_LABEL: label_value(owner.name),
+        (JOB_LABEL if owner.kind == KIND else MONITOR_LABEL): label_value(owner.name),
     }
 
 

@@ -13,15 +13,11 @@ from typing import Any
 
 from kubetune.api.contract import (
     CACHE,
-    COMPONENT_LABEL,
     DRIFT_CHECK_COMPONENT,
     DRIFT_COMPARE_COMPONENT,
     ENV_CACHE,
     ENV_SCRATCH,
     EXIT_CONFIG,
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-    MONITOR_LABEL,
     RETRAINING_COMPONENT,
     SCRATCH,
     TERMINATION_LOG_PATH,
@@ -38,7 +34,7 @@ from kubetune.operator.children import (
     container_security,
     endpoint_env,
     hardening_env,
-    label_value,
+    labels,
     s3_env,
     s3_volumes,
 )
@@ -64,16 +60,6 @@ def check_job_name(monitor: str, sequence: int) -> str:
 
 def retraining_name(monitor: str, sequence: int) -> str:
     return child_name(monitor, f"retrain-{sequence}")
-
-
-def monitor_labels(owner: Owner, component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "kubetune",
-        "app.kubernetes.io/instance": label_value(owner.name),
-        MANAGED_BY_LABEL: MANAGED_BY,
-        COMPONENT_LABEL: component,
-        MONITOR_LABEL: label_value(owner.name),
-    }
 
 
 def _storage_arguments(spec: DriftMonitorSpec, config: OperatorConfig) -> list[str]:
@@ -153,7 +139,7 @@ def build_compare_job(
 def _monitor_job(
     owner: Owner, spec: DriftMonitorSpec, config: OperatorConfig, name: str, component: str, command: list[str]
 ) -> dict[str, Any]:
-    labels = monitor_labels(owner, component)
+    job_labels = labels(owner, component)
     credentials, credential_mounts = s3_volumes(spec.s3)
     scratch = spec.resources.scratch_size
     env = [
@@ -214,7 +200,7 @@ def _monitor_job(
         "metadata": {
             "name": name,
             "namespace": owner.namespace,
-            "labels": labels,
+            "labels": job_labels,
             "ownerReferences": [owner.reference()],
         },
         "spec": {
@@ -234,7 +220,7 @@ def _monitor_job(
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                 ]
             },
-            "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+            "template": {"metadata": {"labels": dict(job_labels)}, "spec": pod},
         },
     }
 
@@ -271,7 +257,7 @@ def build_retraining(
         "metadata": {
             "name": retraining_name(owner.name, sequence),
             "namespace": owner.namespace,
-            "labels": monitor_labels(owner, RETRAINING_COMPONENT),
+            "labels": labels(owner, RETRAINING_COMPONENT),
             "annotations": {"kubetune.dev/retraining-reason": reason[:1024]},
             "ownerReferences": [owner.reference()],
         },

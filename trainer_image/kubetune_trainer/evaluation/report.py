@@ -19,6 +19,7 @@ class EvaluationReport:
     gate: GateResult
     forgetting: Forgetting
     primary_metric: str
+    max_new_tokens: int  # the answers' length limit: a later comparison decodes the same way
     predictions: list[dict[str, Any]] = field(default_factory=list)
     general_predictions: list[dict[str, Any]] = field(default_factory=list)
 
@@ -45,6 +46,7 @@ class EvaluationReport:
         return {
             "testExamples": self.test_examples,
             "primaryMetric": self.primary_metric,
+            "maxNewTokens": self.max_new_tokens,
             "metrics": [{**asdict(m), "delta": m.delta, "improved": m.improved} for m in self.metrics],
             "forgetting": {
                 "set": forgetting.set_name,

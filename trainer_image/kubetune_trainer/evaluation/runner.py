@@ -260,6 +260,7 @@ def evaluate(
         gate=decide_promotion(results, forgetting, spec.gate, primary=primary, test_examples=len(chosen)),
         forgetting=forgetting,
         primary_metric=str(primary),
+        max_new_tokens=spec.max_new_tokens,
         predictions=predictions,
         general_predictions=general_predictions,
     )
