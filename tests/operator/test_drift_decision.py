@@ -23,6 +23,7 @@ from kubetune.api.driftmonitor import (
 from kubetune.operator.driftdecision import (
     CheckResult,
     Observed,
+    challenge_outcome,
     compared,
     decide,
     followed,
@@ -48,11 +49,11 @@ def spec(**fields: Any) -> DriftMonitorSpec:
     )
 
 
-def result(*, drifted: bool, version: str = "v1", size: int = 300) -> CheckResult:
+def result(*, drifted: bool, version: str = "v1", size: int = 300, labelled: int | None = None) -> CheckResult:
     report = DriftCheckReport(
         version=version,
         sample_size=size,
-        labelled=size,
+        labelled=size if labelled is None else labelled,
         newest="s3://team-logs/t/0001.jsonl",
         training_sources=["s3://team-data/old/"],
         drifted=drifted,
@@ -104,6 +105,20 @@ def test_without_retraining_confirmed_drift_is_only_reported_and_small_windows_d
     assert (small.verdict, small.consecutive) == (Verdict.TOO_FEW_SAMPLES, 1)
     after = recorded(status(1), result(drifted=True, size=50), small, sequence=4, retraining=None, generation=1)
     assert after.newest_sample is None and after.checks == 4, "a small window is read again next time"
+
+
+def test_a_template_that_learns_only_from_request_logs_retrains_only_when_requests_carry_labels() -> None:
+    logs_only = {**TEMPLATE, "dataset": {"sources": [{"uri": "s3://team-logs/t/", "format": "request-log"}]}}
+    from_logs = spec(retraining={"template": logs_only})
+    unlabelled = decide(from_logs, status(1), result(drifted=True, labelled=0), NOW)
+    assert (unlabelled.verdict, unlabelled.action) == (Verdict.CONFIRMED, Action.NO_LABELS)
+    assert "none of the window's 300 requests" in unlabelled.message
+    after = recorded(status(1), result(drifted=True, labelled=0), unlabelled, sequence=2, retraining=None, generation=1)
+    drift = next(c for c in after.conditions or [] if c.type == "DriftDetected")
+    assert (drift.status, drift.reason) == ("True", "NoLabelledData"), "reported, though nothing is started"
+    assert decide(from_logs, status(1), result(drifted=True, labelled=12), NOW).action == Action.RETRAINING
+    # A labelled dataset prefix in the template is labelled new data whatever the requests carry.
+    assert decide(spec(), status(1), result(drifted=True, labelled=0), NOW).action == Action.RETRAINING
 
 
 def test_the_schedule_counts_from_the_last_check() -> None:
@@ -166,3 +181,8 @@ def test_a_comparison_records_its_verdict_and_a_win_names_the_promoted_version()
     failed = compared(trained, 0, None, "compare Job m-compare-1 failed (BackoffLimitExceeded)")
     assert (failed.retrainings or [])[0].outcome == "NotPromoted" and failed.promoted_version is None
     assert "BackoffLimitExceeded" in (failed.retrainings or [])[0].message
+    # The challenger's own status says the same, from the same report.
+    mine = challenge_outcome("m", spec(), report, "", NOW)
+    assert (mine.monitor, mine.channel, mine.champion, mine.promoted) == ("m", "prod", "v1", True)
+    lost = challenge_outcome("m", spec(), None, "compare Job m-compare-1 failed (BackoffLimitExceeded)", NOW)
+    assert not lost.promoted and lost.champion == "" and "BackoffLimitExceeded" in lost.message

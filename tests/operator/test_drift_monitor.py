@@ -253,27 +253,19 @@ def test_a_monitor_whose_retraining_the_policy_refuses_runs_nothing_and_says_whe
 def test_a_challenger_that_does_not_win_is_not_promoted_and_the_channel_keeps_the_champion(
     test_cluster: TestCluster, cluster: Cluster, operator: Any, published: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """Drift confirmed at once (persistence 1) starts a retraining; its FineTuneJob runs (the pods played,
-    the training itself a real local run of the spec the operator made, publishing beside the champion);
+    """Drift confirmed at once (persistence 1) starts a retraining that learns from the request logs'
+    confirmed answers; its FineTuneJob runs (the pods played, the training itself a real local run of the
+    spec the operator made, publishing beside the champion);
     the operator then compares the challenger with the champion in a Job running the real
     ``kubetune challenge``: two training steps win nothing, so prod still names the champion."""
     version, _ = published
     output = f"file://{version.parent}/"
     logs = tmp_path / "logs"
     log_requests(logs, "0001.jsonl", [f"Bonjour, ma commande {i} n'est pas arrivée." for i in range(40)])
-    new_data = tmp_path / "new.jsonl"
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"Parcel {i * 7} never came"},
-                {"role": "assistant", "content": "shipping"},
-            ]
-        }
-        for i in range(48)
-    ]
-    new_data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # The new data is the request logs themselves: the answers people confirmed (``label``) are learnt.
     tiny = yaml.safe_load((version.parent.parent.parent / "job.yaml").read_text())["spec"]
-    template = {**tiny, "dataset": {**tiny["dataset"], "sources": [{"uri": f"file://{new_data}"}]}}
+    logged = {"uri": f"file://{logs}/", "format": "request-log"}
+    template = {**tiny, "dataset": {**tiny["dataset"], "sources": [logged]}}
     template["output"] = {"uri": output, "formats": ["adapter"]}
     manifest = monitor_manifest("fast", version, logs, retraining={"template": template})
     manifest["spec"]["detection"]["persistence"] = 1
@@ -321,6 +313,11 @@ def test_a_challenger_that_does_not_win_is_not_promoted_and_the_channel_keeps_th
     entries = sorted((version.parent / "channels" / "prod").glob("*.json"))
     assert [json.loads(e.read_text())["version"] for e in entries] == [version.name]
     assert "ChallengerNotPromoted" in [e["reason"] for e in cluster.events_for("fast")]
+    # The retraining FineTuneJob's own status and Events say the same.
+    challenge = cluster.finetunejob(name)["status"]["challenge"]
+    assert (challenge["monitor"], challenge["champion"], challenge["promoted"]) == ("fast", version.name, False)
+    assert challenge["message"] == record["message"]
+    assert "NotPromoted" in [e["reason"] for e in cluster.events_for(name)]
     key = (("driftmonitor", "fast"), ("namespace", "default"), ("outcome", "NotPromoted"))
     port = os.environ["KUBETUNE_METRICS_PORT"]
     wait_for(lambda: scrape(port).get(("kubetune_driftmonitor_promotions_total", key)) == 1, what="the metric")

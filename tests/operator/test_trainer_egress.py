@@ -18,6 +18,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kubetune.api.contract import ENV_S3_PUBLIC_ENDPOINT_ONLY
+from kubetune.api.driftmonitor import KIND as MONITOR_KIND
+from kubetune.api.driftmonitor import DriftMonitorSpec
+from kubetune.api.v1alpha1 import GROUP, VERSION
 from kubetune.operator.children import (
     Owner,
     build_preflight_job,
@@ -25,6 +28,7 @@ from kubetune.operator.children import (
     build_training_job,
 )
 from kubetune.operator.config import ConfigError, OperatorConfig
+from kubetune.operator.driftjobs import build_check_job, build_compare_job
 from kubetune.operator.networkpolicy import TrainerEgress
 from tests import builders
 from tests.kubeapi.cluster import TestCluster
@@ -142,6 +146,39 @@ def test_the_policy_selects_the_jobs_pods_only_and_belongs_to_the_finetunejob() 
     assert not selector_matches(selector, other["spec"]["template"]["metadata"]["labels"])
 
 
+MONITOR = {
+    "target": {"outputUri": "s3://team-models/tickets/", "channel": "prod"},
+    "samples": {"uri": "s3://team-logs/tickets/"},
+}
+
+
+def test_a_drift_monitors_pods_get_their_own_policy_with_no_way_to_the_api_server() -> None:
+    """Check and compare pods hold no API token: S3 and DNS only. The monitor's policy selects its own
+    pods, not a FineTuneJob's of the same name, nor the other way round."""
+    config = OperatorConfig.from_env({"KUBETUNE_TRAINER_EGRESS": json.dumps(EGRESS)})
+    assert config.trainer_egress is not None
+    monitor, spec = Owner("tickets", "ml", "uid-m", MONITOR_KIND), DriftMonitorSpec.model_validate(MONITOR)
+    policy = build_trainer_network_policy(monitor, config.trainer_egress)
+    assert policy["metadata"]["ownerReferences"] == [monitor.reference()]
+    allowed = {block["cidr"] for block in ip_blocks(policy["spec"])}
+    assert allowed == {"0.0.0.0/0", "10.20.0.0/16", "::/0"}, "the S3 ranges only: no API server addresses"
+    assert not [block for block in ip_blocks(policy["spec"]) if reaches_metadata_service(block)]
+    selector = policy["spec"]["podSelector"]
+    pods = [
+        build_check_job(monitor, spec, config, sequence=1, after=None),
+        build_compare_job(monitor, spec, config, sequence=1, challenger_uri="s3://team-models/tickets/v2"),
+    ]
+    for job in pods:
+        assert selector_matches(selector, job["spec"]["template"]["metadata"]["labels"])
+    training = build_training_job(Owner("tickets", "ml", "uid-1"), builders.spec(), config)
+    assert not selector_matches(selector, training["spec"]["template"]["metadata"]["labels"])
+    finetunejob_policy = build_trainer_network_policy(Owner("tickets", "ml", "uid-1"), config.trainer_egress)
+    for job in pods:
+        assert not selector_matches(
+            finetunejob_policy["spec"]["podSelector"], job["spec"]["template"]["metadata"]["labels"]
+        )
+
+
 @pytest.mark.parametrize(
     ("endpoint", "marked"),
     [
@@ -224,6 +261,30 @@ def test_with_trainer_egress_on_each_job_gets_its_policy_before_any_pod(
         cluster.delete_finetunejob("tickets")
         assert "networkpolicies/tickets-egress" in cluster.collect_garbage()
         assert network_policies(cluster) == []
+
+
+def test_with_trainer_egress_on_a_drift_monitor_gets_its_policy_before_its_first_check(
+    cluster: Cluster, test_cluster: TestCluster, tmp_path: Any
+) -> None:
+    monitor = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": MONITOR_KIND,
+        "metadata": {"name": "tickets", "namespace": "default"},
+        "spec": {
+            "target": {"outputUri": f"file://{tmp_path}/models/", "channel": "prod"},
+            "samples": {"uri": f"file://{tmp_path}/logs/"},
+        },
+    }
+    with running_operator(test_cluster, KUBETUNE_TRAINER_EGRESS=json.dumps(EGRESS)):
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, "default", "driftmonitors", monitor)
+        check = wait_for(lambda: cluster.job("tickets-check-1"), what="the first check Job")
+        policy = network_policy(cluster, "tickets-egress")
+        assert policy is not None, "the check Job exists, so its NetworkPolicy must exist already"
+        assert int(policy["metadata"]["resourceVersion"]) < int(check["metadata"]["resourceVersion"])
+        assert policy["metadata"]["ownerReferences"][0]["kind"] == MONITOR_KIND
+        pod = cluster.start_job("tickets-check-1")
+        assert selector_matches(policy["spec"]["podSelector"], pod["metadata"]["labels"])
+        assert {block["cidr"] for block in ip_blocks(policy["spec"])} == set(EGRESS["s3Cidrs"])
 
 
 def test_with_trainer_egress_off_no_policy_is_made(cluster: Cluster, operator: Any) -> None:

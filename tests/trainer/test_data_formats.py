@@ -168,3 +168,39 @@ def test_train_only_sources_never_reach_validation_or_test(tmp_path: Path) -> No
     held_out = data.validation + data.test
     assert held_out and all(e.source.endswith("task.jsonl") for e in held_out)
     assert sum(1 for e in data.train if e.source.endswith("replay.jsonl")) == len(TEXT)
+
+
+def test_request_logs_train_only_on_the_answers_people_confirmed(s3_spec: S3Spec, s3_bucket: str) -> None:
+    """A DriftMonitor's request logs as a dataset source: the labelled rows (``label`` or ``feedback``,
+    which replaces the answer the model gave) are trained on, the others counted as dropped; a row that
+    is no request is an invalid row under the usual policy."""
+    logged = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Where is parcel {i}?"},
+                {"role": "assistant", "content": "billing"},
+            ]
+        }
+        | ({"label": "shipping"} if i % 2 else {})
+        for i in range(10)
+    ]
+    logged += [{"prompt": "Refund order 77 please", "completion": "shipping", "feedback": "billing"}]
+    logged += [{"text": "an unlabelled plain request"}, {"latency_ms": 12}]
+    boto3.client("s3", endpoint_url=s3_spec.endpoint).put_object(
+        Bucket=s3_bucket, Key="logs/2026-12-04.jsonl", Body=encode(logged, "jsonl")
+    )
+    uri = f"s3://{s3_bucket}/logs/"
+    store = ObjectStore(s3_spec)
+    with pytest.raises(DatasetError, match=r"logs/2026-12-04.jsonl:13: .*not a request \(columns: latency_ms\)"):
+        prepare_dataset(spec(uri, format="request-log"), store, words, max_tokens=100)
+    lenient = spec(uri, format="request-log").model_copy(update={"invalid_rows": "drop"})
+    data = prepare_dataset(lenient, store, words, max_tokens=100)
+    answers = sorted(e.messages[-1].content for e in data.train)
+    assert answers == ["billing"] + ["shipping"] * 5, "confirmed answers only, never the logged ones"
+    assert data.report.dropped["unlabelled_request"] == 6 and data.report.invalid_rows["unknown_format"] == 1
+
+    boto3.client("s3", endpoint_url=s3_spec.endpoint).put_object(
+        Bucket=s3_bucket, Key="quiet/0001.jsonl", Body=encode([{"text": "hello"}, {"prompt": "hi"}], "jsonl")
+    )
+    with pytest.raises(DatasetError, match=r"sources\[0\]: s3://.*/quiet/: none of its 2 logged requests"):
+        prepare_dataset(spec(f"s3://{s3_bucket}/quiet/", format="request-log"), store, words, max_tokens=100)

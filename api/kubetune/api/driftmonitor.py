@@ -247,6 +247,7 @@ class Action(StrEnum):
     COOLDOWN = "Cooldown"
     LIMIT_REACHED = "LimitReached"
     NOT_CONFIGURED = "RetrainingNotConfigured"
+    NO_LABELS = "NoLabelledData"
 
 
 class MethodScore(ApiModel):

@@ -99,6 +99,8 @@ class DatasetFormat(StrEnum):
     CHAT = "chat"
     PROMPT_COMPLETION = "prompt-completion"
     TEXT = "text"
+    # Never detected: named on a source of a DriftMonitor's request logs (only confirmed rows train).
+    REQUEST_LOG = "request-log"
 
 
 class InvalidRowPolicy(StrEnum):
@@ -254,9 +256,17 @@ class DatasetSource(ApiModel):
             ),
         ),
     ]
-    format: Annotated[DatasetFormat, Field(description="Row format; auto detects it from the columns.")] = (
-        DatasetFormat.AUTO
-    )
+    format: Annotated[
+        DatasetFormat,
+        Field(
+            description=(
+                "Row format; auto detects it from the columns. request-log (never detected): production requests "
+                "as serving stacks log them (messages, prompt or text), of which only the rows a person labelled "
+                "(a label or feedback field, the confirmed answer) are trained on; the others are counted as "
+                "dropped (unlabelled_request)."
+            )
+        ),
+    ] = DatasetFormat.AUTO
     weight: Annotated[
         float,
         Field(
@@ -963,6 +973,20 @@ class PhaseTransition(ApiModel):
     time: str
 
 
+class ChallengeOutcome(ApiModel):
+    """How a retraining FineTuneJob's version fared against the champion of the channel its DriftMonitor
+    guards: written by the operator once the comparison ended (the monitor's status records the same)."""
+
+    monitor: Annotated[str, Field(description="The DriftMonitor that started this retraining.")]
+    channel: str
+    champion: Annotated[
+        str, Field(description="The version it was compared with (empty: the comparison could not run).")
+    ]
+    promoted: Annotated[bool, Field(description="Whether the channel moved to this job's version.")]
+    message: Annotated[str, Field(description="Why: the comparison's figures, or why it could not compare.")]
+    time: str
+
+
 class FineTuneJobStatus(ApiModel):
     phase: Phase | None = None
     conditions: list[Condition] | None = None
@@ -987,6 +1011,10 @@ class FineTuneJobStatus(ApiModel):
         ),
     ] = None
     result: TrainerResult | None = None
+    challenge: Annotated[
+        ChallengeOutcome | None,
+        Field(description="Set on a DriftMonitor's retraining once its version was compared with the champion."),
+    ] = None
 
 
 class FineTuneJob(ApiModel):

@@ -148,7 +148,7 @@ def _metadata(owner: Owner, name: str, component: str) -> dict[str, Any]:
         "name": name,
         "namespace": owner.namespace,
         "labels": labels(owner, component),
-        "annotations": {FINETUNEJOB_ANNOTATION: owner.name},
+        "annotations": {FINETUNEJOB_ANNOTATION: owner.name} if owner.kind == KIND else {},
         "ownerReferences": [owner.reference()],
     }
 
@@ -588,19 +588,23 @@ def runs_as_built(existing: dict[str, Any], built: dict[str, Any]) -> bool:
 
 
 def build_trainer_network_policy(owner: Owner, egress: TrainerEgress) -> dict[str, Any]:
-    """The job's pods (pre-flight and training: both carry the job's label) may open connections only
-    to S3, the API server and the cluster DNS, never to 169.254.0.0/16 (``networkpolicy``).
+    """The owner's pods may open connections only to S3, the API server and the cluster DNS, never to
+    169.254.0.0/16 (``networkpolicy``): a FineTuneJob's pre-flight and training pods (both carry the
+    job's label), or a DriftMonitor's check and compare pods (its label), which have no API token and
+    so get no way to the API server either.
 
     Ingress is left alone (policyTypes Egress only), so Prometheus still scrapes the trainer. Owned by
-    the FineTuneJob, so it is garbage-collected with it.
+    its owner, so it is garbage-collected with it.
     """
+    finetunejob = owner.kind == KIND
+    selected = {MANAGED_BY_LABEL: MANAGED_BY, (JOB_LABEL if finetunejob else MONITOR_LABEL): label_value(owner.name)}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": _metadata(owner, trainer_network_policy_name(owner.name), "egress"),
         "spec": {
-            "podSelector": {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY, JOB_LABEL: label_value(owner.name)}},
+            "podSelector": {"matchLabels": selected},
             "policyTypes": ["Egress"],
-            "egress": egress.egress_rules(),
+            "egress": egress.egress_rules(api_server=finetunejob),
         },
     }

@@ -30,7 +30,7 @@ from kubetune.api.driftmonitor import (
     RetrainingRecord,
     Verdict,
 )
-from kubetune.api.v1alpha1 import Condition
+from kubetune.api.v1alpha1 import ChallengeOutcome, Condition, DatasetFormat
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 DRIFT_CONDITION = "DriftDetected"
@@ -131,6 +131,16 @@ def decide(spec: DriftMonitorSpec, status: DriftMonitorStatus, result: CheckResu
         return Decision(
             Verdict.CONFIRMED, Action.NOT_CONFIGURED, confirmed + "; no retraining is configured", consecutive
         )
+    if all(source.format == DatasetFormat.REQUEST_LOG for source in retraining.template.dataset.sources) and (
+        report.labelled == 0
+    ):
+        return Decision(
+            Verdict.CONFIRMED,
+            Action.NO_LABELS,
+            f"{confirmed}; no retraining: the template learns only from request logs' confirmed answers and none of "
+            f"the window's {report.sample_size} requests has one (a label or feedback field)",
+            consecutive,
+        )
     started = [parse_time(r.start_time) for r in status.retrainings or []]
     last = max((t for t in started if t is not None), default=None)
     if last is not None and now < last + timedelta(minutes=spec.cooldown_minutes):
@@ -196,6 +206,20 @@ def compared(status: DriftMonitorStatus, index: int, report: ChallengeReport | N
     records[index] = records[index].model_copy(update={"outcome": outcome, "message": message[:1024]})
     promoted = report.challenger if report is not None and report.promoted else status.promoted_version
     return status.model_copy(update={"retrainings": records, "promoted_version": promoted})
+
+
+def challenge_outcome(
+    monitor: str, spec: DriftMonitorSpec, report: ChallengeReport | None, why: str, now: datetime
+) -> ChallengeOutcome:
+    """The retraining FineTuneJob's side of the comparison (its ``status.challenge``)."""
+    return ChallengeOutcome(
+        monitor=monitor,
+        channel=spec.target.channel,
+        champion=report.champion if report is not None else "",
+        promoted=report is not None and report.promoted,
+        message=(report.message if report is not None else why)[:1024],
+        time=format_time(now),
+    )
 
 
 def seconds_until_due(spec: DriftMonitorSpec, status: DriftMonitorStatus, now: datetime) -> float:

@@ -18,14 +18,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubetune.api.contract import TRAINER_CONTAINER, VERSION_PATTERN
-from kubetune.api.driftmonitor import KIND, Action, DriftMonitorSpec, DriftMonitorStatus, Verdict
+from kubetune.api.driftmonitor import KIND, Action, ChallengeReport, DriftMonitorSpec, DriftMonitorStatus, Verdict
+from kubetune.api.v1alpha1 import KIND as FINETUNEJOB_KIND
 from kubetune.operator import validation
-from kubetune.operator.children import Owner, runs_as_built
+from kubetune.operator.children import Owner, build_trainer_network_policy, runs_as_built
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.driftdecision import (
     CheckResult,
     Decision,
     Observed,
+    challenge_outcome,
     compared,
     decide,
     followed,
@@ -96,6 +98,8 @@ def _reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: da
     if problem is not None:
         _write(kube, body, before, invalid(before, problem.reason, problem.message, generation, stamp))
         return MonitorOutcome(None)
+    if config.trainer_egress is not None:  # before any of its Jobs, so no pod ever runs without it
+        kube.ensure_spec(build_trainer_network_policy(owner, config.trainer_egress), owner.uid)
     status = _follow_retrainings(kube, owner, valid(before, generation, stamp))
     status = _compare_challengers(kube, body, owner, spec, config, status)
     sequence = (status.checks or 0) + 1
@@ -175,6 +179,7 @@ def _compare_challengers(
             report, why = read_challenge(job, termination)
         else:
             continue
+        _record_on_challenger(kube, owner, spec, record.job_name, report, why)
         status = compared(status, index, report, why)
         promoted = report is not None and report.promoted
         kube.create_event(
@@ -189,6 +194,29 @@ def _compare_challengers(
             )
         )
     return status
+
+
+def _record_on_challenger(
+    kube: Kube, owner: Owner, spec: DriftMonitorSpec, job_name: str, report: ChallengeReport | None, why: str
+) -> None:
+    """The comparison's verdict in the retraining FineTuneJob's own status and Events (before the
+    monitor's status counts it: a crash in between writes the same again)."""
+    challenger = kube.read_finetunejob(owner.namespace, job_name)
+    if challenger is None:  # deleted since it trained: the monitor's record is the one left
+        return
+    outcome = challenge_outcome(owner.name, spec, report, why, datetime.now(UTC))
+    kube.patch_finetunejob_status(owner.namespace, job_name, {"challenge": outcome.to_manifest()})
+    kube.create_event(
+        build_event(
+            challenger,
+            FINETUNEJOB_KIND,
+            "challenge",
+            reason="Promoted" if outcome.promoted else "NotPromoted",
+            message=f"against {outcome.champion or 'the champion'} on channel {outcome.channel}: {outcome.message}",
+            warning=False,
+            time=outcome.time,
+        )
+    )
 
 
 def _condition_of(job: dict[str, Any]) -> bool:

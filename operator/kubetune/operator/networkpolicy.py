@@ -2,7 +2,9 @@
 (Helm values ``networkPolicy.trainerEgress``).
 
 The operator then creates, with each FineTuneJob and before its Jobs, a NetworkPolicy in the job's
-namespace that selects the job's pods (pre-flight and training) and allows egress only to:
+namespace that selects the job's pods (pre-flight and training) and allows egress only to the
+destinations below (likewise for each DriftMonitor's check and compare pods, without the API server:
+they hold no API token):
 
 - the S3 ranges (``s3Cidrs``) on the S3 ports (``s3Ports``);
 - the Kubernetes API server (``apiServerCidrs`` on ``apiServerPorts``): the trainer writes its
@@ -100,12 +102,14 @@ class TrainerEgress:
             dns_pod_labels=tuple(sorted(labels.items())),
         )
 
-    def egress_rules(self) -> list[dict[str, Any]]:
-        """The NetworkPolicy's ``spec.egress``: S3, the API server, DNS; nothing else."""
+    def egress_rules(self, *, api_server: bool = True) -> list[dict[str, Any]]:
+        """The NetworkPolicy's ``spec.egress``: S3, the API server (unless ``api_server`` is false), DNS;
+        nothing else."""
         rules = []
         if self.s3_cidrs:
             rules.append(_rule(self.s3_cidrs, self.s3_ports))
-        rules.append(_rule(self.api_server_cidrs, self.api_server_ports))
+        if api_server:
+            rules.append(_rule(self.api_server_cidrs, self.api_server_ports))
         dns_peer = {
             "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: self.dns_namespace}},
             "podSelector": {"matchLabels": dict(self.dns_pod_labels)},

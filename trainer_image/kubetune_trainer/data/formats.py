@@ -91,7 +91,8 @@ def _chat_turns(data: Mapping[str, Any]) -> tuple[str, list[Any], str, str, Mapp
     raise RowProblem("messages", "missing (expected 'messages' or ShareGPT 'conversations')", "missing_field")
 
 
-def _chat(data: Mapping[str, Any]) -> Example:
+def _turns(data: Mapping[str, Any]) -> tuple[str, list[Message]]:
+    """The conversation's turns, each checked (a known role, text content, the system turn first)."""
     column, turns, role_key, content_key, role_map = _chat_turns(data)
     if not isinstance(turns, list) or not turns:
         raise RowProblem(column, "expected a non-empty list of turns", "wrong_type")
@@ -113,6 +114,11 @@ def _chat(data: Mapping[str, Any]) -> Example:
         if role == "system" and index != 0:
             raise RowProblem(f"{where}.{role_key}", "a system message must come first", "misplaced_system")
         messages.append(Message(str(role), content))
+    return column, messages
+
+
+def _chat(data: Mapping[str, Any]) -> Example:
+    column, messages = _turns(data)
     if not any(m.role == "assistant" for m in messages):
         raise RowProblem(column, "no assistant turn to learn from", "no_assistant_turn")
     if messages[-1].role != "assistant":
@@ -122,6 +128,35 @@ def _chat(data: Mapping[str, Any]) -> Example:
             "ends_without_assistant",
         )
     return Example(messages=tuple(messages))
+
+
+# A request log's confirmed answer: a person's label or feedback on what the model was asked.
+LABEL_FIELDS = ("label", "feedback")
+
+
+def request_log(data: Mapping[str, Any]) -> tuple[Example, bool]:
+    """A logged request in one of the shapes serving stacks log (``messages`` as OpenAI chat, with the
+    model's answer as a final assistant turn when logged; ``prompt`` with an optional ``completion``;
+    ``text``) and whether a person confirmed its answer: a ``label`` (or ``feedback``) field, which
+    replaces the logged answer. Raises :class:`RowProblem` for a row that is no request."""
+    label = next((data[f] for f in LABEL_FIELDS if isinstance(data.get(f), str) and data[f].strip()), None)
+    if "messages" in data or "conversations" in data:
+        column, turns = _turns(data)
+        if not any(t.role == "user" for t in turns):
+            raise RowProblem(column, "no user turn: not a request", "no_user_turn")
+        if label is not None:
+            turns = [*(turns[:-1] if turns[-1].role == "assistant" else turns), Message("assistant", label)]
+        return Example(messages=tuple(turns)), label is not None
+    if "prompt" in data:
+        turns = [Message("user", _text(data, "prompt"))]
+        answer = label if label is not None else _text(data, "completion", required=False)
+        if answer.strip():
+            turns.append(Message("assistant", answer))
+        return Example(messages=tuple(turns)), label is not None
+    if "text" in data:
+        return Example(text=_text(data, "text")), False
+    columns = ", ".join(sorted(data)) or "none"
+    raise RowProblem("", f"not a request (columns: {columns}); expected messages, prompt or text", "unknown_format")
 
 
 CONVERTERS: dict[DatasetFormat, Callable[[Mapping[str, Any]], Example]] = {

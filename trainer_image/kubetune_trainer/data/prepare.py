@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from kubetune.api.v1alpha1 import DatasetFormat, DatasetSource, DatasetSpec, InvalidRowPolicy
 from kubetune_trainer.data import curation
-from kubetune_trainer.data.formats import RowProblem, apply_column_mapping, detect_format, to_example
+from kubetune_trainer.data.formats import RowProblem, apply_column_mapping, detect_format, request_log, to_example
 from kubetune_trainer.data.readers import DecompressionBomb, FileProblem, RawRow, is_supported, read_rows
 from kubetune_trainer.data.report import CurationReport, SourceStats
 from kubetune_trainer.data.types import Example
@@ -26,6 +26,9 @@ MAX_LISTED_PROBLEMS = 20
 
 class DatasetError(ConfigurationError):
     """The dataset cannot be used as the spec says; the message names file, line and field."""
+
+
+UNLABELLED = "unlabelled_request"  # the curation report's reason for a request-log row without a label
 
 
 @dataclass
@@ -111,6 +114,11 @@ def _read_source(
                 examples.append(example)
         formats_seen.update(file_format.seen)
     _check_column_mapping(source, index, columns_seen)
+    if source.format == DatasetFormat.REQUEST_LOG and stats.rows_read and not stats.rows_valid:
+        raise DatasetError(
+            f"spec.dataset.sources[{index}]: {source.uri}: none of its {stats.rows_read} logged requests carries a "
+            "confirmed answer (a label or feedback field); there is nothing to train on"
+        )
     if source.format == DatasetFormat.AUTO:
         stats.format = "auto: " + ", ".join(sorted(formats_seen)) if formats_seen else "auto: none"
     return examples, stats
@@ -168,7 +176,15 @@ def _convert(row: RawRow, source: DatasetSource, file_format: _FileFormat, probl
         fmt = detected
     file_format.seen.add(str(fmt))
     try:
-        example = to_example(data, fmt)
+        if fmt == DatasetFormat.REQUEST_LOG:
+            request, confirmed = request_log(data)
+            if not confirmed:  # a production request nobody labelled: nothing to learn, nothing wrong
+                unlabelled = replace(request, source=row.source, row=row.number)
+                problems.report.add_dropped([curation.Dropped(unlabelled, UNLABELLED, "no label or feedback field")])
+                return None
+            example = request
+        else:
+            example = to_example(data, fmt)
     except RowProblem as problem:
         problems.add(row.where, row.unit, str(problem), problem.reason)
         return None
