@@ -27,7 +27,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from kubetune.api.contract import TERMINATION_LOG_PATH
 from kubetune.api.v1alpha1 import GROUP, VERSION
 from kubetune_trainer.cli import main as kubetune
-from tests.builders import trainer_result
 from tests.kubeapi.cluster import CLUSTERWIDE, TestCluster
 from tests.operator.cluster import Cluster, wait_for
 from tests.trainer.jobs import publish_on_channel
@@ -250,74 +249,179 @@ def test_a_monitor_whose_retraining_the_policy_refuses_runs_nothing_and_says_whe
 
 
 @pytest.mark.parametrize("rbac_mode", [CLUSTERWIDE], ids=["clusterwide"])
-def test_a_challenger_that_does_not_win_is_not_promoted_and_the_channel_keeps_the_champion(
-    test_cluster: TestCluster, cluster: Cluster, operator: Any, published: tuple[Path, Path], tmp_path: Path
-) -> None:
-    """Drift confirmed at once (persistence 1) starts a retraining that learns from the request logs'
-    confirmed answers; its FineTuneJob runs (the pods played, the training itself a real local run of the
-    spec the operator made, publishing beside the champion);
-    the operator then compares the challenger with the champion in a Job running the real
-    ``kubetune challenge``: two training steps win nothing, so prod still names the champion."""
-    version, _ = published
-    output = f"file://{version.parent}/"
-    logs = tmp_path / "logs"
-    log_requests(logs, "0001.jsonl", [f"Bonjour, ma commande {i} n'est pas arrivée." for i in range(40)])
-    # The new data is the request logs themselves: the answers people confirmed (``label``) are learnt.
-    tiny = yaml.safe_load((version.parent.parent.parent / "job.yaml").read_text())["spec"]
+def reported_result(version: Path, output: str) -> dict[str, Any]:
+    """``status.result`` as the trainer writes it for the version it published, from its manifest."""
+    manifest = json.loads((version / "manifest.json").read_text())
+    gate = manifest["evaluation"]["gate"]
+    return {
+        "version": version.name,
+        "manifestUri": f"{output}{version.name}/manifest.json",
+        "promoted": manifest["promoted"],
+        "qualityGateMessage": gate["message"],
+        "gateChecks": [{key: check[key] for key in ("name", "passed", "detail")} for check in gate["checks"]],
+    }
+
+
+def retrain_from_logs(
+    cluster: Cluster, champion: Path, logs: Path, tmp_path: Path, *, name: str, **template: Any
+) -> dict[str, Any]:
+    """A monitor guarding ``champion``'s channel, acting on the first drifted window (persistence 1),
+    whose retraining learns from the request logs' confirmed answers (``format: request-log``): the
+    champion's own job spec with that data and ``template``'s changes. Its first check is run and
+    decided; the monitor's status is returned."""
+    output = f"file://{champion.parent}/"
+    tiny = yaml.safe_load((champion.parent.parent.parent / "job.yaml").read_text())["spec"]
     logged = {"uri": f"file://{logs}/", "format": "request-log"}
-    template = {**tiny, "dataset": {**tiny["dataset"], "sources": [logged]}}
-    template["output"] = {"uri": output, "formats": ["adapter"]}
-    manifest = monitor_manifest("fast", version, logs, retraining={"template": template})
+    spec = {**tiny, "dataset": {**tiny["dataset"], "sources": [logged]}}
+    spec["output"] = {"uri": output, "formats": ["adapter"]}
+    for key, value in template.items():
+        spec[key] = {**spec.get(key, {}), **value}
+    manifest = monitor_manifest(name, champion, logs, retraining={"template": spec})
     manifest["spec"]["detection"]["persistence"] = 1
     apply_monitor(cluster, manifest)
-    run_check(cluster, "fast-check-1", tmp_path)
-    status = decided(cluster, "fast", 1)
+    run_check(cluster, f"{name}-check-1", tmp_path)
+    status = decided(cluster, name, 1)
     assert status["decision"]["action"] == "RetrainingStarted", status["decision"]
+    return status
 
-    # The retraining FineTuneJob, as the cluster runs it.
-    name = "fast-retrain-1"
+
+def run_retraining(cluster: Cluster, name: str, champion: Path, tmp_path: Path, *, max_steps: int) -> str:
+    """The retraining FineTuneJob ``name`` as the cluster runs it: its pods played, the training itself
+    a real local run of the spec the operator made (``max_steps`` steps), publishing beside the
+    champion, its result reported as the trainer reports it (and a reported promotion verified by the
+    real ``kubetune verify``). Returns the version it published."""
+    output = f"file://{champion.parent}/"
     spec = cluster.finetunejob(name)["spec"]
     wait_for(lambda: cluster.job(f"{name}-preflight"), what="the retraining's pre-flight Job")
     cluster.trainer_reports(name, {"preflight": {"passed": True}})
     cluster.finish_job(f"{name}-preflight", succeeded=True)
     wait_for(lambda: cluster.job(f"{name}-train"), what="the retraining's training Job")
     cluster.start_job(f"{name}-train")
-    job_file = tmp_path / "retrain.yaml"
+    job_file = tmp_path / f"{name}.yaml"
     job_file.write_text(
         yaml.safe_dump(
             {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
         )
     )
-    before = {v.name for v in version.parent.glob("v*")}
-    code = kubetune(["run", str(job_file), "--workdir", str(tmp_path / "work"), "--max-steps", "2"])
+    before = {v.name for v in champion.parent.glob("v*")}
+    code = kubetune(["run", str(job_file), "--workdir", str(tmp_path / "work"), "--max-steps", str(max_steps)])
     assert code == 0
-    (challenger,) = {v.name for v in version.parent.glob("v*")} - before
-    result = {**trainer_result(challenger, promoted=False), "manifestUri": f"{output}{challenger}/manifest.json"}
+    (challenger,) = {v.name for v in champion.parent.glob("v*")} - before
+    result = reported_result(champion.parent / challenger, output)
     cluster.trainer_reports(name, {"result": result})
     cluster.finish_job(f"{name}-train", succeeded=True)
+    if result["promoted"]:
+        run_check(cluster, f"{name}-verify", tmp_path)
+    return challenger
 
-    # The comparison, run for real, decides; the champion stays.
-    job = run_check(cluster, "fast-compare-1", tmp_path)
+
+def compared_status(
+    cluster: Cluster, monitor_name: str, tmp_path: Path, challenger: str, output: str
+) -> dict[str, Any]:
+    """The comparison Job, run for real (``kubetune challenge``), and the monitor's status once recorded."""
+    job = wait_for(lambda: cluster.job(f"{monitor_name}-compare-1"), what="the comparison Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
         "kubetune",
         "challenge",
         f"{output}{challenger}",
     ]
-    status = wait_for(
-        lambda: (s := monitor(cluster, "fast")["status"])["retrainings"][0]["outcome"] == "NotPromoted" and s,
-        what="the challenger's comparison recorded",
+    run_check(cluster, f"{monitor_name}-compare-1", tmp_path)
+    return dict(
+        wait_for(
+            lambda: (
+                (s := monitor(cluster, monitor_name)["status"])["retrainings"][0]["outcome"]
+                in ("Promoted", "NotPromoted")
+                and s
+            ),
+            what="the challenger's comparison recorded",
+        )
     )
+
+
+def test_a_challenger_that_does_not_win_is_not_promoted_and_the_channel_keeps_the_champion(
+    test_cluster: TestCluster, cluster: Cluster, operator: Any, published: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Drift confirmed at once starts a retraining that learns from the request logs' confirmed answers;
+    the operator then compares the challenger with the champion in a Job running the real
+    ``kubetune challenge``: two training steps win nothing, so prod still names the champion."""
+    version, _ = published
+    output = f"file://{version.parent}/"
+    logs = tmp_path / "logs"
+    log_requests(logs, "0001.jsonl", [f"Bonjour, ma commande {i} n'est pas arrivée." for i in range(40)])
+    retrain_from_logs(cluster, version, logs, tmp_path, name="fast")
+    challenger = run_retraining(cluster, "fast-retrain-1", version, tmp_path, max_steps=2)
+
+    status = compared_status(cluster, "fast", tmp_path, challenger, output)
     (record,) = status["retrainings"]
-    assert record["version"] == challenger and record["message"], record
+    assert record["outcome"] == "NotPromoted" and record["version"] == challenger and record["message"], record
     assert "promotedVersion" not in status or status["promotedVersion"] is None
     entries = sorted((version.parent / "channels" / "prod").glob("*.json"))
     assert [json.loads(e.read_text())["version"] for e in entries] == [version.name]
     assert "ChallengerNotPromoted" in [e["reason"] for e in cluster.events_for("fast")]
     # The retraining FineTuneJob's own status and Events say the same.
-    challenge = cluster.finetunejob(name)["status"]["challenge"]
+    challenge = cluster.finetunejob("fast-retrain-1")["status"]["challenge"]
     assert (challenge["monitor"], challenge["champion"], challenge["promoted"]) == ("fast", version.name, False)
     assert challenge["message"] == record["message"]
-    assert "NotPromoted" in [e["reason"] for e in cluster.events_for(name)]
+    assert "NotPromoted" in [e["reason"] for e in cluster.events_for("fast-retrain-1")]
     key = (("driftmonitor", "fast"), ("namespace", "default"), ("outcome", "NotPromoted"))
     port = os.environ["KUBETUNE_METRICS_PORT"]
     wait_for(lambda: scrape(port).get(("kubetune_driftmonitor_promotions_total", key)) == 1, what="the metric")
+
+
+def channel_history(version: Path, channel: str = "prod") -> list[str]:
+    """The versions a channel named, oldest first (its create-only numbered entries)."""
+    entries = sorted((version.parent / "channels" / channel).glob("*.json"))
+    return [json.loads(entry.read_text())["version"] for entry in entries]
+
+
+@pytest.fixture(scope="module")
+def measured_champion(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A champion on prod that measured its forgetting: a challenger can only win against one that did."""
+    version, _ = publish_on_channel(tmp_path_factory.mktemp("measured"), tiny_model_dir, measure_forgetting=True)
+    return version
+
+
+def test_a_challenger_that_wins_on_the_new_data_is_promoted_and_the_champion_stays_one_rollback_away(
+    test_cluster: TestCluster, cluster: Cluster, operator: Any, measured_champion: Path, tmp_path: Path
+) -> None:
+    """The same loop with a challenger that learns the new requests' confirmed answer (every French
+    request is ``delivery``, an answer the champion never gave): a win on the new data
+    with the 95% interval above 0, nothing lost on the champion's test rows or the general prompts, its
+    own gate passed and verified. The channel moves to it; the champion is still published and still in
+    the channel's history."""
+    champion = measured_champion
+    output = f"file://{champion.parent}/"
+    served = channel_history(champion)
+    assert served[-1] == champion.name
+    logs = tmp_path / "logs"
+    french = [f"Bonjour, ma commande {i} n'est pas arrivée." for i in range(60)]
+    log_requests(logs, "0001.jsonl", french, ["delivery"] * len(french))  # a new answer, one token long
+    # Full fine-tuning at a high rate: the tiny model's random weights learn an answer in 40 steps.
+    retrain_from_logs(
+        cluster,
+        champion,
+        logs,
+        tmp_path,
+        name="win",
+        method={"type": "full"},
+        output={"formats": ["merged"]},
+        hyperparameters={"learningRate": 0.01, "epochs": 20},
+    )
+    challenger = run_retraining(cluster, "win-retrain-1", champion, tmp_path, max_steps=40)
+
+    status = compared_status(cluster, "win", tmp_path, challenger, output)
+    (record,) = status["retrainings"]
+    assert record["outcome"] == "Promoted" and record["version"] == challenger, record["message"]
+    assert status["promotedVersion"] == challenger
+    assert channel_history(champion) == [*served, challenger]
+    assert (champion / "manifest.json").exists(), "the champion is never lost: only the pointer moved"
+    assert "ChallengerPromoted" in [e["reason"] for e in cluster.events_for("win")]
+    challenge = cluster.finetunejob("win-retrain-1")["status"]["challenge"]
+    assert (challenge["champion"], challenge["promoted"]) == (champion.name, True)
+    assert "Promoted" in [e["reason"] for e in cluster.events_for("win-retrain-1")]
+    key = (("driftmonitor", "win"), ("namespace", "default"), ("outcome", "Promoted"))
+    port = os.environ["KUBETUNE_METRICS_PORT"]
+    wait_for(lambda: scrape(port).get(("kubetune_driftmonitor_promotions_total", key)) == 1, what="the metric")
+    # One rollback away: the champion is served again.
+    assert kubetune(["rollback", output, "--channel", "prod"]) == 0
+    assert channel_history(champion) == [*served, challenger, champion.name]

@@ -69,19 +69,31 @@ def write_job(
     return path
 
 
-def publish_on_channel(root: Path, model_dir: Path, channel: str = "prod") -> tuple[Path, Path]:
+# The tiny model's answers to general prompts are noise, so a job that measures forgetting on it
+# tests the measurement's plumbing (it runs, it is published, a challenger is compared on it) with
+# any change of likelihood tolerated; the thresholds themselves are tested on SmolLM2.
+MEASURED_FORGETTING = {"forgetting": True, "maxRegression": 1.0}
+
+
+def publish_on_channel(
+    root: Path, model_dir: Path, channel: str = "prod", *, measure_forgetting: bool = False
+) -> tuple[Path, Path]:
     """(the version's folder, its training data) of one short real ``kubetune run`` on the tiny model,
-    published under ``root/runs/tiny-job/`` and, its perplexity gate passed, put on ``channel``."""
+    published under ``root/runs/tiny-job/`` and, its perplexity gate passed, put on ``channel``; with
+    ``measure_forgetting``, its forgetting measured on the built-in general prompts (MEASURED_FORGETTING)."""
     from kubetune.api.contract import EXIT_OK
     from kubetune_trainer.cli import main as kubetune
 
     data = write_dataset(root / "data.jsonl", 64)
+    evaluation: dict[str, Any] = {"gate": {"metric": "perplexity"}}
+    if measure_forgetting:
+        evaluation |= MEASURED_FORGETTING
     job = write_job(
         root / "job.yaml",
         model_dir=model_dir,
         data=data,
         output=f"file://{root}/out/",
-        evaluation={"gate": {"metric": "perplexity"}},
+        evaluation=evaluation,
     )
     manifest = yaml.safe_load(job.read_text())
     manifest["spec"]["output"]["channel"] = channel
