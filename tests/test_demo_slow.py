@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,20 +24,33 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(2400)
-def test_kubetune_run_example_improves_the_default_model(tmp_path: Path) -> None:
-    kubetune = Path(sys.executable).parent / "kubetune"
+KUBETUNE = Path(sys.executable).parent / "kubetune"
+MAP = ["--map", f"/opt/kubetune/examples={ROOT / 'examples'}"]
+
+
+@dataclass(frozen=True)
+class Demo:
+    root: Path
+    result: subprocess.CompletedProcess[str]
+
+    @property
+    def output(self) -> Path:
+        return self.root / "runs" / "support-tickets"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    """README's first command, run once for this module's tests."""
+    tmp_path = tmp_path_factory.mktemp("demo")
     example = yaml.safe_load((ROOT / "examples" / "support-tickets.yaml").read_text())
     example["spec"]["output"]["channel"] = "prod"
     (tmp_path / "support-tickets.yaml").write_text(yaml.safe_dump(example))
     result = subprocess.run(
         [
-            str(kubetune),
+            str(KUBETUNE),
             "run",
             str(tmp_path / "support-tickets.yaml"),
-            "--map",
-            f"/opt/kubetune/examples={ROOT / 'examples'}",
+            *MAP,
             "--output-dir",
             str(tmp_path / "runs"),
             "--workdir",
@@ -46,8 +61,15 @@ def test_kubetune_run_example_improves_the_default_model(tmp_path: Path) -> None
         timeout=2300,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
+    return Demo(tmp_path, result)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_kubetune_run_example_improves_the_default_model(demo: Demo) -> None:
+    result, tmp_path = demo.result, demo.root
     assert result.returncode == 0, result.stderr[-4000:]
-    (version,) = [p for p in (tmp_path / "runs" / "support-tickets").iterdir() if p.name.startswith("v")]
+    (version,) = [p for p in demo.output.iterdir() if p.name.startswith("v")]
     manifest = json.loads((version / "manifest.json").read_text())
     evaluation = manifest["evaluation"]
     accuracy = next(m for m in evaluation["metrics"] if m["name"] == "accuracy")
@@ -93,3 +115,115 @@ def test_kubetune_run_example_improves_the_default_model(tmp_path: Path) -> None
         assert json.loads(entry.read_text())["version"] == version.name and entry.name == "000001.json"
     else:
         assert entries == [], "a run its gate did not promote stays off the channel"
+
+
+# The loop on the real model: French tickets reach the demo's champion. Templates per label, with the
+# example's six English labels (the task stays; the language moves).
+FRENCH = {
+    "billing": ["J'ai été débité deux fois de {n} euros pour la commande {n}.", "Ma facture {n} est fausse."],
+    "technical": ["L'application plante dès que j'ouvre {p}.", "Le {p} ne se connecte plus au wifi depuis {n} jours."],
+    "account": [
+        "Je n'arrive plus à me connecter à mon compte {n}.",
+        "Comment changer l'adresse e-mail du compte {n} ?",
+    ],
+    "shipping": ["Ma commande {n} n'est toujours pas arrivée.", "Le colis {n} avec mon {p} est bloqué."],
+    "returns": ["Je veux renvoyer le {p} de la commande {n}.", "Le {p} reçu est abîmé, je souhaite le retourner."],
+    "feature_request": [
+        "Pourriez-vous ajouter un mode sombre pour {p} ?",
+        "Ce serait bien d'exporter mes {n} commandes.",
+    ],
+}
+PRODUCTS_FR = ["casque sans fil", "bureau assis-debout", "machine à espresso", "tapis de yoga", "moniteur 4K"]
+
+
+def french_requests(count: int, seed: int) -> list[dict[str, object]]:
+    """Logged requests in French with the label a person confirmed, the example's system prompt kept."""
+    from examples.tools.make_tickets import SYSTEM
+
+    rng, labels, rows = random.Random(seed), sorted(FRENCH), []
+    for i in range(count):
+        label = labels[i % len(labels)]
+        text = rng.choice(FRENCH[label]).format(n=rng.randint(100, 99999), p=rng.choice(PRODUCTS_FR))
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+        rows.append({"messages": messages, "label": label})
+    return rows
+
+
+def english_requests(count: int, seed: int) -> list[dict[str, object]]:
+    """Requests of the training population: new tickets from the example's generator, none it trained on."""
+    from examples.tools.make_tickets import PROBLEMS, SYSTEM, ticket
+
+    trained = (ROOT / "examples" / "support-tickets" / "tickets.jsonl").read_text()
+    rng, labels, rows = random.Random(seed), list(PROBLEMS), []
+    while len(rows) < count:
+        body = ticket(labels[len(rows) % len(labels)], rng)
+        if json.dumps(body)[1:-1] not in trained:
+            rows.append({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}]})
+    return rows
+
+
+def write_log(folder: Path, rows: list[dict[str, object]]) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "0001.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def kubetune(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(KUBETUNE), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_drift_loop_on_the_demo_model(demo: Demo, tmp_path: Path) -> None:
+    """The DriftMonitor's loop, each step the command its Jobs run, on SmolLM2 and the demo's version on
+    prod: new English tickets are no drift; French tickets are; the retraining spec the operator would
+    make (the French request logs' confirmed labels, the champion's data replayed at weight 0.5) trains
+    for 40 steps; ``kubetune challenge --promote`` decides, and the channel follows its verdict."""
+    from kubetune.api.driftmonitor import RetrainingSpec
+    from kubetune.operator.driftjobs import retraining_spec
+
+    assert demo.result.returncode == 0, "the demo's run failed: see its test"
+    (champion,) = [p for p in demo.output.iterdir() if p.name.startswith("v")]
+    manifest = json.loads((champion / "manifest.json").read_text())
+    if not manifest["promoted"]:
+        pytest.fail("the demo's version was not promoted, so no channel names a champion: see the demo's test")
+    output = f"file://{demo.output}/"
+    check = ["drift", "check", "--reference", output, "--channel", "prod", "--window", "120", "--json"]
+
+    calm = kubetune(*check, "--samples", f"file://{write_log(tmp_path / 'english', english_requests(120, 1))}/")
+    assert calm.returncode == 0, calm.stdout + calm.stderr[-2000:]
+    french = write_log(tmp_path / "french", french_requests(120, 2))
+    moved = kubetune(*check, "--samples", f"file://{french}/")
+    assert moved.returncode == 1, moved.stdout + moved.stderr[-2000:]
+    assert json.loads(moved.stdout)["drifted"] and json.loads(moved.stdout)["labelled"] == 120
+
+    template = yaml.safe_load((ROOT / "examples" / "support-tickets.yaml").read_text())["spec"]
+    template["dataset"]["sources"] = [{"uri": f"file://{french}/", "format": "request-log"}]
+    retraining = RetrainingSpec.model_validate({"template": template})
+    spec = retraining_spec(retraining, [str(uri) for uri in manifest["dataset"]["sources"]])
+    job = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "support-tickets"}}
+    (tmp_path / "retrain.yaml").write_text(yaml.safe_dump({**job, "spec": spec.to_manifest()}))
+    run = [str(tmp_path / "retrain.yaml"), *MAP, "--output-dir", str(demo.root / "runs")]
+    trained = kubetune("run", *run, "--workdir", str(tmp_path / "work"), "--max-steps", "40")
+    assert trained.returncode == 0, trained.stderr[-4000:]
+    (challenger,) = [p for p in demo.output.iterdir() if p.name.startswith("v") and p != champion]
+    mix = {s["uri"]: s["weight"] for s in json.loads((challenger / "manifest.json").read_text())["dataset"]["mix"]}
+    assert mix == {f"file://{french}/": 1.0, **{uri: 0.5 for uri in manifest["dataset"]["sources"]}}, mix
+
+    report_file = tmp_path / "challenge.json"
+    compared = kubetune(
+        "challenge", f"{output}{challenger.name}", "--channel", "prod", "--promote", "--report", str(report_file)
+    )
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    report = json.loads(report_file.read_text())
+    assert report["champion"] == champion.name and report["newData"]["examples"] > 0, report
+    assert report["oldData"]["examples"] > 0, "the champion's test rows kept out of the challenger's training"
+    entries = sorted((demo.output / "channels" / "prod").glob("*.json"))
+    served = json.loads(entries[-1].read_text())["version"]
+    assert served == (challenger.name if report["promoted"] else champion.name), report["message"]

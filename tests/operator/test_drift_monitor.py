@@ -409,6 +409,11 @@ def test_a_challenger_that_wins_on_the_new_data_is_promoted_and_the_champion_sta
     )
     challenger = run_retraining(cluster, "win-retrain-1", champion, tmp_path, max_steps=40)
 
+    mix = json.loads((champion.parent / challenger / "manifest.json").read_text())["dataset"]["mix"]
+    champion_data = json.loads((champion / "manifest.json").read_text())["dataset"]["sources"]
+    weights = {source["uri"]: (source["format"], source["weight"]) for source in mix}
+    assert weights == {f"file://{logs}/": ("request-log", 1.0), **{uri: ("auto: chat", 0.5) for uri in champion_data}}
+
     status = compared_status(cluster, "win", tmp_path, challenger, output)
     (record,) = status["retrainings"]
     assert record["outcome"] == "Promoted" and record["version"] == challenger, record["message"]

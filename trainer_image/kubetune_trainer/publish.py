@@ -50,6 +50,11 @@ def lineage_manifest(run: RunRecord) -> dict[str, Any]:
         "baseModel": {"uri": run.base_model_uri, "sha256": run.base_model_sha256},
         "dataset": {
             "sources": run.data.source_uris,
+            # How the sources were mixed (a retraining's replay of its champion's data shows here).
+            "mix": [
+                {"uri": source.uri, "format": source.format, "weight": source.weight, "examples": source.rows_valid}
+                for source in run.data.report.sources
+            ],
             "contentSha256": run.data.content_sha256,
             "splits": run.data.report.splits,
             **({"replay": run.data.replay} if run.data.replay else {}),
