@@ -107,3 +107,30 @@ def test_sigterm_checkpoints_and_exits_with_the_preemption_code(
     assert process.returncode == 143, rest[-2000:]
     pointer = ObjectStore(s3_spec).read_bytes(f"s3://{s3_bucket}/run/checkpoints/tiny-job/latest.json")
     assert b'"step": 4' in pointer or b'"step": 3' in pointer
+
+
+def test_a_new_run_under_a_used_job_name_never_resumes_the_old_runs_checkpoints(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """The checkpoint prefix is keyed by the job's name; a second run of that name with other data (a
+    FineTuneJob applied again, a second local run) trains from the base model, not from the first
+    run's last checkpoint, and its checkpoints then belong to it."""
+    from kubetune_trainer.cli import main as kubetune
+
+    output = f"file://{tmp_path}/out/"
+    first = write_job(
+        tmp_path / "first.yaml", model_dir=tiny_model_dir, data=write_dataset(tmp_path / "a.jsonl", 40), output=output
+    )
+    assert kubetune(["run", str(first), "--workdir", str(tmp_path / "w1"), "--output-dir", str(tmp_path / "runs")]) == 0
+    other = write_dataset(tmp_path / "b.jsonl", 48)
+    other.write_text(other.read_text().replace("Classify ticket", "Sort request"))
+    second = write_job(tmp_path / "second.yaml", model_dir=tiny_model_dir, data=other, output=output)
+    assert (
+        kubetune(["run", str(second), "--workdir", str(tmp_path / "w2"), "--output-dir", str(tmp_path / "runs")]) == 0
+    )
+    versions = sorted((tmp_path / "runs" / "tiny-job").glob("v*"), key=lambda v: v.stat().st_mtime)
+    import json
+
+    trained = [json.loads((v / "manifest.json").read_text())["training"] for v in versions]
+    assert [t["resumedFromStep"] for t in trained] == [None, None], trained
+    assert trained[1]["globalStep"] > 0

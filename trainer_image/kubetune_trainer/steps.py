@@ -313,9 +313,16 @@ def interleave(task: list[Example], replay: list[Example]) -> list[Example]:
 
 
 def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining) -> TrainOutcome:
-    from kubetune_trainer.training.checkpoints import CheckpointStore
+    from kubetune_trainer.training.checkpoints import CheckpointStore, run_identity
     from kubetune_trainer.training.loop import TrainConfig
     from kubetune_trainer.training.loop import train as run_training
+
+    run = run_identity(
+        job_uid=str(ctx.job.metadata.get("uid") or ""),
+        spec=ctx.spec.to_manifest(),
+        data_sha256=data.content_sha256,
+        base_model_sha256=model.sha256,
+    )
 
     return run_training(
         TrainConfig(
@@ -324,7 +331,7 @@ def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved
             train=data.train,
             validation=data.validation,
             output_dir=ctx.workdir / "training",
-            checkpoints=CheckpointStore(ctx.store, ctx.checkpoint_uri),
+            checkpoints=CheckpointStore(ctx.store, ctx.checkpoint_uri, run),
             checkpoint_every_steps=ctx.spec.checkpoint.every_steps,
             device=model.hardware.device,
             bf16=model.hardware.bf16,

@@ -3,10 +3,16 @@
 Layout under the checkpoint URI: ``checkpoint-<step>/...`` (the Trainer's own folder:
 weights, optimizer, scheduler, RNG and trainer state) and ``latest.json``, written only after
 a checkpoint's upload finished, so a pod killed mid-upload never resumes from half a folder.
+
+The pointer names the run it belongs to (``run``: a digest of the job's uid, spec, data and base
+model, ``run_identity``). The default checkpoint URI is keyed by the job's name, which another run
+reuses (a FineTuneJob deleted and applied again with new data, a second local run of a manifest):
+its checkpoints are never resumed, since they were trained on something else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -24,21 +30,29 @@ POINTER = "latest.json"
 KEEP_REMOTE = 2
 
 
+def run_identity(*, job_uid: str, spec: dict[str, Any], data_sha256: str, base_model_sha256: str) -> str:
+    """What makes two runs the same run, so one may resume the other's checkpoint: the same object
+    (uid; none on a laptop), the same spec, the same data and the same base model."""
+    text = json.dumps([job_uid, spec, data_sha256, base_model_sha256], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class CheckpointStore:
     """The checkpoints of one job. The pointer is moved by conditional updates from the version
     this store last read or wrote (none: only if there is no pointer yet), so a second writer of
     the same job (an old pod still terminating beside its replacement) fails its move instead of
     interleaving checkpoints with this one."""
 
-    def __init__(self, store: ObjectStore, uri: str) -> None:
+    def __init__(self, store: ObjectStore, uri: str, run: str = "") -> None:
         self.store = store
         self.uri = uri.rstrip("/")
+        self.run = run  # this run's identity (run_identity); a pointer of another run is not resumed
         self._pointer_tag: str | None = None  # the pointer's version as this store last saw it
 
     def upload(self, local: Path, step: int) -> str:
         target = join_uri(self.uri, f"checkpoint-{step}")
         self.store.upload_tree(local, target)
-        pointer = json.dumps({"step": step, "uri": target}).encode()
+        pointer = json.dumps({"step": step, "uri": target, "run": self.run}).encode()
         self._pointer_tag = self.store.replace_if_unchanged(join_uri(self.uri, POINTER), pointer, self._pointer_tag)
         self._prune(step)
         return target
@@ -77,6 +91,13 @@ class CheckpointStore:
                 f"{pointer}: points at {uri!r}, not at this job's {expected}; refusing to resume from outside "
                 f"the checkpoint prefix {self.uri}/"
             )
+        if data.get("run") != self.run:
+            log.warning(
+                "%s: the checkpoints there belong to another run of this job name (its uid, spec, data or base "
+                "model differ): not resumed, training starts from the base model",
+                pointer,
+            )
+            return None
         return step, expected
 
     def download_latest(self, dest_root: Path) -> Path | None:
