@@ -113,10 +113,11 @@ def translations(limit: int) -> list[str]:
 CHUNK = 256  # texts measured between two saves of the cache
 
 
-def measured(model_uri: str, texts: list[str], cache: Path | None = None) -> dict[str, Any]:
+def measured(model_uri: str, texts: list[str], cache: Path | None = None, *, losses: bool = True) -> dict[str, Any]:
     """Embeddings, lengths and (base-model) losses of every text, computed once. With ``cache`` (a
     folder), each chunk of texts is saved as it is measured, under a name made from the model and the
-    chunk's texts, so an interrupted measurement resumes where it stopped."""
+    chunk's texts, so an interrupted measurement resumes where it stopped. Without ``losses`` (the
+    costly part: a vocabulary's worth of logits per token), the loss method is left out."""
     import hashlib
 
     import torch
@@ -134,7 +135,9 @@ def measured(model_uri: str, texts: list[str], cache: Path | None = None) -> dic
     parts: list[dict[str, Any]] = []
     for start in range(0, len(texts), CHUNK):
         chunk = texts[start : start + CHUNK]
-        key = hashlib.sha256("\x00".join([model_uri, *chunk]).encode()).hexdigest()[:24]
+        # (A chunk measured without losses is named apart: it cannot stand in for one with them.)
+        named = [model_uri, *chunk] if losses else [model_uri, "no-losses", *chunk]
+        key = hashlib.sha256("\x00".join(named).encode()).hexdigest()[:24]
         path = cache / f"{key}.npz" if cache is not None else None
         if path is not None and path.exists():
             with np.load(path) as saved:
@@ -143,7 +146,7 @@ def measured(model_uri: str, texts: list[str], cache: Path | None = None) -> dic
         part = {
             "embeddings": embed(model, tokenizer, chunk),
             "lengths": np.asarray(token_lengths(tokenizer, chunk), dtype=np.float64),
-            "losses": np.asarray(prompt_losses(model, tokenizer, chunk), dtype=np.float64),
+            "losses": np.asarray(prompt_losses(model, tokenizer, chunk) if losses else [], dtype=np.float64),
         }
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +154,8 @@ def measured(model_uri: str, texts: list[str], cache: Path | None = None) -> dic
             path.with_suffix(".tmp.npz").replace(path)
         parts.append(part)
         print(f"measured {min(start + CHUNK, len(texts))}/{len(texts)} texts", file=sys.stderr)
-    return {name: np.concatenate([part[name] for part in parts]) for name in ("embeddings", "lengths", "losses")}
+    found = {name: np.concatenate([part[name] for part in parts]) for name in ("embeddings", "lengths", "losses")}
+    return found if losses else {**found, "losses": None}
 
 
 def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -190,7 +194,7 @@ def run_setting(
         return Sample(
             embeddings=data["embeddings"][index],
             lengths=list(data["lengths"][index]),
-            losses=list(data["losses"][index]),
+            losses=list(data["losses"][index]) if data["losses"] is not None else None,
         )
 
     rng = np.random.default_rng(seed)
@@ -225,6 +229,88 @@ def run_setting(
         "twoInARow": twice,
         "seconds": round(time.time() - started, 1),
     }
+
+
+def minimum_window(results: dict[str, Any], *, mixture: float = 0.5, rate: float = 0.95) -> int | None:
+    """The smallest window size at which every measured source's moved windows (at ``mixture``) are
+    found at least ``rate`` of the time: the window the docs give as the minimum. None: no size does."""
+    measured = [s for s in results.get("settings", []) if s["source"] != "none" and "rate" in s]
+    sizes = sorted({s["size"] for s in measured if s["mixture"] == mixture})
+    for size in sizes:
+        found = [s["rate"] for s in measured if s["size"] == size and s["mixture"] == mixture]
+        if found and min(found) >= rate:
+            return int(size)
+    return None
+
+
+def quoted_figures(results: dict[str, Any]) -> list[str]:
+    """The figures docs/drift.md quotes, as it words them (a test checks the page holds each)."""
+    settings = [s for s in results.get("settings", []) if "rate" in s]
+    null = [s for s in settings if s["source"] == "none"]
+    sources = sorted({s["source"] for s in settings if s["source"] != "none"})
+
+    def rates(size: int, mixture: float) -> str:
+        found = {s["source"]: s["rate"] for s in settings if s["size"] == size and s["mixture"] == mixture}
+        return "/".join(f"{found[name]:.1%}" for name in sources)
+
+    sizes = [s["size"] for s in null]
+    return [
+        f"{', '.join(str(s['alarms']) for s in null)} alarms in {null[0]['checks']} checks at windows of "
+        f"{', '.join(str(n) for n in sizes)} (bound: {alarm_bound(null[0]['checks'])})",
+        f"two alarms in a row: {sum(s['twoInARow'] for s in null)}",
+        f"documented minimum window: {minimum_window(results)}",
+        "10% moved (" + "/".join(sources) + "): "
+        + "; ".join(f"{rates(size, 0.1)} at {size}" for size in sizes),
+    ]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """``docs/measurements/drift.md``: the recorded JSON as tables (written beside it, checked by a test)."""
+    settings = [s for s in results.get("settings", []) if "rate" in s]
+    lines = [
+        "# Drift detection on real text (recorded)",
+        "",
+        f"`{results['command']}` at commit `{results['commit'][:12]}`, base model `{results['baseModel']}`, "
+        f"alpha {results['alpha']}, {results['permutations']} permutations, seed {results['seed']}; reference "
+        f"profile of {results['referenceRows']} tickets, null pool of {results['nullPool']} other tickets; "
+        f"{results['machine']['platform']}. Rendered from `drift.json` by `scripts/measure_drift.py`.",
+        "",
+        "## No drift: alarms on windows of unseen tickets (all methods, Holm-corrected)",
+        "",
+        "| window | checks | alarms | rate | 95% interval | binomial bound | two alarms in a row |",
+        "|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for s in (s for s in settings if s["source"] == "none"):
+        low, high = s["ci95"]
+        lines.append(
+            f"| {s['size']} | {s['checks']} | {s['alarms']} | {s['rate']:.3f} | [{low:.3f}, {high:.3f}] "
+            f"| {alarm_bound(s['checks'])} | {s['twoInARow']} |"
+        )
+    mixtures = sorted({s["mixture"] for s in settings if s["source"] != "none"})
+    for source in sorted({s["source"] for s in settings if s["source"] != "none"}):
+        count = results.get("sources", {}).get(source, "?")
+        lines += [
+            "",
+            f"## Moved: `{source}` ({count} texts) mixed into windows of tickets, share of windows found",
+            "",
+            "| window | " + " | ".join(f"{m:.0%} moved" for m in mixtures) + " |",
+            "|---:|" + "---:|" * len(mixtures),
+        ]
+        for size in sorted({s["size"] for s in settings if s["source"] == source}):
+            row = {s["mixture"]: s for s in settings if s["source"] == source and s["size"] == size}
+            cells = [f"{row[m]['rate']:.3f}" if m in row else "" for m in mixtures]
+            lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    skipped = [s for s in results.get("settings", []) if "skipped" in s]
+    if skipped:
+        lines += ["", "Skipped: " + ", ".join(sorted({f"{s['source']} ({s['skipped']})" for s in skipped})) + "."]
+    smallest = minimum_window(results)
+    lines += [
+        "",
+        "Smallest window at which every source's 50%-moved windows are found in at least 95% of checks: "
+        + (f"**{smallest}** requests." if smallest is not None else "**none measured**."),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,20 +351,6 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     if args.results.exists() and not args.restart:
         results = json.loads(args.results.read_text())
-    results.update(
-        {
-            "command": "python scripts/measure_drift.py" + (" --smoke" if args.smoke else ""),
-            "commit": git("rev-parse", "HEAD"),
-            "baseModel": args.base_model,
-            "alpha": ALPHA,
-            "permutations": args.permutations,
-            "seed": SEED,
-            "referenceRows": reference_rows,
-            "nullPool": null_rows,
-            "sources": {name: len(pool) for name, pool in sources.items()},
-            "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        }
-    )
     settings: list[dict[str, Any]] = results.setdefault("settings", [])
     done = {(s["source"], s["size"], s["mixture"]) for s in settings}
     plan = [("none", size, 0.0) for size in sizes] + [
@@ -287,6 +359,22 @@ def main(argv: list[str] | None = None) -> int:
     texts = in_distribution + [t for pool in sources.values() for t in pool]
     data: dict[str, Any] = {}
     if any(setting not in done for setting in plan):  # a finished measurement is not measured again
+        # Where and how it was measured: recorded when something is measured, not when a finished
+        # measurement is only rendered again.
+        results.update(
+            {
+                "command": "python scripts/measure_drift.py" + (" --smoke" if args.smoke else ""),
+                "commit": git("rev-parse", "HEAD"),
+                "baseModel": args.base_model,
+                "alpha": ALPHA,
+                "permutations": args.permutations,
+                "seed": SEED,
+                "referenceRows": reference_rows,
+                "nullPool": null_rows,
+                "sources": {name: len(pool) for name, pool in sources.items()},
+                "machine": {"platform": platform.platform(), "python": platform.python_version()},
+            }
+        )
         print(f"measuring {len(texts)} texts with {args.base_model}", file=sys.stderr)
         data = measured(args.base_model, texts, None if args.smoke else args.cache)
     for number, (source, size, mixture) in enumerate(plan):
@@ -305,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=1) + "\n")
+        args.results.with_suffix(".md").write_text(render_markdown(results))
+    if settings:
+        args.results.with_suffix(".md").write_text(render_markdown(results))
     if args.smoke:
         planted = [s for s in settings if s.get("mixture") == 1.0 and "rate" in s]
         null = [s for s in settings if s.get("source") == "none"]
