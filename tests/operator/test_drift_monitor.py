@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kubetune.api.contract import TERMINATION_LOG_PATH
 from kubetune.api.v1alpha1 import GROUP, VERSION
 from kubetune_trainer.cli import main as kubetune
-from tests.kubeapi.cluster import CLUSTERWIDE, TestCluster
+from tests.kubeapi.cluster import CLUSTERWIDE, NAMESPACED, TestCluster
 from tests.operator.cluster import Cluster, wait_for
 from tests.trainer.jobs import publish_on_channel
 
@@ -338,6 +338,9 @@ def compared_status(
     )
 
 
+# Each comparison runs real training: the losing one in the chart's default (namespaced) mode, the
+# winning one cluster-wide, so both modes' grants carry a comparison.
+@pytest.mark.parametrize("rbac_mode", [NAMESPACED], ids=["namespaced"])
 def test_a_challenger_that_does_not_win_is_not_promoted_and_the_channel_keeps_the_champion(
     test_cluster: TestCluster, cluster: Cluster, operator: Any, published: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -381,6 +384,7 @@ def measured_champion(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: 
     return version
 
 
+@pytest.mark.parametrize("rbac_mode", [CLUSTERWIDE], ids=["clusterwide"])
 def test_a_challenger_that_wins_on_the_new_data_is_promoted_and_the_champion_stays_one_rollback_away(
     test_cluster: TestCluster, cluster: Cluster, operator: Any, measured_champion: Path, tmp_path: Path
 ) -> None:
