@@ -259,8 +259,7 @@ def quoted_figures(results: dict[str, Any]) -> list[str]:
         f"{', '.join(str(n) for n in sizes)} (bound: {alarm_bound(null[0]['checks'])})",
         f"two alarms in a row: {sum(s['twoInARow'] for s in null)}",
         f"documented minimum window: {minimum_window(results)}",
-        "10% moved (" + "/".join(sources) + "): "
-        + "; ".join(f"{rates(size, 0.1)} at {size}" for size in sizes),
+        "10% moved (" + "/".join(sources) + "): " + "; ".join(f"{rates(size, 0.1)} at {size}" for size in sizes),
     ]
 
 
