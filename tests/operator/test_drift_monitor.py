@@ -132,6 +132,7 @@ def scrape(port: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+@pytest.mark.parametrize("rbac_mode", [NAMESPACED], ids=["namespaced"])  # checks run in both: see below
 def test_drift_is_checked_confirmed_by_persistence_and_retrained_once_within_the_cooldown(
     test_cluster: TestCluster, cluster: Cluster, operator: Any, published: tuple[Path, Path], tmp_path: Path
 ) -> None:
