@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,14 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubetune.api.contract import TERMINATION_LOG_PATH
-from kubetune.api.v1alpha1 import GROUP, VERSION
+from kubetune.api.contract import TERMINATION_LOG_PATH, VERSION_PATTERN
+from kubetune.api.v1alpha1 import GROUP, VERSION, S3Spec
 from kubetune_trainer.cli import main as kubetune
+from kubetune_trainer.storage import ObjectStore
 from tests.kubeapi.cluster import CLUSTERWIDE, NAMESPACED, TestCluster
 from tests.operator.cluster import Cluster, wait_for
-from tests.trainer.jobs import publish_on_channel
+from tests.operator.conftest import running_operator
+from tests.trainer.jobs import publish_champion, publish_on_channel
 
 MONITORS = "driftmonitors"
 
@@ -39,14 +44,17 @@ def published(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     return publish_on_channel(tmp_path_factory.mktemp("monitored"), tiny_model_dir)
 
 
-def monitor_manifest(name: str, version: Path, logs: Path, **spec: Any) -> dict[str, Any]:
+def monitor_manifest(name: str, version: Path | str, logs: Path | str, **spec: Any) -> dict[str, Any]:
+    """A monitor of ``prod``: ``version`` a published version's folder (its output is the parent) or the
+    output prefix's URI, ``logs`` a folder or the request logs' URI."""
+    output = f"file://{version.parent}/" if isinstance(version, Path) else version
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "DriftMonitor",
         "metadata": {"name": name},
         "spec": {
-            "target": {"outputUri": f"file://{version.parent}/", "channel": "prod"},
-            "samples": {"uri": f"file://{logs}/"},
+            "target": {"outputUri": output, "channel": "prod"},
+            "samples": {"uri": f"file://{logs}/" if isinstance(logs, Path) else logs},
             "detection": {"minSamples": 20, "maxSamples": 64, "persistence": 2, "permutations": 199},
             "cooldownMinutes": 1440,
             **spec,
@@ -249,14 +257,42 @@ def test_a_monitor_whose_retraining_the_policy_refuses_runs_nothing_and_says_whe
     assert cluster.job("refused-check-1") is None
 
 
-@pytest.mark.parametrize("rbac_mode", [CLUSTERWIDE], ids=["clusterwide"])
-def reported_result(version: Path, output: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Champion:
+    """A version on ``prod`` as its monitor sees it: where it was published (file:// or s3://), the job
+    spec it was trained with, and the store that reads both."""
+
+    output: str  # the output prefix, ending in '/'
+    version: str
+    spec: dict[str, Any]
+    store: ObjectStore
+
+    def manifest(self, version: str | None = None) -> dict[str, Any]:
+        return dict(json.loads(self.store.read_bytes(f"{self.output}{version or self.version}/manifest.json")))
+
+    def versions(self) -> set[str]:
+        names = {uri[len(self.output) :].split("/")[0] for uri in self.store.list(self.output)}
+        return {name for name in names if re.fullmatch(VERSION_PATTERN, name)}
+
+    def channel_history(self, channel: str = "prod") -> list[str]:
+        """The versions the channel named, oldest first (its create-only numbered entries)."""
+        entries = [uri for uri in self.store.list(f"{self.output}channels/{channel}/") if uri.endswith(".json")]
+        return [json.loads(self.store.read_bytes(uri))["version"] for uri in sorted(entries)]
+
+
+def on_files(version: Path) -> Champion:
+    """The champion ``publish_on_channel`` put on prod under a local folder."""
+    spec = yaml.safe_load((version.parent.parent.parent / "job.yaml").read_text())["spec"]
+    return Champion(f"file://{version.parent}/", version.name, spec, ObjectStore())
+
+
+def reported_result(champion: Champion, version: str) -> dict[str, Any]:
     """``status.result`` as the trainer writes it for the version it published, from its manifest."""
-    manifest = json.loads((version / "manifest.json").read_text())
+    manifest = champion.manifest(version)
     gate = manifest["evaluation"]["gate"]
     return {
-        "version": version.name,
-        "manifestUri": f"{output}{version.name}/manifest.json",
+        "version": version,
+        "manifestUri": f"{champion.output}{version}/manifest.json",
         "promoted": manifest["promoted"],
         "qualityGateMessage": gate["message"],
         "gateChecks": [{key: check[key] for key in ("name", "passed", "detail")} for check in gate["checks"]],
@@ -264,20 +300,20 @@ def reported_result(version: Path, output: str) -> dict[str, Any]:
 
 
 def retrain_from_logs(
-    cluster: Cluster, champion: Path, logs: Path, tmp_path: Path, *, name: str, **template: Any
+    cluster: Cluster, champion: Champion, logs: str, tmp_path: Path, *, name: str, **template: Any
 ) -> dict[str, Any]:
-    """A monitor guarding ``champion``'s channel, acting on the first drifted window (persistence 1),
-    whose retraining learns from the request logs' confirmed answers (``format: request-log``): the
-    champion's own job spec with that data and ``template``'s changes. Its first check is run and
-    decided; the monitor's status is returned."""
-    output = f"file://{champion.parent}/"
-    tiny = yaml.safe_load((champion.parent.parent.parent / "job.yaml").read_text())["spec"]
-    logged = {"uri": f"file://{logs}/", "format": "request-log"}
-    spec = {**tiny, "dataset": {**tiny["dataset"], "sources": [logged]}}
-    spec["output"] = {"uri": output, "formats": ["adapter"]}
+    """A monitor guarding ``champion``'s channel, reading request logs under ``logs``, acting on the
+    first drifted window (persistence 1), whose retraining learns from the logs' confirmed answers
+    (``format: request-log``): the champion's own job spec with that data and ``template``'s changes.
+    Its first check is run and decided; the monitor's status is returned."""
+    logged = {"uri": logs, "format": "request-log"}
+    spec = {**champion.spec, "dataset": {**champion.spec["dataset"], "sources": [logged]}}
+    spec["output"] = {"uri": champion.output, "formats": ["adapter"]}
     for key, value in template.items():
         spec[key] = {**spec.get(key, {}), **value}
-    manifest = monitor_manifest(name, champion, logs, retraining={"template": spec})
+    manifest = monitor_manifest(name, champion.output, logs, retraining={"template": spec})
+    if "s3" in champion.spec:
+        manifest["spec"]["s3"] = champion.spec["s3"]
     manifest["spec"]["detection"]["persistence"] = 1
     apply_monitor(cluster, manifest)
     run_check(cluster, f"{name}-check-1", tmp_path)
@@ -286,12 +322,11 @@ def retrain_from_logs(
     return status
 
 
-def run_retraining(cluster: Cluster, name: str, champion: Path, tmp_path: Path, *, max_steps: int) -> str:
+def run_retraining(cluster: Cluster, name: str, champion: Champion, tmp_path: Path, *, max_steps: int) -> str:
     """The retraining FineTuneJob ``name`` as the cluster runs it: its pods played, the training itself
     a real local run of the spec the operator made (``max_steps`` steps), publishing beside the
     champion, its result reported as the trainer reports it (and a reported promotion verified by the
     real ``kubetune verify``). Returns the version it published."""
-    output = f"file://{champion.parent}/"
     spec = cluster.finetunejob(name)["spec"]
     wait_for(lambda: cluster.job(f"{name}-preflight"), what="the retraining's pre-flight Job")
     cluster.trainer_reports(name, {"preflight": {"passed": True}})
@@ -304,11 +339,11 @@ def run_retraining(cluster: Cluster, name: str, champion: Path, tmp_path: Path, 
             {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
         )
     )
-    before = {v.name for v in champion.parent.glob("v*")}
+    before = champion.versions()
     code = kubetune(["run", str(job_file), "--workdir", str(tmp_path / "work"), "--max-steps", str(max_steps)])
     assert code == 0
-    (challenger,) = {v.name for v in champion.parent.glob("v*")} - before
-    result = reported_result(champion.parent / challenger, output)
+    (challenger,) = champion.versions() - before
+    result = reported_result(champion, challenger)
     cluster.trainer_reports(name, {"result": result})
     cluster.finish_job(f"{name}-train", succeeded=True)
     if result["promoted"]:
@@ -348,23 +383,22 @@ def test_a_challenger_that_does_not_win_is_not_promoted_and_the_channel_keeps_th
     """Drift confirmed at once starts a retraining that learns from the request logs' confirmed answers;
     the operator then compares the challenger with the champion in a Job running the real
     ``kubetune challenge``: two training steps win nothing, so prod still names the champion."""
-    version, _ = published
-    output = f"file://{version.parent}/"
+    champion = on_files(published[0])
     logs = tmp_path / "logs"
     log_requests(logs, "0001.jsonl", [f"Bonjour, ma commande {i} n'est pas arrivée." for i in range(40)])
-    retrain_from_logs(cluster, version, logs, tmp_path, name="fast")
-    challenger = run_retraining(cluster, "fast-retrain-1", version, tmp_path, max_steps=2)
+    served = champion.channel_history()
+    retrain_from_logs(cluster, champion, f"file://{logs}/", tmp_path, name="fast")
+    challenger = run_retraining(cluster, "fast-retrain-1", champion, tmp_path, max_steps=2)
 
-    status = compared_status(cluster, "fast", tmp_path, challenger, output)
+    status = compared_status(cluster, "fast", tmp_path, challenger, champion.output)
     (record,) = status["retrainings"]
     assert record["outcome"] == "NotPromoted" and record["version"] == challenger and record["message"], record
     assert "promotedVersion" not in status or status["promotedVersion"] is None
-    entries = sorted((version.parent / "channels" / "prod").glob("*.json"))
-    assert [json.loads(e.read_text())["version"] for e in entries] == [version.name]
+    assert champion.channel_history() == served and served[-1] == champion.version
     assert "ChallengerNotPromoted" in [e["reason"] for e in cluster.events_for("fast")]
     # The retraining FineTuneJob's own status and Events say the same.
     challenge = cluster.finetunejob("fast-retrain-1")["status"]["challenge"]
-    assert (challenge["monitor"], challenge["champion"], challenge["promoted"]) == ("fast", version.name, False)
+    assert (challenge["monitor"], challenge["champion"], challenge["promoted"]) == ("fast", champion.version, False)
     assert challenge["message"] == record["message"]
     assert "NotPromoted" in [e["reason"] for e in cluster.events_for("fast-retrain-1")]
     key = (("driftmonitor", "fast"), ("namespace", "default"), ("outcome", "NotPromoted"))
@@ -372,66 +406,72 @@ def test_a_challenger_that_does_not_win_is_not_promoted_and_the_channel_keeps_th
     wait_for(lambda: scrape(port).get(("kubetune_driftmonitor_promotions_total", key)) == 1, what="the metric")
 
 
-def channel_history(version: Path, channel: str = "prod") -> list[str]:
-    """The versions a channel named, oldest first (its create-only numbered entries)."""
-    entries = sorted((version.parent / "channels" / channel).glob("*.json"))
-    return [json.loads(entry.read_text())["version"] for entry in entries]
-
-
 @pytest.fixture(scope="module")
-def measured_champion(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    """A champion on prod that measured its forgetting: a challenger can only win against one that did."""
-    version, _ = publish_on_channel(tmp_path_factory.mktemp("measured"), tiny_model_dir, measure_forgetting=True)
-    return version
+def s3_champion(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, s3_endpoint: str) -> Champion:
+    """A champion published to S3 (the test's moto server) and put on prod, that measured its
+    forgetting: a challenger can only win against one that did."""
+    import boto3
+
+    bucket = f"models-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    root, output = tmp_path_factory.mktemp("s3-champion"), f"s3://{bucket}/tickets/"
+    publish_champion(root, tiny_model_dir, output=output, s3_endpoint=s3_endpoint, measure_forgetting=True)
+    spec = yaml.safe_load((root / "job.yaml").read_text())["spec"]
+    store = ObjectStore(S3Spec(endpoint=s3_endpoint, region="us-east-1"))
+    placed = Champion(output, "", spec, store)
+    return Champion(output, placed.channel_history()[-1], spec, store)
 
 
 @pytest.mark.parametrize("rbac_mode", [CLUSTERWIDE], ids=["clusterwide"])
 def test_a_challenger_that_wins_on_the_new_data_is_promoted_and_the_champion_stays_one_rollback_away(
-    test_cluster: TestCluster, cluster: Cluster, operator: Any, measured_champion: Path, tmp_path: Path
+    test_cluster: TestCluster, cluster: Cluster, s3_champion: Champion, s3_endpoint: str, tmp_path: Path
 ) -> None:
-    """The same loop with a challenger that learns the new requests' confirmed answer (every French
-    request is ``delivery``, an answer the champion never gave): a win on the new data
+    """The loop on S3 (versions, channel and request logs in the test's S3 server, listed by the
+    platform as an allowed endpoint) with a challenger that learns the new requests' confirmed answer
+    (every French request is ``delivery``, an answer the champion never gave): a win on the new data
     with the 95% interval above 0, nothing lost on the champion's test rows or the general prompts, its
     own gate passed and verified. The channel moves to it; the champion is still published and still in
     the channel's history."""
-    champion = measured_champion
-    output = f"file://{champion.parent}/"
-    served = channel_history(champion)
-    assert served[-1] == champion.name
-    logs = tmp_path / "logs"
+    champion = s3_champion
+    served = champion.channel_history()
+    assert served[-1] == champion.version
+    bucket = champion.output.split("/")[2]
     french = [f"Bonjour, ma commande {i} n'est pas arrivée." for i in range(60)]
-    log_requests(logs, "0001.jsonl", french, ["delivery"] * len(french))  # a new answer, one token long
-    # Full fine-tuning at a high rate: the tiny model's random weights learn an answer in 40 steps.
-    retrain_from_logs(
-        cluster,
-        champion,
-        logs,
-        tmp_path,
-        name="win",
-        method={"type": "full"},
-        output={"formats": ["merged"]},
-        hyperparameters={"learningRate": 0.01, "epochs": 20},
-    )
-    challenger = run_retraining(cluster, "win-retrain-1", champion, tmp_path, max_steps=40)
+    rows = [{"messages": [{"role": "user", "content": text}], "label": "delivery"} for text in french]
+    logs = f"s3://{bucket}/request-logs/"  # a new answer, one token long
+    champion.store.write_bytes(f"{logs}0001.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    endpoint = s3_endpoint.removeprefix("http://")
+    with running_operator(test_cluster, KUBETUNE_ALLOWED_S3_ENDPOINTS=endpoint):
+        # Full fine-tuning at a high rate: the tiny model's random weights learn an answer in 40 steps.
+        retrain_from_logs(
+            cluster,
+            champion,
+            logs,
+            tmp_path,
+            name="win",
+            method={"type": "full"},
+            output={"formats": ["merged"]},
+            hyperparameters={"learningRate": 0.01, "epochs": 20},
+        )
+        challenger = run_retraining(cluster, "win-retrain-1", champion, tmp_path, max_steps=40)
+        mix = champion.manifest(challenger)["dataset"]["mix"]
+        weights = {source["uri"]: (source["format"], source["weight"]) for source in mix}
+        old = {uri: ("auto: chat", 0.5) for uri in champion.manifest()["dataset"]["sources"]}
+        assert weights == {logs: ("request-log", 1.0), **old}, "the replay mix in the challenger's lineage"
 
-    mix = json.loads((champion.parent / challenger / "manifest.json").read_text())["dataset"]["mix"]
-    champion_data = json.loads((champion / "manifest.json").read_text())["dataset"]["sources"]
-    weights = {source["uri"]: (source["format"], source["weight"]) for source in mix}
-    assert weights == {f"file://{logs}/": ("request-log", 1.0), **{uri: ("auto: chat", 0.5) for uri in champion_data}}
-
-    status = compared_status(cluster, "win", tmp_path, challenger, output)
-    (record,) = status["retrainings"]
-    assert record["outcome"] == "Promoted" and record["version"] == challenger, record["message"]
-    assert status["promotedVersion"] == challenger
-    assert channel_history(champion) == [*served, challenger]
-    assert (champion / "manifest.json").exists(), "the champion is never lost: only the pointer moved"
-    assert "ChallengerPromoted" in [e["reason"] for e in cluster.events_for("win")]
-    challenge = cluster.finetunejob("win-retrain-1")["status"]["challenge"]
-    assert (challenge["champion"], challenge["promoted"]) == (champion.name, True)
-    assert "Promoted" in [e["reason"] for e in cluster.events_for("win-retrain-1")]
-    key = (("driftmonitor", "win"), ("namespace", "default"), ("outcome", "Promoted"))
-    port = os.environ["KUBETUNE_METRICS_PORT"]
-    wait_for(lambda: scrape(port).get(("kubetune_driftmonitor_promotions_total", key)) == 1, what="the metric")
+        status = compared_status(cluster, "win", tmp_path, challenger, champion.output)
+        (record,) = status["retrainings"]
+        assert record["outcome"] == "Promoted" and record["version"] == challenger, record["message"]
+        assert status["promotedVersion"] == challenger
+        assert champion.channel_history() == [*served, challenger]
+        assert champion.manifest()["promoted"], "the champion is never lost: only the pointer moved"
+        assert "ChallengerPromoted" in [e["reason"] for e in cluster.events_for("win")]
+        challenge = cluster.finetunejob("win-retrain-1")["status"]["challenge"]
+        assert (challenge["champion"], challenge["promoted"]) == (champion.version, True)
+        assert "Promoted" in [e["reason"] for e in cluster.events_for("win-retrain-1")]
+        key = (("driftmonitor", "win"), ("namespace", "default"), ("outcome", "Promoted"))
+        port = os.environ["KUBETUNE_METRICS_PORT"]
+        wait_for(lambda: scrape(port).get(("kubetune_driftmonitor_promotions_total", key)) == 1, what="the metric")
     # One rollback away: the champion is served again.
-    assert kubetune(["rollback", output, "--channel", "prod"]) == 0
-    assert channel_history(champion) == [*served, challenger, champion.name]
+    assert kubetune(["rollback", champion.output, "--channel", "prod", "--endpoint", s3_endpoint]) == 0
+    assert champion.channel_history() == [*served, challenger, champion.version]

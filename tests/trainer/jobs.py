@@ -75,12 +75,20 @@ def write_job(
 MEASURED_FORGETTING = {"forgetting": True, "maxRegression": 1.0}
 
 
-def publish_on_channel(
-    root: Path, model_dir: Path, channel: str = "prod", *, measure_forgetting: bool = False
-) -> tuple[Path, Path]:
-    """(the version's folder, its training data) of one short real ``kubetune run`` on the tiny model,
-    published under ``root/runs/tiny-job/`` and, its perplexity gate passed, put on ``channel``; with
-    ``measure_forgetting``, its forgetting measured on the built-in general prompts (MEASURED_FORGETTING)."""
+def publish_champion(
+    root: Path,
+    model_dir: Path,
+    *,
+    output: str,
+    channel: str = "prod",
+    s3_endpoint: str | None = None,
+    measure_forgetting: bool = False,
+    output_dir: Path | None = None,
+) -> Path:
+    """One short real ``kubetune run`` on the tiny model (its job at ``root/job.yaml``) publishing under
+    ``output`` (or ``output_dir``, as ``--output-dir``) and, its perplexity gate passed, put on
+    ``channel``; with ``measure_forgetting``, its forgetting measured on the built-in general prompts
+    (MEASURED_FORGETTING). Returns its training data."""
     from kubetune.api.contract import EXIT_OK
     from kubetune_trainer.cli import main as kubetune
 
@@ -89,18 +97,28 @@ def publish_on_channel(
     if measure_forgetting:
         evaluation |= MEASURED_FORGETTING
     job = write_job(
-        root / "job.yaml",
-        model_dir=model_dir,
-        data=data,
-        output=f"file://{root}/out/",
-        evaluation=evaluation,
+        root / "job.yaml", model_dir=model_dir, data=data, output=output, s3_endpoint=s3_endpoint, evaluation=evaluation
     )
     manifest = yaml.safe_load(job.read_text())
     manifest["spec"]["output"]["channel"] = channel
     job.write_text(yaml.safe_dump(manifest))
-    code = kubetune(
-        ["run", str(job), "--output-dir", str(root / "runs"), "--workdir", str(root / "work"), "--max-steps", "2"]
-    )
+    where = ["--output-dir", str(output_dir)] if output_dir is not None else []
+    code = kubetune(["run", str(job), *where, "--workdir", str(root / "work"), "--max-steps", "2"])
     assert code == EXIT_OK
+    return data
+
+
+def publish_on_channel(
+    root: Path, model_dir: Path, channel: str = "prod", *, measure_forgetting: bool = False
+) -> tuple[Path, Path]:
+    """(the version's folder, its training data) of :func:`publish_champion` under ``root/runs/tiny-job/``."""
+    data = publish_champion(
+        root,
+        model_dir,
+        output=f"file://{root}/out/",
+        channel=channel,
+        measure_forgetting=measure_forgetting,
+        output_dir=root / "runs",
+    )
     (version,) = (root / "runs" / "tiny-job").glob("v*")
     return version, data
