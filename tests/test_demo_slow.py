@@ -149,19 +149,6 @@ def french_requests(count: int, seed: int) -> list[dict[str, object]]:
     return rows
 
 
-def english_requests(count: int, seed: int) -> list[dict[str, object]]:
-    """Requests of the training population: new tickets from the example's generator, none it trained on."""
-    from examples.tools.make_tickets import PROBLEMS, SYSTEM, ticket
-
-    trained = (ROOT / "examples" / "support-tickets" / "tickets.jsonl").read_text()
-    rng, labels, rows = random.Random(seed), list(PROBLEMS), []
-    while len(rows) < count:
-        body = ticket(labels[len(rows) % len(labels)], rng)
-        if json.dumps(body)[1:-1] not in trained:
-            rows.append({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}]})
-    return rows
-
-
 def write_log(folder: Path, rows: list[dict[str, object]]) -> Path:
     folder.mkdir(parents=True)
     (folder / "0001.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -182,9 +169,10 @@ def kubetune(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.timeout(1200)
 def test_the_drift_loop_on_the_demo_model(demo: Demo, tmp_path: Path) -> None:
     """The DriftMonitor's loop, each step the command its Jobs run, on SmolLM2 and the demo's version on
-    prod: new English tickets are no drift; French tickets are; the retraining spec the operator would
-    make (the French request logs' confirmed labels, the champion's data replayed at weight 0.5) trains
-    for 40 steps; ``kubetune challenge --promote`` decides, and the channel follows its verdict."""
+    prod (windows without drift are the calibration's and the end-to-end tests'): French tickets are
+    drift; the retraining spec the operator would make (the French request logs' confirmed labels, the
+    champion's data replayed at weight 0.5) trains for 40 steps; ``kubetune challenge --promote``
+    decides, and the channel follows its verdict."""
     from kubetune.api.driftmonitor import RetrainingSpec
     from kubetune.operator.driftjobs import retraining_name, retraining_spec
 
@@ -197,8 +185,6 @@ def test_the_drift_loop_on_the_demo_model(demo: Demo, tmp_path: Path) -> None:
     # Windows of 60: above the documented minimum (50), where half-moved windows were all found.
     check = ["drift", "check", "--reference", output, "--channel", "prod", "--window", "60", "--json"]
 
-    calm = kubetune(*check, "--samples", f"file://{write_log(tmp_path / 'english', english_requests(60, 1))}/")
-    assert calm.returncode == 0, calm.stdout + calm.stderr[-2000:]
     french = write_log(tmp_path / "french", french_requests(120, 2))
     moved = kubetune(*check, "--samples", f"file://{french}/")
     assert moved.returncode == 1, moved.stdout + moved.stderr[-2000:]
@@ -207,11 +193,11 @@ def test_the_drift_loop_on_the_demo_model(demo: Demo, tmp_path: Path) -> None:
     template = yaml.safe_load((ROOT / "examples" / "support-tickets.yaml").read_text())["spec"]
     template["dataset"]["sources"] = [{"uri": f"file://{french}/", "format": "request-log"}]
     template["output"]["uri"] = output  # a monitor's retraining publishes beside its champion
-    # Within CI's minutes: steps of 4 rows, the adapter kept at full strength (no walk), and answers
-    # (labels, a few tokens) decoded up to 16 tokens, not 64 (the base model's answers run to the limit).
-    template["hyperparameters"] = {"gradientAccumulationSteps": 1}
+    # Within CI's minutes: steps of 2 rows, the adapter kept at full strength (no walk), and answers
+    # (labels, a few tokens) decoded up to 8 tokens, not 64 (the base model's answers run to the limit).
+    template["hyperparameters"] = {"batchSize": 2, "gradientAccumulationSteps": 1}
     template["method"] = {"lora": {"scale": 1.0}}
-    template["evaluation"] = {"maxNewTokens": 16}
+    template["evaluation"] = {"maxNewTokens": 8}
     retraining = RetrainingSpec.model_validate({"template": template})
     spec = retraining_spec(retraining, [str(uri) for uri in manifest["dataset"]["sources"]])
     name = retraining_name("support-tickets-prod", 1)  # as the operator names a monitor's first retraining
