@@ -185,7 +185,7 @@ def test_request_logs_train_only_on_the_answers_people_confirmed(s3_spec: S3Spec
         for i in range(10)
     ]
     logged += [{"prompt": "Refund order 77 please", "completion": "shipping", "feedback": "billing"}]
-    logged += [{"text": "an unlabelled plain request"}, {"latency_ms": 12}]
+    logged += [{"text": "an unlabelled plain request"}, {"latency_ms": 12}, {"prompt": "Lost card", "label": 3}]
     boto3.client("s3", endpoint_url=s3_spec.endpoint).put_object(
         Bucket=s3_bucket, Key="logs/2026-12-04.jsonl", Body=encode(logged, "jsonl")
     )
@@ -198,6 +198,7 @@ def test_request_logs_train_only_on_the_answers_people_confirmed(s3_spec: S3Spec
     answers = sorted(e.messages[-1].content for e in data.train)
     assert answers == ["billing"] + ["shipping"] * 5, "confirmed answers only, never the logged ones"
     assert data.report.dropped["unlabelled_request"] == 6 and data.report.invalid_rows["unknown_format"] == 1
+    assert data.report.invalid_rows["wrong_type"] == 1, "a label that is not text is a mistake, not 'unlabelled'"
 
     boto3.client("s3", endpoint_url=s3_spec.endpoint).put_object(
         Bucket=s3_bucket, Key="quiet/0001.jsonl", Body=encode([{"text": "hello"}, {"prompt": "hi"}], "jsonl")

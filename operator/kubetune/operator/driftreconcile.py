@@ -204,6 +204,10 @@ def _record_on_challenger(
     challenger = kube.read_finetunejob(owner.namespace, job_name)
     if challenger is None:  # deleted since it trained: the monitor's record is the one left
         return
+    try:
+        owned_by(challenger, owner.uid)
+    except NotOwned:  # replaced by someone else's FineTuneJob of that name: not ours to write on
+        return
     outcome = challenge_outcome(owner.name, spec, report, why, datetime.now(UTC))
     kube.patch_finetunejob_status(owner.namespace, job_name, {"challenge": outcome.to_manifest()})
     kube.create_event(

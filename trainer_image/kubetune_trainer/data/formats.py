@@ -139,6 +139,11 @@ def request_log(data: Mapping[str, Any]) -> tuple[Example, bool]:
     model's answer as a final assistant turn when logged; ``prompt`` with an optional ``completion``;
     ``text``) and whether a person confirmed its answer: a ``label`` (or ``feedback``) field, which
     replaces the logged answer. Raises :class:`RowProblem` for a row that is no request."""
+    for field in LABEL_FIELDS:  # null or blank: nobody confirmed; anything else but text is a mistake
+        if data.get(field) is not None and not isinstance(data[field], str):
+            raise RowProblem(
+                field, f"expected the confirmed answer as a string, got {type(data[field]).__name__}", "wrong_type"
+            )
     label = next((data[f] for f in LABEL_FIELDS if isinstance(data.get(f), str) and data[f].strip()), None)
     if "messages" in data or "conversations" in data:
         column, turns = _turns(data)
