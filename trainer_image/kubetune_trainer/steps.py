@@ -58,6 +58,7 @@ from kubetune_trainer.plan import (
 )
 from kubetune_trainer.publish import PublishedRun, RunRecord, lineage_manifest, publish_run
 from kubetune_trainer.replay import PLANNED_ANSWER_TOKENS, answers_worth_replaying, choose_replay_prompts
+from kubetune_trainer.tensors.encode import TokenCounter
 from kubetune_trainer.training.loop import TrainOutcome
 
 if TYPE_CHECKING:  # types only: the runner pulls in torch when a run evaluates
@@ -97,10 +98,8 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
     )
 
 
-def _token_counter(model: BaseModelInfo) -> Any:
-    from kubetune_trainer.tensors.encode import count_tokens
-
-    return lambda example: count_tokens(example, model.tokenizer, model.chat_template)
+def _token_counter(model: BaseModelInfo) -> TokenCounter:
+    return TokenCounter(model.tokenizer, model.chat_template)
 
 
 def prepare_data(ctx: RunContext, model: BaseModelInfo) -> PreparedDataset:

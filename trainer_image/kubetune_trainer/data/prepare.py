@@ -215,11 +215,12 @@ def prepare_dataset(
     origin = {id(e): source for source, examples in per_source for e in examples}
     pool = [e for _, examples in per_source for e in examples]
     curate = spec.curation
+    keys = curation.ExampleKeys(pool)  # each example normalised once, for every rule and the split
     if curate.dedup_exact:
-        pool, dropped = curation.drop_exact_duplicates(pool)
+        pool, dropped = curation.drop_exact_duplicates(pool, key=keys)
         report.add_dropped(dropped)
     if curate.near_dedup.enabled:
-        pool, dropped = curation.drop_near_duplicates(pool, curate.near_dedup.threshold)
+        pool, dropped = curation.drop_near_duplicates(pool, curate.near_dedup.threshold, key=keys)
         report.add_dropped(dropped)
     pool, dropped, lengths = curation.filter_length(
         pool, count_tokens, curate.min_tokens, curate.max_tokens or max_tokens
@@ -237,7 +238,7 @@ def prepare_dataset(
         if origin[id(example)].train_only:
             buckets["train"].append(example)
             continue
-        buckets[curation.assign_split(example, split.seed, split.validation, split.test)].append(example)
+        buckets[curation.assign_split(example, split.seed, split.validation, split.test, key=keys)].append(example)
     report.splits = {name: len(items) for name, items in buckets.items()}
     task_train = sum(1 for e in buckets["train"] if not origin[id(e)].train_only)
     if task_train < spec.min_examples:
@@ -250,7 +251,7 @@ def prepare_dataset(
     train: list[Example] = []
     for source, _ in per_source:
         members = [e for e in buckets["train"] if origin[id(e)] is source]
-        train += curation.apply_weight(members, source.weight, split.seed)
+        train += curation.apply_weight(members, source.weight, split.seed, key=keys)
     report.train_after_mixing = len(train)
     return PreparedDataset(
         train=train,

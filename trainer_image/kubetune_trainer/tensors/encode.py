@@ -12,6 +12,8 @@ for any template, without relying on ``{% generation %}`` markers few templates 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +124,90 @@ def count_tokens(example: Example, tokenizer: Any, chat_template: str | None = N
         return len(tokenizer(example.text or "", add_special_tokens=True)["input_ids"]) + 1
     text = _render(tokenizer, example.messages, chat_template, generation_prompt=False)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+# Examples per tokenizer call when counting many: a chunk's rendered texts and encodings stay small.
+COUNT_CHUNK = 4096
+
+
+def _fast_backend(tokenizer: Any) -> Any | None:
+    """The Rust tokenizer behind a fast Hugging Face tokenizer, when calling it directly gives the ids
+    calling ``tokenizer`` gives (special tokens matched, not split into text); else None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch"):
+        return None
+    if getattr(tokenizer, "split_special_tokens", False) or getattr(backend, "encode_special_tokens", False):
+        return None
+    return backend
+
+
+def _rendered_chunks(
+    examples: Sequence[Example], tokenizer: Any, chat_template: str | None
+) -> Iterator[tuple[list[int], list[str], bool]]:
+    """Per chunk of examples: positions, the texts to encode, and whether to add special tokens."""
+    for start in range(0, len(examples), COUNT_CHUNK):
+        chunk = range(start, min(start + COUNT_CHUNK, len(examples)))
+        chats = [i for i in chunk if examples[i].is_chat]
+        plain = [i for i in chunk if not examples[i].is_chat]
+        if chats:
+            rendered = tokenizer.apply_chat_template(
+                [_as_dicts(examples[i].messages) for i in chats],
+                tokenize=False,
+                add_generation_prompt=False,
+                chat_template=chat_template,
+            )
+            yield chats, [str(text) for text in rendered], False
+        if plain:
+            yield plain, [examples[i].text or "" for i in plain], True
+
+
+def count_tokens_batch(examples: Sequence[Example], tokenizer: Any, chat_template: str | None = None) -> list[int]:
+    """``count_tokens`` of each example, with one tokenizer call per chunk of examples.
+
+    A fast tokenizer's Rust backend encodes a whole chunk at once (on every core, without the GIL)
+    and builds no offsets or Python lists of ids, where one call per example spends most of its time
+    in Python; meanwhile this thread renders the next chunk's chat template. The counts are the same
+    (tests and ``bench/curation.py`` compare them).
+    """
+    backend = _fast_backend(tokenizer)
+    if backend is None:
+        return [count_tokens(example, tokenizer, chat_template) for example in examples]
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+
+    def lengths(texts: list[str], special: bool) -> list[int]:
+        return [len(encoding) for encoding in encode(texts, add_special_tokens=special)]
+
+    counts = [0] * len(examples)
+
+    def collect(positions: list[int], special: bool, found: Future[list[int]]) -> None:
+        for position, length in zip(positions, found.result(), strict=True):
+            counts[position] = length + 1 if special else length  # plain text: the EOS encode_example appends
+
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        waiting: tuple[list[int], bool, Future[list[int]]] | None = None
+        for positions, texts, special in _rendered_chunks(examples, tokenizer, chat_template):
+            submitted = (positions, special, worker.submit(lengths, texts, special))
+            if waiting is not None:
+                collect(*waiting)
+            waiting = submitted
+        if waiting is not None:
+            collect(*waiting)
+    return counts
+
+
+@dataclass(frozen=True)
+class TokenCounter:
+    """:func:`count_tokens` with the tokenizer and template bound: one example, or many at once
+    (``count_batch``, which the curation's length filter uses when it is there)."""
+
+    tokenizer: Any
+    chat_template: str | None = None
+
+    def __call__(self, example: Example) -> int:
+        return count_tokens(example, self.tokenizer, self.chat_template)
+
+    def count_batch(self, examples: Sequence[Example]) -> list[int]:
+        return count_tokens_batch(examples, self.tokenizer, self.chat_template)
 
 
 def prompt_ids(example: Example, tokenizer: Any, chat_template: str | None = None) -> list[int]:
