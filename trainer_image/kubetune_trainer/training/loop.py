@@ -23,7 +23,7 @@ from kubetune.api.v1alpha1 import MethodType, Progress, ResolvedTraining
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.reporting import TrainingMetrics
-from kubetune_trainer.tensors.batching import RowDataset, TokenMeter, build_rows, collator_for
+from kubetune_trainer.tensors.batching import RowDataset, TokenCounts, TokenMeter, build_rows, collator_for
 from kubetune_trainer.tensors.encode import encode_example
 from kubetune_trainer.training.checkpoints import CheckpointStore, UploadCheckpoints
 from kubetune_trainer.training.model import load_for_training
@@ -66,6 +66,8 @@ class TrainOutcome:
     best_eval_loss: float | None = None
     tokens_per_second: float = 0.0
     trained_tokens_per_second: float = 0.0
+    token_counts: TokenCounts = field(default_factory=TokenCounts)  # this rank's training batches
+    train_seconds: float = 0.0  # the training loop's wall time (in-training validation included)
     padding_fraction: float = 0.0
     peak_memory_bytes: int = 0
     preempted: bool = False
@@ -296,6 +298,8 @@ def train(config: TrainConfig) -> TrainOutcome:
         padding_fraction=meter.counts.padding_ratio,
         peak_memory_bytes=_peak_memory(config.device),
         preempted=sigterm.requested,
+        token_counts=meter.counts,
+        train_seconds=runtime,
     )
     # Measured on this rank's batches; ranks see equal shares.
     outcome.tokens_per_second = world_size * meter.counts.tokens / runtime
