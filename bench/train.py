@@ -17,9 +17,13 @@ optimiser settings and epochs, all as kubetune's plan resolves them for that man
   bf16 autocast and activation checkpointing, which TRL turns on by default); tuned: TRL's best
   packing (best-fit decreasing into rows of our sequence length, padding-free: one flattened
   sequence per batch with restarting position ids), our tokens per step, fp32 like ours,
-  checkpointing off. ``--check-packing`` shows whether two packed examples attend to each other.
+  checkpointing off. The report also says whether two packed examples attend to each other, in
+  TRL's rows and in ours (``packing_isolation``, with a control that does).
 
-Ratios are taken against the better of each baseline's two runs. Each run is a child process (its
+Ours and the tuned baselines run with three seeds (``--seeds``); ratios are taken against the
+faster of each baseline's two runs among those at equal validation loss (within 1% or the seeds'
+spread) that trained the same tokens. Then the levers, one at a time on ours for 10 steps, and
+QLoRA and full fine-tuning for the same steps. Each run is a child process (its
 peak memory is its own), cached under ``--work`` by its configuration so an interrupted run
 resumes. In-training validation is off for every run; the bench scores each trained model's
 validation loss itself, with one function, so speed is never bought with quality unseen.
