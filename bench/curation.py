@@ -51,6 +51,11 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from measurement import code_digest as measured_code  # noqa: E402
+from measurement import cpu_model, git  # noqa: E402
+
 RESULTS = ROOT / "docs" / "measurements" / "curation.json"
 # The code whose change invalidates a cached result of ours (the baseline is frozen in this file).
 CODE_PATHS = ("trainer_image/kubetune_trainer/data", "trainer_image/kubetune_trainer/tensors/encode.py")
@@ -673,19 +678,9 @@ def agreement(truth: Truth, ours: Fate, baseline: Fate) -> dict[str, Any]:
 # Orchestration: data, each implementation in its own process (cached), results and their rendering.
 
 
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-
-
 def code_digest() -> str:
     """sha256 of the trainer code a measurement of ours depends on (tracked or not)."""
-    files = git("ls-files", "--cached", "--others", "--exclude-standard", "--", *CODE_PATHS).splitlines()
-    digest = hashlib.sha256()
-    for name in sorted(set(files)):
-        path = ROOT / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return measured_code(CODE_PATHS)
 
 
 def _source_digest(*objects: Any) -> str:
@@ -695,20 +690,12 @@ def _source_digest(*objects: Any) -> str:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor() or "unknown",
-    )
     import datasketch
     import tokenizers
     import transformers
 
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)),
         "memoryBytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
         "platform": platform.platform(),

@@ -50,6 +50,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from measurement import code_digest, cpu_model, git  # noqa: E402
+
 EXAMPLE = ROOT / "examples" / "support-tickets.yaml"
 RESULTS = ROOT / "docs" / "measurements" / "train.json"
 BASELINES = {"a": ("a-defaults", "a-tuned"), "b": ("b-defaults", "b-tuned")}
@@ -543,19 +547,15 @@ def method_configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
 SMOKE_LEVERS = ("packing off",)
 
 
-def source_digest() -> str:
-    """The trainer's source as it is on disk: a run of ours is cached for this code only."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "trainer_image" / "kubetune_trainer").rglob("*.py")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def cached_run(config: dict[str, Any], work: Path, *, in_process: bool = False) -> dict[str, Any]:
     """A finished run's figures: measured now, or read back when this configuration (and, for ours,
     this trainer source) already ran. Each run is its own child process so its peak memory is its
     own; ``in_process`` (the smoke) saves the imports and leaves peak memory meaningless."""
-    identity = {**config, "source": source_digest()} if config["trainer"] in ("ours", "planted") else config
+    identity = (
+        {**config, "source": code_digest(("trainer_image/kubetune_trainer",))}
+        if config["trainer"] in ("ours", "planted")
+        else config
+    )
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     result = work / f"{config['name']}-{key}.json"
     if not result.exists():
@@ -639,22 +639,10 @@ def compare(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"ratios": ratios, "flagged": flags}
 
 
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-
-
 def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)),
         "memoryGiB": round(memory / 2**30, 1),
         "python": platform.python_version(),
@@ -733,6 +721,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.runs is not None:
+        asked = args.runs.split(",")
+        if unknown := sorted(set(asked) - set(RUNS)):
+            parser.error(f"--runs: unknown {', '.join(unknown)}; the runs are {', '.join(RUNS)}")
+        if "ours" not in asked:
+            parser.error("--runs: include ours (every ratio and check compares a baseline with it)")
+    for option in ("seeds", "lever_steps", "epochs", "examples", "threads"):
+        value = getattr(args, option)
+        if value is not None and value <= 0:
+            parser.error(f"--{option.replace('_', '-')}: must be positive, got {value}")
     if args.child:
         args.result.write_text(json.dumps(measure_one(json.loads(args.child)), indent=2))
         return 0
@@ -812,6 +810,11 @@ def mib(value: float) -> str:
     return f"{value / 2**20:.0f} MiB"
 
 
+def table(title: str, header: str, separator: str, rows: list[str]) -> list[str]:
+    """A titled markdown table of render_markdown's."""
+    return ["", f"## {title}", "", header, separator, *rows]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """docs/measurements/train.md: every figure of the JSON, as tables (a test holds the two equal)."""
     plan = report["plan"]
@@ -857,33 +860,29 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if report["levers"]:
         reference = report["levers"][REFERENCE]
-        lines += [
-            "",
-            f"## Levers, one at a time ({reference['steps']} steps each)",
-            "",
+        lines += table(
+            f"Levers, one at a time ({reference['steps']} steps each)",
             "| run | what changes | trained tokens/s | vs every lever on | peak memory |",
             "|---|---|---:|---:|---:|",
-        ]
-        for name, run in report["levers"].items():
-            effect = run["trainedTokensPerSecond"] / reference["trainedTokensPerSecond"]
-            lines.append(
+            [
                 f"| {name} | {LEVERS.get(name, 'the defaults')} | {run['trainedTokensPerSecond']:.1f} | "
-                f"{effect:.2f}x | {mib(run['peakMemoryBytes'])} |"
-            )
+                f"{run['trainedTokensPerSecond'] / reference['trainedTokensPerSecond']:.2f}x | "
+                f"{mib(run['peakMemoryBytes'])} |"
+                for name, run in report["levers"].items()
+            ],
+        )
     if report["methods"]:
         lora = report["levers"][REFERENCE]
-        lines += [
-            "",
-            f"## LoRA, QLoRA and full fine-tuning ({lora['steps']} steps each)",
-            "",
+        lines += table(
+            f"LoRA, QLoRA and full fine-tuning ({lora['steps']} steps each)",
             "| method | weights as loaded | trainable parameters | peak memory | trained tokens/s |",
             "|---|---:|---:|---:|---:|",
-        ]
-        for name, run in {"lora": lora, **report["methods"]}.items():
-            lines.append(
-                f"| {name} | {mib(run['weightBytes'])} | {run['trainableParameters']:,} | {mib(run['peakMemoryBytes'])} | "
-                f"{run['trainedTokensPerSecond']:.1f} |"
-            )
+            [
+                f"| {name} | {mib(run['weightBytes'])} | {run['trainableParameters']:,} | "
+                f"{mib(run['peakMemoryBytes'])} | {run['trainedTokensPerSecond']:.1f} |"
+                for name, run in {"lora": lora, **report["methods"]}.items()
+            ],
+        )
     if "gpu" in report:
         gpu = report["gpu"]
         lines += [

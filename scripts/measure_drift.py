@@ -32,13 +32,13 @@ import json
 import math
 import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from measurement import git
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "measurements" / "drift.json"
@@ -50,10 +50,6 @@ SIZES = (50, 100, 200, 500)
 MIXTURES = (0.1, 0.25, 0.5, 1.0)
 LANGUAGES = ("de", "fr", "es", "pl")
 SEED = 20261204
-
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def tickets(count: int, seed: int) -> list[str]:

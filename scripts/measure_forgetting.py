@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from measurement import code_digest as measured_code
+from measurement import git
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "measurements" / "forgetting.json"
@@ -83,21 +85,9 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-
-
 def code_digest() -> str:
     """sha256 of every file (tracked or not, ignored ones aside) that decides a run's result."""
-    import hashlib
-
-    files = git("ls-files", "--cached", "--others", "--exclude-standard", "--", *CODE_PATHS).splitlines()
-    digest = hashlib.sha256()
-    for name in sorted(set(files)):
-        path = ROOT / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return measured_code(CODE_PATHS)
 
 
 def machine() -> dict[str, Any]:

@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -51,3 +53,21 @@ def test_the_recorded_benchmark_is_what_the_docs_show() -> None:
     for ratio in report["ratios"].values():
         assert ratio["comparable"], f"the ratio is taken against {ratio['against']}, which did other work or quality"
     assert report["packingIsolation"]["trlPaddingFree"] < 1e-3, "baseline B packs without cross-attention"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        (["--runs", "a-tuned"], "--runs: include ours"),
+        (["--runs", "ours,zzz"], "--runs: unknown zzz"),
+        (["--seeds", "0"], "--seeds: must be positive"),
+        (["--lever-steps", "-3"], "--lever-steps: must be positive"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_option_before_anything_runs(
+    arguments: list[str], said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        bench.main([*arguments, "--work", str(tmp_path / "work")])
+    assert exit_.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "work").exists(), "nothing measured or written"

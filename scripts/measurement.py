@@ -1,0 +1,38 @@
+"""What every measurement script records about where and on what code it ran.
+
+Shared by ``scripts/measure_*.py`` and ``bench/*.py`` (the bench scripts put this folder on
+``sys.path``): the commit, a digest of the files a result depends on, and the machine's CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def code_digest(paths: Sequence[str]) -> str:
+    """sha256 of every file under ``paths`` (tracked or not, ignored ones aside): the code a
+    recorded result was measured on, committed or not."""
+    files = git("ls-files", "--cached", "--others", "--exclude-standard", "--", *paths).splitlines()
+    digest = hashlib.sha256()
+    for name in sorted(set(files)):
+        path = ROOT / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    found = (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    return next(found, platform.processor() or "unknown")
