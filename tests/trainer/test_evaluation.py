@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kubetune.api.v1alpha1 import EvaluationSpec, Metric, QualityGateSpec
 from kubetune_trainer.data.types import Example, Message
-from kubetune_trainer.evaluation import metrics
+from kubetune_trainer.evaluation import metrics, scoring
 from kubetune_trainer.evaluation.forgetting import (
     KnownAnswerResult,
     RegressionItem,
@@ -23,7 +24,8 @@ from kubetune_trainer.evaluation.gate import MIN_TEST_EXAMPLES, Forgetting, deci
 from kubetune_trainer.evaluation.report import plot_loss_curve
 from kubetune_trainer.evaluation.results import MetricResult, RegressionResult
 from kubetune_trainer.evaluation.runner import ModelUnderTest, evaluate
-from kubetune_trainer.evaluation.scoring import adapter_disabled, generate, length_batches, token_losses
+from kubetune_trainer.evaluation.scoring import adapter_disabled, generate, length_batches, score_examples, token_losses
+from kubetune_trainer.tensors.encode import prompt_ids
 
 
 def test_metric_functions_on_known_cases() -> None:
@@ -87,6 +89,102 @@ def test_length_sorted_batches_score_and_answer_each_row_as_alone(tiny_model_dir
     assert generate(model, tokenizer, asked, max_new_tokens=6) == generate(
         model, tokenizer, asked, max_new_tokens=6, batch_size=1
     )
+
+
+VARIED_PROMPTS = [Example(messages=(Message("user", "word " * (2 + 5 * (i % 3)) + f"thing {i}"),)) for i in range(8)]
+
+
+def test_rows_leave_the_batch_when_they_end_and_answer_as_transformers_generate_does(tiny_model_dir: Path) -> None:
+    """Our decoding loop against transformers' generate on the same left-padded batch: the same greedy
+    tokens, with rows ending at different steps (an end token the answers hold at different places,
+    and budgets) and so leaving the batch at different steps."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = perturbed_lora(tiny_model_dir, 0.3)
+    prompts = [prompt_ids(e, tokenizer) for e in VARIED_PROMPTS]
+    pad = tokenizer.pad_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+
+    def transformers_generate(end: int, budgets: list[int]) -> list[list[int]]:
+        rows = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max(budgets),
+            do_sample=False,
+            eos_token_id=end,
+            pad_token_id=pad,
+        )[:, width:].tolist()
+        return [
+            (row[: row.index(end)] if end in row else row)[:budget] for row, budget in zip(rows, budgets, strict=True)
+        ]
+
+    unbounded = transformers_generate(-1, [12] * len(prompts))
+    assert scoring._greedy_decode(model, prompts, [12] * len(prompts), pad=pad, eos=-1) == unbounded
+    # The token the answers hold most often, taken as the end token: rows end at different steps.
+    end = max({t for row in unbounded for t in row}, key=lambda t: sum(row.count(t) for row in unbounded))
+    budgets = [12, 5, 12, 3, 12, 8, 1, 12]
+    expected = transformers_generate(end, budgets)
+    assert len({len(row) for row in expected}) > 2, "rows must end at different steps for this test to mean anything"
+    assert scoring._greedy_decode(model, prompts, budgets, pad=pad, eos=end) == expected
+
+
+def test_a_greedy_start_follows_the_reference_while_the_model_agrees_then_takes_its_own_token() -> None:
+    ids = [5, 6, 7, 8, 9, 2]  # prompt 5 6 | answer 7 8 9, then EOS (2)
+    unlabelled = -1
+    # chosen[t] is the model's pick for token t + 1
+    assert scoring._greedy_start(ids, [unlabelled, 7, 8, 9, 2, unlabelled], 2, 2) == scoring.GreedyStart(
+        (7, 8, 9), True
+    )
+    assert scoring._greedy_start(ids, [unlabelled, 7, 4, 9, 2, unlabelled], 2, 2) == scoring.GreedyStart((7, 4), False)
+    assert scoring._greedy_start(ids, [unlabelled, 7, 2, 9, 2, unlabelled], 2, 2) == scoring.GreedyStart((7,), True)
+    # Truncated before its end: known as far as the forward went, not finished.
+    assert scoring._greedy_start(ids[:4], [unlabelled, 7, 8, unlabelled], 2, 2) == scoring.GreedyStart((7, 8), False)
+
+
+def test_an_answer_read_off_the_scoring_forward_is_the_answer_decoding_gives(tiny_model_dir: Path) -> None:
+    """Greedy starts: a reference equal to the model's own answer is read whole (nothing left to
+    decode), one that departs is followed up to the model's own token there, then decoded on."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = perturbed_lora(tiny_model_dir, 0.3)
+    own = generate(model, tokenizer, VARIED_PROMPTS, max_new_tokens=40)
+    # Half the references are the model's own answers, half another row's.
+    references = [own[i] if i % 2 == 0 else own[(i + 3) % len(own)] for i in range(len(own))]
+    examples = [
+        Example(messages=(*e.messages, Message("assistant", r)))
+        for e, r in zip(VARIED_PROMPTS, references, strict=True)
+    ]
+    losses, starts = score_examples(model, tokenizer, examples, max_length=256)
+    assert losses == token_losses(model, tokenizer, examples, max_length=256)
+    assert all(start is not None for start in starts)
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    for max_new_tokens in (3, 40):
+        expected = generate(model, tokenizer, VARIED_PROMPTS, max_new_tokens=max_new_tokens)
+        calls.clear()
+        assert generate(model, tokenizer, VARIED_PROMPTS, max_new_tokens=max_new_tokens, starts=starts) == expected
+        decoded_rows = [i for i, s in enumerate(starts) if s and not s.finished and len(s.tokens) < max_new_tokens]
+        assert bool(calls) == bool(decoded_rows), "only rows whose answer is not known yet are decoded"
+
+
+def test_greedy_starts_that_do_not_match_the_examples_are_refused(tiny_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = perturbed_lora(tiny_model_dir, 0.3)
+    with pytest.raises(ValueError, match="1 greedy starts for 8 examples"):
+        generate(model, tokenizer, VARIED_PROMPTS, max_new_tokens=3, starts=[None])
+
+
+def test_a_model_whose_generation_settings_change_greedy_picks_is_decoded_by_transformers(tiny_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = perturbed_lora(tiny_model_dir, 0.3)
+    plain = generate(model, tokenizer, VARIED_PROMPTS, max_new_tokens=12)
+    model.generation_config.repetition_penalty = 5.0
+    penalised = generate(model, tokenizer, VARIED_PROMPTS, max_new_tokens=12)
+    prompts = [prompt_ids(e, tokenizer) for e in VARIED_PROMPTS]
+    assert penalised == scoring._generate_with_transformers(
+        model, tokenizer, prompts, max_new_tokens=12, pad=tokenizer.pad_token_id, batch_size=64, max_batch_tokens=16384
+    )
+    assert penalised != plain, "the setting must change the answers for this test to mean anything"
 
 
 def test_perplexity_matches_an_independent_computation_and_base_is_adapter_off(tiny_model_dir: Path) -> None:

@@ -29,19 +29,21 @@ from typing import Any
 from kubetune_trainer.data.types import Example, Message
 from kubetune_trainer.general_prompts import ANSWER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
 from kubetune_trainer.general_prompts import GeneralPrompt
-from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
+from kubetune_trainer.row_cache import Row, RowCache
+from kubetune_trainer.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 SHIPPED = Path(__file__).parent / "resources" / "general" / "answers"
-STORAGE_FOLDER = ".kubetune/general-answers"
+FOLDER = "general-answers"  # in the local cache and beside the output (.kubetune/general-answers)
 
 Generate = Callable[[Sequence[GeneralPrompt]], list[str]]
 # Which prompts share a batch can decide a greedy answer (left padding), so the batching is part of
-# the cache key: evaluation's (evaluation/scoring.py: by length, up to 32 rows, within 8 x 512
-# tokens) over the whole prompt set. Before it, 8 prompts at a time in order: 4x the decoding steps
-# for the same answers (all 372 of the built-in model's identical).
-BATCHING = "by-length-32-rows-4096-tokens"
+# the cache key: evaluation's generation (evaluation/scoring.py: by length, up to 64 rows within
+# 16384 tokens, each row leaving its batch at EOS) over the whole prompt set. Before it, 32 rows
+# within 4096 tokens decoded by transformers' generate, and before that 8 prompts at a time in
+# order: the same answers each time (all 372 of the built-in model's identical), in less time.
+BATCHING = "by-length-64-rows-16384-tokens-rows-leave-at-eos"
 
 
 def generate_with(model: Any, tokenizer: Any, chat_template: str | None) -> Generate:
@@ -105,26 +107,6 @@ def as_examples(prompts: Sequence[GeneralPrompt], answers: BaseAnswers) -> list[
     ]
 
 
-Row = dict[str, Any]
-
-
-def _parse_rows(text: str, prompts: Sequence[GeneralPrompt], valid: Callable[[Row], bool]) -> dict[str, Row] | None:
-    """A cache file's rows by prompt id, if it covers every prompt with a ``valid`` row; else None: a
-    stale, partial or damaged file (object storage is writable by others) is a cache miss, never
-    trusted and never a crash."""
-    rows = {}
-    for line in text.splitlines():
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                return None
-            if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not valid(row):
-                return None
-            rows[row["id"]] = row
-    return rows if all(prompt.id in rows for prompt in prompts) else None
-
-
 def _is_answer(row: Row) -> bool:
     return isinstance(row.get("answer"), str)
 
@@ -142,62 +124,15 @@ def _is_likelihood(row: Row) -> bool:
     )
 
 
-def _render_rows(rows: dict[str, Row], prompts: Sequence[GeneralPrompt]) -> str:
-    return "".join(json.dumps({"id": p.id, **rows[p.id]}, ensure_ascii=False) + "\n" for p in prompts)
-
-
-def _find(
-    name: str,
-    prompts: Sequence[GeneralPrompt],
-    valid: Callable[[Row], bool],
-    *,
-    cache_dir: Path,
-    store: ObjectStore,
-    output_uri: str,
-) -> tuple[dict[str, Row], str] | None:
-    """A cached file's rows and where they came from: shipped, the local cache, or object storage
-    beside the output (then copied to the local cache); None when nobody has all of them."""
-    for origin, path in (("shipped", SHIPPED / name), ("cache", cache_dir / "general-answers" / name)):
-        if path.is_file():
-            if (rows := _parse_rows(path.read_text(errors="replace"), prompts, valid)) is not None:
-                return rows, origin
-            log.warning("ignoring %s: it does not hold a valid row for every prompt", path)
-    uri = join_uri(output_uri, STORAGE_FOLDER, name)
-    try:
-        if store.exists(uri):
-            if (rows := _parse_rows(store.read_bytes(uri).decode(errors="replace"), prompts, valid)) is not None:
-                _write_local(cache_dir, name, _render_rows(rows, prompts))
-                return rows, "storage"
-            log.warning("ignoring %s: it does not hold a valid row for every prompt", uri)
-    except StorageError as err:  # a cache miss, not a failure: the rows can be computed again
-        log.warning("cannot read the cached %s: %s", uri, err)
-    return None
-
-
-def _keep(
-    name: str,
-    rows: dict[str, Row],
-    prompts: Sequence[GeneralPrompt],
-    *,
-    cache_dir: Path,
-    store: ObjectStore,
-    output_uri: str,
-) -> None:
-    """Cache computed rows locally and, create-only, beside the output (a failure there only warns)."""
-    text = _render_rows(rows, prompts)
-    _write_local(cache_dir, name, text)
-    uri = join_uri(output_uri, STORAGE_FOLDER, name)
-    try:
-        store.write_bytes(uri, text.encode(), if_absent=True)
-    except StorageError as err:
-        log.warning("cannot cache %s: %s", uri, err)
+def _cache(cache_dir: Path, store: ObjectStore, output_uri: str) -> RowCache:
+    return RowCache(FOLDER, cache_dir, store, output_uri, shipped=SHIPPED)
 
 
 def find_answers(
     key: AnswerKey, prompts: Sequence[GeneralPrompt], *, cache_dir: Path, store: ObjectStore, output_uri: str
 ) -> BaseAnswers | None:
     """The cached answers, from the first place that has all of them; None when they must be generated."""
-    found = _find(f"{key.digest}.jsonl", prompts, _is_answer, cache_dir=cache_dir, store=store, output_uri=output_uri)
+    found = _cache(cache_dir, store, output_uri).find(f"{key.digest}.jsonl", [p.id for p in prompts], _is_answer)
     if found is None:
         return None
     rows, origin = found
@@ -221,7 +156,7 @@ def base_answers(
     outputs = generate(prompts)
     answers = {prompt.id: answer for prompt, answer in zip(prompts, outputs, strict=True)}
     rows: dict[str, Row] = {prompt_id: {"answer": answer} for prompt_id, answer in answers.items()}
-    _keep(f"{key.digest}.jsonl", rows, prompts, cache_dir=cache_dir, store=store, output_uri=output_uri)
+    _cache(cache_dir, store, output_uri).keep(f"{key.digest}.jsonl", rows, [p.id for p in prompts])
     return BaseAnswers(key, answers, "generated")
 
 
@@ -251,7 +186,7 @@ def base_likelihoods(
     like the answers, decided by the key, so cached beside them (shipped for the built-in model);
     else ``compute()`` now and cached. Returns them and where they came from."""
     name = likelihoods_file(key, max_length, precision)
-    found = _find(name, prompts, _is_likelihood, cache_dir=cache_dir, store=store, output_uri=output_uri)
+    found = _cache(cache_dir, store, output_uri).find(name, [p.id for p in prompts], _is_likelihood)
     if found is not None:
         rows, origin = found
         return [(float(rows[p.id]["nllSum"]), int(rows[p.id]["tokens"])) for p in prompts], origin
@@ -259,13 +194,5 @@ def base_likelihoods(
     kept: dict[str, Row] = {
         p.id: {"nllSum": nll, "tokens": tokens} for p, (nll, tokens) in zip(prompts, computed, strict=True)
     }
-    _keep(name, kept, prompts, cache_dir=cache_dir, store=store, output_uri=output_uri)
+    _cache(cache_dir, store, output_uri).keep(name, kept, [p.id for p in prompts])
     return computed, "computed"
-
-
-def _write_local(cache_dir: Path, name: str, text: str) -> None:
-    folder = cache_dir / "general-answers"
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{name}.tmp"
-    temporary.write_text(text)
-    temporary.replace(folder / name)

@@ -31,7 +31,7 @@ from kubetune_trainer.data.types import Example, Message
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.evaluation.forgetting import FORGETTING_MAX_LENGTH, RegressionItem, RegressionSet
 from kubetune_trainer.evaluation.report import EvaluationReport, plot_loss_curve
-from kubetune_trainer.evaluation.scoring import TokenLoss
+from kubetune_trainer.evaluation.scoring import SideScores, TokenLoss
 from kubetune_trainer.general_answers import (
     AnswerKey,
     BaseAnswers,
@@ -58,11 +58,12 @@ from kubetune_trainer.plan import (
 )
 from kubetune_trainer.publish import PublishedRun, RunRecord, lineage_manifest, publish_run
 from kubetune_trainer.replay import PLANNED_ANSWER_TOKENS, answers_worth_replaying, choose_replay_prompts
+from kubetune_trainer.row_cache import RowCache
 from kubetune_trainer.tensors.encode import TokenCounter
 from kubetune_trainer.training.loop import TrainOutcome
 
 if TYPE_CHECKING:  # types only: the runner pulls in torch when a run evaluates
-    from kubetune_trainer.evaluation.runner import ModelUnderTest
+    from kubetune_trainer.evaluation.runner import BaseTestScores, ModelUnderTest
 
 log = logging.getLogger(__name__)
 
@@ -414,12 +415,42 @@ def evaluate(
         max_length=resolved.hyperparameters.sequence_length,
         chat_template=model.chat_template,
         seed=resolved.hyperparameters.seed,
+        base_test_scores=_base_test_scores(ctx, model, method, resolved.hyperparameters.sequence_length),
     )
     reports = ctx.workdir / "artifacts" / "reports"
     report.write(reports)
     plot_loss_curve(outcome.history, reports / "loss_curve.png")
     (reports / "training_history.json").write_text(json.dumps(outcome.history, indent=2))
     return report, subject
+
+
+def _base_test_scores(ctx: RunContext, model: BaseModelInfo, method: MethodType, max_length: int) -> BaseTestScores:
+    """The base side of the test-split comparison, kept by what decides it (evaluation/base_cache.py)."""
+    import torch
+    import transformers
+
+    from kubetune_trainer.evaluation.base_cache import FOLDER, BaseScoresKey, cached_base_scores, examples_sha256
+
+    def scores(
+        examples: Sequence[Example], max_new_tokens: int | None, compute: Callable[[], SideScores]
+    ) -> SideScores:
+        key = BaseScoresKey(
+            model_sha256=model.sha256,
+            weights="nf4" if method == MethodType.QLORA else "full",
+            precision="bf16" if model.hardware.bf16 else "fp32",
+            device=torch.device(model.hardware.device).type,
+            libraries=f"torch {torch.__version__}, transformers {transformers.__version__}",
+            chat_template=model.chat_template,
+            max_length=max_length,
+            max_new_tokens=max_new_tokens,
+            examples_sha256=examples_sha256(examples),
+        )
+        cache = RowCache(FOLDER, ctx.environment.cache, ctx.store, ctx.spec.output.uri)
+        found, origin = cached_base_scores(key, len(examples), compute, cache)
+        log.info("base model's scores on the test split: %s (%s)", origin, key.file)
+        return found
+
+    return scores
 
 
 def reference_profile(

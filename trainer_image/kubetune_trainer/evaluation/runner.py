@@ -21,7 +21,14 @@ from kubetune_trainer.evaluation.forgetting import (
 from kubetune_trainer.evaluation.gate import Forgetting, decide_promotion, primary_metric
 from kubetune_trainer.evaluation.report import EvaluationReport
 from kubetune_trainer.evaluation.results import MetricResult
-from kubetune_trainer.evaluation.scoring import TokenLoss, adapter_disabled, generate, token_losses
+from kubetune_trainer.evaluation.scoring import (
+    GreedyStart,
+    SideScores,
+    TokenLoss,
+    adapter_disabled,
+    generate,
+    score_examples,
+)
 from kubetune_trainer.general_prompts import ANSWER_MAX_NEW_TOKENS
 
 GENERATION_METRICS = {Metric.ROUGE_L, Metric.BLEU, Metric.EXACT_MATCH, Metric.ACCURACY, Metric.F1}
@@ -30,6 +37,11 @@ PER_EXAMPLE: dict[Metric, Callable[[str, str], float]] = {
     Metric.EXACT_MATCH: m.exact_match,
     Metric.ACCURACY: m.label_match,
 }
+
+
+# Given the test examples, the answer length (None: likelihoods only) and how to score the base on
+# them now, the base's scores: cached where the caller can (evaluation/base_cache.py).
+BaseTestScores = Callable[[Sequence[Example], int | None, Callable[[], SideScores]], SideScores]
 
 
 @dataclass
@@ -52,12 +64,6 @@ class ModelUnderTest:
         return self.model, adapter_disabled(None)
 
 
-@dataclass
-class _Scores:
-    losses: list[TokenLoss]
-    outputs: list[str]
-
-
 def _score(
     subject: tuple[Any, AbstractContextManager[None]],
     tokenizer: Any,
@@ -69,15 +75,19 @@ def _score(
     generate_text: bool,
     score_losses: bool = True,
     max_new_tokens: int | None = None,
-) -> _Scores:
+    starts: Sequence[GreedyStart | None] | None = None,
+) -> SideScores:
+    """Losses and/or greedy answers of one side. The answers start from what the scoring forward
+    (or ``starts``, read off an earlier forward of the same model on the same prompts) already knows."""
     model, context = subject
     model.eval()
+    losses: list[TokenLoss] = []
+    read: list[GreedyStart | None] = []
     with context:
-        losses = (
-            token_losses(model, tokenizer, examples, max_length=max_length, chat_template=chat_template)
-            if score_losses
-            else []
-        )
+        if score_losses:
+            losses, read = score_examples(
+                model, tokenizer, examples, max_length=max_length, chat_template=chat_template
+            )
         outputs = (
             generate(
                 model,
@@ -85,11 +95,12 @@ def _score(
                 examples,
                 max_new_tokens=max_new_tokens or spec.max_new_tokens,
                 chat_template=chat_template,
+                starts=starts if starts is not None else read or None,
             )
             if generate_text
             else []
         )
-    return _Scores(losses, outputs)
+    return SideScores(losses, outputs, read)
 
 
 def _perplexity(losses: Sequence[TokenLoss], idx: Sequence[int]) -> float:
@@ -98,7 +109,7 @@ def _perplexity(losses: Sequence[TokenLoss], idx: Sequence[int]) -> float:
     return math.exp(nll / tokens) if tokens else float("nan")
 
 
-def _metric_value(metric: Metric, scores: _Scores, refs: Sequence[str], idx: Sequence[int]) -> float:
+def _metric_value(metric: Metric, scores: SideScores, refs: Sequence[str], idx: Sequence[int]) -> float:
     if metric == Metric.PERPLEXITY:
         return _perplexity(scores.losses, idx)
     preds = [scores.outputs[i] for i in idx]
@@ -135,7 +146,9 @@ def task_metric(
     return _metric_value(metric, scores, [e.reference() for e in examples], range(len(examples)))
 
 
-def compare_metric(metric: Metric, base: _Scores, tuned: _Scores, refs: Sequence[str], *, seed: int) -> MetricResult:
+def compare_metric(
+    metric: Metric, base: SideScores, tuned: SideScores, refs: Sequence[str], *, seed: int
+) -> MetricResult:
     everything = range(len(refs))
     if metric in PER_EXAMPLE:
         # Each answer scored once, not once per resample (ROUGE-L of the demo's 58 rows took 24 s
@@ -174,7 +187,10 @@ def evaluate(
     max_length: int,
     chat_template: str | None = None,
     seed: int = 0,
+    base_test_scores: BaseTestScores | None = None,
 ) -> EvaluationReport:
+    """Base vs tuned on ``test`` (the base side through ``base_test_scores`` when given: the cache),
+    forgetting on ``regression``, and the promotion verdict."""
     chosen = list(test[: spec.max_examples] if spec.max_examples else test)
     refs = [e.reference() for e in chosen]
     primary = primary_metric(refs)
@@ -190,7 +206,8 @@ def evaluate(
         max_new_tokens: int | None = None,
         length: int = max_length,
         losses: bool = True,
-    ) -> _Scores:
+        starts: Sequence[GreedyStart | None] | None = None,
+    ) -> SideScores:
         return _score(
             as_model,
             tokenizer,
@@ -201,9 +218,16 @@ def evaluate(
             generate_text=text,
             score_losses=losses,
             max_new_tokens=max_new_tokens,
+            starts=starts,
         )
 
-    base = score(subject.as_base(), chosen, needs_text)
+    def base_now() -> SideScores:
+        return score(subject.as_base(), chosen, needs_text)
+
+    if base_test_scores is not None and chosen:
+        base = base_test_scores(chosen, spec.max_new_tokens if needs_text else None, base_now)
+    else:
+        base = base_now()
     tuned = score(subject.as_tuned(), chosen, needs_text)
     results = [compare_metric(x, base, tuned, refs, seed=seed) for x in wanted] if chosen else []
 
@@ -223,7 +247,19 @@ def evaluate(
             # with the settings of general_answers); the tuned model answers the same way.
             base_known = [item.example.reference() for item in known]
             prompts = [Example(messages=item.example.prompt_messages()) for item in known]
-            tuned_known = score(subject.as_tuned(), prompts, True, ANSWER_MAX_NEW_TOKENS, losses=False).outputs
+            # The likelihood forward above fed each prompt with the base's answer: the tuned model's
+            # answer is known for as long as it agrees with the base's.
+            known_starts = [
+                start for item, start in zip(regression.items, tuned_reg.starts, strict=True) if item.keywords
+            ]
+            tuned_known = score(
+                subject.as_tuned(),
+                prompts,
+                True,
+                ANSWER_MAX_NEW_TOKENS,
+                losses=False,
+                starts=known_starts,
+            ).outputs
             forgetting.known_answers = compare_known_answers(
                 known, base_known, tuned_known, spec.max_regression, seed=seed
             )
