@@ -260,6 +260,27 @@ GPU_FLOPS = 1.5e14  # ~40% MFU of a bf16 datacenter GPU; a deliberately rough pr
 GENERATION_EFFICIENCY = 0.25
 
 
+@dataclass(frozen=True)
+class MeasuredSteps:
+    """Real optimizer steps of the plan timed on the machine that will train (``kubetune run``;
+    training/probe.py): the estimate then scales what was measured instead of a FLOPs prior."""
+
+    seconds_per_step: float  # an optimizer step once warm (the steps after the first)
+    setup_seconds: float  # loading the model and building its rows, and the first step's extra
+    total_steps: int  # the optimizer steps the run will take (its real rows, batch, accumulation, epochs)
+    validation_seconds: float  # one pass of the in-training validation, timed
+    validations: int  # the passes the run will make
+    peak_memory_bytes: int  # the process's peak while stepping
+
+
+def measured_training_seconds(measured: MeasuredSteps) -> float:
+    return (
+        measured.setup_seconds
+        + measured.total_steps * measured.seconds_per_step
+        + measured.validations * measured.validation_seconds
+    )
+
+
 def preflight_estimate(
     resolved: ResolvedTraining,
     shape: ModelShape,
@@ -268,11 +289,14 @@ def preflight_estimate(
     train_tokens: int,
     total_memory_limit_gib: float | None,
     answers_to_generate: int = 0,
+    measured: MeasuredSteps | None = None,
 ) -> PreflightReport:
     """Peak memory and wall time for the plan, and whether it fits the machine it will run on.
 
     ``answers_to_generate``: base-model answers to general prompts the training pod must generate
-    first (none when they are cached); their time is part of the estimate."""
+    first (none when they are cached); their time is part of the estimate. ``measured``: real steps
+    timed on the machine that trains (``kubetune run``); without them (a pre-flight pod, which never
+    runs on the training GPU), memory and time come from the formulas below."""
     params = shape.params
     hyper = resolved.hyperparameters
     method = MethodType(resolved.method)
@@ -290,10 +314,16 @@ def preflight_estimate(
     activation_factor = 4 if hyper.gradient_checkpointing else 34  # bytes·layer per hidden unit per token
     activations = tokens_in_flight * hidden * layers * activation_factor + tokens_in_flight * vocab * 4 * 2
     peak_gib = (params * weight_bytes + optimizer_bytes + activations) / 2**30 * 1.2  # 20% allocator slack
+    if measured is not None:
+        peak_gib = measured.peak_memory_bytes / 2**30
 
     flops_per_token = 6 * params if method == MethodType.FULL else 4 * params  # no weight grads for frozen base
     throughput = GPU_FLOPS * max(1, hardware.gpu_count) if on_gpu else CPU_FLOPS_PER_CORE * max(1, hardware.cpu_count)
-    seconds = train_tokens * hyper.epochs * flops_per_token / throughput
+    seconds = (
+        measured_training_seconds(measured)
+        if measured is not None
+        else train_tokens * hyper.epochs * flops_per_token / throughput
+    )
     generated_tokens = answers_to_generate * ANSWER_MAX_NEW_TOKENS
     seconds += generated_tokens * 2 * params / (throughput * GENERATION_EFFICIENCY)
 
@@ -306,6 +336,11 @@ def preflight_estimate(
             + (f" of {available:.1f} GiB" if available > 0 else "")
             + f", ~{seconds / 60:.1f} min for {train_tokens} tokens x {hyper.epochs:g} epochs"
             + (f" and {answers_to_generate} base answers to generate" if answers_to_generate else "")
+            + (
+                f" (from real steps on this machine: {measured.total_steps} of {measured.seconds_per_step:.2f} s)"
+                if measured
+                else ""
+            )
         )
     else:
         hint = "use method qlora" if method != MethodType.QLORA else "use a smaller batchSize or sequenceLength"

@@ -50,6 +50,7 @@ from kubetune_trainer.general_prompts import (
 from kubetune_trainer.hardware import Hardware, quantity_gib, training_hardware
 from kubetune_trainer.models.loading import model_checksum, resolve_model_dir
 from kubetune_trainer.plan import (
+    MeasuredSteps,
     ModelShape,
     preflight_estimate,
     resolve_replay,
@@ -254,14 +255,29 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
     to_generate = len(prompts.regression) + len(prompts.replay) if needs_answers and cached is None else 0
     task_tokens = sum(data.token_lengths) * len(data.train) // max(1, sum(data.report.splits.values()))
     train_tokens = task_tokens + sum(min(length, resolved.hyperparameters.sequence_length) for length in replay_lengths)
-    report = preflight_estimate(
-        resolved,
-        model.shape,
-        model.hardware,
-        train_tokens=train_tokens,
-        total_memory_limit_gib=_cpu_training_memory_gib(ctx),
-        answers_to_generate=to_generate,
-    )
+
+    def estimate(measured: MeasuredSteps | None) -> PreflightReport:
+        return preflight_estimate(
+            resolved,
+            model.shape,
+            model.hardware,
+            train_tokens=train_tokens,
+            total_memory_limit_gib=_cpu_training_memory_gib(ctx),
+            answers_to_generate=to_generate,
+            measured=measured,
+        )
+
+    report = estimate(None)
+    if ctx.mode == Mode.LOCAL and (report.estimated_minutes or 0) >= TIME_REAL_STEPS_FROM_MINUTES:
+        if replayed and cached is not None:
+            # The replay rows the run will mix in are known: the cached answers worth replaying.
+            kept = answers_worth_replaying(replayed, cached.answers)
+            rows, planned = interleave(data.train, as_examples(kept, cached)), []
+        else:  # generated after the plan: stand-ins of their planned lengths
+            rows, planned = data.train, replay_lengths
+        measured = _time_real_steps(model, rows, data.validation, resolved, planned)
+        if measured is not None:
+            report = estimate(measured)
     examples = {
         **data.report.splits,
         "replay": len(replay_lengths),
@@ -272,6 +288,38 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
     (reports / "preflight.json").write_text(report.model_dump_json(by_alias=True, exclude_none=True, indent=2))
     (reports / "resolved.json").write_text(resolved.model_dump_json(by_alias=True, exclude_none=True, indent=2))
     return resolved, report
+
+
+# ``kubetune run`` trains on this machine, so its pre-flight times a few real steps of the plan
+# (training/probe.py) when the formulas expect training to take this long or more: the steps cost a
+# fresh process and a model load (about 10 s on 2 cores), which a shorter run is not worth. A
+# pre-flight pod never runs on the training GPU and keeps the formulas.
+TIME_REAL_STEPS_FROM_MINUTES = 1.0
+
+
+def _time_real_steps(
+    model: BaseModelInfo,
+    train: list[Example],
+    validation: list[Example],
+    resolved: ResolvedTraining,
+    replay_lengths: list[int],
+) -> MeasuredSteps | None:
+    from kubetune_trainer.training.probe import probe_steps
+
+    try:
+        return probe_steps(
+            model.path,
+            resolved,
+            train,
+            validation,
+            replay_lengths=replay_lengths,
+            device=model.hardware.device,
+            bf16=model.hardware.bf16,
+            chat_template=model.chat_template,
+        )
+    except Exception as err:  # an estimate, not the run: say so and estimate from the formulas
+        log.warning("could not time real training steps for the estimate (%s); using the formulas", err)
+        return None
 
 
 def mix_in_replay(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining) -> None:

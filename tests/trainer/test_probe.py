@@ -1,0 +1,46 @@
+"""``kubetune run``'s pre-flight times real steps of the plan and scales them: the estimate says so,
+counts the steps the run then takes, and reports the memory the steps took."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from kubetune.api.contract import EXIT_OK
+from kubetune_trainer import steps
+from kubetune_trainer.cli import main as kubetune
+from tests.trainer.jobs import write_dataset, write_job
+
+
+def test_the_estimate_of_a_local_run_comes_from_real_steps_and_counts_the_steps_it_takes(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(steps, "TIME_REAL_STEPS_FROM_MINUTES", 0.0)  # the tiny run is short: time it anyway
+    job = write_job(
+        tmp_path / "job.yaml",
+        model_dir=tiny_model_dir,
+        data=write_dataset(tmp_path / "data.jsonl", 96),
+        output=f"file://{tmp_path}/out/",
+        hyperparameters={"epochs": 2, "packing": True},
+    )
+    assert kubetune(["run", str(job), "--workdir", str(tmp_path / "work")]) == EXIT_OK
+    preflight = json.loads((tmp_path / "work" / "artifacts" / "reports" / "preflight.json").read_text())
+    found = re.search(r"from real steps on this machine: (\d+) of ([0-9.]+) s", preflight["message"])
+    assert found, preflight["message"]
+    (version,) = (tmp_path / "out").glob("v*")
+    training = json.loads((version / "manifest.json").read_text())["training"]
+    assert int(found[1]) == training["globalStep"], "the steps the estimate counts are the steps the run took"
+    # The steps ran in a process of their own: torch, the model and the rows are in its peak.
+    assert 0.2 < preflight["estimatedMemoryGib"] < training["peakMemoryBytes"] / 2**30 * 2
+
+
+def test_without_real_steps_a_pre_flight_pod_estimates_from_the_formulas(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from tests.trainer.test_cli import preflight
+
+    result = preflight(tmp_path, tiny_model_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "work" / "artifacts" / "reports" / "preflight.json").read_text())
+    assert "from real steps" not in report["message"] and report["estimatedMinutes"] is not None
