@@ -22,7 +22,7 @@ import json
 import re
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -200,6 +200,8 @@ class ApiServer:
         self.outages: list[Outage] = []
         self.request_cpu: deque[float] = deque(maxlen=20_000)  # the latest requests' own CPU seconds
         self.requests_served = 0
+        # Every authenticated request, watches included, by (user, verb, resource): what each client costs.
+        self.requests_by_user: Counter[tuple[str, str, str]] = Counter()
         self.watches_expired = 0  # watches answered 410 Gone: clients had to list again
         # (user, namespace, name or "" for a list): every answer that carried Secrets' contents.
         self.secret_contents_served: list[tuple[str, str, str]] = []
@@ -289,6 +291,7 @@ class ApiServer:
             raise ApiError.unauthorized()
         route = parse_route(path)
         if not route.resource_request:
+            self.requests_by_user[(user.name, "get", route.path)] += 1
             self._authorize(Attributes(user, "get", path=route.path, resource_request=False))
             raise NonResource(self._discovery(route.path))
         rtype = self.registry.lookup(route.group, route.version, route.plural)
@@ -300,6 +303,8 @@ class ApiServer:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if rtype.namespaced and not route.namespace and route.name:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        resource = f"{rtype.plural}/{route.subresource}" if route.subresource else rtype.plural
+        self.requests_by_user[(user.name, verb, resource)] += 1
         self._authorize(
             Attributes(
                 user, verb, rtype.group, rtype.plural, route.subresource, route.namespace, route.name, route.path
