@@ -65,10 +65,10 @@ app.kubernetes.io/component: operator
 # A DriftMonitor's retraining is a FineTuneJob the operator creates, owned by the monitor.
 - apiGroups: ["kubetune.dev"]
   resources: ["finetunejobs"]
-  verbs: ["get", "list", "watch", "patch", "create"]
+  verbs: ["get", "list", "watch", "create"]
 - apiGroups: ["kubetune.dev"]
   resources: ["driftmonitors"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["kubetune.dev"]
   resources: ["finetunejobs/status", "driftmonitors/status"]
   verbs: ["patch"]

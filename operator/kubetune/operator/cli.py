@@ -18,6 +18,10 @@ def main() -> int:
         print(f"kubetune-operator: invalid configuration: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf logs "Handler ... succeeded" at INFO for every watch event; the handlers only queue, so at a
+    # thousand FineTuneJobs that is tens of thousands of lines saying nothing, and a share of the CPU.
+    # Its warnings and errors still show; the reconcile logs what it does itself.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from kubetune.operator import main as handlers  # noqa: F401  (registers the kopf handlers)
 
     asyncio.run(

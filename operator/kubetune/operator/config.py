@@ -59,6 +59,9 @@ class OperatorConfig:
     # A NetworkPolicy per FineTuneJob limiting its pods' egress (Helm value networkPolicy.trainerEgress);
     # None: none is created.
     trainer_egress: TrainerEgress | None = None
+    # Serve reads of FineTuneJobs and Jobs from the operator's watches (cache.py). Off only to compare
+    # (bench/operator.py) or to rule the cache out when diagnosing: every read is then a GET.
+    read_cache: bool = True
 
     def pushgateway_url_for(self, namespace: str) -> str | None:
         """The Pushgateway of a FineTuneJob in ``namespace`` (None: trainers do not push)."""
@@ -105,9 +108,9 @@ class OperatorConfig:
                 raise ConfigError(f"{name}={raw!r} (Helm value {helm_value}): expected a whole number, 0 for no cap")
             return int(raw)
 
-        def flag(name: str) -> bool:
-            raw = env.get(name, "false").strip().lower()
-            if raw not in ("true", "false", ""):
+        def flag(name: str, default: bool = False) -> bool:
+            raw = env.get(name, str(default).lower()).strip().lower() or str(default).lower()
+            if raw not in ("true", "false"):
                 raise ConfigError(f"{name}={raw!r}: expected true or false")
             return raw == "true"
 
@@ -165,6 +168,7 @@ class OperatorConfig:
             image_policy=image_policy,
             operator_namespace=env.get("KUBETUNE_OPERATOR_NAMESPACE") or None,
             allow_instance_metadata=flag("KUBETUNE_ALLOW_INSTANCE_METADATA"),
+            read_cache=flag("KUBETUNE_READ_CACHE", default=cls.read_cache),
             placement=placement,
             storage=storage,
             max_gpus_per_job=cap("KUBETUNE_MAX_GPUS_PER_JOB", "policy.maxGpusPerJob"),

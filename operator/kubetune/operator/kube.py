@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
@@ -12,6 +13,7 @@ from kubernetes.client.rest import ApiException
 from kubetune.api.driftmonitor import PLURAL as MONITOR_PLURAL
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 from kubetune.kubeclient import ReauthenticatingApiClient
+from kubetune.operator.cache import Ensured, ObjectCache
 
 KUEUE_GROUP, KUEUE_VERSION, KUEUE_WORKLOADS = "kueue.x-k8s.io", "v1beta1", "workloads"
 # (connect, read) seconds: a hung API call must not hold a reconcile worker for ever.
@@ -55,45 +57,74 @@ def owned_by(obj: dict[str, Any], owner_uid: str) -> dict[str, Any]:
     )
 
 
+# Children made once per FineTuneJob that nobody but the operator changes: once seen, not checked again
+# by this process (cache.Ensured).
+ENSURED_ONCE = frozenset({"ConfigMap", "ServiceAccount", "Role", "RoleBinding"})
+
+
 @dataclass
 class Kube:
     api: client.ApiClient
+    # Reads of the kinds it serves come from the operator's watches (cache.py); None: every read is a GET.
+    cache: ObjectCache | None = None
+    ensured: Ensured | None = field(default=None)
 
     @classmethod
-    def from_environment(cls) -> Kube:
+    def from_environment(cls, *, cache: ObjectCache | None = None) -> Kube:
         """In-cluster credentials in a pod, else the kubeconfig (kubetune.kubeclient)."""
-        return cls(ReauthenticatingApiClient())
+        return cls(ReauthenticatingApiClient(), cache, Ensured() if cache is not None else None)
 
-    @property
+    def _cached(self, kind: str) -> ObjectCache | None:
+        return self.cache if self.cache is not None and self.cache.serves(kind) else None
+
+    def _wrote(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The API server's answer to a write: what the cache holds from now on."""
+        if (cache := self._cached(kind)) is not None:
+            cache.observe(kind, body)
+        return body
+
+    def forget_owner(self, owner_uid: str) -> None:
+        if self.ensured is not None:
+            self.ensured.forget_owner(owner_uid)
+
+    # Made once: the generated API classes are costly to make on every call.
+    @functools.cached_property
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api)
 
-    @property
+    @functools.cached_property
     def batch(self) -> client.BatchV1Api:
         return client.BatchV1Api(self.api)
 
-    @property
+    @functools.cached_property
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api)
 
-    @property
+    @functools.cached_property
     def rbac(self) -> client.RbacAuthorizationV1Api:
         return client.RbacAuthorizationV1Api(self.api)
 
-    @property
+    @functools.cached_property
     def networking(self) -> client.NetworkingV1Api:
         return client.NetworkingV1Api(self.api)
 
-    def _plain(self, obj: Any) -> dict[str, Any]:
-        return dict(self.api.sanitize_for_serialization(obj))
+    @staticmethod
+    def _plain(response: Any) -> dict[str, Any]:
+        """The API server's JSON answer to a call made with ``_preload_content=False``. The generated
+        client's models are skipped: building them from the JSON and turning them back into dicts was
+        most of the operator's CPU per request (bench/operator.py)."""
+        return dict(json.loads(response.data))
 
     # ------------------------------------------------------------------ reads
-    def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object, or None if there is none; a Secret as its metadata only (``read_metadata``)."""
+    def read(self, kind: str, namespace: str, name: str, *, cached: bool = True) -> dict[str, Any] | None:
+        """The object, or None if there is none; a Secret as its metadata only (``read_metadata``). From the
+        cache for the kinds it serves, unless ``cached`` is false."""
         if kind == "Secret":
             return self.read_metadata(kind, namespace, name)
+        if cached and (cache := self._cached(kind)) is not None:
+            return cache.get(kind, namespace, name)
         if kind == KIND:
-            return self.read_finetunejob(namespace, name)
+            return self.read_finetunejob(namespace, name, fresh=True)
         readers = {
             "ConfigMap": self.core.read_namespaced_config_map,
             "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
@@ -104,7 +135,7 @@ class Kube:
             "NetworkPolicy": self.networking.read_namespaced_network_policy,
         }
         try:
-            return self._plain(readers[kind](name, namespace, _request_timeout=REQUEST_TIMEOUT))
+            return self._plain(readers[kind](name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -128,8 +159,15 @@ class Kube:
             raise
         return dict(json.loads(response.data))
 
-    def read_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read_custom(PLURAL, namespace, name)
+    def read_finetunejob(self, namespace: str, name: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        """From the cache; with ``fresh``, from the API server (and the cache updated with it)."""
+        cache = self._cached(KIND)
+        if cache is not None and not fresh:
+            return cache.get(KIND, namespace, name)
+        body = self._read_custom(PLURAL, namespace, name)
+        if cache is not None and body is not None:
+            cache.observe(KIND, body)
+        return body
 
     def read_driftmonitor(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._read_custom(MONITOR_PLURAL, namespace, name)
@@ -147,14 +185,19 @@ class Kube:
             raise
 
     def list_finetunejobs(self, namespace: str) -> list[dict[str, Any]]:
+        if (cache := self._cached(KIND)) is not None:
+            return cache.list(KIND, namespace)
         listing = self.custom.list_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, _request_timeout=REQUEST_TIMEOUT
         )
         return list(listing.get("items", []))
 
     def list_jobs(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """Jobs matching an equality selector (``key=value,...``): the cache holds the operator's own."""
+        if (cache := self._cached("Job")) is not None:
+            return cache.list("Job", namespace, dict(term.split("=", 1) for term in label_selector.split(",")))
         listing = self.batch.list_namespaced_job(
-            namespace, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
+            namespace, label_selector=label_selector, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
         )
         return list(self._plain(listing).get("items", []))
 
@@ -193,32 +236,47 @@ class Kube:
             ),
         }
         try:
-            return self._plain(creators[kind](namespace, manifest, _request_timeout=REQUEST_TIMEOUT))
+            return self._wrote(
+                kind,
+                self._plain(
+                    creators[kind](namespace, manifest, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+                ),
+            )
         except ApiException as err:
             if err.status in PERMANENT_REFUSALS:
                 raise ChildRefused(kind, manifest["metadata"]["name"], err) from err
             raise
 
-    def ensure(self, manifest: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+    def ensure(self, manifest: dict[str, Any], owner_uid: str, *, likely_new: bool = False) -> dict[str, Any]:
         """The child as it exists: read first, create when missing, and adopt an existing object
         only if its controller ownerReference carries this FineTuneJob's uid.
 
         Reading first keeps a steady-state reconcile free of writes; a 409 (someone created it
         between our read and our create, e.g. a previous operator process) leads to the same
-        ownership check.
+        ownership check. With ``likely_new`` (the owner was never reconciled) a child the cache does
+        not serve is created without reading first: a read would almost always find nothing.
         """
-        meta = manifest["metadata"]
-        existing = self.read(manifest["kind"], meta["namespace"], meta["name"])
+        meta, kind = manifest["metadata"], manifest["kind"]
+        ensured = self.ensured if kind in ENSURED_ONCE else None
+        if ensured is not None and (seen := ensured.get(kind, meta["namespace"], meta["name"], owner_uid)) is not None:
+            return seen
+        skip_read = likely_new and ensured is not None
+        existing = None if skip_read else self.read(kind, meta["namespace"], meta["name"])
         if existing is None:
             try:
-                return self.create(manifest)
+                existing = self.create(manifest)
             except ApiException as err:
                 if err.status != 409:
                     raise
-            existing = self.read(manifest["kind"], meta["namespace"], meta["name"])
-            if existing is None:  # deleted again in between: the next reconcile creates it
-                raise ApiException(status=409, reason=f"{manifest['kind']} {meta['name']} is being replaced")
-        return owned_by(existing, owner_uid)
+                # Not in the cache but there: another owner's object (the cache holds only ours), or ours
+                # made by a previous process before its watch event arrived. The API server decides.
+                existing = self.read(kind, meta["namespace"], meta["name"], cached=False)
+                if existing is None:  # deleted again in between: the next reconcile creates it
+                    raise ApiException(status=409, reason=f"{kind} {meta['name']} is being replaced") from err
+        owned = owned_by(existing, owner_uid)
+        if ensured is not None:
+            ensured.remember(kind, owned, owner_uid)
+        return owned
 
     def ensure_spec(self, manifest: dict[str, Any], owner_uid: str) -> dict[str, Any]:
         """:meth:`ensure`, then the spec put back as built when it differs: for a child whose spec is a
@@ -233,19 +291,22 @@ class Kube:
             meta["name"],
             meta["namespace"],
             [{"op": "replace", "path": "/spec", "value": manifest["spec"]}],
+            _preload_content=False,
             _request_timeout=REQUEST_TIMEOUT,
         )
         return self._plain(replaced)
 
     def patch_job_suspend(self, namespace: str, name: str, suspend: bool) -> None:
-        self.batch.patch_namespaced_job(
-            name, namespace, {"spec": {"suspend": suspend}}, _request_timeout=REQUEST_TIMEOUT
+        patched = self.batch.patch_namespaced_job(
+            name, namespace, {"spec": {"suspend": suspend}}, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
         )
+        self._wrote("Job", self._plain(patched))
 
     def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
+        patched = self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _request_timeout=REQUEST_TIMEOUT
         )
+        self._wrote(KIND, dict(patched))
 
     def workload_for_job(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
         try:
@@ -284,7 +345,10 @@ class Kube:
         ``successful``, its most recent ended pod), if any is left."""
         uid = job["metadata"].get("uid", "")
         pods = self.core.list_namespaced_pod(
-            namespace, label_selector=f"batch.kubernetes.io/controller-uid={uid}", _request_timeout=REQUEST_TIMEOUT
+            namespace,
+            label_selector=f"batch.kubernetes.io/controller-uid={uid}",
+            _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT,
         )
         found: list[tuple[str, int, str]] = []
         for pod in self._plain(pods).get("items", []):
@@ -301,7 +365,9 @@ class Kube:
     def create_event(self, event: dict[str, Any]) -> bool:
         """Post an Event; False when one of that name exists already (a retried post, or posted before a restart)."""
         try:
-            self.core.create_namespaced_event(event["metadata"]["namespace"], event, _request_timeout=REQUEST_TIMEOUT)
+            self.core.create_namespaced_event(
+                event["metadata"]["namespace"], event, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            )
         except ApiException as err:
             if err.status == 409:
                 return False

@@ -1,9 +1,14 @@
 """kopf handlers: thin triggers for ``reconcile``, the operator's one verb.
 
-Every trigger (creation, resume after a restart, a spec change, the trainer writing status,
+Every trigger (creation, the listing after a restart, a spec change, the trainer writing status,
 a child Job changing) queues the same level-based reconcile, so handler order and duplicate
 events do not matter. The handlers only queue: the reconcile runs on the queue's workers and is
 retried there with backoff (queue.py), so no kopf handler ever waits for the API server.
+
+Only event handlers, no change handlers (``on.create``/``on.update``/``on.resume``): a change handler
+makes kopf write its bookkeeping (the last handled spec, handler progress) into the object's
+annotations, one more PATCH per FineTuneJob for nothing the reconcile uses, and a level-based
+reconcile needs no diff. Listed objects (startup, a relist) come as events too.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from kubetune.api import driftmonitor as monitor
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION
 from kubetune.kubeclient import Credentials, load_configuration
 from kubetune.operator import pushgateway
+from kubetune.operator.cache import ObjectCache
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.driftreconcile import reconcile_monitor
 from kubetune.operator.events import PhaseEvents
@@ -54,12 +60,8 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = memo.get("config") or OperatorConfig.from_env()  # the CLI validated it already
     memo["config"] = config
-    kube = memo["kube"] = Kube.from_environment()
-    # Keep kopf's bookkeeping out of status: the status schema belongs to the API.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="kubetune.dev", key="last-handled-configuration"
-    )
+    cache = memo["cache"] = ObjectCache({KIND, "Job"}) if config.read_cache else None
+    kube = memo["kube"] = Kube.from_environment(cache=cache)
     # Every Event the operator posts is a phase Event with a deterministic name (events.py).
     settings.posting.enabled = False
     settings.watching.server_timeout = 300
@@ -90,16 +92,34 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         server.server_close()
 
 
-@kopf.on.resume(*FINETUNEJOBS)
-@kopf.on.create(*FINETUNEJOBS)
-@kopf.on.update(*FINETUNEJOBS)
-async def on_finetunejob(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo["queue"].trigger(namespace, name)
+@kopf.index(*FINETUNEJOBS)
+def finetunejobs_cache(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Feeds the read cache (cache.py). An index function because kopf runs every one over the initial
+    listing before any handler runs: no reconcile ever reads a cache that is still filling."""
+    _observe(memo, KIND, body)
+
+
+@kopf.index("batch", "v1", "jobs", labels={contract.MANAGED_BY_LABEL: contract.MANAGED_BY})
+def jobs_cache(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _observe(memo, "Job", body)
+
+
+def _observe(memo: kopf.Memo, kind: str, body: kopf.Body) -> None:
+    cache: ObjectCache | None = memo.get("cache")
+    if cache is not None:
+        cache.observe(kind, dict(body))
+
+
+def _forget(memo: kopf.Memo, kind: str, body: dict[str, Any]) -> None:
+    cache: ObjectCache | None = memo.get("cache")
+    if cache is not None:
+        cache.forget(kind, body)
 
 
 @kopf.on.event(*FINETUNEJOBS)
 async def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Status written by the trainer (progress, pre-flight, result) is not a spec change.
+    """Every event but a deletion reconciles: a new or listed FineTuneJob, a spec change, and status
+    written by the trainer (progress, pre-flight, result) alike.
 
     Every event but a deletion (the initial listing's too, so a restarted operator exports them
     again) also refreshes the trainer's figures the operator exports from the status, labelled with
@@ -108,7 +128,10 @@ async def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str,
     if event.get("type") == "DELETED":
         memo["queue"].forget(namespace, name)
         forget(namespace, name, memo["metrics"])
-        memo["events"].forget(event["object"]["metadata"].get("uid", ""))
+        uid = event["object"]["metadata"].get("uid", "")
+        memo["events"].forget(uid)
+        _forget(memo, KIND, event["object"])
+        memo["kube"].forget_owner(uid)
         config: OperatorConfig = memo["config"]
         url = config.pushgateway_url_for(namespace)
         if url:
@@ -116,29 +139,21 @@ async def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str,
         return
     body = event.get("object") or {}
     memo["metrics"].trainer_results.update(body)
+    memo["queue"].trigger(namespace, name)
     if event.get("type") == "MODIFIED":
-        memo["queue"].trigger(namespace, name)
         _trigger_owner(body, memo)  # a monitor's retraining: the monitor follows its outcome
-
-
-@kopf.on.resume(*DRIFTMONITORS)
-@kopf.on.create(*DRIFTMONITORS)
-@kopf.on.update(*DRIFTMONITORS)
-async def on_driftmonitor(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo["monitor_queue"].trigger(namespace, name)
 
 
 @kopf.on.event(*DRIFTMONITORS)
 async def on_driftmonitor_event(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """The monitor's figures follow its status; a status change reconciles again (the schedule counts from
-    ``status.lastCheckTime``); a deletion forgets it."""
+    """The monitor's figures follow its status; every event but a deletion reconciles (the schedule counts
+    from ``status.lastCheckTime``); a deletion forgets it."""
     if event.get("type") == "DELETED":
         memo["monitor_queue"].forget(namespace, name)
         memo["metrics"].monitors.forget(namespace, name)
         return
     memo["metrics"].monitors.update(event.get("object") or {})
-    if event.get("type") == "MODIFIED":
-        memo["monitor_queue"].trigger(namespace, name)
+    memo["monitor_queue"].trigger(namespace, name)
 
 
 def _trigger_owner(body: dict[str, Any], memo: kopf.Memo) -> None:
@@ -150,7 +165,9 @@ def _trigger_owner(body: dict[str, Any], memo: kopf.Memo) -> None:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={contract.MANAGED_BY_LABEL: contract.MANAGED_BY})
-async def on_child_job(body: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def on_child_job(event: dict[str, Any], body: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        _forget(memo, "Job", event["object"])
     _trigger_owner(body, memo)
 
 

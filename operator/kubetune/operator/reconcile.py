@@ -68,7 +68,13 @@ def _start_training(
 
 
 def _ensure_children(
-    kube: Kube, owner: children.Owner, spec: FineTuneJobSpec, config: OperatorConfig, *, job_recorded: bool
+    kube: Kube,
+    owner: children.Owner,
+    spec: FineTuneJobSpec,
+    config: OperatorConfig,
+    *,
+    job_recorded: bool,
+    first_reconcile: bool,
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
     """Create what is missing; returns (pre-flight Job, training Job) as observed, and why the training
     Job waits for a slot of the namespace's cap, if it does.
@@ -80,9 +86,9 @@ def _ensure_children(
     training = kube.read("Job", owner.namespace, children.training_job_name(owner.name))
     if training is not None:
         owned_by(training, owner.uid)
-    kube.ensure(children.build_spec_configmap(owner, spec, config), owner.uid)
+    kube.ensure(children.build_spec_configmap(owner, spec, config), owner.uid, likely_new=first_reconcile)
     for manifest in children.build_trainer_rbac(owner, spec):
-        kube.ensure(manifest, owner.uid)
+        kube.ensure(manifest, owner.uid, likely_new=first_reconcile)
     if config.trainer_egress is not None:  # before either Job, so no pod ever runs without it
         kube.ensure_spec(children.build_trainer_network_policy(owner, config.trainer_egress), owner.uid)
     if training is not None or job_recorded:
@@ -183,7 +189,7 @@ def _reconcile(
     if spec is not None and spec_error is None:
         try:
             preflight, training, namespace_quota = _ensure_children(
-                kube, owner, spec, config, job_recorded=job_recorded
+                kube, owner, spec, config, job_recorded=job_recorded, first_reconcile=not previous_status
             )
         except NotOwned as err:
             name_conflict = str(err)
@@ -193,8 +199,11 @@ def _reconcile(
             training, workload_active = _apply_suspend(kube, spec, training)
 
     # The trainer reports before it exits, so reading its reports after the Jobs means a finished
-    # Job is never judged without the report that explains it.
-    body = kube.read_finetunejob(owner.namespace, owner.name) or body
+    # Job is never judged without the report that explains it. The report and the Job's end come by
+    # different watches, in either order: when a Job's end would be judged without its report, the
+    # API server is read.
+    fresh = _report_may_lag(preflight, training, body.get("status") or {})
+    body = kube.read_finetunejob(owner.namespace, owner.name, fresh=fresh) or body
     previous_status = dict(body.get("status") or {})
     trainer_status = {k: previous_status[k] for k in TRAINER_FIELDS if previous_status.get(k) is not None}
     verification, verification_refused = None, None
@@ -320,6 +329,14 @@ def _trainer_termination(kube: Kube, namespace: str, job: dict[str, Any] | None)
     if job is None or failed_exit_code(job) not in REPORTING_FAILURES:
         return None
     return kube.trainer_termination(namespace, job, children.TRAINER_CONTAINER)
+
+
+def _report_may_lag(preflight: dict[str, Any] | None, training: dict[str, Any] | None, status: dict[str, Any]) -> bool:
+    """Whether the status held may lack the trainer's report on a Job that ended: a training Job over
+    without ``result``, or a pre-flight that failed (a pre-flight that passed decides nothing final)."""
+    if training is not None:
+        return _finished(training) and not status.get("result")
+    return preflight is not None and bool(job_condition(preflight, "Failed"))
 
 
 def _finished(job: dict[str, Any]) -> bool:
