@@ -83,6 +83,10 @@ class Kube:
             cache.observe(kind, body)
         return body
 
+    def ensured_already(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+        """Whether this process saw the child exist for this owner (so building it again is not needed)."""
+        return self.ensured is not None and self.ensured.get(kind, namespace, name, owner_uid) is not None
+
     def forget_owner(self, owner_uid: str) -> None:
         if self.ensured is not None:
             self.ensured.forget_owner(owner_uid)
@@ -113,7 +117,10 @@ class Kube:
         """The API server's JSON answer to a call made with ``_preload_content=False``. The generated
         client's models are skipped: building them from the JSON and turning them back into dicts was
         most of the operator's CPU per request (bench/operator.py)."""
-        return dict(json.loads(response.data))
+        try:
+            return dict(json.loads(response.data))
+        finally:
+            response.release_conn()  # back to the pool: an unreleased connection is a new TLS handshake
 
     # ------------------------------------------------------------------ reads
     def read(self, kind: str, namespace: str, name: str, *, cached: bool = True) -> dict[str, Any] | None:
@@ -157,7 +164,10 @@ class Kube:
             if err.status == 404:
                 return None
             raise
-        return dict(json.loads(response.data))
+        try:
+            return dict(json.loads(response.data))
+        finally:
+            response.release_conn()  # back to the pool: an unreleased connection is a new TLS handshake
 
     def read_finetunejob(self, namespace: str, name: str, *, fresh: bool = False) -> dict[str, Any] | None:
         """From the cache; with ``fresh``, from the API server (and the cache updated with it)."""
@@ -365,8 +375,10 @@ class Kube:
     def create_event(self, event: dict[str, Any]) -> bool:
         """Post an Event; False when one of that name exists already (a retried post, or posted before a restart)."""
         try:
-            self.core.create_namespaced_event(
-                event["metadata"]["namespace"], event, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            self._plain(
+                self.core.create_namespaced_event(
+                    event["metadata"]["namespace"], event, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+                )
             )
         except ApiException as err:
             if err.status == 409:

@@ -56,12 +56,27 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     )
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No change handlers, so nothing needs the last handled spec; kopf's default builds it anyway, a
+    deep copy of every body of every event (a third of the operator's event-loop CPU at 200 jobs)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = memo.get("config") or OperatorConfig.from_env()  # the CLI validated it already
     memo["config"] = config
     cache = memo["cache"] = ObjectCache({KIND, "Job"}) if config.read_cache else None
     kube = memo["kube"] = Kube.from_environment(cache=cache)
+    settings.persistence.diffbase_storage = NoDiffBase()
     # Every Event the operator posts is a phase Event with a deterministic name (events.py).
     settings.posting.enabled = False
     settings.watching.server_timeout = 300

@@ -86,7 +86,9 @@ def _ensure_children(
     training = kube.read("Job", owner.namespace, children.training_job_name(owner.name))
     if training is not None:
         owned_by(training, owner.uid)
-    kube.ensure(children.build_spec_configmap(owner, spec, config), owner.uid, likely_new=first_reconcile)
+    # The spec ConfigMap is the costly child to build (its YAML): not built again once seen.
+    if not kube.ensured_already("ConfigMap", owner.namespace, children.spec_configmap_name(owner.name), owner.uid):
+        kube.ensure(children.build_spec_configmap(owner, spec, config), owner.uid, likely_new=first_reconcile)
     for manifest in children.build_trainer_rbac(owner, spec):
         kube.ensure(manifest, owner.uid, likely_new=first_reconcile)
     if config.trainer_egress is not None:  # before either Job, so no pod ever runs without it
