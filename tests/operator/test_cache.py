@@ -69,10 +69,21 @@ def test_listing_filters_by_namespace_and_labels_and_only_serves_its_kinds() -> 
 
 def test_ensured_children_are_remembered_per_owner_and_forgotten_with_it() -> None:
     ensured = Ensured()
-    body = {"metadata": {"name": "tickets-spec", "namespace": "default"}}
+    body = {"metadata": {"name": "tickets-spec", "namespace": "default", "uid": "c1"}, "data": {"spec": "x" * 1000}}
     ensured.remember("ConfigMap", body, "owner-1")
-    assert ensured.get("ConfigMap", "default", "tickets-spec", "owner-1") == body
+    kept = {"kind": "ConfigMap", "metadata": {"name": "tickets-spec", "namespace": "default", "uid": "c1"}}
+    assert ensured.get("ConfigMap", "default", "tickets-spec", "owner-1") == kept, "its identity, not its content"
     assert ensured.get("ConfigMap", "default", "tickets-spec", "owner-2") is None, "another FineTuneJob of that name"
     ensured.forget_owner("owner-1")
     assert ensured.get("ConfigMap", "default", "tickets-spec", "owner-1") is None
     assert len(ensured) == 0
+
+
+def test_every_read_is_a_copy_of_its_own() -> None:
+    cache = ObjectCache({"Job"})
+    cache.observe("Job", job("a", 1))
+    first = cache.get("Job", "default", "a")
+    assert first is not None
+    first["metadata"]["name"] = "changed by a reader"
+    again = cache.get("Job", "default", "a")
+    assert again is not None and again["metadata"]["name"] == "a"

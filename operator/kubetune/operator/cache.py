@@ -15,13 +15,19 @@ FineTuneJobs created at once the operator spent its CPU on reads and fell a minu
 Role and RoleBinding) once this process has seen them exist for their owner: they are made once per
 FineTuneJob and nothing in the cluster changes them, so checking them again on every reconcile only
 cost requests. A restarted operator checks each once more.
+
+Bodies are held as their JSON text, parsed again on each read: as Python dicts the 3,000 bodies of
+1,000 FineTuneJobs took about 80 MB, as text about 12 MB, and a parse costs tens of microseconds,
+a few per reconcile. Each read also hands out a copy no other reader shares.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -40,12 +46,29 @@ def _key(kind: str, body: dict[str, Any]) -> Key:
     return kind, str(meta.get("namespace", "")), str(meta["name"])
 
 
+@dataclass(frozen=True)
+class _Held:
+    uid: str
+    version: int | None
+    labels: dict[str, str]
+    text: bytes
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> _Held:
+        meta = body["metadata"]
+        labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+        return cls(str(meta.get("uid", "")), _version(body), labels, json.dumps(body).encode())
+
+    def body(self) -> dict[str, Any]:
+        return dict(json.loads(self.text))
+
+
 class ObjectCache:
     """The latest body seen of each watched object: a thread-safe map the reconcile workers read."""
 
     def __init__(self, kinds: Iterable[str]) -> None:
         self.kinds = frozenset(kinds)
-        self._objects: dict[Key, dict[str, Any]] = {}
+        self._objects: dict[Key, _Held] = {}
         self._deleted: deque[str] = deque(maxlen=TOMBSTONES)
         self._deleted_set: set[str] = set()
         self._lock = threading.Lock()
@@ -56,17 +79,20 @@ class ObjectCache:
     def observe(self, kind: str, body: dict[str, Any]) -> None:
         """A body from a watch event, or the API server's answer to one of our writes: kept unless
         the cache already holds a newer version of the same object."""
-        key = _key(kind, body)
-        uid = str(body["metadata"].get("uid", ""))
+        key, new = _key(kind, body), _Held.of(body)
         with self._lock:
-            if uid in self._deleted_set:
+            if new.uid in self._deleted_set:
                 return
-            held = self._objects.get(key)
-            if held is not None and held["metadata"].get("uid") == uid:
-                old, new = _version(held), _version(body)
-                if old is not None and new is not None and new < old:
-                    return
-            self._objects[key] = body
+            if self._older(self._objects.get(key), new):
+                return
+            self._objects[key] = new
+
+    @staticmethod
+    def _older(held: _Held | None, new: _Held) -> bool:
+        """Whether ``new`` is an older version of the object held (comparable versions only)."""
+        if held is None or held.uid != new.uid or held.version is None or new.version is None:
+            return False
+        return new.version < held.version
 
     def forget(self, kind: str, body: dict[str, Any]) -> None:
         """The object was deleted (a DELETED watch event)."""
@@ -74,7 +100,7 @@ class ObjectCache:
         uid = str(body["metadata"].get("uid", ""))
         with self._lock:
             held = self._objects.get(key)
-            if held is not None and held["metadata"].get("uid") == uid:
+            if held is not None and held.uid == uid:
                 del self._objects[key]
             if uid and uid not in self._deleted_set:
                 if len(self._deleted) == self._deleted.maxlen:
@@ -84,14 +110,15 @@ class ObjectCache:
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._objects.get((kind, namespace, name))
+            held = self._objects.get((kind, namespace, name))
+        return held.body() if held is not None else None
 
     def list(self, kind: str, namespace: str, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Every cached ``kind`` in ``namespace`` carrying all of ``labels``."""
         wanted = (labels or {}).items()
         with self._lock:
-            found = [body for (k, ns, _), body in self._objects.items() if k == kind and ns == namespace]
-        return [body for body in found if wanted <= (body["metadata"].get("labels") or {}).items()]
+            found = [held for (k, ns, _), held in self._objects.items() if k == kind and ns == namespace]
+        return [held.body() for held in found if wanted <= held.labels.items()]
 
     def __len__(self) -> int:
         with self._lock:
@@ -111,8 +138,11 @@ class Ensured:
         return found[1] if found is not None and found[0] == owner_uid else None
 
     def remember(self, kind: str, body: dict[str, Any], owner_uid: str) -> None:
+        """Kept: the child's identity, not its content (nobody reads these children back)."""
+        meta = body["metadata"]
+        kept = {"kind": kind, "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta}}
         with self._lock:
-            self._seen[_key(kind, body)] = (owner_uid, body)
+            self._seen[_key(kind, body)] = (owner_uid, kept)
 
     def forget_owner(self, owner_uid: str) -> None:
         with self._lock:

@@ -614,15 +614,13 @@ class _Raised:
     error: CELEvalError
 
 
-def _outcome_key(rule: str, optional: bool, value: Any, old: Any) -> tuple[str, bool, str, str] | None:
+def _json_text(value: Any) -> str | None:
+    """The value as canonical JSON; None when JSON cannot say it exactly (then it is evaluated every time)."""
+    if value is _MISSING:
+        return ""
     try:
-        return (
-            rule,
-            optional,
-            json.dumps(value, sort_keys=True),
-            "" if old is _MISSING else "old:" + json.dumps(old, sort_keys=True),
-        )
-    except (TypeError, ValueError):  # a value JSON cannot say exactly: evaluate every time
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError):
         return None
 
 
@@ -667,6 +665,8 @@ class _CelCheck:
         typed_self = typed_like_the_server(schema, value)
         typed_old = typed_like_the_server(schema, old) if old is not _MISSING else _MISSING
         converted: dict[str, Any] = {}
+        self_text = _json_text(typed_self)
+        old_text = _json_text(typed_old) if any(is_transition_rule(str(r["rule"])) for r in rules) else ""
 
         def activation_of(transition: bool, optional: bool) -> dict[str, Any]:
             if not converted:
@@ -684,7 +684,8 @@ class _CelCheck:
             if transition and typed_old is _MISSING and not optional:
                 continue  # a transition rule needs an old value to compare with
             at = path
-            memo_key = _outcome_key(text, optional, typed_self, typed_old if transition else _MISSING)
+            compared = old_text if transition else ""
+            memo_key = (text, optional, self_text, compared) if self_text is not None and compared is not None else None
             holds = _OUTCOMES.get(memo_key) if memo_key is not None else None
             if holds is None:
                 try:
