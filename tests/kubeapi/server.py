@@ -369,7 +369,9 @@ class ApiServer:
             )
             code = 200
         elif verb == "delete":
-            options = self._decode(body) if body else {}
+            # DeleteOptions come in the body or as query parameters (what client libraries send); the body wins.
+            from_query = {"propagationPolicy": query["propagationPolicy"]} if "propagationPolicy" in query else {}
+            options = {**from_query, **(self._decode(body) if body else {})}
             result, code = self._delete(user, rtype, route, options, dry_run=dry_run), 200
         else:
             raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported by the test API server")

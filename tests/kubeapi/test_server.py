@@ -249,3 +249,26 @@ def test_watchers_see_writes_made_while_they_watch(installed: TestCluster) -> No
     watcher.join(10)
     assert [kind for kind, _, _ in seen] == ["ADDED", "MODIFIED"]
     assert seen[1][2]["spec"]["suspend"] is True
+
+
+def test_a_job_is_orphaned_by_default_and_deleted_at_once_when_asked_in_the_query(installed: TestCluster) -> None:
+    """batch/v1 Jobs default to the Orphan policy (an ``orphan`` finalizer the garbage collector removes);
+    client libraries send ``propagationPolicy`` as a query parameter, which the real API server honours."""
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "x"},
+        "spec": {
+            "template": {"spec": {"containers": [{"name": "main", "image": "busybox"}], "restartPolicy": "Never"}}
+        },
+    }
+    batch = installed.tenant.batch
+    batch.create_namespaced_job("default", job)
+    batch.delete_namespaced_job("x", "default")
+    held = installed.tenant.plain(batch.read_namespaced_job("x", "default"))
+    assert held["metadata"]["finalizers"] == ["orphan"]
+    batch.create_namespaced_job("default", {**job, "metadata": {"name": "y"}})
+    batch.delete_namespaced_job("y", "default", propagation_policy="Background")
+    with pytest.raises(ApiException) as gone:
+        batch.read_namespaced_job("y", "default")
+    assert gone.value.status == 404

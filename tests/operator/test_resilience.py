@@ -69,3 +69,17 @@ def test_a_job_finished_and_removed_while_the_operator_was_down(test_cluster: Te
         assert "v9" in condition(cluster, "Succeeded")["message"]
         assert condition(cluster, "QualityGatePassed")["reason"] == "QualityGateNotMet"
         assert cluster.job("tickets-train") is None
+
+
+def test_a_preflight_job_deleted_before_it_ran_is_made_again(cluster: Cluster, operator: Any) -> None:
+    cluster.apply(JOB)
+    first = wait_for(lambda: cluster.job("tickets-preflight"), what="pre-flight Job")
+    jobs = cluster.test_cluster.job_controller.batch
+    jobs.delete_namespaced_job("tickets-preflight", "default", propagation_policy="Background")  # as kubectl does
+
+    def made_again() -> dict[str, Any] | None:
+        job = cluster.job("tickets-preflight")
+        return job if job is not None and job["metadata"]["uid"] != first["metadata"]["uid"] else None
+
+    wait_for(made_again, what="a new pre-flight Job")
+    assert phase(cluster) == "Validating"
