@@ -5,17 +5,13 @@ full run, recorded in docs/measurements/estimate.json, which the docs must show 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+from tests.benchscripts import PAGE, load, recorded
 
-import estimate as bench  # noqa: E402
-
-RECORDED = ROOT / "docs" / "measurements" / "estimate.json"
+bench = load("estimate")
 
 
 def test_the_smoke_reads_the_estimate_and_the_measurement_of_a_real_run(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -30,9 +26,9 @@ def test_the_smoke_reads_the_estimate_and_the_measurement_of_a_real_run(tmp_path
 
 
 def test_the_recorded_benchmark_is_what_the_docs_show() -> None:
-    report = json.loads(RECORDED.read_text())
+    report = recorded("estimate")
     assert set(report["shapes"]) == set(bench.SHAPES), "every shape measured"
-    page = " ".join((ROOT / "docs" / "benchmarks.md").read_text().split())
+    page = " ".join(PAGE.read_text().split())
     assert " ".join(bench.render_markdown(report).split()) in page
 
 

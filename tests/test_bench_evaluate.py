@@ -6,17 +6,13 @@ docs/measurements/evaluation.json, which the docs must quote as is."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+from tests.benchscripts import PAGE, load, recorded
 
-import evaluate as bench  # noqa: E402
-
-RECORDED = ROOT / "docs" / "measurements" / "evaluation.json"
+bench = load("evaluate")
 
 
 def test_the_smoke_evaluates_three_ways_with_identical_results(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -53,9 +49,9 @@ def test_a_difference_from_before_fails_the_run(
 
 
 def test_the_recorded_benchmark_is_what_the_docs_show() -> None:
-    report = json.loads(RECORDED.read_text())
+    report = recorded("evaluation")
     assert all(report["identical"].values()), "a faster evaluation that decides differently does not count"
-    page = " ".join((ROOT / "docs" / "benchmarks.md").read_text().split())
+    page = " ".join(PAGE.read_text().split())
     assert " ".join(bench.render_markdown(report).split()) in page
     for figure in bench.quoted_figures(report):
         assert figure in page, figure
