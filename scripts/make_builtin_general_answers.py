@@ -61,7 +61,7 @@ def main() -> int:
             )
             return 1
         return 0
-    from kubetune_trainer.evaluation.scoring import token_losses
+    from kubetune_trainer.evaluation.scoring import score_examples
     from kubetune_trainer.training.model import load_base, load_tokenizer
 
     prompts = load_general_prompts()
@@ -86,7 +86,7 @@ def main() -> int:
             prompts.regression,
             lambda: [
                 (loss.nll_sum, loss.tokens)
-                for loss in token_losses(model, tokenizer, regression, max_length=FORGETTING_MAX_LENGTH)
+                for loss in score_examples(model, tokenizer, regression, max_length=FORGETTING_MAX_LENGTH)[0]
             ],
             max_length=FORGETTING_MAX_LENGTH,
             precision=precision,

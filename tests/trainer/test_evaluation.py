@@ -24,7 +24,7 @@ from kubetune_trainer.evaluation.gate import MIN_TEST_EXAMPLES, Forgetting, deci
 from kubetune_trainer.evaluation.report import plot_loss_curve
 from kubetune_trainer.evaluation.results import MetricResult, RegressionResult
 from kubetune_trainer.evaluation.runner import ModelUnderTest, evaluate
-from kubetune_trainer.evaluation.scoring import adapter_disabled, generate, length_batches, score_examples, token_losses
+from kubetune_trainer.evaluation.scoring import adapter_disabled, generate, length_batches, score_examples
 from kubetune_trainer.tensors.encode import prompt_ids
 
 
@@ -80,8 +80,8 @@ def test_length_sorted_batches_score_and_answer_each_row_as_alone(tiny_model_dir
         Example(messages=(Message("user", "word " * (3 + 7 * (i % 4)) + str(i)), Message("assistant", f"answer {i}")))
         for i in range(9)
     ]
-    batched = token_losses(model, tokenizer, varied, max_length=128)
-    alone = token_losses(model, tokenizer, varied, max_length=128, batch_size=1)
+    batched = score_examples(model, tokenizer, varied, max_length=128)[0]
+    alone = score_examples(model, tokenizer, varied, max_length=128, batch_size=1)[0]
     for a, b in zip(batched, alone, strict=True):
         assert math.isclose(a.nll_sum, b.nll_sum, rel_tol=1e-4) and a.tokens == b.tokens
     assert len({round(x.nll_sum, 3) for x in batched}) == len(varied)  # every row scored as itself
@@ -154,8 +154,7 @@ def test_an_answer_read_off_the_scoring_forward_is_the_answer_decoding_gives(tin
         Example(messages=(*e.messages, Message("assistant", r)))
         for e, r in zip(VARIED_PROMPTS, references, strict=True)
     ]
-    losses, starts = score_examples(model, tokenizer, examples, max_length=256)
-    assert losses == token_losses(model, tokenizer, examples, max_length=256)
+    _, starts = score_examples(model, tokenizer, examples, max_length=256)
     assert all(start is not None for start in starts)
     calls: list[int] = []
     model.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -192,8 +191,8 @@ def test_perplexity_matches_an_independent_computation_and_base_is_adapter_off(t
     model = perturbed_lora(tiny_model_dir, 0.5)
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     with adapter_disabled(model):
-        base_losses = token_losses(model, tokenizer, EXAMPLES, max_length=64, batch_size=4)
-    plain_losses = token_losses(plain, tokenizer, EXAMPLES, max_length=64, batch_size=1)
+        base_losses = score_examples(model, tokenizer, EXAMPLES, max_length=64, batch_size=4)[0]
+    plain_losses = score_examples(plain, tokenizer, EXAMPLES, max_length=64, batch_size=1)[0]
     for a, b in zip(base_losses, plain_losses, strict=True):
         assert math.isclose(a.nll_sum, b.nll_sum, rel_tol=1e-4) and a.tokens == b.tokens
     from kubetune_trainer.tensors.encode import encode_example
@@ -371,6 +370,6 @@ def test_forgetting_is_scored_at_a_fixed_length_whatever_the_run_trained_at(tiny
     assert measured[0] is not None and measured[1] is not None
     assert measured[0].base == measured[1].base and measured[0].tuned == measured[1].tuned
     # ... whereas the test split is scored at the run's length: the short run cut the answers
-    short = token_losses(model, tokenizer, general.examples, max_length=24, batch_size=4)
-    full = token_losses(model, tokenizer, general.examples, max_length=256, batch_size=4)
+    short = score_examples(model, tokenizer, general.examples, max_length=24, batch_size=4)[0]
+    full = score_examples(model, tokenizer, general.examples, max_length=256, batch_size=4)[0]
     assert short[0].tokens < full[0].tokens

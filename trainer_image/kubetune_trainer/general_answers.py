@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 from kubetune_trainer.data.types import Example, Message
 from kubetune_trainer.general_prompts import ANSWER_MAX_NEW_TOKENS as MAX_NEW_TOKENS
 from kubetune_trainer.general_prompts import GeneralPrompt
-from kubetune_trainer.row_cache import Row, RowCache
+from kubetune_trainer.row_cache import Row, RowCache, is_likelihood_row
 from kubetune_trainer.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -112,16 +111,7 @@ def _is_answer(row: Row) -> bool:
 
 
 def _is_likelihood(row: Row) -> bool:
-    nll, tokens = row.get("nllSum"), row.get("tokens")
-    return (
-        isinstance(nll, (int, float))
-        and not isinstance(nll, bool)
-        and math.isfinite(nll)
-        and nll >= 0
-        and isinstance(tokens, int)
-        and not isinstance(tokens, bool)
-        and tokens >= 1
-    )
+    return is_likelihood_row(row, min_tokens=1)
 
 
 def _cache(cache_dir: Path, store: ObjectStore, output_uri: str) -> RowCache:

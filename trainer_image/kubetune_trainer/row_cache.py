@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,21 @@ def parse_rows(text: str, ids: Sequence[str], valid: Callable[[Row], bool]) -> d
                 return None
             rows[row["id"]] = row
     return rows if all(key in rows for key in ids) else None
+
+
+def is_likelihood_row(row: Row, *, min_tokens: int) -> bool:
+    """Whether ``row`` holds a usable likelihood: a finite, non-negative ``nllSum`` over an integer
+    count of at least ``min_tokens`` ``tokens`` (booleans, which JSON readers turn into ints, refused)."""
+    nll, tokens = row.get("nllSum"), row.get("tokens")
+    return (
+        isinstance(nll, (int, float))
+        and not isinstance(nll, bool)
+        and math.isfinite(nll)
+        and nll >= 0
+        and isinstance(tokens, int)
+        and not isinstance(tokens, bool)
+        and tokens >= min_tokens
+    )
 
 
 def render_rows(rows: dict[str, Row], ids: Sequence[str]) -> str:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.evaluation.scoring import SideScores, TokenLoss
-from kubetune_trainer.row_cache import Row, RowCache
+from kubetune_trainer.row_cache import Row, RowCache, is_likelihood_row
 
 FOLDER = "evaluation"
 # How the scores are made (evaluation/scoring.py); a change to it makes a new key, never a stale hit.
@@ -51,17 +50,8 @@ class BaseScoresKey:
 
 def _valid(with_outputs: bool) -> Callable[[Row], bool]:
     def valid(row: Row) -> bool:
-        nll, tokens, output = row.get("nllSum"), row.get("tokens"), row.get("output")
-        return (
-            isinstance(nll, (int, float))
-            and not isinstance(nll, bool)
-            and math.isfinite(nll)
-            and nll >= 0
-            and isinstance(tokens, int)
-            and not isinstance(tokens, bool)
-            and tokens >= 0
-            and (isinstance(output, str) if with_outputs else True)
-        )
+        # An example can have no label tokens left after truncation: zero tokens is a valid row here.
+        return is_likelihood_row(row, min_tokens=0) and (isinstance(row.get("output"), str) if with_outputs else True)
 
     return valid
 

@@ -93,29 +93,6 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def token_losses(
-    model: Any,
-    tokenizer: Any,
-    examples: Sequence[Example],
-    *,
-    max_length: int,
-    batch_size: int = EVALUATION_BATCH_ROWS,
-    max_batch_tokens: int = EVALUATION_BATCH_TOKENS,
-    chat_template: str | None = None,
-) -> list[TokenLoss]:
-    """Per example, in order: NLL of its label tokens (assistant turns + EOS), teacher-forced."""
-    losses, _ = score_examples(
-        model,
-        tokenizer,
-        examples,
-        max_length=max_length,
-        batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens,
-        chat_template=chat_template,
-    )
-    return losses
-
-
 @torch.no_grad()
 def score_examples(
     model: Any,
