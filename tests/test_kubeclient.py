@@ -7,11 +7,13 @@ import base64
 import http.server
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client import configuration as client_configuration
 from kubernetes.client.rest import ApiException
 
 from kubetune import kubeclient
@@ -96,29 +98,38 @@ def test_the_server_certificate_is_verified(
         client.VersionApi(ReauthenticatingApiClient()).get_code()
 
 
-@pytest.mark.parametrize("source", ["in-cluster", "kubeconfig"])
-def test_a_revoked_token_is_replaced_by_rereading_the_credentials(
-    source: str, apiserver: ApiServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What the kubelet does to a projected token (or an admin to a kubeconfig): a new token in place."""
-    old_token = apiserver.issue_token(ACCOUNT)
+def _credentials(
+    source: str, token: str, apiserver: ApiServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], None]:
+    """Credentials holding ``token``, from mounted ServiceAccount files or a kubeconfig; returns how to
+    put a new token in their place (what the kubelet does to a projected token, or an admin to a kubeconfig)."""
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     if source == "in-cluster":
-        folder = apiserver.service_account_files(ACCOUNT, tmp_path / "serviceaccount", old_token)
+        folder = apiserver.service_account_files(ACCOUNT, tmp_path / "serviceaccount", token)
         host, port = apiserver.url.removeprefix("https://").split(":")
         monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
         monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
         monkeypatch.setattr(kubeclient, "SERVICE_ACCOUNT_DIR", folder)
 
-        def rotate(token: str) -> None:
-            (folder / "token").write_text(token)
-    else:
-        path = apiserver.kubeconfig(ACCOUNT, tmp_path / "config", old_token)
-        monkeypatch.setenv("KUBECONFIG", str(path))
+        def rotate_file(new: str) -> None:
+            (folder / "token").write_text(new)
 
-        def rotate(token: str) -> None:
-            apiserver.kubeconfig(ACCOUNT, path, token)
+        return rotate_file
+    path = apiserver.kubeconfig(ACCOUNT, tmp_path / "config", token)
+    monkeypatch.setenv("KUBECONFIG", str(path))
 
+    def rotate_kubeconfig(new: str) -> None:
+        apiserver.kubeconfig(ACCOUNT, path, new)
+
+    return rotate_kubeconfig
+
+
+@pytest.mark.parametrize("source", ["in-cluster", "kubeconfig"])
+def test_a_revoked_token_is_replaced_by_rereading_the_credentials(
+    source: str, apiserver: ApiServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old_token = apiserver.issue_token(ACCOUNT)
+    rotate = _credentials(source, old_token, apiserver, tmp_path, monkeypatch)
     api = client.VersionApi(ReauthenticatingApiClient())
     api.get_code()
     apiserver.server.authn.revoke(old_token)
@@ -128,6 +139,29 @@ def test_a_revoked_token_is_replaced_by_rereading_the_credentials(
     with pytest.raises(ApiException) as refused:
         api.get_code()
     assert refused.value.status == 401, "with no valid token anywhere, the 401 reaches the caller"
+
+
+@pytest.mark.parametrize("source", ["in-cluster", "kubeconfig"])
+def test_the_loaders_refresh_hook_runs_once_per_interval_not_before_every_request(
+    source: str, apiserver: ApiServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both loaders' hooks re-read the proxy settings from the whole environment (the host setter):
+    before every request that was a fifth of the operator's CPU. Counted here by those re-reads."""
+    _credentials(source, apiserver.issue_token(ACCOUNT), apiserver, tmp_path, monkeypatch)
+    proxy_lookups: list[int] = []
+    real_getproxies = client_configuration.getproxies
+    monkeypatch.setattr(client_configuration, "getproxies", lambda: proxy_lookups.append(1) or real_getproxies())
+    clock = [1000.0]
+    monkeypatch.setattr(kubeclient.time, "monotonic", lambda: clock[0])
+    api = client.VersionApi(ReauthenticatingApiClient())
+    proxy_lookups.clear()
+    for _ in range(20):
+        assert api.get_code().git_version == "v1.33.0"
+    assert len(proxy_lookups) == 1, "the hook ran on the first request only"
+    clock[0] += kubeclient.REFRESH_INTERVAL_SECONDS
+    api.get_code()
+    api.get_code()
+    assert len(proxy_lookups) == 2, "and once more when the interval had passed"
 
 
 def test_without_any_credentials_the_error_says_where_it_looked(

@@ -13,12 +13,17 @@ refused as unauthenticated was not acted on, so repeating it is safe.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.config.incluster_config import SERVICE_HOST_ENV_NAME, InClusterConfigLoader
+
+# How often a loader's credential refresh hook may run (see ThrottledRefresh).
+REFRESH_INTERVAL_SECONDS = 5.0
 
 # Where the kubelet mounts a pod's ServiceAccount token and the cluster CA.
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -32,6 +37,40 @@ def _in_cluster(service_account_dir: Path) -> bool:
     return bool(os.environ.get(SERVICE_HOST_ENV_NAME)) and (service_account_dir / "token").is_file()
 
 
+class ThrottledRefresh:
+    """A configuration's ``refresh_api_key_hook``, run at most once every ``interval`` seconds.
+
+    The client runs the hook before every request, and both loaders' hooks re-assign the host, which
+    re-reads the proxy settings from the whole environment: measured at a fifth of the operator's CPU
+    per request. What the hook refreshes (a token file re-read after its minute, an expired
+    kubeconfig token) does not change within seconds, and a 401 re-reads everything anyway.
+    """
+
+    def __init__(self, hook: Callable[[client.Configuration], None], interval: float = REFRESH_INTERVAL_SECONDS):
+        self.hook = hook
+        self.interval = interval
+        self._last = -float("inf")
+
+    def __call__(self, configuration: client.Configuration) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        self.hook(configuration)
+        # Both loaders install a new hook each time theirs runs: follow it and stay in front.
+        installed = configuration.refresh_api_key_hook
+        if installed is not self:
+            self.hook = installed
+            configuration.refresh_api_key_hook = self
+
+
+def _throttle_refresh(configuration: client.Configuration) -> client.Configuration:
+    hook = configuration.refresh_api_key_hook
+    if hook is not None and not isinstance(hook, ThrottledRefresh):
+        configuration.refresh_api_key_hook = ThrottledRefresh(hook)
+    return configuration
+
+
 def load_configuration(service_account_dir: Path | None = None) -> client.Configuration:
     """A fresh client configuration: in-cluster when the pod's ServiceAccount is mounted, else kubeconfig."""
     directory = service_account_dir or SERVICE_ACCOUNT_DIR
@@ -40,7 +79,7 @@ def load_configuration(service_account_dir: Path | None = None) -> client.Config
         InClusterConfigLoader(
             token_filename=str(directory / "token"), cert_filename=str(directory / "ca.crt")
         ).load_and_set(configuration)
-        return configuration
+        return _throttle_refresh(configuration)
     try:
         # persist_config=False: never write a refreshed token back into the user's kubeconfig.
         # $KUBECONFIG read now, not when the kubernetes package was imported (its default is frozen then).
@@ -52,7 +91,7 @@ def load_configuration(service_account_dir: Path | None = None) -> client.Config
             "no Kubernetes credentials: not in a pod with a ServiceAccount token "
             f"({directory}/token and $KUBERNETES_SERVICE_HOST), and no usable kubeconfig: {err}"
         ) from err
-    return configuration
+    return _throttle_refresh(configuration)
 
 
 @dataclass(frozen=True)
