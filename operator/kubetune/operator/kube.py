@@ -112,6 +112,11 @@ class Kube:
     def networking(self) -> client.NetworkingV1Api:
         return client.NetworkingV1Api(self.api)
 
+    def load_api_classes(self) -> None:
+        """Make every generated API class now: the client imports their modules on first use (seconds
+        of CPU), which would otherwise fall on the first reconciles and hold back the first jobs."""
+        _ = (self.core, self.batch, self.custom, self.rbac, self.networking)
+
     @staticmethod
     def _plain(response: Any) -> dict[str, Any]:
         """The API server's JSON answer to a call made with ``_preload_content=False``. The generated

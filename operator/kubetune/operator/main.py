@@ -76,6 +76,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo["config"] = config
     cache = memo["cache"] = ObjectCache({KIND, "Job"}) if config.read_cache else None
     kube = memo["kube"] = Kube.from_environment(cache=cache)
+    kube.load_api_classes()
     settings.persistence.diffbase_storage = NoDiffBase()
     # Every Event the operator posts is a phase Event with a deterministic name (events.py).
     settings.posting.enabled = False
@@ -154,7 +155,8 @@ async def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str,
         return
     body = event.get("object") or {}
     memo["metrics"].trainer_results.update(body)
-    memo["queue"].trigger(namespace, name)
+    # No status yet: never reconciled (the first reconcile always writes one), so it takes the new lane.
+    memo["queue"].trigger(namespace, name, new=not body.get("status"))
     if event.get("type") == "MODIFIED":
         _trigger_owner(body, memo)  # a monitor's retraining: the monitor follows its outcome
 

@@ -8,6 +8,12 @@ tenfold. Here a failed reconcile schedules its retry with ``loop.call_later`` an
 worker at once; a newer event for the same FineTuneJob supersedes a scheduled retry; a 429's
 ``Retry-After`` is honoured. A child's completion seen during an API outage is therefore acted on
 within one backoff step of the outage ending, not at the next relist.
+
+Two lanes share the workers, served in turn: FineTuneJobs never reconciled yet, and everything else.
+A thread pool alone is first come, first served, so under load a new FineTuneJob waited behind every
+queued follow-up of the jobs before it (their own status echoes, their Jobs' events), and its
+validation verdict and pre-flight Job came a whole backlog late (bench/operator.py at 20 new jobs a
+second). Taking turns bounds that wait by the new jobs ahead of it, and never starves the rest.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,21 +72,59 @@ class _Entry:
     attempts: int = 0  # consecutive failures
     timer: asyncio.TimerHandle | None = None
     not_before: float = 0.0  # loop time before which the server asked us not to come back (Retry-After)
+    new: bool = False  # never reconciled yet: waits in the new lane
+    waiting: bool = False  # started but waiting for a worker: it has read nothing yet
+
+
+class _Lanes:
+    """``workers`` slots, handed to waiters from two lanes: new objects first, but every
+    ``REST_SHARE``-th handover to the rest when both wait, so neither lane can starve."""
+
+    REST_SHARE = 8
+
+    def __init__(self, workers: int) -> None:
+        self._free = workers
+        self._new: deque[asyncio.Future[None]] = deque()
+        self._rest: deque[asyncio.Future[None]] = deque()
+        self._handovers = 0
+
+    async def acquire(self, new: bool) -> None:
+        if self._free > 0:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        (self._new if new else self._rest).append(waiter)
+        await waiter  # the slot is handed over by release(), already counted
+
+    def release(self) -> None:
+        self._handovers += 1
+        lanes = (self._rest, self._new) if self._handovers % self.REST_SHARE == 0 else (self._new, self._rest)
+        for lane in lanes:
+            while lane:
+                waiter = lane.popleft()
+                if not waiter.done():  # a cancelled waiter holds no slot
+                    waiter.set_result(None)
+                    return
+        self._free += 1
 
 
 class ReconcileQueue:
     def __init__(self, reconcile: Callable[[str, str], object], *, workers: int = 8) -> None:
         self._reconcile = reconcile
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="reconcile")
+        self._lanes = _Lanes(workers)
         self._entries: dict[Key, _Entry] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def trigger(self, namespace: str, name: str) -> None:
-        """Reconcile now (or right after the running one); call on the event loop."""
+    def trigger(self, namespace: str, name: str, *, new: bool = False) -> None:
+        """Reconcile now (or right after the running one); call on the event loop. ``new``: the object
+        was never reconciled (it waits in the new lane)."""
         key = (namespace, name)
         entry = self._entries.setdefault(key, _Entry())
+        entry.new = entry.new or new
         if entry.running:
-            entry.dirty = True
+            # A run still waiting for a worker reads everything afresh when it starts: it sees this event.
+            entry.dirty = entry.dirty or not entry.waiting
             return
         if entry.timer is not None:
             if asyncio.get_running_loop().time() < entry.not_before:
@@ -98,6 +143,7 @@ class ReconcileQueue:
 
     def _start(self, key: Key, entry: _Entry) -> None:
         entry.running = True
+        entry.waiting = True
         task = asyncio.get_running_loop().create_task(self._run(key, entry))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -106,6 +152,11 @@ class ReconcileQueue:
         loop = asyncio.get_running_loop()
         delay: float | None = None
         recheck: float | None = None
+        try:
+            await self._lanes.acquire(entry.new)
+        finally:
+            entry.waiting = False
+        entry.new = False
         try:
             outcome = await loop.run_in_executor(self._executor, self._reconcile, *key)
             entry.attempts = 0
@@ -122,6 +173,7 @@ class ReconcileQueue:
                 log.exception("%s/%s: reconcile failed, retrying in %.1fs", *key, delay)
         finally:
             entry.running = False
+            self._lanes.release()
         if self._entries.get(key) is not entry:  # forgotten meanwhile (deleted)
             return
         if entry.dirty and delay is None:
