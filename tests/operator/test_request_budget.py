@@ -7,10 +7,12 @@ status whose report may lag. bench/operator.py measures the same at 1,000 jobs.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from typing import Any
 
+from tests import scrape
 from tests.builders import trainer_result
 from tests.kubeapi.cluster import TestCluster
 from tests.operator.cluster import Cluster, wait_for
@@ -20,6 +22,9 @@ from tests.operator.test_lifecycle import phase
 
 # Issue 14's budget for a whole lifecycle, every request the operator process makes.
 REQUESTS_PER_LIFECYCLE = 15
+# One per event the operator did not cause itself: the FineTuneJob made, the pre-flight Job finished,
+# the training Job started, the trainer's report, the training Job finished.
+RECONCILES_PER_LIFECYCLE = 5
 
 
 def operator_requests(cluster: Cluster) -> Counter[str]:
@@ -64,6 +69,22 @@ def test_a_lifecycle_costs_at_most_fifteen_requests_and_no_read_of_what_the_oper
     assert used["create jobs"] == 2 and used["create events"] == 4, used
     assert not [key for key in used if key.startswith(("get jobs", "list jobs"))], "Jobs come from the watch"
     assert used["get finetunejobs"] <= 1, "only a status whose report may lag is read"
+
+
+def reconciles() -> float:
+    """How many reconciles the operator running in this test has run, from its /metrics."""
+    samples = scrape.scrape(f"http://127.0.0.1:{os.environ['KUBETUNE_METRICS_PORT']}/metrics")
+    return scrape.value(samples, "kubetune_reconcile_duration_seconds_count") or 0.0
+
+
+def test_the_operators_own_status_writes_do_not_come_back_as_reconciles(cluster: Cluster, operator: Any) -> None:
+    """A lifecycle writes status four times and makes two Jobs; the watch events those writes cause
+    reconcile nothing (there were nine or ten reconciles before)."""
+    wait_for(lambda: operator_requests(cluster)["watch jobs"], what="the operator watching")
+    before = reconciles()
+    lifecycle(cluster)
+    ran = reconciles() - before
+    assert ran <= RECONCILES_PER_LIFECYCLE, ran
 
 
 def test_without_the_cache_every_reconcile_reads_the_api_server(test_cluster: TestCluster, cluster: Cluster) -> None:

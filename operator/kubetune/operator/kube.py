@@ -68,6 +68,8 @@ class Kube:
     # Reads of the kinds it serves come from the operator's watches (cache.py); None: every read is a GET.
     cache: ObjectCache | None = None
     ensured: Ensured | None = field(default=None)
+    # (kind, namespace, name) -> the resourceVersion of this process's last write of a watched object.
+    _written: dict[tuple[str, str, str], str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_environment(cls, *, cache: ObjectCache | None = None) -> Kube:
@@ -77,11 +79,27 @@ class Kube:
     def _cached(self, kind: str) -> ObjectCache | None:
         return self.cache if self.cache is not None and self.cache.serves(kind) else None
 
-    def _wrote(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        """The API server's answer to a write: what the cache holds from now on."""
+    def _wrote(self, kind: str, body: dict[str, Any], *, echo_known: bool = False) -> dict[str, Any]:
+        """The API server's answer to a write: what the cache holds from now on. ``echo_known``: the
+        writer is the reconcile that acts on the object's events, so the watch event this write causes
+        is recognised as its echo (:meth:`wrote_this`); never so for a FineTuneJob a monitor creates,
+        whose first event is its first reconcile."""
+        if echo_known:
+            meta = body.get("metadata", {})
+            self._written[(kind, meta.get("namespace", ""), meta.get("name", ""))] = meta.get("resourceVersion", "")
         if (cache := self._cached(kind)) is not None:
             cache.observe(kind, body)
         return body
+
+    def wrote_this(self, kind: str, body: dict[str, Any]) -> bool:
+        """Whether ``body`` (a watch event's) is exactly what this process's last write of it made."""
+        meta = body.get("metadata", {})
+        version = meta.get("resourceVersion")
+        return bool(version) and self._written.get((kind, meta.get("namespace", ""), meta.get("name", ""))) == version
+
+    def forget_written(self, kind: str, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        self._written.pop((kind, meta.get("namespace", ""), meta.get("name", "")), None)
 
     def ensured_already(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
         """Whether this process saw the child exist for this owner (so building it again is not needed)."""
@@ -256,6 +274,7 @@ class Kube:
                 self._plain(
                     creators[kind](namespace, manifest, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
                 ),
+                echo_known=kind == "Job",
             )
         except ApiException as err:
             if err.status in PERMANENT_REFUSALS:
@@ -315,13 +334,22 @@ class Kube:
         patched = self.batch.patch_namespaced_job(
             name, namespace, {"spec": {"suspend": suspend}}, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
         )
-        self._wrote("Job", self._plain(patched))
+        self._wrote("Job", self._plain(patched), echo_known=True)
 
     def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        patched = self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _request_timeout=REQUEST_TIMEOUT
+        patched = self._plain(
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": status},
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
         )
-        self._wrote(KIND, dict(patched))
+        self._wrote(KIND, patched, echo_known=True)
 
     def workload_for_job(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
         try:

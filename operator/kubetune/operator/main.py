@@ -134,8 +134,8 @@ def _forget(memo: kopf.Memo, kind: str, body: dict[str, Any]) -> None:
 
 @kopf.on.event(*FINETUNEJOBS)
 async def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Every event but a deletion reconciles: a new or listed FineTuneJob, a spec change, and status
-    written by the trainer (progress, pre-flight, result) alike.
+    """Every event but a deletion and the echo of the operator's own status write reconciles: a new or
+    listed FineTuneJob, a spec change, and status written by the trainer (progress, pre-flight, result).
 
     Every event but a deletion (the initial listing's too, so a restarted operator exports them
     again) also refreshes the trainer's figures the operator exports from the status, labelled with
@@ -148,6 +148,7 @@ async def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str,
         memo["events"].forget(uid)
         _forget(memo, KIND, event["object"])
         memo["kube"].forget_owner(uid)
+        memo["kube"].forget_written(KIND, event["object"])
         config: OperatorConfig = memo["config"]
         url = config.pushgateway_url_for(namespace)
         if url:
@@ -155,8 +156,12 @@ async def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str,
         return
     body = event.get("object") or {}
     memo["metrics"].trainer_results.update(body)
-    # No status yet: never reconciled (the first reconcile always writes one), so it takes the new lane.
-    memo["queue"].trigger(namespace, name, new=not body.get("status"))
+    # The echo of this process's own write (its status patch) tells a reconcile nothing the writer had
+    # not acted on: skipped. controller-runtime's GenerationChangedPredicate skips every status-only
+    # change; here the trainer reports through status, so only our own write's exact resourceVersion is.
+    if not memo["kube"].wrote_this(KIND, body):
+        # No status yet: never reconciled (the first reconcile always writes one): the new lane.
+        memo["queue"].trigger(namespace, name, new=not body.get("status"))
     if event.get("type") == "MODIFIED":
         _trigger_owner(body, memo)  # a monitor's retraining: the monitor follows its outcome
 
@@ -185,6 +190,9 @@ def _trigger_owner(body: dict[str, Any], memo: kopf.Memo) -> None:
 async def on_child_job(event: dict[str, Any], body: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     if event.get("type") == "DELETED":
         _forget(memo, "Job", event["object"])
+        memo["kube"].forget_written("Job", event["object"])
+    elif memo["kube"].wrote_this("Job", body):
+        return  # the echo of our own create or patch: see on_finetunejob_event
     _trigger_owner(body, memo)
 
 
