@@ -9,8 +9,9 @@
 - Aggregated ClusterRoles get the rules the aggregation controller would write into them.
 
 The effective rules of each (user, namespace) are computed once and cached, so that authorizing a
-request is a short scan of the rules bound to that user; ``invalidate()`` drops everything after any
-RBAC object changes.
+request is a short scan of the rules bound to that user. After an RBAC object changes the server calls
+``changed(kind, obj)``: a Role or RoleBinding updates its own entry and drops the rule sets of its namespace;
+a ClusterRole or ClusterRoleBinding drops everything (``invalidate()``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tests.kubeapi.model import MASTERS, ApiError, UserInfo
 
@@ -29,7 +30,13 @@ ALL = "*"
 # that invents many users cannot grow it without bound.
 _MAX_CACHED_RULE_SETS = 4096
 
-Objects = Callable[[str], Iterable[dict[str, Any]]]
+
+class Objects(Protocol):
+    """The stored objects of a kind, in the server's listing order: all of them, or one namespace's."""
+
+    def __call__(self, kind: str, namespace: str | None = None, /) -> Iterable[dict[str, Any]]: ...
+
+
 DecisionListener = Callable[["Attributes", "Decision"], None]
 
 
@@ -328,17 +335,38 @@ class _SubjectIndex:
         self._by_user: dict[str, list[_Binding]] = {}
         self._by_group: dict[str, list[_Binding]] = {}
         self._by_service_account: dict[str, list[_Binding]] = {}  # by the user name it authenticates as
+        self._by_name: dict[str, _Binding] = {}
+        self._next_order = 0
 
-    def add(self, binding: _Binding) -> None:
+    def _lists_of(self, binding: _Binding) -> Iterator[list[_Binding]]:
         for subject in binding.subjects:
             kind, name = subject.get("kind"), str(subject.get("name", ""))
             if kind == "User":
-                self._by_user.setdefault(name, []).append(binding)
+                yield self._by_user.setdefault(name, [])
             elif kind == "Group":
-                self._by_group.setdefault(name, []).append(binding)
+                yield self._by_group.setdefault(name, [])
             elif kind == "ServiceAccount" and (namespace := binding.service_account_namespace(subject)):
-                user_name = f"{SERVICE_ACCOUNT_PREFIX}{namespace}:{name}"
-                self._by_service_account.setdefault(user_name, []).append(binding)
+                yield self._by_service_account.setdefault(f"{SERVICE_ACCOUNT_PREFIX}{namespace}:{name}", [])
+
+    def add(self, binding: _Binding) -> None:
+        self._by_name[binding.name] = binding
+        self._next_order = max(self._next_order, binding.order + 1)
+        for bindings in self._lists_of(binding):
+            bindings.append(binding)
+
+    def remove(self, name: str) -> _Binding | None:
+        binding = self._by_name.pop(name, None)
+        if binding is not None:
+            for bindings in self._lists_of(binding):
+                bindings[:] = [b for b in bindings if b is not binding]
+        return binding
+
+    def put(self, obj: Mapping[str, Any]) -> None:
+        """Add or replace one binding; a replaced one keeps its place in the listing order (as an update
+        keeps an object's place in the server's listing), a new one comes last."""
+        gone = self.remove(_name(obj))
+        order = gone.order if gone is not None else self._next_order
+        self.add(_Binding.from_object(obj, order))
 
     def bindings_for(self, user: UserInfo) -> list[_Binding]:
         found = {b.order: b for b in self._by_user.get(user.name, ())}
@@ -372,37 +400,67 @@ class _RuleSet:
     missing: list[_MissingRole] = field(default_factory=list)
 
 
+class _NamespaceRbac:
+    """The Roles and RoleBindings of one namespace, kept up to date one object at a time."""
+
+    def __init__(self, objects: Objects, namespace: str) -> None:
+        self.roles = {_name(role): _rules_of(role) for role in objects("Role", namespace)}
+        self.bindings = _SubjectIndex()
+        for order, obj in enumerate(objects("RoleBinding", namespace)):
+            self.bindings.add(_Binding.from_object(obj, order))
+
+    def apply(self, kind: str, obj: Mapping[str, Any], *, deleted: bool) -> None:
+        if kind == "Role":
+            if deleted:
+                self.roles.pop(_name(obj), None)
+            else:
+                self.roles[_name(obj)] = _rules_of(obj)
+        elif deleted:
+            self.bindings.remove(_name(obj))
+        else:
+            self.bindings.put(obj)
+
+
 class _Index:
-    """The RBAC objects of one moment, indexed for rule resolution."""
+    """The RBAC objects of one moment, indexed for rule resolution. A namespace's part is built when first
+    asked for, then follows each change of its Roles and RoleBindings (an operator makes two per
+    FineTuneJob, often all in one namespace: rebuilding after each made the cost grow with the square
+    of the jobs)."""
 
     def __init__(self, objects: Objects) -> None:
+        self._objects = objects
         self.cluster_roles = effective_cluster_role_rules(objects("ClusterRole"))
-        self.roles = {
-            (str(role.get("metadata", {}).get("namespace", "")), _name(role)): _rules_of(role)
-            for role in objects("Role")
-        }
         self.cluster_bindings = _SubjectIndex()
         for order, obj in enumerate(objects("ClusterRoleBinding")):
             self.cluster_bindings.add(_Binding.from_object(obj, order))
-        self.role_bindings: dict[str, _SubjectIndex] = {}
-        for order, obj in enumerate(objects("RoleBinding")):
-            binding = _Binding.from_object(obj, order)
-            self.role_bindings.setdefault(binding.namespace, _SubjectIndex()).add(binding)
+        self._namespaces: dict[str, _NamespaceRbac] = {}
+
+    def namespace(self, namespace: str) -> _NamespaceRbac:
+        part = self._namespaces.get(namespace)
+        if part is None:
+            part = self._namespaces[namespace] = _NamespaceRbac(self._objects, namespace)
+        return part
+
+    def apply(self, kind: str, obj: Mapping[str, Any], *, deleted: bool) -> None:
+        """One Role or RoleBinding created, updated or deleted (a namespace not built yet reads it then)."""
+        part = self._namespaces.get(str(obj.get("metadata", {}).get("namespace", "")))
+        if part is not None:
+            part.apply(kind, obj, deleted=deleted)
 
     def role_rules(self, kind: str, name: str, namespace: str) -> tuple[PolicyRule, ...] | None:
         """``GetRoleReferenceRules``: a Role is looked up in the binding's namespace; None when there is none."""
         if kind == "ClusterRole":
             return self.cluster_roles.get(name)
         if kind == "Role" and namespace:
-            return self.roles.get((namespace, name))
+            return self.namespace(namespace).roles.get(name)
         return None
 
     def rule_set(self, user: UserInfo, namespace: str) -> _RuleSet:
         """``VisitRulesFor``: ClusterRoleBindings first, then (with a namespace) that namespace's RoleBindings."""
         result = _RuleSet()
         bindings = self.cluster_bindings.bindings_for(user)
-        if namespace and namespace in self.role_bindings:
-            bindings += self.role_bindings[namespace].bindings_for(user)
+        if namespace:
+            bindings += self.namespace(namespace).bindings.bindings_for(user)
         for binding in bindings:
             rules = self.role_rules(binding.role_kind, binding.role_name, binding.namespace)
             if rules is None:
@@ -497,12 +555,26 @@ class Authorizer:
         self._objects = objects
         self._on_decision = on_decision
         self._index: _Index | None = None
-        self._rule_sets: dict[tuple[UserInfo, str], _RuleSet] = {}
+        self._rule_sets: dict[str, dict[UserInfo, _RuleSet]] = {}  # by namespace, then user
+        self._cached_rule_sets = 0
 
     def invalidate(self) -> None:
-        """Forget everything derived from RBAC objects; called by the server after any of them changes."""
+        """Forget everything derived from RBAC objects."""
         self._index = None
         self._rule_sets = {}
+        self._cached_rule_sets = 0
+
+    def changed(self, kind: str, obj: Mapping[str, Any], *, deleted: bool = False) -> None:
+        """Called by the server after an RBAC object was written or deleted. A Role or RoleBinding can
+        change only what users hold in its namespace, and only its own entry of the index; a ClusterRole
+        or ClusterRoleBinding (aggregation, bindings everywhere) forgets everything."""
+        namespace = str(obj.get("metadata", {}).get("namespace", ""))
+        if kind not in ("Role", "RoleBinding") or not namespace:
+            self.invalidate()
+            return
+        if self._index is not None:
+            self._index.apply(kind, obj, deleted=deleted)
+        self._cached_rule_sets -= len(self._rule_sets.pop(namespace, {}))
 
     # -------------------------------------------------------------- resolution
     def _current_index(self) -> _Index:
@@ -511,13 +583,13 @@ class Authorizer:
         return self._index
 
     def _rule_set(self, user: UserInfo, namespace: str) -> _RuleSet:
-        key = (user, namespace)
-        rule_set = self._rule_sets.get(key)
+        rule_set = self._rule_sets.get(namespace, {}).get(user)
         if rule_set is None:
             index = self._current_index()  # before touching the cache: building it may not be cheap
-            if len(self._rule_sets) >= _MAX_CACHED_RULE_SETS:
-                self._rule_sets = {}
-            rule_set = self._rule_sets[key] = index.rule_set(user, namespace)
+            if self._cached_rule_sets >= _MAX_CACHED_RULE_SETS:
+                self._rule_sets, self._cached_rule_sets = {}, 0
+            rule_set = self._rule_sets.setdefault(namespace, {})[user] = index.rule_set(user, namespace)
+            self._cached_rule_sets += 1
         return rule_set
 
     def cluster_role_rules(self, name: str) -> list[dict[str, Any]] | None:

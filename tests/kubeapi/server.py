@@ -211,11 +211,11 @@ class ApiServer:
             self._create(SYSTEM, rtype, obj, namespace=obj["metadata"].get("namespace", ""))
 
     # ------------------------------------------------------------------ helpers for the other parts
-    def _objects_of_kind(self, kind: str) -> Iterable[dict[str, Any]]:
+    def _objects_of_kind(self, kind: str, namespace: str | None = None, /) -> Iterable[dict[str, Any]]:
         rtype = next((t for t in self.registry if t.kind == kind and not t.is_custom), None)
         if rtype is None:
             return ()
-        return list(self.store.resource((rtype.group, rtype.plural)).items(None))
+        return list(self.store.resource((rtype.group, rtype.plural)).items(namespace))
 
     def _audit_decision(self, attributes: Attributes, decision: Decision) -> None:
         resource = f"{attributes.resource}/{attributes.subresource}" if attributes.subresource else attributes.resource
@@ -859,7 +859,9 @@ class ApiServer:
         }
         return crd
 
-    def _after_write(self, rtype: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+    def _after_write(
+        self, rtype: ResourceType, obj: dict[str, Any], old: dict[str, Any] | None, *, deleted: bool = False
+    ) -> None:
         if rtype.kind == "CustomResourceDefinition" and not rtype.is_custom:
             if old is not None:
                 self.registry.remove_crd(obj["metadata"]["name"])
@@ -868,7 +870,7 @@ class ApiServer:
                 if old is not None and served.schema is not None:
                     self._default_stored(served)
         if rtype.kind in RBAC_KINDS and not rtype.is_custom:
-            self.authorizer.invalidate()
+            self.authorizer.changed(rtype.kind, obj, deleted=deleted)
         if rtype.kind in ADMISSION_KINDS and not rtype.is_custom:
             self.admission.invalidate()
 
@@ -893,7 +895,7 @@ class ApiServer:
                     dead["metadata"]["resourceVersion"] = str(self.store.next_version())
                     self.store.write((gone.group, gone.plural), "DELETED", dead, item)
         elif rtype.kind in RBAC_KINDS or rtype.kind in ADMISSION_KINDS:
-            self._after_write(rtype, obj, None)
+            self._after_write(rtype, obj, None, deleted=True)
 
     # ------------------------------------------------------------------ direct use by fixtures
     def end_watches(self) -> None:

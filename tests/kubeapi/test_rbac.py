@@ -23,9 +23,15 @@ class Cluster:
 
     def __init__(self, *objects: dict[str, Any]) -> None:
         self.objects = list(objects)
+        self.reads: list[tuple[str, str | None]] = []
 
-    def __call__(self, kind: str) -> Iterable[dict[str, Any]]:
-        return [obj for obj in self.objects if obj["kind"] == kind]
+    def __call__(self, kind: str, namespace: str | None = None, /) -> Iterable[dict[str, Any]]:
+        self.reads.append((kind, namespace))
+        return [
+            obj
+            for obj in self.objects
+            if obj["kind"] == kind and (namespace is None or obj["metadata"].get("namespace") == namespace)
+        ]
 
     def add(self, *objects: dict[str, Any]) -> None:
         self.objects.extend(objects)
@@ -252,6 +258,56 @@ def test_changes_apply_after_invalidate() -> None:
     cluster.objects.remove(TRAINER_IN_ML)
     authorizer.invalidate()
     assert not authorizer.authorize(patch).allowed
+
+
+def test_a_namespaced_change_updates_only_its_own_entry() -> None:
+    other_editor = role("other", "jobs-editor", rule([GROUP], ["finetunejobs"], ["get"]))
+    alice_in_other = role_binding("other", "alice-jobs", ("Role", "jobs-editor"), user("alice"))
+    cluster = Cluster(JOBS_EDITOR, other_editor, alice_in_other)
+    authorizer = Authorizer(cluster)
+    patch = request(TRAINER, "patch", "finetunejobs", "ml", "x")
+    get_other = request(ALICE, "get", "finetunejobs", "other", "x")
+    assert not authorizer.authorize(patch).allowed
+    assert authorizer.authorize(get_other).allowed
+
+    cluster.reads.clear()
+    cluster.add(TRAINER_IN_ML)
+    authorizer.changed("RoleBinding", TRAINER_IN_ML)
+    assert authorizer.authorize(patch).allowed, "the new binding applies in its namespace"
+    assert authorizer.authorize(get_other).allowed
+    assert cluster.reads == [], "the index follows the change without reading anything again"
+
+    cluster.objects.remove(alice_in_other)
+    authorizer.changed("RoleBinding", alice_in_other, deleted=True)
+    assert not authorizer.authorize(get_other).allowed, "a deleted binding stops granting"
+    assert authorizer.authorize(patch).allowed
+
+    narrower = role("ml", "jobs-editor", rule([GROUP], ["finetunejobs"], ["get"]))
+    cluster.objects[cluster.objects.index(JOBS_EDITOR)] = narrower
+    authorizer.changed("Role", narrower)
+    assert not authorizer.authorize(patch).allowed, "an updated role grants what it says now"
+    assert authorizer.authorize(request(TRAINER, "get", "finetunejobs", "ml", "x")).allowed
+
+    cluster.add(cluster_role_binding("everyone", "jobs-reader", user("alice")))
+    cluster.add(cluster_role("jobs-reader", rule([GROUP], ["finetunejobs"], ["get"])))
+    authorizer.changed("ClusterRoleBinding", cluster.objects[-2])
+    assert authorizer.authorize(get_other).allowed, "a cluster-wide change applies everywhere"
+    assert ("ClusterRoleBinding", None) in cluster.reads, "and is read again whole"
+
+
+def test_an_updated_binding_keeps_its_place_in_the_order() -> None:
+    first = role_binding("ml", "first", ("Role", "jobs-editor"), service_account("x-trainer"))
+    second = role_binding("ml", "second", ("Role", "jobs-editor"), service_account("x-trainer"))
+    cluster = Cluster(JOBS_EDITOR, first, second)
+    authorizer = Authorizer(cluster)
+    patch = request(TRAINER, "patch", "finetunejobs", "ml", "x")
+    assert '"first/ml"' in authorizer.authorize(patch).reason
+    relabelled = {**first, "metadata": {**first["metadata"], "labels": {"a": "b"}}}
+    authorizer.changed("RoleBinding", relabelled)
+    assert '"first/ml"' in authorizer.authorize(patch).reason, "an update keeps its place, as in the listing"
+    authorizer.changed("RoleBinding", first, deleted=True)
+    authorizer.changed("RoleBinding", first)
+    assert '"second/ml"' in authorizer.authorize(patch).reason, "made again, it comes last"
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
