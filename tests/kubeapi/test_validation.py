@@ -8,6 +8,7 @@ what a client or a person reads.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import yaml
 
 from tests.builders import minimal_spec
 from tests.kubeapi.model import ApiError, ResourceType
-from tests.kubeapi.validation import admit
+from tests.kubeapi.validation import admit, custom
 
 ROOT = Path(__file__).resolve().parents[2]
 Obj = dict[str, Any]
@@ -1505,6 +1506,49 @@ def test_failing_rules_on_unchanged_values_are_ratcheted_to_warnings() -> None:
     stored["spec"]["owner"] = "root"  # stored before the rule existed
     _, warnings = update(WIDGET, _changed(stored, lambda w: w["metadata"].update(labels={"a": "b"})), stored)
     assert warnings == ["spec: Forbidden: root may not own a widget"]
+
+
+def test_a_kept_outcome_answers_only_the_same_schema_value_and_old_value() -> None:
+    stored, _ = create(WIDGET, _widget())
+    stored["spec"]["owner"] = "root"  # stored before the rule existed
+    relabelled = _changed(stored, lambda w: w["metadata"].update(labels={"a": "b"}))
+    expected = ["spec: Forbidden: root may not own a widget"]
+    assert update(WIDGET, relabelled, stored)[1] == expected
+    assert update(WIDGET, relabelled, stored)[1] == expected, "the same write, the same verdict again"
+    assert causes(refusal(update, WIDGET, _changed(relabelled, lambda w: w["spec"].update(owner="nobody")), stored))
+
+    schema = copy.deepcopy(_WIDGET_SCHEMA)  # the CRD updated: the rule's message is another
+    (root_rule,) = [r for r in schema["properties"]["spec"]["x-kubernetes-validations"] if "root" in r["rule"]]
+    root_rule["message"] = "root owns nothing"
+    updated = dataclasses.replace(WIDGET, schema=schema)
+    assert update(updated, relabelled, stored)[1] == ["spec: Forbidden: root owns nothing"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "paths"),
+    [
+        ("self.a.b > 0 && has(self.c)", (("a", "b"), ("c",))),
+        ("self.items.all(x, x > 0) && self.items[0] == 1", (("items",),)),
+        ("self.name.startsWith('x') || self.tags.exists(t, t == 'y')", (("name",), ("tags",))),
+        ("self.all(k, k != '')", None),  # a macro on self: all of it
+        ("self == oldSelf", None),
+        ("size(self) < 3", None),
+        ("'self' != self.kind", None),  # self in a string literal: the rule is kept by all of self
+    ],
+)
+def test_rules_are_kept_by_the_fields_of_self_they_read(rule: str, paths: object) -> None:
+    assert custom.paths_read_from_self(rule) == paths
+
+
+def test_a_rule_kept_by_its_fields_answers_objects_that_differ_elsewhere() -> None:
+    assert create(WIDGET, _widget(low=1, high=2, name="a"))
+    assert create(WIDGET, _widget(low=1, high=2, name="b")), "the same fields read, another object"
+    assert causes(refusal(create, WIDGET, _widget(low=3, high=2, name="a"))) == [("spec.low", "FieldValueInvalid")]
+    assert create(WIDGET, _widget(low=3, name="a")), "a field now absent is not answered by a kept outcome"
+    assert causes(refusal(create, WIDGET, _widget(low=3, high=2, name="b", owner="root"))) == [
+        ("spec.low", "FieldValueInvalid"),
+        ("spec", "FieldValueForbidden"),
+    ]
 
 
 # ================================================================================== NetworkPolicy

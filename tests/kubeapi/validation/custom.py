@@ -532,6 +532,35 @@ def is_transition_rule(rule: str) -> bool:
     return re.search(r"\boldSelf\b", rule) is not None
 
 
+_SELF_PATH = re.compile(r"\bself((?:\.[A-Za-z_][A-Za-z0-9_]*)*)(\s*\()?")
+
+
+@cache
+def paths_read_from_self(rule: str) -> tuple[tuple[str, ...], ...] | None:
+    """The field paths a rule reads ``self`` through, when it reads it only through fields
+    (``self.a.b``, ``has(self.a)``, ``self.a.all(...)``, ``self.a[0]``); None when it uses ``self`` whole
+    (``self == oldSelf``, ``self.all(...)``, ``size(self)``, or ``self`` in a string literal)."""
+    paths: set[tuple[str, ...]] = set()
+    for found in _SELF_PATH.finditer(rule):
+        segments = found.group(1).split(".")[1:]
+        if found.group(2) and segments:
+            segments = segments[:-1]  # a method or macro called on the value before it
+        if not segments:
+            return None
+        paths.add(tuple(segments))
+    return tuple(sorted(paths))
+
+
+def _read_along(value: Any, path: tuple[str, ...]) -> list[Any]:
+    """How far ``path`` leads into ``value`` and what is there (the container where it stops short):
+    everything a rule can learn of ``value`` through that path."""
+    for depth, segment in enumerate(path):
+        if not isinstance(value, dict) or segment not in value:
+            return [depth, value]
+        value = value[segment]
+    return [len(path), value]
+
+
 def typed_like_the_server(schema: Schema, value: Any) -> Any:
     """CEL sees a ``number`` field as a double even when JSON has ``0``; CEL has no int + double."""
     if schema.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
@@ -599,7 +628,7 @@ def _message(rule: Mapping[str, Any], activation: Mapping[str, Any]) -> str:
     return message or f"failed rule: {str(rule['rule']).strip()}"
 
 
-# A rule's outcome is a pure function of the rule and the values it sees, so it is kept: kube-apiserver
+# A rule's outcome is a pure function of the rule and the values it reads, so it is kept: kube-apiserver
 # compiles CEL to native code (microseconds a rule), celpy interprets it (about a millisecond), and a
 # FineTuneJob's 20-odd rules ran again on every status patch, the unchanged spec each time, which made
 # this double, not the operator, the bottleneck of bench/operator.py. Same verdicts, same messages.
@@ -630,6 +659,14 @@ def _remember_outcome(memo_key: tuple[str, bool, str, str], outcome: Any) -> Non
     _OUTCOMES[memo_key] = outcome
 
 
+# The outcome of a whole top-level property (a FineTuneJob's spec) is kept too, by its schema, value, old
+# value and path: the walk down an unchanged spec cost more than the rules it found answered above, on
+# every status patch. Bounded like the rules' outcomes; a schema replaced by a CRD update never matches
+# (the entry holds the schema it was computed with, compared by identity).
+_PROPERTY_OUTCOMES: dict[tuple[str, bool, str, str], tuple[Schema, _CelOutcome]] = {}
+PROPERTY_OUTCOMES_KEPT = 10_000
+
+
 class _CelCheck:
     """The CEL Validator: rules top-down, transition rules only where an old value correlates."""
 
@@ -649,7 +686,9 @@ class _CelCheck:
             granular = isinstance(old, dict) and schema.get("x-kubernetes-map-type") != "atomic"
             for name, item in value.items():
                 old_item = old.get(name, _MISSING) if granular else _MISSING
-                if name in properties:
+                if name in properties and not path:
+                    self._top_level_property(properties[name], item, name, old_item, unchanged)
+                elif name in properties:
                     self.node(properties[name], item, child(path, name), old_item, unchanged)
                 elif isinstance(extra, Mapping):
                     self.node(extra, item, key(path, name), old_item, unchanged)
@@ -657,6 +696,22 @@ class _CelCheck:
             olds = _correlated_items(schema, value, old) if schema.get("x-kubernetes-list-type") == "map" else None
             for i, item in enumerate(value):
                 self.node(schema["items"], item, index(path, i), olds[i] if olds else _MISSING, unchanged)
+
+    def _top_level_property(self, schema: Schema, value: Any, path: str, old: Any, unchanged: bool) -> None:
+        value_text, old_text = _json_text(value), _json_text(old)
+        if value_text is None or old_text is None:
+            self.node(schema, value, path, old, unchanged)
+            return
+        memo_key = (path, unchanged, value_text, old_text)
+        kept = _PROPERTY_OUTCOMES.get(memo_key)
+        if kept is None or kept[0] is not schema:
+            part = _CelCheck()
+            part.node(schema, value, path, old, unchanged)
+            if len(_PROPERTY_OUTCOMES) >= PROPERTY_OUTCOMES_KEPT:
+                _PROPERTY_OUTCOMES.clear()
+            kept = _PROPERTY_OUTCOMES[memo_key] = (schema, part.outcome)
+        self.outcome.errors.extend(kept[1].errors)
+        self.outcome.warnings.extend(kept[1].warnings)
 
     def _rules(
         self, schema: Schema, rules: Sequence[Mapping[str, Any]], value: Any, path: str, old: Any, unchanged: bool
@@ -685,7 +740,11 @@ class _CelCheck:
                 continue  # a transition rule needs an old value to compare with
             at = path
             compared = old_text if transition else ""
-            memo_key = (text, optional, self_text, compared) if self_text is not None and compared is not None else None
+            read = paths_read_from_self(text) if isinstance(typed_self, dict) else None
+            # A rule that reads self only through some fields is keyed by those: a FineTuneJob's spec
+            # rules each read a few fields, while every job's spec differs (its dataset, its output).
+            seen = self_text if read is None else _json_text([_read_along(typed_self, p) for p in read])
+            memo_key = (text, optional, seen, compared) if seen is not None and compared is not None else None
             holds = _OUTCOMES.get(memo_key) if memo_key is not None else None
             if holds is None:
                 try:
