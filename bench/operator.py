@@ -5,8 +5,8 @@
 
 What runs: the test API server (tests/kubeapi, HTTPS, token authentication, RBAC and validation on, the
 chart installed namespaced as ``helm install`` would) on a thread of this process; the operator as its
-own process (the console script, the chart's ServiceAccount token in a kubeconfig); and fixtures playing
-the cluster around it, each with its own identity: the tenant creating FineTuneJobs, the Job controller
+own process (the console script, the chart's ServiceAccount token in a kubeconfig); and, in a process
+forked for them, fixtures playing the cluster around it, each with its own identity: the tenant creating FineTuneJobs, the Job controller
 completing each pre-flight Job it sees, starting each training Job's pod (the kubelet reports it
 running, the Job counts it ready), and the trainer reporting its result with the token of the job's own
 ServiceAccount ``TRAINING_SECONDS`` later, just before its training Job completes (promoted: false, so
@@ -38,6 +38,7 @@ import argparse
 import heapq
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import signal
@@ -149,6 +150,23 @@ class Timeline:
             table[key] = at
             return True
 
+    _TABLES = ("created", "preflight_seen", "preflight_done", "training_seen", "training_done", "succeeded_seen")
+
+    def to_json(self) -> dict[str, Any]:
+        with self.lock:
+            tables: dict[str, Any] = {name: dict(getattr(self, name)) for name in self._TABLES}
+            return {
+                **tables,
+                "final_phase": dict(self.final_phase),
+                "job_uids": {k: sorted(v) for k, v in self.job_uids.items()},
+            }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Timeline:
+        timeline = cls(**{name: data[name] for name in cls._TABLES}, final_phase=data["final_phase"])
+        timeline.job_uids.update((name, set(uids)) for name, uids in data["job_uids"].items())
+        return timeline
+
 
 def violations(names: list[str], timeline: Timeline) -> list[str]:
     """Every job not driven exactly once through pre-flight and training to Succeeded."""
@@ -201,11 +219,13 @@ def informer(
             on_object("ADDED", item)
         while not stop.is_set():
             try:
+                # The events as plain JSON: the client's models (a V1Job per event) cost the fixtures
+                # CPU that the operator and the API server share the machine with.
                 stream = watch.Watch().stream(
-                    list_call, NAMESPACE, resource_version=version, timeout_seconds=5, **query
+                    list_call, NAMESPACE, resource_version=version, timeout_seconds=5, deserialize=False, **query
                 )
                 for event in stream:
-                    obj = event["raw_object"]
+                    obj = event["object"]
                     if event["type"] == "ERROR":
                         raise ApiException(status=obj.get("code", 500), reason=obj.get("reason"))
                     version = obj["metadata"]["resourceVersion"]
@@ -507,40 +527,104 @@ def wait_until_watching(apiserver: ApiServerThread, user: str, timeout: float = 
     raise RuntimeError("the operator did not start watching within a minute (see its log)")
 
 
-def run_scenario(scenario: Scenario, folder: Path, deadline_seconds: float) -> dict[str, Any]:
+@dataclass
+class ClusterSide:
+    """What the forked cluster-side process and this one tell each other (multiprocessing, fork context)."""
+
+    ready: Any  # the fixtures watch: the operator may start
+    go: Any  # the operator watches: the tenant may create
+    first_preflight: Any  # a pre-flight Job was seen: the kills may start
+    kills_done: Any  # no more kills: anything late (a duplicate Job) can be looked for
+    results: Any  # the cluster side's end of a Pipe
+
+    @classmethod
+    def make(cls, context: Any) -> tuple[ClusterSide, Any]:
+        ours, theirs = context.Pipe()
+        return cls(context.Event(), context.Event(), context.Event(), context.Event(), theirs), ours
+
+
+def drive_cluster(
+    cluster: Cluster, names: list[str], scenario: Scenario, deadline_seconds: float, side: ClusterSide
+) -> None:
+    """The cluster around the operator, in a process of its own (forked, so the identities and their
+    tokens carry over): the fixtures, then the tenant's creations, until every job Succeeded or the
+    deadline. The API server runs in the parent, where it has a Python interpreter to itself: sharing one
+    with the fixtures, it waited for theirs (one core at most for both)."""
     timeline = Timeline()
+    cpu_before = time.process_time()
+    fixtures = Fixtures(cluster, timeline, scenario.plant).start()
+    side.ready.set()
+    side.go.wait()
+    started = time.time()
+
+    def announce_first_preflight() -> None:
+        while not timeline.preflight_seen and not fixtures.stop.is_set():
+            time.sleep(0.05)
+        side.first_preflight.set()
+
+    threading.Thread(target=announce_first_preflight, daemon=True).start()
+    try:
+        create_all(cluster, names, scenario.rate, timeline)
+        created_all = time.time()
+        deadline = started + deadline_seconds
+        while time.time() < deadline and len(timeline.succeeded_seen) < len(names):
+            time.sleep(0.2)
+        side.kills_done.wait(max(0.0, deadline - time.time()))
+        time.sleep(1.0)  # anything late (a duplicate Job) still gets seen
+        finished = time.time()
+    finally:
+        fixtures.close()
+    side.results.send(
+        {
+            "timeline": timeline.to_json(),
+            "errors": fixtures.errors,
+            "started": started,
+            "createdAll": created_all,
+            "finished": finished,
+            "cpuSeconds": time.process_time() - cpu_before,
+        }
+    )
+
+
+def run_scenario(scenario: Scenario, folder: Path, deadline_seconds: float) -> dict[str, Any]:
     names = [f"job-{index:04d}" for index in range(scenario.jobs)]
+    context = multiprocessing.get_context("fork")
     with api_server(folder / "apiserver") as apiserver:
         test_cluster = TestCluster(apiserver, folder / "cluster", NAMESPACED)
         cluster = Cluster(test_cluster)
         operator_user = test_cluster.operator_user.name
-        fixtures = Fixtures(cluster, timeline, scenario.plant).start()
+        side, results = ClusterSide.make(context)
+        cluster_side = context.Process(
+            target=drive_cluster, args=(cluster, names, scenario, deadline_seconds, side), name="cluster-side"
+        )
+        cluster_side.start()
+        if not side.ready.wait(60):
+            raise RuntimeError("the fixtures did not start within a minute")
         operator = OperatorProcesses(
             operator_environment(test_cluster, read_cache=scenario.read_cache), folder / "operator.log"
         ).start()
         server_cpu_before = thread_cpu(apiserver._thread)
-        process_cpu_before = time.process_time()
         try:
             wait_until_watching(apiserver, operator_user)
-            started = time.time()
-            killer = threading.Thread(target=_kills, args=(scenario, operator, timeline), daemon=True)
-            killer.start()
-            create_all(cluster, names, scenario.rate, timeline)
-            created_all = time.time()
-            deadline = started + deadline_seconds
-            while time.time() < deadline and len(timeline.succeeded_seen) < len(names):
-                time.sleep(0.2)
-            killer.join(timeout=max(0.0, deadline - time.time()))
-            time.sleep(1.0)  # anything late (a duplicate Job) still gets seen
-            finished = time.time()
+            side.go.set()
+            kills = threading.Thread(target=_kills, args=(scenario, operator, side.first_preflight), daemon=True)
+            kills.start()
+            kills.join(deadline_seconds)
+            side.kills_done.set()
+            if not results.poll(deadline_seconds + 120):
+                raise RuntimeError("the cluster side sent no results")
+            seen = results.recv()
         finally:
             operator.stop()
-            fixtures.close()
+            cluster_side.join(30)
+            if cluster_side.is_alive():
+                cluster_side.kill()
         server_cpu = thread_cpu(apiserver._thread) - server_cpu_before
-        fixtures_cpu = time.process_time() - process_cpu_before - server_cpu  # this process but the server
         requests = operator_requests(apiserver, operator_user)
+    timeline = Timeline.from_json(seen["timeline"])
+    started, created_all, finished = seen["started"], seen["createdAll"], seen["finished"]
     all_preflight = max(timeline.preflight_seen.values()) if len(timeline.preflight_seen) == len(names) else None
-    found = violations(names, timeline) + fixtures.errors
+    found = violations(names, timeline) + seen["errors"]
     planted = [v for v in found if scenario.plant and v.startswith(f"{scenario.plant}:")]
     found = [v for v in found if v not in planted]
     result = {
@@ -568,7 +652,7 @@ def run_scenario(scenario: Scenario, folder: Path, deadline_seconds: float) -> d
         "operatorPeakMegabytes": round(operator.peak_bytes / 2**20, 1),
         "operatorProcesses": len(operator.uses),
         "apiServerCpuSeconds": round(server_cpu, 2),
-        "fixturesCpuSeconds": round(fixtures_cpu, 2),
+        "fixturesCpuSeconds": round(seen["cpuSeconds"], 2),
         "violations": found[:50],
         "violationCount": len(found),
         "plantedFlagged": planted,
@@ -587,12 +671,11 @@ def run_scenario(scenario: Scenario, folder: Path, deadline_seconds: float) -> d
     return result
 
 
-def _kills(scenario: Scenario, operator: OperatorProcesses, timeline: Timeline) -> None:
+def _kills(scenario: Scenario, operator: OperatorProcesses, first_preflight: Any) -> None:
     """SIGKILL the operator ``kills`` times, ``kill_every`` seconds apart, from the first pre-flight Job on."""
     if not scenario.kills:
         return
-    while not timeline.preflight_seen:
-        time.sleep(0.05)
+    first_preflight.wait()
     for _ in range(scenario.kills):
         time.sleep(scenario.kill_every)
         operator.kill_and_restart()
