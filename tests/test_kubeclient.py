@@ -8,6 +8,7 @@ import http.server
 import json
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,20 @@ def test_without_any_credentials_the_error_says_where_it_looked(
     monkeypatch.setattr(kubeclient, "SERVICE_ACCOUNT_DIR", tmp_path / "no-serviceaccount")
     with pytest.raises(NoCredentials, match="no Kubernetes credentials"):
         load_configuration()
+
+
+def test_plain_json_bodies_go_out_as_they_are_and_anything_else_as_the_library_serializes_it() -> None:
+    api = object.__new__(ReauthenticatingApiClient)
+    client.ApiClient.__init__(api, client.Configuration())
+    library = client.ApiClient(client.Configuration())
+    body = {"metadata": {"name": "x", "labels": {"a": "b"}}, "spec": {"n": 1, "r": 0.5, "on": True, "no": None}}
+    body["spec"]["items"] = [1, "a", {"k": [2.5]}]
+    assert api.sanitize_for_serialization(body) is body, "a plain JSON body is sent without a copy"
+    assert api.sanitize_for_serialization(body) == library.sanitize_for_serialization(body)
+    for other in (
+        {"at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)},
+        {"metadata": client.V1ObjectMeta(name="x", labels={"a": "b"})},
+        {1: "an int key"},
+        ("a", "tuple"),
+    ):
+        assert api.sanitize_for_serialization(other) == library.sanitize_for_serialization(other)
