@@ -67,6 +67,11 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         ({"method": {"type": "qlora", "allowCpuQlora": True}, "resources": {"gpus": 0}}, set()),
         ({"method": {"type": "qlora"}}, set()),  # one GPU by default
         ({"method": {"type": "lora"}, "resources": {"gpus": 0}}, set()),
+        ({"method": {"type": "full", "adapter": "dora"}}, spec_rule("method.adapter")),
+        ({"method": {"type": "full", "adapter": "lora"}}, spec_rule("method.adapter")),
+        ({"method": {"type": "full"}}, set()),
+        ({"method": {"adapter": "dora"}}, set()),  # auto: an adapter method either way
+        ({"method": {"type": "qlora", "adapter": "dora", "lora": {"scaling": "rslora"}}}, set()),
         (split(0.45, 0.45), spec_rule("dataset.split")),
         (split(0.5, 0.4), spec_rule("dataset.split")),
         (split(0.4, 0.4), set()),

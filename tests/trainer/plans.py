@@ -46,10 +46,14 @@ TINY_TRAINING = {
 }
 
 
-def tiny_plan(method: str, lr: float = 5e-3) -> ResolvedTraining:
-    """The plan for a few steps of ``method`` on the tiny test model (LoRA r=4, no dropout)."""
+def tiny_plan(
+    method: str, lr: float = 5e-3, *, adapter: str | None = None, lora: dict[str, object] | None = None
+) -> ResolvedTraining:
+    """The plan for a few steps of ``method`` on the tiny test model (LoRA r=4, no dropout; ``adapter``
+    and ``lora`` as in the manifest's ``method`` block)."""
+    method_block = {"type": method, "allowCpuQlora": True, "lora": {"r": 4, "alpha": 8, "dropout": 0.0, **(lora or {})}}
     manifest = spec(
-        method={"type": method, "allowCpuQlora": True, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        method=method_block if adapter is None else {**method_block, "adapter": adapter},
         hyperparameters={**TINY_TRAINING, "learningRate": lr},
         resources={"gpus": 0},
     )

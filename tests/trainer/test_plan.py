@@ -6,7 +6,14 @@ import re
 
 import pytest
 
-from kubetune.api.v1alpha1 import QUANTITY_PATTERN, MethodType, ResolvedFullTraining
+from kubetune.api.v1alpha1 import (
+    QUANTITY_PATTERN,
+    AdapterType,
+    LoraScaling,
+    MethodType,
+    ResolvedAdapterTraining,
+    ResolvedFullTraining,
+)
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.hardware import quantity_gib
 from kubetune_trainer.plan import preflight_estimate, resolve_training
@@ -125,3 +132,25 @@ def test_every_gpu_memory_the_api_admits_is_read_by_the_preflight(suffix: str) -
 
 DECIMAL = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+
+
+def test_the_adapter_is_plain_lora_with_standard_scaling_unless_the_manifest_names_another() -> None:
+    def resolve(**method: object) -> ResolvedAdapterTraining:
+        resolved = resolve_training(
+            spec(method=method), L4, train_examples=1000, token_lengths=[512] * 1000, shape=SEVEN_B, replay=NO_REPLAY
+        )
+        assert isinstance(resolved, ResolvedAdapterTraining)
+        return resolved
+
+    lora = resolve()
+    assert (lora.lora.adapter, lora.lora.scaling) == (AdapterType.LORA, LoraScaling.STANDARD)
+    dora = resolve(adapter="dora", lora={"scaling": "rslora"})
+    assert (dora.lora.adapter, dora.lora.scaling) == (AdapterType.DORA, LoraScaling.RSLORA)
+    # DoRA trains a magnitude per output feature besides the low-rank matrices: 16 bytes each
+    # (weight, gradient, Adam's two moments).
+    lora_gib, dora_gib = (
+        preflight_estimate(plan, SEVEN_B, L4, train_tokens=512_000, total_memory_limit_gib=None).estimated_memory_gib
+        for plan in (lora, dora)
+    )
+    assert lora_gib is not None and dora_gib is not None
+    assert dora_gib - lora_gib == pytest.approx(SEVEN_B.dora_magnitude_params() * 16 * 1.2 / 2**30, abs=0.01)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -68,7 +69,7 @@ def test_the_published_adapter_and_merged_model_are_the_model_evaluated(tmp_path
     assert not torch.allclose(scaled, full, atol=1e-3), "the scale changes the model"
 
     set_scale(model, 0.6)
-    publish_scale(outcome.trained_dir, 0.6)
+    publish_scale(model, outcome.trained_dir, 0.6)
     assert json.loads((outcome.trained_dir / "adapter_config.json").read_text())["lora_alpha"] == pytest.approx(4.8)
     merged_dir = merge_adapter(tiny_model_dir, outcome.trained_dir, tmp_path / "merged", method=MethodType.LORA)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
@@ -76,16 +77,24 @@ def test_the_published_adapter_and_merged_model_are_the_model_evaluated(tmp_path
         torch.testing.assert_close(merged(input_ids=ids).logits, scaled, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("lora", "how"), [({}, "validation"), ({"scale": 0.5}, "manifest")])
+@pytest.mark.parametrize(
+    ("method", "how"),
+    [
+        ({}, "validation"),
+        ({"lora": {"scale": 0.5}}, "manifest"),
+        ({"adapter": "dora", "lora": {"scaling": "rslora"}}, "validation"),
+    ],
+)
 def test_a_run_says_which_strength_it_kept_and_publishes_that_adapter(
-    tmp_path: Path, tiny_model_dir: Path, lora: dict[str, float], how: str
+    tmp_path: Path, tiny_model_dir: Path, method: dict[str, Any], how: str
 ) -> None:
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, **method.get("lora", {})}
     job = write_job(
         tmp_path / "job.yaml",
         model_dir=tiny_model_dir,
         data=write_dataset(tmp_path / "data.jsonl", 40),
         output=f"file://{tmp_path}/out/",
-        method={"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, **lora}},
+        method={"type": "lora", **method, "lora": lora},
         hyperparameters={"epochs": 1, "learningRate": 0.001, "batchSize": 4, "sequenceLength": 64, "seed": 7},
         dataset={"sources": [{"uri": f"file://{tmp_path}/data.jsonl"}], "replay": {"enabled": False}},
         evaluation={"forgetting": False, "maxNewTokens": 4},
@@ -103,6 +112,13 @@ def test_a_run_says_which_strength_it_kept_and_publishes_that_adapter(
     assert strength["how"] == how
     if how == "validation":
         assert strength["validationScores"]["1.0"] is not None and len(strength["validationScores"]) >= 2
-    alpha = json.loads((manifest_path.parent / "adapter" / "adapter_config.json").read_text())["lora_alpha"]
-    assert alpha == pytest.approx(8 * strength["scale"])
+    config = json.loads((manifest_path.parent / "adapter" / "adapter_config.json").read_text())
+    assert config["lora_alpha"] == pytest.approx(8 * strength["scale"])
+    assert (config["use_dora"], config["use_rslora"]) == ("adapter" in method, "scaling" in lora)
     assert f"adapter strength: {strength['scale']:g} ({how}" in result.stdout
+    (plan_line,) = [line for line in result.stderr.splitlines() if "kubetune: plan: {" in line]
+    resolved_lora = json.loads(plan_line.split("plan: ", 1)[1])["lora"]
+    assert (resolved_lora["adapter"], resolved_lora["scaling"]) == (
+        method.get("adapter", "lora"),
+        lora.get("scaling", "standard"),
+    )

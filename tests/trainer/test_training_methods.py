@@ -28,11 +28,12 @@ EXAMPLES = [
 ]
 
 
-def run(tmp_path: Path, model_dir: Path, method: str, lr: float = 5e-3):  # type: ignore[no-untyped-def]
+def run(tmp_path: Path, model_dir: Path, method: str, lr: float = 5e-3, **lora_options):  # type: ignore[no-untyped-def]
+    """Train ``method`` on the tiny model (``lora_options``: tiny_plan's ``adapter`` and ``lora``)."""
     return train(
         TrainConfig(
             model_dir=model_dir,
-            resolved=tiny_plan(method, lr),
+            resolved=tiny_plan(method, lr, **lora_options),
             train=EXAMPLES,
             validation=[],
             output_dir=tmp_path / method,

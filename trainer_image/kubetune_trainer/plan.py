@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kubetune.api.v1alpha1 import (
+    AdapterType,
     FineTuneJobSpec,
+    LoraScaling,
     LrScheduler,
     MethodType,
     PreflightReport,
@@ -39,6 +41,11 @@ class Defaults:
     lora_r: int = 8  # small rank: enough for task adaptation, less capacity to overwrite general skills
     lora_alpha_per_r: int = 2  # alpha = 2r, the common scaling
     lora_dropout: float = 0.05
+    # Plain LoRA: the method the defaults below (rate, strengths) were measured with (docs/defaults.md).
+    adapter: AdapterType = AdapterType.LORA
+    # alpha / r: at the default r = 8 and alpha = 2r rsLoRA's alpha / sqrt(r) would be a 2.8x larger
+    # update than the rate was measured with; rsLoRA is for high ranks, where alpha / r shrinks it.
+    lora_scaling: LoraScaling = LoraScaling.STANDARD
     # Small models tuned on small datasets need a higher LoRA rate than the 1e-4..2e-4 common
     # for 7B+ models: measured on the example tickets (SmolLM2-135M), 2e-4 for 30 steps only
     # taught the label format (accuracy 0.12 -> 0.22); forgetting is held in check by replay
@@ -126,6 +133,11 @@ class ModelShape:
     def lora_params(self, r: int) -> float:
         hidden, kv_dim = self.hidden_size, self.kv_dim
         per_layer = r * ((hidden + hidden) * 2 + (hidden + kv_dim) * 2 + (hidden + self.intermediate_size) * 3)
+        return float(self.layers * per_layer)
+
+    def dora_magnitude_params(self) -> float:
+        """DoRA's trained magnitudes: one per output feature of every adapted linear layer."""
+        per_layer = 3 * self.hidden_size + 2 * self.kv_dim + 2 * self.intermediate_size
         return float(self.layers * per_layer)
 
 
@@ -235,6 +247,8 @@ def resolve_training(
     requested = spec.method.lora
     r = chosen(requested.r, DEFAULTS.lora_r)
     lora = ResolvedLora(
+        adapter=chosen(spec.method.adapter, DEFAULTS.adapter),
+        scaling=chosen(requested.scaling, DEFAULTS.lora_scaling),
         r=r,
         alpha=chosen(requested.alpha, DEFAULTS.lora_alpha_per_r * r),
         dropout=chosen(requested.dropout, DEFAULTS.lora_dropout),
@@ -306,7 +320,11 @@ def preflight_estimate(
         MethodType.LORA: 2.0 if on_gpu else 4.0,
         MethodType.FULL: 2.0 if on_gpu else 4.0,
     }[method]
-    trainable = shape.lora_params(resolved.lora.r) if isinstance(resolved, ResolvedAdapterTraining) else params
+    trainable = params
+    if isinstance(resolved, ResolvedAdapterTraining):
+        trainable = shape.lora_params(resolved.lora.r)
+        if resolved.lora.adapter == AdapterType.DORA:
+            trainable += shape.dora_magnitude_params()
     # fp32 master copy + Adam's two moments + gradient for each trainable parameter.
     optimizer_bytes = trainable * (4 + 8 + 4)
     hidden, layers, vocab = shape.hidden_size, shape.layers, shape.vocab_size

@@ -437,7 +437,7 @@ def choose_adapter_strength(
 
         choice = choose_scale(score_at, strengths)
     set_scale(tuned, choice.scale)
-    publish_scale(outcome.trained_dir, choice.scale)
+    publish_scale(tuned, outcome.trained_dir, choice.scale)
     outcome.strength = choice
     log.info("adapter strength %.2f (%s) %s", choice.scale, choice.how, choice.scores or "")
 

@@ -115,6 +115,16 @@ class MethodType(StrEnum):
     FULL = "full"
 
 
+class AdapterType(StrEnum):
+    LORA = "lora"
+    DORA = "dora"
+
+
+class LoraScaling(StrEnum):
+    STANDARD = "standard"
+    RSLORA = "rslora"
+
+
 class LrScheduler(StrEnum):
     COSINE = "cosine"
     LINEAR = "linear"
@@ -408,10 +418,32 @@ class LoraSpec(ApiModel):
             ),
         ),
     ] = None
+    scaling: Annotated[
+        LoraScaling | None,
+        Field(
+            description=(
+                "How the update is scaled: standard is alpha / r; rslora is alpha / sqrt(r) (rank-stabilised "
+                "LoRA), which keeps the update's size from shrinking as r grows: pick it for r of 64 and "
+                "more. Unset: standard."
+            ),
+        ),
+    ] = None
 
 
 class MethodSpec(ApiModel):
     type: Annotated[MethodType, Field(description="auto picks QLoRA on a GPU and LoRA on a CPU.")] = MethodType.AUTO
+    adapter: Annotated[
+        AdapterType | None,
+        Field(
+            description=(
+                "The adapter a lora or qlora run trains, configured by method.lora: lora, or dora "
+                "(weight-decomposed LoRA, Liu et al. 2024: a trained magnitude per output feature besides the "
+                "low-rank direction; learns more like full fine-tuning at about a LoRA's parameter count, and "
+                "each step is slower as it recomputes every adapted weight's norm). Unset: lora. Not for "
+                "method.type full, which trains every weight."
+            ),
+        ),
+    ] = None
     lora: LoraSpec = Field(default_factory=LoraSpec)
     allow_cpu_qlora: Annotated[
         bool,
@@ -721,6 +753,12 @@ class FineTuneJobSpec(ApiModel):
             lambda s: s.method.type != MethodType.QLORA or s.resources.gpus > 0 or s.method.allow_cpu_qlora,
         ),
         Rule(
+            "self.method.type != 'full' || !has(self.method.adapter)",
+            "method.adapter names an adapter to train on a frozen base; method.type full trains every weight",
+            ".method.adapter",
+            lambda s: s.method.type != MethodType.FULL or s.method.adapter is None,
+        ),
+        Rule(
             "self.dataset.split.validation + self.dataset.split.test < 0.9",
             "dataset.split.validation + dataset.split.test must leave at least 10% for training",
             ".dataset.split",
@@ -891,6 +929,8 @@ class ResolvedHyperparameters(ApiModel):
 class ResolvedLora(ApiModel):
     """The adapter of a LoRA or QLoRA run, every value decided."""
 
+    adapter: Annotated[AdapterType, Field(description="lora, or dora (a trained magnitude per output feature).")]
+    scaling: Annotated[LoraScaling, Field(description="standard: alpha / r; rslora: alpha / sqrt(r).")]
     r: Annotated[int, Field(ge=1)]
     alpha: Annotated[int, Field(ge=1)]
     dropout: Annotated[float, Field(ge=0)]

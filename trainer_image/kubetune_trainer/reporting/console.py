@@ -75,7 +75,9 @@ class ConsoleReporter(Reporter):
     def resolved(self, resolved: ResolvedTraining) -> None:
         hp = resolved.hyperparameters
         lora = (
-            f" r={resolved.lora.r} alpha={resolved.lora.alpha}" if isinstance(resolved, ResolvedAdapterTraining) else ""
+            f" ({resolved.lora.adapter} r={resolved.lora.r} alpha={resolved.lora.alpha}, {resolved.lora.scaling} scaling)"
+            if isinstance(resolved, ResolvedAdapterTraining)
+            else ""
         )
         self.console.print(
             f"plan: {resolved.method}{lora}, {hp.epochs:g} epochs, lr {hp.learning_rate:g}, "

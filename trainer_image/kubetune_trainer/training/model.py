@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.v1alpha1 import MethodType, ResolvedAdapterTraining, ResolvedLora, ResolvedTraining
+from kubetune.api.v1alpha1 import (
+    AdapterType,
+    LoraScaling,
+    MethodType,
+    ResolvedAdapterTraining,
+    ResolvedLora,
+    ResolvedTraining,
+)
 from kubetune_trainer.environment import TrainerEnvironment
 
 
@@ -69,7 +76,8 @@ def load_base(model_dir: Path, method: MethodType, *, device: str, bf16: bool) -
 
 
 def lora_config(lora: ResolvedLora) -> Any:
-    """peft's LoraConfig from the resolved plan; ``all-linear`` is peft's own shorthand."""
+    """peft's LoraConfig from the resolved plan (DoRA and rsLoRA are its ``use_dora`` and
+    ``use_rslora``); ``all-linear`` is peft's own shorthand."""
     from peft import LoraConfig
 
     targets = lora.target_modules
@@ -78,6 +86,8 @@ def lora_config(lora: ResolvedLora) -> Any:
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+        use_dora=lora.adapter == AdapterType.DORA,
+        use_rslora=lora.scaling == LoraScaling.RSLORA,
         bias="none",
         task_type="CAUSAL_LM",
     )

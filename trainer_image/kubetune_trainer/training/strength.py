@@ -74,23 +74,57 @@ def lora_layers(model: Any) -> list[Any]:
     return [module for module in model.modules() if isinstance(module, LoraLayer)]
 
 
+def _dora_magnitudes(layer: Any) -> list[tuple[Any, Any]]:
+    """(trained magnitude, the base weight's row norms) for each DoRA adapter of a LoRA layer.
+
+    peft starts a DoRA magnitude at the norms of the base weight (de-quantized for QLoRA), so
+    moving it back towards them by the same fraction as the direction makes scale 0 the base."""
+    import torch
+    from peft.utils.integrations import dequantize_module_weight
+    from peft.utils.other import transpose
+
+    found = []
+    for name, dora in layer.lora_magnitude_vector.items():
+        if name not in layer.active_adapters:
+            continue
+        with torch.no_grad():
+            base = transpose(dequantize_module_weight(layer.get_base_layer()), layer.fan_in_fan_out)
+            norms = torch.linalg.norm(base.to(dora.weight.dtype), dim=1).to(dora.weight.device)
+        found.append((dora.weight, norms))
+    return found
+
+
 def set_scale(model: Any, scale: float) -> Callable[[], None]:
     """Scale every LoRA layer of ``model`` by ``scale``; returns the function that puts the exact
-    previous scaling back."""
-    saved = [(layer, dict(layer.scaling)) for layer in lora_layers(model)]
+    previous state back. A DoRA magnitude moves the same fraction of the way from the base weight's
+    norms to its trained value, so that every scale lies between the base (0) and the tuned model (1)."""
+    import torch
+
+    layers = lora_layers(model)
+    saved = [(layer, dict(layer.scaling)) for layer in layers]
+    magnitudes = [
+        (weight, norms, weight.detach().clone()) for layer in layers for weight, norms in _dora_magnitudes(layer)
+    ]
     for layer, _ in saved:
         layer.scale_layer(scale)
+    with torch.no_grad():
+        for weight, norms, trained in magnitudes:
+            weight.copy_(norms + scale * (trained - norms))
 
     def undo() -> None:
         for layer, scaling in saved:
             layer.scaling.update(scaling)
+        with torch.no_grad():
+            for weight, _, trained in magnitudes:
+                weight.copy_(trained)
 
     return undo
 
 
-def publish_scale(adapter_dir: Path, scale: float) -> None:
-    """Write the chosen strength into the saved adapter (its ``lora_alpha``), so every consumer of the
-    adapter, and the merged model built from it, gets the model that was evaluated."""
+def publish_scale(model: Any, adapter_dir: Path, scale: float) -> None:
+    """Write ``model``, which ``set_scale(model, scale)`` left at the chosen strength, into its saved
+    adapter: the strength into ``lora_alpha``, and DoRA's moved magnitudes into the weights, so every
+    consumer of the adapter, and the merged model built from it, gets the model that was evaluated."""
     if scale == 1.0:
         return
     path = adapter_dir / "adapter_config.json"
@@ -98,3 +132,9 @@ def publish_scale(adapter_dir: Path, scale: float) -> None:
     config["lora_alpha"] = config["lora_alpha"] * scale
     config["alpha_pattern"] = {k: v * scale for k, v in (config.get("alpha_pattern") or {}).items()}
     path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    if config.get("use_dora"):
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in get_peft_model_state_dict(model).items()}
+        save_file(state, str(adapter_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
