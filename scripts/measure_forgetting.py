@@ -70,6 +70,8 @@ SWEEP: dict[str, dict[str, Any]] = {
 # What a run's result depends on: a recorded run is reused only while these are unchanged.
 CODE_PATHS = ("trainer_image", "api", "examples")
 RUN_TIMEOUT_SECONDS = 60 * 60
+# Speed, memory, steps and best validation loss of a run's training, from its lineage manifest.
+TRAINING_FIGURES = ("tokensPerSecond", "trainedTokensPerSecond", "peakMemoryBytes", "bestEvalLoss", "globalStep")
 SMOKE_DATASET_ROWS = 96
 # The smoke's planted forgetting: no replay and a learning rate that wrecks a tiny model in a few steps.
 PLANTED_FORGETTING = {"dataset": {"replay": {"enabled": False}}, "hyperparameters": {"learningRate": 0.05}}
@@ -206,6 +208,7 @@ def run_one(
             "gate": evaluation["gate"],
             "promoted": lineage["promoted"],
             "stageSeconds": json.loads((folder / "work" / "stage_times.json").read_text()),
+            "training": {key: lineage["training"].get(key) for key in TRAINING_FIGURES},
             "perExample": {
                 "test": read_jsonl(version / "reports" / "predictions.jsonl"),
                 "general": read_jsonl(version / "reports" / "general_predictions.jsonl"),

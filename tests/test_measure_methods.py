@@ -1,0 +1,59 @@
+"""``scripts/measure_methods.py --smoke``: a planted DoRA run through ``kubetune run`` on the tiny
+model that the gate must refuse, resuming, and the docs page rendered from the JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import measure_methods  # noqa: E402
+
+
+def smoke(tmp_path: Path, model: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "measure_methods.py"),
+            "--smoke",
+            "--base-model",
+            f"file://{model}",
+            "--out",
+            str(tmp_path / "methods.json"),
+            "--scratch",
+            str(tmp_path / "scratch"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_the_smoke_trains_dora_refuses_the_planted_forgetting_and_resumes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    first = smoke(tmp_path, tiny_model_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((tmp_path / "methods.json").read_text())
+    assert results["commit"] and "--smoke" in results["command"]
+    (planted,) = results["runs"]
+    assert planted["method"] == "dora, planted forgetting"
+    lora = planted["resolved"]["lora"]
+    assert (lora["adapter"], planted["resolved"]["hyperparameters"]["learningRate"]) == ("dora", 0.05)
+    likelihood = planted["forgetting"]["likelihood"]
+    assert likelihood["relative_loss"] > likelihood["max_regression"], likelihood
+    assert planted["promoted"] is False and planted["gate"]["message"].startswith("not promoted")
+    training = planted["training"]
+    assert training["trainedTokensPerSecond"] > 0 and training["peakMemoryBytes"] > 0
+    page = (tmp_path / "methods.md").read_text()
+    assert page == measure_methods.render_markdown(results)
+    assert f"| {training['trainedTokensPerSecond']:.0f} |" in page and "dora r=" in page
+
+    again = smoke(tmp_path, tiny_model_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("skipped") == 1
+    assert json.loads((tmp_path / "methods.json").read_text()) == results
