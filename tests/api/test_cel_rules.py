@@ -10,13 +10,15 @@ import celpy
 import pytest
 
 from kubetune.api.manifest import ManifestError, parse_spec
-from kubetune.api.v1alpha1 import FineTuneJobSpec, Toleration
+from kubetune.api.v1alpha1 import DatasetSource, DatasetSpec, FineTuneJobSpec, Toleration
 from tests.api.schema_tools import all_rules, apply_defaults, cel_violations, root_schema, spec_schema
 from tests.builders import minimal_spec
 
 MINIMAL: dict[str, Any] = minimal_spec()
 SPEC_RULES = {rule.field.lstrip("."): rule.message for rule in FineTuneJobSpec.rules}
 TOLERATION_RULES = {rule.field.lstrip("."): rule.message for rule in Toleration.rules}
+SOURCE_RULES = {rule.field.lstrip("."): rule.message for rule in DatasetSource.rules}
+DATASET_RULES = {rule.field.lstrip("."): rule.message for rule in DatasetSpec.rules}
 
 
 def defaulted(spec: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +53,14 @@ def spec_rule(field: str) -> set[tuple[str, str]]:
     return {(field, SPEC_RULES[field])}
 
 
+def sources(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"dataset": {"sources": [{"uri": f"s3://data/{i}", **item} for i, item in enumerate(items)]}}
+
+
+def source_rule(index: int, field: str) -> set[tuple[str, str]]:
+    return {(f"dataset.sources[{index}].{field}", SOURCE_RULES[field])}
+
+
 def toleration_rule(index: int, field: str) -> set[tuple[str, str]]:
     return {(f"resources.tolerations[{index}].{field}", TOLERATION_RULES[field])}
 
@@ -72,6 +82,12 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         ({"method": {"type": "full"}}, set()),
         ({"method": {"adapter": "dora"}}, set()),  # auto: an adapter method either way
         ({"method": {"type": "qlora", "adapter": "dora", "lora": {"scaling": "rslora"}}}, set()),
+        (sources({}, {"evalOnly": True}), set()),
+        (sources({"trainOnly": True}, {"evalOnly": True}), set()),
+        (sources({}, {"evalOnly": True, "trainOnly": True}), source_rule(1, "evalOnly")),
+        (sources({}, {"evalOnly": True, "weight": 2.0}), source_rule(1, "weight")),
+        (sources({"weight": 2.0}, {"evalOnly": True, "weight": 1}), set()),
+        (sources({"evalOnly": True}), {("dataset.sources", DATASET_RULES["sources"])}),
         (split(0.45, 0.45), spec_rule("dataset.split")),
         (split(0.5, 0.4), spec_rule("dataset.split")),
         (split(0.4, 0.4), set()),

@@ -255,6 +255,22 @@ ShmQuantity: TypeAlias = Annotated[str, _SIZE, *_at_most("1Ti").annotations()]
 
 
 class DatasetSource(ApiModel):
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!(self.trainOnly && self.evalOnly)",
+            "a source is trainOnly (never evaluated on) or evalOnly (never trained on), not both",
+            ".evalOnly",
+            lambda s: not (s.train_only and s.eval_only),
+        ),
+        Rule(
+            "!self.evalOnly || self.weight == 1.0",
+            "weight mixes training data; an evalOnly source is never trained on",
+            ".weight",
+            lambda s: not s.eval_only or s.weight == 1.0,
+        ),
+    )
+    model_config = ConfigDict(json_schema_extra=rules_schema(rules))
+
     uri: Annotated[
         str,
         Field(
@@ -294,6 +310,18 @@ class DatasetSource(ApiModel):
             description=(
                 "Use every example of this source for training and none for validation/test, e.g. "
                 "replay data mixed in to limit forgetting, which is not part of the task being evaluated."
+            )
+        ),
+    ] = False
+    eval_only: Annotated[
+        bool,
+        Field(
+            description=(
+                "Your own test set: every example of this source is evaluated on and none is trained on. With "
+                "evalOnly sources the test split is theirs alone (dataset.split.test does not apply), and any "
+                "other row that repeats one of theirs, exactly or as a near-duplicate "
+                "(dataset.curation.nearDedup.threshold), is removed from training and validation and counted "
+                "in the curation report (test_leakage), whatever the dedup settings."
             )
         ),
     ] = False
@@ -372,6 +400,16 @@ class ReplaySpec(ApiModel):
 
 
 class DatasetSpec(ApiModel):
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "self.sources.exists(s, !s.evalOnly)",
+            "every source is evalOnly: at least one must hold data to train on",
+            ".sources",
+            lambda d: any(not s.eval_only for s in d.sources),
+        ),
+    )
+    model_config = ConfigDict(json_schema_extra=rules_schema(rules))
+
     sources: Annotated[list[DatasetSource], Field(min_length=1, max_length=32)]
     replay: ReplaySpec = Field(default_factory=ReplaySpec)
     invalid_rows: Annotated[

@@ -283,17 +283,16 @@ def _candidate_groups(hashes: Hashes, has_words: Mask) -> Iterator[list[int]]:
         yield from (group.tolist() for group in np.split(members, group_starts[1:]))
 
 
-def drop_near_duplicates(
-    examples: Sequence[Example], threshold: float, *, num_perm: int = 128, key: KeyOf = example_key
-) -> tuple[list[Example], list[Dropped]]:
-    """Near-duplicates by the Jaccard similarity of word 3-shingles; the first of each group is kept.
+def _near_matches(
+    texts: Sequence[str], threshold: float, num_perm: int, *, always_kept: int = 0
+) -> dict[int, tuple[int, float]]:
+    """{index: (the earliest kept index it is a near-duplicate of, their similarity)}.
 
     MinHash LSH proposes the candidates (see :func:`banding`); each candidate pair's exact Jaccard
     similarity decides, so neither the bands' nor the signatures' randomness drops an example. An
-    example is compared with the kept examples before it and is dropped as a duplicate of the
-    earliest one at or above the threshold.
+    example is compared with the kept examples before it. The first ``always_kept`` are never
+    matched, so every later one is compared with each of them it shares a band with.
     """
-    texts = [key(example) for example in examples]
     hashes, has_words = _band_hashes(texts, banding(threshold, num_perm))
     groups = list(_candidate_groups(hashes, has_words))
     groups_of: dict[int, list[int]] = {}
@@ -312,14 +311,25 @@ def drop_near_duplicates(
 
     matches: dict[int, tuple[int, float]] = {}
     for index in sorted(groups_of):
-        for earlier in sorted({kept for number in groups_of[index] for kept in kept_in[number]}):
-            similarity = _jaccard(shingles_of(earlier), shingles_of(index))
-            if similarity >= threshold:
-                matches[index] = (earlier, similarity)
-                break
-        else:
+        if index >= always_kept:
+            for earlier in sorted({kept for number in groups_of[index] for kept in kept_in[number]}):
+                similarity = _jaccard(shingles_of(earlier), shingles_of(index))
+                if similarity >= threshold:
+                    matches[index] = (earlier, similarity)
+                    break
+        if index not in matches:
             for number in groups_of[index]:
                 kept_in[number].append(index)
+    return matches
+
+
+def drop_near_duplicates(
+    examples: Sequence[Example], threshold: float, *, num_perm: int = 128, key: KeyOf = example_key
+) -> tuple[list[Example], list[Dropped]]:
+    """Near-duplicates by the Jaccard similarity of word 3-shingles; the first of each group is kept
+    (:func:`_near_matches`): an example is dropped as a duplicate of the earliest kept one at or
+    above the threshold."""
+    matches = _near_matches([key(example) for example in examples], threshold, num_perm)
     kept, dropped = [], []
     for index, example in enumerate(examples):
         if index not in matches:
@@ -328,6 +338,43 @@ def drop_near_duplicates(
         earlier, similarity = matches[index]
         first = examples[earlier]
         dropped.append(Dropped(example, "near_duplicate", f"~{similarity:.2f} similar to {first.source}:{first.row}"))
+    return kept, dropped
+
+
+TEST_LEAKAGE = "test_leakage"
+
+
+def drop_leaked(
+    held_out: Sequence[Example],
+    candidates: Sequence[Example],
+    threshold: float,
+    *,
+    num_perm: int = 128,
+    key: KeyOf = example_key,
+) -> tuple[list[Example], list[Dropped]]:
+    """``candidates`` without those that repeat a ``held_out`` example exactly or nearly (the
+    near-duplicate rule's similarity at ``threshold``): a model scored on what it trained on looks
+    better than it is. Whatever the dataset's own dedup settings, this always runs."""
+    held = {key(example): example for example in held_out}
+    remaining, dropped = [], []
+    for example in candidates:
+        twin = held.get(key(example))
+        if twin is None:
+            remaining.append(example)
+        else:
+            dropped.append(Dropped(example, TEST_LEAKAGE, f"same as test row {twin.source}:{twin.row}"))
+    texts = [key(example) for example in (*held_out, *remaining)]
+    matches = _near_matches(texts, threshold, num_perm, always_kept=len(held_out))
+    kept = []
+    for index, example in enumerate(remaining, start=len(held_out)):
+        earlier, similarity = matches.get(index, (len(held_out), 0.0))
+        if earlier >= len(held_out):  # no match, or only another candidate: not a leak
+            kept.append(example)
+            continue
+        twin = held_out[earlier]
+        dropped.append(
+            Dropped(example, TEST_LEAKAGE, f"~{similarity:.2f} similar to test row {twin.source}:{twin.row}")
+        )
     return kept, dropped
 
 

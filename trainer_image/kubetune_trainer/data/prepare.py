@@ -3,7 +3,9 @@
 Order matters: validation, exact dedup, near dedup and the length filter run over all
 sources together (so duplicates across sources are caught and near-duplicate pairs cannot
 straddle splits); the hash split comes next; source weights apply to the train split only,
-so validation and test stay clean.
+so validation and test stay clean. A user's own test set (``evalOnly`` sources) is the whole
+test split: before anything else, every other row that repeats one of its rows, exactly or
+nearly, is removed (``test_leakage``), whatever the dedup settings.
 """
 
 from __future__ import annotations
@@ -213,9 +215,15 @@ def prepare_dataset(
     problems.raise_if_rejecting()
 
     origin = {id(e): source for source, examples in per_source for e in examples}
-    pool = [e for _, examples in per_source for e in examples]
+    # The user's own test set comes first: the rules below keep the first of duplicates.
+    held_out = [e for source, examples in per_source if source.eval_only for e in examples]
+    pool = held_out + [e for source, examples in per_source if not source.eval_only for e in examples]
     curate = spec.curation
     keys = curation.ExampleKeys(pool)  # each example normalised once, for every rule and the split
+    if held_out:
+        rest, leaked = curation.drop_leaked(held_out, pool[len(held_out) :], curate.near_dedup.threshold, key=keys)
+        report.add_dropped(leaked)
+        pool = held_out + rest
     if curate.dedup_exact:
         pool, dropped = curation.drop_exact_duplicates(pool, key=keys)
         report.add_dropped(dropped)
@@ -234,11 +242,14 @@ def prepare_dataset(
 
     split = spec.split
     buckets: dict[str, list[Example]] = {"train": [], "validation": [], "test": []}
+    # With evalOnly sources the test split is theirs alone, and split.test does not apply.
+    test_fraction = 0.0 if held_out else split.test
     for example in pool:
-        if origin[id(example)].train_only:
-            buckets["train"].append(example)
+        source = origin[id(example)]
+        if source.train_only or source.eval_only:
+            buckets["test" if source.eval_only else "train"].append(example)
             continue
-        buckets[curation.assign_split(example, split.seed, split.validation, split.test, key=keys)].append(example)
+        buckets[curation.assign_split(example, split.seed, split.validation, test_fraction, key=keys)].append(example)
     report.splits = {name: len(items) for name, items in buckets.items()}
     task_train = sum(1 for e in buckets["train"] if not origin[id(e)].train_only)
     if task_train < spec.min_examples:

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune_trainer.data.curation import Dropped
+from kubetune_trainer.data.curation import TEST_LEAKAGE, Dropped
 
 SAMPLES_PER_RULE = 5
 SAMPLE_CHARS = 160
@@ -94,7 +94,7 @@ class CurationReport:
         lines += ["", "| rule | dropped |", "|---|---:|"]
         for reason, count in sorted(self.invalid_rows.items()):
             lines.append(f"| invalid: {reason} | {count} |")
-        for rule in ("exact_duplicate", "near_duplicate", "too_short", "too_long"):
+        for rule in ("exact_duplicate", "near_duplicate", "too_short", "too_long", TEST_LEAKAGE):
             lines.append(f"| {rule} | {self.dropped.get(rule, 0)} |")
         lines += ["", "| split | examples |", "|---|---:|"]
         lines += [f"| {name} | {count} |" for name, count in self.splits.items()]
