@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,29 @@ def write_job(
         manifest["spec"]["s3"] = {"endpoint": s3_endpoint, "region": "us-east-1"}
     path.write_text(yaml.safe_dump(manifest))
     return path
+
+
+def run_locally(job: Path, folder: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``kubetune run`` of ``job`` into ``folder`` (one thread), as a user runs it: the process's result
+    and, when it published, the version's lineage manifest."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "kubetune"),
+            "run",
+            str(job),
+            "--output-dir",
+            str(folder / "runs"),
+            "--workdir",
+            str(folder / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (manifest_path,) = (folder / "runs").glob("*/v*/manifest.json")
+    return result, manifest_path
 
 
 # The tiny model's answers to general prompts are noise, so a job that measures forgetting on it

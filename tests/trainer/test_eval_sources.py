@@ -4,9 +4,7 @@ that repeats one of its rows, exactly or nearly, is removed and counted, whateve
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from kubetune_trainer.data.curation import example_key
 from kubetune_trainer.data.prepare import prepare_dataset
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.storage import ObjectStore
-from tests.trainer.jobs import write_job
+from tests.trainer.jobs import run_locally, write_job
 
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
 VOCABULARY = [
@@ -120,15 +118,7 @@ def test_a_run_evaluates_on_the_users_test_set_only(
         dataset={"sources": [{"uri": f"file://{train}"}, {"uri": f"file://{holdout}", "evalOnly": True}]},
         hyperparameters={"epochs": 1, "batchSize": 4, "sequenceLength": 256, "seed": 7},
     )
-    result = subprocess.run(
-        [KUBETUNE, "run", str(job), "--output-dir", str(tmp_path / "runs"), "--workdir", str(tmp_path / "work")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (manifest_path,) = (tmp_path / "runs").glob("*/v*/manifest.json")
+    _, manifest_path = run_locally(job, tmp_path)
     lineage = json.loads(manifest_path.read_text())
     assert lineage["dataset"]["splits"]["test"] == lineage["evaluation"]["testExamples"] == len(held_out)
     curation = json.loads((manifest_path.parent / "reports" / "curation.json").read_text())

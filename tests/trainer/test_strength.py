@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from kubetune.api.v1alpha1 import MethodType
 from kubetune_trainer.export.merge import merge_adapter
 from kubetune_trainer.plan import DEFAULTS
 from kubetune_trainer.training.strength import choose_scale, publish_scale, set_scale
-from tests.trainer.jobs import write_dataset, write_job
+from tests.trainer.jobs import run_locally, write_dataset, write_job
 from tests.trainer.test_training_methods import run
 
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
@@ -99,15 +97,7 @@ def test_a_run_says_which_strength_it_kept_and_publishes_that_adapter(
         dataset={"sources": [{"uri": f"file://{tmp_path}/data.jsonl"}], "replay": {"enabled": False}},
         evaluation={"forgetting": False, "maxNewTokens": 4},
     )
-    result = subprocess.run(
-        [KUBETUNE, "run", str(job), "--output-dir", str(tmp_path / "runs"), "--workdir", str(tmp_path / "work")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (manifest_path,) = (tmp_path / "runs").glob("*/v*/manifest.json")
+    result, manifest_path = run_locally(job, tmp_path)
     strength = json.loads(manifest_path.read_text())["training"]["adapterStrength"]
     assert strength["how"] == how
     if how == "validation":
