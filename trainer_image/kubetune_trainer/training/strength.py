@@ -74,23 +74,36 @@ def lora_layers(model: Any) -> list[Any]:
     return [module for module in model.modules() if isinstance(module, LoraLayer)]
 
 
+def _base_norms(layer: Any) -> Any:
+    """The base weight's norms as peft starts a DoRA magnitude from them: per output feature of a
+    linear or convolution layer, per embedding dimension of an embedding."""
+    import torch
+    from peft.utils.integrations import dequantize_module_weight
+    from peft.utils.other import transpose
+
+    base = layer.get_base_layer()
+    weight = dequantize_module_weight(base).float()
+    if isinstance(base, torch.nn.Embedding):
+        return torch.linalg.norm(weight, dim=0)
+    if weight.ndim > 2:
+        return torch.linalg.norm(weight.flatten(1), dim=1)
+    return torch.linalg.norm(transpose(weight, layer.fan_in_fan_out), dim=1)
+
+
 def _dora_magnitudes(layer: Any) -> list[tuple[Any, Any]]:
-    """(trained magnitude, the base weight's row norms) for each DoRA adapter of a LoRA layer.
+    """(trained magnitude, the base weight's norms) for each active DoRA adapter of a LoRA layer.
 
     peft starts a DoRA magnitude at the norms of the base weight (de-quantized for QLoRA), so
     moving it back towards them by the same fraction as the direction makes scale 0 the base."""
     import torch
-    from peft.utils.integrations import dequantize_module_weight
-    from peft.utils.other import transpose
 
     found = []
     for name, dora in layer.lora_magnitude_vector.items():
         if name not in layer.active_adapters:
             continue
         with torch.no_grad():
-            base = transpose(dequantize_module_weight(layer.get_base_layer()), layer.fan_in_fan_out)
-            norms = torch.linalg.norm(base.to(dora.weight.dtype), dim=1).to(dora.weight.device)
-        found.append((dora.weight, norms))
+            norms = _base_norms(layer).to(device=dora.weight.device, dtype=dora.weight.dtype)
+        found.append((dora.weight, norms.reshape(dora.weight.shape)))
     return found
 
 
