@@ -185,9 +185,9 @@ def validation_loss(model: Any, examples: list[Any], pad_token_id: int, device: 
 
 
 def lora_config(resolved: Any) -> Any:
-    from kubetune_trainer.training.model import lora_config as ours
+    from kubetune_trainer.training.model import adapter_config
 
-    return ours(resolved.lora)
+    return adapter_config(resolved)
 
 
 def optimiser_arguments(resolved: Any) -> dict[str, Any]:

@@ -35,6 +35,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "lora": {},  # the example as it ships: kubetune's defaults
     "dora": {"method": {"adapter": "dora"}},
     "rslora": {"method": {"lora": {"scaling": "rslora"}}},
+    "ia3": {"method": {"adapter": "ia3"}},
     "full": {"method": {"type": "full"}},
 }
 PLANTED = {"dora, planted forgetting": merge(PLANTED_FORGETTING, {"method": {"adapter": "dora"}})}
@@ -62,10 +63,17 @@ def _row(run: dict[str, Any]) -> str:
         return f"| {run['method']} | failed: exit {run['exitCode']} |"
     task, forgetting, training = run["task"], run["forgetting"], run["training"]
     resolved = run["resolved"]
-    lora = resolved.get("lora")
+    lora, ia3 = resolved.get("lora"), resolved.get("ia3")
+    # Runs recorded before IA3 (commit 8969e63) named the adapter inside the lora block.
+    adapter = resolved.get("adapter") or (lora or {}).get("adapter")
+    described = resolved["method"]
+    if lora:
+        described += f", {adapter} r={lora['r']}, {lora['scaling']} scaling"
+    elif ia3:
+        described += f", ia3 on {' '.join(ia3['targetModules'])}"
     cells = [
         run["method"],
-        resolved["method"] + (f", {lora['adapter']} r={lora['r']}, {lora['scaling']} scaling" if lora else ""),
+        described,
         f"{run['adapterStrength']['scale']:g}" if run.get("adapterStrength") else "1 (full)",
         f"{task['metric']} ({task['examples']})",
         f"{task['base']:.3f} → {task['tuned']:.3f}",

@@ -10,7 +10,7 @@ import celpy
 import pytest
 
 from kubetune.api.manifest import ManifestError, parse_spec
-from kubetune.api.v1alpha1 import DatasetSource, DatasetSpec, FineTuneJobSpec, Toleration
+from kubetune.api.v1alpha1 import DatasetSource, DatasetSpec, FineTuneJobSpec, Ia3Spec, MethodSpec, Toleration
 from tests.api.schema_tools import all_rules, apply_defaults, cel_violations, root_schema, spec_schema
 from tests.builders import minimal_spec
 
@@ -19,6 +19,10 @@ SPEC_RULES = {rule.field.lstrip("."): rule.message for rule in FineTuneJobSpec.r
 TOLERATION_RULES = {rule.field.lstrip("."): rule.message for rule in Toleration.rules}
 SOURCE_RULES = {rule.field.lstrip("."): rule.message for rule in DatasetSource.rules}
 DATASET_RULES = {rule.field.lstrip("."): rule.message for rule in DatasetSpec.rules}
+METHOD_RULES = {
+    **{f"method.{rule.field.lstrip('.')}": rule.message for rule in MethodSpec.rules},
+    **{f"method.ia3.{rule.field.lstrip('.')}": rule.message for rule in Ia3Spec.rules},
+}
 
 
 def defaulted(spec: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +57,10 @@ def spec_rule(field: str) -> set[tuple[str, str]]:
     return {(field, SPEC_RULES[field])}
 
 
+def method_rule(field: str) -> set[tuple[str, str]]:
+    return {(field, METHOD_RULES[field])}
+
+
 def sources(*items: dict[str, Any]) -> dict[str, Any]:
     return {"dataset": {"sources": [{"uri": f"s3://data/{i}", **item} for i, item in enumerate(items)]}}
 
@@ -82,6 +90,24 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         ({"method": {"type": "full"}}, set()),
         ({"method": {"adapter": "dora"}}, set()),  # auto: an adapter method either way
         ({"method": {"type": "qlora", "adapter": "dora", "lora": {"scaling": "rslora"}}}, set()),
+        ({"method": {"adapter": "ia3"}}, set()),
+        ({"method": {"adapter": "ia3", "lora": {}}}, set()),
+        ({"method": {"ia3": {"scale": 0.5}}}, method_rule("method.ia3")),
+        ({"method": {"adapter": "dora", "ia3": {}}}, method_rule("method.ia3")),
+        ({"method": {"adapter": "ia3", "lora": {"r": 4}}}, method_rule("method.lora")),
+        ({"method": {"adapter": "ia3", "lora": {"scaling": "rslora"}}}, method_rule("method.lora")),
+        (
+            {"method": {"adapter": "ia3", "ia3": {"feedforwardModules": ["down_proj"]}}},
+            method_rule("method.ia3.feedforwardModules"),
+        ),
+        (
+            {"method": {"adapter": "ia3", "ia3": {"targetModules": ["k_proj"], "feedforwardModules": ["down_proj"]}}},
+            method_rule("method.ia3.feedforwardModules"),
+        ),
+        (
+            {"method": {"adapter": "ia3", "ia3": {"targetModules": ["k_proj", "fc"], "feedforwardModules": ["fc"]}}},
+            set(),
+        ),
         (sources({}, {"evalOnly": True}), set()),
         (sources({"trainOnly": True}, {"evalOnly": True}), set()),
         (sources({}, {"evalOnly": True, "trainOnly": True}), source_rule(1, "evalOnly")),

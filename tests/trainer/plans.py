@@ -18,6 +18,7 @@ SMOL = ModelShape(
     kv_heads=3,
     tied_embeddings=True,
     max_positions=8192,
+    model_type="llama",
 )
 SEVEN_B = ModelShape(
     hidden_size=4096,
@@ -28,6 +29,7 @@ SEVEN_B = ModelShape(
     kv_heads=8,
     tied_embeddings=False,
     max_positions=8192,
+    model_type="llama",
 )
 NO_REPLAY = resolve_replay(ReplaySpec(enabled=False), task_train_examples=0, pool_size=0)
 
@@ -51,7 +53,10 @@ def tiny_plan(
 ) -> ResolvedTraining:
     """The plan for a few steps of ``method`` on the tiny test model (LoRA r=4, no dropout; ``adapter``
     and ``lora`` as in the manifest's ``method`` block)."""
-    method_block = {"type": method, "allowCpuQlora": True, "lora": {"r": 4, "alpha": 8, "dropout": 0.0, **(lora or {})}}
+    lora_block = {"r": 4, "alpha": 8, "dropout": 0.0, **(lora or {})}
+    method_block: dict[str, object] = {"type": method, "allowCpuQlora": True}
+    if adapter != "ia3":  # an ia3 adapter is configured by method.ia3, and method.lora is refused with it
+        method_block["lora"] = lora_block
     manifest = spec(
         method=method_block if adapter is None else {**method_block, "adapter": adapter},
         hyperparameters={**TINY_TRAINING, "learningRate": lr},

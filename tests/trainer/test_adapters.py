@@ -13,7 +13,7 @@ import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 
-from kubetune.api.v1alpha1 import MethodType
+from kubetune.api.v1alpha1 import MethodType, ResolvedIa3Training
 from kubetune_trainer.export.merge import merge_adapter
 from kubetune_trainer.plan import ModelShape
 from kubetune_trainer.training.model import load_for_training, load_tuned
@@ -84,33 +84,41 @@ def test_a_dora_adapter_reloads_and_merges_to_the_model_trained(
     assert (merged - trained).abs().mean() < 0.1 * (trained - base).abs().mean()
 
 
-def test_a_dora_strength_runs_from_the_base_to_the_tuned_model_and_is_published(
-    tmp_path: Path, tiny_model_dir: Path
+def assert_strength_runs_from_base_to_tuned_and_is_published(
+    model: Any, trained_dir: Path, tiny_model_dir: Path, merged_dir: Path
 ) -> None:
+    """Strength 0 is the base, 1 the trained model, 0.6 in between; and the adapter published at 0.6,
+    reloaded or merged, is the model at 0.6."""
     from transformers import AutoModelForCausalLM
 
-    outcome = run(tmp_path, tiny_model_dir, "lora", adapter="dora")
-    model = outcome.model
-    tuned = logits(model)
+    trained = logits(model)
     base = logits(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
-    assert not torch.allclose(tuned, base, atol=1e-3)
-
+    assert not torch.allclose(trained, base, atol=1e-3)
     undo = set_scale(model, 0.0)
-    # Both the direction and the magnitude go back: scaling the direction alone would leave the
-    # trained magnitudes on the base weights.
     torch.testing.assert_close(logits(model), base, atol=1e-5, rtol=1e-5)
     undo()
-    torch.testing.assert_close(logits(model), tuned, atol=0, rtol=0)
+    torch.testing.assert_close(logits(model), trained, atol=0, rtol=0)
 
     set_scale(model, 0.6)
     halfway = logits(model)
-    assert (halfway - base).abs().mean() < (tuned - base).abs().mean()
-    publish_scale(model, outcome.trained_dir, 0.6)
-    reloaded = load_tuned(tiny_model_dir, outcome.trained_dir, MethodType.LORA, device="cpu", bf16=False)
+    assert (halfway - base).abs().mean() < (trained - base).abs().mean()
+    publish_scale(model, trained_dir, 0.6)
+    reloaded = load_tuned(tiny_model_dir, trained_dir, MethodType.LORA, device="cpu", bf16=False)
     torch.testing.assert_close(logits(reloaded), halfway, atol=1e-5, rtol=1e-5)
-    merged_dir = merge_adapter(tiny_model_dir, outcome.trained_dir, tmp_path / "merged", method=MethodType.LORA)
+    merge_adapter(tiny_model_dir, trained_dir, merged_dir, method=MethodType.LORA)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
     torch.testing.assert_close(logits(merged), halfway, atol=1e-4, rtol=1e-4)
+
+
+def test_a_dora_strength_runs_from_the_base_to_the_tuned_model_and_is_published(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    outcome = run(tmp_path, tiny_model_dir, "lora", adapter="dora")
+    # Both the direction and the magnitude go back: scaling the direction alone would leave the
+    # trained magnitudes on the base weights, and strength 0 would not be the base.
+    assert_strength_runs_from_base_to_tuned_and_is_published(
+        outcome.model, outcome.trained_dir, tiny_model_dir, tmp_path / "merged"
+    )
 
 
 def test_rslora_scales_by_the_square_root_of_the_rank(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -153,3 +161,49 @@ def test_a_dora_strength_of_zero_is_the_base_for_embeddings_too(tiny_model_dir: 
     torch.testing.assert_close(logits(model), base, atol=1e-5, rtol=1e-5)
     undo()
     torch.testing.assert_close(logits(model), tuned, atol=0, rtol=0)
+
+
+IA3 = "ia3_l"
+
+
+def test_ia3_trains_rescaling_vectors_and_nothing_else(tmp_path: Path, tiny_model_dir: Path) -> None:
+    outcome = run(tmp_path, tiny_model_dir, "lora", lr=0.1, adapter="ia3")
+    first, last = losses(outcome)[0], losses(outcome)[-1]
+    # Rescaling a random tiny model's activations moves its loss less than a LoRA does (10.8 -> 10.5).
+    assert last < first * 0.98, (first, last)
+    config = json.loads((outcome.trained_dir / "adapter_config.json").read_text())
+    assert config["peft_type"] == "IA3"
+    assert (sorted(config["target_modules"]), config["feedforward_modules"]) == (
+        ["down_proj", "k_proj", "v_proj"],
+        ["down_proj"],
+    )
+    saved = load_file(str(outcome.trained_dir / "adapter_model.safetensors"))
+    assert saved and all(key.endswith(IA3) for key in saved), sorted(saved)
+    # 2 layers x (k, v, down); each vector moved away from 1, where peft starts it
+    assert len(saved) == 6 and all((vector - 1).abs().max() > 1e-3 for vector in saved.values())
+    trainable = [n for n, p in outcome.model.named_parameters() if p.requires_grad]
+    assert trainable and all(IA3 in name for name in trainable), trainable
+
+
+@pytest.mark.parametrize("method", [MethodType.LORA, MethodType.QLORA])
+def test_an_ia3_adapter_reloads_merges_and_keeps_a_strength(
+    tmp_path: Path, tiny_model_dir: Path, method: MethodType
+) -> None:
+    outcome = run(tmp_path, tiny_model_dir, str(method), lr=0.1, adapter="ia3")
+    reloaded = load_tuned(tiny_model_dir, outcome.trained_dir, method, device="cpu", bf16=False)
+    torch.testing.assert_close(logits(reloaded), logits(outcome.model), atol=1e-5, rtol=1e-5)
+    if method == MethodType.LORA:  # QLoRA's merge and strength are LoRA's on the 4-bit base
+        assert_strength_runs_from_base_to_tuned_and_is_published(
+            outcome.model, outcome.trained_dir, tiny_model_dir, tmp_path / "merged"
+        )
+
+
+def test_the_plan_counts_the_parameters_ia3_trains(tiny_model_dir: Path) -> None:
+    from transformers import AutoConfig
+
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(tiny_model_dir))
+    plan = tiny_plan("lora", adapter="ia3")
+    assert isinstance(plan, ResolvedIa3Training)
+    model, _ = load_for_training(tiny_model_dir, plan, "cpu")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == shape.ia3_params(plan.ia3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -13,10 +14,11 @@ from kubetune.api.v1alpha1 import (
     MethodType,
     ResolvedAdapterTraining,
     ResolvedFullTraining,
+    ResolvedIa3Training,
 )
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.hardware import quantity_gib
-from kubetune_trainer.plan import preflight_estimate, resolve_training
+from kubetune_trainer.plan import DEFAULTS, ModelShape, preflight_estimate, resolve_training
 from tests.trainer.plans import CPU, L4, NO_REPLAY, SEVEN_B, SMOL, spec
 
 
@@ -143,9 +145,9 @@ def test_the_adapter_is_plain_lora_with_standard_scaling_unless_the_manifest_nam
         return resolved
 
     lora = resolve()
-    assert (lora.lora.adapter, lora.lora.scaling) == (AdapterType.LORA, LoraScaling.STANDARD)
+    assert (lora.adapter, lora.lora.scaling) == (AdapterType.LORA, LoraScaling.STANDARD)
     dora = resolve(adapter="dora", lora={"scaling": "rslora"})
-    assert (dora.lora.adapter, dora.lora.scaling) == (AdapterType.DORA, LoraScaling.RSLORA)
+    assert (dora.adapter, dora.lora.scaling) == (AdapterType.DORA, LoraScaling.RSLORA)
     # DoRA trains a magnitude per output feature besides the low-rank matrices: 16 bytes each
     # (weight, gradient, Adam's two moments).
     lora_gib, dora_gib = (
@@ -154,3 +156,36 @@ def test_the_adapter_is_plain_lora_with_standard_scaling_unless_the_manifest_nam
     )
     assert lora_gib is not None and dora_gib is not None
     assert dora_gib - lora_gib == pytest.approx(SEVEN_B.dora_magnitude_params() * 16 * 1.2 / 2**30, abs=0.01)
+
+
+def test_an_ia3_plan_takes_peft_modules_for_the_architecture_or_the_manifests() -> None:
+    def resolve(shape: ModelShape = SMOL, **method: object) -> ResolvedIa3Training:
+        resolved = resolve_training(
+            spec(method={"adapter": "ia3", **method}),
+            CPU,
+            train_examples=500,
+            token_lengths=[100] * 500,
+            shape=shape,
+            replay=NO_REPLAY,
+        )
+        assert isinstance(resolved, ResolvedIa3Training)
+        return resolved
+
+    default = resolve()
+    assert (default.ia3.target_modules, default.ia3.feedforward_modules) == (
+        ["k_proj", "v_proj", "down_proj"],
+        ["down_proj"],
+    )
+    assert default.hyperparameters.learning_rate == DEFAULTS.lr_ia3 and default.ia3.strengths == list(
+        DEFAULTS.adapter_strengths
+    )
+    named = resolve(ia3={"targetModules": ["q_proj", "up_proj"], "feedforwardModules": ["up_proj"], "scale": 0.7})
+    assert (named.ia3.target_modules, named.ia3.feedforward_modules, named.ia3.strengths) == (
+        ["q_proj", "up_proj"],
+        ["up_proj"],
+        [0.7],
+    )
+    unknown = dataclasses.replace(SMOL, model_type="mystery")
+    with pytest.raises(ConfigurationError, match=r"spec\.method\.ia3\.targetModules: .* 'mystery'"):
+        resolve(unknown)
+    assert resolve(unknown, ia3={"targetModules": ["attn"]}).ia3.target_modules == ["attn"]

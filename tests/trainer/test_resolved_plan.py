@@ -14,6 +14,7 @@ from kubetune.api.v1alpha1 import (
     FineTuneJobStatus,
     ResolvedAdapterTraining,
     ResolvedFullTraining,
+    ResolvedIa3Training,
     ResolvedTraining,
 )
 from tests.trainer.plans import tiny_plan
@@ -33,7 +34,8 @@ def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
 
 
 RESOLVED_MODELS = sorted(
-    {m for root in (ResolvedAdapterTraining, ResolvedFullTraining) for m in _models(root)}, key=lambda m: m.__name__
+    {m for root in (ResolvedAdapterTraining, ResolvedIa3Training, ResolvedFullTraining) for m in _models(root)},
+    key=lambda m: m.__name__,
 )
 
 

@@ -23,10 +23,13 @@ from kubetune.api.v1alpha1 import (
     ResolvedAdapterTraining,
     ResolvedFullTraining,
     ResolvedHyperparameters,
+    ResolvedIa3,
+    ResolvedIa3Training,
     ResolvedLora,
     ResolvedReplay,
     ResolvedTraining,
 )
+from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.general_prompts import ANSWER_MAX_NEW_TOKENS
 from kubetune_trainer.hardware import Hardware
 
@@ -53,6 +56,9 @@ class Defaults:
     lr_lora: float = 5e-4
     lr_qlora: float = 2e-4  # QLoRA paper uses 1e-4..2e-4
     lr_full: float = 1e-5
+    # IA3's vectors rescale activations from 1 and hold a fortieth of a rank-8 LoRA's parameters: the T-Few
+    # paper (Liu et al. 2022) trains them at 3e-3, six times the LoRA rate above.
+    lr_ia3: float = 3e-3
     scheduler: LrScheduler = LrScheduler.COSINE
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0  # LoRA adapters rarely benefit; full fine-tunes get it via spec
@@ -100,6 +106,7 @@ class ModelShape:
     kv_heads: int
     tied_embeddings: bool
     max_positions: int
+    model_type: str  # transformers' name of the architecture ("llama"): which modules an IA3 default adapts
 
     @classmethod
     def from_config(cls, config: Any) -> ModelShape:
@@ -118,6 +125,7 @@ class ModelShape:
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
             # Transformers' own default when a config leaves it out.
             max_positions=number("max_position_embeddings", 2048),
+            model_type=str(getattr(config, "model_type", "") or ""),
         )
 
     @property
@@ -133,6 +141,25 @@ class ModelShape:
     def lora_params(self, r: int) -> float:
         hidden, kv_dim = self.hidden_size, self.kv_dim
         per_layer = r * ((hidden + hidden) * 2 + (hidden + kv_dim) * 2 + (hidden + self.intermediate_size) * 3)
+        return float(self.layers * per_layer)
+
+    def ia3_params(self, ia3: ResolvedIa3) -> float:
+        """IA3's vectors: one value per output feature of each target, per input feature of a feed-forward one."""
+        hidden, kv_dim, inner = self.hidden_size, self.kv_dim, self.intermediate_size
+        # (input, output) size of each projection of a Llama-style layer; unknown names count as hidden.
+        sizes = {
+            "q_proj": (hidden, hidden),
+            "k_proj": (hidden, kv_dim),
+            "v_proj": (hidden, kv_dim),
+            "o_proj": (hidden, hidden),
+            "gate_proj": (hidden, inner),
+            "up_proj": (hidden, inner),
+            "down_proj": (inner, hidden),
+        }
+        per_layer = 0
+        for name in ia3.target_modules:
+            size_in, size_out = sizes.get(name, (hidden, hidden))
+            per_layer += size_in if name in ia3.feedforward_modules else size_out
         return float(self.layers * per_layer)
 
     def dora_magnitude_params(self) -> float:
@@ -218,11 +245,14 @@ def resolve_training(
         mean_tokens = sum(trained_lengths) / len(trained_lengths)
         rows = max(1, math.ceil(train_examples * mean_tokens / (seq_len * 0.9)))
     total_steps = max(1, math.ceil(rows / (micro * accumulation * world)) * math.ceil(epochs))
+    adapter = chosen(spec.method.adapter, DEFAULTS.adapter)
     default_lr = {
         MethodType.QLORA: DEFAULTS.lr_qlora,
         MethodType.LORA: DEFAULTS.lr_lora,
         MethodType.FULL: DEFAULTS.lr_full,
     }[method]
+    if adapter == AdapterType.IA3:
+        default_lr = DEFAULTS.lr_ia3
     hyper = ResolvedHyperparameters(
         epochs=epochs,
         learning_rate=chosen(user.learning_rate, default_lr),
@@ -243,20 +273,54 @@ def resolve_training(
         eval_steps=chosen(user.eval_steps, max(1, total_steps // DEFAULTS.evaluations_per_run)),
     )
     if method == MethodType.FULL:
-        return ResolvedFullTraining(method=method, hyperparameters=hyper, replay=replay)
+        return ResolvedFullTraining(adapter="none", method=method, hyperparameters=hyper, replay=replay)
+    if adapter == AdapterType.IA3:
+        ia3 = resolve_ia3(spec, shape)
+        return ResolvedIa3Training(adapter=adapter, method=method, ia3=ia3, hyperparameters=hyper, replay=replay)
     requested = spec.method.lora
     r = chosen(requested.r, DEFAULTS.lora_r)
     lora = ResolvedLora(
-        adapter=chosen(spec.method.adapter, DEFAULTS.adapter),
         scaling=chosen(requested.scaling, DEFAULTS.lora_scaling),
         r=r,
         alpha=chosen(requested.alpha, DEFAULTS.lora_alpha_per_r * r),
         dropout=chosen(requested.dropout, DEFAULTS.lora_dropout),
         target_modules=chosen(requested.target_modules, list(DEFAULTS.lora_target_modules)),
-        # The manifest's strength, else the candidates the validation split chooses from after training.
-        strengths=[requested.scale] if requested.scale is not None else list(DEFAULTS.adapter_strengths),
+        strengths=strengths(requested.scale),
     )
-    return ResolvedAdapterTraining(method=method, lora=lora, hyperparameters=hyper, replay=replay)
+    return ResolvedAdapterTraining(adapter=adapter, method=method, lora=lora, hyperparameters=hyper, replay=replay)
+
+
+def strengths(scale: float | None) -> list[float]:
+    """The manifest's strength, else the candidates the validation split chooses from after training."""
+    return [scale] if scale is not None else list(DEFAULTS.adapter_strengths)
+
+
+def resolve_ia3(spec: FineTuneJobSpec, shape: ModelShape) -> ResolvedIa3:
+    """IA3's modules: the manifest's, else peft's for the architecture (for Llama: keys, values and the
+    MLP's down projection, rescaled at its input), as in the IA3 paper."""
+    from peft.utils import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+    )
+
+    requested = spec.method.ia3
+    targets = requested.target_modules if requested else None
+    if targets is None:
+        known = TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING.get(shape.model_type)
+        if known is None:
+            raise ConfigurationError(
+                f"spec.method.ia3.targetModules: kubetune has no IA3 default for model type "
+                f"'{shape.model_type or 'unknown'}'; name the modules to rescale"
+            )
+        targets = list(known)
+        feedforward = list(TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(shape.model_type, []))
+    else:
+        feedforward = list(requested.feedforward_modules or []) if requested else []
+    return ResolvedIa3(
+        target_modules=list(targets),
+        feedforward_modules=[m for m in feedforward if m in targets],
+        strengths=strengths(requested.scale if requested else None),
+    )
 
 
 def _gpu_micro_batch(hardware: Hardware, seq_len: int) -> int:
@@ -323,8 +387,10 @@ def preflight_estimate(
     trainable = params
     if isinstance(resolved, ResolvedAdapterTraining):
         trainable = shape.lora_params(resolved.lora.r)
-        if resolved.lora.adapter == AdapterType.DORA:
+        if resolved.adapter == AdapterType.DORA:
             trainable += shape.dora_magnitude_params()
+    elif isinstance(resolved, ResolvedIa3Training):
+        trainable = shape.ia3_params(resolved.ia3)
     # fp32 master copy + Adam's two moments + gradient for each trainable parameter.
     optimizer_bytes = trainable * (4 + 8 + 4)
     hidden, layers, vocab = shape.hidden_size, shape.layers, shape.vocab_size

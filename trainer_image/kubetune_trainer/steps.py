@@ -21,6 +21,7 @@ from kubetune.api.v1alpha1 import (
     PreflightReport,
     ReplaySpec,
     ResolvedAdapterTraining,
+    ResolvedIa3Training,
     ResolvedReplay,
     ResolvedTraining,
     SplitSpec,
@@ -395,7 +396,7 @@ def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved
 def choose_adapter_strength(
     ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining, outcome: TrainOutcome
 ) -> None:
-    """LoRA/QLoRA: keep the trained adapter at the strength the manifest set, else at the one the
+    """An adapter: keep it at the strength the manifest set, else at the one the
     validation split chooses (training/strength.py); the evaluation and every artifact use it."""
     from kubetune_trainer.evaluation.gate import primary_metric
     from kubetune_trainer.evaluation.runner import task_metric
@@ -407,11 +408,14 @@ def choose_adapter_strength(
         set_scale,
     )
 
-    if not isinstance(resolved, ResolvedAdapterTraining):
+    if isinstance(resolved, ResolvedAdapterTraining):
+        strengths = resolved.lora.strengths
+    elif isinstance(resolved, ResolvedIa3Training):
+        strengths = resolved.ia3.strengths
+    else:
         return
     validation = data.validation[:VALIDATION_ROWS]
     tuned = outcome.model
-    strengths = resolved.lora.strengths
     if len(strengths) == 1:
         choice = StrengthChoice(scale=strengths[0], how="manifest")
     elif not validation:

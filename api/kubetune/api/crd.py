@@ -122,7 +122,10 @@ def _merged_union(node: dict[str, Any], defs: dict[str, Any], models: dict[str, 
     properties: dict[str, Any] = {}
     for member in members:
         for name, schema in member["properties"].items():
-            properties.setdefault(name, schema)
+            known = properties.setdefault(name, schema)
+            if known is not schema and "enum" in known and "enum" in schema:
+                # The same enumerated field in several members (``method``): any member's value is valid.
+                properties[name] = {**known, "enum": list(dict.fromkeys([*known["enum"], *schema["enum"]]))}
     properties[key] = {**properties[key], "enum": [v for values in values_of for v in values]}
     required = [name for name in properties if all(name in m.get("required", []) for m in members)]
     rules = []

@@ -118,6 +118,7 @@ class MethodType(StrEnum):
 class AdapterType(StrEnum):
     LORA = "lora"
     DORA = "dora"
+    IA3 = "ia3"
 
 
 class LoraScaling(StrEnum):
@@ -431,6 +432,25 @@ class DatasetSpec(ApiModel):
     ] = 16
 
 
+AdapterStrength: TypeAlias = Annotated[
+    float | None,
+    Field(
+        gt=0,
+        le=1,
+        description=(
+            "Strength the trained adapter is evaluated and published at, as a fraction of what training "
+            "reached (a smaller weight change keeps more of the base model's general ability). Unset: "
+            "the smallest of 0.5, 0.6, ... 1.0 that keeps the full adapter's task metric within two points "
+            "on the validation split."
+        ),
+    ),
+]
+ModuleNames: TypeAlias = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=128)]] | None,
+    Field(min_length=1, max_length=64),
+]
+
+
 class LoraSpec(ApiModel):
     r: Annotated[int | None, Field(ge=1, le=1024, description="LoRA rank; auto when unset.")] = None
     alpha: Annotated[int | None, Field(ge=1, le=4096, description="LoRA alpha; auto (2 x rank) when unset.")] = None
@@ -443,19 +463,7 @@ class LoraSpec(ApiModel):
             description="Module names to adapt, or ['all-linear']; auto when unset (an empty list is refused).",
         ),
     ] = None
-    scale: Annotated[
-        float | None,
-        Field(
-            gt=0,
-            le=1,
-            description=(
-                "Strength the trained adapter is evaluated and published at, as a fraction of what training "
-                "reached (a smaller weight change keeps more of the base model's general ability). Unset: "
-                "the smallest of 0.5, 0.6, ... 1.0 that keeps 95% of the full adapter's task metric on the "
-                "validation split."
-            ),
-        ),
-    ] = None
+    scale: AdapterStrength = None
     scaling: Annotated[
         LoraScaling | None,
         Field(
@@ -468,21 +476,71 @@ class LoraSpec(ApiModel):
     ] = None
 
 
+class Ia3Spec(ApiModel):
+    """IA3 (Liu et al. 2022): learned vectors that rescale keys, values and the MLP's inner activations."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.feedforwardModules) || (has(self.targetModules) "
+            "&& self.feedforwardModules.all(m, m in self.targetModules))",
+            "feedforwardModules must be named in targetModules too",
+            ".feedforwardModules",
+            lambda s: (
+                s.feedforward_modules is None
+                or (s.target_modules is not None and set(s.feedforward_modules) <= set(s.target_modules))
+            ),
+        ),
+    )
+    model_config = ConfigDict(json_schema_extra=rules_schema(rules))
+
+    target_modules: Annotated[
+        ModuleNames,
+        Field(description="Modules whose output (or, for feedforwardModules, input) is rescaled; auto when unset."),
+    ] = None
+    feedforward_modules: Annotated[
+        ModuleNames,
+        Field(
+            description="Those of targetModules rescaled at their input (the MLP's down projection); auto when unset."
+        ),
+    ] = None
+    scale: AdapterStrength = None
+
+
 class MethodSpec(ApiModel):
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.ia3) || (has(self.adapter) && self.adapter == 'ia3')",
+            "method.ia3 configures an ia3 adapter: set method.adapter: ia3",
+            ".ia3",
+            lambda m: m.ia3 is None or m.adapter == AdapterType.IA3,
+        ),
+        Rule(
+            "!has(self.adapter) || self.adapter != 'ia3' || !(has(self.lora.r) || has(self.lora.alpha) "
+            "|| has(self.lora.dropout) || has(self.lora.targetModules) || has(self.lora.scale) "
+            "|| has(self.lora.scaling))",
+            "method.lora configures lora and dora adapters; an ia3 adapter is configured by method.ia3",
+            ".lora",
+            lambda m: m.adapter != AdapterType.IA3 or not m.lora.model_fields_set,
+        ),
+    )
+    model_config = ConfigDict(json_schema_extra=rules_schema(rules))
+
     type: Annotated[MethodType, Field(description="auto picks QLoRA on a GPU and LoRA on a CPU.")] = MethodType.AUTO
     adapter: Annotated[
         AdapterType | None,
         Field(
             description=(
-                "The adapter a lora or qlora run trains, configured by method.lora: lora, or dora "
-                "(weight-decomposed LoRA, Liu et al. 2024: a trained magnitude per output feature besides the "
-                "low-rank direction; learns more like full fine-tuning at about a LoRA's parameter count, and "
-                "each step is slower as it recomputes every adapted weight's norm). Unset: lora. Not for "
-                "method.type full, which trains every weight."
+                "The adapter a lora or qlora run trains: lora, or dora (weight-decomposed LoRA, Liu et al. "
+                "2024: a trained magnitude per output feature besides the low-rank direction; learns more like "
+                "full fine-tuning at about a LoRA's parameter count, and each step is slower as it recomputes "
+                "every adapted weight's norm), both configured by method.lora; or ia3 (learned rescaling "
+                "vectors, configured by method.ia3). Unset: lora. Not for method.type full, which trains every "
+                "weight."
             ),
         ),
     ] = None
     lora: LoraSpec = Field(default_factory=LoraSpec)
+    ia3: Ia3Spec | None = None
     allow_cpu_qlora: Annotated[
         bool,
         Field(description="Allow QLoRA without a GPU (slow; for tests and tiny models)."),
@@ -964,32 +1022,53 @@ class ResolvedHyperparameters(ApiModel):
     eval_steps: Annotated[int, Field(ge=1)]
 
 
-class ResolvedLora(ApiModel):
-    """The adapter of a LoRA or QLoRA run, every value decided."""
+ResolvedStrengths: TypeAlias = Annotated[
+    list[Annotated[float, Field(gt=0, le=1)]],
+    Field(
+        min_length=1,
+        description=(
+            "Strengths the trained adapter may be kept at, strongest first: the manifest's scale alone, or the "
+            "candidates the validation split chooses from."
+        ),
+    ),
+]
 
-    adapter: Annotated[AdapterType, Field(description="lora, or dora (a trained magnitude per output feature).")]
+
+class ResolvedLora(ApiModel):
+    """The adapter of a LoRA or DoRA run, every value decided."""
+
     scaling: Annotated[LoraScaling, Field(description="standard: alpha / r; rslora: alpha / sqrt(r).")]
     r: Annotated[int, Field(ge=1)]
     alpha: Annotated[int, Field(ge=1)]
     dropout: Annotated[float, Field(ge=0)]
     target_modules: Annotated[list[str], Field(min_length=1)]
-    strengths: Annotated[
-        list[Annotated[float, Field(gt=0, le=1)]],
-        Field(
-            min_length=1,
-            description=(
-                "Strengths the trained adapter may be kept at, strongest first: the manifest's method.lora.scale "
-                "alone, or the candidates the validation split chooses from."
-            ),
-        ),
-    ]
+    strengths: ResolvedStrengths
+
+
+class ResolvedIa3(ApiModel):
+    """The vectors of an IA3 run, every value decided."""
+
+    target_modules: Annotated[list[str], Field(min_length=1)]
+    feedforward_modules: list[str]
+    strengths: ResolvedStrengths
 
 
 class ResolvedAdapterTraining(ApiModel):
-    """A LoRA or QLoRA run: the base stays frozen, an adapter is trained."""
+    """A LoRA or DoRA adapter (on a 4-bit base for qlora) trained on a frozen base."""
 
+    adapter: Literal[AdapterType.LORA, AdapterType.DORA]
     method: Literal[MethodType.LORA, MethodType.QLORA]
     lora: ResolvedLora
+    hyperparameters: ResolvedHyperparameters
+    replay: ResolvedReplay
+
+
+class ResolvedIa3Training(ApiModel):
+    """IA3 vectors (on a 4-bit base for qlora) trained on a frozen base."""
+
+    adapter: Literal[AdapterType.IA3]
+    method: Literal[MethodType.LORA, MethodType.QLORA]
+    ia3: ResolvedIa3
     hyperparameters: ResolvedHyperparameters
     replay: ResolvedReplay
 
@@ -997,14 +1076,20 @@ class ResolvedAdapterTraining(ApiModel):
 class ResolvedFullTraining(ApiModel):
     """A full fine-tune: every weight is trained, no adapter."""
 
+    adapter: Literal["none"]
     method: Literal[MethodType.FULL]
     hyperparameters: ResolvedHyperparameters
     replay: ResolvedReplay
 
 
-# The plan's result, one block per method, told apart by ``method``. A new method adds its own
-# member here (with its own required block, like ``lora``); docs/architecture.md says how.
-ResolvedTraining = Annotated[ResolvedAdapterTraining | ResolvedFullTraining, Field(discriminator="method")]
+# The plan's result, one block per adapter, told apart by ``adapter`` ("none" for a full fine-tune).
+# A new adapter adds its own member here (with its own required block, like ``lora`` or ``ia3``);
+# docs/architecture.md says how.
+ResolvedTraining = Annotated[
+    ResolvedAdapterTraining | ResolvedIa3Training | ResolvedFullTraining, Field(discriminator="adapter")
+]
+# The members that train an adapter on a frozen base, for isinstance checks.
+ADAPTER_TRAINING = (ResolvedAdapterTraining, ResolvedIa3Training)
 
 
 class GateCheck(ApiModel):

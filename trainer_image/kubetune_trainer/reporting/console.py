@@ -16,7 +16,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from kubetune.api.v1alpha1 import PreflightReport, ResolvedAdapterTraining, ResolvedTraining, TrainerResult
+from kubetune.api.v1alpha1 import (
+    PreflightReport,
+    ResolvedAdapterTraining,
+    ResolvedIa3Training,
+    ResolvedTraining,
+    TrainerResult,
+)
 from kubetune.api.v1alpha1 import Progress as TrainingProgress
 from kubetune_trainer.reporting import Reporter
 
@@ -74,13 +80,14 @@ class ConsoleReporter(Reporter):
 
     def resolved(self, resolved: ResolvedTraining) -> None:
         hp = resolved.hyperparameters
-        lora = (
-            f" ({resolved.lora.adapter} r={resolved.lora.r} alpha={resolved.lora.alpha}, {resolved.lora.scaling} scaling)"
-            if isinstance(resolved, ResolvedAdapterTraining)
-            else ""
-        )
+        adapter = ""
+        if isinstance(resolved, ResolvedAdapterTraining):
+            lora = resolved.lora
+            adapter = f" ({resolved.adapter} r={lora.r} alpha={lora.alpha}, {lora.scaling} scaling)"
+        elif isinstance(resolved, ResolvedIa3Training):
+            adapter = f" (ia3 on {', '.join(resolved.ia3.target_modules)})"
         self.console.print(
-            f"plan: {resolved.method}{lora}, {hp.epochs:g} epochs, lr {hp.learning_rate:g}, "
+            f"plan: {resolved.method}{adapter}, {hp.epochs:g} epochs, lr {hp.learning_rate:g}, "
             f"batch {hp.batch_size}x{hp.gradient_accumulation_steps}, seq {hp.sequence_length}, packing {hp.packing}"
         )
 

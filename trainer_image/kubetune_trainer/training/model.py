@@ -10,6 +10,8 @@ from kubetune.api.v1alpha1 import (
     LoraScaling,
     MethodType,
     ResolvedAdapterTraining,
+    ResolvedIa3,
+    ResolvedIa3Training,
     ResolvedLora,
     ResolvedTraining,
 )
@@ -75,28 +77,50 @@ def load_base(model_dir: Path, method: MethodType, *, device: str, bf16: bool) -
     return model
 
 
-def lora_config(lora: ResolvedLora) -> Any:
+def _targets(modules: list[str]) -> str | list[str]:
+    """``all-linear`` is peft's own shorthand, given as a string."""
+    return "all-linear" if modules == ["all-linear"] else list(modules)
+
+
+def lora_config(lora: ResolvedLora, adapter: AdapterType) -> Any:
     """peft's LoraConfig from the resolved plan (DoRA and rsLoRA are its ``use_dora`` and
-    ``use_rslora``); ``all-linear`` is peft's own shorthand."""
+    ``use_rslora``)."""
     from peft import LoraConfig
 
-    targets = lora.target_modules
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
-        use_dora=lora.adapter == AdapterType.DORA,
+        target_modules=_targets(lora.target_modules),
+        use_dora=adapter == AdapterType.DORA,
         use_rslora=lora.scaling == LoraScaling.RSLORA,
         bias="none",
         task_type="CAUSAL_LM",
     )
 
 
+def ia3_config(ia3: ResolvedIa3) -> Any:
+    from peft import IA3Config
+
+    return IA3Config(
+        target_modules=_targets(ia3.target_modules),
+        feedforward_modules=list(ia3.feedforward_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def adapter_config(resolved: ResolvedAdapterTraining | ResolvedIa3Training) -> Any:
+    """peft's configuration of the adapter the plan trains."""
+    if isinstance(resolved, ResolvedIa3Training):
+        return ia3_config(resolved.ia3)
+    return lora_config(resolved.lora, AdapterType(resolved.adapter))
+
+
 def load_for_training(
     model_dir: Path, resolved: ResolvedTraining, device: str, *, bf16: bool | None = None
 ) -> tuple[Any, Any]:
-    """(model ready to train, tokenizer). LoRA/QLoRA: only the adapter is trainable; full: everything.
+    """(model ready to train, tokenizer). An adapter (LoRA, DoRA, IA3; on a 4-bit base for QLoRA):
+    only the adapter is trainable; full: everything.
 
     ``bf16`` defaults to what the device supports.
     """
@@ -110,7 +134,7 @@ def load_for_training(
     # AdamW updates on bf16 weights lose most small steps to rounding.
     model = load_base(model_dir, method, device=device, bf16=bf16 and method != MethodType.FULL)
     checkpointing = resolved.hyperparameters.gradient_checkpointing
-    if not isinstance(resolved, ResolvedAdapterTraining):
+    if not isinstance(resolved, ResolvedAdapterTraining | ResolvedIa3Training):
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model, tokenizer
@@ -123,7 +147,7 @@ def load_for_training(
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    return get_peft_model(model, lora_config(resolved.lora)), tokenizer
+    return get_peft_model(model, adapter_config(resolved)), tokenizer
 
 
 def load_tuned(model_dir: Path, trained_dir: Path, method: MethodType, *, device: str, bf16: bool) -> Any:

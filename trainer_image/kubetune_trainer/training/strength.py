@@ -1,4 +1,4 @@
-"""Adapter strength: the trained LoRA change kept at a fraction of the size training reached.
+"""Adapter strength: the trained adapter's change kept at a fraction of the size training reached.
 
 Fine-tuning moves the weights towards the task, and the further they move, the more of the base
 model's general ability is lost; the task itself is usually learned well before the full move.
@@ -7,8 +7,9 @@ of the task and much of the general ability. For a LoRA adapter the interpolatio
 free: the adapter's scaling factor times ``scale``. Measured: docs/defaults.md and
 docs/measurements/forgetting.md.
 
-Unless the manifest sets ``method.lora.scale``, the scale is the smallest of the plan's candidate
-strengths (``status.resolved.lora.strengths``, from ``plan.Defaults.adapter_strengths``) whose task
+Unless the manifest sets ``method.lora.scale`` (``method.ia3.scale``), the scale is the smallest of the
+plan's candidate strengths (``status.resolved.lora.strengths`` or ``.ia3.strengths``, from
+``plan.Defaults.adapter_strengths``) whose task
 metric on the validation split stays within ``TASK_POINTS_GIVEN_UP`` of the strongest one's, trying
 from the strongest down and stopping at the first that falls short. Only the validation split
 decides: the test split and the general prompts forgetting is measured on are never seen.
@@ -107,22 +108,37 @@ def _dora_magnitudes(layer: Any) -> list[tuple[Any, Any]]:
     return found
 
 
+def _ia3_vectors(model: Any) -> list[tuple[Any, Any]]:
+    """(trained vector, 1) for each active IA3 vector: peft starts them at 1, the identity."""
+    import torch
+    from peft.tuners.ia3 import IA3Layer
+
+    return [
+        (vector, torch.ones_like(vector))
+        for layer in model.modules()
+        if isinstance(layer, IA3Layer)
+        for name, vector in layer.ia3_l.items()
+        if name in layer.active_adapters
+    ]
+
+
 def set_scale(model: Any, scale: float) -> Callable[[], None]:
-    """Scale every LoRA layer of ``model`` by ``scale``; returns the function that puts the exact
-    previous state back. A DoRA magnitude moves the same fraction of the way from the base weight's
-    norms to its trained value, so that every scale lies between the base (0) and the tuned model (1)."""
+    """Scale every adapter layer of ``model`` by ``scale``; returns the function that puts the exact
+    previous state back. LoRA's update is scaled; a DoRA magnitude moves the same fraction of the way
+    from the base weight's norms to its trained value, and an IA3 vector from 1 to its trained value,
+    so that every scale lies between the base (0) and the tuned model (1); for LoRA and IA3 exactly
+    on the line between their weights."""
     import torch
 
     layers = lora_layers(model)
     saved = [(layer, dict(layer.scaling)) for layer in layers]
-    magnitudes = [
-        (weight, norms, weight.detach().clone()) for layer in layers for weight, norms in _dora_magnitudes(layer)
-    ]
+    starts = [pair for layer in layers for pair in _dora_magnitudes(layer)] + _ia3_vectors(model)
+    magnitudes = [(weight, start, weight.detach().clone()) for weight, start in starts]
     for layer, _ in saved:
         layer.scale_layer(scale)
     with torch.no_grad():
-        for weight, norms, trained in magnitudes:
-            weight.copy_(norms + scale * (trained - norms))
+        for weight, start, trained in magnitudes:
+            weight.copy_(start + scale * (trained - start))
 
     def undo() -> None:
         for layer, scaling in saved:
@@ -136,16 +152,18 @@ def set_scale(model: Any, scale: float) -> Callable[[], None]:
 
 def publish_scale(model: Any, adapter_dir: Path, scale: float) -> None:
     """Write ``model``, which ``set_scale(model, scale)`` left at the chosen strength, into its saved
-    adapter: the strength into ``lora_alpha``, and DoRA's moved magnitudes into the weights, so every
+    adapter: the strength into ``lora_alpha``, and DoRA's magnitudes or IA3's vectors, moved, into the
+    weights, so every
     consumer of the adapter, and the merged model built from it, gets the model that was evaluated."""
     if scale == 1.0:
         return
     path = adapter_dir / "adapter_config.json"
     config = json.loads(path.read_text())
-    config["lora_alpha"] = config["lora_alpha"] * scale
-    config["alpha_pattern"] = {k: v * scale for k, v in (config.get("alpha_pattern") or {}).items()}
-    path.write_text(json.dumps(config, indent=2, sort_keys=True))
-    if config.get("use_dora"):
+    if "lora_alpha" in config:
+        config["lora_alpha"] = config["lora_alpha"] * scale
+        config["alpha_pattern"] = {k: v * scale for k, v in (config.get("alpha_pattern") or {}).items()}
+        path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    if config.get("use_dora") or config.get("peft_type") == "IA3":
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
