@@ -64,11 +64,9 @@ def _row(run: dict[str, Any]) -> str:
     task, forgetting, training = run["task"], run["forgetting"], run["training"]
     resolved = run["resolved"]
     lora, ia3 = resolved.get("lora"), resolved.get("ia3")
-    # Runs recorded before IA3 (commit 8969e63) named the adapter inside the lora block.
-    adapter = resolved.get("adapter") or (lora or {}).get("adapter")
     described = resolved["method"]
     if lora:
-        described += f", {adapter} r={lora['r']}, {lora['scaling']} scaling"
+        described += f", {resolved['adapter']} r={lora['r']}, {lora['scaling']} scaling"
     elif ia3:
         described += f", ia3 on {' '.join(ia3['targetModules'])}"
     cells = [

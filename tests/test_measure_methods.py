@@ -42,8 +42,8 @@ def test_the_smoke_trains_dora_refuses_the_planted_forgetting_and_resumes(tmp_pa
     assert results["commit"] and "--smoke" in results["command"]
     (planted,) = results["runs"]
     assert planted["method"] == "dora, planted forgetting"
-    lora = planted["resolved"]["lora"]
-    assert (lora["adapter"], planted["resolved"]["hyperparameters"]["learningRate"]) == ("dora", 0.05)
+    resolved = planted["resolved"]
+    assert (resolved["adapter"], resolved["hyperparameters"]["learningRate"]) == ("dora", 0.05)
     likelihood = planted["forgetting"]["likelihood"]
     assert likelihood["relative_loss"] > likelihood["max_regression"], likelihood
     assert planted["promoted"] is False and planted["gate"]["message"].startswith("not promoted")

@@ -1160,6 +1160,7 @@ def test_defaults_come_from_the_crd() -> None:
         "format": "auto",
         "weight": 1.0,
         "trainOnly": False,
+        "evalOnly": False,
     }
     assert spec["output"]["formats"] == schema["output"]["properties"]["formats"]["default"]
     assert spec["resources"]["gpus"] == 1 and spec["storage"]["shmSize"] == "2Gi"
