@@ -84,6 +84,10 @@ def test_trainer_entry_points_driven_by_the_operator(
     tmp_path: Path, tiny_model_dir: Path, cluster: Cluster, operator: Any, rbac_mode: RbacMode
 ) -> None:
     data = write_dataset(tmp_path / "data.jsonl", 48)
+    # Each RBAC mode also trains another adapter, so that DoRA (with rsLoRA) and IA3 go the operator's
+    # whole way (pre-flight, training Job, status, artifacts) without a third trainer run.
+    fresh = rbac_mode is CLUSTERWIDE
+    adapter, method = ("dora", "{adapter: dora, lora: {r: 4, scaling: rslora}}") if fresh else ("ia3", "{adapter: ia3}")
     manifest = yaml.safe_load(
         f"""
 apiVersion: kubetune.dev/v1alpha1
@@ -92,7 +96,7 @@ metadata: {{name: e2e}}
 spec:
   baseModel: {{uri: "file://{tiny_model_dir}"}}
   dataset: {{sources: [{{uri: "file://{data}"}}]}}
-  method: {{type: lora, lora: {{r: 4}}}}
+  method: {method}
   hyperparameters: {{epochs: 1, batchSize: 2, gradientAccumulationSteps: 1, sequenceLength: 64}}
   evaluation: {{metrics: [perplexity], maxNewTokens: 4}}
   output: {{uri: "file://{tmp_path}/out/", formats: [adapter]}}
@@ -103,7 +107,6 @@ spec:
     # The pods do the same in both RBAC modes, so only one generates the base answers: it starts from a
     # fresh cache (nobody has the tiny model's answers to the general prompts yet); the other uses
     # the machine's cache, as a second job on the same base model would.
-    fresh = rbac_mode is CLUSTERWIDE
     cache = tmp_path / "cache" if fresh else Path(os.environ.get("KUBETUNE_CACHE", Path.home() / ".cache" / "kubetune"))
     stored_answers = tmp_path / "out" / ".kubetune" / "general-answers"
     wait_for(lambda: cluster.job("e2e-preflight"), what="pre-flight Job")
@@ -122,7 +125,7 @@ spec:
     final = cluster.finetunejob("e2e")["status"]
     assert final["progress"]["step"] == final["progress"]["totalSteps"] > 0
     assert final["progressText"] == f"{final['progress']['step']}/{final['progress']['totalSteps']}"
-    assert final["resolved"]["method"] == "lora"
+    assert (final["resolved"]["method"], final["resolved"]["adapter"]) == ("lora", adapter)
     result = final["result"]
     assert result["manifestUri"].endswith("/manifest.json") and Path(result["manifestUri"][len("file://") :]).exists()
     assert any(a["name"] == "adapter/adapter_model.safetensors" and len(a["sha256"]) == 64 for a in result["artifacts"])
@@ -131,6 +134,11 @@ spec:
     # answers once and cached them locally and beside the output.
     assert final["resolved"]["replay"]["examples"] == replayed
     lineage = json.loads(Path(result["manifestUri"][len("file://") :]).read_text())
+    published = Path(result["manifestUri"][len("file://") :]).parent / "adapter" / "adapter_config.json"
+    config = json.loads(published.read_text())
+    assert (config["peft_type"], config.get("use_dora", False)) == (
+        ("LORA", True) if adapter == "dora" else ("IA3", False)
+    )
     if fresh:
         # The answers, and the base model's likelihood of the regression pool's (evaluation scored it).
         for folder in (cache / "general-answers", stored_answers):
