@@ -108,6 +108,10 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
             {"method": {"adapter": "ia3", "ia3": {"targetModules": ["k_proj", "fc"], "feedforwardModules": ["fc"]}}},
             set(),
         ),
+        (
+            {"method": {"adapter": "ia3", "ia3": {"targetModules": ["all-linear"], "feedforwardModules": ["fc"]}}},
+            set(),
+        ),
         (sources({}, {"evalOnly": True}), set()),
         (sources({"trainOnly": True}, {"evalOnly": True}), set()),
         (sources({}, {"evalOnly": True, "trainOnly": True}), source_rule(1, "evalOnly")),

@@ -49,14 +49,21 @@ TINY_TRAINING = {
 
 
 def tiny_plan(
-    method: str, lr: float = 5e-3, *, adapter: str | None = None, lora: dict[str, object] | None = None
+    method: str,
+    lr: float = 5e-3,
+    *,
+    adapter: str | None = None,
+    lora: dict[str, object] | None = None,
+    ia3: dict[str, object] | None = None,
 ) -> ResolvedTraining:
-    """The plan for a few steps of ``method`` on the tiny test model (LoRA r=4, no dropout; ``adapter``
-    and ``lora`` as in the manifest's ``method`` block)."""
+    """The plan for a few steps of ``method`` on the tiny test model (LoRA r=4, no dropout; ``adapter``,
+    ``lora`` and ``ia3`` as in the manifest's ``method`` block)."""
     lora_block = {"r": 4, "alpha": 8, "dropout": 0.0, **(lora or {})}
     method_block: dict[str, object] = {"type": method, "allowCpuQlora": True}
     if adapter != "ia3":  # an ia3 adapter is configured by method.ia3, and method.lora is refused with it
         method_block["lora"] = lora_block
+    if ia3:
+        method_block["ia3"] = ia3
     manifest = spec(
         method=method_block if adapter is None else {**method_block, "adapter": adapter},
         hyperparameters={**TINY_TRAINING, "learningRate": lr},

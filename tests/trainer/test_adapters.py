@@ -198,11 +198,16 @@ def test_an_ia3_adapter_reloads_merges_and_keeps_a_strength(
         )
 
 
-def test_the_plan_counts_the_parameters_ia3_trains(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "ia3",
+    [{}, {"targetModules": ["all-linear"], "feedforwardModules": ["down_proj"]}],
+    ids=["peft-default", "all-linear"],
+)
+def test_the_plan_counts_the_parameters_ia3_trains(tiny_model_dir: Path, ia3: dict[str, Any]) -> None:
     from transformers import AutoConfig
 
     shape = ModelShape.from_config(AutoConfig.from_pretrained(tiny_model_dir))
-    plan = tiny_plan("lora", adapter="ia3")
+    plan = tiny_plan("lora", adapter="ia3", ia3=ia3)
     assert isinstance(plan, ResolvedIa3Training)
     model, _ = load_for_training(tiny_model_dir, plan, "cpu")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -185,6 +185,8 @@ def test_an_ia3_plan_takes_peft_modules_for_the_architecture_or_the_manifests() 
         ["up_proj"],
         [0.7],
     )
+    everything = resolve(ia3={"targetModules": ["all-linear"], "feedforwardModules": ["down_proj"]})
+    assert (everything.ia3.target_modules, everything.ia3.feedforward_modules) == (["all-linear"], ["down_proj"])
     unknown = dataclasses.replace(SMOL, model_type="mystery")
     with pytest.raises(ConfigurationError, match=r"spec\.method\.ia3\.targetModules: .* 'mystery'"):
         resolve(unknown)

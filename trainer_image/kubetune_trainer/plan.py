@@ -156,8 +156,9 @@ class ModelShape:
             "up_proj": (hidden, inner),
             "down_proj": (inner, hidden),
         }
+        targets = list(sizes) if ia3.target_modules == ["all-linear"] else ia3.target_modules
         per_layer = 0
-        for name in ia3.target_modules:
+        for name in targets:
             size_in, size_out = sizes.get(name, (hidden, hidden))
             per_layer += size_in if name in ia3.feedforward_modules else size_out
         return float(self.layers * per_layer)
@@ -318,7 +319,8 @@ def resolve_ia3(spec: FineTuneJobSpec, shape: ModelShape) -> ResolvedIa3:
         feedforward = list(requested.feedforward_modules or []) if requested else []
     return ResolvedIa3(
         target_modules=list(targets),
-        feedforward_modules=[m for m in feedforward if m in targets],
+        # peft's defaults may name a feed-forward module the manifest's targets leave out.
+        feedforward_modules=[m for m in feedforward if targets == ["all-linear"] or m in targets],
         strengths=strengths(requested.scale if requested else None),
     )
 

@@ -481,13 +481,16 @@ class Ia3Spec(ApiModel):
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            "!has(self.feedforwardModules) || (has(self.targetModules) "
-            "&& self.feedforwardModules.all(m, m in self.targetModules))",
-            "feedforwardModules must be named in targetModules too",
+            "!has(self.feedforwardModules) || (has(self.targetModules) && (self.targetModules == ['all-linear'] "
+            "|| self.feedforwardModules.all(m, m in self.targetModules)))",
+            "feedforwardModules must be named in targetModules too (or targetModules be ['all-linear'])",
             ".feedforwardModules",
             lambda s: (
                 s.feedforward_modules is None
-                or (s.target_modules is not None and set(s.feedforward_modules) <= set(s.target_modules))
+                or (
+                    s.target_modules is not None
+                    and (s.target_modules == ["all-linear"] or set(s.feedforward_modules) <= set(s.target_modules))
+                )
             ),
         ),
     )
