@@ -314,13 +314,20 @@ def render_markdown(results: dict[str, Any], name: str = "forgetting.json") -> s
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (the .md is written beside it)")
-    parser.add_argument("--smoke", action="store_true", help="seconds on a tiny model: the CI check of this script")
+def add_run_arguments(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The options every measurement through ``kubetune run`` takes (this script's and measure_methods.py's)."""
+    parser.add_argument("--out", type=Path, default=results, help="results JSON (the .md is written beside it)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a planted run on a tiny model: the CI check of the script"
+    )
     parser.add_argument("--base-model", default=None, help="override spec.baseModel.uri (the smoke's tiny model)")
     parser.add_argument("--restart", action="store_true", help="discard recorded runs and measure again")
     parser.add_argument("--scratch", type=Path, default=None, help="where runs write (default: a temporary folder)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_arguments(parser, RESULTS)
     parser.add_argument("--only", nargs="*", default=None, help="dataset names to run (default: all)")
     parser.add_argument(
         "--sweep",

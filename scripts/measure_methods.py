@@ -26,7 +26,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from measure_forgetting import DATASETS, PLANTED_FORGETTING, ROOT, load_results, merge, run_one, save
+from measure_forgetting import (
+    DATASETS,
+    PLANTED_FORGETTING,
+    ROOT,
+    add_run_arguments,
+    load_results,
+    merge,
+    run_one,
+    save,
+)
 
 RESULTS = ROOT / "docs" / "measurements" / "methods.json"
 DATASET = "support-tickets"
@@ -120,11 +129,7 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (the .md is written beside it)")
-    parser.add_argument("--smoke", action="store_true", help="a planted run on a tiny model: the CI check")
-    parser.add_argument("--base-model", default=None, help="override spec.baseModel.uri (the smoke's tiny model)")
-    parser.add_argument("--restart", action="store_true", help="discard recorded runs and measure again")
-    parser.add_argument("--scratch", type=Path, default=None, help="where runs write (default: a temporary folder)")
+    add_run_arguments(parser, RESULTS)
     parser.add_argument("--only", nargs="*", default=None, help=f"methods to run (default: all of {list(METHODS)})")
     args = parser.parse_args(argv)
     command = ["python", "scripts/measure_methods.py", *(argv if argv is not None else sys.argv[1:])]

@@ -19,23 +19,28 @@ from kubetune_trainer.general_prompts import load_general_prompts  # noqa: E402
 KNOWN_ANSWER_PROMPTS = sum(p.keywords is not None for p in load_general_prompts().regression)
 
 
-def smoke(tmp_path: Path, model: Path) -> subprocess.CompletedProcess[str]:
+def run_smoke(script: str, out: Path, scratch: Path, model: Path) -> subprocess.CompletedProcess[str]:
+    """``scripts/<script>.py --smoke`` on the tiny ``model``, writing ``out``; the measurement scripts share it."""
     return subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "measure_forgetting.py"),
+            str(ROOT / "scripts" / f"{script}.py"),
             "--smoke",
             "--base-model",
             f"file://{model}",
             "--out",
-            str(tmp_path / "forgetting.json"),
+            str(out),
             "--scratch",
-            str(tmp_path / "scratch"),
+            str(scratch),
         ],
         capture_output=True,
         text=True,
         timeout=900,
     )
+
+
+def smoke(tmp_path: Path, model: Path) -> subprocess.CompletedProcess[str]:
+    return run_smoke("measure_forgetting", tmp_path / "forgetting.json", tmp_path / "scratch", model)
 
 
 @pytest.mark.slow

@@ -14,24 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import measure_methods  # noqa: E402
 
+from tests.test_measure_forgetting import run_smoke  # noqa: E402
+
 
 def smoke(tmp_path: Path, model: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "measure_methods.py"),
-            "--smoke",
-            "--base-model",
-            f"file://{model}",
-            "--out",
-            str(tmp_path / "methods.json"),
-            "--scratch",
-            str(tmp_path / "scratch"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_smoke("measure_methods", tmp_path / "methods.json", tmp_path / "scratch", model)
 
 
 @pytest.mark.slow
