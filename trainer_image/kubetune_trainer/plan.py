@@ -13,20 +13,30 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kubetune.api.v1alpha1 import (
+    PREFERENCE_OBJECTIVES,
     AdapterType,
+    DpoLoss,
+    DpoSpec,
     FineTuneJobSpec,
     LoraScaling,
     LrScheduler,
+    MethodSpec,
     MethodType,
+    Objective,
+    OrpoSpec,
     PreflightReport,
     ReplaySpec,
     ResolvedAdapterTraining,
+    ResolvedDpoObjective,
     ResolvedFullTraining,
     ResolvedHyperparameters,
     ResolvedIa3,
     ResolvedIa3Training,
     ResolvedLora,
+    ResolvedObjective,
+    ResolvedOrpoObjective,
     ResolvedReplay,
+    ResolvedSftObjective,
     ResolvedTraining,
 )
 from kubetune_trainer.errors import ConfigurationError
@@ -59,6 +69,13 @@ class Defaults:
     # IA3's vectors rescale activations from 1 and hold a fortieth of a rank-8 LoRA's parameters: the T-Few
     # paper (Liu et al. 2022) trains them at 3e-3, six times the LoRA rate above.
     lr_ia3: float = 3e-3
+    # Preference objectives train at a tenth of the supervised rate above: their loss moves log ratios
+    # against a reference, and the alignment-handbook recipes (Zephyr) train DPO at a tenth to a
+    # fortieth of their SFT rate. Not measured on the example yet (docs/methods.md).
+    preference_lr_divisor: float = 10.0
+    dpo_beta: float = 0.1  # the DPO paper's and TRL's
+    dpo_loss: DpoLoss = DpoLoss.SIGMOID
+    orpo_beta: float = 0.1  # TRL's ORPO default (the paper's lambda)
     scheduler: LrScheduler = LrScheduler.COSINE
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0  # LoRA adapters rarely benefit; full fine-tunes get it via spec
@@ -186,11 +203,15 @@ def _sequence_length(token_lengths: list[int], limit: int) -> int:
     return max(64, min(limit, 64 * math.ceil(p99 / 64)))
 
 
-def resolve_replay(spec: ReplaySpec, *, task_train_examples: int, pool_size: int) -> ResolvedReplay:
+def resolve_replay(
+    spec: ReplaySpec, *, task_train_examples: int, pool_size: int, objective: Objective | None = None
+) -> ResolvedReplay:
     """How many replay rows to mix in: a share of the task's training rows, at least
     ``replay_min_examples`` and never more than the pool (a pool repeated many times over would be
-    memorised rather than replayed)."""
-    if not spec.enabled:
+    memorised rather than replayed). Preference objectives replay nothing: replay rows are single
+    answers, not pairs, and DPO's pull towards its reference is its own guard against forgetting
+    (which the evaluation still measures and gates)."""
+    if not spec.enabled or objective in PREFERENCE_OBJECTIVES:
         return ResolvedReplay(enabled=False, examples=0, fraction=0.0)
     fraction = spec.fraction if spec.fraction is not None else DEFAULTS.replay_fraction
     wanted = round(fraction * task_train_examples)
@@ -203,6 +224,21 @@ def resolve_replay(spec: ReplaySpec, *, task_train_examples: int, pool_size: int
 def chosen(value: T | None, default: T) -> T:
     """The manifest's value when it gave one, else the default (``or`` would also replace 0 and False)."""
     return value if value is not None else default
+
+
+def resolve_objective(spec: MethodSpec) -> ResolvedObjective:
+    objective = chosen(spec.objective, Objective.SFT)
+    if objective == Objective.DPO:
+        dpo = spec.dpo or DpoSpec()
+        return ResolvedDpoObjective(
+            type=objective,
+            beta=chosen(dpo.beta, DEFAULTS.dpo_beta),
+            loss=chosen(dpo.loss, DEFAULTS.dpo_loss),
+            reference="base",
+        )
+    if objective == Objective.ORPO:
+        return ResolvedOrpoObjective(type=objective, beta=chosen((spec.orpo or OrpoSpec()).beta, DEFAULTS.orpo_beta))
+    return ResolvedSftObjective(type=objective)
 
 
 def resolve_method(spec: FineTuneJobSpec, hardware: Hardware) -> MethodType:
@@ -230,6 +266,8 @@ def resolve_training(
     The sequence length is the task's: replay rows longer than it are truncated rather than
     stretching every packed row for them (docs/defaults.md, "Sequence length")."""
     method = resolve_method(spec, hardware)
+    objective = resolve_objective(spec.method)
+    preference = objective.type in PREFERENCE_OBJECTIVES
     user = spec.hyperparameters
 
     seq_len = chosen(user.sequence_length, _sequence_length(token_lengths, sequence_limit(spec, shape)))
@@ -238,7 +276,7 @@ def resolve_training(
     world = max(1, hardware.gpu_count if hardware.device == "cuda" else 1)
     accumulation = chosen(user.gradient_accumulation_steps, max(1, round(DEFAULTS.effective_batch / (micro * world))))
     epochs = chosen(user.epochs, _epochs_for(train_examples))
-    packing = chosen(user.packing, True)
+    packing = chosen(user.packing, not preference)  # a pair's answers are compared row by row
     rows = train_examples
     if packing and trained_lengths:
         # Packed rows hold several examples: count rows, not examples, or evaluations end up
@@ -254,6 +292,8 @@ def resolve_training(
     }[method]
     if adapter == AdapterType.IA3:
         default_lr = DEFAULTS.lr_ia3
+    if preference:
+        default_lr /= DEFAULTS.preference_lr_divisor
     hyper = ResolvedHyperparameters(
         epochs=epochs,
         learning_rate=chosen(user.learning_rate, default_lr),
@@ -274,10 +314,14 @@ def resolve_training(
         eval_steps=chosen(user.eval_steps, max(1, total_steps // DEFAULTS.evaluations_per_run)),
     )
     if method == MethodType.FULL:
-        return ResolvedFullTraining(adapter="none", method=method, hyperparameters=hyper, replay=replay)
+        return ResolvedFullTraining(
+            adapter="none", method=method, hyperparameters=hyper, replay=replay, objective=objective
+        )
     if adapter == AdapterType.IA3:
-        ia3 = resolve_ia3(spec, shape)
-        return ResolvedIa3Training(adapter=adapter, method=method, ia3=ia3, hyperparameters=hyper, replay=replay)
+        ia3 = resolve_ia3(spec, shape, objective.type)
+        return ResolvedIa3Training(
+            adapter=adapter, method=method, ia3=ia3, hyperparameters=hyper, replay=replay, objective=objective
+        )
     requested = spec.method.lora
     r = chosen(requested.r, DEFAULTS.lora_r)
     lora = ResolvedLora(
@@ -286,17 +330,23 @@ def resolve_training(
         alpha=chosen(requested.alpha, DEFAULTS.lora_alpha_per_r * r),
         dropout=chosen(requested.dropout, DEFAULTS.lora_dropout),
         target_modules=chosen(requested.target_modules, list(DEFAULTS.lora_target_modules)),
-        strengths=strengths(requested.scale),
+        strengths=strengths(requested.scale, objective.type),
     )
-    return ResolvedAdapterTraining(adapter=adapter, method=method, lora=lora, hyperparameters=hyper, replay=replay)
+    return ResolvedAdapterTraining(
+        adapter=adapter, method=method, lora=lora, hyperparameters=hyper, replay=replay, objective=objective
+    )
 
 
-def strengths(scale: float | None) -> list[float]:
-    """The manifest's strength, else the candidates the validation split chooses from after training."""
-    return [scale] if scale is not None else list(DEFAULTS.adapter_strengths)
+def strengths(scale: float | None, objective: Objective) -> list[float]:
+    """The manifest's strength, else the candidates the validation split chooses from after training.
+    A preference run keeps full strength: the search scores generated answers against one reference
+    answer, and a pair has two (its rewards are what the gate judges)."""
+    if scale is not None:
+        return [scale]
+    return [1.0] if objective in PREFERENCE_OBJECTIVES else list(DEFAULTS.adapter_strengths)
 
 
-def resolve_ia3(spec: FineTuneJobSpec, shape: ModelShape) -> ResolvedIa3:
+def resolve_ia3(spec: FineTuneJobSpec, shape: ModelShape, objective: Objective) -> ResolvedIa3:
     """IA3's modules: the manifest's, else peft's for the architecture (for Llama: keys, values and the
     MLP's down projection, rescaled at its input), as in the IA3 paper."""
     from peft.utils import (
@@ -321,7 +371,7 @@ def resolve_ia3(spec: FineTuneJobSpec, shape: ModelShape) -> ResolvedIa3:
         target_modules=list(targets),
         # peft's defaults may name a feed-forward module the manifest's targets leave out.
         feedforward_modules=[m for m in feedforward if targets == ["all-linear"] or m in targets],
-        strengths=strengths(requested.scale if requested else None),
+        strengths=strengths(requested.scale if requested else None, objective),
     )
 
 
@@ -396,7 +446,9 @@ def preflight_estimate(
     # fp32 master copy + Adam's two moments + gradient for each trainable parameter.
     optimizer_bytes = trainable * (4 + 8 + 4)
     hidden, layers, vocab = shape.hidden_size, shape.layers, shape.vocab_size
-    tokens_in_flight = hyper.batch_size * hyper.sequence_length
+    # A preference batch holds each pair's two answers as two rows.
+    rows_per_example = 2 if resolved.objective.type in PREFERENCE_OBJECTIVES else 1
+    tokens_in_flight = hyper.batch_size * hyper.sequence_length * rows_per_example
     activation_factor = 4 if hyper.gradient_checkpointing else 34  # bytes·layer per hidden unit per token
     activations = tokens_in_flight * hidden * layers * activation_factor + tokens_in_flight * vocab * 4 * 2
     peak_gib = (params * weight_bytes + optimizer_bytes + activations) / 2**30 * 1.2  # 20% allocator slack
@@ -404,6 +456,10 @@ def preflight_estimate(
         peak_gib = measured.peak_memory_bytes / 2**30
 
     flops_per_token = 6 * params if method == MethodType.FULL else 4 * params  # no weight grads for frozen base
+    if resolved.objective.type in PREFERENCE_OBJECTIVES:
+        # Tokens are counted per example with its chosen answer; each step runs it again with the rejected one,
+        # and DPO first runs the reference forward (2N per token) over both.
+        flops_per_token = 2 * flops_per_token + (4 * params if resolved.objective.type == Objective.DPO else 0)
     throughput = GPU_FLOPS * max(1, hardware.gpu_count) if on_gpu else CPU_FLOPS_PER_CORE * max(1, hardware.cpu_count)
     seconds = (
         measured_training_seconds(measured)

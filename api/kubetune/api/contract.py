@@ -170,3 +170,7 @@ Pushgateway per namespace (``http://prometheus-pushgateway.{namespace}.svc:9091`
 # outside them is not a metric it knows, and would be an unbounded label value).
 RESULT_MODELS = ("base", "tuned")
 FORGETTING_METRICS = ("regressionLikelihood", "generalKnownAnswers", "generalLabelCollapse")
+# Preference runs (method.objective dpo or orpo), on the held-out pairs: the share of pairs whose chosen
+# answer the tuned model prefers more than the base does (the base side is chance, 0.5), and the mean
+# margin of the implicit rewards (the base side is 0).
+PREFERENCE_METRICS = ("rewardAccuracy", "rewardMargin")

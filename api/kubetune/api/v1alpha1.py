@@ -101,6 +101,8 @@ class DatasetFormat(StrEnum):
     TEXT = "text"
     # Never detected: named on a source of a DriftMonitor's request logs (only confirmed rows train).
     REQUEST_LOG = "request-log"
+    # A prompt with a chosen and a rejected answer: what method.objective dpo and orpo train on.
+    PREFERENCE = "preference"
 
 
 class InvalidRowPolicy(StrEnum):
@@ -119,6 +121,21 @@ class AdapterType(StrEnum):
     LORA = "lora"
     DORA = "dora"
     IA3 = "ia3"
+
+
+class Objective(StrEnum):
+    SFT = "sft"
+    DPO = "dpo"
+    ORPO = "orpo"
+
+
+# The objectives that learn from pairs of a chosen and a rejected answer.
+PREFERENCE_OBJECTIVES = (Objective.DPO, Objective.ORPO)
+
+
+class DpoLoss(StrEnum):
+    SIGMOID = "sigmoid"
+    IPO = "ipo"
 
 
 class LoraScaling(StrEnum):
@@ -290,7 +307,9 @@ class DatasetSource(ApiModel):
                 "Row format; auto detects it from the columns. request-log (never detected): production requests "
                 "as serving stacks log them (messages, prompt or text), of which only the rows a person labelled "
                 "(a label or feedback field, the confirmed answer) are trained on; the others are counted as "
-                "dropped (unlabelled_request)."
+                "dropped (unlabelled_request). preference: a prompt with a chosen and a rejected answer "
+                "({prompt, chosen, rejected} with strings or message lists; {chosen, rejected} conversations "
+                "sharing their prompt; Human:/Assistant: text), detected by auto from chosen and rejected columns."
             )
         ),
     ] = DatasetFormat.AUTO
@@ -509,8 +528,56 @@ class Ia3Spec(ApiModel):
     scale: AdapterStrength = None
 
 
+class DpoSpec(ApiModel):
+    """Direct preference optimisation (Rafailov et al. 2023) against the base model as the reference."""
+
+    beta: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            le=10,
+            description=(
+                "How far from the reference the model may move to prefer the chosen answers: smaller moves "
+                "further. Unset: 0.1 (the DPO paper's and TRL's)."
+            ),
+        ),
+    ] = None
+    loss: Annotated[
+        DpoLoss | None,
+        Field(
+            description=(
+                "sigmoid: the DPO paper's loss; ipo (Azar et al. 2023): a squared loss on the per-token log "
+                "ratio that does not push the margin without bound, for pairs whose preference is noisy or "
+                "near-deterministic. Unset: sigmoid."
+            )
+        ),
+    ] = None
+
+
+class OrpoSpec(ApiModel):
+    """Odds-ratio preference optimisation (Hong et al. 2024): supervised tuning on the chosen answers plus
+    a penalty on the rejected answers' odds; needs no reference model."""
+
+    beta: Annotated[
+        float | None,
+        Field(gt=0, le=10, description="Weight of the odds-ratio term (the paper's lambda). Unset: 0.1 (TRL's)."),
+    ] = None
+
+
 class MethodSpec(ApiModel):
     rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.dpo) || (has(self.objective) && self.objective == 'dpo')",
+            "method.dpo configures the dpo objective: set method.objective: dpo",
+            ".dpo",
+            lambda m: m.dpo is None or m.objective == Objective.DPO,
+        ),
+        Rule(
+            "!has(self.orpo) || (has(self.objective) && self.objective == 'orpo')",
+            "method.orpo configures the orpo objective: set method.objective: orpo",
+            ".orpo",
+            lambda m: m.orpo is None or m.objective == Objective.ORPO,
+        ),
         Rule(
             "!has(self.ia3) || (has(self.adapter) && self.adapter == 'ia3')",
             "method.ia3 configures an ia3 adapter: set method.adapter: ia3",
@@ -542,8 +609,21 @@ class MethodSpec(ApiModel):
             ),
         ),
     ] = None
+    objective: Annotated[
+        Objective | None,
+        Field(
+            description=(
+                "What the model learns from: sft, the answers of the dataset; dpo, pairs of a chosen and a "
+                "rejected answer (dataset format preference), staying close to the base model (method.dpo); orpo, "
+                "the same pairs with no reference model, for less memory on a full fine-tune (method.orpo). "
+                "Unset: sft."
+            )
+        ),
+    ] = None
     lora: LoraSpec = Field(default_factory=LoraSpec)
     ia3: Ia3Spec | None = None
+    dpo: DpoSpec | None = None
+    orpo: OrpoSpec | None = None
     allow_cpu_qlora: Annotated[
         bool,
         Field(description="Allow QLoRA without a GPU (slow; for tests and tiny models)."),
@@ -858,6 +938,35 @@ class FineTuneJobSpec(ApiModel):
             lambda s: s.method.type != MethodType.FULL or s.method.adapter is None,
         ),
         Rule(
+            "self.dataset.sources.all(s, !has(s.format) || s.format != 'preference') "
+            "|| (has(self.method.objective) && self.method.objective in ['dpo', 'orpo'])",
+            "dataset sources in format preference are pairs of answers: train them with method.objective dpo or orpo",
+            ".method.objective",
+            lambda s: (
+                all(source.format != DatasetFormat.PREFERENCE for source in s.dataset.sources)
+                or s.method.objective in PREFERENCE_OBJECTIVES
+            ),
+        ),
+        Rule(
+            "!has(self.method.objective) || !(self.method.objective in ['dpo', 'orpo']) "
+            "|| self.dataset.sources.all(s, !has(s.format) || s.format in ['auto', 'preference'])",
+            "method.objective dpo and orpo learn from pairs of answers: every dataset source must be in format "
+            "preference (or auto)",
+            ".dataset.sources",
+            lambda s: (
+                s.method.objective not in PREFERENCE_OBJECTIVES
+                or all(source.format in (DatasetFormat.AUTO, DatasetFormat.PREFERENCE) for source in s.dataset.sources)
+            ),
+        ),
+        Rule(
+            "!has(self.method.objective) || !(self.method.objective in ['dpo', 'orpo']) "
+            "|| !has(self.hyperparameters.packing) || !self.hyperparameters.packing",
+            "method.objective dpo and orpo compare each pair's two answers row by row: they are not packed "
+            "(leave hyperparameters.packing unset or false)",
+            ".hyperparameters.packing",
+            lambda s: s.method.objective not in PREFERENCE_OBJECTIVES or not s.hyperparameters.packing,
+        ),
+        Rule(
             "self.dataset.split.validation + self.dataset.split.test < 0.9",
             "dataset.split.validation + dataset.split.test must leave at least 10% for training",
             ".dataset.split",
@@ -1056,6 +1165,31 @@ class ResolvedIa3(ApiModel):
     strengths: ResolvedStrengths
 
 
+class ResolvedSftObjective(ApiModel):
+    """Supervised: the loss is on the dataset's answers."""
+
+    type: Literal[Objective.SFT]
+
+
+class ResolvedDpoObjective(ApiModel):
+    """DPO against the base model: its log-likelihoods of both answers are computed before training."""
+
+    type: Literal[Objective.DPO]
+    beta: Annotated[float, Field(gt=0)]
+    loss: DpoLoss
+    reference: Annotated[Literal["base"], Field(description="The model the log ratios are taken against.")]
+
+
+class ResolvedOrpoObjective(ApiModel):
+    type: Literal[Objective.ORPO]
+    beta: Annotated[float, Field(gt=0, description="Weight of the odds-ratio term.")]
+
+
+ResolvedObjective = Annotated[
+    ResolvedSftObjective | ResolvedDpoObjective | ResolvedOrpoObjective, Field(discriminator="type")
+]
+
+
 class ResolvedAdapterTraining(ApiModel):
     """A LoRA or DoRA adapter (on a 4-bit base for qlora) trained on a frozen base."""
 
@@ -1064,6 +1198,7 @@ class ResolvedAdapterTraining(ApiModel):
     lora: ResolvedLora
     hyperparameters: ResolvedHyperparameters
     replay: ResolvedReplay
+    objective: ResolvedObjective
 
 
 class ResolvedIa3Training(ApiModel):
@@ -1074,6 +1209,7 @@ class ResolvedIa3Training(ApiModel):
     ia3: ResolvedIa3
     hyperparameters: ResolvedHyperparameters
     replay: ResolvedReplay
+    objective: ResolvedObjective
 
 
 class ResolvedFullTraining(ApiModel):
@@ -1083,6 +1219,7 @@ class ResolvedFullTraining(ApiModel):
     method: Literal[MethodType.FULL]
     hyperparameters: ResolvedHyperparameters
     replay: ResolvedReplay
+    objective: ResolvedObjective
 
 
 # The plan's result, one block per adapter, told apart by ``adapter`` ("none" for a full fine-tune).

@@ -53,6 +53,7 @@ from kubetune.api.contract import (
     FINETUNEJOB_LABEL,
     FORGETTING_METRICS,
     NAMESPACE_LABEL,
+    PREFERENCE_METRICS,
     RESULT_MODELS,
 )
 from kubetune.api.driftmonitor import DriftMonitorStatus
@@ -67,7 +68,7 @@ ACTIVE_PHASES = tuple(str(p) for p in Phase if p not in TERMINAL_PHASES)
 
 # The trainer's figures the operator re-exports: a trainer writes them, so each is checked to be a
 # number it could mean (finite, and no loss, rate or evaluation score is anywhere near 1e15).
-RESULT_METRICS = frozenset((*(str(m) for m in Metric), *FORGETTING_METRICS))
+RESULT_METRICS = frozenset((*(str(m) for m in Metric), *FORGETTING_METRICS, *PREFERENCE_METRICS))
 MAX_FIGURE = 1e15
 QUALITY_GATE_CONDITION = "QualityGatePassed"
 
