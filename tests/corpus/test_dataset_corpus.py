@@ -48,7 +48,7 @@ def manifest(case: dict[str, Any], folder: Path) -> Path:
         "spec": {
             "baseModel": {"uri": BUILTIN_MODEL_URI},
             "dataset": dataset,
-            "method": {"type": "lora"},
+            "method": {"type": "lora", **case.get("method", {})},
             "output": {"uri": f"file://{folder}/out/"},
             "resources": {"gpus": 0},
         },

@@ -54,7 +54,8 @@ def normalise(text: str) -> str:
 def example_key(example: Example) -> str:
     if example.text is not None:
         return normalise(example.text)
-    return "\x1e".join(f"{m.role}\x1f{normalise(m.content)}" for m in example.messages)
+    key = "\x1e".join(f"{m.role}\x1f{normalise(m.content)}" for m in example.messages)
+    return key if example.rejected is None else f"{key}\x1erejected\x1f{normalise(example.rejected)}"
 
 
 class ExampleKeys:

@@ -6,6 +6,7 @@ read ``s3://bucket/data.jsonl:17: field 'messages[2].role': unknown role 'bot' .
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,8 @@ def apply_column_mapping(data: Mapping[str, Any], mapping: Mapping[str, str] | N
 
 def detect_format(columns: set[str]) -> DatasetFormat | None:
     """The format a row's columns indicate, or None when none fits."""
+    if {"chosen", "rejected"} <= columns:
+        return DatasetFormat.PREFERENCE
     if "messages" in columns or "conversations" in columns:
         return DatasetFormat.CHAT
     if {"instruction", "output"} <= columns:
@@ -94,6 +97,16 @@ def _chat_turns(data: Mapping[str, Any]) -> tuple[str, list[Any], str, str, Mapp
 def _turns(data: Mapping[str, Any]) -> tuple[str, list[Message]]:
     """The conversation's turns, each checked (a known role, text content, the system turn first)."""
     column, turns, role_key, content_key, role_map = _chat_turns(data)
+    return column, _message_list(column, turns, role_key, content_key, role_map)
+
+
+def _message_list(
+    column: str,
+    turns: Any,
+    role_key: str = "role",
+    content_key: str = "content",
+    role_map: Mapping[str, str] | None = None,
+) -> list[Message]:
     if not isinstance(turns, list) or not turns:
         raise RowProblem(column, "expected a non-empty list of turns", "wrong_type")
     messages = []
@@ -114,7 +127,7 @@ def _turns(data: Mapping[str, Any]) -> tuple[str, list[Message]]:
         if role == "system" and index != 0:
             raise RowProblem(f"{where}.{role_key}", "a system message must come first", "misplaced_system")
         messages.append(Message(str(role), content))
-    return column, messages
+    return messages
 
 
 def _chat(data: Mapping[str, Any]) -> Example:
@@ -164,11 +177,93 @@ def request_log(data: Mapping[str, Any]) -> tuple[Example, bool]:
     raise RowProblem("", f"not a request (columns: {columns}); expected messages, prompt or text", "unknown_format")
 
 
+# Anthropic's HH-RLHF text: "\n\nHuman: ...\n\nAssistant: ..." turns in one string.
+_HH_TURN = re.compile(r"(?:^|\n)\s*(Human|Assistant):[ \t]*")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+PREFERENCE_SHAPES = (
+    "prompt, chosen and rejected (strings or message lists); chosen and rejected conversations that share "
+    "their prompt; or chosen and rejected Human:/Assistant: text"
+)
+
+
+def _hh_turns(column: str, text: str) -> list[Message]:
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise RowProblem(
+            column,
+            "a string without a prompt column must be Human:/Assistant: turns (Anthropic HH format)",
+            "unknown_format",
+        )
+    messages = []
+    for index in range(1, len(parts), 2):
+        content = parts[index + 1].strip()
+        if not content:
+            raise RowProblem(column, f"turn {index // 2 + 1} ({parts[index]}:) is empty", "empty_field")
+        messages.append(Message(_HH_ROLES[parts[index]], content))
+    return messages
+
+
+def _conversation(data: Mapping[str, Any], column: str) -> list[Message]:
+    value = data[column]
+    if isinstance(value, str):
+        return _hh_turns(column, value)
+    return _message_list(column, value)
+
+
+def _answer(data: Mapping[str, Any], column: str) -> str:
+    """A pair's answer given beside a prompt: text, or a one-message assistant turn (TRL's conversational shape)."""
+    value = data[column]
+    if isinstance(value, str):
+        return _text(data, column)
+    turns = _message_list(column, value)
+    if len(turns) != 1 or turns[0].role != "assistant":
+        raise RowProblem(column, "expected the answer as one assistant message", "wrong_type")
+    return turns[0].content
+
+
+def _preference(data: Mapping[str, Any]) -> Example:
+    if not {"chosen", "rejected"} <= set(data):
+        columns = ", ".join(sorted(data)) or "none"
+        raise RowProblem(
+            "", f"not a preference pair (columns: {columns}); expected {PREFERENCE_SHAPES}", "unknown_format"
+        )
+    if "prompt" in data:
+        prompt = data["prompt"]
+        turns = [Message("user", _text(data, "prompt"))] if isinstance(prompt, str) else _message_list("prompt", prompt)
+        if turns[-1].role != "user":
+            raise RowProblem(f"prompt[{len(turns) - 1}]", "the prompt must end with a user turn", "wrong_type")
+        chosen, rejected = _answer(data, "chosen"), _answer(data, "rejected")
+    else:
+        # An implicit prompt: two whole conversations, the same up to their final answers.
+        if isinstance(data["chosen"], str) != isinstance(data["rejected"], str):
+            raise RowProblem("rejected", "chosen and rejected must both be text or both conversations", "wrong_type")
+        chosen_turns, rejected_turns = _conversation(data, "chosen"), _conversation(data, "rejected")
+        turns = chosen_turns[:-1]
+        for column, conversation in (("chosen", chosen_turns), ("rejected", rejected_turns)):
+            if len(conversation) < 2 or conversation[-1].role != "assistant":
+                raise RowProblem(column, "expected a prompt and a final assistant answer", "ends_without_assistant")
+        if rejected_turns[:-1] != turns:
+            raise RowProblem(
+                "rejected",
+                "chosen and rejected must share every turn before their final answer (the prompt)",
+                "prompts_differ",
+            )
+        chosen, rejected = chosen_turns[-1].content, rejected_turns[-1].content
+    if chosen.strip() == rejected.strip():
+        raise RowProblem(
+            "rejected",
+            "the same answer as chosen: a pair teaches a preference only if they differ",
+            "identical_answers",
+        )
+    return Example(messages=(*turns, Message("assistant", chosen)), rejected=rejected)
+
+
 CONVERTERS: dict[DatasetFormat, Callable[[Mapping[str, Any]], Example]] = {
     DatasetFormat.ALPACA: _alpaca,
     DatasetFormat.CHAT: _chat,
     DatasetFormat.PROMPT_COMPLETION: _prompt_completion,
     DatasetFormat.TEXT: _plain_text,
+    DatasetFormat.PREFERENCE: _preference,
 }
 
 

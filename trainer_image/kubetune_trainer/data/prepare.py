@@ -16,7 +16,14 @@ from dataclasses import dataclass, field, replace
 
 from kubetune.api.v1alpha1 import DatasetFormat, DatasetSource, DatasetSpec, InvalidRowPolicy
 from kubetune_trainer.data import curation
-from kubetune_trainer.data.formats import RowProblem, apply_column_mapping, detect_format, request_log, to_example
+from kubetune_trainer.data.formats import (
+    PREFERENCE_SHAPES,
+    RowProblem,
+    apply_column_mapping,
+    detect_format,
+    request_log,
+    to_example,
+)
 from kubetune_trainer.data.readers import DecompressionBomb, FileProblem, RawRow, is_supported, read_rows
 from kubetune_trainer.data.report import CurationReport, SourceStats
 from kubetune_trainer.data.types import Example
@@ -86,7 +93,7 @@ def _source_files(source: DatasetSource, store: ObjectStore, index: int) -> list
 
 
 def _read_source(
-    source: DatasetSource, index: int, store: ObjectStore, problems: _Problems, digest: hashlib._Hash
+    source: DatasetSource, index: int, store: ObjectStore, problems: _Problems, digest: hashlib._Hash, *, pairs: bool
 ) -> tuple[list[Example], SourceStats]:
     files = _source_files(source, store, index)
     stats = SourceStats(uri=source.uri, files=files, format=str(source.format), weight=source.weight)
@@ -123,7 +130,25 @@ def _read_source(
         )
     if source.format == DatasetFormat.AUTO:
         stats.format = "auto: " + ", ".join(sorted(formats_seen)) if formats_seen else "auto: none"
+    _check_pairs(source, index, examples, pairs=pairs)
     return examples, stats
+
+
+def _check_pairs(source: DatasetSource, index: int, examples: list[Example], *, pairs: bool) -> None:
+    """A preference objective learns from pairs only, and the others never silently drop a pair's rejected answer."""
+    unfit = next((e for e in examples if e.is_pair != pairs), None)
+    if unfit is None:
+        return
+    where = f"spec.dataset.sources[{index}]: {unfit.source}:{unfit.row}"
+    if pairs:
+        raise DatasetError(
+            f"{where}: method.objective dpo and orpo learn from preference pairs ({PREFERENCE_SHAPES}); "
+            "this row is not one"
+        )
+    raise DatasetError(
+        f"{where}: the row is a preference pair (chosen and rejected answers): train pairs with "
+        "method.objective dpo or orpo"
+    )
 
 
 @dataclass
@@ -160,7 +185,7 @@ def _convert(row: RawRow, source: DatasetSource, file_format: _FileFormat, probl
                 row.where,
                 row.unit,
                 f"cannot detect the format from columns ({columns}); expected messages/conversations, "
-                "instruction+output, prompt+completion or text (or set format/columnMapping)",
+                "instruction+output, prompt+completion, text or chosen+rejected (or set format/columnMapping)",
                 "unknown_format",
             )
             return None
@@ -202,14 +227,20 @@ def _counts(report: CurationReport) -> str:
 
 
 def prepare_dataset(
-    spec: DatasetSpec, store: ObjectStore, count_tokens: Callable[[Example], int], *, max_tokens: int
+    spec: DatasetSpec,
+    store: ObjectStore,
+    count_tokens: Callable[[Example], int],
+    *,
+    max_tokens: int,
+    pairs: bool = False,
 ) -> PreparedDataset:
+    """``pairs``: the run learns from preference pairs (method.objective dpo or orpo), and every row must be one."""
     report = CurationReport()
     problems = _Problems(InvalidRowPolicy(spec.invalid_rows), report)
     digest = hashlib.sha256()
     per_source: list[tuple[DatasetSource, list[Example]]] = []
     for index, source in enumerate(spec.sources):
-        examples, stats = _read_source(source, index, store, problems, digest)
+        examples, stats = _read_source(source, index, store, problems, digest, pairs=pairs)
         report.sources.append(stats)
         per_source.append((source, examples))
     problems.raise_if_rejecting()

@@ -19,12 +19,15 @@ class Example:
 
     Conversational formats (alpaca, chat, prompt-completion) fill ``messages``; the loss is
     taken on every assistant turn. Plain text fills ``text``; the loss is taken on all of it.
+    A preference pair (format preference) is the prompt and the chosen answer as ``messages``
+    (so everything that reads an answer reads the chosen one) and the ``rejected`` answer.
     ``source``/``row`` point back to the file and 1-based line or row, for error messages
     and the curation report.
     """
 
     messages: tuple[Message, ...] = ()
     text: str | None = None
+    rejected: str | None = None  # a preference pair's rejected answer to the same prompt
     source: str = ""
     row: int = 0
     meta: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
@@ -32,6 +35,14 @@ class Example:
     @property
     def is_chat(self) -> bool:
         return bool(self.messages)
+
+    @property
+    def is_pair(self) -> bool:
+        return self.rejected is not None
+
+    def with_rejected_answer(self) -> Example:
+        """The pair's prompt with its rejected answer as the final assistant turn."""
+        return Example(messages=(*self.prompt_messages(), Message("assistant", self.rejected or "")))
 
     def prompt_messages(self) -> tuple[Message, ...]:
         """Every message before the final assistant turn: what a model is asked at eval time."""
@@ -49,4 +60,5 @@ class Example:
         """All text of the example, for hashing, dedup and splits."""
         if self.text is not None:
             return self.text
-        return "\n".join(f"{m.role}: {m.content}" for m in self.messages)
+        text = "\n".join(f"{m.role}: {m.content}" for m in self.messages)
+        return text if self.rejected is None else f"{text}\nrejected: {self.rejected}"
