@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from kubetune.api.v1alpha1 import (
+    PREFERENCE_OBJECTIVES,
     ArtifactFormat,
     CurationSpec,
     DatasetSource,
@@ -21,6 +22,7 @@ from kubetune.api.v1alpha1 import (
     PreflightReport,
     ReplaySpec,
     ResolvedAdapterTraining,
+    ResolvedDpoObjective,
     ResolvedIa3Training,
     ResolvedReplay,
     ResolvedTraining,
@@ -106,7 +108,13 @@ def _token_counter(model: BaseModelInfo) -> TokenCounter:
 
 
 def prepare_data(ctx: RunContext, model: BaseModelInfo) -> PreparedDataset:
-    data = prepare_dataset(ctx.spec.dataset, ctx.store, _token_counter(model), max_tokens=model.sequence_limit)
+    data = prepare_dataset(
+        ctx.spec.dataset,
+        ctx.store,
+        _token_counter(model),
+        max_tokens=model.sequence_limit,
+        pairs=ctx.spec.method.objective in PREFERENCE_OBJECTIVES,
+    )
     reports = ctx.workdir / "artifacts" / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "curation.json").write_text(json.dumps(data.report.to_dict(), indent=2))
@@ -225,7 +233,12 @@ def _cpu_training_memory_gib(ctx: RunContext) -> float | None:
 
 def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[ResolvedTraining, PreflightReport]:
     prompts = load_general_prompts()
-    replay = resolve_replay(ctx.spec.dataset.replay, task_train_examples=len(data.train), pool_size=len(prompts.replay))
+    replay = resolve_replay(
+        ctx.spec.dataset.replay,
+        task_train_examples=len(data.train),
+        pool_size=len(prompts.replay),
+        objective=ctx.spec.method.objective,
+    )
     replayed = _replay_prompts(ctx, replay)
     _refuse_replayed_regression_prompts(ctx, model, replayed)
     count = _token_counter(model)
@@ -468,6 +481,8 @@ def evaluate(
         chat_template=model.chat_template,
         seed=resolved.hyperparameters.seed,
         base_test_scores=_base_test_scores(ctx, model, method, resolved.hyperparameters.sequence_length),
+        # DPO's implicit reward is scaled by its beta; ORPO has no reference, and its rewards are plain log ratios.
+        reward_beta=resolved.objective.beta if isinstance(resolved.objective, ResolvedDpoObjective) else 1.0,
     )
     reports = ctx.workdir / "artifacts" / "reports"
     report.write(reports)

@@ -70,6 +70,30 @@ class GateResult:
     default_gate: bool = False
 
 
+def _judged(
+    name: str,
+    passed: bool,
+    detail: str,
+    metric: MetricResult,
+    *,
+    improvement: float,
+    required: float,
+    default_gate: bool = False,
+) -> tuple[Check, GateResult]:
+    """A check and the verdict it gives on ``metric``."""
+    verdict = GateResult(
+        passed,
+        detail,
+        metric=metric.name,
+        base=metric.base,
+        tuned=metric.tuned,
+        improvement=improvement,
+        required=required,
+        default_gate=default_gate,
+    )
+    return Check(name, passed, detail), verdict
+
+
 def _explicit_task_check(results: Sequence[MetricResult], gate: QualityGateSpec) -> tuple[Check, GateResult]:
     metric = next((r for r in results if r.name == str(gate.metric)), None)
     if metric is None:
@@ -87,15 +111,7 @@ def _explicit_task_check(results: Sequence[MetricResult], gate: QualityGateSpec)
         f"{metric.name} {metric.base:.4f} -> {metric.tuned:.4f} ({kind} improvement {improvement:+.1%}, "
         f"required {gate.min_improvement:+.1%}): {'passed' if met else 'missed'}"
     )
-    return Check("task", met, detail), GateResult(
-        met,
-        detail,
-        metric=metric.name,
-        base=metric.base,
-        tuned=metric.tuned,
-        improvement=improvement,
-        required=gate.min_improvement,
-    )
+    return _judged("task", met, detail, metric, improvement=improvement, required=gate.min_improvement)
 
 
 def _default_task_check(
@@ -111,16 +127,29 @@ def _default_task_check(
         f"[95% CI {metric.ci_low:+.4f}, {metric.ci_high:+.4f}]: "
         + ("better than the base" if better else "not shown better than the base (the interval reaches 0)")
     )
-    return Check("task", better, detail), GateResult(
-        better,
-        detail,
-        metric=metric.name,
-        base=metric.base,
-        tuned=metric.tuned,
-        improvement=metric.delta,
-        required=0.0,
-        default_gate=True,
+    return _judged("task", better, detail, metric, improvement=metric.delta, required=0.0, default_gate=True)
+
+
+def _preference_check(preference: Sequence[MetricResult], test_examples: int) -> tuple[Check, GateResult]:
+    """A preference run's default task check: the tuned model prefers the held-out chosen answers more
+    than the base does, by reward accuracy (above chance) and by reward margin (above 0), each with
+    its whole 95% interval."""
+    accuracy, margin = preference
+    if test_examples < MIN_TEST_EXAMPLES:
+        detail = f"insufficient evidence (n={test_examples} held-out pairs, at least {MIN_TEST_EXAMPLES} needed)"
+        return Check("preference", False, detail), GateResult(False, detail, metric=accuracy.name, default_gate=True)
+    better = accuracy.improved and margin.improved
+    detail = (
+        f"reward accuracy {accuracy.tuned:.1%} [95% CI {accuracy.base + accuracy.ci_low:.1%}, "
+        f"{accuracy.base + accuracy.ci_high:.1%}], reward margin {margin.tuned:+.4f} [95% CI {margin.ci_low:+.4f}, "
+        f"{margin.ci_high:+.4f}] on {test_examples} held-out pairs: "
+        + (
+            "prefers the chosen answers more than the base"
+            if better
+            else "not shown to prefer the chosen answers more than the base (an interval reaches chance)"
+        )
     )
+    return _judged("preference", better, detail, accuracy, improvement=accuracy.delta, required=0.0, default_gate=True)
 
 
 def forgetting_checks(forgetting: Forgetting) -> list[Check]:
@@ -171,13 +200,21 @@ def decide_promotion(
     *,
     primary: Metric,
     test_examples: int,
+    preference: Sequence[MetricResult] = (),
 ) -> GateResult:
-    """Every check, and the verdict: promoted only when each judged check passed."""
+    """Every check, and the verdict: promoted only when each judged check passed. A preference run's
+    default gate judges the rewards (its task metric on the chosen answers is reported)."""
+    reported_only: list[Check] = []
     if gate is not None:
         task, verdict = _explicit_task_check(results, gate)
+    elif preference:
+        task, verdict = _preference_check(preference, test_examples)
+        if any(r.name == str(primary) for r in results):
+            reported, _ = _default_task_check(results, primary, test_examples)
+            reported_only.append(Check(reported.name, None, reported.detail))
     else:
         task, verdict = _default_task_check(results, primary, test_examples)
-    checks = [task, *forgetting_checks(forgetting)]
+    checks = [task, *reported_only, *forgetting_checks(forgetting)]
     failed = [check for check in checks if check.passed is False]
     unprotected = forgetting.opted_out and gate is None
     promoted = not failed and not unprotected

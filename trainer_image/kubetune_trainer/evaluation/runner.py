@@ -19,6 +19,7 @@ from kubetune_trainer.evaluation.forgetting import (
     compare_likelihood,
 )
 from kubetune_trainer.evaluation.gate import Forgetting, decide_promotion, primary_metric
+from kubetune_trainer.evaluation.preference import compare_preferences, reward_margins
 from kubetune_trainer.evaluation.report import EvaluationReport
 from kubetune_trainer.evaluation.results import MetricResult
 from kubetune_trainer.evaluation.scoring import (
@@ -188,15 +189,19 @@ def evaluate(
     chat_template: str | None = None,
     seed: int = 0,
     base_test_scores: BaseTestScores | None = None,
+    reward_beta: float = 1.0,
 ) -> EvaluationReport:
     """Base vs tuned on ``test`` (the base side through ``base_test_scores`` when given: the cache),
-    forgetting on ``regression``, and the promotion verdict."""
+    forgetting on ``regression``, and the promotion verdict. When ``test`` holds preference pairs,
+    also the implicit rewards' accuracy and margin (evaluation/preference.py, scaled by ``reward_beta``),
+    which the default gate judges."""
     chosen = list(test[: spec.max_examples] if spec.max_examples else test)
     refs = [e.reference() for e in chosen]
     primary = primary_metric(refs)
     wanted = [Metric(x) for x in spec.metrics]
-    if spec.gate is None and primary not in wanted:
-        wanted.append(primary)  # the default gate judges it: always evaluated
+    pairs = bool(chosen) and all(e.is_pair for e in chosen)
+    if spec.gate is None and primary not in wanted and not pairs:
+        wanted.append(primary)  # the default gate judges it: always evaluated (a preference run's judges rewards)
     needs_text = any(x in GENERATION_METRICS for x in wanted)
 
     def score(
@@ -230,6 +235,13 @@ def evaluate(
         base = base_now()
     tuned = score(subject.as_tuned(), chosen, needs_text)
     results = [compare_metric(x, base, tuned, refs, seed=seed) for x in wanted] if chosen else []
+    margins: list[float] = []
+    if pairs:
+        rejected = [e.with_rejected_answer() for e in chosen]
+        base_rejected = score(subject.as_base(), rejected, False).losses
+        tuned_rejected = score(subject.as_tuned(), rejected, False).losses
+        margins = reward_margins(base.losses, tuned.losses, base_rejected, tuned_rejected, beta=reward_beta)
+    preference = compare_preferences(margins, seed=seed) if margins else []
 
     forgetting = Forgetting(set_name=regression.name if regression else None, opted_out=not spec.forgetting)
     general_predictions: list[dict[str, Any]] = []
@@ -287,13 +299,16 @@ def evaluate(
             "tuned": tuned.outputs[i] if needs_text else None,
             "baseNll": base.losses[i].mean,
             "tunedNll": tuned.losses[i].mean,
+            **({"rejected": e.rejected, "rewardMargin": margins[i]} if margins else {}),
         }
         for i, e in enumerate(chosen)
     ]
     return EvaluationReport(
         test_examples=len(chosen),
-        metrics=results,
-        gate=decide_promotion(results, forgetting, spec.gate, primary=primary, test_examples=len(chosen)),
+        metrics=[*results, *preference],
+        gate=decide_promotion(
+            results, forgetting, spec.gate, primary=primary, test_examples=len(chosen), preference=preference
+        ),
         forgetting=forgetting,
         primary_metric=str(primary),
         max_new_tokens=spec.max_new_tokens,

@@ -14,7 +14,7 @@ Trainer's length-grouped sampler keeps batches of similar lengths.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,15 +151,17 @@ class TokenMeter:
 
 @dataclass
 class MeteredCollator:
-    collator: RowCollator
+    collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]  # a RowCollator, or pairs' collator
     meter: TokenMeter
 
-    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.collator(features)
         self.meter.collated(
             TokenCounts(
                 positions=batch["input_ids"].numel(),
-                tokens=sum(len(f["input_ids"]) for f in features),
+                tokens=int(batch["attention_mask"].sum())
+                if "attention_mask" in batch
+                else sum(len(f["input_ids"]) for f in features),
                 trained=int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
             )
         )

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import Dataset
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 
 from kubetune.api.contract import EXIT_OK, EXIT_PREEMPTED
-from kubetune.api.v1alpha1 import MethodType, Progress, ResolvedTraining
+from kubetune.api.v1alpha1 import PREFERENCE_OBJECTIVES, MethodType, Objective, Progress, ResolvedTraining
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.reporting import TrainingMetrics
@@ -27,6 +28,13 @@ from kubetune_trainer.tensors.batching import RowDataset, TokenCounts, TokenMete
 from kubetune_trainer.tensors.encode import encode_example
 from kubetune_trainer.training.checkpoints import CheckpointStore, UploadCheckpoints
 from kubetune_trainer.training.model import load_for_training
+from kubetune_trainer.training.preference import (
+    PairCollator,
+    PairDataset,
+    PreferenceTrainer,
+    encode_pairs,
+    reference_logps,
+)
 from kubetune_trainer.training.progress import MeteredTrainer, ReportProgress, host_memory_peak_bytes
 from kubetune_trainer.training.strength import StrengthChoice
 
@@ -222,6 +230,22 @@ def _peak_memory(device: str) -> int:
     return host_memory_peak_bytes()
 
 
+def _pair_datasets(
+    config: TrainConfig, model: Any, tokenizer: Any
+) -> tuple[PairDataset, PairDataset | None, PairCollator]:
+    """A preference run's pairs, each with its reference log-likelihoods (DPO: the model as loaded is the base)."""
+    seq_len = config.resolved.hyperparameters.sequence_length
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = PairCollator(pad_token_id=int(pad))
+    needs_reference = config.resolved.objective.type == Objective.DPO
+
+    def dataset(examples: list[Example]) -> PairDataset:
+        pairs = encode_pairs(examples, tokenizer, seq_len, config.chat_template)
+        return PairDataset(pairs, reference_logps(model, pairs, collator) if needs_reference else None)
+
+    return dataset(config.train), dataset(config.validation) if config.validation else None, collator
+
+
 def train(config: TrainConfig) -> TrainOutcome:
     resolved = config.resolved
     hp = resolved.hyperparameters
@@ -232,12 +256,22 @@ def train(config: TrainConfig) -> TrainOutcome:
     seq_len = hp.sequence_length
     packing = hp.packing
 
-    def rows_for(examples: list[Example]) -> RowDataset:
-        encoded = [encode_example(e, tokenizer, seq_len, config.chat_template) for e in examples]
-        return RowDataset(build_rows(encoded, seq_len, packing=packing))
+    trainer_class: type[MeteredTrainer] = MeteredTrainer
+    trainer_options: dict[str, Any] = {}
+    collator: Any = collator_for(tokenizer, packing=packing)
+    train_rows: Dataset[Any]
+    eval_rows: Dataset[Any] | None = None
+    if resolved.objective.type in PREFERENCE_OBJECTIVES:
+        train_rows, eval_rows, collator = _pair_datasets(config, model, tokenizer)
+        trainer_class, trainer_options = PreferenceTrainer, {"objective": resolved.objective}
+    else:
 
-    train_rows = rows_for(config.train)
-    eval_rows = rows_for(config.validation) if config.validation else None
+        def rows_for(examples: list[Example]) -> RowDataset:
+            encoded = [encode_example(e, tokenizer, seq_len, config.chat_template) for e in examples]
+            return RowDataset(build_rows(encoded, seq_len, packing=packing))
+
+        train_rows = rows_for(config.train)
+        eval_rows = rows_for(config.validation) if config.validation else None
     meter = TokenMeter()
     world_size = config.environment.world_size
 
@@ -256,15 +290,16 @@ def train(config: TrainConfig) -> TrainOutcome:
         )
     if config.environment.trace_microsteps:
         callbacks.append(TraceMicroSteps())
-    trainer = MeteredTrainer(
+    trainer = trainer_class(
         meter=meter,
         model=model,
         args=_arguments(config, eval_rows is not None),
         train_dataset=train_rows,
         eval_dataset=eval_rows,
-        data_collator=collator_for(tokenizer, packing=packing),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks,
+        **trainer_options,
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to the reporters instead
     resume = config.checkpoints.download_latest(config.output_dir / "resume")

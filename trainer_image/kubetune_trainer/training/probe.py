@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from kubetune.api.v1alpha1 import Progress, ResolvedTraining
+from kubetune.api.v1alpha1 import PREFERENCE_OBJECTIVES, Progress, ResolvedTraining
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.plan import MeasuredSteps
 from kubetune_trainer.storage import ObjectStore
@@ -110,6 +110,11 @@ def _probe_here(
         elif progress.eval_loss is not None:
             validated.append(now)  # the validation pass's log line, after the step's
 
+    # A preference run first scores every pair under its reference: the probe's steps need only the
+    # pairs they train on (that one-off pass is left out of the estimate).
+    probed_examples = list(train_examples)
+    if resolved.objective.type in PREFERENCE_OBJECTIVES:
+        probed_examples = probed_examples[: PROBE_STEPS * hyper.batch_size * hyper.gradient_accumulation_steps]
     scratch = Path(tempfile.mkdtemp(prefix="kubetune-probe-"))
     try:
         started = time.perf_counter()
@@ -117,7 +122,7 @@ def _probe_here(
             TrainConfig(
                 model_dir=model_dir,
                 resolved=probed,
-                train=list(train_examples),
+                train=probed_examples,
                 validation=list(validation),
                 output_dir=scratch / "training",
                 checkpoints=CheckpointStore(ObjectStore(), (scratch / "checkpoints").as_uri() + "/", run="probe"),
