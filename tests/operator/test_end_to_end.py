@@ -18,7 +18,7 @@ from kubetune.api.contract import EXIT_CANNOT_REPORT, EXIT_CONFIG, EXIT_OK
 from tests.kubeapi.cluster import CLUSTERWIDE, RbacMode, TestCluster
 from tests.kubeapi.model import UserInfo
 from tests.operator.cluster import Cluster, wait_for
-from tests.trainer.jobs import write_dataset
+from tests.trainer.jobs import write_dataset, write_pairs
 
 
 def run_pod(
@@ -83,11 +83,17 @@ def _workdir(command: list[str], folder: Path) -> list[str]:
 def test_trainer_entry_points_driven_by_the_operator(
     tmp_path: Path, tiny_model_dir: Path, cluster: Cluster, operator: Any, rbac_mode: RbacMode
 ) -> None:
-    data = write_dataset(tmp_path / "data.jsonl", 48)
-    # Each RBAC mode also trains another adapter, so that DoRA (with rsLoRA) and IA3 go the operator's
-    # whole way (pre-flight, training Job, status, artifacts) without a third trainer run.
+    # Each RBAC mode also trains another method, so that DoRA (with rsLoRA), and IA3 learning preference
+    # pairs by DPO, go the operator's whole way (pre-flight, training Job, status, artifacts) without a
+    # third trainer run.
     fresh = rbac_mode is CLUSTERWIDE
-    adapter, method = ("dora", "{adapter: dora, lora: {r: 4, scaling: rslora}}") if fresh else ("ia3", "{adapter: ia3}")
+    preference = not fresh
+    adapter, method = (
+        ("dora", "{adapter: dora, lora: {r: 4, scaling: rslora}}")
+        if fresh
+        else ("ia3", "{adapter: ia3, objective: dpo}")
+    )
+    data = write_pairs(tmp_path / "data.jsonl", 64) if preference else write_dataset(tmp_path / "data.jsonl", 48)
     manifest = yaml.safe_load(
         f"""
 apiVersion: kubetune.dev/v1alpha1
@@ -114,8 +120,10 @@ spec:
     status = wait_for(lambda: cluster.finetunejob("e2e")["status"].get("preflight"), what="pre-flight report in status")
     assert status["passed"] is True and status["trainTokens"] > 0
     # Replay is on by default; the pre-flight plans it and counts the base answers' time, but never generates.
+    # Preference pairs replay nothing (single answers are no pairs).
     replayed = status["examples"]["replay"]
-    assert replayed >= 48 and status["examples"]["trainAfterMixing"] == status["examples"]["train"] + replayed
+    assert replayed == 0 if preference else replayed >= 48
+    assert status["examples"]["trainAfterMixing"] == status["examples"]["train"] + replayed
     # From a fresh cache, the pre-flight counts the time of the base answers the training pod will generate.
     assert not fresh or "base answers to generate" in status["message"], status["message"]
     assert not stored_answers.exists() and (not fresh or not (cache / "general-answers").exists())
@@ -130,6 +138,9 @@ spec:
     assert result["manifestUri"].endswith("/manifest.json") and Path(result["manifestUri"][len("file://") :]).exists()
     assert any(a["name"] == "adapter/adapter_model.safetensors" and len(a["sha256"]) == 64 for a in result["artifacts"])
     assert "tuned.perplexity" in result["metrics"]
+    if preference:
+        assert final["resolved"]["objective"]["type"] == "dpo"
+        assert {"tuned.rewardAccuracy", "tuned.rewardMargin"} <= set(result["metrics"])
     # The training pod trained on the planned replay rows; from a fresh cache, it generated the base
     # answers once and cached them locally and beside the output.
     assert final["resolved"]["replay"]["examples"] == replayed
@@ -145,9 +156,12 @@ spec:
             assert sorted("likelihood" in f.name for f in folder.glob("*.jsonl")) == [False, True], folder
         assert lineage["dataset"]["replay"]["answers"] == "generated"
     # Every drawn prompt is accounted for: trained on, or left out because the base answered it wrongly.
-    trained_replay = lineage["dataset"]["replay"]
-    assert trained_replay["examples"] + trained_replay["withheldWrongAnswers"] == replayed, trained_replay
-    assert lineage["dataset"]["replay"]["answers"] in ("generated", "cache")
+    if preference:
+        assert "replay" not in lineage["dataset"]
+    else:
+        trained_replay = lineage["dataset"]["replay"]
+        assert trained_replay["examples"] + trained_replay["withheldWrongAnswers"] == replayed, trained_replay
+        assert lineage["dataset"]["replay"]["answers"] in ("generated", "cache")
     forgetting = lineage["evaluation"]["forgetting"]
     assert forgetting["optedOut"] is False and forgetting["likelihood"]["examples"] == 188
     assert "built-in general prompts" in forgetting["set"]

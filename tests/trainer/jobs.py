@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,26 @@ def write_dataset(path: Path, count: int = 64) -> Path:
         for i in range(count)
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+COLOURS = ["red", "blue", "green", "amber", "violet", "teal", "gray", "pink"]
+
+
+def write_pairs(path: Path, count: int = 96) -> Path:
+    """A concise one-word colour preferred over a hedging sentence naming the same colour."""
+    rng = random.Random(3)
+    rows = []
+    for i in range(count):
+        colour = rng.choice(COLOURS)
+        rows.append(
+            {
+                "prompt": f"Name the colour of item {i * 13} in one word.",
+                "chosen": colour,
+                "rejected": f"I think the colour of item {i * 13} could be {colour}, but I am not sure about it.",
+            }
+        )
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 
