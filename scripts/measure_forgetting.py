@@ -190,7 +190,8 @@ def run_one(
     (version,) = [p for p in (folder / "runs" / job["metadata"]["name"]).iterdir() if p.name.startswith("v")]
     lineage = json.loads((version / "manifest.json").read_text())
     evaluation = lineage["evaluation"]
-    primary = next(m for m in evaluation["metrics"] if m["name"] == evaluation["primaryMetric"])
+    # A preference run's default gate judges its rewards, and its primary metric may not be evaluated.
+    primary = next((m for m in evaluation["metrics"] if m["name"] == evaluation["primaryMetric"]), None)
     record.update(
         {
             "resolved": lineage["resolved"],
@@ -203,7 +204,10 @@ def run_one(
                 "base": primary["base"],
                 "tuned": primary["tuned"],
                 "ci": [primary["ci_low"], primary["ci_high"]],
-            },
+            }
+            if primary is not None
+            else None,
+            "metrics": evaluation["metrics"],
             "forgetting": evaluation["forgetting"],
             "gate": evaluation["gate"],
             "promoted": lineage["promoted"],

@@ -21,8 +21,12 @@ off, which the gate must refuse to promote.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import random
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,25 +43,79 @@ from measure_forgetting import (
 
 RESULTS = ROOT / "docs" / "measurements" / "methods.json"
 DATASET = "support-tickets"
-# Each method as a user asks for it: the example manifest with only these fields added.
-METHODS: dict[str, dict[str, Any]] = {
-    "lora": {},  # the example as it ships: kubetune's defaults
-    "dora": {"method": {"adapter": "dora"}},
-    "rslora": {"method": {"lora": {"scaling": "rslora"}}},
-    "ia3": {"method": {"adapter": "ia3"}},
-    "full": {"method": {"type": "full"}},
+PREFERENCE_DATASET = "ticket-preferences"
+MANIFESTS = {DATASET: DATASETS[DATASET], PREFERENCE_DATASET: ROOT / "examples" / f"{PREFERENCE_DATASET}.yaml"}
+
+
+@dataclass(frozen=True)
+class Method:
+    dataset: str  # a key of MANIFESTS
+    override: dict[str, Any]  # the fields added to the example's manifest
+
+
+# Each method as a user asks for it: the example manifest with only these fields added. The preference
+# objectives learn the preference example's pairs (its manifest asks for dpo).
+METHODS: dict[str, Method] = {
+    "lora": Method(DATASET, {}),  # the example as it ships: kubetune's defaults
+    "dora": Method(DATASET, {"method": {"adapter": "dora"}}),
+    "rslora": Method(DATASET, {"method": {"lora": {"scaling": "rslora"}}}),
+    "ia3": Method(DATASET, {"method": {"adapter": "ia3"}}),
+    "full": Method(DATASET, {"method": {"type": "full"}}),
+    "dpo": Method(PREFERENCE_DATASET, {}),
+    "orpo": Method(PREFERENCE_DATASET, {"method": {"objective": "orpo"}}),
 }
-PLANTED = {"dora, planted forgetting": merge(PLANTED_FORGETTING, {"method": {"adapter": "dora"}})}
+PLANTED = {
+    "dora, planted forgetting": Method(DATASET, merge(PLANTED_FORGETTING, {"method": {"adapter": "dora"}})),
+    "dpo, planted forgetting": Method(PREFERENCE_DATASET, PLANTED_FORGETTING),
+}
 
 
-def planned_runs(smoke: bool) -> dict[str, dict[str, Any]]:
+def planned_runs(smoke: bool) -> dict[str, Method]:
     return PLANTED if smoke else METHODS
 
 
-def measure(name: str, override: dict[str, Any], args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    record = run_one(DATASET, name, DATASETS[DATASET], override, args, scratch)
+def _judge() -> Callable[[str], bool]:
+    """The rule that made the preference example's pairs (examples/tools/make_preferences.py)."""
+    spec = importlib.util.spec_from_file_location(
+        "make_preferences", ROOT / "examples" / "tools" / "make_preferences.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    judge: Callable[[str], bool] = module.on_format
+    return judge
+
+
+def win_rate(predictions: list[dict[str, Any]], *, seed: int = 0, resamples: int = 1000) -> dict[str, Any]:
+    """Tuned against base answers on the held-out prompts, judged by the example's rule: a win when only
+    the tuned answer is on format, a loss when only the base's is, half otherwise; with a 95% bootstrap
+    interval."""
+    judge = _judge()
+    scores = [0.5 + 0.5 * (judge(p["tuned"]) - judge(p["base"])) for p in predictions if p.get("tuned") is not None]
+    if not scores:
+        return {"prompts": 0}
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choice(scores) for _ in scores) / len(scores) for _ in range(resamples))
+    return {
+        "prompts": len(scores),
+        "winRate": sum(scores) / len(scores),
+        "ci": [means[int(0.025 * (resamples - 1))], means[int(0.975 * (resamples - 1))]],
+        "baseOnFormat": sum(judge(p["base"]) for p in predictions) / len(scores),
+        "tunedOnFormat": sum(judge(p["tuned"]) for p in predictions) / len(scores),
+    }
+
+
+def measure(name: str, method: Method, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    record = run_one(method.dataset, name, MANIFESTS[method.dataset], method.override, args, scratch)
     # run_one names the setting after the forgetting measurement's protections; here it is the method.
     record["method"] = record.pop("protections")
+    if record["exitCode"] == 0 and record["resolved"]["objective"]["type"] != "sft":
+        record["preference"] = {
+            m["name"]: {"base": m["base"], "tuned": m["tuned"], "ci": [m["ci_low"], m["ci_high"]]}
+            for m in record["metrics"]
+            if m["name"] in ("rewardAccuracy", "rewardMargin")
+        }
+        record["preference"]["judged"] = win_rate(record["perExample"]["test"])
     return record
 
 
@@ -70,7 +128,7 @@ def _change(measure: dict[str, Any] | None) -> str:
 def _row(run: dict[str, Any]) -> str:
     if run["exitCode"] != 0:
         return f"| {run['method']} | failed: exit {run['exitCode']} |"
-    task, forgetting, training = run["task"], run["forgetting"], run["training"]
+    task, forgetting, training = run["task"] or {}, run["forgetting"], run["training"]
     resolved = run["resolved"]
     lora, ia3 = resolved.get("lora"), resolved.get("ia3")
     described = resolved["method"]
@@ -82,9 +140,15 @@ def _row(run: dict[str, Any]) -> str:
         run["method"],
         described,
         f"{run['adapterStrength']['scale']:g}" if run.get("adapterStrength") else "1 (full)",
-        f"{task['metric']} ({task['examples']})",
-        f"{task['base']:.3f} → {task['tuned']:.3f}",
-        f"{task['tuned'] - task['base']:+.3f} [{task['ci'][0]:+.3f}, {task['ci'][1]:+.3f}]",
+        *(
+            (
+                f"{task['metric']} ({task['examples']})",
+                f"{task['base']:.3f} → {task['tuned']:.3f}",
+                f"{task['tuned'] - task['base']:+.3f} [{task['ci'][0]:+.3f}, {task['ci'][1]:+.3f}]",
+            )
+            if task
+            else ("rewards (below)", "", "")
+        ),
         _change(forgetting.get("likelihood")),
         _change(forgetting.get("knownAnswers")),
         f"{training['bestEvalLoss']:.4f}" if training.get("bestEvalLoss") is not None else "n/a",
@@ -95,6 +159,41 @@ def _row(run: dict[str, Any]) -> str:
         "yes" if run["promoted"] else "no",
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _interval(figure: dict[str, Any], fmt: str) -> str:
+    return (
+        f"{figure['tuned']:{fmt}} [{figure['base'] + figure['ci'][0]:{fmt}}, {figure['base'] + figure['ci'][1]:{fmt}}]"
+    )
+
+
+def _preference_table(runs: list[dict[str, Any]]) -> list[str]:
+    preference = [run for run in runs if run.get("preference")]
+    if not preference:
+        return []
+    lines = [
+        "Preference runs (`examples/ticket-preferences.yaml`, with only `method` changed): rewards on the",
+        "held-out pairs (likelihoods, no generation), and the held-out prompts' greedy answers of both models",
+        "judged by the rule that made the pairs (on format: exactly one category label); a win counts 1, a",
+        "tie 0.5.",
+        "",
+        "| run | pairs | reward accuracy [95% CI] | reward margin [95% CI] | on format base → tuned "
+        "| win rate over base [95% CI] |",
+        "|---|---:|---|---|---|---|",
+    ]
+    for run in preference:
+        figures, judged = run["preference"], run["preference"]["judged"]
+        accuracy, margin = figures["rewardAccuracy"], figures["rewardMargin"]
+        lines.append(
+            f"| {run['method']} | {run['splits']['test']} | {_interval(accuracy, '.3f')} | {_interval(margin, '+.3f')} | "
+            + (
+                f"{judged['baseOnFormat']:.1%} → {judged['tunedOnFormat']:.1%} | {judged['winRate']:.3f} "
+                f"[{judged['ci'][0]:.3f}, {judged['ci'][1]:.3f}] |"
+                if judged["prompts"]
+                else "n/a | n/a |"
+            )
+        )
+    return [*lines, ""]
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -120,6 +219,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
         *(_row(run) for run in results["runs"]),
         "",
+        *_preference_table(results["runs"]),
         "Verdicts:",
         "",
     ]
@@ -139,12 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     results["runs"] = [r for r in results["runs"] if r["exitCode"] == 0]
     done = {r["method"] for r in results["runs"]}
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="kubetune-methods-"))
-    for name, override in planned_runs(args.smoke).items():
+    for name, method in planned_runs(args.smoke).items():
         if name in done or (args.only and name not in args.only):
             print(f"{name}: recorded or not asked for, skipped", file=sys.stderr)
             continue
         print(f"{name}: running", file=sys.stderr)
-        record = measure(name, override, args, scratch)
+        record = measure(name, method, args, scratch)
         results["runs"].append(record)
         save(args.out, results)
         args.out.with_suffix(".md").write_text(render_markdown(results))

@@ -27,7 +27,7 @@ def test_the_smoke_trains_dora_refuses_the_planted_forgetting_and_resumes(tmp_pa
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((tmp_path / "methods.json").read_text())
     assert results["commit"] and "--smoke" in results["command"]
-    (planted,) = results["runs"]
+    planted, preference = results["runs"]
     assert planted["method"] == "dora, planted forgetting"
     resolved = planted["resolved"]
     assert (resolved["adapter"], resolved["hyperparameters"]["learningRate"]) == ("dora", 0.05)
@@ -36,11 +36,17 @@ def test_the_smoke_trains_dora_refuses_the_planted_forgetting_and_resumes(tmp_pa
     assert planted["promoted"] is False and planted["gate"]["message"].startswith("not promoted")
     training = planted["training"]
     assert training["trainedTokensPerSecond"] > 0 and training["peakMemoryBytes"] > 0
+    # The preference example's DPO, planted the same way: its rewards and judged answers are recorded.
+    assert preference["method"] == "dpo, planted forgetting" and preference["promoted"] is False
+    assert preference["resolved"]["objective"]["type"] == "dpo"
+    judged = preference["preference"]["judged"]
+    assert judged["prompts"] == preference["splits"]["test"] > 0 and 0 <= judged["winRate"] <= 1
     page = (tmp_path / "methods.md").read_text()
     assert page == measure_methods.render_markdown(results)
+    assert f"| dpo, planted forgetting | {judged['prompts']} |" in page
     assert f"| {training['trainedTokensPerSecond']:.0f} |" in page and "dora r=" in page
 
     again = smoke(tmp_path, tiny_model_dir)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("skipped") == 1
+    assert again.stderr.count("skipped") == 2
     assert json.loads((tmp_path / "methods.json").read_text()) == results
