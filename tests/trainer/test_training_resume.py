@@ -9,12 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from kubetune.api.v1alpha1 import S3Spec
 from kubetune_trainer.storage import ObjectStore
-from tests.trainer.jobs import write_dataset, write_job
+from tests.trainer.jobs import write_dataset, write_job, write_pairs
 
 HYPER = {"epochs": 3, "gradientAccumulationSteps": 4, "batchSize": 2}
 
@@ -34,10 +35,15 @@ def adapter(workdir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(workdir / "training" / "trained" / "adapter_model.safetensors"))
 
 
+# DPO too: its reference log-likelihoods, computed before training, must come out the same on the restart.
+@pytest.mark.parametrize("objective", ["sft", "dpo"])
 def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(
-    tmp_path: Path, tiny_model_dir: Path, s3_spec: S3Spec, s3_bucket: str
+    objective: str, tmp_path: Path, tiny_model_dir: Path, s3_spec: S3Spec, s3_bucket: str
 ) -> None:
-    data = write_dataset(tmp_path / "data.jsonl", 80)
+    if objective == "dpo":
+        data, method = write_pairs(tmp_path / "data.jsonl", 80), {"method": {"objective": "dpo"}}
+    else:
+        data, method = write_dataset(tmp_path / "data.jsonl", 80), {}
     reference_job = write_job(
         tmp_path / "ref.yaml",
         model_dir=tiny_model_dir,
@@ -45,6 +51,7 @@ def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(
         output=f"s3://{s3_bucket}/ref/",
         s3_endpoint=s3_spec.endpoint,
         hyperparameters=HYPER,
+        **method,
     )
     reference = trainer(reference_job, tmp_path / "ref-work")
     _, err = reference.communicate(timeout=300)
@@ -57,6 +64,7 @@ def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(
         output=f"s3://{s3_bucket}/run/",
         s3_endpoint=s3_spec.endpoint,
         hyperparameters=HYPER,
+        **method,
     )
     first = trainer(job, tmp_path / "work-1")
     assert first.stderr is not None
