@@ -18,7 +18,7 @@ import yaml
 from kubetune.api.v1alpha1 import DpoLoss, Metric
 from kubetune_trainer.evaluation.forgetting import KnownAnswerResult
 from kubetune_trainer.evaluation.gate import Forgetting, decide_promotion
-from kubetune_trainer.evaluation.preference import compare_preferences, reward_margins
+from kubetune_trainer.evaluation.preference import compare_answers, compare_preferences, reward_margins
 from kubetune_trainer.evaluation.results import MetricResult
 from kubetune_trainer.evaluation.scoring import TokenLoss
 from kubetune_trainer.training.preference import dpo_losses, orpo_odds_ratio_losses
@@ -83,6 +83,16 @@ def test_rewards_are_log_ratios_against_the_base_and_ties_count_half() -> None:
     assert not accuracy.improved  # three pairs prove nothing
 
 
+def test_the_pair_win_rate_asks_whose_answer_leans_further_to_the_chosen_side() -> None:
+    chosen = ["blue", "red", "teal", "gray"]
+    rejected = ["I think it is blue, maybe", "Possibly red, not sure", "teal I guess, or green", "gray it could be"]
+    base = ["I think it is blue, maybe", "red", "teal", "no idea"]
+    tuned = ["blue", "Possibly red, not sure", "teal", "gray"]
+    # Win (moved to chosen), loss (moved to rejected), tie (both the chosen answer), win (off-pair -> chosen).
+    result = compare_answers(base, tuned, chosen, rejected, seed=0)
+    assert (result.name, result.base, result.tuned) == ("pairWinRate", 0.5, pytest.approx(2.5 / 4))
+
+
 def preference_results(accuracy: float, margin: float, spread: float) -> list[MetricResult]:
     return [
         MetricResult("rewardAccuracy", 0.5, accuracy, accuracy - 0.5 - spread, accuracy - 0.5 + spread, False),
@@ -132,6 +142,8 @@ def test_a_preference_run_learns_its_pairs_and_is_judged_on_its_rewards(
         output=f"file://{tmp_path}/out",
         dataset={"split": {"validation": 0.1, "test": 0.3}},
         hyperparameters={"learningRate": 1e-4 if method["type"] == "full" else 1e-3},
+        # One run generates answers too, for the pair win rate.
+        evaluation={"metrics": ["perplexity", "rougeL"] if name == "orpo-full" else ["perplexity"]},
     )
     manifest = yaml.safe_load(job.read_text())
     manifest["spec"]["method"] = method  # in place of the LoRA block write_job starts from
@@ -159,6 +171,9 @@ def test_a_preference_run_learns_its_pairs_and_is_judged_on_its_rewards(
     assert metrics["rewardAccuracy"]["tuned"] > 0.5 and metrics["rewardMargin"]["ci_low"] > 0, metrics
     checks = {c["name"]: c for c in evaluation["gate"]["checks"]}
     assert checks["preference"]["passed"] is True, checks
+    assert ("pairWinRate" in metrics) is (name == "orpo-full")
+    if name == "orpo-full":
+        assert checks["preference.pairWinRate"]["passed"] is None
     predictions = [json.loads(line) for line in (reports / "predictions.jsonl").read_text().splitlines()]
     assert all("rejected" in p and "rewardMargin" in p for p in predictions)
 

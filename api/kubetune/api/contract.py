@@ -171,6 +171,7 @@ Pushgateway per namespace (``http://prometheus-pushgateway.{namespace}.svc:9091`
 RESULT_MODELS = ("base", "tuned")
 FORGETTING_METRICS = ("regressionLikelihood", "generalKnownAnswers", "generalLabelCollapse")
 # Preference runs (method.objective dpo or orpo), on the held-out pairs: the share of pairs whose chosen
-# answer the tuned model prefers more than the base does (the base side is chance, 0.5), and the mean
-# margin of the implicit rewards (the base side is 0).
-PREFERENCE_METRICS = ("rewardAccuracy", "rewardMargin")
+# answer the tuned model prefers more than the base does (the base side is chance, 0.5), the mean
+# margin of the implicit rewards (the base side is 0) and, when answers are generated, the share of
+# prompts where the tuned model's answer is nearer the chosen answer than the base's (0.5 for the base).
+PREFERENCE_METRICS = ("rewardAccuracy", "rewardMargin", "pairWinRate")

@@ -134,7 +134,7 @@ def _preference_check(preference: Sequence[MetricResult], test_examples: int) ->
     """A preference run's default task check: the tuned model prefers the held-out chosen answers more
     than the base does, by reward accuracy (above chance) and by reward margin (above 0), each with
     its whole 95% interval."""
-    accuracy, margin = preference
+    accuracy, margin = preference[:2]  # the pair win rate, when measured, is reported only
     if test_examples < MIN_TEST_EXAMPLES:
         detail = f"insufficient evidence (n={test_examples} held-out pairs, at least {MIN_TEST_EXAMPLES} needed)"
         return Check("preference", False, detail), GateResult(False, detail, metric=accuracy.name, default_gate=True)
@@ -209,6 +209,15 @@ def decide_promotion(
         task, verdict = _explicit_task_check(results, gate)
     elif preference:
         task, verdict = _preference_check(preference, test_examples)
+        for reported in preference[2:]:
+            reported_only.append(
+                Check(
+                    f"preference.{reported.name}",
+                    None,
+                    f"answers nearer the chosen than the base's on {reported.tuned:.1%} of held-out prompts "
+                    f"[95% CI {reported.base + reported.ci_low:.1%}, {reported.base + reported.ci_high:.1%}]",
+                )
+            )
         if any(r.name == str(primary) for r in results):
             reported, _ = _default_task_check(results, primary, test_examples)
             reported_only.append(Check(reported.name, None, reported.detail))

@@ -5,6 +5,12 @@ Reward accuracy is the share of pairs whose chosen answer gets the higher reward
 so the base model itself scores exactly chance, 0.5; the reward margin is the mean difference of the
 two rewards, 0 for the base. Both come with a 95% bootstrap interval over the pairs, and no answer is
 generated: four teacher-forced likelihoods per pair.
+
+When the evaluation generates answers anyway (a generation metric is asked for), the pair data also
+judge them: an answer's side is its ROUGE-L to the chosen answer minus its ROUGE-L to the rejected
+one, and the tuned model wins a prompt when its answer leans further to the chosen side than the
+base's (a tie counts half). This pair win rate is reported, not judged: the pairs say which of two
+given answers is better, not how good a third one is.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from kubetune_trainer.evaluation import metrics as m
 from kubetune_trainer.evaluation.results import MetricResult
 from kubetune_trainer.evaluation.scoring import TokenLoss
 
-REWARD_ACCURACY, REWARD_MARGIN = PREFERENCE_METRICS
+REWARD_ACCURACY, REWARD_MARGIN, PAIR_WIN_RATE = PREFERENCE_METRICS
 CHANCE = 0.5
 
 
@@ -60,3 +66,16 @@ def compare_preferences(margins: Sequence[float], *, seed: int) -> list[MetricRe
             )
         )
     return results
+
+
+def _side(answer: str, chosen: str, rejected: str) -> float:
+    return m.rouge_l(answer, chosen) - m.rouge_l(answer, rejected)
+
+
+def compare_answers(
+    base: Sequence[str], tuned: Sequence[str], chosen: Sequence[str], rejected: Sequence[str], *, seed: int
+) -> MetricResult:
+    """The pair win rate of the tuned model's answers over the base's (module docstring)."""
+    wins = [_won(_side(t, c, r) - _side(b, c, r)) for b, t, c, r in zip(base, tuned, chosen, rejected, strict=True)]
+    interval = m.paired_bootstrap(len(wins), lambda idx: m.mean([wins[i] for i in idx]) - CHANCE, seed=seed)
+    return MetricResult(PAIR_WIN_RATE, CHANCE, m.mean(wins), interval.low, interval.high, lower_is_better=False)

@@ -19,7 +19,7 @@ from kubetune_trainer.evaluation.forgetting import (
     compare_likelihood,
 )
 from kubetune_trainer.evaluation.gate import Forgetting, decide_promotion, primary_metric
-from kubetune_trainer.evaluation.preference import compare_preferences, reward_margins
+from kubetune_trainer.evaluation.preference import compare_answers, compare_preferences, reward_margins
 from kubetune_trainer.evaluation.report import EvaluationReport
 from kubetune_trainer.evaluation.results import MetricResult
 from kubetune_trainer.evaluation.scoring import (
@@ -242,6 +242,9 @@ def evaluate(
         tuned_rejected = score(subject.as_tuned(), rejected, False).losses
         margins = reward_margins(base.losses, tuned.losses, base_rejected, tuned_rejected, beta=reward_beta)
     preference = compare_preferences(margins, seed=seed) if margins else []
+    if margins and needs_text:
+        rejected_answers = [e.rejected or "" for e in chosen]
+        preference.append(compare_answers(base.outputs, tuned.outputs, refs, rejected_answers, seed=seed))
 
     forgetting = Forgetting(set_name=regression.name if regression else None, opted_out=not spec.forgetting)
     general_predictions: list[dict[str, Any]] = []
