@@ -149,7 +149,11 @@ def test_a_preference_run_learns_its_pairs_and_is_judged_on_its_rewards(
     manifest["spec"]["method"] = method  # in place of the LoRA block write_job starts from
     job.write_text(yaml.safe_dump(manifest))
     _, lineage_path = run_locally(job, tmp_path)
-    resolved = json.loads(lineage_path.read_text())["resolved"]
+    lineage = json.loads(lineage_path.read_text())
+    resolved = lineage["resolved"]
+    if method["type"] != "full":
+        assert lineage["training"]["adapterStrength"]["scale"] == 1.0
+        assert lineage["training"]["adapterStrength"]["how"].startswith("full strength: a preference run")
     assert resolved["objective"]["type"] == method["objective"]
     assert resolved["hyperparameters"]["packing"] is False and resolved["replay"]["enabled"] is False
     if method["objective"] == "dpo":

@@ -430,7 +430,10 @@ def choose_adapter_strength(
     validation = data.validation[:VALIDATION_ROWS]
     tuned = outcome.model
     if len(strengths) == 1:
-        choice = StrengthChoice(scale=strengths[0], how="manifest")
+        method = ctx.spec.method
+        set_by_manifest = (method.ia3.scale if method.ia3 else None) is not None or method.lora.scale is not None
+        how = "manifest" if set_by_manifest else "full strength: a preference run keeps the whole adapter"
+        choice = StrengthChoice(scale=strengths[0], how=how)
     elif not validation:
         choice = StrengthChoice(scale=strengths[0], how="full strength: no validation split to choose on")
     else:
