@@ -196,6 +196,21 @@ def _preference_table(runs: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def quoted_preference_figures(method: str, figures: dict[str, Any], judged: dict[str, Any]) -> list[str]:
+    """The phrases docs/methods.md quotes for a preference run, as rendered from its record."""
+    accuracy, margin = figures["rewardAccuracy"], figures["rewardMargin"]
+    quoted = [
+        f"{method}: reward accuracy {_interval(accuracy, '.3f')}",
+        f"reward margin {_interval(margin, '+.3f')}",
+    ]
+    if judged["prompts"]:
+        quoted.append(
+            f"on format {judged['baseOnFormat']:.1%} → {judged['tunedOnFormat']:.1%}, win rate over the base "
+            f"{judged['winRate']:.3f} [{judged['ci'][0]:.3f}, {judged['ci'][1]:.3f}] on {judged['prompts']} prompts"
+        )
+    return quoted
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The docs page: every figure comes from the JSON."""
     where = results["machine"]

@@ -50,3 +50,17 @@ def test_the_smoke_trains_dora_refuses_the_planted_forgetting_and_resumes(tmp_pa
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("skipped") == 2
     assert json.loads((tmp_path / "methods.json").read_text()) == results
+
+
+def test_the_recorded_measurement_is_what_the_docs_show() -> None:
+    recorded = ROOT / "docs" / "measurements" / "methods.json"
+    results = json.loads(recorded.read_text())
+    assert recorded.with_suffix(".md").read_text() == measure_methods.render_markdown(results)
+    # Every preference figure docs/methods.md quotes is the recorded one.
+    page = (ROOT / "docs" / "methods.md").read_text()
+    for run in results["runs"]:
+        if not run.get("preference"):
+            continue
+        figures, judged = run["preference"], run["preference"]["judged"]
+        for quoted in measure_methods.quoted_preference_figures(run["method"], figures, judged):
+            assert quoted in page, quoted
