@@ -209,18 +209,18 @@ def decide_promotion(
         task, verdict = _explicit_task_check(results, gate)
     elif preference:
         task, verdict = _preference_check(preference, test_examples)
-        for reported in preference[2:]:
+        for win_rate in preference[2:]:
             reported_only.append(
                 Check(
-                    f"preference.{reported.name}",
+                    f"preference.{win_rate.name}",
                     None,
-                    f"answers nearer the chosen than the base's on {reported.tuned:.1%} of held-out prompts "
-                    f"[95% CI {reported.base + reported.ci_low:.1%}, {reported.base + reported.ci_high:.1%}]",
+                    f"answers nearer the chosen than the base's on {win_rate.tuned:.1%} of held-out prompts "
+                    f"[95% CI {win_rate.base + win_rate.ci_low:.1%}, {win_rate.base + win_rate.ci_high:.1%}]",
                 )
             )
         if any(r.name == str(primary) for r in results):
-            reported, _ = _default_task_check(results, primary, test_examples)
-            reported_only.append(Check(reported.name, None, reported.detail))
+            task_check, _ = _default_task_check(results, primary, test_examples)
+            reported_only.append(Check(task_check.name, None, task_check.detail))
     else:
         task, verdict = _default_task_check(results, primary, test_examples)
     checks = [task, *reported_only, *forgetting_checks(forgetting)]
