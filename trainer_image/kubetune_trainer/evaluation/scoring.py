@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from kubetune_trainer.data.types import Example
+from kubetune_trainer.tensors.batching import padding_id
 from kubetune_trainer.tensors.encode import IGNORE_INDEX, encode_example, prompt_ids
 from kubetune_trainer.tensors.positions import keeps_selected_logits, labelled_positions
 
@@ -111,7 +112,7 @@ def score_examples(
     answer_starts = [
         _answer_start(e, tokenizer, chat_template, ids.input_ids) for e, ids in zip(examples, encoded, strict=True)
     ]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     device = _device(model)
     select_labelled = keeps_selected_logits(model)
     results: dict[int, TokenLoss] = {}
@@ -217,7 +218,7 @@ def generate(
 
     ``starts`` (from ``score_examples`` on the same model) are answers already begun: a finished
     one costs no decoding, the others go on from their last known token."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = padding_id(tokenizer)
     prompts = [prompt_ids(e, tokenizer, chat_template) for e in examples]
     if not _plain_greedy(model):
         return _generate_with_transformers(

@@ -172,6 +172,10 @@ def build_rows(examples: Sequence[EncodedExample], max_length: int, *, packing: 
     return pack_examples(examples, max_length) if packing else single_rows(examples, max_length)
 
 
+def padding_id(tokenizer: Any) -> int:
+    """The token that pads a batch: the tokenizer's own, else its end of sequence (Llama tokenizers have none)."""
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+
+
 def collator_for(tokenizer: Any, *, packing: bool) -> RowCollator:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return RowCollator(pad_token_id=int(pad), packed=packing)
+    return RowCollator(pad_token_id=padding_id(tokenizer), packed=packing)

@@ -24,7 +24,7 @@ from kubetune.api.v1alpha1 import PREFERENCE_OBJECTIVES, MethodType, Objective, 
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.reporting import TrainingMetrics
-from kubetune_trainer.tensors.batching import RowDataset, TokenCounts, TokenMeter, build_rows, collator_for
+from kubetune_trainer.tensors.batching import RowDataset, TokenCounts, TokenMeter, build_rows, collator_for, padding_id
 from kubetune_trainer.tensors.encode import encode_example
 from kubetune_trainer.training.checkpoints import CheckpointStore, UploadCheckpoints
 from kubetune_trainer.training.model import load_for_training
@@ -235,8 +235,7 @@ def _pair_datasets(
 ) -> tuple[PairDataset, PairDataset | None, PairCollator]:
     """A preference run's pairs, each with its reference log-likelihoods (DPO: the model as loaded is the base)."""
     seq_len = config.resolved.hyperparameters.sequence_length
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collator = PairCollator(pad_token_id=int(pad))
+    collator = PairCollator(pad_token_id=padding_id(tokenizer))
     needs_reference = config.resolved.objective.type == Objective.DPO
 
     def dataset(examples: list[Example]) -> PairDataset:
