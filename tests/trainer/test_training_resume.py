@@ -41,8 +41,9 @@ def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(
     objective: str, tmp_path: Path, tiny_model_dir: Path, s3_spec: S3Spec, s3_bucket: str
 ) -> None:
     if objective == "dpo":
-        # Half the rows (each pair is two): still 12 steps, killed after 4.
-        data, method = write_pairs(tmp_path / "data.jsonl", 40), {"method": {"objective": "dpo"}}
+        # Half the rows (each pair is two): 39 pairs leave 32 to train after the content-hashed
+        # validation and test splits, so still 4 whole steps an epoch and 12 in all, killed after 4.
+        data, method = write_pairs(tmp_path / "data.jsonl", 39), {"method": {"objective": "dpo"}}
     else:
         data, method = write_dataset(tmp_path / "data.jsonl", 80), {}
     reference_job = write_job(
