@@ -10,7 +10,15 @@ import celpy
 import pytest
 
 from kubetune.api.manifest import ManifestError, parse_spec
-from kubetune.api.v1alpha1 import DatasetSource, DatasetSpec, FineTuneJobSpec, Ia3Spec, MethodSpec, Toleration
+from kubetune.api.v1alpha1 import (
+    AdaLoraSpec,
+    DatasetSource,
+    DatasetSpec,
+    FineTuneJobSpec,
+    Ia3Spec,
+    MethodSpec,
+    Toleration,
+)
 from tests.api.schema_tools import all_rules, apply_defaults, cel_violations, root_schema, spec_schema
 from tests.builders import minimal_spec
 
@@ -22,6 +30,7 @@ DATASET_RULES = {rule.field.lstrip("."): rule.message for rule in DatasetSpec.ru
 METHOD_RULES = {
     **{f"method.{rule.field.lstrip('.')}": rule.message for rule in MethodSpec.rules},
     **{f"method.ia3.{rule.field.lstrip('.')}": rule.message for rule in Ia3Spec.rules},
+    **{f"method.adalora.{rule.field.lstrip('.')}": rule.message for rule in AdaLoraSpec.rules},
 }
 
 
@@ -91,6 +100,15 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         ({"method": {"adapter": "dora"}}, set()),  # auto: an adapter method either way
         ({"method": {"type": "qlora", "adapter": "dora", "lora": {"scaling": "rslora"}}}, set()),
         ({"method": {"adapter": "ia3"}}, set()),
+        ({"method": {"adapter": "adalora", "adalora": {"initialRank": 12, "targetRank": 12}}}, set()),
+        ({"method": {"adapter": "adalora", "adalora": {"targetRank": 64}}}, set()),  # the initial rank follows
+        (
+            {"method": {"adapter": "adalora", "adalora": {"initialRank": 4, "targetRank": 8}}},
+            method_rule("method.adalora.targetRank"),
+        ),
+        ({"method": {"adalora": {"targetRank": 4}}}, method_rule("method.adalora")),
+        ({"method": {"adapter": "adalora", "lora": {"r": 4}}}, method_rule("method.lora")),
+        ({"method": {"type": "full", "adapter": "adalora"}}, spec_rule("method.adapter")),
         ({"method": {"adapter": "ia3", "lora": {}}}, set()),
         ({"method": {"ia3": {"scale": 0.5}}}, method_rule("method.ia3")),
         ({"method": {"adapter": "dora", "ia3": {}}}, method_rule("method.ia3")),

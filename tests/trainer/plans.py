@@ -55,18 +55,24 @@ def tiny_plan(
     adapter: str | None = None,
     lora: dict[str, object] | None = None,
     ia3: dict[str, object] | None = None,
+    adalora: dict[str, object] | None = None,
+    hyperparameters: dict[str, object] | None = None,
 ) -> ResolvedTraining:
     """The plan for a few steps of ``method`` on the tiny test model (LoRA r=4, no dropout; ``adapter``,
-    ``lora`` and ``ia3`` as in the manifest's ``method`` block)."""
+    ``lora``, ``ia3`` and ``adalora`` as in the manifest's ``method`` block; ``hyperparameters`` over
+    TINY_TRAINING's)."""
     lora_block = {"r": 4, "alpha": 8, "dropout": 0.0, **(lora or {})}
     method_block: dict[str, object] = {"type": method, "allowCpuQlora": True}
-    if adapter != "ia3":  # an ia3 adapter is configured by method.ia3, and method.lora is refused with it
+    # ia3 and adalora adapters are configured by blocks of their own; method.lora is refused with them.
+    if adapter not in ("ia3", "adalora"):
         method_block["lora"] = lora_block
     if ia3:
         method_block["ia3"] = ia3
+    if adalora:
+        method_block["adalora"] = adalora
     manifest = spec(
         method=method_block if adapter is None else {**method_block, "adapter": adapter},
-        hyperparameters={**TINY_TRAINING, "learningRate": lr},
+        hyperparameters={**TINY_TRAINING, "learningRate": lr, **(hyperparameters or {})},
         resources={"gpus": 0},
     )
     return resolve_training(manifest, CPU, train_examples=24, token_lengths=[16] * 24, shape=SMOL, replay=NO_REPLAY)

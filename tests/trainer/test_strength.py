@@ -82,6 +82,7 @@ def test_the_published_adapter_and_merged_model_are_the_model_evaluated(tmp_path
         ({"lora": {"scale": 0.5}}, "manifest"),
         ({"adapter": "dora", "lora": {"scaling": "rslora"}}, "validation"),
         ({"adapter": "ia3", "ia3": {"scale": 0.5}}, "manifest"),
+        ({"adapter": "adalora", "adalora": {"initialRank": 6, "targetRank": 2}}, "validation"),
     ],
 )
 def test_a_run_says_which_strength_it_kept_and_publishes_that_adapter(
@@ -94,8 +95,8 @@ def test_a_run_says_which_strength_it_kept_and_publishes_that_adapter(
         model_dir=tiny_model_dir,
         data=write_dataset(tmp_path / "data.jsonl", 40),
         output=f"file://{tmp_path}/out/",
-        # write_job's own method carries a lora block; an ia3 adapter is refused with one set
-        method={"type": "lora", **method, "lora": {} if adapter == "ia3" else lora},
+        # write_job's own method carries a lora block; ia3 and adalora adapters are refused with one set
+        method={"type": "lora", **method, "lora": {} if adapter in ("ia3", "adalora") else lora},
         hyperparameters={"epochs": 1, "learningRate": 0.001, "batchSize": 4, "sequenceLength": 64, "seed": 7},
         dataset={"sources": [{"uri": f"file://{tmp_path}/data.jsonl"}], "replay": {"enabled": False}},
         evaluation={"forgetting": False, "maxNewTokens": 4},
@@ -112,6 +113,17 @@ def test_a_run_says_which_strength_it_kept_and_publishes_that_adapter(
     config = json.loads((manifest_path.parent / "adapter" / "adapter_config.json").read_text())
     if adapter == "ia3":
         assert config["peft_type"] == "IA3" and resolved["ia3"]["strengths"] == [0.5]
+        return
+    if adapter == "adalora":
+        # The schedule the plan resolved is the one peft ran, and the published adapter is pruned to it.
+        ada = resolved["adalora"]
+        assert (config["peft_type"], config["init_r"], config["target_r"]) == ("ADALORA", 6, 2)
+        assert (config["total_step"], config["tinit"], config["tfinal"]) == (
+            ada["totalSteps"],
+            ada["warmupSteps"],
+            ada["finalSteps"],
+        )
+        assert config["rank_pattern"] and config["lora_alpha"] == pytest.approx(ada["alpha"] * strength["scale"])
         return
     assert config["lora_alpha"] == pytest.approx(8 * strength["scale"])
     assert (config["use_dora"], config["use_rslora"]) == (adapter == "dora", "scaling" in lora)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from kubetune.api.v1alpha1 import (
     PREFERENCE_OBJECTIVES,
+    AdaLoraSpec,
     AdapterType,
     DpoLoss,
     DpoSpec,
@@ -26,6 +27,8 @@ from kubetune.api.v1alpha1 import (
     OrpoSpec,
     PreflightReport,
     ReplaySpec,
+    ResolvedAdaLora,
+    ResolvedAdaLoraTraining,
     ResolvedAdapterTraining,
     ResolvedDpoObjective,
     ResolvedFullTraining,
@@ -69,6 +72,16 @@ class Defaults:
     # IA3's vectors rescale activations from 1 and hold a fortieth of a rank-8 LoRA's parameters: the T-Few
     # paper (Liu et al. 2022) trains them at 3e-3, six times the LoRA rate above.
     lr_ia3: float = 3e-3
+    # AdaLoRA starts each weight at 1.5x the rank it ends with on average (the paper's and peft's 12 for a
+    # budget of 8, LoRA's default rank above), and trains at LoRA's rate: alpha over the initial rank is
+    # LoRA's alpha / r. Its schedule, in fractions of the run's optimizer steps: no pruning during the first
+    # tenth (the singular values must learn something to be judged), the budget spent by 70%, and the last
+    # 30% trained at the final ranks; peft's default of reallocating after every step (deltaT = 1).
+    adalora_rank_growth: float = 1.5
+    adalora_warmup_fraction: float = 0.1
+    adalora_final_fraction: float = 0.3
+    adalora_interval: int = 1
+    adalora_orthogonality_weight: float = 0.5  # the paper's and peft's
     # Preference objectives train at a tenth of the supervised rate above: their loss moves log ratios
     # against a reference, and the alignment-handbook recipes (Zephyr) train DPO at a tenth to a
     # fortieth of their SFT rate. Not measured on the example yet (docs/methods.md).
@@ -179,6 +192,11 @@ class ModelShape:
             size_in, size_out = sizes.get(name, (hidden, hidden))
             per_layer += size_in if name in ia3.feedforward_modules else size_out
         return float(self.layers * per_layer)
+
+    def adalora_params(self, initial_rank: int) -> float:
+        """AdaLoRA's factors at their initial rank (pruning masks, it never frees them) and one singular
+        value per rank of each of a layer's seven projections."""
+        return self.lora_params(initial_rank) + float(self.layers * 7 * initial_rank)
 
     def dora_magnitude_params(self) -> float:
         """DoRA's trained magnitudes: one per output feature of every adapted linear layer."""
@@ -317,6 +335,11 @@ def resolve_training(
         return ResolvedFullTraining(
             adapter="none", method=method, hyperparameters=hyper, replay=replay, objective=objective
         )
+    if adapter == AdapterType.ADALORA:
+        adalora = resolve_adalora(spec, objective.type, total_steps)
+        return ResolvedAdaLoraTraining(
+            adapter=adapter, method=method, adalora=adalora, hyperparameters=hyper, replay=replay, objective=objective
+        )
     if adapter == AdapterType.IA3:
         ia3 = resolve_ia3(spec, shape, objective.type)
         return ResolvedIa3Training(
@@ -344,6 +367,31 @@ def strengths(scale: float | None, objective: Objective) -> list[float]:
     if scale is not None:
         return [scale]
     return [1.0] if objective in PREFERENCE_OBJECTIVES else list(DEFAULTS.adapter_strengths)
+
+
+def resolve_adalora(spec: FineTuneJobSpec, objective: Objective, total_steps: int) -> ResolvedAdaLora:
+    """AdaLoRA's ranks and its pruning schedule laid over the plan's optimizer steps (peft needs at least
+    one step between the warm-up and the final phase; a run of a step or two prunes at its last)."""
+    requested = spec.method.adalora or AdaLoraSpec()
+    target = chosen(requested.target_rank, DEFAULTS.lora_r)
+    initial = chosen(requested.initial_rank, max(target, round(target * DEFAULTS.adalora_rank_growth)))
+    warmup = round(total_steps * DEFAULTS.adalora_warmup_fraction)
+    final = round(total_steps * DEFAULTS.adalora_final_fraction)
+    if warmup >= total_steps - final:
+        warmup, final = 0, max(0, total_steps - 1)
+    return ResolvedAdaLora(
+        initial_rank=initial,
+        target_rank=target,
+        alpha=chosen(requested.alpha, DEFAULTS.lora_alpha_per_r * initial),
+        dropout=chosen(requested.dropout, DEFAULTS.lora_dropout),
+        target_modules=chosen(requested.target_modules, list(DEFAULTS.lora_target_modules)),
+        total_steps=total_steps,
+        warmup_steps=warmup,
+        final_steps=final,
+        interval=DEFAULTS.adalora_interval,
+        orthogonality_weight=DEFAULTS.adalora_orthogonality_weight,
+        strengths=strengths(requested.scale, objective),
+    )
 
 
 def resolve_ia3(spec: FineTuneJobSpec, shape: ModelShape, objective: Objective) -> ResolvedIa3:
@@ -441,6 +489,8 @@ def preflight_estimate(
         trainable = shape.lora_params(resolved.lora.r)
         if resolved.adapter == AdapterType.DORA:
             trainable += shape.dora_magnitude_params()
+    elif isinstance(resolved, ResolvedAdaLoraTraining):
+        trainable = shape.adalora_params(resolved.adalora.initial_rank)
     elif isinstance(resolved, ResolvedIa3Training):
         trainable = shape.ia3_params(resolved.ia3)
     # fp32 master copy + Adam's two moments + gradient for each trainable parameter.

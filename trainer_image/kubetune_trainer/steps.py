@@ -21,6 +21,7 @@ from kubetune.api.v1alpha1 import (
     NearDedupSpec,
     PreflightReport,
     ReplaySpec,
+    ResolvedAdaLoraTraining,
     ResolvedAdapterTraining,
     ResolvedDpoObjective,
     ResolvedIa3Training,
@@ -423,6 +424,8 @@ def choose_adapter_strength(
 
     if isinstance(resolved, ResolvedAdapterTraining):
         strengths = resolved.lora.strengths
+    elif isinstance(resolved, ResolvedAdaLoraTraining):
+        strengths = resolved.adalora.strengths
     elif isinstance(resolved, ResolvedIa3Training):
         strengths = resolved.ia3.strengths
     else:
@@ -431,7 +434,8 @@ def choose_adapter_strength(
     tuned = outcome.model
     if len(strengths) == 1:
         method = ctx.spec.method
-        set_by_manifest = (method.ia3.scale if method.ia3 else None) is not None or method.lora.scale is not None
+        blocks = (method.lora, method.ia3, method.adalora)
+        set_by_manifest = any(block is not None and block.scale is not None for block in blocks)
         how = "manifest" if set_by_manifest else "full strength: a preference run keeps the whole adapter"
         choice = StrengthChoice(scale=strengths[0], how=how)
     elif not validation:

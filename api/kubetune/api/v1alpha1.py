@@ -120,6 +120,7 @@ class MethodType(StrEnum):
 class AdapterType(StrEnum):
     LORA = "lora"
     DORA = "dora"
+    ADALORA = "adalora"
     IA3 = "ia3"
 
 
@@ -528,6 +529,42 @@ class Ia3Spec(ApiModel):
     scale: AdapterStrength = None
 
 
+class AdaLoraSpec(ApiModel):
+    """AdaLoRA (Zhang et al. 2023): a LoRA in SVD form whose rank budget moves, during training, to the
+    weights where it matters; unimportant singular values are pruned on a schedule."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.targetRank) || !has(self.initialRank) || self.targetRank <= self.initialRank",
+            "targetRank is the average rank left after pruning: at most initialRank",
+            ".targetRank",
+            lambda s: s.target_rank is None or s.initial_rank is None or s.target_rank <= s.initial_rank,
+        ),
+    )
+    model_config = ConfigDict(json_schema_extra=rules_schema(rules))
+
+    initial_rank: Annotated[
+        int | None,
+        Field(ge=1, le=1024, description="Rank of every adapted weight before pruning. Unset: 1.5 x targetRank."),
+    ] = None
+    target_rank: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=1024,
+            description="Average rank per adapted weight once pruned (the budget). Unset: 8, LoRA's default rank.",
+        ),
+    ] = None
+    alpha: Annotated[
+        int | None, Field(ge=1, le=4096, description="Scaling numerator over initialRank. Unset: 2 x initialRank.")
+    ] = None
+    dropout: Annotated[float | None, Field(ge=0, le=0.9)] = None
+    target_modules: Annotated[
+        ModuleNames, Field(description="Modules to adapt, or ['all-linear']. Unset: all-linear.")
+    ] = None
+    scale: AdapterStrength = None
+
+
 class DpoSpec(ApiModel):
     """Direct preference optimisation (Rafailov et al. 2023) against the base model as the reference."""
 
@@ -579,18 +616,25 @@ class MethodSpec(ApiModel):
             lambda m: m.orpo is None or m.objective == Objective.ORPO,
         ),
         Rule(
+            "!has(self.adalora) || (has(self.adapter) && self.adapter == 'adalora')",
+            "method.adalora configures an adalora adapter: set method.adapter: adalora",
+            ".adalora",
+            lambda m: m.adalora is None or m.adapter == AdapterType.ADALORA,
+        ),
+        Rule(
             "!has(self.ia3) || (has(self.adapter) && self.adapter == 'ia3')",
             "method.ia3 configures an ia3 adapter: set method.adapter: ia3",
             ".ia3",
             lambda m: m.ia3 is None or m.adapter == AdapterType.IA3,
         ),
         Rule(
-            "!has(self.adapter) || self.adapter != 'ia3' || !(has(self.lora.r) || has(self.lora.alpha) "
-            "|| has(self.lora.dropout) || has(self.lora.targetModules) || has(self.lora.scale) "
-            "|| has(self.lora.scaling))",
-            "method.lora configures lora and dora adapters; an ia3 adapter is configured by method.ia3",
+            "!has(self.adapter) || !(self.adapter in ['ia3', 'adalora']) || !(has(self.lora.r) "
+            "|| has(self.lora.alpha) || has(self.lora.dropout) || has(self.lora.targetModules) "
+            "|| has(self.lora.scale) || has(self.lora.scaling))",
+            "method.lora configures lora and dora adapters; ia3 and adalora adapters are configured by "
+            "method.ia3 and method.adalora",
             ".lora",
-            lambda m: m.adapter != AdapterType.IA3 or not m.lora.model_fields_set,
+            lambda m: m.adapter not in (AdapterType.IA3, AdapterType.ADALORA) or not m.lora.model_fields_set,
         ),
     )
     model_config = ConfigDict(json_schema_extra=rules_schema(rules))
@@ -603,8 +647,9 @@ class MethodSpec(ApiModel):
                 "The adapter a lora or qlora run trains: lora, or dora (weight-decomposed LoRA, Liu et al. "
                 "2024: a trained magnitude per output feature besides the low-rank direction; learns more like "
                 "full fine-tuning at about a LoRA's parameter count, and each step is slower as it recomputes "
-                "every adapted weight's norm), both configured by method.lora; or ia3 (learned rescaling "
-                "vectors, configured by method.ia3). Unset: lora. Not for method.type full, which trains every "
+                "every adapted weight's norm), both configured by method.lora; adalora (a LoRA whose rank "
+                "budget is moved during training to the weights that need it, pruning the rest; configured by "
+                "method.adalora); or ia3 (learned rescaling vectors, configured by method.ia3). Unset: lora. Not for method.type full, which trains every "
                 "weight."
             ),
         ),
@@ -621,6 +666,7 @@ class MethodSpec(ApiModel):
         ),
     ] = None
     lora: LoraSpec = Field(default_factory=LoraSpec)
+    adalora: AdaLoraSpec | None = None
     ia3: Ia3Spec | None = None
     dpo: DpoSpec | None = None
     orpo: OrpoSpec | None = None
@@ -1157,6 +1203,26 @@ class ResolvedLora(ApiModel):
     strengths: ResolvedStrengths
 
 
+class ResolvedAdaLora(ApiModel):
+    """The adapter of an AdaLoRA run and its pruning schedule in optimizer steps, every value decided."""
+
+    initial_rank: Annotated[int, Field(ge=1)]
+    target_rank: Annotated[int, Field(ge=1, description="Average rank per adapted weight once pruned.")]
+    alpha: Annotated[int, Field(ge=1)]
+    dropout: Annotated[float, Field(ge=0)]
+    target_modules: Annotated[list[str], Field(min_length=1)]
+    total_steps: Annotated[int, Field(ge=1, description="The optimizer steps the schedule is laid over.")]
+    warmup_steps: Annotated[int, Field(ge=0, description="Steps trained at the initial rank before pruning.")]
+    final_steps: Annotated[
+        int, Field(ge=0, description="Last steps trained at the final ranks, once the budget is spent.")
+    ]
+    interval: Annotated[int, Field(ge=1, description="Steps between two reallocations of the budget.")]
+    orthogonality_weight: Annotated[
+        float, Field(ge=0, description="Weight of the penalty that keeps the singular vectors orthogonal.")
+    ]
+    strengths: ResolvedStrengths
+
+
 class ResolvedIa3(ApiModel):
     """The vectors of an IA3 run, every value decided."""
 
@@ -1212,6 +1278,17 @@ class ResolvedIa3Training(ApiModel):
     objective: ResolvedObjective
 
 
+class ResolvedAdaLoraTraining(ApiModel):
+    """An AdaLoRA adapter (on a 4-bit base for qlora) trained on a frozen base."""
+
+    adapter: Literal[AdapterType.ADALORA]
+    method: Literal[MethodType.LORA, MethodType.QLORA]
+    adalora: ResolvedAdaLora
+    hyperparameters: ResolvedHyperparameters
+    replay: ResolvedReplay
+    objective: ResolvedObjective
+
+
 class ResolvedFullTraining(ApiModel):
     """A full fine-tune: every weight is trained, no adapter."""
 
@@ -1226,10 +1303,11 @@ class ResolvedFullTraining(ApiModel):
 # A new adapter adds its own member here (with its own required block, like ``lora`` or ``ia3``);
 # docs/architecture.md says how.
 ResolvedTraining = Annotated[
-    ResolvedAdapterTraining | ResolvedIa3Training | ResolvedFullTraining, Field(discriminator="adapter")
+    ResolvedAdapterTraining | ResolvedAdaLoraTraining | ResolvedIa3Training | ResolvedFullTraining,
+    Field(discriminator="adapter"),
 ]
 # The members that train an adapter on a frozen base, for isinstance checks.
-ADAPTER_TRAINING = (ResolvedAdapterTraining, ResolvedIa3Training)
+ADAPTER_TRAINING = (ResolvedAdapterTraining, ResolvedAdaLoraTraining, ResolvedIa3Training)
 
 
 class GateCheck(ApiModel):

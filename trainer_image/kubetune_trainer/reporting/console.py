@@ -18,6 +18,7 @@ from rich.progress import (
 
 from kubetune.api.v1alpha1 import (
     PreflightReport,
+    ResolvedAdaLoraTraining,
     ResolvedAdapterTraining,
     ResolvedIa3Training,
     ResolvedTraining,
@@ -84,6 +85,9 @@ class ConsoleReporter(Reporter):
         if isinstance(resolved, ResolvedAdapterTraining):
             lora = resolved.lora
             adapter = f" ({resolved.adapter} r={lora.r} alpha={lora.alpha}, {lora.scaling} scaling)"
+        elif isinstance(resolved, ResolvedAdaLoraTraining):
+            ada = resolved.adalora
+            adapter = f" (adalora r={ada.initial_rank}->{ada.target_rank} alpha={ada.alpha})"
         elif isinstance(resolved, ResolvedIa3Training):
             adapter = f" (ia3 on {', '.join(resolved.ia3.target_modules)})"
         self.console.print(

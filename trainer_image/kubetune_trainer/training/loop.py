@@ -20,12 +20,20 @@ from torch.utils.data import Dataset
 from transformers import PrinterCallback, TrainerCallback, TrainingArguments, set_seed
 
 from kubetune.api.contract import EXIT_OK, EXIT_PREEMPTED
-from kubetune.api.v1alpha1 import PREFERENCE_OBJECTIVES, MethodType, Objective, Progress, ResolvedTraining
+from kubetune.api.v1alpha1 import (
+    PREFERENCE_OBJECTIVES,
+    MethodType,
+    Objective,
+    Progress,
+    ResolvedAdaLoraTraining,
+    ResolvedTraining,
+)
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.reporting import TrainingMetrics
 from kubetune_trainer.tensors.batching import RowDataset, TokenCounts, TokenMeter, build_rows, collator_for, padding_id
 from kubetune_trainer.tensors.encode import encode_example
+from kubetune_trainer.training.adalora import AdaLoraSchedule
 from kubetune_trainer.training.checkpoints import CheckpointStore, UploadCheckpoints
 from kubetune_trainer.training.model import load_for_training
 from kubetune_trainer.training.preference import (
@@ -276,7 +284,14 @@ def train(config: TrainConfig) -> TrainOutcome:
 
     keep_best = KeepBest(model, hp.early_stopping_patience)
     sigterm = StopOnSigterm()
-    callbacks: list[TrainerCallback] = [keep_best, UploadCheckpoints(config.checkpoints, config.on_checkpoint), sigterm]
+    adalora = (
+        AdaLoraSchedule(model, resolved.adalora.orthogonality_weight)
+        if isinstance(resolved, ResolvedAdaLoraTraining)
+        else None
+    )
+    # Callbacks that write into a checkpoint come before the one that uploads it.
+    writers: list[TrainerCallback] = [keep_best] if adalora is None else [keep_best, adalora]
+    callbacks = [*writers, UploadCheckpoints(config.checkpoints, config.on_checkpoint), sigterm]
     if config.on_progress is not None or config.on_metrics is not None:
         callbacks.append(
             ReportProgress(
@@ -305,6 +320,8 @@ def train(config: TrainConfig) -> TrainOutcome:
     if resume is not None:
         log.info("resuming from %s", resume)
         keep_best.load_from(resume)
+        if adalora is not None:
+            adalora.load_from(resume)
     log.info(
         "training: process %s of %s, %d rows of up to %d tokens, %s",
         config.environment.rank,
@@ -342,6 +359,8 @@ def train(config: TrainConfig) -> TrainOutcome:
         return outcome
 
     keep_best.restore()
+    if adalora is not None:
+        adalora.finish()
     unwrapped = trainer.model
     if trainer.is_world_process_zero():
         outcome.trained_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ from kubetune.api.v1alpha1 import (
     AdapterType,
     LoraScaling,
     MethodType,
+    ResolvedAdaLora,
+    ResolvedAdaLoraTraining,
     ResolvedAdapterTraining,
     ResolvedIa3,
     ResolvedIa3Training,
@@ -99,6 +101,34 @@ def lora_config(lora: ResolvedLora, adapter: AdapterType) -> Any:
     )
 
 
+def adalora_config(adalora: ResolvedAdaLora) -> Any:
+    """peft's AdaLoraConfig; its ``total_step``, ``tinit`` and ``tfinal`` are the plan's schedule."""
+    from peft import AdaLoraConfig
+
+    return AdaLoraConfig(
+        init_r=adalora.initial_rank,
+        target_r=adalora.target_rank,
+        lora_alpha=adalora.alpha,
+        lora_dropout=adalora.dropout,
+        target_modules=_targets(adalora.target_modules),
+        total_step=adalora.total_steps,
+        tinit=adalora.warmup_steps,
+        tfinal=adalora.final_steps,
+        deltaT=adalora.interval,
+        orth_reg_weight=adalora.orthogonality_weight,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def freeze_rank_counts(model: Any) -> None:
+    """AdaLoRA divides each update by its layer's ``ranknum``, a constant; peft 0.21 leaves it trainable
+    on a 4-bit base, where the optimizer then moves it and the adapter reloads as another model."""
+    for name, parameter in model.named_parameters():
+        if ".ranknum." in name:
+            parameter.requires_grad_(False)
+
+
 def ia3_config(ia3: ResolvedIa3) -> Any:
     from peft import IA3Config
 
@@ -109,17 +139,22 @@ def ia3_config(ia3: ResolvedIa3) -> Any:
     )
 
 
-def adapter_config(resolved: ResolvedAdapterTraining | ResolvedIa3Training) -> Any:
+AdapterTraining = ResolvedAdapterTraining | ResolvedAdaLoraTraining | ResolvedIa3Training
+
+
+def adapter_config(resolved: AdapterTraining) -> Any:
     """peft's configuration of the adapter the plan trains."""
     if isinstance(resolved, ResolvedIa3Training):
         return ia3_config(resolved.ia3)
+    if isinstance(resolved, ResolvedAdaLoraTraining):
+        return adalora_config(resolved.adalora)
     return lora_config(resolved.lora, AdapterType(resolved.adapter))
 
 
 def load_for_training(
     model_dir: Path, resolved: ResolvedTraining, device: str, *, bf16: bool | None = None
 ) -> tuple[Any, Any]:
-    """(model ready to train, tokenizer). An adapter (LoRA, DoRA, IA3; on a 4-bit base for QLoRA):
+    """(model ready to train, tokenizer). An adapter (LoRA, DoRA, AdaLoRA, IA3; on a 4-bit base for QLoRA):
     only the adapter is trainable; full: everything.
 
     ``bf16`` defaults to what the device supports.
@@ -134,7 +169,7 @@ def load_for_training(
     # AdamW updates on bf16 weights lose most small steps to rounding.
     model = load_base(model_dir, method, device=device, bf16=bf16 and method != MethodType.FULL)
     checkpointing = resolved.hyperparameters.gradient_checkpointing
-    if not isinstance(resolved, ResolvedAdapterTraining | ResolvedIa3Training):
+    if not isinstance(resolved, AdapterTraining):
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model, tokenizer
@@ -147,7 +182,10 @@ def load_for_training(
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    return get_peft_model(model, adapter_config(resolved)), tokenizer
+    model = get_peft_model(model, adapter_config(resolved))
+    if isinstance(resolved, ResolvedAdaLoraTraining):
+        freeze_rank_counts(model)
+    return model, tokenizer
 
 
 def load_tuned(model_dir: Path, trained_dir: Path, method: MethodType, *, device: str, bf16: bool) -> Any:
