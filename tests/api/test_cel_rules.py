@@ -23,7 +23,7 @@ from tests.api.schema_tools import all_rules, apply_defaults, cel_violations, ro
 from tests.builders import minimal_spec
 
 MINIMAL: dict[str, Any] = minimal_spec()
-SPEC_RULES = {rule.field.lstrip("."): rule.message for rule in FineTuneJobSpec.rules}
+SPEC_RULES = [(rule.field.lstrip("."), rule.message) for rule in FineTuneJobSpec.rules]
 TOLERATION_RULES = {rule.field.lstrip("."): rule.message for rule in Toleration.rules}
 SOURCE_RULES = {rule.field.lstrip("."): rule.message for rule in DatasetSource.rules}
 DATASET_RULES = {rule.field.lstrip("."): rule.message for rule in DatasetSpec.rules}
@@ -62,8 +62,10 @@ def data(**extra: Any) -> dict[str, Any]:
     return {"dataset": {"sources": [{"uri": "s3://data/x"}], **extra}}
 
 
-def spec_rule(field: str) -> set[tuple[str, str]]:
-    return {(field, SPEC_RULES[field])}
+def spec_rule(field: str, saying: str = "") -> set[tuple[str, str]]:
+    """The one rule at ``field`` whose message says ``saying`` (several rules may guard one field)."""
+    (message,) = [message for at, message in SPEC_RULES if at == field and saying in message]
+    return {(field, message)}
 
 
 def method_rule(field: str) -> set[tuple[str, str]]:
@@ -109,6 +111,20 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         ({"method": {"adalora": {"targetRank": 4}}}, method_rule("method.adalora")),
         ({"method": {"adapter": "adalora", "lora": {"r": 4}}}, method_rule("method.lora")),
         ({"method": {"type": "full", "adapter": "adalora"}}, spec_rule("method.adapter")),
+        ({"method": {"adapter": "prefix", "prefix": {"virtualTokens": 8}}}, set()),
+        ({"method": {"prefix": {}}}, method_rule("method.prefix")),
+        ({"method": {"adapter": "prefix", "lora": {"alpha": 4}}}, method_rule("method.lora")),
+        (
+            {"method": {"adapter": "prefix"}, "hyperparameters": {"packing": True}},
+            spec_rule("hyperparameters.packing", "prefix"),
+        ),
+        ({"method": {"adapter": "prefix"}, "hyperparameters": {"packing": False}}, set()),
+        ({"method": {"adapter": "prefix"}, "output": {"uri": "s3://models/x/", "formats": ["adapter"]}}, set()),
+        (
+            {"method": {"adapter": "prefix"}, "output": {"uri": "s3://models/x/", "formats": ["adapter", "merged"]}},
+            spec_rule("output.formats"),
+        ),
+        ({"method": {"adapter": "lora"}, "output": {"uri": "s3://models/x/", "formats": ["gguf-q8_0"]}}, set()),
         ({"method": {"adapter": "ia3", "lora": {}}}, set()),
         ({"method": {"ia3": {"scale": 0.5}}}, method_rule("method.ia3")),
         ({"method": {"adapter": "dora", "ia3": {}}}, method_rule("method.ia3")),
@@ -139,7 +155,10 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         (sources({"format": "preference"}), spec_rule("method.objective")),
         ({"method": {"objective": "sft"}, **sources({}, {"format": "preference"})}, spec_rule("method.objective")),
         ({"method": {"objective": "dpo"}, **sources({}, {"format": "chat"})}, spec_rule("dataset.sources")),
-        ({"method": {"objective": "orpo"}, "hyperparameters": {"packing": True}}, spec_rule("hyperparameters.packing")),
+        (
+            {"method": {"objective": "orpo"}, "hyperparameters": {"packing": True}},
+            spec_rule("hyperparameters.packing", "dpo and orpo"),
+        ),
         ({"method": {"objective": "orpo"}, "hyperparameters": {"packing": False}}, set()),
         ({"method": {"objective": "sft"}, "hyperparameters": {"packing": True}}, set()),
         (sources({}, {"evalOnly": True}), set()),

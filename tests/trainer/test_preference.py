@@ -126,7 +126,9 @@ RUNS: dict[str, dict[str, Any]] = {
     "dpo-lora": {"objective": "dpo", "type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
     "ipo-ia3": {"objective": "dpo", "dpo": {"loss": "ipo", "beta": 0.5}, "type": "lora", "adapter": "ia3"},
     "orpo-full": {"objective": "orpo", "type": "full"},
+    "dpo-prefix": {"objective": "dpo", "type": "lora", "adapter": "prefix", "prefix": {"virtualTokens": 8}},
 }
+RATES = {"full": 1e-4, "prefix": 1e-2}  # else 1e-3
 
 
 @pytest.mark.parametrize("name", list(RUNS))
@@ -141,7 +143,7 @@ def test_a_preference_run_learns_its_pairs_and_is_judged_on_its_rewards(
         data=data,
         output=f"file://{tmp_path}/out",
         dataset={"split": {"validation": 0.1, "test": 0.3}},
-        hyperparameters={"learningRate": 1e-4 if method["type"] == "full" else 1e-3},
+        hyperparameters={"learningRate": RATES.get(method["type"], RATES.get(method.get("adapter", ""), 1e-3))},
         # One run generates answers too, for the pair win rate.
         evaluation={"metrics": ["perplexity", "rougeL"] if name == "orpo-full" else ["perplexity"]},
     )
@@ -151,7 +153,7 @@ def test_a_preference_run_learns_its_pairs_and_is_judged_on_its_rewards(
     _, lineage_path = run_locally(job, tmp_path)
     lineage = json.loads(lineage_path.read_text())
     resolved = lineage["resolved"]
-    if method["type"] != "full":
+    if method["type"] != "full" and method.get("adapter") != "prefix":  # neither has a strength
         assert lineage["training"]["adapterStrength"]["scale"] == 1.0
         assert lineage["training"]["adapterStrength"]["how"].startswith("full strength: a preference run")
     assert resolved["objective"]["type"] == method["objective"]
@@ -163,8 +165,9 @@ def test_a_preference_run_learns_its_pairs_and_is_judged_on_its_rewards(
     reports = tmp_path / "work" / "artifacts" / "reports"
     history = json.loads((reports / "training_history.json").read_text())
     steps = [entry["loss"] for entry in history if "loss" in entry]
-    if method["objective"] == "dpo":
-        # Before the first step the model is its reference: every log ratio is 0.
+    if method["objective"] == "dpo" and method.get("adapter") != "prefix":
+        # Before the first step the model is its reference: every log ratio is 0 (a prefix starts random,
+        # so its model does not start at the base).
         beta = resolved["objective"]["beta"]
         untrained = math.log(2) if resolved["objective"]["loss"] == "sigmoid" else (1 / (2 * beta)) ** 2
         assert steps[0] == pytest.approx(untrained, rel=1e-4)

@@ -16,6 +16,7 @@ from kubetune.api.v1alpha1 import (
     PREFERENCE_OBJECTIVES,
     AdaLoraSpec,
     AdapterType,
+    ArtifactFormat,
     DpoLoss,
     DpoSpec,
     FineTuneJobSpec,
@@ -25,6 +26,7 @@ from kubetune.api.v1alpha1 import (
     MethodType,
     Objective,
     OrpoSpec,
+    PrefixSpec,
     PreflightReport,
     ReplaySpec,
     ResolvedAdaLora,
@@ -38,6 +40,8 @@ from kubetune.api.v1alpha1 import (
     ResolvedLora,
     ResolvedObjective,
     ResolvedOrpoObjective,
+    ResolvedPrefix,
+    ResolvedPrefixTraining,
     ResolvedReplay,
     ResolvedSftObjective,
     ResolvedTraining,
@@ -82,6 +86,14 @@ class Defaults:
     adalora_final_fraction: float = 0.3
     adalora_interval: int = 1
     adalora_orthogonality_weight: float = 0.5  # the paper's and peft's
+    # Prefix tuning: 20 virtual tokens, as peft's prefix-tuning guides use for causal LMs (the paper found
+    # 10 enough for table-to-text and 200 best for summarisation); trained at peft's guides' 1e-2, since
+    # the prefix is fed to attention directly, without the paper's MLP reparametrisation (whose rate is
+    # 5e-5). Neither is measured on the example yet.
+    prefix_virtual_tokens: int = 20
+    lr_prefix: float = 1e-2
+    # Without output.formats: the adapter and the model merged with it (what serving stacks load).
+    formats: tuple[ArtifactFormat, ...] = (ArtifactFormat.ADAPTER, ArtifactFormat.MERGED)
     # Preference objectives train at a tenth of the supervised rate above: their loss moves log ratios
     # against a reference, and the alignment-handbook recipes (Zephyr) train DPO at a tenth to a
     # fortieth of their SFT rate. Not measured on the example yet (docs/methods.md).
@@ -198,6 +210,10 @@ class ModelShape:
         value per rank of each of a layer's seven projections."""
         return self.lora_params(initial_rank) + float(self.layers * 7 * initial_rank)
 
+    def prefix_params(self, virtual_tokens: int) -> float:
+        """A key and a value vector per virtual token and layer (of the key/value heads' width)."""
+        return float(virtual_tokens * self.layers * 2 * self.kv_dim)
+
     def dora_magnitude_params(self) -> float:
         """DoRA's trained magnitudes: one per output feature of every adapted linear layer."""
         per_layer = 3 * self.hidden_size + 2 * self.kv_dim + 2 * self.intermediate_size
@@ -294,7 +310,10 @@ def resolve_training(
     world = max(1, hardware.gpu_count if hardware.device == "cuda" else 1)
     accumulation = chosen(user.gradient_accumulation_steps, max(1, round(DEFAULTS.effective_batch / (micro * world))))
     epochs = chosen(user.epochs, _epochs_for(train_examples))
-    packing = chosen(user.packing, not preference)  # a pair's answers are compared row by row
+    adapter = chosen(spec.method.adapter, DEFAULTS.adapter)
+    # A pair's answers are compared row by row; a prefix is a key/value cache, which packed rows'
+    # per-example attention cannot combine with.
+    packing = chosen(user.packing, not preference and adapter != AdapterType.PREFIX)
     rows = train_examples
     if packing and trained_lengths:
         # Packed rows hold several examples: count rows, not examples, or evaluations end up
@@ -302,7 +321,6 @@ def resolve_training(
         mean_tokens = sum(trained_lengths) / len(trained_lengths)
         rows = max(1, math.ceil(train_examples * mean_tokens / (seq_len * 0.9)))
     total_steps = max(1, math.ceil(rows / (micro * accumulation * world)) * math.ceil(epochs))
-    adapter = chosen(spec.method.adapter, DEFAULTS.adapter)
     default_lr = {
         MethodType.QLORA: DEFAULTS.lr_qlora,
         MethodType.LORA: DEFAULTS.lr_lora,
@@ -310,6 +328,8 @@ def resolve_training(
     }[method]
     if adapter == AdapterType.IA3:
         default_lr = DEFAULTS.lr_ia3
+    if adapter == AdapterType.PREFIX:
+        default_lr = DEFAULTS.lr_prefix
     if preference:
         default_lr /= DEFAULTS.preference_lr_divisor
     hyper = ResolvedHyperparameters(
@@ -340,6 +360,13 @@ def resolve_training(
         return ResolvedAdaLoraTraining(
             adapter=adapter, method=method, adalora=adalora, hyperparameters=hyper, replay=replay, objective=objective
         )
+    if adapter == AdapterType.PREFIX:
+        prefix = ResolvedPrefix(
+            virtual_tokens=chosen((spec.method.prefix or PrefixSpec()).virtual_tokens, DEFAULTS.prefix_virtual_tokens)
+        )
+        return ResolvedPrefixTraining(
+            adapter=adapter, method=method, prefix=prefix, hyperparameters=hyper, replay=replay, objective=objective
+        )
     if adapter == AdapterType.IA3:
         ia3 = resolve_ia3(spec, shape, objective.type)
         return ResolvedIa3Training(
@@ -358,6 +385,15 @@ def resolve_training(
     return ResolvedAdapterTraining(
         adapter=adapter, method=method, lora=lora, hyperparameters=hyper, replay=replay, objective=objective
     )
+
+
+def resolve_formats(spec: FineTuneJobSpec) -> list[ArtifactFormat]:
+    """The manifest's output formats, else the default; a prefix adapter has only itself to publish."""
+    if spec.output.formats is not None:
+        return list(spec.output.formats)
+    if spec.method.adapter == AdapterType.PREFIX:
+        return [ArtifactFormat.ADAPTER]
+    return list(DEFAULTS.formats)
 
 
 def strengths(scale: float | None, objective: Objective) -> list[float]:
@@ -493,6 +529,8 @@ def preflight_estimate(
         trainable = shape.adalora_params(resolved.adalora.initial_rank)
     elif isinstance(resolved, ResolvedIa3Training):
         trainable = shape.ia3_params(resolved.ia3)
+    elif isinstance(resolved, ResolvedPrefixTraining):
+        trainable = shape.prefix_params(resolved.prefix.virtual_tokens)
     # fp32 master copy + Adam's two moments + gradient for each trainable parameter.
     optimizer_bytes = trainable * (4 + 8 + 4)
     hidden, layers, vocab = shape.hidden_size, shape.layers, shape.vocab_size

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from kubetune.api.v1alpha1 import (
+    MERGED_FORMATS,
     PREFERENCE_OBJECTIVES,
     ArtifactFormat,
     CurationSpec,
@@ -57,6 +58,7 @@ from kubetune_trainer.plan import (
     MeasuredSteps,
     ModelShape,
     preflight_estimate,
+    resolve_formats,
     resolve_replay,
     resolve_training,
     sequence_limit,
@@ -555,7 +557,7 @@ def reference_profile(
 def export(ctx: RunContext, model: BaseModelInfo, resolved: ResolvedTraining, outcome: TrainOutcome) -> None:
     from kubetune_trainer.export.merge import copy_serving_files, merge_adapter
 
-    formats = {ArtifactFormat(f) for f in ctx.spec.output.formats}
+    formats = set(resolve_formats(ctx.spec))
     artifacts = ctx.workdir / "artifacts"
     method = MethodType(resolved.method)
     if method == MethodType.FULL:
@@ -564,6 +566,8 @@ def export(ctx: RunContext, model: BaseModelInfo, resolved: ResolvedTraining, ou
     else:
         if ArtifactFormat.ADAPTER in formats:
             shutil.copytree(outcome.trained_dir, artifacts / "adapter", dirs_exist_ok=True)
+        if formats.isdisjoint(MERGED_FORMATS):
+            return  # nothing made from merged weights (a prefix adapter has none)
         merged = merge_adapter(model.path, outcome.trained_dir, ctx.workdir / "merged", method=method)
     if ArtifactFormat.MERGED in formats:
         shutil.copytree(merged, artifacts / "merged", dirs_exist_ok=True)

@@ -122,6 +122,7 @@ class AdapterType(StrEnum):
     DORA = "dora"
     ADALORA = "adalora"
     IA3 = "ia3"
+    PREFIX = "prefix"
 
 
 class Objective(StrEnum):
@@ -165,6 +166,11 @@ class ArtifactFormat(StrEnum):
     BNB_4BIT = "bnb-4bit"
     GGUF_Q8_0 = "gguf-q8_0"
     GGUF_Q4_0 = "gguf-q4_0"
+
+
+# The exports made from the adapter merged into the base's weights; an adapter that is no weight change
+# (a prefix) has none of them.
+MERGED_FORMATS = (ArtifactFormat.MERGED, ArtifactFormat.BNB_4BIT, ArtifactFormat.GGUF_Q8_0, ArtifactFormat.GGUF_Q4_0)
 
 
 class Phase(StrEnum):
@@ -565,6 +571,20 @@ class AdaLoraSpec(ApiModel):
     scale: AdapterStrength = None
 
 
+class PrefixSpec(ApiModel):
+    """Prefix tuning (Li and Liang 2021): trained key and value vectors that every layer's attention sees
+    before the input, as if a prompt of virtual tokens came first; the base model's weights are untouched."""
+
+    virtual_tokens: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=512,
+            description="Positions of the prefix in every layer; they take context from the sequence. Unset: 20.",
+        ),
+    ] = None
+
+
 class DpoSpec(ApiModel):
     """Direct preference optimisation (Rafailov et al. 2023) against the base model as the reference."""
 
@@ -622,19 +642,28 @@ class MethodSpec(ApiModel):
             lambda m: m.adalora is None or m.adapter == AdapterType.ADALORA,
         ),
         Rule(
+            "!has(self.prefix) || (has(self.adapter) && self.adapter == 'prefix')",
+            "method.prefix configures a prefix adapter: set method.adapter: prefix",
+            ".prefix",
+            lambda m: m.prefix is None or m.adapter == AdapterType.PREFIX,
+        ),
+        Rule(
             "!has(self.ia3) || (has(self.adapter) && self.adapter == 'ia3')",
             "method.ia3 configures an ia3 adapter: set method.adapter: ia3",
             ".ia3",
             lambda m: m.ia3 is None or m.adapter == AdapterType.IA3,
         ),
         Rule(
-            "!has(self.adapter) || !(self.adapter in ['ia3', 'adalora']) || !(has(self.lora.r) "
+            "!has(self.adapter) || !(self.adapter in ['ia3', 'adalora', 'prefix']) || !(has(self.lora.r) "
             "|| has(self.lora.alpha) || has(self.lora.dropout) || has(self.lora.targetModules) "
             "|| has(self.lora.scale) || has(self.lora.scaling))",
-            "method.lora configures lora and dora adapters; ia3 and adalora adapters are configured by "
-            "method.ia3 and method.adalora",
+            "method.lora configures lora and dora adapters; ia3, adalora and prefix adapters are configured by "
+            "method.ia3, method.adalora and method.prefix",
             ".lora",
-            lambda m: m.adapter not in (AdapterType.IA3, AdapterType.ADALORA) or not m.lora.model_fields_set,
+            lambda m: (
+                m.adapter not in (AdapterType.IA3, AdapterType.ADALORA, AdapterType.PREFIX)
+                or not m.lora.model_fields_set
+            ),
         ),
     )
     model_config = ConfigDict(json_schema_extra=rules_schema(rules))
@@ -649,7 +678,9 @@ class MethodSpec(ApiModel):
                 "full fine-tuning at about a LoRA's parameter count, and each step is slower as it recomputes "
                 "every adapted weight's norm), both configured by method.lora; adalora (a LoRA whose rank "
                 "budget is moved during training to the weights that need it, pruning the rest; configured by "
-                "method.adalora); or ia3 (learned rescaling vectors, configured by method.ia3). Unset: lora. Not for method.type full, which trains every "
+                "method.adalora); ia3 (learned rescaling vectors, configured by method.ia3); or prefix (trained "
+                "attention keys and values before the input, configured by method.prefix; trained unpacked, and "
+                "with no merged exports: a prefix is no change of the weights). Unset: lora. Not for method.type full, which trains every "
                 "weight."
             ),
         ),
@@ -668,6 +699,7 @@ class MethodSpec(ApiModel):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     adalora: AdaLoraSpec | None = None
     ia3: Ia3Spec | None = None
+    prefix: PrefixSpec | None = None
     dpo: DpoSpec | None = None
     orpo: OrpoSpec | None = None
     allow_cpu_qlora: Annotated[
@@ -773,10 +805,16 @@ class OutputSpec(ApiModel):
         ),
     ]
     formats: Annotated[
-        list[ArtifactFormat],
-        AfterValidator(unique_values),
-        Field(min_length=1, max_length=5, json_schema_extra=SET_LIST),
-    ] = Field(default_factory=lambda: [ArtifactFormat.ADAPTER, ArtifactFormat.MERGED])
+        Annotated[list[ArtifactFormat], AfterValidator(unique_values), Field(min_length=1, max_length=5)] | None,
+        Field(
+            json_schema_extra=SET_LIST,
+            description=(
+                "What each run publishes: adapter, merged (the adapter merged into the base's weights), bnb-4bit, "
+                "gguf-q8_0, gguf-q4_0 (the last three made from the merged weights). Unset: adapter and merged; "
+                "adapter alone for a prefix adapter, which cannot be merged."
+            ),
+        ),
+    ] = None
     channel: Annotated[
         str | None,
         Field(
@@ -1013,6 +1051,26 @@ class FineTuneJobSpec(ApiModel):
             lambda s: s.method.objective not in PREFERENCE_OBJECTIVES or not s.hyperparameters.packing,
         ),
         Rule(
+            "!has(self.method.adapter) || self.method.adapter != 'prefix' "
+            "|| !has(self.hyperparameters.packing) || !self.hyperparameters.packing",
+            "a prefix adapter passes its keys and values as a cache, which packed rows' per-example attention "
+            "cannot use: leave hyperparameters.packing unset or false",
+            ".hyperparameters.packing",
+            lambda s: s.method.adapter != AdapterType.PREFIX or not s.hyperparameters.packing,
+        ),
+        Rule(
+            "!has(self.method.adapter) || self.method.adapter != 'prefix' || !has(self.output.formats) "
+            "|| self.output.formats.all(f, f == 'adapter')",
+            "a prefix adapter is no change of the weights and cannot be merged into them: output.formats may "
+            "only list adapter (merged, bnb-4bit and gguf are made from merged weights)",
+            ".output.formats",
+            lambda s: (
+                s.method.adapter != AdapterType.PREFIX
+                or s.output.formats is None
+                or all(f == ArtifactFormat.ADAPTER for f in s.output.formats)
+            ),
+        ),
+        Rule(
             "self.dataset.split.validation + self.dataset.split.test < 0.9",
             "dataset.split.validation + dataset.split.test must leave at least 10% for training",
             ".dataset.split",
@@ -1231,6 +1289,12 @@ class ResolvedIa3(ApiModel):
     strengths: ResolvedStrengths
 
 
+class ResolvedPrefix(ApiModel):
+    """The prefix of a prefix-tuning run, every value decided."""
+
+    virtual_tokens: Annotated[int, Field(ge=1)]
+
+
 class ResolvedSftObjective(ApiModel):
     """Supervised: the loss is on the dataset's answers."""
 
@@ -1289,6 +1353,17 @@ class ResolvedAdaLoraTraining(ApiModel):
     objective: ResolvedObjective
 
 
+class ResolvedPrefixTraining(ApiModel):
+    """A trained prefix (on a 4-bit base for qlora) before a frozen base: unpacked, full strength, no merge."""
+
+    adapter: Literal[AdapterType.PREFIX]
+    method: Literal[MethodType.LORA, MethodType.QLORA]
+    prefix: ResolvedPrefix
+    hyperparameters: ResolvedHyperparameters
+    replay: ResolvedReplay
+    objective: ResolvedObjective
+
+
 class ResolvedFullTraining(ApiModel):
     """A full fine-tune: every weight is trained, no adapter."""
 
@@ -1303,11 +1378,13 @@ class ResolvedFullTraining(ApiModel):
 # A new adapter adds its own member here (with its own required block, like ``lora`` or ``ia3``);
 # docs/architecture.md says how.
 ResolvedTraining = Annotated[
-    ResolvedAdapterTraining | ResolvedAdaLoraTraining | ResolvedIa3Training | ResolvedFullTraining,
+    ResolvedAdapterTraining
+    | ResolvedAdaLoraTraining
+    | ResolvedIa3Training
+    | ResolvedPrefixTraining
+    | ResolvedFullTraining,
     Field(discriminator="adapter"),
 ]
-# The members that train an adapter on a frozen base, for isinstance checks.
-ADAPTER_TRAINING = (ResolvedAdapterTraining, ResolvedAdaLoraTraining, ResolvedIa3Training)
 
 
 class GateCheck(ApiModel):

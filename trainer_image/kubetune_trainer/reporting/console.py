@@ -21,6 +21,7 @@ from kubetune.api.v1alpha1 import (
     ResolvedAdaLoraTraining,
     ResolvedAdapterTraining,
     ResolvedIa3Training,
+    ResolvedPrefixTraining,
     ResolvedTraining,
     TrainerResult,
 )
@@ -88,6 +89,8 @@ class ConsoleReporter(Reporter):
         elif isinstance(resolved, ResolvedAdaLoraTraining):
             ada = resolved.adalora
             adapter = f" (adalora r={ada.initial_rank}->{ada.target_rank} alpha={ada.alpha})"
+        elif isinstance(resolved, ResolvedPrefixTraining):
+            adapter = f" (prefix of {resolved.prefix.virtual_tokens} virtual tokens)"
         elif isinstance(resolved, ResolvedIa3Training):
             adapter = f" (ia3 on {', '.join(resolved.ia3.target_modules)})"
         self.console.print(

@@ -15,6 +15,8 @@ from kubetune.api.v1alpha1 import (
     ResolvedIa3,
     ResolvedIa3Training,
     ResolvedLora,
+    ResolvedPrefix,
+    ResolvedPrefixTraining,
     ResolvedTraining,
 )
 from kubetune_trainer.environment import TrainerEnvironment
@@ -129,6 +131,13 @@ def freeze_rank_counts(model: Any) -> None:
             parameter.requires_grad_(False)
 
 
+def prefix_config(prefix: ResolvedPrefix) -> Any:
+    """peft's prefix tuning without the MLP reparametrisation: the trained keys and values are the adapter."""
+    from peft import PrefixTuningConfig
+
+    return PrefixTuningConfig(num_virtual_tokens=prefix.virtual_tokens, task_type="CAUSAL_LM")
+
+
 def ia3_config(ia3: ResolvedIa3) -> Any:
     from peft import IA3Config
 
@@ -139,7 +148,7 @@ def ia3_config(ia3: ResolvedIa3) -> Any:
     )
 
 
-AdapterTraining = ResolvedAdapterTraining | ResolvedAdaLoraTraining | ResolvedIa3Training
+AdapterTraining = ResolvedAdapterTraining | ResolvedAdaLoraTraining | ResolvedIa3Training | ResolvedPrefixTraining
 
 
 def adapter_config(resolved: AdapterTraining) -> Any:
@@ -148,6 +157,8 @@ def adapter_config(resolved: AdapterTraining) -> Any:
         return ia3_config(resolved.ia3)
     if isinstance(resolved, ResolvedAdaLoraTraining):
         return adalora_config(resolved.adalora)
+    if isinstance(resolved, ResolvedPrefixTraining):
+        return prefix_config(resolved.prefix)
     return lora_config(resolved.lora, AdapterType(resolved.adapter))
 
 
