@@ -1283,6 +1283,19 @@ def test_status_writes_are_validated_against_the_schema() -> None:
         assert expected in outcome(FINETUNEJOB, {**stored, "status": status}, stored), status
 
 
+@pytest.mark.parametrize("adapter", ["lora", "dora", "adalora", "ia3", "prefix", "full"])
+def test_every_adapters_resolved_plan_is_a_valid_status(adapter: str) -> None:
+    """The training pod writes its plan into status.resolved; the CRD's status schema (generated from
+    the same union) admits each adapter's block and keeps every field of it."""
+    from tests.trainer.plans import tiny_plan
+
+    plan = tiny_plan("full") if adapter == "full" else tiny_plan("lora", adapter=adapter)
+    resolved = plan.to_manifest()
+    stored, _ = create(FINETUNEJOB, _finetunejob())
+    written, _ = update(FINETUNEJOB, {**stored, "status": {"resolved": resolved}}, stored, subresource="status")
+    assert written["status"]["resolved"] == resolved
+
+
 def test_validation_ratchets_values_left_unchanged() -> None:
     """An object stored under a laxer schema may still be updated, as long as the bad value is left alone."""
     stored, _ = create(FINETUNEJOB, _finetunejob())

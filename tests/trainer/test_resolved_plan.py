@@ -14,7 +14,6 @@ from kubetune.api.v1alpha1 import (
     FineTuneJobStatus,
     ResolvedAdapterTraining,
     ResolvedFullTraining,
-    ResolvedIa3Training,
     ResolvedTraining,
 )
 from tests.trainer.plans import tiny_plan
@@ -33,8 +32,9 @@ def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
     return found
 
 
+# Every member of the union and every block under it.
 RESOLVED_MODELS = sorted(
-    {m for root in (ResolvedAdapterTraining, ResolvedIa3Training, ResolvedFullTraining) for m in _models(root)},
+    {m for root in typing.get_args(typing.get_args(ResolvedTraining)[0]) for m in _models(root)},
     key=lambda m: m.__name__,
 )
 
