@@ -35,8 +35,10 @@ def adapter(workdir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(workdir / "training" / "trained" / "adapter_model.safetensors"))
 
 
-# DPO too: its reference log-likelihoods, computed before training, must come out the same on the restart.
-@pytest.mark.parametrize("objective", ["sft", "dpo"])
+# DPO too: its reference log-likelihoods, computed before training, must come out the same on the restart;
+# and AdaLoRA, whose checkpoints must hold full-size masked weights for the restart to load (peft would
+# save them pruned and fail to load them); its pruning state file is proven in test_adalora.py.
+@pytest.mark.parametrize("objective", ["sft", "dpo", "adalora"])
 def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(
     objective: str, tmp_path: Path, tiny_model_dir: Path, s3_spec: S3Spec, s3_bucket: str
 ) -> None:
@@ -44,6 +46,10 @@ def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(
         # Half the rows (each pair is two): 39 pairs leave 32 to train after the content-hashed
         # validation and test splits, so still 4 whole steps an epoch and 12 in all, killed after 4.
         data, method = write_pairs(tmp_path / "data.jsonl", 39), {"method": {"objective": "dpo"}}
+    elif objective == "adalora":
+        adalora = {"initialRank": 6, "targetRank": 2, "dropout": 0.0}
+        data = write_dataset(tmp_path / "data.jsonl", 80)
+        method = {"method": {"adapter": "adalora", "lora": {}, "adalora": adalora}}
     else:
         data, method = write_dataset(tmp_path / "data.jsonl", 80), {}
     reference_job = write_job(
