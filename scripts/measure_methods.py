@@ -59,7 +59,9 @@ METHODS: dict[str, Method] = {
     "lora": Method(DATASET, {}),  # the example as it ships: kubetune's defaults
     "dora": Method(DATASET, {"method": {"adapter": "dora"}}),
     "rslora": Method(DATASET, {"method": {"lora": {"scaling": "rslora"}}}),
+    "adalora": Method(DATASET, {"method": {"adapter": "adalora"}}),
     "ia3": Method(DATASET, {"method": {"adapter": "ia3"}}),
+    "prefix": Method(DATASET, {"method": {"adapter": "prefix"}}),
     "full": Method(DATASET, {"method": {"type": "full"}}),
     "dpo": Method(PREFERENCE_DATASET, {}),
     "orpo": Method(PREFERENCE_DATASET, {"method": {"objective": "orpo"}}),
