@@ -64,3 +64,21 @@ def test_the_recorded_measurement_is_what_the_docs_show() -> None:
         figures, judged = run["preference"], run["preference"]["judged"]
         for quoted in measure_methods.quoted_preference_figures(run["method"], figures, judged):
             assert quoted in page, quoted
+
+
+def test_runs_measured_at_other_commits_are_kept_and_the_page_says_so(tmp_path: Path) -> None:
+    """Methods are measured a few at a time over several sessions: a later invocation keeps the runs an
+    earlier one recorded at another commit, each with its own provenance, and the page warns that their
+    speeds do not compare."""
+    recorded = json.loads((ROOT / "docs" / "measurements" / "methods.json").read_text())
+    earlier = {**recorded["runs"][0], "method": "earlier"}
+    earlier["provenance"] = {**earlier["provenance"], "commit": "0" * 40, "codeSha256": "other"}
+    path = tmp_path / "methods.json"
+    path.write_text(json.dumps({**recorded, "runs": [earlier]}))
+    now = measure_methods.provenance(["python", "scripts/measure_methods.py", "--only", "lora"])
+    results = measure_methods.load_runs(path, now)
+    assert results["runs"] == [earlier] and results["commit"] == now["commit"] != earlier["provenance"]["commit"]
+    page = measure_methods.render_markdown({**results, "runs": [earlier, recorded["runs"][0]]})
+    assert "- earlier: `" in page and f"at commit `{'0' * 12}`" in page
+    assert "measured at different commits or on different machines" in page
+    assert "different commits" not in measure_methods.render_markdown(recorded)
