@@ -69,6 +69,7 @@ METHODS: dict[str, Method] = {
     "adalora": Method(DATASET, {"method": {"adapter": "adalora"}}),
     "ia3": Method(DATASET, {"method": {"adapter": "ia3"}}),
     "prefix": Method(DATASET, {"method": {"adapter": "prefix"}}),
+    "bottleneck": Method(DATASET, {"method": {"adapter": "bottleneck"}}),
     "full": Method(DATASET, {"method": {"type": "full"}}),
     "dpo": Method(PREFERENCE_DATASET, {}),
     "orpo": Method(PREFERENCE_DATASET, {"method": {"objective": "orpo"}}),

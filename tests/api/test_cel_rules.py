@@ -112,6 +112,14 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         ({"method": {"adapter": "adalora", "lora": {"r": 4}}}, method_rule("method.lora")),
         ({"method": {"type": "full", "adapter": "adalora"}}, spec_rule("method.adapter")),
         ({"method": {"adapter": "prefix", "prefix": {"virtualTokens": 8}}}, set()),
+        ({"method": {"adapter": "bottleneck", "bottleneck": {"size": 16, "placement": "mlp"}}}, set()),
+        ({"method": {"bottleneck": {"size": 16}}}, method_rule("method.bottleneck")),
+        ({"method": {"adapter": "bottleneck", "lora": {"r": 4}}}, method_rule("method.lora")),
+        (
+            {"method": {"adapter": "bottleneck"}, "output": {"uri": "s3://models/x/", "formats": ["bnb-4bit"]}},
+            spec_rule("output.formats"),
+        ),
+        ({"method": {"adapter": "bottleneck"}, "hyperparameters": {"packing": True}}, set()),  # position-wise
         ({"method": {"prefix": {}}}, method_rule("method.prefix")),
         ({"method": {"adapter": "prefix", "lora": {"alpha": 4}}}, method_rule("method.lora")),
         (

@@ -169,3 +169,26 @@ def publish_on_channel(
     )
     (version,) = (root / "runs" / "tiny-job").glob("v*")
     return version, data
+
+
+def run_unmergeable_adapter(
+    folder: Path, model_dir: Path, method: dict[str, Any], **spec: Any
+) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """``kubetune run`` of a small job training ``method`` (an adapter with its own block) with
+    ``output.formats`` unset, as a user writes it: (the plan it logged, its lineage manifest, the
+    published version's folder)."""
+    job = write_job(
+        folder / "job.yaml",
+        model_dir=model_dir,
+        data=write_dataset(folder / "data.jsonl", 40),
+        output=f"file://{folder}/out/",
+        method={"type": "lora", **method},
+        **spec,
+    )
+    manifest = yaml.safe_load(job.read_text())
+    del manifest["spec"]["method"]["lora"], manifest["spec"]["output"]["formats"]  # the defaults
+    job.write_text(yaml.safe_dump(manifest))
+    result, manifest_path = run_locally(job, folder)
+    (plan_line,) = [line for line in result.stderr.splitlines() if "kubetune: plan: {" in line]
+    plan, lineage = json.loads(plan_line.split("plan: ", 1)[1]), json.loads(manifest_path.read_text())
+    return plan, lineage, manifest_path.parent

@@ -57,15 +57,16 @@ def tiny_plan(
     ia3: dict[str, object] | None = None,
     adalora: dict[str, object] | None = None,
     prefix: dict[str, object] | None = None,
+    bottleneck: dict[str, object] | None = None,
     hyperparameters: dict[str, object] | None = None,
 ) -> ResolvedTraining:
     """The plan for a few steps of ``method`` on the tiny test model (LoRA r=4, no dropout; ``adapter``,
-    ``lora``, ``ia3``, ``adalora`` and ``prefix`` as in the manifest's ``method`` block; ``hyperparameters`` over
+    ``lora``, ``ia3``, ``adalora``, ``prefix`` and ``bottleneck`` as in the manifest's ``method`` block; ``hyperparameters`` over
     TINY_TRAINING's)."""
     lora_block = {"r": 4, "alpha": 8, "dropout": 0.0, **(lora or {})}
     method_block: dict[str, object] = {"type": method, "allowCpuQlora": True}
-    # ia3, adalora and prefix adapters are configured by blocks of their own; method.lora is refused with them.
-    if adapter not in ("ia3", "adalora", "prefix"):
+    # the other adapters are configured by blocks of their own; method.lora is refused with them.
+    if adapter not in ("ia3", "adalora", "prefix", "bottleneck"):
         method_block["lora"] = lora_block
     if ia3:
         method_block["ia3"] = ia3
@@ -73,6 +74,8 @@ def tiny_plan(
         method_block["adalora"] = adalora
     if prefix:
         method_block["prefix"] = prefix
+    if bottleneck:
+        method_block["bottleneck"] = bottleneck
     manifest = spec(
         method=method_block if adapter is None else {**method_block, "adapter": adapter},
         hyperparameters={**TINY_TRAINING, "learningRate": lr, **(hyperparameters or {})},

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from kubetune.api.v1alpha1 import ArtifactFormat, MethodType, ResolvedPrefixTraining
 from kubetune_trainer.plan import ModelShape, resolve_formats
 from kubetune_trainer.training.model import load_for_training, load_tuned
 from tests.builders import spec
-from tests.trainer.jobs import run_locally, write_dataset, write_job
+from tests.trainer.jobs import run_unmergeable_adapter
 from tests.trainer.plans import tiny_plan
 from tests.trainer.test_adapters import logits
 from tests.trainer.test_training_methods import losses, run
@@ -78,28 +77,17 @@ def test_no_example_attends_to_another_in_a_batch(tiny_model_dir: Path) -> None:
 
 
 def test_kubetune_run_publishes_a_prefix_adapter_and_no_merged_model(tmp_path: Path, tiny_model_dir: Path) -> None:
-    job = write_job(
-        tmp_path / "job.yaml",
-        model_dir=tiny_model_dir,
-        data=write_dataset(tmp_path / "data.jsonl", 40),
-        output=f"file://{tmp_path}/out/",
-        method={"type": "lora", "adapter": "prefix", "prefix": {"virtualTokens": 8}},
+    resolved, lineage, version = run_unmergeable_adapter(
+        tmp_path, tiny_model_dir, {"adapter": "prefix", "prefix": {"virtualTokens": 8}}
     )
-    manifest = yaml.safe_load(job.read_text())
-    del manifest["spec"]["method"]["lora"], manifest["spec"]["output"]["formats"]  # the defaults
-    job.write_text(yaml.safe_dump(manifest))
-    result, manifest_path = run_locally(job, tmp_path)
-    (plan_line,) = [line for line in result.stderr.splitlines() if "kubetune: plan: {" in line]
-    resolved = json.loads(plan_line.split("plan: ", 1)[1])
     assert (resolved["adapter"], resolved["prefix"], resolved["hyperparameters"]["packing"]) == (
         "prefix",
         {"virtualTokens": 8},
         False,
     )
-    lineage = json.loads(manifest_path.read_text())
     published = {artifact["path"].split("/")[0] for artifact in lineage["artifacts"]}
     assert "adapter" in published and "merged" not in published, published
-    config = json.loads((manifest_path.parent / "adapter" / "adapter_config.json").read_text())
+    config = json.loads((version / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "PREFIX_TUNING"
     # Evaluated base vs tuned like every adapter: the prefix lowered the test split's perplexity.
     (perplexity,) = [m for m in lineage["evaluation"]["metrics"] if m["name"] == "perplexity"]

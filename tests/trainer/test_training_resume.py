@@ -32,13 +32,15 @@ def trainer(job: Path, workdir: Path, **env: str) -> subprocess.Popen[str]:
 
 
 def adapter(workdir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(workdir / "training" / "trained" / "adapter_model.safetensors"))
+    trained = workdir / "training" / "trained"
+    weights = trained / "adapter_model.safetensors"
+    return load_file(str(weights if weights.exists() else trained / "bottleneck_model.safetensors"))
 
 
 # DPO too: its reference log-likelihoods, computed before training, must come out the same on the restart;
 # and AdaLoRA, whose checkpoints must hold full-size masked weights for the restart to load (peft would
 # save them pruned and fail to load them); its pruning state file is proven in test_adalora.py.
-@pytest.mark.parametrize("objective", ["sft", "dpo", "adalora"])
+@pytest.mark.parametrize("objective", ["sft", "dpo", "adalora", "bottleneck"])
 def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(
     objective: str, tmp_path: Path, tiny_model_dir: Path, s3_spec: S3Spec, s3_bucket: str
 ) -> None:
@@ -46,6 +48,9 @@ def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(
         # Half the rows (each pair is two): 39 pairs leave 32 to train after the content-hashed
         # validation and test splits, so still 4 whole steps an epoch and 12 in all, killed after 4.
         data, method = write_pairs(tmp_path / "data.jsonl", 39), {"method": {"objective": "dpo"}}
+    elif objective == "bottleneck":  # checkpoints hold the adapters alone, not a PreTrainedModel's weights
+        data = write_dataset(tmp_path / "data.jsonl", 80)
+        method = {"method": {"adapter": "bottleneck", "lora": {}, "bottleneck": {"size": 8}}}
     elif objective == "adalora":
         adalora = {"initialRank": 6, "targetRank": 2, "dropout": 0.0}
         data = write_dataset(tmp_path / "data.jsonl", 80)

@@ -14,9 +14,12 @@ from typing import Any, TypeVar
 
 from kubetune.api.v1alpha1 import (
     PREFERENCE_OBJECTIVES,
+    UNMERGEABLE_ADAPTERS,
     AdaLoraSpec,
     AdapterType,
     ArtifactFormat,
+    BottleneckPlacement,
+    BottleneckSpec,
     DpoLoss,
     DpoSpec,
     FineTuneJobSpec,
@@ -32,6 +35,8 @@ from kubetune.api.v1alpha1 import (
     ResolvedAdaLora,
     ResolvedAdaLoraTraining,
     ResolvedAdapterTraining,
+    ResolvedBottleneck,
+    ResolvedBottleneckTraining,
     ResolvedDpoObjective,
     ResolvedFullTraining,
     ResolvedHyperparameters,
@@ -92,6 +97,12 @@ class Defaults:
     # 5e-5). Neither is measured on the example yet.
     prefix_virtual_tokens: int = 20
     lr_prefix: float = 1e-2
+    # Bottleneck adapters: AdapterHub's default configuration (Pfeiffer: one after each MLP, a reduction
+    # factor of 16, ReLU), trained at LoRA's rate (the LLM-Adapters study, Hu et al. 2023, trains its series
+    # adapters at LoRA's). Not measured on the example yet.
+    bottleneck_reduction: int = 16
+    bottleneck_min_size: int = 8
+    bottleneck_placement: BottleneckPlacement = BottleneckPlacement.MLP
     # Without output.formats: the adapter and the model merged with it (what serving stacks load).
     formats: tuple[ArtifactFormat, ...] = (ArtifactFormat.ADAPTER, ArtifactFormat.MERGED)
     # Preference objectives train at a tenth of the supervised rate above: their loss moves log ratios
@@ -209,6 +220,12 @@ class ModelShape:
         """AdaLoRA's factors at their initial rank (pruning masks, it never frees them) and one singular
         value per rank of each of a layer's seven projections."""
         return self.lora_params(initial_rank) + float(self.layers * 7 * initial_rank)
+
+    def bottleneck_params(self, bottleneck: ResolvedBottleneck) -> float:
+        """Down and up projections with their biases, after each MLP (and each attention output)."""
+        per_adapter = 2 * self.hidden_size * bottleneck.size + bottleneck.size + self.hidden_size
+        per_layer = 2 if bottleneck.placement == BottleneckPlacement.ATTENTION_AND_MLP else 1
+        return float(self.layers * per_layer * per_adapter)
 
     def prefix_params(self, virtual_tokens: int) -> float:
         """A key and a value vector per virtual token and layer (of the key/value heads' width)."""
@@ -360,6 +377,22 @@ def resolve_training(
         return ResolvedAdaLoraTraining(
             adapter=adapter, method=method, adalora=adalora, hyperparameters=hyper, replay=replay, objective=objective
         )
+    if adapter == AdapterType.BOTTLENECK:
+        wanted = spec.method.bottleneck or BottleneckSpec()
+        bottleneck = ResolvedBottleneck(
+            size=chosen(
+                wanted.size, max(DEFAULTS.bottleneck_min_size, shape.hidden_size // DEFAULTS.bottleneck_reduction)
+            ),
+            placement=chosen(wanted.placement, DEFAULTS.bottleneck_placement),
+        )
+        return ResolvedBottleneckTraining(
+            adapter=adapter,
+            method=method,
+            bottleneck=bottleneck,
+            hyperparameters=hyper,
+            replay=replay,
+            objective=objective,
+        )
     if adapter == AdapterType.PREFIX:
         prefix = ResolvedPrefix(
             virtual_tokens=chosen((spec.method.prefix or PrefixSpec()).virtual_tokens, DEFAULTS.prefix_virtual_tokens)
@@ -388,10 +421,11 @@ def resolve_training(
 
 
 def resolve_formats(spec: FineTuneJobSpec) -> list[ArtifactFormat]:
-    """The manifest's output formats, else the default; a prefix adapter has only itself to publish."""
+    """The manifest's output formats, else the default; a prefix or bottleneck adapter has only itself to
+    publish."""
     if spec.output.formats is not None:
         return list(spec.output.formats)
-    if spec.method.adapter == AdapterType.PREFIX:
+    if spec.method.adapter in UNMERGEABLE_ADAPTERS:
         return [ArtifactFormat.ADAPTER]
     return list(DEFAULTS.formats)
 
@@ -531,6 +565,8 @@ def preflight_estimate(
         trainable = shape.ia3_params(resolved.ia3)
     elif isinstance(resolved, ResolvedPrefixTraining):
         trainable = shape.prefix_params(resolved.prefix.virtual_tokens)
+    elif isinstance(resolved, ResolvedBottleneckTraining):
+        trainable = shape.bottleneck_params(resolved.bottleneck)
     # fp32 master copy + Adam's two moments + gradient for each trainable parameter.
     optimizer_bytes = trainable * (4 + 8 + 4)
     hidden, layers, vocab = shape.hidden_size, shape.layers, shape.vocab_size

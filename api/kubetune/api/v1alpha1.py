@@ -123,6 +123,16 @@ class AdapterType(StrEnum):
     ADALORA = "adalora"
     IA3 = "ia3"
     PREFIX = "prefix"
+    BOTTLENECK = "bottleneck"
+
+
+class BottleneckPlacement(StrEnum):
+    MLP = "mlp"
+    ATTENTION_AND_MLP = "attention-and-mlp"
+
+
+# The adapters that are no change of the weights: they cannot be merged into them.
+UNMERGEABLE_ADAPTERS = (AdapterType.PREFIX, AdapterType.BOTTLENECK)
 
 
 class Objective(StrEnum):
@@ -585,6 +595,25 @@ class PrefixSpec(ApiModel):
     ] = None
 
 
+class BottleneckSpec(ApiModel):
+    """Bottleneck adapters (Houlsby et al. 2019): a small two-layer network with a non-linearity after a
+    sub-layer's output, added back to it; the base model's weights are untouched."""
+
+    size: Annotated[
+        int | None,
+        Field(ge=1, le=16384, description="Width of the bottleneck. Unset: the model's hidden size / 16 (at least 8)."),
+    ] = None
+    placement: Annotated[
+        BottleneckPlacement | None,
+        Field(
+            description=(
+                "mlp: one adapter after each layer's MLP (Pfeiffer et al. 2021); attention-and-mlp: also one after "
+                "the attention output (Houlsby et al. 2019), twice the parameters. Unset: mlp."
+            )
+        ),
+    ] = None
+
+
 class DpoSpec(ApiModel):
     """Direct preference optimisation (Rafailov et al. 2023) against the base model as the reference."""
 
@@ -642,6 +671,12 @@ class MethodSpec(ApiModel):
             lambda m: m.adalora is None or m.adapter == AdapterType.ADALORA,
         ),
         Rule(
+            "!has(self.bottleneck) || (has(self.adapter) && self.adapter == 'bottleneck')",
+            "method.bottleneck configures a bottleneck adapter: set method.adapter: bottleneck",
+            ".bottleneck",
+            lambda m: m.bottleneck is None or m.adapter == AdapterType.BOTTLENECK,
+        ),
+        Rule(
             "!has(self.prefix) || (has(self.adapter) && self.adapter == 'prefix')",
             "method.prefix configures a prefix adapter: set method.adapter: prefix",
             ".prefix",
@@ -654,16 +689,13 @@ class MethodSpec(ApiModel):
             lambda m: m.ia3 is None or m.adapter == AdapterType.IA3,
         ),
         Rule(
-            "!has(self.adapter) || !(self.adapter in ['ia3', 'adalora', 'prefix']) || !(has(self.lora.r) "
-            "|| has(self.lora.alpha) || has(self.lora.dropout) || has(self.lora.targetModules) "
+            "!has(self.adapter) || !(self.adapter in ['ia3', 'adalora', 'prefix', 'bottleneck']) "
+            "|| !(has(self.lora.r) || has(self.lora.alpha) || has(self.lora.dropout) || has(self.lora.targetModules) "
             "|| has(self.lora.scale) || has(self.lora.scaling))",
-            "method.lora configures lora and dora adapters; ia3, adalora and prefix adapters are configured by "
-            "method.ia3, method.adalora and method.prefix",
+            "method.lora configures lora and dora adapters; the others are configured by their own block "
+            "(method.ia3, method.adalora, method.prefix, method.bottleneck)",
             ".lora",
-            lambda m: (
-                m.adapter not in (AdapterType.IA3, AdapterType.ADALORA, AdapterType.PREFIX)
-                or not m.lora.model_fields_set
-            ),
+            lambda m: m.adapter in (None, AdapterType.LORA, AdapterType.DORA) or not m.lora.model_fields_set,
         ),
     )
     model_config = ConfigDict(json_schema_extra=rules_schema(rules))
@@ -680,7 +712,8 @@ class MethodSpec(ApiModel):
                 "budget is moved during training to the weights that need it, pruning the rest; configured by "
                 "method.adalora); ia3 (learned rescaling vectors, configured by method.ia3); or prefix (trained "
                 "attention keys and values before the input, configured by method.prefix; trained unpacked, and "
-                "with no merged exports: a prefix is no change of the weights). Unset: lora. Not for method.type full, which trains every "
+                "with no merged exports: a prefix is no change of the weights); or bottleneck (a small network "
+                "after each MLP, configured by method.bottleneck; no merged exports either). Unset: lora. Not for method.type full, which trains every "
                 "weight."
             ),
         ),
@@ -700,6 +733,7 @@ class MethodSpec(ApiModel):
     adalora: AdaLoraSpec | None = None
     ia3: Ia3Spec | None = None
     prefix: PrefixSpec | None = None
+    bottleneck: BottleneckSpec | None = None
     dpo: DpoSpec | None = None
     orpo: OrpoSpec | None = None
     allow_cpu_qlora: Annotated[
@@ -811,7 +845,7 @@ class OutputSpec(ApiModel):
             description=(
                 "What each run publishes: adapter, merged (the adapter merged into the base's weights), bnb-4bit, "
                 "gguf-q8_0, gguf-q4_0 (the last three made from the merged weights). Unset: adapter and merged; "
-                "adapter alone for a prefix adapter, which cannot be merged."
+                "adapter alone for a prefix or bottleneck adapter, which cannot be merged."
             ),
         ),
     ] = None
@@ -1059,13 +1093,13 @@ class FineTuneJobSpec(ApiModel):
             lambda s: s.method.adapter != AdapterType.PREFIX or not s.hyperparameters.packing,
         ),
         Rule(
-            "!has(self.method.adapter) || self.method.adapter != 'prefix' || !has(self.output.formats) "
-            "|| self.output.formats.all(f, f == 'adapter')",
-            "a prefix adapter is no change of the weights and cannot be merged into them: output.formats may "
-            "only list adapter (merged, bnb-4bit and gguf are made from merged weights)",
+            "!has(self.method.adapter) || !(self.method.adapter in ['prefix', 'bottleneck']) "
+            "|| !has(self.output.formats) || self.output.formats.all(f, f == 'adapter')",
+            "prefix and bottleneck adapters are no change of the weights and cannot be merged into them: "
+            "output.formats may only list adapter (merged, bnb-4bit and gguf are made from merged weights)",
             ".output.formats",
             lambda s: (
-                s.method.adapter != AdapterType.PREFIX
+                s.method.adapter not in UNMERGEABLE_ADAPTERS
                 or s.output.formats is None
                 or all(f == ArtifactFormat.ADAPTER for f in s.output.formats)
             ),
@@ -1295,6 +1329,13 @@ class ResolvedPrefix(ApiModel):
     virtual_tokens: Annotated[int, Field(ge=1)]
 
 
+class ResolvedBottleneck(ApiModel):
+    """The bottleneck adapters of a run, every value decided."""
+
+    size: Annotated[int, Field(ge=1)]
+    placement: BottleneckPlacement
+
+
 class ResolvedSftObjective(ApiModel):
     """Supervised: the loss is on the dataset's answers."""
 
@@ -1364,6 +1405,17 @@ class ResolvedPrefixTraining(ApiModel):
     objective: ResolvedObjective
 
 
+class ResolvedBottleneckTraining(ApiModel):
+    """Bottleneck adapters (on a 4-bit base for qlora) after a frozen base's sub-layers: full strength, no merge."""
+
+    adapter: Literal[AdapterType.BOTTLENECK]
+    method: Literal[MethodType.LORA, MethodType.QLORA]
+    bottleneck: ResolvedBottleneck
+    hyperparameters: ResolvedHyperparameters
+    replay: ResolvedReplay
+    objective: ResolvedObjective
+
+
 class ResolvedFullTraining(ApiModel):
     """A full fine-tune: every weight is trained, no adapter."""
 
@@ -1382,6 +1434,7 @@ ResolvedTraining = Annotated[
     | ResolvedAdaLoraTraining
     | ResolvedIa3Training
     | ResolvedPrefixTraining
+    | ResolvedBottleneckTraining
     | ResolvedFullTraining,
     Field(discriminator="adapter"),
 ]

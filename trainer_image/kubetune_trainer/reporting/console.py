@@ -20,6 +20,7 @@ from kubetune.api.v1alpha1 import (
     PreflightReport,
     ResolvedAdaLoraTraining,
     ResolvedAdapterTraining,
+    ResolvedBottleneckTraining,
     ResolvedIa3Training,
     ResolvedPrefixTraining,
     ResolvedTraining,
@@ -89,6 +90,8 @@ class ConsoleReporter(Reporter):
         elif isinstance(resolved, ResolvedAdaLoraTraining):
             ada = resolved.adalora
             adapter = f" (adalora r={ada.initial_rank}->{ada.target_rank} alpha={ada.alpha})"
+        elif isinstance(resolved, ResolvedBottleneckTraining):
+            adapter = f" (bottleneck of {resolved.bottleneck.size} after {resolved.bottleneck.placement})"
         elif isinstance(resolved, ResolvedPrefixTraining):
             adapter = f" (prefix of {resolved.prefix.virtual_tokens} virtual tokens)"
         elif isinstance(resolved, ResolvedIa3Training):

@@ -12,6 +12,7 @@ from kubetune.api.v1alpha1 import (
     ResolvedAdaLora,
     ResolvedAdaLoraTraining,
     ResolvedAdapterTraining,
+    ResolvedBottleneckTraining,
     ResolvedIa3,
     ResolvedIa3Training,
     ResolvedLora,
@@ -148,10 +149,11 @@ def ia3_config(ia3: ResolvedIa3) -> Any:
     )
 
 
-AdapterTraining = ResolvedAdapterTraining | ResolvedAdaLoraTraining | ResolvedIa3Training | ResolvedPrefixTraining
+PeftTraining = ResolvedAdapterTraining | ResolvedAdaLoraTraining | ResolvedIa3Training | ResolvedPrefixTraining
+AdapterTraining = PeftTraining | ResolvedBottleneckTraining
 
 
-def adapter_config(resolved: AdapterTraining) -> Any:
+def adapter_config(resolved: PeftTraining) -> Any:
     """peft's configuration of the adapter the plan trains."""
     if isinstance(resolved, ResolvedIa3Training):
         return ia3_config(resolved.ia3)
@@ -165,7 +167,8 @@ def adapter_config(resolved: AdapterTraining) -> Any:
 def load_for_training(
     model_dir: Path, resolved: ResolvedTraining, device: str, *, bf16: bool | None = None
 ) -> tuple[Any, Any]:
-    """(model ready to train, tokenizer). An adapter (LoRA, DoRA, AdaLoRA, IA3; on a 4-bit base for QLoRA):
+    """(model ready to train, tokenizer). An adapter (LoRA, DoRA, AdaLoRA, IA3, prefix, bottleneck; on a
+    4-bit base for QLoRA):
     only the adapter is trainable; full: everything.
 
     ``bf16`` defaults to what the device supports.
@@ -193,6 +196,10 @@ def load_for_training(
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    if isinstance(resolved, ResolvedBottleneckTraining):
+        from kubetune_trainer.training.bottleneck import BottleneckModel
+
+        return BottleneckModel(model, resolved.bottleneck), tokenizer
     model = get_peft_model(model, adapter_config(resolved))
     if isinstance(resolved, ResolvedAdaLoraTraining):
         freeze_rank_counts(model)
@@ -200,7 +207,7 @@ def load_for_training(
 
 
 def load_tuned(model_dir: Path, trained_dir: Path, method: MethodType, *, device: str, bf16: bool) -> Any:
-    """A trained run loaded back: base + adapter (LoRA/QLoRA) or the full model."""
+    """A trained run loaded back: base + adapter (peft's, or kubetune's bottleneck adapters) or the full model."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -208,5 +215,9 @@ def load_tuned(model_dir: Path, trained_dir: Path, method: MethodType, *, device
         return AutoModelForCausalLM.from_pretrained(
             trained_dir, dtype=compute_dtype(device, bf16), trust_remote_code=False, use_safetensors=True
         )
+    from kubetune_trainer.training.bottleneck import BottleneckModel, is_bottleneck_adapter
+
     base = load_base(model_dir, method, device=device, bf16=bf16)
+    if is_bottleneck_adapter(trained_dir):
+        return BottleneckModel.from_pretrained(base, trained_dir)
     return PeftModel.from_pretrained(base, trained_dir)
