@@ -234,6 +234,18 @@ def _preference_table(runs: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def quoted_task_figures(run: dict[str, Any]) -> list[str]:
+    """The phrases docs/methods.md quotes for a supervised run, as rendered from its record."""
+    task, known = run["task"], run["forgetting"].get("knownAnswers")
+    quoted = [
+        f"{run['method']}: {task['metric']} {task['base']:.3f} → {task['tuned']:.3f} on {task['examples']} test examples"
+    ]
+    if known is not None:
+        quoted.append(f"known answers right {_change(known)}")
+    quoted.append("promoted" if run["promoted"] else "not promoted")
+    return quoted
+
+
 def quoted_preference_figures(method: str, figures: dict[str, Any], judged: dict[str, Any]) -> list[str]:
     """The phrases docs/methods.md quotes for a preference run, as rendered from its record."""
     accuracy, margin = figures["rewardAccuracy"], figures["rewardMargin"]
@@ -250,11 +262,14 @@ def quoted_preference_figures(method: str, figures: dict[str, Any], judged: dict
 
 
 def _measured_at(run: dict[str, Any]) -> str:
+    """Its command, commit and machine, and the measurer's note where one was recorded (for example that
+    other work shared the machine, which understates speeds)."""
     where, made = run["provenance"]["machine"], run["provenance"]
     return (
         f"`{made['command']}` at commit `{made['commit'][:12]}`"
         + (" (with uncommitted changes)" if made.get("dirty") else "")
         + f", on {where['cpus']} CPUs ({where['platform']}, torch {where['torch']})"
+        + (f". Note: {made['note']}" if made.get("note") else "")
     )
 
 

@@ -59,11 +59,13 @@ def test_the_recorded_measurement_is_what_the_docs_show() -> None:
     # Every preference figure docs/methods.md quotes is the recorded one.
     page = (ROOT / "docs" / "methods.md").read_text()
     for run in results["runs"]:
-        if not run.get("preference"):
-            continue
-        figures, judged = run["preference"], run["preference"]["judged"]
-        for quoted in measure_methods.quoted_preference_figures(run["method"], figures, judged):
-            assert quoted in page, quoted
+        if run.get("preference"):
+            figures, judged = run["preference"], run["preference"]["judged"]
+            quoted = measure_methods.quoted_preference_figures(run["method"], figures, judged)
+        else:
+            quoted = measure_methods.quoted_task_figures(run)
+        for phrase in quoted:
+            assert phrase in page, phrase
 
 
 def test_runs_measured_at_other_commits_are_kept_and_the_page_says_so(tmp_path: Path) -> None:
@@ -81,4 +83,4 @@ def test_runs_measured_at_other_commits_are_kept_and_the_page_says_so(tmp_path: 
     page = measure_methods.render_markdown({**results, "runs": [earlier, recorded["runs"][0]]})
     assert "- earlier: `" in page and f"at commit `{'0' * 12}`" in page
     assert "measured at different commits or on different machines" in page
-    assert "different commits" not in measure_methods.render_markdown(recorded)
+    assert "different commits" not in measure_methods.render_markdown({**recorded, "runs": [earlier]})
