@@ -17,7 +17,8 @@ from kubetune.api.v1alpha1 import S3Spec
 from kubetune_trainer.storage import ObjectStore
 from tests.trainer.jobs import write_dataset, write_job, write_pairs
 
-HYPER = {"epochs": 3, "gradientAccumulationSteps": 4, "batchSize": 2}
+# Two epochs of 4 steps: the kill lands in the second (after step 4's checkpoint), with steps left after it.
+HYPER = {"epochs": 2, "gradientAccumulationSteps": 4, "batchSize": 2}
 
 
 def trainer(job: Path, workdir: Path, **env: str) -> subprocess.Popen[str]:
@@ -46,7 +47,7 @@ def test_sigkill_mid_accumulation_then_resume_matches_uninterrupted(
 ) -> None:
     if objective == "dpo":
         # Half the rows (each pair is two): 39 pairs leave 32 to train after the content-hashed
-        # validation and test splits, so still 4 whole steps an epoch and 12 in all, killed after 4.
+        # validation and test splits, so still 4 whole steps an epoch and 8 in all, killed after 4.
         data, method = write_pairs(tmp_path / "data.jsonl", 39), {"method": {"objective": "dpo"}}
     elif objective == "bottleneck":  # checkpoints hold the adapters alone, not a PreTrainedModel's weights
         data = write_dataset(tmp_path / "data.jsonl", 80)
