@@ -222,6 +222,17 @@ def run_one(
     return record
 
 
+def provenance(command: list[str]) -> dict[str, Any]:
+    """Where and from what code a measurement is made."""
+    return {
+        "command": " ".join(command),
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--", *CODE_PATHS)),
+        "codeSha256": code_digest(),
+        "machine": machine(),
+    }
+
+
 def load_results(path: Path, command: list[str]) -> dict[str, Any]:
     if path.exists():
         results: dict[str, Any] = json.loads(path.read_text())
@@ -231,14 +242,7 @@ def load_results(path: Path, command: list[str]) -> dict[str, Any]:
                 "changed since: its runs cannot be resumed; measure again with --restart (after committing)"
             )
         return results
-    return {
-        "command": " ".join(command),
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--", *CODE_PATHS)),
-        "codeSha256": code_digest(),
-        "machine": machine(),
-        "runs": [],
-    }
+    return {**provenance(command), "runs": []}
 
 
 def save(path: Path, results: dict[str, Any]) -> None:

@@ -35,15 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from measure_forgetting import (
-    CODE_PATHS,
     DATASETS,
     PLANTED_FORGETTING,
     ROOT,
     add_run_arguments,
-    code_digest,
-    git,
-    machine,
     merge,
+    provenance,
     run_one,
     save,
 )
@@ -116,17 +113,6 @@ def win_rate(predictions: list[dict[str, Any]], *, seed: int = 0, resamples: int
 
 
 PROVENANCE = ("command", "commit", "dirty", "codeSha256", "machine")
-
-
-def provenance(command: list[str]) -> dict[str, Any]:
-    """Where and from what code a run is measured."""
-    return {
-        "command": " ".join(command),
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--", *CODE_PATHS)),
-        "codeSha256": code_digest(),
-        "machine": machine(),
-    }
 
 
 def load_runs(path: Path, current: dict[str, Any]) -> dict[str, Any]:

@@ -100,3 +100,13 @@ def test_kubetune_run_checkpoints_and_publishes_only_the_adapters(tmp_path: Path
     for checkpoint in checkpoints:
         weights = load_file(str(checkpoint / "model.safetensors"))
         assert weights and all(".bottleneck." in key for key in weights), sorted(weights)[:3]
+
+
+def test_a_model_without_the_placed_sub_layers_is_refused_naming_the_field() -> None:
+    from kubetune.api.v1alpha1 import ResolvedBottleneck
+    from kubetune_trainer.errors import ConfigurationError
+    from kubetune_trainer.training.bottleneck import BottleneckModel
+
+    other = torch.nn.Sequential(torch.nn.Linear(8, 8))  # no mlp.down_proj: not a Llama-style layer
+    with pytest.raises(ConfigurationError, match=r"^spec\.method\.bottleneck\.placement: .*mlp\.down_proj"):
+        BottleneckModel(other, ResolvedBottleneck(size=4, placement="mlp"))

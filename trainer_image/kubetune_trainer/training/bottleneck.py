@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from kubetune.api.v1alpha1 import BottleneckPlacement, ResolvedBottleneck
+from kubetune_trainer.errors import ConfigurationError
 
 CONFIG_FILE = "bottleneck_config.json"
 WEIGHTS_FILE = "bottleneck_model.safetensors"
@@ -78,7 +79,10 @@ def _adapted_names(model: nn.Module, placement: BottleneckPlacement) -> list[str
 def _hidden_size(module: nn.Module) -> int:
     out = getattr(module, "out_features", None)
     if out is None:
-        raise ValueError(f"a bottleneck adapter goes after a linear layer, not {type(module).__name__}")
+        raise ConfigurationError(
+            f"spec.method.bottleneck.placement: an adapter goes after a linear layer; this model's is a "
+            f"{type(module).__name__}"
+        )
     return int(out)
 
 
@@ -98,7 +102,10 @@ class BottleneckModel(nn.Module):
         names = _adapted_names(model, resolved.placement)
         if not names:
             wanted = ", ".join(PLACEMENTS[resolved.placement])
-            raise ValueError(f"the model has no {wanted} module for a bottleneck adapter")
+            raise ConfigurationError(
+                f"spec.method.bottleneck.placement: the base model has no {wanted} module (kubetune places "
+                "bottleneck adapters in Llama-style layers)"
+            )
         for name in names:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
