@@ -13,7 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import measure_methods  # noqa: E402
+from measure_forgetting import job_manifest  # noqa: E402
 
+from kubetune.api.v1alpha1 import FineTuneJob  # noqa: E402
 from tests.test_measure_forgetting import run_smoke  # noqa: E402
 
 
@@ -84,3 +86,18 @@ def test_runs_measured_at_other_commits_are_kept_and_the_page_says_so(tmp_path: 
     assert "- earlier: `" in page and f"at commit `{'0' * 12}`" in page
     assert "measured at different commits or on different machines" in page
     assert "different commits" not in measure_methods.render_markdown({**recorded, "runs": [earlier]})
+
+
+def test_candidates_for_a_default_run_only_when_named() -> None:
+    """A default's change rests on runs of its candidates; they are not methods, so "all" leaves them out."""
+    everything = measure_methods.planned_runs(smoke=False)
+    assert list(everything) == list(measure_methods.METHODS)
+    asked = measure_methods.planned_runs(smoke=False, only=["dpo, 1 epoch"])
+    assert asked["dpo, 1 epoch"].override == {"hyperparameters": {"epochs": 1}}
+    assert "dpo, beta 0.5" not in asked
+    assert measure_methods.planned_runs(smoke=True, only=["dpo, 1 epoch"]) == measure_methods.PLANTED
+    for candidate in measure_methods.CANDIDATES.values():  # each a manifest the API accepts
+        manifest = job_manifest(
+            measure_methods.MANIFESTS[candidate.dataset], candidate.override, base_model=None, smoke_data=None
+        )
+        assert FineTuneJob.model_validate(manifest).spec.method.objective == "dpo"
