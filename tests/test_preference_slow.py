@@ -1,4 +1,4 @@
-"""DPO on the built-in SmolLM2 through ``kubetune run``: 80 pairs of the shipped preference example,
+"""DPO on the built-in SmolLM2 through ``kubetune run``: 48 pairs of the shipped preference example,
 one epoch of LoRA at kubetune's defaults, and the tuned model must prefer the chosen answers of 64
 held-out pairs more than the base does: reward accuracy above chance and a reward margin whose 95%
 bootstrap interval is above 0. No answer is generated (likelihoods only), so it stays within minutes."""
@@ -19,7 +19,10 @@ from kubetune.api.contract import EXIT_OK
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PAIRS = EXAMPLES / "ticket-preferences" / "data.jsonl"
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
-TRAIN_PAIRS, HELD_OUT_PAIRS = 80, 64
+# Six steps of 8 pairs: enough for a margin whose interval is well above 0 ([0.100, 0.126], reward
+# accuracy 0.98, measured at 600bc01), and short enough that the pre-flight's estimate stays under the
+# minute from which `kubetune run` times real steps: 125 s on 2 cores, where 80 pairs took 240 s.
+TRAIN_PAIRS, HELD_OUT_PAIRS = 48, 64
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from kubetune.api.contract import EXIT_CANNOT_REPORT, EXIT_CONFIG, EXIT_OK
-from tests.kubeapi.cluster import CLUSTERWIDE, RbacMode, TestCluster
+from tests.kubeapi.cluster import CLUSTERWIDE, NAMESPACED, RbacMode, TestCluster
 from tests.kubeapi.model import UserInfo
 from tests.operator.cluster import Cluster, wait_for
 from tests.trainer.jobs import write_dataset, write_pairs
@@ -165,6 +166,78 @@ spec:
     forgetting = lineage["evaluation"]["forgetting"]
     assert forgetting["optedOut"] is False and forgetting["likelihood"]["examples"] == 188
     assert "built-in general prompts" in forgetting["set"]
+
+
+# The methods the test above does not train, each the operator's whole way (pre-flight, training Job,
+# status, artifacts), as a user writes them: no output formats, so each publishes what it can (a prefix
+# or bottleneck adapter cannot be merged). Small runs without replay or the forgetting check, in one
+# RBAC mode (the pods do the same in both), and the kubelet runs their pods side by side as a node
+# would: what is checked is that each method's fields cross the API server, the pod contract and the
+# status intact. (method block, the files its adapter is published as)
+OTHER_METHODS: dict[str, tuple[str, set[str]]] = {
+    "adalora": ("{adapter: adalora}", {"adapter/adapter_config.json", "merged/config.json"}),
+    "prefix-orpo": ("{adapter: prefix, objective: orpo}", {"adapter/adapter_config.json"}),
+    "bottleneck": ("{adapter: bottleneck}", {"adapter/bottleneck_config.json"}),
+    "full": ("{type: full}", {"merged/config.json"}),
+}
+
+
+def method_job(name: str, method: str, model: Path, data: Path, tmp_path: Path) -> dict[str, Any]:
+    """A FineTuneJob training ``method`` (a method block in YAML) on the tiny model, quickly."""
+    manifest: dict[str, Any] = yaml.safe_load(
+        f"""
+apiVersion: kubetune.dev/v1alpha1
+kind: FineTuneJob
+metadata: {{name: {name}}}
+spec:
+  baseModel: {{uri: "file://{model}"}}
+  dataset: {{sources: [{{uri: "file://{data}"}}], replay: {{enabled: false}}}}
+  method: {method}
+  hyperparameters: {{epochs: 1, batchSize: 4, gradientAccumulationSteps: 1, sequenceLength: 64}}
+  evaluation: {{metrics: [perplexity], forgetting: false}}
+  output: {{uri: "file://{tmp_path}/out/{name}/"}}
+  resources: {{gpus: 0}}
+"""
+    )
+    return manifest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rbac_mode", [NAMESPACED], ids=["namespaced"])
+def test_every_other_method_goes_the_operators_whole_way(
+    tmp_path: Path, tiny_model_dir: Path, cluster: Cluster, operator: Any
+) -> None:
+    sft, pairs = write_dataset(tmp_path / "data.jsonl", 32), write_pairs(tmp_path / "pairs.jsonl", 32)
+    manifests = {
+        name: method_job(name, method, tiny_model_dir, pairs if "orpo" in method else sft, tmp_path)
+        for name, (method, _) in OTHER_METHODS.items()
+    }
+    for manifest in manifests.values():
+        cluster.apply(manifest)
+
+    def kubelet(name: str) -> None:
+        wait_for(lambda: cluster.job(f"{name}-preflight"), what=f"{name}: pre-flight Job")
+        assert run_pod(cluster, f"{name}-preflight", tmp_path) == 0
+        wait_for(lambda: cluster.job(f"{name}-train"), what=f"{name}: training Job")
+        assert run_pod(cluster, f"{name}-train", tmp_path) == 0
+        wait_for(lambda: cluster.finetunejob(name)["status"].get("phase") == "Succeeded", what=f"{name}: Succeeded")
+
+    with ThreadPoolExecutor(len(manifests)) as node:
+        for done in [node.submit(kubelet, name) for name in manifests]:
+            done.result()
+    for name, (_, published) in OTHER_METHODS.items():
+        final = cluster.finetunejob(name)["status"]
+        assert final["preflight"]["passed"] is True
+        asked, resolved = manifests[name]["spec"]["method"], final["resolved"]
+        assert (resolved["method"], resolved["adapter"]) == (asked.get("type", "lora"), asked.get("adapter", "none"))
+        assert resolved["objective"]["type"] == asked.get("objective", "sft")
+        if "adapter" in asked:
+            assert asked["adapter"] in resolved, resolved  # the adapter's own block, resolved into status
+        artifacts = {artifact["name"] for artifact in final["result"]["artifacts"]}
+        assert published <= artifacts and ("merged/config.json" in artifacts) is ("merged/config.json" in published)
+        assert final["progress"]["step"] == final["progress"]["totalSteps"] > 0
+        if asked.get("objective") == "orpo":
+            assert {"tuned.rewardAccuracy", "tuned.rewardMargin"} <= set(final["result"]["metrics"])
 
 
 def local_job(name: str, model: Path, data: Path, tmp_path: Path) -> dict[str, Any]:
