@@ -22,7 +22,7 @@ from kubetune_trainer.evaluation.preference import compare_answers, compare_pref
 from kubetune_trainer.evaluation.results import MetricResult
 from kubetune_trainer.evaluation.scoring import TokenLoss
 from kubetune_trainer.training.preference import dpo_losses, orpo_odds_ratio_losses
-from tests.trainer.jobs import run_locally, write_job, write_pairs
+from tests.trainer.jobs import run_locally, write_dataset, write_job, write_pairs
 
 
 def test_dpo_losses_follow_their_papers() -> None:
@@ -183,6 +183,48 @@ def test_a_preference_run_learns_its_pairs_and_is_judged_on_its_rewards(
         assert checks["preference.pairWinRate"]["passed"] is None
     predictions = [json.loads(line) for line in (reports / "predictions.jsonl").read_text().splitlines()]
     assert all("rejected" in p and "rewardMargin" in p for p in predictions)
+
+
+def test_a_dpo_run_from_a_published_sft_version_takes_that_version_as_its_reference(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """The usual recipe, SFT then DPO: the DPO job names the SFT version's published merged model as
+    its base model, so training starts there and the reference its rewards are measured against is that
+    version (the model before the first step), not the original base."""
+    sft, dpo = tmp_path / "sft", tmp_path / "dpo"
+    sft.mkdir(), dpo.mkdir()
+    job = write_job(
+        sft / "job.yaml",
+        model_dir=tiny_model_dir,
+        data=write_dataset(sft / "data.jsonl", 32),
+        output=f"file://{sft}/out",
+    )
+    manifest = yaml.safe_load(job.read_text())
+    manifest["spec"]["output"]["formats"] = ["merged"]
+    job.write_text(yaml.safe_dump(manifest))
+    _, sft_lineage = run_locally(job, sft)
+    published = sft_lineage.parent / "merged"
+
+    job = write_job(
+        dpo / "job.yaml",
+        model_dir=published,
+        data=write_pairs(dpo / "pairs.jsonl"),
+        output=f"file://{dpo}/out",
+        dataset={"split": {"validation": 0.1, "test": 0.3}},
+        method={"type": "lora", "objective": "dpo", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+    )
+    _, lineage_path = run_locally(job, dpo)
+    lineage = json.loads(lineage_path.read_text())
+    assert lineage["baseModel"]["uri"] == f"file://{published}"
+    original = json.loads(sft_lineage.read_text())["baseModel"]
+    assert lineage["baseModel"]["sha256"] != original["sha256"]  # the SFT version's weights, not the base's
+    assert lineage["resolved"]["objective"]["reference"] == "base"
+    history = json.loads((dpo / "work" / "artifacts" / "reports" / "training_history.json").read_text())
+    first = next(entry["loss"] for entry in history if "loss" in entry)
+    assert first == pytest.approx(math.log(2), rel=1e-4)  # the policy starts as its reference: the version
+    evaluation = json.loads((dpo / "work" / "artifacts" / "reports" / "evaluation.json").read_text())
+    metrics = {m["name"]: m for m in evaluation["metrics"]}
+    assert metrics["rewardMargin"]["base"] == 0.0 and metrics["rewardMargin"]["tuned"] > 0, metrics
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
