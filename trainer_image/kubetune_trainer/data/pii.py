@@ -1,0 +1,319 @@
+"""Personal data in training text: e-mail addresses, phone numbers, payment card numbers, IBANs, IP
+addresses and national identity numbers (US SSN, UK National Insurance, Canadian SIN, Spanish DNI/NIE,
+Indian Aadhaar), found by pattern and checksum with no NLP model (spaCy's models are not on the package
+registries this runs from).
+
+Each kind is a pattern that finds candidates and a validator that keeps only real ones, so numbers
+that merely look alike stay: a card number must pass the Luhn check and start like a card, an IBAN its
+mod-97 check at its country's length, an IPv4 address has four octets of at most 255 and is no version
+string, a national ID its format's own checksum or reserved-range rules. Phone numbers come from
+``phonenumbers`` (Google's libphonenumber metadata): any number in international form (``+44 …``,
+``0044 …``), North American numbers by their shape and grouping (the fictional 555 numbers too), and
+national numbers of a few countries only when their numbering plan makes them valid, since shape alone
+would take dates, versions, ISBNs and order numbers for phones.
+
+Where two findings overlap, the more specific kind wins (an IBAN's digits are no phone number): the
+order of ``KINDS``. Measured on a planted set (tests/trainer/test_pii.py): recall and false positives
+per kind, and the near-misses left alone."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+from phonenumbers import Leniency, PhoneNumberMatcher
+
+
+class PiiKind(StrEnum):
+    EMAIL = "email"
+    IBAN = "iban"
+    CARD = "card"
+    NATIONAL_ID = "nationalId"
+    IP = "ip"
+    PHONE = "phone"
+
+
+KINDS = tuple(PiiKind)  # the precedence on overlaps: most specific first
+
+
+@dataclass(frozen=True, order=True)
+class Finding:
+    start: int
+    end: int
+    kind: PiiKind
+
+
+def _digits(text: str) -> str:
+    return "".join(ch for ch in text if ch.isdigit())
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = int(char)
+        if position % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+# --------------------------------------------------------------------------- e-mail
+
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
+)
+
+# --------------------------------------------------------------------------- IBAN
+
+# ISO 13616 lengths by country (the SWIFT IBAN registry).
+IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
+    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
+    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
+    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
+    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29,
+    "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}  # fmt: skip
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
+
+
+def iban_valid(candidate: str) -> bool:
+    compact = candidate.replace(" ", "")
+    if IBAN_LENGTHS.get(compact[:2]) != len(compact):
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
+
+
+def _ibans(text: str) -> Iterator[tuple[int, int]]:
+    for match in _IBAN.finditer(text):
+        # The pattern may run on into the next word's letters; try the longest valid prefix of words.
+        words = match.group().split(" ")
+        for count in range(len(words), 0, -1):
+            candidate = " ".join(words[:count])
+            if iban_valid(candidate):
+                yield match.start(), match.start() + len(candidate)
+                break
+
+
+# --------------------------------------------------------------------------- payment cards
+
+# As card numbers are written: bare, in fours (the last group shorter), or Amex's 4-6-5.
+_CARD = re.compile(
+    r"(?<![\w+-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,4}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{4,5})(?![\w-])"
+)
+# Issuer prefixes of the card networks (Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay, Maestro).
+_CARD_PREFIX = re.compile(
+    r"4|5[1-5]|2(?:2[2-9]|[3-6]|7[01]|720)|3[47]|6(?:011|4[4-9]|5)|35(?:2[89]|[3-8])|3(?:0[0-5]|[689])|62|5[06-9]|6"
+)
+
+
+def card_valid(candidate: str) -> bool:
+    digits = _digits(candidate)
+    return 13 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) is not None and luhn_valid(digits)
+
+
+# --------------------------------------------------------------------------- national IDs
+
+# US Social Security numbers, written with dashes or spaces (a bare 9-digit run is any number): no
+# area 000, 666 or 900-999, no group 00, no serial 0000.
+_SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\w-])")
+# UK National Insurance numbers: two letters (not D, F, I, Q, U, V; the second not O; not the
+# prefixes never issued), six digits, a suffix A-D.
+_NINO = re.compile(
+    r"(?<![A-Za-z0-9])(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])"
+)
+# Canadian Social Insurance numbers, three groups of three, Luhn-valid (not starting with 0 or 8).
+_SIN = re.compile(r"(?<![\w-])[1-79]\d{2}([- ])\d{3}\1\d{3}(?![\w-])")
+# Spanish DNI (8 digits) and NIE (X, Y or Z and 7 digits) with their check letter.
+_DNI = re.compile(r"(?<![A-Za-z0-9])([XYZ]\d{7}|\d{8})-?([A-Z])(?![A-Za-z0-9])")
+_DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
+# Indian Aadhaar numbers: twelve digits in groups of four, not starting with 0 or 1, Verhoeff-valid.
+_AADHAAR = re.compile(r"(?<![\w-])[2-9]\d{3}([ -]?)\d{4}\1\d{4}(?![\w-])")
+_VERHOEFF_D = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 4, 0, 6, 7, 8, 9, 5), (2, 3, 4, 0, 1, 7, 8, 9, 5, 6),
+    (3, 4, 0, 1, 2, 8, 9, 5, 6, 7), (4, 0, 1, 2, 3, 9, 5, 6, 7, 8), (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
+    (6, 5, 9, 8, 7, 1, 0, 4, 3, 2), (7, 6, 5, 9, 8, 2, 1, 0, 4, 3), (8, 7, 6, 5, 9, 3, 2, 1, 0, 4),
+    (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+)  # fmt: skip
+_VERHOEFF_P = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 5, 7, 6, 2, 8, 3, 0, 9, 4), (5, 8, 0, 3, 7, 9, 6, 1, 4, 2),
+    (8, 9, 1, 6, 0, 4, 3, 5, 2, 7), (9, 4, 5, 3, 1, 2, 6, 8, 7, 0), (4, 2, 8, 6, 5, 7, 3, 9, 0, 1),
+    (2, 7, 9, 3, 8, 0, 6, 4, 1, 5), (7, 0, 4, 6, 9, 1, 3, 2, 5, 8),
+)  # fmt: skip
+
+
+def verhoeff_valid(digits: str) -> bool:
+    check = 0
+    for position, char in enumerate(reversed(digits)):
+        check = _VERHOEFF_D[check][_VERHOEFF_P[position % 8][int(char)]]
+    return check == 0
+
+
+def _national_ids(text: str) -> Iterator[tuple[int, int]]:
+    for pattern, valid in (
+        (_SSN, lambda m: True),
+        (_NINO, lambda m: True),
+        (_SIN, lambda m: luhn_valid(_digits(m.group()))),
+        (_DNI, _dni_valid),
+        (_AADHAAR, lambda m: verhoeff_valid(_digits(m.group()))),
+    ):
+        for match in pattern.finditer(text):
+            if valid(match):
+                yield match.span()
+
+
+def _dni_valid(match: re.Match[str]) -> bool:
+    number = match.group(1)
+    number = str("XYZ".index(number[0])) + number[1:] if number[0] in "XYZ" else number
+    return _DNI_LETTERS[int(number) % 23] == match.group(2)
+
+
+# --------------------------------------------------------------------------- IP addresses
+
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
+_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+# A version string looks like an address ("version 10.0.1.2"): the word before it says which.
+_VERSION_CONTEXT = re.compile(r"\b(?:v|version|ver|release|build|firmware)\.?\s*$", re.IGNORECASE)
+
+
+def _ips(text: str) -> Iterator[tuple[int, int]]:
+    for match in _IPV4.finditer(text):
+        octets = match.group().split(".")
+        valid = all(int(o) <= 255 and (o == "0" or not o.startswith("0")) for o in octets)
+        if valid and not _VERSION_CONTEXT.search(text[max(0, match.start() - 12) : match.start()]):
+            yield match.span()
+    for match in _IPV6.finditer(text):
+        candidate = match.group()
+        if candidate.count(":") >= 2 and any(ch.isalnum() for ch in candidate):
+            try:
+                ipaddress.IPv6Address(candidate)
+            except ValueError:
+                continue
+            yield match.span()
+
+
+# --------------------------------------------------------------------------- phone numbers
+
+# Where a phone number may be: digits with the separators numbers are written with, or a leading + or (.
+_PHONE_CANDIDATE = re.compile(r"(?:\+|\(\+?)?\d[\d ().\-/]{5,22}\d(?:\s*(?:ext\.?|x|#)\s*\d{1,5})?")
+# National numbers (with their trunk prefix 0) of these countries count when their numbering plan says
+# they are valid; North American ones by their shape alone (555 numbers are fictional, and so are most
+# numbers in examples). Any country's numbers count in international form (+ or 00).
+_VALID_IN = ("GB", "DE", "FR", "IT", "NL", "AU", "BR")
+_MIN_PHONE_DIGITS = 7
+
+
+def _phones(text: str) -> Iterator[tuple[int, int]]:
+    for candidate in _PHONE_CANDIDATE.finditer(text):
+        if len(_digits(candidate.group())) < _MIN_PHONE_DIGITS:
+            continue
+        # A little context on both sides: the matcher checks what surrounds a number.
+        left = max(0, candidate.start() - 2)
+        window = text[left : candidate.end() + 2]
+        for region, leniency in (("US", Leniency.POSSIBLE), *((r, Leniency.VALID) for r in _VALID_IN)):
+            found = [
+                (left + m.start, left + m.end, m.raw_string)
+                for m in PhoneNumberMatcher(window, region, leniency=leniency)
+            ]
+            kept = [
+                (start, end)
+                for start, end, raw in found
+                if _bounded(text, start, end) and _plausible_phone(raw, by_shape=leniency is Leniency.POSSIBLE)
+            ]
+            if kept:
+                yield from kept
+                break
+
+
+def _bounded(text: str, start: int, end: int) -> bool:
+    """Not a piece of a longer token: a tracking code, an order number (ORD-2024-123456), a version string."""
+    before = text[max(0, start - 2) : start].rjust(2)
+    after = text[end : end + 2].ljust(2)
+    joined = "-/."  # a separator between two pieces of one token
+    return not (
+        before[1].isalnum()
+        or before[1] == "_"
+        or before[1] == "#"  # a ticket or order number
+        or (before[1] in joined and before[0].isalnum())
+        or after[0].isalnum()
+        or (after[0] in joined and after[1].isalnum())
+    )
+
+
+# How North American numbers are written: 555-123-4567, (555) 123-4567, 1-555-123-4567, 5551234567.
+_NANP_GROUPS = ((3, 3, 4), (1, 3, 3, 4), (10,), (11,))
+# Numbers written with dots: 555.123.4567, or 01.23.45.67.89 in France; not dates, versions, addresses.
+_DOTTED_GROUPS = ((3, 3, 4), (2, 2, 2, 2, 2))
+
+
+def _plausible_phone(raw: str, *, by_shape: bool) -> bool:
+    """libphonenumber's POSSIBLE takes any ten digits for a North American number (an ISBN, a ZIP+4
+    code, a date): a number taken by its shape alone must be grouped the way phone numbers are. Some
+    national plans make dates, versions and ISBNs valid numbers: a national number other than a North
+    American one starts with its trunk prefix 0, and dotted ones are grouped as phone numbers are."""
+    if raw.startswith(("+", "00")):
+        return True
+    number = re.split(r"\s*(?:ext\.?|x|#)\s*\d+$", raw)[0]
+    groups = tuple(len(group) for group in re.findall(r"\d+", number))
+    if "." in number and groups not in _DOTTED_GROUPS:
+        return False
+    if by_shape:
+        return groups in _NANP_GROUPS and (groups[0] != 11 or number.startswith("1"))
+    return number.lstrip("(").startswith("0") and groups[-1] > 1  # not an ISBN's check digit
+
+
+# --------------------------------------------------------------------------- together
+
+FINDERS: dict[PiiKind, Callable[[str], Iterator[tuple[int, int]]]] = {
+    PiiKind.EMAIL: lambda text: (m.span() for m in _EMAIL.finditer(text)),
+    PiiKind.IBAN: _ibans,
+    PiiKind.CARD: lambda text: (m.span() for m in _CARD.finditer(text) if card_valid(m.group())),
+    PiiKind.NATIONAL_ID: _national_ids,
+    PiiKind.IP: _ips,
+    PiiKind.PHONE: _phones,
+}
+
+
+# The kinds whose numbers have a check: a number shaped like one that fails the check is a typo or a
+# made-up number, not a phone number or a shorter card hiding inside it.
+CHECKED_SHAPES = {PiiKind.IBAN: _IBAN, PiiKind.CARD: _CARD}
+
+
+def find_pii(text: str) -> list[Finding]:
+    """Every identifier in ``text``, without overlaps (the more specific kind kept), in text order."""
+    if not any(ch.isdigit() or ch == "@" for ch in text):
+        return []  # every kind has a digit or an @
+    kept: list[Finding] = []
+    blocked: list[tuple[int, int]] = []
+
+    def free(start: int, end: int) -> bool:
+        return all(end <= s or start >= e for s, e in [*((f.start, f.end) for f in kept), *blocked])
+
+    for kind in KINDS:
+        for start, end in FINDERS[kind](text):
+            if free(start, end):
+                kept.append(Finding(start, end, kind))
+        if kind in CHECKED_SHAPES:
+            blocked += [m.span() for m in CHECKED_SHAPES[kind].finditer(text) if free(*m.span())]
+    return sorted(kept)
+
+
+def placeholder(kind: PiiKind) -> str:
+    return f"[{kind.value.upper()}]" if kind is not PiiKind.NATIONAL_ID else "[NATIONAL_ID]"
+
+
+def redact(text: str) -> tuple[str, Counter[PiiKind]]:
+    """``text`` with each identifier replaced by its kind's placeholder, and the counts per kind."""
+    findings = find_pii(text)
+    counts: Counter[PiiKind] = Counter(f.kind for f in findings)
+    for finding in reversed(findings):
+        text = text[: finding.start] + placeholder(finding.kind) + text[finding.end :]
+    return text, counts
