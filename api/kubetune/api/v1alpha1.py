@@ -110,6 +110,15 @@ class InvalidRowPolicy(StrEnum):
     DROP = "drop"
 
 
+class PersonalDataPolicy(StrEnum):
+    """What curation does with personal data in a source's rows (kubetune_trainer.data.pii)."""
+
+    REDACT = "redact"  # each identifier replaced by its kind, [EMAIL], [PHONE], ...
+    DROP = "drop"  # rows holding any are left out
+    REPORT = "report"  # counted in the curation report, trained on as they are
+    OFF = "off"  # not looked for
+
+
 class MethodType(StrEnum):
     AUTO = "auto"
     QLORA = "qlora"
@@ -362,6 +371,15 @@ class DatasetSource(ApiModel):
             )
         ),
     ] = False
+    pii: Annotated[
+        PersonalDataPolicy | None,
+        Field(
+            description=(
+                "Personal data in this source's rows: redact, drop, report or off; "
+                "dataset.curation.pii (redact) when unset."
+            )
+        ),
+    ] = None
     column_mapping: Annotated[
         Annotated[
             dict[str, Annotated[str, Field(min_length=1, max_length=256)]],
@@ -396,6 +414,17 @@ class CurationSpec(ApiModel):
         int | None,
         Field(ge=8, description="Drop examples longer than this (tokens); default: the sequence length."),
     ] = None
+    pii: Annotated[
+        PersonalDataPolicy,
+        Field(
+            description=(
+                "Personal data in every source's rows (e-mail addresses, phone numbers, card numbers, IBANs, IP "
+                "addresses, national IDs): redact (each replaced by its kind, [EMAIL], [PHONE], ...), drop the rows "
+                "holding any, report (counted, trained on as they are) or off; a source's own pii overrides it. "
+                "Counts per kind are in the curation report."
+            )
+        ),
+    ] = PersonalDataPolicy.REDACT
 
 
 class SplitSpec(ApiModel):

@@ -22,10 +22,14 @@ import ipaddress
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from phonenumbers import Leniency, PhoneNumberMatcher
+
+from kubetune.api.v1alpha1 import PersonalDataPolicy
+from kubetune_trainer.data.curation import Dropped
+from kubetune_trainer.data.types import Example, Message
 
 
 class PiiKind(StrEnum):
@@ -317,3 +321,50 @@ def redact(text: str) -> tuple[str, Counter[PiiKind]]:
     for finding in reversed(findings):
         text = text[: finding.start] + placeholder(finding.kind) + text[finding.end :]
     return text, counts
+
+
+# --------------------------------------------------------------------------- a source's rows
+
+PERSONAL_DATA = "personal_data"  # the curation rule that leaves out rows holding personal data
+
+
+@dataclass
+class Screened:
+    examples: list[Example]
+    dropped: list[Dropped]
+    found: Counter[str]  # identifiers per kind (PiiKind values), whatever the policy did with them
+
+
+def screen(examples: list[Example], policy: PersonalDataPolicy) -> Screened:
+    """A source's examples under its personal-data policy: redacted, without the rows holding any, or as
+    they are; with the identifiers counted per kind."""
+    if policy is PersonalDataPolicy.OFF:
+        return Screened(examples, [], Counter())
+    found: Counter[str] = Counter()
+    kept: list[Example] = []
+    dropped: list[Dropped] = []
+    for example in examples:
+        cleaned, counts = _redacted(example)
+        found.update({kind.value: count for kind, count in counts.items()})
+        if policy is PersonalDataPolicy.DROP and counts:
+            dropped.append(Dropped(cleaned, PERSONAL_DATA, ", ".join(sorted(kind.value for kind in counts))))
+        else:
+            kept.append(cleaned if policy is PersonalDataPolicy.REDACT else example)
+    return Screened(kept, dropped, found)
+
+
+def _redacted(example: Example) -> tuple[Example, Counter[PiiKind]]:
+    counts: Counter[PiiKind] = Counter()
+
+    def clean(text: str) -> str:
+        redacted, found = redact(text)
+        counts.update(found)
+        return redacted
+
+    cleaned = replace(
+        example,
+        messages=tuple(Message(m.role, clean(m.content)) for m in example.messages),
+        text=None if example.text is None else clean(example.text),
+        rejected=None if example.rejected is None else clean(example.rejected),
+    )
+    return (cleaned if counts else example), counts

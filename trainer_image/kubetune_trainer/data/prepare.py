@@ -14,8 +14,8 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from kubetune.api.v1alpha1 import DatasetFormat, DatasetSource, DatasetSpec, InvalidRowPolicy
-from kubetune_trainer.data import curation
+from kubetune.api.v1alpha1 import DatasetFormat, DatasetSource, DatasetSpec, InvalidRowPolicy, PersonalDataPolicy
+from kubetune_trainer.data import curation, pii
 from kubetune_trainer.data.formats import (
     PREFERENCE_SHAPES,
     RowProblem,
@@ -241,8 +241,12 @@ def prepare_dataset(
     per_source: list[tuple[DatasetSource, list[Example]]] = []
     for index, source in enumerate(spec.sources):
         examples, stats = _read_source(source, index, store, problems, digest, pairs=pairs)
+        policy = PersonalDataPolicy(source.pii or spec.curation.pii)
+        screened = pii.screen(examples, policy)
+        stats.personal_data = {"policy": policy.value, "found": dict(screened.found)}
+        report.add_dropped(screened.dropped)
         report.sources.append(stats)
-        per_source.append((source, examples))
+        per_source.append((source, screened.examples))
     problems.raise_if_rejecting()
 
     origin = {id(e): source for source, examples in per_source for e in examples}

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune_trainer.data.curation import TEST_LEAKAGE, Dropped
+from kubetune_trainer.data.pii import PERSONAL_DATA, redact
 
 SAMPLES_PER_RULE = 5
 SAMPLE_CHARS = 160
@@ -20,6 +21,8 @@ class SourceStats:
     rows_read: int = 0
     rows_valid: int = 0
     weight: float = 1.0
+    # The source's personal-data policy and the identifiers found per kind (kubetune_trainer.data.pii).
+    personal_data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -38,7 +41,8 @@ class CurationReport:
             self.dropped[item.rule] += 1
             samples = self.dropped_samples.setdefault(item.rule, [])
             if len(samples) < SAMPLES_PER_RULE:
-                text = item.example.flat_text().replace("\n", " ")
+                # The report never repeats an identifier, whatever the source's policy.
+                text = redact(item.example.flat_text().replace("\n", " "))[0]
                 samples.append(
                     {
                         "where": f"{item.example.source}:{item.example.row}",
@@ -94,8 +98,13 @@ class CurationReport:
         lines += ["", "| rule | dropped |", "|---|---:|"]
         for reason, count in sorted(self.invalid_rows.items()):
             lines.append(f"| invalid: {reason} | {count} |")
-        for rule in ("exact_duplicate", "near_duplicate", "too_short", "too_long", TEST_LEAKAGE):
+        for rule in (PERSONAL_DATA, "exact_duplicate", "near_duplicate", "too_short", "too_long", TEST_LEAKAGE):
             lines.append(f"| {rule} | {self.dropped.get(rule, 0)} |")
+        lines += ["", "| source | personal data | found |", "|---|---|---|"]
+        for source in self.sources:
+            found = source.personal_data.get("found", {})
+            counts = ", ".join(f"{count} {kind}" for kind, count in sorted(found.items())) or "none"
+            lines.append(f"| {source.uri} | {source.personal_data.get('policy', 'off')} | {counts} |")
         lines += ["", "| split | examples |", "|---|---:|"]
         lines += [f"| {name} | {count} |" for name, count in self.splits.items()]
         lines.append(f"| train after source weights | {self.train_after_mixing} |")
