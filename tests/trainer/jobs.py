@@ -192,3 +192,32 @@ def run_unmergeable_adapter(
     (plan_line,) = [line for line in result.stderr.splitlines() if "kubetune: plan: {" in line]
     plan, lineage = json.loads(plan_line.split("plan: ", 1)[1]), json.loads(manifest_path.read_text())
     return plan, lineage, manifest_path.parent
+
+
+def preflight_dataset(folder: Path, dataset: dict[str, Any]) -> tuple[Path, int, str]:
+    """``kubetune preflight`` in process (the built-in tokenizer, no weights: the data stage and the plan)
+    of a job on ``dataset``, as the pre-flight pod runs it: (the manifest, the exit code, what it said).
+    Its reports are under ``folder/work/artifacts/reports``."""
+    import contextlib
+    import io
+
+    from kubetune.api.v1alpha1 import BUILTIN_MODEL_URI
+    from kubetune_trainer.cli import main as kubetune
+
+    manifest = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "tickets"},
+        "spec": {
+            "baseModel": {"uri": BUILTIN_MODEL_URI},
+            "dataset": dataset,
+            "output": {"uri": f"file://{folder}/out/"},
+            "resources": {"gpus": 0},
+        },
+    }
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        code = kubetune(["preflight", "--job", str(path), "--workdir", str(folder / "work")])
+    return path, code, output.getvalue()

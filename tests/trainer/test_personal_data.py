@@ -13,10 +13,11 @@ from typing import Any
 
 import yaml
 
-from kubetune.api.v1alpha1 import BUILTIN_MODEL_URI, FineTuneJob
+from kubetune.api.v1alpha1 import FineTuneJob
 from kubetune_trainer.cli import main as kubetune
 from kubetune_trainer.data.prepare import prepare_dataset
 from kubetune_trainer.storage import ObjectStore
+from tests.trainer.jobs import preflight_dataset
 from tests.trainer.pii_corpus import Planted, planted_set
 
 ROWS_PER_SOURCE = 30
@@ -37,21 +38,8 @@ def write_source(path: Path, texts: list[Planted], offset: int) -> list[str]:
     return planted
 
 
-def job(folder: Path, sources: list[dict[str, Any]]) -> Path:
-    manifest = {
-        "apiVersion": "kubetune.dev/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": "tickets"},
-        "spec": {
-            "baseModel": {"uri": BUILTIN_MODEL_URI},
-            "dataset": {"sources": sources, "curation": {"nearDedup": {"enabled": False}}},
-            "output": {"uri": f"file://{folder}/out/"},
-            "resources": {"gpus": 0},
-        },
-    }
-    path = folder / "job.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
+def dataset(sources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"sources": sources, "curation": {"nearDedup": {"enabled": False}}}
 
 
 def test_identifiers_are_redacted_by_default_dropped_or_counted_as_each_source_says(tmp_path: Path) -> None:
@@ -60,18 +48,13 @@ def test_identifiers_are_redacted_by_default_dropped_or_counted_as_each_source_s
         name: write_source(tmp_path / f"{name}.jsonl", texts, offset)
         for name, offset in (("default", 0), ("dropped", ROWS_PER_SOURCE), ("counted", 2 * ROWS_PER_SOURCE))
     }
-    manifest = job(
-        tmp_path,
-        [
-            {"uri": f"file://{tmp_path}/default.jsonl"},
-            {"uri": f"file://{tmp_path}/dropped.jsonl", "pii": "drop"},
-            {"uri": f"file://{tmp_path}/counted.jsonl", "pii": "report"},
-        ],
-    )
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-        code = kubetune(["preflight", "--job", str(manifest), "--workdir", str(tmp_path / "work")])
-    assert code == 0, output.getvalue()[-3000:]
+    sources = [
+        {"uri": f"file://{tmp_path}/default.jsonl"},
+        {"uri": f"file://{tmp_path}/dropped.jsonl", "pii": "drop"},
+        {"uri": f"file://{tmp_path}/counted.jsonl", "pii": "report"},
+    ]
+    manifest, code, said = preflight_dataset(tmp_path, dataset(sources))
+    assert code == 0, said[-3000:]
     reports = tmp_path / "work" / "artifacts" / "reports"
     report = json.loads((reports / "curation.json").read_text())
     half = ROWS_PER_SOURCE // 2
@@ -94,10 +77,11 @@ def test_identifiers_are_redacted_by_default_dropped_or_counted_as_each_source_s
     assert len(data.train + data.validation + data.test) == 3 * ROWS_PER_SOURCE - half
 
 
-def test_a_policy_the_api_does_not_know_is_refused_at_the_field(tmp_path: Path) -> None:
-    manifest = job(tmp_path, [{"uri": "file:///data/tickets.jsonl", "pii": "hide"}])
+def test_a_policy_the_api_does_not_know_is_refused_at_the_field_by_validate_and_the_preflight(tmp_path: Path) -> None:
+    manifest, code, said = preflight_dataset(tmp_path, dataset([{"uri": "file:///data/tickets.jsonl", "pii": "hide"}]))
+    assert code == 2 and "spec.dataset.sources[0].pii" in said, said[-2000:]
     output = io.StringIO()
     with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
         code = kubetune(["validate", str(manifest)])
     assert code == 2 and "spec.dataset.sources[0].pii" in output.getvalue(), output.getvalue()
-    assert "Traceback" not in output.getvalue()
+    assert "Traceback" not in said + output.getvalue()

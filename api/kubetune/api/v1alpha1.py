@@ -110,6 +110,11 @@ class InvalidRowPolicy(StrEnum):
     DROP = "drop"
 
 
+class BalanceMethod(StrEnum):
+    DOWNSAMPLE = "downsample"  # fewer rows of the frequent labels
+    UPSAMPLE = "upsample"  # the rare labels' rows repeated
+
+
 class PersonalDataPolicy(StrEnum):
     """What curation does with personal data in a source's rows (kubetune_trainer.data.pii)."""
 
@@ -406,6 +411,24 @@ class NearDedupSpec(ApiModel):
     ] = 0.9
 
 
+class BalanceSpec(ApiModel):
+    max_ratio: Annotated[
+        float,
+        Field(
+            ge=1.0,
+            le=1000.0,
+            description=(
+                "Most rows any label may have, as a multiple of the rarest label's (1 = every label as frequent "
+                "as the rarest)."
+            ),
+        ),
+    ]
+    by: Annotated[
+        BalanceMethod,
+        Field(description="downsample (the frequent labels' rows left out) or upsample (the rare labels' repeated)."),
+    ] = BalanceMethod.DOWNSAMPLE
+
+
 class CurationSpec(ApiModel):
     dedup_exact: Annotated[bool, Field(description="Drop exact duplicates after normalising text.")] = True
     near_dedup: NearDedupSpec = Field(default_factory=NearDedupSpec)
@@ -425,6 +448,16 @@ class CurationSpec(ApiModel):
             )
         ),
     ] = PersonalDataPolicy.REDACT
+    balance: Annotated[
+        BalanceSpec | None,
+        Field(
+            description=(
+                "For data whose answers are labels (a few short answers, as in classification): keep the most "
+                "frequent label within maxRatio times the rarest, before the split, seeded by dataset.split.seed. "
+                "Unset: no balancing (the curation report shows the label distribution either way)."
+            )
+        ),
+    ] = None
 
 
 class SplitSpec(ApiModel):

@@ -11,11 +11,13 @@ nearly, is removed (``test_leakage``), whatever the dedup settings.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from kubetune.api.v1alpha1 import DatasetFormat, DatasetSource, DatasetSpec, InvalidRowPolicy, PersonalDataPolicy
 from kubetune_trainer.data import curation, pii
+from kubetune_trainer.data.balance import MAX_LABEL_CHARS, MAX_LABELS, balance, label_counts
 from kubetune_trainer.data.formats import (
     PREFERENCE_SHAPES,
     RowProblem,
@@ -226,6 +228,38 @@ def _counts(report: CurationReport) -> str:
     return f"{read} rows read, {valid} valid, dropped in curation: {dropped}; split: {splits}"
 
 
+def _balance_labels(
+    pool: list[Example],
+    lengths: list[int],
+    spec: DatasetSpec,
+    origin: dict[int, DatasetSource],
+    report: CurationReport,
+) -> tuple[list[Example], list[int]]:
+    """The task's examples (not trainOnly, not evalOnly) balanced by label when the manifest asks; their
+    label distribution into the report whenever the answers are labels."""
+    is_task = [not (origin[id(e)].train_only or origin[id(e)].eval_only) for e in pool]
+    task = [e for e, keep in zip(pool, is_task, strict=True) if keep]
+    counts = label_counts(task)
+    wanted = spec.curation.balance
+    if counts is None:
+        if wanted is not None:
+            raise DatasetError(
+                "spec.dataset.curation.balance: the answers are not labels (balancing needs 2 to "
+                f"{MAX_LABELS} distinct final answers of at most {MAX_LABEL_CHARS} characters, single answers "
+                "rather than preference pairs); remove the balance block"
+            )
+        return pool, lengths
+    report.labels = {"before": dict(counts.most_common())}
+    if wanted is None:
+        return pool, lengths
+    balanced = balance(task, [n for n, keep in zip(lengths, is_task, strict=True) if keep], wanted, spec.split.seed)
+    report.add_dropped(balanced.dropped)
+    after = label_counts(balanced.examples) or Counter()
+    report.labels |= {"after": dict(after.most_common()), "repeated": balanced.repeated, "by": str(wanted.by)}
+    others = [(e, n) for e, n, keep in zip(pool, lengths, is_task, strict=True) if not keep]
+    return [e for e, _ in others] + balanced.examples, [n for _, n in others] + balanced.lengths
+
+
 def prepare_dataset(
     spec: DatasetSpec,
     store: ObjectStore,
@@ -269,6 +303,7 @@ def prepare_dataset(
         pool, count_tokens, curate.min_tokens, curate.max_tokens or max_tokens
     )
     report.add_dropped(dropped)
+    pool, lengths = _balance_labels(pool, lengths, spec, origin, report)
     report.token_lengths = lengths
     if not pool:
         raise DatasetError(

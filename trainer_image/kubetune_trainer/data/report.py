@@ -6,11 +6,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune_trainer.data.balance import BALANCE_DOWNSAMPLED
 from kubetune_trainer.data.curation import TEST_LEAKAGE, Dropped
 from kubetune_trainer.data.pii import PERSONAL_DATA, redact
 
 SAMPLES_PER_RULE = 5
 SAMPLE_CHARS = 160
+MAX_LABELS_SHOWN = 50
 
 
 @dataclass
@@ -35,6 +37,8 @@ class CurationReport:
     splits: dict[str, int] = field(default_factory=dict)
     train_after_mixing: int = 0
     token_lengths: list[int] = field(default_factory=list)
+    # When the answers are labels: their counts before (and after) balancing (kubetune_trainer.data.balance).
+    labels: dict[str, Any] = field(default_factory=dict)
 
     def add_dropped(self, items: list[Dropped]) -> None:
         for item in items:
@@ -90,6 +94,7 @@ class CurationReport:
             "trainAfterMixing": self.train_after_mixing,
             "tokens": self.length_summary(),
             "tokenHistogram": self.histogram(),
+            **({"labels": self.labels} if self.labels else {}),
         }
 
     def to_markdown(self) -> str:
@@ -98,13 +103,27 @@ class CurationReport:
         lines += ["", "| rule | dropped |", "|---|---:|"]
         for reason, count in sorted(self.invalid_rows.items()):
             lines.append(f"| invalid: {reason} | {count} |")
-        for rule in (PERSONAL_DATA, "exact_duplicate", "near_duplicate", "too_short", "too_long", TEST_LEAKAGE):
+        for rule in (
+            PERSONAL_DATA,
+            BALANCE_DOWNSAMPLED,
+            "exact_duplicate",
+            "near_duplicate",
+            "too_short",
+            "too_long",
+            TEST_LEAKAGE,
+        ):
             lines.append(f"| {rule} | {self.dropped.get(rule, 0)} |")
         lines += ["", "| source | personal data | found |", "|---|---|---|"]
         for source in self.sources:
             found = source.personal_data.get("found", {})
             counts = ", ".join(f"{count} {kind}" for kind, count in sorted(found.items())) or "none"
             lines.append(f"| {source.uri} | {source.personal_data.get('policy', 'off')} | {counts} |")
+        if self.labels:
+            after = self.labels.get("after")
+            lines += ["", "| label | rows |" if after is None else "| label | rows | after balancing |"]
+            lines.append("|---|---:|" if after is None else "|---|---:|---:|")
+            for label, count in list(self.labels["before"].items())[:MAX_LABELS_SHOWN]:
+                lines.append(f"| {label} | {count} |" + ("" if after is None else f" {after.get(label, 0)} |"))
         lines += ["", "| split | examples |", "|---|---:|"]
         lines += [f"| {name} | {count} |" for name, count in self.splits.items()]
         lines.append(f"| train after source weights | {self.train_after_mixing} |")
