@@ -10,7 +10,8 @@ Every finished run is written to the results file at once (default
 ``docs/measurements/forgetting.json``), with the command, the commit, the machine, the seeds, the
 resolved values and every per-example output; an interrupted invocation is resumed by running the
 same command again (finished runs are kept, and refused if the trainer, the API or the examples
-changed since they were measured). ``docs/measurements/forgetting.md`` is rendered from the JSON, so the
+changed since they were measured; a run cut short, by its hour's timeout or the interruption, goes on
+from its last checkpoint). ``docs/measurements/forgetting.md`` is rendered from the JSON, so the
 figures in the docs are the measured ones (a test checks it).
 
 ``--smoke`` runs the same code path on a tiny model in about two minutes: one planted forgetting run
@@ -115,14 +116,24 @@ def planned_runs(smoke: bool, sweep: bool = False) -> list[tuple[str, str, Path,
     return [(name, setting, path, PROTECTIONS[setting]) for name, path in DATASETS.items() for setting in PROTECTIONS]
 
 
-def smoke_dataset(manifest: Path, folder: Path) -> str:
+def write_smoke_dataset(manifest: Path, target: Path) -> None:
     """The first rows of the manifest's dataset, so the smoke trains in seconds."""
     spec = yaml.safe_load(manifest.read_text())["spec"]
     source = spec["dataset"]["sources"][0]["uri"].replace("file:///opt/kubetune/examples", str(manifest.parent))
     rows = Path(source.removeprefix("file://")).read_text().splitlines()[:SMOKE_DATASET_ROWS]
-    target = folder / "smoke-data.jsonl"
     target.write_text("\n".join(rows) + "\n")
-    return f"file://{target}"
+
+
+def clear_unless_resumable(folder: Path, job_text: str) -> bool:
+    """Start ``folder`` clean, unless an attempt of this very job was cut short there (the run's
+    timeout, an interrupted invocation): its checkpoints are kept, and ``kubetune run`` resumes from
+    them (same spec, data and base model: the same run). Whether it was kept."""
+    job_file = folder / "job.yaml"
+    if job_file.exists() and job_file.read_text() == job_text and (folder / "runs").exists():
+        return True
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return False
 
 
 def job_manifest(
@@ -146,11 +157,15 @@ def run_one(
     name: str, setting: str, manifest: Path, override: dict[str, Any], args: argparse.Namespace, scratch: Path
 ) -> dict[str, Any]:
     folder = scratch / re.sub(r"[^A-Za-z0-9.]+", "-", f"{name}-{setting}")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    smoke_data = smoke_dataset(manifest, folder) if args.smoke else None
-    job = job_manifest(manifest, override, base_model=args.base_model, smoke_data=smoke_data)
+    smoke_data = folder / "smoke-data.jsonl"
+    job = job_manifest(
+        manifest, override, base_model=args.base_model, smoke_data=f"file://{smoke_data}" if args.smoke else None
+    )
     job_file = folder / "job.yaml"
+    if clear_unless_resumable(folder, yaml.safe_dump(job, sort_keys=False)):
+        print(f"{name}, {setting}: resuming the attempt cut short in {folder}", file=sys.stderr)
+    if args.smoke:
+        write_smoke_dataset(manifest, smoke_data)
     job_file.write_text(yaml.safe_dump(job, sort_keys=False))
     command = [
         str(Path(sys.executable).parent / "kubetune"),

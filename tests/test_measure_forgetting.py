@@ -100,3 +100,18 @@ def test_the_readme_quotes_the_recorded_demo_figures() -> None:
         assert "| " + " | ".join(cells) + " |" in readme, cells
     if "adapterStrength" in runs["on"]:
         assert f"the\nadapter kept at strength {runs['on']['adapterStrength']['scale']:g}" in readme
+
+
+def test_a_run_cut_short_keeps_its_checkpoints_for_the_next_attempt_and_any_other_starts_clean(tmp_path: Path) -> None:
+    """A run past its hour (or an interrupted invocation) is measured again from its checkpoints:
+    ``kubetune run`` resumes a run with the same spec, data and model from them."""
+    folder = tmp_path / "tickets-defaults"
+    folder.mkdir()
+    (folder / "job.yaml").write_text("spec: {a: 1}\n")
+    (folder / "runs" / "tickets" / "checkpoints").mkdir(parents=True)
+    assert measure_forgetting.clear_unless_resumable(folder, "spec: {a: 1}\n") is True
+    assert (folder / "runs" / "tickets" / "checkpoints").is_dir()
+    assert measure_forgetting.clear_unless_resumable(folder, "spec: {a: 2}\n") is False  # another job
+    assert folder.is_dir() and not any(folder.iterdir())
+    assert measure_forgetting.clear_unless_resumable(tmp_path / "new", "spec: {a: 1}\n") is False
+    assert (tmp_path / "new").is_dir()
