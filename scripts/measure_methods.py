@@ -162,20 +162,30 @@ def _change(measure: dict[str, Any] | None) -> str:
     return f"{measure['base']:.3f} → {measure['tuned']:.3f} ({-measure['relative_loss'] + 0.0:+.1%})"
 
 
+# Each adapter's defining values, from its resolved block, as the table names the method.
+ADAPTER_VALUES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "lora": lambda block: f"r={block['r']}, {block['scaling']} scaling",  # lora and dora
+    "adalora": lambda block: f"r={block['initialRank']}→{block['targetRank']}",
+    "ia3": lambda block: f"on {' '.join(block['targetModules'])}",
+    "prefix": lambda block: f"{block['virtualTokens']} virtual tokens",
+    "bottleneck": lambda block: f"size {block['size']}, {block['placement']}",
+}
+
+
+def _described(resolved: dict[str, Any]) -> str:
+    for block, values in ADAPTER_VALUES.items():
+        if resolved.get(block):
+            return f"{resolved['method']}, {resolved['adapter']} {values(resolved[block])}"
+    return str(resolved["method"])  # a full fine-tune
+
+
 def _row(run: dict[str, Any]) -> str:
     if run["exitCode"] != 0:
         return f"| {run['method']} | failed: exit {run['exitCode']} |"
     task, forgetting, training = run["task"] or {}, run["forgetting"], run["training"]
-    resolved = run["resolved"]
-    lora, ia3 = resolved.get("lora"), resolved.get("ia3")
-    described = resolved["method"]
-    if lora:
-        described += f", {resolved['adapter']} r={lora['r']}, {lora['scaling']} scaling"
-    elif ia3:
-        described += f", ia3 on {' '.join(ia3['targetModules'])}"
     cells = [
         run["method"],
-        described,
+        _described(run["resolved"]),
         f"{run['adapterStrength']['scale']:g}" if run.get("adapterStrength") else "1 (full)",
         *(
             (
