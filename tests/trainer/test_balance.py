@@ -97,3 +97,14 @@ def test_a_ratio_below_one_is_refused_at_the_field(tmp_path: Path) -> None:
     data = write_tickets(tmp_path / "t.jsonl", LABELS)
     code, said, _ = preflight(tmp_path, data, {"balance": {"maxRatio": 0.5}})
     assert code == 2 and "spec.dataset.curation.balance.maxRatio" in said, said[-2000:]
+
+
+def test_labels_that_are_identifiers_are_shown_redacted_even_when_personal_data_is_only_reported(
+    tmp_path: Path,
+) -> None:
+    data = write_tickets(tmp_path / "t.jsonl", {"anna@example.com": 20, "omar@example.com": 10, "returns": 10})
+    code, said, report = preflight(tmp_path, data, {"pii": "report"})
+    assert code == 0, said[-2000:]
+    assert report["labels"] == {"before": {"[EMAIL]": 30, "returns": 10}}
+    for page in ("curation.json", "curation.md"):
+        assert "@example.com" not in (tmp_path / "work" / "artifacts" / "reports" / page).read_text()

@@ -228,6 +228,15 @@ def _counts(report: CurationReport) -> str:
     return f"{read} rows read, {valid} valid, dropped in curation: {dropped}; split: {splits}"
 
 
+def _shown(counts: Counter[str]) -> dict[str, int]:
+    """Label counts for the report, most frequent first, each label redacted: a source whose personal
+    data is only reported may have identifiers for answers, and the report repeats none."""
+    shown: Counter[str] = Counter()
+    for label, count in counts.most_common():
+        shown[pii.redact(label)[0]] += count
+    return dict(shown)
+
+
 def _balance_labels(
     pool: list[Example],
     lengths: list[int],
@@ -249,13 +258,13 @@ def _balance_labels(
                 "rather than preference pairs); remove the balance block"
             )
         return pool, lengths
-    report.labels = {"before": dict(counts.most_common())}
+    report.labels = {"before": _shown(counts)}
     if wanted is None:
         return pool, lengths
     balanced = balance(task, [n for n, keep in zip(lengths, is_task, strict=True) if keep], wanted, spec.split.seed)
     report.add_dropped(balanced.dropped)
     after = label_counts(balanced.examples) or Counter()
-    report.labels |= {"after": dict(after.most_common()), "repeated": balanced.repeated, "by": str(wanted.by)}
+    report.labels |= {"after": _shown(after), "repeated": balanced.repeated, "by": str(wanted.by)}
     others = [(e, n) for e, n, keep in zip(pool, lengths, is_task, strict=True) if not keep]
     return [e for e, _ in others] + balanced.examples, [n for _, n in others] + balanced.lengths
 
