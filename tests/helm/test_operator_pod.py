@@ -81,6 +81,7 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_ALLOWED_STORAGE_PREFIXES": "",
         "KUBETUNE_MAX_GPUS_PER_JOB": "0",
         "KUBETUNE_MAX_JOBS_PER_NAMESPACE": "0",
+        "KUBETUNE_MIN_PERSONAL_DATA_PROTECTION": "redact",
         "KUBETUNE_TRAINER_EGRESS": json.dumps(
             {
                 "apiServerCidrs": [],
@@ -124,6 +125,7 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_ALLOWED_STORAGE_PREFIXES": "s3://ml-{namespace}/,s3://shared-models/",
         "KUBETUNE_MAX_GPUS_PER_JOB": "8",
         "KUBETUNE_MAX_JOBS_PER_NAMESPACE": "3",
+        "KUBETUNE_MIN_PERSONAL_DATA_PROTECTION": "report",
         "KUBETUNE_TRAINER_EGRESS": json.dumps(
             {
                 "apiServerCidrs": ["10.96.0.1/32", "172.18.0.2/32"],
@@ -229,12 +231,14 @@ def test_the_policy_values_start_an_operator_that_enforces_them() -> None:
     assert "minio.minio.svc:9000" in config.storage.endpoints and config.placement.allow_raw
     assert sorted(config.placement.profiles) == ["default", "gpu-a100"]
     assert (config.max_gpus_per_job, config.max_jobs_per_namespace) == (8, 3)
+    assert config.personal_data.allowed == ("report", "redact", "drop")
     assert config.trainer_egress is not None and [str(c) for c in config.trainer_egress.s3_cidrs] == [
         "0.0.0.0/0",
         "10.20.0.0/16",
     ]
     defaults = OperatorConfig.from_env(container_env(render()))
     assert defaults.trainer_egress is None, "no egress NetworkPolicy unless asked"
+    assert defaults.personal_data.weakest == "redact", "tenants cannot turn redaction off unless allowed"
     assert (defaults.storage.endpoints, defaults.placement.allow_raw, defaults.allow_instance_metadata) == (
         ("*",),
         False,

@@ -13,6 +13,8 @@ from kubetune.operator.imagepolicy import ImagePolicy
 from kubetune.operator.networkpolicy import HELM_VALUE as TRAINER_EGRESS_VALUE
 from kubetune.operator.networkpolicy import TrainerEgress
 from kubetune.operator.placement import PlacementPolicy
+from kubetune.operator.privacypolicy import HELM_VALUE as PERSONAL_DATA_VALUE
+from kubetune.operator.privacypolicy import PersonalDataFloor
 from kubetune.operator.storagepolicy import ANY_PUBLIC_ENDPOINT, StoragePolicy
 
 # Each default once: the dataclass and the environment loader both use these.
@@ -51,6 +53,8 @@ class OperatorConfig:
     # a namespace trains at once (the rest wait in Queued, reason NamespaceQuota).
     max_gpus_per_job: int | None
     max_jobs_per_namespace: int | None
+    # The weakest personal-data policy (dataset.curation.pii, sources[].pii) a job may choose.
+    personal_data: PersonalDataFloor
     trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT
     # Trainers push here; the operator deletes a deleted job's group. May hold NAMESPACE_PLACEHOLDER:
     # one Pushgateway per namespace, so no tenant's pushes land where another's are scraped.
@@ -151,6 +155,12 @@ class OperatorConfig:
                 f"policy.allowedS3Endpoints / policy.allowedStoragePrefixes): {err}"
             ) from err
         try:
+            personal_data = PersonalDataFloor.parse(env.get("KUBETUNE_MIN_PERSONAL_DATA_PROTECTION", ""))
+        except ValueError as err:
+            raise ConfigError(
+                f"KUBETUNE_MIN_PERSONAL_DATA_PROTECTION (Helm value {PERSONAL_DATA_VALUE}): {err}"
+            ) from err
+        try:
             trainer_egress = TrainerEgress.parse(env.get("KUBETUNE_TRAINER_EGRESS", ""))
         except ValueError as err:
             raise ConfigError(f"KUBETUNE_TRAINER_EGRESS (Helm value {TRAINER_EGRESS_VALUE}): {err}") from err
@@ -174,4 +184,5 @@ class OperatorConfig:
             max_gpus_per_job=cap("KUBETUNE_MAX_GPUS_PER_JOB", "policy.maxGpusPerJob"),
             max_jobs_per_namespace=cap("KUBETUNE_MAX_JOBS_PER_NAMESPACE", "policy.maxJobsPerNamespace"),
             trainer_egress=trainer_egress,
+            personal_data=personal_data,
         )

@@ -30,6 +30,7 @@ FAILURE_REASONS = (
     "ImageNotAllowed",
     "PlacementNotAllowed",
     "StorageNotAllowed",
+    "PersonalDataPolicyNotAllowed",
     "GpuQuotaExceeded",
     "NameConflict",
     "PreflightFailed",

@@ -86,6 +86,9 @@ def check_policy(spec: FineTuneJobSpec, namespace: str, config: OperatorConfig) 
     if (storage := config.storage.refusal(spec, namespace)) is not None:
         field, why = storage
         return SpecProblem("StorageNotAllowed", f"{field}: {why}")
+    if (personal_data := config.personal_data.refusal(spec)) is not None:
+        field, why = personal_data
+        return SpecProblem("PersonalDataPolicyNotAllowed", f"{field}: {why}")
     return None
 
 
