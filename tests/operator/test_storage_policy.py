@@ -87,6 +87,18 @@ def test_every_s3_uri_stays_under_the_namespaces_prefixes() -> None:
     )
     assert policy.refusal(output, "team-a") is not None
     assert policy.refusal(output, "team-a")[0] == "spec.output.uri"  # type: ignore[index]
+    # Continuing another team's published version would read its model: the version is storage too.
+    other_teams_version = spec(
+        baseModel={"uri": "s3://shared/base-models/llama/"},
+        continual={"from": "s3://ml-team-b/out/v20261201-000000-abcdef"},
+        dataset={"sources": [{"uri": "s3://ml-team-a/data/a.jsonl"}]},
+        output={"uri": "s3://ml-team-a/out/"},
+    )
+    assert policy.refusal(other_teams_version, "team-a") == (
+        "spec.continual.from",
+        "s3://ml-team-b/out/v20261201-000000-abcdef is outside the storage this namespace may use "
+        "(s3://ml-team-a/, s3://shared/base-models/)",
+    )
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ class RunRecord:
     resolved: ResolvedTraining
     outcome: TrainOutcome
     evaluation: EvaluationReport
+    continual: dict[str, Any] | None = None  # the versions this run continued (models.continual)
 
 
 def lineage_manifest(run: RunRecord) -> dict[str, Any]:
@@ -48,6 +49,7 @@ def lineage_manifest(run: RunRecord) -> dict[str, Any]:
     return {
         "job": {"name": run.name, "namespace": run.job.get("namespace"), "uid": run.job.get("uid")},
         "baseModel": {"uri": run.base_model_uri, "sha256": run.base_model_sha256},
+        **({"continual": run.continual} if run.continual else {}),
         "dataset": {
             "sources": run.data.source_uris,
             # How the sources were mixed (a retraining's replay of its champion's data shows here).

@@ -53,6 +53,7 @@ from kubetune_trainer.general_prompts import (
     normalise_for_matching,
 )
 from kubetune_trainer.hardware import Hardware, quantity_gib, training_hardware
+from kubetune_trainer.models.continual import resolve_starting_version
 from kubetune_trainer.models.loading import model_checksum, resolve_model_dir
 from kubetune_trainer.plan import (
     MeasuredSteps,
@@ -85,6 +86,7 @@ class BaseModelInfo:
     hardware: Hardware
     chat_template: str | None
     sequence_limit: int  # the longest example this run keeps (plan.sequence_limit)
+    continual: dict[str, Any] | None = None  # the chain of versions this run continues (models.continual)
 
 
 def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
@@ -92,10 +94,15 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
 
     from kubetune_trainer.training.model import load_tokenizer
 
-    path = resolve_model_dir(ctx.spec.base_model.uri, ctx.store)
+    uri, continual = ctx.spec.base_model.uri, None
+    if ctx.spec.continual is not None:  # the version's weights stand in for the base model's everywhere
+        start = resolve_starting_version(ctx.spec.continual.from_version, uri, ctx.store)
+        uri, path, continual = start.weights_uri, start.path, start.lineage
+    else:
+        path = resolve_model_dir(uri, ctx.store)
     shape = ModelShape.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False))
     return BaseModelInfo(
-        uri=ctx.spec.base_model.uri,
+        uri=uri,
         path=path,
         sha256=model_checksum(path),
         tokenizer=load_tokenizer(path),
@@ -103,6 +110,7 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
         hardware=training_hardware(ctx.spec.resources, preflight=ctx.mode == Mode.PREFLIGHT),
         chat_template=ctx.spec.base_model.chat_template,
         sequence_limit=sequence_limit(ctx.spec, shape),
+        continual=continual,
     )
 
 
@@ -599,6 +607,7 @@ def publish(
         name=ctx.name,
         base_model_uri=model.uri,
         base_model_sha256=model.sha256,
+        continual=model.continual,
         data=data,
         resolved=resolved,
         outcome=outcome,

@@ -1101,6 +1101,25 @@ class S3Spec(ApiModel):
     force_path_style: bool = False
 
 
+class ContinualSpec(ApiModel):
+    """Continual learning: training goes on from a model this platform published, not from the base."""
+
+    from_version: Annotated[
+        str,
+        Field(
+            alias="from",
+            pattern=DATA_URI_PATTERN,
+            max_length=MAX_URI_LENGTH,
+            description=(
+                "A published version to start from: its folder, <output.uri>/<version> (s3:// or file://), "
+                "holding a manifest.json and merged weights. Training starts from its merged weights, the "
+                "evaluation compares against it, and the lineage manifest records the chain of versions. "
+                "baseModel.uri must name the base model the chain began with."
+            ),
+        ),
+    ]
+
+
 class FineTuneJobSpec(ApiModel):
     # Rules between fields, each naming the field to change. The model type-checks first, so a
     # rule's check sees valid values.
@@ -1213,6 +1232,7 @@ class FineTuneJobSpec(ApiModel):
     model_config = ConfigDict(json_schema_extra=rules_schema(rules))
 
     base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
+    continual: ContinualSpec | None = None
     dataset: DatasetSpec
     method: MethodSpec = Field(default_factory=MethodSpec)
     hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec)
