@@ -11,6 +11,7 @@ import pytest
 from kubetune.api.manifest import parse_spec
 from kubetune.operator.config import ConfigError, OperatorConfig
 from kubetune.operator.storagepolicy import StoragePolicy
+from kubetune_trainer.environment import TrainerEnvironment
 from tests.kubeapi.cluster import TestCluster
 from tests.operator.cluster import Cluster, wait_for
 from tests.operator.conftest import running_operator
@@ -131,4 +132,10 @@ def test_an_output_outside_the_namespaces_prefix_is_refused(cluster: Cluster, te
         assert_rejected(cluster, "StorageNotAllowed", "spec.output.uri: s3://models/other-team/tickets/ is outside")
         inside = with_spec(output={"uri": "s3://models/default/tickets/"})
         cluster.apply({**inside, "metadata": {"name": "tickets-inside"}})
-        wait_for(lambda: cluster.job("tickets-inside-preflight"), what="the pre-flight Job of the job inside")
+        preflight = wait_for(
+            lambda: cluster.job("tickets-inside-preflight"), what="the pre-flight Job of the job inside"
+        )
+    # URIs the trainer finds only at run time (a continued version's data) are held to the same prefixes.
+    env = {e["name"]: e.get("value", "") for e in preflight["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBETUNE_STORAGE_PREFIXES"] == "s3://models/default/,s3://datasets/"
+    assert TrainerEnvironment.from_env(env).storage_prefixes == ("s3://models/default/", "s3://datasets/")

@@ -21,13 +21,28 @@ from kubetune_trainer.storage import ObjectStore
 from tests.trainer.jobs import run_locally, write_dataset, write_job
 
 
-def _publish(folder: Path, model_dir: Path, rows: int, **spec: Any) -> dict[str, Any]:
+def _rows(path: Path, task: str, count: int = 24) -> Path:
+    """A labelled task of its own per stage, so no stage's rows are another's (exact dedup would drop them)."""
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"{task} request {i}: item {i * 41} is {'late' if i % 2 else 'broken'}"},
+                {"role": "assistant", "content": f"{task}-{'a' if i % 2 else 'b'}"},
+            ]
+        }
+        for i in range(count)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _publish(folder: Path, model_dir: Path, task: str, **spec: Any) -> dict[str, Any]:
     """One ``kubetune run`` publishing merged weights; its version's manifest, with where it lies."""
     folder.mkdir()
     job = write_job(
         folder / "job.yaml",
         model_dir=model_dir,
-        data=write_dataset(folder / "data.jsonl", rows),
+        data=_rows(folder / "data.jsonl", task),
         output=f"file://{folder}/out",
         **spec,
     )
@@ -45,9 +60,11 @@ def _sha256(path: Path) -> str:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> list[dict[str, Any]]:
     root = tmp_path_factory.mktemp("continual")
-    first = _publish(root / "a", tiny_model_dir, 24)
-    second = _publish(root / "b", tiny_model_dir, 24, continual={"from": f"file://{first['folder']}"})
-    third = _publish(root / "c", tiny_model_dir, 24, continual={"from": f"file://{second['folder']}/"})
+    first = _publish(root / "a", tiny_model_dir, "billing")
+    second = _publish(root / "b", tiny_model_dir, "shipping", continual={"from": f"file://{first['folder']}"})
+    third = _publish(
+        root / "c", tiny_model_dir, "refunds", continual={"from": f"file://{second['folder']}/", "replayFraction": 0.25}
+    )
     return [first, second, third]
 
 
@@ -79,11 +96,41 @@ def test_each_version_starts_from_the_one_named_and_records_the_chain(
     assert len({model_checksum(v["folder"] / "merged") for v in chain}) == 3, "each stage trained on"
 
 
-def _refusal(version: Path, base: str) -> str:
+def test_each_version_replays_the_data_of_the_versions_before_it(chain: list[dict[str, Any]]) -> None:
+    first, second, third = chain
+    data = [f"file://{v['folder'].parents[2]}/data.jsonl" for v in chain]
+    assert [(s["uri"], s["weight"], s["role"]) for s in first["dataset"]["mix"]] == [(data[0], 1.0, "task")]
+    # B: its own data, and A's at the default fraction; C: its own, and both earlier tasks at 0.25.
+    assert [(s["uri"], s["weight"]) for s in second["dataset"]["mix"]] == [(data[1], 1.0), (data[0], 0.5)]
+    assert second["continual"]["replay"] == {"fraction": 0.5, "sources": [data[0]]}
+    assert [(s["uri"], s["weight"]) for s in third["dataset"]["mix"]] == [
+        (data[2], 1.0),
+        (data[0], 0.25),
+        (data[1], 0.25),
+    ]
+    assert third["continual"]["replay"] == {"fraction": 0.25, "sources": [data[0], data[1]]}
+    # Each replayed source is read whole; its weight applies to the training split only.
+    assert all(s["examples"] == 24 for s in third["dataset"]["mix"])
+
+
+def _spec(version: Path | str, base: str, **continual: Any) -> Any:
+    from kubetune.api.manifest import parse_spec
+
+    return parse_spec(
+        {
+            "baseModel": {"uri": base},
+            "continual": {"from": version if isinstance(version, str) else f"file://{version}", **continual},
+            "dataset": {"sources": [{"uri": "s3://team-a/data/new.jsonl"}]},
+            "output": {"uri": "s3://team-a/models/"},
+        }
+    )
+
+
+def _refusal(version: Path, base: str, prefixes: tuple[str, ...] = (), field: str = "spec.continual.from") -> str:
     with pytest.raises(ConfigurationError) as refused:
-        resolve_starting_version(f"file://{version}", base, ObjectStore())
+        resolve_starting_version(_spec(version, base), ObjectStore(), prefixes)
     message = str(refused.value)
-    assert message.startswith("spec.continual.from: "), message
+    assert message.startswith(f"{field}: "), message
     return message
 
 
@@ -131,3 +178,35 @@ def test_the_pre_flight_refuses_a_job_continuing_no_version(tmp_path: Path, tiny
     assert f"spec.continual.from: file://{tmp_path}/out/v20261201-000000-abcdef: no published version there" in (
         said.getvalue()
     )
+
+
+def _edited_copy(version: Path, where: Path, edit: Any) -> Path:
+    shutil.copytree(version, where)
+    manifest = json.loads((where / "manifest.json").read_text())
+    edit(manifest)
+    (where / "manifest.json").write_text(json.dumps(manifest))
+    return where
+
+
+def test_replay_skips_held_out_data_and_stays_inside_the_namespaces_storage(
+    chain: list[dict[str, Any]], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    base = f"file://{tiny_model_dir}"
+    mix = [
+        {"uri": "s3://team-b/private/tickets.jsonl", "format": "auto: chat", "weight": 1.0, "role": "task"},
+        {"uri": "s3://team-a/held-out.jsonl", "format": "chat", "weight": 1.0, "role": "evalOnly"},
+        {"uri": "s3://team-a/pairs.jsonl", "format": "preference", "weight": 1.0, "role": "trainOnly"},
+    ]
+    version = _edited_copy(chain[0]["folder"], tmp_path / "v", lambda m: m["dataset"].update(mix=mix))
+    start = resolve_starting_version(_spec(version, base), ObjectStore())
+    assert [(s.uri, s.format, s.weight) for s in start.replay] == [("s3://team-b/private/tickets.jsonl", "auto", 0.5)]
+    assert resolve_starting_version(_spec(version, base, replayFraction=0), ObjectStore()).replay == []
+    refused = _refusal(version, base, ("s3://team-a/",), field="spec.continual.replayFraction")
+    assert "trained on s3://team-b/private/tickets.jsonl, outside the storage this namespace may use" in refused
+
+    # An earlier version's manifest changed after a later one recorded it: its data is not trusted.
+    earlier = _edited_copy(chain[0]["folder"], tmp_path / "earlier", lambda m: None)
+    later = _edited_copy(
+        chain[1]["folder"], tmp_path / "later", lambda m: m["continual"]["chain"][0].update(uri=f"file://{earlier}")
+    )
+    assert "changed since a later version recorded it" in _refusal(later, base)

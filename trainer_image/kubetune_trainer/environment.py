@@ -31,6 +31,8 @@ class TrainerEnvironment:
     s3_credentials_dir: Path | None  # spec.s3.credentialsSecret, mounted as files by the operator
     # spec.s3.endpoint passed only as a public endpoint: refuse connections that reach a non-public address
     s3_public_endpoint_only: bool
+    # policy.allowedStoragePrefixes for this namespace: URIs found at run time stay under them (empty: any)
+    storage_prefixes: tuple[str, ...]
     metrics_port: int | None
     pushgateway_url: str | None
     push_interval_seconds: int
@@ -80,6 +82,7 @@ class TrainerEnvironment:
             s3_ca_bundle=path(contract.ENV_S3_CA_BUNDLE),
             s3_credentials_dir=path(contract.ENV_S3_CREDENTIALS_DIR),
             s3_public_endpoint_only=(text(contract.ENV_S3_PUBLIC_ENDPOINT_ONLY) or "").lower() == "true",
+            storage_prefixes=tuple(p for p in (text(contract.ENV_STORAGE_PREFIXES) or "").split(",") if p),
             metrics_port=number(contract.ENV_METRICS_PORT),
             pushgateway_url=text(contract.ENV_PUSHGATEWAY_URL),
             push_interval_seconds=number(contract.ENV_PUSH_INTERVAL) or contract.DEFAULT_PUSH_INTERVAL_SECONDS,

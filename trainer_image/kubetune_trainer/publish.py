@@ -54,7 +54,13 @@ def lineage_manifest(run: RunRecord) -> dict[str, Any]:
             "sources": run.data.source_uris,
             # How the sources were mixed (a retraining's replay of its champion's data shows here).
             "mix": [
-                {"uri": source.uri, "format": source.format, "weight": source.weight, "examples": source.rows_valid}
+                {
+                    "uri": source.uri,
+                    "format": source.format,
+                    "weight": source.weight,
+                    "role": source.role,
+                    "examples": source.rows_valid,
+                }
                 for source in run.data.report.sources
             ],
             "contentSha256": run.data.content_sha256,

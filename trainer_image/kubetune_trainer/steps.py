@@ -53,7 +53,7 @@ from kubetune_trainer.general_prompts import (
     normalise_for_matching,
 )
 from kubetune_trainer.hardware import Hardware, quantity_gib, training_hardware
-from kubetune_trainer.models.continual import resolve_starting_version
+from kubetune_trainer.models.continual import StartingVersion, resolve_starting_version
 from kubetune_trainer.models.loading import model_checksum, resolve_model_dir
 from kubetune_trainer.plan import (
     MeasuredSteps,
@@ -86,7 +86,7 @@ class BaseModelInfo:
     hardware: Hardware
     chat_template: str | None
     sequence_limit: int  # the longest example this run keeps (plan.sequence_limit)
-    continual: dict[str, Any] | None = None  # the chain of versions this run continues (models.continual)
+    start: StartingVersion | None = None  # the version this run continues (models.continual)
 
 
 def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
@@ -94,10 +94,10 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
 
     from kubetune_trainer.training.model import load_tokenizer
 
-    uri, continual = ctx.spec.base_model.uri, None
+    uri, start = ctx.spec.base_model.uri, None
     if ctx.spec.continual is not None:  # the version's weights stand in for the base model's everywhere
-        start = resolve_starting_version(ctx.spec.continual.from_version, uri, ctx.store)
-        uri, path, continual = start.weights_uri, start.path, start.lineage
+        start = resolve_starting_version(ctx.spec, ctx.store, ctx.environment.storage_prefixes)
+        uri, path = start.weights_uri, start.path
     else:
         path = resolve_model_dir(uri, ctx.store)
     shape = ModelShape.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False))
@@ -110,7 +110,7 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
         hardware=training_hardware(ctx.spec.resources, preflight=ctx.mode == Mode.PREFLIGHT),
         chat_template=ctx.spec.base_model.chat_template,
         sequence_limit=sequence_limit(ctx.spec, shape),
-        continual=continual,
+        start=start,
     )
 
 
@@ -119,8 +119,11 @@ def _token_counter(model: BaseModelInfo) -> TokenCounter:
 
 
 def prepare_data(ctx: RunContext, model: BaseModelInfo) -> PreparedDataset:
+    dataset = ctx.spec.dataset
+    if model.start is not None and model.start.replay:  # earlier versions' data, at continual.replayFraction
+        dataset = dataset.model_copy(update={"sources": [*dataset.sources, *model.start.replay]})
     data = prepare_dataset(
-        ctx.spec.dataset,
+        dataset,
         ctx.store,
         _token_counter(model),
         max_tokens=model.sequence_limit,
@@ -607,7 +610,7 @@ def publish(
         name=ctx.name,
         base_model_uri=model.uri,
         base_model_sha256=model.sha256,
-        continual=model.continual,
+        continual=model.start.lineage if model.start else None,
         data=data,
         resolved=resolved,
         outcome=outcome,

@@ -46,6 +46,11 @@ ENV_S3_PUBLIC_ENDPOINT_ONLY = "KUBETUNE_S3_PUBLIC_ENDPOINT_ONLY"
 to, so the trainer refuses every S3 connection whose peer address (the socket's, not a separate
 lookup) is loopback, link-local, private or reserved (``kubetune.api.addresses``). Unset: the endpoint
 is the platform's own or listed by it, and reached wherever it resolves."""
+ENV_STORAGE_PREFIXES = "KUBETUNE_STORAGE_PREFIXES"
+"""The ``s3://`` prefixes (comma-separated, the job's namespace filled in) the platform lets this job's
+storage stay under (``policy.allowedStoragePrefixes``). The operator checked every URI of the spec; the
+trainer holds URIs it finds only at run time to them too: those a continued version's manifests name
+as its training data (``kubetune_trainer.models.continual``). Unset: any bucket."""
 ENV_METRICS_PORT = "KUBETUNE_METRICS_PORT"
 """The port the trainer serves ``/metrics`` on (also honoured by ``kubetune run``)."""
 ENV_PUSHGATEWAY_URL = "KUBETUNE_PUSHGATEWAY_URL"

@@ -25,6 +25,7 @@ from kubetune.api.rules import Rule, rules_schema
 from kubetune.api.v1alpha1 import (
     API_VERSION,
     DATA_URI_PATTERN,
+    DEFAULT_REPLAY_FRACTION,
     DNS_LABEL_PATTERN,
     MAX_URI_LENGTH,
     SET_LIST,
@@ -33,6 +34,7 @@ from kubetune.api.v1alpha1 import (
     CpuQuantity,
     FineTuneJobSpec,
     MemoryQuantity,
+    ReplayFraction,
     S3Spec,
     ScratchQuantity,
     unique_values,
@@ -165,16 +167,14 @@ class RetrainingSpec(ApiModel):
         ),
     ]
     replay_fraction: Annotated[
-        float,
+        ReplayFraction,
         Field(
-            ge=0,
-            le=1,
             description=(
                 "Share of the champion's training rows replayed with the new data (its sources' weight in the "
                 "training split; 0 = none); recorded in the challenger's lineage."
             ),
         ),
-    ] = 0.5
+    ] = DEFAULT_REPLAY_FRACTION
     max_jobs: Annotated[int, Field(ge=1, le=100, description="Retraining jobs at most per period.")] = 1
     period_hours: Annotated[int, Field(ge=1, le=365 * 24, description="The period maxJobs counts over.")] = 7 * 24
 

@@ -1101,6 +1101,12 @@ class S3Spec(ApiModel):
     force_path_style: bool = False
 
 
+# Share of earlier training data replayed beside new data, for a continued version and for a drift
+# retraining alike: each earlier source's weight in the training split.
+DEFAULT_REPLAY_FRACTION = 0.5
+ReplayFraction: TypeAlias = Annotated[float, Field(ge=0, le=1)]
+
+
 class ContinualSpec(ApiModel):
     """Continual learning: training goes on from a model this platform published, not from the base."""
 
@@ -1118,6 +1124,17 @@ class ContinualSpec(ApiModel):
             ),
         ),
     ]
+    replay_fraction: Annotated[
+        ReplayFraction,
+        Field(
+            description=(
+                "Earlier training data replayed so the model keeps what it learnt: every source the versions of "
+                "the chain trained on (not their evalOnly sources) is mixed in at this weight in the training "
+                "split; 0 = none. Split by the same hash as the new data, so an earlier test row stays a test "
+                "row when dataset.split is the same. Recorded in the lineage."
+            ),
+        ),
+    ] = DEFAULT_REPLAY_FRACTION
 
 
 class FineTuneJobSpec(ApiModel):

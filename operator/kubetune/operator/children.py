@@ -28,6 +28,7 @@ from kubetune.api.contract import (
     ENV_S3_CREDENTIALS_DIR,
     ENV_S3_PUBLIC_ENDPOINT_ONLY,
     ENV_SCRATCH,
+    ENV_STORAGE_PREFIXES,
     ENV_TERMINATION_LOG,
     FAIL_JOB_EXIT_CODES,
     FINETUNEJOB_ANNOTATION,
@@ -252,12 +253,17 @@ def hardening_env(config: OperatorConfig, *, gpus: int) -> list[dict[str, Any]]:
     return env
 
 
-def endpoint_env(s3: S3Spec, config: OperatorConfig) -> list[dict[str, Any]]:
-    """An endpoint the tenant chose that passed only as "any public endpoint": its name was checked, not
-    what it resolves to, so the trainer checks the address each connection reaches (DNS rebinding)."""
+def storage_env(s3: S3Spec, config: OperatorConfig, namespace: str) -> list[dict[str, Any]]:
+    """The storage policy as far as the trainer must apply it: an endpoint the tenant chose that passed
+    only as "any public endpoint" (its name was checked, not what it resolves to, so the trainer checks
+    the address each connection reaches: DNS rebinding), and the prefixes the URIs it finds at run time
+    must stay under."""
+    env: list[dict[str, Any]] = []
     if s3.endpoint is not None and config.storage.admitted_as_public(s3.endpoint):
-        return [{"name": ENV_S3_PUBLIC_ENDPOINT_ONLY, "value": "true"}]
-    return []
+        env.append({"name": ENV_S3_PUBLIC_ENDPOINT_ONLY, "value": "true"})
+    if prefixes := config.storage.prefixes_for(namespace):
+        env.append({"name": ENV_STORAGE_PREFIXES, "value": ",".join(prefixes)})
+    return env
 
 
 def s3_env(s3: S3Spec) -> list[dict[str, Any]]:
@@ -401,7 +407,9 @@ def _pod_spec(
                 "image": image or spec.image or config.trainer_image,
                 "imagePullPolicy": config.image_pull_policy,
                 "command": command,
-                "env": _env(owner, spec) + hardening_env(config, gpus=gpus) + endpoint_env(spec.s3, config),
+                "env": _env(owner, spec)
+                + hardening_env(config, gpus=gpus)
+                + storage_env(spec.s3, config, owner.namespace),
                 "resources": resources,
                 "volumeMounts": mounts,
                 "securityContext": container_security(),

@@ -32,11 +32,11 @@ from kubetune.operator.children import (
     Owner,
     child_name,
     container_security,
-    endpoint_env,
     hardening_env,
     labels,
     s3_env,
     s3_volumes,
+    storage_env,
 )
 from kubetune.operator.config import OperatorConfig
 
@@ -151,7 +151,7 @@ def _monitor_job(
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *s3_env(spec.s3),
         *hardening_env(config, gpus=0),
-        *endpoint_env(spec.s3, config),
+        *storage_env(spec.s3, config, owner.namespace),
     ]
     pod = {
         "restartPolicy": "Never",

@@ -61,11 +61,15 @@ class StoragePolicy:
         if spec.s3.endpoint is not None and (why := self._endpoint_refusal(spec.s3.endpoint)) is not None:
             return "spec.s3.endpoint", why
         if self.prefixes:
-            allowed = [prefix.replace("{namespace}", namespace) for prefix in self.prefixes]
+            allowed = self.prefixes_for(namespace)
             for field, uri in s3_uris(spec, "spec"):
                 if not any((uri if uri.endswith("/") else uri + "/").startswith(prefix) for prefix in allowed):
                     return field, f"{uri} is outside the storage this namespace may use ({', '.join(allowed)})"
         return None
+
+    def prefixes_for(self, namespace: str) -> list[str]:
+        """The prefixes a job of ``namespace`` may use (empty: any bucket)."""
+        return [prefix.replace("{namespace}", namespace) for prefix in self.prefixes]
 
     def admitted_as_public(self, endpoint: str) -> bool:
         """Whether ``endpoint`` is allowed only as "any public endpoint" (the ``*`` entry), not listed by

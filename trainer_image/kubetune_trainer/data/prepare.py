@@ -98,7 +98,8 @@ def _read_source(
     source: DatasetSource, index: int, store: ObjectStore, problems: _Problems, digest: hashlib._Hash, *, pairs: bool
 ) -> tuple[list[Example], SourceStats]:
     files = _source_files(source, store, index)
-    stats = SourceStats(uri=source.uri, files=files, format=str(source.format), weight=source.weight)
+    role = "evalOnly" if source.eval_only else "trainOnly" if source.train_only else "task"
+    stats = SourceStats(uri=source.uri, files=files, format=str(source.format), weight=source.weight, role=role)
     examples: list[Example] = []
     formats_seen: set[str] = set()
     columns_seen: set[str] = set()

@@ -23,6 +23,8 @@ class SourceStats:
     rows_read: int = 0
     rows_valid: int = 0
     weight: float = 1.0
+    # task, trainOnly or evalOnly: what a later version may replay (models.continual never replays evalOnly).
+    role: str = "task"
     # The source's personal-data policy and the identifiers found per kind (kubetune_trainer.data.pii).
     personal_data: dict[str, Any] = field(default_factory=dict)
 

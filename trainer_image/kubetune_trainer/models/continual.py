@@ -5,6 +5,12 @@ manifest records (a version is immutable; a changed file is damage, not an updat
 versions travels on: each version's lineage manifest lists every version it descends from, oldest
 first, and the base model the chain began with, which ``spec.baseModel.uri`` must name, so a job
 says plainly which pretrained model (and tokenizer) it builds on.
+
+Replay (``continual.replayFraction``): the sources every version of the chain trained on, read from
+their manifests (each checked against the SHA-256 the chain recorded), join the job's data at that
+weight. Never a version's evalOnly sources (held out from it, they must not become training data),
+and only under the storage prefixes the platform allows the job: the operator checked the spec's URIs,
+these are found at run time.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from kubetune.api.v1alpha1 import PREFERENCE_OBJECTIVES, DatasetFormat, DatasetSource, FineTuneJobSpec
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.models.loading import resolve_model_dir
 from kubetune_trainer.publish import MANIFEST, verify_version
@@ -29,6 +36,58 @@ class StartingVersion:
     weights_uri: str  # the version's merged folder
     path: Path  # that folder, downloaded and verified
     lineage: dict[str, Any]  # the next version's manifest ``continual`` block
+    replay: list[DatasetSource]  # earlier training data mixed into this job's
+
+
+def _outside(uri: str, prefixes: tuple[str, ...]) -> bool:
+    return (
+        bool(prefixes)
+        and uri.startswith("s3://")
+        and not any((uri if uri.endswith("/") else uri + "/").startswith(prefix) for prefix in prefixes)
+    )
+
+
+def _replayable(source: dict[str, Any], pairs: bool) -> DatasetSource | None:
+    """A source of an earlier version as this job can read it: its format as the version's manifest
+    recorded it (``auto: chat`` when detected), and only data of this job's kind (pairs of answers for
+    DPO and ORPO, single answers otherwise); never an evalOnly source."""
+    recorded = str(source.get("format") or "auto")
+    if source.get("role") not in ("task", "trainOnly") or (DatasetFormat.PREFERENCE.value in recorded) != pairs:
+        return None
+    known = recorded in {f.value for f in DatasetFormat}
+    return DatasetSource(uri=str(source.get("uri")), format=recorded if known else DatasetFormat.AUTO)
+
+
+def _replay(
+    store: ObjectStore, chain: list[dict[str, Any]], spec: FineTuneJobSpec, prefixes: tuple[str, ...]
+) -> list[DatasetSource]:
+    """Every task and trainOnly source the chain's versions trained on, once, at ``replayFraction``."""
+    assert spec.continual is not None
+    fraction = spec.continual.replay_fraction
+    pairs = spec.method.objective in PREFERENCE_OBJECTIVES
+    skip = {source.uri for source in spec.dataset.sources}
+    if fraction == 0:
+        return []
+    replay: dict[str, DatasetSource] = {}
+    for step in chain:
+        manifest, sha256 = _read(store, str(step["uri"]))
+        if sha256 != step.get("manifestSha256"):
+            raise ConfigurationError(
+                f"{FIELD}: {step['uri']}/{MANIFEST} changed since a later version recorded it (sha256 "
+                f"{sha256[:12]}…, recorded {str(step.get('manifestSha256'))[:12]}…): its data cannot be replayed"
+            )
+        for recorded in (manifest.get("dataset") or {}).get("mix") or []:
+            source = _replayable(recorded, pairs)
+            if source is None or source.uri in skip or source.uri in replay:
+                continue
+            uri = source.uri
+            if _outside(uri, prefixes):
+                raise ConfigurationError(
+                    f"spec.continual.replayFraction: {step['uri']} trained on {uri}, outside the storage this "
+                    f"namespace may use ({', '.join(prefixes)}): set replayFraction to 0 or ask the platform team"
+                )
+            replay[uri] = source.model_copy(update={"weight": fraction})
+    return list(replay.values())
 
 
 def _read(store: ObjectStore, version_uri: str) -> tuple[dict[str, Any], str]:
@@ -50,8 +109,12 @@ def _read(store: ObjectStore, version_uri: str) -> tuple[dict[str, Any], str]:
     return manifest, hashlib.sha256(raw).hexdigest()
 
 
-def resolve_starting_version(version_uri: str, base_model_uri: str, store: ObjectStore) -> StartingVersion:
-    version_uri = version_uri.rstrip("/")
+def resolve_starting_version(
+    spec: FineTuneJobSpec, store: ObjectStore, storage_prefixes: tuple[str, ...] = ()
+) -> StartingVersion:
+    """The version ``spec.continual.from`` names, ready to train from, with the data it replays."""
+    assert spec.continual is not None
+    version_uri, base_model_uri = spec.continual.from_version.rstrip("/"), spec.base_model.uri
     manifest, manifest_sha256 = _read(store, version_uri)
     earlier = manifest.get("continual") or {}
     origin = earlier.get("originBaseModel") or manifest.get("baseModel") or {}
@@ -83,9 +146,12 @@ def resolve_starting_version(version_uri: str, base_model_uri: str, store: Objec
         "manifestSha256": manifest_sha256,
         "promoted": manifest.get("promoted"),
     }
+    chain = [*(earlier.get("chain") or []), step]  # oldest first, ending with the version started from
+    replay = _replay(store, chain, spec, storage_prefixes)
     lineage = {
         "from": step,
-        "chain": [*(earlier.get("chain") or []), step],  # oldest first, ending with the version started from
+        "chain": chain,
         "originBaseModel": origin,
+        "replay": {"fraction": spec.continual.replay_fraction, "sources": [source.uri for source in replay]},
     }
-    return StartingVersion(weights_uri=weights_uri, path=path, lineage=lineage)
+    return StartingVersion(weights_uri=weights_uri, path=path, lineage=lineage, replay=replay)
