@@ -36,8 +36,8 @@ def _rows(path: Path, task: str, count: int = 24) -> Path:
     return path
 
 
-def _publish(folder: Path, model_dir: Path, task: str, **spec: Any) -> dict[str, Any]:
-    """One ``kubetune run`` publishing merged weights; its version's manifest, with where it lies."""
+def _publish(folder: Path, model_dir: Path, task: str, formats: str = "merged", **spec: Any) -> dict[str, Any]:
+    """One ``kubetune run`` publishing ``formats``; its version's manifest, with where it lies."""
     folder.mkdir()
     job = write_job(
         folder / "job.yaml",
@@ -47,7 +47,7 @@ def _publish(folder: Path, model_dir: Path, task: str, **spec: Any) -> dict[str,
         **spec,
     )
     manifest = yaml.safe_load(job.read_text())
-    manifest["spec"]["output"]["formats"] = ["merged"]
+    manifest["spec"]["output"]["formats"] = [formats]
     job.write_text(yaml.safe_dump(manifest))
     _, path = run_locally(job, folder)
     return {**json.loads(path.read_text()), "folder": path.parent, "manifestSha256": _sha256(path)}
@@ -60,7 +60,7 @@ def _sha256(path: Path) -> str:
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> list[dict[str, Any]]:
     root = tmp_path_factory.mktemp("continual")
-    first = _publish(root / "a", tiny_model_dir, "billing")
+    first = _publish(root / "a", tiny_model_dir, "billing", formats="adapter")  # B merges it into the base
     second = _publish(root / "b", tiny_model_dir, "shipping", continual={"from": f"file://{first['folder']}"})
     third = _publish(
         root / "c", tiny_model_dir, "refunds", continual={"from": f"file://{second['folder']}/", "replayFraction": 0.25}
@@ -77,23 +77,45 @@ def _step(version: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _assert_same_weights(one: Path, other: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    (first,), (second,) = one.glob("*.safetensors"), other.glob("*.safetensors")
+    left, right = load_file(first), load_file(second)
+    assert left.keys() == right.keys()
+    assert all(torch.allclose(left[name], right[name], atol=1e-6) for name in left)
+
+
 def test_each_version_starts_from_the_one_named_and_records_the_chain(
-    chain: list[dict[str, Any]], tiny_model_dir: Path
+    chain: list[dict[str, Any]], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    from kubetune.api.v1alpha1 import MethodType
+    from kubetune_trainer.export.merge import merge_adapter
+
+    tmp = tmp_path
     first, second, third = chain
     assert "continual" not in first, "a job from the base model continues nothing"
     assert first["baseModel"] == {"uri": f"file://{tiny_model_dir}", "sha256": model_checksum(tiny_model_dir)}
     for parent, child in ((first, second), (second, third)):
-        # Training started from the parent's merged weights, byte for byte what it published.
-        assert child["baseModel"] == {
-            "uri": f"file://{parent['folder']}/merged",
-            "sha256": model_checksum(parent["folder"] / "merged"),
-        }
         assert child["continual"]["from"] == _step(parent)
         assert child["continual"]["originBaseModel"] == first["baseModel"]
+    # C started from B's merged weights, byte for byte what B published.
+    assert third["baseModel"] == {
+        "uri": f"file://{second['folder']}/merged",
+        "sha256": model_checksum(second["folder"] / "merged"),
+    }
+    # A published only its adapter: B started from it merged into the base A was trained on.
+    assert second["baseModel"]["uri"] == f"file://{first['folder']}/adapter"
+    start = resolve_starting_version(_spec(first["folder"], f"file://{tiny_model_dir}"), ObjectStore())
+    assert model_checksum(start.path) == second["baseModel"]["sha256"] != first["baseModel"]["sha256"]
+    _assert_same_weights(
+        start.path, merge_adapter(tiny_model_dir, first["folder"] / "adapter", tmp / "merged", method=MethodType.LORA)
+    )
     assert second["continual"]["chain"] == [_step(first)]
     assert third["continual"]["chain"] == [_step(first), _step(second)], "oldest first, the whole way back"
-    assert len({model_checksum(v["folder"] / "merged") for v in chain}) == 3, "each stage trained on"
+    starts = {model_checksum(start.path), *(model_checksum(v["folder"] / "merged") for v in chain[1:])}
+    assert len(starts) == 3, "each stage trained on"
 
 
 def test_each_version_replays_the_data_of_the_versions_before_it(chain: list[dict[str, Any]]) -> None:
@@ -142,18 +164,16 @@ def test_what_cannot_be_continued_is_refused_at_the_field_before_training(
     assert "no published version there" in _refusal(first["folder"].parent, base)
     assert f"set spec.baseModel.uri to '{base}'" in _refusal(first["folder"], "builtin://smollm2-135m-instruct")
 
-    adapter_only = tmp_path / "adapter-only"
-    shutil.copytree(first["folder"], adapter_only)
-    manifest = json.loads((adapter_only / "manifest.json").read_text())
-    manifest["artifacts"] = [a for a in manifest["artifacts"] if not a["path"].startswith("merged/")]
-    (adapter_only / "manifest.json").write_text(json.dumps(manifest))
-    assert "published no merged weights" in _refusal(adapter_only, base)
+    prefix = _edited_copy(first["folder"], tmp_path / "prefix", lambda m: m["resolved"].update(adapter="prefix"))
+    assert "published neither merged weights nor an adapter that merges into them" in _refusal(prefix, base)
+    assert "(its artifacts: adapter, reports; adapter: prefix)" in _refusal(prefix, base)
 
-    damaged = tmp_path / "damaged"
-    shutil.copytree(first["folder"], damaged)
-    (weights,) = (damaged / "merged").glob("*.safetensors")
-    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
-    assert "its merged weights differ from its manifest" in _refusal(damaged, base)
+    for version, artifact in ((first, "adapter"), (chain[1], "merged")):
+        damaged = tmp_path / f"damaged-{artifact}"
+        shutil.copytree(version["folder"], damaged)
+        (weights,) = (damaged / artifact).glob("*.safetensors")
+        weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+        assert f"its {artifact} differs from its manifest" in _refusal(damaged, base)
 
 
 def test_the_pre_flight_refuses_a_job_continuing_no_version(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -1,7 +1,10 @@
 """Start from a published version (``spec.continual.from``) instead of the base model.
 
 The version's merged weights are the starting point, checked file by file against the SHA-256 its
-manifest records (a version is immutable; a changed file is damage, not an update). The chain of
+manifest records (a version is immutable; a changed file is damage, not an update). A version that
+published only its adapter (``output.formats: [adapter]``) is merged into the base it was trained on
+first (checked against the digest its manifest recorded), the way its own export would have merged it;
+prefix and bottleneck adapters cannot be merged into weights and are refused. The chain of
 versions travels on: each version's lineage manifest lists every version it descends from, oldest
 first, and the base model the chain began with, which ``spec.baseModel.uri`` must name, so a job
 says plainly which pretrained model (and tokenizer) it builds on.
@@ -17,23 +20,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kubetune.api.v1alpha1 import PREFERENCE_OBJECTIVES, DatasetFormat, DatasetSource, FineTuneJobSpec
+from kubetune.api.v1alpha1 import (
+    PREFERENCE_OBJECTIVES,
+    UNMERGEABLE_ADAPTERS,
+    DatasetFormat,
+    DatasetSource,
+    FineTuneJobSpec,
+    MethodType,
+)
 from kubetune_trainer.errors import ConfigurationError
-from kubetune_trainer.models.loading import resolve_model_dir
+from kubetune_trainer.models.builtin import cache_root
+from kubetune_trainer.models.loading import model_checksum, resolve_model_dir
 from kubetune_trainer.publish import MANIFEST, verify_version
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
 
 FIELD = "spec.continual.from"
 WEIGHTS = "merged"  # the artifact a continued job starts from
+ADAPTER = "adapter"  # else the adapter, merged into its version's base here
 
 
 @dataclass(frozen=True)
 class StartingVersion:
-    weights_uri: str  # the version's merged folder
+    weights_uri: str  # the version's merged folder, or its adapter's (merged here into its base)
     path: Path  # that folder, downloaded and verified
     lineage: dict[str, Any]  # the next version's manifest ``continual`` block
     replay: list[DatasetSource]  # earlier training data mixed into this job's
@@ -90,6 +103,34 @@ def _replay(
     return list(replay.values())
 
 
+def _merged_adapter(manifest: dict[str, Any], adapter_uri: str, store: ObjectStore, prefixes: tuple[str, ...]) -> Path:
+    """The version's adapter merged into the base it was trained on, built once into the cache."""
+    from kubetune_trainer.export.merge import merge_adapter
+
+    base = manifest.get("baseModel") or {}
+    base_uri = str(base.get("uri"))
+    if _outside(base_uri, prefixes):
+        raise ConfigurationError(
+            f"{FIELD}: the version's adapter was trained on {base_uri}, outside the storage this namespace may use "
+            f"({', '.join(prefixes)})"
+        )
+    base_dir = resolve_model_dir(base_uri, store)
+    if model_checksum(base_dir) != base.get("sha256"):
+        raise ConfigurationError(
+            f"{FIELD}: the base model the version's adapter was trained on, {base_uri}, differs from the digest "
+            f"its manifest recorded: the adapter cannot be merged into it"
+        )
+    folder = cache_root() / "continual" / hashlib.sha256(adapter_uri.encode()).hexdigest()[:16]
+    merged, done = folder / WEIGHTS, folder / ".complete"
+    if not done.exists():  # versions never change: one merge serves every later job on this node
+        shutil.rmtree(folder, ignore_errors=True)
+        adapter_dir = store.download_tree(adapter_uri, folder / ADAPTER)
+        method = MethodType(str((manifest.get("resolved") or {}).get("method") or MethodType.LORA.value))
+        merge_adapter(base_dir, adapter_dir, merged, method=method)
+        done.write_text(adapter_uri)
+    return merged
+
+
 def _read(store: ObjectStore, version_uri: str) -> tuple[dict[str, Any], str]:
     """The version's manifest and its SHA-256; a clear error where there is no published version."""
     manifest_uri = join_uri(version_uri, MANIFEST)
@@ -124,20 +165,29 @@ def resolve_starting_version(
             f"{base_model_uri!r}: set spec.baseModel.uri to {origin.get('uri')!r} (the tokenizer and architecture "
             f"come from it)"
         )
-    paths = [str(artifact.get("path")) for artifact in manifest.get("artifacts") or []]
-    if not any(PurePosixPath(path).parts[:1] == (WEIGHTS,) for path in paths):
-        kinds = sorted({PurePosixPath(path).parts[0] for path in paths if "/" in path})
+    kinds = {PurePosixPath(str(a.get("path"))).parts[0] for a in manifest.get("artifacts") or []}
+    adapter = str((manifest.get("resolved") or {}).get("adapter") or "")
+    if WEIGHTS in kinds:
+        artifact = WEIGHTS
+    elif ADAPTER in kinds and adapter not in UNMERGEABLE_ADAPTERS:
+        artifact = ADAPTER
+    else:
+        listed = ", ".join(sorted(kinds - {MANIFEST})) or "none"
         raise ConfigurationError(
-            f"{FIELD}: {version_uri} published no merged weights (its artifacts: {', '.join(kinds) or 'none'}); "
-            f"a job continues from merged weights: start from a version whose output.formats included merged"
+            f"{FIELD}: {version_uri} published neither merged weights nor an adapter that merges into them (its "
+            f"artifacts: {listed}; adapter: {adapter or 'none'}): start from a version whose output.formats "
+            f"included merged, or one with a LoRA, DoRA, AdaLoRA or IA3 adapter"
         )
     _, problems = verify_version(version_uri, store)
-    damaged = [problem for problem in problems if problem.startswith(join_uri(version_uri, WEIGHTS) + "/")]
+    damaged = [problem for problem in problems if problem.startswith(join_uri(version_uri, artifact) + "/")]
     if damaged:
-        raise ConfigurationError(f"{FIELD}: {version_uri}: its merged weights differ from its manifest: {damaged[0]}")
-    weights_uri = join_uri(version_uri, WEIGHTS)
+        raise ConfigurationError(f"{FIELD}: {version_uri}: its {artifact} differs from its manifest: {damaged[0]}")
+    weights_uri = join_uri(version_uri, artifact)
     try:
-        path = resolve_model_dir(weights_uri, store)
+        if artifact == WEIGHTS:
+            path = resolve_model_dir(weights_uri, store)
+        else:
+            path = _merged_adapter(manifest, weights_uri, store, storage_prefixes)
     except ConfigurationError as err:
         raise ConfigurationError(str(err).replace("spec.baseModel.uri", FIELD, 1)) from err
     step = {
