@@ -36,8 +36,8 @@ from kubetune.api.v1alpha1 import (
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.models.builtin import cache_root
 from kubetune_trainer.models.loading import model_checksum, resolve_model_dir
-from kubetune_trainer.publish import MANIFEST, verify_version
-from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
+from kubetune_trainer.publish import MANIFEST
+from kubetune_trainer.storage import ObjectStore, StorageError, join_uri, sha256_file
 
 FIELD = "spec.continual.from"
 WEIGHTS = "merged"  # the artifact a continued job starts from
@@ -125,10 +125,35 @@ def _merged_adapter(manifest: dict[str, Any], adapter_uri: str, store: ObjectSto
     if not done.exists():  # versions never change: one merge serves every later job on this node
         shutil.rmtree(folder, ignore_errors=True)
         adapter_dir = store.download_tree(adapter_uri, folder / ADAPTER)
+        _check_files(manifest, ADAPTER, adapter_dir, adapter_uri.rsplit("/", 1)[0])
         method = MethodType(str((manifest.get("resolved") or {}).get("method") or MethodType.LORA.value))
         merge_adapter(base_dir, adapter_dir, merged, method=method)
         done.write_text(adapter_uri)
     return merged
+
+
+def _check_files(manifest: dict[str, Any], artifact: str, folder: Path, version_uri: str) -> None:
+    """The downloaded ``artifact`` folder holds exactly the files the manifest lists, each with its size
+    and SHA-256 (checked on the local copy: one read of what training will use, not a second download)."""
+    listed = {
+        PurePosixPath(str(entry.get("path"))).relative_to(artifact).as_posix(): entry
+        for entry in manifest.get("artifacts") or []
+        if PurePosixPath(str(entry.get("path"))).parts[:1] == (artifact,)
+    }
+    found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    problems = [f"{name}: not in the manifest" for name in sorted(found - set(listed))]
+    for name, entry in sorted(listed.items()):
+        local = folder / name
+        if name not in found:
+            problems.append(f"{name}: missing (the manifest lists it)")
+        elif (sha256_file(local), local.stat().st_size) != (entry.get("sha256"), entry.get("sizeBytes")):
+            problems.append(
+                f"{name}: sha256 {sha256_file(local)[:12]}…; the manifest says {str(entry.get('sha256'))[:12]}…"
+            )
+    if problems:
+        raise ConfigurationError(
+            f"{FIELD}: {version_uri}: its {artifact} differs from its manifest: {artifact}/{problems[0]}"
+        )
 
 
 def _read(store: ObjectStore, version_uri: str) -> tuple[dict[str, Any], str]:
@@ -178,14 +203,11 @@ def resolve_starting_version(
             f"artifacts: {listed}; adapter: {adapter or 'none'}): start from a version whose output.formats "
             f"included merged, or one with a LoRA, DoRA, AdaLoRA or IA3 adapter"
         )
-    _, problems = verify_version(version_uri, store)
-    damaged = [problem for problem in problems if problem.startswith(join_uri(version_uri, artifact) + "/")]
-    if damaged:
-        raise ConfigurationError(f"{FIELD}: {version_uri}: its {artifact} differs from its manifest: {damaged[0]}")
     weights_uri = join_uri(version_uri, artifact)
     try:
         if artifact == WEIGHTS:
             path = resolve_model_dir(weights_uri, store)
+            _check_files(manifest, WEIGHTS, path, version_uri)
         else:
             path = _merged_adapter(manifest, weights_uri, store, storage_prefixes)
     except ConfigurationError as err:
