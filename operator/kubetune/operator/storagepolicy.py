@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from kubetune.api.addresses import non_public_reason, parse_address
 from kubetune.api.driftmonitor import DriftMonitorSpec
+from kubetune.api.prefixes import within
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 
 ANY_PUBLIC_ENDPOINT = "*"
@@ -63,7 +64,7 @@ class StoragePolicy:
         if self.prefixes:
             allowed = self.prefixes_for(namespace)
             for field, uri in s3_uris(spec, "spec"):
-                if not any((uri if uri.endswith("/") else uri + "/").startswith(prefix) for prefix in allowed):
+                if not within(uri, allowed):
                     return field, f"{uri} is outside the storage this namespace may use ({', '.join(allowed)})"
         return None
 

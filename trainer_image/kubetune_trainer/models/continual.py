@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from kubetune.api.prefixes import within
 from kubetune.api.v1alpha1 import (
     PREFERENCE_OBJECTIVES,
     UNMERGEABLE_ADAPTERS,
@@ -53,11 +54,7 @@ class StartingVersion:
 
 
 def _outside(uri: str, prefixes: tuple[str, ...]) -> bool:
-    return (
-        bool(prefixes)
-        and uri.startswith("s3://")
-        and not any((uri if uri.endswith("/") else uri + "/").startswith(prefix) for prefix in prefixes)
-    )
+    return bool(prefixes) and uri.startswith("s3://") and not within(uri, prefixes)
 
 
 def _replayable(source: dict[str, Any], pairs: bool) -> DatasetSource | None:
