@@ -224,6 +224,13 @@ def test_replay_skips_held_out_data_and_stays_inside_the_namespaces_storage(
     refused = _refusal(version, base, ("s3://team-a/",), field="spec.continual.replayFraction")
     assert "trained on s3://team-b/private/tickets.jsonl, outside the storage this namespace may use" in refused
 
+    # However long the chain, a job reads at most as many sources as a spec may name.
+    many = [{"uri": f"s3://team-a/part-{i}.jsonl", "format": "chat", "role": "task"} for i in range(32)]
+    crowded = _edited_copy(chain[0]["folder"], tmp_path / "crowded", lambda m: m["dataset"].update(mix=many))
+    refused = _refusal(crowded, base, field="spec.continual.replayFraction")
+    assert "trained on 32 other sources; with the job's 1 that is more than the 32 sources" in refused
+    assert resolve_starting_version(_spec(crowded, base, replayFraction=0), ObjectStore()).replay == []
+
     # An earlier version's manifest changed after a later one recorded it: its data is not trusted.
     earlier = _edited_copy(chain[0]["folder"], tmp_path / "earlier", lambda m: None)
     later = _edited_copy(

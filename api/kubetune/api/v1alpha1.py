@@ -509,7 +509,7 @@ class DatasetSpec(ApiModel):
     )
     model_config = ConfigDict(json_schema_extra=rules_schema(rules))
 
-    sources: Annotated[list[DatasetSource], Field(min_length=1, max_length=32)]
+    sources: Annotated[list[DatasetSource], Field(min_length=1, max_length=MAX_DATASET_SOURCES)]
     replay: ReplaySpec = Field(default_factory=ReplaySpec)
     invalid_rows: Annotated[
         InvalidRowPolicy,
@@ -1104,6 +1104,8 @@ class S3Spec(ApiModel):
 # Share of earlier training data replayed beside new data, for a continued version and for a drift
 # retraining alike: each earlier source's weight in the training split.
 DEFAULT_REPLAY_FRACTION = 0.5
+# Most sources one job reads: the spec's, and with a continued version's replay, the spec's and the chain's.
+MAX_DATASET_SOURCES = 32
 ReplayFraction: TypeAlias = Annotated[float, Field(ge=0, le=1)]
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from kubetune.api.prefixes import within
 from kubetune.api.v1alpha1 import (
+    MAX_DATASET_SOURCES,
     PREFERENCE_OBJECTIVES,
     UNMERGEABLE_ADAPTERS,
     DatasetFormat,
@@ -97,6 +98,12 @@ def _replay(
                     f"namespace may use ({', '.join(prefixes)}): set replayFraction to 0 or ask the platform team"
                 )
             replay[uri] = source.model_copy(update={"weight": fraction})
+    if len(skip) + len(replay) > MAX_DATASET_SOURCES:  # a long chain must not grow a job's reads unbounded
+        raise ConfigurationError(
+            f"spec.continual.replayFraction: the chain's versions trained on {len(replay)} other sources; with the "
+            f"job's {len(skip)} that is more than the {MAX_DATASET_SOURCES} sources one job may read: lower "
+            f"replayFraction to 0, or continue from a version whose data is gathered in fewer sources"
+        )
     return list(replay.values())
 
 
