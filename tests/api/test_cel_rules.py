@@ -12,6 +12,7 @@ import pytest
 from kubetune.api.manifest import ManifestError, parse_spec
 from kubetune.api.v1alpha1 import (
     AdaLoraSpec,
+    ContinualSpec,
     DatasetSource,
     DatasetSpec,
     FineTuneJobSpec,
@@ -56,6 +57,13 @@ def model_problems(spec: dict[str, Any]) -> set[tuple[str, str]]:
 
 def split(validation: float, test: float) -> dict[str, Any]:
     return {"dataset": {"sources": [{"uri": "s3://data/x"}], "split": {"validation": validation, "test": test}}}
+
+
+CONTINUAL_RULES = {rule.field: rule.message for rule in ContinualSpec.rules}
+
+
+def continual(**fields: Any) -> dict[str, Any]:
+    return {"continual": {"from": "s3://models/x/v1", **fields}}
 
 
 def data(**extra: Any) -> dict[str, Any]:
@@ -168,6 +176,15 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
             spec_rule("hyperparameters.packing", "dpo and orpo"),
         ),
         ({"method": {"objective": "orpo"}, "hyperparameters": {"packing": False}}, set()),
+        (continual(ewc={}), set()),
+        (continual(ewc={"lambda": 50}, replayFraction=0.1), set()),
+        (continual(replayFraction=0), set()),
+        (continual(ewc={}, replayFraction=0), {("continual.ewc", CONTINUAL_RULES[".ewc"])}),
+        (
+            {**continual(ewc={}), "method": {"objective": "dpo"}, **sources({"format": "preference"})},
+            spec_rule("continual.ewc"),
+        ),
+        ({**continual(), "method": {"objective": "dpo"}, **sources({"format": "preference"})}, set()),
         ({"method": {"objective": "sft"}, "hyperparameters": {"packing": True}}, set()),
         (sources({}, {"evalOnly": True}), set()),
         (sources({"trainOnly": True}, {"evalOnly": True}), set()),

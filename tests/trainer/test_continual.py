@@ -63,7 +63,10 @@ def chain(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> lis
     first = _publish(root / "a", tiny_model_dir, "billing", formats="adapter")  # B merges it into the base
     second = _publish(root / "b", tiny_model_dir, "shipping", continual={"from": f"file://{first['folder']}"})
     third = _publish(
-        root / "c", tiny_model_dir, "refunds", continual={"from": f"file://{second['folder']}/", "replayFraction": 0.25}
+        root / "c",
+        tiny_model_dir,
+        "refunds",
+        continual={"from": f"file://{second['folder']}/", "replayFraction": 0.25, "ewc": {}},
     )
     return [first, second, third]
 
@@ -237,3 +240,61 @@ def test_replay_skips_held_out_data_and_stays_inside_the_namespaces_storage(
         chain[1]["folder"], tmp_path / "later", lambda m: m["continual"]["chain"][0].update(uri=f"file://{earlier}")
     )
     assert "changed since a later version recorded it" in _refusal(later, base)
+
+
+def _distance(one: Path, other: Path) -> float:
+    """Summed squared difference of two folders' weights."""
+    from safetensors.torch import load_file
+
+    (first,), (second,) = one.glob("*.safetensors"), other.glob("*.safetensors")
+    left, right = load_file(first), load_file(second)
+    return sum(float(((left[n].float() - right[n].float()) ** 2).sum()) for n in left)
+
+
+def test_ewc_anchors_the_new_adapter_where_the_version_left_off(
+    chain: list[dict[str, Any]], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """C trained with ``ewc: {}`` (auto weight): the lineage says what the penalty was; D, the same step
+    as C with a far heavier weight, ends much nearer B, the version both started from (Adam's steps keep it
+    jittering about the anchor by about the learning rate: nearer, not on it)."""
+    _, second, third = chain
+    ewc = third["continual"]["ewc"]
+    # The earlier rows are A's and B's training rows replayed at 0.25; C's own are 24 less its held-out 20%.
+    assert ewc["lambdaAuto"] is True
+    assert ewc["lambda"] == pytest.approx(ewc["earlierRows"] / ewc["newRows"])
+    assert 0 < ewc["earlierRows"] < ewc["newRows"] <= 24
+    assert ewc["fisherRows"] == ewc["earlierRows"] and ewc["fisherMean"] > 0 and ewc["penaltyAtEnd"] > 0
+    assert ewc["parameters"] > 0
+
+    heavy = _publish(
+        tmp_path / "c",  # _rows names the task by its folder's argument, so C's data again, in another file
+        tiny_model_dir,
+        "refunds",
+        formats="merged",
+        continual={"from": f"file://{second['folder']}", "replayFraction": 0.25, "ewc": {"lambda": 1e6}},
+    )
+    assert heavy["continual"]["ewc"]["lambda"] == 1e6 and heavy["continual"]["ewc"]["lambdaAuto"] is False
+    start = second["folder"] / "merged"
+    light_moved, heavy_moved = (
+        _distance(third["folder"] / "merged", start),
+        _distance(heavy["folder"] / "merged", start),
+    )
+    assert heavy_moved < 0.25 * light_moved, (heavy_moved, light_moved)  # 0.09 measured; Adam keeps it jittering
+
+
+def test_ewc_without_earlier_data_or_with_pairs_is_refused_at_the_field(tmp_path: Path) -> None:
+    from kubetune.api.manifest import ManifestError, parse_spec
+
+    spec = {
+        "baseModel": {"uri": "builtin://smollm2-135m-instruct"},
+        "continual": {"from": "s3://team-a/models/v1", "replayFraction": 0, "ewc": {"lambda": 10}},
+        "dataset": {"sources": [{"uri": "s3://team-a/data/new.jsonl"}]},
+        "output": {"uri": "s3://team-a/models/"},
+    }
+    with pytest.raises(ManifestError, match=r"spec.continual.ewc: ewc estimates .* it needs replayFraction above 0"):
+        parse_spec(spec)
+    spec["continual"] = {"from": "s3://team-a/models/v1", "ewc": {}}
+    spec["method"] = {"type": "lora", "objective": "dpo"}
+    spec["dataset"] = {"sources": [{"uri": "s3://team-a/data/pairs.jsonl", "format": "preference"}]}
+    with pytest.raises(ManifestError, match=r"spec.continual.ewc: continual.ewc .* for method.objective sft"):
+        parse_spec(spec)

@@ -68,6 +68,7 @@ from kubetune_trainer.publish import PublishedRun, RunRecord, lineage_manifest, 
 from kubetune_trainer.replay import PLANNED_ANSWER_TOKENS, answers_worth_replaying, choose_replay_prompts
 from kubetune_trainer.row_cache import RowCache
 from kubetune_trainer.tensors.encode import TokenCounter
+from kubetune_trainer.training.ewc import EwcPlan
 from kubetune_trainer.training.loop import TrainOutcome
 
 if TYPE_CHECKING:  # types only: the runner pulls in torch when a run evaluates
@@ -416,8 +417,35 @@ def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved
             on_progress=ctx.reporters.progress,
             on_metrics=ctx.reporters.training_metrics,
             on_checkpoint=ctx.reporters.checkpoint_uploaded,
+            ewc=_ewc_plan(ctx, model, data, resolved.hyperparameters.seed),
         )
     )
+
+
+def _ewc_plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, seed: int) -> EwcPlan | None:
+    """``continual.ewc``: the earlier task is the training rows drawn from the replayed sources."""
+    continual = ctx.spec.continual
+    if continual is None or continual.ewc is None or model.start is None:
+        return None
+    replayed = {source.uri for source in model.start.replay}
+    earlier = [example for example in data.train if _drawn_from(example.source, replayed)]
+    if not earlier:
+        raise ConfigurationError(
+            f"spec.continual.ewc: none of the training rows of the versions before {continual.from_version} could be "
+            f"replayed to estimate their Fisher information (replayed sources: {len(replayed)}): remove "
+            f"continual.ewc, or continue from a version that trained on data of this job's kind"
+        )
+    return EwcPlan(
+        earlier=earlier,
+        new_rows=len(data.train) - len(earlier),
+        lambda_=continual.ewc.lambda_,
+        seed=seed,
+    )
+
+
+def _drawn_from(row_source: str, uris: set[str]) -> bool:
+    """A row's source file is one of ``uris`` or lies under one (a source may name a folder)."""
+    return any(row_source == uri or row_source.startswith(uri.rstrip("/") + "/") for uri in uris)
 
 
 def choose_adapter_strength(
@@ -610,7 +638,7 @@ def publish(
         name=ctx.name,
         base_model_uri=model.uri,
         base_model_sha256=model.sha256,
-        continual=model.start.lineage if model.start else None,
+        continual={**model.start.lineage, **({"ewc": outcome.ewc} if outcome.ewc else {})} if model.start else None,
         data=data,
         resolved=resolved,
         outcome=outcome,

@@ -1109,8 +1109,40 @@ MAX_DATASET_SOURCES = 32
 ReplayFraction: TypeAlias = Annotated[float, Field(ge=0, le=1)]
 
 
+class EwcSpec(ApiModel):
+    """Elastic weight consolidation (Kirkpatrick et al. 2017): training is pulled back towards where it
+    started, parameter by parameter, as strongly as the earlier task's Fisher information says the
+    parameter matters to it."""
+
+    lambda_: Annotated[
+        float | None,
+        Field(
+            alias="lambda",
+            ge=0,
+            le=1e12,
+            description=(
+                "Weight of the penalty lambda/2 * sum F_i (theta_i - theta*_i)^2 beside the task's mean loss per "
+                "example. Unset: auto, the earlier task's rows over the new task's (the weight the Laplace "
+                "approximation gives the earlier data when both losses are means per example); recorded in the "
+                "lineage. 0 turns the penalty off."
+            ),
+        ),
+    ] = None
+
+
 class ContinualSpec(ApiModel):
     """Continual learning: training goes on from a model this platform published, not from the base."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.ewc) || !has(self.replayFraction) || self.replayFraction > 0.0",
+            "ewc estimates the earlier task's Fisher information on the versions' training data: it needs "
+            "replayFraction above 0",
+            ".ewc",
+            lambda s: s.ewc is None or s.replay_fraction > 0,
+        ),
+    )
+    model_config = ConfigDict(json_schema_extra=rules_schema(rules))
 
     from_version: Annotated[
         str,
@@ -1137,6 +1169,16 @@ class ContinualSpec(ApiModel):
             ),
         ),
     ] = DEFAULT_REPLAY_FRACTION
+    ewc: Annotated[
+        EwcSpec | None,
+        Field(
+            description=(
+                "Elastic weight consolidation on the parameters this job trains (the new adapter's, or every "
+                "weight for method.type full), anchored where training starts, with a diagonal Fisher estimated "
+                "on the replayed rows of the earlier versions' data. Unset: no penalty (replay alone)."
+            )
+        ),
+    ] = None
 
 
 class FineTuneJobSpec(ApiModel):
@@ -1175,6 +1217,14 @@ class FineTuneJobSpec(ApiModel):
                 s.method.objective not in PREFERENCE_OBJECTIVES
                 or all(source.format in (DatasetFormat.AUTO, DatasetFormat.PREFERENCE) for source in s.dataset.sources)
             ),
+        ),
+        Rule(
+            "!has(self.continual) || !has(self.continual.ewc) || !has(self.method.objective) "
+            "|| !(self.method.objective in ['dpo', 'orpo'])",
+            "continual.ewc estimates the Fisher information of single answers' likelihood: it is for "
+            "method.objective sft, not dpo or orpo",
+            ".continual.ewc",
+            lambda s: s.continual is None or s.continual.ewc is None or s.method.objective not in PREFERENCE_OBJECTIVES,
         ),
         Rule(
             "!has(self.method.objective) || !(self.method.objective in ['dpo', 'orpo']) "

@@ -35,6 +35,7 @@ from kubetune_trainer.tensors.batching import RowDataset, TokenCounts, TokenMete
 from kubetune_trainer.tensors.encode import encode_example
 from kubetune_trainer.training.adalora import AdaLoraSchedule
 from kubetune_trainer.training.checkpoints import CheckpointStore, UploadCheckpoints
+from kubetune_trainer.training.ewc import EwcPlan, prepare_anchor
 from kubetune_trainer.training.model import load_for_training
 from kubetune_trainer.training.preference import (
     PairCollator,
@@ -66,6 +67,7 @@ class TrainConfig:
     on_progress: Callable[[Progress], None] | None = None
     on_metrics: Callable[[TrainingMetrics], None] | None = None
     on_checkpoint: Callable[[int], None] | None = None
+    ewc: EwcPlan | None = None  # spec.continual.ewc: the earlier task's rows and the penalty's weight
     environment: TrainerEnvironment = field(default_factory=TrainerEnvironment.from_env)
 
 
@@ -88,6 +90,7 @@ class TrainOutcome:
     peak_memory_bytes: int = 0
     preempted: bool = False
     strength: StrengthChoice | None = None  # LoRA/QLoRA: the adapter strength kept (training/strength.py)
+    ewc: dict[str, Any] | None = None  # the EWC penalty as applied, for the lineage (training/ewc.py)
 
     @property
     def exit_code(self) -> int:
@@ -279,6 +282,16 @@ def train(config: TrainConfig) -> TrainOutcome:
 
         train_rows = rows_for(config.train)
         eval_rows = rows_for(config.validation) if config.validation else None
+    anchor, ewc_record = None, None
+    if config.ewc is not None:  # anchored here: the weights this job starts from, before any step
+        anchor, ewc_record = prepare_anchor(
+            config.ewc,
+            model,
+            tokenizer,
+            sequence_length=seq_len,
+            chat_template=config.chat_template,
+            device=config.device,
+        )
     meter = TokenMeter()
     world_size = config.environment.world_size
 
@@ -292,6 +305,8 @@ def train(config: TrainConfig) -> TrainOutcome:
     # Callbacks that write into a checkpoint come before the one that uploads it.
     writers: list[TrainerCallback] = [keep_best] if adalora is None else [keep_best, adalora]
     callbacks = [*writers, UploadCheckpoints(config.checkpoints, config.on_checkpoint), sigterm]
+    if anchor is not None:
+        callbacks.append(anchor)
     if config.on_progress is not None or config.on_metrics is not None:
         callbacks.append(
             ReportProgress(
@@ -361,6 +376,8 @@ def train(config: TrainConfig) -> TrainOutcome:
     keep_best.restore()
     if adalora is not None:
         adalora.finish()
+    if anchor is not None and ewc_record is not None:
+        outcome.ewc = {**ewc_record, "penaltyAtEnd": anchor.penalty()}
     unwrapped = trainer.model
     if trainer.is_world_process_zero():
         outcome.trained_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,144 @@
+"""Elastic weight consolidation for a continued version (``spec.continual.ewc``).
+
+Kirkpatrick et al. (2017): after task A, the posterior over the weights is approximated by a Gaussian
+around A's solution whose precision is the diagonal of the Fisher information; training on task B
+adds its log-density, the penalty ``lambda/2 * sum_i F_i (theta_i - theta*_i)^2``.
+
+Here ``theta`` is what this job trains (the new adapter's weights on top of the version it started
+from, or every weight for full fine-tuning) and ``theta*`` its values when training starts: the
+version's function. ``F`` is the empirical Fisher: per example of the earlier task's data (the rows
+replayed from the chain's versions), the squared gradient of that example's mean token loss, averaged.
+Examples go one at a time because the square of a batch's gradient is not the mean of its examples'
+squares. A fresh LoRA adapter starts with B = 0, so A's Fisher is zero there and the penalty holds
+back B, the half that changes the function.
+
+The penalty's gradient, ``lambda * F * (theta - theta*)``, is added to the parameters' gradients just
+before each optimizer step rather than to the loss: exact once per step whatever the gradient
+accumulation and loss scaling (transformers scales a micro-batch's loss differently depending on the
+loss function), and not shrunk by gradient clipping, which applies to the task's gradient only.
+No library in the pinned set ships EWC for transformers' Trainer; this is the paper's formula, a few
+lines over torch.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from kubetune_trainer.data.types import Example
+from kubetune_trainer.tensors.batching import RowDataset, build_rows, collator_for
+from kubetune_trainer.tensors.encode import IGNORE_INDEX, encode_example
+
+# Rows of the earlier task the Fisher is estimated on: a seeded sample beyond this. Each is one
+# forward and backward pass (SmolLM2-135M with LoRA on 2 CPU cores: about 0.2 s), and the estimate's
+# ranking of parameters is stable well before (Kirkpatrick et al. used a few hundred samples).
+FISHER_ROWS = 200
+
+
+def auto_lambda(earlier_rows: int, new_rows: int) -> float:
+    """The penalty weight of the Laplace approximation: the posterior after task A is its N_A rows'
+    likelihood, and the loss here is a mean over task B's N_B rows, so A's quadratic weighs N_A / N_B."""
+    return earlier_rows / max(new_rows, 1)
+
+
+@dataclass(frozen=True)
+class EwcPlan:
+    earlier: list[Example]  # the earlier task's training rows (the replayed sources')
+    new_rows: int  # this job's own training rows
+    lambda_: float | None  # spec.continual.ewc.lambda; None: auto_lambda
+    seed: int
+
+    @property
+    def weight(self) -> float:
+        return self.lambda_ if self.lambda_ is not None else auto_lambda(len(self.earlier), self.new_rows)
+
+
+def diagonal_fisher(
+    model: Any,
+    examples: Sequence[Example],
+    tokenizer: Any,
+    *,
+    sequence_length: int,
+    chat_template: str | None,
+    device: str,
+) -> dict[str, torch.Tensor]:
+    """Mean over ``examples`` of each trainable parameter's squared gradient of the example's mean token loss."""
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in trainable.items()}
+    collate = collator_for(tokenizer, packing=False)
+    was_training = model.training
+    model.eval()  # the Fisher of the function itself: no dropout noise
+    used = 0
+    try:
+        for example in examples:
+            encoded = encode_example(example, tokenizer, sequence_length, chat_template)
+            row = RowDataset(build_rows([encoded], sequence_length, packing=False))[0]
+            if all(label == IGNORE_INDEX for label in row["labels"][1:]):
+                continue  # truncated away: no answer token left to score
+            batch = collate([row])
+            model.zero_grad(set_to_none=True)
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            loss.backward()
+            for name, p in trainable.items():
+                if p.grad is not None:
+                    fisher[name] += p.grad.detach().float() ** 2
+            used += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return {name: f / max(used, 1) for name, f in fisher.items()}
+
+
+class ElasticAnchor(TrainerCallback):
+    """Adds the EWC penalty's gradient before every optimizer step (module docstring)."""
+
+    def __init__(self, model: Any, fisher: dict[str, torch.Tensor], weight: float) -> None:
+        self.weight = weight
+        self.parameters = {name: p for name, p in model.named_parameters() if p.requires_grad and name in fisher}
+        self.anchor = {name: p.detach().clone() for name, p in self.parameters.items()}
+        self.fisher = {name: fisher[name].to(p.device, p.dtype) for name, p in self.parameters.items()}
+
+    def penalty(self) -> float:
+        """lambda/2 * sum F (theta - theta*)^2 at the current weights."""
+        with torch.no_grad():
+            total = sum(
+                float((self.fisher[n] * (p.detach() - self.anchor[n]) ** 2).sum()) for n, p in self.parameters.items()
+            )
+        return self.weight / 2 * total
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        with torch.no_grad():
+            for name, p in self.parameters.items():
+                pull = self.weight * self.fisher[name] * (p.detach() - self.anchor[name])
+                p.grad = pull if p.grad is None else p.grad.add_(pull.to(p.grad.dtype))
+
+
+def prepare_anchor(
+    plan: EwcPlan, model: Any, tokenizer: Any, *, sequence_length: int, chat_template: str | None, device: str
+) -> tuple[ElasticAnchor, dict[str, Any]]:
+    """The callback that anchors ``model`` where it stands now, and what the lineage records of it."""
+    rows = list(plan.earlier)
+    if len(rows) > FISHER_ROWS:
+        rows = random.Random(plan.seed).sample(rows, FISHER_ROWS)
+    started = time.perf_counter()
+    fisher = diagonal_fisher(
+        model, rows, tokenizer, sequence_length=sequence_length, chat_template=chat_template, device=device
+    )
+    anchor = ElasticAnchor(model, fisher, plan.weight)
+    record = {
+        "lambda": plan.weight,
+        "lambdaAuto": plan.lambda_ is None,
+        "earlierRows": len(plan.earlier),
+        "newRows": plan.new_rows,
+        "fisherRows": len(rows),
+        "fisherSeconds": round(time.perf_counter() - started, 3),
+        "parameters": sum(f.numel() for f in fisher.values()),
+        "fisherMean": float(sum(f.sum() for f in fisher.values()) / max(sum(f.numel() for f in fisher.values()), 1)),
+    }
+    return anchor, record
