@@ -179,7 +179,22 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         (continual(ewc={}), set()),
         (continual(ewc={"lambda": 50}, replayFraction=0.1), set()),
         (continual(replayFraction=0), set()),
-        (continual(ewc={}, replayFraction=0), {("continual.ewc", CONTINUAL_RULES[".ewc"])}),
+        (continual(ewc={}, replayFraction=0), set()),  # a published Fisher needs no replay: checked at run time
+        ({"continual": {"ewc": {}}}, {("continual.ewc", CONTINUAL_RULES[".ewc"])}),
+        ({"continual": {"publishFisher": True}}, set()),
+        ({"continual": {"publishFisher": True}, "method": {"adapter": "dora"}}, set()),
+        (
+            {"continual": {"publishFisher": True}, "method": {"adapter": "bottleneck"}},
+            spec_rule("continual.publishFisher"),
+        ),
+        (
+            {
+                "continual": {"publishFisher": True},
+                "method": {"objective": "orpo"},
+                **sources({"format": "preference"}),
+            },
+            spec_rule("continual.publishFisher"),
+        ),
         (
             {**continual(ewc={}), "method": {"objective": "dpo"}, **sources({"format": "preference"})},
             spec_rule("continual.ewc"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,9 @@ def _sha256(path: Path) -> str:
 def chain(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> list[dict[str, Any]]:
     root = tmp_path_factory.mktemp("continual")
     first = _publish(root / "a", tiny_model_dir, "billing", formats="adapter")  # B merges it into the base
-    second = _publish(root / "b", tiny_model_dir, "shipping", continual={"from": f"file://{first['folder']}"})
+    second = _publish(
+        root / "b", tiny_model_dir, "shipping", continual={"from": f"file://{first['folder']}", "publishFisher": True}
+    )
     third = _publish(
         root / "c",
         tiny_model_dir,
@@ -254,23 +258,33 @@ def _distance(one: Path, other: Path) -> float:
 def test_ewc_anchors_the_new_adapter_where_the_version_left_off(
     chain: list[dict[str, Any]], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """C trained with ``ewc: {}`` (auto weight): the lineage says what the penalty was; D, the same step
-    as C with a far heavier weight, ends much nearer B, the version both started from (Adam's steps keep it
-    jittering about the anchor by about the learning rate: nearer, not on it)."""
+    """B published its task's Fisher; C, continuing B with the same recipe and ``ewc: {}`` (auto weight),
+    used it, and its lineage says what the penalty was. D, the same step as C with a far heavier weight,
+    ends much nearer B, the version both started from (Adam's steps keep it jittering about the anchor by
+    about the learning rate: nearer, not on it)."""
+    from safetensors import safe_open
+
     _, second, third = chain
+    (fisher,) = [a for a in second["artifacts"] if a["path"].startswith("fisher/")]
+    assert fisher["path"] == "fisher/fisher.safetensors" and fisher["sizeBytes"] > 0
+    with safe_open(str(second["folder"] / fisher["path"]), framework="pt") as published:
+        rows = int((published.metadata() or {})["rows"])
+        names = set(published.keys())
+    assert names and all("lora_" in name for name in names), "the parameters C trains: its fresh adapter"
+    # B's own training rows and A's replayed ones: 24 + 24 less the 20% each holds out, A's at weight 0.5.
+    assert 20 < rows < 40
+
     ewc = third["continual"]["ewc"]
-    # The earlier rows are A's and B's training rows replayed at 0.25; C's own are 24 less its held-out 20%.
+    assert ewc["fisher"] == "published" and ewc["fisherRows"] == rows and ewc["parameters"] > 0
     assert ewc["lambdaAuto"] is True
-    assert ewc["lambda"] == pytest.approx(ewc["earlierRows"] / ewc["newRows"])
+    assert ewc["lambda"] == pytest.approx(ewc["earlierRows"] / ewc["newRows"])  # C replays A and B at 0.25
     assert 0 < ewc["earlierRows"] < ewc["newRows"] <= 24
-    assert ewc["fisherRows"] == ewc["earlierRows"] and ewc["fisherMean"] > 0 and ewc["penaltyAtEnd"] > 0
-    assert ewc["parameters"] > 0
+    assert ewc["fisherMean"] > 0 and ewc["penaltyAtEnd"] > 0
 
     heavy = _publish(
-        tmp_path / "c",  # _rows names the task by its folder's argument, so C's data again, in another file
+        tmp_path / "c",  # _rows names the task by its argument: C's data again, in another file
         tiny_model_dir,
         "refunds",
-        formats="merged",
         continual={"from": f"file://{second['folder']}", "replayFraction": 0.25, "ewc": {"lambda": 1e6}},
     )
     assert heavy["continual"]["ewc"]["lambda"] == 1e6 and heavy["continual"]["ewc"]["lambdaAuto"] is False
@@ -279,19 +293,60 @@ def test_ewc_anchors_the_new_adapter_where_the_version_left_off(
         _distance(third["folder"] / "merged", start),
         _distance(heavy["folder"] / "merged", start),
     )
-    assert heavy_moved < 0.25 * light_moved, (heavy_moved, light_moved)  # 0.09 measured; Adam keeps it jittering
+    assert heavy_moved < 0.25 * light_moved, (heavy_moved, light_moved)  # 0.09 measured
 
 
-def test_ewc_without_earlier_data_or_with_pairs_is_refused_at_the_field(tmp_path: Path) -> None:
+def test_ewc_estimates_the_fisher_when_the_published_one_is_for_another_start(
+    chain: list[dict[str, Any]], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A rank-8 adapter is not the one B's Fisher was estimated for: the job estimates its own on the
+    replayed rows, and without replayed rows it is refused, naming the field."""
+    second = chain[1]
+    other = {"method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}}
+    estimated = _publish(
+        tmp_path / "e", tiny_model_dir, "returns", continual={"from": f"file://{second['folder']}", "ewc": {}}, **other
+    )
+    ewc = estimated["continual"]["ewc"]
+    assert ewc["fisher"] == "estimated" and ewc["fisherRows"] == ewc["earlierRows"] > 0
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    job = write_job(
+        folder / "job.yaml",
+        model_dir=tiny_model_dir,
+        data=_rows(folder / "data.jsonl", "returns"),
+        output=f"file://{folder}/out",
+        continual={"from": f"file://{second['folder']}", "ewc": {}, "replayFraction": 0},
+        **other,
+    )
+    refused = subprocess.run(
+        [str(Path(sys.executable).parent / "kubetune"), "run", str(job), "--workdir", str(folder / "work")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "error: spec.continual.ewc: the Fisher published with" in refused.stderr
+    assert "set continual.replayFraction above 0" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (folder / "out").exists(), "nothing published"
+
+
+def test_ewc_and_publish_fisher_are_refused_where_they_cannot_apply() -> None:
     from kubetune.api.manifest import ManifestError, parse_spec
 
-    spec = {
+    spec: dict[str, Any] = {
         "baseModel": {"uri": "builtin://smollm2-135m-instruct"},
-        "continual": {"from": "s3://team-a/models/v1", "replayFraction": 0, "ewc": {"lambda": 10}},
+        "continual": {"ewc": {"lambda": 10}},
         "dataset": {"sources": [{"uri": "s3://team-a/data/new.jsonl"}]},
         "output": {"uri": "s3://team-a/models/"},
     }
-    with pytest.raises(ManifestError, match=r"spec.continual.ewc: ewc estimates .* it needs replayFraction above 0"):
+    with pytest.raises(ManifestError, match=r"spec.continual.ewc: ewc anchors training at the version it starts"):
+        parse_spec(spec)
+    spec["continual"] = {"publishFisher": True}
+    assert parse_spec(spec).continual.publish_fisher  # type: ignore[union-attr]
+    spec["method"] = {"type": "lora", "adapter": "prefix"}
+    with pytest.raises(ManifestError, match=r"spec.continual.publishFisher: .*not prefix or bottleneck"):
         parse_spec(spec)
     spec["continual"] = {"from": "s3://team-a/models/v1", "ewc": {}}
     spec["method"] = {"type": "lora", "objective": "dpo"}

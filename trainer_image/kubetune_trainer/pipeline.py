@@ -145,6 +145,8 @@ def _run_stages(ctx: RunContext) -> Exit:
         steps.reference_profile(ctx, model, data, resolved, subject)
     with ctx.clock.stage("export"):
         steps.export(ctx, model, resolved, outcome)
+    with ctx.clock.stage("fisher"):
+        steps.publish_fisher(ctx, model, data, resolved, outcome)
     with ctx.clock.stage("publish"):
         published = steps.publish(ctx, model, data, resolved, outcome, evaluation)
     result = TrainerResult(

@@ -53,7 +53,7 @@ from kubetune_trainer.general_prompts import (
     normalise_for_matching,
 )
 from kubetune_trainer.hardware import Hardware, quantity_gib, training_hardware
-from kubetune_trainer.models.continual import StartingVersion, resolve_starting_version
+from kubetune_trainer.models.continual import StartingVersion, published_fisher, resolve_starting_version
 from kubetune_trainer.models.loading import model_checksum, resolve_model_dir
 from kubetune_trainer.plan import (
     MeasuredSteps,
@@ -96,7 +96,8 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
     from kubetune_trainer.training.model import load_tokenizer
 
     uri, start = ctx.spec.base_model.uri, None
-    if ctx.spec.continual is not None:  # the version's weights stand in for the base model's everywhere
+    if ctx.spec.continual is not None and ctx.spec.continual.from_version is not None:
+        # The version's weights stand in for the base model's everywhere.
         start = resolve_starting_version(ctx.spec, ctx.store, ctx.environment.storage_prefixes)
         uri, path = start.weights_uri, start.path
     else:
@@ -423,23 +424,61 @@ def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved
 
 
 def _ewc_plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, seed: int) -> EwcPlan | None:
-    """``continual.ewc``: the earlier task is the training rows drawn from the replayed sources."""
+    """``continual.ewc``: the earlier task is the training rows drawn from the replayed sources, or the
+    Fisher the version published."""
     continual = ctx.spec.continual
     if continual is None or continual.ewc is None or model.start is None:
         return None
     replayed = {source.uri for source in model.start.replay}
     earlier = [example for example in data.train if _drawn_from(example.source, replayed)]
-    if not earlier:
+    published = published_fisher(model.start, ctx.store, ctx.workdir / "fisher")
+    if not earlier and published is None:
         raise ConfigurationError(
-            f"spec.continual.ewc: none of the training rows of the versions before {continual.from_version} could be "
-            f"replayed to estimate their Fisher information (replayed sources: {len(replayed)}): remove "
-            f"continual.ewc, or continue from a version that trained on data of this job's kind"
+            f"spec.continual.ewc: {model.start.version_uri} published no Fisher (continual.publishFisher) and none "
+            f"of the training rows of the versions before this job is replayed to estimate it "
+            f"(replayFraction {continual.replay_fraction}, {len(replayed)} sources replayed): set replayFraction "
+            f"above 0, or continue from a version that trained on data of this job's kind"
         )
     return EwcPlan(
         earlier=earlier,
         new_rows=len(data.train) - len(earlier),
         lambda_=continual.ewc.lambda_,
         seed=seed,
+        published=published,
+        version=model.start.version_uri,
+    )
+
+
+def publish_fisher(
+    ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining, outcome: TrainOutcome
+) -> None:
+    """``continual.publishFisher``: this task's Fisher, for a job continuing this version (training/ewc.py)."""
+    from kubetune_trainer.export.merge import merge_adapter
+    from kubetune_trainer.models.continual import FISHER
+    from kubetune_trainer.training.ewc import FISHER_FILE
+    from kubetune_trainer.training.ewc import publish_fisher as write_fisher
+
+    if ctx.spec.continual is None or not ctx.spec.continual.publish_fisher:
+        return
+    method = MethodType(resolved.method)
+    # The weights a continuing job starts from: what this version publishes, or merges its adapter into.
+    if method == MethodType.FULL:
+        weights = outcome.trained_dir
+    elif (ctx.workdir / "merged").is_dir():
+        weights = ctx.workdir / "merged"
+    else:
+        weights = merge_adapter(model.path, outcome.trained_dir, ctx.workdir / "merged", method=method)
+    own = [s.uri for s in ctx.spec.dataset.sources if not s.eval_only]
+    own += [s.uri for s in model.start.replay] if model.start else []
+    rows = [example for example in data.train if _drawn_from(example.source, set(own))]
+    write_fisher(
+        weights,
+        resolved,
+        rows,
+        ctx.workdir / "artifacts" / FISHER / FISHER_FILE,
+        device=model.hardware.device,
+        bf16=model.hardware.bf16,
+        chat_template=model.chat_template,
     )
 
 

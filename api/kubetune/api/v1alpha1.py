@@ -1135,17 +1135,16 @@ class ContinualSpec(ApiModel):
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            "!has(self.ewc) || !has(self.replayFraction) || self.replayFraction > 0.0",
-            "ewc estimates the earlier task's Fisher information on the versions' training data: it needs "
-            "replayFraction above 0",
+            "!has(self.ewc) || has(self.from)",
+            "ewc anchors training at the version it starts from: set continual.from",
             ".ewc",
-            lambda s: s.ewc is None or s.replay_fraction > 0,
+            lambda s: s.ewc is None or s.from_version is not None,
         ),
     )
     model_config = ConfigDict(json_schema_extra=rules_schema(rules))
 
     from_version: Annotated[
-        str,
+        str | None,
         Field(
             alias="from",
             pattern=DATA_URI_PATTERN,
@@ -1154,10 +1153,11 @@ class ContinualSpec(ApiModel):
                 "A published version to start from: its folder, <output.uri>/<version> (s3:// or file://), "
                 "holding a manifest.json and merged weights. Training starts from its merged weights, the "
                 "evaluation compares against it, and the lineage manifest records the chain of versions. "
-                "baseModel.uri must name the base model the chain began with."
+                "baseModel.uri must name the base model the chain began with. Unset: the job starts from "
+                "baseModel (publishFisher may still prepare its version for a later one)."
             ),
         ),
-    ]
+    ] = None
     replay_fraction: Annotated[
         ReplayFraction,
         Field(
@@ -1174,11 +1174,22 @@ class ContinualSpec(ApiModel):
         Field(
             description=(
                 "Elastic weight consolidation on the parameters this job trains (the new adapter's, or every "
-                "weight for method.type full), anchored where training starts, with a diagonal Fisher estimated "
-                "on the replayed rows of the earlier versions' data. Unset: no penalty (replay alone)."
+                "weight for method.type full), anchored where training starts, with a diagonal Fisher: the one "
+                "published with the version (publishFisher) when it was made for this job's starting point, else "
+                "estimated on the replayed rows of the earlier versions' data. Unset: no penalty (replay alone)."
             )
         ),
     ] = None
+    publish_fisher: Annotated[
+        bool,
+        Field(
+            description=(
+                "Publish with this version the diagonal Fisher of its task (fisher/fisher.safetensors), estimated "
+                "for the parameters a job continuing it with the same method, adapter settings and seed trains, "
+                "so that job's continual.ewc needs neither this task's data nor the time to estimate it."
+            )
+        ),
+    ] = False
 
 
 class FineTuneJobSpec(ApiModel):
@@ -1225,6 +1236,20 @@ class FineTuneJobSpec(ApiModel):
             "method.objective sft, not dpo or orpo",
             ".continual.ewc",
             lambda s: s.continual is None or s.continual.ewc is None or s.method.objective not in PREFERENCE_OBJECTIVES,
+        ),
+        Rule(
+            "!has(self.continual) || !has(self.continual.publishFisher) || !self.continual.publishFisher "
+            "|| ((!has(self.method.objective) || !(self.method.objective in ['dpo', 'orpo'])) "
+            "&& (!has(self.method.adapter) || !(self.method.adapter in ['prefix', 'bottleneck'])))",
+            "continual.publishFisher estimates single answers' likelihood for a job that continues this version's "
+            "weights: it is for method.objective sft with an adapter that merges into them (not prefix or "
+            "bottleneck)",
+            ".continual.publishFisher",
+            lambda s: (
+                s.continual is None
+                or not s.continual.publish_fisher
+                or (s.method.objective not in PREFERENCE_OBJECTIVES and s.method.adapter not in UNMERGEABLE_ADAPTERS)
+            ),
         ),
         Rule(
             "!has(self.method.objective) || !(self.method.objective in ['dpo', 'orpo']) "

@@ -44,6 +44,7 @@ from kubetune_trainer.storage import ObjectStore, StorageError, join_uri, sha256
 FIELD = "spec.continual.from"
 WEIGHTS = "merged"  # the artifact a continued job starts from
 ADAPTER = "adapter"  # else the adapter, merged into its version's base here
+FISHER = "fisher"  # the task's Fisher, where the version was trained with continual.publishFisher
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class StartingVersion:
     path: Path  # that folder, downloaded and verified
     lineage: dict[str, Any]  # the next version's manifest ``continual`` block
     replay: list[DatasetSource]  # earlier training data mixed into this job's
+    version_uri: str = ""
+    manifest: dict[str, Any] | None = None  # the version's, as read (its SHA-256 is in the lineage)
 
 
 def _outside(uri: str, prefixes: tuple[str, ...]) -> bool:
@@ -183,7 +186,7 @@ def resolve_starting_version(
     spec: FineTuneJobSpec, store: ObjectStore, storage_prefixes: tuple[str, ...] = ()
 ) -> StartingVersion:
     """The version ``spec.continual.from`` names, ready to train from, with the data it replays."""
-    assert spec.continual is not None
+    assert spec.continual is not None and spec.continual.from_version is not None
     version_uri, base_model_uri = spec.continual.from_version.rstrip("/"), spec.base_model.uri
     manifest, manifest_sha256 = _read(store, version_uri)
     earlier = manifest.get("continual") or {}
@@ -230,4 +233,24 @@ def resolve_starting_version(
         "originBaseModel": origin,
         "replay": {"fraction": spec.continual.replay_fraction, "sources": [source.uri for source in replay]},
     }
-    return StartingVersion(weights_uri=weights_uri, path=path, lineage=lineage, replay=replay)
+    return StartingVersion(
+        weights_uri=weights_uri,
+        path=path,
+        lineage=lineage,
+        replay=replay,
+        version_uri=version_uri,
+        manifest=manifest,
+    )
+
+
+def published_fisher(start: StartingVersion, store: ObjectStore, destination: Path) -> Path | None:
+    """The Fisher the version published (``continual.publishFisher``), downloaded and checked against
+    its manifest; None where it published none."""
+    from kubetune_trainer.training.ewc import FISHER_FILE
+
+    manifest = start.manifest or {}
+    if not any(PurePosixPath(str(a.get("path"))).parts[:1] == (FISHER,) for a in manifest.get("artifacts") or []):
+        return None
+    folder = store.download_tree(join_uri(start.version_uri, FISHER), destination)
+    _check_files(manifest, FISHER, folder, start.version_uri)
+    return folder / FISHER_FILE

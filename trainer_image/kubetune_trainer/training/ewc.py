@@ -18,20 +18,30 @@ accumulation and loss scaling (transformers scales a micro-batch's loss differen
 loss function), and not shrunk by gradient clipping, which applies to the task's gradient only.
 No library in the pinned set ships EWC for transformers' Trainer; this is the paper's formula, a few
 lines over torch.
+
+A version trained with ``continual.publishFisher`` publishes its task's Fisher for the job that
+continues it (``fisher/fisher.safetensors``): estimated the way that job would, on the parameters it
+would train, loaded the way it loads them (its merged weights, the same method, adapter settings and
+seed), with the SHA-256 of those starting values beside it. The continuing job uses it only when its
+own starting values have that digest; otherwise the Fisher belongs to another starting point and the
+job estimates its own on the replayed data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
 from kubetune_trainer.data.types import Example
+from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.tensors.batching import RowDataset, build_rows, collator_for
 from kubetune_trainer.tensors.encode import IGNORE_INDEX, encode_example
 
@@ -39,6 +49,8 @@ from kubetune_trainer.tensors.encode import IGNORE_INDEX, encode_example
 # forward and backward pass (SmolLM2-135M with LoRA on 2 CPU cores: about 0.2 s), and the estimate's
 # ranking of parameters is stable well before (Kirkpatrick et al. used a few hundred samples).
 FISHER_ROWS = 200
+FISHER_FILE = "fisher.safetensors"  # under the version's fisher/ folder
+ANCHOR_DIGEST = "anchorSha256"  # the file's metadata key: the starting values the Fisher was estimated at
 
 
 def auto_lambda(earlier_rows: int, new_rows: int) -> float:
@@ -53,6 +65,8 @@ class EwcPlan:
     new_rows: int  # this job's own training rows
     lambda_: float | None  # spec.continual.ewc.lambda; None: auto_lambda
     seed: int
+    published: Path | None = None  # the version's fisher.safetensors, verified against its manifest
+    version: str = ""  # the version continued, for messages
 
     @property
     def weight(self) -> float:
@@ -119,26 +133,97 @@ class ElasticAnchor(TrainerCallback):
                 p.grad = pull if p.grad is None else p.grad.add_(pull.to(p.grad.dtype))
 
 
+def anchor_digest(model: Any) -> str:
+    """SHA-256 of the trainable parameters' names and starting values (as float32)."""
+    digest = hashlib.sha256()
+    for name, p in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
+        digest.update(name.encode())
+        digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _sample(rows: Sequence[Example], seed: int) -> list[Example]:
+    return list(rows) if len(rows) <= FISHER_ROWS else random.Random(seed).sample(list(rows), FISHER_ROWS)
+
+
+def _published_fisher(plan: EwcPlan, digest: str) -> tuple[dict[str, torch.Tensor], int] | None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if plan.published is None:
+        return None
+    with safe_open(str(plan.published), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get(ANCHOR_DIGEST) != digest:
+        return None
+    return load_file(str(plan.published)), int(metadata.get("rows", "0"))
+
+
 def prepare_anchor(
     plan: EwcPlan, model: Any, tokenizer: Any, *, sequence_length: int, chat_template: str | None, device: str
 ) -> tuple[ElasticAnchor, dict[str, Any]]:
     """The callback that anchors ``model`` where it stands now, and what the lineage records of it."""
-    rows = list(plan.earlier)
-    if len(rows) > FISHER_ROWS:
-        rows = random.Random(plan.seed).sample(rows, FISHER_ROWS)
     started = time.perf_counter()
-    fisher = diagonal_fisher(
-        model, rows, tokenizer, sequence_length=sequence_length, chat_template=chat_template, device=device
-    )
+    published = _published_fisher(plan, anchor_digest(model))
+    if published is not None:
+        fisher, rows_used = published
+    elif plan.earlier:
+        rows = _sample(plan.earlier, plan.seed)
+        fisher = diagonal_fisher(
+            model, rows, tokenizer, sequence_length=sequence_length, chat_template=chat_template, device=device
+        )
+        rows_used = len(rows)
+    else:
+        raise ConfigurationError(
+            f"spec.continual.ewc: the Fisher published with {plan.version} was estimated for another starting "
+            f"point (a different method, adapter settings, seed or hardware precision), and no earlier data is "
+            f"replayed to estimate it again: set continual.replayFraction above 0, or continue with the recipe "
+            f"that published it"
+        )
     anchor = ElasticAnchor(model, fisher, plan.weight)
     record = {
         "lambda": plan.weight,
         "lambdaAuto": plan.lambda_ is None,
+        "fisher": "published" if published is not None else "estimated",
         "earlierRows": len(plan.earlier),
         "newRows": plan.new_rows,
-        "fisherRows": len(rows),
+        "fisherRows": rows_used,
         "fisherSeconds": round(time.perf_counter() - started, 3),
         "parameters": sum(f.numel() for f in fisher.values()),
         "fisherMean": float(sum(f.sum() for f in fisher.values()) / max(sum(f.numel() for f in fisher.values()), 1)),
     }
     return anchor, record
+
+
+def publish_fisher(
+    weights_dir: Path,
+    resolved: Any,
+    rows: Sequence[Example],
+    destination: Path,
+    *,
+    device: str,
+    bf16: bool,
+    chat_template: str | None,
+) -> dict[str, Any]:
+    """This version's task's Fisher, for the parameters a job continuing ``weights_dir`` with the same
+    ``resolved`` training trains, written to ``destination`` with the digest of their starting values."""
+    from safetensors.torch import save_file
+    from transformers import set_seed
+
+    from kubetune_trainer.training.model import load_for_training
+
+    hp = resolved.hyperparameters
+    set_seed(hp.seed)  # as the continuing job's training loop does before its adapter is created
+    model, tokenizer = load_for_training(weights_dir, resolved, device=device, bf16=bf16)
+    sample = _sample(rows, hp.seed)
+    fisher = diagonal_fisher(
+        model, sample, tokenizer, sequence_length=hp.sequence_length, chat_template=chat_template, device=device
+    )
+    digest = anchor_digest(model)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {name: f.contiguous() for name, f in fisher.items()},
+        str(destination),
+        metadata={ANCHOR_DIGEST: digest, "rows": str(len(sample)), "method": str(resolved.method)},
+    )
+    return {"rows": len(sample), ANCHOR_DIGEST: digest, "parameters": sum(f.numel() for f in fisher.values())}
