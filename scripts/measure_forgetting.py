@@ -153,19 +153,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def run_one(
-    name: str, setting: str, manifest: Path, override: dict[str, Any], args: argparse.Namespace, scratch: Path
-) -> dict[str, Any]:
-    folder = scratch / re.sub(r"[^A-Za-z0-9.]+", "-", f"{name}-{setting}")
-    smoke_data = folder / "smoke-data.jsonl"
-    job = job_manifest(
-        manifest, override, base_model=args.base_model, smoke_data=f"file://{smoke_data}" if args.smoke else None
-    )
+def run_kubetune(job: dict[str, Any], folder: Path, examples: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``kubetune run`` of ``job`` in ``folder`` (the examples' paths mapped to ``examples``), as a user
+    runs it, within the hour; the process's result and its wall time."""
     job_file = folder / "job.yaml"
-    if clear_unless_resumable(folder, yaml.safe_dump(job, sort_keys=False)):
-        print(f"{name}, {setting}: resuming the attempt cut short in {folder}", file=sys.stderr)
-    if args.smoke:
-        write_smoke_dataset(manifest, smoke_data)
     job_file.write_text(yaml.safe_dump(job, sort_keys=False))
     command = [
         str(Path(sys.executable).parent / "kubetune"),
@@ -176,7 +167,7 @@ def run_one(
         "--workdir",
         str(folder / "work"),
         "--map",
-        f"/opt/kubetune/examples={manifest.parent}",
+        f"/opt/kubetune/examples={examples}",
     ]
     started = time.time()
     try:
@@ -191,7 +182,23 @@ def run_one(
         # Recorded as a failed run (not kept on resume), so the other runs still happen.
         stderr = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else (err.stderr or "")
         result = subprocess.CompletedProcess(command, 124, "", f"timed out after {RUN_TIMEOUT_SECONDS} s\n{stderr}")
-    wall = time.time() - started
+    return result, time.time() - started
+
+
+def run_one(
+    name: str, setting: str, manifest: Path, override: dict[str, Any], args: argparse.Namespace, scratch: Path
+) -> dict[str, Any]:
+    folder = scratch / re.sub(r"[^A-Za-z0-9.]+", "-", f"{name}-{setting}")
+    smoke_data = folder / "smoke-data.jsonl"
+    job = job_manifest(
+        manifest, override, base_model=args.base_model, smoke_data=f"file://{smoke_data}" if args.smoke else None
+    )
+    resumed = clear_unless_resumable(folder, yaml.safe_dump(job, sort_keys=False))
+    if resumed:
+        print(f"{name}, {setting}: resuming the attempt cut short in {folder}", file=sys.stderr)
+    if args.smoke:
+        write_smoke_dataset(manifest, smoke_data)
+    result, wall = run_kubetune(job, folder, manifest.parent)
     record: dict[str, Any] = {
         "dataset": name,
         "protections": setting,

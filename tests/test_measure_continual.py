@@ -1,0 +1,66 @@
+"""``scripts/measure_continual.py --smoke``: version A from the base with its Fisher published, a
+planted variant of B (sequential tuning at a destructive learning rate) the script must flag as
+forgetting A, resuming without running anything again, and the page rendered from the JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import measure_continual  # noqa: E402
+
+from tests.test_measure_forgetting import run_smoke  # noqa: E402
+
+
+def test_rows_are_held_out_by_their_hash_whatever_their_order() -> None:
+    rows = [json.dumps({"text": f"row {i}"}) for i in range(2000)]
+    train, test = measure_continual.split_rows(rows)
+    assert set(train).isdisjoint(test) and len(train) + len(test) == len(rows)
+    assert 0.17 < len(test) / len(rows) < 0.23
+    assert measure_continual.split_rows(list(reversed(rows)))[1] == list(reversed(test))
+
+
+def test_a_variant_keeps_a_within_five_percent_of_its_accuracy_or_its_likelihood() -> None:
+    figures = {"before": 0.8, "after": 0.761, "nllBefore": 1.0, "nllAfter": 3.0}
+    assert measure_continual.kept(figures)
+    assert not measure_continual.kept({**figures, "after": 0.759})
+    # No accuracy to lose (a random model): the likelihood of A's answers decides.
+    assert measure_continual.kept({**figures, "before": 0.0, "after": 0.0, "nllAfter": 1.05})
+    assert not measure_continual.kept({**figures, "before": 0.0, "after": 0.0, "nllAfter": 1.06})
+
+
+@pytest.mark.slow
+def test_the_smoke_flags_the_planted_forgetting_and_resumes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out, scratch = tmp_path / "continual.json", tmp_path / "scratch"
+    first = run_smoke("measure_continual", out, scratch, tiny_model_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["commit"] and "--smoke" in results["command"] and results["versionA"]["exitCode"] == 0
+    version_a = Path(results["versionA"]["version"])
+    assert (version_a / "fisher" / "fisher.safetensors").is_file(), "version A publishes its Fisher"
+
+    (planted,) = results["variants"]
+    assert planted["variant"] == measure_continual.PLANTED and planted["keptA"] is False
+    assert planted["manifest"]["spec"]["continual"] == {"from": f"file://{version_a}", "replayFraction": 0}
+    assert planted["continual"]["from"]["uri"] == f"file://{version_a}"
+    a, b = planted["tasks"]["A"], planted["tasks"]["B"]
+    assert a["examples"] > 0 and b["examples"] > 0
+    assert a["nllAfter"] > 1.05 * a["nllBefore"], a  # A's answers lost their likelihood too
+    # Every held-out row of both tasks is kept with both models' answers.
+    assert len(planted["perExample"]["test"]) == a["examples"] + b["examples"]
+    assert all(p["base"] is not None and p["tuned"] is not None for p in planted["perExample"]["test"])
+    assert "FORGETS A" in first.stderr
+
+    page = out.with_suffix(".md").read_text()
+    assert page == measure_continual.render_markdown(results)
+    assert f"{a['nllBefore']:.3f} → {a['nllAfter']:.3f}" in page and "| **no** |" in page
+
+    again = run_smoke("measure_continual", out, scratch, tiny_model_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "recorded or not asked for, skipped" in again.stderr and "running" not in again.stderr
+    assert json.loads(out.read_text())["variants"] == results["variants"]
