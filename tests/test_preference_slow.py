@@ -15,12 +15,14 @@ import pytest
 import yaml
 
 from kubetune.api.contract import EXIT_OK
+from kubetune_trainer.plan import DEFAULTS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PAIRS = EXAMPLES / "ticket-preferences" / "data.jsonl"
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
 # Six steps of 8 pairs: enough for a margin whose interval is well above 0 ([0.100, 0.126], reward
-# accuracy 0.98, measured at 600bc01), and short enough that the pre-flight's estimate stays under the
+# accuracy 0.98, measured at 600bc01 with beta 0.1; rewards are beta times the log ratios, so at the
+# default 0.5 the interval lies further above 0), and short enough that the pre-flight's estimate stays under the
 # minute from which `kubetune run` times real steps: 125 s on 2 cores, where 80 pairs took 240 s.
 TRAIN_PAIRS, HELD_OUT_PAIRS = 48, 64
 
@@ -62,7 +64,7 @@ def test_dpo_on_the_builtin_model_prefers_held_out_chosen_answers(tmp_path: Path
     (version,) = (tmp_path / "runs").glob("*/v*")
     lineage = json.loads((version / "manifest.json").read_text())
     resolved = lineage["resolved"]
-    assert resolved["objective"] == {"type": "dpo", "beta": 0.1, "loss": "sigmoid", "reference": "base"}
+    assert resolved["objective"] == {"type": "dpo", "beta": DEFAULTS.dpo_beta, "loss": "sigmoid", "reference": "base"}
     assert resolved["hyperparameters"]["packing"] is False and resolved["replay"]["enabled"] is False
 
     evaluation = json.loads((tmp_path / "work" / "artifacts" / "reports" / "evaluation.json").read_text())

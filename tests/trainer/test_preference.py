@@ -21,6 +21,7 @@ from kubetune_trainer.evaluation.gate import Forgetting, decide_promotion
 from kubetune_trainer.evaluation.preference import compare_answers, compare_preferences, reward_margins
 from kubetune_trainer.evaluation.results import MetricResult
 from kubetune_trainer.evaluation.scoring import TokenLoss
+from kubetune_trainer.plan import DEFAULTS
 from kubetune_trainer.training.preference import dpo_losses, orpo_odds_ratio_losses
 from tests.trainer.jobs import run_locally, write_dataset, write_job, write_pairs
 
@@ -160,7 +161,7 @@ def test_a_preference_run_learns_its_pairs_and_is_judged_on_its_rewards(
     assert resolved["hyperparameters"]["packing"] is False and resolved["replay"]["enabled"] is False
     if method["objective"] == "dpo":
         assert resolved["objective"]["reference"] == "base"
-        assert resolved["objective"]["beta"] == method.get("dpo", {}).get("beta", 0.1)
+        assert resolved["objective"]["beta"] == method.get("dpo", {}).get("beta", DEFAULTS.dpo_beta)
 
     reports = tmp_path / "work" / "artifacts" / "reports"
     history = json.loads((reports / "training_history.json").read_text())
