@@ -93,7 +93,8 @@ def test_candidates_for_a_default_run_only_when_named() -> None:
     everything = measure_methods.planned_runs(smoke=False)
     assert list(everything) == list(measure_methods.METHODS)
     asked = measure_methods.planned_runs(smoke=False, only=["dpo, 1 epoch"])
-    assert asked["dpo, 1 epoch"].override == {"hyperparameters": {"epochs": 1}}
+    # Beta 0.1 named: the default it was measured at, since replaced by 0.5.
+    assert asked["dpo, 1 epoch"].override == {"hyperparameters": {"epochs": 1}, "method": {"dpo": {"beta": 0.1}}}
     assert "dpo, beta 0.5" not in asked
     assert measure_methods.planned_runs(smoke=True, only=["dpo, 1 epoch"]) == measure_methods.PLANTED
     for candidate in measure_methods.CANDIDATES.values():  # each a manifest the API accepts
