@@ -268,17 +268,19 @@ def test_ewc_anchors_the_new_adapter_where_the_version_left_off(
     (fisher,) = [a for a in second["artifacts"] if a["path"].startswith("fisher/")]
     assert fisher["path"] == "fisher/fisher.safetensors" and fisher["sizeBytes"] > 0
     with safe_open(str(second["folder"] / fisher["path"]), framework="pt") as published:
-        rows = int((published.metadata() or {})["rows"])
+        metadata = published.metadata() or {}
         names = set(published.keys())
+    rows, task_rows = int(metadata["rows"]), int(metadata["taskRows"])
     assert names and all("lora_" in name for name in names), "the parameters C trains: its fresh adapter"
     # B's own training rows and A's replayed ones: 24 + 24 less the 20% each holds out, A's at weight 0.5.
-    assert 20 < rows < 40
+    assert 20 < rows == task_rows < 40
 
     ewc = third["continual"]["ewc"]
     assert ewc["fisher"] == "published" and ewc["fisherRows"] == rows and ewc["parameters"] > 0
-    assert ewc["lambdaAuto"] is True
-    assert ewc["lambda"] == pytest.approx(ewc["earlierRows"] / ewc["newRows"])  # C replays A and B at 0.25
-    assert 0 < ewc["earlierRows"] < ewc["newRows"] <= 24
+    # The earlier task counts the rows B trained on, not the fewer C replays of them at 0.25.
+    assert ewc["lambdaAuto"] is True and ewc["earlierRows"] == task_rows
+    assert ewc["lambda"] == pytest.approx(task_rows / ewc["newRows"])
+    assert 0 < ewc["newRows"] <= 24
     assert ewc["fisherMean"] > 0 and ewc["penaltyAtEnd"] > 0
 
     heavy = _publish(
@@ -353,3 +355,34 @@ def test_ewc_and_publish_fisher_are_refused_where_they_cannot_apply() -> None:
     spec["dataset"] = {"sources": [{"uri": "s3://team-a/data/pairs.jsonl", "format": "preference"}]}
     with pytest.raises(ManifestError, match=r"spec.continual.ewc: continual.ewc .* for method.objective sft"):
         parse_spec(spec)
+
+
+def test_a_damaged_published_fisher_is_refused_at_the_field(tmp_path: Path) -> None:
+    """The Fisher is read from storage: one that matches the starting point but holds a negative, an
+    infinite or a missing value is refused, naming the field, before any step."""
+    import torch
+    from safetensors.torch import save_file
+
+    from kubetune_trainer.training.ewc import ANCHOR_DIGEST, EwcPlan, anchor_digest, prepare_anchor
+
+    model = torch.nn.Linear(3, 2)
+    good = {name: torch.ones_like(p) for name, p in model.named_parameters()}
+    metadata = {ANCHOR_DIGEST: anchor_digest(model), "rows": "4", "taskRows": "9"}
+    plan = EwcPlan(earlier=[], new_rows=3, lambda_=None, seed=0, published=tmp_path / "f.safetensors", version="v1")
+
+    def anchored(tensors: dict[str, Any], meta: dict[str, str] = metadata) -> Any:
+        save_file(tensors, str(tmp_path / "f.safetensors"), metadata=meta)
+        return prepare_anchor(plan, model, None, sequence_length=8, chat_template=None, device="cpu")
+
+    _, record = anchored(good)
+    assert record["fisher"] == "published" and record["earlierRows"] == 9 and record["lambda"] == 3.0
+    for broken in (
+        {**good, "weight": -good["weight"]},
+        {**good, "bias": torch.full((2,), float("inf"))},
+        {"weight": good["weight"]},
+        {**good, "bias": torch.ones(3)},
+    ):
+        with pytest.raises(ConfigurationError, match=r"^spec.continual.ewc: the Fisher published with v1 is not"):
+            anchored(broken)
+    with pytest.raises(ConfigurationError, match=r"first wrong: its metadata"):
+        anchored(good, {**metadata, "taskRows": "many"})

@@ -68,9 +68,9 @@ class EwcPlan:
     published: Path | None = None  # the version's fisher.safetensors, verified against its manifest
     version: str = ""  # the version continued, for messages
 
-    @property
-    def weight(self) -> float:
-        return self.lambda_ if self.lambda_ is not None else auto_lambda(len(self.earlier), self.new_rows)
+    def weight(self, earlier_rows: int) -> float:
+        """The penalty's weight, where the earlier task counts ``earlier_rows`` rows."""
+        return self.lambda_ if self.lambda_ is not None else auto_lambda(earlier_rows, self.new_rows)
 
 
 def diagonal_fisher(
@@ -146,7 +146,16 @@ def _sample(rows: Sequence[Example], seed: int) -> list[Example]:
     return list(rows) if len(rows) <= FISHER_ROWS else random.Random(seed).sample(list(rows), FISHER_ROWS)
 
 
-def _published_fisher(plan: EwcPlan, digest: str) -> tuple[dict[str, torch.Tensor], int] | None:
+@dataclass(frozen=True)
+class PublishedFisher:
+    fisher: dict[str, torch.Tensor]
+    rows: int  # the rows it was estimated on
+    task_rows: int  # the rows the publishing version trained on: the earlier task's size
+
+
+def _published_fisher(plan: EwcPlan, model: Any) -> PublishedFisher | None:
+    """The version's Fisher where it was estimated at ``model``'s starting values; checked to hold one
+    finite, non-negative value per trainable parameter (a file is read from storage: not trusted)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -154,9 +163,23 @@ def _published_fisher(plan: EwcPlan, digest: str) -> tuple[dict[str, torch.Tenso
         return None
     with safe_open(str(plan.published), framework="pt") as handle:
         metadata = handle.metadata() or {}
-    if metadata.get(ANCHOR_DIGEST) != digest:
+    if metadata.get(ANCHOR_DIGEST) != anchor_digest(model):
         return None
-    return load_file(str(plan.published)), int(metadata.get("rows", "0"))
+    fisher = load_file(str(plan.published))
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
+    broken = sorted(set(shapes) ^ set(fisher)) or [
+        name
+        for name, f in fisher.items()
+        if tuple(f.shape) != shapes[name] or not bool(torch.isfinite(f).all()) or bool((f < 0).any())
+    ]
+    rows, task_rows = metadata.get("rows", ""), metadata.get("taskRows", "")
+    if broken or not (rows.isdigit() and task_rows.isdigit()):
+        raise ConfigurationError(
+            f"spec.continual.ewc: the Fisher published with {plan.version} is not one finite, non-negative value "
+            f"per trained parameter with its row counts (first wrong: {broken[0] if broken else 'its metadata'}): "
+            f"the version is damaged; continue from another"
+        )
+    return PublishedFisher(fisher, int(rows), int(task_rows))
 
 
 def prepare_anchor(
@@ -164,15 +187,15 @@ def prepare_anchor(
 ) -> tuple[ElasticAnchor, dict[str, Any]]:
     """The callback that anchors ``model`` where it stands now, and what the lineage records of it."""
     started = time.perf_counter()
-    published = _published_fisher(plan, anchor_digest(model))
-    if published is not None:
-        fisher, rows_used = published
-    elif plan.earlier:
+    published = _published_fisher(plan, model)
+    if published is not None:  # the earlier task is the publishing version's training rows
+        fisher, rows_used, earlier_rows = published.fisher, published.rows, published.task_rows
+    elif plan.earlier:  # the earlier task is the rows replayed here
         rows = _sample(plan.earlier, plan.seed)
         fisher = diagonal_fisher(
             model, rows, tokenizer, sequence_length=sequence_length, chat_template=chat_template, device=device
         )
-        rows_used = len(rows)
+        rows_used, earlier_rows = len(rows), len(plan.earlier)
     else:
         raise ConfigurationError(
             f"spec.continual.ewc: the Fisher published with {plan.version} was estimated for another starting "
@@ -180,12 +203,13 @@ def prepare_anchor(
             f"replayed to estimate it again: set continual.replayFraction above 0, or continue with the recipe "
             f"that published it"
         )
-    anchor = ElasticAnchor(model, fisher, plan.weight)
+    weight = plan.weight(earlier_rows)
+    anchor = ElasticAnchor(model, fisher, weight)
     record = {
-        "lambda": plan.weight,
+        "lambda": weight,
         "lambdaAuto": plan.lambda_ is None,
         "fisher": "published" if published is not None else "estimated",
-        "earlierRows": len(plan.earlier),
+        "earlierRows": earlier_rows,
         "newRows": plan.new_rows,
         "fisherRows": rows_used,
         "fisherSeconds": round(time.perf_counter() - started, 3),
@@ -224,6 +248,11 @@ def publish_fisher(
     save_file(
         {name: f.contiguous() for name, f in fisher.items()},
         str(destination),
-        metadata={ANCHOR_DIGEST: digest, "rows": str(len(sample)), "method": str(resolved.method)},
+        metadata={
+            ANCHOR_DIGEST: digest,
+            "rows": str(len(sample)),
+            "taskRows": str(len(rows)),
+            "method": str(resolved.method),
+        },
     )
     return {"rows": len(sample), ANCHOR_DIGEST: digest, "parameters": sum(f.numel() for f in fisher.values())}
