@@ -2,7 +2,7 @@
 support-tickets example), then smart-home intents (task B, the intents example), through ``kubetune
 run`` the way a user runs it.
 
-    python scripts/measure_continual.py              # A, then B four ways: ~20 min per run on 2 cores
+    python scripts/measure_continual.py              # A, then B five ways: ~20 min per run on 2 cores
     python scripts/measure_continual.py --only ewc   # some variants; the others stay recorded
     python scripts/measure_continual.py --smoke --base-model file:///path/to/tiny-model   # CI
 
@@ -17,7 +17,8 @@ either task, version A's answer and the answer after B. The variants:
 - ``replay``: the default recipe for ``from: <version>``, frozen before this measurement (what a
   job that says nothing else gets: replayFraction 0.5, no EWC);
 - ``ewc``: no replay, elastic weight consolidation with A's published Fisher;
-- ``replay + ewc``: both.
+- ``replay + ewc``: both;
+- ``osf``: no replay, orthogonal subspace fine-tuning (``method.adapter: osf``) instead of a fresh LoRA.
 
 Per variant: accuracy on A's test rows before B (version A) and after, and on B's, each with a 95%
 paired bootstrap interval, and the mean likelihood of A's reference answers. A variant keeps A when
@@ -73,6 +74,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     DEFAULT_VARIANT: {},  # the default recipe: continual.from and nothing else
     "ewc": {"continual": {"replayFraction": 0, "ewc": {}}},
     "replay + ewc": {"continual": {"ewc": {}}},
+    # peft's orthogonal subspace fine-tuning instead of a fresh LoRA: the version's largest singular
+    # directions frozen, the method's own protection alone (no replay), beside plain and ewc.
+    "osf": {"continual": {"replayFraction": 0}, "method": {"adapter": "osf"}},
 }
 PLANTED = "planted: plain at learning rate 0.05"
 # The smoke's version A must learn something to lose: the tiny random model learns A's labels only

@@ -128,6 +128,13 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
             spec_rule("output.formats"),
         ),
         ({"method": {"adapter": "bottleneck"}, "hyperparameters": {"packing": True}}, set()),  # position-wise
+        ({"method": {"adapter": "osf", "osf": {"preservedFraction": 0.75, "targetModules": ["q_proj"]}}}, set()),
+        ({"method": {"adapter": "osf", "type": "lora"}}, set()),
+        ({"method": {"adapter": "osf", "type": "qlora"}}, method_rule("method.type")),
+        ({"method": {"osf": {"preservedFraction": 0.5}}}, method_rule("method.osf")),
+        ({"method": {"adapter": "osf", "lora": {"r": 4}}}, method_rule("method.lora")),
+        ({"method": {"type": "full", "adapter": "osf"}}, spec_rule("method.adapter")),
+        ({"method": {"adapter": "osf"}, "continual": {"from": "s3://models/x/v1", "ewc": {}}}, set()),
         ({"method": {"prefix": {}}}, method_rule("method.prefix")),
         ({"method": {"adapter": "prefix", "lora": {"alpha": 4}}}, method_rule("method.lora")),
         (

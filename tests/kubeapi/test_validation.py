@@ -1283,7 +1283,7 @@ def test_status_writes_are_validated_against_the_schema() -> None:
         assert expected in outcome(FINETUNEJOB, {**stored, "status": status}, stored), status
 
 
-@pytest.mark.parametrize("adapter", ["lora", "dora", "adalora", "ia3", "prefix", "bottleneck", "full"])
+@pytest.mark.parametrize("adapter", ["lora", "dora", "adalora", "ia3", "prefix", "bottleneck", "osf", "full"])
 def test_every_adapters_resolved_plan_is_a_valid_status(adapter: str) -> None:
     """The training pod writes its plan into status.resolved; the CRD's status schema (generated from
     the same union) admits each adapter's block and keeps every field of it."""

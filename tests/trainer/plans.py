@@ -66,7 +66,7 @@ def tiny_plan(
     lora_block = {"r": 4, "alpha": 8, "dropout": 0.0, **(lora or {})}
     method_block: dict[str, object] = {"type": method, "allowCpuQlora": True}
     # the other adapters are configured by blocks of their own; method.lora is refused with them.
-    if adapter not in ("ia3", "adalora", "prefix", "bottleneck"):
+    if adapter not in ("ia3", "adalora", "prefix", "bottleneck", "osf"):
         method_block["lora"] = lora_block
     if ia3:
         method_block["ia3"] = ia3

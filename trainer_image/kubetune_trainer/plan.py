@@ -29,6 +29,7 @@ from kubetune.api.v1alpha1 import (
     MethodType,
     Objective,
     OrpoSpec,
+    OsfSpec,
     PrefixSpec,
     PreflightReport,
     ReplaySpec,
@@ -45,6 +46,8 @@ from kubetune.api.v1alpha1 import (
     ResolvedLora,
     ResolvedObjective,
     ResolvedOrpoObjective,
+    ResolvedOsf,
+    ResolvedOsfTraining,
     ResolvedPrefix,
     ResolvedPrefixTraining,
     ResolvedReplay,
@@ -103,6 +106,11 @@ class Defaults:
     bottleneck_reduction: int = 16
     bottleneck_min_size: int = 8
     bottleneck_placement: BottleneckPlacement = BottleneckPlacement.MLP
+    # OSF: peft's default split, half of each weight's singular directions frozen; its adapted modules are
+    # LoRA's defaults (every linear layer but the output head). OSF trains real components of the weights, about half the model's parameters, so it
+    # trains at full fine-tuning's rate, not an adapter's (the paper's continual runs use full fine-tuning
+    # rates). Measured against replay and EWC by scripts/measure_continual.py (docs/methods.md).
+    osf_preserved_fraction: float = 0.5
     # Without output.formats: the adapter and the model merged with it (what serving stacks load).
     formats: tuple[ArtifactFormat, ...] = (ArtifactFormat.ADAPTER, ArtifactFormat.MERGED)
     # Preference objectives train at a tenth of the supervised rate above: their loss moves log ratios
@@ -201,21 +209,11 @@ class ModelShape:
 
     def ia3_params(self, ia3: ResolvedIa3) -> float:
         """IA3's vectors: one value per output feature of each target, per input feature of a feed-forward one."""
-        hidden, kv_dim, inner = self.hidden_size, self.kv_dim, self.intermediate_size
-        # (input, output) size of each projection of a Llama-style layer; unknown names count as hidden.
-        sizes = {
-            "q_proj": (hidden, hidden),
-            "k_proj": (hidden, kv_dim),
-            "v_proj": (hidden, kv_dim),
-            "o_proj": (hidden, hidden),
-            "gate_proj": (hidden, inner),
-            "up_proj": (hidden, inner),
-            "down_proj": (inner, hidden),
-        }
+        sizes = self.projection_sizes()  # unknown names count as hidden x hidden
         targets = list(sizes) if ia3.target_modules == ["all-linear"] else ia3.target_modules
         per_layer = 0
         for name in targets:
-            size_in, size_out = sizes.get(name, (hidden, hidden))
+            size_in, size_out = sizes.get(name, (self.hidden_size, self.hidden_size))
             per_layer += size_in if name in ia3.feedforward_modules else size_out
         return float(self.layers * per_layer)
 
@@ -233,6 +231,33 @@ class ModelShape:
     def prefix_params(self, virtual_tokens: int) -> float:
         """A key and a value vector per virtual token and layer (of the key/value heads' width)."""
         return float(virtual_tokens * self.layers * 2 * self.kv_dim)
+
+    def projection_sizes(self) -> dict[str, tuple[int, int]]:
+        """(input, output) size of each projection of a Llama-style layer."""
+        hidden, kv_dim, inner = self.hidden_size, self.kv_dim, self.intermediate_size
+        return {
+            "q_proj": (hidden, hidden),
+            "k_proj": (hidden, kv_dim),
+            "v_proj": (hidden, kv_dim),
+            "o_proj": (hidden, hidden),
+            "gate_proj": (hidden, inner),
+            "up_proj": (hidden, inner),
+            "down_proj": (inner, hidden),
+        }
+
+    def osf_params(self, osf: ResolvedOsf) -> float:
+        """OSF's trained singular vectors and values: of each target's smaller dimension m, the
+        m - floor(m x preserved) directions not frozen, each a left vector, a right vector and a value
+        (peft rounds the frozen count down). Unknown module names count as hidden x hidden."""
+        sizes = self.projection_sizes()
+        targets = list(sizes) if osf.target_modules == ["all-linear"] else osf.target_modules
+        per_layer = 0
+        for name in targets:
+            size_in, size_out = sizes.get(name, (self.hidden_size, self.hidden_size))
+            smaller = min(size_in, size_out)
+            trained = smaller - int(smaller * osf.preserved_fraction)
+            per_layer += trained * (size_in + size_out + 1)
+        return float(self.layers * per_layer)
 
     def dora_magnitude_params(self) -> float:
         """DoRA's trained magnitudes: one per output feature of every adapted linear layer."""
@@ -299,6 +324,8 @@ def resolve_method(spec: FineTuneJobSpec, hardware: Hardware) -> MethodType:
     requested = MethodType(spec.method.type)
     if requested != MethodType.AUTO:
         return requested
+    if spec.method.adapter == AdapterType.OSF:
+        return MethodType.LORA  # OSF decomposes 16-bit weights; a 4-bit base has none to decompose
     # QLoRA needs bitsandbytes' CUDA kernels to be worth it; on a CPU plain LoRA is faster.
     return MethodType.QLORA if hardware.device == "cuda" else MethodType.LORA
 
@@ -350,6 +377,8 @@ def resolve_training(
         default_lr = DEFAULTS.lr_ia3
     if adapter == AdapterType.PREFIX:
         default_lr = DEFAULTS.lr_prefix
+    if adapter == AdapterType.OSF:
+        default_lr = DEFAULTS.lr_full
     if preference:
         default_lr /= DEFAULTS.preference_lr_divisor
     hyper = ResolvedHyperparameters(
@@ -402,6 +431,15 @@ def resolve_training(
         )
         return ResolvedPrefixTraining(
             adapter=adapter, method=method, prefix=prefix, hyperparameters=hyper, replay=replay, objective=objective
+        )
+    if adapter == AdapterType.OSF:
+        wanted_osf = spec.method.osf or OsfSpec()
+        osf = ResolvedOsf(
+            preserved_fraction=chosen(wanted_osf.preserved_fraction, DEFAULTS.osf_preserved_fraction),
+            target_modules=chosen(wanted_osf.target_modules, list(DEFAULTS.lora_target_modules)),
+        )
+        return ResolvedOsfTraining(
+            adapter=adapter, method=MethodType.LORA, osf=osf, hyperparameters=hyper, replay=replay, objective=objective
         )
     if adapter == AdapterType.IA3:
         ia3 = resolve_ia3(spec, shape, objective.type)
@@ -570,8 +608,12 @@ def preflight_estimate(
         trainable = shape.prefix_params(resolved.prefix.virtual_tokens)
     elif isinstance(resolved, ResolvedBottleneckTraining):
         trainable = shape.bottleneck_params(resolved.bottleneck)
+    elif isinstance(resolved, ResolvedOsfTraining):
+        trainable = shape.osf_params(resolved.osf)
     # fp32 master copy + Adam's two moments + gradient for each trainable parameter.
     optimizer_bytes = trainable * (4 + 8 + 4)
+    if isinstance(resolved, ResolvedOsfTraining):
+        optimizer_bytes += trainable * weight_bytes  # the frozen copy of the trained components' start
     hidden, layers, vocab = shape.hidden_size, shape.layers, shape.vocab_size
     # A preference batch holds each pair's two answers as two rows.
     rows_per_example = 2 if resolved.objective.type in PREFERENCE_OBJECTIVES else 1

@@ -138,6 +138,7 @@ class AdapterType(StrEnum):
     IA3 = "ia3"
     PREFIX = "prefix"
     BOTTLENECK = "bottleneck"
+    OSF = "osf"
 
 
 class BottleneckPlacement(StrEnum):
@@ -676,6 +677,29 @@ class BottleneckSpec(ApiModel):
     ] = None
 
 
+class OsfSpec(ApiModel):
+    """Orthogonal subspace fine-tuning (Nayak et al. 2025, peft's ``osf``): each adapted weight is split by
+    its singular value decomposition; the directions of its largest singular values are frozen (what the
+    model already does) and the others are trained, with gradients kept orthogonal to the frozen ones. A
+    continual-learning method: a model tuned again this way keeps more of what it learned before."""
+
+    preserved_fraction: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            lt=1,
+            description=(
+                "Fraction of each weight's singular directions (of its smaller dimension) frozen, from the "
+                "largest singular value down; the rest are trained, so a lower value trains more. Unset: 0.5."
+            ),
+        ),
+    ] = None
+    target_modules: Annotated[
+        ModuleNames,
+        Field(description="Module names to adapt, or ['all-linear']; unset: every projection of each layer."),
+    ] = None
+
+
 class DpoSpec(ApiModel):
     """Direct preference optimisation (Rafailov et al. 2023) against the base model as the reference."""
 
@@ -746,17 +770,30 @@ class MethodSpec(ApiModel):
             lambda m: m.prefix is None or m.adapter == AdapterType.PREFIX,
         ),
         Rule(
+            "!has(self.osf) || (has(self.adapter) && self.adapter == 'osf')",
+            "method.osf configures an osf adapter: set method.adapter: osf",
+            ".osf",
+            lambda m: m.osf is None or m.adapter == AdapterType.OSF,
+        ),
+        Rule(
+            "!has(self.adapter) || self.adapter != 'osf' || self.type != 'qlora'",
+            "an osf adapter decomposes the 16-bit weights it trains: it runs on method.type lora (or auto), not "
+            "on qlora's 4-bit base",
+            ".type",
+            lambda m: m.adapter != AdapterType.OSF or m.type != MethodType.QLORA,
+        ),
+        Rule(
             "!has(self.ia3) || (has(self.adapter) && self.adapter == 'ia3')",
             "method.ia3 configures an ia3 adapter: set method.adapter: ia3",
             ".ia3",
             lambda m: m.ia3 is None or m.adapter == AdapterType.IA3,
         ),
         Rule(
-            "!has(self.adapter) || !(self.adapter in ['ia3', 'adalora', 'prefix', 'bottleneck']) "
+            "!has(self.adapter) || !(self.adapter in ['ia3', 'adalora', 'prefix', 'bottleneck', 'osf']) "
             "|| !(has(self.lora.r) || has(self.lora.alpha) || has(self.lora.dropout) || has(self.lora.targetModules) "
             "|| has(self.lora.scale) || has(self.lora.scaling))",
             "method.lora configures lora and dora adapters; the others are configured by their own block "
-            "(method.ia3, method.adalora, method.prefix, method.bottleneck)",
+            "(method.ia3, method.adalora, method.prefix, method.bottleneck, method.osf)",
             ".lora",
             lambda m: m.adapter in (None, AdapterType.LORA, AdapterType.DORA) or not m.lora.model_fields_set,
         ),
@@ -776,8 +813,10 @@ class MethodSpec(ApiModel):
                 "method.adalora); ia3 (learned rescaling vectors, configured by method.ia3); or prefix (trained "
                 "attention keys and values before the input, configured by method.prefix; trained unpacked, and "
                 "with no merged exports: a prefix is no change of the weights); or bottleneck (a small network "
-                "after each MLP, configured by method.bottleneck; no merged exports either). Unset: lora. Not for method.type full, which trains every "
-                "weight."
+                "after each MLP, configured by method.bottleneck; no merged exports either); or osf (orthogonal "
+                "subspace fine-tuning: the weights' smaller singular directions trained, the largest frozen, for "
+                "continual learning; configured by method.osf; on a 16-bit base, so auto picks lora and qlora is "
+                "refused). Unset: lora. Not for method.type full, which trains every weight."
             ),
         ),
     ] = None
@@ -797,6 +836,7 @@ class MethodSpec(ApiModel):
     ia3: Ia3Spec | None = None
     prefix: PrefixSpec | None = None
     bottleneck: BottleneckSpec | None = None
+    osf: OsfSpec | None = None
     dpo: DpoSpec | None = None
     orpo: OrpoSpec | None = None
     allow_cpu_qlora: Annotated[
@@ -1513,6 +1553,13 @@ class ResolvedBottleneck(ApiModel):
     placement: BottleneckPlacement
 
 
+class ResolvedOsf(ApiModel):
+    """The subspaces of an OSF run, every value decided."""
+
+    preserved_fraction: Annotated[float, Field(gt=0, lt=1)]
+    target_modules: Annotated[list[str], Field(min_length=1)]
+
+
 class ResolvedSftObjective(ApiModel):
     """Supervised: the loss is on the dataset's answers."""
 
@@ -1593,6 +1640,18 @@ class ResolvedBottleneckTraining(ApiModel):
     objective: ResolvedObjective
 
 
+class ResolvedOsfTraining(ApiModel):
+    """OSF: the smaller singular directions of a 16-bit base's weights trained, the largest frozen; full
+    strength (its update is no scaled addition)."""
+
+    adapter: Literal[AdapterType.OSF]
+    method: Literal[MethodType.LORA]
+    osf: ResolvedOsf
+    hyperparameters: ResolvedHyperparameters
+    replay: ResolvedReplay
+    objective: ResolvedObjective
+
+
 class ResolvedFullTraining(ApiModel):
     """A full fine-tune: every weight is trained, no adapter."""
 
@@ -1612,6 +1671,7 @@ ResolvedTraining = Annotated[
     | ResolvedIa3Training
     | ResolvedPrefixTraining
     | ResolvedBottleneckTraining
+    | ResolvedOsfTraining
     | ResolvedFullTraining,
     Field(discriminator="adapter"),
 ]

@@ -208,7 +208,7 @@ def resolve_starting_version(
         raise ConfigurationError(
             f"{FIELD}: {version_uri} published neither merged weights nor an adapter that merges into them (its "
             f"artifacts: {listed}; adapter: {adapter or 'none'}): start from a version whose output.formats "
-            f"included merged, or one with a LoRA, DoRA, AdaLoRA or IA3 adapter"
+            f"included merged, or one with a LoRA, DoRA, AdaLoRA, IA3 or OSF adapter"
         )
     weights_uri = join_uri(version_uri, artifact)
     try:

@@ -22,6 +22,7 @@ from kubetune.api.v1alpha1 import (
     ResolvedAdapterTraining,
     ResolvedBottleneckTraining,
     ResolvedIa3Training,
+    ResolvedOsfTraining,
     ResolvedPrefixTraining,
     ResolvedTraining,
     TrainerResult,
@@ -96,6 +97,9 @@ class ConsoleReporter(Reporter):
             adapter = f" (prefix of {resolved.prefix.virtual_tokens} virtual tokens)"
         elif isinstance(resolved, ResolvedIa3Training):
             adapter = f" (ia3 on {', '.join(resolved.ia3.target_modules)})"
+        elif isinstance(resolved, ResolvedOsfTraining):
+            osf = resolved.osf
+            adapter = f" (osf on {', '.join(osf.target_modules)}, {osf.preserved_fraction:g} of each rank frozen)"
         self.console.print(
             f"plan: {resolved.method}{adapter}, {hp.epochs:g} epochs, lr {hp.learning_rate:g}, "
             f"batch {hp.batch_size}x{hp.gradient_accumulation_steps}, seq {hp.sequence_length}, packing {hp.packing}"

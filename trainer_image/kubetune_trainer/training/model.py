@@ -16,6 +16,8 @@ from kubetune.api.v1alpha1 import (
     ResolvedIa3,
     ResolvedIa3Training,
     ResolvedLora,
+    ResolvedOsf,
+    ResolvedOsfTraining,
     ResolvedPrefix,
     ResolvedPrefixTraining,
     ResolvedTraining,
@@ -149,7 +151,23 @@ def ia3_config(ia3: ResolvedIa3) -> Any:
     )
 
 
-PeftTraining = ResolvedAdapterTraining | ResolvedAdaLoraTraining | ResolvedIa3Training | ResolvedPrefixTraining
+def osf_config(osf: ResolvedOsf) -> Any:
+    from peft import OSFConfig
+
+    return OSFConfig(
+        effective_rank=osf.preserved_fraction,  # peft reads a float in (0, 1) as a fraction of each weight's rank
+        target_modules=_targets(osf.target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+PeftTraining = (
+    ResolvedAdapterTraining
+    | ResolvedAdaLoraTraining
+    | ResolvedIa3Training
+    | ResolvedPrefixTraining
+    | ResolvedOsfTraining
+)
 AdapterTraining = PeftTraining | ResolvedBottleneckTraining
 
 
@@ -161,13 +179,15 @@ def adapter_config(resolved: PeftTraining) -> Any:
         return adalora_config(resolved.adalora)
     if isinstance(resolved, ResolvedPrefixTraining):
         return prefix_config(resolved.prefix)
+    if isinstance(resolved, ResolvedOsfTraining):
+        return osf_config(resolved.osf)
     return lora_config(resolved.lora, AdapterType(resolved.adapter))
 
 
 def load_for_training(
     model_dir: Path, resolved: ResolvedTraining, device: str, *, bf16: bool | None = None
 ) -> tuple[Any, Any]:
-    """(model ready to train, tokenizer). An adapter (LoRA, DoRA, AdaLoRA, IA3, prefix, bottleneck; on a
+    """(model ready to train, tokenizer). An adapter (LoRA, DoRA, AdaLoRA, IA3, prefix, bottleneck, OSF; on a
     4-bit base for QLoRA):
     only the adapter is trainable; full: everything.
 
