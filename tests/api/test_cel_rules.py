@@ -104,8 +104,8 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         ({"method": {"type": "qlora", "allowCpuQlora": True}, "resources": {"gpus": 0}}, set()),
         ({"method": {"type": "qlora"}}, set()),  # one GPU by default
         ({"method": {"type": "lora"}, "resources": {"gpus": 0}}, set()),
-        ({"method": {"type": "full", "adapter": "dora"}}, spec_rule("method.adapter")),
-        ({"method": {"type": "full", "adapter": "lora"}}, spec_rule("method.adapter")),
+        ({"method": {"type": "full", "adapter": "dora"}}, spec_rule("method.adapter", "frozen base")),
+        ({"method": {"type": "full", "adapter": "lora"}}, spec_rule("method.adapter", "frozen base")),
         ({"method": {"type": "full"}}, set()),
         ({"method": {"adapter": "dora"}}, set()),  # auto: an adapter method either way
         ({"method": {"type": "qlora", "adapter": "dora", "lora": {"scaling": "rslora"}}}, set()),
@@ -118,7 +118,7 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         ),
         ({"method": {"adalora": {"targetRank": 4}}}, method_rule("method.adalora")),
         ({"method": {"adapter": "adalora", "lora": {"r": 4}}}, method_rule("method.lora")),
-        ({"method": {"type": "full", "adapter": "adalora"}}, spec_rule("method.adapter")),
+        ({"method": {"type": "full", "adapter": "adalora"}}, spec_rule("method.adapter", "frozen base")),
         ({"method": {"adapter": "prefix", "prefix": {"virtualTokens": 8}}}, set()),
         ({"method": {"adapter": "bottleneck", "bottleneck": {"size": 16, "placement": "mlp"}}}, set()),
         ({"method": {"bottleneck": {"size": 16}}}, method_rule("method.bottleneck")),
@@ -133,7 +133,7 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         ({"method": {"adapter": "osf", "type": "qlora"}}, method_rule("method.type")),
         ({"method": {"osf": {"preservedFraction": 0.5}}}, method_rule("method.osf")),
         ({"method": {"adapter": "osf", "lora": {"r": 4}}}, method_rule("method.lora")),
-        ({"method": {"type": "full", "adapter": "osf"}}, spec_rule("method.adapter")),
+        ({"method": {"type": "full", "adapter": "osf"}}, spec_rule("method.adapter", "frozen base")),
         ({"method": {"adapter": "osf"}, "continual": {"from": "s3://models/x/v1", "ewc": {}}}, set()),
         ({"method": {"prefix": {}}}, method_rule("method.prefix")),
         ({"method": {"adapter": "prefix", "lora": {"alpha": 4}}}, method_rule("method.lora")),
@@ -175,8 +175,11 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         ({"method": {"objective": "orpo", "dpo": {}}}, method_rule("method.dpo")),
         ({"method": {"objective": "sft", "orpo": {}}}, method_rule("method.orpo")),
         ({"method": {"objective": "dpo"}, **sources({"format": "preference"}, {"evalOnly": True})}, set()),
-        (sources({"format": "preference"}), spec_rule("method.objective")),
-        ({"method": {"objective": "sft"}, **sources({}, {"format": "preference"})}, spec_rule("method.objective")),
+        (sources({"format": "preference"}), spec_rule("method.objective", "pairs")),
+        (
+            {"method": {"objective": "sft"}, **sources({}, {"format": "preference"})},
+            spec_rule("method.objective", "pairs"),
+        ),
         ({"method": {"objective": "dpo"}, **sources({}, {"format": "chat"})}, spec_rule("dataset.sources")),
         (
             {"method": {"objective": "orpo"}, "hyperparameters": {"packing": True}},
@@ -188,6 +191,40 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         (continual(replayFraction=0), set()),
         (continual(ewc={}, replayFraction=0), set()),  # a published Fisher needs no replay: checked at run time
         ({"continual": {"ewc": {}}}, {("continual.ewc", CONTINUAL_RULES[".ewc"])}),
+        ({"privacy": {"targetEpsilon": 8}}, set()),
+        ({"privacy": {"targetEpsilon": 1, "delta": 1e-6, "maxGradNorm": 0.5}, "method": {"type": "qlora"}}, set()),
+        ({"privacy": {"targetEpsilon": 8}, "method": {"adapter": "dora"}}, spec_rule("method.adapter", "privacy")),
+        ({"privacy": {"targetEpsilon": 8}, "method": {"type": "full"}}, spec_rule("method.adapter", "privacy")),
+        ({"privacy": {"targetEpsilon": 8}, "resources": {"gpus": 2}}, spec_rule("resources.gpus", "privacy")),
+        (
+            {"privacy": {"targetEpsilon": 8}, "hyperparameters": {"packing": True}},
+            spec_rule("hyperparameters.packing", "privacy"),
+        ),
+        ({"privacy": {"targetEpsilon": 8}, "hyperparameters": {"packing": False, "earlyStoppingPatience": 0}}, set()),
+        (
+            {"privacy": {"targetEpsilon": 8}, "hyperparameters": {"earlyStoppingPatience": 2}},
+            spec_rule("hyperparameters.earlyStoppingPatience", "privacy"),
+        ),
+        (
+            {"privacy": {"targetEpsilon": 8}, "method": {"objective": "dpo"}, **sources({"format": "preference"})},
+            spec_rule("method.objective", "privacy"),
+        ),
+        (
+            {"privacy": {"targetEpsilon": 8}, "continual": {"from": "s3://models/x/v1"}},
+            spec_rule("continual", "privacy"),
+        ),
+        ({"privacy": {"targetEpsilon": 8}, "continual": {"from": "s3://models/x/v1", "replayFraction": 0}}, set()),
+        (
+            {
+                "privacy": {"targetEpsilon": 8},
+                "continual": {"from": "s3://models/x/v1", "replayFraction": 0, "ewc": {}},
+            },
+            spec_rule("continual", "privacy"),
+        ),
+        (
+            {"privacy": {"targetEpsilon": 8}, "continual": {"publishFisher": True, "replayFraction": 0}},
+            spec_rule("continual", "privacy"),
+        ),
         ({"continual": {"publishFisher": True}}, set()),
         ({"continual": {"publishFisher": True}, "method": {"adapter": "dora"}}, set()),
         (
@@ -231,7 +268,7 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         ({"hyperparameters": {"sequenceLength": 32}}, set()),
         (
             {"hyperparameters": {"earlyStoppingPatience": 2}, **split(0, 0.1)},
-            spec_rule("hyperparameters.earlyStoppingPatience"),
+            spec_rule("hyperparameters.earlyStoppingPatience", "validation split"),
         ),
         ({"hyperparameters": {"earlyStoppingPatience": 0}, **split(0, 0.1)}, set()),
         ({"hyperparameters": {"earlyStoppingPatience": 2}}, set()),

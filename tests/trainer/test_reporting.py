@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kubetune.api.v1alpha1 import Progress, TrainerResult
+from kubetune.api.v1alpha1 import PrivacySpent, Progress, TrainerResult
 from kubetune_trainer.reporting import TrainingMetrics
 from kubetune_trainer.reporting.prometheus import PrometheusReporter
 from kubetune_trainer.tensors.batching import TokenCounts, TokenMeter
@@ -50,7 +50,12 @@ def test_every_report_is_served_with_the_job_labels() -> None:
         reporter.training_metrics(metrics)
         reporter.training_metrics(TrainingMetrics(**{**vars(metrics), "tokens": 8000, "trained_tokens": 1000}))
         reporter.checkpoint_uploaded(10)
-        reporter.result(TrainerResult(metrics={"base.accuracy": 0.12, "tuned.accuracy": 0.9}, promoted=True))
+        spent = PrivacySpent(
+            epsilon=7.5, delta=1e-4, target_epsilon=8.0, noise_multiplier=0.9, sample_rate=0.05, steps=60
+        )
+        reporter.result(
+            TrainerResult(metrics={"base.accuracy": 0.12, "tuned.accuracy": 0.9}, promoted=True, privacy=spent)
+        )
         values = scrape(f"http://127.0.0.1:{port}/metrics")
     finally:
         reporter.close(0)
@@ -75,6 +80,8 @@ def test_every_report_is_served_with_the_job_labels() -> None:
     assert job_value(values, "kubetune_trainer_eval_metric", model="tuned", metric="accuracy") == 0.9
     assert job_value(values, "kubetune_trainer_eval_metric", model="base", metric="accuracy") == 0.12
     assert job_value(values, "kubetune_trainer_quality_gate_passed") == 1
+    assert job_value(values, "kubetune_trainer_privacy_epsilon", kind="spent") == 7.5
+    assert job_value(values, "kubetune_trainer_privacy_epsilon", kind="target") == 8.0
     with pytest.raises(OSError):
         scrape(f"http://127.0.0.1:{port}/metrics")  # closed with the reporter
 

@@ -157,6 +157,7 @@ def _run_stages(ctx: RunContext) -> Exit:
         # Every check, so the operator can see the verdict follows from them (it re-checks before promoting).
         gate_checks=[GateCheck(name=c.name, passed=c.passed, detail=c.detail) for c in evaluation.gate.checks],
         metrics=evaluation.summary_metrics(),
+        privacy=outcome.privacy,
         artifacts=[
             ArtifactStatus(name=a.name, uri=a.uri, sha256=a.sha256, size_bytes=a.size_bytes)
             for a in published.artifacts

@@ -32,6 +32,7 @@ from kubetune.api.v1alpha1 import (
     OsfSpec,
     PrefixSpec,
     PreflightReport,
+    PrivacySpec,
     ReplaySpec,
     ResolvedAdaLora,
     ResolvedAdaLoraTraining,
@@ -44,12 +45,14 @@ from kubetune.api.v1alpha1 import (
     ResolvedIa3,
     ResolvedIa3Training,
     ResolvedLora,
+    ResolvedNoPrivacy,
     ResolvedObjective,
     ResolvedOrpoObjective,
     ResolvedOsf,
     ResolvedOsfTraining,
     ResolvedPrefix,
     ResolvedPrefixTraining,
+    ResolvedPrivacy,
     ResolvedReplay,
     ResolvedSftObjective,
     ResolvedTraining,
@@ -127,6 +130,11 @@ class Defaults:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0  # LoRA adapters rarely benefit; full fine-tunes get it via spec
     max_grad_norm: float = 1.0
+    # DP-SGD (spec.privacy): per-row clipping at 1.0, Opacus's and the DP fine-tuning papers' usual norm
+    # (Li et al. 2022 find the result insensitive to it when the rate is tuned); delta an order of magnitude
+    # below 1 / rows, the usual bar for a meaningful epsilon; epsilon counted by Renyi DP.
+    privacy_max_grad_norm: float = 1.0
+    privacy_delta_rows_factor: float = 10.0
     effective_batch: int = 8  # packed rows per optimizer step: enough updates on small datasets
     early_stopping_patience: int = 2
     evaluations_per_run: int = 5  # each costs a validation pass; early stopping needs a few
@@ -360,7 +368,8 @@ def resolve_training(
     adapter = chosen(spec.method.adapter, DEFAULTS.adapter)
     # A pair's answers are compared row by row; a prefix is a key/value cache, which packed rows'
     # per-example attention cannot combine with.
-    packing = chosen(user.packing, not preference and adapter != AdapterType.PREFIX)
+    # Under spec.privacy one row is one privacy unit: never packed.
+    packing = chosen(user.packing, not preference and adapter != AdapterType.PREFIX and spec.privacy is None)
     rows = train_examples
     if packing and trained_lengths:
         # Packed rows hold several examples: count rows, not examples, or evaluations end up
@@ -392,7 +401,10 @@ def resolve_training(
         max_grad_norm=chosen(user.max_grad_norm, DEFAULTS.max_grad_norm),
         sequence_length=seq_len,
         packing=packing,
-        early_stopping_patience=chosen(user.early_stopping_patience, DEFAULTS.early_stopping_patience),
+        # Under spec.privacy the validation rows, outside the privacy accounting, must not pick the model.
+        early_stopping_patience=chosen(
+            user.early_stopping_patience, 0 if spec.privacy is not None else DEFAULTS.early_stopping_patience
+        ),
         gradient_checkpointing=chosen(
             user.gradient_checkpointing,
             hardware.device == "cuda" and shape.params > DEFAULTS.checkpointing_min_params,
@@ -454,10 +466,37 @@ def resolve_training(
         alpha=chosen(requested.alpha, DEFAULTS.lora_alpha_per_r * r),
         dropout=chosen(requested.dropout, DEFAULTS.lora_dropout),
         target_modules=chosen(requested.target_modules, list(DEFAULTS.lora_target_modules)),
-        strengths=strengths(requested.scale, objective.type),
+        strengths=[1.0] if spec.privacy is not None else strengths(requested.scale, objective.type),
     )
     return ResolvedAdapterTraining(
-        adapter=adapter, method=method, lora=lora, hyperparameters=hyper, replay=replay, objective=objective
+        adapter=adapter,
+        method=method,
+        lora=lora,
+        hyperparameters=hyper,
+        replay=replay,
+        objective=objective,
+        privacy=(
+            resolve_privacy(spec.privacy, hyper, train_examples)
+            if spec.privacy is not None
+            else ResolvedNoPrivacy(mechanism="none")
+        ),
+    )
+
+
+def resolve_privacy(spec: PrivacySpec, hyper: ResolvedHyperparameters, train_examples: int) -> ResolvedPrivacy:
+    """DP-SGD's sampling: each step draws every row with probability (batch x accumulation) / rows, the
+    expected batch the plan chose, and ``epochs / sampleRate`` steps see each row ``epochs`` times on
+    average (Opacus's Poisson loader does the same)."""
+    rows = max(1, train_examples)
+    sample_rate = min(1.0, hyper.batch_size * hyper.gradient_accumulation_steps / rows)
+    return ResolvedPrivacy(
+        mechanism="dp-sgd",
+        target_epsilon=spec.target_epsilon,
+        delta=chosen(spec.delta, 1.0 / (DEFAULTS.privacy_delta_rows_factor * rows)),
+        max_grad_norm=chosen(spec.max_grad_norm, DEFAULTS.privacy_max_grad_norm),
+        sample_rate=sample_rate,
+        steps=max(1, math.ceil(hyper.epochs / sample_rate)),
+        accountant="rdp",
     )
 
 

@@ -68,6 +68,7 @@ def lineage_manifest(run: RunRecord) -> dict[str, Any]:
             **({"replay": run.data.replay} if run.data.replay else {}),
         },
         "resolved": run.resolved.to_manifest(),
+        **({"privacy": run.outcome.privacy.to_manifest()} if run.outcome.privacy else {}),
         "training": {
             "globalStep": run.outcome.global_step,
             "stoppedEarly": run.outcome.stopped_early,

@@ -516,7 +516,12 @@ def choose_adapter_strength(
         method = ctx.spec.method
         blocks = (method.lora, method.ia3, method.adalora)
         set_by_manifest = any(block is not None and block.scale is not None for block in blocks)
-        how = "manifest" if set_by_manifest else "full strength: a preference run keeps the whole adapter"
+        if set_by_manifest:
+            how = "manifest"
+        elif ctx.spec.privacy is not None:
+            how = "full strength: under spec.privacy the validation rows, outside the accounting, do not choose"
+        else:
+            how = "full strength: a preference run keeps the whole adapter"
         choice = StrengthChoice(scale=strengths[0], how=how)
     elif not validation:
         choice = StrengthChoice(scale=strengths[0], how="full strength: no validation split to choose on")

@@ -1233,6 +1233,39 @@ class ContinualSpec(ApiModel):
     ] = False
 
 
+class PrivacySpec(ApiModel):
+    """Differentially private training (DP-SGD, Abadi et al. 2016, with Opacus): rows drawn by Poisson
+    sampling, each row's gradient clipped to maxGradNorm, Gaussian noise added to their sum, and the privacy
+    spent counted by an accountant. One training row is one privacy unit."""
+
+    target_epsilon: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=100,
+            description=(
+                "The privacy budget: training adds the noise that keeps the run's epsilon (at delta) at most "
+                "this. Smaller is more private and learns less; 1 to 10 are common."
+            ),
+        ),
+    ]
+    delta: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            lt=1,
+            description=(
+                "Probability the epsilon bound may fail; must be far below 1 / training rows. Unset: "
+                "1 / (10 x training rows)."
+            ),
+        ),
+    ] = None
+    max_grad_norm: Annotated[
+        float | None,
+        Field(gt=0, le=1000, description="Each row's gradient is clipped to this L2 norm. Unset: 1.0."),
+    ] = None
+
+
 class FineTuneJobSpec(ApiModel):
     # Rules between fields, each naming the field to change. The model type-checks first, so a
     # rule's check sees valid values.
@@ -1321,6 +1354,55 @@ class FineTuneJobSpec(ApiModel):
             ),
         ),
         Rule(
+            "!has(self.privacy) || ((!has(self.method.adapter) || self.method.adapter == 'lora') "
+            "&& self.method.type != 'full')",
+            "privacy trains a LoRA adapter (method.adapter lora, method.type auto, lora or qlora): its per-row "
+            "gradients are computed for linear layers only",
+            ".method.adapter",
+            lambda s: s.privacy is None or (s.method.adapter in (None, AdapterType.LORA) and s.method.type != "full"),
+        ),
+        Rule(
+            "!has(self.privacy) || self.resources.gpus <= 1",
+            "privacy trains in one process (its sampling and accounting are per run, not per GPU): set "
+            "resources.gpus to 0 or 1",
+            ".resources.gpus",
+            lambda s: s.privacy is None or s.resources.gpus <= 1,
+        ),
+        Rule(
+            "!has(self.privacy) || !has(self.method.objective) || self.method.objective == 'sft'",
+            "privacy counts one training row as one privacy unit: it is for method.objective sft, not dpo or orpo",
+            ".method.objective",
+            lambda s: s.privacy is None or s.method.objective in (None, Objective.SFT),
+        ),
+        Rule(
+            "!has(self.privacy) || !has(self.hyperparameters.packing) || !self.hyperparameters.packing",
+            "privacy counts one training row as one privacy unit: rows are not packed together (leave "
+            "hyperparameters.packing unset or false)",
+            ".hyperparameters.packing",
+            lambda s: s.privacy is None or not s.hyperparameters.packing,
+        ),
+        Rule(
+            "!has(self.privacy) || !has(self.hyperparameters.earlyStoppingPatience) "
+            "|| self.hyperparameters.earlyStoppingPatience == 0",
+            "privacy: stopping on the validation loss would let rows outside the privacy accounting choose the "
+            "model; leave hyperparameters.earlyStoppingPatience unset or 0",
+            ".hyperparameters.earlyStoppingPatience",
+            lambda s: s.privacy is None or not s.hyperparameters.early_stopping_patience,
+        ),
+        Rule(
+            "!has(self.privacy) || !has(self.continual) || (!(self.continual.replayFraction > 0.0) "
+            "&& !has(self.continual.ewc) && (!has(self.continual.publishFisher) || !self.continual.publishFisher))",
+            "privacy: earlier versions' private rows (continual.replayFraction, 0.5 unless set; continual.ewc's and "
+            "publishFisher's Fisher information) would be used outside this job's privacy budget: set "
+            "continual.replayFraction: 0 and leave ewc and publishFisher out",
+            ".continual",
+            lambda s: (
+                s.privacy is None
+                or s.continual is None
+                or (s.continual.replay_fraction == 0 and s.continual.ewc is None and not s.continual.publish_fisher)
+            ),
+        ),
+        Rule(
             "self.dataset.split.validation + self.dataset.split.test < 0.9",
             "dataset.split.validation + dataset.split.test must leave at least 10% for training",
             ".dataset.split",
@@ -1369,6 +1451,12 @@ class FineTuneJobSpec(ApiModel):
     base_model: BaseModelSpec = Field(default_factory=BaseModelSpec)
     continual: ContinualSpec | None = None
     dataset: DatasetSpec
+    privacy: Annotated[
+        PrivacySpec | None,
+        Field(
+            description="Train with differential privacy (DP-SGD); the epsilon spent goes to status and the lineage."
+        ),
+    ] = None
     method: MethodSpec = Field(default_factory=MethodSpec)
     hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
@@ -1560,6 +1648,29 @@ class ResolvedOsf(ApiModel):
     target_modules: Annotated[list[str], Field(min_length=1)]
 
 
+class ResolvedNoPrivacy(ApiModel):
+    """Trained without differential privacy (no spec.privacy)."""
+
+    mechanism: Literal["none"]
+
+
+class ResolvedPrivacy(ApiModel):
+    """DP-SGD, every value decided but the noise, which the trainer derives from them (and records)."""
+
+    mechanism: Literal["dp-sgd"]
+    target_epsilon: Annotated[float, Field(gt=0)]
+    delta: Annotated[float, Field(gt=0, lt=1)]
+    max_grad_norm: Annotated[float, Field(gt=0)]
+    sample_rate: Annotated[
+        float, Field(gt=0, le=1, description="Each row's chance to be in a step's batch (Poisson sampling).")
+    ]
+    steps: Annotated[int, Field(ge=1, description="Optimizer steps: epochs / sampleRate.")]
+    accountant: Annotated[Literal["rdp"], Field(description="How epsilon is counted: Renyi DP (Mironov 2017).")]
+
+
+ResolvedPrivacyMechanism = Annotated[ResolvedNoPrivacy | ResolvedPrivacy, Field(discriminator="mechanism")]
+
+
 class ResolvedSftObjective(ApiModel):
     """Supervised: the loss is on the dataset's answers."""
 
@@ -1594,6 +1705,10 @@ class ResolvedAdapterTraining(ApiModel):
     hyperparameters: ResolvedHyperparameters
     replay: ResolvedReplay
     objective: ResolvedObjective
+    privacy: Annotated[
+        ResolvedPrivacyMechanism,
+        Field(description="spec.privacy resolved: mechanism dp-sgd with its values, or none."),
+    ]
 
 
 class ResolvedIa3Training(ApiModel):
@@ -1687,6 +1802,17 @@ class GateCheck(ApiModel):
     detail: str = ""
 
 
+class PrivacySpent(ApiModel):
+    """What a differentially private run spent: epsilon at delta over the steps it took."""
+
+    epsilon: Annotated[float, Field(ge=0)]
+    delta: Annotated[float, Field(gt=0, lt=1)]
+    target_epsilon: Annotated[float, Field(gt=0)]
+    noise_multiplier: Annotated[float, Field(ge=0)]
+    sample_rate: Annotated[float, Field(gt=0, le=1)]
+    steps: Annotated[int, Field(ge=0)]
+
+
 class TrainerResult(ApiModel):
     """Written by the trainer when it has published: where the run went and how good it is."""
 
@@ -1706,6 +1832,10 @@ class TrainerResult(ApiModel):
         list[GateCheck] | None, Field(description="Every check of the quality gate, judged or only reported.")
     ] = None
     metrics: dict[str, float] | None = None
+    privacy: Annotated[
+        PrivacySpent | None,
+        Field(description="spec.privacy: the privacy the training spent, as its accountant counted."),
+    ] = None
     artifacts: list[ArtifactStatus] | None = None
 
 

@@ -152,6 +152,11 @@ class PrometheusReporter(Reporter):
             "model",
             "metric",
         )
+        self.privacy_epsilon = gauge(
+            "privacy_epsilon",
+            "spec.privacy: epsilon (at the run's delta) the training spent (kind=spent) and its budget (kind=target).",
+            "kind",
+        )
         self.gate_passed = gauge("quality_gate_passed", "1 if the tuned model met the quality gate (promoted), else 0.")
         self.exit_code = gauge(
             "exit_code",
@@ -230,6 +235,9 @@ class PrometheusReporter(Reporter):
             model, _, metric = key.partition(".")
             if metric:
                 self.eval_metric.labels(**self.job, model=model, metric=metric).set(value)
+        if result.privacy is not None:
+            self.privacy_epsilon.labels(**self.job, kind="spent").set(result.privacy.epsilon)
+            self.privacy_epsilon.labels(**self.job, kind="target").set(result.privacy.target_epsilon)
         if result.promoted is not None:
             self.gate_passed.labels(**self.job).set(1 if result.promoted else 0)
         self._touch()

@@ -24,8 +24,11 @@ from kubetune.api.v1alpha1 import (
     PREFERENCE_OBJECTIVES,
     MethodType,
     Objective,
+    PrivacySpent,
     Progress,
     ResolvedAdaLoraTraining,
+    ResolvedAdapterTraining,
+    ResolvedPrivacy,
     ResolvedTraining,
 )
 from kubetune_trainer.data.types import Example
@@ -91,6 +94,7 @@ class TrainOutcome:
     preempted: bool = False
     strength: StrengthChoice | None = None  # LoRA/QLoRA: the adapter strength kept (training/strength.py)
     ewc: dict[str, Any] | None = None  # the EWC penalty as applied, for the lineage (training/ewc.py)
+    privacy: PrivacySpent | None = None  # spec.privacy: what DP-SGD spent (training/private.py)
 
     @property
     def exit_code(self) -> int:
@@ -256,6 +260,46 @@ def _pair_datasets(
     return dataset(config.train), dataset(config.validation) if config.validation else None, collator
 
 
+def _train_privately(
+    config: TrainConfig, model: Any, tokenizer: Any, rows: Any, collator: Any, privacy: ResolvedPrivacy
+) -> TrainOutcome:
+    """spec.privacy: Opacus's DP-SGD loop instead of the Trainer (training/private.py says why), one
+    process, no checkpoints, no validation during training."""
+    from kubetune_trainer.training.private import train_private
+
+    if config.environment.distributed:
+        raise RuntimeError("spec.privacy trains in one process: the plan never distributes it")
+    run = train_private(
+        model,
+        rows,
+        collator,
+        privacy=privacy,
+        hyperparameters=config.resolved.hyperparameters,
+        device=config.device,
+        on_progress=config.on_progress,
+    )
+    outcome = TrainOutcome(
+        model=model,
+        tokenizer=tokenizer,
+        trained_dir=config.output_dir / "trained",
+        history=[{k: v for k, v in entry.items() if k != "rows"} for entry in run.history],
+        global_step=run.spent.steps,
+        total_steps=privacy.steps,
+        padding_fraction=run.counts.padding_ratio,
+        peak_memory_bytes=_peak_memory(config.device),
+        token_counts=run.counts,
+        train_seconds=run.seconds,
+        privacy=run.spent,
+    )
+    outcome.tokens_per_second = run.counts.tokens / max(run.seconds, 1e-9)
+    outcome.trained_tokens_per_second = run.counts.trained / max(run.seconds, 1e-9)
+    outcome.trained_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(outcome.trained_dir, safe_serialization=True)
+    tokenizer.save_pretrained(outcome.trained_dir)
+    model.eval()
+    return outcome
+
+
 def train(config: TrainConfig) -> TrainOutcome:
     resolved = config.resolved
     hp = resolved.hyperparameters
@@ -282,6 +326,8 @@ def train(config: TrainConfig) -> TrainOutcome:
 
         train_rows = rows_for(config.train)
         eval_rows = rows_for(config.validation) if config.validation else None
+    if isinstance(resolved, ResolvedAdapterTraining) and isinstance(resolved.privacy, ResolvedPrivacy):
+        return _train_privately(config, model, tokenizer, train_rows, collator, resolved.privacy)
     anchor, ewc_record = None, None
     if config.ewc is not None:  # anchored here: the weights this job starts from, before any step
         anchor, ewc_record = prepare_anchor(
