@@ -55,8 +55,8 @@ from measure_forgetting import (
     add_run_arguments,
     clear_unless_resumable,
     merge,
-    provenance,
     read_jsonl,
+    resumed_results,
     run_kubetune,
     save,
 )
@@ -251,11 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(parser, RESULTS)
     parser.add_argument("--only", nargs="*", default=None, help=f"variants to run (default: all of {list(VARIANTS)})")
     args = parser.parse_args(argv)
-    command = ["python", "scripts/measure_continual.py", *(argv if argv is not None else sys.argv[1:])]
-    if args.restart and args.out.exists():
-        args.out.unlink()
-    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results = {**results, **provenance(command), "seed": 0}
+    results = resumed_results(
+        args, ["python", "scripts/measure_continual.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     results.setdefault("variants", [])
     results["variants"] = [v for v in results["variants"] if v["exitCode"] == 0]
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="kubetune-continual-"))

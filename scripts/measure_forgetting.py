@@ -255,6 +255,15 @@ def provenance(command: list[str]) -> dict[str, Any]:
     }
 
 
+def resumed_results(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
+    """What ``args.out`` recorded (nothing with ``--restart``), under this invocation's provenance: the
+    start of a resumable measurement (measure_continual.py, measure_privacy.py)."""
+    if args.restart and args.out.exists():
+        args.out.unlink()
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    return {**results, **provenance(command), "seed": 0}
+
+
 def load_results(path: Path, command: list[str]) -> dict[str, Any]:
     if path.exists():
         results: dict[str, Any] = json.loads(path.read_text())
