@@ -202,6 +202,10 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
         ),
         ({"privacy": {"targetEpsilon": 8}, "hyperparameters": {"packing": False, "earlyStoppingPatience": 0}}, set()),
         (
+            {"privacy": {"targetEpsilon": 8}, "hyperparameters": {"gradientCheckpointing": True}},
+            spec_rule("hyperparameters.gradientCheckpointing", "privacy"),
+        ),
+        (
             {"privacy": {"targetEpsilon": 8}, "hyperparameters": {"earlyStoppingPatience": 2}},
             spec_rule("hyperparameters.earlyStoppingPatience", "privacy"),
         ),

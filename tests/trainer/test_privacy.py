@@ -12,7 +12,7 @@ from kubetune.api.v1alpha1 import ResolvedAdapterTraining, ResolvedPrivacy
 from kubetune_trainer.plan import resolve_training
 from tests.builders import spec
 from tests.trainer.jobs import run_locally, write_dataset, write_job
-from tests.trainer.plans import CPU, NO_REPLAY, SMOL
+from tests.trainer.plans import CPU, L4, NO_REPLAY, SEVEN_B, SMOL
 
 
 def rdp_epsilon(noise: float, sample_rate: float, steps: int, delta: float) -> float:
@@ -37,6 +37,15 @@ def test_the_plan_samples_rows_for_the_budget_and_keeps_validation_out() -> None
     assert (privacy.delta, privacy.max_grad_norm, privacy.accountant) == (1 / 2000, 1.0, "rdp")
     plain = resolve_training(spec(), CPU, train_examples=200, token_lengths=[40] * 200, shape=SMOL, replay=NO_REPLAY)
     assert isinstance(plain, ResolvedAdapterTraining) and plain.privacy.mechanism == "none"
+    on_gpu = resolve_training(
+        spec(privacy={"targetEpsilon": 4}),
+        L4,
+        train_examples=200,
+        token_lengths=[40] * 200,
+        shape=SEVEN_B,
+        replay=NO_REPLAY,
+    )
+    assert on_gpu.hyperparameters.gradient_checkpointing is False, "Opacus sees each layer's activations once"
     # one row, one privacy unit; validation rows choose nothing
     assert (hp.packing, hp.early_stopping_patience, plan.lora.strengths) == (False, 0, [1.0])
 

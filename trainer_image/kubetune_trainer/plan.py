@@ -407,7 +407,7 @@ def resolve_training(
         ),
         gradient_checkpointing=chosen(
             user.gradient_checkpointing,
-            hardware.device == "cuda" and shape.params > DEFAULTS.checkpointing_min_params,
+            hardware.device == "cuda" and shape.params > DEFAULTS.checkpointing_min_params and spec.privacy is None,
         ),
         seed=chosen(user.seed, DEFAULTS.seed),
         eval_steps=chosen(user.eval_steps, max(1, total_steps // DEFAULTS.evaluations_per_run)),

@@ -1382,6 +1382,14 @@ class FineTuneJobSpec(ApiModel):
             lambda s: s.privacy is None or not s.hyperparameters.packing,
         ),
         Rule(
+            "!has(self.privacy) || !has(self.hyperparameters.gradientCheckpointing) "
+            "|| !self.hyperparameters.gradientCheckpointing",
+            "privacy computes each row's gradient from the activations its layers saw once; recomputing them "
+            "(gradient checkpointing) is not supported: leave hyperparameters.gradientCheckpointing unset or false",
+            ".hyperparameters.gradientCheckpointing",
+            lambda s: s.privacy is None or not s.hyperparameters.gradient_checkpointing,
+        ),
+        Rule(
             "!has(self.privacy) || !has(self.hyperparameters.earlyStoppingPatience) "
             "|| self.hyperparameters.earlyStoppingPatience == 0",
             "privacy: stopping on the validation loss would let rows outside the privacy accounting choose the "
