@@ -1,5 +1,5 @@
 """The commands that work on published versions rather than on a run: ``verify``, ``promote``,
-``rollback``, ``channel`` and ``fetch``.
+``rollback``, ``channel``, ``fetch`` and ``serving``.
 
 Each names its place in storage one of two ways. A person gives a URI (and ``--endpoint``/``--region``
 for S3; credentials from the usual AWS sources). A pod gives ``--job /etc/kubetune/job.yaml``: the
@@ -30,6 +30,7 @@ from kubetune.api.manifest import ManifestError, load_manifest
 from kubetune.api.v1alpha1 import FineTuneJob, S3Spec
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import ConfigurationError
+from kubetune_trainer.serving import SERVERS
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
 
 FAILURES = (StorageError, ConfigurationError, ManifestError)
@@ -86,6 +87,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "--dest", type=Path, required=True, help="a link swapped to the fetched folder, e.g. /models/current"
     )
     fetch.set_defaults(handler=fetch_command)
+
+    serving = _channel_parser(sub, "serving", "render what a serving stack applies to run the channel's version")
+    serving.add_argument("--for", dest="server", required=True, choices=SERVERS, help="the serving stack")
+    serving.add_argument("--name", required=True, help="the objects' name (a DNS label), also the served model's")
+    serving.add_argument("--namespace", default=None, help="the objects' namespace (default: none set)")
+    serving.add_argument(
+        "--secret",
+        default=None,
+        help="vllm, llama-cpp: a Secret with access-key-id and secret-access-key for the fetch (default: "
+        "workload identity)",
+    )
+    serving.set_defaults(handler=serving_command)
 
 
 def _channel_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -276,3 +289,20 @@ def fetch_command(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run("fetch", run, reason="FetchFailed")
+
+
+# ------------------------------------------------------------------ serving
+def serving_command(args: argparse.Namespace) -> int:
+    """Print the channel's serving hand-off (kubetune_trainer.serving says how each stack follows it)."""
+    from kubetune_trainer.serving import Placement, render, served_version
+
+    def run(environment: TrainerEnvironment) -> int:
+        place = _place(args, environment, args.output_uri)
+        served = served_version(place.store, _output_uri(args, place), args.channel)
+        placement = Placement(
+            name=args.name, namespace=args.namespace, secret=args.secret, endpoint=args.endpoint, region=args.region
+        )
+        sys.stdout.write(render(args.server, served, placement))
+        return EXIT_OK
+
+    return _run("render the serving manifests", run)
