@@ -80,6 +80,13 @@ def channel_uri(output_uri: str, channel: str) -> str:
     return join_uri(output_uri.rstrip("/"), "channels", check_channel_name(channel))
 
 
+def channel_names(store: ObjectStore, output_uri: str) -> list[str]:
+    """The channels written under ``output_uri``, by name."""
+    prefix = join_uri(output_uri.rstrip("/"), "channels") + "/"
+    names = {uri[len(prefix) :].split("/", 1)[0] for uri in store.list(prefix)}
+    return sorted(name for name in names if len(name) <= 63 and re.fullmatch(DNS_LABEL_PATTERN.strip("^$"), name))
+
+
 def split_version_uri(version_uri: str) -> tuple[str, str]:
     """(output prefix, version name) of a version's URI, refusing what is not a version's."""
     output_uri, _, version = version_uri.rstrip("/").rpartition("/")

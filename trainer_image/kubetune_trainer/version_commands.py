@@ -1,5 +1,5 @@
 """The commands that work on published versions rather than on a run: ``verify``, ``promote``,
-``rollback``, ``channel``, ``fetch`` and ``serving``.
+``rollback``, ``channel``, ``fetch``, ``serving`` and ``versions``.
 
 Each names its place in storage one of two ways. A person gives a URI (and ``--endpoint``/``--region``
 for S3; credentials from the usual AWS sources). A pod gives ``--job /etc/kubetune/job.yaml``: the
@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -87,6 +88,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "--dest", type=Path, required=True, help="a link swapped to the fetched folder, e.g. /models/current"
     )
     fetch.set_defaults(handler=fetch_command)
+
+    versions = sub.add_parser("versions", help="list the versions published under an output prefix, newest first")
+    versions.add_argument("output_uri", nargs="?", help="the job's output prefix (spec.output.uri)")
+    _place_arguments(versions)
+    versions.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table")
+    versions.set_defaults(handler=versions_command)
 
     serving = _channel_parser(sub, "serving", "render what a serving stack applies to run the channel's version")
     serving.add_argument("--for", dest="server", required=True, choices=SERVERS, help="the serving stack")
@@ -306,3 +313,80 @@ def serving_command(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run("render the serving manifests", run)
+
+
+# ------------------------------------------------------------------ versions
+def version_summary(manifest: dict[str, Any], channels: list[str]) -> dict[str, Any]:
+    """What a listing shows of one version: when, from which job, its primary metric base → tuned, its
+    gate's verdict and the channels naming it now."""
+    evaluation = manifest.get("evaluation") or {}
+    primary = evaluation.get("primaryMetric")
+    metric = next((m for m in evaluation.get("metrics") or [] if m.get("name") == primary), None)
+    job = manifest.get("job") or {}
+    return {
+        "version": manifest.get("version"),
+        "publishedAt": manifest.get("publishedAt"),
+        "job": f"{job.get('namespace')}/{job.get('name')}" if job else None,
+        "promoted": manifest.get("promoted"),
+        "metric": primary,
+        "base": metric.get("base") if metric else None,
+        "tuned": metric.get("tuned") if metric else None,
+        "channels": channels,
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    def number(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+    lines = [("VERSION", "PUBLISHED", "PROMOTED", "METRIC", "BASE", "TUNED", "CHANNELS")]
+    for row in rows:
+        promoted = {True: "yes", False: "no"}.get(row["promoted"], "-")
+        metric = row["metric"] or "-"
+        channels = ",".join(row["channels"]) or "-"
+        lines.append(
+            (
+                row["version"],
+                row["publishedAt"] or "-",
+                promoted,
+                metric,
+                number(row["base"]),
+                number(row["tuned"]),
+                channels,
+            )
+        )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def versions_command(args: argparse.Namespace) -> int:
+    from kubetune_trainer.channels import channel_names, current
+    from kubetune_trainer.publish import list_versions, read_manifest
+
+    def run(environment: TrainerEnvironment) -> int:
+        place = _place(args, environment, args.output_uri)
+        output = _output_uri(args, place)
+        naming: dict[str, list[str]] = {}
+        for channel in channel_names(place.store, output):
+            entry = current(place.store, output, channel)
+            if entry is not None:
+                naming.setdefault(entry.version, []).append(channel)
+        names = sorted(list_versions(output, place.store), reverse=True)  # a version's name starts with its time
+        rows = [
+            version_summary(read_manifest(join_uri(output, name), place.store), naming.get(name, [])) for name in names
+        ]
+        if args.output == "json":
+            print(json.dumps(rows, indent=2))
+        elif args.output == "yaml":
+            import yaml
+
+            print(yaml.safe_dump(rows, sort_keys=False), end="")
+        else:
+            print(_table(rows))
+        if not rows:
+            print(f"{output}: no version published yet", file=sys.stderr)
+        return EXIT_OK
+
+    return _run("list the versions", run)
