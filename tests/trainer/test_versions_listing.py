@@ -69,11 +69,7 @@ def test_versions_are_listed_newest_first_with_their_metric_and_channels(
     assert kubetune(command) == EXIT_OK
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["VERSION", "PUBLISHED", "PROMOTED", "METRIC", "BASE", "TUNED", "CHANNELS"]
-    assert table[1].split()[0] == published[2] and table[1].split()[2:] == [
-        "yes",
-        "accuracy",
-        "0.100",
-        "0.800",
-        "staging",
-    ]
-    assert table[2].split()[2] == "no"
+    cells = {line.split()[0]: line.split()[2:] for line in table[1:]}
+    assert cells[published[2]] == ["yes", "accuracy", "0.100", "0.800", "staging"]
+    assert cells[published[1]] == ["no", "accuracy", "0.100", "0.300", "-"]
+    assert [line.split()[0] for line in table[1:]] == [row["version"] for row in rows]
