@@ -28,7 +28,9 @@ when the mean negative log-likelihood of A's answers rose by at most 5%.
 
 Every finished run is written to the results file at once (default ``docs/measurements/continual.json``)
 with the command, the commit, the machine, the seeds and every per-example output; running the same
-command again measures only what is not recorded (a run cut short goes on from its last checkpoint).
+command again measures only what is not recorded (a run cut short goes on from its last checkpoint;
+where the scratch folder is gone, version A is trained again and the recorded variants stand when it
+comes out with the same weights, by their SHA-256).
 ``docs/measurements/continual.md`` is rendered from the JSON (a test checks it).
 
 ``--smoke`` runs version A and one planted variant on a tiny model: sequential tuning at a destructive
@@ -186,6 +188,15 @@ def kept(a: dict[str, Any]) -> bool:
     return bool(a["nllAfter"] <= (1 + KEEP_WITHIN) * a["nllBefore"])
 
 
+def weights_digest(version: Path) -> str:
+    """Version A's identity: the SHA-256 of what it published of its weights (each file's path and digest,
+    from its manifest). Training is seeded, so an invocation whose scratch folder is gone trains A again
+    to the same digest, and the variants measured from the earlier A stand."""
+    artifacts = json.loads((version / "manifest.json").read_text())["artifacts"]
+    weights = sorted((a["path"], a["sha256"]) for a in artifacts if a["path"].split("/", 1)[0] in ("merged", "adapter"))
+    return hashlib.sha256(json.dumps(weights).encode()).hexdigest()
+
+
 def variant_record(name: str, record: dict[str, Any], version: Path, test_uris: dict[str, str]) -> dict[str, Any]:
     lineage = json.loads((version / "manifest.json").read_text())
     predictions = read_jsonl(version / "reports" / "predictions.jsonl")
@@ -274,8 +285,12 @@ def main(argv: list[str] | None = None) -> int:
             args,
         )
         record, version_a = run_job("A", first, scratch / "A")
-        results["versionA"] = {**record, "version": str(version_a)}
-        results["variants"] = []  # measured from another version A
+        digest = weights_digest(version_a) if version_a else None
+        if digest is None or digest != recorded.get("weightsSha256"):
+            results["variants"] = []  # measured from another version A
+        else:
+            print("version A trained again to the same weights: its recorded variants stand", file=sys.stderr)
+        results["versionA"] = {**record, "version": str(version_a), "weightsSha256": digest}
         if version_a is None:
             save(args.out, results)
             print(f"version A failed: {record['error']}", file=sys.stderr)

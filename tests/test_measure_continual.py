@@ -34,6 +34,23 @@ def test_a_variant_keeps_a_within_five_percent_of_its_accuracy_or_its_likelihood
     assert not measure_continual.kept({**figures, "before": 0.0, "after": 0.0, "nllAfter": 1.06})
 
 
+def test_version_a_is_known_again_by_its_published_weights(tmp_path: Path) -> None:
+    def version(merged: str, fisher: str) -> Path:
+        folder = tmp_path / f"{merged}-{fisher}"
+        folder.mkdir()
+        artifacts = [
+            {"path": "merged/model.safetensors", "sha256": merged},
+            {"path": "adapter/adapter_model.safetensors", "sha256": "a" * 64},
+            {"path": "fisher/fisher.safetensors", "sha256": fisher},
+        ]
+        (folder / "manifest.json").write_text(json.dumps({"artifacts": artifacts}))
+        return folder
+
+    first = measure_continual.weights_digest(version("1" * 64, "f" * 64))
+    assert measure_continual.weights_digest(version("1" * 64, "e" * 64)) == first, "the weights decide, not the Fisher"
+    assert measure_continual.weights_digest(version("2" * 64, "f" * 64)) != first
+
+
 @pytest.mark.slow
 def test_the_smoke_flags_the_planted_forgetting_and_resumes(tmp_path: Path, tiny_model_dir: Path) -> None:
     out, scratch = tmp_path / "continual.json", tmp_path / "scratch"
