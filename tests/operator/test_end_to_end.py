@@ -179,7 +179,11 @@ OTHER_METHODS: dict[str, tuple[str, set[str]]] = {
     "prefix-orpo": ("{adapter: prefix, objective: orpo}", {"adapter/adapter_config.json"}),
     "bottleneck": ("{adapter: bottleneck}", {"adapter/bottleneck_config.json"}),
     "full": ("{type: full}", {"merged/config.json"}),
+    "osf": ("{adapter: osf}", {"adapter/adapter_config.json", "merged/config.json"}),
+    "private": ("{adapter: lora}", {"adapter/adapter_config.json", "merged/config.json"}),
 }
+# Blocks beside the method: the private job trains with DP-SGD (spec.privacy).
+EXTRA_SPEC: dict[str, dict[str, Any]] = {"private": {"privacy": {"targetEpsilon": 8}}}
 
 
 def method_job(name: str, method: str, model: Path, data: Path, tmp_path: Path) -> dict[str, Any]:
@@ -212,6 +216,8 @@ def test_every_other_method_goes_the_operators_whole_way(
         name: method_job(name, method, tiny_model_dir, pairs if "orpo" in method else sft, tmp_path)
         for name, (method, _) in OTHER_METHODS.items()
     }
+    for name, extra in EXTRA_SPEC.items():
+        manifests[name]["spec"] |= extra
     for manifest in manifests.values():
         cluster.apply(manifest)
 
@@ -236,6 +242,10 @@ def test_every_other_method_goes_the_operators_whole_way(
         artifacts = {artifact["name"] for artifact in final["result"]["artifacts"]}
         assert published <= artifacts and ("merged/config.json" in artifacts) is ("merged/config.json" in published)
         assert final["progress"]["step"] == final["progress"]["totalSteps"] > 0
+        if name in EXTRA_SPEC:  # what DP-SGD spent reaches the job's status
+            privacy = final["result"]["privacy"]
+            assert resolved["privacy"]["mechanism"] == "dp-sgd" and 0 < privacy["epsilon"] <= 8, privacy
+            assert privacy["steps"] == resolved["privacy"]["steps"]
         if asked.get("objective") == "orpo":
             assert {"tuned.rewardAccuracy", "tuned.rewardMargin"} <= set(final["result"]["metrics"])
 
