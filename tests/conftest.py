@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kubeapi.cluster import CLUSTERWIDE, TestCluster
 from tests.kubeapi.runner import ApiServerThread
 from tests.s3double import S3Server
 
@@ -71,6 +72,18 @@ def apiserver(tmp_path: Path) -> Iterator[ApiServerThread]:
     server = ApiServerThread(tmp_path / "apiserver").start()
     try:
         yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def installed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    """One test API server installed with the chart (cluster-wide, no Kueue), shared by the tests that
+    only need a tenant to create what a user would: the corpora, the lifecycle commands."""
+    folder = tmp_path_factory.mktemp("installed-cluster")
+    server = ApiServerThread(folder / "apiserver").start()
+    try:
+        yield TestCluster(server, folder / "cluster", CLUSTERWIDE, kueue=False)
     finally:
         server.stop()
 

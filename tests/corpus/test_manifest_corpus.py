@@ -32,8 +32,8 @@ VALID = sorted((CORPUS / "valid").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
-def tenant(corpus_cluster: TestCluster) -> Identity:
-    return corpus_cluster.tenant
+def tenant(installed_cluster: TestCluster) -> Identity:
+    return installed_cluster.tenant
 
 
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])

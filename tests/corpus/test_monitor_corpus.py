@@ -27,8 +27,8 @@ BASE = f"/apis/kubetune.dev/v1alpha1/namespaces/{NAMESPACE}/{PLURAL}"
 
 
 @pytest.fixture(scope="module")
-def tenant(corpus_cluster: TestCluster) -> Identity:
-    return corpus_cluster.tenant
+def tenant(installed_cluster: TestCluster) -> Identity:
+    return installed_cluster.tenant
 
 
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
@@ -68,9 +68,9 @@ def _refused(identity: Identity, method: str, path: str, body: object = None) ->
 
 
 def test_tenants_edit_and_view_monitors_through_the_aggregated_roles_and_never_write_status(
-    corpus_cluster: TestCluster,
+    installed_cluster: TestCluster,
 ) -> None:
-    tenant = corpus_cluster.tenant
+    tenant = installed_cluster.tenant
     monitor = yaml.safe_load((CORPUS / "valid" / "minimal.yaml").read_text())
     monitor["metadata"]["name"] = "roles-check"
     created = tenant.call("POST", BASE, monitor)
@@ -86,7 +86,7 @@ def test_tenants_edit_and_view_monitors_through_the_aggregated_roles_and_never_w
     # Status is the operator's: the tenant's edit role does not reach the subresource.
     assert _refused(tenant, "PATCH", f"{BASE}/roles-check/status", {"status": {"champion": "v9"}}) == 403
 
-    installer = corpus_cluster.installer
+    installer = installed_cluster.installer
     installer.call(
         "POST",
         f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NAMESPACE}/rolebindings",
@@ -98,11 +98,11 @@ def test_tenants_edit_and_view_monitors_through_the_aggregated_roles_and_never_w
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "auditor"}],
         },
     )
-    viewer = corpus_cluster.identity(UserInfo.user("auditor", "auditors"))
+    viewer = installed_cluster.identity(UserInfo.user("auditor", "auditors"))
     assert [m["metadata"]["name"] for m in viewer.call("GET", BASE)["items"]] == ["roles-check"]
     other = copy.deepcopy(monitor)
     other["metadata"]["name"] = "by-a-viewer"
     assert _refused(viewer, "POST", BASE, other) == 403
-    stranger = corpus_cluster.identity(UserInfo.user("mallory", "elsewhere"))
+    stranger = installed_cluster.identity(UserInfo.user("mallory", "elsewhere"))
     assert _refused(stranger, "GET", BASE) == 403
     tenant.call("DELETE", f"{BASE}/roles-check")

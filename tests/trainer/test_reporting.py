@@ -137,6 +137,14 @@ def test_throughput_covers_the_window_since_the_last_log_and_skips_evaluation_ti
     assert (second.tokens, second.trained_tokens) == (2 * 1900, 2 * 300)
     assert [p.eval_loss for p in progress] == [None, 1.8, 1.8]
     assert progress[1].tokens_per_second is None and progress[2].tokens_per_second == 500.0
+    # time left at the pace so far, evaluations included: 2 s for 1 step, 32 s for 2, 36 s for 3 (of 10)
+    assert [p.eta_seconds for p in progress] == [18, 128, 84]
+    resumed = SimpleNamespace(is_world_process_zero=True, global_step=6, max_steps=10, epoch=0.6)
+    callback.on_train_begin(None, resumed, None)
+    now[0] += 5.0
+    resumed.global_step += 1
+    callback.on_log(None, resumed, None, logs={"loss": 1.0})
+    assert progress[-1].eta_seconds == 15, "a resumed run's pace counts its own steps only"
 
 
 def test_a_real_trainer_run_meters_exactly_its_training_batches(tmp_path: Path, tiny_model_dir: Path) -> None:

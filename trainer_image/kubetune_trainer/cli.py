@@ -25,7 +25,7 @@ from pathlib import Path
 
 from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
 from kubetune.api.manifest import ManifestError, load_manifest, load_object
-from kubetune_trainer import challenge, version_commands
+from kubetune_trainer import challenge, lifecycle, version_commands
 from kubetune_trainer.drift import command as drift_command
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.localrun import PathMapping, parse_mapping
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     version_commands.add_parsers(sub)
     drift_command.add_parser(sub)
     challenge.add_parser(sub)
+    lifecycle.add_parsers(sub)
     return parser
 
 

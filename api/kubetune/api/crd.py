@@ -29,6 +29,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progressText"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.trainLoss"},
+    {"name": "ETA-Seconds", "type": "integer", "jsonPath": ".status.progress.etaSeconds"},
     {"name": "Eval-Loss", "type": "number", "jsonPath": ".status.progress.evalLoss", "priority": 1},
     {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

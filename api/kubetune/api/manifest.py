@@ -284,5 +284,11 @@ def load_manifest(path: Path) -> FineTuneJob:
 
 def load_object(path: Path) -> FineTuneJob | DriftMonitor:
     """Load the single kubetune object (a FineTuneJob or a DriftMonitor) of a YAML file."""
+    return load_document(path)[1]
+
+
+def load_document(path: Path) -> tuple[dict[str, Any], FineTuneJob | DriftMonitor]:
+    """The single kubetune object of a YAML file as written (what ``kubetune submit`` sends: the API server
+    applies the defaults) and as validated."""
     document, where = _the_one(path, tuple(_PARSERS))
-    return _PARSERS[document["kind"]](document, where)
+    return document, _PARSERS[document["kind"]](document, where)

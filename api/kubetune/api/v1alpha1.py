@@ -1526,6 +1526,10 @@ class Progress(ApiModel):
     train_loss: float | None = None
     eval_loss: float | None = None
     tokens_per_second: float | None = None
+    eta_seconds: Annotated[
+        int | None,
+        Field(ge=0, description="Training time left at the pace this pod measured so far (evaluations included)."),
+    ] = None
     updated_at: str | None = None
 
 

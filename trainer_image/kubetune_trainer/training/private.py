@@ -179,6 +179,7 @@ def train_private(
                     total_steps=privacy.steps,
                     epoch=round(step * privacy.sample_rate, 3),
                     train_loss=entry.get("loss"),
+                    eta_seconds=round((time.perf_counter() - started) / step * (privacy.steps - step)),
                 )
             )
     seconds = time.perf_counter() - started

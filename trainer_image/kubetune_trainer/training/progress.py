@@ -76,9 +76,16 @@ class ReportProgress(TrainerCallback):
         self.eval_loss: float | None = None
         self._window_start = clock()
         self._window_counts = TokenCounts()
+        self._began, self._first_step = self._window_start, 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._window_start, self._window_counts = self.clock(), self.meter.counts
+        self._began, self._first_step = self._window_start, state.global_step  # a resumed run starts past 0
+
+    def eta_seconds(self, step: int, total: int, now: float) -> int | None:
+        """The steps left at the pace of this process's steps so far; None before its first step."""
+        done = step - self._first_step
+        return round((now - self._began) / done * max(0, total - step)) if done > 0 else None
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
         if not state.is_world_process_zero:
@@ -106,6 +113,7 @@ class ReportProgress(TrainerCallback):
                     train_loss=self.train_loss,
                     eval_loss=self.eval_loss,
                     tokens_per_second=round(tokens_per_second, 1) if tokens_per_second is not None else None,
+                    eta_seconds=self.eta_seconds(state.global_step, state.max_steps, now),
                 )
             )
         if self.on_metrics is not None and tokens_per_second is not None:

@@ -1,0 +1,216 @@
+"""The commands that follow a FineTuneJob in a cluster, through the user's own kubeconfig: ``submit``,
+``status`` and ``wait``.
+
+``submit`` validates the manifest exactly as ``kubetune validate`` does and creates it as written (the
+API server applies the schema's defaults and its CEL rules, the same ones); ``status`` shows the phase,
+progress and the gate's verdict; ``wait`` returns when the job reaches a phase.
+
+Exit codes: 0 done (for ``wait``: the phase was reached); 1 ``wait`` ended without it (the job ended in
+another phase, or the timeout passed); 2 cannot be done as asked (an invalid manifest, no credentials,
+the API server refusing: forbidden, not found, already exists), with the API server's own message and
+never a traceback. ``--output json|yaml`` prints the object (``submit``) or its status (``status``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
+from kubetune.api.manifest import ManifestError, load_document
+from kubetune.api.v1alpha1 import GROUP, PLURAL, TERMINAL_PHASES, VERSION, Phase
+
+EXIT_NOT_REACHED = 1
+OUTPUTS = ("text", "json", "yaml")
+PLURALS = {"FineTuneJob": PLURAL, "DriftMonitor": "driftmonitors"}
+
+
+class CannotDo(Exception):
+    """What the API server (or the kubeconfig) refused, in one line."""
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    submit = sub.add_parser("submit", help="validate a FineTuneJob or DriftMonitor manifest, then create it")
+    submit.add_argument("manifest", type=Path)
+    _common(submit)
+    submit.set_defaults(handler=submit_command)
+
+    status = sub.add_parser("status", help="a FineTuneJob's phase, progress and gate")
+    status.add_argument("name")
+    _common(status)
+    status.set_defaults(handler=status_command)
+
+    wait = sub.add_parser("wait", help="wait until a FineTuneJob reaches a phase")
+    wait.add_argument("name")
+    wait.add_argument(
+        "--for",
+        dest="phase",
+        default=Phase.SUCCEEDED.value,
+        type=lambda text: text[:1].upper() + text[1:].lower(),
+        choices=[phase.value for phase in Phase],
+        help="the phase to wait for, any case (default: succeeded)",
+    )
+    wait.add_argument("--timeout", type=float, default=3600.0, help="seconds (default: 3600)")
+    wait.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
+    _common(wait, outputs=False)
+    wait.set_defaults(handler=wait_command)
+
+
+def _common(parser: argparse.ArgumentParser, *, outputs: bool = True) -> None:
+    parser.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's, else default")
+    if outputs:
+        parser.add_argument("-o", "--output", choices=OUTPUTS, default="text")
+
+
+def _api() -> Any:
+    from kubernetes import client
+
+    from kubetune.kubeclient import NoCredentials, ReauthenticatingApiClient
+
+    try:
+        return client.CustomObjectsApi(ReauthenticatingApiClient())
+    except NoCredentials as err:
+        raise CannotDo(str(err)) from err
+
+
+def _context_namespace() -> str:
+    from kubernetes import config
+
+    try:
+        _, context = config.list_kube_config_contexts()
+    except Exception:
+        return "default"
+    return str((context or {}).get("context", {}).get("namespace") or "default")
+
+
+def _call(action: Callable[[], Any], what: str) -> Any:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return action()
+    except ApiException as err:
+        try:
+            message = json.loads(err.body or "{}").get("message") or err.reason
+        except (json.JSONDecodeError, AttributeError):
+            message = err.reason
+        raise CannotDo(f"{what}: {message} (HTTP {err.status})") from err
+
+
+def _print(document: Any, output: str) -> None:
+    if output == "json":
+        print(json.dumps(document, indent=2))
+    else:
+        print(yaml.safe_dump(document, sort_keys=False), end="")
+
+
+def _run(action: Callable[[], int]) -> int:
+    try:
+        return action()
+    except (CannotDo, ManifestError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+# ------------------------------------------------------------------ submit
+def submit_command(args: argparse.Namespace) -> int:
+    def submit() -> int:
+        document, found = load_document(args.manifest)  # refused here exactly as `kubetune validate` refuses it
+        written = document.get("metadata", {}).get("namespace")
+        if written and args.namespace and written != args.namespace:
+            raise CannotDo(
+                f"{args.manifest}: metadata.namespace is {written!r} and --namespace {args.namespace!r}: drop one"
+            )
+        namespace = written or args.namespace or _context_namespace()
+        plural = PLURALS[found.kind]
+        created = _call(
+            lambda: _api().create_namespaced_custom_object(GROUP, VERSION, namespace, plural, document),
+            f"cannot create {found.kind} {document['metadata'].get('name')!r} in namespace {namespace!r}",
+        )
+        if args.output == "text":
+            print(f"{plural}.{GROUP}/{created['metadata']['name']} created in namespace {namespace}")
+        else:
+            _print(created, args.output)
+        return EXIT_OK
+
+    return _run(submit)
+
+
+# ------------------------------------------------------------------ status
+def _get(name: str, namespace: str | None) -> dict[str, Any]:
+    where = namespace or _context_namespace()
+    return dict(
+        _call(
+            lambda: _api().get_namespaced_custom_object(GROUP, VERSION, where, PLURAL, name),
+            f"cannot read FineTuneJob {name!r} in namespace {where!r}",
+        )
+    )
+
+
+def describe(job: dict[str, Any]) -> str:
+    """The status in lines a person reads: phase, progress with its ETA, the result and the gate."""
+    status = job.get("status") or {}
+    lines = [f"{job['metadata']['name']}: {status.get('phase') or 'Pending'}"]
+    progress = status.get("progress") or {}
+    if progress.get("totalSteps"):
+        step = f"step {progress.get('step') or 0}/{progress['totalSteps']}"
+        loss = f", loss {progress['trainLoss']:.4f}" if progress.get("trainLoss") is not None else ""
+        eta = f", about {_duration(progress['etaSeconds'])} left" if progress.get("etaSeconds") is not None else ""
+        lines.append(f"  {progress.get('stage') or 'train'}: {step}{loss}{eta}")
+    result = status.get("result") or {}
+    if result.get("version"):
+        promoted = result.get("promoted")
+        verdict = "promoted" if promoted is True else "not promoted" if promoted is False else "no verdict"
+        lines.append(f"  version {result['version']}: {verdict}")
+        if result.get("qualityGateMessage"):
+            lines.append(f"  gate: {result['qualityGateMessage']}")
+    if result.get("privacy"):
+        privacy = result["privacy"]
+        lines.append(f"  privacy: epsilon {privacy['epsilon']:.2f} of {privacy['targetEpsilon']:g} spent")
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "False" and condition.get("message"):
+            lines.append(f"  {condition['type']}: {condition['message']}")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+def status_command(args: argparse.Namespace) -> int:
+    def show() -> int:
+        job = _get(args.name, args.namespace)
+        if args.output == "text":
+            print(describe(job))
+        else:
+            _print(job.get("status") or {}, args.output)
+        return EXIT_OK
+
+    return _run(show)
+
+
+# ------------------------------------------------------------------ wait
+def wait_command(args: argparse.Namespace) -> int:
+    def wait() -> int:
+        deadline = time.monotonic() + args.timeout
+        while True:
+            phase = (_get(args.name, args.namespace).get("status") or {}).get("phase") or Phase.PENDING.value
+            if phase == args.phase:
+                print(f"{args.name}: {phase}")
+                return EXIT_OK
+            if phase in TERMINAL_PHASES:
+                print(f"{args.name}: {phase}, not {args.phase} (kubetune status {args.name})", file=sys.stderr)
+                return EXIT_NOT_REACHED
+            if time.monotonic() >= deadline:
+                print(f"{args.name}: still {phase} after {args.timeout:g} s", file=sys.stderr)
+                return EXIT_NOT_REACHED
+            time.sleep(min(args.interval, max(0.0, deadline - time.monotonic())))
+
+    return _run(wait)
