@@ -93,14 +93,14 @@ def write_job(
     return path
 
 
-def run_locally(job: Path, folder: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """``kubetune run`` of ``job`` into ``folder`` (one thread), as a user runs it: the process's result
-    and, when it published, the version's lineage manifest."""
-    result = subprocess.run(
+def kubetune_process(command: str, target: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    """``kubetune <command> <target> --output-dir folder/runs --workdir folder/work`` as a user runs it
+    (one thread)."""
+    return subprocess.run(
         [
             str(Path(sys.executable).parent / "kubetune"),
-            "run",
-            str(job),
+            command,
+            target,
             "--output-dir",
             str(folder / "runs"),
             "--workdir",
@@ -111,6 +111,12 @@ def run_locally(job: Path, folder: Path) -> tuple[subprocess.CompletedProcess[st
         timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def run_locally(job: Path, folder: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``kubetune run`` of ``job`` into ``folder`` (one thread), as a user runs it: the process's result
+    and, when it published, the version's lineage manifest."""
+    result = kubetune_process("run", str(job), folder)
     assert result.returncode == 0, result.stderr[-3000:]
     (manifest_path,) = (folder / "runs").glob("*/v*/manifest.json")
     return result, manifest_path

@@ -44,6 +44,43 @@ def _run(args: argparse.Namespace) -> int:
     return run_pipeline(job, mode=Mode.LOCAL, workdir=args.workdir, max_steps=args.max_steps, environment=environment)
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    """The version's recorded spec run again (``kubetune run``'s way, published under --output-dir), its
+    base model and training data checked against the SHA-256s the version recorded before any training."""
+    from pydantic import ValidationError
+
+    from kubetune.api.v1alpha1 import API_VERSION, KIND, FineTuneJob, S3Spec
+    from kubetune_trainer.context import Reproduction
+    from kubetune_trainer.errors import ConfigurationError
+    from kubetune_trainer.localrun import localize
+    from kubetune_trainer.pipeline import Mode, run_pipeline
+    from kubetune_trainer.publish import read_manifest
+    from kubetune_trainer.storage import ObjectStore, StorageError
+
+    try:
+        lineage = read_manifest(args.version_uri, ObjectStore(S3Spec(endpoint=args.endpoint, region=args.region)))
+        if "spec" not in lineage:
+            raise ConfigurationError(f"{args.version_uri} was published before kubetune recorded the job's spec")
+        document = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": lineage["job"]["name"]}}
+        job = FineTuneJob.model_validate({**document, "spec": lineage["spec"]})
+    except (StorageError, ConfigurationError, ValidationError, KeyError, ValueError) as err:
+        print(f"error: cannot reproduce {args.version_uri}: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    expected = Reproduction(
+        version_uri=args.version_uri,
+        base_model_sha256=str(lineage["baseModel"]["sha256"]),
+        data_sha256=str(lineage["dataset"]["contentSha256"]),
+    )
+    return run_pipeline(
+        localize(job, [], args.output_dir),
+        mode=Mode.LOCAL,
+        workdir=args.workdir,
+        max_steps=None,
+        environment=TrainerEnvironment.from_env(),
+        reproducing=expected,
+    )
+
+
 def _in_pod(args: argparse.Namespace, mode_name: str) -> int:
     from kubetune_trainer.pipeline import Mode, run_pipeline
 
@@ -101,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--max-steps", type=int, default=None, help="stop training after N optimizer steps (smoke runs)")
     run.set_defaults(handler=_run)
+
+    reproduce = sub.add_parser(
+        "reproduce", help="run a published version's job again locally, refusing if its base model or data changed"
+    )
+    reproduce.add_argument("version_uri", help="the version's URI, e.g. s3://bucket/out/job/v20261204-...")
+    reproduce.add_argument(
+        "--output-dir", type=Path, default=Path("runs"), help="where the new version is published (default: runs)"
+    )
+    reproduce.add_argument("--workdir", type=Path, default=Path(".kubetune-work"), help="scratch folder")
+    reproduce.add_argument("--endpoint", default=None, help="S3 endpoint to read the version from")
+    reproduce.add_argument("--region", default=None, help="S3 region to read the version from")
+    reproduce.set_defaults(handler=_reproduce)
 
     for name, help_text in (
         ("preflight", "the pre-flight check (in the pre-flight Job)"),

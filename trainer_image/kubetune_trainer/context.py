@@ -9,6 +9,7 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import FineTuneJob, FineTuneJobSpec
 from kubetune_trainer.environment import TrainerEnvironment
+from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.stages import StageClock
 from kubetune_trainer.storage import ObjectStore, join_uri
 
@@ -17,6 +18,22 @@ class Mode(StrEnum):
     LOCAL = "run"
     PREFLIGHT = "preflight"
     TRAIN = "train"
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """``kubetune reproduce``: the version run again, and what its inputs must hash to."""
+
+    version_uri: str
+    base_model_sha256: str
+    data_sha256: str
+
+    def check(self, what: str, recorded: str, now: str) -> None:
+        if recorded != now:
+            raise ConfigurationError(
+                f"cannot reproduce {self.version_uri}: its {what} changed since it was published (SHA-256 "
+                f"{now[:12]}…, recorded {recorded[:12]}…)"
+            )
 
 
 @dataclass
@@ -30,6 +47,7 @@ class RunContext:
     environment: TrainerEnvironment
     max_steps: int | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    reproducing: Reproduction | None = None
 
     @property
     def spec(self) -> FineTuneJobSpec:

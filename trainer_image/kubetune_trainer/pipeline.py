@@ -31,7 +31,7 @@ from kubetune.api.v1alpha1 import (
     ResolvedTraining,
     TrainerResult,
 )
-from kubetune_trainer.context import Mode, RunContext
+from kubetune_trainer.context import Mode, Reproduction, RunContext
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import CannotReport, ConfigurationError, ResultNotReported
 from kubetune_trainer.stages import StageClock
@@ -50,7 +50,13 @@ class Exit:
 
 
 def run_pipeline(
-    job: FineTuneJob, *, mode: Mode, workdir: Path, max_steps: int | None, environment: TrainerEnvironment
+    job: FineTuneJob,
+    *,
+    mode: Mode,
+    workdir: Path,
+    max_steps: int | None,
+    environment: TrainerEnvironment,
+    reproducing: Reproduction | None = None,
 ) -> int:
     """Run the job; returns the process exit code (see ``kubetune.api.contract``)."""
     from kubetune_trainer.reporting import build_reporters
@@ -74,6 +80,7 @@ def run_pipeline(
         reporters=reporters,
         environment=environment,
         max_steps=max_steps,
+        reproducing=reproducing,
     )
     try:
         end = _run_and_explain(ctx)
@@ -115,8 +122,12 @@ def _run_stages(ctx: RunContext) -> Exit:
 
     with ctx.clock.stage("model"):
         model = steps.prepare_base_model(ctx)
+    if ctx.reproducing:
+        ctx.reproducing.check("base model", ctx.reproducing.base_model_sha256, model.sha256)
     with ctx.clock.stage("data"):
         data = steps.prepare_data(ctx, model)
+    if ctx.reproducing:
+        ctx.reproducing.check("training data", ctx.reproducing.data_sha256, data.content_sha256)
     with ctx.clock.stage("plan"):
         resolved, preflight = steps.plan(ctx, model, data)
     ctx.reporters.resolved(resolved)

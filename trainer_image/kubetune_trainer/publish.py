@@ -34,6 +34,7 @@ class RunRecord:
 
     job: dict[str, Any]  # the FineTuneJob's metadata
     name: str
+    spec: dict[str, Any]  # the FineTuneJob's spec as the run read it (camelCase): what `kubetune reproduce` runs again
     base_model_uri: str
     base_model_sha256: str
     data: PreparedDataset
@@ -48,6 +49,7 @@ def lineage_manifest(run: RunRecord) -> dict[str, Any]:
     resolved plan, training), how good it is (evaluation) and whether it was promoted."""
     return {
         "job": {"name": run.name, "namespace": run.job.get("namespace"), "uid": run.job.get("uid")},
+        "spec": run.spec,
         "baseModel": {"uri": run.base_model_uri, "sha256": run.base_model_sha256},
         **({"continual": run.continual} if run.continual else {}),
         "dataset": {

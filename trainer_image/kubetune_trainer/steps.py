@@ -680,6 +680,7 @@ def publish(
     run = RunRecord(
         job=ctx.job.metadata,
         name=ctx.name,
+        spec=ctx.spec.to_manifest(),
         base_model_uri=model.uri,
         base_model_sha256=model.sha256,
         continual={**model.start.lineage, **({"ewc": outcome.ewc} if outcome.ewc else {})} if model.start else None,
