@@ -305,3 +305,65 @@ def test_sequence_distillation_trains_on_the_answers_of_a_teacher_with_another_t
     before = _answer_nll(tiny_model_dir, tiny_model_dir, rows)
     after = _answer_nll(manifest_path.parent / "merged", tiny_model_dir, rows)
     assert after < 0.8 * before, (before, after)
+
+
+def test_a_published_version_teacher_is_its_checked_merged_weights_and_a_bad_teacher_is_refused_at_the_field(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    import shutil
+
+    from kubetune_trainer.models.teacher import resolve_teacher
+    from kubetune_trainer.publish import publish_run
+    from kubetune_trainer.storage import ObjectStore
+
+    store = ObjectStore()
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(tiny_model_dir, artifacts / "merged")
+    manifest = {"baseModel": {"uri": f"file://{tiny_model_dir}"}, "resolved": {"method": "full", "adapter": "none"}}
+    published = publish_run(artifacts, f"file://{tmp_path / 'out'}", store, manifest)
+
+    teacher = resolve_teacher(published.version_uri, store)
+    assert teacher.sha256 == model_checksum(tiny_model_dir)
+    assert teacher.version is not None and teacher.version["version"] == published.version
+    assert teacher.lineage()["version"]["uri"] == published.version_uri
+
+    version_dir = Path(published.version_uri.removeprefix("file://"))
+    with (version_dir / "merged" / "config.json").open("a") as handle:
+        handle.write(" ")  # damage: the version's files no longer match its manifest
+    with pytest.raises(ConfigurationError, match=r"^spec\.method\.distill\.teacher: .* differs from its manifest"):
+        resolve_teacher(published.version_uri, store)
+    with pytest.raises(ConfigurationError, match=r"^spec\.method\.distill\.teacher: .*no config\.json.*published"):
+        resolve_teacher(f"file://{tmp_path}", store)
+
+
+def test_the_pre_flight_counts_the_teacher() -> None:
+    """Logit distillation holds the teacher beside the student and runs its forward on every row; sequence
+    distillation first generates an answer to every training prompt (in the pre-flight pod, not yet)."""
+    from kubetune_trainer.plan import preflight_estimate
+
+    def estimate(same_vocabulary: bool, teacher_answers: int = 0) -> tuple[float, float]:
+        manifest = spec(method={"objective": "distill", "distill": {"teacher": TEACHER}})
+        plan = resolve_training(
+            manifest,
+            CPU,
+            train_examples=200,
+            token_lengths=[64] * 200,
+            shape=SMOL,
+            replay=NO_REPLAY,
+            same_vocabulary=same_vocabulary,
+        )
+        report = preflight_estimate(
+            plan,
+            SMOL,
+            CPU,
+            train_tokens=12_800,
+            total_memory_limit_gib=None,
+            teacher=SMOL,
+            teacher_answers=teacher_answers,
+        )
+        return report.estimated_memory_gib or 0.0, report.estimated_minutes or 0.0
+
+    logits, sequence, answering = estimate(True), estimate(False), estimate(False, teacher_answers=200)
+    assert logits[0] > sequence[0] + SMOL.params * 4 / 2**30, (logits, sequence)  # a second fp32 model held
+    assert logits[1] > sequence[1], (logits, sequence)
+    assert answering[1] > sequence[1] and answering[0] == sequence[0], (answering, sequence)

@@ -622,13 +622,16 @@ def preflight_estimate(
     total_memory_limit_gib: float | None,
     answers_to_generate: int = 0,
     measured: MeasuredSteps | None = None,
+    teacher: ModelShape | None = None,
+    teacher_answers: int = 0,
 ) -> PreflightReport:
     """Peak memory and wall time for the plan, and whether it fits the machine it will run on.
 
     ``answers_to_generate``: base-model answers to general prompts the training pod must generate
     first (none when they are cached); their time is part of the estimate. ``measured``: real steps
     timed on the machine that trains (``kubetune run``); without them (a pre-flight pod, which never
-    runs on the training GPU), memory and time come from the formulas below."""
+    runs on the training GPU), memory and time come from the formulas below. ``teacher``: a distill
+    objective's teacher; ``teacher_answers``: the training prompts it must answer first (sequence mode)."""
     params = shape.params
     hyper = resolved.hyperparameters
     method = MethodType(resolved.method)
@@ -663,7 +666,16 @@ def preflight_estimate(
     tokens_in_flight = hyper.batch_size * hyper.sequence_length * rows_per_example
     activation_factor = 4 if hyper.gradient_checkpointing else 34  # bytes·layer per hidden unit per token
     activations = tokens_in_flight * hidden * layers * activation_factor + tokens_in_flight * vocab * 4 * 2
-    peak_gib = (params * weight_bytes + optimizer_bytes + activations) / 2**30 * 1.2  # 20% allocator slack
+    logit_teacher = (
+        teacher
+        if isinstance(resolved.objective, ResolvedDistillObjective) and resolved.objective.mode == DistillMode.LOGITS
+        else None
+    )
+    # Logit distillation holds the teacher beside the student, frozen at the base's precision, and its logits.
+    teacher_bytes = (
+        logit_teacher.params * weight_bytes + tokens_in_flight * logit_teacher.vocab_size * 4 if logit_teacher else 0.0
+    )
+    peak_gib = (params * weight_bytes + optimizer_bytes + activations + teacher_bytes) / 2**30 * 1.2  # 20% slack
     if measured is not None:
         peak_gib = measured.peak_memory_bytes / 2**30
 
@@ -672,6 +684,8 @@ def preflight_estimate(
         # Tokens are counted per example with its chosen answer; each step runs it again with the rejected one,
         # and DPO first runs the reference forward (2N per token) over both.
         flops_per_token = 2 * flops_per_token + (4 * params if resolved.objective.type == Objective.DPO else 0)
+    if logit_teacher is not None:
+        flops_per_token += 2 * logit_teacher.params  # the teacher's forward over every row
     throughput = GPU_FLOPS * max(1, hardware.gpu_count) if on_gpu else CPU_FLOPS_PER_CORE * max(1, hardware.cpu_count)
     seconds = (
         measured_training_seconds(measured)
@@ -680,6 +694,9 @@ def preflight_estimate(
     )
     generated_tokens = answers_to_generate * ANSWER_MAX_NEW_TOKENS
     seconds += generated_tokens * 2 * params / (throughput * GENERATION_EFFICIENCY)
+    if teacher is not None and teacher_answers:
+        teacher_tokens = teacher_answers * DEFAULTS.distill_max_new_tokens
+        seconds += teacher_tokens * 2 * teacher.params / (throughput * GENERATION_EFFICIENCY)
 
     where = f"'{hardware.gpu_name}' ({hardware.gpu_memory_gib:.1f} GiB)" if on_gpu else "host memory"
     available = hardware.gpu_memory_gib if on_gpu else (total_memory_limit_gib or hardware.host_memory_gib)

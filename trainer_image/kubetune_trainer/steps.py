@@ -96,6 +96,7 @@ class BaseModelInfo:
     start: StartingVersion | None = None  # the version this run continues (models.continual)
     teacher_model: Teacher | None = None  # method.objective distill's teacher (models.teacher)
     teacher_same_vocabulary: bool | None = None  # whether its tokenizer has the student's vocabulary
+    teacher_shape: ModelShape | None = None  # its size, for the pre-flight's estimate
 
 
 def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
@@ -112,10 +113,11 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
         path = resolve_model_dir(uri, ctx.store)
     shape = ModelShape.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False))
     tokenizer = load_tokenizer(path)
-    teacher, vocabulary = None, None
+    teacher, vocabulary, teacher_shape = None, None, None
     if ctx.spec.method.distill is not None:
         teacher = resolve_teacher(ctx.spec.method.distill.teacher, ctx.store, ctx.environment.storage_prefixes)
         vocabulary = same_vocabulary(tokenizer, load_tokenizer(teacher.path))
+        teacher_shape = ModelShape.from_config(AutoConfig.from_pretrained(teacher.path, trust_remote_code=False))
     return BaseModelInfo(
         uri=uri,
         path=path,
@@ -128,6 +130,7 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
         start=start,
         teacher_model=teacher,
         teacher_same_vocabulary=vocabulary,
+        teacher_shape=teacher_shape,
     )
 
 
@@ -356,6 +359,10 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
         output_uri=ctx.spec.output.uri,
     )
     to_generate = len(prompts.regression) + len(prompts.replay) if needs_answers and cached is None else 0
+    # Sequence distillation's answers come before training; a pre-flight pod has not generated them.
+    objective = resolved.objective
+    answering = isinstance(objective, ResolvedDistillObjective) and objective.mode == DistillMode.SEQUENCE
+    teacher_answers = len(data.train) if answering and data.teacher_answers is None else 0
     task_tokens = sum(data.token_lengths) * len(data.train) // max(1, sum(data.report.splits.values()))
     train_tokens = task_tokens + sum(min(length, resolved.hyperparameters.sequence_length) for length in replay_lengths)
 
@@ -368,6 +375,8 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
             total_memory_limit_gib=_cpu_training_memory_gib(ctx),
             answers_to_generate=to_generate,
             measured=measured,
+            teacher=model.teacher_shape,
+            teacher_answers=teacher_answers,
         )
 
     report = estimate(None)
@@ -419,6 +428,7 @@ def _time_real_steps(
             device=model.hardware.device,
             bf16=model.hardware.bf16,
             chat_template=model.chat_template,
+            teacher_dir=None if model.teacher_model is None else model.teacher_model.path,
         )
     except Exception as err:  # an estimate, not the run: say so and estimate from the formulas
         log.warning("could not time real training steps for the estimate (%s); using the formulas", err)
