@@ -367,3 +367,25 @@ def test_the_pre_flight_counts_the_teacher() -> None:
     assert logits[0] > sequence[0] + SMOL.params * 4 / 2**30, (logits, sequence)  # a second fp32 model held
     assert logits[1] > sequence[1], (logits, sequence)
     assert answering[1] > sequence[1] and answering[0] == sequence[0], (answering, sequence)
+
+
+def test_kubetune_run_refuses_a_teacher_it_cannot_use_at_the_field_without_a_traceback(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", count=20)
+    foreign = _teacher_with_its_own_tokenizer(tmp_path / "foreign", ["a few words to learn from", "and a few more"])
+    (tmp_path / "empty").mkdir()
+    for teacher, mode, field in (
+        (tmp_path / "empty", "auto", "spec.method.distill.teacher"),
+        (foreign, "logits", "spec.method.distill.mode"),
+    ):
+        job = write_job(
+            tmp_path / "job.yaml",
+            model_dir=tiny_model_dir,
+            data=data,
+            output=f"file://{tmp_path / 'out'}",
+            method={"objective": "distill", "distill": {"teacher": f"file://{teacher}", "mode": mode}},
+        )
+        code, said, manifest_path = run_in_process(job, tmp_path / mode, capsys)
+        assert code == 2 and manifest_path is None, said[-2000:]
+        assert f"error: {field}: " in said and "Traceback" not in said, said[-2000:]
