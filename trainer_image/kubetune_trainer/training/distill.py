@@ -9,10 +9,12 @@ The teacher sees exactly the student's batch (same ids, attention mask, position
 work as they do for SFT: each segment's positions restart and transformers reads that as a boundary
 for both models. Only the labelled positions are projected onto the vocabulary, for both.
 
-Why not TRL (1.x): its distillation trainers (``GKDTrainer``, now under ``trl.experimental``) subclass
-``SFTTrainer`` with their own data pipeline and collator, and GKD mixes in on-policy generation; kubetune's
-loop needs its own rows (chat-template spans, packing, token metering, checkpoint sync), so the loss, a
-few lines, is written here on the same Trainer subclass as the supervised one.
+Why not TRL (1.16 here): ``trl.DistillationTrainer`` is on-policy distillation (the student generates the
+completions from a ``prompt`` column, matched under a generalised JSD, with an identity collator and its
+own dataset pipeline), and ``trl.experimental.gkd.GKDTrainer`` subclasses ``SFTTrainer`` with its own data
+pipeline and collator. kubetune's loop needs its own rows (chat-template spans, packing, token metering,
+checkpoint sync, the preference and EWC hooks) and the classic supervised KD loss, so the loss, a few
+lines, is written here on the same Trainer subclass as the supervised one.
 """
 
 from __future__ import annotations
