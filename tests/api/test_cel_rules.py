@@ -28,11 +28,11 @@ SPEC_RULES = [(rule.field.lstrip("."), rule.message) for rule in FineTuneJobSpec
 TOLERATION_RULES = {rule.field.lstrip("."): rule.message for rule in Toleration.rules}
 SOURCE_RULES = {rule.field.lstrip("."): rule.message for rule in DatasetSource.rules}
 DATASET_RULES = {rule.field.lstrip("."): rule.message for rule in DatasetSpec.rules}
-METHOD_RULES = {
-    **{f"method.{rule.field.lstrip('.')}": rule.message for rule in MethodSpec.rules},
-    **{f"method.ia3.{rule.field.lstrip('.')}": rule.message for rule in Ia3Spec.rules},
-    **{f"method.adalora.{rule.field.lstrip('.')}": rule.message for rule in AdaLoraSpec.rules},
-}
+METHOD_RULES = [
+    *[(f"method.{rule.field.lstrip('.')}", rule.message) for rule in MethodSpec.rules],
+    *[(f"method.ia3.{rule.field.lstrip('.')}", rule.message) for rule in Ia3Spec.rules],
+    *[(f"method.adalora.{rule.field.lstrip('.')}", rule.message) for rule in AdaLoraSpec.rules],
+]
 
 
 def defaulted(spec: dict[str, Any]) -> dict[str, Any]:
@@ -76,8 +76,10 @@ def spec_rule(field: str, saying: str = "") -> set[tuple[str, str]]:
     return {(field, message)}
 
 
-def method_rule(field: str) -> set[tuple[str, str]]:
-    return {(field, METHOD_RULES[field])}
+def method_rule(field: str, saying: str = "") -> set[tuple[str, str]]:
+    """The one method rule at ``field`` whose message says ``saying``."""
+    (message,) = [message for at, message in METHOD_RULES if at == field and saying in message]
+    return {(field, message)}
 
 
 def sources(*items: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +188,40 @@ def tolerations(*items: dict[str, Any]) -> dict[str, Any]:
             spec_rule("hyperparameters.packing", "dpo and orpo"),
         ),
         ({"method": {"objective": "orpo"}, "hyperparameters": {"packing": False}}, set()),
+        ({"method": {"objective": "distill", "distill": {"teacher": "builtin://smollm2-135m-instruct"}}}, set()),
+        (
+            {
+                "method": {
+                    "objective": "distill",
+                    "distill": {"teacher": "s3://models/x/v1", "temperature": 4, "alpha": 1, "mode": "sequence"},
+                },
+                "hyperparameters": {"packing": True},
+            },
+            set(),
+        ),
+        (
+            {"method": {"distill": {"teacher": "s3://models/teacher"}}},
+            method_rule("method.distill", "set method.objective"),
+        ),
+        (
+            {"method": {"objective": "sft", "distill": {"teacher": "s3://models/teacher"}}},
+            method_rule("method.distill", "set method.objective"),
+        ),
+        ({"method": {"objective": "distill"}}, method_rule("method.distill", "set method.distill.teacher")),
+        (
+            {
+                "method": {"objective": "distill", "distill": {"teacher": "s3://models/teacher"}},
+                **sources({"format": "preference"}),
+            },
+            spec_rule("method.objective", "pairs of answers"),
+        ),
+        (
+            {
+                "method": {"objective": "distill", "distill": {"teacher": "s3://models/teacher"}},
+                **sources({"format": "auto"}),
+            },
+            set(),
+        ),
         (continual(ewc={}), set()),
         (continual(ewc={"lambda": 50}, replayFraction=0.1), set()),
         (continual(replayFraction=0), set()),

@@ -20,6 +20,7 @@ from kubetune.api.v1alpha1 import (
     ArtifactFormat,
     BottleneckPlacement,
     BottleneckSpec,
+    DistillMode,
     DpoLoss,
     DpoSpec,
     FineTuneJobSpec,
@@ -39,6 +40,7 @@ from kubetune.api.v1alpha1 import (
     ResolvedAdapterTraining,
     ResolvedBottleneck,
     ResolvedBottleneckTraining,
+    ResolvedDistillObjective,
     ResolvedDpoObjective,
     ResolvedFullTraining,
     ResolvedHyperparameters,
@@ -126,6 +128,17 @@ class Defaults:
     dpo_beta: float = 0.5
     dpo_loss: DpoLoss = DpoLoss.SIGMOID
     orpo_beta: float = 0.1  # TRL's ORPO default (the paper's lambda)
+    # Logit distillation: Hinton et al. (2015) soften both distributions at T in 1..20 and find the higher
+    # values help only when the student is much smaller; 2.0 is TRL's GKD and the MiniLLM/DistilBERT-style
+    # recipes' common choice for LLMs, and the KL term is scaled by T^2 so its gradients keep the label
+    # loss's magnitude. alpha 0.5 weighs the teacher and the dataset's answers equally (Hinton et al.'s
+    # advice: the hard labels still help). Neither is measured on the example yet (docs/methods.md).
+    distill_temperature: float = 2.0
+    distill_alpha: float = 0.5
+    # Sequence-level distillation: the teacher's greedy answers to the training prompts are at most this
+    # long, twice the general answers' bound (general_prompts.ANSWER_MAX_NEW_TOKENS): a task answer of a few
+    # sentences fits, and a teacher that never stops costs bounded time. Not measured on the example yet.
+    distill_max_new_tokens: int = 192
     scheduler: LrScheduler = LrScheduler.COSINE
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0  # LoRA adapters rarely benefit; full fine-tunes get it via spec
@@ -313,8 +326,36 @@ def chosen(value: T | None, default: T) -> T:
     return value if value is not None else default
 
 
-def resolve_objective(spec: MethodSpec) -> ResolvedObjective:
+def resolve_distill_mode(requested: DistillMode | None, same_vocabulary: bool | None) -> DistillMode:
+    """auto: logits when the teacher's tokenizer has the student's vocabulary (its token distributions are
+    over the same tokens), else sequence. ``same_vocabulary`` is None where the teacher was not looked at."""
+    mode = DistillMode(chosen(requested, DistillMode.AUTO))
+    if mode == DistillMode.AUTO:
+        if same_vocabulary is None:
+            raise ValueError("method.distill.mode auto needs the teacher's and student's tokenizers compared")
+        return DistillMode.LOGITS if same_vocabulary else DistillMode.SEQUENCE
+    if mode == DistillMode.LOGITS and same_vocabulary is False:
+        raise ConfigurationError(
+            "spec.method.distill.mode: logits compares the teacher's and student's distributions token by token, "
+            "but their tokenizers have different vocabularies: use mode sequence (or leave mode unset)"
+        )
+    return mode
+
+
+def resolve_objective(spec: MethodSpec, *, same_vocabulary: bool | None = None) -> ResolvedObjective:
+    """``same_vocabulary``: whether a distill objective's teacher shares the student's vocabulary."""
     objective = chosen(spec.objective, Objective.SFT)
+    if objective == Objective.DISTILL:
+        if spec.distill is None:  # the API's rules refuse it; a spec built in code could still lack it
+            raise ConfigurationError("spec.method.distill: method.objective distill needs method.distill.teacher")
+        distill = spec.distill
+        return ResolvedDistillObjective(
+            type=objective,
+            teacher=distill.teacher,
+            mode=resolve_distill_mode(distill.mode, same_vocabulary),
+            temperature=chosen(distill.temperature, DEFAULTS.distill_temperature),
+            alpha=chosen(distill.alpha, DEFAULTS.distill_alpha),
+        )
     if objective == Objective.DPO:
         dpo = spec.dpo or DpoSpec()
         return ResolvedDpoObjective(
@@ -347,15 +388,17 @@ def resolve_training(
     shape: ModelShape,
     replay: ResolvedReplay,
     replay_token_lengths: Sequence[int] = (),
+    same_vocabulary: bool | None = None,
 ) -> ResolvedTraining:
     """Every auto value filled in, once; the user's own values always win. ``train_examples`` includes
     the replay rows; ``token_lengths`` are the task's examples and ``replay_token_lengths`` the replay
     rows' planned lengths.
 
     The sequence length is the task's: replay rows longer than it are truncated rather than
-    stretching every packed row for them (docs/defaults.md, "Sequence length")."""
+    stretching every packed row for them (docs/defaults.md, "Sequence length"). ``same_vocabulary``:
+    whether a distill objective's teacher shares the student's vocabulary (resolves its mode)."""
     method = resolve_method(spec, hardware)
-    objective = resolve_objective(spec.method)
+    objective = resolve_objective(spec.method, same_vocabulary=same_vocabulary)
     preference = objective.type in PREFERENCE_OBJECTIVES
     user = spec.hyperparameters
 
@@ -618,13 +661,16 @@ def preflight_estimate(
     total_memory_limit_gib: float | None,
     answers_to_generate: int = 0,
     measured: MeasuredSteps | None = None,
+    teacher: ModelShape | None = None,
+    teacher_answers: int = 0,
 ) -> PreflightReport:
     """Peak memory and wall time for the plan, and whether it fits the machine it will run on.
 
     ``answers_to_generate``: base-model answers to general prompts the training pod must generate
     first (none when they are cached); their time is part of the estimate. ``measured``: real steps
     timed on the machine that trains (``kubetune run``); without them (a pre-flight pod, which never
-    runs on the training GPU), memory and time come from the formulas below."""
+    runs on the training GPU), memory and time come from the formulas below. ``teacher``: a distill
+    objective's teacher; ``teacher_answers``: the training prompts it must answer first (sequence mode)."""
     params = shape.params
     hyper = resolved.hyperparameters
     method = MethodType(resolved.method)
@@ -659,7 +705,16 @@ def preflight_estimate(
     tokens_in_flight = hyper.batch_size * hyper.sequence_length * rows_per_example
     activation_factor = 4 if hyper.gradient_checkpointing else 34  # bytes·layer per hidden unit per token
     activations = tokens_in_flight * hidden * layers * activation_factor + tokens_in_flight * vocab * 4 * 2
-    peak_gib = (params * weight_bytes + optimizer_bytes + activations) / 2**30 * 1.2  # 20% allocator slack
+    logit_teacher = (
+        teacher
+        if isinstance(resolved.objective, ResolvedDistillObjective) and resolved.objective.mode == DistillMode.LOGITS
+        else None
+    )
+    # Logit distillation holds the teacher beside the student, frozen at the base's precision, and its logits.
+    teacher_bytes = (
+        logit_teacher.params * weight_bytes + tokens_in_flight * logit_teacher.vocab_size * 4 if logit_teacher else 0.0
+    )
+    peak_gib = (params * weight_bytes + optimizer_bytes + activations + teacher_bytes) / 2**30 * 1.2  # 20% slack
     if measured is not None:
         peak_gib = measured.peak_memory_bytes / 2**30
 
@@ -668,6 +723,8 @@ def preflight_estimate(
         # Tokens are counted per example with its chosen answer; each step runs it again with the rejected one,
         # and DPO first runs the reference forward (2N per token) over both.
         flops_per_token = 2 * flops_per_token + (4 * params if resolved.objective.type == Objective.DPO else 0)
+    if logit_teacher is not None:
+        flops_per_token += 2 * logit_teacher.params  # the teacher's forward over every row
     throughput = GPU_FLOPS * max(1, hardware.gpu_count) if on_gpu else CPU_FLOPS_PER_CORE * max(1, hardware.cpu_count)
     seconds = (
         measured_training_seconds(measured)
@@ -676,6 +733,9 @@ def preflight_estimate(
     )
     generated_tokens = answers_to_generate * ANSWER_MAX_NEW_TOKENS
     seconds += generated_tokens * 2 * params / (throughput * GENERATION_EFFICIENCY)
+    if teacher is not None and teacher_answers:
+        teacher_tokens = teacher_answers * DEFAULTS.distill_max_new_tokens
+        seconds += teacher_tokens * 2 * teacher.params / (throughput * GENERATION_EFFICIENCY)
 
     where = f"'{hardware.gpu_name}' ({hardware.gpu_memory_gib:.1f} GiB)" if on_gpu else "host memory"
     available = hardware.gpu_memory_gib if on_gpu else (total_memory_limit_gib or hardware.host_memory_gib)

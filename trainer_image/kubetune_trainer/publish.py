@@ -42,6 +42,7 @@ class RunRecord:
     outcome: TrainOutcome
     evaluation: EvaluationReport
     continual: dict[str, Any] | None = None  # the versions this run continued (models.continual)
+    distill: dict[str, Any] | None = None  # method.objective distill: the teacher and how it taught
 
 
 def lineage_manifest(run: RunRecord) -> dict[str, Any]:
@@ -52,6 +53,7 @@ def lineage_manifest(run: RunRecord) -> dict[str, Any]:
         "spec": run.spec,
         "baseModel": {"uri": run.base_model_uri, "sha256": run.base_model_sha256},
         **({"continual": run.continual} if run.continual else {}),
+        **({"distill": run.distill} if run.distill else {}),
         "dataset": {
             "sources": run.data.source_uris,
             # How the sources were mixed (a retraining's replay of its champion's data shows here).

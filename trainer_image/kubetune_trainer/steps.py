@@ -18,12 +18,14 @@ from kubetune.api.v1alpha1 import (
     CurationSpec,
     DatasetSource,
     DatasetSpec,
+    DistillMode,
     MethodType,
     NearDedupSpec,
     PreflightReport,
     ReplaySpec,
     ResolvedAdaLoraTraining,
     ResolvedAdapterTraining,
+    ResolvedDistillObjective,
     ResolvedDpoObjective,
     ResolvedIa3Training,
     ResolvedReplay,
@@ -55,11 +57,15 @@ from kubetune_trainer.general_prompts import (
 from kubetune_trainer.hardware import Hardware, quantity_gib, training_hardware
 from kubetune_trainer.models.continual import StartingVersion, published_fisher, resolve_starting_version
 from kubetune_trainer.models.loading import model_checksum, resolve_model_dir
+from kubetune_trainer.models.teacher import Teacher, resolve_teacher, same_vocabulary
 from kubetune_trainer.plan import (
+    DEFAULTS,
     MeasuredSteps,
     ModelShape,
     preflight_estimate,
+    resolve_distill_mode,
     resolve_formats,
+    resolve_method,
     resolve_replay,
     resolve_training,
     sequence_limit,
@@ -88,6 +94,9 @@ class BaseModelInfo:
     chat_template: str | None
     sequence_limit: int  # the longest example this run keeps (plan.sequence_limit)
     start: StartingVersion | None = None  # the version this run continues (models.continual)
+    teacher_model: Teacher | None = None  # method.objective distill's teacher (models.teacher)
+    teacher_same_vocabulary: bool | None = None  # whether its tokenizer has the student's vocabulary
+    teacher_shape: ModelShape | None = None  # its size, for the pre-flight's estimate
 
 
 def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
@@ -103,16 +112,25 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
     else:
         path = resolve_model_dir(uri, ctx.store)
     shape = ModelShape.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False))
+    tokenizer = load_tokenizer(path)
+    teacher, vocabulary, teacher_shape = None, None, None
+    if ctx.spec.method.distill is not None:
+        teacher = resolve_teacher(ctx.spec.method.distill.teacher, ctx.store, ctx.environment.storage_prefixes)
+        vocabulary = same_vocabulary(tokenizer, load_tokenizer(teacher.path))
+        teacher_shape = ModelShape.from_config(AutoConfig.from_pretrained(teacher.path, trust_remote_code=False))
     return BaseModelInfo(
         uri=uri,
         path=path,
         sha256=model_checksum(path),
-        tokenizer=load_tokenizer(path),
+        tokenizer=tokenizer,
         shape=shape,
         hardware=training_hardware(ctx.spec.resources, preflight=ctx.mode == Mode.PREFLIGHT),
         chat_template=ctx.spec.base_model.chat_template,
         sequence_limit=sequence_limit(ctx.spec, shape),
         start=start,
+        teacher_model=teacher,
+        teacher_same_vocabulary=vocabulary,
+        teacher_shape=teacher_shape,
     )
 
 
@@ -131,11 +149,68 @@ def prepare_data(ctx: RunContext, model: BaseModelInfo) -> PreparedDataset:
         max_tokens=model.sequence_limit,
         pairs=ctx.spec.method.objective in PREFERENCE_OBJECTIVES,
     )
+    distill = ctx.spec.method.distill
+    if (
+        distill is not None
+        and model.teacher_model is not None
+        and ctx.mode != Mode.PREFLIGHT  # the pre-flight pod plans on the dataset's answers; it generates nothing
+        and resolve_distill_mode(distill.mode, model.teacher_same_vocabulary) == DistillMode.SEQUENCE
+    ):
+        _answer_with_teacher(ctx, model, model.teacher_model, data)
     reports = ctx.workdir / "artifacts" / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "curation.json").write_text(json.dumps(data.report.to_dict(), indent=2))
     (reports / "curation.md").write_text(data.report.to_markdown())
     return data
+
+
+def _answer_with_teacher(ctx: RunContext, model: BaseModelInfo, teacher: Teacher, data: PreparedDataset) -> None:
+    """Sequence-level distillation: the training rows' final answers become the teacher's (distill_answers.py),
+    cached in the work dir and published with the version."""
+    from kubetune_trainer.distill_answers import ARTIFACT, teacher_answers
+    from kubetune_trainer.evaluation.scoring import generate
+    from kubetune_trainer.training.distill import load_teacher
+    from kubetune_trainer.training.model import load_tokenizer
+
+    tokenizer = load_tokenizer(teacher.path)
+    if not tokenizer.chat_template:
+        raise ConfigurationError(
+            f"spec.method.distill.teacher: {teacher.uri}: its tokenizer has no chat template; sequence-level "
+            f"distillation asks the teacher each training prompt as a conversation"
+        )
+
+    def answer(rows: Sequence[Example]) -> list[str]:
+        net = load_teacher(
+            teacher.path,
+            resolve_method(ctx.spec, model.hardware),
+            device=model.hardware.device,
+            bf16=model.hardware.bf16,
+        )
+        try:
+            answers: list[str] = generate(net, tokenizer, rows, max_new_tokens=DEFAULTS.distill_max_new_tokens)
+            return answers
+        finally:
+            del net
+            if model.hardware.device == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+
+    answered = teacher_answers(
+        data.train,
+        teacher_sha256=teacher.sha256,
+        template=str(tokenizer.chat_template),
+        cache_dir=ctx.workdir / "distill-answers",
+        max_new_tokens=DEFAULTS.distill_max_new_tokens,
+        answer=answer,
+    )
+    published = ctx.workdir / "artifacts" / ARTIFACT
+    published.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(answered.path, published)
+    count = _token_counter(model)
+    data.train = answered.rows
+    data.token_lengths = [count(example) for example in (*data.train, *data.validation, *data.test)]
+    data.teacher_answers = answered.lineage()
 
 
 BaseSubject = tuple[Any, AbstractContextManager[None]]  # a model and the context that makes it the base
@@ -272,6 +347,7 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
         shape=model.shape,
         replay=replay,
         replay_token_lengths=replay_lengths,
+        same_vocabulary=model.teacher_same_vocabulary,
     )
     method = MethodType(resolved.method)
     needs_answers = replay.enabled or (ctx.spec.evaluation.forgetting and not ctx.spec.evaluation.regression_set)
@@ -283,6 +359,10 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
         output_uri=ctx.spec.output.uri,
     )
     to_generate = len(prompts.regression) + len(prompts.replay) if needs_answers and cached is None else 0
+    # Sequence distillation's answers come before training; a pre-flight pod has not generated them.
+    objective = resolved.objective
+    answering = isinstance(objective, ResolvedDistillObjective) and objective.mode == DistillMode.SEQUENCE
+    teacher_answers = len(data.train) if answering and data.teacher_answers is None else 0
     task_tokens = sum(data.token_lengths) * len(data.train) // max(1, sum(data.report.splits.values()))
     train_tokens = task_tokens + sum(min(length, resolved.hyperparameters.sequence_length) for length in replay_lengths)
 
@@ -295,6 +375,8 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
             total_memory_limit_gib=_cpu_training_memory_gib(ctx),
             answers_to_generate=to_generate,
             measured=measured,
+            teacher=model.teacher_shape,
+            teacher_answers=teacher_answers,
         )
 
     report = estimate(None)
@@ -346,6 +428,7 @@ def _time_real_steps(
             device=model.hardware.device,
             bf16=model.hardware.bf16,
             chat_template=model.chat_template,
+            teacher_dir=None if model.teacher_model is None else model.teacher_model.path,
         )
     except Exception as err:  # an estimate, not the run: say so and estimate from the formulas
         log.warning("could not time real training steps for the estimate (%s); using the formulas", err)
@@ -419,6 +502,7 @@ def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved
             on_metrics=ctx.reporters.training_metrics,
             on_checkpoint=ctx.reporters.checkpoint_uploaded,
             ewc=_ewc_plan(ctx, model, data, resolved.hyperparameters.seed),
+            teacher_dir=model.teacher_model.path if model.teacher_model is not None else None,
         )
     )
 
@@ -669,6 +753,20 @@ def export(ctx: RunContext, model: BaseModelInfo, resolved: ResolvedTraining, ou
             export_gguf(merged, artifacts / "gguf" / f"{ctx.name}-{quant.lower()}.gguf", quant=quant)
 
 
+def _distill_lineage(model: BaseModelInfo, data: PreparedDataset, resolved: ResolvedTraining) -> dict[str, Any] | None:
+    """The teacher (uri, digest, the version it is where it is one) and how it taught."""
+    objective = resolved.objective
+    if model.teacher_model is None or not isinstance(objective, ResolvedDistillObjective):
+        return None
+    return {
+        "teacher": model.teacher_model.lineage(),
+        "mode": str(objective.mode),
+        "temperature": objective.temperature,
+        "alpha": objective.alpha,
+        **({"teacherAnswers": data.teacher_answers} if data.teacher_answers else {}),
+    }
+
+
 def publish(
     ctx: RunContext,
     model: BaseModelInfo,
@@ -684,6 +782,7 @@ def publish(
         base_model_uri=model.uri,
         base_model_sha256=model.sha256,
         continual={**model.start.lineage, **({"ewc": outcome.ewc} if outcome.ewc else {})} if model.start else None,
+        distill=_distill_lineage(model, data, resolved),
         data=data,
         resolved=resolved,
         outcome=outcome,

@@ -154,6 +154,7 @@ class Objective(StrEnum):
     SFT = "sft"
     DPO = "dpo"
     ORPO = "orpo"
+    DISTILL = "distill"
 
 
 # The objectives that learn from pairs of a chosen and a rejected answer.
@@ -163,6 +164,12 @@ PREFERENCE_OBJECTIVES = (Objective.DPO, Objective.ORPO)
 class DpoLoss(StrEnum):
     SIGMOID = "sigmoid"
     IPO = "ipo"
+
+
+class DistillMode(StrEnum):
+    AUTO = "auto"
+    LOGITS = "logits"
+    SEQUENCE = "sequence"
 
 
 class LoraScaling(StrEnum):
@@ -737,8 +744,72 @@ class OrpoSpec(ApiModel):
     ] = None
 
 
+class DistillSpec(ApiModel):
+    """Knowledge distillation (Hinton et al. 2015): the model trained (the student, spec.baseModel) learns
+    from a teacher's predictions as well as the dataset's answers."""
+
+    teacher: Annotated[
+        str,
+        Field(
+            pattern=MODEL_URI_PATTERN,
+            max_length=MAX_URI_LENGTH,
+            description=(
+                "The teacher: a model folder (s3://bucket/prefix or file:///path, a Hugging Face folder), "
+                f"{BUILTIN_MODEL_URI}, or a version this platform published, <output.uri>/<version> (its "
+                "merged weights, or its adapter merged into its base, checked against its manifest as for "
+                "continual.from). Loaded frozen; its digest is recorded in the lineage."
+            ),
+        ),
+    ]
+    temperature: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            le=20,
+            description=(
+                "Logit distillation: both distributions are softened at this temperature before the KL term, "
+                "which is scaled by its square. Unset: 2.0."
+            ),
+        ),
+    ] = None
+    alpha: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            le=1,
+            description=(
+                "Logit distillation: the KL term's weight; the dataset answers' cross-entropy gets 1 - alpha. "
+                "Unset: 0.5."
+            ),
+        ),
+    ] = None
+    mode: Annotated[
+        DistillMode | None,
+        Field(
+            description=(
+                "logits: the student matches the teacher's token distributions on the dataset's answers (the "
+                "tokenizers must share their vocabulary); sequence: the teacher answers the training prompts "
+                "and the student is tuned on those answers (any tokenizers). Unset (auto): logits when the "
+                "teacher's and student's tokenizers have the same vocabulary, else sequence."
+            )
+        ),
+    ] = None
+
+
 class MethodSpec(ApiModel):
     rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!has(self.distill) || (has(self.objective) && self.objective == 'distill')",
+            "method.distill configures the distill objective: set method.objective: distill",
+            ".distill",
+            lambda m: m.distill is None or m.objective == Objective.DISTILL,
+        ),
+        Rule(
+            "!has(self.objective) || self.objective != 'distill' || has(self.distill)",
+            "method.objective distill learns from a teacher: set method.distill.teacher",
+            ".distill",
+            lambda m: m.objective != Objective.DISTILL or m.distill is not None,
+        ),
         Rule(
             "!has(self.dpo) || (has(self.objective) && self.objective == 'dpo')",
             "method.dpo configures the dpo objective: set method.objective: dpo",
@@ -826,7 +897,8 @@ class MethodSpec(ApiModel):
             description=(
                 "What the model learns from: sft, the answers of the dataset; dpo, pairs of a chosen and a "
                 "rejected answer (dataset format preference), staying close to the base model (method.dpo); orpo, "
-                "the same pairs with no reference model, for less memory on a full fine-tune (method.orpo). "
+                "the same pairs with no reference model, for less memory on a full fine-tune (method.orpo); "
+                "distill, a teacher model's predictions mixed with the dataset's answers (method.distill). "
                 "Unset: sft."
             )
         ),
@@ -839,6 +911,7 @@ class MethodSpec(ApiModel):
     osf: OsfSpec | None = None
     dpo: DpoSpec | None = None
     orpo: OrpoSpec | None = None
+    distill: DistillSpec | None = None
     allow_cpu_qlora: Annotated[
         bool,
         Field(description="Allow QLoRA without a GPU (slow; for tests and tiny models)."),
@@ -1703,8 +1776,23 @@ class ResolvedOrpoObjective(ApiModel):
     beta: Annotated[float, Field(gt=0, description="Weight of the odds-ratio term.")]
 
 
+class ResolvedDistillObjective(ApiModel):
+    """Distillation from a teacher: logits (KL at a temperature mixed with the answers' cross-entropy) or
+    sequence (the student tuned on the teacher's answers to the training prompts)."""
+
+    type: Literal[Objective.DISTILL]
+    teacher: Annotated[str, Field(description="The teacher's URI, as the manifest gave it.")]
+    mode: Annotated[
+        Literal[DistillMode.LOGITS, DistillMode.SEQUENCE],
+        Field(description="auto resolved: logits when the tokenizers share their vocabulary, else sequence."),
+    ]
+    temperature: Annotated[float, Field(gt=0)]
+    alpha: Annotated[float, Field(ge=0, le=1, description="Weight of the KL term; the label loss gets 1 - alpha.")]
+
+
 ResolvedObjective = Annotated[
-    ResolvedSftObjective | ResolvedDpoObjective | ResolvedOrpoObjective, Field(discriminator="type")
+    ResolvedSftObjective | ResolvedDpoObjective | ResolvedOrpoObjective | ResolvedDistillObjective,
+    Field(discriminator="type"),
 ]
 
 

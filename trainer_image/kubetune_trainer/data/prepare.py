@@ -53,6 +53,8 @@ class PreparedDataset:
     token_lengths: list[int] = field(default_factory=list)  # of the curated examples, all splits
     # Set once replay rows are mixed into ``train``: what was replayed, for the lineage manifest.
     replay: dict[str, str | int] | None = None
+    # Set when a distill objective's teacher answered the training prompts (distill_answers.py): for the lineage.
+    teacher_answers: dict[str, str | int] | None = None
 
 
 @dataclass

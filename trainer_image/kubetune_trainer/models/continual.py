@@ -182,13 +182,67 @@ def _read(store: ObjectStore, version_uri: str) -> tuple[dict[str, Any], str]:
     return manifest, hashlib.sha256(raw).hexdigest()
 
 
+@dataclass(frozen=True)
+class VersionWeights:
+    """A published version's weights, downloaded and checked against its manifest."""
+
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    weights_uri: str  # its merged folder, or its adapter's (merged here into its base)
+    path: Path
+
+
+def is_published_version(store: ObjectStore, uri: str) -> bool:
+    """Whether ``uri`` is a version's folder (it holds a manifest), not a model folder."""
+    if uri.startswith("builtin://"):
+        return False
+    try:
+        return store.exists(join_uri(uri.rstrip("/"), MANIFEST))
+    except (StorageError, ConfigurationError):
+        return False
+
+
+def version_weights(
+    store: ObjectStore, version_uri: str, storage_prefixes: tuple[str, ...] = (), field: str = FIELD
+) -> VersionWeights:
+    """The weights of the version at ``version_uri``: its merged folder, or its adapter merged into its
+    base, each file checked against its manifest; errors name ``field``."""
+    try:
+        manifest, manifest_sha256 = _read(store, version_uri)
+        kinds = {PurePosixPath(str(a.get("path"))).parts[0] for a in manifest.get("artifacts") or []}
+        adapter = str((manifest.get("resolved") or {}).get("adapter") or "")
+        if WEIGHTS in kinds:
+            artifact = WEIGHTS
+        elif ADAPTER in kinds and adapter not in UNMERGEABLE_ADAPTERS:
+            artifact = ADAPTER
+        else:
+            listed = ", ".join(sorted(kinds - {MANIFEST})) or "none"
+            raise ConfigurationError(
+                f"{FIELD}: {version_uri} published neither merged weights nor an adapter that merges into them (its "
+                f"artifacts: {listed}; adapter: {adapter or 'none'}): name a version whose output.formats "
+                f"included merged, or one with a LoRA, DoRA, AdaLoRA, IA3 or OSF adapter"
+            )
+        weights_uri = join_uri(version_uri, artifact)
+        try:
+            if artifact == WEIGHTS:
+                path = resolve_model_dir(weights_uri, store)
+                _check_files(manifest, WEIGHTS, path, version_uri)
+            else:
+                path = _merged_adapter(manifest, weights_uri, store, storage_prefixes)
+        except ConfigurationError as err:
+            raise ConfigurationError(str(err).replace("spec.baseModel.uri", FIELD, 1)) from err
+    except ConfigurationError as err:
+        raise ConfigurationError(str(err).replace(FIELD, field)) from err
+    return VersionWeights(manifest=manifest, manifest_sha256=manifest_sha256, weights_uri=weights_uri, path=path)
+
+
 def resolve_starting_version(
     spec: FineTuneJobSpec, store: ObjectStore, storage_prefixes: tuple[str, ...] = ()
 ) -> StartingVersion:
     """The version ``spec.continual.from`` names, ready to train from, with the data it replays."""
     assert spec.continual is not None and spec.continual.from_version is not None
     version_uri, base_model_uri = spec.continual.from_version.rstrip("/"), spec.base_model.uri
-    manifest, manifest_sha256 = _read(store, version_uri)
+    manifest, _ = _read(store, version_uri)
     earlier = manifest.get("continual") or {}
     origin = earlier.get("originBaseModel") or manifest.get("baseModel") or {}
     if origin.get("uri") != base_model_uri:
@@ -197,28 +251,8 @@ def resolve_starting_version(
             f"{base_model_uri!r}: set spec.baseModel.uri to {origin.get('uri')!r} (the tokenizer and architecture "
             f"come from it)"
         )
-    kinds = {PurePosixPath(str(a.get("path"))).parts[0] for a in manifest.get("artifacts") or []}
-    adapter = str((manifest.get("resolved") or {}).get("adapter") or "")
-    if WEIGHTS in kinds:
-        artifact = WEIGHTS
-    elif ADAPTER in kinds and adapter not in UNMERGEABLE_ADAPTERS:
-        artifact = ADAPTER
-    else:
-        listed = ", ".join(sorted(kinds - {MANIFEST})) or "none"
-        raise ConfigurationError(
-            f"{FIELD}: {version_uri} published neither merged weights nor an adapter that merges into them (its "
-            f"artifacts: {listed}; adapter: {adapter or 'none'}): start from a version whose output.formats "
-            f"included merged, or one with a LoRA, DoRA, AdaLoRA, IA3 or OSF adapter"
-        )
-    weights_uri = join_uri(version_uri, artifact)
-    try:
-        if artifact == WEIGHTS:
-            path = resolve_model_dir(weights_uri, store)
-            _check_files(manifest, WEIGHTS, path, version_uri)
-        else:
-            path = _merged_adapter(manifest, weights_uri, store, storage_prefixes)
-    except ConfigurationError as err:
-        raise ConfigurationError(str(err).replace("spec.baseModel.uri", FIELD, 1)) from err
+    weights = version_weights(store, version_uri, storage_prefixes)
+    manifest, manifest_sha256 = weights.manifest, weights.manifest_sha256
     step = {
         "version": manifest.get("version"),
         "uri": version_uri,
@@ -234,8 +268,8 @@ def resolve_starting_version(
         "replay": {"fraction": spec.continual.replay_fraction, "sources": [source.uri for source in replay]},
     }
     return StartingVersion(
-        weights_uri=weights_uri,
-        path=path,
+        weights_uri=weights.weights_uri,
+        path=weights.path,
         lineage=lineage,
         replay=replay,
         version_uri=version_uri,

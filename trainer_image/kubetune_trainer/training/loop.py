@@ -22,12 +22,14 @@ from transformers import PrinterCallback, TrainerCallback, TrainingArguments, se
 from kubetune.api.contract import EXIT_OK, EXIT_PREEMPTED
 from kubetune.api.v1alpha1 import (
     PREFERENCE_OBJECTIVES,
+    DistillMode,
     MethodType,
     Objective,
     PrivacySpent,
     Progress,
     ResolvedAdaLoraTraining,
     ResolvedAdapterTraining,
+    ResolvedDistillObjective,
     ResolvedPrivacy,
     ResolvedTraining,
 )
@@ -38,6 +40,7 @@ from kubetune_trainer.tensors.batching import RowDataset, TokenCounts, TokenMete
 from kubetune_trainer.tensors.encode import encode_example
 from kubetune_trainer.training.adalora import AdaLoraSchedule
 from kubetune_trainer.training.checkpoints import CheckpointStore, UploadCheckpoints
+from kubetune_trainer.training.distill import DistillTrainer, load_teacher
 from kubetune_trainer.training.ewc import EwcPlan, prepare_anchor
 from kubetune_trainer.training.model import load_for_training
 from kubetune_trainer.training.preference import (
@@ -71,6 +74,7 @@ class TrainConfig:
     on_metrics: Callable[[TrainingMetrics], None] | None = None
     on_checkpoint: Callable[[int], None] | None = None
     ewc: EwcPlan | None = None  # spec.continual.ewc: the earlier task's rows and the penalty's weight
+    teacher_dir: Path | None = None  # method.objective distill: the teacher's folder (models.teacher)
     environment: TrainerEnvironment = field(default_factory=TrainerEnvironment.from_env)
 
 
@@ -326,6 +330,14 @@ def train(config: TrainConfig) -> TrainOutcome:
 
         train_rows = rows_for(config.train)
         eval_rows = rows_for(config.validation) if config.validation else None
+        objective = resolved.objective
+        if isinstance(objective, ResolvedDistillObjective) and objective.mode == DistillMode.LOGITS:
+            if config.teacher_dir is None:
+                raise ValueError("logit distillation needs the teacher's folder (TrainConfig.teacher_dir)")
+            teacher = load_teacher(
+                config.teacher_dir, MethodType(resolved.method), device=config.device, bf16=config.bf16
+            )
+            trainer_class, trainer_options = DistillTrainer, {"objective": objective, "teacher": teacher}
     if isinstance(resolved, ResolvedAdapterTraining) and isinstance(resolved.privacy, ResolvedPrivacy):
         return _train_privately(config, model, tokenizer, train_rows, collator, resolved.privacy)
     anchor, ewc_record = None, None

@@ -59,8 +59,10 @@ def probe_steps(
     device: str,
     bf16: bool,
     chat_template: str | None,
+    teacher_dir: Path | None = None,
 ) -> MeasuredSteps:
-    """The plan's steps timed in a child process (spawned: a fresh interpreter, nothing shared)."""
+    """The plan's steps timed in a child process (spawned: a fresh interpreter, nothing shared).
+    ``teacher_dir``: a distill objective's teacher, whose forward passes logit distillation's steps include."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as child:
         return child.submit(
             _probe_here,
@@ -72,6 +74,7 @@ def probe_steps(
             device,
             bf16,
             chat_template,
+            teacher_dir,
         ).result()
 
 
@@ -84,6 +87,7 @@ def _probe_here(
     device: str,
     bf16: bool,
     chat_template: str | None,
+    teacher_dir: Path | None,
 ) -> MeasuredSteps:
     from kubetune_trainer.training.model import load_tokenizer
 
@@ -132,6 +136,7 @@ def _probe_here(
                 chat_template=chat_template,
                 max_steps=PROBE_STEPS,
                 on_progress=stamp,
+                teacher_dir=teacher_dir,
             )
         )
         peak = outcome.peak_memory_bytes
