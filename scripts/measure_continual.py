@@ -106,7 +106,7 @@ def split_rows(rows: Sequence[str], share: float = TEST_SHARE) -> tuple[list[str
     return train, test
 
 
-def _source(manifest: Path) -> tuple[list[str], str]:
+def example_rows(manifest: Path) -> tuple[list[str], str]:
     """The example's rows and its source's format."""
     source = yaml.safe_load(manifest.read_text())["spec"]["dataset"]["sources"][0]
     path = Path(source["uri"].replace("file:///opt/kubetune/examples", str(manifest.parent)).removeprefix("file://"))
@@ -115,7 +115,7 @@ def _source(manifest: Path) -> tuple[list[str], str]:
 
 def write_task_files(task: str, folder: Path, smoke: bool) -> dict[str, Any]:
     """The task's training and test files in ``folder``: sources for the jobs."""
-    rows, fmt = _source(DATASETS[task])
+    rows, fmt = example_rows(DATASETS[task])
     train, test = split_rows(rows[:SMOKE_DATASET_ROWS] if smoke else rows)
     folder.mkdir(parents=True, exist_ok=True)
     files = {"train": folder / f"{task}-train.jsonl", "test": folder / f"{task}-test.jsonl"}

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from measure_continual import task_figures
+from measure_continual import example_rows, task_figures
 from measure_forgetting import (
     DATASETS,
     ROOT,
@@ -109,11 +109,7 @@ def job_for(override: dict[str, Any], args: argparse.Namespace, data: Path | Non
 
 def smoke_data(folder: Path) -> Path:
     """The example's first rows: the tiny model's run stays short."""
-    source = yaml.safe_load(DATASETS[TASK].read_text())["spec"]["dataset"]["sources"][0]
-    path = Path(
-        source["uri"].replace("file:///opt/kubetune/examples", str(DATASETS[TASK].parent)).removeprefix("file://")
-    )
-    rows = [line for line in path.read_text().splitlines() if line.strip()][:SMOKE_ROWS]
+    rows = example_rows(DATASETS[TASK])[0][:SMOKE_ROWS]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "rows.jsonl").write_text("\n".join(rows) + "\n")
     return folder / "rows.jsonl"

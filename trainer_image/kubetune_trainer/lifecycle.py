@@ -143,14 +143,19 @@ def submit_command(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ status
-def _get(name: str, namespace: str | None) -> dict[str, Any]:
-    where = namespace or _context_namespace()
-    return dict(
-        _call(
-            lambda: _api().get_namespaced_custom_object(GROUP, VERSION, where, PLURAL, name),
-            f"cannot read FineTuneJob {name!r} in namespace {where!r}",
+def _reader(name: str, namespace: str | None) -> Callable[[], dict[str, Any]]:
+    """Reads the job; the client and the namespace are settled once (``wait`` reads many times)."""
+    api, where = _api(), namespace or _context_namespace()
+
+    def read() -> dict[str, Any]:
+        return dict(
+            _call(
+                lambda: api.get_namespaced_custom_object(GROUP, VERSION, where, PLURAL, name),
+                f"cannot read FineTuneJob {name!r} in namespace {where!r}",
+            )
         )
-    )
+
+    return read
 
 
 def describe(job: dict[str, Any]) -> str:
@@ -186,7 +191,7 @@ def _duration(seconds: float) -> str:
 
 def status_command(args: argparse.Namespace) -> int:
     def show() -> int:
-        job = _get(args.name, args.namespace)
+        job = _reader(args.name, args.namespace)()
         if args.output == "text":
             print(describe(job))
         else:
@@ -199,9 +204,10 @@ def status_command(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ wait
 def wait_command(args: argparse.Namespace) -> int:
     def wait() -> int:
+        read = _reader(args.name, args.namespace)
         deadline = time.monotonic() + args.timeout
         while True:
-            phase = (_get(args.name, args.namespace).get("status") or {}).get("phase") or Phase.PENDING.value
+            phase = (read().get("status") or {}).get("phase") or Phase.PENDING.value
             if phase == args.phase:
                 print(f"{args.name}: {phase}")
                 return EXIT_OK

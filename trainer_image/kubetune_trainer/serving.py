@@ -132,7 +132,8 @@ def _storage_env(placement: Placement) -> list[dict[str, Any]]:
             env.append({"name": variable, "valueFrom": {"secretKeyRef": {"name": placement.secret, "key": key}}})
     if placement.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": placement.endpoint})
-    env.append({"name": "AWS_REGION", "value": placement.region or "us-east-1"})
+    if placement.region:  # unset: the fetch's own default decides, once
+        env.append({"name": "AWS_REGION", "value": placement.region})
     env.append({"name": "HOME", "value": "/tmp"})
     return env
 
