@@ -10,6 +10,7 @@ not.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -138,8 +139,12 @@ PRODUCTS_FR = ["casque sans fil", "bureau assis-debout", "machine à espresso", 
 
 def french_requests(count: int, seed: int) -> list[dict[str, object]]:
     """Logged requests in French with the label a person confirmed, the example's system prompt kept."""
-    from examples.tools.make_tickets import SYSTEM
-
+    # Loaded by its path: Opacus installs a top-level ``examples`` package that shadows this repository's.
+    spec = importlib.util.spec_from_file_location("make_tickets", ROOT / "examples" / "tools" / "make_tickets.py")
+    assert spec is not None and spec.loader is not None
+    make_tickets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_tickets)
+    SYSTEM = make_tickets.SYSTEM
     rng, labels, rows = random.Random(seed), sorted(FRENCH), []
     for i in range(count):
         label = labels[i % len(labels)]
