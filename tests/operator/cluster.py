@@ -24,7 +24,7 @@ from kubernetes.client.rest import ApiException
 from kubetune.api.contract import EXIT_DAMAGED
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune.operator import children
-from kubetune.operator.validation import S3_CREDENTIALS_LABEL, TRAINER_IDENTITY_LABEL
+from kubetune.operator.validation import S3_CREDENTIALS_LABEL, TRAINER_IDENTITY_LABEL, WEBHOOK_LABEL
 from tests.kubeapi.cluster import Identity, TestCluster
 from tests.kubeapi.model import UserInfo
 from tests.kubeapi.server import Outage
@@ -82,11 +82,19 @@ class Cluster:
         return [e for e in listing.get("items", []) if e.get("involvedObject", {}).get("name") == name]
 
     def create_secret(
-        self, name: str, data: dict[str, str], namespace: str = "default", *, s3_credentials: bool = True
+        self,
+        name: str,
+        data: dict[str, str],
+        namespace: str = "default",
+        *,
+        s3_credentials: bool = True,
+        webhook: bool = False,
     ) -> None:
-        """A Secret; by default opted in as S3 credentials, as a namespace admin labels one for FineTuneJobs."""
+        """A Secret; by default opted in as S3 credentials, as a namespace admin labels one for FineTuneJobs
+        (``webhook``: opted in as a webhook's URL and signing key instead)."""
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-        labels = {S3_CREDENTIALS_LABEL: "true"} if s3_credentials else {}
+        label = WEBHOOK_LABEL if webhook else S3_CREDENTIALS_LABEL if s3_credentials else None
+        labels = {label: "true"} if label else {}
         metadata = {"name": name, "labels": labels}
         self.core.create_namespaced_secret(
             namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "data": encoded}

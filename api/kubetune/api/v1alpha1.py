@@ -1339,6 +1339,69 @@ class PrivacySpec(ApiModel):
     ] = None
 
 
+class WebhookFormat(StrEnum):
+    CLOUDEVENTS = "cloudevents"
+    SLACK = "slack"
+
+
+# Keys of a webhook's Secret: the URL may itself be a credential (a Slack incoming webhook's is).
+WEBHOOK_URL_KEY = "url"
+WEBHOOK_SIGNING_KEY = "signingKey"
+MAX_WEBHOOKS = 8
+
+
+class WebhookSpec(ApiModel):
+    """One receiver of the job's notifications: its URL and signing key are read from a Secret of the job's
+    namespace, labelled ``kubetune.dev/webhook=true`` by a namespace admin."""
+
+    name: Annotated[
+        str,
+        Field(pattern=DNS_LABEL_PATTERN, max_length=63, description="Names the receiver in status and Events."),
+    ]
+    secret_name: Annotated[
+        str,
+        Field(
+            pattern=DNS_SUBDOMAIN_PATTERN,
+            max_length=253,
+            description=(
+                f"Secret with key '{WEBHOOK_URL_KEY}' (where to POST) and key '{WEBHOOK_SIGNING_KEY}' (the HMAC-SHA256 "
+                "key of the webhook-signature header)."
+            ),
+        ),
+    ]
+    format: Annotated[
+        WebhookFormat,
+        Field(description="cloudevents: a CloudEvents 1.0 JSON event; slack: a Slack-compatible message."),
+    ] = WebhookFormat.CLOUDEVENTS
+
+
+def _webhook_names_unique(webhooks: list[WebhookSpec]) -> bool:
+    names = [webhook.name for webhook in webhooks]
+    return len(names) == len(set(names))
+
+
+WEBHOOK_NAMES_UNIQUE = Rule(
+    "self.all(w, self.exists_one(x, x.name == w.name))",
+    "webhook names must be unique",
+    "",
+    _webhook_names_unique,
+)
+
+
+class NotificationsSpec(ApiModel):
+    webhooks: Annotated[
+        list[WebhookSpec],
+        *WEBHOOK_NAMES_UNIQUE.annotations(),
+        Field(
+            max_length=MAX_WEBHOOKS,
+            description=(
+                "Told when the job succeeds or fails and when its quality gate is judged: signed, retried with "
+                "backoff, delivered at least once with a stable event id."
+            ),
+        ),
+    ] = Field(default_factory=list)
+
+
 class FineTuneJobSpec(ApiModel):
     # Rules between fields, each naming the field to change. The model type-checks first, so a
     # rule's check sees valid values.
@@ -1575,6 +1638,7 @@ class FineTuneJobSpec(ApiModel):
         Field(ge=0, le=20, description="Retries of the training pod after failures other than configuration errors."),
     ] = 3
     ttl_seconds_after_finished: Annotated[int | None, Field(ge=0, le=365 * 24 * 3600)] = None
+    notifications: NotificationsSpec | None = None
 
 
 # --------------------------------------------------------------------------- status
@@ -1992,6 +2056,15 @@ class FineTuneJobStatus(ApiModel):
     challenge: Annotated[
         ChallengeOutcome | None,
         Field(description="Set on a DriftMonitor's retraining once its version was compared with the champion."),
+    ] = None
+    notifications_delivered: Annotated[
+        dict[str, str] | None,
+        Field(
+            description=(
+                "<event id>/<webhook name> of each notification a receiver acknowledged, with when: what is "
+                "not here is (re)sent, so a restarted operator sends each at least once."
+            )
+        ),
     ] = None
 
 

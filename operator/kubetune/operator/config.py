@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from kubetune.api.contract import DEFAULT_PUSH_INTERVAL_SECONDS, NAMESPACE_PLACEHOLDER
@@ -16,6 +16,8 @@ from kubetune.operator.placement import PlacementPolicy
 from kubetune.operator.privacypolicy import HELM_VALUE as PERSONAL_DATA_VALUE
 from kubetune.operator.privacypolicy import PersonalDataFloor
 from kubetune.operator.storagepolicy import ANY_PUBLIC_ENDPOINT, StoragePolicy
+from kubetune.operator.webhookpolicy import HELM_VALUE as WEBHOOK_ENDPOINTS_VALUE
+from kubetune.operator.webhookpolicy import WebhookPolicy
 
 # Each default once: the dataclass and the environment loader both use these.
 DEFAULT_METRICS_PORT = 8080
@@ -66,6 +68,8 @@ class OperatorConfig:
     # Serve reads of FineTuneJobs and Jobs from the operator's watches (cache.py). Off only to compare
     # (bench/operator.py) or to rule the cache out when diagnosing: every read is then a GET.
     read_cache: bool = True
+    # Where FineTuneJobs' webhooks may send (Helm value policy.allowedWebhookEndpoints).
+    webhooks: WebhookPolicy = field(default_factory=lambda: WebhookPolicy((ANY_PUBLIC_ENDPOINT,)))
 
     def pushgateway_url_for(self, namespace: str) -> str | None:
         """The Pushgateway of a FineTuneJob in ``namespace`` (None: trainers do not push)."""
@@ -161,6 +165,12 @@ class OperatorConfig:
                 f"KUBETUNE_MIN_PERSONAL_DATA_PROTECTION (Helm value {PERSONAL_DATA_VALUE}): {err}"
             ) from err
         try:
+            webhooks = WebhookPolicy.parse(entries("KUBETUNE_ALLOWED_WEBHOOK_ENDPOINTS", ANY_PUBLIC_ENDPOINT))
+        except ValueError as err:
+            raise ConfigError(
+                f"KUBETUNE_ALLOWED_WEBHOOK_ENDPOINTS (Helm value {WEBHOOK_ENDPOINTS_VALUE}): {err}"
+            ) from err
+        try:
             trainer_egress = TrainerEgress.parse(env.get("KUBETUNE_TRAINER_EGRESS", ""))
         except ValueError as err:
             raise ConfigError(f"KUBETUNE_TRAINER_EGRESS (Helm value {TRAINER_EGRESS_VALUE}): {err}") from err
@@ -185,4 +195,5 @@ class OperatorConfig:
             max_jobs_per_namespace=cap("KUBETUNE_MAX_JOBS_PER_NAMESPACE", "policy.maxJobsPerNamespace"),
             trainer_egress=trainer_egress,
             personal_data=personal_data,
+            webhooks=webhooks,
         )

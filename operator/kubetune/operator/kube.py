@@ -192,6 +192,20 @@ class Kube:
         finally:
             response.release_conn()  # back to the pool: an unreleased connection is a new TLS handshake
 
+    def read_webhook_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A whole Secret, data included: only for a webhook's URL and signing key, which the operator
+        itself must use (webhooks.py reads them at each delivery and never writes them anywhere)."""
+        try:
+            return self._plain(
+                self.core.read_namespaced_secret(
+                    name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+                )
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
     def read_finetunejob(self, namespace: str, name: str, *, fresh: bool = False) -> dict[str, Any] | None:
         """From the cache; with ``fresh``, from the API server (and the cache updated with it)."""
         cache = self._cached(KIND)

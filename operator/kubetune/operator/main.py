@@ -32,6 +32,7 @@ from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.queue import ReconcileQueue
 from kubetune.operator.reconcile import forget, reconcile
 from kubetune.operator.status import FAILURE_REASONS
+from kubetune.operator.webhooks import WebhookSender
 
 log = logging.getLogger("kubetune.operator")
 FINETUNEJOBS = (GROUP, VERSION, PLURAL)
@@ -84,7 +85,10 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     metrics = memo["metrics"] = OperatorMetrics(FAILURE_REASONS)
     memo["metrics_server"] = metrics.serve(config.metrics_port)
     events = memo["events"] = PhaseEvents()
-    memo["queue"] = ReconcileQueue(lambda namespace, name: reconcile(namespace, name, kube, config, events, metrics))
+    webhooks = memo["webhooks"] = WebhookSender(kube, config.webhooks).start()
+    memo["queue"] = ReconcileQueue(
+        lambda namespace, name: reconcile(namespace, name, kube, config, events, metrics, webhooks)
+    )
     memo["monitor_queue"] = ReconcileQueue(lambda namespace, name: reconcile_monitor(namespace, name, kube, config))
     if config.pushgateway_url:
         memo["sweeper"] = pushgateway.Sweeper(
@@ -99,9 +103,10 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         queue = memo.get(key)
         if queue is not None:
             await queue.stop()
-    sweeper = memo.get("sweeper")
-    if sweeper is not None:
-        sweeper.stop()
+    for key in ("sweeper", "webhooks"):
+        stoppable = memo.get(key)
+        if stoppable is not None:
+            stoppable.stop()
     server = memo.get("metrics_server")
     if server is not None:
         server.shutdown()
@@ -146,6 +151,7 @@ async def on_finetunejob_event(event: dict[str, Any], namespace: str, name: str,
         forget(namespace, name, memo["metrics"])
         uid = event["object"]["metadata"].get("uid", "")
         memo["events"].forget(uid)
+        memo["webhooks"].forget(uid)
         _forget(memo, KIND, event["object"])
         memo["kube"].forget_owner(uid)
         memo["kube"].forget_written(KIND, event["object"])

@@ -33,6 +33,7 @@ from kubetune.operator.status import (
     promotion_claimed,
     recorded_phase_stands,
 )
+from kubetune.operator.webhooks import WebhookSender
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _namespace_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -149,7 +150,13 @@ def _status_changed(previous: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def reconcile(
-    namespace: str, name: str, kube: Kube, config: OperatorConfig, events: PhaseEvents, metrics: OperatorMetrics
+    namespace: str,
+    name: str,
+    kube: Kube,
+    config: OperatorConfig,
+    events: PhaseEvents,
+    metrics: OperatorMetrics,
+    webhooks: WebhookSender | None = None,
 ) -> Outcome | None:
     """Reconcile one FineTuneJob; ``None`` when it no longer exists.
 
@@ -163,7 +170,7 @@ def reconcile(
             if body is None or body.get("metadata", {}).get("deletionTimestamp"):
                 forget(namespace, name, metrics)
                 return None
-            return _reconcile(body, kube, config, events, metrics)
+            return _reconcile(body, kube, config, events, metrics, webhooks)
         except Exception as err:
             metrics.reconcile_errors.labels(type(err).__name__).inc()
             raise
@@ -172,13 +179,18 @@ def reconcile(
 
 
 def _reconcile(
-    body: dict[str, Any], kube: Kube, config: OperatorConfig, events: PhaseEvents, metrics: OperatorMetrics
+    body: dict[str, Any],
+    kube: Kube,
+    config: OperatorConfig,
+    events: PhaseEvents,
+    metrics: OperatorMetrics,
+    webhooks: WebhookSender | None,
 ) -> Outcome:
     owner = children.Owner.from_body(body)
     previous_status = dict(body.get("status") or {})
     previous_phase = previous_status.get("phase")
     if previous_phase in TERMINAL_PHASES and recorded_phase_stands(_own_jobs(kube, owner)):
-        events.post_recorded(kube, body)  # a restart between the status write and its Event
+        _announce(kube, events, webhooks, body)  # a restart between the status write and its Event
         outcome = _settled(body, kube, Phase(previous_phase))
         metrics.observe(_observation(body, outcome.verdict, previous_phase, gpus=0, training_job_created=None))
         return outcome
@@ -235,7 +247,7 @@ def _reconcile(
     verdict, status = derive_status(body, observed, _now())
     if _status_changed(previous_status, status):
         kube.patch_finetunejob_status(owner.namespace, owner.name, status)
-    events.post_recorded(kube, {**body, "status": {**previous_status, **status}})
+    _announce(kube, events, webhooks, {**body, "status": {**previous_status, **status}})
     training_job_created = None
     if training is not None and not job_recorded:  # the first reconcile to see the training Job
         training_job_created = parse_time(training["metadata"].get("creationTimestamp")) or time.time()
@@ -246,6 +258,13 @@ def _reconcile(
     # Nothing of this job changes when another job's slot frees: look again instead of waiting for an event.
     recheck = quota.RECHECK_SECONDS if namespace_quota is not None else None
     return Outcome(verdict.phase, verdict, permanent, recheck)
+
+
+def _announce(kube: Kube, events: PhaseEvents, webhooks: WebhookSender | None, body: dict[str, Any]) -> None:
+    """Post the Events of the recorded transitions and offer the webhooks what they were not told."""
+    events.post_recorded(kube, body)
+    if webhooks is not None:
+        webhooks.offer(body)
 
 
 def _observation(

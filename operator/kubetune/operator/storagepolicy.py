@@ -80,23 +80,28 @@ class StoragePolicy:
         return not self._listed(endpoint) and ANY_PUBLIC_ENDPOINT in self.endpoints
 
     def _listed(self, endpoint: str) -> bool:
-        split = urlsplit(endpoint)
-        host = (split.hostname or "").lower()
-        listed = {host, f"{host}:{split.port}"} if split.port is not None else {host}
-        return bool(listed & set(self.endpoints))
+        return listed(endpoint, self.endpoints)
 
     def _endpoint_refusal(self, endpoint: str) -> str | None:
         if self._listed(endpoint):
             return None
         host = (urlsplit(endpoint).hostname or "").lower()
-        if (internal := _internal(host)) is not None:
+        if (internal := internal_host_reason(host)) is not None:
             return f"{endpoint} is {internal}; the platform must list it in policy.allowedS3Endpoints"
         if ANY_PUBLIC_ENDPOINT not in self.endpoints:
             return f"{endpoint} is not in the platform's allowed S3 endpoints ({', '.join(self.endpoints) or 'none'})"
         return None
 
 
-def _internal(host: str) -> str | None:
+def listed(url: str, entries: tuple[str, ...]) -> bool:
+    """Whether the platform lists ``url``'s host (any port) or host:port in ``entries`` (lower-case)."""
+    split = urlsplit(url)
+    host = (split.hostname or "").lower()
+    names = {host, f"{host}:{split.port}"} if split.port is not None else {host}
+    return bool(names & set(entries))
+
+
+def internal_host_reason(host: str) -> str | None:
     """Why ``host`` points inside the cluster or the node, or None for a public name or address."""
     try:
         address = parse_address(host)

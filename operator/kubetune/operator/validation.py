@@ -30,6 +30,7 @@ Reader = Callable[[str, str, str], dict[str, Any] | None]  # (kind, namespace, n
 # Opt-in labels (value "true") a namespace admin puts on what FineTuneJobs of the namespace may use.
 TRAINER_IDENTITY_LABEL = "kubetune.dev/trainer-identity"  # a ServiceAccount to run trainer pods as
 S3_CREDENTIALS_LABEL = "kubetune.dev/s3-credentials"  # a Secret to mount as S3 credentials
+WEBHOOK_LABEL = "kubetune.dev/webhook"  # a Secret whose URL and key the operator may send notifications with
 SYSTEM_NAMESPACE_PREFIX = "kube-"  # kube-system, kube-public, kube-node-lease and any future one
 
 
@@ -104,6 +105,16 @@ def _lookup(read: Reader, kind: str, namespace: str, name: str, label: str) -> s
     return None if ((found.get("metadata") or {}).get("labels") or {}).get(label) == "true" else "not opted in"
 
 
+def _secret_problem(read: Reader, namespace: str, field: str, name: str, label: str, use: str) -> SpecProblem | None:
+    """Why the Secret a field names cannot be used (missing, or not opted in by ``label``), or None."""
+    why = _lookup(read, "Secret", namespace, name, label)
+    if why == "missing":
+        return SpecProblem("SecretNotFound", _not_found(field, "Secret", name, namespace))
+    if why is not None:
+        return SpecProblem("SecretNotAllowed", _not_opted_in(field, "Secret", name, label, use))
+    return None
+
+
 def _not_found(field: str, kind: str, name: str, namespace: str) -> str:
     return f"{field}: {kind} '{name}' not found in namespace '{namespace}'"
 
@@ -128,15 +139,10 @@ def check_monitor_policy(spec: DriftMonitorSpec, namespace: str, config: Operato
 def check_s3_references(s3: S3Spec, namespace: str, read: Reader) -> SpecProblem | None:
     """The Secret and ConfigMap an ``s3`` block names: present, opted in, with the key named."""
     if (secret := s3.credentials_secret) is not None:
+        use = "kubetune's pods may use"
         field = "spec.s3.credentialsSecret.name"
-        why = _lookup(read, "Secret", namespace, secret.name, S3_CREDENTIALS_LABEL)
-        if why == "missing":
-            return SpecProblem("SecretNotFound", _not_found(field, "Secret", secret.name, namespace))
-        if why is not None:
-            use = "kubetune's pods may use"
-            return SpecProblem(
-                "SecretNotAllowed", _not_opted_in(field, "Secret", secret.name, S3_CREDENTIALS_LABEL, use)
-            )
+        if (problem := _secret_problem(read, namespace, field, secret.name, S3_CREDENTIALS_LABEL, use)) is not None:
+            return problem
     ca = s3.ca_bundle
     if ca is not None:
         config_map = read("ConfigMap", namespace, ca.name)
@@ -159,6 +165,11 @@ def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> Spe
             "PersistentVolumeClaimNotFound",
             _not_found("spec.storage.pvc.claimName", "PersistentVolumeClaim", pvc.claim_name, namespace),
         )
+    for index, webhook in enumerate(spec.notifications.webhooks if spec.notifications else []):
+        use = "kubetune's operator may send notifications with"
+        field = f"spec.notifications.webhooks[{index}].secretName"
+        if (problem := _secret_problem(read, namespace, field, webhook.secret_name, WEBHOOK_LABEL, use)) is not None:
+            return problem
     if (account := spec.service_account_name) is not None:
         field = "spec.serviceAccountName"
         why = _lookup(read, "ServiceAccount", namespace, account, TRAINER_IDENTITY_LABEL)
