@@ -80,6 +80,7 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_ALLOWED_S3_ENDPOINTS": "*",
         "KUBETUNE_ALLOWED_STORAGE_PREFIXES": "",
         "KUBETUNE_ALLOWED_WEBHOOK_ENDPOINTS": "*",
+        "KUBETUNE_PLATFORM_WEBHOOKS": "[]",
         "KUBETUNE_MAX_GPUS_PER_JOB": "0",
         "KUBETUNE_MAX_JOBS_PER_NAMESPACE": "0",
         "KUBETUNE_MIN_PERSONAL_DATA_PROTECTION": "redact",
@@ -125,6 +126,13 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_ALLOWED_S3_ENDPOINTS": "*,minio.minio.svc:9000",
         "KUBETUNE_ALLOWED_STORAGE_PREFIXES": "s3://ml-{namespace}/,s3://shared-models/",
         "KUBETUNE_ALLOWED_WEBHOOK_ENDPOINTS": "hooks.slack.com,alerts.ml-platform.svc:8080",
+        "KUBETUNE_PLATFORM_WEBHOOKS": json.dumps(
+            [
+                {"name": "platform-ci", "secretName": "ci-hook"},
+                {"format": "slack", "name": "ops-chat", "secretName": "slack-hook"},
+            ],
+            separators=(",", ":"),
+        ),
         "KUBETUNE_MAX_GPUS_PER_JOB": "8",
         "KUBETUNE_MAX_JOBS_PER_NAMESPACE": "3",
         "KUBETUNE_MIN_PERSONAL_DATA_PROTECTION": "report",
@@ -233,6 +241,11 @@ def test_the_policy_values_start_an_operator_that_enforces_them() -> None:
     assert "minio.minio.svc:9000" in config.storage.endpoints and config.placement.allow_raw
     assert sorted(config.placement.profiles) == ["default", "gpu-a100"]
     assert (config.max_gpus_per_job, config.max_jobs_per_namespace) == (8, 3)
+    assert [(w.name, w.secret_name, w.format) for w in config.platform_webhooks] == [
+        ("platform-ci", "ci-hook", "cloudevents"),
+        ("ops-chat", "slack-hook", "slack"),
+    ]
+    assert config.webhooks.endpoints == ("hooks.slack.com", "alerts.ml-platform.svc:8080")
     assert config.personal_data.allowed == ("report", "redact", "drop")
     assert config.trainer_egress is not None and [str(c) for c in config.trainer_egress.s3_cidrs] == [
         "0.0.0.0/0",

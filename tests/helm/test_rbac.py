@@ -120,3 +120,19 @@ def test_network_policies_are_granted_only_with_trainer_egress_on() -> None:
     namespaced = render(on, "watchNamespaces={ml}")
     assert grants(the_operator_role(namespaced, "Role"))[policies] == {"get", "create", "patch"}
     assert policies not in grants(the_operator_role(namespaced, "ClusterRole")), "only where it watches"
+
+
+def test_platform_webhooks_grant_reading_exactly_their_secrets_in_the_release_namespace() -> None:
+    """notifications.webhooks: the operator reads those Secrets (URL, signing key) and no other of its namespace."""
+    assert not [r for r in of_kind(render(), "Role") if r["metadata"]["name"].endswith("-webhooks")]
+    hooks = ("notifications.webhooks[0].name=ci", "notifications.webhooks[0].secretName=ci-hook")
+    chat = ("notifications.webhooks[1].name=chat", "notifications.webhooks[1].secretName=slack-hook")
+    docs = render(*hooks, *chat)
+    (role,) = [r for r in of_kind(docs, "Role") if r["metadata"]["name"].endswith("-webhooks")]
+    assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ci-hook", "slack-hook"], "verbs": ["get"]}
+    ]
+    (binding,) = [b for b in of_kind(docs, "RoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    assert binding["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert [s["name"] for s in binding["subjects"]] == [only(docs, "ServiceAccount")["metadata"]["name"]]

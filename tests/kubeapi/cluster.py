@@ -75,9 +75,16 @@ class RbacMode:
 
 
 # Values whose only effect in these tests is a grant the operator tests use: the chart grants networkpolicies
-# only with trainer egress on. Whether the operator creates NetworkPolicies is its own environment
-# (KUBETUNE_TRAINER_EGRESS), which the tests of that feature set (tests/operator/test_trainer_egress.py).
-GRANT_SETS = ("networkPolicy.trainerEgress.enabled=true",)
+# only with trainer egress on, and the platform webhooks' Secrets only when some are named. Whether the
+# operator creates NetworkPolicies or sends to platform webhooks is its own environment
+# (KUBETUNE_TRAINER_EGRESS, KUBETUNE_PLATFORM_WEBHOOKS), which the tests of those features set
+# (tests/operator/test_trainer_egress.py, tests/operator/test_webhooks.py).
+PLATFORM_WEBHOOK_SECRET = "platform-hook"
+GRANT_SETS = (
+    "networkPolicy.trainerEgress.enabled=true",
+    "notifications.webhooks[0].name=platform",
+    f"notifications.webhooks[0].secretName={PLATFORM_WEBHOOK_SECRET}",
+)
 # Cluster-wide is opt-in: clusterWide=true, with the default watchNamespaces ([default]) removed.
 CLUSTERWIDE = RbacMode("clusterwide", (*GRANT_SETS, "clusterWide=true", "watchNamespaces=null"), ())
 NAMESPACED = RbacMode(

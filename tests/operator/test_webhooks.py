@@ -18,7 +18,7 @@ import pytest
 from kubetune.operator.webhookpolicy import WebhookPolicy
 from kubetune.operator.webhooks import Notification, due_notifications, slack_message
 from tests.builders import trainer_result
-from tests.kubeapi.cluster import TestCluster
+from tests.kubeapi.cluster import OPERATOR_NAMESPACE, PLATFORM_WEBHOOK_SECRET, TestCluster
 from tests.operator.cluster import Cluster, wait_for
 from tests.operator.conftest import running_operator
 from tests.operator.test_lifecycle import JOB, condition, phase
@@ -218,6 +218,31 @@ def test_a_webhook_secret_must_exist_and_be_opted_in(
     cluster.create_secret("app-secret", {"url": "https://hooks.example.com/x", "signingKey": "k"}, s3_credentials=False)
     cluster.apply(with_webhooks({"name": "ops", "secretName": secret}))
     assert_rejected(cluster, reason, f"spec.notifications.webhooks[0].secretName: {said}")
+
+
+def test_the_platforms_webhook_hears_of_every_job(
+    cluster: Cluster, test_cluster: TestCluster, receiver: Receiver
+) -> None:
+    """notifications.webhooks in the chart: a Secret of the operator's namespace (the chart grants reading it
+    and no other there), no tenant opt-in, its URL the platform's choice; a job naming no webhook is told."""
+    secret = {"url": receiver.url("/platform"), "signingKey": SIGNING_KEY}
+    encoded = {key: base64.b64encode(value.encode()).decode() for key, value in secret.items()}
+    test_cluster.installer.core.create_namespaced_secret(
+        OPERATOR_NAMESPACE,
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": PLATFORM_WEBHOOK_SECRET}, "data": encoded},
+    )
+    platform = json.dumps([{"name": "ops", "secretName": PLATFORM_WEBHOOK_SECRET, "format": "slack"}])
+    with running_operator(test_cluster, KUBETUNE_PLATFORM_WEBHOOKS=platform):
+        cluster.apply(JOB)
+        wait_for(lambda: cluster.job("tickets-preflight"), what="pre-flight Job")
+        cluster.finish_job("tickets-preflight", succeeded=False, reason="PodFailurePolicy")
+        wait_for(lambda: delivered(cluster), what="the platform's delivery recorded")
+    uid = cluster.finetunejob("tickets")["metadata"]["uid"]
+    (request,) = receiver.received
+    assert request.signed_with(SIGNING_KEY)
+    assert request.document["text"].startswith("FineTuneJob default/tickets: Failed (PreflightFailed)")
+    assert list(delivered(cluster)) == [f"{request.headers['webhook-id']}/platform.ops"]
+    assert request.headers["webhook-id"].startswith(uid)
 
 
 def test_only_terminal_transitions_and_a_judged_gate_are_told() -> None:

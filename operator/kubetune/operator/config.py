@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
+from pydantic import ValidationError
+
 from kubetune.api.contract import DEFAULT_PUSH_INTERVAL_SECONDS, NAMESPACE_PLACEHOLDER
-from kubetune.api.v1alpha1 import DEFAULT_TRAINER_IMAGE
+from kubetune.api.v1alpha1 import DEFAULT_TRAINER_IMAGE, NotificationsSpec, WebhookSpec
 from kubetune.operator.imagepolicy import ImagePolicy
 from kubetune.operator.networkpolicy import HELM_VALUE as TRAINER_EGRESS_VALUE
 from kubetune.operator.networkpolicy import TrainerEgress
@@ -70,6 +73,9 @@ class OperatorConfig:
     read_cache: bool = True
     # Where FineTuneJobs' webhooks may send (Helm value policy.allowedWebhookEndpoints).
     webhooks: WebhookPolicy = field(default_factory=lambda: WebhookPolicy((ANY_PUBLIC_ENDPOINT,)))
+    # Receivers told about every FineTuneJob (Helm value notifications.webhooks), their Secrets in the
+    # operator's own namespace.
+    platform_webhooks: tuple[WebhookSpec, ...] = ()
 
     def pushgateway_url_for(self, namespace: str) -> str | None:
         """The Pushgateway of a FineTuneJob in ``namespace`` (None: trainers do not push)."""
@@ -170,6 +176,11 @@ class OperatorConfig:
             raise ConfigError(
                 f"KUBETUNE_ALLOWED_WEBHOOK_ENDPOINTS (Helm value {WEBHOOK_ENDPOINTS_VALUE}): {err}"
             ) from err
+        platform_webhooks = _platform_webhooks(env.get("KUBETUNE_PLATFORM_WEBHOOKS", ""))
+        if platform_webhooks and not env.get("KUBETUNE_OPERATOR_NAMESPACE"):
+            raise ConfigError(
+                "KUBETUNE_PLATFORM_WEBHOOKS needs KUBETUNE_OPERATOR_NAMESPACE: their Secrets live in the operator's namespace"
+            )
         try:
             trainer_egress = TrainerEgress.parse(env.get("KUBETUNE_TRAINER_EGRESS", ""))
         except ValueError as err:
@@ -196,4 +207,19 @@ class OperatorConfig:
             trainer_egress=trainer_egress,
             personal_data=personal_data,
             webhooks=webhooks,
+            platform_webhooks=platform_webhooks,
         )
+
+
+def _platform_webhooks(raw: str) -> tuple[WebhookSpec, ...]:
+    """``KUBETUNE_PLATFORM_WEBHOOKS``: a JSON list of webhooks as a FineTuneJob names them."""
+    if not raw.strip():
+        return ()
+    try:
+        parsed = NotificationsSpec.model_validate({"webhooks": json.loads(raw)})
+    except (ValueError, ValidationError) as err:
+        raise ConfigError(
+            f"KUBETUNE_PLATFORM_WEBHOOKS (Helm value notifications.webhooks): expected a list of "
+            f"{{name, secretName, format}}: {err}"
+        ) from err
+    return tuple(parsed.webhooks)

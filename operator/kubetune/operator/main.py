@@ -85,7 +85,9 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     metrics = memo["metrics"] = OperatorMetrics(FAILURE_REASONS)
     memo["metrics_server"] = metrics.serve(config.metrics_port)
     events = memo["events"] = PhaseEvents()
-    webhooks = memo["webhooks"] = WebhookSender(kube, config.webhooks).start()
+    webhooks = memo["webhooks"] = WebhookSender(
+        kube, config.webhooks, platform=config.platform_webhooks, platform_namespace=config.operator_namespace
+    ).start()
     memo["queue"] = ReconcileQueue(
         lambda namespace, name: reconcile(namespace, name, kube, config, events, metrics, webhooks)
     )

@@ -1,4 +1,5 @@
-"""Outbound webhooks: a FineTuneJob's end and its quality gate, told to the receivers its spec names.
+"""Outbound webhooks: a FineTuneJob's end and its quality gate, told to the receivers its spec names
+and to the platform's own (Helm value ``notifications.webhooks``).
 
 What is told is derived from status, like the phase Events (events.py): each terminal transition in
 ``status.phaseHistory`` and the ``QualityGatePassed`` condition, each with an id stable per (job uid,
@@ -159,7 +160,22 @@ def signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-def _webhooks(body: dict[str, Any]) -> list[WebhookSpec]:
+PLATFORM_PREFIX = "platform."  # a job's webhook name is a DNS label (no dot): the two never collide
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """Where one webhook's notifications go: a job's own, or one the platform sends every job's to."""
+
+    name: str  # names it in status.notificationsDelivered and Events: the job's name for it, or platform.<name>
+    secret_namespace: str
+    webhook: WebhookSpec
+    # The platform's own (Helm value notifications.webhooks): its Secret, in the operator's namespace,
+    # needs no tenant opt-in label, and its URL is the platform's choice, not held to the tenants' policy.
+    platform: bool = False
+
+
+def _job_webhooks(body: dict[str, Any]) -> list[WebhookSpec]:
     try:
         parsed = NotificationsSpec.model_validate((body.get("spec") or {}).get("notifications") or {})
     except ValidationError:
@@ -178,7 +194,7 @@ class _Delivery:
     namespace: str = field(compare=False)
     name: str = field(compare=False)
     notification: Notification = field(compare=False)
-    webhook: WebhookSpec = field(compare=False)
+    receiver: Receiver = field(compare=False)
     attempts: int = field(default=0, compare=False)
 
 
@@ -190,10 +206,16 @@ class WebhookSender:
         kube: Kube,
         policy: WebhookPolicy,
         *,
+        platform: tuple[WebhookSpec, ...] = (),
+        platform_namespace: str | None = None,
         resolver: Resolver = resolve,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._kube, self._policy, self._resolver, self._clock = kube, policy, resolver, clock
+        self._platform = [
+            Receiver(PLATFORM_PREFIX + webhook.name, platform_namespace or "", webhook, platform=True)
+            for webhook in platform
+        ]
         self._http = urllib3.PoolManager(retries=False, timeout=REQUEST_TIMEOUT_SECONDS)
         self._queue: list[_Delivery] = []
         self._pending: set[tuple[str, str]] = set()
@@ -213,21 +235,21 @@ class WebhookSender:
         self._thread.join(timeout=REQUEST_TIMEOUT_SECONDS + 5)
 
     def offer(self, body: dict[str, Any]) -> None:
-        """Queue every notification of ``body`` (a FineTuneJob with its current status) that a webhook has
+        """Queue every notification of ``body`` (a FineTuneJob with its current status) that a receiver has
         not acknowledged and that is not queued already. Returns at once."""
-        webhooks = _webhooks(body)
-        if not webhooks:
-            return
         meta = body["metadata"]
+        receivers = [Receiver(w.name, meta["namespace"], w) for w in _job_webhooks(body)] + self._platform
+        if not receivers:
+            return
         delivered = (body.get("status") or {}).get(STATUS_FIELD) or {}
         with self._wake:
             for notification in due_notifications(body):
-                for webhook in webhooks:
-                    key = (meta["uid"], delivery_key(notification, webhook.name))
+                for receiver in receivers:
+                    key = (meta["uid"], delivery_key(notification, receiver.name))
                     if key[1] in delivered or key in self._pending:
                         continue
                     self._pending.add(key)
-                    delivery = _Delivery(self._clock(), key, meta["namespace"], meta["name"], notification, webhook)
+                    delivery = _Delivery(self._clock(), key, meta["namespace"], meta["name"], notification, receiver)
                     heapq.heappush(self._queue, delivery)
             self._wake.notify()
 
@@ -266,19 +288,22 @@ class WebhookSender:
                 self._pending.discard(delivery.key)
 
     def _send(self, delivery: _Delivery) -> None:
-        secret = self._kube.read_webhook_secret(delivery.namespace, delivery.webhook.secret_name)
+        receiver = delivery.receiver
+        secret_name = receiver.webhook.secret_name
+        secret = self._kube.read_webhook_secret(receiver.secret_namespace, secret_name)
         if secret is None:
-            raise NotDelivered(f"Secret '{delivery.webhook.secret_name}' not found")
-        if (secret.get("metadata", {}).get("labels") or {}).get(WEBHOOK_LABEL) != "true":
-            raise NotDelivered(f"Secret '{delivery.webhook.secret_name}' is not labelled {WEBHOOK_LABEL}=true")
+            raise NotDelivered(f"Secret '{secret_name}' not found in namespace '{receiver.secret_namespace}'")
+        opted_in = (secret.get("metadata", {}).get("labels") or {}).get(WEBHOOK_LABEL) == "true"
+        if not receiver.platform and not opted_in:
+            raise NotDelivered(f"Secret '{secret_name}' is not labelled {WEBHOOK_LABEL}=true")
         data = secret.get("data") or {}
         if WEBHOOK_URL_KEY not in data or WEBHOOK_SIGNING_KEY not in data:
             missing = [key for key in (WEBHOOK_URL_KEY, WEBHOOK_SIGNING_KEY) if key not in data]
-            raise NotDelivered(f"Secret '{delivery.webhook.secret_name}' has no key {' or '.join(missing)}")
+            raise NotDelivered(f"Secret '{secret_name}' has no key {' or '.join(missing)}")
         url = base64.b64decode(data[WEBHOOK_URL_KEY]).decode().strip()
-        if (why := self._policy.refusal(url, resolver=self._resolver)) is not None:
-            raise NotDelivered(f"the URL in Secret '{delivery.webhook.secret_name}' is refused: {why}")
-        body, content_type = payload(delivery.notification, delivery.webhook.format)
+        if not receiver.platform and (why := self._policy.refusal(url, resolver=self._resolver)) is not None:
+            raise NotDelivered(f"the URL in Secret '{secret_name}' is refused: {why}")
+        body, content_type = payload(delivery.notification, receiver.webhook.format)
         timestamp = int(self._clock())
         headers = {
             "Content-Type": content_type,
@@ -306,7 +331,7 @@ class WebhookSender:
         delay = min(FIRST_RETRY_SECONDS * 2 ** (delivery.attempts - 1), MAX_RETRY_SECONDS)
         log.warning(
             "webhook %s of %s/%s not delivered (%s), attempt %d; again in %.0f s",
-            delivery.webhook.name,
+            delivery.receiver.name,
             delivery.namespace,
             delivery.name,
             why,
@@ -330,13 +355,13 @@ class WebhookSender:
         event = build_event(
             body,
             KIND,
-            f"webhook-{delivery.webhook.name}-{fact}",
+            f"webhook-{delivery.receiver.name}-{fact}",
             reason="WebhookNotDelivered",
-            message=f"webhook {delivery.webhook.name}: {why}; retrying with backoff",
+            message=f"webhook {delivery.receiver.name}: {why}; retrying with backoff",
             warning=True,
             time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
         try:
             self._kube.create_event(event)
         except ApiException:
-            log.warning("could not post the Event for webhook %s", delivery.webhook.name)
+            log.warning("could not post the Event for webhook %s", delivery.receiver.name)
