@@ -14,6 +14,9 @@
   (``kubetune_trainer.channels``); ``kubetune fetch`` brings a channel's version to a serving pod.
 - ``kubetune drift check --reference VERSION_URI --samples URI``: production requests against a
   version's reference profile (exit 0 no drift, 1 drift, 2 cannot check).
+
+Each verb that reports something takes ``-o json|yaml`` (``kubetune_trainer.output``); docs/cli.md
+lists every verb's document and exit codes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
 from kubetune.api.manifest import ManifestError, load_manifest, load_object
@@ -29,6 +33,7 @@ from kubetune_trainer import challenge, lifecycle, version_commands
 from kubetune_trainer.drift import command as drift_command
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.localrun import PathMapping, parse_mapping
+from kubetune_trainer.output import add_output_option, emit, wants_document
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -91,16 +96,23 @@ def _in_pod(args: argparse.Namespace, mode_name: str) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    status = EXIT_OK
-    for path in args.manifests:
-        try:
-            found = load_object(path)
-        except ManifestError as err:
-            print(err, file=sys.stderr)
-            status = EXIT_CONFIG
-            continue
-        print(f"{path}: valid {found.kind} {found.metadata.get('name', '?')!r}")
-    return status
+    results = [_validate_one(path, quiet=wants_document(args)) for path in args.manifests]
+    if wants_document(args):
+        emit(results, args.output)
+    return EXIT_OK if all(result["valid"] for result in results) else EXIT_CONFIG
+
+
+def _validate_one(path: Path, *, quiet: bool) -> dict[str, Any]:
+    """One manifest's verdict; the reason it is refused always goes to stderr."""
+    try:
+        found = load_object(path)
+    except ManifestError as err:
+        print(err, file=sys.stderr)
+        return {"path": str(path), "valid": False, "kind": None, "name": None, "error": str(err)}
+    name = found.metadata.get("name")
+    if not quiet:
+        print(f"{path}: valid {found.kind} {name or '?'!r}")
+    return {"path": str(path), "valid": True, "kind": found.kind, "name": name, "error": None}
 
 
 def _mapping(text: str) -> PathMapping:
@@ -162,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check FineTuneJob and DriftMonitor manifests against the API")
     validate.add_argument("manifests", type=Path, nargs="+")
+    add_output_option(validate)
     validate.set_defaults(handler=_validate)
 
     version_commands.add_parsers(sub)
