@@ -73,7 +73,10 @@ def test_submit_creates_the_job_as_written_and_status_shows_it(
     assert text.splitlines()[0] == "tickets: Running" and "step 30/120, loss 0.5125, about 12 min left" in text
     assert "version v20261204-101500-0a1b2c: promoted" in text
     assert kubetune(["status", "tickets", "-o", "json"]) == EXIT_OK
-    assert json.loads(capsys.readouterr().out)["progress"]["step"] == 30
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["progress"]["step"] == 30
+    assert kubetune(["status", "tickets", "-o", "yaml"]) == EXIT_OK
+    assert yaml.safe_load(capsys.readouterr().out) == shown
 
 
 def test_what_the_cluster_or_the_manifest_refuses_is_one_line_and_exit_2(
@@ -99,8 +102,11 @@ def test_what_the_cluster_or_the_manifest_refuses_is_one_line_and_exit_2(
 def test_wait_returns_when_the_phase_is_reached_and_fails_on_another_end(
     tmp_path: Path, as_tenant: TestCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name in ("waited", "failing"):
-        assert kubetune(["submit", str(manifest(tmp_path, name))]) == EXIT_OK
+    assert kubetune(["submit", str(manifest(tmp_path, "waited"))]) == EXIT_OK
+    capsys.readouterr()
+    assert kubetune(["submit", str(manifest(tmp_path, "failing")), "-o", "yaml"]) == EXIT_OK
+    created = yaml.safe_load(capsys.readouterr().out)
+    assert created["metadata"]["name"] == "failing" and created["spec"]["method"]["type"] == "auto"
 
     def operator() -> None:
         time.sleep(0.5)
@@ -118,3 +124,14 @@ def test_wait_returns_when_the_phase_is_reached_and_fails_on_another_end(
     assert kubetune(["wait", "failing", "--timeout", "20", "--interval", "0.1"]) == EXIT_NOT_REACHED
     assert "failing: Failed, not Succeeded" in capsys.readouterr().err
     assert kubetune(["wait", "waited", "--for", "Failed", "--timeout", "0.3", "--interval", "0.1"]) == EXIT_NOT_REACHED
+    for output, load in (("json", json.loads), ("yaml", yaml.safe_load)):
+        assert kubetune(["wait", "failing", "--for", "failed", "-o", output]) == EXIT_OK
+        assert load(capsys.readouterr().out) == {
+            "name": "failing",
+            "phase": "Failed",
+            "wanted": "Failed",
+            "reached": True,
+        }
+    assert kubetune(["wait", "failing", "--timeout", "1", "--interval", "0.1", "-o", "json"]) == EXIT_NOT_REACHED
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["reached"] is False and "failing: Failed, not Succeeded" in captured.err

@@ -93,9 +93,9 @@ def write_job(
     return path
 
 
-def kubetune_process(command: str, target: str, folder: Path) -> subprocess.CompletedProcess[str]:
-    """``kubetune <command> <target> --output-dir folder/runs --workdir folder/work`` as a user runs it
-    (one thread)."""
+def kubetune_process(command: str, target: str, folder: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """``kubetune <command> <target> --output-dir folder/runs --workdir folder/work [options]`` as a user
+    runs it (one thread)."""
     return subprocess.run(
         [
             str(Path(sys.executable).parent / "kubetune"),
@@ -105,6 +105,7 @@ def kubetune_process(command: str, target: str, folder: Path) -> subprocess.Comp
             str(folder / "runs"),
             "--workdir",
             str(folder / "work"),
+            *options,
         ],
         capture_output=True,
         text=True,

@@ -99,6 +99,7 @@ def test_a_challenger_is_compared_with_the_champion_on_both_halves_and_the_chann
     manifest = yaml.safe_load(job.read_text())
     manifest["spec"]["dataset"]["sources"].append({"uri": f"file://{old_data}", "weight": 0.5})
     job.write_text(yaml.safe_dump(manifest))
+    capsys.readouterr()  # the champion's run
     code = kubetune(
         [
             "run",
@@ -109,10 +110,15 @@ def test_a_challenger_is_compared_with_the_champion_on_both_halves_and_the_chann
             str(tmp_path / "work2"),
             "--max-steps",
             "2",
+            "-o",
+            "json",
         ]
     )
     assert code == EXIT_OK
     (challenger,) = [v for v in (tmp_path / "runs" / "tiny-job").glob("v*") if v.name != champion.name]
+    published = json.loads(capsys.readouterr().out)  # the run's result, the FineTuneJob's status.result form
+    assert (published["version"], published["manifestUri"]) == (challenger.name, f"file://{challenger}/manifest.json")
+    assert published["promoted"] == json.loads((challenger / "manifest.json").read_text())["promoted"]
 
     report_file = tmp_path / "termination-log"
     capsys.readouterr()
@@ -132,6 +138,9 @@ def test_a_challenger_is_compared_with_the_champion_on_both_halves_and_the_chann
     entries = sorted((tmp_path / "runs" / "tiny-job" / "channels" / "prod").glob("*.json"))
     assert [json.loads(e.read_text())["version"] for e in entries] == [champion.name], "no win, no move"
     assert "does not win" in capsys.readouterr().out
+    for output, load in (("json", json.loads), ("yaml", yaml.safe_load)):
+        assert kubetune([*arguments, "-o", output]) == EXIT_OK
+        assert load(capsys.readouterr().out) == {**report.to_manifest(), "channelMoved": False}
 
     assert (
         kubetune(["challenge", f"file://{challenger}", "--channel", "staging", "--report", str(report_file)])

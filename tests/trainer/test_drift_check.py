@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kubetune.api.contract import EXIT_CONFIG, EXIT_OK, TERMINATION_MESSAGE_LIMIT
 from kubetune.api.driftmonitor import DriftCheckReport
@@ -47,6 +48,9 @@ def test_requests_like_the_training_data_pass_and_french_ones_are_drift(
     assert kubetune([*reference, "--samples", requests(tmp_path / "same.jsonl", training_prompts)]) == EXIT_OK
     same = json.loads(capsys.readouterr().out)
     assert same["drifted"] is False and same["requests"] == 64
+    as_yaml = [*reference[:-1], "-o", "yaml", "--samples", requests(tmp_path / "same.jsonl", training_prompts)]
+    assert kubetune(as_yaml) == EXIT_OK
+    assert yaml.safe_load(capsys.readouterr().out) == same, "-o yaml: the same document (the --json alias is -o json)"
     assert {m["method"] for m in same["methods"]} == {"embeddings.mmd", "lengths.ks", "labels.chi2", "loss.mean"} - {
         "labels.chi2"
     }

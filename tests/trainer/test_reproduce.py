@@ -7,12 +7,14 @@ import json
 import subprocess
 from pathlib import Path
 
+import yaml
+
 from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
 from tests.trainer.jobs import kubetune_process, run_locally, write_dataset, write_job
 
 
-def reproduce(version: Path, folder: Path) -> subprocess.CompletedProcess[str]:
-    return kubetune_process("reproduce", f"file://{version}", folder)
+def reproduce(version: Path, folder: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return kubetune_process("reproduce", f"file://{version}", folder, *options)
 
 
 def test_a_version_runs_again_from_its_manifest_and_changed_data_is_refused_before_training(
@@ -24,9 +26,11 @@ def test_a_version_runs_again_from_its_manifest_and_changed_data_is_refused_befo
     first = json.loads(manifest_path.read_text())
     assert first["spec"]["dataset"]["sources"][0]["uri"] == f"file://{data}", "the lineage records the spec"
 
-    again = reproduce(manifest_path.parent, tmp_path / "again")
+    again = reproduce(manifest_path.parent, tmp_path / "again", "-o", "yaml")
     assert again.returncode == EXIT_OK, again.stderr[-3000:]
     (second_path,) = (tmp_path / "again" / "runs").glob("*/v*/manifest.json")
+    published = yaml.safe_load(again.stdout)  # stdout is the document alone: the run's tables went to stderr
+    assert (published["version"], published["manifestUri"]) == (second_path.parent.name, f"file://{second_path}")
     second = json.loads(second_path.read_text())
     assert second["dataset"]["contentSha256"] == first["dataset"]["contentSha256"]
     assert second["baseModel"]["sha256"] == first["baseModel"]["sha256"]

@@ -32,6 +32,7 @@ from kubetune_trainer import channels
 from kubetune_trainer.data.types import Example, Message
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.evaluation import metrics as m
+from kubetune_trainer.output import add_output_option, emit, wants_document
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
 from kubetune_trainer.termination import write_termination_message
 
@@ -223,6 +224,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     cmd.add_argument("--endpoint", default=None, help="S3 endpoint URL (default: AWS_ENDPOINT_URL_S3, else AWS)")
     cmd.add_argument("--region", default=None, help="S3 region (default: AWS_REGION, else us-east-1)")
     cmd.add_argument("--report", type=Path, default=None, metavar="PATH", help="write the ChallengeReport here")
+    add_output_option(cmd)
     cmd.set_defaults(handler=challenge_command)
 
 
@@ -249,8 +251,12 @@ def challenge_command(args: argparse.Namespace) -> int:
     text = json.dumps(report.to_manifest(), separators=(",", ":"))
     if args.report is not None:
         write_termination_message(text, args.report)
-    moved = " (channel moved)" if report.promoted and args.promote else ""
+    moved = report.promoted and args.promote
+    if wants_document(args):
+        emit({**report.to_manifest(), "channelMoved": moved}, args.output)
+        return EXIT_OK
     print(
-        f"{report.challenger} vs {report.champion}: {'wins' if report.promoted else 'does not win'}{moved}: {report.message}"
+        f"{report.challenger} vs {report.champion}: {'wins' if report.promoted else 'does not win'}"
+        f"{' (channel moved)' if moved else ''}: {report.message}"
     )
     return EXIT_OK

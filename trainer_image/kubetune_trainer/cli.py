@@ -14,14 +14,20 @@
   (``kubetune_trainer.channels``); ``kubetune fetch`` brings a channel's version to a serving pod.
 - ``kubetune drift check --reference VERSION_URI --samples URI``: production requests against a
   version's reference profile (exit 0 no drift, 1 drift, 2 cannot check).
+- ``kubetune completion bash|zsh``: a shell completion script.
+
+Each verb that reports something takes ``-o json|yaml`` (``kubetune_trainer.output``); docs/cli.md
+lists every verb's document and exit codes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
 from kubetune.api.manifest import ManifestError, load_manifest, load_object
@@ -29,19 +35,58 @@ from kubetune_trainer import challenge, lifecycle, version_commands
 from kubetune_trainer.drift import command as drift_command
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.localrun import PathMapping, parse_mapping
+from kubetune_trainer.output import add_output_option, emit, wants_document
+from kubetune_trainer.reporting import Reporter
+
+if TYPE_CHECKING:
+    from kubetune.api.v1alpha1 import FineTuneJob, TrainerResult
+    from kubetune_trainer.context import Reproduction
+
+COMPLETION_SHELLS = ("bash", "zsh")
 
 
 def _run(args: argparse.Namespace) -> int:
     from kubetune_trainer.localrun import default_mappings, localize
-    from kubetune_trainer.pipeline import Mode, run_pipeline
 
     job = load_manifest(args.manifest)
     mappings = list(args.map) + default_mappings(args.manifest)
     for mapping in mappings:
         print(f"mapping file://{mapping.pod_prefix}/ -> {mapping.local_dir.resolve()}/", file=sys.stderr)
-    job = localize(job, mappings, args.output_dir)
-    environment = TrainerEnvironment.from_env()
-    return run_pipeline(job, mode=Mode.LOCAL, workdir=args.workdir, max_steps=args.max_steps, environment=environment)
+    return _run_locally(args, localize(job, mappings, args.output_dir), max_steps=args.max_steps)
+
+
+def _run_locally(
+    args: argparse.Namespace, job: FineTuneJob, *, max_steps: int | None, reproducing: Reproduction | None = None
+) -> int:
+    """``kubetune run``'s and ``reproduce``'s run. With ``-o json|yaml`` the document is what was published
+    (the FineTuneJob's ``status.result`` form), printed whenever a version was published, whatever the
+    exit code; the run's own report (its tables) goes to stderr then, leaving stdout to the document."""
+    from kubetune_trainer.pipeline import Mode, run_pipeline
+
+    published = _PublishedResult()
+    with contextlib.redirect_stdout(sys.stderr) if wants_document(args) else contextlib.nullcontext():
+        code = run_pipeline(
+            job,
+            mode=Mode.LOCAL,
+            workdir=args.workdir,
+            max_steps=max_steps,
+            environment=TrainerEnvironment.from_env(),
+            reproducing=reproducing,
+            also_report_to=[published],
+        )
+    if wants_document(args) and published.found is not None:
+        emit(published.found.to_manifest(), args.output)
+    return code
+
+
+class _PublishedResult(Reporter):
+    """Keeps what the run published: ``kubetune run -o json|yaml``'s document."""
+
+    def __init__(self) -> None:
+        self.found: TrainerResult | None = None
+
+    def result(self, result: TrainerResult) -> None:
+        self.found = result
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -53,7 +98,6 @@ def _reproduce(args: argparse.Namespace) -> int:
     from kubetune_trainer.context import Reproduction
     from kubetune_trainer.errors import ConfigurationError
     from kubetune_trainer.localrun import localize
-    from kubetune_trainer.pipeline import Mode, run_pipeline
     from kubetune_trainer.publish import read_manifest
     from kubetune_trainer.storage import ObjectStore, StorageError
 
@@ -71,14 +115,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         base_model_sha256=str(lineage["baseModel"]["sha256"]),
         data_sha256=str(lineage["dataset"]["contentSha256"]),
     )
-    return run_pipeline(
-        localize(job, [], args.output_dir),
-        mode=Mode.LOCAL,
-        workdir=args.workdir,
-        max_steps=None,
-        environment=TrainerEnvironment.from_env(),
-        reproducing=expected,
-    )
+    return _run_locally(args, localize(job, [], args.output_dir), max_steps=None, reproducing=expected)
 
 
 def _in_pod(args: argparse.Namespace, mode_name: str) -> int:
@@ -91,16 +128,31 @@ def _in_pod(args: argparse.Namespace, mode_name: str) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    status = EXIT_OK
-    for path in args.manifests:
-        try:
-            found = load_object(path)
-        except ManifestError as err:
-            print(err, file=sys.stderr)
-            status = EXIT_CONFIG
-            continue
-        print(f"{path}: valid {found.kind} {found.metadata.get('name', '?')!r}")
-    return status
+    results = [_validate_one(path, quiet=wants_document(args)) for path in args.manifests]
+    if wants_document(args):
+        emit(results, args.output)
+    return EXIT_OK if all(result["valid"] for result in results) else EXIT_CONFIG
+
+
+def _validate_one(path: Path, *, quiet: bool) -> dict[str, Any]:
+    """One manifest's verdict; the reason it is refused always goes to stderr."""
+    try:
+        found = load_object(path)
+    except ManifestError as err:
+        print(err, file=sys.stderr)
+        return {"path": str(path), "valid": False, "kind": None, "name": None, "error": str(err)}
+    name = found.metadata.get("name")
+    if not quiet:
+        print(f"{path}: valid {found.kind} {name or '?'!r}")
+    return {"path": str(path), "valid": True, "kind": found.kind, "name": name, "error": None}
+
+
+def _completion(args: argparse.Namespace) -> int:
+    """The completion script, generated by shtab from this very parser: it cannot drift from the verbs."""
+    import shtab
+
+    sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
+    return EXIT_OK
 
 
 def _mapping(text: str) -> PathMapping:
@@ -137,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", type=Path, default=Path(".kubetune-work"), help="scratch folder (checkpoints, exports)"
     )
     run.add_argument("--max-steps", type=int, default=None, help="stop training after N optimizer steps (smoke runs)")
+    add_output_option(run)
     run.set_defaults(handler=_run)
 
     reproduce = sub.add_parser(
@@ -149,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--workdir", type=Path, default=Path(".kubetune-work"), help="scratch folder")
     reproduce.add_argument("--endpoint", default=None, help="S3 endpoint to read the version from")
     reproduce.add_argument("--region", default=None, help="S3 region to read the version from")
+    add_output_option(reproduce)
     reproduce.set_defaults(handler=_reproduce)
 
     for name, help_text in (
@@ -162,12 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check FineTuneJob and DriftMonitor manifests against the API")
     validate.add_argument("manifests", type=Path, nargs="+")
+    add_output_option(validate)
     validate.set_defaults(handler=_validate)
 
     version_commands.add_parsers(sub)
     drift_command.add_parser(sub)
     challenge.add_parser(sub)
     lifecycle.add_parsers(sub)
+
+    completion = sub.add_parser("completion", help="print a shell completion script (docs/cli.md: installing it)")
+    completion.add_argument("shell", choices=COMPLETION_SHELLS)
+    completion.set_defaults(handler=_completion)
     return parser
 
 

@@ -8,7 +8,8 @@ progress and the gate's verdict; ``wait`` returns when the job reaches a phase.
 Exit codes: 0 done (for ``wait``: the phase was reached); 1 ``wait`` ended without it (the job ended in
 another phase, or the timeout passed); 2 cannot be done as asked (an invalid manifest, no credentials,
 the API server refusing: forbidden, not found, already exists), with the API server's own message and
-never a traceback. ``--output json|yaml`` prints the object (``submit``) or its status (``status``).
+never a traceback. ``--output json|yaml`` (kubetune_trainer.output) prints the created object
+(``submit``), the job's status (``status``) or the phase reached (``wait``).
 """
 
 from __future__ import annotations
@@ -21,14 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
 from kubetune.api.manifest import ManifestError, load_document
 from kubetune.api.v1alpha1 import GROUP, PLURAL, TERMINAL_PHASES, VERSION, Phase
+from kubetune_trainer.output import add_output_option, emit, wants_document
 
 EXIT_NOT_REACHED = 1
-OUTPUTS = ("text", "json", "yaml")
 PLURALS = {"FineTuneJob": PLURAL, "DriftMonitor": "driftmonitors"}
 
 
@@ -59,14 +58,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     )
     wait.add_argument("--timeout", type=float, default=3600.0, help="seconds (default: 3600)")
     wait.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
-    _common(wait, outputs=False)
+    _common(wait)
     wait.set_defaults(handler=wait_command)
 
 
-def _common(parser: argparse.ArgumentParser, *, outputs: bool = True) -> None:
+def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's, else default")
-    if outputs:
-        parser.add_argument("-o", "--output", choices=OUTPUTS, default="text")
+    add_output_option(parser)
 
 
 def _api() -> Any:
@@ -103,13 +101,6 @@ def _call(action: Callable[[], Any], what: str) -> Any:
         raise CannotDo(f"{what}: {message} (HTTP {err.status})") from err
 
 
-def _print(document: Any, output: str) -> None:
-    if output == "json":
-        print(json.dumps(document, indent=2))
-    else:
-        print(yaml.safe_dump(document, sort_keys=False), end="")
-
-
 def _run(action: Callable[[], int]) -> int:
     try:
         return action()
@@ -133,10 +124,10 @@ def submit_command(args: argparse.Namespace) -> int:
             lambda: _api().create_namespaced_custom_object(GROUP, VERSION, namespace, plural, document),
             f"cannot create {found.kind} {document['metadata'].get('name')!r} in namespace {namespace!r}",
         )
-        if args.output == "text":
-            print(f"{plural}.{GROUP}/{created['metadata']['name']} created in namespace {namespace}")
+        if wants_document(args):
+            emit(created, args.output)
         else:
-            _print(created, args.output)
+            print(f"{plural}.{GROUP}/{created['metadata']['name']} created in namespace {namespace}")
         return EXIT_OK
 
     return _run(submit)
@@ -192,10 +183,10 @@ def _duration(seconds: float) -> str:
 def status_command(args: argparse.Namespace) -> int:
     def show() -> int:
         job = _reader(args.name, args.namespace)()
-        if args.output == "text":
-            print(describe(job))
+        if wants_document(args):
+            emit(job.get("status") or {}, args.output)
         else:
-            _print(job.get("status") or {}, args.output)
+            print(describe(job))
         return EXIT_OK
 
     return _run(show)
@@ -209,14 +200,22 @@ def wait_command(args: argparse.Namespace) -> int:
         while True:
             phase = (read().get("status") or {}).get("phase") or Phase.PENDING.value
             if phase == args.phase:
-                print(f"{args.name}: {phase}")
-                return EXIT_OK
+                return _waited(args, phase, f"{args.name}: {phase}")
             if phase in TERMINAL_PHASES:
-                print(f"{args.name}: {phase}, not {args.phase} (kubetune status {args.name})", file=sys.stderr)
-                return EXIT_NOT_REACHED
+                return _waited(args, phase, f"{args.name}: {phase}, not {args.phase} (kubetune status {args.name})")
             if time.monotonic() >= deadline:
-                print(f"{args.name}: still {phase} after {args.timeout:g} s", file=sys.stderr)
-                return EXIT_NOT_REACHED
+                return _waited(args, phase, f"{args.name}: still {phase} after {args.timeout:g} s")
             time.sleep(min(args.interval, max(0.0, deadline - time.monotonic())))
 
     return _run(wait)
+
+
+def _waited(args: argparse.Namespace, phase: str, line: str) -> int:
+    """The end of a wait. The phase reached is the result, on stdout; another phase is a failure, its
+    line on stderr, though a document (on stdout) still says which phase the job was in."""
+    reached = phase == args.phase
+    if not reached or not wants_document(args):
+        print(line, file=sys.stdout if reached else sys.stderr)
+    if wants_document(args):
+        emit({"name": args.name, "phase": phase, "wanted": args.phase, "reached": reached}, args.output)
+    return EXIT_OK if reached else EXIT_NOT_REACHED

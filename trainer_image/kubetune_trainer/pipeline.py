@@ -13,8 +13,10 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kubetune.api.contract import (
     EXIT_CANNOT_REPORT,
@@ -38,6 +40,9 @@ from kubetune_trainer.stages import StageClock
 from kubetune_trainer.storage import ObjectStore, StorageError
 from kubetune_trainer.termination import write_termination_message
 
+if TYPE_CHECKING:
+    from kubetune_trainer.reporting import Reporter
+
 log = logging.getLogger(__name__)
 
 
@@ -57,15 +62,19 @@ def run_pipeline(
     max_steps: int | None,
     environment: TrainerEnvironment,
     reproducing: Reproduction | None = None,
+    also_report_to: Sequence[Reporter] = (),
 ) -> int:
-    """Run the job; returns the process exit code (see ``kubetune.api.contract``)."""
-    from kubetune_trainer.reporting import build_reporters
+    """Run the job; returns the process exit code (see ``kubetune.api.contract``). ``also_report_to``:
+    reporters besides the environment's (``kubetune run -o json`` keeps the published result)."""
+    from kubetune_trainer.reporting import Reporters, build_reporters
 
     # Outputs of an earlier run in the same scratch must never be published with this one.
     for stale in ("artifacts", "merged", "training"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    reporters = build_reporters(job, console=sys.stderr.isatty(), environment=environment)
+    chosen = build_reporters(job, console=sys.stderr.isatty(), environment=environment)
+    # First: the environment's Kubernetes reporter stays last (its result may raise; the others have it).
+    reporters = Reporters([*also_report_to, *chosen.reporters])
     ctx = RunContext(
         job=job,
         mode=mode,

@@ -82,6 +82,27 @@ def served_version(store: ObjectStore, output_uri: str, channel: str) -> ServedV
 
 def render(server: str, served: ServedVersion, placement: Placement) -> str:
     """The manifest (YAML documents, or a Modelfile for ollama) serving ``served`` with ``server``."""
+    made = _make(server, served, placement)
+    return made if isinstance(made, str) else _yaml(made)
+
+
+def hand_off(server: str, served: ServedVersion, placement: Placement) -> dict[str, Any]:
+    """What ``render`` renders, as data (``kubetune serving -o json|yaml``): the version served, and
+    the Kubernetes objects or, for ollama, the Modelfile's text."""
+    made = _make(server, served, placement)
+    return {
+        "server": server,
+        "outputUri": served.output_uri,
+        "channel": served.channel,
+        "version": served.version,
+        "versionUri": served.version_uri,
+        "objects": [] if isinstance(made, str) else made,
+        "modelfile": made if isinstance(made, str) else None,
+    }
+
+
+def _make(server: str, served: ServedVersion, placement: Placement) -> list[dict[str, Any]] | str:
+    """The objects serving ``served`` with ``server``, or ollama's Modelfile."""
     if server not in SERVERS:
         raise ConfigurationError(f"--for {server!r}: one of {', '.join(SERVERS)}")
     if not DNS_LABEL.fullmatch(placement.name):
@@ -94,11 +115,11 @@ def render(server: str, served: ServedVersion, placement: Placement) -> str:
             f"serves: publish versions with output.formats including {FORMAT_FOR[folder]}"
         )
     if server == "kserve":
-        return _yaml([_inference_service(served, placement)])
+        return [_inference_service(served, placement)]
     gguf = _gguf_file(files) if folder == "gguf" else None
     if server == "ollama":
         return _modelfile(served, placement, str(gguf))
-    return _yaml([_deployment(server, served, placement, gguf), _service(server, placement)])
+    return [_deployment(server, served, placement, gguf), _service(server, placement)]
 
 
 def _yaml(documents: list[dict[str, Any]]) -> str:

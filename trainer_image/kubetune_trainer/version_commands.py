@@ -11,6 +11,9 @@ Exit codes: 0 done; 1 (EXIT_DAMAGED) the version differs from its manifest or fr
 2 (EXIT_CONFIG) the request cannot be done as asked (a bad argument, nothing published there, a
 version its gate did not promote, storage refusing). Messages name the URI and never carry a
 traceback; in a pod, the first line of a failure is also the termination message.
+
+``-o json|yaml`` (kubetune_trainer.output) prints each command's result as one document; docs/cli.md
+lists their fields.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from pydantic import ValidationError
 from kubetune.api.contract import EXIT_CONFIG, EXIT_DAMAGED, EXIT_OK, VERSION_PATTERN
 from kubetune.api.manifest import ManifestError, load_manifest
 from kubetune.api.v1alpha1 import FineTuneJob, S3Spec
+from kubetune_trainer.channels import ChannelEntry
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import ConfigurationError
+from kubetune_trainer.output import add_output_option, emit, wants_document
 from kubetune_trainer.serving import SERVERS
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
 
@@ -60,6 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         help="with --job: the gate checks reported ({name: passed}); the manifest must say promoted with exactly these",
     )
     verify.add_argument("--promote-to", default=None, metavar="CHANNEL", help="with --claimed-gate: then promote")
+    add_output_option(verify)
     verify.set_defaults(handler=verify_command)
 
     promote = sub.add_parser("promote", help="point a promotion channel at a published version")
@@ -69,15 +75,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     promote.add_argument("--channel", required=True, help="e.g. prod")
     promote.add_argument("--reason", default="", help="recorded in the channel entry")
     promote.add_argument("--force", action="store_true", help="also a version its quality gate did not promote")
+    add_output_option(promote)
     promote.set_defaults(handler=promote_command)
 
     rollback = _channel_parser(sub, "rollback", "point a promotion channel back at the version it named before")
     rollback.add_argument("--to", default=None, metavar="VERSION", help="a version the channel named before")
     rollback.add_argument("--reason", default="", help="recorded in the channel entry")
+    add_output_option(rollback)
     rollback.set_defaults(handler=rollback_command)
 
     channel = _channel_parser(sub, "channel", "show a promotion channel's current version and history")
-    channel.add_argument("--json", action="store_true", help="the entries as JSON, oldest first")
+    add_output_option(channel, json_flag=True)
     channel.set_defaults(handler=channel_command)
 
     fetch = _channel_parser(sub, "fetch", "download the channel's current version of one artifact, verified")
@@ -87,12 +95,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     fetch.add_argument(
         "--dest", type=Path, required=True, help="a link swapped to the fetched folder, e.g. /models/current"
     )
+    add_output_option(fetch)
     fetch.set_defaults(handler=fetch_command)
 
     versions = sub.add_parser("versions", help="list the versions published under an output prefix, newest first")
     versions.add_argument("output_uri", nargs="?", help="the job's output prefix (spec.output.uri)")
     _place_arguments(versions)
-    versions.add_argument("--output", "-o", choices=("table", "json", "yaml"), default="table")
+    add_output_option(versions, human="table")
     versions.set_defaults(handler=versions_command)
 
     serving = _channel_parser(sub, "serving", "render what a serving stack applies to run the channel's version")
@@ -105,6 +114,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         help="vllm, llama-cpp: a Secret with access-key-id and secret-access-key for the fetch (default: "
         "workload identity)",
     )
+    add_output_option(serving, human="manifests")
     serving.set_defaults(handler=serving_command)
 
 
@@ -188,18 +198,22 @@ def verify_command(args: argparse.Namespace) -> int:
             raise ConfigurationError("--promote-to needs --claimed-gate: only a verified promotion moves a channel")
         version_uri = _version_uri(args, place)
         problems, intact = _check_version(version_uri, place, args.claimed_gate)
-        for line in intact:
-            print(f"ok       {line}")
-        for line in problems:
-            print(f"DAMAGED  {line}")
+        if not wants_document(args):
+            for line in intact:
+                print(f"ok       {line}")
+            for line in problems:
+                print(f"DAMAGED  {line}")
         print(f"{version_uri}: {len(intact)} artifacts intact, {len(problems)} problems", file=sys.stderr)
+        result: dict[str, Any] = {"versionUri": version_uri, "intact": intact, "problems": problems, "promoted": None}
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             _say(f"PromotionNotVerified: {version_uri}: {problems[0]}{more}", environment)
-            return EXIT_DAMAGED
-        if args.promote_to:  # just checked, artifact by artifact: not read a second time
-            _promote(place, version_uri, args.promote_to, reason=_verified_reason(place), verified=True)
-        return EXIT_OK
+        elif args.promote_to:  # just checked, artifact by artifact: not read a second time
+            entry = _promote(place, version_uri, args.promote_to, reason=_verified_reason(place), verified=True)
+            result["promoted"] = _show_entry(args, args.promote_to, entry, document=False)
+        if wants_document(args):
+            emit(result, args.output)
+        return EXIT_DAMAGED if problems else EXIT_OK
 
     return _run("verify", check, reason="PromotionNotVerified")
 
@@ -231,11 +245,25 @@ def _verified_reason(place: Place) -> str:
 # ------------------------------------------------------------------ channels
 def _promote(
     place: Place, version_uri: str, channel: str, *, reason: str, force: bool = False, verified: bool = False
-) -> None:
-    from kubetune_trainer.channels import describe, promote
+) -> ChannelEntry:
+    from kubetune_trainer.channels import promote
 
-    entry = promote(place.store, version_uri, channel, reason=reason, require_promoted=not force, verified=verified)
-    print(f"{channel}: {describe(entry)}")
+    return promote(place.store, version_uri, channel, reason=reason, require_promoted=not force, verified=verified)
+
+
+def _show_entry(
+    args: argparse.Namespace, channel: str, entry: ChannelEntry, *, document: bool = True
+) -> dict[str, Any]:
+    """A channel's new entry: its line for a person now, or (``document``) printed as the result. Returns
+    the entry as data: the result of promote and rollback, and part of verify's."""
+    from kubetune_trainer.channels import describe
+
+    data = {"channel": channel, **entry.to_json()}
+    if not wants_document(args):
+        print(f"{channel}: {describe(entry)}")
+    elif document:
+        emit(data, args.output)
+    return data
 
 
 def promote_command(args: argparse.Namespace) -> int:
@@ -243,19 +271,20 @@ def promote_command(args: argparse.Namespace) -> int:
         place = _place(args, environment, args.version_uri)
         if place.job is None and args.version:
             raise ConfigurationError("--version goes with --job; name the version's URI instead")
-        _promote(place, _version_uri(args, place), args.channel, reason=args.reason, force=args.force)
+        entry = _promote(place, _version_uri(args, place), args.channel, reason=args.reason, force=args.force)
+        _show_entry(args, args.channel, entry)
         return EXIT_OK
 
     return _run("promote", run)
 
 
 def rollback_command(args: argparse.Namespace) -> int:
-    from kubetune_trainer.channels import describe, rollback
+    from kubetune_trainer.channels import rollback
 
     def run(environment: TrainerEnvironment) -> int:
         place = _place(args, environment, args.output_uri)
         entry = rollback(place.store, _output_uri(args, place), args.channel, to_version=args.to, reason=args.reason)
-        print(f"{args.channel}: {describe(entry)}")
+        _show_entry(args, args.channel, entry)
         return EXIT_OK
 
     return _run("roll back", run)
@@ -267,8 +296,8 @@ def channel_command(args: argparse.Namespace) -> int:
     def run(environment: TrainerEnvironment) -> int:
         place = _place(args, environment, args.output_uri)
         entries = history(place.store, _output_uri(args, place), args.channel)
-        if args.json:
-            print(json.dumps([entry.to_json() for entry in entries], indent=2))
+        if wants_document(args):  # the entries alone, oldest first: what `--json` always printed
+            emit([entry.to_json() for entry in entries], args.output)
         elif not entries:
             print(f"{args.channel}: no entries")
         else:
@@ -285,23 +314,39 @@ def fetch_command(args: argparse.Namespace) -> int:
 
     def run(environment: TrainerEnvironment) -> int:
         place = _place(args, environment, args.output_uri)
+        result: dict[str, Any] = {"channel": args.channel, "artifact": args.artifact, "dest": str(args.dest)}
         try:
             fetched = fetch(place.store, _output_uri(args, place), args.channel, args.artifact, args.dest)
         except VersionDamaged as err:
-            print(f"DAMAGED  {err}")
             _say(f"VersionDamaged: {err}", environment)
-            return EXIT_DAMAGED
+            return _fetch_result(args, {**result, "damaged": str(err)}, f"DAMAGED  {err}", EXIT_DAMAGED)
         done = f"{fetched.files} files fetched" if fetched.files else "already in place"
-        print(f"{args.dest} -> {fetched.folder.name}: {fetched.entry.version_uri} ({done})")
-        return EXIT_OK
+        result |= {
+            "version": fetched.entry.version,
+            "versionUri": fetched.entry.version_uri,
+            "folder": str(fetched.folder),
+            "filesFetched": fetched.files,
+            "damaged": None,
+        }
+        return _fetch_result(
+            args, result, f"{args.dest} -> {fetched.folder.name}: {fetched.entry.version_uri} ({done})", EXIT_OK
+        )
 
     return _run("fetch", run, reason="FetchFailed")
+
+
+def _fetch_result(args: argparse.Namespace, result: dict[str, Any], line: str, code: int) -> int:
+    if wants_document(args):
+        emit(result, args.output)
+    else:
+        print(line)
+    return code
 
 
 # ------------------------------------------------------------------ serving
 def serving_command(args: argparse.Namespace) -> int:
     """Print the channel's serving hand-off (kubetune_trainer.serving says how each stack follows it)."""
-    from kubetune_trainer.serving import Placement, render, served_version
+    from kubetune_trainer.serving import Placement, hand_off, render, served_version
 
     def run(environment: TrainerEnvironment) -> int:
         place = _place(args, environment, args.output_uri)
@@ -309,7 +354,10 @@ def serving_command(args: argparse.Namespace) -> int:
         placement = Placement(
             name=args.name, namespace=args.namespace, secret=args.secret, endpoint=args.endpoint, region=args.region
         )
-        sys.stdout.write(render(args.server, served, placement))
+        if wants_document(args):
+            emit(hand_off(args.server, served, placement), args.output)
+        else:
+            sys.stdout.write(render(args.server, served, placement))
         return EXIT_OK
 
     return _run("render the serving manifests", run)
@@ -377,12 +425,8 @@ def versions_command(args: argparse.Namespace) -> int:
         rows = [
             version_summary(read_manifest(join_uri(output, name), place.store), naming.get(name, [])) for name in names
         ]
-        if args.output == "json":
-            print(json.dumps(rows, indent=2))
-        elif args.output == "yaml":
-            import yaml
-
-            print(yaml.safe_dump(rows, sort_keys=False), end="")
+        if wants_document(args):
+            emit(rows, args.output)
         else:
             print(_table(rows))
         if not rows:

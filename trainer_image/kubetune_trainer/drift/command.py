@@ -31,6 +31,7 @@ from kubetune_trainer.drift.profile import MAX_ROWS, ReferenceProfile, embed, pr
 from kubetune_trainer.drift.window import Window, read_window
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.models.versions import load_version
+from kubetune_trainer.output import add_output_option, emit, wants_document
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
 from kubetune_trainer.termination import write_termination_message
 
@@ -58,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help=f"comma-separated tests to run (default: all of {', '.join(DriftMethod)})",
     )
     checking.add_argument("--after", default=None, metavar="URI", help="read only request-log files after this one")
-    checking.add_argument("--json", action="store_true", help="the decision as JSON")
+    add_output_option(checking, json_flag=True)
     checking.add_argument(
         "--report", type=Path, default=None, metavar="PATH", help="write the DriftCheckReport here; exit 0 if made"
     )
@@ -88,8 +89,8 @@ def check_command(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     if args.report is not None:
         write_termination_message(_compact(report), args.report)
-    if args.json:
-        print(json.dumps(to_json(decision, window), indent=2))
+    if wants_document(args):
+        emit(to_json(decision, window), args.output)
     else:
         print(
             f"{len(window.examples)} requests ({window.labelled} labelled, {window.skipped} skipped): {decision.explain()}"
