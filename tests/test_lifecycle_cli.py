@@ -135,3 +135,72 @@ def test_wait_returns_when_the_phase_is_reached_and_fails_on_another_end(
     assert kubetune(["wait", "failing", "--timeout", "1", "--interval", "0.1", "-o", "json"]) == EXIT_NOT_REACHED
     captured = capsys.readouterr()
     assert json.loads(captured.out)["reached"] is False and "failing: Failed, not Succeeded" in captured.err
+
+
+def trainer_pod(cluster: TestCluster, job: str, pod: str, output: str) -> None:
+    """The Job controller makes a pod of Job ``job``; the kubelet starts it; the trainer writes ``output``."""
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": f"uid-{job}", "controller": True}
+    spec = {"containers": [{"name": "trainer", "image": "trainer:test"}, {"name": "metrics", "image": "m:1"}]}
+    created = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "ownerReferences": [owner]}, "spec": spec}
+    cluster.job_controller.core.create_namespaced_pod("default", created)
+    running = {"running": {"startedAt": "2026-12-06T00:00:00Z"}}
+    statuses = [
+        {"name": c["name"], "ready": True, "image": c["image"], "imageID": "", "restartCount": 0, "state": running}
+        for c in spec["containers"]
+    ]
+    cluster.kubelet.core.patch_namespaced_pod_status(pod, "default", {"status": {"containerStatuses": statuses}})
+    write_output(cluster, pod, output)
+
+
+def write_output(cluster: TestCluster, pod: str, text: str) -> None:
+    server = cluster.apiserver.server
+    cluster.apiserver.call(lambda: server.write_container_log("default", pod, "trainer", text))
+
+
+def test_logs_shows_the_newest_training_pods_output_and_follows_it(
+    tmp_path: Path, as_tenant: TestCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert kubetune(["submit", str(manifest(tmp_path, "logged"))]) == EXIT_OK
+    capsys.readouterr()
+    assert kubetune(["logs", "logged"]) == EXIT_CONFIG
+    assert "FineTuneJob 'logged' has no pre-flight pod yet (phase Pending)" in capsys.readouterr().err
+
+    set_status(as_tenant, "logged", {"phase": "Validating", "preflightJobName": "logged-preflight"})
+    trainer_pod(as_tenant, "logged-preflight", "logged-preflight-x1", "pre-flight: fits, 3.1 GiB peak\n")
+    assert kubetune(["logs", "logged"]) == EXIT_OK
+    assert capsys.readouterr().out == "pre-flight: fits, 3.1 GiB peak\n", "before training: the pre-flight's"
+
+    set_status(as_tenant, "logged", {"phase": "Running", "jobName": "logged-train"})
+    trainer_pod(as_tenant, "logged-train", "logged-train-a1", "attempt 1\nkilled\n")
+    time.sleep(1.1)  # creation timestamps have whole seconds: the retry is newer
+    trainer_pod(as_tenant, "logged-train", "logged-train-b2", "attempt 2\nstep 1/4\n")
+    assert kubetune(["logs", "logged"]) == EXIT_OK
+    assert capsys.readouterr().out == "attempt 2\nstep 1/4\n", "the newest pod, the trainer's container"
+    assert kubetune(["logs", "logged", "--tail", "1"]) == EXIT_OK
+    assert capsys.readouterr().out == "step 1/4\n"
+    assert kubetune(["logs", "logged", "--preflight"]) == EXIT_OK
+    assert capsys.readouterr().out == "pre-flight: fits, 3.1 GiB peak\n"
+
+    followed = threading.Thread(target=lambda: kubetune(["logs", "logged", "-f"]), daemon=True)
+    followed.start()
+    time.sleep(0.5)
+    write_output(as_tenant, "logged-train-b2", "step 2/4\npublished v20261206\n")
+    time.sleep(0.3)
+    assert followed.is_alive(), "-f follows while the trainer runs"
+    done = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    status = {
+        "containerStatuses": [
+            {
+                "name": "trainer",
+                "ready": False,
+                "image": "trainer:test",
+                "imageID": "",
+                "restartCount": 0,
+                "state": done,
+            }
+        ]
+    }
+    as_tenant.kubelet.core.patch_namespaced_pod_status("logged-train-b2", "default", {"status": status})
+    followed.join(timeout=10)
+    assert not followed.is_alive(), "-f ends when the trainer exits"
+    assert capsys.readouterr().out == "attempt 2\nstep 1/4\nstep 2/4\npublished v20261206\n"

@@ -205,6 +205,8 @@ class ApiServer:
         self.watches_expired = 0  # watches answered 410 Gone: clients had to list again
         # (user, namespace, name or "" for a list): every answer that carried Secrets' contents.
         self.secret_contents_served: list[tuple[str, str, str]] = []
+        # What each container wrote to stdout/stderr, as the kubelet keeps it: (namespace, pod, container).
+        self.container_logs: dict[tuple[str, str, str], str] = {}
         for obj in bootstrap_objects():
             rtype = self.registry.by_kind(obj["apiVersion"], obj["kind"])
             assert rtype is not None, obj["kind"]
@@ -254,6 +256,15 @@ class ApiServer:
                 answer = outage.answer()
                 return web.json_response(answer.body, status=answer.status, headers=answer.headers)
             return await self._watch(request, rtype, route)
+        if request.method == "GET" and request.path.endswith("/log"):
+            try:
+                _, rtype, route = self._admit_request(
+                    request.headers.get("Authorization"), "GET", request.path, request.query
+                )
+                if rtype.plural == "pods" and route.subresource == "log":
+                    return await self._pod_log(request, route)
+            except ApiError as err:
+                return web.json_response(err.status(), status=err.code)
         try:
             body = await request.read() if request.method in ("POST", "PUT", "PATCH", "DELETE") else b""
         except web.HTTPRequestEntityTooLarge:
@@ -498,6 +509,60 @@ class ApiServer:
         finally:
             store.watchers.discard(watcher)
         return response
+
+    async def _pod_log(self, request: web.Request, route: Route) -> web.StreamResponse:
+        """``pods/log`` as the kubelet serves it through the API server: one container's output as text,
+        refused (400) while it waits to start or when the pod has several and none is named; with
+        ``follow``, streamed until the container has terminated."""
+        pods = self.registry.lookup("", "v1", "pods")
+        assert pods is not None
+        pod = self._get(pods, route)
+        containers = [c["name"] for c in pod["spec"]["containers"]]
+        name = request.query.get("container") or (containers[0] if len(containers) == 1 else "")
+        if not name:
+            raise ApiError.bad_request(
+                f"a container name must be specified for pod {route.name}, choose one of: [{' '.join(containers)}]"
+            )
+        if name not in containers:
+            raise ApiError.bad_request(f"container {name} is not valid for pod {route.name}")
+        state = self._container_state(route, name)
+        if state is None or "waiting" in state:
+            why = (state or {}).get("waiting", {}).get("reason", "ContainerCreating")
+            raise ApiError.bad_request(f'container "{name}" in pod "{route.name}" is waiting to start: {why}')
+        key = (route.namespace, route.name, name)
+        text = self.container_logs.get(key, "")
+        if tail := request.query.get("tailLines"):
+            if not tail.isdigit():
+                raise ApiError.bad_request(f"invalid tailLines {tail!r}: must be a whole number")
+            text = "".join(text.splitlines(keepends=True)[-int(tail) :]) if int(tail) > 0 else ""
+        if request.query.get("follow", "").lower() not in ("1", "true"):
+            return web.Response(text=text, content_type="text/plain")
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        sent = len(self.container_logs.get(key, ""))
+        try:
+            await response.write(text.encode())
+            while True:
+                written = self.container_logs.get(key, "")
+                if len(written) > sent:
+                    await response.write(written[sent:].encode())
+                    sent = len(written)
+                state = self._container_state(route, name)
+                if state is None or "terminated" in state:  # the pod is gone or the container ended
+                    break
+                await asyncio.sleep(0.05)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return response
+
+    def _container_state(self, route: Route, container: str) -> dict[str, Any] | None:
+        """The container's ``state`` in its pod's status (None: no such pod, or no status for it yet)."""
+        pods = self.registry.lookup("", "v1", "pods")
+        assert pods is not None
+        pod = self.store.resource((pods.group, pods.plural)).get(route.namespace, route.name)
+        statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+        return next((s.get("state") or {} for s in statuses if s.get("name") == container), None)
 
     @staticmethod
     async def _send(response: web.StreamResponse, event_type: str, obj: dict[str, Any]) -> None:
@@ -903,6 +968,11 @@ class ApiServer:
         for rtype in self.registry:
             for watcher in self.store.resource((rtype.group, rtype.plural)).watchers:
                 watcher.queue.put_nowait(None)
+
+    def write_container_log(self, namespace: str, pod: str, container: str, text: str) -> None:
+        """A container writes to its output (the kubelet keeps it; ``pods/log`` serves it)."""
+        key = (namespace, pod, container)
+        self.container_logs[key] = self.container_logs.get(key, "") + text
 
     def seed(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create ``obj`` as the cluster's own bootstrap would (no RBAC, still validated)."""

@@ -138,9 +138,9 @@ def test_a_challenger_is_compared_with_the_champion_on_both_halves_and_the_chann
     entries = sorted((tmp_path / "runs" / "tiny-job" / "channels" / "prod").glob("*.json"))
     assert [json.loads(e.read_text())["version"] for e in entries] == [champion.name], "no win, no move"
     assert "does not win" in capsys.readouterr().out
-    for output, load in (("json", json.loads), ("yaml", yaml.safe_load)):
-        assert kubetune([*arguments, "-o", output]) == EXIT_OK
-        assert load(capsys.readouterr().out) == {**report.to_manifest(), "channelMoved": False}
+    # One more comparison, as a document (yaml; json's rendering is the same code, checked without a model).
+    assert kubetune([*arguments, "-o", "yaml"]) == EXIT_OK
+    assert yaml.safe_load(capsys.readouterr().out) == {**report.to_manifest(), "channelMoved": False}
 
     assert (
         kubetune(["challenge", f"file://{challenger}", "--channel", "staging", "--report", str(report_file)])

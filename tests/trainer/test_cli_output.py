@@ -26,7 +26,7 @@ from tests.trainer.test_serving_handoff import publish
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 # The verbs that only act (in a pod, or print a script): everything else reports, so takes -o.
-NOT_REPORTING = {"preflight", "train", "completion"}
+NOT_REPORTING = {"preflight", "train", "completion", "logs"}  # logs prints the trainer's own output
 
 
 def verbs(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:

@@ -1,5 +1,8 @@
 """The commands that follow a FineTuneJob in a cluster, through the user's own kubeconfig: ``submit``,
-``status`` and ``wait``.
+``status``, ``wait`` and ``logs``.
+
+``logs`` prints the trainer container's output of the job's newest training pod (the pre-flight's
+before the training Job exists, or with ``--preflight``), following it with ``-f``.
 
 ``submit`` validates the manifest exactly as ``kubetune validate`` does and creates it as written (the
 API server applies the schema's defaults and its CEL rules, the same ones); ``status`` shows the phase,
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.contract import EXIT_CONFIG, EXIT_OK
+from kubetune.api.contract import EXIT_CONFIG, EXIT_OK, TRAINER_CONTAINER
 from kubetune.api.manifest import ManifestError, load_document
 from kubetune.api.v1alpha1 import GROUP, PLURAL, TERMINAL_PHASES, VERSION, Phase
 from kubetune_trainer.output import add_output_option, emit, wants_document
@@ -61,19 +64,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     _common(wait)
     wait.set_defaults(handler=wait_command)
 
+    logs = sub.add_parser("logs", help="the trainer's output of a FineTuneJob (its newest training pod)")
+    logs.add_argument("name")
+    logs.add_argument("-f", "--follow", action="store_true", help="stream new output until the trainer exits")
+    logs.add_argument("--preflight", action="store_true", help="the pre-flight pod's output instead")
+    logs.add_argument("--tail", type=int, default=None, metavar="LINES", help="only the last LINES lines")
+    logs.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's, else default")
+    logs.set_defaults(handler=logs_command)
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's, else default")
     add_output_option(parser)
 
 
-def _api() -> Any:
+def _api(kind: str = "CustomObjectsApi") -> Any:
+    """A ``kubernetes.client`` API class of the user's kubeconfig (or the pod's ServiceAccount)."""
     from kubernetes import client
 
     from kubetune.kubeclient import NoCredentials, ReauthenticatingApiClient
 
     try:
-        return client.CustomObjectsApi(ReauthenticatingApiClient())
+        return getattr(client, kind)(ReauthenticatingApiClient())
     except NoCredentials as err:
         raise CannotDo(str(err)) from err
 
@@ -219,3 +231,52 @@ def _waited(args: argparse.Namespace, phase: str, line: str) -> int:
     if wants_document(args):
         emit({"name": args.name, "phase": phase, "wanted": args.phase, "reached": reached}, args.output)
     return EXIT_OK if reached else EXIT_NOT_REACHED
+
+
+# ------------------------------------------------------------------ logs
+def newest_pod_of(pods: list[dict[str, Any]], job_name: str) -> dict[str, Any] | None:
+    """The newest pod the Job ``job_name`` made (a Job that retried has several), or None."""
+    made = [
+        pod
+        for pod in pods
+        if any(
+            ref.get("kind") == "Job" and ref.get("name") == job_name
+            for ref in pod["metadata"].get("ownerReferences") or []
+        )
+    ]
+    return max(made, key=lambda pod: pod["metadata"].get("creationTimestamp") or "", default=None)
+
+
+def logs_command(args: argparse.Namespace) -> int:
+    def logs() -> int:
+        job = _reader(args.name, args.namespace)()
+        namespace, status = job["metadata"]["namespace"], job.get("status") or {}
+        training = None if args.preflight else status.get("jobName")
+        job_name, which = (training, "training") if training else (status.get("preflightJobName"), "pre-flight")
+        core = _api("CoreV1Api")
+        listing = _call(
+            lambda: core.list_namespaced_pod(namespace, _preload_content=False),
+            f"cannot list the pods of FineTuneJob {args.name!r} in namespace {namespace!r}",
+        )
+        pod = newest_pod_of(json.loads(listing.data).get("items", []), job_name) if job_name else None
+        if pod is None:
+            phase = status.get("phase") or Phase.PENDING.value
+            raise CannotDo(f"FineTuneJob {args.name!r} has no {which} pod yet (phase {phase})")
+        name = pod["metadata"]["name"]
+        stream = _call(
+            lambda: core.read_namespaced_pod_log(
+                name,
+                namespace,
+                container=TRAINER_CONTAINER,
+                follow=args.follow,
+                tail_lines=args.tail,
+                _preload_content=False,
+            ),
+            f"cannot read the output of pod {name!r}",
+        )
+        for chunk in stream.stream(4096):
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+        return EXIT_OK
+
+    return _run(logs)
