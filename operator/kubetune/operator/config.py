@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from pydantic import ValidationError
@@ -60,6 +60,11 @@ class OperatorConfig:
     max_jobs_per_namespace: int | None
     # The weakest personal-data policy (dataset.curation.pii, sources[].pii) a job may choose.
     personal_data: PersonalDataFloor
+    # Where FineTuneJobs' webhooks may send (Helm value policy.allowedWebhookEndpoints).
+    webhooks: WebhookPolicy
+    # Receivers told about every FineTuneJob (Helm value notifications.webhooks), their Secrets in the
+    # operator's own namespace.
+    platform_webhooks: tuple[WebhookSpec, ...]
     trainer_metrics_port: int = DEFAULT_TRAINER_METRICS_PORT
     # Trainers push here; the operator deletes a deleted job's group. May hold NAMESPACE_PLACEHOLDER:
     # one Pushgateway per namespace, so no tenant's pushes land where another's are scraped.
@@ -71,11 +76,6 @@ class OperatorConfig:
     # Serve reads of FineTuneJobs and Jobs from the operator's watches (cache.py). Off only to compare
     # (bench/operator.py) or to rule the cache out when diagnosing: every read is then a GET.
     read_cache: bool = True
-    # Where FineTuneJobs' webhooks may send (Helm value policy.allowedWebhookEndpoints).
-    webhooks: WebhookPolicy = field(default_factory=lambda: WebhookPolicy((ANY_PUBLIC_ENDPOINT,)))
-    # Receivers told about every FineTuneJob (Helm value notifications.webhooks), their Secrets in the
-    # operator's own namespace.
-    platform_webhooks: tuple[WebhookSpec, ...] = ()
 
     def pushgateway_url_for(self, namespace: str) -> str | None:
         """The Pushgateway of a FineTuneJob in ``namespace`` (None: trainers do not push)."""

@@ -259,6 +259,7 @@ class WebhookSender:
             self._queue = [d for d in self._queue if d.key[0] != uid]
             heapq.heapify(self._queue)
             self._pending = {key for key in self._pending if key[0] != uid}
+            self._warned = {key for key in self._warned if key[0] != uid}
 
     def _run(self) -> None:
         while True:
@@ -297,9 +298,9 @@ class WebhookSender:
         if not receiver.platform and not opted_in:
             raise NotDelivered(f"Secret '{secret_name}' is not labelled {WEBHOOK_LABEL}=true")
         data = secret.get("data") or {}
-        if WEBHOOK_URL_KEY not in data or WEBHOOK_SIGNING_KEY not in data:
-            missing = [key for key in (WEBHOOK_URL_KEY, WEBHOOK_SIGNING_KEY) if key not in data]
-            raise NotDelivered(f"Secret '{secret_name}' has no key {' or '.join(missing)}")
+        missing = [key for key in (WEBHOOK_URL_KEY, WEBHOOK_SIGNING_KEY) if not data.get(key)]
+        if missing:  # an empty signing key would sign with nothing a receiver can trust
+            raise NotDelivered(f"Secret '{secret_name}' has no key {' or '.join(missing)}, or it is empty")
         url = base64.b64decode(data[WEBHOOK_URL_KEY]).decode().strip()
         if not receiver.platform and (why := self._policy.refusal(url, resolver=self._resolver)) is not None:
             raise NotDelivered(f"the URL in Secret '{secret_name}' is refused: {why}")
