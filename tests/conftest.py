@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.hubdouble import HubServer
 from tests.kubeapi.cluster import CLUSTERWIDE, TestCluster
 from tests.kubeapi.runner import ApiServerThread
 from tests.s3double import S3Server
@@ -47,6 +48,23 @@ def s3_server() -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def s3_endpoint(s3_server: S3Server) -> str:
     return s3_server.endpoint
+
+
+@pytest.fixture()
+def hub_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
+    """An empty Hugging Face Hub on loopback (tests/hubdouble.py), reached through huggingface_hub's
+    own client like production; each test pushes the repositories it needs. The suite runs offline
+    (HF_HUB_OFFLINE above); a test with this Hub is online, in this process (huggingface_hub read the
+    variable at import) and in the processes it starts, as a pod of a job that reads hf:// is."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    server = HubServer(_free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture()

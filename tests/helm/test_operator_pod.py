@@ -90,12 +90,15 @@ def test_environment_carries_the_operator_configuration() -> None:
                 "apiServerPorts": [443, 6443],
                 "dns": {"namespace": "kube-system", "podLabels": {"k8s-app": "kube-dns"}},
                 "enabled": False,
+                "hubCidrs": [],
+                "hubPorts": [443],
                 "s3Cidrs": [],
                 "s3Ports": [443, 80],
             },
             separators=(",", ":"),
         ),
         "KUBETUNE_IMAGE_PULL_POLICY": "IfNotPresent",
+        "KUBETUNE_HUB_ENDPOINT": "",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "",
         "KUBETUNE_DEFAULT_S3_REGION": "",
         "KUBETUNE_METRICS_PORT": "8080",
@@ -142,12 +145,15 @@ def test_environment_carries_the_operator_configuration() -> None:
                 "apiServerPorts": [443, 6443],
                 "dns": {"namespace": "kube-system", "podLabels": {"k8s-app": "kube-dns"}},
                 "enabled": True,
+                "hubCidrs": ["0.0.0.0/0"],
+                "hubPorts": [443],
                 "s3Cidrs": ["0.0.0.0/0", "10.20.0.0/16"],
                 "s3Ports": [443, 9000],
             },
             separators=(",", ":"),
         ),
         "KUBETUNE_IMAGE_PULL_POLICY": "Always",
+        "KUBETUNE_HUB_ENDPOINT": "https://hf-mirror.example.com",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "http://minio.minio.svc:9000",
         "KUBETUNE_DEFAULT_S3_REGION": "eu-west-1",
         "KUBETUNE_METRICS_PORT": "9090",
@@ -246,6 +252,8 @@ def test_the_policy_values_start_an_operator_that_enforces_them() -> None:
         ("ops-chat", "slack-hook", "slack"),
     ]
     assert config.webhooks.endpoints == ("hooks.slack.com", "alerts.ml-platform.svc:8080")
+    assert config.hub_endpoint == "https://hf-mirror.example.com"
+    assert config.trainer_egress is not None and [str(c) for c in config.trainer_egress.hub_cidrs] == ["0.0.0.0/0"]
     assert config.personal_data.allowed == ("report", "redact", "drop")
     assert config.trainer_egress is not None and [str(c) for c in config.trainer_egress.s3_cidrs] == [
         "0.0.0.0/0",

@@ -24,7 +24,12 @@ from kubernetes.client.rest import ApiException
 from kubetune.api.contract import EXIT_DAMAGED
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune.operator import children
-from kubetune.operator.validation import S3_CREDENTIALS_LABEL, TRAINER_IDENTITY_LABEL, WEBHOOK_LABEL
+from kubetune.operator.validation import (
+    HUB_TOKEN_LABEL,
+    S3_CREDENTIALS_LABEL,
+    TRAINER_IDENTITY_LABEL,
+    WEBHOOK_LABEL,
+)
 from tests.kubeapi.cluster import Identity, TestCluster
 from tests.kubeapi.model import UserInfo
 from tests.kubeapi.server import Outage
@@ -89,11 +94,20 @@ class Cluster:
         *,
         s3_credentials: bool = True,
         webhook: bool = False,
+        hub_token: bool = False,
     ) -> None:
         """A Secret; by default opted in as S3 credentials, as a namespace admin labels one for FineTuneJobs
-        (``webhook``: opted in as a webhook's URL and signing key instead)."""
+        (``webhook``: opted in as a webhook's URL and signing key instead; ``hub_token``: as a Hub token)."""
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-        label = WEBHOOK_LABEL if webhook else S3_CREDENTIALS_LABEL if s3_credentials else None
+        label = (
+            WEBHOOK_LABEL
+            if webhook
+            else HUB_TOKEN_LABEL
+            if hub_token
+            else S3_CREDENTIALS_LABEL
+            if s3_credentials
+            else None
+        )
         labels = {label: "true"} if label else {}
         metadata = {"name": name, "labels": labels}
         self.core.create_namespaced_secret(

@@ -26,6 +26,8 @@ def seed_references(cluster: Cluster, spec: FineTuneJobSpec) -> None:
     if secret is not None:
         keys = [secret.access_key_id_key, secret.secret_access_key_key, secret.session_token_key]
         cluster.create_secret(secret.name, {key: "value" for key in keys if key})
+    if spec.hub.token_secret is not None:
+        cluster.create_secret(spec.hub.token_secret.name, {spec.hub.token_secret.key: "hf_token"}, hub_token=True)
     if spec.s3.ca_bundle is not None:
         cluster.core.create_namespaced_config_map(
             "default", {"metadata": {"name": spec.s3.ca_bundle.name}, "data": {spec.s3.ca_bundle.key: "PEM"}}

@@ -136,6 +136,18 @@ OPTED_IN_ACCOUNT = ("ServiceAccount", "s3-reader", {"metadata": {"labels": {"kub
             "spec.s3.credentialsSecret.name: Secret 'creds' is not labelled kubetune.dev/s3-credentials=true",
         ),
         (
+            {"hub": {"tokenSecret": {"name": "hub-token"}}},
+            [("Secret", "hub-token", {"metadata": {"labels": {"kubetune.dev/s3-credentials": "true"}}})],
+            "SecretNotAllowed",
+            "spec.hub.tokenSecret.name: Secret 'hub-token' is not labelled kubetune.dev/hub-token=true",
+        ),
+        (
+            {"hub": {"tokenSecret": {"name": "hub-token"}}},
+            [],
+            "SecretNotFound",
+            "spec.hub.tokenSecret.name: Secret 'hub-token' not found in namespace 'ml'",
+        ),
+        (
             {"serviceAccountName": "s3-reader"},
             [("ServiceAccount", "s3-reader", {"metadata": {}})],
             "ServiceAccountNotAllowed",

@@ -36,6 +36,7 @@ from kubetune.api.v1alpha1 import (
 from kubetune_trainer.context import Mode, Reproduction, RunContext
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import CannotReport, ConfigurationError, ResultNotReported
+from kubetune_trainer.hub import HubClient
 from kubetune_trainer.stages import StageClock
 from kubetune_trainer.storage import ObjectStore, StorageError
 from kubetune_trainer.termination import write_termination_message
@@ -84,6 +85,7 @@ def run_pipeline(
             ca_bundle=environment.s3_ca_bundle,
             credentials_dir=environment.s3_credentials_dir,
             public_endpoint_only=environment.s3_public_endpoint_only,
+            hub=HubClient(environment.hub_endpoint, token_file=environment.hub_token_file),
         ),
         clock=StageClock(reporters),
         reporters=reporters,

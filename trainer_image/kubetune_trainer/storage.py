@@ -1,4 +1,5 @@
-"""One way to read and write ``s3://`` and ``file://`` URIs, in the pod and on a laptop.
+"""One way to read and write ``s3://`` and ``file://`` URIs, and to read ``hf://`` ones, in the pod and
+on a laptop.
 
 Everything the trainer fetches or publishes (datasets, base models, checkpoints, artifacts)
 goes through :class:`ObjectStore`, so tests against a moto S3 server exercise the same code
@@ -23,6 +24,7 @@ from urllib.parse import urlparse
 from kubetune.api import contract
 from kubetune.api.v1alpha1 import S3Spec
 from kubetune_trainer.errors import ConfigurationError
+from kubetune_trainer.hub import HubClient, HubError, parse_hub_uri
 
 # Files up to this size go in one PUT; larger ones in parts of PART_SIZE (S3: 5 MiB to 5 GiB a
 # part, 10,000 parts), each part checked by the server against its own SHA-256.
@@ -95,12 +97,14 @@ CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
 
 @dataclass(frozen=True)
 class Location:
-    scheme: str  # "s3" or "file"
-    bucket: str  # empty for file://
-    key: str  # object key, or absolute path for file://
+    scheme: str  # "s3", "file" or "hf"
+    bucket: str  # empty for file://; for hf:// the repository ([datasets/]owner/name[@revision])
+    key: str  # object key, absolute path for file://, path in the repository for hf://
 
     @property
     def uri(self) -> str:
+        if self.scheme == "hf":
+            return f"hf://{self.bucket}" + (f"/{self.key}" if self.key else "")
         return f"s3://{self.bucket}/{self.key}" if self.scheme == "s3" else f"file://{self.key}"
 
     def child(self, name: str) -> Location:
@@ -119,7 +123,13 @@ def parse_uri(uri: str) -> Location:
         if parsed.netloc not in ("", "localhost"):
             raise StorageError(f"{uri}: a file:// URI must be absolute (file:///path)")
         return Location("file", "", parsed.path)
-    raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r} (use s3:// or file://)")
+    if parsed.scheme == "hf":
+        try:
+            repo, path = parse_hub_uri(uri)
+        except HubError as err:
+            raise StorageError(str(err)) from None
+        return Location("hf", repo.ref, path)
+    raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r} (use s3://, file:// or hf://)")
 
 
 def join_uri(uri: str, *parts: str) -> str:
@@ -186,6 +196,7 @@ class ObjectStore:
         ca_bundle: Path | None = None,
         credentials_dir: Path | None = None,
         public_endpoint_only: bool = False,
+        hub: HubClient | None = None,
     ) -> None:
         self._s3_spec = s3 or S3Spec()
         self._ca_bundle = ca_bundle  # spec.s3.caBundle as mounted in the pod (TrainerEnvironment)
@@ -194,6 +205,7 @@ class ObjectStore:
         # public address (kubetune_trainer.egress), whatever the name resolves to when it is made.
         self._public_endpoint_only = public_endpoint_only
         self._client: Any = None
+        self.hub = hub or HubClient()  # hf:// reads: the platform's endpoint, the job's token
         self.multipart_threshold = MULTIPART_THRESHOLD
         self.part_size = PART_SIZE
 
@@ -249,11 +261,33 @@ class ObjectStore:
         except BotoCoreError as err:
             raise StorageError(f"{uri}: cannot {action}: {err}") from err
 
+    def _hub_call(self, action: Any, *args: Any) -> Any:
+        """A read of the Hub, its failure this module's StorageError."""
+        try:
+            return action(*args)
+        except HubError as err:
+            raise StorageError(str(err)) from err
+
+    @staticmethod
+    def _refuse_hub_write(loc: Location) -> None:
+        if loc.scheme == "hf":
+            raise StorageError(f"{loc.uri}: hf:// is read only here; publish to s3:// or file://")
+
     # ------------------------------------------------------------------ reads
+    def pinned(self, uri: str) -> str:
+        """``uri`` at the exact version it reads now: an hf:// revision resolved to its commit (what the
+        lineage records); other URIs as they are."""
+        if not uri.startswith("hf://"):
+            return uri
+        repo, path = self._hub_call(parse_hub_uri, uri)
+        return str(self._hub_call(self.hub.pin, repo).uri(path))
+
     def exists(self, uri: str) -> bool:
         loc = parse_uri(uri)
         if loc.scheme == "file":
             return Path(loc.key).exists()
+        if loc.scheme == "hf":
+            return bool(self._hub_call(self.hub.files_under, uri))
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -273,6 +307,8 @@ class ObjectStore:
                 return Path(loc.key).read_bytes()
             except OSError as err:
                 raise StorageError(f"{uri}: cannot read: {err.strerror}") from err
+        if loc.scheme == "hf":
+            return bytes(self._hub_call(self.hub.fetch, uri).read_bytes())
         response = self._s3_call(uri, "read", self.s3.get_object, Bucket=loc.bucket, Key=loc.key)
         return bytes(response["Body"].read())
 
@@ -280,9 +316,10 @@ class ObjectStore:
         """SHA-256 (hex) and size of one object, read as a stream."""
         loc = parse_uri(uri)
         digest, size = hashlib.sha256(), 0
-        if loc.scheme == "file":
+        if loc.scheme in ("file", "hf"):
+            local = self._hub_call(self.hub.fetch, uri) if loc.scheme == "hf" else Path(loc.key)
             try:
-                with Path(loc.key).open("rb") as handle:
+                with local.open("rb") as handle:
                     while block := handle.read(1 << 20):
                         digest.update(block)
                         size += len(block)
@@ -310,6 +347,8 @@ class ObjectStore:
             if not root.exists():
                 return []
             return sorted(f"file://{p}" for p in root.rglob("*") if p.is_file())
+        if loc.scheme == "hf":  # pinned to the commit the revision names now
+            return list(self._hub_call(self.hub.files_under, uri))
         return sorted(f"s3://{loc.bucket}/{key}" for key in self._iter_keys(loc))
 
     def _iter_keys(self, loc: Location) -> Iterator[str]:
@@ -324,9 +363,10 @@ class ObjectStore:
         loc = parse_uri(uri)
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(dest.name + ".partial")
-        if loc.scheme == "file":
+        if loc.scheme in ("file", "hf"):
+            source = self._hub_call(self.hub.fetch, uri) if loc.scheme == "hf" else Path(loc.key)
             try:
-                shutil.copyfile(loc.key, partial)
+                shutil.copyfile(source, partial)
             except OSError as err:
                 raise StorageError(f"{uri}: cannot read: {err.strerror}") from err
         else:
@@ -369,6 +409,7 @@ class ObjectStore:
         """Write one object, which S3 checks against the SHA-256 sent with it; with ``if_absent``
         refuse to replace an existing one (a create-only write)."""
         loc = parse_uri(uri)
+        self._refuse_hub_write(loc)
         if loc.scheme == "file":
             partial = self._local_partial(Path(loc.key))
             partial.write_bytes(data)
@@ -410,6 +451,7 @@ class ObjectStore:
         (If-Match / If-None-Match); a local file is compared first, then replaced (one writer per
         folder on a laptop: the check and the rename are not one step)."""
         loc = parse_uri(uri)
+        self._refuse_hub_write(loc)
         if loc.scheme == "s3":
             return self._put(loc, data, tag is None, tag)
         path = Path(loc.key)
@@ -428,6 +470,7 @@ class ObjectStore:
         create-only condition.
         """
         loc = parse_uri(uri)
+        self._refuse_hub_write(loc)
         if loc.scheme == "file":
             dest = Path(loc.key)
             partial = self._local_partial(dest)
@@ -528,6 +571,7 @@ class ObjectStore:
     def delete_tree(self, uri: str) -> None:
         """Remove everything under a prefix (used only for the job's own checkpoints)."""
         loc = parse_uri(uri)
+        self._refuse_hub_write(loc)
         if loc.scheme == "file":
             shutil.rmtree(loc.key, ignore_errors=True)
             return

@@ -35,6 +35,7 @@ from kubetune.api.v1alpha1 import FineTuneJob, S3Spec
 from kubetune_trainer.channels import ChannelEntry
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import ConfigurationError
+from kubetune_trainer.hub import HubClient
 from kubetune_trainer.output import add_output_option, emit, wants_document
 from kubetune_trainer.serving import SERVERS
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
@@ -152,6 +153,7 @@ def _place(args: argparse.Namespace, environment: TrainerEnvironment, uri: str |
         ca_bundle=environment.s3_ca_bundle,
         credentials_dir=environment.s3_credentials_dir,
         public_endpoint_only=environment.s3_public_endpoint_only,
+        hub=HubClient(environment.hub_endpoint, token_file=environment.hub_token_file),
     )
     return Place(store, job)
 

@@ -51,6 +51,17 @@ ENV_STORAGE_PREFIXES = "KUBETUNE_STORAGE_PREFIXES"
 storage stay under (``policy.allowedStoragePrefixes``). The operator checked every URI of the spec; the
 trainer holds URIs it finds only at run time to them too: those a continued version's manifests name
 as its training data (``kubetune_trainer.models.continual``). Unset: any bucket."""
+ENV_HUB_ENDPOINT = "HF_ENDPOINT"
+"""The Hugging Face Hub endpoint for ``hf://`` URIs: the platform's (Helm value ``hub.endpoint``, a
+mirror in an air-gapped cluster), never the job's. huggingface_hub's own variable, so the library
+reads the same value. Unset: huggingface_hub's default, https://huggingface.co."""
+ENV_HUB_OFFLINE = "HF_HUB_OFFLINE"
+"""huggingface_hub's switch: ``1`` in every pod of a job that names no ``hf://`` URI, so nothing in the
+trainer reaches for the Hub; ``0`` in a job that reads from it."""
+ENV_HUB_TOKEN_FILE = "KUBETUNE_HUB_TOKEN_FILE"
+"""The file holding ``spec.hub.tokenSecret``'s key, mounted by the operator (HUB_TOKEN_DIR); a file for
+the reasons ENV_S3_CREDENTIALS_DIR gives. Unset: anonymous reads in a pod, the user's own login
+(``HF_TOKEN`` or ``hf auth login``) with ``kubetune run``."""
 ENV_METRICS_PORT = "KUBETUNE_METRICS_PORT"
 """The port the trainer serves ``/metrics`` on (also honoured by ``kubetune run``)."""
 ENV_PUSHGATEWAY_URL = "KUBETUNE_PUSHGATEWAY_URL"
@@ -75,6 +86,9 @@ S3_SECRET_ACCESS_KEY_FILE = "secret-access-key"
 S3_SESSION_TOKEN_FILE = "session-token"
 """File names in S3_CREDENTIALS_DIR; the Secret's keys (``spec.s3.credentialsSecret.*Key``) are
 mapped onto them, and a key the Secret lacks is simply absent (the volume is ``optional``)."""
+HUB_TOKEN_DIR = "/var/run/secrets/kubetune/hub"
+HUB_TOKEN_FILE = "token"
+"""Where the operator mounts ``spec.hub.tokenSecret``'s key: ``HUB_TOKEN_DIR/HUB_TOKEN_FILE``."""
 TERMINATION_LOG_PATH = "/dev/termination-log"
 """The trainer container's ``terminationMessagePath`` (the Kubernetes default, set explicitly)."""
 TERMINATION_MESSAGE_LIMIT = 4096

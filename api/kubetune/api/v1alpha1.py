@@ -42,8 +42,17 @@ _PATH_SEGMENT = r"([^/?#.][^/?#]*|\.([^/?#.][^/?#]*)?|\.\.[^/?#]+)"
 _PATH = rf"(/{_PATH_SEGMENT}?)*"
 _S3_URI = rf"s3://[a-z0-9][a-z0-9.\-]{{1,61}}[a-z0-9]{_PATH}"
 _FILE_URI = rf"file://(/{_PATH_SEGMENT}?)+"
-MODEL_URI_PATTERN = rf"^({_S3_URI}|{_FILE_URI}|builtin://({'|'.join(BUILTIN_MODELS)}))$"
+# A Hugging Face Hub repository, as the Hub names them (owner/name), at an optional revision: a
+# commit, tag or branch without '/' (a '/' would be read as the file path of a dataset URI). Read
+# only: nothing is ever published to hf:// (kubetune_trainer.hub).
+_HUB_NAME = r"[A-Za-z0-9_]([A-Za-z0-9_.\-]{0,94}[A-Za-z0-9_])?"
+_HUB_REPO = rf"{_HUB_NAME}/{_HUB_NAME}(@[A-Za-z0-9_.\-]{{1,128}})?"
+_HUB_MODEL_URI = rf"hf://{_HUB_REPO}"
+_HUB_DATASET_URI = rf"hf://datasets/{_HUB_REPO}{_PATH}"
+MODEL_URI_PATTERN = rf"^({_S3_URI}|{_FILE_URI}|{_HUB_MODEL_URI}|builtin://({'|'.join(BUILTIN_MODELS)}))$"
 DATA_URI_PATTERN = rf"^({_S3_URI}|{_FILE_URI})$"
+# Where training data may come from: storage, or a dataset repository of the Hub.
+SOURCE_URI_PATTERN = rf"^({_S3_URI}|{_FILE_URI}|{_HUB_DATASET_URI})$"
 MAX_URI_LENGTH = 2048
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
 # A quantity greater than zero: a non-zero digit before the point, or after it.
@@ -228,7 +237,9 @@ class BaseModelSpec(ApiModel):
             max_length=MAX_URI_LENGTH,
             description=(
                 "Where the base model's weights are: s3://bucket/prefix (a Hugging Face folder), "
-                "file:///path inside the pod (a mounted volume or the image), or "
+                "file:///path inside the pod (a mounted volume or the image), hf://owner/name[@revision] "
+                "(a Hugging Face Hub repository or the platform's mirror of it; the revision a commit, tag or "
+                "branch, resolved to its commit in the lineage), or "
                 f"{BUILTIN_MODEL_URI} (SmolLM2-135M-Instruct shipped with the trainer)."
             ),
         ),
@@ -331,11 +342,12 @@ class DatasetSource(ApiModel):
     uri: Annotated[
         str,
         Field(
-            pattern=DATA_URI_PATTERN,
+            pattern=SOURCE_URI_PATTERN,
             max_length=MAX_URI_LENGTH,
             description=(
                 "A file or prefix: s3://bucket/key(.jsonl|.json|.csv|.parquet) or a prefix ending "
-                "in '/', or file:///path."
+                "in '/', file:///path, or hf://datasets/owner/name[@revision][/path] (a dataset repository "
+                "of the Hugging Face Hub: the whole repository, or a file or folder in it)."
             ),
         ),
     ]
@@ -1190,6 +1202,26 @@ class ConfigMapKeyRef(ApiModel):
     key: DataKey = "ca.crt"
 
 
+class HubTokenRef(ApiModel):
+    name: Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+    key: DataKey = "token"
+
+
+class HubSpec(ApiModel):
+    """The Hugging Face Hub for hf:// URIs: the platform chooses the endpoint (its mirror, for an
+    air-gapped cluster); a job only brings a token."""
+
+    token_secret: Annotated[
+        HubTokenRef | None,
+        Field(
+            description=(
+                "Secret key holding a Hub access token, for gated or private repositories (the Secret labelled "
+                "kubetune.dev/hub-token=true by a namespace admin); unset: anonymous reads."
+            )
+        ),
+    ] = None
+
+
 class S3Spec(ApiModel):
     endpoint: Annotated[
         str | None,
@@ -1609,6 +1641,7 @@ class FineTuneJobSpec(ApiModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     s3: S3Spec = Field(default_factory=S3Spec)
+    hub: HubSpec = Field(default_factory=HubSpec)
     service_account_name: Annotated[
         str | None,
         Field(

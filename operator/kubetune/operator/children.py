@@ -18,6 +18,9 @@ from kubetune.api.contract import (
     CACHE,
     COMPONENT_LABEL,
     ENV_CACHE,
+    ENV_HUB_ENDPOINT,
+    ENV_HUB_OFFLINE,
+    ENV_HUB_TOKEN_FILE,
     ENV_JOB_NAME,
     ENV_JOB_NAMESPACE,
     ENV_METRICS_PORT,
@@ -32,6 +35,8 @@ from kubetune.api.contract import (
     ENV_TERMINATION_LOG,
     FAIL_JOB_EXIT_CODES,
     FINETUNEJOB_ANNOTATION,
+    HUB_TOKEN_DIR,
+    HUB_TOKEN_FILE,
     JOB_FILE,
     JOB_FILE_KEY,
     JOB_LABEL,
@@ -51,6 +56,7 @@ from kubetune.api.quantity import parse_quantity
 from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec, S3Spec
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.networkpolicy import TrainerEgress
+from kubetune.operator.storagepolicy import reads_hub
 
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CA_DIR = "/etc/kubetune/ca"
@@ -285,11 +291,40 @@ def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         {"name": ENV_CACHE, "value": CACHE},
         {"name": "HOME", "value": f"{SCRATCH}/home"},
         {"name": "HF_HOME", "value": f"{SCRATCH}/hf"},
-        {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": ENV_TERMINATION_LOG, "value": TERMINATION_LOG_PATH},  # where the trainer says why it stopped
     ]
     return env + s3_env(spec.s3)
+
+
+def hub_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+    """huggingface_hub offline unless the spec reads an hf:// URI; then the platform's endpoint and
+    where the job's token is mounted (:func:`hub_volumes`)."""
+    if not reads_hub(spec):
+        return [{"name": ENV_HUB_OFFLINE, "value": "1"}]
+    env: list[dict[str, Any]] = [{"name": ENV_HUB_OFFLINE, "value": "0"}]
+    if config.hub_endpoint is not None:
+        env.append({"name": ENV_HUB_ENDPOINT, "value": config.hub_endpoint})
+    if spec.hub.token_secret is not None:
+        env.append({"name": ENV_HUB_TOKEN_FILE, "value": f"{HUB_TOKEN_DIR}/{HUB_TOKEN_FILE}"})
+    return env
+
+
+def hub_volumes(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Hub token Secret's key as a file, when the job reads the Hub with one: (volumes, mounts)."""
+    secret = spec.hub.token_secret
+    if secret is None or not reads_hub(spec):
+        return [], []
+    volume = {
+        "name": "hub-token",
+        "secret": {
+            "secretName": secret.name,
+            "items": [{"key": secret.key, "path": HUB_TOKEN_FILE}],
+            "optional": True,  # a missing key is the trainer's clear error, as for S3 credentials
+            "defaultMode": 0o440,
+        },
+    }
+    return [volume], [{"name": "hub-token", "mountPath": HUB_TOKEN_DIR, "readOnly": True}]
 
 
 def _metrics_env(config: OperatorConfig, namespace: str) -> list[dict[str, Any]]:
@@ -356,7 +391,8 @@ def _volumes(
         ]
         mounts += [{"name": "scratch", "mountPath": SCRATCH}, {"name": "dshm", "mountPath": "/dev/shm"}]
     credentials, credential_mounts = s3_volumes(spec.s3)
-    return volumes + credentials, mounts + credential_mounts
+    token, token_mounts = hub_volumes(spec)
+    return volumes + credentials + token, mounts + credential_mounts + token_mounts
 
 
 def container_security() -> dict[str, Any]:
@@ -408,6 +444,7 @@ def _pod_spec(
                 "imagePullPolicy": config.image_pull_policy,
                 "command": command,
                 "env": _env(owner, spec)
+                + hub_env(spec, config)
                 + hardening_env(config, gpus=gpus)
                 + storage_env(spec.s3, config, owner.namespace),
                 "resources": resources,
@@ -601,11 +638,11 @@ def runs_as_built(existing: dict[str, Any], built: dict[str, Any]) -> bool:
     return workload(existing) == workload(built)
 
 
-def build_trainer_network_policy(owner: Owner, egress: TrainerEgress) -> dict[str, Any]:
-    """The owner's pods may open connections only to S3, the API server and the cluster DNS, never to
-    169.254.0.0/16 (``networkpolicy``): a FineTuneJob's pre-flight and training pods (both carry the
-    job's label), or a DriftMonitor's check and compare pods (its label), which have no API token and
-    so get no way to the API server either.
+def build_trainer_network_policy(owner: Owner, egress: TrainerEgress, *, reads_hub: bool = False) -> dict[str, Any]:
+    """The owner's pods may open connections only to S3, the API server and the cluster DNS (and the
+    Hub for a job that ``reads_hub``), never to 169.254.0.0/16 (``networkpolicy``): a FineTuneJob's
+    pre-flight and training pods (both carry the job's label), or a DriftMonitor's check and compare
+    pods (its label), which have no API token and so get no way to the API server either.
 
     Ingress is left alone (policyTypes Egress only), so Prometheus still scrapes the trainer. Owned by
     its owner, so it is garbage-collected with it.
@@ -619,6 +656,6 @@ def build_trainer_network_policy(owner: Owner, egress: TrainerEgress) -> dict[st
         "spec": {
             "podSelector": {"matchLabels": selected},
             "policyTypes": ["Egress"],
-            "egress": egress.egress_rules(api_server=finetunejob),
+            "egress": egress.egress_rules(api_server=finetunejob, hub=reads_hub),
         },
     }

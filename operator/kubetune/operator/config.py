@@ -73,6 +73,9 @@ class OperatorConfig:
     # A NetworkPolicy per FineTuneJob limiting its pods' egress (Helm value networkPolicy.trainerEgress);
     # None: none is created.
     trainer_egress: TrainerEgress | None = None
+    # The Hugging Face Hub endpoint hf:// URIs are read from (Helm value hub.endpoint: the platform's
+    # mirror in an air-gapped cluster); None: huggingface_hub's default, https://huggingface.co.
+    hub_endpoint: str | None = None
     # Serve reads of FineTuneJobs and Jobs from the operator's watches (cache.py). Off only to compare
     # (bench/operator.py) or to rule the cache out when diagnosing: every read is then a GET.
     read_cache: bool = True
@@ -181,6 +184,21 @@ class OperatorConfig:
             raise ConfigError(
                 "KUBETUNE_PLATFORM_WEBHOOKS needs KUBETUNE_OPERATOR_NAMESPACE: their Secrets live in the operator's namespace"
             )
+        hub_endpoint = env.get("KUBETUNE_HUB_ENDPOINT", "").strip() or None
+        if hub_endpoint is not None:
+            parsed_hub = urlparse(hub_endpoint)
+            if (
+                parsed_hub.scheme not in ("http", "https")
+                or not parsed_hub.hostname
+                or parsed_hub.username
+                or parsed_hub.query
+                or parsed_hub.fragment
+            ):
+                raise ConfigError(
+                    f"KUBETUNE_HUB_ENDPOINT={hub_endpoint!r} (Helm value hub.endpoint): expected http(s)://host[:port][/path] "
+                    "with no user name, query or fragment, e.g. https://hf-mirror.example.com"
+                )
+            hub_endpoint = hub_endpoint.rstrip("/")
         try:
             trainer_egress = TrainerEgress.parse(env.get("KUBETUNE_TRAINER_EGRESS", ""))
         except ValueError as err:
@@ -205,6 +223,7 @@ class OperatorConfig:
             max_gpus_per_job=cap("KUBETUNE_MAX_GPUS_PER_JOB", "policy.maxGpusPerJob"),
             max_jobs_per_namespace=cap("KUBETUNE_MAX_JOBS_PER_NAMESPACE", "policy.maxJobsPerNamespace"),
             trainer_egress=trainer_egress,
+            hub_endpoint=hub_endpoint,
             personal_data=personal_data,
             webhooks=webhooks,
             platform_webhooks=platform_webhooks,

@@ -33,6 +33,7 @@ from kubetune.operator.status import (
     promotion_claimed,
     recorded_phase_stands,
 )
+from kubetune.operator.storagepolicy import reads_hub
 from kubetune.operator.webhooks import WebhookSender
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
@@ -93,7 +94,8 @@ def _ensure_children(
     for manifest in children.build_trainer_rbac(owner, spec):
         kube.ensure(manifest, owner.uid, likely_new=first_reconcile)
     if config.trainer_egress is not None:  # before either Job, so no pod ever runs without it
-        kube.ensure_spec(children.build_trainer_network_policy(owner, config.trainer_egress), owner.uid)
+        policy = children.build_trainer_network_policy(owner, config.trainer_egress, reads_hub=reads_hub(spec))
+        kube.ensure_spec(policy, owner.uid)
     if training is not None or job_recorded:
         preflight = kube.read("Job", owner.namespace, children.preflight_job_name(owner.name))
         return (owned_by(preflight, owner.uid) if preflight else None), training, None

@@ -10,7 +10,9 @@ default), or only those listed when ``*`` is left out. The chart's own default e
 
 Prefixes. ``policy.allowedStoragePrefixes`` (``s3://bucket/prefix/`` entries, ``{namespace}``
 replaced by the job's namespace) bounds every ``s3://`` URI of the spec (base model, datasets,
-regression set, output, checkpoints); empty allows any bucket.
+regression set, output, checkpoints); empty allows any bucket. The same list bounds the Hub:
+``hf://owner/`` or ``hf://owner/name/`` admits those model repositories, ``hf://datasets/owner/``
+those datasets; a list with no ``hf://`` entry admits no Hub repository, an empty one any.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pydantic import BaseModel
 
 from kubetune.api.addresses import non_public_reason, parse_address
 from kubetune.api.driftmonitor import DriftMonitorSpec
-from kubetune.api.prefixes import within
+from kubetune.api.prefixes import guarded, within
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 
 ANY_PUBLIC_ENDPOINT = "*"
@@ -51,19 +53,25 @@ class StoragePolicy:
         normalised = []
         for entry in prefixes:
             split = urlsplit(entry)
-            if split.scheme != "s3" or not split.netloc or split.query or split.fragment or ".." in entry:
-                raise ValueError(f"prefix {entry!r}: expected s3://bucket/ or s3://bucket/path/")
+            if split.scheme not in ("s3", "hf") or not split.netloc or split.query or split.fragment or ".." in entry:
+                raise ValueError(
+                    f"prefix {entry!r}: expected s3://bucket/, s3://bucket/path/, hf://owner/ or hf://datasets/owner/"
+                )
+            if split.scheme == "hf" and ("@" in entry or entry.rstrip("/") == "hf://datasets"):
+                raise ValueError(
+                    f"prefix {entry!r}: expected hf://owner/[name/] or hf://datasets/owner/[name/], no @revision"
+                )
             normalised.append(entry if entry.endswith("/") else entry + "/")
         return cls(tuple(e.lower() for e in endpoints), tuple(normalised))
 
     def refusal(self, spec: FineTuneJobSpec | DriftMonitorSpec, namespace: str) -> tuple[str, str] | None:
         """(field, why) for the first endpoint or URI the policy refuses, else None (a DriftMonitor's
-        retraining template included: every ``s3://`` string of the spec is walked)."""
+        retraining template included: every ``s3://`` and ``hf://`` string of the spec is walked)."""
         if spec.s3.endpoint is not None and (why := self._endpoint_refusal(spec.s3.endpoint)) is not None:
             return "spec.s3.endpoint", why
         if self.prefixes:
             allowed = self.prefixes_for(namespace)
-            for field, uri in s3_uris(spec, "spec"):
+            for field, uri in guarded_uris(spec, "spec"):
                 if not within(uri, allowed):
                     return field, f"{uri} is outside the storage this namespace may use ({', '.join(allowed)})"
         return None
@@ -114,13 +122,18 @@ def internal_host_reason(host: str) -> str | None:
     return non_public_reason(address)
 
 
-def s3_uris(model: Any, path: str) -> Iterator[tuple[str, str]]:
-    """(field path, value) of every ``s3://`` string in the spec, at the API's field names."""
+def guarded_uris(model: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(field path, value) of every ``s3://`` and ``hf://`` string in the spec, at the API's field names."""
     if isinstance(model, BaseModel):
         for name, field in type(model).model_fields.items():
-            yield from s3_uris(getattr(model, name), f"{path}.{field.alias or name}")
+            yield from guarded_uris(getattr(model, name), f"{path}.{field.alias or name}")
     elif isinstance(model, list):
         for index, item in enumerate(model):
-            yield from s3_uris(item, f"{path}[{index}]")
-    elif isinstance(model, str) and model.startswith("s3://"):
+            yield from guarded_uris(item, f"{path}[{index}]")
+    elif isinstance(model, str) and guarded(model):
         yield path, model
+
+
+def reads_hub(spec: Any) -> bool:
+    """Whether a spec names an ``hf://`` URI: its pods then reach the Hub (the platform's endpoint)."""
+    return any(uri.startswith("hf://") for _, uri in guarded_uris(spec, "spec"))

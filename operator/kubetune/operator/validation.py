@@ -30,6 +30,7 @@ Reader = Callable[[str, str, str], dict[str, Any] | None]  # (kind, namespace, n
 # Opt-in labels (value "true") a namespace admin puts on what FineTuneJobs of the namespace may use.
 TRAINER_IDENTITY_LABEL = "kubetune.dev/trainer-identity"  # a ServiceAccount to run trainer pods as
 S3_CREDENTIALS_LABEL = "kubetune.dev/s3-credentials"  # a Secret to mount as S3 credentials
+HUB_TOKEN_LABEL = "kubetune.dev/hub-token"  # a Secret to mount as a job's Hugging Face Hub token
 WEBHOOK_LABEL = "kubetune.dev/webhook"  # a Secret whose URL and key the operator may send notifications with
 SYSTEM_NAMESPACE_PREFIX = "kube-"  # kube-system, kube-public, kube-node-lease and any future one
 
@@ -165,6 +166,11 @@ def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> Spe
             "PersistentVolumeClaimNotFound",
             _not_found("spec.storage.pvc.claimName", "PersistentVolumeClaim", pvc.claim_name, namespace),
         )
+    if (token := spec.hub.token_secret) is not None:
+        use = "kubetune's pods may use as a Hub token"
+        field = "spec.hub.tokenSecret.name"
+        if (problem := _secret_problem(read, namespace, field, token.name, HUB_TOKEN_LABEL, use)) is not None:
+            return problem
     for index, webhook in enumerate(spec.notifications.webhooks if spec.notifications else []):
         use = "kubetune's operator may send notifications with"
         field = f"spec.notifications.webhooks[{index}].secretName"

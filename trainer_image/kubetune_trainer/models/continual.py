@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kubetune.api.prefixes import within
+from kubetune.api.prefixes import guarded, within
 from kubetune.api.v1alpha1 import (
     MAX_DATASET_SOURCES,
     PREFERENCE_OBJECTIVES,
@@ -58,7 +58,7 @@ class StartingVersion:
 
 
 def _outside(uri: str, prefixes: tuple[str, ...]) -> bool:
-    return bool(prefixes) and uri.startswith("s3://") and not within(uri, prefixes)
+    return bool(prefixes) and guarded(uri) and not within(uri, prefixes)
 
 
 def _replayable(source: dict[str, Any], pairs: bool) -> DatasetSource | None:

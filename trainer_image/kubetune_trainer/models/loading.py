@@ -1,7 +1,8 @@
 """Resolve ``spec.baseModel.uri`` to a local Hugging Face folder the trainer can load.
 
 ``builtin://`` is the packaged default model, ``file://`` a folder inside the pod (a mounted
-volume or the image), ``s3://`` a prefix that is downloaded once into the cache. Only
+volume or the image), ``s3://`` a prefix that is downloaded once into the cache, ``hf://`` a Hub
+repository at one commit (``kubetune_trainer.hub``: its safe files only, each checked). Only
 safetensors weights are accepted: pickled ``.bin`` checkpoints can execute code on load.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from kubetune.api.v1alpha1 import BUILTIN_MODEL_URI
 from kubetune_trainer.errors import ConfigurationError
+from kubetune_trainer.hub import HubError
 from kubetune_trainer.models.builtin import builtin_model_dir, cache_root
 from kubetune_trainer.storage import ObjectStore, StorageError, parse_uri
 
@@ -47,6 +49,8 @@ def resolve_model_dir(uri: str, store: ObjectStore) -> Path:
     location = parse_uri(uri)
     if location.scheme == "file":
         return _check_folder(Path(location.key), uri)
+    if location.scheme == "hf":
+        return _check_folder(_hub_model(uri, store), uri)
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
     target = cache_root() / "s3-models" / key
     if not (target / ".complete").exists():
@@ -56,6 +60,20 @@ def resolve_model_dir(uri: str, store: ObjectStore) -> Path:
             raise ModelSourceError(f"spec.baseModel.uri: {err}") from err
         (target / ".complete").write_text(uri)
     return _check_folder(target, uri)
+
+
+def _hub_model(uri: str, store: ObjectStore) -> Path:
+    """A Hub repository's safe files, at the commit its revision names, in a folder of the cache
+    (one per commit: a moved branch is a new folder, a commit is never fetched twice)."""
+    try:
+        pinned = store.pinned(uri)
+        target = cache_root() / "hub-models" / hashlib.sha256(pinned.encode()).hexdigest()[:16]
+        if not (target / ".complete").exists():
+            store.hub.download_model(pinned, target)
+            (target / ".complete").write_text(pinned)
+    except (StorageError, HubError) as err:
+        raise ModelSourceError(f"spec.baseModel.uri: {err}") from err
+    return target
 
 
 def model_checksum(model_dir: Path) -> str:

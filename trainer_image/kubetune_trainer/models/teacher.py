@@ -33,7 +33,7 @@ class Teacher:
 
 def resolve_teacher(uri: str, store: ObjectStore, storage_prefixes: tuple[str, ...] = ()) -> Teacher:
     """The teacher ``uri`` names, as a local folder with its digest."""
-    if is_published_version(store, uri):
+    if not uri.startswith("hf://") and is_published_version(store, uri):  # a Hub repository is never one
         weights = version_weights(store, uri.rstrip("/"), storage_prefixes, field=FIELD)
         version = {
             "uri": uri.rstrip("/"),
@@ -48,7 +48,8 @@ def resolve_teacher(uri: str, store: ObjectStore, storage_prefixes: tuple[str, .
         if "no config.json" in message:
             message += " or a published version's folder, <output.uri>/<version>, holding a manifest.json"
         raise ConfigurationError(message) from err
-    return Teacher(uri=uri, path=path, sha256=model_checksum(path))
+    # An hf:// revision as the commit it resolved to (asked once: resolving the folder asked already).
+    return Teacher(uri=store.pinned(uri), path=path, sha256=model_checksum(path))
 
 
 def same_vocabulary(student_tokenizer: Any, teacher_tokenizer: Any) -> bool:
