@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,3 +147,23 @@ def test_through_the_operator_a_hub_job_runs_online_and_one_outside_its_prefixes
     assert env[contract.ENV_HUB_TOKEN_FILE] == f"{contract.HUB_TOKEN_DIR}/{contract.HUB_TOKEN_FILE}"
     finetunejob = json.dumps(cluster.finetunejob("tickets-hub"))
     assert "hf_secret" not in finetunejob and "hf_secret" not in json.dumps(preflight), "the token stays in its Secret"
+
+
+def test_a_job_from_a_published_version_and_a_drift_monitors_pods_may_read_the_hub() -> None:
+    """A version's base model is known only from its manifest: a job continuing one, or learning from
+    one, and a monitor checking one, reach the platform's Hub with their own token."""
+    from kubetune.api.driftmonitor import KIND as MONITOR_KIND
+    from kubetune.api.driftmonitor import DriftMonitorSpec
+    from kubetune.operator.driftjobs import build_check_job
+    from tests.operator.test_trainer_egress import MONITOR
+
+    config = OperatorConfig.from_env({"KUBETUNE_HUB_ENDPOINT": MIRROR})
+    owner = Owner("tickets", "ml", "uid-1")
+    continuing = spec(continual={"from": "s3://models/tickets/v20261201-000000-abcdef"})
+    assert env_of(build_training_job(owner, continuing, config))[contract.ENV_HUB_OFFLINE] == "0"
+    monitor = DriftMonitorSpec.model_validate({**MONITOR, **TOKEN})
+    check = build_check_job(Owner("tickets", "ml", "uid-m", MONITOR_KIND), monitor, config, sequence=1, after=None)
+    env = env_of(check)
+    assert env[contract.ENV_HUB_OFFLINE] == "0" and env[contract.ENV_HUB_ENDPOINT] == MIRROR
+    assert TrainerEnvironment.from_env(env).hub_token_file == Path(contract.HUB_TOKEN_DIR) / contract.HUB_TOKEN_FILE
+    assert "hub-token" in {v["name"] for v in check["spec"]["template"]["spec"]["volumes"]}

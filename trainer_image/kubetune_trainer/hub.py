@@ -18,9 +18,12 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from kubetune_trainer.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from kubetune_trainer.environment import TrainerEnvironment
 
 SCHEME = "hf://"
 DATASETS = "datasets"  # the first segment that makes an hf:// URI a dataset's
@@ -111,6 +114,11 @@ class HubClient:
     token_field: str = "spec.hub.tokenSecret"  # where a user gives a token, for the messages
     _commits: dict[HubRepo, str] = field(default_factory=dict)
     _listings: dict[HubRepo, dict[str, HubFile]] = field(default_factory=dict)
+
+    @classmethod
+    def from_environment(cls, environment: TrainerEnvironment) -> HubClient:
+        """The client of a run or a command in a pod: the platform's endpoint, the mounted token."""
+        return cls(environment.hub_endpoint, token_file=environment.hub_token_file)
 
     @property
     def token(self) -> str | None:

@@ -85,7 +85,7 @@ def run_pipeline(
             ca_bundle=environment.s3_ca_bundle,
             credentials_dir=environment.s3_credentials_dir,
             public_endpoint_only=environment.s3_public_endpoint_only,
-            hub=HubClient(environment.hub_endpoint, token_file=environment.hub_token_file),
+            hub=HubClient.from_environment(environment),
         ),
         clock=StageClock(reporters),
         reporters=reporters,

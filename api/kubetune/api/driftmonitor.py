@@ -33,6 +33,7 @@ from kubetune.api.v1alpha1 import (
     Condition,
     CpuQuantity,
     FineTuneJobSpec,
+    HubSpec,
     MemoryQuantity,
     ReplayFraction,
     S3Spec,
@@ -219,6 +220,10 @@ class DriftMonitorSpec(ApiModel):
     s3: Annotated[S3Spec, Field(description="How the check Jobs reach the request logs and the versions.")] = Field(
         default_factory=S3Spec
     )
+    hub: Annotated[
+        HubSpec,
+        Field(description="How the check Jobs reach the Hub when a version's base model is an hf:// repository."),
+    ] = Field(default_factory=HubSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     resources: CheckResources = Field(default_factory=CheckResources)
     detection: DetectionSpec = Field(default_factory=DetectionSpec)

@@ -53,7 +53,7 @@ from kubetune.api.contract import (
     VERIFICATION_FAIL_JOB_EXIT_CODES,
 )
 from kubetune.api.quantity import parse_quantity
-from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec, S3Spec
+from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec, HubSpec, S3Spec
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.networkpolicy import TrainerEgress
 from kubetune.operator.storagepolicy import reads_hub
@@ -297,23 +297,23 @@ def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     return env + s3_env(spec.s3)
 
 
-def hub_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
-    """huggingface_hub offline unless the spec reads an hf:// URI; then the platform's endpoint and
-    where the job's token is mounted (:func:`hub_volumes`)."""
-    if not reads_hub(spec):
+def hub_env(hub: HubSpec, config: OperatorConfig, *, reads: bool) -> list[dict[str, Any]]:
+    """huggingface_hub offline unless the pod ``reads`` the Hub; then the platform's endpoint and where
+    the token ``hub`` names is mounted (:func:`hub_volumes`)."""
+    if not reads:
         return [{"name": ENV_HUB_OFFLINE, "value": "1"}]
     env: list[dict[str, Any]] = [{"name": ENV_HUB_OFFLINE, "value": "0"}]
     if config.hub_endpoint is not None:
         env.append({"name": ENV_HUB_ENDPOINT, "value": config.hub_endpoint})
-    if spec.hub.token_secret is not None:
+    if hub.token_secret is not None:
         env.append({"name": ENV_HUB_TOKEN_FILE, "value": f"{HUB_TOKEN_DIR}/{HUB_TOKEN_FILE}"})
     return env
 
 
-def hub_volumes(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The Hub token Secret's key as a file, when the job reads the Hub with one: (volumes, mounts)."""
-    secret = spec.hub.token_secret
-    if secret is None or not reads_hub(spec):
+def hub_volumes(hub: HubSpec, *, reads: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Hub token Secret's key as a file, for a pod that ``reads`` the Hub with one: (volumes, mounts)."""
+    secret = hub.token_secret
+    if secret is None or not reads:
         return [], []
     volume = {
         "name": "hub-token",
@@ -391,7 +391,7 @@ def _volumes(
         ]
         mounts += [{"name": "scratch", "mountPath": SCRATCH}, {"name": "dshm", "mountPath": "/dev/shm"}]
     credentials, credential_mounts = s3_volumes(spec.s3)
-    token, token_mounts = hub_volumes(spec)
+    token, token_mounts = hub_volumes(spec.hub, reads=reads_hub(spec))
     return volumes + credentials + token, mounts + credential_mounts + token_mounts
 
 
@@ -444,7 +444,7 @@ def _pod_spec(
                 "imagePullPolicy": config.image_pull_policy,
                 "command": command,
                 "env": _env(owner, spec)
-                + hub_env(spec, config)
+                + hub_env(spec.hub, config, reads=reads_hub(spec))
                 + hardening_env(config, gpus=gpus)
                 + storage_env(spec.s3, config, owner.namespace),
                 "resources": resources,

@@ -33,6 +33,8 @@ from kubetune.operator.children import (
     child_name,
     container_security,
     hardening_env,
+    hub_env,
+    hub_volumes,
     labels,
     s3_env,
     s3_volumes,
@@ -141,14 +143,16 @@ def _monitor_job(
 ) -> dict[str, Any]:
     job_labels = labels(owner, component)
     credentials, credential_mounts = s3_volumes(spec.s3)
+    # The versions a monitor checks may stand on a Hub model, known only from their manifests: online.
+    token, token_mounts = hub_volumes(spec.hub, reads=True)
     scratch = spec.resources.scratch_size
     env = [
         {"name": ENV_SCRATCH, "value": SCRATCH},
         {"name": ENV_CACHE, "value": CACHE},
         {"name": "HOME", "value": f"{SCRATCH}/home"},
         {"name": "HF_HOME", "value": f"{SCRATCH}/hf"},
-        {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *hub_env(spec.hub, config, reads=True),
         *s3_env(spec.s3),
         *hardening_env(config, gpus=0),
         *storage_env(spec.s3, config, owner.namespace),
@@ -182,6 +186,7 @@ def _monitor_job(
                     {"name": "tmp", "mountPath": "/tmp"},
                     {"name": "scratch", "mountPath": SCRATCH},
                     *credential_mounts,
+                    *token_mounts,
                 ],
                 "securityContext": container_security(),
                 "terminationMessagePath": TERMINATION_LOG_PATH,
@@ -192,6 +197,7 @@ def _monitor_job(
             {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
             {"name": "scratch", "emptyDir": {"sizeLimit": scratch}},
             *credentials,
+            *token,
         ],
     }
     return {

@@ -92,14 +92,17 @@ def _reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: da
     if isinstance(spec, validation.SpecProblem):
         _write(kube, body, before, invalid(before, spec.reason, spec.message, generation, stamp))
         return MonitorOutcome(None)  # a spec change is an update event: nothing to retry until then
-    problem = validation.check_monitor_policy(spec, owner.namespace, config) or validation.check_s3_references(
-        spec.s3, owner.namespace, kube.read
+    problem = (
+        validation.check_monitor_policy(spec, owner.namespace, config)
+        or validation.check_s3_references(spec.s3, owner.namespace, kube.read)
+        or validation.check_hub_references(spec.hub, owner.namespace, kube.read)
     )
     if problem is not None:
         _write(kube, body, before, invalid(before, problem.reason, problem.message, generation, stamp))
         return MonitorOutcome(None)
     if config.trainer_egress is not None:  # before any of its Jobs, so no pod ever runs without it
-        kube.ensure_spec(build_trainer_network_policy(owner, config.trainer_egress), owner.uid)
+        # The versions it checks may stand on a Hub model, known only from their manifests.
+        kube.ensure_spec(build_trainer_network_policy(owner, config.trainer_egress, reads_hub=True), owner.uid)
     status = _follow_retrainings(kube, owner, valid(before, generation, stamp))
     status = _compare_challengers(kube, body, owner, spec, config, status)
     sequence = (status.checks or 0) + 1

@@ -134,6 +134,10 @@ def guarded_uris(model: Any, path: str) -> Iterator[tuple[str, str]]:
         yield path, model
 
 
-def reads_hub(spec: Any) -> bool:
-    """Whether a spec names an ``hf://`` URI: its pods then reach the Hub (the platform's endpoint)."""
-    return any(uri.startswith("hf://") for _, uri in guarded_uris(spec, "spec"))
+def reads_hub(spec: FineTuneJobSpec) -> bool:
+    """Whether a job's pods may read the Hub (the platform's endpoint): it names an ``hf://`` URI, or it
+    starts from or learns from a published version, whose base model may be a Hub repository (known
+    only when the trainer reads the version's manifest)."""
+    named = any(uri.startswith("hf://") for _, uri in guarded_uris(spec, "spec"))
+    from_version = spec.continual is not None and spec.continual.from_version is not None
+    return named or from_version or spec.method.distill is not None

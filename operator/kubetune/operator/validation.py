@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from kubetune.api.driftmonitor import DriftMonitorSpec
 from kubetune.api.manifest import ManifestError, parse_monitor_spec, parse_spec
-from kubetune.api.v1alpha1 import FineTuneJobSpec, S3Spec
+from kubetune.api.v1alpha1 import FineTuneJobSpec, HubSpec, S3Spec
 from kubetune.operator.config import OperatorConfig
 
 Reader = Callable[[str, str, str], dict[str, Any] | None]  # (kind, namespace, name) -> object or None
@@ -158,6 +158,14 @@ def check_s3_references(s3: S3Spec, namespace: str, read: Reader) -> SpecProblem
     return None
 
 
+def check_hub_references(hub: HubSpec, namespace: str, read: Reader) -> SpecProblem | None:
+    """The Secret a ``hub`` block names for its token: present and opted in."""
+    if (token := hub.token_secret) is None:
+        return None
+    use = "kubetune's pods may use as a Hub token"
+    return _secret_problem(read, namespace, "spec.hub.tokenSecret.name", token.name, HUB_TOKEN_LABEL, use)
+
+
 def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> SpecProblem | None:
     if (problem := check_s3_references(spec.s3, namespace, read)) is not None:
         return problem
@@ -166,11 +174,8 @@ def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> Spe
             "PersistentVolumeClaimNotFound",
             _not_found("spec.storage.pvc.claimName", "PersistentVolumeClaim", pvc.claim_name, namespace),
         )
-    if (token := spec.hub.token_secret) is not None:
-        use = "kubetune's pods may use as a Hub token"
-        field = "spec.hub.tokenSecret.name"
-        if (problem := _secret_problem(read, namespace, field, token.name, HUB_TOKEN_LABEL, use)) is not None:
-            return problem
+    if (problem := check_hub_references(spec.hub, namespace, read)) is not None:
+        return problem
     for index, webhook in enumerate(spec.notifications.webhooks if spec.notifications else []):
         use = "kubetune's operator may send notifications with"
         field = f"spec.notifications.webhooks[{index}].secretName"
