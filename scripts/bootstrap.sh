@@ -32,4 +32,5 @@ fi
 if [ "$extra" = dev ]; then
   bash scripts/install-helm.sh >/dev/null
   bash scripts/install-prometheus.sh >/dev/null
+  bash scripts/install-mlflow.sh >/dev/null
 fi

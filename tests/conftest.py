@@ -13,6 +13,7 @@ import pytest
 from tests.hubdouble import HubServer
 from tests.kubeapi.cluster import CLUSTERWIDE, TestCluster
 from tests.kubeapi.runner import ApiServerThread
+from tests.mlflowserver import MlflowServer
 from tests.s3double import S3Server
 
 # Tests never reach a model hub; everything is offline.
@@ -48,6 +49,16 @@ def s3_server() -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def s3_endpoint(s3_server: S3Server) -> str:
     return s3_server.endpoint
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow server (tracking and registry) on loopback, from .venv-mlflow (tests/mlflowserver.py)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"), _free_port())
+    try:
+        yield server.wait_until_ready()
+    finally:
+        server.stop()
 
 
 @pytest.fixture()

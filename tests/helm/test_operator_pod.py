@@ -94,10 +94,13 @@ def test_environment_carries_the_operator_configuration() -> None:
                 "hubPorts": [443],
                 "s3Cidrs": [],
                 "s3Ports": [443, 80],
+                "trackingCidrs": [],
+                "trackingPorts": [443, 80, 5000],
             },
             separators=(",", ":"),
         ),
         "KUBETUNE_IMAGE_PULL_POLICY": "IfNotPresent",
+        "KUBETUNE_MLFLOW_URI": "",
         "KUBETUNE_HUB_ENDPOINT": "",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "",
         "KUBETUNE_DEFAULT_S3_REGION": "",
@@ -149,10 +152,13 @@ def test_environment_carries_the_operator_configuration() -> None:
                 "hubPorts": [443],
                 "s3Cidrs": ["0.0.0.0/0", "10.20.0.0/16"],
                 "s3Ports": [443, 9000],
+                "trackingCidrs": ["10.40.0.0/16"],
+                "trackingPorts": [5000],
             },
             separators=(",", ":"),
         ),
         "KUBETUNE_IMAGE_PULL_POLICY": "Always",
+        "KUBETUNE_MLFLOW_URI": "http://mlflow.mlflow.svc:5000",
         "KUBETUNE_HUB_ENDPOINT": "https://hf-mirror.example.com",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "http://minio.minio.svc:9000",
         "KUBETUNE_DEFAULT_S3_REGION": "eu-west-1",
@@ -253,6 +259,7 @@ def test_the_policy_values_start_an_operator_that_enforces_them() -> None:
     ]
     assert config.webhooks.endpoints == ("hooks.slack.com", "alerts.ml-platform.svc:8080")
     assert config.hub_endpoint == "https://hf-mirror.example.com"
+    assert config.mlflow_uri == "http://mlflow.mlflow.svc:5000"
     assert config.trainer_egress is not None and [str(c) for c in config.trainer_egress.hub_cidrs] == ["0.0.0.0/0"]
     assert config.personal_data.allowed == ("report", "redact", "drop")
     assert config.trainer_egress is not None and [str(c) for c in config.trainer_egress.s3_cidrs] == [

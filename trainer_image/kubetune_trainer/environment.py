@@ -31,6 +31,7 @@ class TrainerEnvironment:
     s3_credentials_dir: Path | None  # spec.s3.credentialsSecret, mounted as files by the operator
     # spec.s3.endpoint passed only as a public endpoint: refuse connections that reach a non-public address
     s3_public_endpoint_only: bool
+    mlflow_tracking_uri: str | None  # the MLflow server spec.tracking.mlflow reports to
     hub_endpoint: str | None  # the platform's Hub endpoint (HF_ENDPOINT); None: huggingface.co
     hub_token_file: Path | None  # spec.hub.tokenSecret, mounted as a file by the operator
     # policy.allowedStoragePrefixes for this namespace: URIs found at run time stay under them (empty: any)
@@ -84,6 +85,7 @@ class TrainerEnvironment:
             s3_ca_bundle=path(contract.ENV_S3_CA_BUNDLE),
             s3_credentials_dir=path(contract.ENV_S3_CREDENTIALS_DIR),
             s3_public_endpoint_only=(text(contract.ENV_S3_PUBLIC_ENDPOINT_ONLY) or "").lower() == "true",
+            mlflow_tracking_uri=text(contract.ENV_MLFLOW_TRACKING_URI),
             hub_endpoint=text(contract.ENV_HUB_ENDPOINT),
             hub_token_file=path(contract.ENV_HUB_TOKEN_FILE),
             storage_prefixes=tuple(p for p in (text(contract.ENV_STORAGE_PREFIXES) or "").split(",") if p),

@@ -62,6 +62,10 @@ ENV_HUB_TOKEN_FILE = "KUBETUNE_HUB_TOKEN_FILE"
 """The file holding ``spec.hub.tokenSecret``'s key, mounted by the operator (HUB_TOKEN_DIR); a file for
 the reasons ENV_S3_CREDENTIALS_DIR gives. Unset: anonymous reads in a pod, the user's own login
 (``HF_TOKEN`` or ``hf auth login``) with ``kubetune run``."""
+ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+"""The MLflow server a job with ``spec.tracking.mlflow`` reports to: the platform's (Helm value
+``tracking.mlflow.uri``), set only on such a job's pods. MLflow's own variable, so a user's
+``kubetune run`` reports where their other tools do."""
 ENV_METRICS_PORT = "KUBETUNE_METRICS_PORT"
 """The port the trainer serves ``/metrics`` on (also honoured by ``kubetune run``)."""
 ENV_PUSHGATEWAY_URL = "KUBETUNE_PUSHGATEWAY_URL"

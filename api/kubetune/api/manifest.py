@@ -55,6 +55,8 @@ _PATTERN_MEANINGS = {
         "must be http(s)://host[:port] with no user name, password, path or query "
         "(credentials go in s3.credentialsSecret)"
     ),
+    api.MLFLOW_EXPERIMENT_PATTERN: "must be an MLflow experiment name: no control characters",
+    api.MLFLOW_MODEL_PATTERN: "must be an MLflow registered model name: no '/', ':' or control characters",
     api.S3_REGION_PATTERN: "must be a region name such as us-east-1 (lower-case letters, digits and '-')",
     api.POSITIVE_QUANTITY_PATTERN: "must be a quantity greater than zero, such as 16Gi or 500M",
     api.POSITIVE_CPU_PATTERN: "must be a CPU quantity greater than zero, such as 4 or 500m",

@@ -1434,6 +1434,50 @@ class NotificationsSpec(ApiModel):
     ] = Field(default_factory=list)
 
 
+# MLflow's own limits (its REST API refuses longer): an experiment name, a registered model name; no
+# control characters, and no '/' or ':' in a model name (MLflow refuses them: its registry URIs,
+# models:/<name>/<version>, split on them).
+MAX_MLFLOW_NAME = 250
+MLFLOW_EXPERIMENT_PATTERN = r"^[^\x00-\x1f]+$"
+MLFLOW_MODEL_PATTERN = r"^[^/:\x00-\x1f]+$"
+
+
+class MlflowTrackingSpec(ApiModel):
+    """The run reported to the platform's MLflow server (its tracking API; Helm value tracking.mlflow.uri):
+    the resolved training values as parameters, the losses and throughput by step and the evaluation as
+    metrics, the published version and its manifest as tags."""
+
+    experiment: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=MAX_MLFLOW_NAME,
+            pattern=MLFLOW_EXPERIMENT_PATTERN,
+            description="The experiment the run is logged under (created when missing); unset: kubetune/<namespace>.",
+        ),
+    ] = None
+    registered_model: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=MAX_MLFLOW_NAME,
+            pattern=MLFLOW_MODEL_PATTERN,
+            description=(
+                "Register each promoted version in MLflow's model registry under this name (created when missing): "
+                "a model version whose source is the published version's folder, tagged with its manifest's URI "
+                "and SHA-256. Unset: nothing is registered."
+            ),
+        ),
+    ] = None
+
+
+class TrackingSpec(ApiModel):
+    mlflow: Annotated[
+        MlflowTrackingSpec | None,
+        Field(description="Report the run to the platform's MLflow server (and register promoted versions)."),
+    ] = None
+
+
 class FineTuneJobSpec(ApiModel):
     # Rules between fields, each naming the field to change. The model type-checks first, so a
     # rule's check sees valid values.
@@ -1672,6 +1716,9 @@ class FineTuneJobSpec(ApiModel):
     ] = 3
     ttl_seconds_after_finished: Annotated[int | None, Field(ge=0, le=365 * 24 * 3600)] = None
     notifications: NotificationsSpec | None = None
+    tracking: Annotated[
+        TrackingSpec | None, Field(description="Experiment tracking beside the job's status and metrics.")
+    ] = None
 
 
 # --------------------------------------------------------------------------- status

@@ -24,6 +24,7 @@ from kubetune.api.contract import (
     ENV_JOB_NAME,
     ENV_JOB_NAMESPACE,
     ENV_METRICS_PORT,
+    ENV_MLFLOW_TRACKING_URI,
     ENV_PUSH_INTERVAL,
     ENV_PUSHGATEWAY_URL,
     ENV_REPORT_STATUS,
@@ -340,6 +341,14 @@ def _metrics_env(config: OperatorConfig, namespace: str) -> list[dict[str, Any]]
     return env
 
 
+def tracking_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+    """The platform's MLflow server, for the training pod of a job that asks to be tracked (the pre-flight
+    is no run to record). check_policy refused such a job when the platform has none."""
+    if spec.tracking is None or spec.tracking.mlflow is None or config.mlflow_uri is None:
+        return []
+    return [{"name": ENV_MLFLOW_TRACKING_URI, "value": config.mlflow_uri}]
+
+
 def s3_volumes(s3: S3Spec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The S3 credentials Secret (as files) and CA bundle an ``s3`` block names: (volumes, mounts)."""
     volumes: list[dict[str, Any]] = []
@@ -552,7 +561,7 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConf
         gpus=res.gpus,
     )
     trainer = pod["containers"][0]
-    trainer["env"] += _metrics_env(config, owner.namespace)
+    trainer["env"] += _metrics_env(config, owner.namespace) + tracking_env(spec, config)
     trainer["ports"] = [{"name": "metrics", "containerPort": config.trainer_metrics_port, "protocol": "TCP"}]
     extra: dict[str, Any] = {}
     if spec.active_deadline_seconds is not None:
@@ -638,9 +647,11 @@ def runs_as_built(existing: dict[str, Any], built: dict[str, Any]) -> bool:
     return workload(existing) == workload(built)
 
 
-def build_trainer_network_policy(owner: Owner, egress: TrainerEgress, *, reads_hub: bool = False) -> dict[str, Any]:
+def build_trainer_network_policy(
+    owner: Owner, egress: TrainerEgress, *, reads_hub: bool = False, tracked: bool = False
+) -> dict[str, Any]:
     """The owner's pods may open connections only to S3, the API server and the cluster DNS (and the
-    Hub for a job that ``reads_hub``), never to 169.254.0.0/16 (``networkpolicy``): a FineTuneJob's
+    Hub for a job that ``reads_hub``, MLflow for one ``tracked``), never to 169.254.0.0/16 (``networkpolicy``): a FineTuneJob's
     pre-flight and training pods (both carry the job's label), or a DriftMonitor's check and compare
     pods (its label), which have no API token and so get no way to the API server either.
 
@@ -656,6 +667,6 @@ def build_trainer_network_policy(owner: Owner, egress: TrainerEgress, *, reads_h
         "spec": {
             "podSelector": {"matchLabels": selected},
             "policyTypes": ["Egress"],
-            "egress": egress.egress_rules(api_server=finetunejob, hub=reads_hub),
+            "egress": egress.egress_rules(api_server=finetunejob, hub=reads_hub, tracking=tracked),
         },
     }

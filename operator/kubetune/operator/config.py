@@ -76,6 +76,9 @@ class OperatorConfig:
     # The Hugging Face Hub endpoint hf:// URIs are read from (Helm value hub.endpoint: the platform's
     # mirror in an air-gapped cluster); None: huggingface_hub's default, https://huggingface.co.
     hub_endpoint: str | None = None
+    # The MLflow server jobs with spec.tracking.mlflow report to (Helm value tracking.mlflow.uri);
+    # None: such jobs are refused (TrackingNotAvailable).
+    mlflow_uri: str | None = None
     # Serve reads of FineTuneJobs and Jobs from the operator's watches (cache.py). Off only to compare
     # (bench/operator.py) or to rule the cache out when diagnosing: every read is then a GET.
     read_cache: bool = True
@@ -184,21 +187,8 @@ class OperatorConfig:
             raise ConfigError(
                 "KUBETUNE_PLATFORM_WEBHOOKS needs KUBETUNE_OPERATOR_NAMESPACE: their Secrets live in the operator's namespace"
             )
-        hub_endpoint = env.get("KUBETUNE_HUB_ENDPOINT", "").strip() or None
-        if hub_endpoint is not None:
-            parsed_hub = urlparse(hub_endpoint)
-            if (
-                parsed_hub.scheme not in ("http", "https")
-                or not parsed_hub.hostname
-                or parsed_hub.username
-                or parsed_hub.query
-                or parsed_hub.fragment
-            ):
-                raise ConfigError(
-                    f"KUBETUNE_HUB_ENDPOINT={hub_endpoint!r} (Helm value hub.endpoint): expected http(s)://host[:port][/path] "
-                    "with no user name, query or fragment, e.g. https://hf-mirror.example.com"
-                )
-            hub_endpoint = hub_endpoint.rstrip("/")
+        hub_endpoint = _service_url(env, "KUBETUNE_HUB_ENDPOINT", "hub.endpoint", "https://hf-mirror.example.com")
+        mlflow_uri = _service_url(env, "KUBETUNE_MLFLOW_URI", "tracking.mlflow.uri", "http://mlflow.mlflow.svc:5000")
         try:
             trainer_egress = TrainerEgress.parse(env.get("KUBETUNE_TRAINER_EGRESS", ""))
         except ValueError as err:
@@ -224,10 +214,32 @@ class OperatorConfig:
             max_jobs_per_namespace=cap("KUBETUNE_MAX_JOBS_PER_NAMESPACE", "policy.maxJobsPerNamespace"),
             trainer_egress=trainer_egress,
             hub_endpoint=hub_endpoint,
+            mlflow_uri=mlflow_uri,
             personal_data=personal_data,
             webhooks=webhooks,
             platform_webhooks=platform_webhooks,
         )
+
+
+def _service_url(env: Mapping[str, str], name: str, helm_value: str, example: str) -> str | None:
+    """A platform service's base URL from ``name`` (None when unset): http(s), a host, maybe a port and
+    a path; no user name (credentials never go in a URL), query or fragment."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    parsed = urlparse(raw)
+    if (
+        parsed.scheme not in ("http", "https")
+        or not parsed.hostname
+        or parsed.username
+        or parsed.query
+        or parsed.fragment
+    ):
+        raise ConfigError(
+            f"{name}={raw!r} (Helm value {helm_value}): expected http(s)://host[:port][/path] with no user name, "
+            f"query or fragment, e.g. {example}"
+        )
+    return raw.rstrip("/")
 
 
 def _platform_webhooks(raw: str) -> tuple[WebhookSpec, ...]:

@@ -8,7 +8,9 @@ they hold no API token):
 
 - the S3 ranges (``s3Cidrs``) on the S3 ports (``s3Ports``);
 - the Hugging Face Hub or the platform's mirror of it (``hubCidrs`` on ``hubPorts``), for the pods of
-  a job that reads hf:// URIs only;
+  a job that may read it only (``storagepolicy.reads_hub``);
+- the MLflow server (``trackingCidrs`` on ``trackingPorts``), for the pods of a job with
+  ``spec.tracking.mlflow`` only;
 - the Kubernetes API server (``apiServerCidrs`` on ``apiServerPorts``): the trainer writes its
   FineTuneJob's status there. Most network plugins apply policies after the Service's address
   translation, so list the API server's own addresses (its EndpointSlice), not only the Service's;
@@ -35,13 +37,25 @@ HELM_VALUE = "networkPolicy.trainerEgress"
 ALWAYS_DENIED = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
 DEFAULT_S3_PORTS = (443, 80)
 DEFAULT_HUB_PORTS = (443,)
+DEFAULT_TRACKING_PORTS = (443, 80, 5000)  # https, http, and MLflow's own default port
 DEFAULT_API_SERVER_PORTS = (443, 6443)  # the Service's port, and the API server's own on most clusters
 DEFAULT_DNS_NAMESPACE = "kube-system"
 DEFAULT_DNS_POD_LABELS = {"k8s-app": "kube-dns"}  # CoreDNS keeps kube-dns's label
 DNS_PORT = 53
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every Namespace by the API server
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_KEYS = {"enabled", "s3Cidrs", "s3Ports", "hubCidrs", "hubPorts", "apiServerCidrs", "apiServerPorts", "dns"}
+_KEYS = {
+    "enabled",
+    "s3Cidrs",
+    "s3Ports",
+    "hubCidrs",
+    "hubPorts",
+    "trackingCidrs",
+    "trackingPorts",
+    "apiServerCidrs",
+    "apiServerPorts",
+    "dns",
+}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -56,6 +70,8 @@ class TrainerEgress:
     dns_pod_labels: tuple[tuple[str, str], ...] = tuple(DEFAULT_DNS_POD_LABELS.items())
     hub_cidrs: tuple[Network, ...] = ()
     hub_ports: tuple[int, ...] = DEFAULT_HUB_PORTS
+    tracking_cidrs: tuple[Network, ...] = ()
+    tracking_ports: tuple[int, ...] = DEFAULT_TRACKING_PORTS
 
     @classmethod
     def parse(cls, raw: str) -> TrainerEgress | None:
@@ -78,6 +94,8 @@ class TrainerEgress:
         s3_cidrs, api_server_cidrs = _cidrs(values, "s3Cidrs"), _cidrs(values, "apiServerCidrs")
         s3_ports = _ports(values, "s3Ports", DEFAULT_S3_PORTS)
         hub_cidrs, hub_ports = _cidrs(values, "hubCidrs"), _ports(values, "hubPorts", DEFAULT_HUB_PORTS)
+        tracking_cidrs = _cidrs(values, "trackingCidrs")
+        tracking_ports = _ports(values, "trackingPorts", DEFAULT_TRACKING_PORTS)
         api_server_ports = _ports(values, "apiServerPorts", DEFAULT_API_SERVER_PORTS)
         if enabled and not api_server_cidrs:
             raise ValueError(
@@ -108,16 +126,22 @@ class TrainerEgress:
             dns_pod_labels=tuple(sorted(labels.items())),
             hub_cidrs=hub_cidrs,
             hub_ports=hub_ports,
+            tracking_cidrs=tracking_cidrs,
+            tracking_ports=tracking_ports,
         )
 
-    def egress_rules(self, *, api_server: bool = True, hub: bool = False) -> list[dict[str, Any]]:
-        """The NetworkPolicy's ``spec.egress``: S3, the Hub (only with ``hub``: a job that reads it), the
-        API server (unless ``api_server`` is false), DNS; nothing else."""
+    def egress_rules(
+        self, *, api_server: bool = True, hub: bool = False, tracking: bool = False
+    ) -> list[dict[str, Any]]:
+        """The NetworkPolicy's ``spec.egress``: S3, the Hub (only with ``hub``: pods that may read it),
+        MLflow (only with ``tracking``), the API server (unless ``api_server`` is false), DNS; nothing else."""
         rules = []
         if self.s3_cidrs:
             rules.append(_rule(self.s3_cidrs, self.s3_ports))
         if hub and self.hub_cidrs:
             rules.append(_rule(self.hub_cidrs, self.hub_ports))
+        if tracking and self.tracking_cidrs:
+            rules.append(_rule(self.tracking_cidrs, self.tracking_ports))
         if api_server:
             rules.append(_rule(self.api_server_cidrs, self.api_server_ports))
         dns_peer = {

@@ -94,7 +94,10 @@ def _ensure_children(
     for manifest in children.build_trainer_rbac(owner, spec):
         kube.ensure(manifest, owner.uid, likely_new=first_reconcile)
     if config.trainer_egress is not None:  # before either Job, so no pod ever runs without it
-        policy = children.build_trainer_network_policy(owner, config.trainer_egress, reads_hub=reads_hub(spec))
+        tracked = bool(children.tracking_env(spec, config))
+        policy = children.build_trainer_network_policy(
+            owner, config.trainer_egress, reads_hub=reads_hub(spec), tracked=tracked
+        )
         kube.ensure_spec(policy, owner.uid)
     if training is not None or job_recorded:
         preflight = kube.read("Job", owner.namespace, children.preflight_job_name(owner.name))

@@ -91,6 +91,12 @@ def check_policy(spec: FineTuneJobSpec, namespace: str, config: OperatorConfig) 
     if (personal_data := config.personal_data.refusal(spec)) is not None:
         field, why = personal_data
         return SpecProblem("PersonalDataPolicyNotAllowed", f"{field}: {why}")
+    if spec.tracking is not None and spec.tracking.mlflow is not None and config.mlflow_uri is None:
+        return SpecProblem(
+            "TrackingNotAvailable",
+            "spec.tracking.mlflow: this platform has no MLflow server (Helm value tracking.mlflow.uri); "
+            "leave the field out or ask the platform team",
+        )
     return None
 
 

@@ -106,6 +106,9 @@ def build_reporters(job: FineTuneJob, *, console: bool, environment: TrainerEnvi
     Prometheus (one writer per job).
     """
     reporters: list[Reporter] = []
+    # In a pod the operator names the job; locally the manifest does.
+    namespace = environment.job_namespace or str(job.metadata.get("namespace") or "default")
+    name = environment.job_name or str(job.metadata.get("name") or "finetunejob")
     if console:
         from kubetune_trainer.reporting.console import ConsoleReporter
 
@@ -117,9 +120,6 @@ def build_reporters(job: FineTuneJob, *, console: bool, environment: TrainerEnvi
     if (environment.metrics_port is not None or environment.pushgateway_url) and environment.is_main_process:
         from kubetune_trainer.reporting.prometheus import PrometheusReporter
 
-        # In a pod the operator names the job; locally the manifest does.
-        namespace = environment.job_namespace or str(job.metadata.get("namespace") or "default")
-        name = environment.job_name or str(job.metadata.get("name") or "finetunejob")
         reporters.append(
             PrometheusReporter(
                 namespace,
@@ -129,6 +129,21 @@ def build_reporters(job: FineTuneJob, *, console: bool, environment: TrainerEnvi
                 push_interval=environment.push_interval_seconds,
             )
         )
+    tracking = job.spec.tracking.mlflow if job.spec.tracking else None
+    if tracking is not None and environment.is_main_process:
+        if environment.mlflow_tracking_uri is None:
+            log.warning("spec.tracking.mlflow: MLFLOW_TRACKING_URI is not set; this run is not reported to MLflow")
+        else:
+            from kubetune_trainer.reporting.mlflow import MlflowClient, MlflowReporter
+
+            reporters.append(
+                MlflowReporter(
+                    MlflowClient(environment.mlflow_tracking_uri),
+                    tracking,
+                    namespace=namespace,
+                    name=name,
+                )
+            )
     if environment.report_status and environment.is_main_process:
         from kubetune_trainer.reporting.kubernetes import KubernetesStatusReporter
 

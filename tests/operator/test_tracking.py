@@ -1,0 +1,87 @@
+"""spec.tracking.mlflow on the control plane: the platform's MLflow server (never the job's), set on
+the training pod only; a job asking for it where the platform has none is refused before any pod; the
+egress policy opens MLflow's ranges to tracked jobs only. The trainer's side, against a real MLflow
+server: tests/trainer/test_mlflow_tracking.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kubetune.api import contract
+from kubetune.api.manifest import parse_spec
+from kubetune.operator.children import Owner, build_preflight_job, build_trainer_network_policy, build_training_job
+from kubetune.operator.config import ConfigError, OperatorConfig
+from kubetune.operator.networkpolicy import TrainerEgress
+from kubetune.operator.validation import check_policy
+from kubetune_trainer.environment import TrainerEnvironment
+from tests.kubeapi.cluster import TestCluster
+from tests.operator.cluster import Cluster, wait_for
+from tests.operator.conftest import running_operator
+from tests.operator.test_lifecycle import JOB
+from tests.operator.test_quota import pass_preflight
+from tests.operator.test_validation import assert_rejected, with_spec
+
+MLFLOW = "http://mlflow.mlflow.svc:5000"
+TRACKED = {"tracking": {"mlflow": {"registeredModel": "tickets"}}}
+
+
+def env_of(job: dict[str, Any]) -> dict[str, str]:
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_only_a_tracked_jobs_training_pod_gets_the_platforms_mlflow_server() -> None:
+    config = OperatorConfig.from_env({"KUBETUNE_MLFLOW_URI": MLFLOW + "/"})
+    owner = Owner("tickets", "ml", "uid-1")
+    tracked = parse_spec({**JOB["spec"], **TRACKED})
+    training = env_of(build_training_job(owner, tracked, config))
+    assert training[contract.ENV_MLFLOW_TRACKING_URI] == MLFLOW
+    assert TrainerEnvironment.from_env(training).mlflow_tracking_uri == MLFLOW
+    assert contract.ENV_MLFLOW_TRACKING_URI not in env_of(build_preflight_job(owner, tracked, config)), (
+        "no run to record"
+    )
+    untracked = parse_spec(JOB["spec"])
+    assert contract.ENV_MLFLOW_TRACKING_URI not in env_of(build_training_job(owner, untracked, config))
+
+
+def test_a_tracked_job_where_the_platform_has_no_mlflow_is_refused_at_its_field() -> None:
+    problem = check_policy(parse_spec({**JOB["spec"], **TRACKED}), "ml", OperatorConfig.from_env({}))
+    assert problem is not None and problem.reason == "TrackingNotAvailable"
+    assert problem.message.startswith("spec.tracking.mlflow: this platform has no MLflow server")
+
+
+@pytest.mark.parametrize("uri", ["mlflow.svc:5000", "http://user:pass@mlflow:5000", "http://mlflow:5000/?x=1"])
+def test_a_bad_mlflow_uri_stops_the_operator_at_startup(uri: str) -> None:
+    with pytest.raises(ConfigError, match=r"KUBETUNE_MLFLOW_URI=.*\(Helm value tracking\.mlflow\.uri\)"):
+        OperatorConfig.from_env({"KUBETUNE_MLFLOW_URI": uri})
+
+
+def test_the_egress_policy_opens_mlflow_to_tracked_jobs_only() -> None:
+    egress = TrainerEgress.parse(
+        json.dumps({"enabled": True, "apiServerCidrs": ["10.96.0.1/32"], "trackingCidrs": ["10.40.0.0/16"]})
+    )
+    assert egress is not None
+    owner = Owner("tickets", "ml", "uid-1")
+    rule = {
+        "to": [{"ipBlock": {"cidr": "10.40.0.0/16"}}],
+        "ports": [{"protocol": "TCP", "port": port} for port in (443, 80, 5000)],
+    }
+    assert rule in build_trainer_network_policy(owner, egress, tracked=True)["spec"]["egress"]
+    assert rule not in build_trainer_network_policy(owner, egress)["spec"]["egress"]
+
+
+def test_through_the_operator(cluster: Cluster, test_cluster: TestCluster, operator: Any) -> None:
+    """Without a platform MLflow the job fails at its field; with one it trains, reporting there."""
+    cluster.apply(with_spec(**TRACKED))
+    assert_rejected(cluster, "TrackingNotAvailable", "spec.tracking.mlflow: this platform has no MLflow server")
+
+
+def test_through_the_operator_with_a_platform_mlflow(cluster: Cluster, test_cluster: TestCluster) -> None:
+    with running_operator(test_cluster, KUBETUNE_MLFLOW_URI=MLFLOW):
+        cluster.apply(with_spec(**TRACKED))
+        pass_preflight(cluster, "tickets")
+        training = wait_for(lambda: cluster.job("tickets-train"), what="the training Job")
+    assert env_of(training)[contract.ENV_MLFLOW_TRACKING_URI] == MLFLOW

@@ -1,0 +1,107 @@
+"""spec.tracking.mlflow: a real `kubetune run` reports to a real MLflow server (tests/mlflowserver.py)
+over its REST API: the run with its parameters, metrics by step and the published version as tags, and
+the promoted version registered with the published folder as its source. MLflow out of reach never
+fails a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubetune.api.v1alpha1 import S3Spec
+from kubetune_trainer.storage import ObjectStore
+from tests.mlflowserver import MlflowServer
+from tests.trainer.jobs import kubetune_process, write_dataset, write_job
+
+
+def tracked_job(
+    folder: Path, model_dir: Path, tracking: dict[str, str], *, output: str, s3_endpoint: str | None = None
+) -> Path:
+    data = write_dataset(folder / "data.jsonl", 64)
+    return write_job(
+        folder / "job.yaml",
+        model_dir=model_dir,
+        data=data,
+        output=output,
+        s3_endpoint=s3_endpoint,
+        evaluation={"gate": {"metric": "perplexity"}},  # the tiny model's perplexity falls: promoted
+        tracking={"mlflow": tracking},
+    )
+
+
+def test_a_run_is_tracked_and_its_promoted_version_registered(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    mlflow_server: MlflowServer,
+    s3_spec: S3Spec,
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    output = f"s3://{s3_bucket}/tracked/"
+    tracking = {"experiment": "tickets triage", "registeredModel": "tiny-tickets"}
+    job = tracked_job(tmp_path, tiny_model_dir, tracking, output=output, s3_endpoint=s3_spec.endpoint)
+
+    # Published where the manifest says (no --output-dir): MLflow registers only a remote source.
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "kubetune"),
+            "run",
+            str(job),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--max-steps",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    store = ObjectStore(s3_spec)
+    (manifest_uri,) = [uri for uri in store.list(output) if uri.endswith("/manifest.json")]
+    manifest = json.loads(store.read_bytes(manifest_uri))
+    experiment = mlflow_server.get("experiments/get-by-name", experiment_name="tickets triage")["experiment"]
+    (run,) = mlflow_server.post("runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    assert run["info"]["status"] == "FINISHED" and run["info"]["run_name"] == "tiny-job"
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    learning_rate = [value for key, value in params.items() if key.endswith("learningRate")]
+    assert learning_rate == ["0.001"], params  # the job's value, as resolved
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["kubetune.version"] == manifest["version"] and tags["kubetune.promoted"] == "true"
+    assert tags["kubetune.manifestUri"] == manifest_uri
+    assert tags["kubetune.finetunejob"] == "tiny-job" and tags["kubetune.namespace"] == "default"
+    history = mlflow_server.get("metrics/get-history", run_id=run["info"]["run_id"], metric_key="train_loss")
+    steps = [point["step"] for point in history["metrics"]]
+    assert steps and steps == sorted(steps) and steps[-1] <= 4, steps
+    metrics = {m["key"] for m in run["data"]["metrics"]}
+    assert {"eval/base.perplexity", "eval/tuned.perplexity", "tokens_per_second"} <= metrics, metrics
+    (version,) = mlflow_server.get("model-versions/search", filter="name='tiny-tickets'")["model_versions"]
+    assert version["source"] == manifest_uri.rsplit("/", 1)[0], "serving loads the published folder"
+    assert version["run_id"] == run["info"]["run_id"]
+    assert {t["key"]: t["value"] for t in version["tags"]}["manifestUri"] == manifest_uri
+
+
+def test_an_mlflow_out_of_reach_is_a_warning_and_the_run_goes_on(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    job = tracked_job(tmp_path, tiny_model_dir, {"registeredModel": "tiny-tickets"}, output=f"file://{tmp_path}/out")
+
+    result = kubetune_process("run", str(job), tmp_path, "--max-steps", "2")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("the run goes on without MLflow") == 1, result.stderr[-3000:]
+    assert f"cannot reach http://127.0.0.1:{port}" in result.stderr
+    assert list((tmp_path / "runs").glob("*/v*/manifest.json")), "published all the same"
