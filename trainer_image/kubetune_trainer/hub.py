@@ -2,8 +2,8 @@
 
 A model is ``hf://owner/name[@revision]``; a dataset, a file or a folder of one,
 ``hf://datasets/owner/name[@revision][/path]`` (huggingface_hub's own URL form for datasets). Reads go
-through huggingface_hub (``HfApi`` for the revision and the file listing, ``hf_hub_download`` for each
-file, into its cache), pinned to the commit the revision resolved to when first asked, and each file is
+through huggingface_hub (``HfApi`` for the revision and the file listing, ``snapshot_download`` for a
+model's files and a dataset's, into its cache, ``hf_hub_download`` for a single file), pinned to the commit the revision resolved to when first asked, and each file is
 checked against the listing's checksum before it is used: an LFS file's SHA-256, another file's git
 blob id. The Hub is read only here: nothing is published to it (``spec.output.uri`` takes no hf://).
 
@@ -175,6 +175,29 @@ class HubClient:
         prefix = f"{path}/" if path else ""
         return sorted(repo.uri(name) for name in found if name.startswith(prefix))
 
+    def snapshot(self, uri: str, names: list[str]) -> None:
+        """``names`` of the repository into the cache at once, by huggingface_hub's ``snapshot_download``
+        (parallel, resumable); :meth:`fetch` then checks each and finds it there without a request."""
+        repo, _ = parse_hub_uri(uri)
+        repo = self.pin(repo)
+        if not names:
+            return
+
+        def download(api: Any) -> None:
+            from huggingface_hub import snapshot_download
+
+            snapshot_download(
+                repo.repo_id,
+                repo_type=repo.kind,
+                revision=repo.revision,
+                allow_patterns=names,
+                endpoint=api.endpoint,
+                token=self.token,
+                cache_dir=self.cache_dir,
+            )
+
+        self._call(repo.uri(), download)
+
     def fetch(self, uri: str) -> Path:
         """One file, downloaded into the cache (once) and checked against the listing."""
         repo, path = parse_hub_uri(uri)
@@ -216,6 +239,7 @@ class HubClient:
             pickled = [name for name in names if _matches(name, PICKLED_WEIGHTS)]
             hint = f" (found {', '.join(pickled)}: pickled weights are refused)" if pickled else ""
             raise HubError(f"{repo.uri()}: no *.safetensors weights{hint}")
+        self.snapshot(repo.uri(), wanted)
         dest.mkdir(parents=True, exist_ok=True)
         for name in wanted:
             local = self.fetch(repo.uri(name))

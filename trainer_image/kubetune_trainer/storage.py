@@ -282,6 +282,17 @@ class ObjectStore:
         repo, path = self._hub_call(parse_hub_uri, uri)
         return str(self._hub_call(self.hub.pin, repo).uri(path))
 
+    def prefetch(self, uris: builtins.list[str]) -> None:
+        """Bring remote files close before they are read one by one: the hf:// ones, each repository's
+        at once through huggingface_hub's ``snapshot_download``. Other schemes are read as they are."""
+        by_repo: dict[str, builtins.list[str]] = {}
+        for uri in uris:
+            loc = parse_uri(uri)
+            if loc.scheme == "hf":
+                by_repo.setdefault(f"hf://{loc.bucket}", []).append(loc.key)
+        for repo, paths in by_repo.items():
+            self._hub_call(self.hub.snapshot, repo, paths)
+
     def exists(self, uri: str) -> bool:
         loc = parse_uri(uri)
         if loc.scheme == "file":

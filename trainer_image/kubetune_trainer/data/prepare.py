@@ -87,6 +87,10 @@ def _source_files(source: DatasetSource, store: ObjectStore, index: int) -> list
     except StorageError as err:
         raise DatasetError(f"spec.dataset.sources[{index}].uri: {err}") from err
     files = [uri for uri in found if is_supported(uri)]
+    try:
+        store.prefetch(files)  # a Hub dataset's files through snapshot_download, then read as any other
+    except StorageError as err:
+        raise DatasetError(f"spec.dataset.sources[{index}].uri: {err}") from err
     if not files:
         detail = f"found only {', '.join(found[:3])}" if found else "nothing found"
         raise DatasetError(
