@@ -56,6 +56,7 @@ from measure_forgetting import (
     SMOKE_HYPERPARAMETERS,
     add_run_arguments,
     clear_unless_resumable,
+    machine_words,
     merge,
     read_jsonl,
     resumed_results,
@@ -240,7 +241,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "# Continual learning: ticket triage (A), then intents (B)",
         "",
         f"Rendered from `continual.json` by `{results['command']}` at {results['commit'][:12]} on "
-        f"{results['machine'].get('cpu', '?')}. Version A trained on A alone; each variant of B started from "
+        f"{machine_words(results['machine'])}. Version A trained on A alone; each variant of B started from "
         "it. Accuracy on each task's held-out rows before B (version A) → after, 95% bootstrap interval of "
         f"after; A kept = within {_percent(KEEP_WITHIN)} of its accuracy before B. The default recipe is "
         f"`{DEFAULT_VARIANT}`.",

@@ -93,6 +93,11 @@ def code_digest() -> str:
     return measured_code(CODE_PATHS)
 
 
+def machine_words(where: dict[str, Any]) -> str:
+    """Where a measurement ran, for its page: "2 CPUs (platform, torch version)"."""
+    return f"{where['cpus']} CPUs ({where['platform']}, torch {where['torch']})"
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -335,7 +340,7 @@ def render_markdown(results: dict[str, Any], name: str = "forgetting.json") -> s
         "",
         f"Command: `{results['command']}` at commit `{results['commit'][:12]}`"
         + (" (with uncommitted changes)" if results.get("dirty") else "")
-        + f", on {where['cpus']} CPUs ({where['platform']}, torch {where['torch']}).",
+        + f", on {machine_words(where)}.",
         "",
         *(SWEEP_INTRODUCTION if sweep else MAIN_INTRODUCTION),
         "",

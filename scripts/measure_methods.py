@@ -39,6 +39,7 @@ from measure_forgetting import (
     PLANTED_FORGETTING,
     ROOT,
     add_run_arguments,
+    machine_words,
     merge,
     provenance,
     run_one,
@@ -278,7 +279,7 @@ def _measured_at(run: dict[str, Any]) -> str:
     return (
         f"`{made['command']}` at commit `{made['commit'][:12]}`"
         + (" (with uncommitted changes)" if made.get("dirty") else "")
-        + f", on {where['cpus']} CPUs ({where['platform']}, torch {where['torch']})"
+        + f", on {machine_words(where)}"
         + (f". Note: {made['note']}" if made.get("note") else "")
     )
 

@@ -40,6 +40,7 @@ from measure_forgetting import (
     SMOKE_HYPERPARAMETERS,
     add_run_arguments,
     clear_unless_resumable,
+    machine_words,
     merge,
     read_jsonl,
     resumed_results,
@@ -163,7 +164,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             "# Differential privacy: accuracy against the budget on the ticket-triage example",
             "",
             f"Rendered from `privacy.json` by `{results['command']}` at {results['commit'][:12]} on "
-            f"{results['machine'].get('cpu', '?')}. Accuracy on the example's test rows, base → tuned, with the "
+            f"{machine_words(results['machine'])}. Accuracy on the example's test rows, base → tuned, with the "
             "95% bootstrap interval of the tuned model; epsilon as the run's accountant reported it and the "
             "script recomputed it.",
             "",

@@ -81,3 +81,23 @@ def test_the_smoke_flags_the_planted_forgetting_and_resumes(tmp_path: Path, tiny
     assert again.returncode == 0, again.stderr[-3000:]
     assert "recorded or not asked for, skipped" in again.stderr and "running" not in again.stderr
     assert json.loads(out.read_text())["variants"] == results["variants"]
+
+
+def test_the_recorded_measurement_is_what_the_docs_show() -> None:
+    """The page is rendered from the JSON, and docs/methods.md quotes its figures: A and B before and
+    after, and whether A was kept, for each variant it lists."""
+    recorded = ROOT / "docs" / "measurements" / "continual.json"
+    results = json.loads(recorded.read_text())
+    assert recorded.with_suffix(".md").read_text() == measure_continual.render_markdown(results)
+    methods = (ROOT / "docs" / "methods.md").read_text()
+    runs = {run["variant"]: run for run in results["variants"]}
+    assert runs[measure_continual.DEFAULT_VARIANT]["keptA"], "the default recipe keeps task A (issue 16's bar)"
+    for variant, label in (("plain", "plain (`replayFraction: 0`)"), ("replay", "replay (the default, 0.5)")):
+        a, b = runs[variant]["tasks"]["A"], runs[variant]["tasks"]["B"]
+        cells = [
+            label,
+            f"{a['before']:.3f} → {a['after']:.3f}",
+            f"{b['before']:.3f} → {b['after']:.3f}",
+            "yes" if runs[variant]["keptA"] else "no",
+        ]
+        assert "| " + " | ".join(cells) + " |" in methods, cells
