@@ -158,3 +158,28 @@ def test_an_empty_token_file_is_the_fields_error(tmp_path: Path, hub_server: Hub
     hub_server.hub.push("model", "org/m", {"config.json": b"{}", "model.safetensors": b"w"})
     with pytest.raises(ConfigurationError, match=r"spec.hub.tokenSecret.key: the token is empty"):
         _store(hub_server, tmp_path, "").pinned("hf://org/m")
+
+
+def test_a_hub_model_the_job_may_not_read_fails_the_run_at_its_field_not_as_a_retry(
+    tmp_path: Path, tiny_model_dir: Path, hub_server: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubetune.api.contract import EXIT_CONFIG
+
+    hub_server.hub.push("model", "org/private", _model_files(tiny_model_dir), private=True)
+    rows = write_dataset(tmp_path / "rows.jsonl")
+    job = write_job(
+        tmp_path / "job.yaml",
+        model_dir=tiny_model_dir,
+        data=rows,
+        output=f"file://{tmp_path}/out",
+        baseModel={"uri": "hf://org/private"},
+    )
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
+
+    result = kubetune_process("run", str(job), tmp_path)
+
+    assert result.returncode == EXIT_CONFIG, result.stderr[-3000:]
+    assert "spec.baseModel.uri: hf://org/private: repository not found" in result.stderr
+    assert "Traceback" not in result.stderr

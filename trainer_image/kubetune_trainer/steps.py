@@ -110,8 +110,8 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
         start = resolve_starting_version(ctx.spec, ctx.store, ctx.environment.storage_prefixes)
         uri, path = start.weights_uri, start.path
     else:
-        uri = ctx.store.pinned(uri)  # an hf:// revision resolved once: what trains is what the lineage names
-        path = resolve_model_dir(uri, ctx.store)
+        path = resolve_model_dir(uri, ctx.store)  # a source that cannot be read: the field's error, exit 2
+        uri = ctx.store.pinned(uri)  # an hf:// revision as the commit that was fetched (asked already)
     shape = ModelShape.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False))
     tokenizer = load_tokenizer(path)
     teacher, vocabulary, teacher_shape = None, None, None
