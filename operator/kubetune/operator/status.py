@@ -31,6 +31,7 @@ FAILURE_REASONS = (
     "PlacementNotAllowed",
     "StorageNotAllowed",
     "PersonalDataPolicyNotAllowed",
+    "TrackingNotAvailable",
     "GpuQuotaExceeded",
     "NameConflict",
     "PreflightFailed",
