@@ -300,3 +300,11 @@ def test_every_operator_family_is_in_the_docs() -> None:
     table = docs[docs.index("## Operator metrics") : docs.index("## Trainer metrics")]
     documented = dict(re.findall(r"^\| `(kubetune_[a-z_]+)` \| (\w+) \|", table, flags=re.MULTILINE))
     assert documented == exported
+
+
+def test_the_docs_list_every_failure_reason() -> None:
+    """An alert is written against the reasons docs/metrics.md names; each one the operator counts is there."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| `kubetune_finetunejob_failures_total`"))
+    listed = re.findall(r"`([A-Z][A-Za-z]+)`", row.split("Failed condition:", 1)[1])
+    assert listed == list(FAILURE_REASONS)
