@@ -105,3 +105,90 @@ def test_an_mlflow_out_of_reach_is_a_warning_and_the_run_goes_on(
     assert result.stderr.count("the run goes on without MLflow") == 1, result.stderr[-3000:]
     assert f"cannot reach http://127.0.0.1:{port}" in result.stderr
     assert list((tmp_path / "runs").glob("*/v*/manifest.json")), "published all the same"
+
+
+class StallingProxy:
+    """A loopback HTTP proxy to the MLflow server that holds every request until ``opened`` is set:
+    a tracking server that has stopped answering, for as long as the test says."""
+
+    def __init__(self, upstream: str) -> None:
+        import threading
+        import urllib.request
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.opened = threading.Event()
+        self.forwarded = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+                proxy.opened.wait()
+                request = urllib.request.Request(upstream + self.path, data=body, method=self.command)
+                request.add_header("Content-Type", "application/json")
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as answer:
+                        status, payload = answer.status, answer.read()
+                except urllib.error.HTTPError as err:
+                    status, payload = err.code, err.read()
+                proxy.forwarded += 1
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.opened.set()
+        self.server.shutdown()
+
+
+def test_a_stalled_mlflow_never_holds_training_and_gets_every_report_in_order(
+    mlflow_server: MlflowServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kubetune.api.v1alpha1 import MlflowTrackingSpec, Progress
+    from kubetune_trainer.reporting.mlflow import MlflowClient, MlflowReporter
+
+    proxy = StallingProxy(mlflow_server.uri)
+    try:
+        # A client timeout shorter than the stall: a reporter that waited on the server would give up.
+        reporter = MlflowReporter(
+            MlflowClient(proxy.uri, timeout=3), MlflowTrackingSpec(experiment="stalled"), namespace="ml", name="slow"
+        )
+        reporter.stage("training")
+        for step in range(1, 6):
+            reporter.progress(Progress(step=step, train_loss=1.0 / step))
+        assert proxy.forwarded == 0, "every report returned while the server answered nothing"
+
+        proxy.opened.set()
+        reporter.close(0)
+        assert "the run goes on without MLflow" not in caplog.text
+        run_id = reporter.run_id
+        assert run_id is not None
+        direct = MlflowClient(mlflow_server.uri)
+        assert direct.call("GET", "runs/get", {"run_id": run_id})["run"]["info"]["status"] == "FINISHED"
+        history = direct.call("GET", "metrics/get-history", {"run_id": run_id, "metric_key": "train_loss"})
+        assert [(m["step"], m["value"]) for m in history["metrics"]] == [
+            (s, pytest.approx(1.0 / s)) for s in range(1, 6)
+        ]
+
+        # A server that never answers again: the job's end waits its bounded drain, then leaves.
+        proxy.opened.clear()
+        stuck = MlflowReporter(
+            MlflowClient(proxy.uri, timeout=30), MlflowTrackingSpec(experiment="stalled"), namespace="ml", name="stuck"
+        )
+        stuck.drain_seconds = 0.5
+        stuck.stage("training")
+        stuck.close(0)
+        assert "took more than 0.5 s for the run's last reports" in caplog.text
+    finally:
+        proxy.close()

@@ -7,13 +7,17 @@ The REST API (``/api/2.0/mlflow/...``, stable since MLflow 1.0) rather than the 
 the trainer image keeps its own pins and size, and these few calls need nothing of the package's.
 
 Tracking is a report beside the job's status, never its verdict: when the server cannot be reached or
-refuses, the run goes on and a warning says why, once; MLflow then misses the rest of the run.
+refuses, the run goes on and a warning says why, once; MLflow then misses the rest of the run. Nor does
+it slow training: reports are sent by one background thread, in report order, and the job waits for
+them only at its end, for at most ``DRAIN_SECONDS``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -28,6 +32,9 @@ log = logging.getLogger(__name__)
 
 API = "/api/2.0/mlflow"
 TIMEOUT_SECONDS = 10
+# How long the end of a job waits for the reports still queued (the result, the registration, the run's
+# end) before it leaves them: a few requests' worth, each bounded by TIMEOUT_SECONDS.
+DRAIN_SECONDS = 60
 # MLflow's limits for one runs/log-batch request, and for a parameter's value.
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
@@ -141,6 +148,9 @@ class MlflowReporter(Reporter):
         self.step = 0
         self._failed = False
         self._params_logged = False
+        self.drain_seconds: float = DRAIN_SECONDS
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # callables; None stops the sender
+        self._sender: threading.Thread | None = None
 
     # ------------------------------------------------------------------ reports
     def stage(self, name: str) -> None:
@@ -155,8 +165,8 @@ class MlflowReporter(Reporter):
             items = list(params.items())
             for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
                 self.client.log_batch(run_id, params=dict(items[start : start + MAX_PARAMS_PER_BATCH]))
-            self._params_logged = True
 
+        self._params_logged = True
         self._guarded(log_params)
 
     def progress(self, progress: Progress) -> None:
@@ -173,7 +183,8 @@ class MlflowReporter(Reporter):
             if value is not None
         }
         if metrics:
-            self._guarded(lambda run_id: self.client.log_batch(run_id, metrics=metrics, step=self.step))
+            step = self.step  # sent later, by the sender thread: the step of this report
+            self._guarded(lambda run_id: self.client.log_batch(run_id, metrics=metrics, step=step))
 
     def training_metrics(self, metrics: TrainingMetrics) -> None:
         values = {
@@ -184,7 +195,8 @@ class MlflowReporter(Reporter):
         }
         if metrics.learning_rate is not None:
             values["learning_rate"] = metrics.learning_rate
-        self._guarded(lambda run_id: self.client.log_batch(run_id, metrics=values, step=self.step))
+        step = self.step
+        self._guarded(lambda run_id: self.client.log_batch(run_id, metrics=values, step=step))
 
     def result(self, result: TrainerResult) -> None:
         tags = {
@@ -193,13 +205,26 @@ class MlflowReporter(Reporter):
             f"{TAG_PREFIX}promoted": str(bool(result.promoted)).lower(),
         }
         metrics = {f"eval/{key}": value for key, value in (result.metrics or {}).items()}
-        self._guarded(lambda run_id: self.client.log_batch(run_id, metrics=metrics, step=self.step, tags=tags))
+        step = self.step
+        self._guarded(lambda run_id: self.client.log_batch(run_id, metrics=metrics, step=step, tags=tags))
         if self.spec.registered_model and result.promoted and result.manifest_uri:
             self._register(self.spec.registered_model, result)
 
     def close(self, exit_code: int) -> None:
-        """The run ends FINISHED or FAILED, even after a failed report: one last try, never left RUNNING
-        by a report MLflow refused."""
+        """Send what is queued, then end the run FINISHED or FAILED, even after a failed report: one last
+        try, never left RUNNING by a report MLflow refused. Waits at most ``drain_seconds``."""
+        if self._sender is None:
+            return
+        self._queue.put(lambda: self._end(exit_code))
+        self._queue.put(None)
+        self._sender.join(timeout=self.drain_seconds)
+        if self._sender.is_alive():  # a daemon: it does not hold the process
+            log.warning(
+                "spec.tracking.mlflow: the server took more than %g s for the run's last reports; they were left",
+                self.drain_seconds,
+            )
+
+    def _end(self, exit_code: int) -> None:
         if self.run_id is None:
             return
         try:
@@ -230,6 +255,18 @@ class MlflowReporter(Reporter):
         self._guarded(register)
 
     def _guarded(self, action: Any) -> None:
+        """``action(run_id)`` queued for the sender thread (started by the first report)."""
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send_queued, name="kubetune-mlflow", daemon=True)
+            self._sender.start()
+        self._queue.put(lambda: self._send(action))
+
+    def _send_queued(self) -> None:
+        """The sender thread: one request at a time, in report order, until close() queues the end."""
+        while (task := self._queue.get()) is not None:
+            task()
+
+    def _send(self, action: Any) -> None:
         """``action(run_id)``, the run opened first; the first failure is logged and ends the reports."""
         if self._failed:
             return
