@@ -61,6 +61,16 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow server behind its own basic-auth app: a request without a known login gets 401."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-auth"), _free_port(), auth=True)
+    try:
+        yield server.wait_until_ready()
+    finally:
+        server.stop()
+
+
 @pytest.fixture()
 def hub_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
     """An empty Hugging Face Hub on loopback (tests/hubdouble.py), reached through huggingface_hub's

@@ -4,7 +4,9 @@ never imports mlflow, it talks to the server over its REST API, as it would to t
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import subprocess
 import time
 import urllib.error
@@ -16,10 +18,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 MLFLOW = ROOT / ".venv-mlflow" / "bin" / "mlflow"
 STARTUP_SECONDS = 120
+# The admin of a server started with MLflow's basic-auth app (``auth=True``): what the test reads back as.
+ADMIN = ("admin", "kubetune-admin-password")
 
 
 class MlflowServer:
-    def __init__(self, folder: Path, port: int) -> None:
+    def __init__(self, folder: Path, port: int, *, auth: bool = False) -> None:
+        """``auth``: MLflow's own basic-auth app in front, refusing a request without a known login (401)
+        as the platform's server would; users are made with :meth:`create_user`."""
         if not MLFLOW.exists():
             raise RuntimeError(f"{MLFLOW} is missing: run scripts/bootstrap.sh dev (it runs scripts/install-mlflow.sh)")
         folder.mkdir(parents=True, exist_ok=True)
@@ -39,8 +45,21 @@ class MlflowServer:
             "--default-artifact-root",
             (folder / "artifacts").as_uri(),
         ]
+        environment = dict(os.environ)
+        self.admin: tuple[str, str] | None = None
+        if auth:
+            self.admin = ADMIN
+            config = folder / "basic_auth.ini"
+            config.write_text(
+                "[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
+                f"admin_username = {ADMIN[0]}\nadmin_password = {ADMIN[1]}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            )
+            environment.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY="kubetune-tests")
+            command += ["--app-name", "basic-auth"]
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=environment)
 
     def wait_until_ready(self) -> MlflowServer:
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -63,18 +82,29 @@ class MlflowServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
 
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.admin is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.admin).encode()).decode()
+        return headers
+
     def get(self, path: str, **query: Any) -> dict[str, Any]:
-        """A GET of MLflow's REST API, as a reader of the server would make it."""
+        """A GET of MLflow's REST API, as a reader of the server would make it (as its admin, with auth)."""
         url = f"{self.uri}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
+        request = urllib.request.Request(url, headers=self._headers())
+        with urllib.request.urlopen(request, timeout=10) as response:
             return dict(json.loads(response.read()))
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(
             f"{self.uri}/api/2.0/mlflow/{path}",
             data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=self._headers(),
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             return dict(json.loads(response.read()))
+
+    def create_user(self, username: str, password: str) -> None:
+        """A user of the basic-auth app (made by its admin): what a platform hands a tenant."""
+        self.post("users/create", {"username": username, "password": password})

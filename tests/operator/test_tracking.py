@@ -6,6 +6,7 @@ server: tests/trainer/test_mlflow_tracking.py."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +46,29 @@ def test_only_a_tracked_jobs_training_pod_gets_the_platforms_mlflow_server() -> 
     )
     untracked = parse_spec(JOB["spec"])
     assert contract.ENV_MLFLOW_TRACKING_URI not in env_of(build_training_job(owner, untracked, config))
+
+
+def test_the_mlflow_login_is_mounted_in_the_training_pod_only_as_the_contract_names_it() -> None:
+    config = OperatorConfig.from_env({"KUBETUNE_MLFLOW_URI": MLFLOW})
+    owner = Owner("tickets", "ml", "uid-1")
+    login = {"name": "mlflow-login", "passwordKey": "token"}
+    spec = parse_spec({**JOB["spec"], "tracking": {"mlflow": {"credentialsSecret": login}}})
+    training = build_training_job(owner, spec, config)["spec"]["template"]["spec"]
+    (volume,) = [v for v in training["volumes"] if v.get("secret", {}).get("secretName") == "mlflow-login"]
+    assert volume["secret"]["items"] == [
+        {"key": "username", "path": contract.MLFLOW_USERNAME_FILE},
+        {"key": "token", "path": contract.MLFLOW_PASSWORD_FILE},
+    ], "only the two keys named, nothing else of the Secret"
+    (mount,) = [m for m in training["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount == {"name": volume["name"], "mountPath": contract.MLFLOW_CREDENTIALS_DIR, "readOnly": True}
+    env = env_of(build_training_job(owner, spec, config))
+    assert TrainerEnvironment.from_env(env).mlflow_credentials_dir == Path(contract.MLFLOW_CREDENTIALS_DIR)
+    preflight = build_preflight_job(owner, spec, config)
+    assert "mlflow-login" not in json.dumps(preflight) and contract.ENV_MLFLOW_CREDENTIALS_DIR not in env_of(preflight)
+    untracked = build_training_job(owner, parse_spec(JOB["spec"]), config)
+    assert contract.ENV_MLFLOW_CREDENTIALS_DIR not in env_of(untracked) and "mlflow" not in json.dumps(
+        untracked["spec"]["template"]["spec"]["volumes"]
+    )
 
 
 def test_a_tracked_job_where_the_platform_has_no_mlflow_is_refused_at_its_field() -> None:

@@ -148,6 +148,19 @@ OPTED_IN_ACCOUNT = ("ServiceAccount", "s3-reader", {"metadata": {"labels": {"kub
             "spec.hub.tokenSecret.name: Secret 'hub-token' not found in namespace 'ml'",
         ),
         (
+            {"tracking": {"mlflow": {"credentialsSecret": {"name": "mlflow-login"}}}},
+            [("Secret", "mlflow-login", {"metadata": {"labels": {"kubetune.dev/hub-token": "true"}}})],
+            "SecretNotAllowed",
+            "spec.tracking.mlflow.credentialsSecret.name: Secret 'mlflow-login' is not labelled "
+            "kubetune.dev/mlflow-credentials=true",
+        ),
+        (
+            {"tracking": {"mlflow": {"credentialsSecret": {"name": "mlflow-login"}}}},
+            [],
+            "SecretNotFound",
+            "spec.tracking.mlflow.credentialsSecret.name: Secret 'mlflow-login' not found in namespace 'ml'",
+        ),
+        (
             {"serviceAccountName": "s3-reader"},
             [("ServiceAccount", "s3-reader", {"metadata": {}})],
             "ServiceAccountNotAllowed",

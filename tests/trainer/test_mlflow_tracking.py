@@ -10,7 +10,10 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +24,7 @@ from tests.trainer.jobs import kubetune_process, write_dataset, write_job
 
 
 def tracked_job(
-    folder: Path, model_dir: Path, tracking: dict[str, str], *, output: str, s3_endpoint: str | None = None
+    folder: Path, model_dir: Path, tracking: dict[str, Any], *, output: str, s3_endpoint: str | None = None
 ) -> Path:
     data = write_dataset(folder / "data.jsonl", 64)
     return write_job(
@@ -192,3 +195,52 @@ def test_a_stalled_mlflow_never_holds_training_and_gets_every_report_in_order(
         assert "took more than 0.5 s for the run's last reports" in caplog.text
     finally:
         proxy.close()
+
+
+def test_an_mlflow_with_basic_auth_takes_the_jobs_login_and_refuses_a_wrong_one(
+    tmp_path: Path, tiny_model_dir: Path, mlflow_auth_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubetune.api import contract
+
+    mlflow_auth_server.create_user("team-a", "team-a-password")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_auth_server.uri)
+    login = {"name": "mlflow-login", "usernameKey": "user", "passwordKey": "pass"}
+    tracking = {"experiment": "team-a", "credentialsSecret": login}
+    job = tracked_job(tmp_path, tiny_model_dir, tracking, output=f"file://{tmp_path}/out")
+
+    # The Secret's two keys as the operator mounts them: the files the contract names.
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    (mounted / contract.MLFLOW_USERNAME_FILE).write_text("team-a\n")
+    (mounted / contract.MLFLOW_PASSWORD_FILE).write_text("team-a-password\n")
+    monkeypatch.setenv(contract.ENV_MLFLOW_CREDENTIALS_DIR, str(mounted))
+    result = kubetune_process("run", str(job), tmp_path / "mounted-run", "--max-steps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MLflow" not in result.stderr, result.stderr[-3000:]
+    experiment = mlflow_auth_server.get("experiments/get-by-name", experiment_name="team-a")["experiment"]
+    (run,) = mlflow_auth_server.post("runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    assert run["info"]["status"] == "FINISHED"
+    with pytest.raises(urllib.error.HTTPError, match="401"):  # the server refuses who has no login
+        urllib.request.urlopen(f"{mlflow_auth_server.uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+    assert "team-a-password" not in result.stderr
+
+    # A key the Secret lacks: named at its field, and the run goes on untracked.
+    (mounted / contract.MLFLOW_PASSWORD_FILE).unlink()
+    result = kubetune_process("run", str(job), tmp_path / "missing-key-run", "--max-steps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "spec.tracking.mlflow.credentialsSecret.passwordKey: Secret 'mlflow-login' has no key 'pass'; "
+        "this run is not reported to MLflow" in result.stderr
+    )
+
+    # Locally, MLflow's own login variables; a wrong password is the server's 401, one warning.
+    monkeypatch.delenv(contract.ENV_MLFLOW_CREDENTIALS_DIR)
+    monkeypatch.setenv(contract.ENV_MLFLOW_USERNAME, "team-a")
+    monkeypatch.setenv(contract.ENV_MLFLOW_PASSWORD, "not-the-password")
+    result = kubetune_process("run", str(job), tmp_path / "wrong-run", "--max-steps", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("the run goes on without MLflow") == 1 and ": 401" in result.stderr, result.stderr[
+        -3000:
+    ]
+    assert list((tmp_path / "wrong-run" / "runs").glob("*/v*/manifest.json")), "published all the same"
+    assert len(mlflow_auth_server.post("runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]) == 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubetune.api import contract
@@ -32,6 +32,7 @@ class TrainerEnvironment:
     # spec.s3.endpoint passed only as a public endpoint: refuse connections that reach a non-public address
     s3_public_endpoint_only: bool
     mlflow_tracking_uri: str | None  # the MLflow server spec.tracking.mlflow reports to
+    mlflow_credentials_dir: Path | None  # spec.tracking.mlflow.credentialsSecret, mounted as files by the operator
     hub_endpoint: str | None  # the platform's Hub endpoint (HF_ENDPOINT); None: huggingface.co
     hub_token_file: Path | None  # spec.hub.tokenSecret, mounted as a file by the operator
     # policy.allowedStoragePrefixes for this namespace: URIs found at run time stay under them (empty: any)
@@ -44,6 +45,8 @@ class TrainerEnvironment:
     rank: int
     local_rank: int
     world_size: int
+    # MLflow's own login variables (kubetune run); never printed with the rest
+    mlflow_login: tuple[str, str] | None = field(default=None, repr=False)
 
     @property
     def is_main_process(self) -> bool:
@@ -86,6 +89,8 @@ class TrainerEnvironment:
             s3_credentials_dir=path(contract.ENV_S3_CREDENTIALS_DIR),
             s3_public_endpoint_only=(text(contract.ENV_S3_PUBLIC_ENDPOINT_ONLY) or "").lower() == "true",
             mlflow_tracking_uri=text(contract.ENV_MLFLOW_TRACKING_URI),
+            mlflow_credentials_dir=path(contract.ENV_MLFLOW_CREDENTIALS_DIR),
+            mlflow_login=_login(text(contract.ENV_MLFLOW_USERNAME), text(contract.ENV_MLFLOW_PASSWORD)),
             hub_endpoint=text(contract.ENV_HUB_ENDPOINT),
             hub_token_file=path(contract.ENV_HUB_TOKEN_FILE),
             storage_prefixes=tuple(p for p in (text(contract.ENV_STORAGE_PREFIXES) or "").split(",") if p),
@@ -97,3 +102,8 @@ class TrainerEnvironment:
             local_rank=number("LOCAL_RANK") or 0,
             world_size=number("WORLD_SIZE") or 1,
         )
+
+
+def _login(username: str | None, password: str | None) -> tuple[str, str] | None:
+    """MLflow's login variables, when both are set (MLflow's client reads them the same way)."""
+    return (username, password) if username and password else None

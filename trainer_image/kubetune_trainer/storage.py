@@ -25,6 +25,7 @@ from kubetune.api import contract
 from kubetune.api.v1alpha1 import S3Spec
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.hub import HubClient, HubError, parse_hub_uri
+from kubetune_trainer.secrets import read_secret_key
 
 # Files up to this size go in one PUT; larger ones in parts of PART_SIZE (S3: 5 MiB to 5 GiB a
 # part, 10,000 parts), each part checked by the server against its own SHA-256.
@@ -66,21 +67,10 @@ def _read_credentials(folder: Path, s3: S3Spec) -> dict[str, str]:
         wanted.append(
             ("aws_session_token", "sessionTokenKey", secret.session_token_key, contract.S3_SESSION_TOKEN_FILE)
         )
-    found: dict[str, str] = {}
-    for argument, field, key, file in wanted:
-        where = f"spec.s3.credentialsSecret.{field}"
-        try:
-            value = (folder / file).read_text().strip()
-        except FileNotFoundError:
-            raise ConfigurationError(f"{where}: Secret '{secret.name}' has no key '{key}'") from None
-        except OSError as err:
-            raise ConfigurationError(
-                f"{where}: cannot read key '{key}' of Secret '{secret.name}': {err.strerror}"
-            ) from err
-        if not value:
-            raise ConfigurationError(f"{where}: key '{key}' of Secret '{secret.name}' is empty")
-        found[argument] = value
-    return found
+    return {
+        argument: read_secret_key(folder, file, field=f"spec.s3.credentialsSecret.{field}", secret=secret.name, key=key)
+        for argument, field, key, file in wanted
+    }
 
 
 class StorageError(RuntimeError):

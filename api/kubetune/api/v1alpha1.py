@@ -1442,6 +1442,14 @@ MLFLOW_EXPERIMENT_PATTERN = r"^[^\x00-\x1f]+$"
 MLFLOW_MODEL_PATTERN = r"^[^/:\x00-\x1f]+$"
 
 
+class MlflowCredentialsRef(ApiModel):
+    """A Secret with a user's name and password on the platform's MLflow server (MLflow's basic auth)."""
+
+    name: Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+    username_key: DataKey = "username"
+    password_key: DataKey = "password"
+
+
 class MlflowTrackingSpec(ApiModel):
     """The run reported to the platform's MLflow server (its tracking API; Helm value tracking.mlflow.uri):
     the resolved training values as parameters, the losses and throughput by step and the evaluation as
@@ -1467,6 +1475,16 @@ class MlflowTrackingSpec(ApiModel):
                 "a model version whose source is the published version's folder, tagged with its manifest's URI "
                 "and SHA-256. Unset: nothing is registered."
             ),
+        ),
+    ] = None
+    credentials_secret: Annotated[
+        MlflowCredentialsRef | None,
+        Field(
+            description=(
+                "Secret with the user name and password the run reports as, for a server with MLflow's basic "
+                "auth (the Secret labelled kubetune.dev/mlflow-credentials=true by a namespace admin); mounted "
+                "in the training pod only. Unset: no credentials."
+            )
         ),
     ] = None
 

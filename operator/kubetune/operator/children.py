@@ -24,6 +24,7 @@ from kubetune.api.contract import (
     ENV_JOB_NAME,
     ENV_JOB_NAMESPACE,
     ENV_METRICS_PORT,
+    ENV_MLFLOW_CREDENTIALS_DIR,
     ENV_MLFLOW_TRACKING_URI,
     ENV_PUSH_INTERVAL,
     ENV_PUSHGATEWAY_URL,
@@ -43,6 +44,9 @@ from kubetune.api.contract import (
     JOB_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    MLFLOW_CREDENTIALS_DIR,
+    MLFLOW_PASSWORD_FILE,
+    MLFLOW_USERNAME_FILE,
     MONITOR_LABEL,
     S3_ACCESS_KEY_ID_FILE,
     S3_CREDENTIALS_DIR,
@@ -343,10 +347,37 @@ def _metrics_env(config: OperatorConfig, namespace: str) -> list[dict[str, Any]]
 
 def tracking_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
     """The platform's MLflow server, for the training pod of a job that asks to be tracked (the pre-flight
-    is no run to record). check_policy refused such a job when the platform has none."""
+    is no run to record), and where its login is mounted (:func:`tracking_volumes`). check_policy refused
+    such a job when the platform has none."""
     if spec.tracking is None or spec.tracking.mlflow is None or config.mlflow_uri is None:
         return []
-    return [{"name": ENV_MLFLOW_TRACKING_URI, "value": config.mlflow_uri}]
+    env = [{"name": ENV_MLFLOW_TRACKING_URI, "value": config.mlflow_uri}]
+    if spec.tracking.mlflow.credentials_secret is not None:
+        env.append({"name": ENV_MLFLOW_CREDENTIALS_DIR, "value": MLFLOW_CREDENTIALS_DIR})
+    return env
+
+
+def tracking_volumes(
+    spec: FineTuneJobSpec, config: OperatorConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The MLflow login Secret's two keys as files, for the training pod of a tracked job (as
+    :func:`tracking_env` points at them): (volumes, mounts)."""
+    login = spec.tracking.mlflow.credentials_secret if spec.tracking and spec.tracking.mlflow else None
+    if login is None or config.mlflow_uri is None:
+        return [], []
+    volume = {
+        "name": "mlflow-credentials",
+        "secret": {
+            "secretName": login.name,
+            "items": [
+                {"key": login.username_key, "path": MLFLOW_USERNAME_FILE},
+                {"key": login.password_key, "path": MLFLOW_PASSWORD_FILE},
+            ],
+            "optional": True,  # a missing key is the trainer's clear error, as for S3 credentials
+            "defaultMode": 0o440,
+        },
+    }
+    return [volume], [{"name": "mlflow-credentials", "mountPath": MLFLOW_CREDENTIALS_DIR, "readOnly": True}]
 
 
 def s3_volumes(s3: S3Spec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -562,6 +593,9 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConf
     )
     trainer = pod["containers"][0]
     trainer["env"] += _metrics_env(config, owner.namespace) + tracking_env(spec, config)
+    login, login_mounts = tracking_volumes(spec, config)
+    pod["volumes"] += login
+    trainer["volumeMounts"] += login_mounts
     trainer["ports"] = [{"name": "metrics", "containerPort": config.trainer_metrics_port, "protocol": "TCP"}]
     extra: dict[str, Any] = {}
     if spec.active_deadline_seconds is not None:

@@ -31,6 +31,7 @@ Reader = Callable[[str, str, str], dict[str, Any] | None]  # (kind, namespace, n
 TRAINER_IDENTITY_LABEL = "kubetune.dev/trainer-identity"  # a ServiceAccount to run trainer pods as
 S3_CREDENTIALS_LABEL = "kubetune.dev/s3-credentials"  # a Secret to mount as S3 credentials
 HUB_TOKEN_LABEL = "kubetune.dev/hub-token"  # a Secret to mount as a job's Hugging Face Hub token
+MLFLOW_CREDENTIALS_LABEL = "kubetune.dev/mlflow-credentials"  # a Secret to mount as a job's MLflow login
 WEBHOOK_LABEL = "kubetune.dev/webhook"  # a Secret whose URL and key the operator may send notifications with
 SYSTEM_NAMESPACE_PREFIX = "kube-"  # kube-system, kube-public, kube-node-lease and any future one
 
@@ -182,6 +183,12 @@ def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> Spe
         )
     if (problem := check_hub_references(spec.hub, namespace, read)) is not None:
         return problem
+    mlflow = spec.tracking.mlflow if spec.tracking is not None else None
+    if mlflow is not None and (login := mlflow.credentials_secret) is not None:
+        use = "kubetune's training pods may use as an MLflow login"
+        field = "spec.tracking.mlflow.credentialsSecret.name"
+        if (problem := _secret_problem(read, namespace, field, login.name, MLFLOW_CREDENTIALS_LABEL, use)) is not None:
+            return problem
     for index, webhook in enumerate(spec.notifications.webhooks if spec.notifications else []):
         use = "kubetune's operator may send notifications with"
         field = f"spec.notifications.webhooks[{index}].secretName"

@@ -10,7 +10,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from kubetune.api.v1alpha1 import FineTuneJob, PreflightReport, Progress, ResolvedTraining, TrainerResult
+from kubetune.api.v1alpha1 import (
+    FineTuneJob,
+    MlflowTrackingSpec,
+    PreflightReport,
+    Progress,
+    ResolvedTraining,
+    TrainerResult,
+)
 from kubetune_trainer.environment import TrainerEnvironment
 
 log = logging.getLogger(__name__)
@@ -131,19 +138,7 @@ def build_reporters(job: FineTuneJob, *, console: bool, environment: TrainerEnvi
         )
     tracking = job.spec.tracking.mlflow if job.spec.tracking else None
     if tracking is not None and environment.is_main_process:
-        if environment.mlflow_tracking_uri is None:
-            log.warning("spec.tracking.mlflow: MLFLOW_TRACKING_URI is not set; this run is not reported to MLflow")
-        else:
-            from kubetune_trainer.reporting.mlflow import MlflowClient, MlflowReporter
-
-            reporters.append(
-                MlflowReporter(
-                    MlflowClient(environment.mlflow_tracking_uri),
-                    tracking,
-                    namespace=namespace,
-                    name=name,
-                )
-            )
+        reporters += _mlflow_reporter(tracking, environment, namespace=namespace, name=name)
     if environment.report_status and environment.is_main_process:
         from kubetune_trainer.reporting.kubernetes import KubernetesStatusReporter
 
@@ -151,3 +146,25 @@ def build_reporters(job: FineTuneJob, *, console: bool, environment: TrainerEnvi
         # then every other reporter has had that report (Prometheus keeps the evaluation metrics).
         reporters.append(KubernetesStatusReporter.from_environment(environment))
     return Reporters(reporters)
+
+
+def _mlflow_reporter(
+    tracking: MlflowTrackingSpec, environment: TrainerEnvironment, *, namespace: str, name: str
+) -> list[Reporter]:
+    """The MLflow reporter, or none and a warning why: tracking is never the job's verdict, a login the
+    Secret cannot give included (the operator checked the Secret; its keys are read here)."""
+    from kubetune_trainer.errors import ConfigurationError
+    from kubetune_trainer.reporting.mlflow import MlflowClient, MlflowReporter, read_login
+
+    if environment.mlflow_tracking_uri is None:
+        log.warning("spec.tracking.mlflow: MLFLOW_TRACKING_URI is not set; this run is not reported to MLflow")
+        return []
+    # The job's Secret as the operator mounts it; locally, MLflow's own login variables.
+    folder = environment.mlflow_credentials_dir
+    try:
+        login = read_login(folder, tracking) if folder is not None else environment.mlflow_login
+    except ConfigurationError as err:
+        log.warning("%s; this run is not reported to MLflow", err)
+        return []
+    client = MlflowClient(environment.mlflow_tracking_uri, login=login)
+    return [MlflowReporter(client, tracking, namespace=namespace, name=name)]

@@ -14,6 +14,7 @@ them only at its end, for at most ``DRAIN_SECONDS``.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import queue
@@ -23,10 +24,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+from kubetune.api import contract
 from kubetune.api.v1alpha1 import MlflowTrackingSpec, Progress, ResolvedTraining, TrainerResult
+from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.reporting import Reporter, TrainingMetrics
+from kubetune_trainer.secrets import read_secret_key
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +57,15 @@ class MlflowError(RuntimeError):
 class MlflowClient:
     """The few REST calls kubetune makes, against one tracking server."""
 
-    def __init__(self, uri: str, *, timeout: float = TIMEOUT_SECONDS) -> None:
+    def __init__(self, uri: str, *, timeout: float = TIMEOUT_SECONDS, login: tuple[str, str] | None = None) -> None:
         self.uri = uri.rstrip("/")
         self.timeout = timeout
+        self._headers = {"Content-Type": "application/json"}
+        if login is not None:  # MLflow's basic auth, as its own client sends it
+            self._headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
+
+    def __repr__(self) -> str:
+        return f"MlflowClient({self.uri!r})"  # never the login
 
     def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         url = f"{self.uri}{API}/{path}"
@@ -63,7 +74,7 @@ class MlflowClient:
             url += "?" + urllib.parse.urlencode(body)
         elif body is not None:
             data = json.dumps(body).encode()
-        request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(url, data=data, method=method, headers=self._headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 answer = response.read()
@@ -133,6 +144,26 @@ class MlflowClient:
                 raise
         body = {"name": name, "source": source, "run_id": run_id, "tags": _pairs(tags)}
         return str(self.call("POST", "model-versions/create", body)["model_version"]["version"])
+
+
+def read_login(folder: Path, spec: MlflowTrackingSpec) -> tuple[str, str]:
+    """The user name and password of ``spec.credentialsSecret`` as the operator mounts them (one file per
+    key), each problem named at the field that lists the key."""
+    secret = spec.credentials_secret
+    if secret is None:
+        raise ConfigurationError(
+            f"{folder}: an MLflow login is mounted but spec.tracking.mlflow.credentialsSecret is not set"
+        )
+    username, password = (
+        read_secret_key(
+            folder, file, field=f"spec.tracking.mlflow.credentialsSecret.{field}", secret=secret.name, key=key
+        )
+        for field, key, file in (
+            ("usernameKey", secret.username_key, contract.MLFLOW_USERNAME_FILE),
+            ("passwordKey", secret.password_key, contract.MLFLOW_PASSWORD_FILE),
+        )
+    )
+    return username, password
 
 
 class MlflowReporter(Reporter):
