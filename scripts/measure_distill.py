@@ -27,13 +27,20 @@ with the command, the commit, the machine, the seeds and every per-example answe
 measures only what is not recorded (a run cut short goes on from its last checkpoint).
 ``docs/measurements/distill.md`` is rendered from the JSON (a test checks it).
 
+Each distilled run is verified to have been taught by the measured teacher: the lineage's
+``distill.teacher`` must name the teacher's version and the SHA-256 of its ``manifest.json``; a run that
+was not is flagged and the script exits 1.
+
 ``--smoke`` runs the whole measurement on a tiny model (two layers, so a one-layer student) with short
-answers, in seconds: the CI check of the script.
+answers, in seconds, and checks the verifier on a planted record: the distilled run's record naming
+another teacher's manifest, which the script must flag.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import json
 import math
 import statistics
@@ -172,6 +179,19 @@ def run_record(name: str, record: dict[str, Any], version: Path, test_uri: str) 
     }
 
 
+def taught_by_teacher(run: dict[str, Any], teacher: dict[str, Any]) -> str | None:
+    """Why the distilled ``run`` was not taught by the measured ``teacher`` (its lineage's ``distill.teacher``
+    against the teacher's version folder), or None."""
+    named = ((run.get("distill") or {}).get("teacher") or {}).get("version") or {}
+    folder = Path(teacher["version"])
+    digest = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+    if named.get("version") != folder.name:
+        return f"{run['run']}: taught by version {named.get('version')!r}, not the teacher {folder.name}"
+    if named.get("manifestSha256") != digest:
+        return f"{run['run']}: its teacher's manifest is {named.get('manifestSha256')}, the teacher's is {digest}"
+    return None
+
+
 def _megabytes(size: dict[str, int]) -> str:
     return f"{size['parameters'] / 1e6:.1f} M parameters, {size['bytes'] / 2**20:.0f} MiB"
 
@@ -270,9 +290,25 @@ def main(argv: list[str] | None = None) -> int:
             prompts = [row["messages"] for row in distilled["perExample"]["test"][: SPEED_PROMPTS[args.smoke]]]
             folders = {"teacher": Path(teacher["version"]) / "merged", DISTILLED: Path(distilled["version"]) / "merged"}
             results["speed"] = generation_speed(folders, prompts, SPEED_NEW_TOKENS[args.smoke])
+    problems = [
+        problem
+        for run in students
+        if run and run["run"] == DISTILLED and run["exitCode"] == 0
+        if (problem := taught_by_teacher(run, teacher)) is not None
+    ]
+    for problem in problems:
+        print(f"FLAGGED: {problem}", file=sys.stderr)
+    if args.smoke and runs.get(DISTILLED, {}).get("exitCode") == 0:
+        # The planted record: the distilled run claiming another teacher's manifest.
+        planted = copy.deepcopy({key: runs[DISTILLED][key] for key in ("run", "distill")})
+        planted["distill"]["teacher"]["version"]["manifestSha256"] = "0" * 64
+        results["planted"] = {"distill": planted["distill"], "problem": taught_by_teacher(planted, teacher)}
+        print(f"planted: {results['planted']['problem'] or 'NOT FLAGGED'}", file=sys.stderr)
     save(args.out, results)
     args.out.with_suffix(".md").write_text(render_markdown(results))
-    return 0 if all(run["exitCode"] == 0 for run in results["runs"]) else 1
+    planted_missed = args.smoke and not (results.get("planted") or {}).get("problem")
+    failed = any(run["exitCode"] != 0 for run in results["runs"])
+    return 1 if failed or problems or planted_missed else 0
 
 
 def _builtin_base() -> Path:

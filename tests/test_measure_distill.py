@@ -1,13 +1,15 @@
 """``scripts/measure_distill.py --smoke``: a tuned teacher, a student with every other layer of the base
 dropped, that student tuned on labels alone and distilled from the teacher through ``kubetune run``,
-their paired comparison and speeds, resuming without running anything again, and the page rendered
-from the JSON."""
+their paired comparison and speeds, a planted record naming another teacher that the script must flag,
+resuming without running anything again, and the page rendered from the JSON."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +35,22 @@ def test_the_students_are_compared_row_by_row() -> None:
     assert comparison["ci"][0] <= 0.25 <= comparison["ci"][1]
     with pytest.raises(SystemExit, match="different test rows"):
         measure_distill.compare(distilled, labels_only[:3])
+
+
+def test_a_distilled_run_is_checked_against_the_teachers_version_and_manifest(tmp_path: Path) -> None:
+    folder = tmp_path / "v20261206-000000-abcdef"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"version": "v20261206-000000-abcdef"}')
+    digest = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+    teacher = {"version": str(folder)}
+
+    def run(version: str, sha: str) -> dict[str, Any]:
+        return {"run": "distilled", "distill": {"teacher": {"version": {"version": version, "manifestSha256": sha}}}}
+
+    assert measure_distill.taught_by_teacher(run(folder.name, digest), teacher) is None
+    assert "not the teacher" in str(measure_distill.taught_by_teacher(run("v2", digest), teacher))
+    assert "the teacher's is" in str(measure_distill.taught_by_teacher(run(folder.name, "0" * 64), teacher))
+    assert measure_distill.taught_by_teacher({"run": "distilled", "distill": None}, teacher) is not None
 
 
 @pytest.mark.slow
