@@ -92,7 +92,12 @@ def test_the_recorded_measurement_is_what_the_docs_show() -> None:
     methods = (ROOT / "docs" / "methods.md").read_text()
     runs = {run["variant"]: run for run in results["variants"]}
     assert runs[measure_continual.DEFAULT_VARIANT]["keptA"], "the default recipe keeps task A (issue 16's bar)"
-    for variant, label in (("plain", "plain (`replayFraction: 0`)"), ("replay", "replay (the default, 0.5)")):
+    labels = {
+        "plain": "plain (`replayFraction: 0`)",
+        "replay": "replay (the default, 0.5)",
+        "ewc": "ewc (`replayFraction: 0`, `ewc: {}`)",
+    }
+    for variant, label in labels.items():
         a, b = runs[variant]["tasks"]["A"], runs[variant]["tasks"]["B"]
         cells = [
             label,
