@@ -244,3 +244,41 @@ def test_an_mlflow_with_basic_auth_takes_the_jobs_login_and_refuses_a_wrong_one(
     ]
     assert list((tmp_path / "wrong-run" / "runs").glob("*/v*/manifest.json")), "published all the same"
     assert len(mlflow_auth_server.post("runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]) == 1
+
+
+def test_a_server_that_is_not_mlflow_is_one_warning_not_a_dead_sender(caplog: pytest.LogCaptureFixture) -> None:
+    """A proxy's login page answered with 200: the reports stop with one warning, and the run's end is
+    still tried (a sender thread killed by the answer would leave nothing said)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from kubetune.api.v1alpha1 import MlflowTrackingSpec, Progress
+    from kubetune_trainer.reporting.mlflow import MlflowClient, MlflowReporter
+
+    class LoginPage(BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"<html>sign in</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _page
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), LoginPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = MlflowClient(f"http://127.0.0.1:{server.server_address[1]}", timeout=5)
+        reporter = MlflowReporter(client, MlflowTrackingSpec(), namespace="ml", name="job")
+        reporter.stage("training")
+        reporter.progress(Progress(step=1, train_loss=1.0))
+        reporter.close(0)
+        assert reporter._sender is not None and not reporter._sender.is_alive()
+        assert caplog.text.count("the run goes on without MLflow") == 1
+        assert "answered something other than MLflow's JSON" in caplog.text
+    finally:
+        server.shutdown()

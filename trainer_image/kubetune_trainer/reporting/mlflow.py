@@ -64,9 +64,6 @@ class MlflowClient:
         if login is not None:  # MLflow's basic auth, as its own client sends it
             self._headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
 
-    def __repr__(self) -> str:
-        return f"MlflowClient({self.uri!r})"  # never the login
-
     def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         url = f"{self.uri}{API}/{path}"
         data = None
@@ -87,7 +84,13 @@ class MlflowClient:
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise MlflowError(f"{method} {path}: cannot reach {self.uri}: {reason}") from None
-        return dict(json.loads(answer or b"{}"))
+        try:
+            parsed = json.loads(answer or b"{}")
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):  # a proxy's page, not MLflow: the sender thread must not die of it
+            raise MlflowError(f"{method} {path}: {self.uri} answered something other than MLflow's JSON")
+        return parsed
 
     def experiment_id(self, name: str) -> str:
         """The experiment's id, created when missing (another writer creating it first is fine)."""
@@ -306,7 +309,7 @@ class MlflowReporter(Reporter):
                 experiment_id = self.client.experiment_id(self.experiment)
                 self.run_id = self.client.create_run(experiment_id, self.run_name, self.job_tags)
             action(self.run_id)
-        except MlflowError as err:
+        except (MlflowError, KeyError, TypeError) as err:  # the last two: an answer without MLflow's fields
             self._failed = True
             log.warning("spec.tracking.mlflow: %s; the run goes on without MLflow", err)
 
