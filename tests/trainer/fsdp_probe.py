@@ -129,7 +129,18 @@ def trainer(mode: str, output: str) -> None:
     )
     run = Trainer(model=tiny_model(), args=arguments, train_dataset=Rows())
     run.train()
-    report([entry["loss"] for entry in run.state.log_history if "loss" in entry], dict(run.model.state_dict()))
+    losses = [entry["loss"] for entry in run.state.log_history if "loss" in entry]
+    if not dist.is_initialized():
+        report(losses, dict(run.model.state_dict()))
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    # Every rank takes part in gathering the sharded weights, and every rank leaves the process group
+    # before exiting: a rank that exits with the group's threads still running aborts
+    # ("terminate called without an active exception"), which failed CI once.
+    report(losses, get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
