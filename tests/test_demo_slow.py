@@ -171,20 +171,17 @@ def kubetune(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_the_drift_loop_on_the_demo_model(demo: Demo, tmp_path: Path) -> None:
-    """The DriftMonitor's loop, each step the command its Jobs run, on SmolLM2 and the demo's version on
-    prod (windows without drift are the calibration's and the end-to-end tests'): French tickets are
-    drift; the retraining spec the operator would make (the French request logs' confirmed labels, the
-    champion's data replayed at weight 0.5) trains for 40 steps; ``kubetune challenge --promote``
-    decides, and the channel follows its verdict."""
-    from kubetune.api.driftmonitor import RetrainingSpec
-    from kubetune.operator.driftjobs import retraining_name, retraining_spec
-
+@pytest.mark.timeout(900)
+def test_the_demo_models_drift_check_finds_french_tickets(demo: Demo, tmp_path: Path) -> None:
+    """The DriftMonitor's check, the command its Job runs, on SmolLM2 and the demo's version on prod: a
+    window of 60 French tickets, logged with the label a person confirmed, is drift (windows without
+    drift are the calibration test's). The rest of the loop (retraining spec, ``kubetune challenge
+    --promote``, the channel) runs end to end through the operator on the tiny model
+    (``tests/operator/test_drift_monitor.py``): on SmolLM2 it cost CI 5 minutes and, by design, could
+    only show the champion kept."""
     assert demo.result.returncode == 0, "the demo's run failed: see its test"
     (champion,) = [p for p in demo.output.iterdir() if p.name.startswith("v")]
-    manifest = json.loads((champion / "manifest.json").read_text())
-    if not manifest["promoted"]:
+    if not json.loads((champion / "manifest.json").read_text())["promoted"]:
         pytest.fail("the demo's version was not promoted, so no channel names a champion: see the demo's test")
     output = f"file://{demo.output}/"
     # Windows of 60: above the documented minimum (50), where half-moved windows were all found.
@@ -193,37 +190,5 @@ def test_the_drift_loop_on_the_demo_model(demo: Demo, tmp_path: Path) -> None:
     french = write_log(tmp_path / "french", french_requests(120, 2))
     moved = kubetune(*check, "--samples", f"file://{french}/")
     assert moved.returncode == 1, moved.stdout + moved.stderr[-2000:]
-    assert json.loads(moved.stdout)["drifted"] and json.loads(moved.stdout)["labelled"] == 60
-
-    template = yaml.safe_load((ROOT / "examples" / "support-tickets.yaml").read_text())["spec"]
-    template["dataset"]["sources"] = [{"uri": f"file://{french}/", "format": "request-log"}]
-    template["output"]["uri"] = output  # a monitor's retraining publishes beside its champion
-    # Within CI's minutes: steps of 2 rows, the adapter kept at full strength (no walk), and answers
-    # (labels, a few tokens) decoded up to 8 tokens, not 64 (the base model's answers run to the limit).
-    template["hyperparameters"] = {"batchSize": 2, "gradientAccumulationSteps": 1}
-    template["method"] = {"lora": {"scale": 1.0}}
-    template["evaluation"] = {"maxNewTokens": 8}
-    retraining = RetrainingSpec.model_validate({"template": template})
-    spec = retraining_spec(retraining, [str(uri) for uri in manifest["dataset"]["sources"]])
-    name = retraining_name("support-tickets-prod", 1)  # as the operator names a monitor's first retraining
-    job = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}}
-    (tmp_path / "retrain.yaml").write_text(yaml.safe_dump({**job, "spec": spec.to_manifest()}))
-    trained = kubetune(
-        "run", str(tmp_path / "retrain.yaml"), *MAP, "--workdir", str(tmp_path / "work"), "--max-steps", "40"
-    )
-    assert trained.returncode == 0, trained.stderr[-4000:]
-    (challenger,) = [p for p in demo.output.iterdir() if p.name.startswith("v") and p != champion]
-    mix = {s["uri"]: s["weight"] for s in json.loads((challenger / "manifest.json").read_text())["dataset"]["mix"]}
-    assert mix == {f"file://{french}/": 1.0, **{uri: 0.5 for uri in manifest["dataset"]["sources"]}}, mix
-
-    report_file = tmp_path / "challenge.json"
-    compared = kubetune(
-        "challenge", f"{output}{challenger.name}", "--channel", "prod", "--promote", "--report", str(report_file)
-    )
-    assert compared.returncode == 0, compared.stderr[-2000:]
-    report = json.loads(report_file.read_text())
-    assert report["champion"] == champion.name and report["newData"]["examples"] > 0, report
-    assert report["oldData"]["examples"] > 0, "the champion's test rows kept out of the challenger's training"
-    entries = sorted((demo.output / "channels" / "prod").glob("*.json"))
-    served = json.loads(entries[-1].read_text())["version"]
-    assert served == (challenger.name if report["promoted"] else champion.name), report["message"]
+    report = json.loads(moved.stdout)
+    assert report["drifted"] and report["labelled"] == 60, report
