@@ -4,6 +4,7 @@ run`` the way a user runs it.
 
     python scripts/measure_continual.py              # A, then B five ways: ~20 min per run on 2 cores
     python scripts/measure_continual.py --only ewc   # some variants; the others stay recorded
+    python scripts/measure_continual.py --only --ewc-lambda 1e5 1e6   # EWC alone at set weights
     python scripts/measure_continual.py --smoke --base-model file:///path/to/tiny-model   # CI
 
 Each task's rows are split once, by a hash of the row, into training rows and held-out test rows.
@@ -18,7 +19,9 @@ either task, version A's answer and the answer after B. The variants:
   job that says nothing else gets: replayFraction 0.5, no EWC);
 - ``ewc``: no replay, elastic weight consolidation with A's published Fisher;
 - ``replay + ewc``: both;
-- ``osf``: no replay, orthogonal subspace fine-tuning (``method.adapter: osf``) instead of a fresh LoRA.
+- ``osf``: no replay, orthogonal subspace fine-tuning (``method.adapter: osf``) instead of a fresh LoRA;
+- ``ewc, lambda L`` (``--ewc-lambda L ...``): no replay, EWC at the penalty weight ``L``: a sweep of
+  ``continual.ewc.lambda`` beside the auto weight of ``ewc``.
 
 Per variant: accuracy on A's test rows before B (version A) and after, and on B's, each with a 95%
 paired bootstrap interval, and the mean likelihood of A's reference answers. A variant keeps A when
@@ -58,6 +61,7 @@ from measure_forgetting import (
     clear_unless_resumable,
     machine_words,
     merge,
+    provenance,
     read_jsonl,
     resumed_results,
     run_kubetune,
@@ -153,7 +157,9 @@ def run_job(name: str, job: dict[str, Any], folder: Path) -> tuple[dict[str, Any
     if clear_unless_resumable(folder, yaml.safe_dump(job, sort_keys=False)):
         print(f"{name}: resuming the attempt cut short in {folder}", file=sys.stderr)
     result, wall = run_kubetune(job, folder, DATASETS[TASK_A].parent)
-    record: dict[str, Any] = {"manifest": job, "exitCode": result.returncode, "wallSeconds": round(wall, 1)}
+    # Each run's own code: an invocation adding variants to the file may come at a later commit.
+    code = {k: v for k, v in provenance([]).items() if k in ("commit", "dirty", "codeSha256")}
+    record: dict[str, Any] = {"manifest": job, "exitCode": result.returncode, "wallSeconds": round(wall, 1), **code}
     if result.returncode != 0:
         return {**record, "error": result.stderr[-3000:]}, None
     (version,) = [p for p in (folder / "runs" / job["metadata"]["name"]).iterdir() if p.name.startswith("v")]
@@ -251,18 +257,51 @@ def render_markdown(results: dict[str, Any]) -> str:
         *(_row(run) for run in results["variants"]),
         "",
     ]
+    elsewhere = [
+        f"{run['variant']} at {run['commit'][:12]}"
+        for run in results["variants"]
+        if run.get("commit", results["commit"]) != results["commit"]
+    ]
+    if elsewhere:
+        lines += [f"Measured at another commit (an earlier invocation): {'; '.join(elsewhere)}.", ""]
     return "\n".join(lines)
 
 
-def _variants(smoke: bool) -> dict[str, dict[str, Any]]:
-    return SMOKE_VARIANTS if smoke else VARIANTS
+def ewc_sweep_variant(weight: str) -> tuple[str, dict[str, Any]]:
+    """The variant of ``--ewc-lambda weight``: EWC alone at that penalty weight, named as typed."""
+    return f"ewc, lambda {weight}", {"continual": {"replayFraction": 0, "ewc": {"lambda": float(weight)}}}
+
+
+def _variants(smoke: bool, ewc_lambdas: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    return SMOKE_VARIANTS if smoke else {**VARIANTS, **dict(ewc_sweep_variant(w) for w in ewc_lambdas)}
+
+
+def _weight(text: str) -> str:
+    """An ``--ewc-lambda`` value: kept as typed (it names the variant) once it reads as a number >= 0."""
+    try:
+        ok = float(text) >= 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a penalty weight (a number >= 0)")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_arguments(parser, RESULTS)
     parser.add_argument("--only", nargs="*", default=None, help=f"variants to run (default: all of {list(VARIANTS)})")
+    parser.add_argument(
+        "--ewc-lambda",
+        nargs="+",
+        default=[],
+        type=_weight,
+        help="also run EWC alone at each of these continual.ewc.lambda values (with --only: only these)",
+    )
     args = parser.parse_args(argv)
+    sweep = dict(ewc_sweep_variant(w) for w in args.ewc_lambda)
+    if args.only is not None:
+        args.only = [*args.only, *sweep]
     results = resumed_results(
         args, ["python", "scripts/measure_continual.py", *(argv if argv is not None else sys.argv[1:])]
     )
@@ -297,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"version A failed: {record['error']}", file=sys.stderr)
             return 1
     done = {v["variant"] for v in results["variants"]}
-    for name, override in _variants(args.smoke).items():
+    for name, override in _variants(args.smoke, args.ewc_lambda).items():
         if name in done or (args.only and name not in args.only):
             print(f"{name}: recorded or not asked for, skipped", file=sys.stderr)
             continue
@@ -311,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.with_suffix(".md").write_text(render_markdown(results))
         verdict = ("keeps A" if variant["keptA"] else "FORGETS A") if version else f"failed (exit {record['exitCode']})"
         print(f"{name}: {record['wallSeconds']:.0f} s, {verdict}", file=sys.stderr)
-    order = list(_variants(args.smoke))
+    order = list(_variants(args.smoke, args.ewc_lambda))
     results["variants"].sort(key=lambda v: order.index(v["variant"]) if v["variant"] in order else len(order))
     save(args.out, results)
     args.out.with_suffix(".md").write_text(render_markdown(results))

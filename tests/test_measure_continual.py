@@ -51,6 +51,25 @@ def test_version_a_is_known_again_by_its_published_weights(tmp_path: Path) -> No
     assert measure_continual.weights_digest(version("2" * 64, "f" * 64)) != first
 
 
+def test_an_ewc_sweep_adds_ewc_alone_at_each_weight_and_refuses_a_non_weight() -> None:
+    variants = measure_continual._variants(False, ["1e5", "3e6"])
+    assert list(variants)[: len(measure_continual.VARIANTS)] == list(measure_continual.VARIANTS)
+    assert variants["ewc, lambda 1e5"] == {"continual": {"replayFraction": 0, "ewc": {"lambda": 100000.0}}}
+    assert variants["ewc, lambda 3e6"]["continual"]["ewc"] == {"lambda": 3000000.0}
+    for bad in ("-1", "many"):
+        with pytest.raises(SystemExit):
+            measure_continual.main(["--ewc-lambda", bad])
+
+
+def test_the_page_names_the_commit_of_a_variant_measured_by_an_earlier_invocation() -> None:
+    results = json.loads((ROOT / "docs" / "measurements" / "continual.json").read_text())
+    moved = {**results, "commit": "f" * 40}
+    page = measure_continual.render_markdown(moved)
+    for run in results["variants"]:
+        assert f"{run['variant']} at {run['commit'][:12]}" in page
+    assert "another commit" not in measure_continual.render_markdown(results)
+
+
 @pytest.mark.slow
 def test_the_smoke_flags_the_planted_forgetting_and_resumes(tmp_path: Path, tiny_model_dir: Path) -> None:
     out, scratch = tmp_path / "continual.json", tmp_path / "scratch"
