@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gcsdouble import GcsServer
 from tests.hubdouble import HubServer
 from tests.kubeapi.cluster import CLUSTERWIDE, TestCluster
 from tests.kubeapi.runner import ApiServerThread
@@ -175,3 +176,22 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path
         if item.is_file():
             shutil.copy(item, out / item.name)
     return out
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[GcsServer]:
+    """Cloud Storage on loopback: gcp-storage-emulator behind service-account OAuth and generation
+    preconditions, as Cloud Storage answers (tests/gcsdouble.py); reached through google-cloud-storage."""
+    server = GcsServer(_free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def gcs_bucket(gcs_server: GcsServer) -> str:
+    """A fresh, empty Cloud Storage bucket per test (its name is returned)."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    gcs_server.create_bucket(name)
+    return name

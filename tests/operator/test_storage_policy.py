@@ -106,7 +106,7 @@ def test_every_s3_uri_stays_under_the_namespaces_prefixes() -> None:
     "env",
     [
         {"KUBETUNE_ALLOWED_S3_ENDPOINTS": "http://minio:9000"},
-        {"KUBETUNE_ALLOWED_STORAGE_PREFIXES": "gs://bucket/"},
+        {"KUBETUNE_ALLOWED_STORAGE_PREFIXES": "az://container/"},  # a scheme kubetune does not read
         {"KUBETUNE_ALLOWED_STORAGE_PREFIXES": "s3://bucket/../other/"},
     ],
 )

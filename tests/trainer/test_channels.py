@@ -19,6 +19,7 @@ from kubetune_trainer.channels import current, history
 from kubetune_trainer.cli import main as kubetune
 from kubetune_trainer.publish import publish_run
 from kubetune_trainer.storage import ObjectStore
+from kubetune_trainer.stores.s3 import S3Bucket
 
 
 def publish(store: ObjectStore, output: str, root: Path, *, promoted: bool = True) -> str:
@@ -121,7 +122,7 @@ def test_writers_racing_for_a_channel_each_get_their_own_number(
     def writer(version: str) -> None:
         try:
             for _ in range(5):
-                promote(ObjectStore(store._s3_spec), version, "prod")  # one client per writer, as in separate pods
+                promote(ObjectStore(_spec(store)), version, "prod")  # one client per writer, as in separate pods
         except BaseException as err:
             errors.append(err)
 
@@ -156,8 +157,14 @@ def test_a_pod_names_its_place_by_the_mounted_finetunejob(tmp_path: Path, capsys
     assert (tmp_path / "out" / "channels" / "staging" / "000001.json").exists()
 
 
+def _spec(store: ObjectStore) -> S3Spec:
+    s3 = store.remote("s3")
+    assert isinstance(s3, S3Bucket)
+    return s3.spec
+
+
 def _s3(store: ObjectStore) -> Any:
-    spec = store._s3_spec
+    spec = _spec(store)
     return boto3.client("s3", endpoint_url=spec.endpoint, region_name=spec.region)
 
 

@@ -23,6 +23,7 @@ from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.models.loading import ModelSourceError, resolve_model_dir
 from kubetune_trainer.publish import list_versions, publish_run
 from kubetune_trainer.storage import ObjectStore, StorageError, sha256_file
+from kubetune_trainer.stores.s3 import S3Bucket
 from kubetune_trainer.training.checkpoints import CheckpointStore
 from tests.s3double import S3Server
 
@@ -72,7 +73,9 @@ def test_large_files_go_in_parts_each_checked_and_create_only(
     tmp_path: Path, s3_server: S3Server, s3_spec: S3Spec, s3_bucket: str
 ) -> None:
     store = ObjectStore(s3_spec)
-    store.multipart_threshold = store.part_size = 5 * MiB  # S3's smallest part
+    s3 = store.remote("s3")
+    assert isinstance(s3, S3Bucket)
+    s3.multipart_threshold = s3.part_size = 5 * MiB  # S3's smallest part
     big = tmp_path / "model.safetensors"
     big.write_bytes(bytes(range(256)) * (11 * MiB // 256) + b"tail")  # three parts
     uri = f"s3://{s3_bucket}/v1/model.safetensors"

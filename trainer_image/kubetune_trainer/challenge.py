@@ -33,7 +33,6 @@ from kubetune_trainer.data.types import Example, Message
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.evaluation import metrics as m
-from kubetune_trainer.hub import HubClient
 from kubetune_trainer.output import add_output_option, emit, wants_document
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
 from kubetune_trainer.termination import write_termination_message
@@ -235,9 +234,8 @@ def challenge_command(args: argparse.Namespace) -> int:
         print("cannot compare: --tolerance in [0, 1]", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        store = ObjectStore(
-            S3Spec(endpoint=args.endpoint, region=args.region),
-            hub=HubClient.from_environment(TrainerEnvironment.from_env()),
+        store = ObjectStore.for_command(
+            S3Spec(endpoint=args.endpoint, region=args.region), TrainerEnvironment.from_env()
         )
         output_uri, _ = channels.split_version_uri(args.challenger)
         with tempfile.TemporaryDirectory(prefix="kubetune-challenge-") as scratch:

@@ -102,7 +102,10 @@ def _reproduce(args: argparse.Namespace) -> int:
     from kubetune_trainer.storage import ObjectStore, StorageError
 
     try:
-        lineage = read_manifest(args.version_uri, ObjectStore(S3Spec(endpoint=args.endpoint, region=args.region)))
+        store = ObjectStore.for_command(
+            S3Spec(endpoint=args.endpoint, region=args.region), TrainerEnvironment.from_env()
+        )
+        lineage = read_manifest(args.version_uri, store)
         if "spec" not in lineage:
             raise ConfigurationError(f"{args.version_uri} was published before kubetune recorded the job's spec")
         document = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": lineage["job"]["name"]}}

@@ -36,7 +36,6 @@ from kubetune.api.v1alpha1 import (
 from kubetune_trainer.context import Mode, Reproduction, RunContext
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import CannotReport, ConfigurationError, ResultNotReported
-from kubetune_trainer.hub import HubClient
 from kubetune_trainer.stages import StageClock
 from kubetune_trainer.storage import ObjectStore, StorageError
 from kubetune_trainer.termination import write_termination_message
@@ -80,13 +79,7 @@ def run_pipeline(
         job=job,
         mode=mode,
         workdir=workdir,
-        store=ObjectStore(
-            job.spec.s3,
-            ca_bundle=environment.s3_ca_bundle,
-            credentials_dir=environment.s3_credentials_dir,
-            public_endpoint_only=environment.s3_public_endpoint_only,
-            hub=HubClient.from_environment(environment),
-        ),
+        store=ObjectStore.from_environment(job.spec.s3, environment),
         clock=StageClock(reporters),
         reporters=reporters,
         environment=environment,

@@ -1,114 +1,40 @@
-"""One way to read and write ``s3://`` and ``file://`` URIs, and to read ``hf://`` ones, in the pod and
+"""One way to read and write ``s3://``, ``gs://`` and ``file://`` URIs, and to read ``hf://`` ones, in the pod and
 on a laptop.
 
 Everything the trainer fetches or publishes (datasets, base models, checkpoints, artifacts)
 goes through :class:`ObjectStore`, so tests against a moto S3 server exercise the same code
-path production uses.
+path production uses. Each remote scheme is one :class:`~kubetune_trainer.stores.base.RemoteBucket`
+(``kubetune_trainer.stores``); local files and the Hub's read-only repositories are handled here.
 """
 
 from __future__ import annotations
 
-import base64
 import builtins
-import contextlib
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from kubetune.api import contract
 from kubetune.api.v1alpha1 import S3Spec
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.hub import HubClient, HubError, parse_hub_uri
-from kubetune_trainer.secrets import read_secret_key
+from kubetune_trainer.stores.base import Location, RemoteBucket, StorageError, WriteConflict
 
-# Files up to this size go in one PUT; larger ones in parts of PART_SIZE (S3: 5 MiB to 5 GiB a
-# part, 10,000 parts), each part checked by the server against its own SHA-256.
-MULTIPART_THRESHOLD = 64 * 1024 * 1024
-PART_SIZE = 64 * 1024 * 1024
-UPLOAD_THREADS = 4
+if TYPE_CHECKING:
+    from kubetune_trainer.environment import TrainerEnvironment
+    from kubetune_trainer.stores.gcs import GcsBucket
 
-
-def _check_ca_bundle(path: Path) -> None:
-    """The CA bundle of spec.s3.caBundle must be readable PEM; else every request would fail, and
-    be retried, with an opaque TLS error."""
-    import ssl
-
-    try:
-        ssl.create_default_context(cafile=str(path))
-    except (OSError, ssl.SSLError) as err:
-        reason = getattr(err, "strerror", None) or getattr(err, "reason", None) or str(err)
-        raise ConfigurationError(
-            f"spec.s3.caBundle: the CA bundle mounted at {path} is not a readable PEM certificate bundle ({reason})"
-        ) from err
-
-
-def _read_credentials(folder: Path, s3: S3Spec) -> dict[str, str]:
-    """boto3's credential arguments from spec.s3.credentialsSecret as the operator mounts it (one
-    file per key, a key the Secret lacks left out), each problem named at the field that lists the key."""
-    secret = s3.credentials_secret
-    if secret is None:
-        raise ConfigurationError(f"{folder}: S3 credentials are mounted but spec.s3.credentialsSecret is not set")
-    wanted = [
-        ("aws_access_key_id", "accessKeyIdKey", secret.access_key_id_key, contract.S3_ACCESS_KEY_ID_FILE),
-        (
-            "aws_secret_access_key",
-            "secretAccessKeyKey",
-            secret.secret_access_key_key,
-            contract.S3_SECRET_ACCESS_KEY_FILE,
-        ),
-    ]
-    if secret.session_token_key:
-        wanted.append(
-            ("aws_session_token", "sessionTokenKey", secret.session_token_key, contract.S3_SESSION_TOKEN_FILE)
-        )
-    return {
-        argument: read_secret_key(folder, file, field=f"spec.s3.credentialsSecret.{field}", secret=secret.name, key=key)
-        for argument, field, key, file in wanted
-    }
-
-
-class StorageError(RuntimeError):
-    """A URI could not be read or written; the message names the URI and the cause."""
-
-
-class WriteConflict(StorageError):
-    """A conditional write lost: the object exists (create-only) or changed since it was read."""
-
-
-# What S3 answers when a conditional write's condition fails (412), or a concurrent one won (409).
-CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict")
-
-
-@dataclass(frozen=True)
-class Location:
-    scheme: str  # "s3", "file" or "hf"
-    bucket: str  # empty for file://; for hf:// the repository ([datasets/]owner/name[@revision])
-    key: str  # object key, absolute path for file://, path in the repository for hf://
-
-    @property
-    def uri(self) -> str:
-        if self.scheme == "hf":
-            return f"hf://{self.bucket}" + (f"/{self.key}" if self.key else "")
-        return f"s3://{self.bucket}/{self.key}" if self.scheme == "s3" else f"file://{self.key}"
-
-    def child(self, name: str) -> Location:
-        base = self.key.rstrip("/")
-        key = f"{base}/{name}" if base else name
-        return Location(self.scheme, self.bucket, key)
+__all__ = ["Location", "ObjectStore", "StorageError", "WriteConflict", "join_uri", "parse_uri", "sha256_file"]
 
 
 def parse_uri(uri: str) -> Location:
     parsed = urlparse(uri)
-    if parsed.scheme == "s3":
+    if parsed.scheme in ("s3", "gs"):
         if not parsed.netloc:
-            raise StorageError(f"{uri}: an s3:// URI needs a bucket")
-        return Location("s3", parsed.netloc, parsed.path.lstrip("/"))
+            raise StorageError(f"{uri}: an {parsed.scheme}:// URI needs a bucket")
+        return Location(parsed.scheme, parsed.netloc, parsed.path.lstrip("/"))
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise StorageError(f"{uri}: a file:// URI must be absolute (file:///path)")
@@ -119,7 +45,7 @@ def parse_uri(uri: str) -> Location:
         except HubError as err:
             raise StorageError(str(err)) from None
         return Location("hf", repo.ref, path)
-    raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r} (use s3://, file:// or hf://)")
+    raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r} (use s3://, gs://, file:// or hf://)")
 
 
 def join_uri(uri: str, *parts: str) -> str:
@@ -159,10 +85,6 @@ def _contained(dest: Path, relative: PurePosixPath, source: str) -> Path:
     return target
 
 
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
-
-
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -174,9 +96,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 class ObjectStore:
     """Reads and writes objects by URI. S3 settings come from the job's ``spec.s3``.
 
-    Credentials: the job's Secret as files the operator mounts (``credentials_dir``), else boto3's
-    default chain (the pod's web identity for IRSA/Workload Identity, or a laptop's profile and
-    environment): never from the manifest.
+    Credentials: the job's Secret as files the operator mounts (``credentials_dir``), else the
+    client's default chain (the pod's web identity for IRSA/Workload Identity, or a laptop's profile
+    and environment): never from the manifest.
     """
 
     def __init__(
@@ -187,69 +109,50 @@ class ObjectStore:
         credentials_dir: Path | None = None,
         public_endpoint_only: bool = False,
         hub: HubClient | None = None,
+        gcs: GcsBucket | None = None,
     ) -> None:
-        self._s3_spec = s3 or S3Spec()
-        self._ca_bundle = ca_bundle  # spec.s3.caBundle as mounted in the pod (TrainerEnvironment)
-        self._credentials_dir = credentials_dir  # spec.s3.credentialsSecret as mounted in the pod
-        # The endpoint passed the operator's policy only as a public one: every connection must reach a
-        # public address (kubetune_trainer.egress), whatever the name resolves to when it is made.
-        self._public_endpoint_only = public_endpoint_only
-        self._client: Any = None
+        from kubetune_trainer.stores.gcs import GcsBucket
+        from kubetune_trainer.stores.s3 import S3Bucket
+
+        self._remotes: dict[str, RemoteBucket] = {
+            "s3": S3Bucket(
+                s3 or S3Spec(),
+                ca_bundle=ca_bundle,
+                credentials_dir=credentials_dir,
+                public_endpoint_only=public_endpoint_only,
+            ),
+            "gs": gcs or GcsBucket(),  # Google's endpoint, Application Default Credentials
+        }
         self.hub = hub or HubClient()  # hf:// reads: the platform's endpoint, the job's token
-        self.multipart_threshold = MULTIPART_THRESHOLD
-        self.part_size = PART_SIZE
+
+    @classmethod
+    def from_environment(cls, s3: S3Spec, environment: TrainerEnvironment) -> ObjectStore:
+        """The store a job's pod (or ``kubetune run``) uses: ``s3`` with what the operator mounted for it,
+        the platform's Hub and Cloud Storage endpoints, and the job's Hub token and Cloud Storage key."""
+        from kubetune_trainer.stores.gcs import GcsBucket
+
+        return cls(
+            s3,
+            ca_bundle=environment.s3_ca_bundle,
+            credentials_dir=environment.s3_credentials_dir,
+            public_endpoint_only=environment.s3_public_endpoint_only,
+            hub=HubClient.from_environment(environment),
+            gcs=GcsBucket.from_environment(environment),
+        )
+
+    @classmethod
+    def for_command(cls, s3: S3Spec, environment: TrainerEnvironment) -> ObjectStore:
+        """The store of a command naming URIs itself (``kubetune verify``, ``versions``, ``drift check``,
+        ``challenge``): ``s3`` as its options give it, the Hub and Cloud Storage as the environment sets
+        them; nothing a pod mounts for a job's own ``spec.s3``."""
+        from kubetune_trainer.stores.gcs import GcsBucket
+
+        return cls(s3, hub=HubClient.from_environment(environment), gcs=GcsBucket.from_environment(environment))
 
     # ------------------------------------------------------------------ plumbing
-    @property
-    def s3(self) -> Any:
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            spec = self._s3_spec
-            if self._ca_bundle is not None:
-                _check_ca_bundle(self._ca_bundle)
-            credentials = _read_credentials(self._credentials_dir, spec) if self._credentials_dir is not None else {}
-            config = Config(
-                retries={"max_attempts": 5, "mode": "standard"},
-                s3={"addressing_style": "path" if spec.force_path_style or spec.endpoint else "auto"},
-                connect_timeout=10,
-                read_timeout=60,
-            )
-            from botocore.exceptions import InvalidRegionError
-
-            try:
-                self._client = boto3.client(
-                    "s3",
-                    endpoint_url=spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or None,
-                    region_name=spec.region or os.environ.get("AWS_REGION") or "us-east-1",
-                    config=config,
-                    verify=str(self._ca_bundle) if self._ca_bundle is not None else None,
-                    **credentials,
-                )
-            except InvalidRegionError as err:  # a retry cannot fix the job's own setting
-                raise ConfigurationError(f"spec.s3.region: {err}") from err
-            except ValueError as err:
-                raise ConfigurationError(f"spec.s3.endpoint: {err}") from err
-            if self._public_endpoint_only:
-                from kubetune_trainer.egress import refuse_non_public_peers
-
-                client, self._client = self._client, None  # unusable until the check is in place
-                refuse_non_public_peers(client, f"spec.s3.endpoint {spec.endpoint}", StorageError)
-                self._client = client
-        return self._client
-
-    def _s3_call(self, uri: str, action: str, func: Any, **kwargs: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return func(**kwargs)
-        except ClientError as err:
-            code = err.response.get("Error", {}).get("Code", "?")
-            kind = WriteConflict if code in CONFLICT_CODES else StorageError
-            raise kind(f"{uri}: cannot {action}: {code}: {err}") from err
-        except BotoCoreError as err:
-            raise StorageError(f"{uri}: cannot {action}: {err}") from err
+    def remote(self, scheme: str) -> RemoteBucket:
+        """The store of a remote scheme (``s3``, ``gs``)."""
+        return self._remotes[scheme]
 
     def _hub_call(self, action: Any, *args: Any) -> Any:
         """A read of the Hub, its failure this module's StorageError."""
@@ -261,7 +164,7 @@ class ObjectStore:
     @staticmethod
     def _refuse_hub_write(loc: Location) -> None:
         if loc.scheme == "hf":
-            raise StorageError(f"{loc.uri}: hf:// is read only here; publish to s3:// or file://")
+            raise StorageError(f"{loc.uri}: hf:// is read only here; publish to s3://, gs:// or file://")
 
     # ------------------------------------------------------------------ reads
     def pinned(self, uri: str) -> str:
@@ -289,17 +192,7 @@ class ObjectStore:
             return Path(loc.key).exists()
         if loc.scheme == "hf":
             return bool(self._hub_call(self.hub.files_under, uri))
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            self.s3.head_object(Bucket=loc.bucket, Key=loc.key)
-            return True
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise StorageError(f"{uri}: cannot check existence: {err}") from err
-        except BotoCoreError as err:  # no credentials, no connection: the run's error, not a traceback
-            raise StorageError(f"{uri}: cannot check existence: {err}") from err
+        return self.remote(loc.scheme).exists(loc)
 
     def read_bytes(self, uri: str) -> bytes:
         loc = parse_uri(uri)
@@ -310,32 +203,22 @@ class ObjectStore:
                 raise StorageError(f"{uri}: cannot read: {err.strerror}") from err
         if loc.scheme == "hf":
             return bytes(self._hub_call(self.hub.fetch, uri).read_bytes())
-        response = self._s3_call(uri, "read", self.s3.get_object, Bucket=loc.bucket, Key=loc.key)
-        return bytes(response["Body"].read())
+        return self.remote(loc.scheme).read(loc)
 
     def digest(self, uri: str) -> tuple[str, int]:
         """SHA-256 (hex) and size of one object, read as a stream."""
         loc = parse_uri(uri)
+        if loc.scheme not in ("file", "hf"):
+            return self.remote(loc.scheme).digest(loc)
+        local = self._hub_call(self.hub.fetch, uri) if loc.scheme == "hf" else Path(loc.key)
         digest, size = hashlib.sha256(), 0
-        if loc.scheme in ("file", "hf"):
-            local = self._hub_call(self.hub.fetch, uri) if loc.scheme == "hf" else Path(loc.key)
-            try:
-                with local.open("rb") as handle:
-                    while block := handle.read(1 << 20):
-                        digest.update(block)
-                        size += len(block)
-            except OSError as err:
-                raise StorageError(f"{uri}: cannot read: {err.strerror}") from err
-            return digest.hexdigest(), size
-        from botocore.exceptions import BotoCoreError
-
-        response = self._s3_call(uri, "read", self.s3.get_object, Bucket=loc.bucket, Key=loc.key)
         try:
-            for block in response["Body"].iter_chunks(1 << 20):
-                digest.update(block)
-                size += len(block)
-        except BotoCoreError as err:  # the connection dropped mid-body
-            raise StorageError(f"{uri}: cannot read: {err}") from err
+            with local.open("rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+                    size += len(block)
+        except OSError as err:
+            raise StorageError(f"{uri}: cannot read: {err.strerror}") from err
         return digest.hexdigest(), size
 
     def list(self, uri: str) -> list[str]:
@@ -350,14 +233,7 @@ class ObjectStore:
             return sorted(f"file://{p}" for p in root.rglob("*") if p.is_file())
         if loc.scheme == "hf":  # pinned to the commit the revision names now
             return list(self._hub_call(self.hub.files_under, uri))
-        return sorted(f"s3://{loc.bucket}/{key}" for key in self._iter_keys(loc))
-
-    def _iter_keys(self, loc: Location) -> Iterator[str]:
-        paginator = self.s3.get_paginator("list_objects_v2")
-        pages = self._s3_call(loc.uri, "list", lambda: list(paginator.paginate(Bucket=loc.bucket, Prefix=loc.key)))
-        for page in pages:
-            for item in page.get("Contents", []):
-                yield item["Key"]
+        return sorted(Location(loc.scheme, loc.bucket, key).uri for key in self.remote(loc.scheme).keys(loc))
 
     def download(self, uri: str, dest: Path) -> Path:
         """Copy one object to ``dest`` (written to a temporary name, then renamed)."""
@@ -371,7 +247,7 @@ class ObjectStore:
             except OSError as err:
                 raise StorageError(f"{uri}: cannot read: {err.strerror}") from err
         else:
-            self._s3_call(uri, "download", self.s3.download_file, Bucket=loc.bucket, Key=loc.key, Filename=str(partial))
+            self.remote(loc.scheme).download(loc, partial)
         partial.replace(dest)
         return dest
 
@@ -384,7 +260,8 @@ class ObjectStore:
         """
         loc = parse_uri(uri)
         prefix = loc.key.rstrip("/") + "/" if loc.key else ""
-        found = self.list(loc.uri.rstrip("/") + "/") if loc.scheme == "s3" else self.list(loc.uri)
+        remote = loc.scheme not in ("file", "hf")
+        found = self.list(loc.uri.rstrip("/") + "/") if remote else self.list(loc.uri)
         if not found:
             raise StorageError(f"{uri}: nothing found under this prefix")
         planned: list[tuple[str, Path]] = []
@@ -396,7 +273,7 @@ class ObjectStore:
                 relative = key[len(prefix) :]
             else:  # a listing never returns this; a server that does is not trusted with paths
                 raise StorageError(f"{uri}: listed object {key!r} is not under the prefix")
-            if loc.scheme == "s3" and (relative == "" or relative.endswith("/")):  # a marker ("" is the prefix's own)
+            if remote and (relative == "" or relative.endswith("/")):  # a marker ("" is the prefix's own)
                 if relative:
                     safe_relative_key(relative.removesuffix("/"), item)
                 continue
@@ -407,8 +284,8 @@ class ObjectStore:
 
     # ------------------------------------------------------------------ writes
     def write_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> None:
-        """Write one object, which S3 checks against the SHA-256 sent with it; with ``if_absent``
-        refuse to replace an existing one (a create-only write)."""
+        """Write one object, which the server checks against the checksum sent with it; with
+        ``if_absent`` refuse to replace an existing one (a create-only write)."""
         loc = parse_uri(uri)
         self._refuse_hub_write(loc)
         if loc.scheme == "file":
@@ -416,25 +293,7 @@ class ObjectStore:
             partial.write_bytes(data)
             self._local_commit(partial, Path(loc.key), uri, if_absent)
             return
-        self._put(loc, data, if_absent)
-
-    def _put(self, loc: Location, data: bytes, if_absent: bool, if_match: str | None = None) -> str:
-        """PutObject with its SHA-256; returns the new object's ETag."""
-        extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
-        if if_match is not None:
-            extra["IfMatch"] = if_match
-        checksum = _b64(hashlib.sha256(data).digest())
-        answer = self._s3_call(
-            loc.uri,
-            "write",
-            self.s3.put_object,
-            Bucket=loc.bucket,
-            Key=loc.key,
-            Body=data,
-            ChecksumSHA256=checksum,
-            **extra,
-        )
-        return str(answer["ETag"])
+        self.remote(loc.scheme).put(loc, data, if_absent=if_absent)
 
     def read_tagged(self, uri: str) -> tuple[bytes, str]:
         """An object and its version tag (S3's ETag; the SHA-256 of a local file's bytes), for
@@ -443,18 +302,17 @@ class ObjectStore:
         if loc.scheme == "file":
             data = self.read_bytes(uri)
             return data, hashlib.sha256(data).hexdigest()
-        response = self._s3_call(uri, "read", self.s3.get_object, Bucket=loc.bucket, Key=loc.key)
-        return bytes(response["Body"].read()), str(response["ETag"])
+        return self.remote(loc.scheme).read_tagged(loc)
 
     def replace_if_unchanged(self, uri: str, data: bytes, tag: str | None) -> str:
         """A conditional update: write ``data`` only if the object is still the version ``tag``
-        names (``None``: only if there is none yet); returns the new version's tag. S3 decides
-        (If-Match / If-None-Match); a local file is compared first, then replaced (one writer per
-        folder on a laptop: the check and the rename are not one step)."""
+        names (``None``: only if there is none yet); returns the new version's tag. The server
+        decides (S3: If-Match / If-None-Match); a local file is compared first, then replaced (one
+        writer per folder on a laptop: the check and the rename are not one step)."""
         loc = parse_uri(uri)
         self._refuse_hub_write(loc)
-        if loc.scheme == "s3":
-            return self._put(loc, data, tag is None, tag)
+        if loc.scheme != "file":
+            return self.remote(loc.scheme).put(loc, data, if_absent=tag is None, if_tag=tag)
         path = Path(loc.key)
         current = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
         if current != tag:
@@ -465,81 +323,23 @@ class ObjectStore:
     def upload(self, path: Path, uri: str, *, if_absent: bool = False) -> str:
         """Copy one file to ``uri`` and return its SHA-256 (hex).
 
-        S3 checks what it received against the SHA-256 sent with it (one per part for files over
-        ``multipart_threshold``) and refuses a mismatch; with ``if_absent`` it also refuses to
-        replace an existing object. s3transfer's ``upload_file`` is not used: it cannot send a
-        create-only condition.
+        The server checks what it received against the checksum sent with it (S3: one SHA-256 per
+        part for large files) and refuses a mismatch; with ``if_absent`` it also refuses to replace
+        an existing object.
         """
         loc = parse_uri(uri)
         self._refuse_hub_write(loc)
-        if loc.scheme == "file":
-            dest = Path(loc.key)
-            partial = self._local_partial(dest)
-            digest = hashlib.sha256()
-            with path.open("rb") as source, partial.open("wb") as sink:
-                while block := source.read(1 << 20):
-                    digest.update(block)
-                    sink.write(block)
-            self._local_commit(partial, dest, uri, if_absent)
-            return digest.hexdigest()
-        if path.stat().st_size <= self.multipart_threshold:
-            data = path.read_bytes()
-            self._put(loc, data, if_absent)
-            return hashlib.sha256(data).hexdigest()
-        return self._upload_parts(path, loc, if_absent)
-
-    def _upload_parts(self, path: Path, loc: Location, if_absent: bool) -> str:
-        """A multipart upload, each part with its SHA-256; the whole file's SHA-256 is returned
-        for the manifest (S3's own checksum of a multipart object is one of its parts' checksums)."""
-        uri = loc.uri
-        upload_id = self._s3_call(
-            uri, "upload", self.s3.create_multipart_upload, Bucket=loc.bucket, Key=loc.key, ChecksumAlgorithm="SHA256"
-        )["UploadId"]
+        if loc.scheme != "file":
+            return self.remote(loc.scheme).upload(path, loc, if_absent=if_absent)
+        dest = Path(loc.key)
+        partial = self._local_partial(dest)
         digest = hashlib.sha256()
-        pending: list[Future[dict[str, Any]]] = []
-        try:
-            with path.open("rb") as source, ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
-                number = 0
-                while block := source.read(self.part_size):
-                    number += 1
-                    digest.update(block)
-                    if len(pending) >= UPLOAD_THREADS:  # at most UPLOAD_THREADS parts held in memory
-                        pending[-UPLOAD_THREADS].result()
-                    pending.append(pool.submit(self._upload_part, loc, upload_id, number, block))
-                parts = [future.result() for future in pending]
-            extra: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
-            self._s3_call(
-                uri,
-                "upload",
-                self.s3.complete_multipart_upload,
-                Bucket=loc.bucket,
-                Key=loc.key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-                **extra,
-            )
-        except BaseException:
-            from botocore.exceptions import BotoCoreError, ClientError
-
-            with contextlib.suppress(BotoCoreError, ClientError):  # the upload failed already; say why, not this
-                self.s3.abort_multipart_upload(Bucket=loc.bucket, Key=loc.key, UploadId=upload_id)
-            raise
+        with path.open("rb") as source, partial.open("wb") as sink:
+            while block := source.read(1 << 20):
+                digest.update(block)
+                sink.write(block)
+        self._local_commit(partial, dest, uri, if_absent)
         return digest.hexdigest()
-
-    def _upload_part(self, loc: Location, upload_id: str, number: int, block: bytes) -> dict[str, Any]:
-        checksum = _b64(hashlib.sha256(block).digest())
-        answer = self._s3_call(
-            f"{loc.uri} (part {number})",
-            "upload",
-            self.s3.upload_part,
-            Bucket=loc.bucket,
-            Key=loc.key,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=block,
-            ChecksumSHA256=checksum,
-        )
-        return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
 
     @staticmethod
     def _local_partial(dest: Path) -> Path:
@@ -577,5 +377,4 @@ class ObjectStore:
             shutil.rmtree(loc.key, ignore_errors=True)
             return
         for item in self.list(uri):
-            key = parse_uri(item).key
-            self._s3_call(item, "delete", self.s3.delete_object, Bucket=loc.bucket, Key=key)
+            self.remote(loc.scheme).delete(parse_uri(item))

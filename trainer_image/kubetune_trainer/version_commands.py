@@ -35,7 +35,6 @@ from kubetune.api.v1alpha1 import FineTuneJob, S3Spec
 from kubetune_trainer.channels import ChannelEntry
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import ConfigurationError
-from kubetune_trainer.hub import HubClient
 from kubetune_trainer.output import add_output_option, emit, wants_document
 from kubetune_trainer.serving import SERVERS
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
@@ -144,17 +143,11 @@ def _place(args: argparse.Namespace, environment: TrainerEnvironment, uri: str |
             spec = S3Spec(endpoint=args.endpoint, region=args.region)
         except ValidationError as err:  # the same rules as spec.s3 in a manifest
             raise ConfigurationError(str(err)) from err
-        return Place(ObjectStore(spec), None)
+        return Place(ObjectStore.for_command(spec, environment), None)
     if uri is not None or args.endpoint or args.region:
         raise ConfigurationError("with --job, the place and the S3 settings come from the manifest")
     job = load_manifest(args.job)
-    store = ObjectStore(
-        job.spec.s3,
-        ca_bundle=environment.s3_ca_bundle,
-        credentials_dir=environment.s3_credentials_dir,
-        public_endpoint_only=environment.s3_public_endpoint_only,
-        hub=HubClient.from_environment(environment),
-    )
+    store = ObjectStore.from_environment(job.spec.s3, environment)
     return Place(store, job)
 
 

@@ -62,6 +62,13 @@ ENV_HUB_TOKEN_FILE = "KUBETUNE_HUB_TOKEN_FILE"
 """The file holding ``spec.hub.tokenSecret``'s key, mounted by the operator (HUB_TOKEN_DIR); a file for
 the reasons ENV_S3_CREDENTIALS_DIR gives. Unset: anonymous reads in a pod, the user's own login
 (``HF_TOKEN`` or ``hf auth login``) with ``kubetune run``."""
+ENV_GCS_ENDPOINT = "KUBETUNE_GCS_ENDPOINT"
+"""The Cloud Storage endpoint for ``gs://`` URIs: the platform's (Helm value ``gcs.endpoint``: Private
+Service Connect, an emulator), never the job's. Unset: Google's, https://storage.googleapis.com."""
+ENV_GCS_KEY_FILE = "KUBETUNE_GCS_KEY_FILE"
+"""The file holding ``spec.gcs.credentialsSecret``'s key (a service-account key in JSON), mounted by the
+operator (GCS_CREDENTIALS_DIR). Unset: Application Default Credentials (Workload Identity in a pod,
+``gcloud auth application-default login`` with ``kubetune run``)."""
 ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 """The MLflow server a job with ``spec.tracking.mlflow`` reports to: the platform's (Helm value
 ``tracking.mlflow.uri``), set only on such a job's pods. MLflow's own variable, so a user's
@@ -101,6 +108,9 @@ mapped onto them, and a key the Secret lacks is simply absent (the volume is ``o
 HUB_TOKEN_DIR = "/var/run/secrets/kubetune/hub"
 HUB_TOKEN_FILE = "token"
 """Where the operator mounts ``spec.hub.tokenSecret``'s key: ``HUB_TOKEN_DIR/HUB_TOKEN_FILE``."""
+GCS_CREDENTIALS_DIR = "/var/run/secrets/kubetune/gcs"
+GCS_KEY_FILE = "key.json"
+"""Where the operator mounts ``spec.gcs.credentialsSecret``'s key: ``GCS_CREDENTIALS_DIR/GCS_KEY_FILE``."""
 MLFLOW_CREDENTIALS_DIR = "/var/run/secrets/kubetune/mlflow"
 MLFLOW_USERNAME_FILE = "username"
 MLFLOW_PASSWORD_FILE = "password"

@@ -33,6 +33,7 @@ from kubetune.api.v1alpha1 import (
     Condition,
     CpuQuantity,
     FineTuneJobSpec,
+    GcsSpec,
     HubSpec,
     MemoryQuantity,
     ReplayFraction,
@@ -224,6 +225,9 @@ class DriftMonitorSpec(ApiModel):
         HubSpec,
         Field(description="How the check Jobs reach the Hub when a version's base model is an hf:// repository."),
     ] = Field(default_factory=HubSpec)
+    gcs: Annotated[GcsSpec, Field(description="How the check Jobs reach gs:// request logs and versions.")] = Field(
+        default_factory=GcsSpec
+    )
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     resources: CheckResources = Field(default_factory=CheckResources)
     detection: DetectionSpec = Field(default_factory=DetectionSpec)

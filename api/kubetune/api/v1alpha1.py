@@ -41,6 +41,9 @@ DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
 _PATH_SEGMENT = r"([^/?#.][^/?#]*|\.([^/?#.][^/?#]*)?|\.\.[^/?#]+)"
 _PATH = rf"(/{_PATH_SEGMENT}?)*"
 _S3_URI = rf"s3://[a-z0-9][a-z0-9.\-]{{1,61}}[a-z0-9]{_PATH}"
+# Cloud Storage bucket names: 3 to 63 lower-case letters, digits, '-', '_' and '.', a letter or digit at
+# each end (the dotted, domain-named buckets of up to 222 characters are not accepted).
+_GCS_URI = rf"gs://[a-z0-9][a-z0-9._\-]{{1,61}}[a-z0-9]{_PATH}"
 _FILE_URI = rf"file://(/{_PATH_SEGMENT}?)+"
 # A Hugging Face Hub repository, as the Hub names them (owner/name), at an optional revision: a
 # commit, tag or branch without '/' (a '/' would be read as the file path of a dataset URI). Read
@@ -49,10 +52,10 @@ _HUB_NAME = r"[A-Za-z0-9_]([A-Za-z0-9_.\-]{0,94}[A-Za-z0-9_])?"
 _HUB_REPO = rf"{_HUB_NAME}/{_HUB_NAME}(@[A-Za-z0-9_.\-]{{1,128}})?"
 _HUB_MODEL_URI = rf"hf://{_HUB_REPO}"
 _HUB_DATASET_URI = rf"hf://datasets/{_HUB_REPO}{_PATH}"
-MODEL_URI_PATTERN = rf"^({_S3_URI}|{_FILE_URI}|{_HUB_MODEL_URI}|builtin://({'|'.join(BUILTIN_MODELS)}))$"
-DATA_URI_PATTERN = rf"^({_S3_URI}|{_FILE_URI})$"
+MODEL_URI_PATTERN = rf"^({_S3_URI}|{_GCS_URI}|{_FILE_URI}|{_HUB_MODEL_URI}|builtin://({'|'.join(BUILTIN_MODELS)}))$"
+DATA_URI_PATTERN = rf"^({_S3_URI}|{_GCS_URI}|{_FILE_URI})$"
 # Where training data may come from: storage, or a dataset repository of the Hub.
-SOURCE_URI_PATTERN = rf"^({_S3_URI}|{_FILE_URI}|{_HUB_DATASET_URI})$"
+SOURCE_URI_PATTERN = rf"^({_S3_URI}|{_GCS_URI}|{_FILE_URI}|{_HUB_DATASET_URI})$"
 MAX_URI_LENGTH = 2048
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
 # A quantity greater than zero: a non-zero digit before the point, or after it.
@@ -1222,6 +1225,27 @@ class HubSpec(ApiModel):
     ] = None
 
 
+class GcsKeyRef(ApiModel):
+    name: Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+    key: DataKey = "key.json"
+
+
+class GcsSpec(ApiModel):
+    """Google Cloud Storage for gs:// URIs: the platform chooses the endpoint; a job brings a
+    service-account key, or its ServiceAccount's Workload Identity."""
+
+    credentials_secret: Annotated[
+        GcsKeyRef | None,
+        Field(
+            description=(
+                "Secret key holding a service-account key in JSON (the Secret labelled "
+                "kubetune.dev/gcs-credentials=true by a namespace admin); unset: the pod's ServiceAccount "
+                "identity (GKE Workload Identity Federation)."
+            )
+        ),
+    ] = None
+
+
 class S3Spec(ApiModel):
     endpoint: Annotated[
         str | None,
@@ -1704,6 +1728,7 @@ class FineTuneJobSpec(ApiModel):
     storage: StorageSpec = Field(default_factory=StorageSpec)
     s3: S3Spec = Field(default_factory=S3Spec)
     hub: HubSpec = Field(default_factory=HubSpec)
+    gcs: GcsSpec = Field(default_factory=GcsSpec)
     service_account_name: Annotated[
         str | None,
         Field(

@@ -18,6 +18,8 @@ from kubetune.api.contract import (
     CACHE,
     COMPONENT_LABEL,
     ENV_CACHE,
+    ENV_GCS_ENDPOINT,
+    ENV_GCS_KEY_FILE,
     ENV_HUB_ENDPOINT,
     ENV_HUB_OFFLINE,
     ENV_HUB_TOKEN_FILE,
@@ -37,6 +39,8 @@ from kubetune.api.contract import (
     ENV_TERMINATION_LOG,
     FAIL_JOB_EXIT_CODES,
     FINETUNEJOB_ANNOTATION,
+    GCS_CREDENTIALS_DIR,
+    GCS_KEY_FILE,
     HUB_TOKEN_DIR,
     HUB_TOKEN_FILE,
     JOB_FILE,
@@ -58,7 +62,7 @@ from kubetune.api.contract import (
     VERIFICATION_FAIL_JOB_EXIT_CODES,
 )
 from kubetune.api.quantity import parse_quantity
-from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec, HubSpec, S3Spec
+from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec, GcsSpec, HubSpec, S3Spec
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.networkpolicy import TrainerEgress
 from kubetune.operator.storagepolicy import reads_hub
@@ -320,16 +324,38 @@ def hub_volumes(hub: HubSpec, *, reads: bool) -> tuple[list[dict[str, Any]], lis
     secret = hub.token_secret
     if secret is None or not reads:
         return [], []
-    volume = {
-        "name": "hub-token",
-        "secret": {
-            "secretName": secret.name,
-            "items": [{"key": secret.key, "path": HUB_TOKEN_FILE}],
-            "optional": True,  # a missing key is the trainer's clear error, as for S3 credentials
-            "defaultMode": 0o440,
-        },
+    return _secret_key_file("hub-token", secret.name, secret.key, HUB_TOKEN_DIR, HUB_TOKEN_FILE)
+
+
+def gcs_env(gcs: GcsSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+    """The platform's Cloud Storage endpoint, and where the key ``gcs`` names is mounted (:func:`gcs_volumes`)."""
+    env: list[dict[str, Any]] = []
+    if config.gcs_endpoint is not None:
+        env.append({"name": ENV_GCS_ENDPOINT, "value": config.gcs_endpoint})
+    if gcs.credentials_secret is not None:
+        env.append({"name": ENV_GCS_KEY_FILE, "value": f"{GCS_CREDENTIALS_DIR}/{GCS_KEY_FILE}"})
+    return env
+
+
+def gcs_volumes(gcs: GcsSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Cloud Storage key Secret's key as a file: (volumes, mounts)."""
+    secret = gcs.credentials_secret
+    if secret is None:
+        return [], []
+    return _secret_key_file("gcs-credentials", secret.name, secret.key, GCS_CREDENTIALS_DIR, GCS_KEY_FILE)
+
+
+def _secret_key_file(
+    volume: str, secret: str, key: str, folder: str, file: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One key of a Secret as ``folder/file``, read-only: (volumes, mounts)."""
+    source = {
+        "secretName": secret,
+        "items": [{"key": key, "path": file}],
+        "optional": True,  # a missing key is the trainer's clear error, as for S3 credentials
+        "defaultMode": 0o440,
     }
-    return [volume], [{"name": "hub-token", "mountPath": HUB_TOKEN_DIR, "readOnly": True}]
+    return [{"name": volume, "secret": source}], [{"name": volume, "mountPath": folder, "readOnly": True}]
 
 
 def _metrics_env(config: OperatorConfig, namespace: str) -> list[dict[str, Any]]:
@@ -432,7 +458,8 @@ def _volumes(
         mounts += [{"name": "scratch", "mountPath": SCRATCH}, {"name": "dshm", "mountPath": "/dev/shm"}]
     credentials, credential_mounts = s3_volumes(spec.s3)
     token, token_mounts = hub_volumes(spec.hub, reads=reads_hub(spec))
-    return volumes + credentials + token, mounts + credential_mounts + token_mounts
+    key, key_mounts = gcs_volumes(spec.gcs)
+    return volumes + credentials + token + key, mounts + credential_mounts + token_mounts + key_mounts
 
 
 def container_security() -> dict[str, Any]:
@@ -485,6 +512,7 @@ def _pod_spec(
                 "command": command,
                 "env": _env(owner, spec)
                 + hub_env(spec.hub, config, reads=reads_hub(spec))
+                + gcs_env(spec.gcs, config)
                 + hardening_env(config, gpus=gpus)
                 + storage_env(spec.s3, config, owner.namespace),
                 "resources": resources,

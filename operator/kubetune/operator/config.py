@@ -76,6 +76,9 @@ class OperatorConfig:
     # The Hugging Face Hub endpoint hf:// URIs are read from (Helm value hub.endpoint: the platform's
     # mirror in an air-gapped cluster); None: huggingface_hub's default, https://huggingface.co.
     hub_endpoint: str | None = None
+    # The Cloud Storage endpoint gs:// URIs are reached at (Helm value gcs.endpoint: Private Service
+    # Connect, an emulator); None: Google's.
+    gcs_endpoint: str | None = None
     # The MLflow server jobs with spec.tracking.mlflow report to (Helm value tracking.mlflow.uri);
     # None: such jobs are refused (TrackingNotAvailable).
     mlflow_uri: str | None = None
@@ -188,6 +191,7 @@ class OperatorConfig:
                 "KUBETUNE_PLATFORM_WEBHOOKS needs KUBETUNE_OPERATOR_NAMESPACE: their Secrets live in the operator's namespace"
             )
         hub_endpoint = _service_url(env, "KUBETUNE_HUB_ENDPOINT", "hub.endpoint", "https://hf-mirror.example.com")
+        gcs_endpoint = _service_url(env, "KUBETUNE_GCS_ENDPOINT", "gcs.endpoint", "https://storage.example.com")
         mlflow_uri = _service_url(env, "KUBETUNE_MLFLOW_URI", "tracking.mlflow.uri", "http://mlflow.mlflow.svc:5000")
         try:
             trainer_egress = TrainerEgress.parse(env.get("KUBETUNE_TRAINER_EGRESS", ""))
@@ -214,6 +218,7 @@ class OperatorConfig:
             max_jobs_per_namespace=cap("KUBETUNE_MAX_JOBS_PER_NAMESPACE", "policy.maxJobsPerNamespace"),
             trainer_egress=trainer_egress,
             hub_endpoint=hub_endpoint,
+            gcs_endpoint=gcs_endpoint,
             mlflow_uri=mlflow_uri,
             personal_data=personal_data,
             webhooks=webhooks,

@@ -32,6 +32,8 @@ from kubetune.operator.children import (
     Owner,
     child_name,
     container_security,
+    gcs_env,
+    gcs_volumes,
     hardening_env,
     hub_env,
     hub_volumes,
@@ -145,6 +147,7 @@ def _monitor_job(
     credentials, credential_mounts = s3_volumes(spec.s3)
     # The versions a monitor checks may stand on a Hub model, known only from their manifests: online.
     token, token_mounts = hub_volumes(spec.hub, reads=True)
+    key, key_mounts = gcs_volumes(spec.gcs)
     scratch = spec.resources.scratch_size
     env = [
         {"name": ENV_SCRATCH, "value": SCRATCH},
@@ -153,6 +156,7 @@ def _monitor_job(
         {"name": "HF_HOME", "value": f"{SCRATCH}/hf"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *hub_env(spec.hub, config, reads=True),
+        *gcs_env(spec.gcs, config),
         *s3_env(spec.s3),
         *hardening_env(config, gpus=0),
         *storage_env(spec.s3, config, owner.namespace),
@@ -187,6 +191,7 @@ def _monitor_job(
                     {"name": "scratch", "mountPath": SCRATCH},
                     *credential_mounts,
                     *token_mounts,
+                    *key_mounts,
                 ],
                 "securityContext": container_security(),
                 "terminationMessagePath": TERMINATION_LOG_PATH,
@@ -198,6 +203,7 @@ def _monitor_job(
             {"name": "scratch", "emptyDir": {"sizeLimit": scratch}},
             *credentials,
             *token,
+            *key,
         ],
     }
     return {

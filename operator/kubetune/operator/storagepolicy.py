@@ -8,8 +8,9 @@ lists it exactly (``policy.allowedS3Endpoints``); other endpoints pass the entry
 default), or only those listed when ``*`` is left out. The chart's own default endpoint
 (``s3.endpoint``) is the platform's choice and always allowed.
 
-Prefixes. ``policy.allowedStoragePrefixes`` (``s3://bucket/prefix/`` entries, ``{namespace}``
-replaced by the job's namespace) bounds every ``s3://`` URI of the spec (base model, datasets,
+Prefixes. ``policy.allowedStoragePrefixes`` (``s3://bucket/prefix/`` and ``gs://bucket/prefix/``
+entries, ``{namespace}`` replaced by the job's namespace) bounds every ``s3://`` and ``gs://`` URI of
+the spec (base model, datasets,
 regression set, output, checkpoints); empty allows any bucket. The same list bounds the Hub:
 ``hf://owner/`` or ``hf://owner/name/`` admits those model repositories, ``hf://datasets/owner/``
 those datasets; a list with no ``hf://`` entry admits no Hub repository, an empty one any.
@@ -38,7 +39,7 @@ INTERNAL_SUFFIXES = (".local", ".localdomain", ".internal", ".svc", ".cluster.lo
 @dataclass(frozen=True)
 class StoragePolicy:
     endpoints: tuple[str, ...]  # lower-case "host" or "host:port", or "*"
-    prefixes: tuple[str, ...]  # "s3://bucket/" or "s3://bucket/path/", may hold {namespace}
+    prefixes: tuple[str, ...]  # "s3://bucket/" or "gs://bucket/path/" (hf:// too), may hold {namespace}
 
     @classmethod
     def parse(cls, endpoints: list[str], prefixes: list[str], *, platform_endpoint: str | None) -> StoragePolicy:
@@ -53,9 +54,16 @@ class StoragePolicy:
         normalised = []
         for entry in prefixes:
             split = urlsplit(entry)
-            if split.scheme not in ("s3", "hf") or not split.netloc or split.query or split.fragment or ".." in entry:
+            if (
+                split.scheme not in ("s3", "gs", "hf")
+                or not split.netloc
+                or split.query
+                or split.fragment
+                or ".." in entry
+            ):
                 raise ValueError(
-                    f"prefix {entry!r}: expected s3://bucket/, s3://bucket/path/, hf://owner/ or hf://datasets/owner/"
+                    f"prefix {entry!r}: expected s3://bucket/, gs://bucket/ (each with an optional path/), "
+                    "hf://owner/ or hf://datasets/owner/"
                 )
             if split.scheme == "hf" and ("@" in entry or entry.rstrip("/") == "hf://datasets"):
                 raise ValueError(
@@ -66,7 +74,7 @@ class StoragePolicy:
 
     def refusal(self, spec: FineTuneJobSpec | DriftMonitorSpec, namespace: str) -> tuple[str, str] | None:
         """(field, why) for the first endpoint or URI the policy refuses, else None (a DriftMonitor's
-        retraining template included: every ``s3://`` and ``hf://`` string of the spec is walked)."""
+        retraining template included: every ``s3://``, ``gs://`` and ``hf://`` string of the spec is walked)."""
         if spec.s3.endpoint is not None and (why := self._endpoint_refusal(spec.s3.endpoint)) is not None:
             return "spec.s3.endpoint", why
         if self.prefixes:

@@ -31,7 +31,6 @@ from kubetune_trainer.drift.profile import MAX_ROWS, ReferenceProfile, embed, pr
 from kubetune_trainer.drift.window import Window, read_window
 from kubetune_trainer.environment import TrainerEnvironment
 from kubetune_trainer.errors import ConfigurationError
-from kubetune_trainer.hub import HubClient
 from kubetune_trainer.models.versions import load_version
 from kubetune_trainer.output import add_output_option, emit, wants_document
 from kubetune_trainer.storage import ObjectStore, StorageError, join_uri
@@ -79,9 +78,8 @@ def check_command(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     args.methods = methods
     try:
-        store = ObjectStore(
-            S3Spec(endpoint=args.endpoint, region=args.region),
-            hub=HubClient.from_environment(TrainerEnvironment.from_env()),
+        store = ObjectStore.for_command(
+            S3Spec(endpoint=args.endpoint, region=args.region), TrainerEnvironment.from_env()
         )
         version_uri = _version_uri(store, args.reference, args.channel)
         with tempfile.TemporaryDirectory(prefix="kubetune-drift-") as scratch:
