@@ -91,7 +91,18 @@ def test_a_body_damaged_on_the_way_is_not_stored(gcs_server: GcsServer, store: O
     assert not store.exists(uri)
 
 
-def test_no_key_or_an_untrusted_key_gets_nothing(tmp_path: Path, gcs_server: GcsServer, gcs_bucket: str) -> None:
+def test_no_key_or_an_untrusted_key_gets_nothing(
+    tmp_path: Path, gcs_server: GcsServer, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No key and no Application Default Credentials (no gcloud login, not on Google's metadata server).
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    with pytest.raises(ConfigurationError, match=r"spec\.gcs: no credentials for Cloud Storage"):
+        _store(gcs_server, None).read_bytes(f"gs://{gcs_bucket}/x")
+    missing = tmp_path / "not-mounted.json"  # the Secret lacks the key: the optional volume has no file
+    with pytest.raises(ConfigurationError, match=r"spec\.gcs\.credentialsSecret\.key: the Secret has no such key"):
+        _store(gcs_server, missing).read_bytes(f"gs://{gcs_bucket}/x")
     stranger = tmp_path / "stranger.json"  # a well-formed key the server never trusted
     key, _ = service_account_key(gcs_server.httpd.token_uri)
     stranger.write_text(json.dumps(key))
