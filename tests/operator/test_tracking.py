@@ -16,7 +16,7 @@ from kubetune.api.manifest import parse_spec
 from kubetune.operator.children import Owner, build_preflight_job, build_trainer_network_policy, build_training_job
 from kubetune.operator.config import ConfigError, OperatorConfig
 from kubetune.operator.networkpolicy import TrainerEgress
-from kubetune.operator.validation import check_policy
+from kubetune.operator.validation import check_policy, check_references
 from kubetune_trainer.environment import TrainerEnvironment
 from tests.kubeapi.cluster import TestCluster
 from tests.operator.cluster import Cluster, wait_for
@@ -69,6 +69,25 @@ def test_the_mlflow_login_is_mounted_in_the_training_pod_only_as_the_contract_na
     assert contract.ENV_MLFLOW_CREDENTIALS_DIR not in env_of(untracked) and "mlflow" not in json.dumps(
         untracked["spec"]["template"]["spec"]["volumes"]
     )
+
+
+def test_an_mlflow_token_is_mounted_as_its_one_key_and_must_be_opted_in() -> None:
+    config = OperatorConfig.from_env({"KUBETUNE_MLFLOW_URI": MLFLOW})
+    owner = Owner("tickets", "ml", "uid-1")
+    spec = parse_spec({**JOB["spec"], "tracking": {"mlflow": {"tokenSecret": {"name": "mlflow-token", "key": "pat"}}}})
+    training = build_training_job(owner, spec, config)["spec"]["template"]["spec"]
+    (volume,) = [v for v in training["volumes"] if v.get("secret", {}).get("secretName") == "mlflow-token"]
+    assert volume["secret"]["items"] == [{"key": "pat", "path": contract.MLFLOW_TOKEN_FILE}]
+    env = env_of(build_training_job(owner, spec, config))
+    assert TrainerEnvironment.from_env(env).mlflow_credentials_dir == Path(contract.MLFLOW_CREDENTIALS_DIR)
+    assert "mlflow-token" not in json.dumps(build_preflight_job(owner, spec, config))
+
+    def read(kind: str, namespace: str, name: str) -> dict[str, object] | None:  # a Secret without the label
+        return {"metadata": {"name": name, "labels": {}}} if kind == "Secret" else None
+
+    problem = check_references(spec, "ml", read)
+    assert problem is not None and problem.reason == "SecretNotAllowed"
+    assert problem.message.startswith("spec.tracking.mlflow.tokenSecret.name: Secret 'mlflow-token' is not labelled")
 
 
 def test_a_tracked_job_where_the_platform_has_no_mlflow_is_refused_at_its_field() -> None:

@@ -110,23 +110,29 @@ def test_an_mlflow_out_of_reach_is_a_warning_and_the_run_goes_on(
     assert list((tmp_path / "runs").glob("*/v*/manifest.json")), "published all the same"
 
 
-class StallingProxy:
-    """A loopback HTTP proxy to the MLflow server that holds every request until ``opened`` is set:
-    a tracking server that has stopped answering, for as long as the test says."""
+class Proxy:
+    """A loopback HTTP proxy to the MLflow server; ``refusal`` says, per request, the status a gateway
+    answers instead of forwarding it (None: forward)."""
 
     def __init__(self, upstream: str) -> None:
         import threading
         import urllib.request
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        self.opened = threading.Event()
         self.forwarded = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             def _forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
-                proxy.opened.wait()
+                refused = proxy.refusal(self.headers.get("Authorization") or "")
+                if refused is not None:
+                    payload = json.dumps({"error": "unauthorized"}).encode()
+                    self.send_response(refused)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 request = urllib.request.Request(upstream + self.path, data=body, method=self.command)
                 request.add_header("Content-Type", "application/json")
                 try:
@@ -150,9 +156,42 @@ class StallingProxy:
         self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def refusal(self, authorization: str) -> int | None:
+        return None
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+class StallingProxy(Proxy):
+    """Holds every request until ``opened`` is set: a tracking server that has stopped answering, for as
+    long as the test says."""
+
+    def __init__(self, upstream: str) -> None:
+        import threading
+
+        self.opened = threading.Event()
+        super().__init__(upstream)
+
+    def refusal(self, authorization: str) -> int | None:
+        self.opened.wait()
+        return None
+
     def close(self) -> None:
         self.opened.set()
-        self.server.shutdown()
+        super().close()
+
+
+class TokenGateway(Proxy):
+    """An access gateway in front of MLflow (an OAuth2 proxy, a managed MLflow's front door): a request
+    passes only with ``Authorization: Bearer <token>``, else 401."""
+
+    def __init__(self, upstream: str, token: str) -> None:
+        self.token = token
+        super().__init__(upstream)
+
+    def refusal(self, authorization: str) -> int | None:
+        return None if authorization == f"Bearer {self.token}" else 401
 
 
 def test_a_stalled_mlflow_never_holds_training_and_gets_every_report_in_order(
@@ -282,3 +321,50 @@ def test_a_server_that_is_not_mlflow_is_one_warning_not_a_dead_sender(caplog: py
         assert "answered something other than MLflow's JSON" in caplog.text
     finally:
         server.shutdown()
+
+
+def test_an_mlflow_behind_a_token_gateway_takes_the_jobs_token_and_refuses_a_wrong_one(
+    tmp_path: Path, tiny_model_dir: Path, mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubetune.api import contract
+    from kubetune.api.v1alpha1 import MlflowTrackingSpec
+    from kubetune_trainer.environment import TrainerEnvironment
+    from kubetune_trainer.reporting.mlflow import MlflowClient, MlflowError
+
+    gateway = TokenGateway(mlflow_server.uri, "mlflow-token-a")
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", gateway.uri)
+        tracking = {"experiment": "team-token", "tokenSecret": {"name": "mlflow-token", "key": "pat"}}
+        job = tracked_job(tmp_path, tiny_model_dir, tracking, output=f"file://{tmp_path}/out")
+        mounted = tmp_path / "mounted"  # the Secret's key as the operator mounts it: the contract's file
+        mounted.mkdir()
+        (mounted / contract.MLFLOW_TOKEN_FILE).write_text("mlflow-token-a\n")
+        monkeypatch.setenv(contract.ENV_MLFLOW_CREDENTIALS_DIR, str(mounted))
+        result = kubetune_process("run", str(job), tmp_path / "run", "--max-steps", "2")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "MLflow" not in result.stderr and "mlflow-token-a" not in result.stderr, result.stderr[-3000:]
+        direct = MlflowClient(mlflow_server.uri)
+        experiment = direct.call("GET", "experiments/get-by-name", {"experiment_name": "team-token"})["experiment"]
+        (run,) = direct.call("POST", "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+        assert run["info"]["status"] == "FINISHED"
+
+        # The mounted key missing: named at its field. Locally, MLflow's own token variable; a wrong one is 401.
+        (mounted / contract.MLFLOW_TOKEN_FILE).unlink()
+        from kubetune_trainer.errors import ConfigurationError
+        from kubetune_trainer.reporting.mlflow import read_login
+
+        with pytest.raises(
+            ConfigurationError,
+            match=r"spec\.tracking\.mlflow\.tokenSecret\.key: Secret 'mlflow-token' has no key 'pat'",
+        ):
+            read_login(mounted, MlflowTrackingSpec.model_validate(tracking))
+        for token, answer in (("mlflow-token-a", None), ("not-the-token", "401")):
+            login = TrainerEnvironment.from_env({contract.ENV_MLFLOW_TOKEN: token}).mlflow_login
+            client = MlflowClient(gateway.uri, login=login)
+            if answer is None:
+                assert client.call("GET", "experiments/get-by-name", {"experiment_name": "team-token"})
+            else:
+                with pytest.raises(MlflowError, match=answer):
+                    client.call("GET", "experiments/get-by-name", {"experiment_name": "team-token"})
+    finally:
+        gateway.close()

@@ -47,8 +47,9 @@ class TrainerEnvironment:
     rank: int
     local_rank: int
     world_size: int
-    # MLflow's own login variables (kubetune run); never printed with the rest
-    mlflow_login: tuple[str, str] | None = field(default=None, repr=False)
+    # MLflow's own login variables (kubetune run): a user name and password, else a bearer token; never
+    # printed with the rest
+    mlflow_login: tuple[str, str] | str | None = field(default=None, repr=False)
 
     @property
     def is_main_process(self) -> bool:
@@ -92,7 +93,8 @@ class TrainerEnvironment:
             s3_public_endpoint_only=(text(contract.ENV_S3_PUBLIC_ENDPOINT_ONLY) or "").lower() == "true",
             mlflow_tracking_uri=text(contract.ENV_MLFLOW_TRACKING_URI),
             mlflow_credentials_dir=path(contract.ENV_MLFLOW_CREDENTIALS_DIR),
-            mlflow_login=_login(text(contract.ENV_MLFLOW_USERNAME), text(contract.ENV_MLFLOW_PASSWORD)),
+            mlflow_login=_login(text(contract.ENV_MLFLOW_USERNAME), text(contract.ENV_MLFLOW_PASSWORD))
+            or text(contract.ENV_MLFLOW_TOKEN),
             hub_endpoint=text(contract.ENV_HUB_ENDPOINT),
             hub_token_file=path(contract.ENV_HUB_TOKEN_FILE),
             gcs_endpoint=text(contract.ENV_GCS_ENDPOINT),

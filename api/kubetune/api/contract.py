@@ -74,13 +74,15 @@ ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ``tracking.mlflow.uri``), set only on such a job's pods. MLflow's own variable, so a user's
 ``kubetune run`` reports where their other tools do."""
 ENV_MLFLOW_CREDENTIALS_DIR = "KUBETUNE_MLFLOW_CREDENTIALS_DIR"
-"""Where ``spec.tracking.mlflow.credentialsSecret``'s keys are mounted (MLFLOW_CREDENTIALS_DIR), on the
-training pod only. Unset: no credentials in a pod; with ``kubetune run``, MLflow's own
-``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD`` when both are set."""
+"""Where ``spec.tracking.mlflow.credentialsSecret``'s keys (or ``tokenSecret``'s) are mounted
+(MLFLOW_CREDENTIALS_DIR), on the training pod only. Unset: no credentials in a pod; with ``kubetune
+run``, MLflow's own ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD`` when both are set, else
+``MLFLOW_TRACKING_TOKEN``."""
 ENV_MLFLOW_USERNAME = "MLFLOW_TRACKING_USERNAME"
 ENV_MLFLOW_PASSWORD = "MLFLOW_TRACKING_PASSWORD"
-"""MLflow's own login variables: honoured by ``kubetune run`` (never set by the operator, which mounts
-the job's Secret instead, ENV_MLFLOW_CREDENTIALS_DIR)."""
+ENV_MLFLOW_TOKEN = "MLFLOW_TRACKING_TOKEN"
+"""MLflow's own login variables (a user name and password, or a bearer token): honoured by ``kubetune
+run`` (never set by the operator, which mounts the job's Secret instead, ENV_MLFLOW_CREDENTIALS_DIR)."""
 ENV_METRICS_PORT = "KUBETUNE_METRICS_PORT"
 """The port the trainer serves ``/metrics`` on (also honoured by ``kubetune run``)."""
 ENV_PUSHGATEWAY_URL = "KUBETUNE_PUSHGATEWAY_URL"
@@ -114,8 +116,10 @@ GCS_KEY_FILE = "key.json"
 MLFLOW_CREDENTIALS_DIR = "/var/run/secrets/kubetune/mlflow"
 MLFLOW_USERNAME_FILE = "username"
 MLFLOW_PASSWORD_FILE = "password"
+MLFLOW_TOKEN_FILE = "token"
 """File names in MLFLOW_CREDENTIALS_DIR; the Secret's keys (``credentialsSecret.usernameKey`` and
-``passwordKey``) are mapped onto them, and a key the Secret lacks is absent (the volume is ``optional``)."""
+``passwordKey``, or ``tokenSecret.key``) are mapped onto them, and a key the Secret lacks is absent (the
+volume is ``optional``)."""
 TERMINATION_LOG_PATH = "/dev/termination-log"
 """The trainer container's ``terminationMessagePath`` (the Kubernetes default, set explicitly)."""
 TERMINATION_MESSAGE_LIMIT = 4096

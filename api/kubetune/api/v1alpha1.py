@@ -1474,10 +1474,27 @@ class MlflowCredentialsRef(ApiModel):
     password_key: DataKey = "password"
 
 
+class MlflowTokenRef(ApiModel):
+    """A Secret key holding an access token for the platform's MLflow server, sent as a bearer token."""
+
+    name: Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+    key: DataKey = "token"
+
+
 class MlflowTrackingSpec(ApiModel):
     """The run reported to the platform's MLflow server (its tracking API; Helm value tracking.mlflow.uri):
     the resolved training values as parameters, the losses and throughput by step and the evaluation as
     metrics, the published version and its manifest as tags."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "!(has(self.credentialsSecret) && has(self.tokenSecret))",
+            "one login: a user name and password (credentialsSecret) or a bearer token (tokenSecret), not both",
+            ".tokenSecret",
+            lambda s: not (s.credentials_secret is not None and s.token_secret is not None),
+        ),
+    )
+    model_config = ConfigDict(json_schema_extra=rules_schema(rules))
 
     experiment: Annotated[
         str | None,
@@ -1508,6 +1525,16 @@ class MlflowTrackingSpec(ApiModel):
                 "Secret with the user name and password the run reports as, for a server with MLflow's basic "
                 "auth (the Secret labelled kubetune.dev/mlflow-credentials=true by a namespace admin); mounted "
                 "in the training pod only. Unset: no credentials."
+            )
+        ),
+    ] = None
+    token_secret: Annotated[
+        MlflowTokenRef | None,
+        Field(
+            description=(
+                "Secret key with an access token the run reports with (Authorization: Bearer), for a server "
+                "behind a token gateway or a managed MLflow (the Secret labelled kubetune.dev/mlflow-credentials=true "
+                "by a namespace admin); mounted in the training pod only. Not with credentialsSecret."
             )
         ),
     ] = None

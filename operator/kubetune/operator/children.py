@@ -50,6 +50,7 @@ from kubetune.api.contract import (
     MANAGED_BY_LABEL,
     MLFLOW_CREDENTIALS_DIR,
     MLFLOW_PASSWORD_FILE,
+    MLFLOW_TOKEN_FILE,
     MLFLOW_USERNAME_FILE,
     MONITOR_LABEL,
     S3_ACCESS_KEY_ID_FILE,
@@ -378,7 +379,8 @@ def tracking_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict[str
     if spec.tracking is None or spec.tracking.mlflow is None or config.mlflow_uri is None:
         return []
     env = [{"name": ENV_MLFLOW_TRACKING_URI, "value": config.mlflow_uri}]
-    if spec.tracking.mlflow.credentials_secret is not None:
+    mlflow = spec.tracking.mlflow
+    if mlflow.credentials_secret is not None or mlflow.token_secret is not None:
         env.append({"name": ENV_MLFLOW_CREDENTIALS_DIR, "value": MLFLOW_CREDENTIALS_DIR})
     return env
 
@@ -386,19 +388,26 @@ def tracking_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict[str
 def tracking_volumes(
     spec: FineTuneJobSpec, config: OperatorConfig
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The MLflow login Secret's two keys as files, for the training pod of a tracked job (as
-    :func:`tracking_env` points at them): (volumes, mounts)."""
-    login = spec.tracking.mlflow.credentials_secret if spec.tracking and spec.tracking.mlflow else None
-    if login is None or config.mlflow_uri is None:
+    """The MLflow login Secret's two keys (or its token's one) as files, for the training pod of a tracked
+    job (as :func:`tracking_env` points at them): (volumes, mounts)."""
+    mlflow = spec.tracking.mlflow if spec.tracking else None
+    if mlflow is None or config.mlflow_uri is None:
+        return [], []
+    if (login := mlflow.credentials_secret) is not None:
+        name = login.name
+        items = [
+            {"key": login.username_key, "path": MLFLOW_USERNAME_FILE},
+            {"key": login.password_key, "path": MLFLOW_PASSWORD_FILE},
+        ]
+    elif (token := mlflow.token_secret) is not None:
+        name, items = token.name, [{"key": token.key, "path": MLFLOW_TOKEN_FILE}]
+    else:
         return [], []
     volume = {
         "name": "mlflow-credentials",
         "secret": {
-            "secretName": login.name,
-            "items": [
-                {"key": login.username_key, "path": MLFLOW_USERNAME_FILE},
-                {"key": login.password_key, "path": MLFLOW_PASSWORD_FILE},
-            ],
+            "secretName": name,
+            "items": items,
             "optional": True,  # a missing key is the trainer's clear error, as for S3 credentials
             "defaultMode": 0o440,
         },

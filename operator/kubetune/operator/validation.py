@@ -195,9 +195,12 @@ def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> Spe
     if (problem := check_hub_references(spec.hub, namespace, read)) is not None:
         return problem
     mlflow = spec.tracking.mlflow if spec.tracking is not None else None
-    if mlflow is not None and (login := mlflow.credentials_secret) is not None:
+    logins = [("credentialsSecret", mlflow.credentials_secret), ("tokenSecret", mlflow.token_secret)] if mlflow else []
+    for name, login in logins:
+        if login is None:
+            continue
         use = "kubetune's training pods may use as an MLflow login"
-        field = "spec.tracking.mlflow.credentialsSecret.name"
+        field = f"spec.tracking.mlflow.{name}.name"
         if (problem := _secret_problem(read, namespace, field, login.name, MLFLOW_CREDENTIALS_LABEL, use)) is not None:
             return problem
     for index, webhook in enumerate(spec.notifications.webhooks if spec.notifications else []):

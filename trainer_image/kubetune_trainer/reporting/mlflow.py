@@ -25,7 +25,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from kubetune.api import contract
 from kubetune.api.v1alpha1 import MlflowTrackingSpec, Progress, ResolvedTraining, TrainerResult
@@ -46,6 +46,10 @@ MAX_PARAM_VALUE = 6000
 TAG_PREFIX = "kubetune."
 
 
+# How a run logs in: a user name and password (MLflow's basic auth), or a bearer token.
+MlflowLogin: TypeAlias = tuple[str, str] | str
+
+
 class MlflowError(RuntimeError):
     """MLflow refused a request or could not be reached; the message says which and why."""
 
@@ -57,11 +61,13 @@ class MlflowError(RuntimeError):
 class MlflowClient:
     """The few REST calls kubetune makes, against one tracking server."""
 
-    def __init__(self, uri: str, *, timeout: float = TIMEOUT_SECONDS, login: tuple[str, str] | None = None) -> None:
+    def __init__(self, uri: str, *, timeout: float = TIMEOUT_SECONDS, login: MlflowLogin | None = None) -> None:
         self.uri = uri.rstrip("/")
         self.timeout = timeout
         self._headers = {"Content-Type": "application/json"}
-        if login is not None:  # MLflow's basic auth, as its own client sends it
+        if isinstance(login, str):  # a token, as MLflow's own client sends MLFLOW_TRACKING_TOKEN
+            self._headers["Authorization"] = f"Bearer {login}"
+        elif login is not None:  # MLflow's basic auth, as its own client sends it
             self._headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
 
     def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -149,13 +155,22 @@ class MlflowClient:
         return str(self.call("POST", "model-versions/create", body)["model_version"]["version"])
 
 
-def read_login(folder: Path, spec: MlflowTrackingSpec) -> tuple[str, str]:
-    """The user name and password of ``spec.credentialsSecret`` as the operator mounts them (one file per
-    key), each problem named at the field that lists the key."""
+def read_login(folder: Path, spec: MlflowTrackingSpec) -> MlflowLogin:
+    """The user name and password of ``spec.credentialsSecret``, or the token of ``spec.tokenSecret``, as
+    the operator mounts them (one file per key), each problem named at the field that lists the key."""
+    if (token := spec.token_secret) is not None:
+        return read_secret_key(
+            folder,
+            contract.MLFLOW_TOKEN_FILE,
+            field="spec.tracking.mlflow.tokenSecret.key",
+            secret=token.name,
+            key=token.key,
+        )
     secret = spec.credentials_secret
     if secret is None:
         raise ConfigurationError(
-            f"{folder}: an MLflow login is mounted but spec.tracking.mlflow.credentialsSecret is not set"
+            f"{folder}: an MLflow login is mounted but neither spec.tracking.mlflow.credentialsSecret nor "
+            "tokenSecret is set"
         )
     username, password = (
         read_secret_key(
