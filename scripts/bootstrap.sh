@@ -33,4 +33,5 @@ if [ "$extra" = dev ]; then
   bash scripts/install-helm.sh >/dev/null
   bash scripts/install-prometheus.sh >/dev/null
   bash scripts/install-mlflow.sh >/dev/null
+  bash scripts/install-azurite.sh >/dev/null
 fi

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.azurite import ACCOUNT as AZURITE_ACCOUNT
+from tests.azurite import AzuriteServer
 from tests.gcsdouble import GcsServer
 from tests.hubdouble import HubServer
 from tests.kubeapi.cluster import CLUSTERWIDE, TestCluster
@@ -195,3 +197,21 @@ def gcs_bucket(gcs_server: GcsServer) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     gcs_server.create_bucket(name)
     return name
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """Azure Blob Storage on loopback: Azurite, Microsoft's emulator (tests/azurite.py)."""
+    server = AzuriteServer(tmp_path_factory.mktemp("azurite"), _free_port())
+    try:
+        yield server.wait_until_ready()
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def azure_container(azurite: AzuriteServer) -> str:
+    """A fresh, empty container per test, as the az:// URI of its root (az://account/container)."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    azurite.create_container(name)
+    return f"az://{AZURITE_ACCOUNT}/{name}"

@@ -103,6 +103,7 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_MLFLOW_URI": "",
         "KUBETUNE_HUB_ENDPOINT": "",
         "KUBETUNE_GCS_ENDPOINT": "",
+        "KUBETUNE_AZURE_ENDPOINT": "",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "",
         "KUBETUNE_DEFAULT_S3_REGION": "",
         "KUBETUNE_METRICS_PORT": "8080",
@@ -162,6 +163,7 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_MLFLOW_URI": "http://mlflow.mlflow.svc:5000",
         "KUBETUNE_HUB_ENDPOINT": "https://hf-mirror.example.com",
         "KUBETUNE_GCS_ENDPOINT": "https://storage-ml.p.googleapis.com",
+        "KUBETUNE_AZURE_ENDPOINT": "https://{account}.privatelink.blob.core.windows.net",
         "KUBETUNE_DEFAULT_S3_ENDPOINT": "http://minio.minio.svc:9000",
         "KUBETUNE_DEFAULT_S3_REGION": "eu-west-1",
         "KUBETUNE_METRICS_PORT": "9090",
@@ -262,6 +264,7 @@ def test_the_policy_values_start_an_operator_that_enforces_them() -> None:
     assert config.webhooks.endpoints == ("hooks.slack.com", "alerts.ml-platform.svc:8080")
     assert config.hub_endpoint == "https://hf-mirror.example.com"
     assert config.gcs_endpoint == "https://storage-ml.p.googleapis.com"
+    assert config.azure_endpoint == "https://{account}.privatelink.blob.core.windows.net"
     assert config.mlflow_uri == "http://mlflow.mlflow.svc:5000"
     assert config.trainer_egress is not None and [str(c) for c in config.trainer_egress.hub_cidrs] == ["0.0.0.0/0"]
     assert config.personal_data.allowed == ("report", "redact", "drop")

@@ -25,6 +25,7 @@ from kubetune.api.contract import EXIT_DAMAGED
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune.operator import children
 from kubetune.operator.validation import (
+    AZURE_CREDENTIALS_LABEL,
     GCS_CREDENTIALS_LABEL,
     HUB_TOKEN_LABEL,
     S3_CREDENTIALS_LABEL,
@@ -97,10 +98,11 @@ class Cluster:
         webhook: bool = False,
         hub_token: bool = False,
         gcs_key: bool = False,
+        azure_key: bool = False,
     ) -> None:
         """A Secret; by default opted in as S3 credentials, as a namespace admin labels one for FineTuneJobs
         (``webhook``: opted in as a webhook's URL and signing key instead; ``hub_token``: as a Hub token;
-        ``gcs_key``: as a Cloud Storage service-account key)."""
+        ``gcs_key``: as a Cloud Storage service-account key; ``azure_key``: as an Azure storage account key)."""
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
         label = (
             WEBHOOK_LABEL
@@ -109,6 +111,8 @@ class Cluster:
             if hub_token
             else GCS_CREDENTIALS_LABEL
             if gcs_key
+            else AZURE_CREDENTIALS_LABEL
+            if azure_key
             else S3_CREDENTIALS_LABEL
             if s3_credentials
             else None

@@ -4,21 +4,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from kubetune.api import contract
-from kubetune.api.contract import EXIT_DAMAGED, EXIT_OK
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.storage import ObjectStore, StorageError, WriteConflict, sha256_file
 from kubetune_trainer.stores.gcs import GcsBucket
 from tests.gcsdouble import GcsServer, service_account_key
-from tests.trainer.jobs import write_dataset, write_job
+from tests.trainer.remote_round_trip import train_publish_and_verify
 
 MiB = 1024 * 1024
 
@@ -118,39 +113,7 @@ def test_a_job_reads_its_data_from_gs_and_publishes_a_version_there_that_kubetun
     tmp_path: Path, tiny_model_dir: Path, gcs_server: GcsServer, gcs_bucket: str
 ) -> None:
     """The trainer's own command in a pod's environment (the operator's endpoint and mounted key, as
-    tests/operator/test_gcs_access.py shows it sets them): rows from gs://, a version published to gs://
-    with its lineage, then ``kubetune verify`` and ``kubetune versions`` on the gs:// URIs."""
+    tests/operator/test_cloud_storage_access.py shows it sets them)."""
     key = gcs_server.write_key(tmp_path / "key.json")
     pod = {contract.ENV_GCS_ENDPOINT: gcs_server.endpoint, contract.ENV_GCS_KEY_FILE: str(key)}
-    store = _store(gcs_server, key)
-    data = f"gs://{gcs_bucket}/data/tickets.jsonl"
-    store.upload(write_dataset(tmp_path / "rows.jsonl", 48), data, if_absent=True)
-    output = f"gs://{gcs_bucket}/models/tickets/"
-    job = write_job(tmp_path / "job.yaml", model_dir=tiny_model_dir, data=tmp_path / "unused", output=output)
-    manifest = yaml.safe_load(job.read_text())
-    manifest["spec"]["dataset"]["sources"] = [{"uri": data}]
-    job.write_text(yaml.safe_dump(manifest))
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **pod}
-    train = [sys.executable, "-m", "kubetune_trainer.cli", "train", "--job", str(job), "--workdir", str(tmp_path / "w")]
-    result = subprocess.run(train, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == EXIT_OK, result.stderr[-3000:]
-
-    (version,) = [uri for uri in store.list(output) if uri.endswith("/manifest.json")]
-    version_uri = version.removesuffix("/manifest.json")
-    lineage = json.loads(store.read_bytes(version))
-    assert lineage["dataset"]["sources"] == [data]
-    assert any(a["path"].startswith("adapter/") for a in lineage["artifacts"])
-
-    kubetune = [str(Path(sys.executable).parent / "kubetune")]
-    verified = subprocess.run([*kubetune, "verify", version_uri], capture_output=True, text=True, env=env, timeout=120)
-    assert verified.returncode == EXIT_OK, verified.stderr
-    listed = subprocess.run(
-        [*kubetune, "versions", output, "-o", "json"], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert listed.returncode == EXIT_OK, listed.stderr
-    assert version_uri.rsplit("/", 1)[1] in listed.stdout
-
-    store.write_bytes(f"{version_uri}/adapter/extra.py", b"import os")  # a file slipped into the version
-    damaged = subprocess.run([*kubetune, "verify", version_uri], capture_output=True, text=True, env=env, timeout=120)
-    assert damaged.returncode == EXIT_DAMAGED and "adapter/extra.py: not in the manifest" in damaged.stdout
+    train_publish_and_verify(tmp_path, tiny_model_dir, _store(gcs_server, key), pod, f"gs://{gcs_bucket}")

@@ -37,6 +37,8 @@ class TrainerEnvironment:
     hub_token_file: Path | None  # spec.hub.tokenSecret, mounted as a file by the operator
     gcs_endpoint: str | None  # the platform's Cloud Storage endpoint; None: Google's
     gcs_key_file: Path | None  # spec.gcs.credentialsSecret, mounted as a file by the operator
+    azure_endpoint: str | None  # the platform's Blob Storage URL template ({account}); None: Azure's
+    azure_key_file: Path | None  # spec.azure.credentialsSecret, mounted as a file by the operator
     # policy.allowedStoragePrefixes for this namespace: URIs found at run time stay under them (empty: any)
     storage_prefixes: tuple[str, ...]
     metrics_port: int | None
@@ -99,6 +101,8 @@ class TrainerEnvironment:
             hub_token_file=path(contract.ENV_HUB_TOKEN_FILE),
             gcs_endpoint=text(contract.ENV_GCS_ENDPOINT),
             gcs_key_file=path(contract.ENV_GCS_KEY_FILE),
+            azure_endpoint=text(contract.ENV_AZURE_ENDPOINT),
+            azure_key_file=path(contract.ENV_AZURE_KEY_FILE),
             storage_prefixes=tuple(p for p in (text(contract.ENV_STORAGE_PREFIXES) or "").split(",") if p),
             metrics_port=number(contract.ENV_METRICS_PORT),
             pushgateway_url=text(contract.ENV_PUSHGATEWAY_URL),

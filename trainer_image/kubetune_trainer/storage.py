@@ -1,5 +1,5 @@
-"""One way to read and write ``s3://``, ``gs://`` and ``file://`` URIs, and to read ``hf://`` ones, in the pod and
-on a laptop.
+"""One way to read and write ``s3://``, ``gs://``, ``az://`` and ``file://`` URIs, and to read
+``hf://`` ones, in the pod and on a laptop.
 
 Everything the trainer fetches or publishes (datasets, base models, checkpoints, artifacts)
 goes through :class:`ObjectStore`, so tests against a moto S3 server exercise the same code
@@ -20,10 +20,11 @@ from urllib.parse import urlparse
 from kubetune.api.v1alpha1 import S3Spec
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.hub import HubClient, HubError, parse_hub_uri
-from kubetune_trainer.stores.base import Location, RemoteBucket, StorageError, WriteConflict
+from kubetune_trainer.stores.base import Location, RemoteBucket, StorageError, WriteConflict, sha256_file
 
 if TYPE_CHECKING:
     from kubetune_trainer.environment import TrainerEnvironment
+    from kubetune_trainer.stores.azure import AzureBucket
     from kubetune_trainer.stores.gcs import GcsBucket
 
 __all__ = ["Location", "ObjectStore", "StorageError", "WriteConflict", "join_uri", "parse_uri", "sha256_file"]
@@ -35,6 +36,14 @@ def parse_uri(uri: str) -> Location:
         if not parsed.netloc:
             raise StorageError(f"{uri}: an {parsed.scheme}:// URI needs a bucket")
         return Location(parsed.scheme, parsed.netloc, parsed.path.lstrip("/"))
+    if parsed.scheme == "az":
+        # az://account/container/path: the Location's bucket is "account/container".
+        container, _, key = parsed.path.lstrip("/").partition("/")
+        if not parsed.netloc or not container:
+            raise StorageError(
+                f"{uri}: an az:// URI needs a storage account and a container: az://account/container/path"
+            )
+        return Location("az", f"{parsed.netloc}/{container}", key)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise StorageError(f"{uri}: a file:// URI must be absolute (file:///path)")
@@ -45,7 +54,7 @@ def parse_uri(uri: str) -> Location:
         except HubError as err:
             raise StorageError(str(err)) from None
         return Location("hf", repo.ref, path)
-    raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r} (use s3://, gs://, file:// or hf://)")
+    raise StorageError(f"{uri}: unsupported scheme {parsed.scheme!r} (use s3://, gs://, az://, file:// or hf://)")
 
 
 def join_uri(uri: str, *parts: str) -> str:
@@ -85,14 +94,6 @@ def _contained(dest: Path, relative: PurePosixPath, source: str) -> Path:
     return target
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class ObjectStore:
     """Reads and writes objects by URI. S3 settings come from the job's ``spec.s3``.
 
@@ -110,7 +111,9 @@ class ObjectStore:
         public_endpoint_only: bool = False,
         hub: HubClient | None = None,
         gcs: GcsBucket | None = None,
+        azure: AzureBucket | None = None,
     ) -> None:
+        from kubetune_trainer.stores.azure import AzureBucket
         from kubetune_trainer.stores.gcs import GcsBucket
         from kubetune_trainer.stores.s3 import S3Bucket
 
@@ -122,13 +125,15 @@ class ObjectStore:
                 public_endpoint_only=public_endpoint_only,
             ),
             "gs": gcs or GcsBucket(),  # Google's endpoint, Application Default Credentials
+            "az": azure or AzureBucket(),  # Azure's public cloud, DefaultAzureCredential
         }
         self.hub = hub or HubClient()  # hf:// reads: the platform's endpoint, the job's token
 
     @classmethod
     def from_environment(cls, s3: S3Spec, environment: TrainerEnvironment) -> ObjectStore:
         """The store a job's pod (or ``kubetune run``) uses: ``s3`` with what the operator mounted for it,
-        the platform's Hub and Cloud Storage endpoints, and the job's Hub token and Cloud Storage key."""
+        the platform's Hub, Cloud Storage and Azure endpoints, and the job's Hub token and keys."""
+        from kubetune_trainer.stores.azure import AzureBucket
         from kubetune_trainer.stores.gcs import GcsBucket
 
         return cls(
@@ -138,20 +143,27 @@ class ObjectStore:
             public_endpoint_only=environment.s3_public_endpoint_only,
             hub=HubClient.from_environment(environment),
             gcs=GcsBucket.from_environment(environment),
+            azure=AzureBucket.from_environment(environment),
         )
 
     @classmethod
     def for_command(cls, s3: S3Spec, environment: TrainerEnvironment) -> ObjectStore:
         """The store of a command naming URIs itself (``kubetune verify``, ``versions``, ``drift check``,
-        ``challenge``): ``s3`` as its options give it, the Hub and Cloud Storage as the environment sets
-        them; nothing a pod mounts for a job's own ``spec.s3``."""
+        ``challenge``): ``s3`` as its options give it, the Hub, Cloud Storage and Azure as the environment
+        sets them; nothing a pod mounts for a job's own ``spec.s3``."""
+        from kubetune_trainer.stores.azure import AzureBucket
         from kubetune_trainer.stores.gcs import GcsBucket
 
-        return cls(s3, hub=HubClient.from_environment(environment), gcs=GcsBucket.from_environment(environment))
+        return cls(
+            s3,
+            hub=HubClient.from_environment(environment),
+            gcs=GcsBucket.from_environment(environment),
+            azure=AzureBucket.from_environment(environment),
+        )
 
     # ------------------------------------------------------------------ plumbing
     def remote(self, scheme: str) -> RemoteBucket:
-        """The store of a remote scheme (``s3``, ``gs``)."""
+        """The store of a remote scheme (``s3``, ``gs``, ``az``)."""
         return self._remotes[scheme]
 
     def _hub_call(self, action: Any, *args: Any) -> Any:
@@ -164,7 +176,7 @@ class ObjectStore:
     @staticmethod
     def _refuse_hub_write(loc: Location) -> None:
         if loc.scheme == "hf":
-            raise StorageError(f"{loc.uri}: hf:// is read only here; publish to s3://, gs:// or file://")
+            raise StorageError(f"{loc.uri}: hf:// is read only here; publish to s3://, gs://, az:// or file://")
 
     # ------------------------------------------------------------------ reads
     def pinned(self, uri: str) -> str:

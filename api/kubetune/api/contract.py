@@ -69,6 +69,14 @@ ENV_GCS_KEY_FILE = "KUBETUNE_GCS_KEY_FILE"
 """The file holding ``spec.gcs.credentialsSecret``'s key (a service-account key in JSON), mounted by the
 operator (GCS_CREDENTIALS_DIR). Unset: Application Default Credentials (Workload Identity in a pod,
 ``gcloud auth application-default login`` with ``kubetune run``)."""
+ENV_AZURE_ENDPOINT = "KUBETUNE_AZURE_ENDPOINT"
+"""The Blob Storage URL of an ``az://`` URI's account, with ``{account}`` in it: the platform's (Helm value
+``azure.endpoint``: a sovereign cloud, a private endpoint, an emulator), never the job's. Unset: Azure's
+public cloud, https://{account}.blob.core.windows.net."""
+ENV_AZURE_KEY_FILE = "KUBETUNE_AZURE_KEY_FILE"
+"""The file holding ``spec.azure.credentialsSecret``'s key (a storage account key), mounted by the operator
+(AZURE_CREDENTIALS_DIR). Unset: DefaultAzureCredential (AKS Workload Identity in a pod, ``az login`` with
+``kubetune run``)."""
 ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 """The MLflow server a job with ``spec.tracking.mlflow`` reports to: the platform's (Helm value
 ``tracking.mlflow.uri``), set only on such a job's pods. MLflow's own variable, so a user's
@@ -113,6 +121,9 @@ HUB_TOKEN_FILE = "token"
 GCS_CREDENTIALS_DIR = "/var/run/secrets/kubetune/gcs"
 GCS_KEY_FILE = "key.json"
 """Where the operator mounts ``spec.gcs.credentialsSecret``'s key: ``GCS_CREDENTIALS_DIR/GCS_KEY_FILE``."""
+AZURE_CREDENTIALS_DIR = "/var/run/secrets/kubetune/azure"
+AZURE_KEY_FILE = "account-key"
+"""Where the operator mounts ``spec.azure.credentialsSecret``'s key: ``AZURE_CREDENTIALS_DIR/AZURE_KEY_FILE``."""
 MLFLOW_CREDENTIALS_DIR = "/var/run/secrets/kubetune/mlflow"
 MLFLOW_USERNAME_FILE = "username"
 MLFLOW_PASSWORD_FILE = "password"

@@ -30,6 +30,7 @@ from kubetune.api.v1alpha1 import (
     MAX_URI_LENGTH,
     SET_LIST,
     ApiModel,
+    AzureSpec,
     Condition,
     CpuQuantity,
     FineTuneJobSpec,
@@ -227,6 +228,9 @@ class DriftMonitorSpec(ApiModel):
     ] = Field(default_factory=HubSpec)
     gcs: Annotated[GcsSpec, Field(description="How the check Jobs reach gs:// request logs and versions.")] = Field(
         default_factory=GcsSpec
+    )
+    azure: Annotated[AzureSpec, Field(description="How the check Jobs reach az:// request logs and versions.")] = Field(
+        default_factory=AzureSpec
     )
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     resources: CheckResources = Field(default_factory=CheckResources)

@@ -38,20 +38,20 @@ class ManifestError(ValueError):
 
 
 # What a pattern means, for the people who do not read regular expressions.
+_STORAGE_URIS = "s3://bucket/path, gs://bucket/path, az://account/container/path"
+_NO_PRESIGNED = (
+    "with no '..' segment, query string (no presigned URLs or SAS tokens: credentials go in s3.credentialsSecret, "
+    "gcs.credentialsSecret or azure.credentialsSecret) or fragment"
+)
 _PATTERN_MEANINGS = {
     api.MODEL_URI_PATTERN: (
-        "must be s3://bucket/path, gs://bucket/path, file:///path, hf://owner/name[@revision] or one of "
+        f"must be {_STORAGE_URIS}, file:///path, hf://owner/name[@revision] or one of "
         f"{', '.join('builtin://' + m for m in api.BUILTIN_MODELS)}, with no '..' segment, query string or fragment"
     ),
     api.SOURCE_URI_PATTERN: (
-        "must be s3://bucket/path, gs://bucket/path, file:///path or hf://datasets/owner/name[@revision][/path], "
-        "with no '..' segment, query string (no presigned URLs: credentials go in s3.credentialsSecret "
-        "or gcs.credentialsSecret) or fragment"
+        f"must be {_STORAGE_URIS}, file:///path or hf://datasets/owner/name[@revision][/path], {_NO_PRESIGNED}"
     ),
-    api.DATA_URI_PATTERN: (
-        "must be s3://bucket/path, gs://bucket/path or file:///path, with no '..' segment, query string (no "
-        "presigned URLs: credentials go in s3.credentialsSecret or gcs.credentialsSecret) or fragment"
-    ),
+    api.DATA_URI_PATTERN: f"must be {_STORAGE_URIS} or file:///path, {_NO_PRESIGNED}",
     api.S3_ENDPOINT_PATTERN: (
         "must be http(s)://host[:port] with no user name, password, path or query "
         "(credentials go in s3.credentialsSecret)"

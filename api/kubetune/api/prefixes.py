@@ -1,5 +1,5 @@
 """Whether a URI stays under the storage prefixes the platform allows a namespace: one rule for both
-planes. The operator applies it to every ``s3://``, ``gs://`` and ``hf://`` URI of a spec before any pod exists
+planes. The operator applies it to every ``s3://``, ``gs://``, ``az://`` and ``hf://`` URI of a spec before any pod exists
 (``kubetune.operator.storagepolicy``); the trainer applies it to the URIs it finds only at run time,
 in published manifests (``kubetune_trainer.models.continual``)."""
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 # The schemes whose URIs the platform bounds by prefix: object storage, and the Hub's repositories
 # (``hf://owner/``, ``hf://datasets/owner/``). file:// is the pod's own filesystem, builtin:// the image's.
-GUARDED_SCHEMES = ("s3://", "gs://", "hf://")
+GUARDED_SCHEMES = ("s3://", "gs://", "az://", "hf://")
 
 
 def guarded(uri: str) -> bool:

@@ -44,6 +44,9 @@ _S3_URI = rf"s3://[a-z0-9][a-z0-9.\-]{{1,61}}[a-z0-9]{_PATH}"
 # Cloud Storage bucket names: 3 to 63 lower-case letters, digits, '-', '_' and '.', a letter or digit at
 # each end (the dotted, domain-named buckets of up to 222 characters are not accepted).
 _GCS_URI = rf"gs://[a-z0-9][a-z0-9._\-]{{1,61}}[a-z0-9]{_PATH}"
+# Azure Blob Storage: az://<storage account>/<container>/<path>. An account is 3 to 24 lower-case letters
+# and digits; a container 3 to 63 lower-case letters, digits and '-', a letter or digit at each end.
+_AZURE_URI = rf"az://[a-z0-9]{{3,24}}/[a-z0-9][a-z0-9\-]{{1,61}}[a-z0-9]{_PATH}"
 _FILE_URI = rf"file://(/{_PATH_SEGMENT}?)+"
 # A Hugging Face Hub repository, as the Hub names them (owner/name), at an optional revision: a
 # commit, tag or branch without '/' (a '/' would be read as the file path of a dataset URI). Read
@@ -52,10 +55,12 @@ _HUB_NAME = r"[A-Za-z0-9_]([A-Za-z0-9_.\-]{0,94}[A-Za-z0-9_])?"
 _HUB_REPO = rf"{_HUB_NAME}/{_HUB_NAME}(@[A-Za-z0-9_.\-]{{1,128}})?"
 _HUB_MODEL_URI = rf"hf://{_HUB_REPO}"
 _HUB_DATASET_URI = rf"hf://datasets/{_HUB_REPO}{_PATH}"
-MODEL_URI_PATTERN = rf"^({_S3_URI}|{_GCS_URI}|{_FILE_URI}|{_HUB_MODEL_URI}|builtin://({'|'.join(BUILTIN_MODELS)}))$"
-DATA_URI_PATTERN = rf"^({_S3_URI}|{_GCS_URI}|{_FILE_URI})$"
+MODEL_URI_PATTERN = (
+    rf"^({_S3_URI}|{_GCS_URI}|{_AZURE_URI}|{_FILE_URI}|{_HUB_MODEL_URI}|builtin://({'|'.join(BUILTIN_MODELS)}))$"
+)
+DATA_URI_PATTERN = rf"^({_S3_URI}|{_GCS_URI}|{_AZURE_URI}|{_FILE_URI})$"
 # Where training data may come from: storage, or a dataset repository of the Hub.
-SOURCE_URI_PATTERN = rf"^({_S3_URI}|{_GCS_URI}|{_FILE_URI}|{_HUB_DATASET_URI})$"
+SOURCE_URI_PATTERN = rf"^({_S3_URI}|{_GCS_URI}|{_AZURE_URI}|{_FILE_URI}|{_HUB_DATASET_URI})$"
 MAX_URI_LENGTH = 2048
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
 # A quantity greater than zero: a non-zero digit before the point, or after it.
@@ -1246,6 +1251,27 @@ class GcsSpec(ApiModel):
     ] = None
 
 
+class AzureKeyRef(ApiModel):
+    name: Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+    key: DataKey = "accountKey"
+
+
+class AzureSpec(ApiModel):
+    """Azure Blob Storage for az://account/container/path URIs: the platform chooses the endpoint; a
+    job brings a storage account key, or its ServiceAccount's Workload Identity."""
+
+    credentials_secret: Annotated[
+        AzureKeyRef | None,
+        Field(
+            description=(
+                "Secret key holding the storage account's access key (the Secret labelled "
+                "kubetune.dev/azure-credentials=true by a namespace admin); unset: the pod's ServiceAccount "
+                "identity (AKS Workload Identity)."
+            )
+        ),
+    ] = None
+
+
 class S3Spec(ApiModel):
     endpoint: Annotated[
         str | None,
@@ -1756,6 +1782,7 @@ class FineTuneJobSpec(ApiModel):
     s3: S3Spec = Field(default_factory=S3Spec)
     hub: HubSpec = Field(default_factory=HubSpec)
     gcs: GcsSpec = Field(default_factory=GcsSpec)
+    azure: AzureSpec = Field(default_factory=AzureSpec)
     service_account_name: Annotated[
         str | None,
         Field(

@@ -15,8 +15,12 @@ from typing import Any
 import yaml
 
 from kubetune.api.contract import (
+    AZURE_CREDENTIALS_DIR,
+    AZURE_KEY_FILE,
     CACHE,
     COMPONENT_LABEL,
+    ENV_AZURE_ENDPOINT,
+    ENV_AZURE_KEY_FILE,
     ENV_CACHE,
     ENV_GCS_ENDPOINT,
     ENV_GCS_KEY_FILE,
@@ -63,7 +67,7 @@ from kubetune.api.contract import (
     VERIFICATION_FAIL_JOB_EXIT_CODES,
 )
 from kubetune.api.quantity import parse_quantity
-from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, FineTuneJobSpec, GcsSpec, HubSpec, S3Spec
+from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, AzureSpec, FineTuneJobSpec, GcsSpec, HubSpec, S3Spec
 from kubetune.operator.config import OperatorConfig
 from kubetune.operator.networkpolicy import TrainerEgress
 from kubetune.operator.storagepolicy import reads_hub
@@ -328,22 +332,34 @@ def hub_volumes(hub: HubSpec, *, reads: bool) -> tuple[list[dict[str, Any]], lis
     return _secret_key_file("hub-token", secret.name, secret.key, HUB_TOKEN_DIR, HUB_TOKEN_FILE)
 
 
-def gcs_env(gcs: GcsSpec, config: OperatorConfig) -> list[dict[str, Any]]:
-    """The platform's Cloud Storage endpoint, and where the key ``gcs`` names is mounted (:func:`gcs_volumes`)."""
-    env: list[dict[str, Any]] = []
-    if config.gcs_endpoint is not None:
-        env.append({"name": ENV_GCS_ENDPOINT, "value": config.gcs_endpoint})
+def cloud_storage_env(gcs: GcsSpec, azure: AzureSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+    """The platform's Cloud Storage and Azure Blob Storage endpoints, and where the keys the job names
+    are mounted (:func:`cloud_storage_volumes`)."""
+    env = [
+        {"name": name, "value": value}
+        for name, value in ((ENV_GCS_ENDPOINT, config.gcs_endpoint), (ENV_AZURE_ENDPOINT, config.azure_endpoint))
+        if value is not None
+    ]
     if gcs.credentials_secret is not None:
         env.append({"name": ENV_GCS_KEY_FILE, "value": f"{GCS_CREDENTIALS_DIR}/{GCS_KEY_FILE}"})
+    if azure.credentials_secret is not None:
+        env.append({"name": ENV_AZURE_KEY_FILE, "value": f"{AZURE_CREDENTIALS_DIR}/{AZURE_KEY_FILE}"})
     return env
 
 
-def gcs_volumes(gcs: GcsSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The Cloud Storage key Secret's key as a file: (volumes, mounts)."""
-    secret = gcs.credentials_secret
-    if secret is None:
-        return [], []
-    return _secret_key_file("gcs-credentials", secret.name, secret.key, GCS_CREDENTIALS_DIR, GCS_KEY_FILE)
+def cloud_storage_volumes(gcs: GcsSpec, azure: AzureSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Cloud Storage and Azure key Secrets' keys as files: (volumes, mounts)."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for volume, secret, folder, file in (
+        ("gcs-credentials", gcs.credentials_secret, GCS_CREDENTIALS_DIR, GCS_KEY_FILE),
+        ("azure-credentials", azure.credentials_secret, AZURE_CREDENTIALS_DIR, AZURE_KEY_FILE),
+    ):
+        if secret is not None:
+            more, more_mounts = _secret_key_file(volume, secret.name, secret.key, folder, file)
+            volumes += more
+            mounts += more_mounts
+    return volumes, mounts
 
 
 def _secret_key_file(
@@ -467,7 +483,7 @@ def _volumes(
         mounts += [{"name": "scratch", "mountPath": SCRATCH}, {"name": "dshm", "mountPath": "/dev/shm"}]
     credentials, credential_mounts = s3_volumes(spec.s3)
     token, token_mounts = hub_volumes(spec.hub, reads=reads_hub(spec))
-    key, key_mounts = gcs_volumes(spec.gcs)
+    key, key_mounts = cloud_storage_volumes(spec.gcs, spec.azure)
     return volumes + credentials + token + key, mounts + credential_mounts + token_mounts + key_mounts
 
 
@@ -521,7 +537,7 @@ def _pod_spec(
                 "command": command,
                 "env": _env(owner, spec)
                 + hub_env(spec.hub, config, reads=reads_hub(spec))
-                + gcs_env(spec.gcs, config)
+                + cloud_storage_env(spec.gcs, spec.azure, config)
                 + hardening_env(config, gpus=gpus)
                 + storage_env(spec.s3, config, owner.namespace),
                 "resources": resources,

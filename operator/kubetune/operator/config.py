@@ -79,6 +79,9 @@ class OperatorConfig:
     # The Cloud Storage endpoint gs:// URIs are reached at (Helm value gcs.endpoint: Private Service
     # Connect, an emulator); None: Google's.
     gcs_endpoint: str | None = None
+    # The Blob Storage URL az:// URIs are reached at, {account} replaced by the URI's storage account
+    # (Helm value azure.endpoint: a sovereign cloud, a private endpoint, an emulator); None: Azure's.
+    azure_endpoint: str | None = None
     # The MLflow server jobs with spec.tracking.mlflow report to (Helm value tracking.mlflow.uri);
     # None: such jobs are refused (TrackingNotAvailable).
     mlflow_uri: str | None = None
@@ -192,6 +195,14 @@ class OperatorConfig:
             )
         hub_endpoint = _service_url(env, "KUBETUNE_HUB_ENDPOINT", "hub.endpoint", "https://hf-mirror.example.com")
         gcs_endpoint = _service_url(env, "KUBETUNE_GCS_ENDPOINT", "gcs.endpoint", "https://storage.example.com")
+        azure_endpoint = _service_url(
+            env, "KUBETUNE_AZURE_ENDPOINT", "azure.endpoint", "https://{account}.privatelink.blob.core.windows.net"
+        )
+        if azure_endpoint is not None and "{account}" not in azure_endpoint:
+            raise ConfigError(
+                f"KUBETUNE_AZURE_ENDPOINT={azure_endpoint!r} (Helm value azure.endpoint): must hold {{account}}, "
+                "where each az:// URI's storage account goes, e.g. https://{account}.blob.core.windows.net"
+            )
         mlflow_uri = _service_url(env, "KUBETUNE_MLFLOW_URI", "tracking.mlflow.uri", "http://mlflow.mlflow.svc:5000")
         try:
             trainer_egress = TrainerEgress.parse(env.get("KUBETUNE_TRAINER_EGRESS", ""))
@@ -219,6 +230,7 @@ class OperatorConfig:
             trainer_egress=trainer_egress,
             hub_endpoint=hub_endpoint,
             gcs_endpoint=gcs_endpoint,
+            azure_endpoint=azure_endpoint,
             mlflow_uri=mlflow_uri,
             personal_data=personal_data,
             webhooks=webhooks,

@@ -31,9 +31,9 @@ from kubetune.operator.children import (
     TRAINER_UID,
     Owner,
     child_name,
+    cloud_storage_env,
+    cloud_storage_volumes,
     container_security,
-    gcs_env,
-    gcs_volumes,
     hardening_env,
     hub_env,
     hub_volumes,
@@ -147,7 +147,7 @@ def _monitor_job(
     credentials, credential_mounts = s3_volumes(spec.s3)
     # The versions a monitor checks may stand on a Hub model, known only from their manifests: online.
     token, token_mounts = hub_volumes(spec.hub, reads=True)
-    key, key_mounts = gcs_volumes(spec.gcs)
+    key, key_mounts = cloud_storage_volumes(spec.gcs, spec.azure)
     scratch = spec.resources.scratch_size
     env = [
         {"name": ENV_SCRATCH, "value": SCRATCH},
@@ -156,7 +156,7 @@ def _monitor_job(
         {"name": "HF_HOME", "value": f"{SCRATCH}/hf"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         *hub_env(spec.hub, config, reads=True),
-        *gcs_env(spec.gcs, config),
+        *cloud_storage_env(spec.gcs, spec.azure, config),
         *s3_env(spec.s3),
         *hardening_env(config, gpus=0),
         *storage_env(spec.s3, config, owner.namespace),

@@ -96,7 +96,7 @@ def _reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: da
         validation.check_monitor_policy(spec, owner.namespace, config)
         or validation.check_s3_references(spec.s3, owner.namespace, kube.read)
         or validation.check_hub_references(spec.hub, owner.namespace, kube.read)
-        or validation.check_gcs_references(spec.gcs, owner.namespace, kube.read)
+        or validation.check_cloud_storage_references(spec.gcs, spec.azure, owner.namespace, kube.read)
     )
     if problem is not None:
         _write(kube, body, before, invalid(before, problem.reason, problem.message, generation, stamp))

@@ -8,10 +8,11 @@ lists it exactly (``policy.allowedS3Endpoints``); other endpoints pass the entry
 default), or only those listed when ``*`` is left out. The chart's own default endpoint
 (``s3.endpoint``) is the platform's choice and always allowed.
 
-Prefixes. ``policy.allowedStoragePrefixes`` (``s3://bucket/prefix/`` and ``gs://bucket/prefix/``
-entries, ``{namespace}`` replaced by the job's namespace) bounds every ``s3://`` and ``gs://`` URI of
-the spec (base model, datasets,
-regression set, output, checkpoints); empty allows any bucket. The same list bounds the Hub:
+Prefixes. ``policy.allowedStoragePrefixes`` (``s3://bucket/prefix/``, ``gs://bucket/prefix/`` and
+``az://account/container/prefix/`` entries, ``{namespace}`` replaced by the job's namespace) bounds
+every ``s3://``, ``gs://`` and ``az://`` URI of the spec (base model, datasets, regression set, output,
+checkpoints); empty allows any bucket. An ``az://`` entry names the storage account as well as the
+container (container names are only unique within an account). The same list bounds the Hub:
 ``hf://owner/`` or ``hf://owner/name/`` admits those model repositories, ``hf://datasets/owner/``
 those datasets; a list with no ``hf://`` entry admits no Hub repository, an empty one any.
 """
@@ -39,7 +40,9 @@ INTERNAL_SUFFIXES = (".local", ".localdomain", ".internal", ".svc", ".cluster.lo
 @dataclass(frozen=True)
 class StoragePolicy:
     endpoints: tuple[str, ...]  # lower-case "host" or "host:port", or "*"
-    prefixes: tuple[str, ...]  # "s3://bucket/" or "gs://bucket/path/" (hf:// too), may hold {namespace}
+    prefixes: tuple[
+        str, ...
+    ]  # "s3://bucket/", "gs://bucket/path/", "az://account/container/" (hf:// too), may hold {namespace}
 
     @classmethod
     def parse(cls, endpoints: list[str], prefixes: list[str], *, platform_endpoint: str | None) -> StoragePolicy:
@@ -55,15 +58,16 @@ class StoragePolicy:
         for entry in prefixes:
             split = urlsplit(entry)
             if (
-                split.scheme not in ("s3", "gs", "hf")
+                split.scheme not in ("s3", "gs", "az", "hf")
                 or not split.netloc
+                or (split.scheme == "az" and not split.path.strip("/"))
                 or split.query
                 or split.fragment
                 or ".." in entry
             ):
                 raise ValueError(
-                    f"prefix {entry!r}: expected s3://bucket/, gs://bucket/ (each with an optional path/), "
-                    "hf://owner/ or hf://datasets/owner/"
+                    f"prefix {entry!r}: expected s3://bucket/, gs://bucket/, az://account/container/ (each with an "
+                    "optional path/), hf://owner/ or hf://datasets/owner/"
                 )
             if split.scheme == "hf" and ("@" in entry or entry.rstrip("/") == "hf://datasets"):
                 raise ValueError(
@@ -74,7 +78,7 @@ class StoragePolicy:
 
     def refusal(self, spec: FineTuneJobSpec | DriftMonitorSpec, namespace: str) -> tuple[str, str] | None:
         """(field, why) for the first endpoint or URI the policy refuses, else None (a DriftMonitor's
-        retraining template included: every ``s3://``, ``gs://`` and ``hf://`` string of the spec is walked)."""
+        retraining template included: every ``s3://``, ``gs://``, ``az://`` and ``hf://`` string of the spec is walked)."""
         if spec.s3.endpoint is not None and (why := self._endpoint_refusal(spec.s3.endpoint)) is not None:
             return "spec.s3.endpoint", why
         if self.prefixes:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from kubetune.api.driftmonitor import DriftMonitorSpec
 from kubetune.api.manifest import ManifestError, parse_monitor_spec, parse_spec
-from kubetune.api.v1alpha1 import FineTuneJobSpec, GcsSpec, HubSpec, S3Spec
+from kubetune.api.v1alpha1 import AzureSpec, FineTuneJobSpec, GcsSpec, HubSpec, S3Spec
 from kubetune.operator.config import OperatorConfig
 
 Reader = Callable[[str, str, str], dict[str, Any] | None]  # (kind, namespace, name) -> object or None
@@ -32,6 +32,7 @@ TRAINER_IDENTITY_LABEL = "kubetune.dev/trainer-identity"  # a ServiceAccount to 
 S3_CREDENTIALS_LABEL = "kubetune.dev/s3-credentials"  # a Secret to mount as S3 credentials
 HUB_TOKEN_LABEL = "kubetune.dev/hub-token"  # a Secret to mount as a job's Hugging Face Hub token
 GCS_CREDENTIALS_LABEL = "kubetune.dev/gcs-credentials"  # a Secret to mount as a Cloud Storage service-account key
+AZURE_CREDENTIALS_LABEL = "kubetune.dev/azure-credentials"  # a Secret to mount as an Azure storage account key
 MLFLOW_CREDENTIALS_LABEL = "kubetune.dev/mlflow-credentials"  # a Secret to mount as a job's MLflow login
 WEBHOOK_LABEL = "kubetune.dev/webhook"  # a Secret whose URL and key the operator may send notifications with
 SYSTEM_NAMESPACE_PREFIX = "kube-"  # kube-system, kube-public, kube-node-lease and any future one
@@ -174,18 +175,26 @@ def check_hub_references(hub: HubSpec, namespace: str, read: Reader) -> SpecProb
     return _secret_problem(read, namespace, "spec.hub.tokenSecret.name", token.name, HUB_TOKEN_LABEL, use)
 
 
-def check_gcs_references(gcs: GcsSpec, namespace: str, read: Reader) -> SpecProblem | None:
-    """The Secret a ``gcs`` block names for its service-account key: present and opted in."""
-    if (key := gcs.credentials_secret) is None:
-        return None
-    use = "kubetune's pods may use as a Cloud Storage key"
-    return _secret_problem(read, namespace, "spec.gcs.credentialsSecret.name", key.name, GCS_CREDENTIALS_LABEL, use)
+def check_cloud_storage_references(gcs: GcsSpec, azure: AzureSpec, namespace: str, read: Reader) -> SpecProblem | None:
+    """The Secrets a ``gcs`` and an ``azure`` block name for their keys: present and opted in."""
+    for field, ref, label, use in (
+        ("spec.gcs", gcs.credentials_secret, GCS_CREDENTIALS_LABEL, "a Cloud Storage key"),
+        ("spec.azure", azure.credentials_secret, AZURE_CREDENTIALS_LABEL, "an Azure storage account key"),
+    ):
+        if ref is None:
+            continue
+        why = f"kubetune's pods may use as {use}"
+        if (
+            problem := _secret_problem(read, namespace, f"{field}.credentialsSecret.name", ref.name, label, why)
+        ) is not None:
+            return problem
+    return None
 
 
 def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> SpecProblem | None:
     if (problem := check_s3_references(spec.s3, namespace, read)) is not None:
         return problem
-    if (problem := check_gcs_references(spec.gcs, namespace, read)) is not None:
+    if (problem := check_cloud_storage_references(spec.gcs, spec.azure, namespace, read)) is not None:
         return problem
     if (pvc := spec.storage.pvc) is not None and read("PersistentVolumeClaim", namespace, pvc.claim_name) is None:
         return SpecProblem(

@@ -3,6 +3,7 @@ the parsed location, and the operations a scheme must support before anything is
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +19,7 @@ class WriteConflict(StorageError):
 
 @dataclass(frozen=True)
 class Location:
-    scheme: str  # "s3", "gs", "file" or "hf"
+    scheme: str  # "s3", "gs", "az", "file" or "hf"
     bucket: str  # empty for file://; for hf:// the repository ([datasets/]owner/name[@revision])
     key: str  # object key, absolute path for file://, path in the repository for hf://
 
@@ -64,3 +65,24 @@ class RemoteBucket(Protocol):
         ...
 
     def delete(self, loc: Location) -> None: ...
+
+
+class HashingSink:
+    """A file-like sink that keeps the SHA-256 and size of what a download writes into it."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, block: bytes) -> int:
+        self.sha256.update(block)
+        self.size += len(block)
+        return len(block)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -15,31 +15,17 @@ Conditions are generations: create-only is ``ifGenerationMatch=0``, a conditiona
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetune_trainer.errors import ConfigurationError
-from kubetune_trainer.stores.base import Location, StorageError, WriteConflict
+from kubetune_trainer.stores.base import HashingSink, Location, StorageError, WriteConflict, sha256_file
 
 if TYPE_CHECKING:
     from kubetune_trainer.environment import TrainerEnvironment
 
 # The scope a job needs: read and write objects, nothing about buckets' settings or IAM.
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
-
-
-class _Hashing:
-    """A file-like sink that keeps the SHA-256 and size of what a download writes."""
-
-    def __init__(self) -> None:
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def write(self, block: bytes) -> int:
-        self.sha256.update(block)
-        self.size += len(block)
-        return len(block)
 
 
 class GcsBucket:
@@ -131,7 +117,7 @@ class GcsBucket:
         return bytes(data), str(generation)
 
     def digest(self, loc: Location) -> tuple[str, int]:
-        sink = _Hashing()
+        sink = HashingSink()
         self._call(loc.uri, "read", self._blob(loc).download_to_file, sink, checksum="crc32c")
         return sink.sha256.hexdigest(), sink.size
 
@@ -177,11 +163,7 @@ class GcsBucket:
             if_generation_match=self._condition(if_absent, None),
             checksum="crc32c",
         )
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-        return digest.hexdigest()
+        return sha256_file(path)
 
     def delete(self, loc: Location) -> None:
         self._call(loc.uri, "delete", self._blob(loc).delete)
