@@ -93,3 +93,27 @@ def test_the_smoke_distils_into_a_half_depth_student_and_resumes(tmp_path: Path,
     assert again.returncode == 0, again.stderr[-3000:]
     assert "recorded or not asked for, skipped" in again.stderr and "running" not in again.stderr
     assert json.loads(out.read_text())["runs"] == results["runs"]
+
+
+def test_the_recorded_measurement_is_what_the_docs_show() -> None:
+    """The page is rendered from the JSON, and docs/methods.md quotes its figures: each run's accuracy
+    and size, the paired difference and the speed."""
+    recorded = ROOT / "docs" / "measurements" / "distill.json"
+    results = json.loads(recorded.read_text())
+    assert recorded.with_suffix(".md").read_text() == measure_distill.render_markdown(results)
+    methods = (ROOT / "docs" / "methods.md").read_text()
+    runs = {run["run"]: run for run in results["runs"]}
+    for name in ("teacher", "labels only", "distilled"):
+        task, size = runs[name]["task"], runs[name]["size"]
+        assert (
+            f"{task['before']:.3f} → {task['after']:.3f} [{task['afterCi'][0]:.3f}, {task['afterCi'][1]:.3f}]"
+            in methods
+        )
+        assert f"{size['parameters'] / 1e6:.1f} M parameters, {size['bytes'] / 2**20:.0f} MiB" in methods
+    comparison = results["comparison"]
+    assert f"{comparison['difference']:+.3f} [{comparison['ci'][0]:+.3f}, {comparison['ci'][1]:+.3f}]" in methods
+    ms = results["speed"]["msPerToken"]
+    assert f"{ms['distilled']:.1f} ms per token against the teacher's {ms['teacher']:.1f}" in methods
+    assert f"({ms['teacher'] / ms['distilled']:.2f}x as fast" in methods
+    # The run the page calls distilled was taught by the recorded teacher (its lineage says so).
+    assert runs["distilled"]["distill"]["teacher"]["version"]["version"] == Path(runs["teacher"]["version"]).name
