@@ -34,4 +34,5 @@ if [ "$extra" = dev ]; then
   bash scripts/install-prometheus.sh >/dev/null
   bash scripts/install-mlflow.sh >/dev/null
   bash scripts/install-azurite.sh >/dev/null
+  bash scripts/install-registry.sh >/dev/null
 fi

@@ -5,10 +5,9 @@ it checks Shared Key signatures (a wrong or missing key is 403), ETag conditions
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
 from pathlib import Path
+
+from tests.loopback import LoopbackProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE = ROOT / "tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -17,52 +16,23 @@ ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
-class AzuriteServer:
+class AzuriteServer(LoopbackProcess):
+    name = "Azurite"
+
     def __init__(self, folder: Path, port: int) -> None:
         if not AZURITE.exists():
             raise RuntimeError(f"{AZURITE} is missing: run scripts/install-azurite.sh (scripts/bootstrap.sh dev does)")
-        self.port = port
         self.account_url = f"http://127.0.0.1:{port}/{ACCOUNT}"
         # As the platform sets azure.endpoint: Azurite names the account in the path.
         self.endpoint = f"http://127.0.0.1:{port}/{{account}}"
-        self.log = (folder / "azurite.log").open("w")
-        self.process = subprocess.Popen(
-            [
-                str(AZURITE),
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                str(port),
-                "--location",
-                str(folder),
-                "--disableTelemetry",
-                "--skipApiVersionCheck",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        command = [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(folder)]
+        super().__init__([*command, "--disableTelemetry", "--skipApiVersionCheck"], folder / "azurite.log", port)
 
     def wait_until_ready(self, timeout: float = 60) -> AzuriteServer:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Azurite exited: {(Path(self.log.name)).read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("Azurite did not listen in time")
+        self.wait_until_listening(timeout)
+        return self
 
     def create_container(self, name: str) -> None:
         from azure.storage.blob import BlobServiceClient
 
         BlobServiceClient(self.account_url, credential=ACCOUNT_KEY).create_container(name)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()

@@ -17,6 +17,7 @@ from tests.hubdouble import HubServer
 from tests.kubeapi.cluster import CLUSTERWIDE, TestCluster
 from tests.kubeapi.runner import ApiServerThread
 from tests.mlflowserver import MlflowServer
+from tests.ociregistry import RegistryServer
 from tests.s3double import S3Server
 
 # Tests never reach a model hub; everything is offline.
@@ -215,3 +216,13 @@ def azure_container(azurite: AzuriteServer) -> str:
     name = f"test-{uuid.uuid4().hex[:12]}"
     azurite.create_container(name)
     return f"az://{AZURITE_ACCOUNT}/{name}"
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """An OCI registry on loopback behind basic auth: CNCF Distribution (tests/ociregistry.py)."""
+    server = RegistryServer(tmp_path_factory.mktemp("registry"), _free_port())
+    try:
+        yield server.wait_until_ready()
+    finally:
+        server.stop()

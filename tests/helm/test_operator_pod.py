@@ -101,6 +101,8 @@ def test_environment_carries_the_operator_configuration() -> None:
         ),
         "KUBETUNE_IMAGE_PULL_POLICY": "IfNotPresent",
         "KUBETUNE_MLFLOW_URI": "",
+        "KUBETUNE_WANDB_HOST": "",
+        "KUBETUNE_OCI_REGISTRIES": "",
         "KUBETUNE_HUB_ENDPOINT": "",
         "KUBETUNE_GCS_ENDPOINT": "",
         "KUBETUNE_AZURE_ENDPOINT": "",
@@ -161,6 +163,8 @@ def test_environment_carries_the_operator_configuration() -> None:
         ),
         "KUBETUNE_IMAGE_PULL_POLICY": "Always",
         "KUBETUNE_MLFLOW_URI": "http://mlflow.mlflow.svc:5000",
+        "KUBETUNE_WANDB_HOST": "https://wandb.ml-platform.example.com",
+        "KUBETUNE_OCI_REGISTRIES": "https://ghcr.io,http://registry.registry.svc:5000",
         "KUBETUNE_HUB_ENDPOINT": "https://hf-mirror.example.com",
         "KUBETUNE_GCS_ENDPOINT": "https://storage-ml.p.googleapis.com",
         "KUBETUNE_AZURE_ENDPOINT": "https://{account}.privatelink.blob.core.windows.net",
@@ -264,6 +268,8 @@ def test_the_policy_values_start_an_operator_that_enforces_them() -> None:
     assert config.webhooks.endpoints == ("hooks.slack.com", "alerts.ml-platform.svc:8080")
     assert config.hub_endpoint == "https://hf-mirror.example.com"
     assert config.gcs_endpoint == "https://storage-ml.p.googleapis.com"
+    assert config.wandb_host == "https://wandb.ml-platform.example.com"
+    assert config.oci_registries.urls == ("https://ghcr.io", "http://registry.registry.svc:5000")
     assert config.azure_endpoint == "https://{account}.privatelink.blob.core.windows.net"
     assert config.mlflow_uri == "http://mlflow.mlflow.svc:5000"
     assert config.trainer_egress is not None and [str(c) for c in config.trainer_egress.hub_cidrs] == ["0.0.0.0/0"]

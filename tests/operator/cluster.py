@@ -28,6 +28,7 @@ from kubetune.operator.validation import (
     AZURE_CREDENTIALS_LABEL,
     GCS_CREDENTIALS_LABEL,
     HUB_TOKEN_LABEL,
+    OCI_CREDENTIALS_LABEL,
     S3_CREDENTIALS_LABEL,
     TRAINER_IDENTITY_LABEL,
     WEBHOOK_LABEL,
@@ -99,10 +100,11 @@ class Cluster:
         hub_token: bool = False,
         gcs_key: bool = False,
         azure_key: bool = False,
+        registry_login: bool = False,
     ) -> None:
         """A Secret; by default opted in as S3 credentials, as a namespace admin labels one for FineTuneJobs
         (``webhook``: opted in as a webhook's URL and signing key instead; ``hub_token``: as a Hub token;
-        ``gcs_key``: as a Cloud Storage service-account key; ``azure_key``: as an Azure storage account key)."""
+        ``gcs_key``: as a Cloud Storage service-account key; ``azure_key``: as an Azure storage account key; ``registry_login``: as an OCI registry login)."""
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
         label = (
             WEBHOOK_LABEL
@@ -113,6 +115,8 @@ class Cluster:
             if gcs_key
             else AZURE_CREDENTIALS_LABEL
             if azure_key
+            else OCI_CREDENTIALS_LABEL
+            if registry_login
             else S3_CREDENTIALS_LABEL
             if s3_credentials
             else None

@@ -128,3 +128,32 @@ def test_through_the_operator_with_a_platform_mlflow(cluster: Cluster, test_clus
         pass_preflight(cluster, "tickets")
         training = wait_for(lambda: cluster.job("tickets-train"), what="the training Job")
     assert env_of(training)[contract.ENV_MLFLOW_TRACKING_URI] == MLFLOW
+
+
+WANDB = "https://wandb.ml-platform.example.com"
+WANDB_TRACKED = {"tracking": {"wandb": {"project": "tickets", "apiKeySecret": {"name": "wandb-key"}}}}
+
+
+def test_a_wandb_tracked_jobs_training_pod_alone_gets_the_platforms_server_and_the_key_as_a_file() -> None:
+    config = OperatorConfig.from_env({"KUBETUNE_WANDB_HOST": WANDB})
+    owner = Owner("tickets", "ml", "uid-1")
+    spec = parse_spec({**JOB["spec"], **WANDB_TRACKED})
+    training = build_training_job(owner, spec, config)
+    read = TrainerEnvironment.from_env(env_of(training))
+    assert read.wandb_base_url == WANDB
+    assert read.wandb_key_file == Path(contract.WANDB_CREDENTIALS_DIR) / contract.WANDB_KEY_FILE
+    (volume,) = [v for v in training["spec"]["template"]["spec"]["volumes"] if v["name"] == "wandb-credentials"]
+    assert volume["secret"]["secretName"] == "wandb-key"
+    assert volume["secret"]["items"] == [{"key": "apiKey", "path": contract.WANDB_KEY_FILE}]
+    preflight = build_preflight_job(owner, spec, config)
+    assert contract.ENV_WANDB_BASE_URL not in env_of(preflight) and "wandb-key" not in json.dumps(preflight)
+
+    def read_secret(kind: str, namespace: str, name: str) -> dict[str, object] | None:  # without the label
+        return {"metadata": {"name": name, "labels": {}}} if kind == "Secret" else None
+
+    problem = check_references(spec, "ml", read_secret)
+    assert problem is not None and problem.reason == "SecretNotAllowed"
+    assert problem.message.startswith("spec.tracking.wandb.apiKeySecret.name: Secret 'wandb-key' is not labelled")
+    refused = check_policy(spec, "ml", OperatorConfig.from_env({}))
+    assert refused is not None and refused.reason == "TrackingNotAvailable"
+    assert refused.message.startswith("spec.tracking.wandb: this platform has no Weights & Biases server")

@@ -39,6 +39,10 @@ class TrainerEnvironment:
     gcs_key_file: Path | None  # spec.gcs.credentialsSecret, mounted as a file by the operator
     azure_endpoint: str | None  # the platform's Blob Storage URL template ({account}); None: Azure's
     azure_key_file: Path | None  # spec.azure.credentialsSecret, mounted as a file by the operator
+    wandb_base_url: str | None  # the platform's W&B server (WANDB_BASE_URL); None: W&B's own setting
+    wandb_key_file: Path | None  # spec.tracking.wandb.apiKeySecret, mounted as a file by the operator
+    oci_registry: str | None  # spec.output.oci's registry as the platform lists it; None: https://<its host>
+    oci_auth_file: Path | None  # spec.output.oci.credentialsSecret's .dockerconfigjson, mounted by the operator
     # policy.allowedStoragePrefixes for this namespace: URIs found at run time stay under them (empty: any)
     storage_prefixes: tuple[str, ...]
     metrics_port: int | None
@@ -103,6 +107,10 @@ class TrainerEnvironment:
             gcs_key_file=path(contract.ENV_GCS_KEY_FILE),
             azure_endpoint=text(contract.ENV_AZURE_ENDPOINT),
             azure_key_file=path(contract.ENV_AZURE_KEY_FILE),
+            wandb_base_url=text(contract.ENV_WANDB_BASE_URL),
+            wandb_key_file=path(contract.ENV_WANDB_KEY_FILE),
+            oci_registry=text(contract.ENV_OCI_REGISTRY),
+            oci_auth_file=path(contract.ENV_OCI_AUTH_FILE),
             storage_prefixes=tuple(p for p in (text(contract.ENV_STORAGE_PREFIXES) or "").split(",") if p),
             metrics_port=number(contract.ENV_METRICS_PORT),
             pushgateway_url=text(contract.ENV_PUSHGATEWAY_URL),

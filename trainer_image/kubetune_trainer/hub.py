@@ -20,8 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from kubetune_trainer.errors import ConfigurationError
-
 if TYPE_CHECKING:
     from kubetune_trainer.environment import TrainerEnvironment
 
@@ -124,15 +122,9 @@ class HubClient:
     def token(self) -> str | None:
         if self.token_file is None:
             return None
-        try:
-            token = self.token_file.read_text().strip()
-        except FileNotFoundError:
-            raise ConfigurationError(f"{self.token_field}.key: the Secret has no such key") from None
-        except OSError as err:
-            raise ConfigurationError(f"{self.token_field}: cannot read the token: {err.strerror}") from err
-        if not token:
-            raise ConfigurationError(f"{self.token_field}.key: the token is empty")
-        return token
+        from kubetune_trainer.secrets import read_mounted_key
+
+        return read_mounted_key(self.token_file, field=f"{self.token_field}.key", what="the token")
 
     def pin(self, repo: HubRepo) -> HubRepo:
         """``repo`` at the commit its revision names now (asked once per revision and run)."""

@@ -164,6 +164,10 @@ def _run_stages(ctx: RunContext) -> Exit:
         steps.publish_fisher(ctx, model, data, resolved, outcome)
     with ctx.clock.stage("publish"):
         published = steps.publish(ctx, model, data, resolved, outcome, evaluation)
+    pushed = None
+    if ctx.spec.output.oci is not None:
+        with ctx.clock.stage("push"):
+            pushed = steps.push_to_registry(ctx, published)
     result = TrainerResult(
         version=published.version,
         manifest_uri=published.manifest_uri,
@@ -177,6 +181,7 @@ def _run_stages(ctx: RunContext) -> Exit:
             ArtifactStatus(name=a.name, uri=a.uri, sha256=a.sha256, size_bytes=a.size_bytes)
             for a in published.artifacts
         ],
+        oci=pushed,
     )
     end = _report_result(ctx, result)
     from kubetune_trainer.summary import print_summary

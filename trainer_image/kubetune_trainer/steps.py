@@ -21,6 +21,7 @@ from kubetune.api.v1alpha1 import (
     DistillMode,
     MethodType,
     NearDedupSpec,
+    OciPushStatus,
     PreflightReport,
     ReplaySpec,
     ResolvedAdaLoraTraining,
@@ -790,3 +791,28 @@ def publish(
         evaluation=evaluation,
     )
     return publish_run(ctx.workdir / "artifacts", ctx.spec.output.uri, ctx.store, lineage_manifest(run))
+
+
+def push_to_registry(ctx: RunContext, published: PublishedRun) -> OciPushStatus:
+    """spec.output.oci: the version just published, pushed to its registry (kubetune_trainer.ocipush).
+    The registry's URL is the one the operator set (the platform's listing decides http or https);
+    ``kubetune run`` on a laptop reaches it over https, or at KUBETUNE_OCI_REGISTRY."""
+    from kubetune_trainer.ocipush import push_version
+
+    oci = ctx.spec.output.oci
+    assert oci is not None
+    host = oci.repository.split("/", 1)[0]
+    registry = ctx.environment.oci_registry or f"https://{host}"
+    if registry.split("://", 1)[-1].lower() != host.lower():
+        raise ConfigurationError(
+            f"spec.output.oci.repository: {host} is not the registry this pod may push to ({registry})"
+        )
+    return push_version(
+        ctx.workdir / "artifacts",
+        ctx.store.read_bytes(published.manifest_uri),
+        version=published.version,
+        manifest_uri=published.manifest_uri,
+        repository=oci.repository,
+        registry_url=registry.rstrip("/"),
+        auth_file=ctx.environment.oci_auth_file,
+    )

@@ -77,6 +77,19 @@ ENV_AZURE_KEY_FILE = "KUBETUNE_AZURE_KEY_FILE"
 """The file holding ``spec.azure.credentialsSecret``'s key (a storage account key), mounted by the operator
 (AZURE_CREDENTIALS_DIR). Unset: DefaultAzureCredential (AKS Workload Identity in a pod, ``az login`` with
 ``kubetune run``)."""
+ENV_WANDB_BASE_URL = "WANDB_BASE_URL"
+"""The W&B server a job with ``spec.tracking.wandb`` reports to: the platform's (Helm value
+``tracking.wandb.host``), set only on such a job's training pod. W&B's own variable."""
+ENV_WANDB_KEY_FILE = "KUBETUNE_WANDB_KEY_FILE"
+"""The file holding ``spec.tracking.wandb.apiKeySecret``'s key, mounted by the operator (WANDB_CREDENTIALS_DIR);
+a file, so no child process inherits the key. Unset: W&B's own login (``WANDB_API_KEY``, ``wandb login``)."""
+ENV_OCI_REGISTRY = "KUBETUNE_OCI_REGISTRY"
+"""The URL of the registry ``spec.output.oci.repository`` names, as the platform lists it (Helm value
+``registry.oci.registries``: https://ghcr.io, http://registry.registry.svc:5000): the platform decides
+plain HTTP, never the job. Set on the training pod of a job with ``spec.output.oci`` only."""
+ENV_OCI_AUTH_FILE = "KUBETUNE_OCI_AUTH_FILE"
+"""The file holding ``spec.output.oci.credentialsSecret``'s ``.dockerconfigjson`` (a Docker config with
+``auths``), mounted by the operator (OCI_CREDENTIALS_DIR). Unset: anonymous pushes."""
 ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 """The MLflow server a job with ``spec.tracking.mlflow`` reports to: the platform's (Helm value
 ``tracking.mlflow.uri``), set only on such a job's pods. MLflow's own variable, so a user's
@@ -124,6 +137,14 @@ GCS_KEY_FILE = "key.json"
 AZURE_CREDENTIALS_DIR = "/var/run/secrets/kubetune/azure"
 AZURE_KEY_FILE = "account-key"
 """Where the operator mounts ``spec.azure.credentialsSecret``'s key: ``AZURE_CREDENTIALS_DIR/AZURE_KEY_FILE``."""
+WANDB_CREDENTIALS_DIR = "/var/run/secrets/kubetune/wandb"
+WANDB_KEY_FILE = "api-key"
+"""Where the operator mounts ``spec.tracking.wandb.apiKeySecret``'s key: ``WANDB_CREDENTIALS_DIR/WANDB_KEY_FILE``."""
+OCI_CREDENTIALS_DIR = "/var/run/secrets/kubetune/oci"
+OCI_AUTH_FILE = "config.json"
+OCI_SECRET_KEY = ".dockerconfigjson"
+"""Where the operator mounts ``spec.output.oci.credentialsSecret``'s ``OCI_SECRET_KEY``:
+``OCI_CREDENTIALS_DIR/OCI_AUTH_FILE``."""
 MLFLOW_CREDENTIALS_DIR = "/var/run/secrets/kubetune/mlflow"
 MLFLOW_USERNAME_FILE = "username"
 MLFLOW_PASSWORD_FILE = "password"

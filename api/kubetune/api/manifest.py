@@ -52,6 +52,11 @@ _PATTERN_MEANINGS = {
         f"must be {_STORAGE_URIS}, file:///path or hf://datasets/owner/name[@revision][/path], {_NO_PRESIGNED}"
     ),
     api.DATA_URI_PATTERN: f"must be {_STORAGE_URIS} or file:///path, {_NO_PRESIGNED}",
+    api.WANDB_NAME_PATTERN: "must not contain / \\ # ? % : or control characters (W&B refuses them in names)",
+    api.OCI_REPOSITORY_PATTERN: (
+        "must be registry[:port]/path, the path in lower case (e.g. ghcr.io/my-org/tickets), with no scheme, tag "
+        "or digest: each version is tagged with its own name"
+    ),
     api.S3_ENDPOINT_PATTERN: (
         "must be http(s)://host[:port] with no user name, password, path or query "
         "(credentials go in s3.credentialsSecret)"

@@ -76,12 +76,17 @@ QUALIFIED_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*
 EXTENDED_RESOURCE_PATTERN = (
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
+_REGISTRY_HOST = (
+    r"([A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])(:[0-9]+)?"
+)
+_REPOSITORY_PATH = r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
 # An image reference (distribution/reference): [registry[:port]/]path[:tag][@digest].
 IMAGE_PATTERN = (
-    r"^(([A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])"
-    r"(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
-    r"(:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+    rf"^({_REGISTRY_HOST}/)?{_REPOSITORY_PATH}(:[A-Za-z0-9_][A-Za-z0-9_.\-]{{0,127}})?(@sha256:[a-f0-9]{{64}})?$"
 )
+# An OCI repository to push versions to: registry[:port]/path, the registry always named, no tag or
+# digest (each version is tagged with its own name).
+OCI_REPOSITORY_PATTERN = rf"^{_REGISTRY_HOST}/{_REPOSITORY_PATH}$"
 DATA_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 MAX_CHAT_TEMPLATE_BYTES = 64 * 1024
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -1025,6 +1030,42 @@ class EvaluationSpec(ApiModel):
     max_examples: Annotated[int | None, Field(ge=1, le=100000, description="Cap on test examples scored.")] = None
 
 
+class OciCredentialsRef(ApiModel):
+    name: Annotated[
+        str,
+        Field(
+            pattern=DNS_SUBDOMAIN_PATTERN,
+            max_length=253,
+            description=(
+                "A Secret of type kubernetes.io/dockerconfigjson (what `kubectl create secret docker-registry` "
+                "makes) labelled kubetune.dev/oci-credentials=true by a namespace admin; its .dockerconfigjson is "
+                "mounted in the training pod only."
+            ),
+        ),
+    ]
+
+
+class OciPushSpec(ApiModel):
+    """Each published version also pushed to an OCI registry as an ORAS artifact: its manifest.json and
+    its adapter folder (the merged folder when there is no adapter), tagged with the version's name."""
+
+    repository: Annotated[
+        str,
+        Field(
+            pattern=OCI_REPOSITORY_PATTERN,
+            max_length=255,
+            description=(
+                "registry[:port]/path, e.g. ghcr.io/my-org/tickets; no tag (each version is tagged with its "
+                "name). The registry must be one the platform lists (Helm value registry.oci.registries)."
+            ),
+        ),
+    ]
+    credentials_secret: Annotated[
+        OciCredentialsRef | None,
+        Field(description="How the push logs in; unset: anonymously (a registry that allows it)."),
+    ] = None
+
+
 class OutputSpec(ApiModel):
     uri: Annotated[
         str,
@@ -1055,6 +1096,10 @@ class OutputSpec(ApiModel):
                 "promoted: a create-only numbered entry whose highest number is what serving follows."
             ),
         ),
+    ] = None
+    oci: Annotated[
+        OciPushSpec | None,
+        Field(description="Also push each published version to an OCI registry (an ORAS artifact)."),
     ] = None
 
 
@@ -1566,10 +1611,58 @@ class MlflowTrackingSpec(ApiModel):
     ] = None
 
 
+# W&B's own limits on a project, entity and group name: 128 characters, none of / \\ # ? % :
+WANDB_NAME_PATTERN = r"^[^/\\#?%:\x00-\x1f]+$"
+
+
+class WandbKeyRef(ApiModel):
+    """A Secret key holding a W&B API key."""
+
+    name: Annotated[str, Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253)]
+    key: DataKey = "apiKey"
+
+
+class WandbTrackingSpec(ApiModel):
+    """The run reported to the platform's Weights & Biases server (Helm value tracking.wandb.host): the
+    resolved training values as config, the losses and throughput by step as history, the evaluation and
+    the published version as the summary."""
+
+    project: Annotated[
+        str | None,
+        Field(min_length=1, max_length=128, pattern=WANDB_NAME_PATTERN, description="Unset: kubetune-<namespace>."),
+    ] = None
+    entity: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=128,
+            pattern=WANDB_NAME_PATTERN,
+            description="The team or user the project belongs to; unset: the API key's default entity.",
+        ),
+    ] = None
+    group: Annotated[
+        str | None,
+        Field(min_length=1, max_length=128, pattern=WANDB_NAME_PATTERN, description="Groups runs in the project."),
+    ] = None
+    api_key_secret: Annotated[
+        WandbKeyRef | None,
+        Field(
+            description=(
+                "Secret key with the W&B API key the run reports with (the Secret labelled "
+                "kubetune.dev/wandb-credentials=true by a namespace admin); mounted in the training pod only."
+            )
+        ),
+    ] = None
+
+
 class TrackingSpec(ApiModel):
     mlflow: Annotated[
         MlflowTrackingSpec | None,
         Field(description="Report the run to the platform's MLflow server (and register promoted versions)."),
+    ] = None
+    wandb: Annotated[
+        WandbTrackingSpec | None,
+        Field(description="Report the run to the platform's Weights & Biases server."),
     ] = None
 
 
@@ -1864,6 +1957,14 @@ class ArtifactStatus(ApiModel):
     uri: str
     sha256: str | None = None
     size_bytes: int | None = None
+
+
+class OciPushStatus(ApiModel):
+    """spec.output.oci: where the version went (reference and manifest digest), or why it did not."""
+
+    reference: str
+    digest: str | None = None
+    error: str | None = None
 
 
 class ResolvedReplay(ApiModel):
@@ -2178,6 +2279,10 @@ class TrainerResult(ApiModel):
         Field(description="spec.privacy: the privacy the training spent, as its accountant counted."),
     ] = None
     artifacts: list[ArtifactStatus] | None = None
+    oci: Annotated[
+        OciPushStatus | None,
+        Field(description="spec.output.oci: the pushed artifact's reference and digest, or the push's error."),
+    ] = None
 
 
 class PhaseTransition(ApiModel):

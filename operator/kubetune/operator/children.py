@@ -32,6 +32,8 @@ from kubetune.api.contract import (
     ENV_METRICS_PORT,
     ENV_MLFLOW_CREDENTIALS_DIR,
     ENV_MLFLOW_TRACKING_URI,
+    ENV_OCI_AUTH_FILE,
+    ENV_OCI_REGISTRY,
     ENV_PUSH_INTERVAL,
     ENV_PUSHGATEWAY_URL,
     ENV_REPORT_STATUS,
@@ -41,6 +43,8 @@ from kubetune.api.contract import (
     ENV_SCRATCH,
     ENV_STORAGE_PREFIXES,
     ENV_TERMINATION_LOG,
+    ENV_WANDB_BASE_URL,
+    ENV_WANDB_KEY_FILE,
     FAIL_JOB_EXIT_CODES,
     FINETUNEJOB_ANNOTATION,
     GCS_CREDENTIALS_DIR,
@@ -57,6 +61,9 @@ from kubetune.api.contract import (
     MLFLOW_TOKEN_FILE,
     MLFLOW_USERNAME_FILE,
     MONITOR_LABEL,
+    OCI_AUTH_FILE,
+    OCI_CREDENTIALS_DIR,
+    OCI_SECRET_KEY,
     S3_ACCESS_KEY_ID_FILE,
     S3_CREDENTIALS_DIR,
     S3_SECRET_ACCESS_KEY_FILE,
@@ -65,6 +72,8 @@ from kubetune.api.contract import (
     TERMINATION_LOG_PATH,
     TRAINER_CONTAINER,
     VERIFICATION_FAIL_JOB_EXIT_CODES,
+    WANDB_CREDENTIALS_DIR,
+    WANDB_KEY_FILE,
 )
 from kubetune.api.quantity import parse_quantity
 from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, AzureSpec, FineTuneJobSpec, GcsSpec, HubSpec, S3Spec
@@ -401,6 +410,45 @@ def tracking_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict[str
     return env
 
 
+def wandb_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+    """The platform's W&B server, for the training pod of a job that asks to be tracked there, and where
+    its API key is mounted (:func:`wandb_volumes`). check_policy refused such a job when the platform has none."""
+    wandb = spec.tracking.wandb if spec.tracking is not None else None
+    if wandb is None or config.wandb_host is None:
+        return []
+    env = [{"name": ENV_WANDB_BASE_URL, "value": config.wandb_host}]
+    if wandb.api_key_secret is not None:
+        env.append({"name": ENV_WANDB_KEY_FILE, "value": f"{WANDB_CREDENTIALS_DIR}/{WANDB_KEY_FILE}"})
+    return env
+
+
+def wandb_volumes(spec: FineTuneJobSpec, config: OperatorConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The W&B API key Secret's key as a file: (volumes, mounts)."""
+    wandb = spec.tracking.wandb if spec.tracking is not None else None
+    if wandb is None or config.wandb_host is None or (secret := wandb.api_key_secret) is None:
+        return [], []
+    return _secret_key_file("wandb-credentials", secret.name, secret.key, WANDB_CREDENTIALS_DIR, WANDB_KEY_FILE)
+
+
+def oci_env(spec: FineTuneJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+    """For the training pod of a job with ``spec.output.oci``: the listed URL of its registry (check_policy
+    refused a registry the platform does not list) and where its login is mounted (:func:`oci_volumes`)."""
+    oci = spec.output.oci
+    if oci is None or (url := config.oci_registries.url_for(oci.repository)) is None:
+        return []
+    env = [{"name": ENV_OCI_REGISTRY, "value": url}]
+    if oci.credentials_secret is not None:
+        env.append({"name": ENV_OCI_AUTH_FILE, "value": f"{OCI_CREDENTIALS_DIR}/{OCI_AUTH_FILE}"})
+    return env
+
+
+def oci_volumes(spec: FineTuneJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The registry login Secret's ``.dockerconfigjson`` as a file: (volumes, mounts)."""
+    if spec.output.oci is None or (secret := spec.output.oci.credentials_secret) is None:
+        return [], []
+    return _secret_key_file("oci-credentials", secret.name, OCI_SECRET_KEY, OCI_CREDENTIALS_DIR, OCI_AUTH_FILE)
+
+
 def tracking_volumes(
     spec: FineTuneJobSpec, config: OperatorConfig
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -645,10 +693,17 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConf
         gpus=res.gpus,
     )
     trainer = pod["containers"][0]
-    trainer["env"] += _metrics_env(config, owner.namespace) + tracking_env(spec, config)
+    trainer["env"] += (
+        _metrics_env(config, owner.namespace)
+        + tracking_env(spec, config)
+        + wandb_env(spec, config)
+        + oci_env(spec, config)
+    )
     login, login_mounts = tracking_volumes(spec, config)
-    pod["volumes"] += login
-    trainer["volumeMounts"] += login_mounts
+    key, key_mounts = wandb_volumes(spec, config)
+    push, push_mounts = oci_volumes(spec)
+    pod["volumes"] += login + key + push
+    trainer["volumeMounts"] += login_mounts + key_mounts + push_mounts
     trainer["ports"] = [{"name": "metrics", "containerPort": config.trainer_metrics_port, "protocol": "TCP"}]
     extra: dict[str, Any] = {}
     if spec.active_deadline_seconds is not None:

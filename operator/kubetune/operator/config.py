@@ -18,6 +18,8 @@ from kubetune.operator.networkpolicy import TrainerEgress
 from kubetune.operator.placement import PlacementPolicy
 from kubetune.operator.privacypolicy import HELM_VALUE as PERSONAL_DATA_VALUE
 from kubetune.operator.privacypolicy import PersonalDataFloor
+from kubetune.operator.registrypolicy import HELM_VALUE as OCI_REGISTRIES_VALUE
+from kubetune.operator.registrypolicy import NO_REGISTRIES, RegistryPolicy
 from kubetune.operator.storagepolicy import ANY_PUBLIC_ENDPOINT, StoragePolicy
 from kubetune.operator.webhookpolicy import HELM_VALUE as WEBHOOK_ENDPOINTS_VALUE
 from kubetune.operator.webhookpolicy import WebhookPolicy
@@ -85,6 +87,11 @@ class OperatorConfig:
     # The MLflow server jobs with spec.tracking.mlflow report to (Helm value tracking.mlflow.uri);
     # None: such jobs are refused (TrackingNotAvailable).
     mlflow_uri: str | None = None
+    # The W&B server jobs with spec.tracking.wandb report to (Helm value tracking.wandb.host); None:
+    # such jobs are refused (TrackingNotAvailable).
+    wandb_host: str | None = None
+    # The OCI registries spec.output.oci may push to (Helm value registry.oci.registries); none: no pushes.
+    oci_registries: RegistryPolicy = NO_REGISTRIES
     # Serve reads of FineTuneJobs and Jobs from the operator's watches (cache.py). Off only to compare
     # (bench/operator.py) or to rule the cache out when diagnosing: every read is then a GET.
     read_cache: bool = True
@@ -204,6 +211,11 @@ class OperatorConfig:
                 "where each az:// URI's storage account goes, e.g. https://{account}.blob.core.windows.net"
             )
         mlflow_uri = _service_url(env, "KUBETUNE_MLFLOW_URI", "tracking.mlflow.uri", "http://mlflow.mlflow.svc:5000")
+        wandb_host = _service_url(env, "KUBETUNE_WANDB_HOST", "tracking.wandb.host", "https://api.wandb.ai")
+        try:
+            oci_registries = RegistryPolicy.parse(entries("KUBETUNE_OCI_REGISTRIES"))
+        except ValueError as err:
+            raise ConfigError(f"KUBETUNE_OCI_REGISTRIES (Helm value {OCI_REGISTRIES_VALUE}): {err}") from err
         try:
             trainer_egress = TrainerEgress.parse(env.get("KUBETUNE_TRAINER_EGRESS", ""))
         except ValueError as err:
@@ -232,6 +244,8 @@ class OperatorConfig:
             gcs_endpoint=gcs_endpoint,
             azure_endpoint=azure_endpoint,
             mlflow_uri=mlflow_uri,
+            wandb_host=wandb_host,
+            oci_registries=oci_registries,
             personal_data=personal_data,
             webhooks=webhooks,
             platform_webhooks=platform_webhooks,

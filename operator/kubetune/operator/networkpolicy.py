@@ -9,8 +9,8 @@ they hold no API token):
 - the S3 ranges (``s3Cidrs``) on the S3 ports (``s3Ports``);
 - the Hugging Face Hub or the platform's mirror of it (``hubCidrs`` on ``hubPorts``), for the pods of
   a job that may read it only (``storagepolicy.reads_hub``);
-- the MLflow server (``trackingCidrs`` on ``trackingPorts``), for the pods of a job with
-  ``spec.tracking.mlflow`` only;
+- the tracking servers, MLflow and W&B (``trackingCidrs`` on ``trackingPorts``), for the pods of a job with
+  ``spec.tracking.mlflow`` or ``spec.tracking.wandb`` only (a W&B Server in the cluster, or W&B's cloud);
 - the Kubernetes API server (``apiServerCidrs`` on ``apiServerPorts``): the trainer writes its
   FineTuneJob's status there. Most network plugins apply policies after the Service's address
   translation, so list the API server's own addresses (its EndpointSlice), not only the Service's;

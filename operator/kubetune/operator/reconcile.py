@@ -94,7 +94,7 @@ def _ensure_children(
     for manifest in children.build_trainer_rbac(owner, spec):
         kube.ensure(manifest, owner.uid, likely_new=first_reconcile)
     if config.trainer_egress is not None:  # before either Job, so no pod ever runs without it
-        tracked = bool(children.tracking_env(spec, config))
+        tracked = bool(children.tracking_env(spec, config) or children.wandb_env(spec, config))
         policy = children.build_trainer_network_policy(
             owner, config.trainer_egress, reads_hub=reads_hub(spec), tracked=tracked
         )

@@ -33,6 +33,8 @@ S3_CREDENTIALS_LABEL = "kubetune.dev/s3-credentials"  # a Secret to mount as S3 
 HUB_TOKEN_LABEL = "kubetune.dev/hub-token"  # a Secret to mount as a job's Hugging Face Hub token
 GCS_CREDENTIALS_LABEL = "kubetune.dev/gcs-credentials"  # a Secret to mount as a Cloud Storage service-account key
 AZURE_CREDENTIALS_LABEL = "kubetune.dev/azure-credentials"  # a Secret to mount as an Azure storage account key
+WANDB_CREDENTIALS_LABEL = "kubetune.dev/wandb-credentials"  # a Secret to mount as a job's W&B API key
+OCI_CREDENTIALS_LABEL = "kubetune.dev/oci-credentials"  # a Secret to mount as a registry login (dockerconfigjson)
 MLFLOW_CREDENTIALS_LABEL = "kubetune.dev/mlflow-credentials"  # a Secret to mount as a job's MLflow login
 WEBHOOK_LABEL = "kubetune.dev/webhook"  # a Secret whose URL and key the operator may send notifications with
 SYSTEM_NAMESPACE_PREFIX = "kube-"  # kube-system, kube-public, kube-node-lease and any future one
@@ -94,12 +96,20 @@ def check_policy(spec: FineTuneJobSpec, namespace: str, config: OperatorConfig) 
     if (personal_data := config.personal_data.refusal(spec)) is not None:
         field, why = personal_data
         return SpecProblem("PersonalDataPolicyNotAllowed", f"{field}: {why}")
-    if spec.tracking is not None and spec.tracking.mlflow is not None and config.mlflow_uri is None:
-        return SpecProblem(
-            "TrackingNotAvailable",
-            "spec.tracking.mlflow: this platform has no MLflow server (Helm value tracking.mlflow.uri); "
-            "leave the field out or ask the platform team",
-        )
+    if spec.output.oci is not None and (why := config.oci_registries.refusal(spec.output.oci.repository)) is not None:
+        return SpecProblem("RegistryNotAllowed", f"spec.output.oci.repository: {why}")
+    tracking = spec.tracking
+    for field, asked, server, helm_value in (
+        ("mlflow", tracking and tracking.mlflow, config.mlflow_uri, "tracking.mlflow.uri"),
+        ("wandb", tracking and tracking.wandb, config.wandb_host, "tracking.wandb.host"),
+    ):
+        if asked is not None and server is None:
+            what = "MLflow server" if field == "mlflow" else "Weights & Biases server"
+            return SpecProblem(
+                "TrackingNotAvailable",
+                f"spec.tracking.{field}: this platform has no {what} (Helm value {helm_value}); "
+                "leave the field out or ask the platform team",
+            )
     return None
 
 
@@ -191,6 +201,28 @@ def check_cloud_storage_references(gcs: GcsSpec, azure: AzureSpec, namespace: st
     return None
 
 
+def _training_logins(spec: FineTuneJobSpec) -> list[tuple[str, str, str, str]]:
+    """(field, Secret name, opt-in label, what for) of each login only the training pod mounts."""
+    logins = []
+    mlflow = spec.tracking.mlflow if spec.tracking is not None else None
+    for name, login in (
+        [("credentialsSecret", mlflow.credentials_secret), ("tokenSecret", mlflow.token_secret)] if mlflow else []
+    ):
+        if login is not None:
+            use = "kubetune's training pods may use as an MLflow login"
+            logins.append((f"spec.tracking.mlflow.{name}.name", login.name, MLFLOW_CREDENTIALS_LABEL, use))
+    wandb = spec.tracking.wandb if spec.tracking is not None else None
+    if wandb is not None and wandb.api_key_secret is not None:
+        use = "kubetune's training pods may use as a W&B API key"
+        logins.append(
+            ("spec.tracking.wandb.apiKeySecret.name", wandb.api_key_secret.name, WANDB_CREDENTIALS_LABEL, use)
+        )
+    if spec.output.oci is not None and (push := spec.output.oci.credentials_secret) is not None:
+        use = "kubetune's training pods may push to a registry with"
+        logins.append(("spec.output.oci.credentialsSecret.name", push.name, OCI_CREDENTIALS_LABEL, use))
+    return logins
+
+
 def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> SpecProblem | None:
     if (problem := check_s3_references(spec.s3, namespace, read)) is not None:
         return problem
@@ -203,14 +235,8 @@ def check_references(spec: FineTuneJobSpec, namespace: str, read: Reader) -> Spe
         )
     if (problem := check_hub_references(spec.hub, namespace, read)) is not None:
         return problem
-    mlflow = spec.tracking.mlflow if spec.tracking is not None else None
-    logins = [("credentialsSecret", mlflow.credentials_secret), ("tokenSecret", mlflow.token_secret)] if mlflow else []
-    for name, login in logins:
-        if login is None:
-            continue
-        use = "kubetune's training pods may use as an MLflow login"
-        field = f"spec.tracking.mlflow.{name}.name"
-        if (problem := _secret_problem(read, namespace, field, login.name, MLFLOW_CREDENTIALS_LABEL, use)) is not None:
+    for field, secret, label, use in _training_logins(spec):
+        if (problem := _secret_problem(read, namespace, field, secret, label, use)) is not None:
             return problem
     for index, webhook in enumerate(spec.notifications.webhooks if spec.notifications else []):
         use = "kubetune's operator may send notifications with"

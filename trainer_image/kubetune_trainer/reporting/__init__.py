@@ -8,7 +8,9 @@ status, travel as :class:`TrainingMetrics`. Each reporter overrides what it show
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from kubetune.api.v1alpha1 import (
     FineTuneJob,
@@ -17,6 +19,7 @@ from kubetune.api.v1alpha1 import (
     Progress,
     ResolvedTraining,
     TrainerResult,
+    WandbTrackingSpec,
 )
 from kubetune_trainer.environment import TrainerEnvironment
 
@@ -35,6 +38,18 @@ class TrainingMetrics:
     padding_ratio: float  # padding share of the positions in the window's batches
     host_memory_peak_bytes: int  # the process's peak resident memory
     accelerator_memory_peak_bytes: int | None  # GPU memory PyTorch's allocator reserved at peak; None on CPU
+
+    def tracked(self) -> dict[str, float]:
+        """The numbers the tracking reporters (MLflow, W&B) record at each logging step."""
+        values = {
+            "tokens_per_second": self.tokens_per_second,
+            "trained_tokens_per_second": self.trained_tokens_per_second,
+            "padding_ratio": self.padding_ratio,
+            "host_memory_peak_bytes": float(self.host_memory_peak_bytes),
+        }
+        if self.learning_rate is not None:
+            values["learning_rate"] = self.learning_rate
+        return values
 
 
 class Reporter:
@@ -139,6 +154,9 @@ def build_reporters(job: FineTuneJob, *, console: bool, environment: TrainerEnvi
     tracking = job.spec.tracking.mlflow if job.spec.tracking else None
     if tracking is not None and environment.is_main_process:
         reporters += _mlflow_reporter(tracking, environment, namespace=namespace, name=name)
+    wandb = job.spec.tracking.wandb if job.spec.tracking else None
+    if wandb is not None and environment.is_main_process:
+        reporters += _wandb_reporter(wandb, environment, namespace=namespace, name=name)
     if environment.report_status and environment.is_main_process:
         from kubetune_trainer.reporting.kubernetes import KubernetesStatusReporter
 
@@ -168,3 +186,31 @@ def _mlflow_reporter(
         return []
     client = MlflowClient(environment.mlflow_tracking_uri, login=login)
     return [MlflowReporter(client, tracking, namespace=namespace, name=name)]
+
+
+def _wandb_reporter(
+    tracking: WandbTrackingSpec, environment: TrainerEnvironment, *, namespace: str, name: str
+) -> list[Reporter]:
+    """The W&B reporter, or none and a warning why (tracking is never the job's verdict). In a pod the
+    operator sets the server and mounts the key; ``kubetune run`` uses W&B's own settings and login."""
+    from kubetune_trainer.errors import ConfigurationError
+    from kubetune_trainer.reporting.wandb import WandbReporter
+    from kubetune_trainer.secrets import read_mounted_key
+
+    key = None
+    if environment.wandb_key_file is not None:
+        try:
+            key = read_mounted_key(
+                environment.wandb_key_file, field="spec.tracking.wandb.apiKeySecret", what="the API key"
+            )
+        except ConfigurationError as err:
+            log.warning("%s; this run is not reported to W&B", err)
+            return []
+    # In a pod, the job's scratch (the root filesystem is read-only); with kubetune run, W&B's own
+    # WANDB_DIR or the current folder, as wandb does.
+    folder = environment.scratch if environment.job_name else Path(os.environ.get("WANDB_DIR") or ".")
+    return [
+        WandbReporter(
+            tracking, namespace=namespace, name=name, base_url=environment.wandb_base_url, api_key=key, folder=folder
+        )
+    ]

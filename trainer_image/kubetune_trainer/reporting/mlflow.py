@@ -236,14 +236,7 @@ class MlflowReporter(Reporter):
             self._guarded(lambda run_id: self.client.log_batch(run_id, metrics=metrics, step=step))
 
     def training_metrics(self, metrics: TrainingMetrics) -> None:
-        values = {
-            "tokens_per_second": metrics.tokens_per_second,
-            "trained_tokens_per_second": metrics.trained_tokens_per_second,
-            "padding_ratio": metrics.padding_ratio,
-            "host_memory_peak_bytes": float(metrics.host_memory_peak_bytes),
-        }
-        if metrics.learning_rate is not None:
-            values["learning_rate"] = metrics.learning_rate
+        values = metrics.tracked()
         step = self.step
         self._guarded(lambda run_id: self.client.log_batch(run_id, metrics=values, step=step))
 

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune_trainer.errors import ConfigurationError
+from kubetune_trainer.secrets import read_mounted_key
 from kubetune_trainer.stores.base import HashingSink, Location, StorageError, WriteConflict, sha256_file
 
 if TYPE_CHECKING:
@@ -75,16 +75,7 @@ class AzureBucket:
             from azure.identity import DefaultAzureCredential
 
             return DefaultAzureCredential(exclude_interactive_browser_credential=True)
-        field = "spec.azure.credentialsSecret.key"
-        try:
-            key = self._key_file.read_text().strip()
-        except FileNotFoundError:
-            raise ConfigurationError(f"{field}: the Secret has no such key") from None
-        except OSError as err:
-            raise ConfigurationError(f"{field}: cannot read the account key: {err.strerror}") from err
-        if not key:
-            raise ConfigurationError(f"{field}: the account key is empty")
-        return key
+        return read_mounted_key(self._key_file, field="spec.azure.credentialsSecret.key", what="the account key")
 
     def _call(self, uri: str, action: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         """``func``, each failure this package's error naming ``uri``; a lost condition a WriteConflict."""
