@@ -11,7 +11,11 @@ from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.storage import ObjectStore, StorageError, WriteConflict, sha256_file
 from kubetune_trainer.stores.azure import AzureBucket
 from tests.azurite import ACCOUNT_KEY, AzuriteServer
-from tests.trainer.remote_round_trip import train_publish_and_verify
+from tests.trainer.remote_round_trip import (
+    objects_are_written_read_listed_and_deleted,
+    train_publish_and_verify,
+    writes_are_create_only_or_conditional,
+)
 
 MiB = 1024 * 1024
 
@@ -30,34 +34,11 @@ def store(tmp_path: Path, azurite: AzuriteServer) -> ObjectStore:
 def test_objects_are_written_read_listed_and_deleted_with_the_account_key(
     tmp_path: Path, store: ObjectStore, azure_container: str
 ) -> None:
-    base = f"{azure_container}/runs/job"
-    store.write_bytes(f"{base}/a.json", b'{"a": 1}', if_absent=True)
-    store.write_bytes(f"{base}/nested/b.txt", b"b")
-    assert store.exists(f"{base}/a.json") and not store.exists(f"{base}/missing")
-    assert store.read_bytes(f"{base}/a.json") == b'{"a": 1}'
-    assert store.list(f"{base}/") == [f"{base}/a.json", f"{base}/nested/b.txt"]
-    assert store.digest(f"{base}/nested/b.txt")[1] == 1
-    store.download_tree(f"{base}/", tmp_path / "copy")
-    assert (tmp_path / "copy" / "nested" / "b.txt").read_bytes() == b"b"
-    store.delete_tree(f"{base}/nested/")
-    assert store.list(f"{base}/") == [f"{base}/a.json"]
-    with pytest.raises(StorageError, match=rf"{azure_container}/runs/job/missing: cannot read"):
-        store.read_bytes(f"{base}/missing")
+    objects_are_written_read_listed_and_deleted(store, f"{azure_container}/runs/job", tmp_path)
 
 
 def test_create_only_and_conditional_updates_are_decided_by_the_etag(store: ObjectStore, azure_container: str) -> None:
-    uri = f"{azure_container}/channels/prod/pointer.json"
-    first = store.replace_if_unchanged(uri, b"1", None)
-    with pytest.raises(WriteConflict):
-        store.write_bytes(uri, b"again", if_absent=True)
-    with pytest.raises(WriteConflict):
-        store.replace_if_unchanged(uri, b"from nothing", None)
-    data, tag = store.read_tagged(uri)
-    assert (data, tag) == (b"1", first)
-    second = store.replace_if_unchanged(uri, b"2", tag)
-    with pytest.raises(WriteConflict):
-        store.replace_if_unchanged(uri, b"stale writer", first)
-    assert store.read_tagged(uri) == (b"2", second)
+    writes_are_create_only_or_conditional(store, f"{azure_container}/channels/prod/pointer.json")
 
 
 def test_a_large_file_goes_in_blocks_create_only(tmp_path: Path, store: ObjectStore, azure_container: str) -> None:

@@ -137,3 +137,14 @@ def test_a_login_file_without_a_usable_login_is_named(
         auth_file=login,
     )
     assert status.error is not None and "spec.output.oci.credentialsSecret" in status.error and message in status.error
+
+
+def test_a_registry_other_than_the_one_the_operator_set_is_not_pushed_to(tmp_path: Path) -> None:
+    """The repository's host must be the registry the pod was given; a pod given none pushes nowhere.
+    Either is the push's error, the version untouched (nothing is contacted)."""
+    (tmp_path / "adapter").mkdir()
+    push = {"version": "v1", "manifest_uri": "file:///x/manifest.json", "auth_file": None}
+    other = push_version(tmp_path, b"{}", repository="ghcr.io/a/b", registry_url="https://quay.io", **push)
+    assert other.error == "ghcr.io/a/b: ghcr.io is not the registry this pod may push to (https://quay.io)"
+    none = push_version(tmp_path, b"{}", repository="ghcr.io/a/b", registry_url=None, in_pod=True, **push)
+    assert none.error is not None and "this pod was given no registry" in none.error and none.digest is None

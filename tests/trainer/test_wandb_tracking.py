@@ -117,3 +117,24 @@ def test_a_key_the_secret_lacks_is_a_warning_and_the_run_goes_on_untracked(
         "spec.tracking.wandb.apiKeySecret: the Secret has no such key; this run is not reported to W&B" in result.stderr
     )
     assert published["version"] and not list(tmp_path.glob("wandb/offline-run-*"))
+
+
+def test_a_pod_the_operator_gave_no_server_never_reports_to_wandbs_default_cloud(tmp_path: Path) -> None:
+    """The pre-flight pod of a W&B-tracked job has no WANDB_BASE_URL (it is no run): no reporter, so
+    nothing goes to api.wandb.ai, whatever wandb's own default is."""
+    from kubetune.api.manifest import parse_manifest
+    from kubetune_trainer.environment import TrainerEnvironment
+    from kubetune_trainer.reporting import build_reporters
+    from kubetune_trainer.reporting.wandb import WandbReporter
+
+    job = write_job(tmp_path / "job.yaml", model_dir=tmp_path, data=tmp_path / "rows.jsonl", output="file:///tmp/out")
+    manifest = yaml.safe_load(job.read_text())
+    manifest["spec"]["tracking"] = {"wandb": {"project": "tickets"}}
+    parsed = parse_manifest(manifest)
+    in_pod = {contract.ENV_JOB_NAME: "tickets", contract.ENV_JOB_NAMESPACE: "ml"}
+    chosen = build_reporters(parsed, console=False, environment=TrainerEnvironment.from_env(in_pod))
+    assert not any(isinstance(r, WandbReporter) for r in chosen.reporters)
+    served = {**in_pod, contract.ENV_WANDB_BASE_URL: "https://wandb.example.com"}
+    chosen = build_reporters(parsed, console=False, environment=TrainerEnvironment.from_env(served))
+    (reporter,) = [r for r in chosen.reporters if isinstance(r, WandbReporter)]
+    assert reporter.base_url == "https://wandb.example.com" and reporter.project == "tickets"

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.contract import ENV_OCI_REGISTRY
 from kubetune.api.v1alpha1 import OciPushStatus
 
 log = logging.getLogger(__name__)
@@ -51,19 +52,35 @@ def push_version(
     version: str,
     manifest_uri: str,
     repository: str,
-    registry_url: str,
+    registry_url: str | None,
     auth_file: Path | None,
+    in_pod: bool = False,
 ) -> OciPushStatus:
     """Push the version in ``artifacts`` (the folder just published) with its ``manifest`` bytes to
-    ``repository:version``; the outcome as the job's status reports it, an error included."""
+    ``repository:version``; the outcome as the job's status reports it, an error included.
+    ``registry_url``: the registry as the operator set it for the pod (the platform's listing decides
+    http or https); ``kubetune run`` on a laptop may leave it unset for https."""
     reference = f"{repository}:{version}"
     try:
-        digest = _push(artifacts, manifest, version, manifest_uri, reference, registry_url, auth_file)
+        registry = _registry(repository, registry_url, in_pod=in_pod)
+        digest = _push(artifacts, manifest, version, manifest_uri, reference, registry, auth_file)
     except OciPushError as err:
         log.warning("spec.output.oci: %s; the version stays published in storage", err)
         return OciPushStatus(reference=reference, error=str(err))
     log.info("pushed %s (%s)", reference, digest)
     return OciPushStatus(reference=reference, digest=digest)
+
+
+def _registry(repository: str, configured: str | None, *, in_pod: bool) -> str:
+    """The URL to push ``repository`` to: the operator's, whose host must be the repository's."""
+    host = repository.split("/", 1)[0]
+    if configured is None:
+        if in_pod:  # the operator sets it on the training pod of every job it admitted with a push
+            raise OciPushError(f"{repository}: this pod was given no registry to push to ({ENV_OCI_REGISTRY} unset)")
+        return f"https://{host}"
+    if configured.split("://", 1)[-1].rstrip("/").lower() != host.lower():
+        raise OciPushError(f"{repository}: {host} is not the registry this pod may push to ({configured})")
+    return configured.rstrip("/")
 
 
 def _push(

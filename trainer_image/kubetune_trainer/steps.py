@@ -801,18 +801,13 @@ def push_to_registry(ctx: RunContext, published: PublishedRun) -> OciPushStatus:
 
     oci = ctx.spec.output.oci
     assert oci is not None
-    host = oci.repository.split("/", 1)[0]
-    registry = ctx.environment.oci_registry or f"https://{host}"
-    if registry.split("://", 1)[-1].lower() != host.lower():
-        raise ConfigurationError(
-            f"spec.output.oci.repository: {host} is not the registry this pod may push to ({registry})"
-        )
     return push_version(
         ctx.workdir / "artifacts",
         ctx.store.read_bytes(published.manifest_uri),
         version=published.version,
         manifest_uri=published.manifest_uri,
         repository=oci.repository,
-        registry_url=registry.rstrip("/"),
+        registry_url=ctx.environment.oci_registry,
+        in_pod=ctx.environment.job_name is not None,
         auth_file=ctx.environment.oci_auth_file,
     )

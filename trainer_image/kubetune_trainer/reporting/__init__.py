@@ -197,6 +197,10 @@ def _wandb_reporter(
     from kubetune_trainer.reporting.wandb import WandbReporter
     from kubetune_trainer.secrets import read_mounted_key
 
+    if environment.job_name and environment.wandb_base_url is None:
+        # A pod the operator gave no server (the pre-flight, which is no run): never W&B's default cloud.
+        log.warning("spec.tracking.wandb: WANDB_BASE_URL is not set; this run is not reported to W&B")
+        return []
     key = None
     if environment.wandb_key_file is not None:
         try:
