@@ -30,6 +30,7 @@ FAILURE_REASONS = (
     "ImageNotAllowed",
     "PlacementNotAllowed",
     "StorageNotAllowed",
+    "RegistryNotAllowed",
     "PersonalDataPolicyNotAllowed",
     "TrackingNotAvailable",
     "GpuQuotaExceeded",
