@@ -61,12 +61,8 @@ def _run(
         model_dir=tiny_model_dir,
         data=write_dataset(tmp_path / "rows.jsonl", 48),
         output=f"file://{tmp_path / 'runs'}",
+        tracking={"wandb": {"project": "tickets", "group": "nightly", "apiKeySecret": {"name": "wandb-key"}}},
     )
-    manifest = yaml.safe_load(job.read_text())
-    manifest["spec"]["tracking"] = {
-        "wandb": {"project": "tickets", "group": "nightly", "apiKeySecret": {"name": "wandb-key"}}
-    }
-    job.write_text(yaml.safe_dump(manifest))
     command = [
         KUBETUNE,
         "run",
