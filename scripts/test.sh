@@ -14,11 +14,13 @@ echo "== tests"
 # Two workers (pytest-xdist): much of the suite waits on servers, subprocesses and the operator's watch.
 # A test file goes to one worker whole, so a module's fixture runs once (docs/testing.md). README's demo,
 # the one test that trains SmolLM2 for long, runs afterwards alone on every core, as a user runs it.
+# --no-loadscope-reorder keeps the collection's order (tests/conftest.py: long files first; the RBAC
+# comparison, which waits for every other operator test, last): xdist otherwise sorts files by test count.
 # KUBETUNE_TEST_WORKERS=0 runs the rest in this one process.
 demo=tests/test_demo_slow.py
 if [ $# -eq 0 ]; then
-  pytest -n "${KUBETUNE_TEST_WORKERS:-2}" --dist loadfile --ignore="$demo"
+  pytest -n "${KUBETUNE_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder --ignore="$demo"
   pytest "$demo"
 else
-  pytest -n "${KUBETUNE_TEST_WORKERS:-2}" --dist loadfile "$@"
+  pytest -n "${KUBETUNE_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
 fi

@@ -12,6 +12,8 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +63,66 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     on_disk = {f"tests/operator/{p.name}" for p in Path(__file__).parent.glob("test_*.py")} - {RBAC_USAGE_TEST}
     collected = {item.nodeid.split("::")[0] for item in session.items}
     session.config.stash[SUITE_COMPLETE] = on_disk <= collected and not _deselected_operator_tests
+    session.config.stash[OPERATOR_TESTS] = frozenset(
+        item.nodeid
+        for item in session.items
+        if item.nodeid.startswith("tests/operator/") and not item.nodeid.startswith(RBAC_USAGE_TEST)
+    )
+
+
+# Under pytest-xdist (scripts/test.sh) the operator tests are spread over the workers, each with its own
+# SESSION_AUDIT. Each worker publishes its audit and the operator tests it has finished in a directory of
+# this run; the comparison waits until every operator test is finished and merges the audits.
+_published: dict[str, Path] = {}
+_finished_here: list[str] = []
+OPERATOR_TESTS = pytest.StashKey[frozenset[str]]()
+WAIT_FOR_WORKERS_S = 1500
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        directory = Path(tempfile.gettempdir()) / f"kubetune-audit-{workerinput['testrunuid']}"
+        directory.mkdir(exist_ok=True)
+        _published.update(directory=directory, audit=directory / f"audit-{workerinput['workerid']}.json")
+        _published["finished"] = directory / f"finished-{workerinput['workerid']}.txt"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def pytest_runtest_logfinish(nodeid: str) -> None:
+    if not _published or not nodeid.startswith("tests/operator/") or nodeid.startswith(RBAC_USAGE_TEST):
+        return
+    _finished_here.append(nodeid)
+    # The audit first: a test listed as finished has its uses in the published audit.
+    _write_atomically(_published["audit"], json.dumps({m: a.to_json() for m, a in SESSION_AUDIT.items()}))
+    _write_atomically(_published["finished"], "\n".join(_finished_here))
+
+
+def audit_of_this_run(config: pytest.Config) -> dict[str, Audit]:
+    """What the operator identity did over every operator test of this run, on every worker."""
+    if not _published:
+        return SESSION_AUDIT
+    expected = config.stash[OPERATOR_TESTS]
+    directory = _published["directory"]
+    deadline = time.monotonic() + WAIT_FOR_WORKERS_S
+    while True:
+        finished = {line for f in directory.glob("finished-*.txt") for line in f.read_text().splitlines()}
+        if expected <= finished:
+            break
+        if time.monotonic() > deadline:
+            missing = sorted(expected - finished)
+            raise AssertionError(f"{len(missing)} operator tests unfinished on other workers, e.g. {missing[:3]}")
+        time.sleep(1)
+    merged: dict[str, Audit] = {}
+    for published in directory.glob("audit-*.json"):
+        for mode, data in json.loads(published.read_text()).items():
+            Audit.from_json(data).merge_into(merged.setdefault(mode, Audit()))
+    return merged
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

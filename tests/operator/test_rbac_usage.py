@@ -6,8 +6,10 @@ operator creates a trainer Role, and OwnerReferencesPermissionEnforcement when a
 owner's deletion). Over the whole operator suite, in both RBAC modes, that is the set of grants the
 operator needs; ``helm template`` gives the set the chart grants. They must be equal.
 
-This test runs after the rest of the operator suite (tests/conftest.py orders it last). Run alone, or
-with only part of the suite selected, it first runs the whole operator suite in a subprocess.
+This test runs after the rest of the operator suite (tests/conftest.py orders it last). Under
+pytest-xdist it waits until the other workers have finished their operator tests and merges what each
+published (tests/operator/conftest.py). Run alone, or with only part of the suite selected, it first runs
+the whole operator suite in a subprocess.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 from tests.kubeapi.audit import Audit
 from tests.kubeapi.cluster import CLUSTERWIDE, NAMESPACED, OPERATOR_NAMESPACE, RbacMode, rendered_chart
 from tests.kubeapi.model import UserInfo
-from tests.operator.conftest import AUDIT_FILE_ENV, SESSION_AUDIT, SUITE_COMPLETE
+from tests.operator.conftest import AUDIT_FILE_ENV, SUITE_COMPLETE, audit_of_this_run
 
 ROOT = Path(__file__).resolve().parents[2]
 Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
@@ -56,7 +58,7 @@ def operator_rules(mode: RbacMode) -> tuple[set[Grant], set[Grant]]:
 
 def audit_of_the_whole_suite(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Audit]:
     if request.config.stash.get(SUITE_COMPLETE, False):
-        return SESSION_AUDIT
+        return audit_of_this_run(request.config)
     target = tmp_path / "audit.json"
     result = subprocess.run(
         [
@@ -80,6 +82,7 @@ def audit_of_the_whole_suite(request: pytest.FixtureRequest, tmp_path: Path) -> 
     return {mode: Audit.from_json(data) for mode, data in json.loads(target.read_text()).items()}
 
 
+@pytest.mark.timeout(1800)  # it may wait for another worker's operator tests, or run the suite itself
 @pytest.mark.parametrize("mode", [CLUSTERWIDE, NAMESPACED], ids=lambda m: m.name)
 def test_the_chart_grants_exactly_what_the_operator_uses(
     mode: RbacMode, request: pytest.FixtureRequest, tmp_path: Path
