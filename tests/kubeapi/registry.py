@@ -23,6 +23,7 @@ BUILTIN: tuple[ResourceType, ...] = (
         "", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, STATUS, "persistentvolumeclaim", ("pvc",)
     ),
     ResourceType("", "v1", "pods", "Pod", True, STATUS | {"log"}, "pod", ("po",)),
+    ResourceType("", "v1", "services", "Service", True, STATUS, "service", ("svc",)),
     ResourceType("", "v1", "events", "Event", True, frozenset(), "event", ("ev",)),
     ResourceType("batch", "v1", "jobs", "Job", True, STATUS, "job"),
     ResourceType(

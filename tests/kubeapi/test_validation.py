@@ -1663,7 +1663,36 @@ def _minimal(rtype: ResourceType) -> Obj:
         return _event()
     if rtype is FINETUNEJOB:
         return _finetunejob()
+    if rtype is SERVICE:
+        return {"spec": {"selector": {"app": "trainer"}, "ports": [{"port": 9090}]}}
     return {}
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"clusterIP": "None", "selector": {"job": "a"}}, None),  # headless: DNS records only, no port needed
+        ({"selector": {"job": "a"}}, ("spec.ports", "FieldValueRequired")),
+        ({"ports": [{"port": 0}]}, ("spec.ports[0].port", "FieldValueInvalid")),
+        ({"ports": [{"port": 1}, {"port": 2}]}, ("spec.ports[0].name", "FieldValueRequired")),
+        (
+            {"ports": [{"name": "a", "port": 1}, {"name": "a", "port": 2}]},
+            ("spec.ports[1].name", "FieldValueDuplicate"),
+        ),
+        ({"ports": [{"port": 1, "protocol": "HTTP"}]}, ("spec.ports[0].protocol", "FieldValueNotSupported")),
+        ({"ports": [{"port": 1, "targetPort": 70000}]}, ("spec.ports[0].targetPort", "FieldValueInvalid")),
+        ({"clusterIP": "None", "selector": {"bad key!": "a"}}, ("spec.selector", "FieldValueInvalid")),
+        ({"type": "Headless", "clusterIP": "None"}, ("spec.type", "FieldValueNotSupported")),
+    ],
+)
+def test_services_are_validated_as_validate_service_does(spec: Obj, expected: Cause) -> None:
+    assert_outcome(SERVICE, named("ranks", spec=spec), expected)
+
+
+def test_a_services_ports_are_defaulted_as_kube_apiserver_does() -> None:
+    created, _ = create(SERVICE, named("ranks", spec={"clusterIP": "None", "ports": [{"port": 29400}]}))
+    (port,) = created["spec"]["ports"]
+    assert (port["protocol"], port["targetPort"], created["spec"]["type"]) == ("TCP", 29400, "ClusterIP")
 
 
 def test_admit_returns_a_new_object_and_leaves_the_callers_alone() -> None:

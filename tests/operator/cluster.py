@@ -12,6 +12,7 @@ Everything goes over HTTPS with each actor's own credentials and RBAC, exactly a
 from __future__ import annotations
 
 import base64
+import copy
 import secrets
 import time
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from kubetune.operator.validation import (
 from tests.kubeapi.cluster import Identity, TestCluster
 from tests.kubeapi.model import UserInfo
 from tests.kubeapi.server import Outage
+
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 def _now() -> str:
@@ -138,24 +141,43 @@ class Cluster:
         self.test_cluster.job_controller.batch.patch_namespaced_job_status(name, namespace, {"status": status})
 
     def start_job(self, name: str, namespace: str = "default") -> dict[str, Any]:
-        """The Job controller creates the pod; the kubelet starts it; the Job counts it ready."""
+        """The Job controller creates the pods (``parallelism`` of them; an Indexed Job's numbered); the
+        kubelet starts them; the Job counts them ready. Returns the first pod."""
         job = self.job(name, namespace)
         assert job is not None, f"Job {name} does not exist"
-        pod = self._create_pod(job)
+        count = job["spec"].get("parallelism", 1)
+        indexed = job["spec"].get("completionMode") == "Indexed"
+        pods = [self._create_pod(job, index if indexed else None) for index in range(count)]
         self.set_job_status(
-            name, {"active": 1, "ready": 1, "startTime": job.get("status", {}).get("startTime") or _now()}, namespace
+            name,
+            {"active": count, "ready": count, "startTime": job.get("status", {}).get("startTime") or _now()},
+            namespace,
         )
-        return pod
+        return pods[0]
 
-    def _create_pod(self, job: dict[str, Any]) -> dict[str, Any]:
+    def _create_pod(self, job: dict[str, Any], index: int | None = None) -> dict[str, Any]:
+        """As the Job controller makes it; for an Indexed Job, pod ``index``: its index as a label and
+        an annotation, in JOB_COMPLETION_INDEX, and in its hostname ``<job>-<index>``."""
         meta, template = job["metadata"], job["spec"]["template"]
+        spec = copy.deepcopy(template["spec"])
+        labels = dict(template["metadata"].get("labels") or {})
+        annotations = dict(template["metadata"].get("annotations") or {})
+        prefix = meta["name"]
+        if index is not None:
+            prefix = f"{meta['name']}-{index}"
+            labels[COMPLETION_INDEX] = annotations[COMPLETION_INDEX] = str(index)
+            spec["hostname"] = prefix
+            source = {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}
+            for container in spec["containers"]:
+                container["env"] = [*container.get("env", []), {"name": "JOB_COMPLETION_INDEX", "valueFrom": source}]
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
-                "name": f"{meta['name']}-{secrets.token_hex(3)[:5]}",
+                "name": f"{prefix}-{secrets.token_hex(3)[:5]}",
                 "namespace": meta["namespace"],
-                "labels": dict(template["metadata"].get("labels") or {}),
+                "labels": labels,
+                "annotations": annotations,
                 "ownerReferences": [
                     {
                         "apiVersion": "batch/v1",
@@ -167,7 +189,7 @@ class Cluster:
                     }
                 ],
             },
-            "spec": template["spec"],
+            "spec": spec,
         }
         controller = self.test_cluster.job_controller
         created = controller.plain(controller.core.create_namespaced_pod(meta["namespace"], pod))
@@ -253,7 +275,10 @@ class Cluster:
             "lastTransitionTime": now,
         }
         status: dict[str, Any] = {"active": 0, "ready": 0, "conditions": [condition]}
-        status["succeeded" if succeeded else "failed"] = 1
+        completions = job["spec"].get("completions", 1)
+        status["succeeded" if succeeded else "failed"] = completions if succeeded else 1
+        if succeeded and job["spec"].get("completionMode") == "Indexed":
+            status["completedIndexes"] = "0" if completions == 1 else f"0-{completions - 1}"
         if succeeded:
             status["completionTime"] = now
         self.set_job_status(name, status, namespace)

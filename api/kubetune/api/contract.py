@@ -19,6 +19,10 @@ pod`` and the operator can show it. The line starts with a reason, ``<Reason>: <
 
 from __future__ import annotations
 
+# --- A job on more than one node ---------------------------------------------------------------
+RENDEZVOUS_PORT = 29400
+"""The port of torchrun's c10d rendezvous store, which the agent on pod 0 of a multi-node job hosts."""
+
 # --- Environment of a trainer container -----------------------------------------------------
 ENV_JOB_NAME = "KUBETUNE_JOB_NAME"
 """The FineTuneJob's name: the status the trainer patches and the job label of its metrics."""

@@ -1174,6 +1174,17 @@ class ResourcesSpec(ApiModel):
     gpus: Annotated[
         int, Field(ge=0, le=16, description="GPUs on one node; more than one runs one process per GPU (DDP).")
     ] = 1
+    nodes: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description=(
+                "Pods the job trains on, each with `gpus` GPUs (or one CPU process with none); more than one runs "
+                "an Indexed Job whose pods rendezvous through torchrun (c10d) over a headless Service."
+            ),
+        ),
+    ] = 1
     gpu_resource_name: Annotated[
         str,
         Field(
@@ -1220,6 +1231,15 @@ class ResourcesSpec(ApiModel):
     priority_class_name: Annotated[
         PriorityClassName | None, Field(description="Only where the platform allows raw scheduling fields.")
     ] = None
+
+    @property
+    def processes(self) -> int:
+        """Training processes in all: one per GPU (one on a node without GPUs), on every node."""
+        return self.nodes * max(1, self.gpus)
+
+    @property
+    def total_gpus(self) -> int:
+        return self.nodes * self.gpus
 
 
 class PvcRef(ApiModel):
@@ -1767,6 +1787,13 @@ class FineTuneJobSpec(ApiModel):
             "resources.gpus to 0 or 1",
             ".resources.gpus",
             lambda s: s.privacy is None or s.resources.gpus <= 1,
+        ),
+        Rule(
+            "!has(self.privacy) || self.resources.nodes == 1",
+            "privacy trains in one process (its sampling and accounting are per run, not per node): set "
+            "resources.nodes to 1",
+            ".resources.nodes",
+            lambda s: s.privacy is None or s.resources.nodes == 1,
         ),
         Rule(
             "!has(self.privacy) || !has(self.method.objective) || self.method.objective == 'sft'",

@@ -85,7 +85,7 @@ app.kubernetes.io/component: operator
   resources: ["pods"]
   verbs: ["list"]
 - apiGroups: [""]
-  resources: ["configmaps", "serviceaccounts"]
+  resources: ["configmaps", "serviceaccounts", "services"]
   verbs: ["get", "create"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]

@@ -64,6 +64,7 @@ from kubetune.api.contract import (
     OCI_AUTH_FILE,
     OCI_CREDENTIALS_DIR,
     OCI_SECRET_KEY,
+    RENDEZVOUS_PORT,
     S3_ACCESS_KEY_ID_FILE,
     S3_CREDENTIALS_DIR,
     S3_SECRET_ACCESS_KEY_FILE,
@@ -92,6 +93,10 @@ LOG_ALLOWANCE = "512Mi"
 # A label value is at most 63 characters (a FineTuneJob name may have 253); the full name stays
 # in the FINETUNEJOB_ANNOTATION, and ownerReferences carry the uid.
 LABEL_VALUE_LIMIT = 63
+DNS_LABEL_LIMIT = 63
+# How often torchrun's elastic agents restart the whole group after a process fails, before the pod
+# fails and the Job's per-index backoff takes over (a new pod for that index).
+GROUP_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -149,8 +154,19 @@ def preflight_job_name(owner: str) -> str:
     return child_name(owner, "preflight")
 
 
-def training_job_name(owner: str) -> str:
-    return child_name(owner, "train")
+def training_job_name(owner: str, nodes: int = 1) -> str:
+    """On more than one node, an Indexed Job: its pods' hostnames, ``<job>-<index>``, are DNS labels (no
+    dots, 63 characters), which the API server checks when the Job is created."""
+    if nodes == 1:
+        return child_name(owner, "train")
+    return child_name(owner.replace(".", "-"), "train", limit=DNS_LABEL_LIMIT - len(f"-{nodes - 1}"))
+
+
+def rendezvous_service_name(owner: str) -> str:
+    """The headless Service that gives a multi-node job's pods their DNS names: a DNS-1035 label, so
+    dots become dashes and a name starting with a digit gets a letter in front."""
+    label = owner.replace(".", "-")
+    return child_name(label if label[0].isalpha() else f"j{label}", "ranks")
 
 
 def verification_job_name(owner: str) -> str:
@@ -661,23 +677,55 @@ def build_preflight_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorCon
     return _job(owner, preflight_job_name(owner.name), "preflight", pod, backoff_limit=1, extra=extra)
 
 
-def training_command(spec: FineTuneJobSpec) -> list[str]:
-    if spec.resources.gpus > 1:
+def training_command(spec: FineTuneJobSpec, *, job_name: str = "", service: str = "", run_id: str = "") -> list[str]:
+    """``kubetune train`` in one process; under torchrun with more: on one node a standalone rendezvous,
+    on several c10d rendezvous at pod 0 (``<job>-0.<service>``, the Indexed Job's first pod), a fixed
+    node count, and the elastic agent restarting the whole group when a process fails."""
+    res = spec.resources
+    train = ["-m", "kubetune_trainer.cli", "train", "--job", JOB_FILE]
+    if res.nodes > 1:
         return [
             "torchrun",
-            "--standalone",
-            f"--nproc-per-node={spec.resources.gpus}",
-            "-m",
-            "kubetune_trainer.cli",
-            "train",
-            "--job",
-            JOB_FILE,
+            f"--nnodes={res.nodes}",
+            f"--nproc-per-node={max(1, res.gpus)}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={job_name}-0.{service}:{RENDEZVOUS_PORT}",
+            f"--rdzv-id={run_id}",
+            f"--max-restarts={GROUP_RESTARTS}",
+            *train,
         ]
+    if res.gpus > 1:
+        return ["torchrun", "--standalone", f"--nproc-per-node={res.gpus}", *train]
     return ["kubetune", "train", "--job", JOB_FILE]
+
+
+def build_rendezvous_service(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
+    """Headless (no virtual IP, no load balancing): a DNS record per pod of the multi-node training Job,
+    ``<job>-<index>.<service>``, published before the pod is ready, since the rendezvous comes first."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, rendezvous_service_name(owner.name), "rendezvous"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": _group_selector(owner),
+            "ports": [
+                {"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def _group_selector(owner: Owner) -> dict[str, str]:
+    """The training pods of one FineTuneJob."""
+    return {MANAGED_BY_LABEL: MANAGED_BY, JOB_LABEL: label_value(owner.name), COMPONENT_LABEL: "trainer"}
 
 
 def build_training_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConfig) -> dict[str, Any]:
     res = spec.resources
+    name = training_job_name(owner.name, res.nodes)
+    service = rendezvous_service_name(owner.name)
     requests: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
     limits: dict[str, Any] = {"memory": res.memory}
     if res.gpus > 0:
@@ -687,7 +735,7 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConf
         owner,
         spec,
         config,
-        command=training_command(spec),
+        command=training_command(spec, job_name=name, service=service, run_id=owner.uid),
         resources={"requests": requests, "limits": limits},
         scheduling=True,
         gpus=res.gpus,
@@ -710,7 +758,22 @@ def build_training_job(owner: Owner, spec: FineTuneJobSpec, config: OperatorConf
         extra["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:
         extra["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    job = _job(owner, training_job_name(owner.name), "trainer", pod, backoff_limit=spec.backoff_limit, extra=extra)
+    if res.nodes > 1:
+        # One pod per node, each a fixed index (its hostname). A failed pod is replaced for its index
+        # alone, up to backoffLimit times each, and any index out of retries fails the Job: the group
+        # cannot train without one of its nodes.
+        pod["subdomain"] = service
+        trainer["ports"].append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"})
+        extra |= {
+            "completionMode": "Indexed",
+            "completions": res.nodes,
+            "parallelism": res.nodes,
+            "backoffLimitPerIndex": spec.backoff_limit,
+            "maxFailedIndexes": 0,
+        }
+    job = _job(owner, name, "trainer", pod, backoff_limit=spec.backoff_limit, extra=extra)
+    if res.nodes > 1:
+        del job["spec"]["backoffLimit"]  # with backoffLimitPerIndex, each index counts its own failures
     if spec.queue_name:
         # Kueue admits suspended Jobs by unsuspending them; it owns the field from here on.
         job["metadata"]["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
@@ -790,7 +853,7 @@ def runs_as_built(existing: dict[str, Any], built: dict[str, Any]) -> bool:
 
 
 def build_trainer_network_policy(
-    owner: Owner, egress: TrainerEgress, *, reads_hub: bool = False, tracked: bool = False
+    owner: Owner, egress: TrainerEgress, *, reads_hub: bool = False, tracked: bool = False, group: bool = False
 ) -> dict[str, Any]:
     """The owner's pods may open connections only to S3, the API server and the cluster DNS (and the
     Hub for a job that ``reads_hub``, MLflow for one ``tracked``), never to 169.254.0.0/16 (``networkpolicy``): a FineTuneJob's
@@ -798,7 +861,8 @@ def build_trainer_network_policy(
     pods (its label), which have no API token and so get no way to the API server either.
 
     Ingress is left alone (policyTypes Egress only), so Prometheus still scrapes the trainer. Owned by
-    its owner, so it is garbage-collected with it.
+    its owner, so it is garbage-collected with it. A ``group`` (a job on several nodes) also reaches its
+    own training pods, on any port: the rendezvous, then the collectives' connections (gloo, NCCL).
     """
     finetunejob = owner.kind == KIND
     selected = {MANAGED_BY_LABEL: MANAGED_BY, (JOB_LABEL if finetunejob else MONITOR_LABEL): label_value(owner.name)}
@@ -809,6 +873,7 @@ def build_trainer_network_policy(
         "spec": {
             "podSelector": {"matchLabels": selected},
             "policyTypes": ["Egress"],
-            "egress": egress.egress_rules(api_server=finetunejob, hub=reads_hub, tracking=tracked),
+            "egress": egress.egress_rules(api_server=finetunejob, hub=reads_hub, tracking=tracked)
+            + ([{"to": [{"podSelector": {"matchLabels": _group_selector(owner)}}]}] if group else []),
         },
     }

@@ -57,6 +57,8 @@ def _start_training(
 ) -> tuple[dict[str, Any] | None, str | None]:
     """Create the training Job, unless the namespace's cap holds it back: (the Job, why it waits)."""
     cap = config.max_jobs_per_namespace
+    if spec.resources.nodes > 1:  # the pods' DNS names exist before the first pod looks them up
+        kube.ensure(children.build_rendezvous_service(owner, spec), owner.uid)
     if cap is None:
         return kube.ensure(children.build_training_job(owner, spec, config), owner.uid), None
     with _namespace_locks[owner.namespace]:  # held until the Job exists: no two take the last slot
@@ -85,7 +87,7 @@ def _ensure_children(
     recorded, a missing Job means it finished and was removed (or was deleted by hand), and
     re-running a finished training is never what anyone wants.
     """
-    training = kube.read("Job", owner.namespace, children.training_job_name(owner.name))
+    training = kube.read("Job", owner.namespace, children.training_job_name(owner.name, spec.resources.nodes))
     if training is not None:
         owned_by(training, owner.uid)
     # The spec ConfigMap is the costly child to build (its YAML): not built again once seen.
@@ -96,7 +98,7 @@ def _ensure_children(
     if config.trainer_egress is not None:  # before either Job, so no pod ever runs without it
         tracked = bool(children.tracking_env(spec, config) or children.wandb_env(spec, config))
         policy = children.build_trainer_network_policy(
-            owner, config.trainer_egress, reads_hub=reads_hub(spec), tracked=tracked
+            owner, config.trainer_egress, reads_hub=reads_hub(spec), tracked=tracked, group=spec.resources.nodes > 1
         )
         kube.ensure_spec(policy, owner.uid)
     if training is not None or job_recorded:
@@ -194,7 +196,7 @@ def _reconcile(
     owner = children.Owner.from_body(body)
     previous_status = dict(body.get("status") or {})
     previous_phase = previous_status.get("phase")
-    if previous_phase in TERMINAL_PHASES and recorded_phase_stands(_own_jobs(kube, owner)):
+    if previous_phase in TERMINAL_PHASES and recorded_phase_stands(_own_jobs(kube, owner, previous_status)):
         _announce(kube, events, webhooks, body)  # a restart between the status write and its Event
         outcome = _settled(body, kube, Phase(previous_phase))
         metrics.observe(_observation(body, outcome.verdict, previous_phase, gpus=0, training_job_created=None))
@@ -257,7 +259,7 @@ def _reconcile(
     if training is not None and not job_recorded:  # the first reconcile to see the training Job
         training_job_created = parse_time(training["metadata"].get("creationTimestamp")) or time.time()
     # GPUs are held while the training Job runs; not while its finished run's promotion is verified.
-    gpus = spec.resources.gpus if spec is not None and not (training is not None and _finished(training)) else 0
+    gpus = spec.resources.total_gpus if spec is not None and not (training is not None and _finished(training)) else 0
     metrics.observe(_observation(body, verdict, previous_phase, gpus=gpus, training_job_created=training_job_created))
     permanent = verdict.phase == Phase.FAILED and any(e is not None for e in (spec_error, name_conflict, child_refused))
     # Nothing of this job changes when another job's slot frees: look again instead of waiting for an event.
@@ -326,11 +328,12 @@ def _settled(body: dict[str, Any], kube: Kube, phase: Phase) -> Outcome:
     return Outcome(phase, verdict, permanent_failure=False)
 
 
-def _own_jobs(kube: Kube, owner: children.Owner) -> list[dict[str, Any]]:
-    """The FineTuneJob's Jobs that still exist (one of another owner is not its)."""
+def _own_jobs(kube: Kube, owner: children.Owner, status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The FineTuneJob's Jobs that still exist (one of another owner is not its). The training Job by the
+    name its status recorded: a multi-node job's differs, and a finished job's spec is not read again."""
     names = (
         children.preflight_job_name(owner.name),
-        children.training_job_name(owner.name),
+        status.get("jobName") or children.training_job_name(owner.name),
         children.verification_job_name(owner.name),
     )
     jobs = (kube.read("Job", owner.namespace, name) for name in names)

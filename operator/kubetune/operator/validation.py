@@ -81,11 +81,13 @@ def check_policy(spec: FineTuneJobSpec, namespace: str, config: OperatorConfig) 
         return problem
     if spec.image is not None and (why := config.image_policy.refusal(spec.image)) is not None:
         return SpecProblem("ImageNotAllowed", f"spec.image: {why}")
-    if config.max_gpus_per_job is not None and spec.resources.gpus > config.max_gpus_per_job:
+    if config.max_gpus_per_job is not None and spec.resources.total_gpus > config.max_gpus_per_job:
+        res = spec.resources
+        requested = f"{res.gpus}" if res.nodes == 1 else f"{res.nodes} nodes x {res.gpus} GPUs = {res.total_gpus}"
+        field = "spec.resources.gpus" if res.nodes == 1 else "spec.resources.nodes"
         return SpecProblem(
             "GpuQuotaExceeded",
-            f"spec.resources.gpus: {spec.resources.gpus} is more GPUs than the platform allows one job "
-            f"({config.max_gpus_per_job})",
+            f"{field}: {requested} is more GPUs than the platform allows one job ({config.max_gpus_per_job})",
         )
     if (placement := config.placement.refusal(spec.resources)) is not None:
         field, why = placement

@@ -1506,6 +1506,65 @@ def _validate_network_policy_update(new: Obj, old: Obj) -> list[FieldError]:
     return _network_policy_spec_errors(new.get("spec") or {}, "spec")
 
 
+SERVICE_PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+def _service_port_errors(ports: Sequence[Obj], path: str) -> list[FieldError]:
+    """ValidateService's port rules: a number in range, a supported protocol, and a name (a DNS label,
+    unique) required once there is more than one port."""
+    errors: list[FieldError] = []
+    names: set[str] = set()
+    for position, port in enumerate(ports):
+        at = index(path, position)
+        name = port.get("name", "")
+        if len(ports) > 1 and not name:
+            errors.append(required(child(at, "name")))
+        elif name:
+            errors += [invalid(child(at, "name"), name, m) for m in meta.is_dns1123_label(name)]
+            if name in names:
+                errors.append(duplicate(child(at, "name"), name))
+            names.add(name)
+        errors += [
+            invalid(child(at, "port"), port.get("port", 0), m) for m in meta.is_valid_port_num(port.get("port", 0))
+        ]
+        protocol = port.get("protocol", "")
+        if protocol not in SERVICE_PROTOCOLS:
+            errors.append(not_supported(child(at, "protocol"), protocol, SERVICE_PROTOCOLS))
+        target = port.get("targetPort", 0)
+        if isinstance(target, int) and target:
+            errors += [invalid(child(at, "targetPort"), target, m) for m in meta.is_valid_port_num(target)]
+        elif isinstance(target, str):
+            errors += [invalid(child(at, "targetPort"), target, m) for m in meta.is_valid_port_name(target)]
+    return errors
+
+
+def _default_service(service: Obj, operation: str) -> None:
+    """SetDefaults_Service: type ClusterIP, each port's protocol TCP and targetPort its port."""
+    spec = service.setdefault("spec", {})
+    spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    for port in spec.get("ports") or []:
+        port.setdefault("protocol", "TCP")
+        port.setdefault("targetPort", port.get("port", 0))
+
+
+def _validate_service(service: Obj) -> list[FieldError]:
+    errors = meta.validate_object_meta(service["metadata"], namespaced=True, name_rule=meta.dns1035_name)
+    spec = service.get("spec") or {}
+    service_type = spec.get("type", "ClusterIP")
+    if service_type not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+        errors.append(
+            not_supported("spec.type", service_type, ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort"))
+        )
+    headless = spec.get("clusterIP") == "None"
+    ports = spec.get("ports") or []
+    if not ports and service_type != "ExternalName" and not headless:
+        errors.append(required("spec.ports"))
+    errors += _service_port_errors(ports, "spec.ports")
+    errors += meta.validate_labels(spec.get("selector"), "spec.selector")
+    return errors
+
+
 def _required_fields_errors(node: GoType, value: Any, path: str) -> list[FieldError]:
     """For kinds validated by schema only: fields the OpenAPI schema marks required must be present."""
     errors: list[FieldError] = []
@@ -1570,7 +1629,7 @@ _RULES: dict[tuple[str, str], KindRules] = {
     ("", "ServiceAccount"): KindRules(_meta_only(meta.dns_subdomain_name, True)),
     ("", "PersistentVolumeClaim"): KindRules(_validate_pvc, _validate_pvc_update, default=_default_pvc),
     ("", "Namespace"): KindRules(_meta_only(meta.dns_label_name, False), default=_default_namespace),
-    ("", "Service"): KindRules(_meta_only(meta.dns1035_name, True)),
+    ("", "Service"): KindRules(_validate_service, default=_default_service),
     ("", "Event"): KindRules(_validate_event),
     ("networking.k8s.io", "NetworkPolicy"): KindRules(
         _validate_network_policy, _validate_network_policy_update, default=_default_network_policy
