@@ -93,6 +93,18 @@ def write_job(
     return path
 
 
+def multiprocess_job(folder: Path, model_dir: Path, **spec: Any) -> Path:
+    """48 rows, one epoch, published under ``folder/out``: the job the runs of several processes train."""
+    data = write_dataset(folder / "data.jsonl", 48)
+    return write_job(
+        folder / "job.yaml",
+        model_dir=model_dir,
+        data=data,
+        output=f"file://{folder}/out/",
+        **{"hyperparameters": {"epochs": 1}, **spec},
+    )
+
+
 def kubetune_process(command: str, target: str, folder: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """``kubetune <command> <target> --output-dir folder/runs --workdir folder/work [options]`` as a user
     runs it (one thread)."""

@@ -15,9 +15,10 @@ from kubetune.api.v1alpha1 import (
     ResolvedAdapterTraining,
     ResolvedFullTraining,
     ResolvedIa3Training,
+    ResolvedTraining,
 )
 from kubetune_trainer.errors import ConfigurationError
-from kubetune_trainer.hardware import quantity_gib
+from kubetune_trainer.hardware import quantity_gib, training_hardware
 from kubetune_trainer.plan import DEFAULTS, ModelShape, preflight_estimate, resolve_training
 from tests.trainer.plans import CPU, L4, NO_REPLAY, SEVEN_B, SMOL, spec
 
@@ -121,6 +122,37 @@ def test_estimates_grow_with_the_job_and_refuse_what_cannot_fit() -> None:
         and fits.estimated_minutes is not None
         and longer.estimated_minutes > fits.estimated_minutes
     )
+
+
+def test_every_nodes_processes_share_the_batch_and_the_work() -> None:
+    """resources.nodes: 4 L4 nodes x 2 GPUs are 8 processes. The effective batch stays what one node
+    would take (each process accumulates an eighth of it), and the estimate divides the time by 4."""
+
+    def plan(nodes: int) -> tuple[ResolvedTraining, float]:
+        hardware = dataclasses.replace(L4, gpu_count=2, nodes=nodes)
+        assert hardware.processes == 2 * nodes
+        manifest = spec(
+            method={"type": "qlora"}, hyperparameters={"batchSize": 1}, resources={"gpus": 2, "nodes": nodes}
+        )
+        tokens = [512] * 4000
+        resolved = resolve_training(
+            manifest, hardware, train_examples=4000, token_lengths=tokens, shape=SEVEN_B, replay=NO_REPLAY
+        )
+        estimate = preflight_estimate(resolved, SEVEN_B, hardware, train_tokens=2_048_000, total_memory_limit_gib=None)
+        assert estimate.estimated_minutes is not None
+        return resolved, estimate.estimated_minutes
+
+    (one, one_minutes), (four, four_minutes) = plan(1), plan(4)
+    per_step = [r.hyperparameters.batch_size * r.hyperparameters.gradient_accumulation_steps for r in (one, four)]
+    assert per_step[0] == 4 * per_step[1], "the processes' batches add up to the same effective batch"
+    assert four_minutes == pytest.approx(one_minutes / 4, rel=0.05)
+
+
+def test_a_local_run_is_one_node_whatever_the_manifest_asks() -> None:
+    manifest = spec(resources={"gpus": 0, "nodes": 4})
+    assert training_hardware(manifest.resources, preflight=False, local=True).nodes == 1
+    assert training_hardware(manifest.resources, preflight=False).nodes == 4
+    assert training_hardware(manifest.resources, preflight=True).processes == 4
 
 
 @pytest.mark.parametrize("suffix", ["", "k", "M", "G", "T", "P", "Ki", "Mi", "Gi", "Ti", "Pi"])

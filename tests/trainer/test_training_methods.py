@@ -19,7 +19,7 @@ from kubetune_trainer.storage import ObjectStore
 from kubetune_trainer.training.checkpoints import CheckpointStore
 from kubetune_trainer.training.loop import TrainConfig, train
 from kubetune_trainer.training.model import load_tuned
-from tests.trainer.jobs import write_dataset, write_job
+from tests.trainer.jobs import multiprocess_job
 from tests.trainer.plans import tiny_plan
 
 EXAMPLES = [
@@ -101,14 +101,7 @@ def test_full_fine_tuning_updates_every_weight(tmp_path: Path, tiny_model_dir: P
 
 @pytest.mark.timeout(300)
 def test_two_process_ddp_on_cpu(tmp_path: Path, tiny_model_dir: Path) -> None:
-    data = write_dataset(tmp_path / "data.jsonl", 48)
-    job = write_job(
-        tmp_path / "job.yaml",
-        model_dir=tiny_model_dir,
-        data=data,
-        output=f"file://{tmp_path}/out/",
-        hyperparameters={"epochs": 1},
-    )
+    job = multiprocess_job(tmp_path, tiny_model_dir)
     torchrun = Path(sys.executable).parent / "torchrun"
     result = subprocess.run(
         [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kubetune.api.quantity import parse_quantity
@@ -19,7 +19,13 @@ class Hardware:
     gpu_memory_gib: float  # per GPU
     bf16: bool
     host_memory_gib: float
-    cpu_count: int
+    cpu_count: int  # on one node
+    nodes: int = 1  # pods training together (spec.resources.nodes), each with this hardware
+
+    @property
+    def processes(self) -> int:
+        """Training processes in all: one per GPU (one on a node without), on every node."""
+        return self.nodes * (max(1, self.gpu_count) if self.device == "cuda" else 1)
 
     @classmethod
     def detect(cls) -> Hardware:
@@ -61,10 +67,11 @@ def _cgroup_memory_limit() -> float | None:
     return None
 
 
-def training_hardware(resources: ResourcesSpec, *, preflight: bool) -> Hardware:
+def training_hardware(resources: ResourcesSpec, *, preflight: bool, local: bool = False) -> Hardware:
     """The hardware the training Job will have: the pre-flight pod itself has no GPU, so it plans for the
-    GPUs the manifest requests, with the memory it declares."""
-    here = Hardware.detect()
+    GPUs the manifest requests, with the memory it declares; every node of ``resources.nodes`` alike.
+    ``local``: ``kubetune run`` on this machine alone, whatever the manifest's node count."""
+    here = replace(Hardware.detect(), nodes=1 if local else resources.nodes)
     gpus = resources.gpus
     if preflight and gpus > 0 and here.device == "cpu":
         declared = resources.gpu_memory
@@ -77,6 +84,7 @@ def training_hardware(resources: ResourcesSpec, *, preflight: bool) -> Hardware:
             True,
             here.host_memory_gib,
             here.cpu_count,
+            here.nodes,
         )
     return here
 

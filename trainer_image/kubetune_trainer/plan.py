@@ -405,7 +405,7 @@ def resolve_training(
     seq_len = chosen(user.sequence_length, _sequence_length(token_lengths, sequence_limit(spec, shape)))
     trained_lengths = [*token_lengths, *(min(length, seq_len) for length in replay_token_lengths)]
     micro = chosen(user.batch_size, 4 if hardware.device == "cpu" else _gpu_micro_batch(hardware, seq_len))
-    world = max(1, hardware.gpu_count if hardware.device == "cuda" else 1)
+    world = hardware.processes
     accumulation = chosen(user.gradient_accumulation_steps, max(1, round(DEFAULTS.effective_batch / (micro * world))))
     epochs = chosen(user.epochs, _epochs_for(train_examples))
     adapter = chosen(spec.method.adapter, DEFAULTS.adapter)
@@ -725,7 +725,8 @@ def preflight_estimate(
         flops_per_token = 2 * flops_per_token + (4 * params if resolved.objective.type == Objective.DPO else 0)
     if logit_teacher is not None:
         flops_per_token += 2 * logit_teacher.params  # the teacher's forward over every row
-    throughput = GPU_FLOPS * max(1, hardware.gpu_count) if on_gpu else CPU_FLOPS_PER_CORE * max(1, hardware.cpu_count)
+    per_node = GPU_FLOPS * max(1, hardware.gpu_count) if on_gpu else CPU_FLOPS_PER_CORE * max(1, hardware.cpu_count)
+    throughput = per_node * hardware.nodes
     seconds = (
         measured_training_seconds(measured)
         if measured is not None

@@ -126,7 +126,9 @@ def prepare_base_model(ctx: RunContext) -> BaseModelInfo:
         sha256=model_checksum(path),
         tokenizer=tokenizer,
         shape=shape,
-        hardware=training_hardware(ctx.spec.resources, preflight=ctx.mode == Mode.PREFLIGHT),
+        hardware=training_hardware(
+            ctx.spec.resources, preflight=ctx.mode == Mode.PREFLIGHT, local=ctx.mode == Mode.LOCAL
+        ),
         chat_template=ctx.spec.base_model.chat_template,
         sequence_limit=sequence_limit(ctx.spec, shape),
         start=start,
