@@ -99,7 +99,7 @@ def test_hostnames_and_the_service_name_are_dns_labels_whatever_the_finetunejob_
 
 
 def test_the_service_is_headless_and_selects_only_this_jobs_training_pods() -> None:
-    service = build_rendezvous_service(OWNER, builders.spec(resources={"nodes": 2}))
+    service = build_rendezvous_service(OWNER)
     job = build_training_job(OWNER, builders.spec(resources={"nodes": 2}), CONFIG)
     preflight = build_preflight_job(OWNER, builders.spec(resources={"nodes": 2}), CONFIG)
     preflight_labels = preflight["spec"]["template"]["metadata"]["labels"]

@@ -699,7 +699,7 @@ def training_command(spec: FineTuneJobSpec, *, job_name: str = "", service: str 
     return ["kubetune", "train", "--job", JOB_FILE]
 
 
-def build_rendezvous_service(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
+def build_rendezvous_service(owner: Owner) -> dict[str, Any]:
     """Headless (no virtual IP, no load balancing): a DNS record per pod of the multi-node training Job,
     ``<job>-<index>.<service>``, published before the pod is ready, since the rendezvous comes first."""
     return {

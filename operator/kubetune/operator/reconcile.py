@@ -58,7 +58,7 @@ def _start_training(
     """Create the training Job, unless the namespace's cap holds it back: (the Job, why it waits)."""
     cap = config.max_jobs_per_namespace
     if spec.resources.nodes > 1:  # the pods' DNS names exist before the first pod looks them up
-        kube.ensure(children.build_rendezvous_service(owner, spec), owner.uid)
+        kube.ensure(children.build_rendezvous_service(owner), owner.uid)
     if cap is None:
         return kube.ensure(children.build_training_job(owner, spec, config), owner.uid), None
     with _namespace_locks[owner.namespace]:  # held until the Job exists: no two take the last slot
