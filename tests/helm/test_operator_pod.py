@@ -82,6 +82,7 @@ def test_environment_carries_the_operator_configuration() -> None:
         "KUBETUNE_ALLOWED_WEBHOOK_ENDPOINTS": "*",
         "KUBETUNE_PLATFORM_WEBHOOKS": "[]",
         "KUBETUNE_MAX_GPUS_PER_JOB": "0",
+        "KUBETUNE_MAX_NODES_PER_JOB": "0",
         "KUBETUNE_MAX_JOBS_PER_NAMESPACE": "0",
         "KUBETUNE_MIN_PERSONAL_DATA_PROTECTION": "redact",
         "KUBETUNE_TRAINER_EGRESS": json.dumps(
@@ -144,6 +145,7 @@ def test_environment_carries_the_operator_configuration() -> None:
             separators=(",", ":"),
         ),
         "KUBETUNE_MAX_GPUS_PER_JOB": "8",
+        "KUBETUNE_MAX_NODES_PER_JOB": "4",
         "KUBETUNE_MAX_JOBS_PER_NAMESPACE": "3",
         "KUBETUNE_MIN_PERSONAL_DATA_PROTECTION": "report",
         "KUBETUNE_TRAINER_EGRESS": json.dumps(
@@ -260,7 +262,7 @@ def test_the_policy_values_start_an_operator_that_enforces_them() -> None:
     assert config.storage.prefixes == ("s3://ml-{namespace}/", "s3://shared-models/")
     assert "minio.minio.svc:9000" in config.storage.endpoints and config.placement.allow_raw
     assert sorted(config.placement.profiles) == ["default", "gpu-a100"]
-    assert (config.max_gpus_per_job, config.max_jobs_per_namespace) == (8, 3)
+    assert (config.max_gpus_per_job, config.max_nodes_per_job, config.max_jobs_per_namespace) == (8, 4, 3)
     assert [(w.name, w.secret_name, w.format) for w in config.platform_webhooks] == [
         ("platform-ci", "ci-hook", "cloudevents"),
         ("ops-chat", "slack-hook", "slack"),

@@ -131,6 +131,15 @@ def test_the_gpu_cap_counts_every_nodes_gpus() -> None:
     assert problem.message.startswith("spec.resources.nodes: 3 nodes x 4 GPUs = 12 ")
 
 
+def test_the_platform_caps_the_nodes_a_job_may_train_on() -> None:
+    capped = OperatorConfig.from_env({"KUBETUNE_TRAINER_IMAGE": "t:1", "KUBETUNE_MAX_NODES_PER_JOB": "2"})
+    assert check_policy(builders.spec(resources={"nodes": 2, "gpus": 0}), "ml", capped) is None
+    problem = check_policy(builders.spec(resources={"nodes": 3, "gpus": 0}), "ml", capped)
+    assert problem is not None and problem.reason == "NodeQuotaExceeded"
+    assert problem.message == "spec.resources.nodes: 3 is more nodes than the platform allows one job (2)"
+    assert OperatorConfig.from_env({"KUBETUNE_TRAINER_IMAGE": "t:1"}).max_nodes_per_job is None
+
+
 # ------------------------------------------------------------------ through the operator
 def test_a_two_node_job_runs_as_one_kueue_workload_of_two_indexed_pods(
     test_cluster: TestCluster, cluster: Cluster

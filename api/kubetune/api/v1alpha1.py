@@ -1233,11 +1233,6 @@ class ResourcesSpec(ApiModel):
     ] = None
 
     @property
-    def processes(self) -> int:
-        """Training processes in all: one per GPU (one on a node without GPUs), on every node."""
-        return self.nodes * max(1, self.gpus)
-
-    @property
     def total_gpus(self) -> int:
         return self.nodes * self.gpus
 

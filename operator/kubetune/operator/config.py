@@ -56,9 +56,11 @@ class OperatorConfig:
     placement: PlacementPolicy
     # S3 endpoints and bucket prefixes FineTuneJobs may use.
     storage: StoragePolicy
-    # Hard caps for clusters without Kueue (None: no cap): GPUs one job may ask for, and FineTuneJobs
-    # a namespace trains at once (the rest wait in Queued, reason NamespaceQuota).
+    # Hard caps for clusters without Kueue (None: no cap): GPUs one job may ask for (every node's), the
+    # nodes it may train on, and FineTuneJobs a namespace trains at once (the rest wait in Queued,
+    # reason NamespaceQuota).
     max_gpus_per_job: int | None
+    max_nodes_per_job: int | None
     max_jobs_per_namespace: int | None
     # The weakest personal-data policy (dataset.curation.pii, sources[].pii) a job may choose.
     personal_data: PersonalDataFloor
@@ -238,6 +240,7 @@ class OperatorConfig:
             placement=placement,
             storage=storage,
             max_gpus_per_job=cap("KUBETUNE_MAX_GPUS_PER_JOB", "policy.maxGpusPerJob"),
+            max_nodes_per_job=cap("KUBETUNE_MAX_NODES_PER_JOB", "policy.maxNodesPerJob"),
             max_jobs_per_namespace=cap("KUBETUNE_MAX_JOBS_PER_NAMESPACE", "policy.maxJobsPerNamespace"),
             trainer_egress=trainer_egress,
             hub_endpoint=hub_endpoint,

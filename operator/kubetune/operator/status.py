@@ -34,6 +34,7 @@ FAILURE_REASONS = (
     "PersonalDataPolicyNotAllowed",
     "TrackingNotAvailable",
     "GpuQuotaExceeded",
+    "NodeQuotaExceeded",
     "NameConflict",
     "PreflightFailed",
     "TrainingFailed",

@@ -89,6 +89,12 @@ def check_policy(spec: FineTuneJobSpec, namespace: str, config: OperatorConfig) 
             "GpuQuotaExceeded",
             f"{field}: {requested} is more GPUs than the platform allows one job ({config.max_gpus_per_job})",
         )
+    if config.max_nodes_per_job is not None and spec.resources.nodes > config.max_nodes_per_job:
+        return SpecProblem(
+            "NodeQuotaExceeded",
+            f"spec.resources.nodes: {spec.resources.nodes} is more nodes than the platform allows one job "
+            f"({config.max_nodes_per_job})",
+        )
     if (placement := config.placement.refusal(spec.resources)) is not None:
         field, why = placement
         return SpecProblem("PlacementNotAllowed", f"{field}: {why}")
