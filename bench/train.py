@@ -250,8 +250,8 @@ def ablated(lever: str | None, resolved: Any) -> Iterator[Any]:
     elif lever == "bf16 autocast on":
         plain = loop._arguments
 
-        def changed(config: Any, has_validation: bool) -> Any:
-            return dataclasses.replace(plain(config, has_validation), bf16=True)
+        def changed(config: Any, has_validation: bool, model: Any) -> Any:
+            return dataclasses.replace(plain(config, has_validation, model), bf16=True)
 
         loop._arguments = changed  # type: ignore[assignment]
     try:

@@ -8,7 +8,7 @@ echo "== static checks"
 ruff check api operator trainer_image tests scripts bench
 ruff format --check api operator trainer_image tests scripts bench
 lint-imports
-mypy api/kubetune operator/kubetune trainer_image/kubetune_trainer scripts/dashboard.py scripts/measure_forgetting.py scripts/measure_methods.py scripts/measure_drift.py scripts/measure_continual.py scripts/measure_privacy.py scripts/measure_distill.py scripts/lock_images.py bench/train.py bench/curation.py bench/evaluate.py bench/estimate.py bench/operator.py scripts/measurement.py
+mypy api/kubetune operator/kubetune trainer_image/kubetune_trainer scripts/dashboard.py scripts/measure_forgetting.py scripts/measure_methods.py scripts/measure_drift.py scripts/measure_continual.py scripts/measure_privacy.py scripts/measure_distill.py scripts/lock_images.py bench/train.py bench/curation.py bench/evaluate.py bench/estimate.py bench/operator.py scripts/measurement.py scripts/measure_sharding.py
 python -m kubetune.api.crd --check
 echo "== tests"
 # Two workers (pytest-xdist): much of the suite waits on servers, subprocesses and the operator's watch.

@@ -66,6 +66,9 @@ def test_several_nodes_make_an_indexed_job_that_rendezvous_at_pod_0() -> None:
     assert int(options["max-restarts"]) > 0, "a failed process restarts the group"
     requests = pod["containers"][0]["resources"]["requests"]
     assert requests["nvidia.com/gpu"] == "2", "each pod asks for one node's GPUs"
+    env = {variable["name"]: variable.get("value") for variable in pod["containers"][0]["env"]}
+    # A fresh store for each round of restarts (children.group_env says why).
+    assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
 
 
 def test_one_node_is_the_job_it_always_was() -> None:
@@ -76,6 +79,8 @@ def test_one_node_is_the_job_it_always_was() -> None:
     assert job["spec"]["completions"] == 1
     assert training_command(one)[:3] == ["torchrun", "--standalone", "--nproc-per-node=2"]
     assert training_command(builders.spec(resources={"gpus": 1}))[0] == "kubetune"
+    env = {variable["name"] for variable in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in env
 
 
 def test_cpu_nodes_run_one_process_each() -> None:

@@ -3,12 +3,14 @@ under torchrun by ``test_fsdp_runtime.py``: one JSON line from rank 0 with the l
 a checksum of the full weights.
 
     fsdp_probe.py loop  fsdp|single|resume CHECKPOINT   # FSDP2 (fully_shard) + distributed checkpoint
-    fsdp_probe.py trainer fsdp|single                   # transformers' Trainer with its FSDP2 option
+    fsdp_probe.py trainer fsdp|accelerate|single OUTPUT # transformers' Trainer with its FSDP2 option
 
 ``loop fsdp`` shards a tiny Llama with a LoRA adapter (each decoder layer, then the root), trains 8 steps
 of a global batch split over the ranks, and saves model and optimizer as a distributed checkpoint after
 step 4; ``loop single`` trains the same steps unsharded in one process; ``loop resume`` loads the
-checkpoint into however many processes run it and trains steps 5-8.
+checkpoint into however many processes run it and trains steps 5-8. ``trainer fsdp`` runs the Trainer
+with FSDP2 as kubetune does (``kubetune_trainer.training.sharding``), ``trainer accelerate`` with the
+option alone, as accelerate then decides; both report the share of the parameters rank 0 holds.
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ def batches() -> torch.Tensor:
     return torch.randint(0, VOCAB, (STEPS, GLOBAL_BATCH, LENGTH), generator=torch.Generator().manual_seed(1))
 
 
-def report(losses: list[float], weights: dict[str, torch.Tensor]) -> None:
+def report(losses: list[float], weights: dict[str, torch.Tensor], share: float = 1.0) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         checksum = sum(float(value.double().sum()) for value in weights.values())
-        print(json.dumps({"losses": losses, "checksum": checksum, "world": int(os.environ.get("WORLD_SIZE", "1"))}))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        print(json.dumps({"losses": losses, "checksum": checksum, "world": world, "share": share}))
 
 
 def loop(mode: str, checkpoint: str) -> None:
@@ -106,13 +109,11 @@ def trainer(mode: str, output: str) -> None:
         def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
             return {"input_ids": data[index], "labels": data[index]}
 
+    from kubetune_trainer.training.sharding import fsdp_arguments, parameter_share, shard_on_cpu
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    sharding = {}
-    if mode == "fsdp":
-        sharding = {
-            "fsdp": "full_shard",
-            "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]},
-        }
+    model = tiny_model()
+    sharding = fsdp_arguments(model) if mode in ("fsdp", "accelerate") else {}
     arguments = TrainingArguments(
         output_dir=output,
         per_device_train_batch_size=GLOBAL_BATCH // world,
@@ -127,8 +128,15 @@ def trainer(mode: str, output: str) -> None:
         data_seed=0,
         **sharding,
     )
-    run = Trainer(model=tiny_model(), args=arguments, train_dataset=Rows())
+
+    class ShardedOnCpu(Trainer):
+        def create_accelerator_and_postprocess(self) -> None:
+            super().create_accelerator_and_postprocess()
+            shard_on_cpu(self)
+
+    run = (ShardedOnCpu if mode == "fsdp" else Trainer)(model=model, args=arguments, train_dataset=Rows())
     run.train()
+    held, total = parameter_share(run.model)
     losses = [entry["loss"] for entry in run.state.log_history if "loss" in entry]
     if not dist.is_initialized():
         report(losses, dict(run.model.state_dict()))
@@ -138,7 +146,8 @@ def trainer(mode: str, output: str) -> None:
     # Every rank takes part in gathering the sharded weights, and every rank leaves the process group
     # before exiting: a rank that exits with the group's threads still running aborts
     # ("terminate called without an active exception"), which failed CI once.
-    report(losses, get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+    state = get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    report(losses, state, held / total)
     dist.barrier()
     dist.destroy_process_group()
 

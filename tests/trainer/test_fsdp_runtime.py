@@ -37,8 +37,14 @@ def test_two_sharded_processes_train_as_one_and_their_checkpoint_resumes_at_any_
         assert resumed["checksum"] == pytest.approx(sharded["checksum"], rel=1e-6)
 
 
-def test_the_trainers_fsdp2_option_trains_as_one_process(tmp_path: Path) -> None:
+def test_the_trainer_shards_on_cpu_only_as_kubetune_sets_it_up(tmp_path: Path) -> None:
+    """accelerate turns the Trainer's FSDP option into DDP on CPU: every rank holds every weight. With
+    kubetune's switch (``shard_on_cpu``) rank 0 holds half, and the run learns what one process learns.
+    Should accelerate start sharding on CPU itself, the first assertion fails and the switch can go."""
+    unsharded = torchrun(2, "trainer", "accelerate", str(tmp_path / "accelerate"))
+    assert unsharded["share"] == 1.0
     sharded = torchrun(2, "trainer", "fsdp", str(tmp_path / "fsdp"))
+    assert sharded["share"] == pytest.approx(0.5, abs=0.02)
     single = torchrun(1, "trainer", "single", str(tmp_path / "single"))
     assert len(sharded["losses"]) == 8  # type: ignore[arg-type]
     assert sharded["losses"] == pytest.approx(single["losses"], rel=1e-5)

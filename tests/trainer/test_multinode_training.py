@@ -7,18 +7,24 @@ where the ConfigMap would be mounted, and the rendezvous host, pod 0's DNS name,
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from kubetune.api.contract import JOB_FILE, RENDEZVOUS_PORT
 from kubetune.api.manifest import parse_spec
-from kubetune.operator.children import rendezvous_service_name, training_command, training_job_name
+from kubetune.operator.children import group_env, rendezvous_service_name, training_command, training_job_name
 from tests.trainer.jobs import multiprocess_job
 
 
@@ -38,28 +44,138 @@ def as_the_kubelet_runs_it(command: list[str], job_file: Path, port: int) -> lis
     return [str(job_file) if arg == JOB_FILE else arg for arg in local]
 
 
-@pytest.mark.timeout(400)
-def test_two_nodes_train_as_one_group_and_rank_0_alone_publishes(tmp_path: Path, tiny_model_dir: Path) -> None:
-    job = multiprocess_job(tmp_path, tiny_model_dir, resources={"gpus": 0, "nodes": 2})
+# Two epochs of 5 optimizer steps (38 training rows, 2 processes x 2 rows x 2 micro-batches), unpacked
+# so the step count does not hang on packing, checkpointed every 2 steps: a kill in step 5 resumes at 4.
+HYPERPARAMETERS = {"epochs": 2, "batchSize": 2, "gradientAccumulationSteps": 2, "packing": False}
+
+
+def start_two_pods(folder: Path, model_dir: Path, **resources: object) -> list[subprocess.Popen[str]]:
+    """The two pods of a ``resources.nodes: 2`` job, each with its own scratch and its log in
+    ``folder/pod-<index>.log`` (micro-steps traced)."""
+    folder.mkdir()
+    job = multiprocess_job(
+        folder,
+        model_dir,
+        resources={"gpus": 0, "nodes": 2, **resources},
+        hyperparameters=HYPERPARAMETERS,
+        checkpoint={"everySteps": 2},
+    )
     spec = parse_spec(yaml.safe_load(job.read_text())["spec"])
     command = training_command(
         spec, job_name=training_job_name("tickets", 2), service=rendezvous_service_name("tickets"), run_id="run-1"
     )
     local = as_the_kubelet_runs_it(command, job, free_port())
-    pods = [
+    pod_env = {variable["name"]: variable["value"] for variable in group_env(spec)}
+    environment = {**os.environ, **pod_env, "OMP_NUM_THREADS": "1", "KUBETUNE_TRACE_MICROSTEPS": "1"}
+    return [
         subprocess.Popen(
-            [*local, "--workdir", str(tmp_path / f"node-{index}")],  # each pod's own scratch
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            [*local, "--workdir", str(folder / f"node-{index}")],  # each pod's own scratch
+            stdout=subprocess.DEVNULL,
+            stderr=(folder / f"pod-{index}.log").open("w"),
             text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "JOB_COMPLETION_INDEX": str(index)},
+            env={**environment, "JOB_COMPLETION_INDEX": str(index)},
         )
         for index in range(2)
     ]
-    outputs = [pod.communicate(timeout=380) for pod in pods]
-    for pod, (_, stderr) in zip(pods, outputs, strict=True):
-        assert pod.returncode == 0, stderr[-3000:]
-    logs = "".join(stderr for _, stderr in outputs)
-    assert "process 0 of 2" in logs and "process 1 of 2" in logs, "a rank on each node trained"
-    versions = [p for p in (tmp_path / "out").iterdir() if p.name.startswith("v")]
+
+
+def finished(folder: Path, pods: list[subprocess.Popen[str]]) -> tuple[str, Path]:
+    """Both pods' logs once they have succeeded, and the one version they published."""
+    for index, pod in enumerate(pods):
+        pod.wait(timeout=380)
+        assert pod.returncode == 0, (folder / f"pod-{index}.log").read_text()[-3000:]
+    versions = [p for p in (folder / "out").iterdir() if p.name.startswith("v")]
     assert len(versions) == 1, "only rank 0 evaluates and publishes"
+    return "".join((folder / f"pod-{index}.log").read_text() for index in range(2)), versions[0]
+
+
+def train_on_two_nodes(folder: Path, model_dir: Path, **resources: object) -> tuple[str, Path]:
+    return finished(folder, start_two_pods(folder, model_dir, **resources))
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[str, Path]:
+    """An uninterrupted two-node FSDP run: its logs and its published version."""
+    return train_on_two_nodes(tmp_path_factory.mktemp("sharded") / "fsdp", tiny_model_dir, sharding="fsdp")
+
+
+def shares(logs: str) -> list[tuple[int, int]]:
+    """Each rank's parameter elements held and in all, as the trainer logs them after training."""
+    found = dict(re.findall(r"parameters held by process (\d): (\d+ of \d+) elements", logs))
+    assert sorted(found) == ["0", "1"], logs[-3000:]
+    return [tuple(int(n) for n in found[rank].split(" of ")) for rank in ("0", "1")]  # type: ignore[misc]
+
+
+def losses(version: Path) -> list[float]:
+    history = json.loads((version / "reports" / "training_history.json").read_text())
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def adapter_weights(version: Path) -> dict[str, torch.Tensor]:
+    (weights,) = version.glob("adapter/*.safetensors")
+    return load_file(str(weights))
+
+
+@pytest.mark.timeout(700)
+def test_two_nodes_train_as_one_group_sharded_or_not_and_rank_0_alone_publishes(
+    tmp_path: Path, tiny_model_dir: Path, sharded_run: tuple[str, Path]
+) -> None:
+    logs, replicated = train_on_two_nodes(tmp_path / "ddp", tiny_model_dir, sharding="none")
+    assert "process 0 of 2" in logs and "process 1 of 2" in logs, "a rank on each node trained"
+    assert [held / total for held, total in shares(logs)] == [1.0, 1.0], "DDP: every process holds every weight"
+    logs, sharded = sharded_run
+    assert "process 0 of 2" in logs and "process 1 of 2" in logs
+    manifests = [json.loads((version / "manifest.json").read_text()) for version in (replicated, sharded)]
+    assert [m["resolved"]["hyperparameters"]["sharding"] for m in manifests] == ["none", "fsdp"]
+    assert [held / total for held, total in shares(logs)] == pytest.approx([0.5, 0.5], abs=0.02), "each holds half"
+    # The same global batch, steps and seed: sharding changes where the state lives, not what is learned.
+    assert len(losses(sharded)) == len(losses(replicated)) >= 2
+    assert losses(sharded) == pytest.approx(losses(replicated), rel=1e-3)
+    assert manifests[1]["training"]["bestEvalLoss"] == pytest.approx(manifests[0]["training"]["bestEvalLoss"], rel=1e-3)
+    # Rank 0's export is the whole adapter gathered from both ranks' shards, equal to DDP's.
+    ddp, fsdp = adapter_weights(replicated), adapter_weights(sharded)
+    assert fsdp.keys() == ddp.keys() and len(ddp) > 0
+    for name, tensor in ddp.items():
+        assert fsdp[name].shape == tensor.shape, name
+        assert torch.allclose(fsdp[name], tensor, rtol=1e-3, atol=1e-5), name
+
+
+def worker_of(agent: subprocess.Popen[str]) -> int:
+    """The training process torchrun's agent runs (its one child), as the pod's process tree shows it."""
+    children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def wait_for_line(log: Path, prefix: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith(prefix):
+                return line
+        time.sleep(0.05)
+    raise AssertionError(f"{log.name} never logged {prefix!r}: {log.read_text()[-3000:]}")
+
+
+@pytest.mark.timeout(700)
+def test_a_rank_killed_mid_run_restarts_the_group_which_resumes_from_the_sharded_checkpoint(
+    tmp_path: Path, tiny_model_dir: Path, sharded_run: tuple[str, Path]
+) -> None:
+    """Pod 1's training process dies (SIGKILL, as the OOM killer or a crash would) in step 5, after
+    step 4's checkpoint: its torchrun agent restarts the group through a new rendezvous, pod 0's agent
+    joins it, every rank resumes its shards from storage, and the group ends where an uninterrupted
+    run ends."""
+    folder = tmp_path / "killed"
+    pods = start_two_pods(folder, tiny_model_dir, sharding="fsdp")
+    wait_for_line(folder / "pod-1.log", "kubetune-microstep step=4 substep=1", timeout=300)
+    os.kill(worker_of(pods[1]), signal.SIGKILL)
+    _, resumed = finished(folder, pods)
+    for index in range(2):  # both pods' agents restarted their worker, which resumed at step 4
+        log = (folder / f"pod-{index}.log").read_text()
+        assert log.count("training: process") == 2 and "checkpoint-4" in log.split("resuming from", 1)[1], log[-3000:]
+    steps = [json.loads((v / "manifest.json").read_text())["training"]["globalStep"] for v in (sharded_run[1], resumed)]
+    assert steps[0] == steps[1] >= 6, steps
+    expected, got = adapter_weights(sharded_run[1]), adapter_weights(resumed)
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-5, rtol=1e-4)

@@ -114,7 +114,9 @@ def test_estimates_grow_with_the_job_and_refuse_what_cannot_fit() -> None:
     )
     refused = preflight_estimate(full, SEVEN_B, L4, train_tokens=512_000, total_memory_limit_gib=None)
     assert not refused.passed
-    assert "exceeds the 24.0 GiB of 'NVIDIA L4'" in refused.message and "use method qlora" in refused.message
+    assert (
+        "exceeds the 24.0 GiB of 'NVIDIA L4'" in refused.message and "set spec.method.type to qlora" in refused.message
+    )
     assert refused.estimated_memory_gib is not None and refused.estimated_memory_gib > fits.estimated_memory_gib
     longer = preflight_estimate(small, SEVEN_B, L4, train_tokens=1_024_000, total_memory_limit_gib=None)
     assert (

@@ -8,7 +8,7 @@ general ability fast, and kubetune's default must lose at most 5% on a general r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -58,6 +58,8 @@ from kubetune.api.v1alpha1 import (
     ResolvedReplay,
     ResolvedSftObjective,
     ResolvedTraining,
+    Sharding,
+    fsdp_trains,
 )
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.general_prompts import ANSWER_MAX_NEW_TOKENS
@@ -375,6 +377,8 @@ def resolve_method(spec: FineTuneJobSpec, hardware: Hardware) -> MethodType:
         return requested
     if spec.method.adapter == AdapterType.OSF:
         return MethodType.LORA  # OSF decomposes 16-bit weights; a 4-bit base has none to decompose
+    if spec.resources.sharding == Sharding.FSDP:
+        return MethodType.LORA  # kubetune does not shard QLoRA's 4-bit weights (docs/distributed.md)
     # QLoRA needs bitsandbytes' CUDA kernels to be worth it; on a CPU plain LoRA is faster.
     return MethodType.QLORA if hardware.device == "cuda" else MethodType.LORA
 
@@ -452,6 +456,9 @@ def resolve_training(
             user.gradient_checkpointing,
             hardware.device == "cuda" and shape.params > DEFAULTS.checkpointing_min_params and spec.privacy is None,
         ),
+        # One process has nothing to shard over (kubetune run plans one node); auto starts unsharded and
+        # choose_sharding shards it if the pre-flight's estimate says it must.
+        sharding=Sharding.FSDP if spec.resources.sharding == Sharding.FSDP and world > 1 else Sharding.NONE,
         seed=chosen(user.seed, DEFAULTS.seed),
         eval_steps=chosen(user.eval_steps, max(1, total_steps // DEFAULTS.evaluations_per_run)),
     )
@@ -621,6 +628,10 @@ def _gpu_micro_batch(hardware: Hardware, seq_len: int) -> int:
     return max(1, budget * 1024 // max(seq_len, 1024))
 
 
+# A CPU training process's memory before any model: Python, torch, transformers, the tokenizer and the
+# data. Measured: the tiny test model's training processes peak at 0.70-0.74 GiB (scripts/measure_sharding.py
+# --smoke), whose tensors are a few MiB.
+CPU_RUNTIME_GIB = 0.7
 # Sustained training throughput assumed by the time estimate, in model FLOPs per second.
 # CPU: calibrated on 2 cores (SmolLM2-135M LoRA: ~200 tokens/s = 6 x 135e6 x 200 ≈ 1.6e11).
 CPU_FLOPS_PER_CORE = 8e10
@@ -642,6 +653,45 @@ class MeasuredSteps:
     validation_seconds: float  # one pass of the in-training validation, timed
     validations: int  # the passes the run will make
     peak_memory_bytes: int  # the process's peak while stepping
+
+
+def _memory_hint(method: MethodType, hardware: Hardware, sharded: bool) -> str:
+    """The fields that would make a plan fit, most effective first."""
+    more = "spec.resources.gpuMemory (a larger GPU)" if hardware.device == "cuda" else "spec.resources.memory"
+    hints = [f"raise {more}"]
+    if sharded:
+        hints.append("add processes (spec.resources.nodes or spec.resources.gpus)")
+    elif hardware.processes > 1 and method != MethodType.QLORA:
+        hints.append("set spec.resources.sharding to fsdp")
+    if method != MethodType.QLORA:
+        hints.append("set spec.method.type to qlora" if hardware.device == "cuda" else "use spec.method.type lora")
+    hints.append("lower spec.hyperparameters.batchSize or sequenceLength")
+    return "; ".join(hints)
+
+
+def choose_sharding(
+    spec: FineTuneJobSpec,
+    resolved: ResolvedTraining,
+    hardware: Hardware,
+    estimate: Callable[[ResolvedTraining], PreflightReport],
+) -> tuple[ResolvedTraining, PreflightReport]:
+    """resources.sharding auto: unsharded (DDP) while the estimate fits one process's memory, else fully
+    sharded when the job has several processes and fsdp trains its method; a plan that fits neither way
+    is reported sharded (the closer miss) so its message names what to add."""
+    report = estimate(resolved)
+    if (
+        report.passed
+        or spec.resources.sharding != Sharding.AUTO
+        or hardware.processes < 2
+        or resolved.method == MethodType.QLORA
+        or not fsdp_trains(spec)
+    ):
+        return resolved, report
+    hyper = resolved.hyperparameters.model_copy(update={"sharding": Sharding.FSDP})
+    sharded = resolved.model_copy(update={"hyperparameters": hyper})
+    sharded_report = estimate(sharded)
+    note = f"sharding auto chose fsdp: unsharded it needs ~{report.estimated_memory_gib:.1f} GiB per process; "
+    return sharded, sharded_report.model_copy(update={"message": note + sharded_report.message})
 
 
 def measured_training_seconds(measured: MeasuredSteps) -> float:
@@ -714,7 +764,19 @@ def preflight_estimate(
     teacher_bytes = (
         logit_teacher.params * weight_bytes + tokens_in_flight * logit_teacher.vocab_size * 4 if logit_teacher else 0.0
     )
-    peak_gib = (params * weight_bytes + optimizer_bytes + activations + teacher_bytes) / 2**30 * 1.2  # 20% slack
+    state = params * weight_bytes + optimizer_bytes
+    if hyper.sharding == Sharding.FSDP:
+        # Each process holds 1/N of the weights, gradients and optimizer state, plus the unit being
+        # all-gathered and the next one prefetched (a decoder layer, or the root's embeddings and head).
+        unit = max((params - vocab * hidden) / max(1, layers), vocab * hidden)
+        state = state / hardware.processes + 2 * unit * weight_bytes
+    peak_gib = (state + activations + teacher_bytes) / 2**30 * 1.2  # 20% slack
+    if not on_gpu:
+        # Host memory is what a CPU process trains in: also the runtime, and rank 0's copy of the best
+        # trained weights so far (training/loop.py, KeepBest). Sharded, rank 0 ends holding the full
+        # weights twice beside its shard (gathered, and the model rebuilt from them for evaluation).
+        gathered = params * weight_bytes * (2 + 1 / hardware.processes) if hyper.sharding == Sharding.FSDP else 0
+        peak_gib = max(peak_gib + trainable * 4 / 2**30, gathered * 1.2 / 2**30) + CPU_RUNTIME_GIB
     if measured is not None:
         peak_gib = measured.peak_memory_bytes / 2**30
 
@@ -741,9 +803,11 @@ def preflight_estimate(
     where = f"'{hardware.gpu_name}' ({hardware.gpu_memory_gib:.1f} GiB)" if on_gpu else "host memory"
     available = hardware.gpu_memory_gib if on_gpu else (total_memory_limit_gib or hardware.host_memory_gib)
     passed = available <= 0 or peak_gib <= available
+    sharded = hyper.sharding == Sharding.FSDP
+    per_process = f" per process (sharded over {hardware.processes})" if sharded else ""
     if passed:
         message = (
-            f"{method} fits: ~{peak_gib:.1f} GiB peak {'GPU' if on_gpu else 'host'} memory"
+            f"{method} fits: ~{peak_gib:.1f} GiB peak {'GPU' if on_gpu else 'host'} memory{per_process}"
             + (f" of {available:.1f} GiB" if available > 0 else "")
             + f", ~{seconds / 60:.1f} min for {train_tokens} tokens x {hyper.epochs:g} epochs"
             + (f" and {answers_to_generate} base answers to generate" if answers_to_generate else "")
@@ -754,10 +818,9 @@ def preflight_estimate(
             )
         )
     else:
-        hint = "use method qlora" if method != MethodType.QLORA else "use a smaller batchSize or sequenceLength"
         message = (
-            f"estimated {peak_gib:.1f} GiB peak memory for {method} of {params / 1e9:.2f} B params "
-            f"exceeds the {available:.1f} GiB of {where}; {hint} or request more resources"
+            f"estimated {peak_gib:.1f} GiB peak memory{per_process} for {method} of {params / 1e9:.2f} B params "
+            f"exceeds the {available:.1f} GiB of {where}; {_memory_hint(method, hardware, sharded)}"
         )
     return PreflightReport(
         passed=passed,

@@ -63,6 +63,7 @@ from kubetune_trainer.plan import (
     DEFAULTS,
     MeasuredSteps,
     ModelShape,
+    choose_sharding,
     preflight_estimate,
     resolve_distill_mode,
     resolve_formats,
@@ -370,9 +371,9 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
     task_tokens = sum(data.token_lengths) * len(data.train) // max(1, sum(data.report.splits.values()))
     train_tokens = task_tokens + sum(min(length, resolved.hyperparameters.sequence_length) for length in replay_lengths)
 
-    def estimate(measured: MeasuredSteps | None) -> PreflightReport:
+    def estimate(candidate: ResolvedTraining, measured: MeasuredSteps | None = None) -> PreflightReport:
         return preflight_estimate(
-            resolved,
+            candidate,
             model.shape,
             model.hardware,
             train_tokens=train_tokens,
@@ -383,7 +384,7 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
             teacher_answers=teacher_answers,
         )
 
-    report = estimate(None)
+    resolved, report = choose_sharding(ctx.spec, resolved, model.hardware, estimate)
     if ctx.mode == Mode.LOCAL and (report.estimated_minutes or 0) >= TIME_REAL_STEPS_FROM_MINUTES:
         if replayed and cached is not None:
             # The replay rows the run will mix in are known: the cached answers worth replaying.
@@ -393,7 +394,7 @@ def plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset) -> tuple[
             rows, planned = data.train, replay_lengths
         measured = _time_real_steps(model, rows, data.validation, resolved, planned)
         if measured is not None:
-            report = estimate(measured)
+            report = estimate(resolved, measured)
     examples = {
         **data.report.splits,
         "replay": len(replay_lengths),

@@ -153,6 +153,14 @@ class MethodType(StrEnum):
     FULL = "full"
 
 
+class Sharding(StrEnum):
+    """How the model's training state is spread over a job's processes."""
+
+    AUTO = "auto"  # none while it fits one process's memory, else fsdp where fsdp is supported
+    NONE = "none"  # DDP: every process holds the whole model, its gradients and optimizer state
+    FSDP = "fsdp"  # fully sharded: each process holds 1/N of them and gathers a layer at a time
+
+
 class AdapterType(StrEnum):
     LORA = "lora"
     DORA = "dora"
@@ -166,6 +174,10 @@ class AdapterType(StrEnum):
 class BottleneckPlacement(StrEnum):
     MLP = "mlp"
     ATTENTION_AND_MLP = "attention-and-mlp"
+
+
+# The adapters resources.sharding fsdp trains (peft's LoRA layers shard like the linear layers they wrap).
+FSDP_ADAPTERS = (AdapterType.LORA, AdapterType.DORA)
 
 
 # The adapters that are no change of the weights: they cannot be merged into them.
@@ -896,7 +908,9 @@ class MethodSpec(ApiModel):
     )
     model_config = ConfigDict(json_schema_extra=rules_schema(rules))
 
-    type: Annotated[MethodType, Field(description="auto picks QLoRA on a GPU and LoRA on a CPU.")] = MethodType.AUTO
+    type: Annotated[
+        MethodType, Field(description="auto picks QLoRA on a GPU and LoRA on a CPU or with resources.sharding fsdp.")
+    ] = MethodType.AUTO
     adapter: Annotated[
         AdapterType | None,
         Field(
@@ -1185,6 +1199,16 @@ class ResourcesSpec(ApiModel):
             ),
         ),
     ] = 1
+    sharding: Annotated[
+        Sharding,
+        Field(
+            description=(
+                "none: every process holds the whole model (DDP); fsdp: weights, gradients and optimizer state "
+                "sharded over the job's processes (PyTorch FSDP2; method lora or full, objective sft); auto: none "
+                "while the pre-flight's memory estimate fits one process, else fsdp."
+            ),
+        ),
+    ] = Sharding.AUTO
     gpu_resource_name: Annotated[
         str,
         Field(
@@ -1681,6 +1705,17 @@ class TrackingSpec(ApiModel):
     ] = None
 
 
+def fsdp_trains(spec: FineTuneJobSpec) -> bool:
+    """Whether resources.sharding fsdp can train this job's method, adapter and objective (the rule on
+    resources.sharding; the plan's auto choice asks the same)."""
+    return (
+        spec.method.type != MethodType.QLORA
+        and spec.method.adapter in (None, *FSDP_ADAPTERS)
+        and spec.method.objective in (None, Objective.SFT)
+        and (spec.continual is None or spec.continual.ewc is None)
+    )
+
+
 class FineTuneJobSpec(ApiModel):
     # Rules between fields, each naming the field to change. The model type-checks first, so a
     # rule's check sees valid values.
@@ -1789,6 +1824,24 @@ class FineTuneJobSpec(ApiModel):
             "resources.nodes to 1",
             ".resources.nodes",
             lambda s: s.privacy is None or s.resources.nodes == 1,
+        ),
+        Rule(
+            "!has(self.resources.sharding) || self.resources.sharding != 'fsdp' "
+            "|| self.resources.nodes > 1 || self.resources.gpus > 1",
+            "resources.sharding fsdp spreads the model over the job's processes: it needs more than one "
+            "(resources.nodes or resources.gpus above 1)",
+            ".resources.sharding",
+            lambda s: s.resources.sharding != Sharding.FSDP or s.resources.nodes > 1 or s.resources.gpus > 1,
+        ),
+        Rule(
+            "!has(self.resources.sharding) || self.resources.sharding != 'fsdp' || (self.method.type != 'qlora' "
+            "&& (!has(self.method.adapter) || self.method.adapter in ['lora', 'dora']) "
+            "&& (!has(self.method.objective) || self.method.objective == 'sft') "
+            "&& (!has(self.continual) || !has(self.continual.ewc)))",
+            "resources.sharding fsdp trains method.type lora or full (not qlora), with a lora or dora adapter, "
+            "method.objective sft and no continual.ewc",
+            ".resources.sharding",
+            lambda s: s.resources.sharding != Sharding.FSDP or fsdp_trains(s),
         ),
         Rule(
             "!has(self.privacy) || !has(self.method.objective) || self.method.objective == 'sft'",
@@ -2022,6 +2075,10 @@ class ResolvedHyperparameters(ApiModel):
     packing: bool
     early_stopping_patience: Annotated[int, Field(ge=0, description="0: no early stopping.")]
     gradient_checkpointing: bool
+    sharding: Annotated[
+        Literal[Sharding.NONE, Sharding.FSDP],
+        Field(description="none: DDP when the job has several processes; fsdp: fully sharded (never auto)."),
+    ]
     seed: Annotated[int, Field(ge=0)]
     eval_steps: Annotated[int, Field(ge=1)]
 

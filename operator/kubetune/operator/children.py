@@ -333,7 +333,19 @@ def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": ENV_TERMINATION_LOG, "value": TERMINATION_LOG_PATH},  # where the trainer says why it stopped
     ]
-    return env + s3_env(spec.s3)
+    return env + group_env(spec) + s3_env(spec.s3)
+
+
+def group_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """What torchrun's agents on several nodes need besides their command. By default the agents share
+    one TCP store between the rendezvous and the training processes' own process group, kept across the
+    group's restarts with the keys of the last round still in it; an agent that restarts for another
+    pod's failure does not count a restart, so the new processes can read the dead ones' addresses
+    (gloo then fails to connect, or waits on them: a hang seen in tests/trainer/test_multinode_training.py).
+    Unshared, rank 0's process hosts a fresh store every round."""
+    if spec.resources.nodes == 1:
+        return []
+    return [{"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"}]
 
 
 def hub_env(hub: HubSpec, config: OperatorConfig, *, reads: bool) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 
 from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.storage import ObjectStore, join_uri
+from kubetune_trainer.training.sharding import written_by
 
 log = logging.getLogger(__name__)
 POINTER = "latest.json"
@@ -49,13 +50,24 @@ class CheckpointStore:
         self.run = run  # this run's identity (run_identity); a pointer of another run is not resumed
         self._pointer_tag: str | None = None  # the pointer's version as this store last saw it
 
-    def upload(self, local: Path, step: int) -> str:
+    def upload(self, local: Path, step: int, *, sharded: bool = False) -> str:
+        """Rank 0: the checkpoint's files, then the pointer. ``sharded``: the other ranks have uploaded
+        their own files (``upload_own_files``), which are not uploaded again from a shared scratch."""
         target = join_uri(self.uri, f"checkpoint-{step}")
-        self.store.upload_tree(local, target)
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            if not sharded or written_by(path) in (None, 0):
+                self.store.upload(path, join_uri(target, *path.relative_to(local).parts))
         pointer = json.dumps({"step": step, "uri": target, "run": self.run}).encode()
         self._pointer_tag = self.store.replace_if_unchanged(join_uri(self.uri, POINTER), pointer, self._pointer_tag)
         self._prune(step)
         return target
+
+    def upload_own_files(self, local: Path, step: int, rank: int) -> None:
+        """A rank other than 0 of a sharded run: the files it wrote itself (its shards and RNG state),
+        from its own node's scratch, before rank 0 moves the pointer."""
+        target = join_uri(self.uri, f"checkpoint-{step}")
+        for path in sorted(p for p in local.rglob("*") if p.is_file() and written_by(p) == rank):
+            self.store.upload(path, join_uri(target, *path.relative_to(local).parts))
 
     def _prune(self, newest: int) -> None:
         steps = sorted(
@@ -113,19 +125,32 @@ class CheckpointStore:
 
 
 class UploadCheckpoints(TrainerCallback):
-    """After each local save (main process only), upload it and move the pointer."""
+    """After each local save, upload it and move the pointer (rank 0). ``sharded`` (FSDP): every rank
+    wrote its own shards into its own node's scratch, so each uploads them, and rank 0 moves the pointer
+    only once all have (a barrier): a pointer never names a checkpoint missing a shard."""
 
-    def __init__(self, checkpoints: CheckpointStore, on_uploaded: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        checkpoints: CheckpointStore,
+        on_uploaded: Callable[[int], None] | None = None,
+        *,
+        sharded: bool = False,
+    ) -> None:
         self.checkpoints = checkpoints
         self.on_uploaded = on_uploaded
+        self.sharded = sharded
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not state.is_world_process_zero:
-            return
         local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not local.exists():
+        if self.sharded:
+            import torch.distributed as dist
+
+            if not state.is_world_process_zero and local.exists():
+                self.checkpoints.upload_own_files(local, state.global_step, args.process_index)
+            dist.barrier()
+        if not state.is_world_process_zero or not local.exists():
             return
-        uri = self.checkpoints.upload(local, state.global_step)
+        uri = self.checkpoints.upload(local, state.global_step, sharded=self.sharded)
         log.info("checkpoint step %d uploaded to %s", state.global_step, uri)
         if self.on_uploaded is not None:
             self.on_uploaded(state.global_step)

@@ -32,6 +32,7 @@ from kubetune.api.v1alpha1 import (
     ResolvedDistillObjective,
     ResolvedPrivacy,
     ResolvedTraining,
+    Sharding,
 )
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.environment import TrainerEnvironment
@@ -51,6 +52,13 @@ from kubetune_trainer.training.preference import (
     reference_logps,
 )
 from kubetune_trainer.training.progress import MeteredTrainer, ReportProgress, host_memory_peak_bytes
+from kubetune_trainer.training.sharding import (
+    fsdp_arguments,
+    gather_full_state,
+    is_sharded,
+    parameter_share,
+    whole_tensor,
+)
 from kubetune_trainer.training.strength import StrengthChoice
 
 log = logging.getLogger(__name__)
@@ -130,16 +138,27 @@ class KeepBest(TrainerCallback):
     travels inside each checkpoint, so a resumed run still ends on the best weights.
     """
 
-    def __init__(self, model: Any, patience: int) -> None:
+    def __init__(self, model: Any, patience: int, *, keeps_snapshot: bool = True) -> None:
         self.model = model
         self.patience = patience
+        self.keeps_snapshot = keeps_snapshot
         self.best: float | None = None
         self.bad_evals = 0
         self.snapshot: dict[str, Any] | None = None
         self.stopped_early = False
 
-    def _trainable(self) -> dict[str, Any]:
-        return {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters() if p.requires_grad}
+    def _trainable(self) -> dict[str, Any] | None:
+        # Under FSDP a parameter is this rank's shard: every rank evaluates, so each takes part in
+        # gathering the whole tensor, one at a time (all at once would hold a full copy on every rank);
+        # rank 0 alone keeps them and restores them into the unsharded model at the end (the other
+        # ranks neither save nor publish).
+        snapshot = {}
+        for name, parameter in self.model.named_parameters():
+            if parameter.requires_grad:
+                whole = whole_tensor(parameter).detach()
+                if self.keeps_snapshot:  # a gathered tensor is already a copy of its own
+                    snapshot[name] = whole.to("cpu", copy=not is_sharded(parameter))
+        return snapshot if self.keeps_snapshot else None
 
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any
@@ -203,9 +222,10 @@ class TraceMicroSteps(TrainerCallback):
         print(f"kubetune-microstep step={state.global_step} substep=end", file=sys.stderr, flush=True)
 
 
-def _arguments(config: TrainConfig, has_validation: bool) -> TrainingArguments:
+def _arguments(config: TrainConfig, has_validation: bool, model: Any) -> TrainingArguments:
     hp = config.resolved.hyperparameters
     distributed = config.environment.distributed
+    sharding = fsdp_arguments(model) if hp.sharding == Sharding.FSDP else {}
     return TrainingArguments(
         output_dir=str(config.output_dir / "trainer"),
         num_train_epochs=hp.epochs,
@@ -238,6 +258,7 @@ def _arguments(config: TrainConfig, has_validation: bool) -> TrainingArguments:
         train_sampling_strategy="random" if hp.packing else "group_by_length",
         label_names=["labels"],
         prediction_loss_only=True,  # validation needs the loss only, not every logit gathered
+        **sharding,
     )
 
 
@@ -304,6 +325,20 @@ def _train_privately(
     return outcome
 
 
+def _unsharded(trainer: Any, config: TrainConfig) -> Any | None:
+    """FSDP's trained weights as an ordinary model on rank 0, which evaluates and exports alone (the
+    other ranks get None once they have taken part in gathering them). The optimizer's state, stored
+    with the last checkpoint and needed no more, is dropped first: rank 0 is about to hold the full
+    weights twice (gathered, and the model rebuilt from them)."""
+    trainer.optimizer.state.clear()
+    full = gather_full_state(trainer.model, main=config.environment.is_main_process)
+    if full is None:
+        return None
+    model, _ = load_for_training(config.model_dir, config.resolved, device=config.device, bf16=config.bf16)
+    model.load_state_dict(full)
+    return model
+
+
 def train(config: TrainConfig) -> TrainOutcome:
     resolved = config.resolved
     hp = resolved.hyperparameters
@@ -353,7 +388,7 @@ def train(config: TrainConfig) -> TrainOutcome:
     meter = TokenMeter()
     world_size = config.environment.world_size
 
-    keep_best = KeepBest(model, hp.early_stopping_patience)
+    keep_best = KeepBest(model, hp.early_stopping_patience, keeps_snapshot=config.environment.is_main_process)
     sigterm = StopOnSigterm()
     adalora = (
         AdaLoraSchedule(model, resolved.adalora.orthogonality_weight)
@@ -362,7 +397,11 @@ def train(config: TrainConfig) -> TrainOutcome:
     )
     # Callbacks that write into a checkpoint come before the one that uploads it.
     writers: list[TrainerCallback] = [keep_best] if adalora is None else [keep_best, adalora]
-    callbacks = [*writers, UploadCheckpoints(config.checkpoints, config.on_checkpoint), sigterm]
+    callbacks = [
+        *writers,
+        UploadCheckpoints(config.checkpoints, config.on_checkpoint, sharded=hp.sharding == Sharding.FSDP),
+        sigterm,
+    ]
     if anchor is not None:
         callbacks.append(anchor)
     if config.on_progress is not None or config.on_metrics is not None:
@@ -380,7 +419,7 @@ def train(config: TrainConfig) -> TrainOutcome:
     trainer = trainer_class(
         meter=meter,
         model=model,
-        args=_arguments(config, eval_rows is not None),
+        args=_arguments(config, eval_rows is not None, model),
         train_dataset=train_rows,
         eval_dataset=eval_rows,
         data_collator=collator,
@@ -406,6 +445,15 @@ def train(config: TrainConfig) -> TrainOutcome:
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     runtime = max(time.perf_counter() - started, 1e-9)
+    held, total = parameter_share(trainer.model)
+    peak = _peak_memory(config.device)
+    log.info(
+        "parameters held by process %s: %d of %d elements; peak memory %d bytes",
+        config.environment.rank,
+        held,
+        total,
+        peak,
+    )
     state = trainer.state
     resumed_step = int(resume.name.split("-")[1]) if resume is not None else None
 
@@ -420,7 +468,7 @@ def train(config: TrainConfig) -> TrainOutcome:
         stopped_early=keep_best.stopped_early,
         best_eval_loss=keep_best.best,
         padding_fraction=meter.counts.padding_ratio,
-        peak_memory_bytes=_peak_memory(config.device),
+        peak_memory_bytes=peak,
         preempted=sigterm.requested,
         token_counts=meter.counts,
         train_seconds=runtime,
@@ -431,12 +479,17 @@ def train(config: TrainConfig) -> TrainOutcome:
     if sigterm.requested:
         return outcome
 
+    unwrapped = trainer.model
+    if hp.sharding == Sharding.FSDP:
+        unwrapped = _unsharded(trainer, config)
+        if unwrapped is None:  # the other ranks' part ends with the gathering
+            return outcome
+        outcome.model = keep_best.model = unwrapped
     keep_best.restore()
     if adalora is not None:
         adalora.finish()
     if anchor is not None and ewc_record is not None:
         outcome.ewc = {**ewc_record, "penaltyAtEnd": anchor.penalty()}
-    unwrapped = trainer.model
     if trainer.is_world_process_zero():
         outcome.trained_dir.mkdir(parents=True, exist_ok=True)
         unwrapped.save_pretrained(outcome.trained_dir, safe_serialization=True)

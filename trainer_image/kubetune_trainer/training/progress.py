@@ -15,6 +15,7 @@ from kubetune.api.v1alpha1 import Progress
 from kubetune_trainer.reporting import TrainingMetrics
 from kubetune_trainer.tensors.batching import MeteredCollator, TokenCounts, TokenMeter
 from kubetune_trainer.training.loss import LabelledPositionsTrainer
+from kubetune_trainer.training.sharding import shard_on_cpu
 
 
 class MeteredTrainer(LabelledPositionsTrainer):
@@ -27,6 +28,10 @@ class MeteredTrainer(LabelledPositionsTrainer):
     def __init__(self, *args: Any, meter: TokenMeter, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.meter = meter
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        shard_on_cpu(self)
 
     def get_train_dataloader(self) -> Any:
         plain = self.data_collator  # type: ignore[has-type]  # transformers is not followed by mypy
