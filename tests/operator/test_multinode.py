@@ -67,7 +67,7 @@ def test_several_nodes_make_an_indexed_job_that_rendezvous_at_pod_0() -> None:
     requests = pod["containers"][0]["resources"]["requests"]
     assert requests["nvidia.com/gpu"] == "2", "each pod asks for one node's GPUs"
     env = {variable["name"]: variable.get("value") for variable in pod["containers"][0]["env"]}
-    # A fresh store for each round of restarts (children.group_env says why).
+    # A fresh store for each round of restarts (contract.GROUP_ENV says why).
     assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
 
 

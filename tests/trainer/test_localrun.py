@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from kubetune.api.contract import EXIT_CONFIG
 from kubetune.api.manifest import ManifestError, parse_manifest
 from kubetune.api.v1alpha1 import FineTuneJob
+from kubetune_trainer.cli import main
 from kubetune_trainer.localrun import PathMapping, localize
 from tests.builders import minimal_spec
 
@@ -47,3 +50,34 @@ def test_in_pod_paths_are_mapped_and_others_kept(tmp_path: Path) -> None:
         f"file://{tmp_path.resolve()}/x.jsonl",
         "file:///data/y.jsonl",
     ]
+
+
+def write_manifest(folder: Path, **fields: object) -> Path:
+    document = {"apiVersion": "kubetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "m"}}
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump({**document, "spec": minimal_spec(**fields)}))
+    return path
+
+
+def test_nodes_refuses_a_job_that_cannot_run_on_several_before_starting_any(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kubetune run --nodes 2`` checks the manifest it would give the nodes as every path checks it."""
+    manifest = write_manifest(tmp_path, privacy={"targetEpsilon": 8})
+    work = tmp_path / "work"
+    assert main(["run", str(manifest), "--nodes", "2", "--workdir", str(work)]) == EXIT_CONFIG
+    error = capsys.readouterr().err
+    assert "spec.resources.nodes" in error and "privacy trains in one process" in error, error
+    assert not list(work.glob("node-*")), "no node started"
+
+
+def test_nodes_refuses_the_options_the_pods_command_does_not_take(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = write_manifest(tmp_path)
+    for extra in (["--max-steps", "1"], ["-o", "json"]):
+        assert main(["run", str(manifest), "--nodes", "2", "--workdir", str(tmp_path / "work"), *extra]) == EXIT_CONFIG
+        assert "--nodes runs the pods' own command" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["run", str(manifest), "--nodes", "0"])
+    assert refused.value.code == EXIT_CONFIG

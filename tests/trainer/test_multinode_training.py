@@ -93,6 +93,33 @@ def train_on_two_nodes(folder: Path, model_dir: Path, **resources: object) -> tu
     return finished(folder, start_two_pods(folder, model_dir, **resources))
 
 
+def kubetune_run_on_two_nodes(folder: Path, model_dir: Path, **resources: object) -> tuple[str, Path]:
+    """``kubetune run --nodes 2`` on the one-node manifest, as a user exercises the multi-node path on a
+    laptop: node 0 logs to the command's stderr, node 1 to its file."""
+    folder.mkdir()
+    job = multiprocess_job(
+        folder,
+        model_dir,
+        resources={"gpus": 0, **resources},
+        hyperparameters=HYPERPARAMETERS,
+        checkpoint={"everySteps": 2},
+    )
+    assert "nodes" not in yaml.safe_load(job.read_text())["spec"]["resources"]
+    kubetune = str(Path(sys.executable).parent / "kubetune")
+    done = subprocess.run(
+        [kubetune, "run", str(job), "--nodes", "2", "--workdir", str(folder / "work")],
+        capture_output=True,
+        text=True,
+        timeout=380,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    logs = done.stderr + (folder / "work" / "node-1.log").read_text()
+    assert done.returncode == 0, logs[-3000:]
+    assert yaml.safe_load((folder / "work" / "job.yaml").read_text())["spec"]["resources"]["nodes"] == 2
+    (version,) = [p for p in (folder / "out").iterdir() if p.name.startswith("v")]
+    return logs, version
+
+
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[str, Path]:
     """An uninterrupted two-node FSDP run: its logs and its published version."""
@@ -120,7 +147,8 @@ def adapter_weights(version: Path) -> dict[str, torch.Tensor]:
 def test_two_nodes_train_as_one_group_sharded_or_not_and_rank_0_alone_publishes(
     tmp_path: Path, tiny_model_dir: Path, sharded_run: tuple[str, Path]
 ) -> None:
-    logs, replicated = train_on_two_nodes(tmp_path / "ddp", tiny_model_dir, sharding="none")
+    """The operator's pods shard (fsdp); ``kubetune run --nodes 2`` replicates (none) the same job."""
+    logs, replicated = kubetune_run_on_two_nodes(tmp_path / "ddp", tiny_model_dir, sharding="none")
     assert "process 0 of 2" in logs and "process 1 of 2" in logs, "a rank on each node trained"
     assert [held / total for held, total in shares(logs)] == [1.0, 1.0], "DDP: every process holds every weight"
     logs, sharded = sharded_run

@@ -1,7 +1,8 @@
 """``kubetune``: the trainer's command line, on a laptop and in the pod.
 
 - ``kubetune run job.yaml``: the whole job locally (no cluster), with progress bars, stage
-  timings and a base-vs-tuned table at the end.
+  timings and a base-vs-tuned table at the end. ``--nodes 2``: as a job of two nodes, two local
+  torchrun agents running the pods' command (``kubetune_trainer.localgroup``).
 - ``kubetune preflight --job /etc/kubetune/job.yaml``: the CPU-only pre-flight Job.
 - ``kubetune train --job /etc/kubetune/job.yaml``: the training Job (also under torchrun).
 - ``kubetune validate job.yaml ...``: check manifests against the API, nothing else.
@@ -52,7 +53,18 @@ def _run(args: argparse.Namespace) -> int:
     mappings = list(args.map) + default_mappings(args.manifest)
     for mapping in mappings:
         print(f"mapping file://{mapping.pod_prefix}/ -> {mapping.local_dir.resolve()}/", file=sys.stderr)
-    return _run_locally(args, localize(job, mappings, args.output_dir), max_steps=args.max_steps)
+    job = localize(job, mappings, args.output_dir)
+    if args.nodes > 1:
+        from kubetune_trainer.localgroup import run_group
+
+        if args.max_steps is not None or wants_document(args):
+            print(
+                "kubetune run: --nodes runs the pods' own command, which takes no --max-steps or --output",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        return run_group(job, args.nodes, args.workdir)
+    return _run_locally(args, job, max_steps=args.max_steps)
 
 
 def _run_locally(
@@ -192,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", type=Path, default=Path(".kubetune-work"), help="scratch folder (checkpoints, exports)"
     )
     run.add_argument("--max-steps", type=int, default=None, help="stop training after N optimizer steps (smoke runs)")
+    run.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        choices=range(1, 9),
+        metavar="N",
+        help="run as a job of resources.nodes N: N local torchrun agents on the CPU, the pods' own command (1-8)",
+    )
     add_output_option(run)
     run.set_defaults(handler=_run)
 

@@ -22,6 +22,32 @@ from __future__ import annotations
 # --- A job on more than one node ---------------------------------------------------------------
 RENDEZVOUS_PORT = 29400
 """The port of torchrun's c10d rendezvous store, which the agent on pod 0 of a multi-node job hosts."""
+GROUP_RESTARTS = 3
+"""How often torchrun's elastic agents restart the whole group after a process fails, before the pod
+fails and the Job's per-index backoff takes over (a new pod for that index)."""
+GROUP_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+"""What the agents of a multi-node group need besides their command. By default torchrun's agents share
+one TCP store between the rendezvous and the training processes' own process group, kept across the
+group's restarts with the keys of the last round still in it; an agent that restarts for another node's
+failure does not count a restart, so the new processes can read the dead ones' addresses (gloo then
+fails to connect, or waits on them: a hang seen in tests/trainer/test_multinode_training.py).
+Unshared, rank 0's process hosts a fresh store every round."""
+
+
+def group_launch(nodes: int, processes_per_node: int, *, endpoint: str, run_id: str) -> list[str]:
+    """torchrun's options for one node of a multi-node group: c10d rendezvous at ``endpoint`` (the host
+    of node 0 and :data:`RENDEZVOUS_PORT` in a cluster), a fixed node count, and the elastic agent
+    restarting the whole group when a process fails. The same for the operator's pods and for
+    ``kubetune run --nodes``."""
+    return [
+        f"--nnodes={nodes}",
+        f"--nproc-per-node={processes_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-id={run_id}",
+        f"--max-restarts={GROUP_RESTARTS}",
+    ]
+
 
 # --- Environment of a trainer container -----------------------------------------------------
 ENV_JOB_NAME = "KUBETUNE_JOB_NAME"

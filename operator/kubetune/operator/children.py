@@ -49,6 +49,7 @@ from kubetune.api.contract import (
     FINETUNEJOB_ANNOTATION,
     GCS_CREDENTIALS_DIR,
     GCS_KEY_FILE,
+    GROUP_ENV,
     HUB_TOKEN_DIR,
     HUB_TOKEN_FILE,
     JOB_FILE,
@@ -75,6 +76,7 @@ from kubetune.api.contract import (
     VERIFICATION_FAIL_JOB_EXIT_CODES,
     WANDB_CREDENTIALS_DIR,
     WANDB_KEY_FILE,
+    group_launch,
 )
 from kubetune.api.quantity import parse_quantity
 from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, AzureSpec, FineTuneJobSpec, GcsSpec, HubSpec, S3Spec
@@ -94,9 +96,6 @@ LOG_ALLOWANCE = "512Mi"
 # in the FINETUNEJOB_ANNOTATION, and ownerReferences carry the uid.
 LABEL_VALUE_LIMIT = 63
 DNS_LABEL_LIMIT = 63
-# How often torchrun's elastic agents restart the whole group after a process fails, before the pod
-# fails and the Job's per-index backoff takes over (a new pod for that index).
-GROUP_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -337,15 +336,10 @@ def _env(owner: Owner, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
 
 
 def group_env(spec: FineTuneJobSpec) -> list[dict[str, Any]]:
-    """What torchrun's agents on several nodes need besides their command. By default the agents share
-    one TCP store between the rendezvous and the training processes' own process group, kept across the
-    group's restarts with the keys of the last round still in it; an agent that restarts for another
-    pod's failure does not count a restart, so the new processes can read the dead ones' addresses
-    (gloo then fails to connect, or waits on them: a hang seen in tests/trainer/test_multinode_training.py).
-    Unshared, rank 0's process hosts a fresh store every round."""
+    """What torchrun's agents on several nodes need besides their command (contract.GROUP_ENV says why)."""
     if spec.resources.nodes == 1:
         return []
-    return [{"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"}]
+    return [{"name": name, "value": value} for name, value in GROUP_ENV.items()]
 
 
 def hub_env(hub: HubSpec, config: OperatorConfig, *, reads: bool) -> list[dict[str, Any]]:
@@ -696,16 +690,8 @@ def training_command(spec: FineTuneJobSpec, *, job_name: str = "", service: str 
     res = spec.resources
     train = ["-m", "kubetune_trainer.cli", "train", "--job", JOB_FILE]
     if res.nodes > 1:
-        return [
-            "torchrun",
-            f"--nnodes={res.nodes}",
-            f"--nproc-per-node={max(1, res.gpus)}",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={job_name}-0.{service}:{RENDEZVOUS_PORT}",
-            f"--rdzv-id={run_id}",
-            f"--max-restarts={GROUP_RESTARTS}",
-            *train,
-        ]
+        endpoint = f"{job_name}-0.{service}:{RENDEZVOUS_PORT}"
+        return ["torchrun", *group_launch(res.nodes, max(1, res.gpus), endpoint=endpoint, run_id=run_id), *train]
     if res.gpus > 1:
         return ["torchrun", "--standalone", f"--nproc-per-node={res.gpus}", *train]
     return ["kubetune", "train", "--job", JOB_FILE]
