@@ -11,7 +11,7 @@ import pytest
 from kubetune.api.v1alpha1 import MethodType, PreflightReport, ResolvedTraining, Sharding
 from kubetune_trainer.hardware import Hardware
 from kubetune_trainer.plan import choose_sharding, preflight_estimate, resolve_training
-from tests.trainer.plans import CPU, L4, NO_REPLAY, SMOL, spec
+from tests.trainer.plans import CPU, L4, NO_REPLAY, SEVEN_B, SMOL, spec
 
 TWO_CPU_NODES = dataclasses.replace(CPU, nodes=2)
 
@@ -55,6 +55,7 @@ def test_a_plan_that_fits_neither_way_names_what_to_change() -> None:
     assert not report.passed and resolved.hyperparameters.sharding == Sharding.FSDP
     for field in ("spec.resources.memory", "spec.resources.nodes", "spec.hyperparameters.batchSize"):
         assert field in report.message, report.message
+    assert "set spec.method.type to lora" in report.message, "full fine-tuning: an adapter trains in less"
     _, unsharded = planned(TWO_CPU_NODES, tight, resources={"nodes": 2, "gpus": 0, "sharding": "none"})
     assert not unsharded.passed and "set spec.resources.sharding to fsdp" in unsharded.message
 
@@ -80,3 +81,17 @@ def test_fsdp_trains_lora_where_auto_would_pick_qlora() -> None:
         auto, two_gpus, train_examples=500, token_lengths=[100] * 500, shape=SMOL, replay=NO_REPLAY
     )
     assert (resolved.method, resolved.hyperparameters.sharding) == (MethodType.QLORA, Sharding.NONE)
+
+
+def test_a_sharded_gpu_plan_that_does_not_fit_suggests_qlora_only_unsharded() -> None:
+    """qlora with fsdp is refused (kubetune does not shard 4-bit weights), so the hint says both."""
+    two_gpu_nodes = dataclasses.replace(L4, nodes=2)
+    job = spec(method={"type": "full"}, resources={"nodes": 2, "gpus": 1, "sharding": "fsdp"})
+    resolved = resolve_training(
+        job, two_gpu_nodes, train_examples=1000, token_lengths=[400] * 1000, shape=SEVEN_B, replay=NO_REPLAY
+    )
+    assert resolved.hyperparameters.sharding == Sharding.FSDP
+    report = preflight_estimate(resolved, SEVEN_B, two_gpu_nodes, train_tokens=400_000, total_memory_limit_gib=None)
+    assert not report.passed
+    assert "set spec.method.type to qlora with spec.resources.sharding none" in report.message, report.message
+    assert "spec.resources.gpuMemory" in report.message

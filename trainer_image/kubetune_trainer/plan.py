@@ -663,8 +663,11 @@ def _memory_hint(method: MethodType, hardware: Hardware, sharded: bool) -> str:
         hints.append("add processes (spec.resources.nodes or spec.resources.gpus)")
     elif hardware.processes > 1 and method != MethodType.QLORA:
         hints.append("set spec.resources.sharding to fsdp")
-    if method != MethodType.QLORA:
-        hints.append("set spec.method.type to qlora" if hardware.device == "cuda" else "use spec.method.type lora")
+    if hardware.device == "cuda" and method != MethodType.QLORA:
+        # kubetune does not shard 4-bit weights (a CEL rule refuses qlora with fsdp)
+        hints.append("set spec.method.type to qlora" + (" with spec.resources.sharding none" if sharded else ""))
+    elif method == MethodType.FULL:
+        hints.append("set spec.method.type to lora")
     hints.append("lower spec.hyperparameters.batchSize or sequenceLength")
     return "; ".join(hints)
 
