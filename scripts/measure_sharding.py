@@ -1,14 +1,19 @@
 """Per-process peak memory of full fine-tuning on two CPU "nodes", unsharded (DDP) and fully sharded
 (FSDP), beside the pre-flight's estimates; then the pre-flight of the same manifest with
 ``resources.memory`` between the two measured figures and ``sharding: auto``, which must choose FSDP.
+Beside them the same job in one process on every core: the baseline of the training throughput each
+two-node run is compared with (the scaling table).
 
-    .venv/bin/python scripts/measure_sharding.py            # SmolLM2-135M-Instruct, about 5 minutes
+    .venv/bin/python scripts/measure_sharding.py            # SmolLM2-135M-Instruct, about 7 minutes
     .venv/bin/python scripts/measure_sharding.py --smoke --base-model /path/to/tiny/model
 
 Each run is the training command the operator builds for ``resources.nodes: 2`` (two torchrun agents,
 c10d rendezvous, the pods' own environment), both agents on this machine over loopback, one thread
-each. A run is stopped once both ranks have logged their training peak (``ru_maxrss``, the process's
-resident high-water mark up to the end of training): evaluation and export are not what is measured.
+each; the baseline is its command for one node (``kubetune train``, no torchrun) with every core's
+thread. A run is stopped once every rank has logged its training peak (``ru_maxrss``, the process's
+resident high-water mark up to the end of training) and its trained tokens and seconds: evaluation and
+export are not what is measured. A group's throughput is its ranks' trained tokens (padding aside) over
+the slowest rank's training seconds.
 Writes ``docs/measurements/sharding.json`` and renders ``docs/measurements/sharding.md``.
 """
 
@@ -40,12 +45,15 @@ NAME = "sharding"
 # Full fine-tuning, no replay (the measured state is the model's, not the data's), one epoch of the
 # first rows: enough optimizer steps for Adam's state to exist and every rank's peak to settle.
 ROWS, SMOKE_ROWS = 64, 24
-PEAK_LINE = re.compile(r"parameters held by process (\d+): (\d+) of (\d+) elements; peak memory (\d+) bytes")
+PEAK_LINE = re.compile(
+    r"parameters held by process (\d+): (\d+) of (\d+) elements; peak memory (\d+) bytes; "
+    r"(\d+) tokens trained in ([\d.]+) s"
+)
 PLAN_LINE = re.compile(r"pre-flight (?:passed|failed): (.*)")
 GIB = 2**30
 
 
-def write_job(folder: Path, *, base_model: str | None, rows: int, sharding: str, memory: str) -> Path:
+def write_job(folder: Path, *, base_model: str | None, rows: int, sharding: str, memory: str, nodes: int = 2) -> Path:
     data = folder / "rows.jsonl"
     data.write_text("".join(EXAMPLE.read_text().splitlines(keepends=True)[:rows]))
     spec: dict[str, Any] = {
@@ -54,7 +62,7 @@ def write_job(folder: Path, *, base_model: str | None, rows: int, sharding: str,
         "hyperparameters": {"epochs": 1, "batchSize": 4, "gradientAccumulationSteps": 1},
         "evaluation": {"forgetting": False},
         "output": {"uri": f"file://{folder}/out/"},
-        "resources": {"nodes": 2, "gpus": 0, "sharding": sharding, "memory": memory},
+        "resources": {"nodes": nodes, "gpus": 0, "sharding": sharding, "memory": memory},
         "storage": {"shmSize": "64Mi"},  # counted in resources.memory, which the auto run sets low
     }
     if base_model:
@@ -86,7 +94,7 @@ def pod_command(job: Path) -> tuple[list[str], dict[str, str]]:
     name = training_job_name(NAME, spec.resources.nodes)
     command = training_command(spec, job_name=name, service=rendezvous_service_name(NAME), run_id="measure")
     pod0, port = f"{name}-0.{rendezvous_service_name(NAME)}:{RENDEZVOUS_PORT}", free_port()
-    local = [str(Path(sys.executable).parent / "torchrun"), *command[1:]]
+    local = [str(Path(sys.executable).parent / command[0]), *command[1:]]  # torchrun, or kubetune on one node
     local = [arg.replace(pod0, f"127.0.0.1:{port}") for arg in local]
     env = {variable["name"]: variable["value"] for variable in group_env(spec)}
     return [str(job) if arg == JOB_FILE else arg for arg in local], env
@@ -105,23 +113,25 @@ def stop(pods: list[subprocess.Popen[bytes]]) -> None:
         pod.wait()
 
 
-def train_until_peaks(folder: Path, job: Path, timeout: float) -> dict[str, Any]:
-    """Both pods until each rank has logged its training peak; then they are stopped."""
+def train_until_peaks(folder: Path, job: Path, timeout: float, *, nodes: int = 2) -> dict[str, Any]:
+    """Every pod until each rank has logged its training peak; then they are stopped. The pods share
+    this machine's cores, divided between them."""
     command, env = pod_command(job)
-    logs = [folder / f"pod-{index}.log" for index in range(2)]
+    logs = [folder / f"pod-{index}.log" for index in range(nodes)]
+    threads = max(1, available_cores() // nodes)
     pods = [
         subprocess.Popen(
             [*command, "--workdir", str(folder / f"node-{index}")],
             stdout=subprocess.DEVNULL,
             stderr=log.open("w"),
-            env={**os.environ, **env, "OMP_NUM_THREADS": "1", "JOB_COMPLETION_INDEX": str(index)},
+            env={**os.environ, **env, "OMP_NUM_THREADS": str(threads), "JOB_COMPLETION_INDEX": str(index)},
             start_new_session=True,
         )
         for index, log in enumerate(logs)
     ]
     started, peaks = time.monotonic(), dict[int, tuple[str, ...]]()
     try:
-        while len(peaks) < 2:
+        while len(peaks) < nodes:
             text = "".join(log.read_text() for log in logs)
             peaks = {int(m[0]): m for m in PEAK_LINE.findall(text)}
             failed = [pod for pod in pods if pod.poll() not in (None, 0)]
@@ -131,14 +141,28 @@ def train_until_peaks(folder: Path, job: Path, timeout: float) -> dict[str, Any]
     finally:
         stop(pods)
     plan = PLAN_LINE.search(logs[0].read_text())
+    ranks = [
+        {
+            "rank": int(rank),
+            "heldElements": int(held),
+            "totalElements": int(total),
+            "peakBytes": int(peak),
+            "trainedTokens": int(tokens),
+            "trainSeconds": float(seconds),
+        }
+        for rank, held, total, peak, tokens, seconds in (peaks[r] for r in sorted(peaks))
+    ]
     return {
         "seconds": round(time.monotonic() - started, 1),
-        "ranks": [
-            {"rank": rank, "heldElements": int(held), "totalElements": int(total), "peakBytes": int(peak)}
-            for rank, held, total, peak in (peaks[r] for r in sorted(peaks))
-        ],
+        "threadsPerProcess": threads,
+        "ranks": ranks,
+        "tokensPerSecond": sum(r["trainedTokens"] for r in ranks) / max(r["trainSeconds"] for r in ranks),
         "preflight": plan.group(1) if plan else None,
     }
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def preflight(folder: Path, job: Path) -> dict[str, Any]:
@@ -183,6 +207,27 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"pre-flight chose **{chosen['sharding']}**: {chosen['report']['message']}",
         "",
     ]
+    single = results["single"]
+    cores = single["threadsPerProcess"]
+    lines += [
+        f"Training speed on the same {cores} cores, one epoch of the same rows (training seconds of the slowest "
+        "rank; trained tokens are the answer tokens the loss is computed on, which the two-node runs' "
+        "sampler pads to equal shares):",
+        "",
+        "| run | processes x threads | peak resident memory (highest rank) | training seconds | trained tokens/s "
+        "| speed against one process |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, run in [("one process (`nodes: 1`)", single)] + [
+        (f"two nodes, sharding {run['sharding']}", run) for run in results["runs"]
+    ]:
+        seconds = max(rank["trainSeconds"] for rank in run["ranks"])
+        baseline = max(rank["trainSeconds"] for rank in single["ranks"])
+        lines.append(
+            f"| {label} | {len(run['ranks'])} x {run['threadsPerProcess']} | {peak_gib(run):.2f} GiB | "
+            f"{seconds:.1f} | {run['tokensPerSecond']:.2f} | {baseline / seconds:.2f} |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -205,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         run["estimateGiB"] = float(estimate.group(1)) if estimate else None
         runs.append(run)
         print(f"{sharding}: peaks {[r['peakBytes'] / GIB for r in run['ranks']]} GiB", file=sys.stderr)
+    folder = args.scratch / "single"
+    folder.mkdir(parents=True, exist_ok=True)
+    single_job = write_job(folder, base_model=args.base_model, rows=rows, sharding="none", memory="64Gi", nodes=1)
+    single = train_until_peaks(folder, single_job, args.timeout, nodes=1)
     between = (peak_gib(runs[0]) + peak_gib(runs[1])) / 2
     memory = f"{round(between * 1024)}Mi"
     folder = args.scratch / "auto"
@@ -221,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.base_model or "SmolLM2-135M-Instruct",
         "rows": rows,
         "runs": runs,
+        "single": single,
         "auto": auto,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

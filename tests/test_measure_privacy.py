@@ -42,3 +42,15 @@ def test_a_record_over_its_budget_is_flagged() -> None:
     (problem,) = measure_privacy.problems(honest)
     assert "over its target" in problem
     assert measure_privacy.problems({**honest, "targetEpsilon": 100.0}) == []
+
+
+def test_the_recorded_measurement_is_what_the_docs_show() -> None:
+    """The page is rendered from the JSON, and docs/privacy.md quotes every recorded run's row."""
+    recorded = ROOT / "docs" / "measurements" / "privacy.json"
+    results = json.loads(recorded.read_text())
+    assert "--smoke" not in results["command"] and results["runs"]
+    assert recorded.with_suffix(".md").read_text() == measure_privacy.render_markdown(results)
+    page = (ROOT / "docs" / "privacy.md").read_text()
+    for run in results["runs"]:
+        assert run["exitCode"] == 0 and run["problems"] == [], run["run"]
+        assert measure_privacy._row(run) in page, run["run"]

@@ -1,5 +1,6 @@
 """``scripts/measure_sharding.py``: the smoke on the tiny model (both shardings through the operator's
-two-node command, each rank's share and peak, the auto pre-flight at a memory between the peaks), and the
+two-node command, each rank's share and peak, the one-process throughput baseline, the auto pre-flight at
+a memory between the peaks), and the
 recorded SmolLM2 measurement: its page rendered from its JSON, FSDP's peaks below DDP's, and the
 pre-flight choosing FSDP at a memory between them."""
 
@@ -29,6 +30,13 @@ def test_the_smoke_measures_both_shardings_and_the_auto_preflight(tmp_path: Path
     assert [round(r["heldElements"] / r["totalElements"], 1) for r in sharded["ranks"]] == [0.5, 0.5]
     assert all(r["peakBytes"] > 0 for run in results["runs"] for r in run["ranks"])
     assert replicated["estimateGiB"] > 0 and sharded["estimateGiB"] > 0
+    # The throughput baseline: one process holding everything; every rank of the groups trained its share.
+    single = results["single"]
+    (alone,) = single["ranks"]
+    assert alone["heldElements"] == alone["totalElements"] and single["threadsPerProcess"] >= 1
+    for run in [*results["runs"], single]:
+        assert run["tokensPerSecond"] > 0
+        assert all(r["trainedTokens"] > 0 and r["trainSeconds"] > 0 for r in run["ranks"]), run["ranks"]
     # On the tiny model the runtime dominates, so the memory between the peaks may fit neither way: the
     # pre-flight's verdict and its exit code must agree either way.
     auto = results["auto"]
@@ -46,4 +54,11 @@ def test_the_recorded_measurement_shows_fsdp_fitting_where_ddp_does_not() -> Non
     assert results["auto"]["sharding"] == "fsdp" and results["auto"]["report"]["passed"]
     page = RECORDED.with_suffix(".md").read_text()
     assert page == measure_sharding.render_markdown(results)
-    assert page.strip() in (ROOT / "docs" / "distributed.md").read_text(), "docs/distributed.md quotes the page"
+    docs = (ROOT / "docs" / "distributed.md").read_text()
+    assert page.strip() in docs, "docs/distributed.md quotes the page"
+    # ...and its scaling paragraph the same seconds and ratios.
+    seconds = [max(r["trainSeconds"] for r in run["ranks"]) for run in [results["single"], *results["runs"]]]
+    words = " ".join(docs.split())
+    assert f"trains the epoch in {seconds[0]:.1f} s" in words
+    for taken, how in zip(seconds[1:], ("unsharded", "sharded"), strict=True):
+        assert f"{taken:.1f} s {how} ({seconds[0] / taken:.2f}" in words, how

@@ -448,11 +448,13 @@ def train(config: TrainConfig) -> TrainOutcome:
     held, total = parameter_share(trainer.model)
     peak = _peak_memory(config.device)
     log.info(
-        "parameters held by process %s: %d of %d elements; peak memory %d bytes",
+        "parameters held by process %s: %d of %d elements; peak memory %d bytes; %d tokens trained in %.2f s",
         config.environment.rank,
         held,
         total,
         peak,
+        meter.counts.trained,
+        runtime,
     )
     state = trainer.state
     resumed_step = int(resume.name.split("-")[1]) if resume is not None else None
