@@ -62,13 +62,15 @@ def write_manifest(folder: Path, **fields: object) -> Path:
 def test_nodes_refuses_a_job_that_cannot_run_on_several_before_starting_any(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``kubetune run --nodes 2`` checks the manifest it would give the nodes as every path checks it."""
+    """``kubetune run --nodes 2`` checks the manifest it would give the nodes as every path checks it;
+    the user's own manifest, here in the work folder itself, is left as it was."""
     manifest = write_manifest(tmp_path, privacy={"targetEpsilon": 8})
-    work = tmp_path / "work"
-    assert main(["run", str(manifest), "--nodes", "2", "--workdir", str(work)]) == EXIT_CONFIG
+    written = manifest.read_bytes()
+    assert main(["run", str(manifest), "--nodes", "2", "--workdir", str(tmp_path)]) == EXIT_CONFIG
     error = capsys.readouterr().err
     assert "spec.resources.nodes" in error and "privacy trains in one process" in error, error
-    assert not list(work.glob("node-*")), "no node started"
+    assert not list(tmp_path.rglob("node-*")), "no node started"
+    assert manifest.read_bytes() == written, "the user's job.yaml in --workdir was overwritten"
 
 
 def test_nodes_refuses_the_options_the_pods_command_does_not_take(

@@ -113,9 +113,10 @@ def kubetune_run_on_two_nodes(folder: Path, model_dir: Path, **resources: object
         timeout=380,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    logs = done.stderr + (folder / "work" / "node-1.log").read_text()
+    group = folder / "work" / "nodes"
+    logs = done.stderr + (group / "node-1.log").read_text()
     assert done.returncode == 0, logs[-3000:]
-    assert yaml.safe_load((folder / "work" / "job.yaml").read_text())["spec"]["resources"]["nodes"] == 2
+    assert yaml.safe_load((group / "job.yaml").read_text())["spec"]["resources"]["nodes"] == 2
     (version,) = [p for p in (folder / "out").iterdir() if p.name.startswith("v")]
     return logs, version
 
