@@ -134,6 +134,12 @@ def shares(logs: str) -> list[tuple[int, int]]:
     return [tuple(int(n) for n in found[rank].split(" of ")) for rank in ("0", "1")]  # type: ignore[misc]
 
 
+def evaluated_by_both_ranks(logs: str) -> bool:
+    """Every rank took part in the evaluation (its share of the batches: evaluation/sharing.py)."""
+    found = re.findall(r"evaluation shared by 2 processes: process (\d) scored \d+ of \d+ batches", logs)
+    return sorted(found) == ["0", "1"]
+
+
 def losses(version: Path) -> list[float]:
     history = json.loads((version / "reports" / "training_history.json").read_text())
     return [entry["loss"] for entry in history if "loss" in entry]
@@ -152,11 +158,13 @@ def test_two_nodes_train_as_one_group_sharded_or_not_and_rank_0_alone_publishes(
     logs, replicated = kubetune_run_on_two_nodes(tmp_path / "ddp", tiny_model_dir, sharding="none")
     assert "process 0 of 2" in logs and "process 1 of 2" in logs, "a rank on each node trained"
     assert [held / total for held, total in shares(logs)] == [1.0, 1.0], "DDP: every process holds every weight"
+    assert evaluated_by_both_ranks(logs), logs[-3000:]
     logs, sharded = sharded_run
     assert "process 0 of 2" in logs and "process 1 of 2" in logs
     manifests = [json.loads((version / "manifest.json").read_text()) for version in (replicated, sharded)]
     assert [m["resolved"]["hyperparameters"]["sharding"] for m in manifests] == ["none", "fsdp"]
     assert [held / total for held, total in shares(logs)] == pytest.approx([0.5, 0.5], abs=0.02), "each holds half"
+    assert evaluated_by_both_ranks(logs), "rank 1 rebuilt the model from rank 0's weights to evaluate"
     # The same global batch, steps and seed: sharding changes where the state lives, not what is learned.
     assert len(losses(sharded)) == len(losses(replicated)) >= 2
     assert losses(sharded) == pytest.approx(losses(replicated), rel=1e-3)

@@ -71,7 +71,7 @@ def group_environment(nodes: int) -> dict[str, str]:
 
 
 def run_group(job: FineTuneJob, nodes: int, workdir: Path) -> int:
-    """Train ``job`` on ``nodes`` local nodes; node 0 (rank 0: it evaluates and publishes) logs to this
+    """Train ``job`` on ``nodes`` local nodes; node 0 (rank 0: it publishes) logs to this
     terminal, the others to ``<workdir>/nodes/node-<i>.log``. The exit code is the first failing node's."""
     folder = workdir / GROUP_FOLDER
     job_file = write_group_manifest(job, nodes, folder)

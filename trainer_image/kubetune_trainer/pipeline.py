@@ -123,6 +123,7 @@ def _run_stages(ctx: RunContext) -> Exit:
     # Imported when a run starts, not with the CLI: the stages pull in torch and transformers, which
     # `kubetune validate` never needs. (Not a hidden cycle: the stages never import the pipeline.)
     from kubetune_trainer import steps
+    from kubetune_trainer.evaluation.sharing import shared_between_ranks
 
     with ctx.clock.stage("model"):
         model = steps.prepare_base_model(ctx)
@@ -150,12 +151,15 @@ def _run_stages(ctx: RunContext) -> Exit:
         outcome = steps.train(ctx, model, data, resolved)
     if outcome.preempted:
         return Exit(outcome.exit_code, "Preempted: stopped on SIGTERM after a checkpoint; the next pod resumes from it")
+    # Every rank holds the trained model and takes a share of the evaluation's batches; rank 0 alone
+    # profiles, exports and publishes.
+    with shared_between_ranks(ctx.environment.rank, ctx.environment.world_size):
+        with ctx.clock.stage("strength"):
+            steps.choose_adapter_strength(ctx, model, data, resolved, outcome)
+        with ctx.clock.stage("evaluate"):
+            evaluation, subject = steps.evaluate(ctx, model, data, resolved, outcome)
     if not ctx.is_main_process:
         return Exit(EXIT_OK)
-    with ctx.clock.stage("strength"):
-        steps.choose_adapter_strength(ctx, model, data, resolved, outcome)
-    with ctx.clock.stage("evaluate"):
-        evaluation, subject = steps.evaluate(ctx, model, data, resolved, outcome)
     with ctx.clock.stage("profile"):
         steps.reference_profile(ctx, model, data, resolved, subject)
     with ctx.clock.stage("export"):

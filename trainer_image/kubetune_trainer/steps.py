@@ -40,6 +40,7 @@ from kubetune_trainer.errors import ConfigurationError
 from kubetune_trainer.evaluation.forgetting import FORGETTING_MAX_LENGTH, RegressionItem, RegressionSet
 from kubetune_trainer.evaluation.report import EvaluationReport, plot_loss_curve
 from kubetune_trainer.evaluation.scoring import SideScores, TokenLoss
+from kubetune_trainer.evaluation.sharing import cached_on_rank0
 from kubetune_trainer.general_answers import (
     AnswerKey,
     BaseAnswers,
@@ -241,13 +242,17 @@ def _general_answers(
         with context:
             return generate_with(subject, model.tokenizer, model.chat_template)(asked)
 
-    answers = base_answers(
-        _answer_key(model, method, prompts),
-        [*prompts.regression, *prompts.replay],
-        generate,
-        cache_dir=ctx.environment.cache,
-        store=ctx.store,
-        output_uri=ctx.spec.output.uri,
+    everything = [*prompts.regression, *prompts.replay]
+    answers = cached_on_rank0(
+        lambda compute: base_answers(
+            _answer_key(model, method, prompts),
+            everything,
+            lambda asked: compute(),
+            cache_dir=ctx.environment.cache,
+            store=ctx.store,
+            output_uri=ctx.spec.output.uri,
+        ),
+        lambda: generate(everything),
     )
     return prompts, answers
 
@@ -635,7 +640,8 @@ def choose_adapter_strength(
 
         choice = choose_scale(score_at, strengths)
     set_scale(tuned, choice.scale)
-    publish_scale(tuned, outcome.trained_dir, choice.scale)
+    if ctx.is_main_process:  # the one that publishes (every rank chooses, in step: evaluation/sharing.py)
+        publish_scale(tuned, outcome.trained_dir, choice.scale)
     outcome.strength = choice
     log.info("adapter strength %.2f (%s) %s", choice.scale, choice.how, choice.scores or "")
 
@@ -665,6 +671,8 @@ def evaluate(
         # DPO's implicit reward is scaled by its beta; ORPO has no reference, and its rewards are plain log ratios.
         reward_beta=resolved.objective.beta if isinstance(resolved.objective, ResolvedDpoObjective) else 1.0,
     )
+    if not ctx.is_main_process:  # it took its share of the scoring (evaluation/sharing.py); rank 0 reports
+        return report, subject
     reports = ctx.workdir / "artifacts" / "reports"
     report.write(reports)
     plot_loss_curve(outcome.history, reports / "loss_curve.png")

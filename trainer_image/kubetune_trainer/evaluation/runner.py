@@ -30,6 +30,7 @@ from kubetune_trainer.evaluation.scoring import (
     generate,
     score_examples,
 )
+from kubetune_trainer.evaluation.sharing import cached_on_rank0
 from kubetune_trainer.general_prompts import ANSWER_MAX_NEW_TOKENS
 
 GENERATION_METRICS = {Metric.ROUGE_L, Metric.BLEU, Metric.EXACT_MATCH, Metric.ACCURACY, Metric.F1}
@@ -230,7 +231,9 @@ def evaluate(
         return score(subject.as_base(), chosen, needs_text)
 
     if base_test_scores is not None and chosen:
-        base = base_test_scores(chosen, spec.max_new_tokens if needs_text else None, base_now)
+        cached_base = base_test_scores
+        answer_tokens = spec.max_new_tokens if needs_text else None
+        base = cached_on_rank0(lambda compute: cached_base(chosen, answer_tokens, compute), base_now)
     else:
         base = base_now()
     tuned = score(subject.as_tuned(), chosen, needs_text)
@@ -253,7 +256,9 @@ def evaluate(
         def base_likelihoods() -> list[TokenLoss]:
             return score(subject.as_base(), regression.examples, False, length=FORGETTING_MAX_LENGTH).losses
 
-        base_losses = regression.base_scores(base_likelihoods) if regression.base_scores else base_likelihoods()
+        base_losses = (
+            cached_on_rank0(regression.base_scores, base_likelihoods) if regression.base_scores else base_likelihoods()
+        )
         tuned_reg = score(subject.as_tuned(), regression.examples, False, length=FORGETTING_MAX_LENGTH)
         forgetting.likelihood = compare_likelihood(base_losses, tuned_reg.losses, spec.max_regression, seed=seed)
         known = regression.known

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from kubetune_trainer.data.types import Example
+from kubetune_trainer.evaluation.sharing import gathered, my_batches
 from kubetune_trainer.tensors.batching import padding_id
 from kubetune_trainer.tensors.encode import IGNORE_INDEX, encode_example, prompt_ids
 from kubetune_trainer.tensors.positions import keeps_selected_logits, labelled_positions
@@ -117,7 +118,8 @@ def score_examples(
     select_labelled = keeps_selected_logits(model)
     results: dict[int, TokenLoss] = {}
     starts: dict[int, GreedyStart | None] = {}
-    for batch in length_batches([len(e) for e in encoded], max_rows=batch_size, max_tokens=max_batch_tokens):
+    batches = length_batches([len(e) for e in encoded], max_rows=batch_size, max_tokens=max_batch_tokens)
+    for batch in my_batches(batches):  # all of them in one process (evaluation/sharing.py)
         chunk = [encoded[i] for i in batch]
         width = max(len(e) for e in chunk)
         ids = torch.tensor([e.input_ids + [pad] * (width - len(e)) for e in chunk], device=device)
@@ -147,7 +149,8 @@ def score_examples(
                 if start is None
                 else _greedy_start(encoded[index].input_ids, chosen_rows[row], start, tokenizer.eos_token_id)
             )
-    return [results[i] for i in range(len(encoded))], [starts[i] for i in range(len(encoded))]
+    everyone = gathered({i: (results[i], starts[i]) for i in results})
+    return [everyone[i][0] for i in range(len(encoded))], [everyone[i][1] for i in range(len(encoded))]
 
 
 def _answer_start(example: Example, tokenizer: Any, chat_template: str | None, input_ids: Sequence[int]) -> int | None:
@@ -238,7 +241,8 @@ def generate(
         i for i, start in enumerate(begun) if not (start and (start.finished or len(start.tokens) >= max_new_tokens))
     ]
     lengths = [len(prompts[i]) + max_new_tokens for i in pending]
-    for batch in length_batches(lengths, max_rows=batch_size, max_tokens=max_batch_tokens):
+    decoded: dict[int, list[int]] = {}
+    for batch in my_batches(length_batches(lengths, max_rows=batch_size, max_tokens=max_batch_tokens)):
         rows = [pending[j] for j in batch]
         continued = _greedy_decode(
             model,
@@ -248,7 +252,8 @@ def generate(
             eos=tokenizer.eos_token_id,
         )
         for index, tokens in zip(rows, continued, strict=True):
-            answers[index].extend(tokens)
+            decoded[index] = answers[index] + tokens
+    answers.update(gathered(decoded))
     return [tokenizer.decode(answers[i], skip_special_tokens=True).strip() for i in range(len(prompts))]
 
 
@@ -322,7 +327,7 @@ def _generate_with_transformers(
     device = _device(model)
     outputs: dict[int, str] = {}
     lengths = [len(p) + max_new_tokens for p in prompts]
-    for batch in length_batches(lengths, max_rows=batch_size, max_tokens=max_batch_tokens):
+    for batch in my_batches(length_batches(lengths, max_rows=batch_size, max_tokens=max_batch_tokens)):
         chunk = [prompts[i] for i in batch]
         width = max(len(p) for p in chunk)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
@@ -339,4 +344,5 @@ def _generate_with_transformers(
         )
         for index, row in zip(batch, generated[:, width:], strict=True):
             outputs[index] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    outputs = gathered(outputs)
     return [outputs[i] for i in range(len(prompts))]

@@ -53,6 +53,7 @@ from kubetune_trainer.training.preference import (
 )
 from kubetune_trainer.training.progress import MeteredTrainer, ReportProgress, host_memory_peak_bytes
 from kubetune_trainer.training.sharding import (
+    copy_trained_from_rank0,
     fsdp_arguments,
     gather_full_state,
     is_sharded,
@@ -325,17 +326,17 @@ def _train_privately(
     return outcome
 
 
-def _unsharded(trainer: Any, config: TrainConfig) -> Any | None:
-    """FSDP's trained weights as an ordinary model on rank 0, which evaluates and exports alone (the
-    other ranks get None once they have taken part in gathering them). The optimizer's state, stored
-    with the last checkpoint and needed no more, is dropped first: rank 0 is about to hold the full
-    weights twice (gathered, and the model rebuilt from them)."""
+def _unsharded(trainer: Any, config: TrainConfig) -> Any:
+    """FSDP's trained weights as an ordinary model: rank 0 loads the gathered full state; the other
+    ranks build the same model, whose trained weights rank 0 sends them next (``copy_trained_from_rank0``),
+    to take their share of the evaluation (a model sized for inference: no optimizer state, no gradients).
+    The optimizer's state, stored with the last checkpoint and needed no more, is dropped first: rank 0
+    is about to hold the full weights twice (gathered, and the model rebuilt from them)."""
     trainer.optimizer.state.clear()
     full = gather_full_state(trainer.model, main=config.environment.is_main_process)
-    if full is None:
-        return None
     model, _ = load_for_training(config.model_dir, config.resolved, device=config.device, bf16=config.bf16)
-    model.load_state_dict(full)
+    if full is not None:
+        model.load_state_dict(full)
     return model
 
 
@@ -484,15 +485,18 @@ def train(config: TrainConfig) -> TrainOutcome:
     unwrapped = trainer.model
     if hp.sharding == Sharding.FSDP:
         unwrapped = _unsharded(trainer, config)
-        if unwrapped is None:  # the other ranks' part ends with the gathering
-            return outcome
         outcome.model = keep_best.model = unwrapped
+    # Rank 0's model is the one published; the other ranks, which take a share of the evaluation, get
+    # its final weights (under FSDP theirs is a fresh model, built for that).
+    main = config.environment.is_main_process
     keep_best.restore()
-    if adalora is not None:
+    if adalora is not None and main:
         adalora.finish()
-    if anchor is not None and ewc_record is not None:
+    if anchor is not None and ewc_record is not None and main:
         outcome.ewc = {**ewc_record, "penaltyAtEnd": anchor.penalty()}
-    if trainer.is_world_process_zero():
+    if world_size > 1:
+        copy_trained_from_rank0(unwrapped)
+    if main:
         outcome.trained_dir.mkdir(parents=True, exist_ok=True)
         unwrapped.save_pretrained(outcome.trained_dir, safe_serialization=True)
         tokenizer.save_pretrained(outcome.trained_dir)

@@ -1,5 +1,6 @@
 """Fully sharded data parallelism (``resources.sharding: fsdp``): transformers' FSDP2 option through
-accelerate, also on CPU with gloo, and the whole model back on rank 0 for evaluation and export.
+accelerate, also on CPU with gloo, and the whole model back on every rank for evaluation (shared
+between them, evaluation/sharing.py) and on rank 0 for export.
 
 Checkpoints are sharded (PyTorch distributed checkpoint: each rank writes its own shard files and
 uploads them, training/checkpoints.py) and resume on any number of processes.
@@ -69,6 +70,18 @@ def gather_full_state(sharded: Any, *, main: bool) -> dict[str, Any] | None:
 
     full = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return full if main else None
+
+
+def copy_trained_from_rank0(model: Any) -> None:
+    """Give every rank rank 0's trained weights (a collective): the evaluation that follows is shared
+    between the ranks and must score one model. Only trainable tensors travel (LoRA's adapter, or every
+    weight in full fine-tuning); the frozen ones were read from the same files on every rank. Rank 0's
+    may differ from the others' after training: it alone keeps the early-stopping snapshot it restores."""
+    import torch.distributed as dist
+
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            dist.broadcast(parameter.data, src=0)
 
 
 def written_by(path: Path) -> int | None:
