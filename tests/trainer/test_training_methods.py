@@ -124,5 +124,7 @@ def test_two_process_ddp_on_cpu(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "work" / "training" / "trained" / "adapter_model.safetensors").exists()
     versions = [p for p in (tmp_path / "out").iterdir() if p.name.startswith("v")]
-    assert len(versions) == 1, "only rank 0 evaluates and publishes"
+    assert len(versions) == 1, "only rank 0 publishes"
     assert "process 0 of 2" in result.stderr and "process 1 of 2" in result.stderr, "both ranks trained"
+    for rank in (0, 1):
+        assert f"evaluation shared by 2 processes: process {rank} scored" in result.stderr, "both ranks evaluated"
