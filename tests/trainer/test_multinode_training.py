@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,9 +50,27 @@ def as_the_kubelet_runs_it(command: list[str], job_file: Path, port: int) -> lis
 HYPERPARAMETERS = {"epochs": 2, "batchSize": 2, "gradientAccumulationSteps": 2, "packing": False}
 
 
-def start_two_pods(folder: Path, model_dir: Path, **resources: object) -> list[subprocess.Popen[str]]:
-    """The two pods of a ``resources.nodes: 2`` job, each with its own scratch and its log in
-    ``folder/pod-<index>.log`` (micro-steps traced)."""
+@dataclass
+class JobPods:
+    """The pods of a ``resources.nodes: 2`` job's Indexed Job as the kubelet runs them: every pod of an
+    index (the first and any replacement) runs the same command, pod 0's name at the same address, with
+    its own scratch, its log appended to ``folder/pod-<index>.log`` (micro-steps traced)."""
+
+    folder: Path
+    command: list[str]
+    environment: dict[str, str]
+
+    def start(self, index: int, scratch: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*self.command, "--workdir", str(self.folder / scratch)],  # each pod's own scratch
+            stdout=subprocess.DEVNULL,
+            stderr=(self.folder / f"pod-{index}.log").open("a"),
+            text=True,
+            env={**self.environment, "JOB_COMPLETION_INDEX": str(index)},
+        )
+
+
+def job_pods(folder: Path, model_dir: Path, **resources: object) -> JobPods:
     folder.mkdir()
     job = multiprocess_job(
         folder,
@@ -64,19 +83,14 @@ def start_two_pods(folder: Path, model_dir: Path, **resources: object) -> list[s
     command = training_command(
         spec, job_name=training_job_name("tickets", 2), service=rendezvous_service_name("tickets"), run_id="run-1"
     )
-    local = as_the_kubelet_runs_it(command, job, free_port())
     pod_env = {variable["name"]: variable["value"] for variable in group_env(spec)}
     environment = {**os.environ, **pod_env, "OMP_NUM_THREADS": "1", "KUBETUNE_TRACE_MICROSTEPS": "1"}
-    return [
-        subprocess.Popen(
-            [*local, "--workdir", str(folder / f"node-{index}")],  # each pod's own scratch
-            stdout=subprocess.DEVNULL,
-            stderr=(folder / f"pod-{index}.log").open("w"),
-            text=True,
-            env={**environment, "JOB_COMPLETION_INDEX": str(index)},
-        )
-        for index in range(2)
-    ]
+    return JobPods(folder, as_the_kubelet_runs_it(command, job, free_port()), environment)
+
+
+def start_two_pods(folder: Path, model_dir: Path, **resources: object) -> list[subprocess.Popen[str]]:
+    pods = job_pods(folder, model_dir, **resources)
+    return [pods.start(index, f"node-{index}") for index in range(2)]
 
 
 def finished(folder: Path, pods: list[subprocess.Popen[str]]) -> tuple[str, Path]:
@@ -85,7 +99,7 @@ def finished(folder: Path, pods: list[subprocess.Popen[str]]) -> tuple[str, Path
         pod.wait(timeout=380)
         assert pod.returncode == 0, (folder / f"pod-{index}.log").read_text()[-3000:]
     versions = [p for p in (folder / "out").iterdir() if p.name.startswith("v")]
-    assert len(versions) == 1, "only rank 0 evaluates and publishes"
+    assert len(versions) == 1, "only rank 0 publishes"
     return "".join((folder / f"pod-{index}.log").read_text() for index in range(2)), versions[0]
 
 
@@ -214,5 +228,58 @@ def test_a_rank_killed_mid_run_restarts_the_group_which_resumes_from_the_sharded
     assert steps[0] == steps[1] >= 6, steps
     expected, got = adapter_weights(sharded_run[1]), adapter_weights(resumed)
     assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-5, rtol=1e-4)
+
+
+def lose(pod: subprocess.Popen[str]) -> None:
+    """The pod gone at once, as with its node: its training process and its torchrun agent killed."""
+    worker = worker_of(pod)
+    pod.kill()
+    os.kill(worker, signal.SIGKILL)
+    pod.wait()
+
+
+REPLACEMENTS = 3  # the Job's per-index backoff limit in this fixture
+
+
+@pytest.mark.timeout(900)
+def test_losing_pod_0_the_rendezvous_host_its_replacement_and_the_group_resume_from_the_checkpoint(
+    tmp_path: Path, tiny_model_dir: Path, sharded_run: tuple[str, Path]
+) -> None:
+    """Pod 0's agent hosts the rendezvous store. Pod 0 lost in step 5 (after step 4's checkpoint): the
+    fixture, playing the Job controller, starts a replacement pod 0 at once (the same name, so the same
+    address, and an empty scratch) and replaces any pod that fails, as the Job's per-index backoff does.
+    Pod 1 is left to do what it does (its agent may fail without the store, or reach the new one):
+    either way the group ends where an uninterrupted run ends, resumed from the sharded checkpoint."""
+    folder = tmp_path / "lost-pod-0"
+    group = job_pods(folder, tiny_model_dir, sharding="fsdp")
+    pods = [group.start(index, f"node-{index}") for index in range(2)]
+    try:
+        wait_for_line(folder / "pod-0.log", "kubetune-microstep step=4 substep=1", timeout=300)
+        lose(pods[0])
+        before_loss = len((folder / "pod-0.log").read_text())
+        started = {0: 1, 1: 0}
+        pods[0] = group.start(0, "pod-0-replacement-1")
+        deadline = time.monotonic() + 600
+        while any(pod.poll() != 0 for pod in pods):
+            for index, pod in enumerate(pods):
+                if pod.poll() not in (None, 0):
+                    assert started[index] < REPLACEMENTS, (folder / f"pod-{index}.log").read_text()[-3000:]
+                    started[index] += 1
+                    pods[index] = group.start(index, f"pod-{index}-replacement-{started[index]}")
+            assert time.monotonic() < deadline, f"the group did not finish; replacements {started}"
+            time.sleep(0.5)
+    finally:
+        for pod in pods:
+            if pod.poll() is None:
+                pod.kill()
+    after_loss = (folder / "pod-0.log").read_text()[before_loss:]
+    resumptions = [line for line in after_loss.splitlines() if "resuming from" in line]
+    assert resumptions and all("checkpoint-4" in line for line in resumptions), after_loss[-3000:]
+    (resumed,) = [p for p in (folder / "out").iterdir() if p.name.startswith("v")]
+    steps = [json.loads((v / "manifest.json").read_text())["training"]["globalStep"] for v in (sharded_run[1], resumed)]
+    assert steps[0] == steps[1] >= 6, steps
+    expected, got = adapter_weights(sharded_run[1]), adapter_weights(resumed)
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, atol=1e-5, rtol=1e-4)
