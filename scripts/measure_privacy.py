@@ -15,7 +15,10 @@ than its target, is flagged and the script exits 1.
 
 Every finished run is written at once to the results file (default ``docs/measurements/privacy.json``)
 with the command, commit, machine, seeds and per-example answers; the same command again measures only
-what is not recorded. DP runs keep no checkpoints, so a run cut short starts again.
+what is not recorded, and a run cut short (the hour's limit, an interrupted invocation) resumes from its
+last checkpoint: DP-SGD saves its whole state, accountant and random generators included, so the resumed
+run spends what one uninterrupted run spends (``training.resumedFromStep`` in its record; its
+``wallSeconds`` is the last invocation's).
 ``docs/measurements/privacy.md`` is rendered from the JSON.
 
 ``--smoke`` runs one private budget on a tiny model and checks the verifier on a planted record: the
@@ -117,7 +120,8 @@ def smoke_data(folder: Path) -> Path:
 
 
 def measure(name: str, job: dict[str, Any], folder: Path) -> dict[str, Any]:
-    clear_unless_resumable(folder, yaml.safe_dump(job, sort_keys=False))
+    if clear_unless_resumable(folder, yaml.safe_dump(job, sort_keys=False)):
+        print(f"{name}: resuming the attempt cut short in {folder}", file=sys.stderr)
     result, wall = run_kubetune(job, folder, DATASETS[TASK].parent)
     record: dict[str, Any] = {
         "run": name,
@@ -137,7 +141,10 @@ def measure(name: str, job: dict[str, Any], folder: Path) -> dict[str, Any]:
         "privacy": privacy,
         "problems": problems(privacy) if privacy else [],
         "resolved": lineage["resolved"],
-        "training": {k: lineage["training"].get(k) for k in ("globalStep", "tokensPerSecond", "peakMemoryBytes")},
+        "training": {
+            k: lineage["training"].get(k)
+            for k in ("globalStep", "resumedFromStep", "tokensPerSecond", "peakMemoryBytes")
+        },
         "perExample": {"test": predictions},
     }
 

@@ -246,6 +246,7 @@ def test_every_other_method_goes_the_operators_whole_way(
             privacy = final["result"]["privacy"]
             assert resolved["privacy"]["mechanism"] == "dp-sgd" and 0 < privacy["epsilon"] <= 8, privacy
             assert privacy["steps"] == resolved["privacy"]["steps"]
+            assert final["progress"].get("trainLoss") is None, "the un-noised loss left the DP mechanism"
         if asked.get("objective") == "orpo":
             assert {"tuned.rewardAccuracy", "tuned.rewardMargin"} <= set(final["result"]["metrics"])
 

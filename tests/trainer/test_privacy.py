@@ -3,10 +3,18 @@ and LoRA; the epsilon the lineage reports is recomputed here from the steps actu
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from kubetune.api.v1alpha1 import ResolvedAdapterTraining, ResolvedPrivacy
 from kubetune_trainer.plan import resolve_training
@@ -51,7 +59,7 @@ def test_the_plan_samples_rows_for_the_budget_and_keeps_validation_out() -> None
 
 
 @pytest.fixture(scope="module")
-def private_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[dict, dict, str]:  # type: ignore[type-arg]
+def private_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[dict, dict, str, Path]:  # type: ignore[type-arg]
     folder = tmp_path_factory.mktemp("private")
     job = write_job(
         folder / "job.yaml",
@@ -64,11 +72,11 @@ def private_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     )
     result, manifest_path = run_locally(job, folder)
     lineage = yaml.safe_load(manifest_path.read_text())
-    return lineage, lineage["privacy"], result.stdout + result.stderr
+    return lineage, lineage["privacy"], result.stdout + result.stderr, manifest_path.parent
 
 
 def test_kubetune_run_spends_at_most_the_budget_and_the_record_recomputes(private_run) -> None:  # type: ignore[no-untyped-def]
-    lineage, privacy, _ = private_run
+    lineage, privacy, _, _ = private_run
     resolved = lineage["resolved"]["privacy"]
     assert privacy["steps"] == resolved["steps"] == lineage["training"]["globalStep"], "every planned step taken"
     assert privacy["sampleRate"] == resolved["sampleRate"] and privacy["delta"] == resolved["delta"]
@@ -81,10 +89,110 @@ def test_kubetune_run_spends_at_most_the_budget_and_the_record_recomputes(privat
 
 
 def test_the_private_adapter_is_trained_and_published(private_run) -> None:  # type: ignore[no-untyped-def]
-    lineage, _, output = private_run
+    lineage, _, output, version = private_run
     assert lineage["resolved"]["hyperparameters"]["packing"] is False
+    # the drawn rows' loss is computed without noise: it is released nowhere (history, progress, logs)
+    history = json.loads((version / "reports" / "training_history.json").read_text())
+    assert len(history) == lineage["privacy"]["steps"] and not any("loss" in entry for entry in history)
+    assert not re.search(r"loss[ =:]+[0-9]", output), "a loss figure was printed"
     assert "DP-SGD" in output
     published = {artifact["path"].split("/")[0] for artifact in lineage["artifacts"]}
     assert "adapter" in published
     (perplexity,) = [m for m in lineage["evaluation"]["metrics"] if m["name"] == "perplexity"]
     assert perplexity["tuned"] != perplexity["base"], "the adapter changed the model"
+
+
+def _kubetune_run(job: Path, folder: Path) -> subprocess.Popen[str]:
+    """``kubetune run`` as a user runs it, its micro-batches traced on stderr (one thread)."""
+    command = [str(Path(sys.executable).parent / "kubetune"), "run", str(job)]
+    return subprocess.Popen(
+        [*command, "--output-dir", str(folder / "runs"), "--workdir", str(folder / "work")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "KUBETUNE_TRACE_MICROSTEPS": "1"},
+        start_new_session=True,
+    )
+
+
+def _published(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:  # type: ignore[type-arg]
+    (manifest,) = (folder / "runs").glob("*/v*/manifest.json")
+    (weights,) = manifest.parent.glob("adapter/adapter_model.safetensors")
+    return yaml.safe_load(manifest.read_text()), load_file(str(weights))
+
+
+def test_a_killed_private_run_resumes_its_chain_and_counts_each_step_once(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """SIGKILL between two micro-batches of a step after a checkpoint; ``kubetune run`` again resumes the
+    saved state (adapter, optimizer, both generators, the accountant) and ends on the uninterrupted run's
+    weights, with epsilon recomputed from the planned steps, each counted once."""
+    data = write_dataset(tmp_path / "data.jsonl", 40)
+    options = {
+        "privacy": {"targetEpsilon": 8},
+        "hyperparameters": {"epochs": 2, "learningRate": 0.01, "batchSize": 2, "gradientAccumulationSteps": 3},
+    }
+    reference_folder, folder = tmp_path / "reference", tmp_path / "killed"
+    reference_folder.mkdir()
+    folder.mkdir()
+    reference_job, job = (
+        write_job(f / "job.yaml", model_dir=tiny_model_dir, data=data, output=f"file://{f}/out/", **options)
+        for f in (reference_folder, folder)
+    )
+    reference = _kubetune_run(reference_job, reference_folder)  # beside the killed run: one thread each
+    first = _kubetune_run(job, folder)
+    assert first.stderr is not None
+    killed_at = None
+    for line in first.stderr:
+        fields = dict(part.split("=") for part in line.split()[1:]) if line.startswith("kubetune-microstep") else {}
+        if fields and int(fields["step"]) >= 5 and fields["substep"] != "end":
+            os.killpg(first.pid, signal.SIGKILL)  # step 4 was checkpointed (every 2 steps)
+            killed_at = line.strip()
+            break
+    first.wait(timeout=60)
+    _, reference_err = reference.communicate(timeout=300)
+    assert killed_at is not None, "no step after the checkpoint had two micro-batches"
+    assert reference.returncode == 0, reference_err[-3000:]
+
+    second = _kubetune_run(job, folder)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err[-3000:]
+    assert "resumed DP-SGD at step" in err
+    assert "kubetune-microstep step=1 substep=end" not in err, "the restart did not start over"
+
+    (lineage, resumed), (expected_lineage, expected) = _published(folder), _published(reference_folder)
+    assert lineage["training"]["resumedFromStep"] >= 4
+    privacy = lineage["privacy"]
+    assert privacy == expected_lineage["privacy"]
+    assert privacy["steps"] == lineage["resolved"]["privacy"]["steps"] == lineage["training"]["globalStep"]
+    recomputed = rdp_epsilon(privacy["noiseMultiplier"], privacy["sampleRate"], privacy["steps"], privacy["delta"])
+    assert privacy["epsilon"] == pytest.approx(recomputed, rel=1e-9) and privacy["epsilon"] <= 8
+    assert resumed.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], atol=1e-6, rtol=1e-5)
+
+
+def test_a_state_whose_accountant_does_not_add_up_or_that_is_not_plain_data_is_refused(tmp_path: Path) -> None:
+    """What a restart reads back from storage (the tenant can write there) is checked before it is resumed:
+    a pickle that is more than tensors and plain values, and an accountant that did not count exactly the
+    saved steps at this run's noise and sample rate, are refused by name."""
+    from kubetune.api.v1alpha1 import ResolvedPrivacy
+    from kubetune_trainer.errors import ConfigurationError
+    from kubetune_trainer.training.private import STATE_FILE, read_state, resumable_step, write_state
+
+    privacy = ResolvedPrivacy(
+        mechanism="dp-sgd", target_epsilon=8, delta=1e-3, max_grad_norm=1.0, sample_rate=0.1, steps=20, accountant="rdp"
+    )
+    write_state(tmp_path / "checkpoint-4", {"format": 1, "step": 4, "accountant": [[1.5, 0.1, 4]]})
+    state = read_state(tmp_path / "checkpoint-4")
+    assert resumable_step(state, 1.5, privacy) == 4
+    for accountant in ([[1.5, 0.1, 3]], [[1.2, 0.1, 4]], [[1.5, 0.1, 2], [1.5, 0.1, 2]], []):
+        with pytest.raises(ConfigurationError, match="checkpoint-4: its accountant counted"):
+            resumable_step({**state, "accountant": accountant}, 1.5, privacy)
+    with pytest.raises(ConfigurationError, match="checkpoint-40"):
+        resumable_step({**state, "step": 40, "accountant": [[1.5, 0.1, 40]]}, 1.5, privacy)
+    (tmp_path / "checkpoint-6").mkdir()
+    torch.save({"format": 1, "payload": ConfigurationError("code")}, tmp_path / "checkpoint-6" / STATE_FILE)
+    with pytest.raises(ConfigurationError, match=r"checkpoint-6.*unreadable"):
+        read_state(tmp_path / "checkpoint-6")
+    (tmp_path / "checkpoint-8").mkdir()
+    with pytest.raises(ConfigurationError, match=r"checkpoint-8: no kubetune_private_state\.pt"):
+        read_state(tmp_path / "checkpoint-8")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import signal
 import sys
 import time
@@ -290,11 +291,25 @@ def _train_privately(
     config: TrainConfig, model: Any, tokenizer: Any, rows: Any, collator: Any, privacy: ResolvedPrivacy
 ) -> TrainOutcome:
     """spec.privacy: Opacus's DP-SGD loop instead of the Trainer (training/private.py says why), one
-    process, no checkpoints, no validation during training."""
-    from kubetune_trainer.training.private import train_private
+    process, no validation during training; its own checkpoints in the job's checkpoint store."""
+    from kubetune_trainer.training.private import Checkpointing, read_state, train_private, write_state
 
     if config.environment.distributed:
         raise RuntimeError("spec.privacy trains in one process: the plan never distributes it")
+
+    def save(step: int, state: dict[str, Any]) -> None:
+        local = config.output_dir / f"checkpoint-{step}"
+        write_state(local, state)
+        uri = config.checkpoints.upload(local, step)
+        shutil.rmtree(local)
+        log.info("checkpoint step %d uploaded to %s", step, uri)
+        if config.on_checkpoint is not None:
+            config.on_checkpoint(step)
+
+    resume = config.checkpoints.download_latest(config.output_dir / "resume")
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    sigterm = StopOnSigterm()
     run = train_private(
         model,
         rows,
@@ -302,6 +317,13 @@ def _train_privately(
         privacy=privacy,
         hyperparameters=config.resolved.hyperparameters,
         device=config.device,
+        checkpointing=Checkpointing(
+            every_steps=config.checkpoint_every_steps,
+            save=save,
+            resume=read_state(resume) if resume is not None else None,
+            stop_requested=lambda: sigterm.requested,
+            trace_microsteps=config.environment.trace_microsteps,
+        ),
         on_progress=config.on_progress,
     )
     outcome = TrainOutcome(
@@ -311,14 +333,18 @@ def _train_privately(
         history=[{k: v for k, v in entry.items() if k != "rows"} for entry in run.history],
         global_step=run.spent.steps,
         total_steps=privacy.steps,
+        resumed_from_step=run.resumed_from_step,
         padding_fraction=run.counts.padding_ratio,
         peak_memory_bytes=_peak_memory(config.device),
+        preempted=run.preempted,
         token_counts=run.counts,
         train_seconds=run.seconds,
         privacy=run.spent,
     )
     outcome.tokens_per_second = run.counts.tokens / max(run.seconds, 1e-9)
     outcome.trained_tokens_per_second = run.counts.trained / max(run.seconds, 1e-9)
+    if run.preempted:
+        return outcome
     outcome.trained_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(outcome.trained_dir, safe_serialization=True)
     tokenizer.save_pretrained(outcome.trained_dir)
