@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 from measurement import code_digest as measured_code
-from measurement import git
+from measurement import git, run_within
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "measurements" / "forgetting.json"
@@ -175,18 +175,8 @@ def run_kubetune(job: dict[str, Any], folder: Path, examples: Path) -> tuple[sub
         f"/opt/kubetune/examples={examples}",
     ]
     started = time.time()
-    try:
-        result = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_SECONDS,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-    except subprocess.TimeoutExpired as err:
-        # Recorded as a failed run (not kept on resume), so the other runs still happen.
-        stderr = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else (err.stderr or "")
-        result = subprocess.CompletedProcess(command, 124, "", f"timed out after {RUN_TIMEOUT_SECONDS} s\n{stderr}")
+    # A run past the hour is recorded as failed (not kept on resume), so the other runs still happen.
+    result = run_within(command, RUN_TIMEOUT_SECONDS, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return result, time.time() - started
 
 

@@ -7,9 +7,11 @@ Shared by ``scripts/measure_*.py`` and ``bench/*.py`` (the bench scripts put thi
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
+import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +31,25 @@ def code_digest(paths: Sequence[str]) -> str:
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def run_within(
+    command: Sequence[str], seconds: float, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``command`` with its output captured, in a process group of its own; past ``seconds`` the whole
+    group is killed and the result has exit code 124 (``timeout``'s), with what it had written to stderr.
+    subprocess.run's timeout kills the direct child only, and a child it spawned would outlive it and
+    compete with the next invocation (which resumes the same run)."""
+    process = subprocess.Popen(
+        list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        return subprocess.CompletedProcess(list(command), 124, "", f"timed out after {seconds:g} s\n{stderr}")
+    return subprocess.CompletedProcess(list(command), process.returncode, stdout, stderr)
 
 
 def cpu_model() -> str:

@@ -1,0 +1,35 @@
+"""The measurement scripts' shared helpers (scripts/measurement.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from measurement import run_within  # noqa: E402
+
+
+def test_a_run_past_its_time_is_killed_with_every_process_it_spawned(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    script = f"sleep 60 & echo $! > {pid_file}; echo started >&2; wait"
+    result = run_within(["sh", "-c", script], 1.5)
+    assert result.returncode == 124 and "timed out after 1.5 s" in result.stderr and "started" in result.stderr
+    grandchild = int(pid_file.read_text())
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"the process the run spawned ({grandchild}) outlived it")
+
+
+def test_a_run_within_its_time_returns_its_output_and_code() -> None:
+    result = run_within(["sh", "-c", "echo out; echo err >&2; exit 3"], 30)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
