@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,16 +16,30 @@ from kubetune_trainer.cli import main as kubetune
 from tests.trainer.jobs import write_dataset, write_job
 
 
+# A private run trains with its own DP-SGD loop, whose steps the probe must time (and stop after) too.
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"hyperparameters": {"epochs": 2, "packing": True}},
+        {"hyperparameters": {"epochs": 2}, "privacy": {"targetEpsilon": 8}},
+    ],
+    ids=["trainer", "dp-sgd"],
+)
 def test_the_estimate_of_a_local_run_comes_from_real_steps_and_counts_the_steps_it_takes(
-    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    options: dict[str, Any],
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setattr(steps, "TIME_REAL_STEPS_FROM_MINUTES", 0.0)  # the tiny run is short: time it anyway
+    monkeypatch.setenv("KUBETUNE_TRACE_MICROSTEPS", "1")  # the probe's process inherits it
     job = write_job(
         tmp_path / "job.yaml",
         model_dir=tiny_model_dir,
         data=write_dataset(tmp_path / "data.jsonl", 96),
         output=f"file://{tmp_path}/out/",
-        hyperparameters={"epochs": 2, "packing": True},
+        **options,
     )
     assert kubetune(["run", str(job), "--workdir", str(tmp_path / "work")]) == EXIT_OK
     preflight = json.loads((tmp_path / "work" / "artifacts" / "reports" / "preflight.json").read_text())
@@ -32,9 +47,12 @@ def test_the_estimate_of_a_local_run_comes_from_real_steps_and_counts_the_steps_
     assert found, preflight["message"]
     (version,) = (tmp_path / "out").glob("v*")
     training = json.loads((version / "manifest.json").read_text())["training"]
-    assert int(found[1]) == training["globalStep"], "the steps the estimate counts are the steps the run took"
+    assert int(found[1]) == training["globalStep"] > 4, "the steps the estimate counts are the steps the run took"
     # The steps ran in a process of their own: torch, the model and the rows are in its peak.
     assert 0.2 < preflight["estimatedMemoryGib"] < training["peakMemoryBytes"] / 2**30 * 2
+    # The probe took its three steps and stopped; the run took them all.
+    ended = re.findall(r"kubetune-microstep step=(\d+) substep=end", capfd.readouterr().err)
+    assert ended.count("3") == 2 and ended.count("4") == 1, ended
 
 
 def test_without_real_steps_a_pre_flight_pod_estimates_from_the_formulas(tmp_path: Path, tiny_model_dir: Path) -> None:

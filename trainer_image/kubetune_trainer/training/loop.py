@@ -317,6 +317,7 @@ def _train_privately(
         privacy=privacy,
         hyperparameters=config.resolved.hyperparameters,
         device=config.device,
+        max_steps=config.max_steps,
         checkpointing=Checkpointing(
             every_steps=config.checkpoint_every_steps,
             save=save,

@@ -200,10 +200,12 @@ def train_private(
     hyperparameters: ResolvedHyperparameters,
     device: str,
     checkpointing: Checkpointing,
+    max_steps: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> PrivateRun:
     """Train ``model``'s trainable parameters (a LoRA adapter) with DP-SGD on ``rows``, from the state
-    ``checkpointing`` resumes if any; the model is trained in place and unwrapped again when done."""
+    ``checkpointing`` resumes if any; the model is trained in place and unwrapped again when done.
+    ``max_steps``: stop after that many of the planned steps (the pre-flight's timing probe)."""
     from opacus import GradSampleModule
     from opacus.accountants import RDPAccountant
     from opacus.optimizers import DPOptimizer
@@ -249,7 +251,8 @@ def train_private(
     first = (resumed or 0) + 1
     preempted = False
     wrapped.train()
-    for step in range(first, privacy.steps + 1):
+    last = privacy.steps if max_steps is None else min(privacy.steps, max_steps)
+    for step in range(first, last + 1):
         drawn = _draw(len(rows), privacy.sample_rate, parts.sampler)
         chunks = [drawn[i : i + hp.batch_size] for i in range(0, len(drawn), hp.batch_size)]
         for index, chunk in enumerate(chunks):

@@ -24,7 +24,13 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from kubetune.api.v1alpha1 import PREFERENCE_OBJECTIVES, Progress, ResolvedTraining
+from kubetune.api.v1alpha1 import (
+    PREFERENCE_OBJECTIVES,
+    Progress,
+    ResolvedAdapterTraining,
+    ResolvedPrivacy,
+    ResolvedTraining,
+)
 from kubetune_trainer.data.types import Example
 from kubetune_trainer.plan import MeasuredSteps
 from kubetune_trainer.storage import ObjectStore
@@ -37,7 +43,10 @@ PROBE_STEPS = 3  # one to warm up, two timed: enough on a CPU where a step's tim
 
 
 def optimizer_steps(rows: int, resolved: ResolvedTraining) -> int:
-    """Steps the training loop takes for ``rows`` rows: batches per epoch, accumulated, times epochs."""
+    """Steps the training loop takes for ``rows`` rows: batches per epoch, accumulated, times epochs;
+    under ``spec.privacy`` the planned Poisson-sampled steps."""
+    if isinstance(resolved, ResolvedAdapterTraining) and isinstance(resolved.privacy, ResolvedPrivacy):
+        return resolved.privacy.steps
     hyper = resolved.hyperparameters
     per_epoch = max(1, math.ceil(math.ceil(rows / hyper.batch_size) / hyper.gradient_accumulation_steps))
     return max(1, math.ceil(hyper.epochs * per_epoch))
@@ -109,8 +118,10 @@ def _probe_here(
 
     def stamp(progress: Progress) -> None:
         now = time.perf_counter()
-        if progress.step is not None and progress.tokens_per_second is not None:
-            stamps.append((progress.step, now))  # a training step's log line
+        # A training step's log line: the Trainer's carry their tokens per second (its validation lines do
+        # not); the DP-SGD loop's carry neither a rate nor a validation loss (it validates nothing).
+        if progress.step is not None and (progress.tokens_per_second is not None or progress.eval_loss is None):
+            stamps.append((progress.step, now))
         elif progress.eval_loss is not None:
             validated.append(now)  # the validation pass's log line, after the step's
 
