@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -176,7 +177,14 @@ def test_a_state_whose_accountant_does_not_add_up_or_that_is_not_plain_data_is_r
     saved steps at this run's noise and sample rate, are refused by name."""
     from kubetune.api.v1alpha1 import ResolvedPrivacy
     from kubetune_trainer.errors import ConfigurationError
-    from kubetune_trainer.training.private import STATE_FILE, read_state, resumable_step, write_state
+    from kubetune_trainer.training.private import (
+        STATE_FILE,
+        LoopParts,
+        read_state,
+        restore_state,
+        resumable_step,
+        write_state,
+    )
 
     privacy = ResolvedPrivacy(
         mechanism="dp-sgd", target_epsilon=8, delta=1e-3, max_grad_norm=1.0, sample_rate=0.1, steps=20, accountant="rdp"
@@ -189,6 +197,31 @@ def test_a_state_whose_accountant_does_not_add_up_or_that_is_not_plain_data_is_r
             resumable_step({**state, "accountant": accountant}, 1.5, privacy)
     with pytest.raises(ConfigurationError, match="checkpoint-40"):
         resumable_step({**state, "step": 40, "accountant": [[1.5, 0.1, 40]]}, 1.5, privacy)
+    # a state whose accountant adds up but whose parts are damaged does not load, and says which checkpoint
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    parts = LoopParts(SimpleNamespace(original_optimizer=optimizer), schedule, torch.Generator(), torch.Generator(), None)
+    good = {
+        **state,
+        "trainable": {name: p.detach().clone() for name, p in model.named_parameters()},
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "sampler": torch.Generator().get_state(),
+        "noise": torch.Generator().get_state(),
+        "global_rng": torch.get_rng_state(),
+    }
+    parts.accountant = SimpleNamespace(history=[])
+    assert restore_state(good, model, parts, 1.5, privacy) == 4 and parts.accountant.history == [(1.5, 0.1, 4)]
+    for damaged in (
+        {**good, "trainable": {"weight": torch.zeros(2, 2)}},
+        {**good, "trainable": {**good["trainable"], "weight": "not a tensor"}},
+        {**good, "sampler": torch.zeros(3)},
+        {**good, "optimizer": {"state": {}}},
+        {key: value for key, value in good.items() if key != "noise"},
+    ):
+        with pytest.raises(ConfigurationError, match="checkpoint-4: its (trained weights|saved state)"):
+            restore_state(damaged, model, parts, 1.5, privacy)
     (tmp_path / "checkpoint-6").mkdir()
     torch.save({"format": 1, "payload": ConfigurationError("code")}, tmp_path / "checkpoint-6" / STATE_FILE)
     with pytest.raises(ConfigurationError, match=r"checkpoint-6.*unreadable"):

@@ -145,27 +145,33 @@ def resumable_step(state: dict[str, Any], noise: float, privacy: ResolvedPrivacy
     return step
 
 
-def _restore(state: dict[str, Any], model: Any, parts: _Parts, noise: float, privacy: ResolvedPrivacy) -> int:
+def restore_state(state: dict[str, Any], model: Any, parts: LoopParts, noise: float, privacy: ResolvedPrivacy) -> int:
     """Load ``state`` into the model and the loop's parts; the step it was saved at."""
     step = resumable_step(state, noise, privacy)
     trainable = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
-    if trainable.keys() != state["trainable"].keys():
+    saved = state.get("trainable")
+    if not isinstance(saved, dict) or trainable.keys() != saved.keys():
         raise ConfigurationError(
             f"checkpoint-{step}: its trained weights are not this run's adapter; refusing to resume"
         )
-    with torch.no_grad():
-        for name, parameter in trainable.items():
-            parameter.copy_(state["trainable"][name].to(parameter.device, parameter.dtype))
-    parts.optimizer.original_optimizer.load_state_dict(state["optimizer"])
-    parts.schedule.load_state_dict(state["schedule"])
-    parts.sampler.set_state(state["sampler"])
-    parts.noise.set_state(state["noise"])
-    torch.set_rng_state(state["global_rng"])  # dropout's masks: the restart is the uninterrupted run
+    try:
+        with torch.no_grad():
+            for name, parameter in trainable.items():
+                parameter.copy_(saved[name].to(parameter.device, parameter.dtype))
+        parts.optimizer.original_optimizer.load_state_dict(state["optimizer"])
+        parts.schedule.load_state_dict(state["schedule"])
+        parts.sampler.set_state(state["sampler"])
+        parts.noise.set_state(state["noise"])
+        torch.set_rng_state(state["global_rng"])  # dropout's masks: the restart is the uninterrupted run
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:  # a damaged state, read back
+        raise ConfigurationError(
+            f"checkpoint-{step}: its saved state does not load ({err!r}); refusing to resume"
+        ) from err
     parts.accountant.history = [tuple(entry) for entry in state["accountant"]]
     return step
 
 
-def _snapshot(step: int, model: Any, parts: _Parts, history: list[dict[str, float]]) -> dict[str, Any]:
+def _snapshot(step: int, model: Any, parts: LoopParts, history: list[dict[str, float]]) -> dict[str, Any]:
     return {
         "format": 1,
         "step": step,
@@ -181,7 +187,7 @@ def _snapshot(step: int, model: Any, parts: _Parts, history: list[dict[str, floa
 
 
 @dataclass
-class _Parts:
+class LoopParts:
     """The loop's stateful parts, all of which a checkpoint holds."""
 
     optimizer: Any  # Opacus's DPOptimizer around AdamW
@@ -232,11 +238,11 @@ def train_private(
         num_warmup_steps=math.ceil(hp.warmup_ratio * privacy.steps),
         num_training_steps=privacy.steps,
     )
-    parts = _Parts(optimizer, schedule, torch.Generator().manual_seed(hp.seed), noise_generator, accountant)
+    parts = LoopParts(optimizer, schedule, torch.Generator().manual_seed(hp.seed), noise_generator, accountant)
     history: list[dict[str, float]] = []
     resumed = None
     if checkpointing.resume is not None:
-        resumed = _restore(checkpointing.resume, model, parts, noise, privacy)
+        resumed = restore_state(checkpointing.resume, model, parts, noise, privacy)
         history = list(checkpointing.resume["history"])
         log.info("resumed DP-SGD at step %d of %d, its accountant's history restored", resumed, privacy.steps)
     log.info(
