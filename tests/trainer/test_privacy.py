@@ -201,7 +201,9 @@ def test_a_state_whose_accountant_does_not_add_up_or_that_is_not_plain_data_is_r
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters())
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    parts = LoopParts(SimpleNamespace(original_optimizer=optimizer), schedule, torch.Generator(), torch.Generator(), None)
+    parts = LoopParts(
+        SimpleNamespace(original_optimizer=optimizer), schedule, torch.Generator(), torch.Generator(), None
+    )
     good = {
         **state,
         "trainable": {name: p.detach().clone() for name, p in model.named_parameters()},
@@ -220,7 +222,7 @@ def test_a_state_whose_accountant_does_not_add_up_or_that_is_not_plain_data_is_r
         {**good, "optimizer": {"state": {}}},
         {key: value for key, value in good.items() if key != "noise"},
     ):
-        with pytest.raises(ConfigurationError, match="checkpoint-4: its (trained weights|saved state)"):
+        with pytest.raises(ConfigurationError, match=r"checkpoint-4: its (trained weights|saved state)"):
             restore_state(damaged, model, parts, 1.5, privacy)
     (tmp_path / "checkpoint-6").mkdir()
     torch.save({"format": 1, "payload": ConfigurationError("code")}, tmp_path / "checkpoint-6" / STATE_FILE)
