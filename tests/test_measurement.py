@@ -15,7 +15,8 @@ from measurement import run_within  # noqa: E402
 
 def test_a_run_past_its_time_is_killed_with_every_process_it_spawned(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
-    script = f"sleep 60 & echo $! > {pid_file}; echo started >&2; wait"
+    # the grandchild holds no pipe of the run: only killing its group ends it
+    script = f"sleep 60 >/dev/null 2>&1 & echo $! > {pid_file}; echo started >&2; wait"
     result = run_within(["sh", "-c", script], 1.5)
     assert result.returncode == 124 and "timed out after 1.5 s" in result.stderr and "started" in result.stderr
     grandchild = int(pid_file.read_text())

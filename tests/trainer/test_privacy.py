@@ -212,15 +212,19 @@ def test_a_state_whose_accountant_does_not_add_up_or_that_is_not_plain_data_is_r
         "sampler": torch.Generator().get_state(),
         "noise": torch.Generator().get_state(),
         "global_rng": torch.get_rng_state(),
+        "history": [{"step": 1.0, "learning_rate": 0.1}],
     }
     parts.accountant = SimpleNamespace(history=[])
-    assert restore_state(good, model, parts, 1.5, privacy) == 4 and parts.accountant.history == [(1.5, 0.1, 4)]
+    assert restore_state(good, model, parts, 1.5, privacy) == (4, good["history"])
+    assert parts.accountant.history == [(1.5, 0.1, 4)]
     for damaged in (
         {**good, "trainable": {"weight": torch.zeros(2, 2)}},
         {**good, "trainable": {**good["trainable"], "weight": "not a tensor"}},
         {**good, "sampler": torch.zeros(3)},
         {**good, "optimizer": {"state": {}}},
         {key: value for key, value in good.items() if key != "noise"},
+        {key: value for key, value in good.items() if key != "history"},
+        {**good, "history": [3]},
     ):
         with pytest.raises(ConfigurationError, match=r"checkpoint-4: its (trained weights|saved state)"):
             restore_state(damaged, model, parts, 1.5, privacy)

@@ -145,8 +145,11 @@ def resumable_step(state: dict[str, Any], noise: float, privacy: ResolvedPrivacy
     return step
 
 
-def restore_state(state: dict[str, Any], model: Any, parts: LoopParts, noise: float, privacy: ResolvedPrivacy) -> int:
-    """Load ``state`` into the model and the loop's parts; the step it was saved at."""
+def restore_state(
+    state: dict[str, Any], model: Any, parts: LoopParts, noise: float, privacy: ResolvedPrivacy
+) -> tuple[int, list[dict[str, float]]]:
+    """Load ``state`` into the model and the loop's parts; the step it was saved at and the history of
+    the steps before it."""
     step = resumable_step(state, noise, privacy)
     trainable = dict((n, p) for n, p in model.named_parameters() if p.requires_grad)
     saved = state.get("trainable")
@@ -163,12 +166,13 @@ def restore_state(state: dict[str, Any], model: Any, parts: LoopParts, noise: fl
         parts.sampler.set_state(state["sampler"])
         parts.noise.set_state(state["noise"])
         torch.set_rng_state(state["global_rng"])  # dropout's masks: the restart is the uninterrupted run
+        history = [dict(entry) for entry in state["history"]]
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:  # a damaged state, read back
         raise ConfigurationError(
             f"checkpoint-{step}: its saved state does not load ({err!r}); refusing to resume"
         ) from err
     parts.accountant.history = [tuple(entry) for entry in state["accountant"]]
-    return step
+    return step, history
 
 
 def _snapshot(step: int, model: Any, parts: LoopParts, history: list[dict[str, float]]) -> dict[str, Any]:
@@ -242,8 +246,7 @@ def train_private(
     history: list[dict[str, float]] = []
     resumed = None
     if checkpointing.resume is not None:
-        resumed = restore_state(checkpointing.resume, model, parts, noise, privacy)
-        history = list(checkpointing.resume["history"])
+        resumed, history = restore_state(checkpointing.resume, model, parts, noise, privacy)
         log.info("resumed DP-SGD at step %d of %d, its accountant's history restored", resumed, privacy.steps)
     log.info(
         "training with DP-SGD: %d steps, sample rate %.4f, noise multiplier %.3f, clipping at %g",
