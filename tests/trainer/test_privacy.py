@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,10 +19,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from kubetune.api.contract import EXIT_CONFIG
 from kubetune.api.v1alpha1 import ResolvedAdapterTraining, ResolvedPrivacy
 from kubetune_trainer.plan import resolve_training
 from tests.builders import spec
-from tests.trainer.jobs import run_locally, write_dataset, write_job
+from tests.trainer.jobs import kubetune_process, run_locally, write_dataset, write_job
 from tests.trainer.plans import CPU, L4, NO_REPLAY, SEVEN_B, SMOL
 
 
@@ -103,6 +106,18 @@ def test_the_private_adapter_is_trained_and_published(private_run) -> None:  # t
     assert perplexity["tuned"] != perplexity["base"], "the adapter changed the model"
 
 
+def test_a_private_version_leaves_no_checkpoint_and_is_not_reproduced(private_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The checkpoints hold the secret generators' states: gone once the run is published. Running the
+    version again would be a second release from the same data on other noise: refused, saying so."""
+    _, _, _, version = private_run
+    runs = version.parents[1]
+    assert not [*runs.rglob("latest.json"), *runs.rglob("checkpoint-*")], "a published private run kept its state"
+    again = kubetune_process("reproduce", f"file://{version}", tmp_path)
+    assert again.returncode == EXIT_CONFIG, again.stderr[-3000:]
+    assert "spec.privacy" in again.stderr and "second release" in again.stderr and "Traceback" not in again.stderr
+    assert not (tmp_path / "runs").exists(), "nothing was trained or published"
+
+
 def _kubetune_run(job: Path, folder: Path) -> subprocess.Popen[str]:
     """``kubetune run`` as a user runs it, its micro-batches traced on stderr (one thread)."""
     command = [str(Path(sys.executable).parent / "kubetune"), "run", str(job)]
@@ -116,30 +131,31 @@ def _kubetune_run(job: Path, folder: Path) -> subprocess.Popen[str]:
     )
 
 
-def _published(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:  # type: ignore[type-arg]
-    (manifest,) = (folder / "runs").glob("*/v*/manifest.json")
-    (weights,) = manifest.parent.glob("adapter/adapter_model.safetensors")
-    return yaml.safe_load(manifest.read_text()), load_file(str(weights))
+def _published(folder: Path) -> list[tuple[dict, dict[str, torch.Tensor]]]:  # type: ignore[type-arg]
+    """Every version published under ``folder``, oldest first: its lineage and its adapter's weights."""
+    found = []
+    for manifest in sorted((folder / "runs").glob("*/v*/manifest.json"), key=lambda m: m.parent.name):
+        (weights,) = manifest.parent.glob("adapter/adapter_model.safetensors")
+        found.append((yaml.safe_load(manifest.read_text()), load_file(str(weights))))
+    return found
 
 
 def test_a_killed_private_run_resumes_its_chain_and_counts_each_step_once(tmp_path: Path, tiny_model_dir: Path) -> None:
     """SIGKILL between two micro-batches of a step after a checkpoint; ``kubetune run`` again resumes the
-    saved state (adapter, optimizer, both generators, the accountant) and ends on the uninterrupted run's
-    weights, with epsilon recomputed from the planned steps, each counted once."""
+    saved state (adapter, optimizer, both generators, the accountant), epsilon recomputed from the planned
+    steps, each counted once. The generators are seeded from a secret source, so a restart that did not
+    restore one of them would draw other rows or noise: two restarts from the same checkpoint end on the
+    same adapter. Each deletes the checkpoints once it has published."""
     data = write_dataset(tmp_path / "data.jsonl", 40)
-    options = {
-        "privacy": {"targetEpsilon": 8},
-        "hyperparameters": {"epochs": 2, "learningRate": 0.01, "batchSize": 2, "gradientAccumulationSteps": 3},
-    }
-    reference_folder, folder = tmp_path / "reference", tmp_path / "killed"
-    reference_folder.mkdir()
-    folder.mkdir()
-    reference_job, job = (
-        write_job(f / "job.yaml", model_dir=tiny_model_dir, data=data, output=f"file://{f}/out/", **options)
-        for f in (reference_folder, folder)
+    job = write_job(
+        tmp_path / "job.yaml",
+        model_dir=tiny_model_dir,
+        data=data,
+        output=f"file://{tmp_path}/out/",
+        privacy={"targetEpsilon": 8},
+        hyperparameters={"epochs": 2, "learningRate": 0.01, "batchSize": 2, "gradientAccumulationSteps": 3},
     )
-    reference = _kubetune_run(reference_job, reference_folder)  # beside the killed run: one thread each
-    first = _kubetune_run(job, folder)
+    first = _kubetune_run(job, tmp_path)
     assert first.stderr is not None
     killed_at = None
     for line in first.stderr:
@@ -149,26 +165,114 @@ def test_a_killed_private_run_resumes_its_chain_and_counts_each_step_once(tmp_pa
             killed_at = line.strip()
             break
     first.wait(timeout=60)
-    _, reference_err = reference.communicate(timeout=300)
     assert killed_at is not None, "no step after the checkpoint had two micro-batches"
-    assert reference.returncode == 0, reference_err[-3000:]
+    (pointer,) = (tmp_path / "runs").rglob("latest.json")
+    checkpoints = pointer.parent
+    shutil.copytree(checkpoints, tmp_path / "saved")
 
-    second = _kubetune_run(job, folder)
-    _, err = second.communicate(timeout=300)
-    assert second.returncode == 0, err[-3000:]
-    assert "resumed DP-SGD at step" in err
-    assert "kubetune-microstep step=1 substep=end" not in err, "the restart did not start over"
+    for restart in range(2):
+        if restart:  # the same checkpoint again
+            shutil.copytree(tmp_path / "saved", checkpoints, dirs_exist_ok=True)
+        second = _kubetune_run(job, tmp_path)
+        _, err = second.communicate(timeout=300)
+        assert second.returncode == 0, err[-3000:]
+        assert "resumed DP-SGD at step" in err
+        assert "kubetune-microstep step=1 substep=end" not in err, "the restart did not start over"
+        left = sorted(path.name for path in checkpoints.iterdir())
+        assert left == [], f"a published private run left its checkpoints: {left}"
 
-    (lineage, resumed), (expected_lineage, expected) = _published(folder), _published(reference_folder)
+    (lineage, resumed), (again_lineage, again) = _published(tmp_path)
     assert lineage["training"]["resumedFromStep"] >= 4
     privacy = lineage["privacy"]
-    assert privacy == expected_lineage["privacy"]
+    assert privacy == again_lineage["privacy"]
     assert privacy["steps"] == lineage["resolved"]["privacy"]["steps"] == lineage["training"]["globalStep"]
     recomputed = rdp_epsilon(privacy["noiseMultiplier"], privacy["sampleRate"], privacy["steps"], privacy["delta"])
     assert privacy["epsilon"] == pytest.approx(recomputed, rel=1e-9) and privacy["epsilon"] <= 8
-    assert resumed.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(resumed[name], expected[name], atol=1e-6, rtol=1e-5)
+    assert resumed.keys() == again.keys()
+    for name in again:
+        torch.testing.assert_close(resumed[name], again[name], atol=1e-6, rtol=1e-5)
+
+
+def test_a_preempted_loop_resumed_from_its_state_ends_on_the_uninterrupted_chain_whose_noise_is_secret(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DP-SGD loop itself on the tiny model with LoRA. With its secret seed fixed here, a run stopped on
+    SIGTERM after step 3 and resumed from the state it saved (written and read back as a restart reads it)
+    ends on the uninterrupted run's adapter: the state holds everything the chain depends on. With the
+    secret source, two runs of the same hyperparameters (seed included) draw other rows and noise."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kubetune_trainer.data.types import Example, Message
+    from kubetune_trainer.tensors.batching import RowDataset, build_rows, collator_for
+    from kubetune_trainer.tensors.encode import encode_example
+    from kubetune_trainer.training import private
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples = [
+        Example(messages=(Message("user", f"question {i}"), Message("assistant", f"answer {i % 3}"))) for i in range(24)
+    ]
+    rows = RowDataset(build_rows([encode_example(e, tokenizer, 64) for e in examples], 64, packing=False))
+    plan = resolve_training(
+        spec(
+            privacy={"targetEpsilon": 8},
+            hyperparameters={
+                "epochs": 1.5,
+                "learningRate": 0.01,
+                "warmupRatio": 0,
+                "batchSize": 2,
+                "gradientAccumulationSteps": 3,
+            },
+            resources={"gpus": 0},
+        ),
+        CPU,
+        train_examples=len(rows),
+        token_lengths=[40] * len(rows),
+        shape=SMOL,
+        replay=NO_REPLAY,
+    )
+    assert isinstance(plan, ResolvedAdapterTraining) and isinstance(plan.privacy, ResolvedPrivacy)
+    hyperparameters, privacy = plan.hyperparameters, plan.privacy
+    assert privacy.steps == 6 and hyperparameters.sequence_length >= 64
+
+    def trained(checkpointing: private.Checkpointing, max_steps: int | None = None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)  # the same base and adapter initialisation every time
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+            LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]),
+        )
+        private.train_private(
+            model,
+            rows,
+            collator_for(tokenizer, packing=False),
+            privacy=privacy,
+            hyperparameters=hyperparameters,
+            device="cpu",
+            checkpointing=checkpointing,
+            max_steps=max_steps,
+        )
+        return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    def unsaved() -> private.Checkpointing:
+        return private.Checkpointing(every_steps=privacy.steps + 1, save=lambda step, state: None)
+
+    with monkeypatch.context() as fixed:
+        fixed.setattr(private, "_secret_seed", lambda: 1234)
+        uninterrupted = trained(unsaved())
+        saved: dict[int, dict] = {}  # type: ignore[type-arg]
+        steps_seen = iter(range(1, privacy.steps + 1))
+        trained(
+            private.Checkpointing(
+                every_steps=privacy.steps + 1, save=saved.__setitem__, stop_requested=lambda: next(steps_seen) == 3
+            )
+        )
+        assert list(saved) == [3], "the loop saved its state when asked to stop, and stopped"
+        private.write_state(tmp_path / "checkpoint-3", saved[3])
+        resumed = trained(replace(unsaved(), resume=private.read_state(tmp_path / "checkpoint-3")))
+    for name, weights in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], weights, atol=1e-6, rtol=1e-5, msg=name)
+    first, second = trained(unsaved(), max_steps=1), trained(unsaved(), max_steps=1)
+    assert any(not torch.allclose(first[name], second[name]) for name in first), "the noise repeated a run's"
 
 
 def test_a_state_whose_accountant_does_not_add_up_or_that_is_not_plain_data_is_refused(tmp_path: Path) -> None:

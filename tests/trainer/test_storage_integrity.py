@@ -207,6 +207,31 @@ def test_a_second_writer_of_the_same_job_cannot_move_the_checkpoint_pointer(
     assert CheckpointStore(store, prefix).latest() == (40, f"{prefix}/checkpoint-40")
 
 
+@pytest.mark.parametrize("scheme", ["s3", "file"])
+def test_discarding_a_jobs_checkpoints_deletes_them_and_the_pointer_and_nothing_else(
+    tmp_path: Path, s3_spec: S3Spec, s3_bucket: str, scheme: str
+) -> None:
+    """A private run's checkpoints, once it is published: the checkpoint URI is the manifest's to set, so
+    what else lies under it (another job's files, a folder that merely starts alike) stays."""
+    prefix = f"s3://{s3_bucket}/team/job/checkpoints" if scheme == "s3" else f"file://{tmp_path}/checkpoints"
+    store = ObjectStore(s3_spec)
+    checkpoints = CheckpointStore(store, prefix)
+    saved = tmp_path / "saved"
+    (saved / "sub").mkdir(parents=True)
+    (saved / "sub" / "state.pt").write_bytes(b"state")
+    for step in (2, 4):
+        checkpoints.upload(saved, step)
+    kept = [f"{prefix}/notes.txt", f"{prefix}/checkpoint-old/x", f"{prefix}-other/checkpoint-2/x"]
+    for uri in kept:
+        store.write_bytes(uri, b"not a checkpoint")
+    assert checkpoints.discard() == 2
+    assert CheckpointStore(store, prefix).latest() is None
+    assert all(store.exists(uri) for uri in kept)
+    left = sorted(store.list(prefix + "/"))
+    assert left == sorted(uri for uri in kept if uri.startswith(prefix + "/")), "only checkpoints and the pointer go"
+    assert checkpoints.discard() == 0, "nothing left to discard is not an error"
+
+
 # ------------------------------------------------------------------ kubetune verify
 def test_kubetune_verify_finds_every_change_to_a_published_version(
     tmp_path: Path, s3_endpoint: str, s3_spec: S3Spec, s3_bucket: str, capsys: pytest.CaptureFixture[str]

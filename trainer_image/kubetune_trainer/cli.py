@@ -122,6 +122,14 @@ def _reproduce(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"{args.version_uri} was published before kubetune recorded the job's spec")
         document = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": lineage["job"]["name"]}}
         job = FineTuneJob.model_validate({**document, "spec": lineage["spec"]})
+        if job.spec.privacy is not None:
+            raise ConfigurationError(
+                "it was trained with spec.privacy, and a private run is not reproduced: its rows and noise were "
+                "drawn from a secret random source that no record keeps, so a second run ends on other weights, "
+                "and it would be a second release from the same data, spending another "
+                f"epsilon {job.spec.privacy.target_epsilon:g}. To train it again on purpose, apply its spec as a "
+                "new job (docs/privacy.md)"
+            )
     except (StorageError, ConfigurationError, ValidationError, KeyError, ValueError) as err:
         print(f"error: cannot reproduce {args.version_uri}: {err}", file=sys.stderr)
         return EXIT_CONFIG

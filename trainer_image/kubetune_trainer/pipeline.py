@@ -188,6 +188,10 @@ def _run_stages(ctx: RunContext) -> Exit:
         oci=pushed,
     )
     end = _report_result(ctx, result)
+    if outcome.privacy is not None and end.code == EXIT_OK:
+        # Only once the result is reported: a pod that fails before then is retried, and its
+        # replacement must resume this run's chain, not draw a second one (docs/privacy.md).
+        steps.discard_private_checkpoints(ctx)
     from kubetune_trainer.summary import print_summary
 
     print_summary(ctx.name, evaluation, published, outcome)

@@ -517,6 +517,15 @@ def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved
     )
 
 
+def discard_private_checkpoints(ctx: RunContext) -> None:
+    """A private run, published and reported: its checkpoints hold the states of the generators that drew
+    its rows and its noise, and nothing resumes them any more, so they are deleted (docs/privacy.md)."""
+    from kubetune_trainer.training.checkpoints import CheckpointStore
+
+    deleted = CheckpointStore(ctx.store, ctx.checkpoint_uri).discard()
+    log.info("private run published: its %d checkpoint(s) under %s deleted", deleted, ctx.checkpoint_uri)
+
+
 def _ewc_plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, seed: int) -> EwcPlan | None:
     """``continual.ewc``: the earlier task is the training rows drawn from the replayed sources, or the
     Fisher the version published."""

@@ -390,3 +390,12 @@ class ObjectStore:
             return
         for item in self.list(uri):
             self.remote(loc.scheme).delete(parse_uri(item))
+
+    def delete(self, uri: str) -> None:
+        """Remove one object, if it is there (used only for the job's own checkpoint pointer)."""
+        loc = parse_uri(uri)
+        self._refuse_hub_write(loc)
+        if loc.scheme == "file":
+            Path(loc.key).unlink(missing_ok=True)
+        elif self.exists(uri):  # not every scheme's delete takes a missing object
+            self.remote(loc.scheme).delete(loc)

@@ -69,8 +69,8 @@ class CheckpointStore:
         for path in sorted(p for p in local.rglob("*") if p.is_file() and written_by(p) == rank):
             self.store.upload(path, join_uri(target, *path.relative_to(local).parts))
 
-    def _prune(self, newest: int) -> None:
-        steps = sorted(
+    def _saved_steps(self) -> list[int]:
+        return sorted(
             {
                 int(part.split("-", 1)[1])
                 for uri in self.store.list(self.uri + "/")
@@ -78,9 +78,21 @@ class CheckpointStore:
                 if part.startswith("checkpoint-") and part.split("-", 1)[1].isdigit()
             }
         )
-        for step in steps[:-KEEP_REMOTE]:
+
+    def _prune(self, newest: int) -> None:
+        for step in self._saved_steps()[:-KEEP_REMOTE]:
             if step != newest:
                 self.store.delete_tree(join_uri(self.uri, f"checkpoint-{step}") + "/")
+
+    def discard(self) -> int:
+        """Delete the pointer, then every ``checkpoint-<step>`` folder (nothing else under the URI, which
+        the manifest may have set): a private run's, once it is published, since they hold the states of
+        its secret generators (training/private.py). Returns how many checkpoints were deleted."""
+        self.store.delete(join_uri(self.uri, POINTER))
+        steps = self._saved_steps()
+        for step in steps:
+            self.store.delete_tree(join_uri(self.uri, f"checkpoint-{step}") + "/")
+        return len(steps)
 
     def latest(self) -> tuple[int, str] | None:
         """The step and URI ``latest.json`` names, refused unless it names this store's own

@@ -22,12 +22,19 @@ same generators, so the steps it takes again after the checkpoint draw the same 
 the steps the killed process took and lost: the same mechanism's output computed twice, not a second
 sample. Epsilon therefore counts the steps of the chain that is released (the accountant's history is
 restored with the state and checked against it), whatever the number of restarts (docs/privacy.md).
+
+The two generators are seeded from the operating system's secure random source on a fresh run, never from
+``hyperparameters.seed``: the seed is recorded in the status and the lineage, and whoever knows it could
+replay the rows drawn and the noise added. Their states live in the checkpoints alone, which the pipeline
+deletes once the run is published and reported.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -93,15 +100,22 @@ def read_state(folder: Path) -> dict[str, Any]:
 def noise_multiplier(privacy: ResolvedPrivacy) -> float:
     """The smallest noise (standard deviation over the clipping norm) that keeps the planned steps within
     the target epsilon at delta, by Opacus's search over the RDP accountant."""
+    return _searched_noise(
+        privacy.target_epsilon, privacy.delta, privacy.sample_rate, privacy.steps, privacy.accountant
+    )
+
+
+@functools.cache  # the search takes seconds: a process that trains the same plan again does not repeat it
+def _searched_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     from opacus.accountants.utils import get_noise_multiplier
 
     return float(
         get_noise_multiplier(
-            target_epsilon=privacy.target_epsilon,
-            target_delta=privacy.delta,
-            sample_rate=privacy.sample_rate,
-            steps=privacy.steps,
-            accountant=privacy.accountant,
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
         )
     )
 
@@ -126,6 +140,13 @@ def row_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
     counted = (shifted != -100).sum(dim=1).clamp(min=1)
     return (per_token.sum(dim=1) / counted).mean()
+
+
+def _secret_seed() -> int:
+    """63 bits from the operating system's secure random source: a seed nobody can know or choose. (torch's
+    generators are not cryptographic ones, as Opacus's ``secure_mode`` with torchcsprng would be; what they
+    draw is only ever released summed with the clipped gradients: docs/privacy.md.)"""
+    return secrets.randbits(63)
 
 
 def _draw(rows: int, sample_rate: float, generator: torch.Generator) -> list[int]:
@@ -225,7 +246,7 @@ def train_private(
     noise = noise_multiplier(privacy)
     wrapped = GradSampleModule(model, batch_first=True, loss_reduction="mean")
     trainable = [p for p in model.parameters() if p.requires_grad]
-    noise_generator = torch.Generator(device=device).manual_seed(hp.seed + 1)
+    noise_generator = torch.Generator(device=device).manual_seed(_secret_seed())
     optimizer = DPOptimizer(
         torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay),
         noise_multiplier=noise,
@@ -242,7 +263,7 @@ def train_private(
         num_warmup_steps=math.ceil(hp.warmup_ratio * privacy.steps),
         num_training_steps=privacy.steps,
     )
-    parts = LoopParts(optimizer, schedule, torch.Generator().manual_seed(hp.seed), noise_generator, accountant)
+    parts = LoopParts(optimizer, schedule, torch.Generator().manual_seed(_secret_seed()), noise_generator, accountant)
     history: list[dict[str, float]] = []
     resumed = None
     if checkpointing.resume is not None:
