@@ -232,6 +232,20 @@ def test_discarding_a_jobs_checkpoints_deletes_them_and_the_pointer_and_nothing_
     assert checkpoints.discard() == 0, "nothing left to discard is not an error"
 
 
+def test_a_private_run_whose_checkpoints_cannot_be_deleted_still_ends_well_and_says_where_they_are(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Failing the run there would have the Job retry it: no pointer, fresh noise, a second release from
+    the same data. The checkpoints left behind are named instead (an endpoint nothing listens on)."""
+    from kubetune_trainer.steps import discard_private_checkpoints
+
+    unreachable = ObjectStore(S3Spec(endpoint="http://127.0.0.1:9", region="us-east-1"))
+    with pytest.raises(StorageError):  # the store really fails: the step below must absorb it
+        CheckpointStore(unreachable, "s3://bucket/job/checkpoints").discard()
+    discard_private_checkpoints(unreachable, "s3://bucket/job/checkpoints")
+    assert "s3://bucket/job/checkpoints were not all deleted" in caplog.text and "by hand" in caplog.text
+
+
 # ------------------------------------------------------------------ kubetune verify
 def test_kubetune_verify_finds_every_change_to_a_published_version(
     tmp_path: Path, s3_endpoint: str, s3_spec: S3Spec, s3_bucket: str, capsys: pytest.CaptureFixture[str]

@@ -191,7 +191,7 @@ def _run_stages(ctx: RunContext) -> Exit:
     if outcome.privacy is not None and end.code == EXIT_OK:
         # Only once the result is reported: a pod that fails before then is retried, and its
         # replacement must resume this run's chain, not draw a second one (docs/privacy.md).
-        steps.discard_private_checkpoints(ctx)
+        steps.discard_private_checkpoints(ctx.store, ctx.checkpoint_uri)
     from kubetune_trainer.summary import print_summary
 
     print_summary(ctx.name, evaluation, published, outcome)

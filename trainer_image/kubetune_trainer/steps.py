@@ -76,6 +76,7 @@ from kubetune_trainer.plan import (
 from kubetune_trainer.publish import PublishedRun, RunRecord, lineage_manifest, publish_run
 from kubetune_trainer.replay import PLANNED_ANSWER_TOKENS, answers_worth_replaying, choose_replay_prompts
 from kubetune_trainer.row_cache import RowCache
+from kubetune_trainer.storage import ObjectStore, StorageError
 from kubetune_trainer.tensors.encode import TokenCounter
 from kubetune_trainer.training.ewc import EwcPlan
 from kubetune_trainer.training.loop import TrainOutcome
@@ -517,13 +518,24 @@ def train(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, resolved
     )
 
 
-def discard_private_checkpoints(ctx: RunContext) -> None:
+def discard_private_checkpoints(store: ObjectStore, checkpoint_uri: str) -> None:
     """A private run, published and reported: its checkpoints hold the states of the generators that drew
-    its rows and its noise, and nothing resumes them any more, so they are deleted (docs/privacy.md)."""
+    its rows and its noise, and nothing resumes them any more, so they are deleted (docs/privacy.md).
+    A storage failure here does not fail the run: a retried pod would find no pointer and train the same
+    data again on fresh noise, a second release; checkpoints left behind are the lesser harm, said loudly."""
     from kubetune_trainer.training.checkpoints import CheckpointStore
 
-    deleted = CheckpointStore(ctx.store, ctx.checkpoint_uri).discard()
-    log.info("private run published: its %d checkpoint(s) under %s deleted", deleted, ctx.checkpoint_uri)
+    try:
+        deleted = CheckpointStore(store, checkpoint_uri).discard()
+    except StorageError as err:
+        log.warning(
+            "private run published, but its checkpoints under %s were not all deleted (%s): they hold the "
+            "states of its secret random generators; delete them by hand",
+            checkpoint_uri,
+            err,
+        )
+        return
+    log.info("private run published: its %d checkpoint(s) under %s deleted", deleted, checkpoint_uri)
 
 
 def _ewc_plan(ctx: RunContext, model: BaseModelInfo, data: PreparedDataset, seed: int) -> EwcPlan | None:
