@@ -4,6 +4,7 @@ and LoRA; the epsilon the lineage reports is recomputed here from the steps actu
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 
 from kubetune.api.contract import EXIT_CONFIG
 from kubetune.api.v1alpha1 import ResolvedAdapterTraining, ResolvedPrivacy
-from kubetune_trainer.plan import resolve_training
+from kubetune_trainer.plan import DEFAULTS, resolve_training
 from tests.builders import spec
 from tests.trainer.jobs import kubetune_process, run_locally, write_dataset, write_job
 from tests.trainer.plans import CPU, L4, NO_REPLAY, SEVEN_B, SMOL
@@ -45,7 +46,7 @@ def test_the_plan_samples_rows_for_the_budget_and_keeps_validation_out() -> None
     assert isinstance(plan, ResolvedAdapterTraining) and isinstance(plan.privacy, ResolvedPrivacy)
     hp, privacy = plan.hyperparameters, plan.privacy
     assert privacy.sample_rate == hp.batch_size * hp.gradient_accumulation_steps / 200
-    assert privacy.steps == -(-hp.epochs // privacy.sample_rate)
+    assert privacy.steps == math.ceil(hp.epochs / privacy.sample_rate)
     assert (privacy.delta, privacy.max_grad_norm, privacy.accountant) == (1 / 2000, 1.0, "rdp")
     plain = resolve_training(spec(), CPU, train_examples=200, token_lengths=[40] * 200, shape=SMOL, replay=NO_REPLAY)
     assert isinstance(plain, ResolvedAdapterTraining) and plain.privacy.mechanism == "none"
@@ -60,6 +61,32 @@ def test_the_plan_samples_rows_for_the_budget_and_keeps_validation_out() -> None
     assert on_gpu.hyperparameters.gradient_checkpointing is False, "Opacus sees each layer's activations once"
     # one row, one privacy unit; validation rows choose nothing
     assert (hp.packing, hp.early_stopping_patience, plan.lora.strengths) == (False, 0, [1.0])
+
+
+def _private_plan(rows: int, **hyperparameters: float) -> tuple[ResolvedAdapterTraining, ResolvedPrivacy]:
+    manifest = spec(privacy={"targetEpsilon": 4}, resources={"gpus": 0}, hyperparameters=hyperparameters)
+    plan = resolve_training(manifest, CPU, train_examples=rows, token_lengths=[40] * rows, shape=SMOL, replay=NO_REPLAY)
+    assert isinstance(plan, ResolvedAdapterTraining) and isinstance(plan.privacy, ResolvedPrivacy)
+    return plan, plan.privacy
+
+
+def test_the_private_recipe_takes_a_few_large_steps_an_epoch_at_a_higher_rate_and_the_users_values_win() -> None:
+    # The example's 561 rows: 8 steps an epoch of about 70 rows (micro-batches of 4), not the plain batch of 8.
+    plan, privacy = _private_plan(561)
+    hp = plan.hyperparameters
+    assert (hp.batch_size, hp.gradient_accumulation_steps, hp.learning_rate) == (4, 18, DEFAULTS.lr_private)
+    assert privacy.sample_rate == 72 / 561 and privacy.steps == 24
+    plain = resolve_training(spec(), CPU, train_examples=561, token_lengths=[40] * 561, shape=SMOL, replay=NO_REPLAY)
+    assert plain.hyperparameters.gradient_accumulation_steps * plain.hyperparameters.batch_size == 8
+    assert plain.hyperparameters.learning_rate == DEFAULTS.lr_lora < DEFAULTS.lr_private
+    # A small dataset keeps at least the plain batch; a large one is capped and takes more steps an epoch.
+    assert _private_plan(40)[1].sample_rate == 8 / 40
+    large_plan, large = _private_plan(200_000)
+    assert large_plan.hyperparameters.gradient_accumulation_steps * 4 == DEFAULTS.privacy_max_expected_batch
+    assert large.steps == math.ceil(large_plan.hyperparameters.epochs * 200_000 / 1024)
+    # What the user sets is kept.
+    mine, mine_privacy = _private_plan(561, batchSize=2, gradientAccumulationSteps=3, learningRate=1e-4)
+    assert mine_privacy.sample_rate == 6 / 561 and mine.hyperparameters.learning_rate == 1e-4
 
 
 @pytest.fixture(scope="module")

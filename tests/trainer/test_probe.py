@@ -62,3 +62,36 @@ def test_without_real_steps_a_pre_flight_pod_estimates_from_the_formulas(tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "work" / "artifacts" / "reports" / "preflight.json").read_text())
     assert "from real steps" not in report["message"] and report["estimatedMinutes"] is not None
+
+
+def test_the_probe_times_smaller_private_steps_and_scales_them_to_the_planned_batch() -> None:
+    from kubetune.api.v1alpha1 import ResolvedAdapterTraining, ResolvedPrivacy
+    from kubetune_trainer.plan import resolve_training
+    from kubetune_trainer.training.probe import PROBE_PRIVATE_MICRO_BATCHES, smaller_private_steps
+    from tests.builders import spec
+    from tests.trainer.plans import CPU, NO_REPLAY, SMOL
+
+    def plan(rows: int, **extra: Any) -> ResolvedAdapterTraining:
+        resolved = resolve_training(
+            spec(resources={"gpus": 0}, **extra),
+            CPU,
+            train_examples=rows,
+            token_lengths=[40] * rows,
+            shape=SMOL,
+            replay=NO_REPLAY,
+        )
+        assert isinstance(resolved, ResolvedAdapterTraining)
+        return resolved
+
+    private = plan(561, privacy={"targetEpsilon": 4})  # 72 rows a step, about 18 micro-batches of 4
+    assert isinstance(private.privacy, ResolvedPrivacy)
+    probed, scale = smaller_private_steps(private, 561)
+    assert isinstance(probed, ResolvedAdapterTraining) and isinstance(probed.privacy, ResolvedPrivacy)
+    assert probed.privacy.sample_rate * 561 == pytest.approx(PROBE_PRIVATE_MICRO_BATCHES * 4)
+    assert probed.privacy.sample_rate * scale == pytest.approx(private.privacy.sample_rate)
+    assert probed.privacy.steps == private.privacy.steps and probed.hyperparameters == private.hyperparameters
+    # A step no larger than the probe's is timed as planned; a run without privacy is untouched.
+    small = plan(40, privacy={"targetEpsilon": 4})
+    assert smaller_private_steps(small, 40) == (small, 1.0)
+    plain = plan(561)
+    assert smaller_private_steps(plain, 561) == (plain, 1.0)

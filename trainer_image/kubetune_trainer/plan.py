@@ -150,6 +150,15 @@ class Defaults:
     # below 1 / rows, the usual bar for a meaningful epsilon; epsilon counted by Renyi DP.
     privacy_max_grad_norm: float = 1.0
     privacy_delta_rows_factor: float = 10.0
+    # DP-SGD's expected batch: the budget fixes the noise each step adds, so a larger expected batch
+    # (fewer, larger steps) divides it among more clipped gradients. At epsilon 4 on the example's 561
+    # rows, 8 steps an epoch lower the noise on the mean gradient from 0.084 to 0.015 per weight against
+    # the non-private batch of 8 (docs/privacy.md, "The default recipe"). Capped so that large datasets
+    # still take many steps (Li et al. 2022 train at 1,024; Ponomareva et al. 2023, section 5.4).
+    privacy_steps_per_epoch: int = 8
+    privacy_max_expected_batch: int = 1024
+    # Fewer steps each averaging more rows: a higher rate than lr_lora (Li et al. 2022 scale it with the batch).
+    lr_private: float = 2e-3
     effective_batch: int = 8  # packed rows per optimizer step: enough updates on small datasets
     early_stopping_patience: int = 2
     evaluations_per_run: int = 5  # each costs a validation pass; early stopping needs a few
@@ -410,7 +419,8 @@ def resolve_training(
     trained_lengths = [*token_lengths, *(min(length, seq_len) for length in replay_token_lengths)]
     micro = chosen(user.batch_size, 4 if hardware.device == "cpu" else _gpu_micro_batch(hardware, seq_len))
     world = hardware.processes
-    accumulation = chosen(user.gradient_accumulation_steps, max(1, round(DEFAULTS.effective_batch / (micro * world))))
+    expected_batch = DEFAULTS.effective_batch if spec.privacy is None else _private_expected_batch(train_examples)
+    accumulation = chosen(user.gradient_accumulation_steps, max(1, round(expected_batch / (micro * world))))
     epochs = chosen(user.epochs, _epochs_for(train_examples))
     adapter = chosen(spec.method.adapter, DEFAULTS.adapter)
     # A pair's answers are compared row by row; a prefix is a key/value cache, which packed rows'
@@ -437,6 +447,8 @@ def resolve_training(
         default_lr = DEFAULTS.lr_full
     if preference:
         default_lr /= DEFAULTS.preference_lr_divisor
+    if spec.privacy is not None:
+        default_lr = DEFAULTS.lr_private
     hyper = ResolvedHyperparameters(
         epochs=epochs,
         learning_rate=chosen(user.learning_rate, default_lr),
@@ -531,6 +543,13 @@ def resolve_training(
             else ResolvedNoPrivacy(mechanism="none")
         ),
     )
+
+
+def _private_expected_batch(train_examples: int) -> int:
+    """DP-SGD's auto batch: ``privacy_steps_per_epoch`` steps an epoch, at least the non-private batch and
+    at most ``privacy_max_expected_batch`` rows."""
+    per_epoch = math.ceil(max(1, train_examples) / DEFAULTS.privacy_steps_per_epoch)
+    return min(DEFAULTS.privacy_max_expected_batch, max(DEFAULTS.effective_batch, per_epoch))
 
 
 def resolve_privacy(spec: PrivacySpec, hyper: ResolvedHyperparameters, train_examples: int) -> ResolvedPrivacy:

@@ -40,6 +40,10 @@ from kubetune_trainer.training.checkpoints import CheckpointStore
 from kubetune_trainer.training.loop import TrainConfig, train
 
 PROBE_STEPS = 3  # one to warm up, two timed: enough on a CPU where a step's time barely varies
+# A DP-SGD step draws a large expected batch (docs/privacy.md, "The default recipe"): the probe's steps
+# draw this many micro-batches on average and are scaled to the planned batch, since a step's time is
+# that of the rows it draws. Three full steps of the example's 72 rows took a third of an epoch.
+PROBE_PRIVATE_MICRO_BATCHES = 4
 
 
 def optimizer_steps(rows: int, resolved: ResolvedTraining) -> int:
@@ -50,6 +54,18 @@ def optimizer_steps(rows: int, resolved: ResolvedTraining) -> int:
     hyper = resolved.hyperparameters
     per_epoch = max(1, math.ceil(math.ceil(rows / hyper.batch_size) / hyper.gradient_accumulation_steps))
     return max(1, math.ceil(hyper.epochs * per_epoch))
+
+
+def smaller_private_steps(resolved: ResolvedTraining, rows: int) -> tuple[ResolvedTraining, float]:
+    """The plan the probe times, and the factor from its steps' time to the run's: a DP-SGD plan's steps
+    drawing ``PROBE_PRIVATE_MICRO_BATCHES`` micro-batches of its ``rows`` on average (never more than
+    planned); any other plan as it is, factor 1."""
+    if not (isinstance(resolved, ResolvedAdapterTraining) and isinstance(resolved.privacy, ResolvedPrivacy)):
+        return resolved, 1.0
+    planned = resolved.privacy.sample_rate
+    probed = min(planned, PROBE_PRIVATE_MICRO_BATCHES * resolved.hyperparameters.batch_size / max(1, rows))
+    privacy = resolved.privacy.model_copy(update={"sample_rate": probed})
+    return resolved.model_copy(update={"privacy": privacy}), planned / probed
 
 
 def validations(resolved: ResolvedTraining, total_steps: int) -> int:
@@ -113,6 +129,7 @@ def _probe_here(
     total_steps = optimizer_steps(rows(train_examples, replay_lengths), resolved)
     # One validation pass, on the run's validation rows, right after the last step: timed, not assumed.
     probed = resolved.model_copy(update={"hyperparameters": hyper.model_copy(update={"eval_steps": PROBE_STEPS})})
+    probed, private_scale = smaller_private_steps(probed, len(train_examples))
     stamps: list[tuple[int, float]] = []
     validated: list[float] = []
 
@@ -156,10 +173,10 @@ def _probe_here(
     if len(stamps) < 2:
         raise RuntimeError(f"the probe logged {len(stamps)} steps of {PROBE_STEPS}")
     (first_step, first), (last_step, last) = stamps[0], stamps[-1]
-    per_step = (last - first) / max(1, last_step - first_step)
+    probe_step = (last - first) / max(1, last_step - first_step)
     return MeasuredSteps(
-        seconds_per_step=per_step,
-        setup_seconds=max(0.0, first - started - per_step),
+        seconds_per_step=probe_step * private_scale,
+        setup_seconds=max(0.0, first - started - probe_step),
         total_steps=total_steps,
         validation_seconds=validated[0] - last if validated else 0.0,
         validations=validations(resolved, total_steps) if validation else 0,
