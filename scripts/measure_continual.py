@@ -60,10 +60,11 @@ from measure_forgetting import (
     add_run_arguments,
     clear_unless_resumable,
     machine_words,
+    measured_elsewhere,
     merge,
-    provenance,
     read_jsonl,
     resumed_results,
+    run_code,
     run_kubetune,
     save,
 )
@@ -157,9 +158,12 @@ def run_job(name: str, job: dict[str, Any], folder: Path) -> tuple[dict[str, Any
     if clear_unless_resumable(folder, yaml.safe_dump(job, sort_keys=False)):
         print(f"{name}: resuming the attempt cut short in {folder}", file=sys.stderr)
     result, wall = run_kubetune(job, folder, DATASETS[TASK_A].parent)
-    # Each run's own code: an invocation adding variants to the file may come at a later commit.
-    code = {k: v for k, v in provenance([]).items() if k in ("commit", "dirty", "codeSha256")}
-    record: dict[str, Any] = {"manifest": job, "exitCode": result.returncode, "wallSeconds": round(wall, 1), **code}
+    record: dict[str, Any] = {
+        "manifest": job,
+        "exitCode": result.returncode,
+        "wallSeconds": round(wall, 1),
+        **run_code(),
+    }
     if result.returncode != 0:
         return {**record, "error": result.stderr[-3000:]}, None
     (version,) = [p for p in (folder / "runs" / job["metadata"]["name"]).iterdir() if p.name.startswith("v")]
@@ -256,14 +260,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "|---|---|---:|---|---|---|",
         *(_row(run) for run in results["variants"]),
         "",
+        *measured_elsewhere(results["variants"], "variant", results["commit"]),
     ]
-    elsewhere = [
-        f"{run['variant']} at {run['commit'][:12]}"
-        for run in results["variants"]
-        if run.get("commit", results["commit"]) != results["commit"]
-    ]
-    if elsewhere:
-        lines += [f"Measured at another commit (an earlier invocation): {'; '.join(elsewhere)}.", ""]
     return "\n".join(lines)
 
 

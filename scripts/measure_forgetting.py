@@ -250,6 +250,18 @@ def provenance(command: list[str]) -> dict[str, Any]:
     }
 
 
+def run_code() -> dict[str, Any]:
+    """A run's own code (commit, dirty, digest): an invocation adding runs to a file may come at a later commit."""
+    return {k: v for k, v in provenance([]).items() if k in ("commit", "dirty", "codeSha256")}
+
+
+def measured_elsewhere(runs: list[dict[str, Any]], name: str, commit: str) -> list[str]:
+    """The page's note naming the runs measured at another commit than the file's last invocation (a run
+    recorded before runs carried their own commit counts as the file's)."""
+    elsewhere = [f"{run[name]} at {run['commit'][:12]}" for run in runs if run.get("commit", commit) != commit]
+    return [f"Measured at another commit (an earlier invocation): {'; '.join(elsewhere)}.", ""] if elsewhere else []
+
+
 def resumed_results(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
     """What ``args.out`` recorded (nothing with ``--restart``), under this invocation's provenance: the
     start of a resumable measurement (measure_continual.py, measure_privacy.py)."""

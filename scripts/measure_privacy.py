@@ -44,9 +44,11 @@ from measure_forgetting import (
     add_run_arguments,
     clear_unless_resumable,
     machine_words,
+    measured_elsewhere,
     merge,
     read_jsonl,
     resumed_results,
+    run_code,
     run_kubetune,
     save,
 )
@@ -54,7 +56,8 @@ from measure_forgetting import (
 RESULTS = ROOT / "docs" / "measurements" / "privacy.json"
 TASK = "support-tickets"
 BASELINE = "no privacy"
-# What spec.privacy resolves these to; the baseline sets them so that privacy is the only difference.
+# What spec.privacy resolves these to, set in the baseline so that they are not part of the difference. The
+# private recipe's larger batch and higher learning rate stay part of it: each run takes its own defaults.
 WITHOUT_PRIVACY = {
     "hyperparameters": {"packing": False, "earlyStoppingPatience": 0},
     "method": {"lora": {"scale": 1.0}},
@@ -128,6 +131,7 @@ def measure(name: str, job: dict[str, Any], folder: Path) -> dict[str, Any]:
         "manifest": job,
         "exitCode": result.returncode,
         "wallSeconds": round(wall, 1),
+        **run_code(),
     }
     if result.returncode != 0:
         return {**record, "error": result.stderr[-3000:]}
@@ -179,6 +183,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             "|---|---|---|---:|---|",
             *(_row(run) for run in results["runs"]),
             "",
+            *measured_elsewhere(results["runs"], "run", results["commit"]),
         ]
     )
 
