@@ -62,6 +62,17 @@ def test_embeddings_and_losses_do_not_depend_on_the_batch(tiny: tuple[Any, Any])
     assert tokenizer.padding_side == side, "the shared tokenizer is left as it was"
 
 
+def test_texts_batched_by_length_come_back_in_the_order_given(tiny: tuple[Any, Any]) -> None:
+    """Batches are formed in length order (less padding); each row is still the text given there."""
+    model, tokenizer = tiny
+    texts = [f"user: {'a refund for order 1234 please ' * n}" for n in (9, 1, 5, 3, 7)]
+    one_by_one = np.concatenate([embed(model, tokenizer, [text]) for text in texts])
+    np.testing.assert_allclose(embed(model, tokenizer, texts, batch_size=2), one_by_one, rtol=1e-4, atol=1e-5)
+    alone = [prompt_losses(model, tokenizer, [text])[0] for text in texts]
+    assert prompt_losses(model, tokenizer, texts, batch_size=2) == pytest.approx(alone, rel=1e-4)
+    assert len(set(alone)) == len(texts), "distinct texts, distinct losses: a misplaced row would show"
+
+
 def test_a_profile_is_bounded_and_survives_save_and_load(tiny: tuple[Any, Any], tmp_path: Path) -> None:
     model, tokenizer = tiny
     train, held_out = [ticket(n) for n in range(300)], [ticket(n) for n in range(300, 340)]
