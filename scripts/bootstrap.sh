@@ -14,6 +14,16 @@ pip() {
   rm -f "$log"
   return "$status"
 }
+# The test tools that live outside .venv (MLflow's own venv, Azurite's node_modules) install meanwhile:
+# each is minutes of downloads and unpacking that need nothing from .venv. Waited for, and a failure
+# still fails, below.
+background=()
+if [ "$extra" = dev ]; then
+  bash scripts/install-mlflow.sh >/dev/null &
+  background+=($!)
+  bash scripts/install-azurite.sh >/dev/null &
+  background+=($!)
+fi
 stamp=".venv/.kubetune-$extra-$(cat constraints.txt constraints-tools.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   # torch first, from the pinned CPU build: resolving it with the rest can pull a CUDA build.
@@ -31,8 +41,10 @@ if [ ! -f "$stamp" ]; then
 fi
 if [ "$extra" = dev ]; then
   bash scripts/install-helm.sh >/dev/null
+  # These two may both run apt-get update, which takes a lock: one after the other.
   bash scripts/install-prometheus.sh >/dev/null
-  bash scripts/install-mlflow.sh >/dev/null
-  bash scripts/install-azurite.sh >/dev/null
   bash scripts/install-registry.sh >/dev/null
 fi
+for pid in ${background[@]+"${background[@]}"}; do
+  wait "$pid"
+done
