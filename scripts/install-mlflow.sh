@@ -7,12 +7,13 @@ cd "$(dirname "$0")/.."
 venv=.venv-mlflow
 stamp="$venv/.kubetune-$(sha256sum constraints-mlflow.txt | cut -c1-16)"
 if [ -f "$stamp" ]; then exit 0; fi
-python3 -m venv "$venv"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-"$venv/bin/python" -m pip --disable-pip-version-check install --quiet -c constraints-mlflow.txt "mlflow[auth]" >"$log" 2>&1 || {
-  grep -v '^WARNING: Location' "$log" >&2
+# With the uv that scripts/bootstrap.sh puts into .venv (it runs this script after that).
+uv=.venv/bin/uv
+if [ ! -x "$uv" ]; then
+  echo "$uv is missing: run scripts/bootstrap.sh dev (it installs uv, then runs this script)" >&2
   exit 1
-}
+fi
+python3 -m venv "$venv"
+UV_LINK_MODE=copy "$uv" pip install --quiet --python "$venv/bin/python" --compile-bytecode -c constraints-mlflow.txt "mlflow[auth]"
 "$venv/bin/mlflow" --version
 touch "$stamp"
