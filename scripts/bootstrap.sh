@@ -18,9 +18,11 @@ pip() {
 # cold caches took 142 s against pip's 236 s, docs/testing.md). pip only brings uv itself, and torch.
 pip install --quiet -c constraints-tools.txt uv
 uv() { UV_LINK_MODE=copy .venv/bin/uv "$@"; }
-# uv reads its own variables, not pip's: a package index configured for pip is passed on.
+# uv reads its own variables, not pip's: a package index and a CA bundle configured for pip are passed on
+# (uv trusts SSL_CERT_FILE's bundle, a proxy's CA included).
 if [ -n "${PIP_INDEX_URL:-}" ] && [ -z "${UV_DEFAULT_INDEX:-}" ]; then export UV_DEFAULT_INDEX="$PIP_INDEX_URL"; fi
 if [ -n "${PIP_EXTRA_INDEX_URL:-}" ] && [ -z "${UV_INDEX:-}" ]; then export UV_INDEX="$PIP_EXTRA_INDEX_URL"; fi
+if [ -n "${PIP_CERT:-}" ] && [ -z "${SSL_CERT_FILE:-}" ]; then export SSL_CERT_FILE="$PIP_CERT"; fi
 # The test tools that live outside .venv (MLflow's own venv, Azurite's node_modules) install meanwhile:
 # each is minutes of downloads and unpacking that need nothing from .venv. Waited for, and a failure
 # still fails, below.
