@@ -6,6 +6,7 @@ Shared by ``scripts/measure_*.py`` and ``bench/*.py`` (the bench scripts put thi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -34,22 +35,37 @@ def code_digest(paths: Sequence[str]) -> str:
 
 
 def run_within(
-    command: Sequence[str], seconds: float, env: Mapping[str, str] | None = None
+    command: Sequence[str], seconds: float, env: Mapping[str, str] | None = None, *, grace_seconds: float | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``command`` with its output captured, in a process group of its own; past ``seconds`` the whole
-    group is killed and the result has exit code 124 (``timeout``'s), with what it had written to stderr.
-    subprocess.run's timeout kills the direct child only, and a child it spawned would outlive it and
-    compete with the next invocation (which resumes the same run)."""
+    """``command`` with its output captured, in a process group of its own, ended within ``seconds``: as
+    a pod is, the group gets SIGTERM ``grace_seconds`` before the end (default a tenth of the time, at
+    most 5 minutes), on which ``kubetune run`` checkpoints at the next step and stops, so the next
+    invocation resumes from there. A run with fewer steps than ``checkpoint.everySteps`` (a private run's
+    24, say) has no other checkpoint: killed outright at its hour, it started over at every invocation.
+    What is left at ``seconds`` is killed, and the result has exit code 124 (``timeout``'s), with what it
+    had written to stderr. subprocess.run's timeout kills the direct child only, and a child it spawned
+    would outlive it and compete with the next invocation (which resumes the same run)."""
+    grace = min(300.0, seconds / 10) if grace_seconds is None else grace_seconds
     process = subprocess.Popen(
         list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     )
     try:
-        stdout, stderr = process.communicate(timeout=seconds)
+        stdout, stderr = process.communicate(timeout=seconds - grace)
+        return subprocess.CompletedProcess(list(command), process.returncode, stdout, stderr)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        _signal_group(process.pid, signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        _signal_group(process.pid, signal.SIGKILL)
         _, stderr = process.communicate()
-        return subprocess.CompletedProcess(list(command), 124, "", f"timed out after {seconds:g} s\n{stderr}")
-    return subprocess.CompletedProcess(list(command), process.returncode, stdout, stderr)
+    _signal_group(process.pid, signal.SIGKILL)  # whatever the stopped run left behind
+    return subprocess.CompletedProcess(list(command), 124, "", f"timed out after {seconds:g} s\n{stderr}")
+
+
+def _signal_group(group: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group has ended
+        os.killpg(group, signum)
 
 
 def cpu_model() -> str:

@@ -34,3 +34,12 @@ def test_a_run_past_its_time_is_killed_with_every_process_it_spawned(tmp_path: P
 def test_a_run_within_its_time_returns_its_output_and_code() -> None:
     result = run_within(["sh", "-c", "echo out; echo err >&2; exit 3"], 30)
     assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+
+
+def test_a_run_past_its_time_gets_sigterm_first_and_its_grace_to_stop(tmp_path: Path) -> None:
+    """As a pod: SIGTERM, on which kubetune checkpoints, then the kill at the end of the time."""
+    saved = tmp_path / "saved"
+    script = f"trap 'echo checkpoint > {saved}; exit 143' TERM; echo started >&2; while :; do sleep 0.05; done"
+    result = run_within(["sh", "-c", script], 3.0, grace_seconds=1.5)
+    assert result.returncode == 124 and "started" in result.stderr, result
+    assert saved.read_text() == "checkpoint\n", "the run was killed without its SIGTERM"
