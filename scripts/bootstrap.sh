@@ -14,10 +14,13 @@ pip() {
   rm -f "$log"
   return "$status"
 }
-# uv installs the packages: it resolves, downloads and unpacks in parallel (a fresh `.[dev]` install with
-# cold caches took 142 s against pip's 236 s, docs/testing.md). pip only brings uv itself, and torch.
+# uv installs the packages: it resolves, downloads and unpacks in parallel, much faster than pip (measured
+# in docs/testing.md, "Running the suite"). pip only brings uv itself, and torch.
 pip install --quiet -c constraints-tools.txt uv
-uv() { UV_LINK_MODE=copy .venv/bin/uv "$@"; }
+uv() { .venv/bin/uv "$@"; }
+# Copied out of uv's cache, not hard-linked: the cache may sit on another filesystem than the venvs.
+# Exported, with the settings below, for scripts/install-mlflow.sh, started from here.
+export UV_LINK_MODE=copy
 # uv reads its own variables, not pip's: a package index and a CA bundle configured for pip are passed on
 # (uv trusts SSL_CERT_FILE's bundle, a proxy's CA included).
 if [ -n "${PIP_INDEX_URL:-}" ] && [ -z "${UV_DEFAULT_INDEX:-}" ]; then export UV_DEFAULT_INDEX="$PIP_INDEX_URL"; fi

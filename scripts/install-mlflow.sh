@@ -14,6 +14,6 @@ if [ ! -x "$uv" ]; then
   exit 1
 fi
 python3 -m venv "$venv"
-UV_LINK_MODE=copy "$uv" pip install --quiet --python "$venv/bin/python" --compile-bytecode -c constraints-mlflow.txt "mlflow[auth]"
+"$uv" pip install --quiet --python "$venv/bin/python" --compile-bytecode -c constraints-mlflow.txt "mlflow[auth]"
 "$venv/bin/mlflow" --version
 touch "$stamp"
