@@ -116,13 +116,18 @@ def test_the_recorded_measurement_is_what_the_docs_show() -> None:
         "plain": "plain (`replayFraction: 0`)",
         "replay": "replay (the default, 0.5)",
         "ewc": "ewc (`replayFraction: 0`, `ewc: {}`)",
+        "replay + ewc": "replay + ewc (0.5, `ewc: {}`)",
+        "osf": "osf (`adapter: osf`, `replayFraction: 0`)",
     }
-    for variant, label in labels.items():
-        a, b = runs[variant]["tasks"]["A"], runs[variant]["tasks"]["B"]
+    sweep = "ewc, lambda "
+    for variant, run in runs.items():  # every recorded variant has its row in the docs
+        label = labels.get(variant) or f"ewc, `lambda: {variant.removeprefix(sweep)}` (`replayFraction: 0`)"
+        assert variant in labels or variant.startswith(sweep), f"{variant}: no label for the docs' table"
+        a, b = run["tasks"]["A"], run["tasks"]["B"]
         cells = [
             label,
             f"{a['before']:.3f} → {a['after']:.3f}",
             f"{b['before']:.3f} → {b['after']:.3f}",
-            "yes" if runs[variant]["keptA"] else "no",
+            "yes" if run["keptA"] else "no",
         ]
         assert "| " + " | ".join(cells) + " |" in methods, cells
