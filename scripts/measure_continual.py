@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("version A trained again to the same weights: its recorded variants stand", file=sys.stderr)
         results["versionA"] = {**record, "version": str(version_a), "weightsSha256": digest}
+        save(args.out, results)  # at once: an invocation stopped during a variant must not train A again
         if version_a is None:
-            save(args.out, results)
             print(f"version A failed: {record['error']}", file=sys.stderr)
             return 1
     done = {v["variant"] for v in results["variants"]}

@@ -51,6 +51,31 @@ def test_version_a_is_known_again_by_its_published_weights(tmp_path: Path) -> No
     assert measure_continual.weights_digest(version("2" * 64, "f" * 64)) != first
 
 
+def test_version_a_is_recorded_before_any_variant_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An invocation stopped during its first variant (a session's end, a kill) keeps version A's record,
+    so the next one continues from it rather than training A again. ``run_job`` stands in for
+    ``kubetune run`` here: what is checked is the script's bookkeeping, not a run."""
+    version = tmp_path / "A" / "v1"
+    version.mkdir(parents=True)
+    (version / "manifest.json").write_text(json.dumps({"artifacts": [{"path": "merged/w", "sha256": "1" * 64}]}))
+    ran: list[str] = []
+
+    def run_job(name: str, job: dict[str, object], folder: Path) -> tuple[dict[str, object], Path]:
+        ran.append(name)
+        if name != "A":
+            raise KeyboardInterrupt  # the invocation is stopped while the variant trains
+        return {"manifest": job, "exitCode": 0, "wallSeconds": 1.0}, version
+
+    monkeypatch.setattr(measure_continual, "run_job", run_job)
+    out = tmp_path / "continual.json"
+    with pytest.raises(KeyboardInterrupt):
+        measure_continual.main(["--out", str(out), "--scratch", str(tmp_path / "scratch"), "--only", "plain"])
+    assert ran == ["A", "plain"]
+    recorded = json.loads(out.read_text())["versionA"]
+    assert recorded["version"] == str(version) and recorded["exitCode"] == 0
+    assert recorded["weightsSha256"] == measure_continual.weights_digest(version)
+
+
 def test_an_ewc_sweep_adds_ewc_alone_at_each_weight_and_refuses_a_non_weight() -> None:
     variants = measure_continual._variants(False, ["1e5", "3e6"])
     assert list(variants)[: len(measure_continual.VARIANTS)] == list(measure_continual.VARIANTS)
