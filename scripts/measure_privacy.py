@@ -67,8 +67,8 @@ RUNS: dict[str, dict[str, Any]] = {
     BASELINE: WITHOUT_PRIVACY,
     "epsilon 16": {"privacy": {"targetEpsilon": 16}},
     # The default adapter (all-linear, rank 8: 2.4 M weights) neither learns nor keeps the general ability at
-    # epsilon 16; DP-SGD's noise grows with the square root of the trained weights, and the DP fine-tuning
-    # papers adapt the attention's query and value projections only (460 k weights here).
+    # epsilon 16; DP-SGD's noise grows with the square root of the trained weights, and Yu et al. 2022 (DP
+    # fine-tuning with LoRA) adapt the attention's query and value projections only (460 k weights here).
     "epsilon 16, q and v only": {
         "privacy": {"targetEpsilon": 16},
         "method": {"lora": {"targetModules": ["q_proj", "v_proj"]}},
