@@ -81,6 +81,8 @@ def _iban(rng: random.Random, *, valid: bool = True) -> str:
     if not valid:
         check = (check + rng.randint(1, 40)) % 97 + 2
     compact = f"{country}{check:02d}{bban}"
+    if check % 5 == 0:  # a fifth typed in lower case ("my iban is de89 ..."), decided without a draw
+        compact = compact.lower()
     return " ".join(compact[i : i + 4] for i in range(0, len(compact), 4)) if rng.random() < 0.7 else compact
 
 

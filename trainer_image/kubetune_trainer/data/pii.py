@@ -85,11 +85,22 @@ IBAN_LENGTHS = {
     "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
     "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }  # fmt: skip
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
+# Candidates in either case (people type "my iban is de89 3704 ..."): the mod-97 check keeps only real ones.
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}(?![A-Za-z0-9])")
+# What looks like an IBAN, for holding back the other kinds where its check fails: upper-case as IBANs are
+# printed, however spaced; in other case only compact, or in groups of four with digits after the first
+# (the bank code), since ``_IBAN`` in lower case also matches plain words after a token like "ab12" (and
+# would hide the phone number in "ab12 then call 415-555-2671").
+_IBAN_GROUP = r" (?=[A-Za-z0-9]{0,3}\d)[A-Za-z0-9]{4}"
+_IBAN_SHAPE = re.compile(
+    r"(?<![A-Za-z0-9])(?:[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}"
+    rf"|[A-Za-z]{{2}}\d{{2}}(?:[A-Za-z0-9]{{11,30}}| [A-Za-z0-9]{{4}}(?:{_IBAN_GROUP}){{1,6}}(?: [A-Za-z0-9]{{1,3}})?))"
+    r"(?![A-Za-z0-9])"
+)
 
 
 def iban_valid(candidate: str) -> bool:
-    compact = candidate.replace(" ", "")
+    compact = candidate.replace(" ", "").upper()
     if IBAN_LENGTHS.get(compact[:2]) != len(compact):
         return False
     rearranged = compact[4:] + compact[:4]
@@ -287,7 +298,7 @@ FINDERS: dict[PiiKind, Callable[[str], Iterator[tuple[int, int]]]] = {
 
 # The kinds whose numbers have a check: a number shaped like one that fails the check is a typo or a
 # made-up number, not a phone number or a shorter card hiding inside it.
-CHECKED_SHAPES = {PiiKind.IBAN: _IBAN, PiiKind.CARD: _CARD}
+CHECKED_SHAPES = {PiiKind.IBAN: _IBAN_SHAPE, PiiKind.CARD: _CARD}
 
 
 def find_pii(text: str) -> list[Finding]:
