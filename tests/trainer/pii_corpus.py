@@ -25,7 +25,7 @@ DOMAINS = ["example.com", "mail.example.org", "corp.example.co.uk", "uni-example
 
 
 def _email(rng: random.Random) -> str:
-    first, last = rng.choice(FIRST).replace("ü", "u"), rng.choice(LAST).replace("ü", "u")
+    first, last = rng.choice(FIRST), rng.choice(LAST)  # müller@... as internationalised addresses are written
     local = rng.choice([f"{first}.{last}", f"{first}{rng.randint(1, 99)}", f"{first[0]}{last}", f"{first}+orders"])
     address = f"{local}@{rng.choice(DOMAINS)}"
     return address.upper() if rng.random() < 0.1 else address
@@ -167,6 +167,7 @@ def _decoy(rng: random.Random) -> tuple[str, str]:
         ("handle", f"@{rng.choice(FIRST).replace('-', '')}{rng.randint(1, 99)}"),
         ("local address", f"{rng.choice(FIRST).replace('-', '')}@localhost"),
         ("quantity", f"{rng.randint(1, 999)} units of SKU {rng.randint(10000, 99999)}"),
+        ("unix time", str(rng.randint(1_000_000_000, 1_999_999_999))),
     ]
     return rng.choice(choices)
 

@@ -60,3 +60,18 @@ def test_the_checks_tell_real_numbers_from_look_alikes() -> None:
     # Shaped like an identifier, but none: a wrong check, a version, a date, an ISBN, a ZIP+4 code.
     for text in ("4111-1111-1111-1112", "version 10.0.19041.1", "2024-03-15", "ISBN 0-306-40615-2", "94103-1234"):
         assert find_pii(text) == [], text
+
+
+def test_addresses_in_any_script_and_lower_case_ibans_are_found_and_unix_times_are_no_phone_numbers() -> None:
+    text = (
+        "Mail jürgen@müller.de or иван@пример.рф, iban de89 3704 0044 0532 0130 00; "
+        "logged at 1701234567 and 1699999999, call 415-555-2671 or 1-800-555-0199"
+    )
+    found = [(finding.kind, text[finding.start : finding.end]) for finding in find_pii(text)]
+    assert found == [
+        (PiiKind.EMAIL, "jürgen@müller.de"),
+        (PiiKind.EMAIL, "иван@пример.рф"),
+        (PiiKind.IBAN, "de89 3704 0044 0532 0130 00"),
+        (PiiKind.PHONE, "415-555-2671"),
+        (PiiKind.PHONE, "1-800-555-0199"),
+    ]

@@ -67,9 +67,10 @@ def luhn_valid(digits: str) -> bool:
 
 # --------------------------------------------------------------------------- e-mail
 
+# Letters of any script, as internationalised addresses (RFC 6531) have them: jürgen@müller.de.
 _EMAIL = re.compile(
-    r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
+    r"(?<![\w.%+-])[^\W_](?:[\w.%+-]{0,62}[\w%+-])?"
+    r"@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,24}(?![\w-])"
 )
 
 # --------------------------------------------------------------------------- IBAN
@@ -266,6 +267,7 @@ def _bounded(text: str, start: int, end: int) -> bool:
 _NANP_GROUPS = ((3, 3, 4), (1, 3, 3, 4), (10,), (11,))
 # Numbers written with dots: 555.123.4567, or 01.23.45.67.89 in France; not dates, versions, addresses.
 _DOTTED_GROUPS = ((3, 3, 4), (2, 2, 2, 2, 2))
+_NANP_LEADING = "23456789"  # what an area code and an exchange start with
 
 
 def _plausible_phone(raw: str, *, by_shape: bool) -> bool:
@@ -280,7 +282,16 @@ def _plausible_phone(raw: str, *, by_shape: bool) -> bool:
     if "." in number and groups not in _DOTTED_GROUPS:
         return False
     if by_shape:
-        return groups in _NANP_GROUPS and (groups[0] != 11 or number.startswith("1"))
+        if groups not in _NANP_GROUPS:
+            return False
+        digits = _digits(number)
+        if groups[0] in (1, 11):  # the country code 1 written before the number
+            if not digits.startswith("1"):
+                return False
+            digits = digits[1:]
+        # The North American plan's NXX-NXX-XXXX: neither the area code nor the exchange starts with 0 or 1,
+        # which keeps Unix timestamps (1701234567) and most counters from being read as phone numbers.
+        return digits[0] in _NANP_LEADING and digits[3] in _NANP_LEADING
     return number.lstrip("(").startswith("0") and groups[-1] > 1  # not an ISBN's check digit
 
 
