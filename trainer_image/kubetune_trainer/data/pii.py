@@ -148,7 +148,7 @@ _NINO = re.compile(
 # Canadian Social Insurance numbers, three groups of three, Luhn-valid (not starting with 0 or 8).
 _SIN = re.compile(r"(?<![\w-])[1-79]\d{2}([- ])\d{3}\1\d{3}(?![\w-])")
 # Spanish DNI (8 digits) and NIE (X, Y or Z and 7 digits) with their check letter.
-_DNI = re.compile(r"(?<![A-Za-z0-9])([XYZ]\d{7}|\d{8})-?([A-Z])(?![A-Za-z0-9])")
+_DNI = re.compile(r"(?<![A-Za-z0-9])([XYZ]-?\d{7}|\d{8})-?([A-Z])(?![A-Za-z0-9])")  # NIE: X-1234567-L too
 _DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
 # Indian Aadhaar numbers: twelve digits in groups of four, not starting with 0 or 1, Verhoeff-valid.
 _AADHAAR = re.compile(r"(?<![\w-])[2-9]\d{3}([ -]?)\d{4}\1\d{4}(?![\w-])")
@@ -186,7 +186,7 @@ def _national_ids(text: str) -> Iterator[tuple[int, int]]:
 
 
 def _dni_valid(match: re.Match[str]) -> bool:
-    number = match.group(1)
+    number = match.group(1).replace("-", "")
     number = str("XYZ".index(number[0])) + number[1:] if number[0] in "XYZ" else number
     return _DNI_LETTERS[int(number) % 23] == match.group(2)
 
