@@ -40,6 +40,8 @@ def _phone(rng: random.Random) -> str:
             f"{area}.{exchange}.{line:04d}",
             f"+1 {area} {exchange} {line:04d}",
             f"+1-{area}-{exchange}-{line:04d}",
+            f"001-{area}-{exchange}-{line:04d}",  # dialled from abroad, as Faker's en_US numbers are written too
+            f"({area}){exchange}-{line:04d}x{rng.randint(100, 99999)}",
             f"({area}) 555-01{rng.randint(0, 99):02d}",
             f"+44 20 7946 0{rng.randint(0, 999):03d}",
             f"+44 7700 900{rng.randint(0, 999):03d}",

@@ -65,7 +65,8 @@ def test_the_checks_tell_real_numbers_from_look_alikes() -> None:
 def test_addresses_in_any_script_and_lower_case_ibans_are_found_and_unix_times_are_no_phone_numbers() -> None:
     text = (
         "Mail jürgen@müller.de or иван@пример.рф, iban de89 3704 0044 0532 0130 00; "
-        "logged at 1701234567 and 1699999999, call 415-555-2671 or 1-800-555-0199, NIE X-1234567-L"
+        "logged at 1701234567 and 1699999999, call 415-555-2671 or 1-800-555-0199 (from abroad "
+        "001-569-891-4860x939), NIE X-1234567-L"
     )
     found = [(finding.kind, text[finding.start : finding.end]) for finding in find_pii(text)]
     assert found == [
@@ -74,5 +75,6 @@ def test_addresses_in_any_script_and_lower_case_ibans_are_found_and_unix_times_a
         (PiiKind.IBAN, "de89 3704 0044 0532 0130 00"),
         (PiiKind.PHONE, "415-555-2671"),
         (PiiKind.PHONE, "1-800-555-0199"),
+        (PiiKind.PHONE, "001-569-891-4860x939"),
         (PiiKind.NATIONAL_ID, "X-1234567-L"),
     ]

@@ -224,6 +224,9 @@ _PHONE_CANDIDATE = re.compile(r"(?:\+|\(\+?)?\d[\d ().\-/]{5,22}\d(?:\s*(?:ext\.
 # numbers in examples). Any country's numbers count in international form (+ or 00).
 _VALID_IN = ("GB", "DE", "FR", "IT", "NL", "AU", "BR")
 _MIN_PHONE_DIGITS = 7
+# A North American number dialled from abroad, 00 being the international prefix there (001-415-555-2671):
+# no region's matcher reads it as +1, and its national part is taken by its shape as North American ones are.
+_NANP_FROM_ABROAD = re.compile(r"001[-. ]?(\(?\d{3}\)?[-. ]?\d{3}[-. ]?\d{4})(?:\s*(?:ext\.?|x|#)\s*\d{1,5})?")
 
 
 def _phones(text: str) -> Iterator[tuple[int, int]]:
@@ -233,6 +236,10 @@ def _phones(text: str) -> Iterator[tuple[int, int]]:
         # A little context on both sides: the matcher checks what surrounds a number.
         left = max(0, candidate.start() - 2)
         window = text[left : candidate.end() + 2]
+        abroad = _NANP_FROM_ABROAD.fullmatch(candidate.group())
+        if abroad and _bounded(text, *candidate.span()) and _plausible_phone(abroad.group(1), by_shape=True):
+            yield candidate.span()
+            continue
         for region, leniency in (("US", Leniency.POSSIBLE), *((r, Leniency.VALID) for r in _VALID_IN)):
             found = [
                 (left + m.start, left + m.end, m.raw_string)
