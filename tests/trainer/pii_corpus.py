@@ -9,7 +9,7 @@ import random
 import string
 from dataclasses import dataclass
 
-from kubetune_trainer.data.pii import IBAN_LENGTHS, PiiKind, luhn_valid
+from kubetune_trainer.data.pii import IBAN_LENGTHS, PiiKind, luhn_valid, verhoeff_valid
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,15 @@ def _luhn_complete(prefix: str, length: int, rng: random.Random, *, valid: bool 
 
 
 def _card(rng: random.Random, *, valid: bool = True) -> str:
-    prefix, length = rng.choice([("4", 16), ("51", 16), ("55", 16), ("2221", 16), ("34", 15), ("37", 15), ("6011", 16)])
+    prefix, length = rng.choice(
+        [
+            *[("4", 16), ("51", 16), ("55", 16), ("2221", 16), ("34", 15), ("37", 15), ("6011", 16)],
+            *[("6759", 12), ("5018", 12), ("2131", 15), ("1800", 15)],  # Maestro's 12 digits, JCB's 15 (as Faker's)
+        ]
+    )
     digits = _luhn_complete(prefix, length, rng, valid=valid)
+    while length == 12 and verhoeff_valid(digits):  # also a valid Aadhaar number, which the detector reads it as
+        digits = _luhn_complete(prefix, length, rng, valid=valid)
     amex = [digits[:4], digits[4:10], digits[10:]]  # 4-6-5
     groups = amex if length == 15 else [digits[i : i + 4] for i in range(0, length, 4)]
     return rng.choice([" ", "-", ""]).join(groups)
@@ -96,7 +103,11 @@ def _ip(rng: random.Random) -> str:
 
 
 def _national_id(rng: random.Random) -> str:
-    kind = rng.randrange(4)
+    kind = rng.randrange(5)
+    if kind == 4:  # Indian Aadhaar: twelve digits, Verhoeff-valid, in fours or bare
+        body = str(rng.randint(2, 9)) + "".join(rng.choice(string.digits) for _ in range(10))
+        digits = body + next(d for d in string.digits if verhoeff_valid(body + d))
+        return rng.choice([" ", "-", ""]).join([digits[:4], digits[4:8], digits[8:]])
     if kind == 0:  # US SSN
         area = rng.choice([n for n in range(1, 900) if n != 666][:: rng.randint(1, 7)])
         return f"{area:03d}-{rng.randint(1, 99):02d}-{rng.randint(1, 9999):04d}"

@@ -62,6 +62,17 @@ def test_the_checks_tell_real_numbers_from_look_alikes() -> None:
         assert find_pii(text) == [], text
 
 
+def test_cards_of_every_length_networks_issue_and_twelve_digits_that_pass_both_checks_are_an_aadhaar() -> None:
+    text = "Maestro 6759 0197 3403, JCB 213126078843709; Aadhaar 6662 9944 7464 (its Luhn check passes too)"
+    found = [(finding.kind, text[finding.start : finding.end]) for finding in find_pii(text)]
+    assert found == [
+        (PiiKind.CARD, "6759 0197 3403"),
+        (PiiKind.CARD, "213126078843709"),
+        (PiiKind.NATIONAL_ID, "6662 9944 7464"),
+    ]
+    assert luhn_valid("666299447464") and verhoeff_valid("666299447464")
+
+
 def test_addresses_in_any_script_and_lower_case_ibans_are_found_and_unix_times_are_no_phone_numbers() -> None:
     text = (
         "Mail jürgen@müller.de or иван@пример.рф, iban de89 3704 0044 0532 0130 00; "

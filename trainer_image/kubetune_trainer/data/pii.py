@@ -123,16 +123,27 @@ def _ibans(text: str) -> Iterator[tuple[int, int]]:
 
 # As card numbers are written: bare, in fours (the last group shorter), or Amex's 4-6-5.
 _CARD = re.compile(
+    r"(?<![\w+-])(?:\d{12,19}|\d{4}([ -])\d{4}\1\d{4}(?:\1\d{1,4}(?:\1\d{1,3})?)?|\d{4}([ -])\d{6}\2\d{4,5})"
+    r"(?![\w-])"
+)
+# What holds back the other kinds where the Luhn check fails: 13 digits or more. Twelve (Maestro's
+# shortest) would also hide Aadhaar numbers and phone numbers written in fours.
+_CARD_SHAPE = re.compile(
     r"(?<![\w+-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,4}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{4,5})(?![\w-])"
 )
-# What card numbers start with: Visa 4, Mastercard 51-55 and 2221-2720, Maestro 50 and 56-69, Amex 34
-# and 37, JCB 35, Diners 30, 36, 38-39, Discover and UnionPay 6.
-_CARD_PREFIX = re.compile(r"[456]|3[045-9]|2(?:2[2-9]|[3-6]|7[01]|720)")
+# What card numbers start with: Visa 4, Mastercard 51-55 and 2221-2720, Maestro 50, 56-69 and 0604, Amex
+# 34 and 37, JCB 35 and (15 digits) 1800 and 2131, Diners 30, 36, 38-39, Discover and UnionPay 6.
+_CARD_PREFIX = re.compile(r"[456]|3[045-9]|2(?:2[2-9]|[3-6]|7[01]|720)|1800|2131|0604")
+_MAESTRO_PREFIX = re.compile(r"50|5[6-9]|6|0604")  # the only cards of 12 digits
 
 
 def card_valid(candidate: str) -> bool:
     digits = _digits(candidate)
-    return 13 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) is not None and luhn_valid(digits)
+    if not (12 <= len(digits) <= 19 and _CARD_PREFIX.match(digits) and luhn_valid(digits)):
+        return False
+    # Twelve digits that also pass Aadhaar's Verhoeff check are read as the Aadhaar number (both checks pass
+    # by chance for one Maestro number in ten).
+    return len(digits) > 12 or (_MAESTRO_PREFIX.match(digits) is not None and not verhoeff_valid(digits))
 
 
 # --------------------------------------------------------------------------- national IDs
@@ -316,7 +327,7 @@ FINDERS: dict[PiiKind, Callable[[str], Iterator[tuple[int, int]]]] = {
 
 # The kinds whose numbers have a check: a number shaped like one that fails the check is a typo or a
 # made-up number, not a phone number or a shorter card hiding inside it.
-CHECKED_SHAPES = {PiiKind.IBAN: _IBAN_SHAPE, PiiKind.CARD: _CARD}
+CHECKED_SHAPES = {PiiKind.IBAN: _IBAN_SHAPE, PiiKind.CARD: _CARD_SHAPE}
 
 
 def find_pii(text: str) -> list[Finding]:
