@@ -89,3 +89,17 @@ def test_addresses_in_any_script_and_lower_case_ibans_are_found_and_unix_times_a
         (PiiKind.PHONE, "001-569-891-4860x939"),
         (PiiKind.NATIONAL_ID, "X-1234567-L"),
     ]
+
+
+def test_national_ids_as_documentation_and_test_data_write_them_are_found() -> None:
+    """HMRC's own example NINO and Faker's reserved ones, and the Canadian government's example SIN (its
+    first digit 0, issued to no one): shapes only these numbers have, so the reserved letters and digits
+    are found as the issued ones are."""
+    text = "NI QQ 12 34 56 C, test ZZ123456T and ZZ 123456 T; SIN 046 454 286. Codes AB123456X, XY123456Z stay."
+    found = [(finding.kind, text[finding.start : finding.end]) for finding in find_pii(text)]
+    assert found == [
+        (PiiKind.NATIONAL_ID, "QQ 12 34 56 C"),
+        (PiiKind.NATIONAL_ID, "ZZ123456T"),
+        (PiiKind.NATIONAL_ID, "ZZ 123456 T"),
+        (PiiKind.NATIONAL_ID, "046 454 286"),
+    ]

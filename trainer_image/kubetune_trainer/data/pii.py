@@ -151,13 +151,18 @@ def card_valid(candidate: str) -> bool:
 # US Social Security numbers, written with dashes or spaces (a bare 9-digit run is any number): no
 # area 000, 666 or 900-999, no group 00, no serial 0000.
 _SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\w-])")
-# UK National Insurance numbers: two letters (not D, F, I, Q, U, V; the second not O; not the
-# prefixes never issued), six digits, a suffix A-D.
+# UK National Insurance numbers: two letters, six digits, a suffix letter. As HMRC issues them: not D,
+# F, I, Q, U, V, the second letter not O, not the prefixes never issued, the suffix A-D. Also the shapes
+# only these numbers have, with any letters, since examples and test data use the reserved ones
+# (HMRC's own example QQ 12 34 56 C; Faker's en_GB numbers ZZ 12 34 56 T): spaced in pairs, or the
+# suffix set apart, and compact with the reserved prefixes QQ and ZZ.
 _NINO = re.compile(
-    r"(?<![A-Za-z0-9])(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])"
+    r"(?<![A-Za-z0-9])(?:(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]"
+    r"|(?:QQ|ZZ)\d{6}[A-Z]|[A-Z]{2} \d{2} \d{2} \d{2} [A-Z]|[A-Z]{2} ?\d{6} [A-Z])(?![A-Za-z0-9])"
 )
-# Canadian Social Insurance numbers, three groups of three, Luhn-valid (not starting with 0 or 8).
-_SIN = re.compile(r"(?<![\w-])[1-79]\d{2}([- ])\d{3}\1\d{3}(?![\w-])")
+# Canadian Social Insurance numbers, three groups of three, Luhn-valid, whatever the first digit (0 and 8
+# are issued to no person, but test data, Faker's en_CA numbers among them, have them).
+_SIN = re.compile(r"(?<![\w-])\d{3}([- ])\d{3}\1\d{3}(?![\w-])")
 # Spanish DNI (8 digits) and NIE (X, Y or Z and 7 digits) with their check letter.
 _DNI = re.compile(r"(?<![A-Za-z0-9])([XYZ]-?\d{7}|\d{8})-?([A-Z])(?![A-Za-z0-9])")  # NIE: X-1234567-L too
 _DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
