@@ -103,3 +103,11 @@ def test_national_ids_as_documentation_and_test_data_write_them_are_found() -> N
         (PiiKind.NATIONAL_ID, "ZZ 123456 T"),
         (PiiKind.NATIONAL_ID, "046 454 286"),
     ]
+
+
+def test_phone_numbers_grouped_or_international_are_found_whatever_their_digits() -> None:
+    """Grouped as phone numbers are, any digits (test data's exchanges start with 0 or 1 too); an
+    international number's twelve digits are no Aadhaar number; bare digits only as the plan has them."""
+    text = "Call +912942705888 or 415-155-2671, not 1701234567"
+    found = [(finding.kind, text[finding.start : finding.end]) for finding in find_pii(text)]
+    assert found == [(PiiKind.PHONE, "+912942705888"), (PiiKind.PHONE, "415-155-2671")]

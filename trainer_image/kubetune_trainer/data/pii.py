@@ -167,7 +167,7 @@ _SIN = re.compile(r"(?<![\w-])\d{3}([- ])\d{3}\1\d{3}(?![\w-])")
 _DNI = re.compile(r"(?<![A-Za-z0-9])([XYZ]-?\d{7}|\d{8})-?([A-Z])(?![A-Za-z0-9])")  # NIE: X-1234567-L too
 _DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
 # Indian Aadhaar numbers: twelve digits in groups of four, not starting with 0 or 1, Verhoeff-valid.
-_AADHAAR = re.compile(r"(?<![\w-])[2-9]\d{3}([ -]?)\d{4}\1\d{4}(?![\w-])")
+_AADHAAR = re.compile(r"(?<![\w+-])[2-9]\d{3}([ -]?)\d{4}\1\d{4}(?![\w-])")
 _VERHOEFF_D = (
     (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 4, 0, 6, 7, 8, 9, 5), (2, 3, 4, 0, 1, 7, 8, 9, 5, 6),
     (3, 4, 0, 1, 2, 8, 9, 5, 6, 7), (4, 0, 1, 2, 3, 9, 5, 6, 7, 8), (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
@@ -312,9 +312,10 @@ def _plausible_phone(raw: str, *, by_shape: bool) -> bool:
             if not digits.startswith("1"):
                 return False
             digits = digits[1:]
-        # The North American plan's NXX-NXX-XXXX: neither the area code nor the exchange starts with 0 or 1,
-        # which keeps Unix timestamps (1701234567) and most counters from being read as phone numbers.
-        return digits[0] in _NANP_LEADING and digits[3] in _NANP_LEADING
+        # Bare digits are also counters and Unix times (1701234567): taken only as the North American plan
+        # has them, NXX-NXX-XXXX, neither the area code nor the exchange starting with 0 or 1. Grouped as
+        # phone numbers are, they are taken whatever the digits (test data has any: Faker's en_CA numbers).
+        return len(groups) > 1 or (digits[0] in _NANP_LEADING and digits[3] in _NANP_LEADING)
     return number.lstrip("(").startswith("0") and groups[-1] > 1  # not an ISBN's check digit
 
 
