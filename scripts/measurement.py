@@ -12,6 +12,7 @@ import os
 import platform
 import signal
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -44,23 +45,30 @@ def run_within(
     24, say) has no other checkpoint: killed outright at its hour, it started over at every invocation.
     What is left at ``seconds`` is killed, and the result has exit code 124 (``timeout``'s), with what it
     had written to stderr. subprocess.run's timeout kills the direct child only, and a child it spawned
-    would outlive it and compete with the next invocation (which resumes the same run)."""
+    would outlive it and compete with the next invocation (which resumes the same run).
+
+    Whenever the run ends, what it spawned and left behind is killed with it. Its output goes to files,
+    not pipes: a helper it leaves behind holding a pipe (multiprocessing's resource tracker, which ignores
+    SIGTERM, after a run stopped by SIGTERM from outside) kept the reader waiting for the whole hour."""
     grace = min(300.0, seconds / 10) if grace_seconds is None else grace_seconds
-    process = subprocess.Popen(
-        list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=seconds - grace)
-        return subprocess.CompletedProcess(list(command), process.returncode, stdout, stderr)
-    except subprocess.TimeoutExpired:
-        _signal_group(process.pid, signal.SIGTERM)
-    try:
-        _, stderr = process.communicate(timeout=grace)
-    except subprocess.TimeoutExpired:
-        _signal_group(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-    _signal_group(process.pid, signal.SIGKILL)  # whatever the stopped run left behind
-    return subprocess.CompletedProcess(list(command), 124, "", f"timed out after {seconds:g} s\n{stderr}")
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(list(command), stdout=out, stderr=err, text=True, env=env, start_new_session=True)
+        timed_out = False
+        try:
+            process.wait(timeout=seconds - grace)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _signal_group(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=grace)
+        _signal_group(process.pid, signal.SIGKILL)  # whatever the run left behind, or the run past its grace
+        process.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if timed_out:
+        return subprocess.CompletedProcess(list(command), 124, "", f"timed out after {seconds:g} s\n{stderr}")
+    return subprocess.CompletedProcess(list(command), process.returncode, stdout, stderr)
 
 
 def _signal_group(group: int, signum: signal.Signals) -> None:

@@ -43,3 +43,22 @@ def test_a_run_past_its_time_gets_sigterm_first_and_its_grace_to_stop(tmp_path: 
     result = run_within(["sh", "-c", script], 3.0, grace_seconds=1.5)
     assert result.returncode == 124 and "started" in result.stderr, result
     assert saved.read_text() == "checkpoint\n", "the run was killed without its SIGTERM"
+
+
+def test_a_run_that_ends_returns_at_once_and_what_it_left_behind_is_killed(tmp_path: Path) -> None:
+    """A helper left behind holding the run's output and ignoring SIGTERM (multiprocessing's resource
+    tracker after ``kubetune run`` was stopped) must neither hold the result back nor outlive the run."""
+    pid_file = tmp_path / "helper.pid"
+    script = f"(trap '' TERM; sleep 60; echo late) & echo $! > {pid_file}; echo done; exit 5"
+    started = time.monotonic()
+    result = run_within(["sh", "-c", script], 30)
+    assert (result.returncode, result.stdout) == (5, "done\n") and time.monotonic() - started < 10, result
+    helper = int(pid_file.read_text())
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        try:
+            os.kill(helper, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the helper the run left behind ({helper}) outlived it")
