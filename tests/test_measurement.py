@@ -13,22 +13,24 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from measurement import run_within  # noqa: E402
 
 
+def assert_ends_soon(pid: int, what: str, seconds: float = 5) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} ({pid}) outlived the run")
+
+
 def test_a_run_past_its_time_is_killed_with_every_process_it_spawned(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
     # the grandchild holds no pipe of the run: only killing its group ends it
     script = f"sleep 60 >/dev/null 2>&1 & echo $! > {pid_file}; echo started >&2; wait"
     result = run_within(["sh", "-c", script], 1.5)
     assert result.returncode == 124 and "timed out after 1.5 s" in result.stderr and "started" in result.stderr
-    grandchild = int(pid_file.read_text())
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        try:
-            os.kill(grandchild, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError(f"the process the run spawned ({grandchild}) outlived it")
+    assert_ends_soon(int(pid_file.read_text()), "the process the run spawned")
 
 
 def test_a_run_within_its_time_returns_its_output_and_code() -> None:
@@ -53,12 +55,4 @@ def test_a_run_that_ends_returns_at_once_and_what_it_left_behind_is_killed(tmp_p
     started = time.monotonic()
     result = run_within(["sh", "-c", script], 30)
     assert (result.returncode, result.stdout) == (5, "done\n") and time.monotonic() - started < 10, result
-    helper = int(pid_file.read_text())
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        try:
-            os.kill(helper, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the helper the run left behind ({helper}) outlived it")
+    assert_ends_soon(int(pid_file.read_text()), "the helper the run left behind")

@@ -64,8 +64,7 @@ def test_the_checks_tell_real_numbers_from_look_alikes() -> None:
 
 def test_cards_of_every_length_networks_issue_and_twelve_digits_that_pass_both_checks_are_an_aadhaar() -> None:
     text = "Maestro 6759 0197 3403, JCB 213126078843709; Aadhaar 6662 9944 7464 (its Luhn check passes too)"
-    found = [(finding.kind, text[finding.start : finding.end]) for finding in find_pii(text)]
-    assert found == [
+    assert found_in(text) == [
         (PiiKind.CARD, "6759 0197 3403"),
         (PiiKind.CARD, "213126078843709"),
         (PiiKind.NATIONAL_ID, "6662 9944 7464"),
@@ -79,8 +78,7 @@ def test_addresses_in_any_script_and_lower_case_ibans_are_found_and_unix_times_a
         "logged at 1701234567 and 1699999999, call 415-555-2671 or 1-800-555-0199 (from abroad "
         "001-569-891-4860x939), NIE X-1234567-L"
     )
-    found = [(finding.kind, text[finding.start : finding.end]) for finding in find_pii(text)]
-    assert found == [
+    assert found_in(text) == [
         (PiiKind.EMAIL, "jürgen@müller.de"),
         (PiiKind.EMAIL, "иван@пример.рф"),
         (PiiKind.IBAN, "de89 3704 0044 0532 0130 00"),
@@ -96,8 +94,7 @@ def test_national_ids_as_documentation_and_test_data_write_them_are_found() -> N
     first digit 0, issued to no one): shapes only these numbers have, so the reserved letters and digits
     are found as the issued ones are."""
     text = "NI QQ 12 34 56 C, test ZZ123456T and ZZ 123456 T; SIN 046 454 286. Codes AB123456X, XY123456Z stay."
-    found = [(finding.kind, text[finding.start : finding.end]) for finding in find_pii(text)]
-    assert found == [
+    assert found_in(text) == [
         (PiiKind.NATIONAL_ID, "QQ 12 34 56 C"),
         (PiiKind.NATIONAL_ID, "ZZ123456T"),
         (PiiKind.NATIONAL_ID, "ZZ 123456 T"),
@@ -109,5 +106,9 @@ def test_phone_numbers_grouped_or_international_are_found_whatever_their_digits(
     """Grouped as phone numbers are, any digits (test data's exchanges start with 0 or 1 too); an
     international number's twelve digits are no Aadhaar number; bare digits only as the plan has them."""
     text = "Call +912942705888 or 415-155-2671, not 1701234567"
-    found = [(finding.kind, text[finding.start : finding.end]) for finding in find_pii(text)]
-    assert found == [(PiiKind.PHONE, "+912942705888"), (PiiKind.PHONE, "415-155-2671")]
+    assert found_in(text) == [(PiiKind.PHONE, "+912942705888"), (PiiKind.PHONE, "415-155-2671")]
+
+
+def found_in(text: str) -> list[tuple[PiiKind, str]]:
+    """(kind, identifier) of each finding in ``text``, in text order."""
+    return [(finding.kind, text[finding.start : finding.end]) for finding in find_pii(text)]
