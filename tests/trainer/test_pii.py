@@ -56,7 +56,7 @@ def test_the_checks_tell_real_numbers_from_look_alikes() -> None:
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
     assert iban_valid("GB82 WEST 1234 5698 7654 32") and not iban_valid("GB83 WEST 1234 5698 7654 32")
     assert not iban_valid("GB82 WEST 1234 5698 7654 3")  # the country's length
-    assert iban_valid("RU5729141777631706690743915000806")  # a country that joined the registry in 2022
+    assert iban_valid("RU5729141777631706690743915000806")  # one of the countries the registry added since 2020
     assert verhoeff_valid("2363") and not verhoeff_valid("2364")
     # Shaped like an identifier, but none: a wrong check, a version, a date, an ISBN, a ZIP+4 code.
     for text in ("4111-1111-1111-1112", "version 10.0.19041.1", "2024-03-15", "ISBN 0-306-40615-2", "94103-1234"):
