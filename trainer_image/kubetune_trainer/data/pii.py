@@ -125,15 +125,12 @@ def _ibans(text: str) -> Iterator[tuple[int, int]]:
 # --------------------------------------------------------------------------- payment cards
 
 # As card numbers are written: bare, in fours (the last group shorter), or Amex's 4-6-5.
-_CARD = re.compile(
-    r"(?<![\w+-])(?:\d{12,19}|\d{4}([ -])\d{4}\1\d{4}(?:\1\d{1,4}(?:\1\d{1,3})?)?|\d{4}([ -])\d{6}\2\d{4,5})"
-    r"(?![\w-])"
-)
-# What holds back the other kinds where the Luhn check fails: 13 digits or more. Twelve (Maestro's
-# shortest) would also hide Aadhaar numbers and phone numbers written in fours.
-_CARD_SHAPE = re.compile(
-    r"(?<![\w+-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,4}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{4,5})(?![\w-])"
-)
+_CARD_FORMS = r"\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{1,4}(?:\1\d{1,3})?|\d{4}([ -])\d{6}\2\d{4,5}"
+_TWELVE = r"\d{12}|\d{4}([ -])\d{4}\3\d{4}"  # Maestro's shortest, bare or in fours
+_CARD = re.compile(rf"(?<![\w+-])(?:{_CARD_FORMS}|{_TWELVE})(?![\w-])")
+# What holds back the other kinds where the Luhn check fails: 13 digits or more. Twelve would also hide
+# Aadhaar numbers and phone numbers written in fours.
+_CARD_SHAPE = re.compile(rf"(?<![\w+-])(?:{_CARD_FORMS})(?![\w-])")
 # What card numbers start with: Visa 4, Mastercard 51-55 and 2221-2720, Maestro 50, 56-69 and 0604, Amex
 # 34 and 37, JCB 35 and (15 digits) 1800 and 2131, Diners 30, 36, 38-39, Discover and UnionPay 6.
 _CARD_PREFIX = re.compile(r"[456]|3[045-9]|2(?:2[2-9]|[3-6]|7[01]|720)|1800|2131|0604")
@@ -237,7 +234,8 @@ def _ips(text: str) -> Iterator[tuple[int, int]]:
 # --------------------------------------------------------------------------- phone numbers
 
 # Where a phone number may be: digits with the separators numbers are written with, or a leading + or (.
-_PHONE_CANDIDATE = re.compile(r"(?:\+|\(\+?)?\d[\d ().\-/]{5,22}\d(?:\s*(?:ext\.?|x|#)\s*\d{1,5})?")
+_EXTENSION = r"(?:\s*(?:ext\.?|x|#)\s*\d{1,5})?"
+_PHONE_CANDIDATE = re.compile(rf"(?:\+|\(\+?)?\d[\d ().\-/]{{5,22}}\d{_EXTENSION}")
 # National numbers (with their trunk prefix 0) of these countries count when their numbering plan says
 # they are valid; North American ones by their shape alone (555 numbers are fictional, and so are most
 # numbers in examples). Any country's numbers count in international form (+ or 00).
@@ -245,20 +243,20 @@ _VALID_IN = ("GB", "DE", "FR", "IT", "NL", "AU", "BR")
 _MIN_PHONE_DIGITS = 7
 # A North American number dialled from abroad, 00 being the international prefix there (001-415-555-2671):
 # no region's matcher reads it as +1, and its national part is taken by its shape as North American ones are.
-_NANP_FROM_ABROAD = re.compile(r"001[-. ]?(\(?\d{3}\)?[-. ]?\d{3}[-. ]?\d{4})(?:\s*(?:ext\.?|x|#)\s*\d{1,5})?")
+_NANP_FROM_ABROAD = re.compile(rf"001[-. ]?(\(?\d{{3}}\)?[-. ]?\d{{3}}[-. ]?\d{{4}}){_EXTENSION}")
 
 
 def _phones(text: str) -> Iterator[tuple[int, int]]:
     for candidate in _PHONE_CANDIDATE.finditer(text):
         if len(_digits(candidate.group())) < _MIN_PHONE_DIGITS:
             continue
-        # A little context on both sides: the matcher checks what surrounds a number.
-        left = max(0, candidate.start() - 2)
-        window = text[left : candidate.end() + 2]
         abroad = _NANP_FROM_ABROAD.fullmatch(candidate.group())
         if abroad and _bounded(text, *candidate.span()) and _plausible_phone(abroad.group(1), by_shape=True):
             yield candidate.span()
             continue
+        # A little context on both sides: the matcher checks what surrounds a number.
+        left = max(0, candidate.start() - 2)
+        window = text[left : candidate.end() + 2]
         for region, leniency in (("US", Leniency.POSSIBLE), *((r, Leniency.VALID) for r in _VALID_IN)):
             found = [
                 (left + m.start, left + m.end, m.raw_string)
